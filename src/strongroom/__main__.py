@@ -1,0 +1,5 @@
+import sys
+
+from strongroom.cli.main import main
+
+sys.exit(main())

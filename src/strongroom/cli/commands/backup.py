@@ -1,0 +1,94 @@
+"""strongroom backup: protect directory trees."""
+
+from __future__ import annotations
+
+import socket
+
+import click
+
+from strongroom.cli.commands.init import create_repository
+from strongroom.cli.context import App, pass_app
+from strongroom.cli.output import human_bytes
+from strongroom.errors import ExitCode
+from strongroom.services.backup import BackupRequest, backup_files
+from strongroom.services.session import LockMode, repository_exists
+from strongroom.sources.exclude import Excluder
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--exclude", "-e", multiple=True, help="Exclude a pattern (repeatable).")
+@click.option("--exclude-file", multiple=True, type=click.Path(exists=True), help="Read exclude patterns from a file.")
+@click.option("--one-file-system", "-x", is_flag=True, help="Do not cross filesystem boundaries.")
+@click.option("--tag", multiple=True, help="Tag the point (repeatable).")
+@click.option("--host", default="", help="Host name to record (default: this host).")
+@click.option("--parent", default=None, help="Point to compare with (default: latest of same host and paths).")
+@click.option("--force", is_flag=True, help="Read every file, ignoring the parent point.")
+@click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
+@pass_app
+def backup(
+    app: App,
+    paths: tuple[str, ...],
+    exclude: tuple[str, ...],
+    exclude_file: tuple[str, ...],
+    one_file_system: bool,
+    tag: tuple[str, ...],
+    host: str,
+    parent: str | None,
+    force: bool,
+    dry_run: bool,
+) -> None:
+    """Back up PATHS into a new recovery point."""
+    out = app.out
+    if app.settings.uses_default_repository and not repository_exists(app.settings.repository):
+        out.notice(f"no repository configured: creating the default one at {app.settings.repository}")
+        key = create_repository(app)
+        out.notice(
+            f"Its key is stored in the repository ({key}), protected by your password.\n"
+            "Keep the password safe: without it nobody can restore this data."
+        )
+    patterns = list(app.settings.exclude) + list(exclude)
+    for f in list(exclude_file) + ([app.settings.exclude_file] if app.settings.exclude_file else []):
+        patterns += Excluder.read_file(f)
+    request = BackupRequest(
+        paths=list(paths),
+        excludes=patterns,
+        one_file_system=one_file_system,
+        tags=list(tag),
+        host=host or socket.gethostname(),
+        dry_run=dry_run,
+        parent=parent,
+        force_full=force,
+        scan_totals=not out.json and not out.quiet and out.err.is_terminal,
+    )
+    with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
+        result = backup_files(repo, request, progress)
+    s = result.summary
+    for w in s.warnings:
+        out.warn(w)
+    if out.json:
+        doc = {"message_type": "summary", **s.as_dict(), "dry_run": dry_run,
+               "point_id": result.point.id if result.point else None,
+               "parent": result.parent, "seconds": round(result.seconds, 3)}
+        out.emit(doc)
+    else:
+        out.info(
+            f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified"
+        )
+        out.info(f"Dirs:  {s.dirs}; other entries: {s.other_entries}")
+        out.info(
+            f"Added to the repository: {human_bytes(s.data_added)} "
+            f"({human_bytes(s.data_added_stored)} stored)"
+        )
+        rate = s.total_bytes / result.seconds if result.seconds else 0
+        out.info(
+            f"processed {s.total_files} files, {human_bytes(s.total_bytes)} in "
+            f"{result.seconds:.2f}s ({human_bytes(rate)}/s)"
+        )
+        if result.point:
+            out.info(f"point {result.point.short_id} saved")
+        else:
+            out.info("dry run: nothing was written")
+    if s.unreadable:
+        out.notice(f"{s.unreadable} files could not be read; the point does not contain them")
+        raise SystemExit(ExitCode.PARTIAL)

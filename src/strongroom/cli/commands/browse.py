@@ -1,0 +1,96 @@
+"""strongroom ls / diff / dump (alias cat): look inside points."""
+
+from __future__ import annotations
+
+import stat as statmod
+import sys
+from datetime import datetime
+
+import click
+
+from strongroom.cli.context import App, pass_app
+from strongroom.model.tree import Node
+from strongroom.services.browse import diff_trees, dump_file, list_entries
+from strongroom.services.points import find_point
+from strongroom.services.session import LockMode
+
+_TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "p": "p", "c": "c", "b": "b", "s": "s"}
+
+
+def _node_doc(path: bytes, node: Node) -> dict[str, object]:
+    return {
+        "path": path.decode("utf-8", "surrogateescape").encode("utf-8", "backslashreplace").decode(),
+        "type": node.type,
+        "mode": oct(node.mode),
+        "uid": node.uid,
+        "gid": node.gid,
+        "size": node.size,
+        "mtime": datetime.fromtimestamp(node.mtime_ns / 1e9).astimezone().isoformat(),
+        "link_target": node.link_target.decode("utf-8", "backslashreplace") or None,
+    }
+
+
+def _printable(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+@click.command()
+@click.argument("point")
+@click.argument("path", default="/")
+@click.option("--long", "-l", "long_", is_flag=True, help="Show modes, sizes and times.")
+@click.option("--recursive/--no-recursive", default=True, help="List subdirectories too.")
+@pass_app
+def ls(app: App, point: str, path: str, long_: bool, recursive: bool) -> None:
+    """List the entries of a point (under PATH)."""
+    with app.repository(LockMode.NONE) as repo:
+        p = find_point(repo, point)
+        for entry_path, node in list_entries(repo, bytes.fromhex(p.tree), path, recursive):
+            if app.out.json:
+                app.out.emit(_node_doc(entry_path, node))
+            elif long_:
+                mode = _TYPE_CHAR.get(node.type, "?") + statmod.filemode(node.mode)[1:]
+                when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+                owner = f"{node.user or node.uid}/{node.group or node.gid}"
+                link = f" -> {_printable(node.link_target)}" if node.link_target else ""
+                app.out.info(f"{mode} {owner:>15} {node.size:>12} {when} {_printable(entry_path)}{link}")
+            else:
+                app.out.info(_printable(entry_path))
+
+
+@click.command()
+@click.argument("point_a")
+@click.argument("point_b")
+@pass_app
+def diff(app: App, point_a: str, point_b: str) -> None:
+    """Show what changed between two points (+ added, - removed, M modified, U metadata, T type)."""
+    counts = {"+": 0, "-": 0, "M": 0, "U": 0, "T": 0}
+    with app.repository(LockMode.NONE) as repo:
+        a = find_point(repo, point_a)
+        b = find_point(repo, point_b)
+        for change in diff_trees(repo, bytes.fromhex(a.tree), bytes.fromhex(b.tree)):
+            counts[change.kind] += 1
+            if app.out.json:
+                app.out.emit({"message_type": "change", "modifier": change.kind,
+                              "path": _printable(change.path)})
+            else:
+                app.out.info(f"{change.kind}    {_printable(change.path)}")
+    if app.out.json:
+        app.out.emit({"message_type": "statistics", "added": counts["+"], "removed": counts["-"],
+                      "modified": counts["M"], "metadata": counts["U"], "type_changed": counts["T"]})
+    else:
+        app.out.info(
+            f"\n{counts['+']} added, {counts['-']} removed, {counts['M']} modified, "
+            f"{counts['U']} metadata changed, {counts['T']} type changed"
+        )
+
+
+@click.command()
+@click.argument("point")
+@click.argument("path")
+@pass_app
+def dump(app: App, point: str, path: str) -> None:
+    """Write one file of a point to standard output."""
+    with app.repository(LockMode.NONE) as repo:
+        p = find_point(repo, point)
+        dump_file(repo, bytes.fromhex(p.tree), path, sys.stdout.buffer)
+        sys.stdout.buffer.flush()

@@ -1,0 +1,176 @@
+"""strongroom forget / prune / check / stats / unlock."""
+
+from __future__ import annotations
+
+import click
+
+from strongroom.cli.commands.points import point_filter_options
+from strongroom.cli.context import App, pass_app
+from strongroom.cli.output import human_bytes
+from strongroom.errors import ExitCode, UsageError
+from strongroom.repository.locks import remove_locks
+from strongroom.services import maintenance
+from strongroom.services.forget import KeepPolicy, apply_policy, forget_points, group_points
+from strongroom.services.points import PointFilter, find_point, list_points
+from strongroom.services.session import LockMode
+
+
+@click.command()
+@click.argument("point_ids", nargs=-1)
+@click.option("--keep-last", type=int, default=0, help="Keep the last N points.")
+@click.option("--keep-hourly", type=int, default=0, help="Keep the last point of each of N hours.")
+@click.option("--keep-daily", type=int, default=0, help="... of each of N days.")
+@click.option("--keep-weekly", type=int, default=0, help="... of each of N weeks.")
+@click.option("--keep-monthly", type=int, default=0, help="... of each of N months.")
+@click.option("--keep-yearly", type=int, default=0, help="... of each of N years.")
+@click.option("--keep-tag", multiple=True, help="Keep points with this tag.")
+@click.option("--group-by", default="host,paths", show_default=True, help="Apply the policy per group.")
+@point_filter_options
+@click.option("--dry-run", "-n", is_flag=True, help="Only show what would be forgotten.")
+@click.option("--prune", "then_prune", is_flag=True, help="Run prune afterwards.")
+@pass_app
+def forget(
+    app: App,
+    point_ids: tuple[str, ...],
+    keep_last: int,
+    keep_hourly: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+    keep_tag: tuple[str, ...],
+    group_by: str,
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
+    dry_run: bool,
+    then_prune: bool,
+) -> None:
+    """Forget points by id, or all that a keep-policy does not keep."""
+    policy = KeepPolicy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, list(keep_tag))
+    if policy.empty() and not point_ids:
+        raise UsageError("give point ids or at least one --keep-* option (refusing to forget everything)")
+    out = app.out
+    result: list[dict[str, object]] = []
+    with app.repository(LockMode.EXCLUSIVE if then_prune else LockMode.SHARED, load_index=then_prune) as repo:
+        if point_ids:
+            doomed = [find_point(repo, pid) for pid in point_ids]
+            for p in doomed:
+                if not dry_run:
+                    repo.delete_point(p.id)
+                out.info(f"forgot point {p.short_id}")
+            result.append({"removed": [p.id for p in doomed]})
+        else:
+            points = list_points(repo, PointFilter(list(hosts), list(tags), list(paths)))
+            for group, members in group_points(points, group_by).items():
+                decisions = apply_policy(members, policy)
+                removed = forget_points(repo, decisions, dry_run)
+                result.append({
+                    "group": group,
+                    "keep": [{"id": d.point.id, "reasons": d.reasons} for d in decisions if d.keep],
+                    "remove": removed,
+                })
+                if not out.json:
+                    out.info(f"{group or 'all points'}: keep {len(decisions) - len(removed)}, "
+                             f"forget {len(removed)}")
+                    for d in decisions:
+                        mark = "keep  " if d.keep else "forget"
+                        out.info(f"  {mark} {d.point.short_id} {d.point.time:%Y-%m-%d %H:%M:%S} "
+                                 f"{', '.join(d.reasons)}")
+        plan_doc = None
+        if then_prune and not dry_run:
+            plan = maintenance.prune(repo, report=lambda m: out.info(m) if out.verbose else None)
+            plan_doc = plan.as_dict()
+            out.info(f"prune: removed {plan.as_dict()['packs_delete']} packs, "
+                     f"repacked {plan.as_dict()['packs_repack']}, freed about {human_bytes(plan.unused_bytes)}")
+    if out.json:
+        out.document({"groups": result, "dry_run": dry_run, "prune": plan_doc})
+
+
+@click.command()
+@click.option("--max-unused", default="0%", show_default=True,
+              help="Leave packs alone whose unused share is at most this (e.g. 5%).")
+@click.option("--dry-run", "-n", is_flag=True, help="Only show what would be done.")
+@pass_app
+def prune(app: App, max_unused: str, dry_run: bool) -> None:
+    """Remove data that no point references (takes an exclusive lock)."""
+    try:
+        fraction = float(max_unused.rstrip("%")) / 100
+    except ValueError:
+        raise UsageError("--max-unused takes a percentage such as 5%") from None
+    out = app.out
+    with app.repository(LockMode.EXCLUSIVE) as repo:
+        plan = maintenance.prune(repo, max_unused=fraction, dry_run=dry_run,
+                                 report=lambda m: out.info(m) if out.verbose else None)
+    doc = plan.as_dict()
+    if out.json:
+        out.document({**doc, "dry_run": dry_run})
+        return
+    verb = "would" if dry_run else "did"
+    out.info(
+        f"{verb}: delete {doc['packs_delete']} packs, repack {doc['packs_repack']} "
+        f"({human_bytes(plan.repack_bytes)} still used), remove {doc['packs_orphaned']} orphaned packs; "
+        f"unused data: {human_bytes(plan.unused_bytes)}, kept: {human_bytes(plan.used_bytes)}"
+    )
+
+
+@click.command()
+@click.option("--read-data", is_flag=True, help="Read and authenticate every chunk.")
+@click.option("--read-data-subset", default=None, help="Read a subset: n/m or a percentage like 10%.")
+@pass_app
+def check(app: App, read_data: bool, read_data_subset: str | None) -> None:
+    """Verify the repository's structure (and data with --read-data)."""
+    out = app.out
+    with app.repository(LockMode.SHARED) as repo, out.progress("check") as progress:
+        try:
+            result = maintenance.check(repo, read_data=read_data, subset=read_data_subset, progress=progress)
+        except ValueError as err:
+            raise UsageError(f"--read-data-subset: {err}") from None
+    report = result.report
+    if out.json:
+        out.document(result.as_dict())
+    else:
+        for w in report.warnings:
+            out.warn(w)
+        for e in report.errors:
+            out.error(e)
+        for point_id, paths in result.damaged_files.items():
+            out.notice(f"point {point_id[:8]}: {len(paths)} damaged files:")
+            for path in paths[:50]:
+                out.notice(f"  {path}")
+        if report.packs_read:
+            out.info(f"read {report.packs_read} packs, {report.chunks_read} chunks")
+        out.info("no errors were found" if report.ok else f"{len(report.errors)} errors found")
+    if not report.ok:
+        raise SystemExit(ExitCode.FAILED)
+
+
+@click.command()
+@pass_app
+def stats(app: App) -> None:
+    """Show repository sizes, deduplication and compression."""
+    with app.repository(LockMode.NONE) as repo:
+        doc = maintenance.stats(repo)
+    if app.out.json:
+        app.out.document(doc)
+        return
+    rows = []
+    for key, value in doc.items():
+        shown = human_bytes(value) if key.endswith("_bytes") and isinstance(value, int) else value
+        rows.append((key.replace("_", " "), shown))
+    app.out.table(["", ""], rows)
+
+
+@click.command()
+@click.option("--remove-all", is_flag=True, help="Remove every lock, not only stale ones.")
+@pass_app
+def unlock(app: App, remove_all: bool) -> None:
+    """Remove stale locks (left by killed processes)."""
+    with app.repository(LockMode.NONE, load_index=False) as repo:
+        removed = remove_locks(repo.backend, repo.sealer, all_locks=remove_all)
+    if app.out.json:
+        app.out.document({"removed": [r.describe() for r in removed]})
+        return
+    for r in removed:
+        app.out.info(f"removed {r.describe()}")
+    app.out.info(f"{len(removed)} locks removed")

@@ -1,0 +1,44 @@
+"""strongroom snapshots (alias: points): list recovery points."""
+
+from __future__ import annotations
+
+import click
+
+from strongroom.cli.context import App, pass_app
+from strongroom.cli.output import human_bytes
+from strongroom.services.points import PointFilter, list_points
+from strongroom.services.session import LockMode
+
+
+def point_filter_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--host", "hosts", multiple=True, help="Only points of this host.")(f)
+    f = click.option("--tag", "tags", multiple=True, help="Only points with this tag.")(f)
+    f = click.option("--path", "paths", multiple=True, help="Only points of exactly these paths.")(f)
+    return f
+
+
+@click.command()
+@point_filter_options
+@pass_app
+def snapshots(app: App, hosts: tuple[str, ...], tags: tuple[str, ...], paths: tuple[str, ...]) -> None:
+    """List recovery points."""
+    with app.repository(LockMode.NONE, load_index=False) as repo:
+        points = list_points(repo, PointFilter(list(hosts), list(tags), list(paths)))
+    if app.out.json:
+        app.out.document([{"id": p.id, **p.to_doc()} for p in points])
+        return
+    rows = [
+        (
+            p.short_id,
+            p.time.strftime("%Y-%m-%d %H:%M:%S"),
+            p.host,
+            ",".join(p.tags),
+            p.kind,
+            human_bytes(int(p.summary.get("total_bytes", 0))),
+            human_bytes(int(p.summary.get("data_added", 0))),
+            "\n".join(p.paths),
+        )
+        for p in points
+    ]
+    app.out.table(["ID", "Time", "Host", "Tags", "Kind", "Size", "Added", "Paths"], rows)
+    app.out.info(f"{len(points)} points")

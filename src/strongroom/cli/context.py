@@ -1,0 +1,64 @@
+"""Per-invocation state: settings, output, password; opening the repository once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import click
+
+from strongroom.cli.output import Output
+from strongroom.config import Settings
+from strongroom.errors import UsageError
+from strongroom.repository.repo import Repository
+from strongroom.services.session import LockMode, open_repository
+
+
+@dataclass
+class App:
+    settings: Settings
+    out: Output
+    password_file: str | None = None
+
+    def password(self, confirm: bool = False, prompt: str = "repository password") -> bytes:
+        """From STRONGROOM_PASSWORD, a password file, or a prompt (terminal only).
+
+        Never logged, never echoed.
+        """
+        env = os.environ.get("STRONGROOM_PASSWORD")
+        if env:
+            return env.encode()
+        path = self.password_file or self.settings.password_file
+        if path:
+            try:
+                with open(os.path.expanduser(path), "rb") as f:
+                    first = f.read().splitlines()
+            except OSError as err:
+                raise UsageError(f"cannot read password file {path}: {err.strerror}") from None
+            if not first or not first[0]:
+                raise UsageError(f"password file {path} is empty")
+            return first[0]
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "no password given: set STRONGROOM_PASSWORD or STRONGROOM_PASSWORD_FILE, "
+                "or use --password-file"
+            )
+        value: str = click.prompt(
+            f"Enter {prompt}", hide_input=True, confirmation_prompt=confirm, err=True
+        )
+        if not value:
+            raise UsageError("an empty password is not allowed")
+        return value.encode()
+
+    @contextmanager
+    def repository(self, lock: LockMode = LockMode.SHARED, load_index: bool = True) -> Iterator[Repository]:
+        with open_repository(
+            self.settings.repository, self.password(), lock=lock, load_index=load_index
+        ) as repo:
+            yield repo
+
+
+pass_app = click.make_pass_decorator(App)

@@ -1,0 +1,139 @@
+"""The `strongroom` command: global options, the command registry, exit codes.
+
+Exit codes (docs/cli.md): 0 ok, 1 failed, 2 usage, 3 some source files were
+unreadable, 10 repository not found, 11 repository locked, 12 wrong password,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+
+import click
+
+from strongroom import __version__
+from strongroom.cli.commands import backup, browse, init, key, maintenance, points, restore
+from strongroom.cli.context import App
+from strongroom.cli.output import Output
+from strongroom.config import load_settings
+from strongroom.errors import ExitCode, StrongroomError
+
+COMMANDS: list[click.Command] = [
+    init.init,
+    backup.backup,
+    points.snapshots,
+    browse.ls,
+    browse.diff,
+    restore.restore,
+    browse.dump,
+    maintenance.forget,
+    maintenance.prune,
+    maintenance.check,
+    maintenance.stats,
+    maintenance.unlock,
+    key.key,
+]
+ALIASES = {"points": "snapshots", "cat": "dump"}
+
+
+class AliasGroup(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+
+
+@click.group(cls=AliasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="strongroom")
+@click.option("--repo", "-r", envvar="STRONGROOM_REPO", help="Repository location (default: your data dir).")
+@click.option("--password-file", "-p", type=click.Path(), help="Read the password from this file.")
+@click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors and warnings.")
+@click.option("--verbose", "-v", count=True, help="Say more (repeatable).")
+@click.pass_context
+def cli(ctx: click.Context, repo: str | None, password_file: str | None, json_mode: bool,
+        quiet: bool, verbose: int) -> None:
+    """strongroom: deduplicated, encrypted backups of files (and soon disks, VMs and tape)."""
+    settings = load_settings()
+    if repo:
+        settings.repo = repo
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = App(settings=settings, out=Output(json_mode, quiet, verbose), password_file=password_file)
+
+
+def _set_flag(attr: str, value_of: object = None) -> object:
+    def callback(ctx: click.Context, _param: click.Parameter, value: object) -> None:
+        app = ctx.find_object(App)
+        if app is not None and value:
+            setattr(app.out, attr, value if value_of is None else value_of)
+
+    return callback
+
+
+def _add_common_options(command: click.Command) -> None:
+    """Accept --json/--quiet/--verbose after the subcommand too, as restic does."""
+    command.params.append(
+        click.Option(["--json"], is_flag=True, expose_value=False, help="Machine-readable output.",
+                     callback=_set_flag("json", True))  # type: ignore[arg-type]
+    )
+    command.params.append(
+        click.Option(["--quiet", "-q"], is_flag=True, expose_value=False, help="Only errors and warnings.",
+                     callback=_set_flag("quiet", True))  # type: ignore[arg-type]
+    )
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_common_options(sub)
+
+
+for _command in COMMANDS:
+    _add_common_options(_command)
+    cli.add_command(_command)
+
+
+def _raise_limits() -> None:
+    """Deep trees keep one descriptor per level open, and recursion follows depth."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
+
+
+def main(argv: list[str] | None = None) -> int:
+    _raise_limits()
+    try:
+        cli.main(args=argv, prog_name="strongroom", standalone_mode=False)
+    except StrongroomError as err:
+        Output().error(str(err))
+        return err.exit_code
+    except click.exceptions.Abort:
+        Output().error("interrupted")
+        return ExitCode.INTERRUPTED
+    except KeyboardInterrupt:
+        Output().error("interrupted")
+        return ExitCode.INTERRUPTED
+    except click.ClickException as err:
+        err.show()
+        return ExitCode.USAGE
+    except BrokenPipeError:
+        return ExitCode.OK
+    except OSError as err:
+        Output().error(f"{err.filename or ''}{': ' if err.filename else ''}{err.strerror or err}")
+        return ExitCode.FAILED
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else ExitCode.FAILED
+    except Exception as err:  # a bug: one line, and the traceback with -v
+        if "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv):
+            raise
+        Output().error(f"internal error: {type(err).__name__}: {err} (run with -v for details)")
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

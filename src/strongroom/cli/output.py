@@ -1,0 +1,124 @@
+"""Everything the CLI prints: human text, tables, `--json`, progress bars.
+
+Human output goes to stdout, diagnostics to stderr. With `--json`, results are
+one JSON document (lists, stats) or JSON lines (progress `status` lines, then
+one `summary` line) on stdout. Progress bars appear only on a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from strongroom.types import Progress as JobProgress
+from strongroom.types import ProgressCallback
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} PiB"
+
+
+class Output:
+    def __init__(self, json_mode: bool = False, quiet: bool = False, verbose: int = 0) -> None:
+        self.json = json_mode
+        self.quiet = quiet
+        self.verbose = verbose
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = Console(highlight=False, soft_wrap=True)
+
+    # --- plain ---------------------------------------------------------------
+
+    def info(self, text: str) -> None:
+        """A human line on stdout (suppressed by --json and --quiet)."""
+        if not self.json and not self.quiet:
+            self.out.print(text, markup=False)
+
+    def notice(self, text: str) -> None:
+        """Something the user must see even when quiet (on stderr)."""
+        self.err.print(text, markup=False)
+
+    def warn(self, text: str) -> None:
+        if self.json:
+            self.emit({"message_type": "warning", "message": text})
+        else:
+            self.err.print(f"warning: {text}", markup=False)
+
+    def error(self, text: str) -> None:
+        self.err.print(f"strongroom: error: {text}", markup=False)
+
+    # --- machine -------------------------------------------------------------
+
+    def emit(self, doc: Any) -> None:
+        """One JSON value on one line of stdout."""
+        sys.stdout.write(json.dumps(doc, default=str) + "\n")
+        sys.stdout.flush()
+
+    def document(self, doc: Any) -> None:
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> None:
+        table = Table(title=title or None, show_lines=False, box=None, header_style="bold")
+        for h in headers:
+            table.add_column(h, overflow="fold")
+        for row in rows:
+            table.add_row(*(str(c) for c in row))
+        self.out.print(table)
+
+    # --- progress ------------------------------------------------------------
+
+    @contextmanager
+    def progress(self, title: str) -> Iterator[ProgressCallback]:
+        """A callback for pipeline progress: a bar on a terminal, JSON status lines
+        with --json (at most one a second), nothing otherwise."""
+        if self.json:
+            last = [0.0]
+
+            def json_cb(p: JobProgress) -> None:
+                now = time.monotonic()
+                if now - last[0] >= 1.0:
+                    last[0] = now
+                    self.emit(p.as_dict())
+
+            yield json_cb
+            return
+        if self.quiet or not self.err.is_terminal:
+            yield lambda _: None
+            return
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[files]} files"),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.err,
+            transient=True,
+        )
+        task: TaskID = bar.add_task(title, total=None, files=0)
+
+        def bar_cb(p: JobProgress) -> None:
+            bar.update(task, completed=p.bytes_done, total=p.bytes_total, files=p.files_done)
+
+        with bar:
+            yield bar_cb

@@ -1,0 +1,1 @@
+"""Plain values and their codecs: trees of file entries, recovery points."""

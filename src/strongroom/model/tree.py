@@ -1,0 +1,157 @@
+"""File-tree manifests: one tree per directory, stored as a TREE chunk.
+
+A tree encodes (msgpack) a map {"v": 1, "nodes": [node, ...]} with nodes sorted
+by name (bytes). Each node is a map with short keys (docs/format.md lists them);
+absent keys mean "not recorded". Names and link targets are bytes, so names
+that are not valid UTF-8 survive. A file's content is the concatenation of its
+chunks, given as one bytes value of 32-byte ids ("c") and their sizes ("cs").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from strongroom.errors import IntegrityError
+
+TREE_VERSION = 1
+ID_SIZE = 32
+
+FILE = "f"
+DIR = "d"
+SYMLINK = "l"
+FIFO = "p"
+CHARDEV = "c"
+BLOCKDEV = "b"
+SOCKET = "s"
+NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET)
+
+
+@dataclass(slots=True)
+class Node:
+    """One directory entry and its metadata; `chunks` is filled for files."""
+
+    name: bytes
+    type: str
+    mode: int = 0o644  # permission bits including setuid/setgid/sticky
+    uid: int = 0
+    gid: int = 0
+    user: str = ""
+    group: str = ""
+    mtime_ns: int = 0
+    atime_ns: int = 0
+    ctime_ns: int = 0
+    size: int = 0
+    inode: int = 0
+    device: int = 0
+    nlink: int = 1
+    rdev: int = 0
+    link_target: bytes = b""
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    chunks: list[bytes] = field(default_factory=list)
+    chunk_sizes: list[int] = field(default_factory=list)
+    subtree: bytes | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "n": self.name,
+            "t": self.type,
+            "m": self.mode,
+            "u": self.uid,
+            "g": self.gid,
+            "mt": self.mtime_ns,
+            "at": self.atime_ns,
+            "ct": self.ctime_ns,
+        }
+        if self.user:
+            wire["un"] = self.user
+        if self.group:
+            wire["gn"] = self.group
+        if self.type == FILE:
+            wire["sz"] = self.size
+            wire["c"] = b"".join(self.chunks)
+            wire["cs"] = self.chunk_sizes
+        if self.inode:
+            wire["ino"] = self.inode
+            wire["dev"] = self.device
+            wire["nl"] = self.nlink
+        if self.rdev:
+            wire["rd"] = self.rdev
+        if self.type == SYMLINK:
+            wire["lt"] = self.link_target
+        if self.xattrs:
+            wire["x"] = self.xattrs
+        if self.subtree is not None:
+            wire["st"] = self.subtree
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> Node:
+        try:
+            node = cls(
+                name=bytes(wire["n"]),
+                type=str(wire["t"]),
+                mode=int(wire["m"]),
+                uid=int(wire["u"]),
+                gid=int(wire["g"]),
+                mtime_ns=int(wire["mt"]),
+                atime_ns=int(wire["at"]),
+                ctime_ns=int(wire["ct"]),
+            )
+            node.user = str(wire.get("un", ""))
+            node.group = str(wire.get("gn", ""))
+            node.size = int(wire.get("sz", 0))
+            node.inode = int(wire.get("ino", 0))
+            node.device = int(wire.get("dev", 0))
+            node.nlink = int(wire.get("nl", 1))
+            node.rdev = int(wire.get("rd", 0))
+            node.link_target = bytes(wire.get("lt", b""))
+            node.xattrs = {bytes(k): bytes(v) for k, v in wire.get("x", {}).items()}
+            content = bytes(wire.get("c", b""))
+            if len(content) % ID_SIZE:
+                raise IntegrityError("file node has a partial chunk id")
+            node.chunks = [content[i : i + ID_SIZE] for i in range(0, len(content), ID_SIZE)]
+            node.chunk_sizes = [int(s) for s in wire.get("cs", [])]
+            subtree = wire.get("st")
+            node.subtree = bytes(subtree) if subtree is not None else None
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise IntegrityError(f"malformed tree node: {err!r}") from None
+        if node.type not in NODE_TYPES:
+            raise IntegrityError(f"tree node has unknown type {node.type!r}")
+        if len(node.chunk_sizes) != len(node.chunks):
+            raise IntegrityError("file node has chunk ids and sizes of different counts")
+        if node.type == DIR and node.subtree is not None and len(node.subtree) != ID_SIZE:
+            raise IntegrityError("directory node has a malformed subtree id")
+        return node
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == DIR
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    """Encode nodes (sorted by name here, so equal directories give equal bytes)."""
+    ordered = sorted(nodes, key=lambda n: n.name)
+    packed: bytes = msgpack.packb(
+        {"v": TREE_VERSION, "nodes": [n.to_wire() for n in ordered]}, use_bin_type=True
+    )
+    return packed
+
+
+def decode_tree(blob: bytes) -> list[Node]:
+    try:
+        doc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        raise IntegrityError(f"tree does not decode: {err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
+        raise IntegrityError("tree has no node list")
+    if int(doc.get("v", 0)) > TREE_VERSION:
+        raise IntegrityError(f"tree version {doc.get('v')} is newer than this program")
+    nodes = []
+    for wire in doc["nodes"]:
+        if not isinstance(wire, dict):
+            raise IntegrityError("tree node is not a map")
+        nodes.append(Node.from_wire(wire))
+    return nodes

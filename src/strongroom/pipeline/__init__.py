@@ -1,0 +1,1 @@
+"""The streaming engine: where sources meet the repository."""

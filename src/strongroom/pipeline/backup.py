@@ -1,0 +1,422 @@
+"""File backup: walk trees, chunk changed files, store chunks and trees, record a point.
+
+One pass, bounded memory. The walking thread reads and cuts files (FastCDC
+releases the GIL); a small pool hashes, compresses and encrypts chunks; the
+walking thread sinks results in order into packs (uploads run on their own
+thread). Files whose size, mtime, ctime and inode match the parent point are
+not read at all: their chunk lists are reused.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from strongroom.chunking import CdcChunker
+from strongroom.errors import Interrupted, SourceError, StrongroomError
+from strongroom.model.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
+from strongroom.pipeline.ordered import OrderedWork
+from strongroom.repository.format import BlobType
+from strongroom.repository.repo import Repository
+from strongroom.sources.exclude import Excluder
+from strongroom.sources.files import (
+    list_dir,
+    node_from_stat,
+    open_dir,
+    open_file,
+    read_link,
+    read_xattrs,
+    same_content_stat,
+)
+from strongroom.types import Progress, ProgressCallback, no_progress
+
+_PROGRESS_INTERVAL = 0.2
+
+
+@dataclass
+class BackupOptions:
+    paths: list[str]
+    excludes: list[str] = field(default_factory=list)
+    one_file_system: bool = False
+    dry_run: bool = False
+    skip_dirs: list[str] = field(default_factory=list)  # e.g. the repository itself
+    workers: int = 2
+    scan_totals: bool = False  # count the tree first (for an ETA)
+
+
+@dataclass
+class BackupSummary:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs: int = 0
+    other_entries: int = 0
+    total_files: int = 0
+    total_bytes: int = 0
+    bytes_read: int = 0
+    chunks_new: int = 0
+    data_added: int = 0
+    data_added_stored: int = 0
+    tree_id: str = ""
+    warnings: list[str] = field(default_factory=list)
+    unreadable: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "files_new": self.files_new,
+            "files_changed": self.files_changed,
+            "files_unmodified": self.files_unmodified,
+            "dirs": self.dirs,
+            "other_entries": self.other_entries,
+            "total_files": self.total_files,
+            "total_bytes": self.total_bytes,
+            "bytes_read": self.bytes_read,
+            "chunks_new": self.chunks_new,
+            "data_added": self.data_added,
+            "data_added_stored": self.data_added_stored,
+            "warnings": len(self.warnings),
+            "unreadable": self.unreadable,
+        }
+
+
+class _Virtual:
+    """A directory on the way to a backed-up path (e.g. `/home` for `/home/ann`)."""
+
+    def __init__(self) -> None:
+        self.children: dict[bytes, _Virtual | None] = {}  # None marks a backed-up path
+
+
+def _virtual_root(paths: list[bytes]) -> _Virtual:
+    root = _Virtual()
+    for path in sorted(paths):
+        parts = [p for p in path.split(b"/") if p]
+        node = root
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            child = node.children.get(part, _Virtual())
+            if child is None:
+                break  # an ancestor is backed up whole already
+            if last:
+                node.children[part] = None
+                break
+            node.children[part] = child
+            node = child
+    return root
+
+
+class FileBackup:
+    """One backup run. Call `run()` once."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        options: BackupOptions,
+        parent_tree: bytes | None = None,
+        progress: ProgressCallback = no_progress,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.repo = repo
+        self.options = options
+        self.parent_tree = parent_tree
+        self.report = progress
+        self.cancel = cancel or threading.Event()
+        self.summary = BackupSummary()
+        self.progress = Progress(job="backup")
+        self.excluder = Excluder(options.excludes)
+        cfg = repo.config
+        self.chunker = CdcChunker(cfg.cdc_min, cfg.cdc_avg, cfg.cdc_max, repo.master.chunker_seed)
+        self.small_file = cfg.cdc_min
+        self._work = OrderedWork(options.workers, depth=4 * options.workers + 4)
+        self._hardlinks: dict[tuple[int, int], Node] = {}
+        self._skip: set[tuple[int, int]] = set()
+        for path in options.skip_dirs:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            self._skip.add((st.st_dev, st.st_ino))
+        self._last_report = 0.0
+        self._dry_seen: set[bytes] = set()
+
+    # --- entry point ---------------------------------------------------------
+
+    def run(self) -> BackupSummary:
+        paths = [os.fsencode(os.path.abspath(p)) for p in self.options.paths]
+        for p in paths:
+            if not os.path.lexists(p):
+                raise SourceError(f"{os.fsdecode(p)}: no such file or directory")
+        if self.options.scan_totals:
+            threading.Thread(target=self._scan_totals, args=(paths,), daemon=True).start()
+        try:
+            with self._work:
+                nodes = self._backup_virtual(b"", _virtual_root(paths), self.parent_tree)
+                root: dict[str, bytes] = {}
+                self._work.then(lambda: root.update(id=self._store_tree(nodes)))
+                self._work.finish()
+            if not self.options.dry_run:
+                self.repo.flush()
+        except BaseException:
+            if not self.options.dry_run:
+                self.repo.abandon()
+            raise
+        stats = self.repo.stats
+        self.summary.chunks_new = stats.chunks_added
+        self.summary.data_added = stats.bytes_added_raw
+        self.summary.data_added_stored = stats.bytes_added_stored
+        self.summary.tree_id = root["id"].hex()
+        self._emit(force=True)
+        return self.summary
+
+    # --- traversal -----------------------------------------------------------
+
+    def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        if tree_id is None:
+            return {}
+        try:
+            blob = self.repo.load_chunk(tree_id, BlobType.TREE)
+        except StrongroomError as err:
+            self._warn(f"parent tree unreadable, reading everything: {err}")
+            return {}
+        return {n.name: n for n in decode_tree(blob)}
+
+    def _backup_virtual(self, path: bytes, virtual: _Virtual, parent_tree: bytes | None) -> list[Node]:
+        """Nodes of one directory on the way to the backed-up paths."""
+        old = self._parent_nodes(parent_tree)
+        nodes: list[Node] = []
+        dir_fd = open_dir(None, path or b"/")
+        try:
+            for name in sorted(virtual.children):
+                child_virtual = virtual.children[name]
+                child_path = path + b"/" + name
+                try:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except OSError as err:
+                    raise SourceError(f"{os.fsdecode(child_path)}: {err.strerror}") from None
+                if child_virtual is None:
+                    node = self._entry(dir_fd, name, st, child_path, old.get(name), top=True)
+                else:
+                    node = node_from_stat(name, st)
+                    if node is None or node.type != DIR:
+                        raise SourceError(f"{os.fsdecode(child_path)} is not a directory")
+                    node.xattrs = read_xattrs(dir_fd, name)
+                    prev = old.get(name)
+                    children = self._backup_virtual(
+                        child_path, child_virtual, prev.subtree if prev else None
+                    )
+                    self._finish_dir(node, children)
+                if node is not None:
+                    nodes.append(node)
+        finally:
+            os.close(dir_fd)
+        return nodes
+
+    def _entry(
+        self,
+        dir_fd: int,
+        name: bytes,
+        st: os.stat_result,
+        path: bytes,
+        old: Node | None,
+        top: bool = False,
+    ) -> Node | None:
+        """Back up one entry of `dir_fd`; None if it is excluded or unreadable."""
+        if self.cancel.is_set():
+            raise Interrupted("interrupted")
+        if not top and self.excluder and self.excluder.excluded(path, name):
+            return None
+        node = node_from_stat(name, st)
+        if node is None:
+            self._warn(f"{os.fsdecode(path)}: unsupported file type, skipped")
+            return None
+        try:
+            node.xattrs = read_xattrs(dir_fd, name)
+            if node.type == FILE:
+                self.summary.total_files += 1
+                self.progress.files_done += 1
+                if not self._file(dir_fd, name, st, path, node, old):
+                    return None
+            elif node.type == DIR:
+                self._dir(dir_fd, name, st, path, node, old)
+            else:
+                self.summary.other_entries += 1
+                if node.type == SYMLINK:
+                    node.link_target = read_link(dir_fd, name)
+        except FileNotFoundError:
+            return None  # vanished while we looked: it was never there
+        except OSError as err:
+            self._unreadable(path, err)
+            return None
+        return node
+
+    def _dir(
+        self, dir_fd: int, name: bytes, st: os.stat_result, path: bytes, node: Node, old: Node | None
+    ) -> None:
+        self.summary.dirs += 1
+        skip = (st.st_dev, st.st_ino) in self._skip
+        other_fs = self.options.one_file_system and st.st_dev != self._root_dev(dir_fd)
+        children: list[Node] = []
+        if not skip and not other_fs:
+            old_tree = old.subtree if old is not None and old.type == DIR else None
+            old_nodes = self._parent_nodes(old_tree)
+            sub_fd = open_dir(dir_fd, name)
+            try:
+                for child_name, child_st in list_dir(sub_fd):
+                    child = self._entry(
+                        sub_fd, child_name, child_st, path + b"/" + child_name,
+                        old_nodes.get(child_name),
+                    )
+                    if child is not None:
+                        children.append(child)
+            finally:
+                os.close(sub_fd)
+        self._finish_dir(node, children)
+
+    def _root_dev(self, dir_fd: int) -> int:
+        return os.fstat(dir_fd).st_dev
+
+    def _finish_dir(self, node: Node, children: list[Node]) -> None:
+        def store() -> None:
+            node.subtree = self._store_tree(children)
+
+        self._work.then(store)
+
+    def _store_tree(self, nodes: list[Node]) -> bytes:
+        blob = encode_tree(nodes)
+        if self.options.dry_run:
+            return self.repo.chunk_id(blob)
+        return self.repo.put_chunk(BlobType.TREE, blob)
+
+    # --- files ---------------------------------------------------------------
+
+    def _unchanged(self, node: Node, old: Node | None) -> bool:
+        if old is None or old.type != FILE:
+            return False
+        if (old.size, old.mtime_ns, old.ctime_ns, old.inode) != (
+            node.size, node.mtime_ns, node.ctime_ns, node.inode,
+        ):
+            return False
+        return all(self.repo.has_chunk(c) for c in old.chunks)
+
+    def _file(
+        self, dir_fd: int, name: bytes, st: os.stat_result, path: bytes, node: Node, old: Node | None
+    ) -> bool:
+        self.summary.total_bytes += node.size
+        if self._unchanged(node, old):
+            assert old is not None
+            node.chunks, node.chunk_sizes = old.chunks, old.chunk_sizes
+            self.summary.files_unmodified += 1
+            self.progress.bytes_done += node.size
+            self._emit()
+            return True
+        if node.nlink > 1:
+            first = self._hardlinks.get((node.device, node.inode))
+            if first is not None:  # share the first link's (possibly still filling) lists
+                node.chunks, node.chunk_sizes = first.chunks, first.chunk_sizes
+                return True
+            self._hardlinks[(node.device, node.inode)] = node
+        if old is None:
+            self.summary.files_new += 1
+        else:
+            self.summary.files_changed += 1
+        fd = open_file(dir_fd, name)
+        with open(fd, "rb", buffering=0, closefd=True) as stream:
+            before = os.fstat(fd)
+            size = 0
+            if before.st_size <= self.small_file:
+                data = stream.read()  # to EOF, even if it grew since the stat
+                if len(data) > self.small_file:
+                    for view in self.chunker.cut(data):
+                        self._submit_chunk(node, bytes(view))
+                else:
+                    self._submit_chunk(node, data)
+                size = len(data)
+            else:
+                for view in self.chunker.chunks(stream):  # type: ignore[arg-type]
+                    size += len(view)
+                    self._submit_chunk(node, bytes(view))
+            after = os.fstat(fd)
+        node.size = size
+        self.summary.bytes_read += size
+        self.summary.total_bytes += size - st.st_size
+        if not same_content_stat(before, after) or size != before.st_size:
+            self._warn(f"{os.fsdecode(path)}: file changed while it was read")
+        return True
+
+    def _submit_chunk(self, node: Node, data: bytes) -> None:
+        if not data:
+            return
+        repo = self.repo
+        dry = self.options.dry_run
+
+        def job() -> tuple[bytes, int, bytes | None]:
+            cid = repo.chunk_id(data)
+            if dry or repo.has_chunk(cid):
+                return cid, len(data), None
+            return cid, len(data), repo.seal_chunk(cid, BlobType.DATA, data)
+
+        def sink(result: tuple[bytes, int, bytes | None]) -> None:
+            cid, length, sealed = result
+            node.chunks.append(cid)
+            node.chunk_sizes.append(length)
+            if sealed is not None:
+                if repo.add_sealed(cid, BlobType.DATA, sealed, length):
+                    self.progress.bytes_added += length
+            elif dry and not repo.has_chunk(cid) and cid not in self._dry_seen:
+                self._dry_seen.add(cid)
+                repo.stats.chunks_added += 1
+                repo.stats.bytes_added_raw += length
+                self.progress.bytes_added += length
+            self.progress.bytes_done += length
+            self._emit()
+
+        self._work.submit(job, sink)
+
+    # --- reporting -----------------------------------------------------------
+
+    def _warn(self, message: str) -> None:
+        self.summary.warnings.append(message)
+        self.progress.errors += 1
+
+    def _unreadable(self, path: bytes, err: OSError) -> None:
+        self.summary.unreadable += 1
+        self._warn(f"{os.fsdecode(path)}: cannot read: {err.strerror or err}")
+
+    def _emit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_report >= _PROGRESS_INTERVAL:
+            self._last_report = now
+            self.report(self.progress)
+
+    def _scan_totals(self, paths: list[bytes]) -> None:
+        """Count files and bytes ahead of the backup, for an ETA (best effort)."""
+        files = total = 0
+        stack = list(paths)
+        while stack and not self.cancel.is_set():
+            path = stack.pop()
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    with os.scandir(path) as it:
+                        for entry in it:
+                            if self.excluder and self.excluder.excluded(
+                                os.fsencode(entry.path), os.fsencode(entry.name)
+                            ):
+                                continue
+                            stack.append(os.fsencode(entry.path))
+                except OSError:
+                    continue
+            elif stat.S_ISREG(st.st_mode):
+                files += 1
+                total += st.st_size
+        self.progress.files_total = files
+        self.progress.bytes_total = total
+
+
+Reporter = Callable[[Progress], None]

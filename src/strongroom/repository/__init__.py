@@ -1,0 +1,1 @@
+"""The deduplicating, encrypted repository: chunks, packs, index, points, keys, locks."""

@@ -1,0 +1,66 @@
+"""Compression of chunk payloads with zstd, skipped where it does not pay.
+
+A sealed chunk's plaintext starts with one byte telling how the rest is
+stored, so every blob is self-describing: 0 = raw, 1 = zstd frame.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from strongroom.errors import IntegrityError
+
+RAW = 0
+ZSTD = 1
+_RAW_PREFIX = bytes([RAW])
+_ZSTD_PREFIX = bytes([ZSTD])
+# Keep the compressed form only if it saves at least this fraction.
+MIN_SAVING = 0.03
+
+
+class Compressor:
+    """Thread-safe: each thread gets its own zstd contexts."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self._local = threading.local()
+
+    def _cctx(self) -> zstandard.ZstdCompressor:
+        cctx: zstandard.ZstdCompressor | None = getattr(self._local, "cctx", None)
+        if cctx is None:
+            cctx = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
+            self._local.cctx = cctx
+        return cctx
+
+    def _dctx(self) -> zstandard.ZstdDecompressor:
+        dctx: zstandard.ZstdDecompressor | None = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = zstandard.ZstdDecompressor()
+            self._local.dctx = dctx
+        return dctx
+
+    def pack(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Return the flagged payload: compressed if that saves enough, else raw."""
+        if self.level > 0 and len(data) >= 64:
+            compressed = self._cctx().compress(data)
+            if len(compressed) <= len(data) * (1 - MIN_SAVING):
+                return _ZSTD_PREFIX + compressed
+        return _RAW_PREFIX + bytes(data)
+
+    def unpack(self, payload: bytes, raw_length: int | None = None) -> bytes:
+        if not payload:
+            raise IntegrityError("empty chunk payload")
+        flag = payload[0]
+        body = memoryview(payload)[1:]
+        if flag == RAW:
+            return bytes(body)
+        if flag == ZSTD:
+            try:
+                if raw_length is not None:
+                    return self._dctx().decompress(body, max_output_size=raw_length)
+                return self._dctx().decompress(body)
+            except zstandard.ZstdError as err:
+                raise IntegrityError(f"chunk does not decompress: {err}") from None
+        raise IntegrityError(f"unknown chunk payload flag {flag}")

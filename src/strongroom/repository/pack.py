@@ -1,0 +1,123 @@
+"""Pack files: many sealed chunks in one object, with an encrypted header at the end.
+
+Layout (all integers little-endian):
+
+    magic   8 bytes  b"SRPACK01"
+    blob*            each a sealed chunk: nonce | ciphertext | tag
+    header           sealed (AD = b"pack header"): n entries of ENTRY
+    hlen    4 bytes  length of the sealed header
+
+ENTRY (45 bytes): type u8 | chunk id 32 | offset u32 | stored length u32 | raw length u32.
+The pack's name is the BLAKE3 of all its bytes, so `check` can verify a pack
+without the key, and the header lets a reader rebuild the index from packs alone.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from strongroom.errors import IntegrityError
+from strongroom.repository.crypto import OVERHEAD, Sealer
+from strongroom.repository.format import BlobType
+
+MAGIC = b"SRPACK01"
+_ENTRY = struct.Struct("<B32sIII")
+_HLEN = struct.Struct("<I")
+HEADER_AD = b"pack header"
+MAX_PACK_SIZE = (1 << 32) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    type: BlobType
+    chunk_id: bytes
+    offset: int
+    length: int  # stored (sealed) length
+    raw_length: int
+
+
+def blob_ad(chunk_id: bytes, blob_type: BlobType) -> bytes:
+    """Associated data binding a sealed chunk to its id and type."""
+    return bytes(chunk_id) + bytes([blob_type])
+
+
+class PackBuilder:
+    """Accumulates sealed chunks in memory until the pack is big enough to write."""
+
+    def __init__(self, blob_type: BlobType) -> None:
+        self.blob_type = blob_type
+        self._buf = bytearray(MAGIC)
+        self.entries: list[PackEntry] = []
+
+    @property
+    def size(self) -> int:
+        return len(self._buf)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, chunk_id: bytes, sealed: bytes, raw_length: int) -> None:
+        offset = len(self._buf)
+        if offset + len(sealed) > MAX_PACK_SIZE:
+            raise ValueError("pack would exceed 4 GiB")
+        self._buf += sealed
+        self.entries.append(PackEntry(self.blob_type, chunk_id, offset, len(sealed), raw_length))
+
+    def finish(self, sealer: Sealer) -> bytearray:
+        """Append the header and trailer; the builder must not be used afterwards."""
+        header = b"".join(
+            _ENTRY.pack(e.type, e.chunk_id, e.offset, e.length, e.raw_length)
+            for e in self.entries
+        )
+        sealed = sealer.seal(header, HEADER_AD)
+        self._buf += sealed
+        self._buf += _HLEN.pack(len(sealed))
+        return self._buf
+
+
+def header_length(tail: bytes, pack_size: int, what: str) -> int:
+    """Read the sealed header length from the pack's last 4 bytes."""
+    if len(tail) < _HLEN.size or pack_size < len(MAGIC) + _HLEN.size + OVERHEAD:
+        raise IntegrityError(f"{what} is too short to be a pack")
+    (hlen,) = _HLEN.unpack(tail[-_HLEN.size :])
+    if hlen < OVERHEAD or hlen > pack_size - len(MAGIC) - _HLEN.size:
+        raise IntegrityError(f"{what} has an impossible header length {hlen}")
+    return int(hlen)
+
+
+def parse_header(sealed_header: bytes, sealer: Sealer, what: str) -> list[PackEntry]:
+    plain = sealer.open(sealed_header, HEADER_AD, f"header of {what}")
+    if len(plain) % _ENTRY.size:
+        raise IntegrityError(f"header of {what} has a partial entry")
+    entries = []
+    for t, cid, off, length, raw in _ENTRY.iter_unpack(plain):
+        try:
+            btype = BlobType(t)
+        except ValueError:
+            raise IntegrityError(f"header of {what} has unknown blob type {t}") from None
+        entries.append(PackEntry(btype, cid, off, length, raw))
+    return entries
+
+
+def read_pack_header(pack: bytes, sealer: Sealer, what: str) -> list[PackEntry]:
+    """Parse the header of a whole pack held in memory, checking its magic and bounds."""
+    if pack[: len(MAGIC)] != MAGIC:
+        raise IntegrityError(f"{what} does not start with the pack magic")
+    hlen = header_length(pack[-_HLEN.size :], len(pack), what)
+    end = len(pack) - _HLEN.size
+    entries = parse_header(pack[end - hlen : end], sealer, what)
+    for e in entries:
+        if e.offset < len(MAGIC) or e.offset + e.length > end - hlen:
+            raise IntegrityError(f"{what}: chunk {e.chunk_id.hex()[:16]} lies outside the pack")
+    return entries
+
+
+def iter_blobs(pack: bytes, entries: list[PackEntry]) -> Iterator[tuple[PackEntry, memoryview]]:
+    view = memoryview(pack)
+    for e in entries:
+        yield e, view[e.offset : e.offset + e.length]
+
+
+TRAILER_SIZE = _HLEN.size

@@ -1,0 +1,156 @@
+"""Removing what no point references: plan, then repack, reindex, delete.
+
+Runs under the exclusive lock, so no backup can be adding references. The
+order makes an interrupted prune harmless and repeatable:
+
+1. copy still-used chunks out of partly used packs into new packs (sealed
+   blobs are copied as they are: no re-encryption) and index the new packs;
+2. write a new index of every kept pack;
+3. delete the old index files;
+4. delete the packs that are now unused (and orphans of killed backups).
+
+Until step 3 completes, old and new index files both resolve every chunk;
+after it, only deleted-to-be packs are unreferenced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from strongroom.errors import IntegrityError, ObjectNotFound
+from strongroom.repository import format as fmt
+from strongroom.repository.format import BlobType
+from strongroom.repository.pack import blob_ad
+from strongroom.repository.repo import Repository
+
+Entry = tuple[bytes, int, int, int, int]  # chunk id, offset, length, raw length, type
+_INDEX_FILE_ENTRIES = 200_000
+
+
+@dataclass
+class PrunePlan:
+    index_files: list[str]
+    packs: dict[bytes, list[Entry]]
+    pack_sizes: dict[bytes, int]
+    keep: list[bytes] = field(default_factory=list)
+    repack: list[bytes] = field(default_factory=list)
+    delete: list[bytes] = field(default_factory=list)
+    orphans: list[bytes] = field(default_factory=list)
+    used_in_pack: dict[bytes, list[Entry]] = field(default_factory=dict)
+    missing: set[bytes] = field(default_factory=set)
+    used_bytes: int = 0
+    unused_bytes: int = 0
+    repack_bytes: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "packs_total": len(self.packs),
+            "packs_keep": len(self.keep),
+            "packs_repack": len(self.repack),
+            "packs_delete": len(self.delete),
+            "packs_orphaned": len(self.orphans),
+            "used_bytes": self.used_bytes,
+            "unused_bytes": self.unused_bytes,
+            "repack_bytes": self.repack_bytes,
+            "missing_chunks": len(self.missing),
+        }
+
+
+def plan_prune(repo: Repository, used: set[bytes], max_unused: float = 0.0) -> PrunePlan:
+    """Classify every pack. `max_unused` (0..1) tolerates that fraction of unused
+    bytes in a pack before repacking it."""
+    index_files = repo.list_index_files()
+    packs: dict[bytes, list[Entry]] = {}
+    known: set[tuple[bytes, bytes, int]] = set()
+    for name in index_files:
+        idx = repo.read_index_file(name)
+        for cid, pack, off, length, raw, btype in idx.iter_entries():
+            if (pack, cid, off) in known:
+                continue  # the same entry in two index files (interrupted prune)
+            known.add((pack, cid, off))
+            packs.setdefault(pack, []).append((cid, off, length, raw, int(btype)))
+    sizes = {
+        bytes.fromhex(fmt.pack_hex_from_name(o.name)): o.size for o in repo.backend.list(fmt.DATA_PREFIX)
+    }
+    plan = PrunePlan(index_files, packs, sizes)
+    plan.orphans = [p for p in sizes if p not in packs]
+    seen: set[bytes] = set()
+    # Visit fully used packs first so duplicates are dropped from the others.
+    order = sorted(packs, key=lambda p: -sum(1 for e in packs[p] if e[0] in used))
+    for pack in order:
+        entries = packs[pack]
+        keep_entries = []
+        for e in entries:
+            if e[0] in used and e[0] not in seen:
+                seen.add(e[0])
+                keep_entries.append(e)
+        used_len = sum(e[2] for e in keep_entries)
+        total_len = sum(e[2] for e in entries)
+        plan.used_bytes += used_len
+        plan.unused_bytes += total_len - used_len
+        if pack not in sizes:
+            continue  # indexed but missing: check reports it; nothing to delete
+        if not keep_entries:
+            plan.delete.append(pack)
+        elif used_len == total_len or (total_len - used_len) <= max_unused * total_len:
+            plan.keep.append(pack)
+            plan.used_in_pack[pack] = entries
+        else:
+            plan.repack.append(pack)
+            plan.used_in_pack[pack] = keep_entries
+            plan.repack_bytes += used_len
+    plan.missing = used - seen
+    return plan
+
+
+def execute_prune(
+    repo: Repository, plan: PrunePlan, report: Callable[[str], None] = lambda _: None
+) -> None:
+    if plan.missing:
+        raise IntegrityError(
+            f"{len(plan.missing)} referenced chunks are missing from the index; "
+            "run 'strongroom check' (prune would not make it worse, but refuses to guess)"
+        )
+    # 1. repack
+    for n, pack in enumerate(plan.repack, 1):
+        report(f"repacking {n}/{len(plan.repack)}")
+        name = fmt.pack_name(pack.hex())
+        blob = repo.backend.get(name)
+        for cid, off, length, raw, btype in plan.used_in_pack[pack]:
+            sealed = blob[off : off + length]
+            btype_e = BlobType(btype)
+            repo.sealer.open(sealed, blob_ad(cid, btype_e), f"chunk {cid.hex()[:16]} in pack {pack.hex()[:16]}")
+            repo.add_sealed_copy(cid, btype_e, sealed, raw)
+    repo.flush()
+    new_index_files = set(repo.list_index_files()) - set(plan.index_files)
+    # 2. a fresh index of the kept packs (new packs are indexed by flush already)
+    report("writing index")
+    batch: dict[bytes, list[Entry]] = {}
+    count = 0
+    for pack in plan.keep:
+        batch[pack] = plan.used_in_pack[pack]
+        count += len(batch[pack])
+        if count >= _INDEX_FILE_ENTRIES:
+            repo.write_index_file(batch)
+            batch, count = {}, 0
+    if batch:
+        repo.write_index_file(batch)
+    # 3. old index files
+    report("removing old index files")
+    for name in plan.index_files:
+        if name not in new_index_files:
+            _delete(repo, name)
+    # 4. unused packs
+    doomed = plan.delete + plan.repack + plan.orphans
+    for n, pack in enumerate(doomed, 1):
+        if n % 50 == 0:
+            report(f"deleting packs {n}/{len(doomed)}")
+        _delete(repo, fmt.pack_name(pack.hex()))
+
+
+def _delete(repo: Repository, name: str) -> None:
+    try:
+        repo.backend.delete(name)
+    except ObjectNotFound:
+        pass  # an earlier, interrupted prune got there first

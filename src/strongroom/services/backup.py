@@ -1,0 +1,93 @@
+"""The backup use case: choose a parent, run the pipeline, record the point."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from strongroom import __version__
+from strongroom.model.point import RecoveryPoint, now
+from strongroom.pipeline.backup import BackupOptions, BackupSummary, FileBackup
+from strongroom.repository.repo import Repository
+from strongroom.services.points import PointFilter, find_point, list_points
+from strongroom.types import ProgressCallback, no_progress
+
+
+@dataclass
+class BackupRequest:
+    paths: list[str]
+    excludes: list[str] = field(default_factory=list)
+    one_file_system: bool = False
+    tags: list[str] = field(default_factory=list)
+    host: str = ""
+    dry_run: bool = False
+    parent: str | None = None  # point id, or None to pick the latest matching one
+    force_full: bool = False  # ignore any parent: read everything
+    scan_totals: bool = False
+
+
+@dataclass
+class BackupResult:
+    point: RecoveryPoint | None
+    summary: BackupSummary
+    parent: str | None
+    seconds: float
+
+
+def _choose_parent(repo: Repository, req: BackupRequest, paths: list[str]) -> RecoveryPoint | None:
+    if req.force_full:
+        return None
+    if req.parent:
+        return find_point(repo, req.parent)
+    candidates = list_points(repo, PointFilter(hosts=[req.host], paths=paths))
+    candidates = [p for p in candidates if p.kind == "files"]
+    return candidates[-1] if candidates else None
+
+
+def backup_files(
+    repo: Repository,
+    req: BackupRequest,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> BackupResult:
+    req.host = req.host or socket.gethostname()
+    paths = sorted({os.path.abspath(p) for p in req.paths})
+    parent = _choose_parent(repo, req, paths)
+    skip = [repo.backend.location] if os.path.isdir(repo.backend.location) else []
+    options = BackupOptions(
+        paths=paths,
+        excludes=req.excludes,
+        one_file_system=req.one_file_system,
+        dry_run=req.dry_run,
+        skip_dirs=skip,
+        scan_totals=req.scan_totals,
+    )
+    started = now()
+    pipeline = FileBackup(
+        repo,
+        options,
+        parent_tree=bytes.fromhex(parent.tree) if parent else None,
+        progress=progress,
+        cancel=cancel,
+    )
+    summary = pipeline.run()
+    seconds = (now() - started).total_seconds()
+    if req.dry_run:
+        return BackupResult(None, summary, parent.id if parent else None, seconds)
+    point = RecoveryPoint(
+        kind="files",
+        time=started,
+        host=req.host,
+        user=getpass.getuser(),
+        paths=paths,
+        tree=summary.tree_id,
+        parent=parent.id if parent else None,
+        tags=sorted(set(req.tags)),
+        program=f"strongroom {__version__}",
+        summary={**summary.as_dict(), "seconds": round(seconds, 3)},
+    )
+    point.id = repo.save_point(point.to_doc())
+    return BackupResult(point, summary, point.parent, seconds)

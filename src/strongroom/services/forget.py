@@ -1,0 +1,97 @@
+"""Retention: which points a keep-policy keeps, and forgetting the rest.
+
+Semantics follow restic's `forget`: points are grouped (by host and paths by
+default); within a group, newest first, each keep-rule keeps the newest point
+of each of its last N buckets (hours, days, ISO weeks, months, years); a
+point is kept if any rule keeps it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from strongroom.model.point import RecoveryPoint
+from strongroom.repository.repo import Repository
+
+
+@dataclass
+class KeepPolicy:
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    tags: list[str] = field(default_factory=list)  # points with any of these tags are kept
+
+    def empty(self) -> bool:
+        return not any((self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly, self.tags))
+
+
+_BUCKETS: dict[str, Callable[[datetime], object]] = {
+    "hourly": lambda t: (t.year, t.month, t.day, t.hour),
+    "daily": lambda t: (t.year, t.month, t.day),
+    "weekly": lambda t: t.isocalendar()[:2],
+    "monthly": lambda t: (t.year, t.month),
+    "yearly": lambda t: t.year,
+}
+
+
+@dataclass
+class Decision:
+    point: RecoveryPoint
+    keep: bool
+    reasons: list[str]
+
+
+def apply_policy(points: list[RecoveryPoint], policy: KeepPolicy) -> list[Decision]:
+    """Decide for one group of points (any order); returns newest first."""
+    ordered = sorted(points, key=lambda p: p.time, reverse=True)
+    reasons: dict[str, list[str]] = defaultdict(list)
+    for i, point in enumerate(ordered):
+        if i < policy.last:
+            reasons[point.id].append("last")
+        if policy.tags and set(policy.tags) & set(point.tags):
+            reasons[point.id].append("tag")
+    for rule, bucket_of in _BUCKETS.items():
+        budget = getattr(policy, rule)
+        seen: set[object] = set()
+        for point in ordered:
+            if len(seen) >= budget:
+                break
+            bucket = bucket_of(point.time.astimezone())
+            if bucket not in seen:
+                seen.add(bucket)
+                reasons[point.id].append(rule)
+    return [Decision(p, bool(reasons[p.id]), reasons[p.id]) for p in ordered]
+
+
+def group_points(points: list[RecoveryPoint], group_by: str) -> dict[str, list[RecoveryPoint]]:
+    """Group by a comma list of host, paths, tags (empty: one group)."""
+    keys = [k for k in group_by.split(",") if k]
+    groups: dict[str, list[RecoveryPoint]] = defaultdict(list)
+    for p in points:
+        parts = []
+        for k in keys:
+            if k == "host":
+                parts.append(f"host={p.host}")
+            elif k == "paths":
+                parts.append("paths=" + ":".join(sorted(p.paths)))
+            elif k == "tags":
+                parts.append("tags=" + ",".join(sorted(p.tags)))
+        groups[" ".join(parts)].append(p)
+    return groups
+
+
+def forget_points(repo: Repository, decisions: list[Decision], dry_run: bool = False) -> list[str]:
+    """Delete the point objects of every decision that does not keep; returns their ids."""
+    removed = []
+    for d in decisions:
+        if not d.keep:
+            if not dry_run:
+                repo.delete_point(d.point.id)
+            removed.append(d.point.id)
+    return removed

@@ -1,0 +1,120 @@
+"""Prune, check and stats: whole-repository use cases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from strongroom.model.tree import FILE
+from strongroom.repository import format as fmt
+from strongroom.repository.check import CheckReport, check_data, check_structure
+from strongroom.repository.prune import PrunePlan, execute_prune, plan_prune
+from strongroom.repository.repo import Repository
+from strongroom.services.points import list_points
+from strongroom.services.walk import iter_tree, referenced_by_points
+from strongroom.types import Progress, no_progress
+
+
+def prune(
+    repo: Repository,
+    *,
+    max_unused: float = 0.0,
+    dry_run: bool = False,
+    report: Callable[[str], None] = lambda _: None,
+) -> PrunePlan:
+    """Remove unreferenced data. Caller holds the exclusive lock."""
+    points = list_points(repo)
+    report(f"finding what {len(points)} points reference")
+    used, errors = referenced_by_points(repo, [bytes.fromhex(p.tree) for p in points])
+    if errors:
+        from strongroom.errors import IntegrityError
+
+        raise IntegrityError(f"cannot read every point's trees ({errors[0]}); run 'strongroom check'")
+    plan = plan_prune(repo, used, max_unused)
+    if not dry_run:
+        execute_prune(repo, plan, report)
+    return plan
+
+
+@dataclass
+class CheckResult:
+    report: CheckReport
+    damaged_files: dict[str, list[str]] = field(default_factory=dict)  # point id -> paths
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.report.ok,
+            "errors": self.report.errors,
+            "warnings": self.report.warnings,
+            "packs_read": self.report.packs_read,
+            "chunks_read": self.report.chunks_read,
+            "damaged_files": self.damaged_files,
+        }
+
+
+def check(
+    repo: Repository,
+    *,
+    read_data: bool = False,
+    subset: str | None = None,
+    progress: Callable[[Progress], None] = no_progress,
+) -> CheckResult:
+    report = CheckReport()
+    check_structure(repo, report)
+    points = list_points(repo)
+    for point in points:
+        used, errors = referenced_by_points(repo, [bytes.fromhex(point.tree)])
+        for err in errors:
+            report.errors.append(f"point {point.short_id}: {err}")
+        missing = [c for c in used if not repo.has_chunk(c)]
+        if missing:
+            report.errors.append(
+                f"point {point.short_id}: {len(missing)} chunks are missing from the index"
+            )
+            for c in missing:
+                report.damaged_chunks.setdefault(c, "?")
+    if read_data or subset:
+        check_data(repo, report, subset, progress)
+    result = CheckResult(report)
+    if report.damaged_chunks:
+        damaged = set(report.damaged_chunks)
+        for point in points:
+            try:
+                paths = [
+                    path.decode("utf-8", "surrogateescape")
+                    for path, node in iter_tree(repo, bytes.fromhex(point.tree))
+                    if node.type == FILE and damaged.intersection(node.chunks)
+                ]
+            except Exception as err:  # noqa: BLE001 - a damaged tree: say so, go on
+                paths = [f"(tree unreadable: {err})"]
+            if paths:
+                result.damaged_files[point.id] = paths
+    return result
+
+
+def stats(repo: Repository) -> dict[str, object]:
+    """Sizes of the repository and of what its points hold."""
+    points = list_points(repo)
+    stored = sum(o.size for o in repo.backend.list(fmt.DATA_PREFIX))
+    packs = sum(1 for _ in repo.backend.list(fmt.DATA_PREFIX))
+    index_bytes = sum(o.size for o in repo.backend.list(fmt.INDEX_PREFIX))
+    logical = sum(int(p.summary.get("total_bytes", 0)) for p in points)
+    raw = 0
+    chunks = 0
+    for name in repo.list_index_files():
+        idx = repo.read_index_file(name)
+        chunks += len(idx.entries)
+        raw += int(idx.entries["raw"].sum()) if len(idx.entries) else 0
+    return {
+        "points": len(points),
+        "packs": packs,
+        "chunks": chunks,
+        "stored_bytes": stored,
+        "index_bytes": index_bytes,
+        "unique_raw_bytes": raw,
+        "logical_bytes": logical,
+        "dedup_ratio": round(logical / raw, 3) if raw else None,
+        "compression_ratio": round(raw / stored, 3) if stored else None,
+        "index_memory_bytes": repo.index.memory_bytes(),
+        "index_memory_per_chunk": round(repo.index.memory_bytes() / max(1, len(repo.index)), 1),
+    }

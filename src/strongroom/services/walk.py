@@ -1,0 +1,94 @@
+"""Walking a point's manifests: file trees now, block maps when they arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from strongroom.errors import PathNotFound
+from strongroom.model.tree import DIR, Node, decode_tree
+from strongroom.repository.format import BlobType
+from strongroom.repository.repo import Repository
+
+
+def load_tree(repo: Repository, tree_id: bytes) -> list[Node]:
+    return decode_tree(repo.load_chunk(tree_id, BlobType.TREE))
+
+
+def iter_tree(repo: Repository, tree_id: bytes, base: bytes = b"") -> Iterator[tuple[bytes, Node]]:
+    """Yield (absolute path, node) depth-first, parents before children, by name."""
+    stack: list[tuple[bytes, Iterator[Node]]] = [(base, iter(load_tree(repo, tree_id)))]
+    while stack:
+        prefix, nodes = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+            continue
+        path = prefix + b"/" + node.name
+        yield path, node
+        if node.type == DIR and node.subtree is not None:
+            stack.append((path, iter(load_tree(repo, node.subtree))))
+
+
+def find_node(repo: Repository, tree_id: bytes, path: str) -> tuple[bytes, Node | None]:
+    """Locate `path` (absolute, as backed up) in a tree; returns (tree containing it, node).
+
+    The root (`/`) has no node: returns (tree_id, None).
+    """
+    parts = [os_part for os_part in path.encode("utf-8", "surrogateescape").split(b"/") if os_part]
+    current_tree = tree_id
+    node: Node | None = None
+    for i, part in enumerate(parts):
+        nodes = {n.name: n for n in load_tree(repo, current_tree)}
+        node = nodes.get(part)
+        if node is None:
+            raise PathNotFound(f"{path}: no such path in the point")
+        if i < len(parts) - 1:
+            if node.type != DIR or node.subtree is None:
+                raise PathNotFound(f"{path}: {part.decode(errors='replace')} is not a directory")
+            current_tree = node.subtree
+    return current_tree, node
+
+
+def referenced_chunks(repo: Repository, tree_id: bytes) -> Iterator[tuple[bytes, BlobType]]:
+    """Every chunk a file point needs: its trees and its files' data."""
+    yield tree_id, BlobType.TREE
+    stack = [tree_id]
+    seen_trees = {tree_id}
+    while stack:
+        for node in load_tree(repo, stack.pop()):
+            if node.type == DIR and node.subtree is not None:
+                if node.subtree not in seen_trees:
+                    seen_trees.add(node.subtree)
+                    yield node.subtree, BlobType.TREE
+                    stack.append(node.subtree)
+            for cid in node.chunks:
+                yield cid, BlobType.DATA
+
+
+def referenced_by_points(
+    repo: Repository, tree_ids: list[bytes]
+) -> tuple[set[bytes], list[str]]:
+    """Union of chunks referenced by the given root trees; errors for unreadable trees.
+
+    Trees shared between points are walked once.
+    """
+    used: set[bytes] = set()
+    errors: list[str] = []
+    stack = []
+    for tid in tree_ids:
+        if tid not in used:
+            used.add(tid)
+            stack.append(tid)
+    while stack:
+        tid = stack.pop()
+        try:
+            nodes = load_tree(repo, tid)
+        except Exception as err:  # noqa: BLE001 - report and go on
+            errors.append(f"tree {tid.hex()[:16]}: {err}")
+            continue
+        for node in nodes:
+            if node.subtree is not None and node.subtree not in used:
+                used.add(node.subtree)
+                stack.append(node.subtree)
+            used.update(node.chunks)
+    return used, errors

@@ -1,0 +1,1 @@
+"""What is read: directory trees now; block devices, images and VMs later."""

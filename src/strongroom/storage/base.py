@@ -1,0 +1,96 @@
+"""The storage contract every backend fulfils.
+
+A backend stores named objects. Names are slash-separated, lowercase ASCII
+(`data/3f/3f9a…`, `keys/…`, `config`); `check_name` enforces it so that no
+backend ever sees a path trick. Objects are written whole and atomically
+(readers never see half an object) and are never modified once written: the
+repository only creates and deletes. Backends are synchronous and safe to call
+from several threads at once; concurrency lives in the pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from strongroom.errors import InvalidObjectName
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}(/[a-z0-9][a-z0-9_.-]{0,127}){0,7}$")
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it is a valid object name, else raise InvalidObjectName."""
+    if not _NAME.match(name) or ".." in name:
+        raise InvalidObjectName(f"invalid object name {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond the core contract; callers ask, never isinstance.
+
+    - atomic_create: `create` is atomic exclusive (no two callers both succeed).
+    - ranged_get: `get_range` reads part of an object without fetching all of it.
+    - listing_consistent: a `list` right after a write shows it.
+    - parallel_requests: how many requests it is worth keeping in flight.
+    """
+
+    atomic_create: bool = True
+    ranged_get: bool = True
+    listing_consistent: bool = True
+    parallel_requests: int = 2
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Named immutable objects. Every method may raise StorageError subclasses."""
+
+    location: str
+    capabilities: Capabilities
+
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        """Store `data` under `name` atomically and durably (fsynced when it returns).
+
+        Overwriting an existing object is allowed only with identical content
+        (content-addressed names make re-puts idempotent). Raises StorageFull
+        when out of space; nothing partial remains.
+        """
+        ...
+
+    def create(self, name: str, data: bytes) -> None:
+        """Like `put`, but fail with ObjectExists if `name` exists (used for locks, keys)."""
+        ...
+
+    def get(self, name: str) -> bytes:
+        """Return the whole object; ObjectNotFound if missing."""
+        ...
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        """Return `length` bytes from `offset`; fewer only at the object's end."""
+        ...
+
+    def size(self, name: str) -> int:
+        """Return the object's size in bytes; ObjectNotFound if missing."""
+        ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Yield every object whose name starts with `prefix` (e.g. `data/`), any order."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Remove an object; ObjectNotFound if it was not there."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (open files, connections); idempotent."""
+        ...
