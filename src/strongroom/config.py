@@ -89,8 +89,9 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
         settings.password_file = os.path.expanduser(str(doc["password_file"]))
     if "compression" in doc:
         settings.compression = _level(str(doc["compression"]), where)
-    if isinstance(doc.get("exclude"), list):
-        settings.exclude = [str(x) for x in doc["exclude"]]  # type: ignore[union-attr]
+    excludes = doc.get("exclude")
+    if isinstance(excludes, list):
+        settings.exclude = [str(x) for x in excludes]
     if isinstance(doc.get("exclude_file"), str):
         settings.exclude_file = os.path.expanduser(str(doc["exclude_file"]))
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO, Protocol
+from typing import Protocol
+
+
+class Stream(Protocol):
+    """A raw binary stream (FileIO, a socket file, an NBD reader)."""
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int | None: ...
 
 
 class Chunker(Protocol):
@@ -12,4 +18,4 @@ class Chunker(Protocol):
 
     max_size: int
 
-    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]: ...
+    def chunks(self, stream: Stream) -> Iterator[memoryview]: ...

@@ -7,9 +7,10 @@ key and chunk sizes do not fingerprint known files (restic #5295).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
 
 import pyfastcdc
+
+from strongroom.chunking.base import Stream
 
 
 class CdcChunker:
@@ -21,8 +22,8 @@ class CdcChunker:
             avg_size, min_size=min_size, max_size=max_size, seed=seed & ((1 << 62) - 1) or 1
         )
 
-    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
-        for chunk in self._cdc.cut_stream(stream):
+    def chunks(self, stream: Stream) -> Iterator[memoryview]:
+        for chunk in self._cdc.cut_stream(stream):  # type: ignore[arg-type]
             yield chunk.data
 
     def cut(self, buf: bytes | bytearray | memoryview) -> Iterator[memoryview]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+
+from strongroom.chunking.base import Stream
 
 
 class FixedChunker:
@@ -13,7 +14,7 @@ class FixedChunker:
         self.max_size = size
         self._buf = bytearray(size)
 
-    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
+    def chunks(self, stream: Stream) -> Iterator[memoryview]:
         view = memoryview(self._buf)
         while True:
             filled = 0

@@ -45,14 +45,22 @@ class AliasGroup(click.Group):
 
 @click.group(cls=AliasGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="strongroom")
-@click.option("--repo", "-r", envvar="STRONGROOM_REPO", help="Repository location (default: your data dir).")
+@click.option(
+    "--repo", "-r", envvar="STRONGROOM_REPO", help="Repository location (default: your data dir)."
+)
 @click.option("--password-file", "-p", type=click.Path(), help="Read the password from this file.")
 @click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and warnings.")
 @click.option("--verbose", "-v", count=True, help="Say more (repeatable).")
 @click.pass_context
-def cli(ctx: click.Context, repo: str | None, password_file: str | None, json_mode: bool,
-        quiet: bool, verbose: int) -> None:
+def cli(
+    ctx: click.Context,
+    repo: str | None,
+    password_file: str | None,
+    json_mode: bool,
+    quiet: bool,
+    verbose: int,
+) -> None:
     """strongroom: deduplicated, encrypted backups of files (and soon disks, VMs and tape)."""
     settings = load_settings()
     if repo:
@@ -61,7 +69,9 @@ def cli(ctx: click.Context, repo: str | None, password_file: str | None, json_mo
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    ctx.obj = App(settings=settings, out=Output(json_mode, quiet, verbose), password_file=password_file)
+    ctx.obj = App(
+        settings=settings, out=Output(json_mode, quiet, verbose), password_file=password_file
+    )
 
 
 def _set_flag(attr: str, value_of: object = None) -> object:
@@ -76,12 +86,22 @@ def _set_flag(attr: str, value_of: object = None) -> object:
 def _add_common_options(command: click.Command) -> None:
     """Accept --json/--quiet/--verbose after the subcommand too, as restic does."""
     command.params.append(
-        click.Option(["--json"], is_flag=True, expose_value=False, help="Machine-readable output.",
-                     callback=_set_flag("json", True))  # type: ignore[arg-type]
+        click.Option(
+            ["--json"],
+            is_flag=True,
+            expose_value=False,
+            help="Machine-readable output.",
+            callback=_set_flag("json", True),
+        )
     )
     command.params.append(
-        click.Option(["--quiet", "-q"], is_flag=True, expose_value=False, help="Only errors and warnings.",
-                     callback=_set_flag("quiet", True))  # type: ignore[arg-type]
+        click.Option(
+            ["--quiet", "-q"],
+            is_flag=True,
+            expose_value=False,
+            help="Only errors and warnings.",
+            callback=_set_flag("quiet", True),
+        )
     )
     if isinstance(command, click.Group):
         for sub in command.commands.values():

@@ -77,7 +77,9 @@ class Output:
         sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
         sys.stdout.flush()
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> None:
+    def table(
+        self, headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = ""
+    ) -> None:
         table = Table(title=title or None, show_lines=False, box=None, header_style="bold")
         for h in headers:
             table.add_column(h, overflow="fold")

@@ -183,7 +183,9 @@ class FileBackup:
             return {}
         return {n.name: n for n in decode_tree(blob)}
 
-    def _backup_virtual(self, path: bytes, virtual: _Virtual, parent_tree: bytes | None) -> list[Node]:
+    def _backup_virtual(
+        self, path: bytes, virtual: _Virtual, parent_tree: bytes | None
+    ) -> list[Node]:
         """Nodes of one directory on the way to the backed-up paths."""
         old = self._parent_nodes(parent_tree)
         nodes: list[Node] = []
@@ -253,7 +255,13 @@ class FileBackup:
         return node
 
     def _dir(
-        self, dir_fd: int, name: bytes, st: os.stat_result, path: bytes, node: Node, old: Node | None
+        self,
+        dir_fd: int,
+        name: bytes,
+        st: os.stat_result,
+        path: bytes,
+        node: Node,
+        old: Node | None,
     ) -> None:
         self.summary.dirs += 1
         skip = (st.st_dev, st.st_ino) in self._skip
@@ -266,7 +274,10 @@ class FileBackup:
             try:
                 for child_name, child_st in list_dir(sub_fd):
                     child = self._entry(
-                        sub_fd, child_name, child_st, path + b"/" + child_name,
+                        sub_fd,
+                        child_name,
+                        child_st,
+                        path + b"/" + child_name,
                         old_nodes.get(child_name),
                     )
                     if child is not None:
@@ -296,13 +307,22 @@ class FileBackup:
         if old is None or old.type != FILE:
             return False
         if (old.size, old.mtime_ns, old.ctime_ns, old.inode) != (
-            node.size, node.mtime_ns, node.ctime_ns, node.inode,
+            node.size,
+            node.mtime_ns,
+            node.ctime_ns,
+            node.inode,
         ):
             return False
         return all(self.repo.has_chunk(c) for c in old.chunks)
 
     def _file(
-        self, dir_fd: int, name: bytes, st: os.stat_result, path: bytes, node: Node, old: Node | None
+        self,
+        dir_fd: int,
+        name: bytes,
+        st: os.stat_result,
+        path: bytes,
+        node: Node,
+        old: Node | None,
     ) -> bool:
         self.summary.total_bytes += node.size
         if self._unchanged(node, old):
@@ -335,7 +355,7 @@ class FileBackup:
                     self._submit_chunk(node, data)
                 size = len(data)
             else:
-                for view in self.chunker.chunks(stream):  # type: ignore[arg-type]
+                for view in self.chunker.chunks(stream):
                     size += len(view)
                     self._submit_chunk(node, bytes(view))
             after = os.fstat(fd)

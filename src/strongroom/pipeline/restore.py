@@ -73,7 +73,9 @@ class _Selection:
         """The entry and everything below it are restored."""
         if not self.includes:
             return True
-        return any(path == inc or path.startswith(inc + b"/") or inc == b"/" for inc in self.includes)
+        return any(
+            path == inc or path.startswith(inc + b"/") or inc == b"/" for inc in self.includes
+        )
 
     def leads_to(self, path: bytes) -> bool:
         """The entry is a directory on the way to an included path."""
@@ -124,7 +126,9 @@ class FileRestore:
 
     # --- traversal -----------------------------------------------------------
 
-    def _restore_tree(self, tree_id: bytes, dir_fd: int, path: bytes, rel: bytes, full: bool) -> None:
+    def _restore_tree(
+        self, tree_id: bytes, dir_fd: int, path: bytes, rel: bytes, full: bool
+    ) -> None:
         nodes = decode_tree(self.repo.load_chunk(tree_id, BlobType.TREE))
         for node in nodes:
             if self.cancel.is_set():
@@ -152,7 +156,9 @@ class FileRestore:
                 if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                     os.unlink(name, dir_fd=dir_fd)
                     os.mkdir(name, 0o700, dir_fd=dir_fd)
-            sub_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            sub_fd = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+            )
             self.summary.dirs += 1
             try:
                 if node.subtree is not None:
@@ -191,7 +197,12 @@ class FileRestore:
         os.unlink(name, dir_fd=dir_fd)
 
     def _make_special(self, node: Node, dir_fd: int, path: bytes) -> None:
-        kinds = {FIFO: stat.S_IFIFO, CHARDEV: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK, SOCKET: stat.S_IFSOCK}
+        kinds = {
+            FIFO: stat.S_IFIFO,
+            CHARDEV: stat.S_IFCHR,
+            BLOCKDEV: stat.S_IFBLK,
+            SOCKET: stat.S_IFSOCK,
+        }
         if node.type in (CHARDEV, BLOCKDEV) and not IS_ROOT:
             self._warn(f"{os.fsdecode(path)}: device nodes need root; skipped")
             return
@@ -300,7 +311,11 @@ class FileRestore:
 
     def _xattr_skippable(self, key: bytes, err: OSError) -> bool:
         """Non-user namespaces are expected to fail without privilege."""
-        return not IS_ROOT and not key.startswith(b"user.") and err.errno in (errno.EPERM, errno.EACCES)
+        return (
+            not IS_ROOT
+            and not key.startswith(b"user.")
+            and err.errno in (errno.EPERM, errno.EACCES)
+        )
 
     def _warn(self, message: str) -> None:
         self.summary.warnings.append(message)

@@ -41,7 +41,8 @@ class CheckReport:
 
 def check_structure(repo: Repository, report: CheckReport) -> None:
     report.pack_sizes = {
-        bytes.fromhex(fmt.pack_hex_from_name(o.name)): o.size for o in repo.backend.list(fmt.DATA_PREFIX)
+        bytes.fromhex(fmt.pack_hex_from_name(o.name)): o.size
+        for o in repo.backend.list(fmt.DATA_PREFIX)
     }
     for name in repo.list_index_files():
         try:
@@ -60,7 +61,9 @@ def check_structure(repo: Repository, report: CheckReport) -> None:
             continue
         end = max(off + length for _, off, length, _, _ in entries)
         if end > size:
-            report.errors.append(f"pack {pack.hex()} is truncated ({size} bytes, index needs {end})")
+            report.errors.append(
+                f"pack {pack.hex()} is truncated ({size} bytes, index needs {end})"
+            )
             for e in entries:
                 if e[1] + e[2] > size:
                     report.damaged_chunks[e[0]] = pack.hex()
@@ -89,7 +92,9 @@ def select_packs(packs: list[bytes], subset: str | None, seed: int | None = None
     return [p for p in ordered if p[0] % m == n - 1]
 
 
-def check_pack_data(repo: Repository, pack: bytes, entries: list[Entry], report: CheckReport) -> None:
+def check_pack_data(
+    repo: Repository, pack: bytes, entries: list[Entry], report: CheckReport
+) -> None:
     """Read one pack fully and verify it; record findings in `report`."""
     name = fmt.pack_name(pack.hex())
     short = pack.hex()[:16]

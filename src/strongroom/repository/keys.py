@@ -82,9 +82,7 @@ def _kek(password: bytes, salt: bytes, params: KdfParams) -> bytes:
     )
 
 
-def wrap_master_key(
-    master: MasterKey, password: bytes, params: KdfParams | None = None
-) -> bytes:
+def wrap_master_key(master: MasterKey, password: bytes, params: KdfParams | None = None) -> bytes:
     """Return a key file's bytes (JSON) for `password`."""
     params = params or KdfParams.from_env()
     salt = os.urandom(16)

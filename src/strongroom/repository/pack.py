@@ -68,8 +68,7 @@ class PackBuilder:
     def finish(self, sealer: Sealer) -> bytearray:
         """Append the header and trailer; the builder must not be used afterwards."""
         header = b"".join(
-            _ENTRY.pack(e.type, e.chunk_id, e.offset, e.length, e.raw_length)
-            for e in self.entries
+            _ENTRY.pack(e.type, e.chunk_id, e.offset, e.length, e.raw_length) for e in self.entries
         )
         sealed = sealer.seal(header, HEADER_AD)
         self._buf += sealed

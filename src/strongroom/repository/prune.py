@@ -71,7 +71,8 @@ def plan_prune(repo: Repository, used: set[bytes], max_unused: float = 0.0) -> P
             known.add((pack, cid, off))
             packs.setdefault(pack, []).append((cid, off, length, raw, int(btype)))
     sizes = {
-        bytes.fromhex(fmt.pack_hex_from_name(o.name)): o.size for o in repo.backend.list(fmt.DATA_PREFIX)
+        bytes.fromhex(fmt.pack_hex_from_name(o.name)): o.size
+        for o in repo.backend.list(fmt.DATA_PREFIX)
     }
     plan = PrunePlan(index_files, packs, sizes)
     plan.orphans = [p for p in sizes if p not in packs]
@@ -120,7 +121,9 @@ def execute_prune(
         for cid, off, length, raw, btype in plan.used_in_pack[pack]:
             sealed = blob[off : off + length]
             btype_e = BlobType(btype)
-            repo.sealer.open(sealed, blob_ad(cid, btype_e), f"chunk {cid.hex()[:16]} in pack {pack.hex()[:16]}")
+            repo.sealer.open(
+                sealed, blob_ad(cid, btype_e), f"chunk {cid.hex()[:16]} in pack {pack.hex()[:16]}"
+            )
             repo.add_sealed_copy(cid, btype_e, sealed, raw)
     repo.flush()
     new_index_files = set(repo.list_index_files()) - set(plan.index_files)

@@ -164,7 +164,9 @@ class Repository:
         key_obj = fmt.key_name(content_hash(key_blob).hex())
         backend.create(key_obj, key_blob)
         # config last: its presence is what makes the folder a repository.
-        backend.create(fmt.CONFIG_NAME, Sealer(master.encryption_key).seal(config.encode(), _CONFIG_AD))
+        backend.create(
+            fmt.CONFIG_NAME, Sealer(master.encryption_key).seal(config.encode(), _CONFIG_AD)
+        )
         return cls(backend, master, config, key_obj)
 
     @classmethod
@@ -180,7 +182,9 @@ class Repository:
             except (WrongPassword, RepositoryError):
                 continue
             sealed = backend.get(fmt.CONFIG_NAME)
-            config = RepoConfig.decode(Sealer(master.encryption_key).open(sealed, _CONFIG_AD, "config"))
+            config = RepoConfig.decode(
+                Sealer(master.encryption_key).open(sealed, _CONFIG_AD, "config")
+            )
             return cls(backend, master, config, name)
         raise WrongPassword("wrong password: no key in the repository opens with it")
 
@@ -283,7 +287,9 @@ class Repository:
         """Compress and encrypt one chunk (thread-safe, releases the GIL in native code)."""
         return self.sealer.seal(self.compressor.pack(data), blob_ad(chunk_id, blob_type))
 
-    def add_sealed(self, chunk_id: bytes, blob_type: BlobType, sealed: bytes, raw_length: int) -> bool:
+    def add_sealed(
+        self, chunk_id: bytes, blob_type: BlobType, sealed: bytes, raw_length: int
+    ) -> bool:
         """Queue a sealed chunk for its pack; False if the chunk was already stored."""
         if self.has_chunk(chunk_id):
             return False
@@ -326,7 +332,9 @@ class Repository:
         self._reap_uploads(block=len(self._uploads) >= _MAX_PENDING_UPLOADS)
         data = builder.finish(self.sealer)
         pack_id = content_hash(data)
-        entries = [(e.chunk_id, e.offset, e.length, e.raw_length, int(e.type)) for e in builder.entries]
+        entries = [
+            (e.chunk_id, e.offset, e.length, e.raw_length, int(e.type)) for e in builder.entries
+        ]
         if self._uploader is None:
             self._uploader = ThreadPoolExecutor(1, thread_name_prefix="upload")
 
@@ -385,7 +393,7 @@ class Repository:
         self._uploads.clear()
         try:
             self._flush_index()
-        except Exception:  # noqa: BLE001 - already failing; keep the first error
+        except Exception:
             pass
 
     # --- chunks: reading -----------------------------------------------------
@@ -396,7 +404,9 @@ class Repository:
             raise ChunkNotFound(f"chunk {chunk_id.hex()[:16]} is not in the index")
         return loc
 
-    def load_chunk(self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None) -> bytes:
+    def load_chunk(
+        self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None
+    ) -> bytes:
         """Fetch, authenticate and decompress one chunk; IntegrityError names pack and chunk."""
         loc = self.locate(chunk_id)
         name = fmt.pack_name(loc.pack.hex())

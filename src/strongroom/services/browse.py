@@ -17,7 +17,7 @@ def list_entries(
     repo: Repository, tree_id: bytes, path: str = "/", recursive: bool = True
 ) -> Iterator[tuple[bytes, Node]]:
     """(path, node) under `path` (the node itself first, unless it is the root)."""
-    containing, node = find_node(repo, tree_id, path)
+    _, node = find_node(repo, tree_id, path)
     base = path.rstrip("/").encode("utf-8", "surrogateescape")
     if node is None:  # the root
         if recursive:
@@ -43,10 +43,20 @@ class Change:
 
 
 def _meta(n: Node) -> tuple[object, ...]:
-    return (n.mode, n.uid, n.gid, n.mtime_ns, n.link_target, tuple(sorted(n.xattrs.items())), n.rdev)
+    return (
+        n.mode,
+        n.uid,
+        n.gid,
+        n.mtime_ns,
+        n.link_target,
+        tuple(sorted(n.xattrs.items())),
+        n.rdev,
+    )
 
 
-def diff_trees(repo: Repository, a: bytes | None, b: bytes | None, base: bytes = b"") -> Iterator[Change]:
+def diff_trees(
+    repo: Repository, a: bytes | None, b: bytes | None, base: bytes = b""
+) -> Iterator[Change]:
     """Differences from tree `a` to tree `b`; identical subtrees are skipped by id."""
     if a == b:
         return
@@ -66,8 +76,12 @@ def diff_trees(repo: Repository, a: bytes | None, b: bytes | None, base: bytes =
         elif o is not None and n is not None:
             if o.type != n.type:
                 yield Change("T", path, n)
-                yield from diff_trees(repo, o.subtree if o.type == DIR else None,
-                                      n.subtree if n.type == DIR else None, path)
+                yield from diff_trees(
+                    repo,
+                    o.subtree if o.type == DIR else None,
+                    n.subtree if n.type == DIR else None,
+                    path,
+                )
             elif n.type == FILE and o.chunks != n.chunks:
                 yield Change("M", path, n)
             elif n.type == DIR:

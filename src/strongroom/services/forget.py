@@ -28,7 +28,9 @@ class KeepPolicy:
     tags: list[str] = field(default_factory=list)  # points with any of these tags are kept
 
     def empty(self) -> bool:
-        return not any((self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly, self.tags))
+        return not any(
+            (self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly, self.tags)
+        )
 
 
 _BUCKETS: dict[str, Callable[[datetime], object]] = {

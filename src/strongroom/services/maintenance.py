@@ -29,7 +29,9 @@ def prune(
     if errors:
         from strongroom.errors import IntegrityError
 
-        raise IntegrityError(f"cannot read every point's trees ({errors[0]}); run 'strongroom check'")
+        raise IntegrityError(
+            f"cannot read every point's trees ({errors[0]}); run 'strongroom check'"
+        )
     plan = plan_prune(repo, used, max_unused)
     if not dry_run:
         execute_prune(repo, plan, report)
@@ -85,7 +87,7 @@ def check(
                     for path, node in iter_tree(repo, bytes.fromhex(point.tree))
                     if node.type == FILE and damaged.intersection(node.chunks)
                 ]
-            except Exception as err:  # noqa: BLE001 - a damaged tree: say so, go on
+            except Exception as err:
                 paths = [f"(tree unreadable: {err})"]
             if paths:
                 result.damaged_files[point.id] = paths

@@ -49,25 +49,7 @@ def find_node(repo: Repository, tree_id: bytes, path: str) -> tuple[bytes, Node 
     return current_tree, node
 
 
-def referenced_chunks(repo: Repository, tree_id: bytes) -> Iterator[tuple[bytes, BlobType]]:
-    """Every chunk a file point needs: its trees and its files' data."""
-    yield tree_id, BlobType.TREE
-    stack = [tree_id]
-    seen_trees = {tree_id}
-    while stack:
-        for node in load_tree(repo, stack.pop()):
-            if node.type == DIR and node.subtree is not None:
-                if node.subtree not in seen_trees:
-                    seen_trees.add(node.subtree)
-                    yield node.subtree, BlobType.TREE
-                    stack.append(node.subtree)
-            for cid in node.chunks:
-                yield cid, BlobType.DATA
-
-
-def referenced_by_points(
-    repo: Repository, tree_ids: list[bytes]
-) -> tuple[set[bytes], list[str]]:
+def referenced_by_points(repo: Repository, tree_ids: list[bytes]) -> tuple[set[bytes], list[str]]:
     """Union of chunks referenced by the given root trees; errors for unreadable trees.
 
     Trees shared between points are walked once.
@@ -83,7 +65,7 @@ def referenced_by_points(
         tid = stack.pop()
         try:
             nodes = load_tree(repo, tid)
-        except Exception as err:  # noqa: BLE001 - report and go on
+        except Exception as err:
             errors.append(f"tree {tid.hex()[:16]}: {err}")
             continue
         for node in nodes:

@@ -18,11 +18,18 @@ from strongroom.sources.exclude import Excluder
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--exclude", "-e", multiple=True, help="Exclude a pattern (repeatable).")
-@click.option("--exclude-file", multiple=True, type=click.Path(exists=True), help="Read exclude patterns from a file.")
+@click.option(
+    "--exclude-file",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Read exclude patterns from a file.",
+)
 @click.option("--one-file-system", "-x", is_flag=True, help="Do not cross filesystem boundaries.")
 @click.option("--tag", multiple=True, help="Tag the point (repeatable).")
 @click.option("--host", default="", help="Host name to record (default: this host).")
-@click.option("--parent", default=None, help="Point to compare with (default: latest of same host and paths).")
+@click.option(
+    "--parent", default=None, help="Point to compare with (default: latest of same host and paths)."
+)
 @click.option("--force", is_flag=True, help="Read every file, ignoring the parent point.")
 @click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
 @pass_app
@@ -41,14 +48,18 @@ def backup(
     """Back up PATHS into a new recovery point."""
     out = app.out
     if app.settings.uses_default_repository and not repository_exists(app.settings.repository):
-        out.notice(f"no repository configured: creating the default one at {app.settings.repository}")
+        out.notice(
+            f"no repository configured: creating the default one at {app.settings.repository}"
+        )
         key = create_repository(app)
         out.notice(
             f"Its key is stored in the repository ({key}), protected by your password.\n"
             "Keep the password safe: without it nobody can restore this data."
         )
     patterns = list(app.settings.exclude) + list(exclude)
-    for f in list(exclude_file) + ([app.settings.exclude_file] if app.settings.exclude_file else []):
+    for f in list(exclude_file) + (
+        [app.settings.exclude_file] if app.settings.exclude_file else []
+    ):
         patterns += Excluder.read_file(f)
     request = BackupRequest(
         paths=list(paths),
@@ -67,9 +78,14 @@ def backup(
     for w in s.warnings:
         out.warn(w)
     if out.json:
-        doc = {"message_type": "summary", **s.as_dict(), "dry_run": dry_run,
-               "point_id": result.point.id if result.point else None,
-               "parent": result.parent, "seconds": round(result.seconds, 3)}
+        doc = {
+            "message_type": "summary",
+            **s.as_dict(),
+            "dry_run": dry_run,
+            "point_id": result.point.id if result.point else None,
+            "parent": result.parent,
+            "seconds": round(result.seconds, 3),
+        }
         out.emit(doc)
     else:
         out.info(

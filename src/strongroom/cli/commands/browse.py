@@ -19,7 +19,9 @@ _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "p": "p", "c": "c", "b": "b", "s": "
 
 def _node_doc(path: bytes, node: Node) -> dict[str, object]:
     return {
-        "path": path.decode("utf-8", "surrogateescape").encode("utf-8", "backslashreplace").decode(),
+        "path": path.decode("utf-8", "surrogateescape")
+        .encode("utf-8", "backslashreplace")
+        .decode(),
         "type": node.type,
         "mode": oct(node.mode),
         "uid": node.uid,
@@ -52,7 +54,9 @@ def ls(app: App, point: str, path: str, long_: bool, recursive: bool) -> None:
                 when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
                 owner = f"{node.user or node.uid}/{node.group or node.gid}"
                 link = f" -> {_printable(node.link_target)}" if node.link_target else ""
-                app.out.info(f"{mode} {owner:>15} {node.size:>12} {when} {_printable(entry_path)}{link}")
+                app.out.info(
+                    f"{mode} {owner:>15} {node.size:>12} {when} {_printable(entry_path)}{link}"
+                )
             else:
                 app.out.info(_printable(entry_path))
 
@@ -70,13 +74,26 @@ def diff(app: App, point_a: str, point_b: str) -> None:
         for change in diff_trees(repo, bytes.fromhex(a.tree), bytes.fromhex(b.tree)):
             counts[change.kind] += 1
             if app.out.json:
-                app.out.emit({"message_type": "change", "modifier": change.kind,
-                              "path": _printable(change.path)})
+                app.out.emit(
+                    {
+                        "message_type": "change",
+                        "modifier": change.kind,
+                        "path": _printable(change.path),
+                    }
+                )
             else:
                 app.out.info(f"{change.kind}    {_printable(change.path)}")
     if app.out.json:
-        app.out.emit({"message_type": "statistics", "added": counts["+"], "removed": counts["-"],
-                      "modified": counts["M"], "metadata": counts["U"], "type_changed": counts["T"]})
+        app.out.emit(
+            {
+                "message_type": "statistics",
+                "added": counts["+"],
+                "removed": counts["-"],
+                "modified": counts["M"],
+                "metadata": counts["U"],
+                "type_changed": counts["T"],
+            }
+        )
     else:
         app.out.info(
             f"\n{counts['+']} added, {counts['-']} removed, {counts['M']} modified, "

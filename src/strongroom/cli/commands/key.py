@@ -13,14 +13,16 @@ from strongroom.services.session import LockMode
 def _new_password(app: App, new_password_file: str | None) -> bytes:
     if new_password_file:
         with open(new_password_file, "rb") as f:
-            value = f.read().splitlines()[0] if f else b""
-        if not value:
+            lines = f.read().splitlines()
+        if not lines or not lines[0]:
             raise click.UsageError("the new password file is empty")
-        return value
+        return lines[0]
     env = os.environ.get("STRONGROOM_NEW_PASSWORD")
     if env:
         return env.encode()
-    value: str = click.prompt("Enter new password", hide_input=True, confirmation_prompt=True, err=True)
+    value: str = click.prompt(
+        "Enter new password", hide_input=True, confirmation_prompt=True, err=True
+    )
     return value.encode()
 
 
@@ -38,12 +40,17 @@ def key_list(app: App) -> None:
     if app.out.json:
         app.out.document(keys)
         return
-    rows = [("*" if k["current"] else "", str(k["id"])[:8], k["user"], k["host"], k["created"]) for k in keys]
+    rows = [
+        ("*" if k["current"] else "", str(k["id"])[:8], k["user"], k["host"], k["created"])
+        for k in keys
+    ]
     app.out.table(["", "ID", "User", "Host", "Created"], rows)
 
 
 @key.command("add")
-@click.option("--new-password-file", type=click.Path(exists=True), help="Read the new password from a file.")
+@click.option(
+    "--new-password-file", type=click.Path(exists=True), help="Read the new password from a file."
+)
 @pass_app
 def key_add(app: App, new_password_file: str | None) -> None:
     """Add a password."""
@@ -59,14 +66,20 @@ def key_remove(app: App, key_id: str) -> None:
     """Remove a password (not the one in use)."""
     with app.repository(LockMode.NONE, load_index=False) as repo:
         name = repo.remove_key(key_id)
-    app.out.document({"removed": name}) if app.out.json else app.out.info(f"removed key {name[5:13]}")
+    app.out.document({"removed": name}) if app.out.json else app.out.info(
+        f"removed key {name[5:13]}"
+    )
 
 
 @key.command("passwd")
-@click.option("--new-password-file", type=click.Path(exists=True), help="Read the new password from a file.")
+@click.option(
+    "--new-password-file", type=click.Path(exists=True), help="Read the new password from a file."
+)
 @pass_app
 def key_passwd(app: App, new_password_file: str | None) -> None:
     """Change the password in use."""
     with app.repository(LockMode.NONE, load_index=False) as repo:
         name = repo.change_password(_new_password(app, new_password_file))
-    app.out.document({"key": name}) if app.out.json else app.out.info(f"password changed (key {name[5:13]})")
+    app.out.document({"key": name}) if app.out.json else app.out.info(
+        f"password changed (key {name[5:13]})"
+    )

@@ -24,7 +24,9 @@ from strongroom.services.session import LockMode
 @click.option("--keep-monthly", type=int, default=0, help="... of each of N months.")
 @click.option("--keep-yearly", type=int, default=0, help="... of each of N years.")
 @click.option("--keep-tag", multiple=True, help="Keep points with this tag.")
-@click.option("--group-by", default="host,paths", show_default=True, help="Apply the policy per group.")
+@click.option(
+    "--group-by", default="host,paths", show_default=True, help="Apply the policy per group."
+)
 @point_filter_options
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be forgotten.")
 @click.option("--prune", "then_prune", is_flag=True, help="Run prune afterwards.")
@@ -47,12 +49,18 @@ def forget(
     then_prune: bool,
 ) -> None:
     """Forget points by id, or all that a keep-policy does not keep."""
-    policy = KeepPolicy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, list(keep_tag))
+    policy = KeepPolicy(
+        keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, list(keep_tag)
+    )
     if policy.empty() and not point_ids:
-        raise UsageError("give point ids or at least one --keep-* option (refusing to forget everything)")
+        raise UsageError(
+            "give point ids or at least one --keep-* option (refusing to forget everything)"
+        )
     out = app.out
     result: list[dict[str, object]] = []
-    with app.repository(LockMode.EXCLUSIVE if then_prune else LockMode.SHARED, load_index=then_prune) as repo:
+    with app.repository(
+        LockMode.EXCLUSIVE if then_prune else LockMode.SHARED, load_index=then_prune
+    ) as repo:
         if point_ids:
             doomed = [find_point(repo, pid) for pid in point_ids]
             for p in doomed:
@@ -65,31 +73,45 @@ def forget(
             for group, members in group_points(points, group_by).items():
                 decisions = apply_policy(members, policy)
                 removed = forget_points(repo, decisions, dry_run)
-                result.append({
-                    "group": group,
-                    "keep": [{"id": d.point.id, "reasons": d.reasons} for d in decisions if d.keep],
-                    "remove": removed,
-                })
+                result.append(
+                    {
+                        "group": group,
+                        "keep": [
+                            {"id": d.point.id, "reasons": d.reasons} for d in decisions if d.keep
+                        ],
+                        "remove": removed,
+                    }
+                )
                 if not out.json:
-                    out.info(f"{group or 'all points'}: keep {len(decisions) - len(removed)}, "
-                             f"forget {len(removed)}")
+                    out.info(
+                        f"{group or 'all points'}: keep {len(decisions) - len(removed)}, "
+                        f"forget {len(removed)}"
+                    )
                     for d in decisions:
                         mark = "keep  " if d.keep else "forget"
-                        out.info(f"  {mark} {d.point.short_id} {d.point.time:%Y-%m-%d %H:%M:%S} "
-                                 f"{', '.join(d.reasons)}")
+                        out.info(
+                            f"  {mark} {d.point.short_id} {d.point.time:%Y-%m-%d %H:%M:%S} "
+                            f"{', '.join(d.reasons)}"
+                        )
         plan_doc = None
         if then_prune and not dry_run:
             plan = maintenance.prune(repo, report=lambda m: out.info(m) if out.verbose else None)
             plan_doc = plan.as_dict()
-            out.info(f"prune: removed {plan.as_dict()['packs_delete']} packs, "
-                     f"repacked {plan.as_dict()['packs_repack']}, freed about {human_bytes(plan.unused_bytes)}")
+            out.info(
+                f"prune: removed {len(plan.delete)} packs, repacked {len(plan.repack)}, "
+                f"freed about {human_bytes(plan.unused_bytes)}"
+            )
     if out.json:
         out.document({"groups": result, "dry_run": dry_run, "prune": plan_doc})
 
 
 @click.command()
-@click.option("--max-unused", default="0%", show_default=True,
-              help="Leave packs alone whose unused share is at most this (e.g. 5%).")
+@click.option(
+    "--max-unused",
+    default="0%",
+    show_default=True,
+    help="Leave packs alone whose unused share is at most this (e.g. 5%).",
+)
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be done.")
 @pass_app
 def prune(app: App, max_unused: str, dry_run: bool) -> None:
@@ -100,8 +122,12 @@ def prune(app: App, max_unused: str, dry_run: bool) -> None:
         raise UsageError("--max-unused takes a percentage such as 5%") from None
     out = app.out
     with app.repository(LockMode.EXCLUSIVE) as repo:
-        plan = maintenance.prune(repo, max_unused=fraction, dry_run=dry_run,
-                                 report=lambda m: out.info(m) if out.verbose else None)
+        plan = maintenance.prune(
+            repo,
+            max_unused=fraction,
+            dry_run=dry_run,
+            report=lambda m: out.info(m) if out.verbose else None,
+        )
     doc = plan.as_dict()
     if out.json:
         out.document({**doc, "dry_run": dry_run})
@@ -109,21 +135,26 @@ def prune(app: App, max_unused: str, dry_run: bool) -> None:
     verb = "would" if dry_run else "did"
     out.info(
         f"{verb}: delete {doc['packs_delete']} packs, repack {doc['packs_repack']} "
-        f"({human_bytes(plan.repack_bytes)} still used), remove {doc['packs_orphaned']} orphaned packs; "
+        f"({human_bytes(plan.repack_bytes)} still used), "
+        f"remove {doc['packs_orphaned']} orphaned packs; "
         f"unused data: {human_bytes(plan.unused_bytes)}, kept: {human_bytes(plan.used_bytes)}"
     )
 
 
 @click.command()
 @click.option("--read-data", is_flag=True, help="Read and authenticate every chunk.")
-@click.option("--read-data-subset", default=None, help="Read a subset: n/m or a percentage like 10%.")
+@click.option(
+    "--read-data-subset", default=None, help="Read a subset: n/m or a percentage like 10%."
+)
 @pass_app
 def check(app: App, read_data: bool, read_data_subset: str | None) -> None:
     """Verify the repository's structure (and data with --read-data)."""
     out = app.out
     with app.repository(LockMode.SHARED) as repo, out.progress("check") as progress:
         try:
-            result = maintenance.check(repo, read_data=read_data, subset=read_data_subset, progress=progress)
+            result = maintenance.check(
+                repo, read_data=read_data, subset=read_data_subset, progress=progress
+            )
         except ValueError as err:
             raise UsageError(f"--read-data-subset: {err}") from None
     report = result.report

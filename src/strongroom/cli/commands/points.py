@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from strongroom.cli.context import App, pass_app
@@ -9,18 +12,24 @@ from strongroom.cli.output import human_bytes
 from strongroom.services.points import PointFilter, list_points
 from strongroom.services.session import LockMode
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def point_filter_options(f):  # type: ignore[no-untyped-def]
+
+def point_filter_options(f: F) -> F:
     f = click.option("--host", "hosts", multiple=True, help="Only points of this host.")(f)
     f = click.option("--tag", "tags", multiple=True, help="Only points with this tag.")(f)
-    f = click.option("--path", "paths", multiple=True, help="Only points of exactly these paths.")(f)
+    f = click.option("--path", "paths", multiple=True, help="Only points of exactly these paths.")(
+        f
+    )
     return f
 
 
 @click.command()
 @point_filter_options
 @pass_app
-def snapshots(app: App, hosts: tuple[str, ...], tags: tuple[str, ...], paths: tuple[str, ...]) -> None:
+def snapshots(
+    app: App, hosts: tuple[str, ...], tags: tuple[str, ...], paths: tuple[str, ...]
+) -> None:
     """List recovery points."""
     with app.repository(LockMode.NONE, load_index=False) as repo:
         points = list_points(repo, PointFilter(list(hosts), list(tags), list(paths)))

@@ -14,8 +14,16 @@ from strongroom.services.session import LockMode
 
 @click.command()
 @click.argument("point")
-@click.option("--target", "-t", required=True, type=click.Path(file_okay=False), help="Directory to restore into.")
-@click.option("--include", "-i", multiple=True, help="Restore only this path of the point (repeatable).")
+@click.option(
+    "--target",
+    "-t",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory to restore into.",
+)
+@click.option(
+    "--include", "-i", multiple=True, help="Restore only this path of the point (repeatable)."
+)
 @pass_app
 def restore(app: App, point: str, target: str, include: tuple[str, ...]) -> None:
     """Restore POINT (an id prefix or 'latest') into TARGET."""
