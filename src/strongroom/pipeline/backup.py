@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from strongroom.chunking import CdcChunker
 from strongroom.errors import Interrupted, SourceError, StrongroomError
@@ -30,6 +31,7 @@ from strongroom.sources.files import (
     open_file,
     read_link,
     read_xattrs,
+    read_xattrs_of,
     same_content_stat,
 )
 from strongroom.types import Progress, ProgressCallback, no_progress
@@ -81,6 +83,19 @@ class BackupSummary:
             "warnings": len(self.warnings),
             "unreadable": self.unreadable,
         }
+
+
+Sealed = bytes | bytearray
+
+
+class _SmallFile(NamedTuple):
+    """What a worker made of one small file."""
+
+    chunks: list[tuple[bytes, int, Sealed | None]]
+    xattrs: dict[bytes, bytes]
+    size: int
+    before: os.stat_result
+    after: os.stat_result
 
 
 class _Virtual:
@@ -141,6 +156,7 @@ class FileBackup:
             self._skip.add((st.st_dev, st.st_ino))
         self._last_report = 0.0
         self._dry_seen: set[bytes] = set()
+        self._dropped: set[int] = set()  # id() of nodes whose file turned out unreadable
 
     # --- entry point ---------------------------------------------------------
 
@@ -234,17 +250,18 @@ class FileBackup:
         if node is None:
             self._warn(f"{os.fsdecode(path)}: unsupported file type, skipped")
             return None
+        # An unchanged ctime proves the xattrs did not change either.
+        same_meta = old is not None and old.type == node.type and old.ctime_ns == node.ctime_ns
         try:
-            node.xattrs = read_xattrs(dir_fd, name)
             if node.type == FILE:
                 self.summary.total_files += 1
                 self.progress.files_done += 1
-                if not self._file(dir_fd, name, st, path, node, old):
-                    return None
+                self._file(dir_fd, name, path, node, old if same_meta else None, old is not None)
             elif node.type == DIR:
-                self._dir(dir_fd, name, st, path, node, old)
+                self._dir(dir_fd, name, st, path, node, old, same_meta)
             else:
                 self.summary.other_entries += 1
+                node.xattrs = old.xattrs if same_meta and old else read_xattrs(dir_fd, name)
                 if node.type == SYMLINK:
                     node.link_target = read_link(dir_fd, name)
         except FileNotFoundError:
@@ -262,16 +279,18 @@ class FileBackup:
         path: bytes,
         node: Node,
         old: Node | None,
+        same_meta: bool,
     ) -> None:
         self.summary.dirs += 1
         skip = (st.st_dev, st.st_ino) in self._skip
         other_fs = self.options.one_file_system and st.st_dev != self._root_dev(dir_fd)
         children: list[Node] = []
-        if not skip and not other_fs:
-            old_tree = old.subtree if old is not None and old.type == DIR else None
-            old_nodes = self._parent_nodes(old_tree)
-            sub_fd = open_dir(dir_fd, name)
-            try:
+        sub_fd = open_dir(dir_fd, name)
+        try:
+            node.xattrs = old.xattrs if same_meta and old else read_xattrs_of(sub_fd)
+            if not skip and not other_fs:
+                old_tree = old.subtree if old is not None and old.type == DIR else None
+                old_nodes = self._parent_nodes(old_tree)
                 for child_name, child_st in list_dir(sub_fd):
                     child = self._entry(
                         sub_fd,
@@ -282,8 +301,8 @@ class FileBackup:
                     )
                     if child is not None:
                         children.append(child)
-            finally:
-                os.close(sub_fd)
+        finally:
+            os.close(sub_fd)
         self._finish_dir(node, children)
 
     def _root_dev(self, dir_fd: int) -> int:
@@ -291,7 +310,7 @@ class FileBackup:
 
     def _finish_dir(self, node: Node, children: list[Node]) -> None:
         def store() -> None:
-            node.subtree = self._store_tree(children)
+            node.subtree = self._store_tree([c for c in children if id(c) not in self._dropped])
 
         self._work.then(store)
 
@@ -303,68 +322,97 @@ class FileBackup:
 
     # --- files ---------------------------------------------------------------
 
-    def _unchanged(self, node: Node, old: Node | None) -> bool:
-        if old is None or old.type != FILE:
-            return False
-        if (old.size, old.mtime_ns, old.ctime_ns, old.inode) != (
-            node.size,
-            node.mtime_ns,
-            node.ctime_ns,
-            node.inode,
-        ):
-            return False
-        return all(self.repo.has_chunk(c) for c in old.chunks)
-
     def _file(
-        self,
-        dir_fd: int,
-        name: bytes,
-        st: os.stat_result,
-        path: bytes,
-        node: Node,
-        old: Node | None,
-    ) -> bool:
+        self, dir_fd: int, name: bytes, path: bytes, node: Node, old: Node | None, existed: bool
+    ) -> None:
+        """Reuse an unchanged file's chunks, or read it: small files whole on a worker,
+        large ones cut here and hashed/sealed on workers. `old` is given only if its
+        ctime matches (so its metadata is current)."""
         self.summary.total_bytes += node.size
-        if self._unchanged(node, old):
-            assert old is not None
-            node.chunks, node.chunk_sizes = old.chunks, old.chunk_sizes
+        if (
+            old is not None
+            and (old.size, old.mtime_ns, old.inode) == (node.size, node.mtime_ns, node.inode)
+            and len(old.chunks) == len(old.chunk_sizes)
+        ):
+            # Trusting the parent point: its chunks exist for as long as it does.
+            node.chunks, node.chunk_sizes, node.xattrs = old.chunks, old.chunk_sizes, old.xattrs
             self.summary.files_unmodified += 1
             self.progress.bytes_done += node.size
             self._emit()
-            return True
+            return
         if node.nlink > 1:
             first = self._hardlinks.get((node.device, node.inode))
             if first is not None:  # share the first link's (possibly still filling) lists
                 node.chunks, node.chunk_sizes = first.chunks, first.chunk_sizes
-                return True
+                node.xattrs = first.xattrs
+                return
             self._hardlinks[(node.device, node.inode)] = node
-        if old is None:
-            self.summary.files_new += 1
-        else:
+        if existed:
             self.summary.files_changed += 1
+        else:
+            self.summary.files_new += 1
         fd = open_file(dir_fd, name)
+        if node.size <= self.small_file:
+            self._submit_small_file(fd, path, node)
+            return
         with open(fd, "rb", buffering=0, closefd=True) as stream:
+            node.xattrs = read_xattrs_of(fd)
             before = os.fstat(fd)
             size = 0
-            if before.st_size <= self.small_file:
-                data = stream.read()  # to EOF, even if it grew since the stat
-                if len(data) > self.small_file:
-                    for view in self.chunker.cut(data):
-                        self._submit_chunk(node, bytes(view))
-                else:
-                    self._submit_chunk(node, data)
-                size = len(data)
-            else:
-                for view in self.chunker.chunks(stream):
-                    size += len(view)
-                    self._submit_chunk(node, bytes(view))
+            for view in self.chunker.chunks(stream):
+                size += len(view)
+                self._submit_chunk(node, bytes(view))
             after = os.fstat(fd)
-        node.size = size
+        self._file_read(path, node, size, before, after)
+
+    def _file_read(
+        self, path: bytes, node: Node, size: int, before: os.stat_result, after: os.stat_result
+    ) -> None:
+        self.summary.total_bytes += size - node.size
         self.summary.bytes_read += size
-        self.summary.total_bytes += size - st.st_size
+        node.size = size
         if not same_content_stat(before, after) or size != before.st_size:
             self._warn(f"{os.fsdecode(path)}: file changed while it was read")
-        return True
+
+    def _submit_small_file(self, fd: int, path: bytes, node: Node) -> None:
+        """Read, hash and seal a small file entirely on a worker thread."""
+        repo = self.repo
+        dry = self.options.dry_run
+        limit = self.small_file
+        chunker = self.chunker
+
+        def job() -> _SmallFile | OSError:
+            try:
+                with open(fd, "rb", buffering=0, closefd=True) as stream:
+                    xattrs = read_xattrs_of(fd)
+                    before = os.fstat(fd)
+                    data = stream.read()  # to EOF, even if it grew since the stat
+                    after = os.fstat(fd)
+            except OSError as err:
+                return err
+            pieces = [data] if len(data) <= limit else [bytes(v) for v in chunker.cut(data)]
+            out: list[tuple[bytes, int, Sealed | None]] = []
+            for piece in pieces:
+                if not piece:
+                    continue
+                cid = repo.chunk_id(piece)
+                sealed = None
+                if not dry and not repo.has_chunk(cid):
+                    sealed = repo.seal_chunk(cid, BlobType.DATA, piece)
+                out.append((cid, len(piece), sealed))
+            return _SmallFile(out, xattrs, len(data), before, after)
+
+        def sink(result: _SmallFile | OSError) -> None:
+            if isinstance(result, OSError):
+                self._dropped.add(id(node))
+                self._unreadable(path, result)
+                return
+            node.xattrs = result.xattrs
+            for cid, length, sealed in result.chunks:
+                self._sink_chunk(node, cid, length, sealed)
+            self._file_read(path, node, result.size, result.before, result.after)
+
+        self._work.submit(job, sink)
 
     def _submit_chunk(self, node: Node, data: bytes) -> None:
         if not data:
@@ -372,28 +420,31 @@ class FileBackup:
         repo = self.repo
         dry = self.options.dry_run
 
-        def job() -> tuple[bytes, int, bytes | None]:
+        def job() -> tuple[bytes, int, Sealed | None]:
             cid = repo.chunk_id(data)
             if dry or repo.has_chunk(cid):
                 return cid, len(data), None
             return cid, len(data), repo.seal_chunk(cid, BlobType.DATA, data)
 
-        def sink(result: tuple[bytes, int, bytes | None]) -> None:
-            cid, length, sealed = result
-            node.chunks.append(cid)
-            node.chunk_sizes.append(length)
-            if sealed is not None:
-                if repo.add_sealed(cid, BlobType.DATA, sealed, length):
-                    self.progress.bytes_added += length
-            elif dry and not repo.has_chunk(cid) and cid not in self._dry_seen:
-                self._dry_seen.add(cid)
-                repo.stats.chunks_added += 1
-                repo.stats.bytes_added_raw += length
-                self.progress.bytes_added += length
-            self.progress.bytes_done += length
-            self._emit()
+        def sink(result: tuple[bytes, int, Sealed | None]) -> None:
+            self._sink_chunk(node, *result)
 
         self._work.submit(job, sink)
+
+    def _sink_chunk(self, node: Node, cid: bytes, length: int, sealed: Sealed | None) -> None:
+        repo = self.repo
+        node.chunks.append(cid)
+        node.chunk_sizes.append(length)
+        if sealed is not None:
+            if repo.add_sealed(cid, BlobType.DATA, sealed, length):
+                self.progress.bytes_added += length
+        elif self.options.dry_run and not repo.has_chunk(cid) and cid not in self._dry_seen:
+            self._dry_seen.add(cid)
+            repo.stats.chunks_added += 1
+            repo.stats.bytes_added_raw += length
+            self.progress.bytes_added += length
+        self.progress.bytes_done += length
+        self._emit()
 
     # --- reporting -----------------------------------------------------------
 

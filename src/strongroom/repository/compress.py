@@ -47,7 +47,7 @@ class Compressor:
             compressed = self._cctx().compress(data)
             if len(compressed) <= len(data) * (1 - MIN_SAVING):
                 return _ZSTD_PREFIX + compressed
-        return _RAW_PREFIX + bytes(data)
+        return b"".join((_RAW_PREFIX, data))
 
     def unpack(self, payload: bytes, raw_length: int | None = None) -> bytes:
         if not payload:

@@ -40,9 +40,14 @@ class Sealer:
             self._local.cipher = cipher
         return cipher
 
-    def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
+    def seal(self, plaintext: bytes | bytearray | memoryview, associated: bytes) -> bytearray:
+        """nonce | ciphertext | tag, built in one buffer (no concatenation copy)."""
+        out = bytearray(NONCE_SIZE + len(plaintext) + TAG_SIZE)
+        view = memoryview(out)
         nonce = os.urandom(NONCE_SIZE)
-        return nonce + self._cipher().encrypt(nonce, plaintext, associated)
+        view[:NONCE_SIZE] = nonce
+        self._cipher().encrypt_into(nonce, plaintext, associated, view[NONCE_SIZE:])
+        return out
 
     def open(self, sealed: bytes | memoryview, associated: bytes, what: str) -> bytes:
         """Decrypt and authenticate; IntegrityError naming `what` if it was altered."""

@@ -31,7 +31,7 @@ DEFAULT_CDC_MIN = 256 * KiB
 DEFAULT_CDC_AVG = 768 * KiB  # real mean is about avg + min = 1 MiB
 DEFAULT_CDC_MAX = 4 * MiB
 DEFAULT_BLOCK_SIZE = 1 * MiB
-DEFAULT_COMPRESSION_LEVEL = 3
+DEFAULT_COMPRESSION_LEVEL = 1  # zstd-1: 1.5x the speed of -3 for ~3% more bytes (bench/)
 
 
 class BlobType(IntEnum):

@@ -58,7 +58,7 @@ class PackBuilder:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, chunk_id: bytes, sealed: bytes, raw_length: int) -> None:
+    def add(self, chunk_id: bytes, sealed: bytes | bytearray, raw_length: int) -> None:
         offset = len(self._buf)
         if offset + len(sealed) > MAX_PACK_SIZE:
             raise ValueError("pack would exceed 4 GiB")

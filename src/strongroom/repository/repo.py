@@ -283,12 +283,14 @@ class Repository:
     def has_chunk(self, chunk_id: bytes) -> bool:
         return chunk_id in self._session_ids or self.index.lookup(chunk_id) is not None
 
-    def seal_chunk(self, chunk_id: bytes, blob_type: BlobType, data: bytes | memoryview) -> bytes:
+    def seal_chunk(
+        self, chunk_id: bytes, blob_type: BlobType, data: bytes | memoryview
+    ) -> bytes | bytearray:
         """Compress and encrypt one chunk (thread-safe, releases the GIL in native code)."""
         return self.sealer.seal(self.compressor.pack(data), blob_ad(chunk_id, blob_type))
 
     def add_sealed(
-        self, chunk_id: bytes, blob_type: BlobType, sealed: bytes, raw_length: int
+        self, chunk_id: bytes, blob_type: BlobType, sealed: bytes | bytearray, raw_length: int
     ) -> bool:
         """Queue a sealed chunk for its pack; False if the chunk was already stored."""
         if self.has_chunk(chunk_id):
@@ -307,7 +309,7 @@ class Repository:
         return True
 
     def add_sealed_copy(
-        self, chunk_id: bytes, blob_type: BlobType, sealed: bytes, raw_length: int
+        self, chunk_id: bytes, blob_type: BlobType, sealed: bytes | bytearray, raw_length: int
     ) -> bool:
         """Queue a chunk that the index already knows elsewhere (prune's repacking)."""
         if chunk_id in self._session_ids:

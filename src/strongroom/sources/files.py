@@ -93,14 +93,19 @@ def proc_path(dir_fd: int, name: bytes) -> bytes:
 
 
 def read_xattrs(dir_fd: int, name: bytes) -> dict[bytes, bytes]:
-    """Extended attributes of the entry (not following symlinks).
+    """Extended attributes of the entry `name` in `dir_fd` (not following symlinks)."""
+    return read_xattrs_of(proc_path(dir_fd, name))
+
+
+def read_xattrs_of(target: int | bytes) -> dict[bytes, bytes]:
+    """Extended attributes of an open descriptor or a path (symlinks not followed).
 
     Unprivileged users get the user.* namespace; root gets all it can read.
     Filesystems without xattr support yield an empty map.
     """
-    path = proc_path(dir_fd, name)
+    follow = isinstance(target, int)
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(target, follow_symlinks=follow)
     except OSError as err:
         if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT, errno.EPERM, errno.EACCES):
             return {}
@@ -110,7 +115,7 @@ def read_xattrs(dir_fd: int, name: bytes) -> dict[bytes, bytes]:
         if not IS_ROOT and not attr.startswith("user."):
             continue
         try:
-            attrs[os.fsencode(attr)] = os.getxattr(path, attr, follow_symlinks=False)
+            attrs[os.fsencode(attr)] = os.getxattr(target, attr, follow_symlinks=follow)
         except OSError as err:
             if err.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
                 continue

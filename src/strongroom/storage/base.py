@@ -65,7 +65,7 @@ class Backend(Protocol):
         """
         ...
 
-    def create(self, name: str, data: bytes) -> None:
+    def create(self, name: str, data: bytes | bytearray | memoryview) -> None:
         """Like `put`, but fail with ObjectExists if `name` exists (used for locks, keys)."""
         ...
 

@@ -102,7 +102,7 @@ class LocalBackend:
                 _unlink_quietly(tmp)
             raise _storage_error(err, f"writing {name}") from err
 
-    def create(self, name: str, data: bytes) -> None:
+    def create(self, name: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(name)
         tmp = None
         try:

@@ -24,7 +24,7 @@ class MemoryBackend:
         with self._lock:
             self._objects[check_name(name)] = blob
 
-    def create(self, name: str, data: bytes) -> None:
+    def create(self, name: str, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
             if check_name(name) in self._objects:
                 raise ObjectExists(f"object {name} already exists")

@@ -156,7 +156,7 @@ class FaultyBackend:
         self._charge(len(data))
         self.inner.put(name, data)
 
-    def create(self, name: str, data: bytes) -> None:
+    def create(self, name: str, data: bytes | bytearray | memoryview) -> None:
         self._charge(len(data))
         self.inner.create(name, data)
 
