@@ -58,6 +58,17 @@ class RestoreSummary:
         }
 
 
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
 def _is_zero(data: bytes) -> bool:
     """All-zero chunk? Cheap for the usual case: real data rarely ends in zeros at both ends."""
     return bool(data) and data[0] == 0 and data[-1] == 0 and not data.strip(b"\0")
@@ -90,7 +101,7 @@ class FileRestore:
         target: str,
         includes: list[str] | None = None,
         progress: ProgressCallback = no_progress,
-        workers: int = 3,
+        workers: int = 4,
         cancel: threading.Event | None = None,
     ) -> None:
         self.repo = repo
@@ -106,9 +117,12 @@ class FileRestore:
         self._root_fd = -1
         self._last_report = 0.0
         self._matched_include: set[bytes] = set()
+        # Restoring into an empty target: nothing can be in the way, skip the checks.
+        self._fresh = False
 
     def run(self) -> RestoreSummary:
         os.makedirs(self.target, exist_ok=True)
+        self._fresh = not os.listdir(self.target)
         self._root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             with self._work:
@@ -177,7 +191,8 @@ class FileRestore:
             return
         if not full:
             return
-        self._remove_existing(dir_fd, name)
+        if not self._fresh:
+            self._remove_existing(dir_fd, name)
         if node.type == FILE:
             self._restore_file(node, dir_fd, path, rel)
         elif node.type == SYMLINK:
@@ -222,12 +237,10 @@ class FileRestore:
                 os.link(first, node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd)
                 return
             self._links[key] = rel
-        fd = os.open(
-            node.name,
-            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dir_fd,
-        )
+        if len(node.chunks) <= 1:
+            self._work.submit(self._whole_file_job(node, dir_fd, path), self._whole_file_sink(path))
+            return
+        fd = os.open(node.name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
         damaged: list[str] = []
         offset = 0
         for cid, size in zip(node.chunks, node.chunk_sizes, strict=True):
@@ -246,6 +259,51 @@ class FileRestore:
 
         self._work.then(finish_file)
 
+    def _whole_file_job(self, node: Node, dir_fd: int, path: bytes):  # type: ignore[no-untyped-def]
+        """Create, write and finish a file of at most one chunk, all on a worker.
+
+        File creation dominates restores of many small files, and the kernel
+        creates files in parallel, so it belongs on the pool. `dir_fd` stays
+        open: the directory is finished only after this job is sunk.
+        """
+        repo = self.repo
+
+        def job() -> tuple[int, str | None, list[str]]:
+            data = b""
+            error = None
+            if node.chunks:
+                try:
+                    data = repo.load_chunk(node.chunks[0], BlobType.DATA, node.chunk_sizes[0])
+                except StrongroomError as err:
+                    error = str(err)
+            warnings: list[str] = []
+            fd = os.open(node.name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+            try:
+                if data and not _is_zero(data):
+                    _pwrite_all(fd, data, 0)
+                if node.size and (not data or _is_zero(data)):
+                    os.ftruncate(fd, node.chunk_sizes[0] if node.chunks else node.size)
+                warnings = self._fd_meta(fd, node, path)
+            finally:
+                os.close(fd)
+            return len(data), error, warnings
+
+        return job
+
+    def _whole_file_sink(self, path: bytes):  # type: ignore[no-untyped-def]
+        def sink(result: tuple[int, str | None, list[str]]) -> None:
+            size, error, warnings = result
+            for w in warnings:
+                self._warn(w)
+            if error is not None:
+                self.summary.damaged.append(os.fsdecode(path))
+                self._warn(f"{os.fsdecode(path)}: damaged: {error}")
+            self.summary.bytes_written += size
+            self.progress.bytes_done += size
+            self._emit()
+
+        return sink
+
     def _chunk_job(self, fd: int, cid: bytes, size: int, offset: int):  # type: ignore[no-untyped-def]
         repo = self.repo
 
@@ -257,12 +315,7 @@ class FileRestore:
             if len(data) != size:
                 return size, f"chunk {cid.hex()[:16]} has {len(data)} bytes, expected {size}"
             if not _is_zero(data):
-                view = memoryview(data)
-                pos = offset
-                while view:
-                    n = os.pwrite(fd, view, pos)
-                    view = view[n:]
-                    pos += n
+                _pwrite_all(fd, data, offset)
             return size, None
 
         return job
@@ -282,6 +335,12 @@ class FileRestore:
     # --- metadata ------------------------------------------------------------
 
     def _apply_fd_meta(self, fd: int, node: Node, path: bytes) -> None:
+        for warning in self._fd_meta(fd, node, path):
+            self._warn(warning)
+
+    def _fd_meta(self, fd: int, node: Node, path: bytes) -> list[str]:
+        """Owner, xattrs, mode, times of an open entry; returns warnings (thread-safe)."""
+        warnings = []
         if IS_ROOT:
             os.fchown(fd, node.uid, node.gid)
         for key, value in node.xattrs.items():
@@ -289,9 +348,10 @@ class FileRestore:
                 os.setxattr(fd, key, value)
             except OSError as err:
                 if not self._xattr_skippable(key, err):
-                    self._warn(f"{os.fsdecode(path)}: xattr {key!r}: {err.strerror}")
+                    warnings.append(f"{os.fsdecode(path)}: xattr {key!r}: {err.strerror}")
         os.fchmod(fd, node.mode)
         os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
+        return warnings
 
     def _apply_path_meta(self, dir_fd: int, node: Node, path: bytes) -> None:
         """For entries that cannot be opened (symlinks, devices, FIFOs)."""
