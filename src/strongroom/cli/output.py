@@ -44,7 +44,10 @@ class Output:
         self.quiet = quiet
         self.verbose = verbose
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.out = Console(highlight=False, soft_wrap=True)
+        # Piped output must not wrap at 80 columns: scripts grep whole lines.
+        self.out = Console(
+            highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250
+        )
 
     # --- plain ---------------------------------------------------------------
 
