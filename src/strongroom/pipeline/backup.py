@@ -190,14 +190,19 @@ class FileBackup:
     # --- traversal -----------------------------------------------------------
 
     def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        return self._parent_tree(tree_id)[0]
+
+    def _parent_tree(self, tree_id: bytes | None) -> tuple[dict[bytes, Node], bytes]:
+        """The parent point's version of a directory: its nodes by name, and its bytes."""
         if tree_id is None:
-            return {}
+            return {}, b""
         try:
             blob = self.repo.load_chunk(tree_id, BlobType.TREE)
+            nodes = decode_tree(blob)
         except StrongroomError as err:
             self._warn(f"parent tree unreadable, reading everything: {err}")
-            return {}
-        return {n.name: n for n in decode_tree(blob)}
+            return {}, b""
+        return {n.name: n for n in nodes}, blob
 
     def _backup_virtual(
         self, path: bytes, virtual: _Virtual, parent_tree: bytes | None
@@ -285,12 +290,15 @@ class FileBackup:
         skip = (st.st_dev, st.st_ino) in self._skip
         other_fs = self.options.one_file_system and st.st_dev != self._root_dev(dir_fd)
         children: list[Node] = []
+        previous: tuple[bytes, bytes] | None = None
         sub_fd = open_dir(dir_fd, name)
         try:
             node.xattrs = old.xattrs if same_meta and old else read_xattrs_of(sub_fd)
             if not skip and not other_fs:
                 old_tree = old.subtree if old is not None and old.type == DIR else None
-                old_nodes = self._parent_nodes(old_tree)
+                old_nodes, old_blob = self._parent_tree(old_tree)
+                if old_tree is not None and old_blob:
+                    previous = (old_tree, old_blob)
                 for child_name, child_st in list_dir(sub_fd):
                     child = self._entry(
                         sub_fd,
@@ -303,19 +311,28 @@ class FileBackup:
                         children.append(child)
         finally:
             os.close(sub_fd)
-        self._finish_dir(node, children)
+        self._finish_dir(node, children, previous)
 
     def _root_dev(self, dir_fd: int) -> int:
         return os.fstat(dir_fd).st_dev
 
-    def _finish_dir(self, node: Node, children: list[Node]) -> None:
+    def _finish_dir(
+        self, node: Node, children: list[Node], previous: tuple[bytes, bytes] | None = None
+    ) -> None:
+        """Store the directory's tree once its files are done. `previous` is the
+        parent point's (tree id, tree bytes): an unchanged directory encodes to the
+        same bytes, so it needs no hashing and no index lookup."""
+
         def store() -> None:
-            node.subtree = self._store_tree([c for c in children if id(c) not in self._dropped])
+            kept = [c for c in children if id(c) not in self._dropped]
+            node.subtree = self._store_tree(kept, previous)
 
         self._work.then(store)
 
-    def _store_tree(self, nodes: list[Node]) -> bytes:
+    def _store_tree(self, nodes: list[Node], previous: tuple[bytes, bytes] | None = None) -> bytes:
         blob = encode_tree(nodes)
+        if previous is not None and previous[1] == blob:
+            return previous[0]
         if self.options.dry_run:
             return self.repo.chunk_id(blob)
         return self.repo.put_chunk(BlobType.TREE, blob)

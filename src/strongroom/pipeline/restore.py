@@ -237,7 +237,7 @@ class FileRestore:
                 os.link(first, node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd)
                 return
             self._links[key] = rel
-        if len(node.chunks) <= 1:
+        if len(node.chunks) <= 1 and node.nlink <= 1:  # later links need the file to exist now
             self._work.submit(self._whole_file_job(node, dir_fd, path), self._whole_file_sink(path))
             return
         fd = os.open(node.name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)

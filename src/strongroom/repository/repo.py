@@ -295,6 +295,12 @@ class Repository:
         """Queue a sealed chunk for its pack; False if the chunk was already stored."""
         if self.has_chunk(chunk_id):
             return False
+        self._queue_sealed(chunk_id, blob_type, sealed, raw_length)
+        return True
+
+    def _queue_sealed(
+        self, chunk_id: bytes, blob_type: BlobType, sealed: bytes | bytearray, raw_length: int
+    ) -> None:
         builder = self._builders.get(blob_type)
         if builder is None:
             builder = self._builders[blob_type] = PackBuilder(blob_type)
@@ -306,7 +312,6 @@ class Repository:
         if builder.size >= self.config.pack_size:
             self._upload(self._builders.pop(blob_type))
         self._maybe_flush_index()
-        return True
 
     def add_sealed_copy(
         self, chunk_id: bytes, blob_type: BlobType, sealed: bytes | bytearray, raw_length: int
@@ -327,7 +332,7 @@ class Repository:
         """Hash, seal and queue one chunk; return its id (used for trees)."""
         cid = self.chunk_id(data)
         if not self.has_chunk(cid):
-            self.add_sealed(cid, blob_type, self.seal_chunk(cid, blob_type, data), len(data))
+            self._queue_sealed(cid, blob_type, self.seal_chunk(cid, blob_type, data), len(data))
         return cid
 
     def _upload(self, builder: PackBuilder) -> None:
