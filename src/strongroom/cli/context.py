@@ -54,12 +54,8 @@ class App:
         return value.encode()
 
     @contextmanager
-    def repository(
-        self, lock: LockMode = LockMode.SHARED, load_index: bool = True
-    ) -> Iterator[Repository]:
-        with open_repository(
-            self.settings.repository, self.password(), lock=lock, load_index=load_index
-        ) as repo:
+    def repository(self, lock: LockMode = LockMode.SHARED) -> Iterator[Repository]:
+        with open_repository(self.settings.repository, self.password(), lock=lock) as repo:
             yield repo
 
 

@@ -12,22 +12,14 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from strongroom.types import Progress as JobProgress
 from strongroom.types import ProgressCallback
+
+if TYPE_CHECKING:  # rich loads only when something is drawn (start-up time)
+    from rich.console import Console
 
 
 def human_bytes(n: float) -> str:
@@ -43,11 +35,24 @@ class Output:
         self.json = json_mode
         self.quiet = quiet
         self.verbose = verbose
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    @cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, soft_wrap=True)
+
+    @cached_property
+    def out(self) -> Console:
+        from rich.console import Console
+
         # Piped output must not wrap at 80 columns: scripts grep whole lines.
-        self.out = Console(
-            highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250
-        )
+        return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+
+    @property
+    def interactive(self) -> bool:
+        """Progress bars make sense: a terminal on stderr, and not --json/--quiet."""
+        return not self.json and not self.quiet and sys.stderr.isatty()
 
     # --- plain ---------------------------------------------------------------
 
@@ -83,6 +88,8 @@ class Output:
     def table(
         self, headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = ""
     ) -> None:
+        from rich.table import Table
+
         table = Table(title=title or None, show_lines=False, box=None, header_style="bold")
         for h in headers:
             table.add_column(h, overflow="fold")
@@ -107,9 +114,19 @@ class Output:
 
             yield json_cb
             return
-        if self.quiet or not self.err.is_terminal:
+        if not self.interactive:
             yield lambda _: None
             return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TaskID,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

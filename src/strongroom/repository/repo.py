@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from strongroom.errors import (
     ChunkNotFound,
@@ -33,7 +33,6 @@ from strongroom.repository import format as fmt
 from strongroom.repository.compress import Compressor
 from strongroom.repository.crypto import ChunkHasher, Sealer, content_hash
 from strongroom.repository.format import BlobType
-from strongroom.repository.index import ChunkIndex, IndexFile, Location
 from strongroom.repository.keys import (
     KdfParams,
     MasterKey,
@@ -44,6 +43,9 @@ from strongroom.repository.keys import (
 from strongroom.repository.locks import Lock
 from strongroom.repository.pack import PackBuilder, blob_ad
 from strongroom.storage import Backend
+
+if TYPE_CHECKING:  # numpy is imported only when an index is needed
+    from strongroom.repository.index import ChunkIndex, IndexFile, Location
 
 _CONFIG_AD = b"config"
 _INDEX_AD = b"index"
@@ -134,8 +136,8 @@ class Repository:
         self.sealer = Sealer(master.encryption_key)
         self.chunk_id = ChunkHasher(master.id_key)
         self.compressor = Compressor(config.compression_level)
-        self.index = ChunkIndex()
-        self.index_loaded = False
+        self._index: ChunkIndex | None = None
+        self._index_lock = threading.Lock()
         self.stats = WriteStats()
         self._session_ids: set[bytes] = set()
         self._builders: dict[BlobType, PackBuilder] = {}
@@ -242,11 +244,34 @@ class Repository:
         return [o.name for o in self.backend.list(fmt.INDEX_PREFIX)]
 
     def read_index_file(self, name: str) -> IndexFile:
+        from strongroom.repository.index import IndexFile
+
         plain = self.sealer.open(self.backend.get(name), _INDEX_AD, name)
         return IndexFile.decode(plain, name)
 
+    @property
+    def index(self) -> ChunkIndex:
+        """The chunk index, loaded on first use: a backup of an unchanged tree, or
+        a listing, never pays for it."""
+        if self._index is None:
+            with self._index_lock:
+                if self._index is None:
+                    self._index = self._read_index()
+        return self._index
+
+    @property
+    def index_loaded(self) -> bool:
+        return self._index is not None
+
     def load_index(self) -> None:
-        """Load every index file (in parallel); superseded ones are skipped."""
+        """Load the index now (rather than on first use)."""
+        _ = self.index
+
+    def _read_index(self) -> ChunkIndex:
+        """Read every index file (in parallel); superseded ones are skipped."""
+        from strongroom.repository.index import ChunkIndex
+
+        index = ChunkIndex()
         names = self.list_index_files()
         workers = max(1, self.backend.capabilities.parallel_requests)
         files: dict[str, IndexFile] = {}
@@ -264,14 +289,16 @@ class Repository:
         superseded = {fmt.index_name(s.hex()) for idx in files.values() for s in idx.supersedes}
         for name, idx in files.items():
             if name not in superseded:
-                self.index.add_file(idx)
-        self.index_loaded = True
+                index.add_file(idx)
+        return index
 
     def write_index_file(
         self,
         packs: dict[bytes, list[tuple[bytes, int, int, int, int]]],
         supersedes: list[bytes] | tuple[bytes, ...] = (),
     ) -> str:
+        from strongroom.repository.index import IndexFile
+
         sealed = self.sealer.seal(IndexFile.build(packs, supersedes).encode(), _INDEX_AD)
         name = fmt.index_name(content_hash(sealed).hex())
         self.backend.put(name, sealed)

@@ -23,9 +23,10 @@ def open_repository(
     password: bytes,
     *,
     lock: LockMode = LockMode.SHARED,
-    load_index: bool = True,
+    load_index: bool = False,
 ) -> Iterator[Repository]:
-    """Open, lock and (optionally) load the index; always unlock and close."""
+    """Open and lock; always unlock and close. The index loads on first use, or
+    at once with `load_index`."""
     backend = open_backend(location)
     try:
         repo = Repository.open(backend, password)

@@ -70,7 +70,7 @@ def backup(
         dry_run=dry_run,
         parent=parent,
         force_full=force,
-        scan_totals=not out.json and not out.quiet and out.err.is_terminal,
+        scan_totals=out.interactive,
     )
     with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
         result = backup_files(repo, request, progress)

@@ -35,7 +35,7 @@ def key() -> None:
 @pass_app
 def key_list(app: App) -> None:
     """List key files."""
-    with app.repository(LockMode.NONE, load_index=False) as repo:
+    with app.repository(LockMode.NONE) as repo:
         keys = repo.list_keys()
     if app.out.json:
         app.out.document(keys)
@@ -54,7 +54,7 @@ def key_list(app: App) -> None:
 @pass_app
 def key_add(app: App, new_password_file: str | None) -> None:
     """Add a password."""
-    with app.repository(LockMode.NONE, load_index=False) as repo:
+    with app.repository(LockMode.NONE) as repo:
         name = repo.add_key(_new_password(app, new_password_file))
     app.out.document({"added": name}) if app.out.json else app.out.info(f"added key {name[5:13]}")
 
@@ -64,7 +64,7 @@ def key_add(app: App, new_password_file: str | None) -> None:
 @pass_app
 def key_remove(app: App, key_id: str) -> None:
     """Remove a password (not the one in use)."""
-    with app.repository(LockMode.NONE, load_index=False) as repo:
+    with app.repository(LockMode.NONE) as repo:
         name = repo.remove_key(key_id)
     app.out.document({"removed": name}) if app.out.json else app.out.info(
         f"removed key {name[5:13]}"
@@ -78,7 +78,7 @@ def key_remove(app: App, key_id: str) -> None:
 @pass_app
 def key_passwd(app: App, new_password_file: str | None) -> None:
     """Change the password in use."""
-    with app.repository(LockMode.NONE, load_index=False) as repo:
+    with app.repository(LockMode.NONE) as repo:
         name = repo.change_password(_new_password(app, new_password_file))
     app.out.document({"key": name}) if app.out.json else app.out.info(
         f"password changed (key {name[5:13]})"

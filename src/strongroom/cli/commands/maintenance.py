@@ -58,9 +58,7 @@ def forget(
         )
     out = app.out
     result: list[dict[str, object]] = []
-    with app.repository(
-        LockMode.EXCLUSIVE if then_prune else LockMode.SHARED, load_index=then_prune
-    ) as repo:
+    with app.repository(LockMode.EXCLUSIVE if then_prune else LockMode.SHARED) as repo:
         if point_ids:
             doomed = [find_point(repo, pid) for pid in point_ids]
             for p in doomed:
@@ -197,7 +195,7 @@ def stats(app: App) -> None:
 @pass_app
 def unlock(app: App, remove_all: bool) -> None:
     """Remove stale locks (left by killed processes)."""
-    with app.repository(LockMode.NONE, load_index=False) as repo:
+    with app.repository(LockMode.NONE) as repo:
         removed = remove_locks(repo.backend, repo.sealer, all_locks=remove_all)
     if app.out.json:
         app.out.document({"removed": [r.describe() for r in removed]})

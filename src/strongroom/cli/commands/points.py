@@ -31,7 +31,7 @@ def snapshots(
     app: App, hosts: tuple[str, ...], tags: tuple[str, ...], paths: tuple[str, ...]
 ) -> None:
     """List recovery points."""
-    with app.repository(LockMode.NONE, load_index=False) as repo:
+    with app.repository(LockMode.NONE) as repo:
         points = list_points(repo, PointFilter(list(hosts), list(tags), list(paths)))
     if app.out.json:
         app.out.document([{"id": p.id, **p.to_doc()} for p in points])
