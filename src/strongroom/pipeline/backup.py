@@ -145,7 +145,7 @@ class FileBackup:
         cfg = repo.config
         self.chunker = CdcChunker(cfg.cdc_min, cfg.cdc_avg, cfg.cdc_max, repo.master.chunker_seed)
         self.small_file = cfg.cdc_min
-        self._work = OrderedWork(options.workers, depth=4 * options.workers + 4)
+        self._work = OrderedWork(options.workers, depth=3 * options.workers + 2)
         self._hardlinks: dict[tuple[int, int], Node] = {}
         self._skip: set[tuple[int, int]] = set()
         for path in options.skip_dirs:

@@ -18,6 +18,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import blake3
+
 from strongroom.errors import IntegrityError
 from strongroom.repository.crypto import OVERHEAD, Sealer
 from strongroom.repository.format import BlobType
@@ -44,36 +46,42 @@ def blob_ad(chunk_id: bytes, blob_type: BlobType) -> bytes:
 
 
 class PackBuilder:
-    """Accumulates sealed chunks in memory until the pack is big enough to write."""
+    """Collects sealed chunks for one pack without copying them: the pack is
+    written with a gather write of its parts, and hashed part by part."""
 
     def __init__(self, blob_type: BlobType) -> None:
         self.blob_type = blob_type
-        self._buf = bytearray(MAGIC)
+        self._parts: list[bytes | bytearray] = [MAGIC]
+        self._size = len(MAGIC)
         self.entries: list[PackEntry] = []
 
     @property
     def size(self) -> int:
-        return len(self._buf)
+        return self._size
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def add(self, chunk_id: bytes, sealed: bytes | bytearray, raw_length: int) -> None:
-        offset = len(self._buf)
+        offset = self._size
         if offset + len(sealed) > MAX_PACK_SIZE:
             raise ValueError("pack would exceed 4 GiB")
-        self._buf += sealed
+        self._parts.append(sealed)
+        self._size += len(sealed)
         self.entries.append(PackEntry(self.blob_type, chunk_id, offset, len(sealed), raw_length))
 
-    def finish(self, sealer: Sealer) -> bytearray:
-        """Append the header and trailer; the builder must not be used afterwards."""
+    def finish(self, sealer: Sealer) -> tuple[bytes, list[bytes | bytearray]]:
+        """Append header and trailer; return (pack id, parts). The builder is spent."""
         header = b"".join(
             _ENTRY.pack(e.type, e.chunk_id, e.offset, e.length, e.raw_length) for e in self.entries
         )
         sealed = sealer.seal(header, HEADER_AD)
-        self._buf += sealed
-        self._buf += _HLEN.pack(len(sealed))
-        return self._buf
+        self._parts.append(sealed)
+        self._parts.append(_HLEN.pack(len(sealed)))
+        hasher = blake3.blake3()
+        for part in self._parts:
+            hasher.update(part)
+        return hasher.digest(), self._parts
 
 
 def header_length(tail: bytes, pack_size: int, what: str) -> int:

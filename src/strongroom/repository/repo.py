@@ -52,7 +52,7 @@ _INDEX_AD = b"index"
 _POINT_AD = b"point"
 INDEX_FLUSH_SECONDS = float(os.environ.get("STRONGROOM_INDEX_FLUSH_SECONDS", "15"))
 INDEX_FLUSH_PACKS = 64
-_MAX_PENDING_UPLOADS = 2
+_MAX_PENDING_UPLOADS = 2  # packs queued for upload beyond the one being filled
 
 
 @dataclass(frozen=True)
@@ -364,8 +364,7 @@ class Repository:
 
     def _upload(self, builder: PackBuilder) -> None:
         self._reap_uploads(block=len(self._uploads) >= _MAX_PENDING_UPLOADS)
-        data = builder.finish(self.sealer)
-        pack_id = content_hash(data)
+        pack_id, data = builder.finish(self.sealer)
         entries = [
             (e.chunk_id, e.offset, e.length, e.raw_length, int(e.type)) for e in builder.entries
         ]

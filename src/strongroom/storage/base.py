@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from strongroom.errors import InvalidObjectName
 
@@ -25,6 +25,24 @@ def check_name(name: str) -> str:
     if not _NAME.match(name) or ".." in name:
         raise InvalidObjectName(f"invalid object name {name!r}")
     return name
+
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+# An object's content: one buffer, or parts written in order (a gather write,
+# so a pack of many chunks is never copied into one buffer).
+Content: TypeAlias = Buffer | list[bytes] | list[bytes | bytearray] | list[Buffer]
+
+
+def content_length(data: Content) -> int:
+    if isinstance(data, list):
+        return sum(len(part) for part in data)
+    return len(data)
+
+
+def content_bytes(data: Content) -> bytes:
+    if isinstance(data, list):
+        return b"".join(data)
+    return bytes(data)
 
 
 @dataclass(frozen=True)
@@ -56,8 +74,9 @@ class Backend(Protocol):
     location: str
     capabilities: Capabilities
 
-    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        """Store `data` under `name` atomically and durably (fsynced when it returns).
+    def put(self, name: str, data: Content) -> None:
+        """Store `data` (one buffer or a list of parts) under `name` atomically and
+        durably (fsynced when it returns).
 
         Overwriting an existing object is allowed only with identical content
         (content-addressed names make re-puts idempotent). Raises StorageFull

@@ -22,7 +22,7 @@ from strongroom.errors import (
     StorageError,
     StorageFull,
 )
-from strongroom.storage.base import Capabilities, ObjectInfo, check_name
+from strongroom.storage.base import Capabilities, Content, ObjectInfo, check_name
 
 TMP_DIR = "tmp"
 _MAX_OPEN_FILES = 64
@@ -61,16 +61,17 @@ class LocalBackend:
         os.makedirs(path, exist_ok=True)
         self._made_dirs.add(path)
 
-    def _write_temp(self, data: bytes | bytearray | memoryview) -> str:
+    def _write_temp(self, data: Content) -> str:
         tmp_dir = os.path.join(self.root, TMP_DIR)
         self._ensure_dir(tmp_dir)
         tmp = os.path.join(tmp_dir, secrets.token_hex(16))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            for part in data if isinstance(data, list) else [data]:
+                view = memoryview(part)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
             os.fsync(fd)
         except OSError:
             os.close(fd)
@@ -88,7 +89,7 @@ class LocalBackend:
 
     # --- contract ------------------------------------------------------------
 
-    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+    def put(self, name: str, data: Content) -> None:
         path = self._path(name)
         tmp = None
         try:
@@ -113,6 +114,8 @@ class LocalBackend:
             except FileExistsError:
                 raise ObjectExists(f"object {name} already exists") from None
             self._sync_dir(os.path.dirname(path))
+        except ObjectExists:
+            raise
         except OSError as err:
             raise _storage_error(err, f"creating {name}") from err
         finally:

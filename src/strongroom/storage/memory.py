@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 
 from strongroom.errors import ObjectExists, ObjectNotFound
-from strongroom.storage.base import Capabilities, ObjectInfo, check_name
+from strongroom.storage.base import Capabilities, Content, ObjectInfo, check_name, content_bytes
 
 
 class MemoryBackend:
@@ -19,8 +19,8 @@ class MemoryBackend:
         self._objects: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        blob = bytes(data)
+    def put(self, name: str, data: Content) -> None:
+        blob = content_bytes(data)
         with self._lock:
             self._objects[check_name(name)] = blob
 

@@ -18,7 +18,7 @@ from strongroom.errors import (
     ObjectNotFound,
     StorageFull,
 )
-from strongroom.storage.base import Backend, Capabilities, ObjectInfo
+from strongroom.storage.base import Backend, Capabilities, Content, ObjectInfo, content_length
 
 
 class BackendContract:
@@ -35,6 +35,12 @@ class BackendContract:
         backend.put("a2", bytearray(b"uvw"))
         assert backend.get("a1") == b"xyz"
         assert backend.get("a2") == b"uvw"
+
+    def test_put_parts_is_a_gather_write(self, backend: Backend) -> None:
+        parts: list[bytes | bytearray | memoryview] = [b"ab", bytearray(b"cd"), memoryview(b"ef")]
+        backend.put("data/aa/parts", parts)
+        assert backend.get("data/aa/parts") == b"abcdef"
+        assert backend.size("data/aa/parts") == 6
 
     def test_put_same_content_twice_is_idempotent(self, backend: Backend) -> None:
         backend.put("index/00", b"same")
@@ -152,8 +158,8 @@ class FaultyBackend:
                 raise StorageFull(f"no space left ({errno.errorcode[errno.ENOSPC]})")
             self.space -= n
 
-    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        self._charge(len(data))
+    def put(self, name: str, data: Content) -> None:
+        self._charge(content_length(data))
         self.inner.put(name, data)
 
     def create(self, name: str, data: bytes | bytearray | memoryview) -> None:
