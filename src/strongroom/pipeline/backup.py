@@ -98,6 +98,21 @@ class _SmallFile(NamedTuple):
     after: os.stat_result
 
 
+_BATCH_FILES = 64
+_BATCH_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class _Batch:
+    """Small files waiting to be handed to a worker as one job."""
+
+    items: list[tuple[int, bytes, bytes, Node]] = field(default_factory=list)
+    fds: dict[int, int] = field(default_factory=dict)  # open directory fd -> our dup
+    dups: list[int] = field(default_factory=list)
+    bytes: int = 0
+    after: list[Callable[[], None]] = field(default_factory=list)  # deferred callbacks
+
+
 class _Virtual:
     """A directory on the way to a backed-up path (e.g. `/home` for `/home/ann`)."""
 
@@ -156,7 +171,8 @@ class FileBackup:
             self._skip.add((st.st_dev, st.st_ino))
         self._last_report = 0.0
         self._dry_seen: set[bytes] = set()
-        self._dropped: set[int] = set()  # id() of nodes whose file turned out unreadable
+        self._dropped: set[int] = set()
+        self._batch = _Batch()  # id() of nodes whose file turned out unreadable
 
     # --- entry point ---------------------------------------------------------
 
@@ -171,7 +187,8 @@ class FileBackup:
             with self._work:
                 nodes = self._backup_virtual(b"", _virtual_root(paths), self.parent_tree)
                 root: dict[str, bytes] = {}
-                self._work.then(lambda: root.update(id=self._store_tree(nodes)))
+                self._then(lambda: root.update(id=self._store_tree(nodes)))
+                self._flush_batch()
                 self._work.finish()
             if not self.options.dry_run:
                 self.repo.flush()
@@ -234,6 +251,7 @@ class FileBackup:
                 if node is not None:
                     nodes.append(node)
         finally:
+            self._forget_dir_fd(dir_fd)
             os.close(dir_fd)
         return nodes
 
@@ -310,6 +328,7 @@ class FileBackup:
                     if child is not None:
                         children.append(child)
         finally:
+            self._forget_dir_fd(sub_fd)
             os.close(sub_fd)
         self._finish_dir(node, children, previous)
 
@@ -327,7 +346,7 @@ class FileBackup:
             kept = [c for c in children if id(c) not in self._dropped]
             node.subtree = self._store_tree(kept, previous)
 
-        self._work.then(store)
+        self._then(store)
 
     def _store_tree(self, nodes: list[Node], previous: tuple[bytes, bytes] | None = None) -> bytes:
         blob = encode_tree(nodes)
@@ -368,10 +387,10 @@ class FileBackup:
             self.summary.files_changed += 1
         else:
             self.summary.files_new += 1
-        fd = open_file(dir_fd, name)
         if node.size <= self.small_file:
-            self._submit_small_file(fd, path, node)
+            self._batch_file(dir_fd, name, path, node)
             return
+        fd = open_file(dir_fd, name)
         with open(fd, "rb", buffering=0, closefd=True) as stream:
             node.xattrs = read_xattrs_of(fd)
             before = os.fstat(fd)
@@ -391,15 +410,47 @@ class FileBackup:
         if not same_content_stat(before, after) or size != before.st_size:
             self._warn(f"{os.fsdecode(path)}: file changed while it was read")
 
-    def _submit_small_file(self, fd: int, path: bytes, node: Node) -> None:
-        """Read, hash and seal a small file entirely on a worker thread."""
+    # Small files travel in batches: one worker job reads, hashes and seals many
+    # of them, which keeps the walking thread free and the per-job cost low.
+
+    def _batch_file(self, dir_fd: int, name: bytes, path: bytes, node: Node) -> None:
+        batch = self._batch
+        dup = batch.fds.get(dir_fd)
+        if dup is None:
+            dup = batch.fds[dir_fd] = os.dup(dir_fd)
+            batch.dups.append(dup)
+        batch.items.append((dup, name, path, node))
+        batch.bytes += node.size
+        if len(batch.items) >= _BATCH_FILES or batch.bytes >= _BATCH_BYTES:
+            self._flush_batch()
+
+    def _forget_dir_fd(self, dir_fd: int) -> None:
+        """`dir_fd` is about to close; its number may be reused for another directory."""
+        self._batch.fds.pop(dir_fd, None)
+
+    def _then(self, callback: Callable[[], None]) -> None:
+        """Run `callback` after all work queued so far, including batched files."""
+        if self._batch.items:
+            self._batch.after.append(callback)
+        else:
+            self._work.then(callback)
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, _Batch()
+        if batch.items:
+            self._work.submit(self._batch_job(batch), self._batch_sink(batch))
+        for callback in batch.after:
+            self._work.then(callback)
+
+    def _batch_job(self, batch: _Batch) -> Callable[[], list[_SmallFile | OSError]]:
         repo = self.repo
         dry = self.options.dry_run
         limit = self.small_file
         chunker = self.chunker
 
-        def job() -> _SmallFile | OSError:
+        def read_one(dir_fd: int, name: bytes) -> _SmallFile | OSError:
             try:
+                fd = open_file(dir_fd, name)
                 with open(fd, "rb", buffering=0, closefd=True) as stream:
                     xattrs = read_xattrs_of(fd)
                     before = os.fstat(fd)
@@ -419,17 +470,31 @@ class FileBackup:
                 out.append((cid, len(piece), sealed))
             return _SmallFile(out, xattrs, len(data), before, after)
 
-        def sink(result: _SmallFile | OSError) -> None:
-            if isinstance(result, OSError):
-                self._dropped.add(id(node))
-                self._unreadable(path, result)
-                return
-            node.xattrs = result.xattrs
-            for cid, length, sealed in result.chunks:
-                self._sink_chunk(node, cid, length, sealed)
-            self._file_read(path, node, result.size, result.before, result.after)
+        def job() -> list[_SmallFile | OSError]:
+            try:
+                return [read_one(dir_fd, name) for dir_fd, name, _, _ in batch.items]
+            finally:
+                for dup in batch.dups:
+                    os.close(dup)
 
-        self._work.submit(job, sink)
+        return job
+
+    def _batch_sink(self, batch: _Batch) -> Callable[[list[_SmallFile | OSError]], None]:
+        def sink(results: list[_SmallFile | OSError]) -> None:
+            for (_, _, path, node), result in zip(batch.items, results, strict=True):
+                if isinstance(result, OSError):
+                    if isinstance(result, FileNotFoundError):
+                        self._dropped.add(id(node))  # deleted since listed: never there
+                        continue
+                    self._dropped.add(id(node))
+                    self._unreadable(path, result)
+                    continue
+                node.xattrs = result.xattrs
+                for cid, length, sealed in result.chunks:
+                    self._sink_chunk(node, cid, length, sealed)
+                self._file_read(path, node, result.size, result.before, result.after)
+
+        return sink
 
     def _submit_chunk(self, node: Node, data: bytes) -> None:
         if not data:

@@ -52,7 +52,7 @@ _INDEX_AD = b"index"
 _POINT_AD = b"point"
 INDEX_FLUSH_SECONDS = float(os.environ.get("STRONGROOM_INDEX_FLUSH_SECONDS", "15"))
 INDEX_FLUSH_PACKS = 64
-_MAX_PENDING_UPLOADS = 2  # packs queued for upload beyond the one being filled
+_MAX_PENDING_UPLOADS = 1  # packs queued for upload beyond the one being filled
 
 
 @dataclass(frozen=True)
@@ -364,7 +364,6 @@ class Repository:
 
     def _upload(self, builder: PackBuilder) -> None:
         self._reap_uploads(block=len(self._uploads) >= _MAX_PENDING_UPLOADS)
-        pack_id, data = builder.finish(self.sealer)
         entries = [
             (e.chunk_id, e.offset, e.length, e.raw_length, int(e.type)) for e in builder.entries
         ]
@@ -372,6 +371,7 @@ class Repository:
             self._uploader = ThreadPoolExecutor(1, thread_name_prefix="upload")
 
         def upload() -> None:
+            pack_id, data = builder.finish(self.sealer)  # hashing here, off the walker
             self.backend.put(fmt.pack_name(pack_id.hex()), data)
             for cid, off, length, _raw, _t in entries:
                 self.index.add(cid, pack_id, off, length)
