@@ -76,12 +76,12 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
 
 
 def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
+    if "password" in doc:
+        raise ConfigError(f"config file {where}: put the password in a password_file, not here")
     known = {"repo", "password_file", "compression", "exclude", "exclude_file"}
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"config file {where}: unknown setting(s) {', '.join(sorted(unknown))}")
-    if "password" in doc:
-        raise ConfigError(f"config file {where}: put the password in a password_file, not here")
     if isinstance(doc.get("repo"), str):
         settings.repo = os.path.expanduser(str(doc["repo"]))
         settings.source["repo"] = where

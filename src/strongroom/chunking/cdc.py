@@ -19,7 +19,10 @@ class CdcChunker:
         self.avg_size = avg_size
         self.max_size = max_size
         self._cdc = pyfastcdc.FastCDC(
-            avg_size, min_size=min_size, max_size=max_size, seed=seed & ((1 << 62) - 1) or 1
+            avg_size,
+            min_size=min_size,
+            max_size=max_size,
+            seed=seed & ((1 << 62) - 1),  # pyfastcdc shifts it left by one
         )
 
     def chunks(self, stream: Stream) -> Iterator[memoryview]:

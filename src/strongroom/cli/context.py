@@ -29,7 +29,7 @@ class App:
         Never logged, never echoed.
         """
         env = os.environ.get("STRONGROOM_PASSWORD")
-        if env:
+        if env and not self.password_file:  # the command line beats the environment
             return env.encode()
         path = self.password_file or self.settings.password_file
         if path:

@@ -83,6 +83,13 @@ def _set_flag(attr: str, value_of: object = None) -> object:
     return callback
 
 
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    app = ctx.find_object(App)
+    if app is not None and value:
+        app.out.verbose += value
+        logging.getLogger().setLevel(logging.DEBUG if app.out.verbose > 1 else logging.INFO)
+
+
 def _add_common_options(command: click.Command) -> None:
     """Accept --json/--quiet/--verbose after the subcommand too, as restic does."""
     command.params.append(
@@ -101,6 +108,15 @@ def _add_common_options(command: click.Command) -> None:
             expose_value=False,
             help="Only errors and warnings.",
             callback=_set_flag("quiet", True),
+        )
+    )
+    command.params.append(
+        click.Option(
+            ["--verbose", "-v"],
+            count=True,
+            expose_value=False,
+            help="Say more (repeatable).",
+            callback=_set_verbose,
         )
     )
     if isinstance(command, click.Group):

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from strongroom.errors import UnsupportedVersion
+
 POINT_VERSION = 1
 
 
@@ -48,6 +50,10 @@ class RecoveryPoint:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RecoveryPoint:
+        if int(doc.get("version", 0)) > POINT_VERSION:
+            raise UnsupportedVersion(
+                f"point format {doc.get('version')} is newer than this strongroom understands"
+            )
         return cls(
             kind=str(doc["kind"]),
             time=datetime.fromisoformat(doc["time"]),

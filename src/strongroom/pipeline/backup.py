@@ -171,8 +171,8 @@ class FileBackup:
             self._skip.add((st.st_dev, st.st_ino))
         self._last_report = 0.0
         self._dry_seen: set[bytes] = set()
-        self._dropped: set[int] = set()
-        self._batch = _Batch()  # id() of nodes whose file turned out unreadable
+        self._dropped: set[int] = set()  # id() of nodes whose file turned out unreadable
+        self._batch = _Batch()
 
     # --- entry point ---------------------------------------------------------
 
@@ -376,17 +376,16 @@ class FileBackup:
             self.progress.bytes_done += node.size
             self._emit()
             return
-        if node.nlink > 1:
-            first = self._hardlinks.get((node.device, node.inode))
-            if first is not None:  # share the first link's (possibly still filling) lists
-                node.chunks, node.chunk_sizes = first.chunks, first.chunk_sizes
-                node.xattrs = first.xattrs
-                return
-            self._hardlinks[(node.device, node.inode)] = node
         if existed:
             self.summary.files_changed += 1
         else:
             self.summary.files_new += 1
+        if node.nlink > 1:
+            first = self._hardlinks.get((node.device, node.inode))
+            if first is not None:
+                self._follow_link(first, node)
+                return
+            self._hardlinks[(node.device, node.inode)] = node
         if node.size <= self.small_file:
             self._batch_file(dir_fd, name, path, node)
             return
@@ -400,6 +399,19 @@ class FileBackup:
                 self._submit_chunk(node, bytes(view))
             after = os.fstat(fd)
         self._file_read(path, node, size, before, after)
+
+    def _follow_link(self, first: Node, node: Node) -> None:
+        """Another name of a file read in this run: share the first name's (possibly
+        still filling) chunk lists; copy its xattrs, and its fate, once it is done."""
+        node.chunks, node.chunk_sizes = first.chunks, first.chunk_sizes
+
+        def settle() -> None:
+            node.xattrs = first.xattrs
+            node.size = first.size
+            if id(first) in self._dropped:
+                self._dropped.add(id(node))
+
+        self._then(settle)
 
     def _file_read(
         self, path: bytes, node: Node, size: int, before: os.stat_result, after: os.stat_result
@@ -446,7 +458,7 @@ class FileBackup:
         repo = self.repo
         dry = self.options.dry_run
         limit = self.small_file
-        chunker = self.chunker
+        cfg = repo.config
 
         def read_one(dir_fd: int, name: bytes) -> _SmallFile | OSError:
             try:
@@ -458,7 +470,12 @@ class FileBackup:
                     after = os.fstat(fd)
             except OSError as err:
                 return err
-            pieces = [data] if len(data) <= limit else [bytes(v) for v in chunker.cut(data)]
+            if len(data) <= limit:
+                pieces = [data]
+            else:  # it grew since the walk saw it; a chunker of this thread's own
+                seed = repo.master.chunker_seed
+                own = CdcChunker(cfg.cdc_min, cfg.cdc_avg, cfg.cdc_max, seed)
+                pieces = [bytes(v) for v in own.cut(data)]
             out: list[tuple[bytes, int, Sealed | None]] = []
             for piece in pieces:
                 if not piece:

@@ -184,6 +184,8 @@ class FileRestore:
             def finish_dir() -> None:
                 try:
                     self._apply_fd_meta(sub_fd, node, path)
+                except OSError as err:
+                    self._warn(f"{os.fsdecode(path)}: {err.strerror or err}")
                 finally:
                     os.close(sub_fd)
 
@@ -254,6 +256,8 @@ class FileRestore:
                     self._warn(f"{os.fsdecode(path)}: damaged: {damaged[0]}")
                 os.ftruncate(fd, offset)
                 self._apply_fd_meta(fd, node, path)
+            except OSError as err:
+                self._warn(f"{os.fsdecode(path)}: {err.strerror or err}")
             finally:
                 os.close(fd)
 
@@ -276,16 +280,18 @@ class FileRestore:
                     data = repo.load_chunk(node.chunks[0], BlobType.DATA, node.chunk_sizes[0])
                 except StrongroomError as err:
                     error = str(err)
-            warnings: list[str] = []
-            fd = os.open(node.name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
             try:
-                if data and not _is_zero(data):
-                    _pwrite_all(fd, data, 0)
-                if node.size and (not data or _is_zero(data)):
-                    os.ftruncate(fd, node.chunk_sizes[0] if node.chunks else node.size)
-                warnings = self._fd_meta(fd, node, path)
-            finally:
-                os.close(fd)
+                fd = os.open(node.name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+                try:
+                    if data and not _is_zero(data):
+                        _pwrite_all(fd, data, 0)
+                    elif node.chunks:
+                        os.ftruncate(fd, node.chunk_sizes[0])  # all zeros: a hole
+                    warnings = self._fd_meta(fd, node, path)
+                finally:
+                    os.close(fd)
+            except OSError as err:  # reported against this file, not a later one
+                return 0, f"cannot write: {err.strerror or err}", []
             return len(data), error, warnings
 
         return job
@@ -315,7 +321,10 @@ class FileRestore:
             if len(data) != size:
                 return size, f"chunk {cid.hex()[:16]} has {len(data)} bytes, expected {size}"
             if not _is_zero(data):
-                _pwrite_all(fd, data, offset)
+                try:
+                    _pwrite_all(fd, data, offset)
+                except OSError as err:
+                    return size, f"cannot write: {err.strerror or err}"
             return size, None
 
         return job

@@ -40,10 +40,8 @@ class CheckReport:
 
 
 def check_structure(repo: Repository, report: CheckReport) -> None:
-    report.pack_sizes = {
-        bytes.fromhex(fmt.pack_hex_from_name(o.name)): o.size
-        for o in repo.backend.list(fmt.DATA_PREFIX)
-    }
+    # Index first, packs second: a backup running meanwhile writes packs before
+    # the index that names them, so this order never sees an indexed pack missing.
     for name in repo.list_index_files():
         try:
             idx = repo.read_index_file(name)
@@ -52,6 +50,10 @@ def check_structure(repo: Repository, report: CheckReport) -> None:
             continue
         for cid, pack, off, length, raw, btype in idx.iter_entries():
             report.packs.setdefault(pack, []).append((cid, off, length, raw, int(btype)))
+    report.pack_sizes = {
+        bytes.fromhex(fmt.pack_hex_from_name(o.name)): o.size
+        for o in repo.backend.list(fmt.DATA_PREFIX)
+    }
     for pack, entries in report.packs.items():
         size = report.pack_sizes.get(pack)
         if size is None:
@@ -89,7 +91,7 @@ def select_packs(packs: list[bytes], subset: str | None, seed: int | None = None
     n, m = (int(x) for x in subset.split("/"))
     if not 1 <= n <= m:
         raise ValueError("subset n/m needs 1 <= n <= m")
-    return [p for p in ordered if p[0] % m == n - 1]
+    return [p for p in ordered if int.from_bytes(p[:8], "big") % m == n - 1]
 
 
 def check_pack_data(

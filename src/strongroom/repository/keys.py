@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from argon2.low_level import Type, hash_secret_raw
 
-from strongroom.errors import IntegrityError, RepositoryError, WrongPassword
+from strongroom.errors import IntegrityError, RepositoryError, UnsupportedVersion, WrongPassword
 from strongroom.repository.crypto import Sealer, derive_key
 
 SECRET_SIZE = 64
@@ -115,6 +115,10 @@ def _parse(blob: bytes) -> dict[str, object]:
         raise RepositoryError(f"key file is not valid JSON: {err}") from None
     if not isinstance(doc, dict) or doc.get("kdf") != "argon2id":
         raise RepositoryError("key file has an unknown format")
+    if int(doc.get("version", 0)) > KEY_FILE_VERSION:
+        raise UnsupportedVersion(
+            f"key file version {doc.get('version')} is newer than this strongroom understands"
+        )
     return doc
 
 

@@ -91,6 +91,7 @@ class Lock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
+        self._last_refresh = time.time()
 
     def _write(self) -> str:
         doc = {
@@ -122,10 +123,22 @@ class Lock:
             try:
                 new = self._write()
             except StorageError:
-                continue
+                continue  # `verify` fails once the lock could have gone stale
             with self._mutex:
                 old, self.name = self.name, new
+                self._last_refresh = time.time()
             self._remove(old)
+
+    def verify(self) -> None:
+        """Raise RepositoryLocked if this lock may no longer protect us: it was
+        removed (`unlock --remove-all`) or not refreshed for long enough that
+        others may treat it as stale. Call before committing work (a point)."""
+        with self._mutex:
+            name, last = self.name, self._last_refresh
+        if time.time() - last > STALE_SECONDS - REFRESH_SECONDS:
+            raise RepositoryLocked("our lock could not be refreshed in time; not committing")
+        if not self.backend.exists(name):
+            raise RepositoryLocked("our lock was removed by someone else; not committing")
 
     def _remove(self, name: str) -> None:
         try:

@@ -37,6 +37,7 @@ class PrunePlan:
     repack: list[bytes] = field(default_factory=list)
     delete: list[bytes] = field(default_factory=list)
     orphans: list[bytes] = field(default_factory=list)
+    lost: list[bytes] = field(default_factory=list)  # indexed, but missing from storage
     used_in_pack: dict[bytes, list[Entry]] = field(default_factory=dict)
     missing: set[bytes] = field(default_factory=set)
     used_bytes: int = 0
@@ -50,6 +51,7 @@ class PrunePlan:
             "packs_repack": len(self.repack),
             "packs_delete": len(self.delete),
             "packs_orphaned": len(self.orphans),
+            "packs_missing": len(self.lost),
             "used_bytes": self.used_bytes,
             "unused_bytes": self.unused_bytes,
             "repack_bytes": self.repack_bytes,
@@ -81,6 +83,11 @@ def plan_prune(repo: Repository, used: set[bytes], max_unused: float = 0.0) -> P
     order = sorted(packs, key=lambda p: -sum(1 for e in packs[p] if e[0] in used))
     for pack in order:
         entries = packs[pack]
+        if pack not in sizes:
+            # Indexed but gone: it holds nothing. A copy elsewhere must be kept, and
+            # chunks with no other copy show up in `missing` (prune then refuses).
+            plan.lost.append(pack)
+            continue
         keep_entries = []
         for e in entries:
             if e[0] in used and e[0] not in seen:
@@ -90,8 +97,6 @@ def plan_prune(repo: Repository, used: set[bytes], max_unused: float = 0.0) -> P
         total_len = sum(e[2] for e in entries)
         plan.used_bytes += used_len
         plan.unused_bytes += total_len - used_len
-        if pack not in sizes:
-            continue  # indexed but missing: check reports it; nothing to delete
         if not keep_entries:
             plan.delete.append(pack)
         elif used_len == total_len or (total_len - used_len) <= max_unused * total_len:

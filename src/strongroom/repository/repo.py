@@ -4,7 +4,7 @@ Write order (docs/design.md): packs, then the index files that name them,
 then manifests' root (already inside packs), then the point object. Every
 object is immutable, so a crash at any instant leaves a repository whose
 references all resolve; what a killed backup wrote but never indexed is just
-unreferenced (prune removes it; `repair index` adopts it).
+unreferenced (prune removes it).
 """
 
 from __future__ import annotations
@@ -146,6 +146,7 @@ class Repository:
         self._unindexed: dict[bytes, list[tuple[bytes, int, int, int, int]]] = {}
         self._unindexed_lock = threading.Lock()
         self._last_index_flush = time.monotonic()
+        self.held_lock: Lock | None = None  # set by whoever locked this session
 
     # --- creating and opening ------------------------------------------------
 
@@ -287,9 +288,7 @@ class Repository:
                 if idx is not None:
                     files[name] = idx
         superseded = {fmt.index_name(s.hex()) for idx in files.values() for s in idx.supersedes}
-        for name, idx in files.items():
-            if name not in superseded:
-                index.add_file(idx)
+        index.add_files([idx for name, idx in files.items() if name not in superseded])
         return index
 
     def write_index_file(
@@ -456,7 +455,12 @@ class Repository:
     # --- points --------------------------------------------------------------
 
     def save_point(self, doc: dict[str, Any]) -> str:
-        """Store a point object (after `flush`!); returns its hex id."""
+        """Store a point object (after `flush`!); returns its hex id.
+
+        If a lock is held, it is verified first: a point must never be committed
+        by a writer whose lock a prune may have broken."""
+        if self.held_lock is not None:
+            self.held_lock.verify()
         sealed = self.sealer.seal(json.dumps(doc, sort_keys=True).encode(), _POINT_AD)
         point_hex = content_hash(sealed).hex()
         self.backend.put(fmt.point_name(point_hex), sealed)

@@ -35,6 +35,10 @@ def prune(
     plan = plan_prune(repo, used, max_unused)
     if not dry_run:
         execute_prune(repo, plan, report)
+        # Temporary files of killed writers: safe to remove under the exclusive lock.
+        clean = getattr(repo.backend, "clean_temporary", None)  # optional ability
+        if clean is not None:
+            clean()
     return plan
 
 

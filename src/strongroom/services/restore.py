@@ -7,6 +7,7 @@ import threading
 from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.restore import FileRestore, RestoreSummary
 from strongroom.repository.repo import Repository
+from strongroom.services.walk import find_node
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -18,6 +19,8 @@ def restore_files(
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
 ) -> RestoreSummary:
+    for include in includes or []:
+        find_node(repo, bytes.fromhex(point.tree), include)  # PathNotFound before any write
     job = FileRestore(
         repo,
         bytes.fromhex(point.tree),

@@ -34,6 +34,7 @@ def open_repository(
         backend.close()
         raise
     held = repo.lock(exclusive=lock is LockMode.EXCLUSIVE) if lock is not LockMode.NONE else None
+    repo.held_lock = held
     try:
         if load_index:
             repo.load_index()

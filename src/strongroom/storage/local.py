@@ -56,9 +56,12 @@ class LocalBackend:
         return os.path.join(self.root, name)
 
     def _ensure_dir(self, path: str) -> None:
+        """Create `path` if needed, durably: its entry in the parent is fsynced too."""
         if path in self._made_dirs:
             return
-        os.makedirs(path, exist_ok=True)
+        if not os.path.isdir(path):
+            os.makedirs(path, exist_ok=True)
+            self._sync_dir(os.path.dirname(path))
         self._made_dirs.add(path)
 
     def _write_temp(self, data: Content) -> str:

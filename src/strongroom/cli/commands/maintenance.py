@@ -56,6 +56,8 @@ def forget(
         raise UsageError(
             "give point ids or at least one --keep-* option (refusing to forget everything)"
         )
+    if point_ids and not policy.empty():
+        raise UsageError("give point ids or --keep-* options, not both")
     out = app.out
     result: list[dict[str, object]] = []
     with app.repository(LockMode.EXCLUSIVE if then_prune else LockMode.SHARED) as repo:
@@ -64,7 +66,7 @@ def forget(
             for p in doomed:
                 if not dry_run:
                     repo.delete_point(p.id)
-                out.info(f"forgot point {p.short_id}")
+                out.info(f"{'would forget' if dry_run else 'forgot'} point {p.short_id}")
             result.append({"removed": [p.id for p in doomed]})
         else:
             points = list_points(repo, PointFilter(list(hosts), list(tags), list(paths)))
@@ -118,6 +120,8 @@ def prune(app: App, max_unused: str, dry_run: bool) -> None:
         fraction = float(max_unused.rstrip("%")) / 100
     except ValueError:
         raise UsageError("--max-unused takes a percentage such as 5%") from None
+    if not 0 <= fraction <= 1:
+        raise UsageError("--max-unused must be between 0% and 100%")
     out = app.out
     with app.repository(LockMode.EXCLUSIVE) as repo:
         plan = maintenance.prune(
