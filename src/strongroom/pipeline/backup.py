@@ -32,7 +32,6 @@ from strongroom.sources.files import (
     read_link,
     read_xattrs,
     read_xattrs_of,
-    same_content_stat,
 )
 from strongroom.types import Progress, ProgressCallback, no_progress
 
@@ -94,7 +93,6 @@ class _SmallFile(NamedTuple):
     chunks: list[tuple[bytes, int, Sealed | None]]
     xattrs: dict[bytes, bytes]
     size: int
-    before: os.stat_result
     after: os.stat_result
 
 
@@ -392,13 +390,12 @@ class FileBackup:
         fd = open_file(dir_fd, name)
         with open(fd, "rb", buffering=0, closefd=True) as stream:
             node.xattrs = read_xattrs_of(fd)
-            before = os.fstat(fd)
             size = 0
             for view in self.chunker.chunks(stream):
                 size += len(view)
                 self._submit_chunk(node, bytes(view))
             after = os.fstat(fd)
-        self._file_read(path, node, size, before, after)
+        self._file_read(path, node, size, after)
 
     def _follow_link(self, first: Node, node: Node) -> None:
         """Another name of a file read in this run: share the first name's (possibly
@@ -413,13 +410,19 @@ class FileBackup:
 
         self._then(settle)
 
-    def _file_read(
-        self, path: bytes, node: Node, size: int, before: os.stat_result, after: os.stat_result
-    ) -> None:
+    def _file_read(self, path: bytes, node: Node, size: int, after: os.stat_result) -> None:
+        """Account for a file just read; warn if it changed since the walk saw it
+        (`node` still holds the walk's stat, `after` is fstat after reading)."""
+        changed = (node.size, node.mtime_ns, node.ctime_ns, node.inode) != (
+            after.st_size,
+            after.st_mtime_ns,
+            after.st_ctime_ns,
+            after.st_ino,
+        )
         self.summary.total_bytes += size - node.size
         self.summary.bytes_read += size
         node.size = size
-        if not same_content_stat(before, after) or size != before.st_size:
+        if changed or size != after.st_size:
             self._warn(f"{os.fsdecode(path)}: file changed while it was read")
 
     # Small files travel in batches: one worker job reads, hashes and seals many
@@ -465,7 +468,6 @@ class FileBackup:
                 fd = open_file(dir_fd, name)
                 with open(fd, "rb", buffering=0, closefd=True) as stream:
                     xattrs = read_xattrs_of(fd)
-                    before = os.fstat(fd)
                     data = stream.read()  # to EOF, even if it grew since the stat
                     after = os.fstat(fd)
             except OSError as err:
@@ -485,7 +487,7 @@ class FileBackup:
                 if not dry and not repo.has_chunk(cid):
                     sealed = repo.seal_chunk(cid, BlobType.DATA, piece)
                 out.append((cid, len(piece), sealed))
-            return _SmallFile(out, xattrs, len(data), before, after)
+            return _SmallFile(out, xattrs, len(data), after)
 
         def job() -> list[_SmallFile | OSError]:
             try:
@@ -509,7 +511,7 @@ class FileBackup:
                 node.xattrs = result.xattrs
                 for cid, length, sealed in result.chunks:
                     self._sink_chunk(node, cid, length, sealed)
-                self._file_read(path, node, result.size, result.before, result.after)
+                self._file_read(path, node, result.size, result.after)
 
         return sink
 
