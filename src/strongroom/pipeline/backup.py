@@ -96,8 +96,8 @@ class _SmallFile(NamedTuple):
     after: os.stat_result
 
 
-_BATCH_FILES = 64
-_BATCH_BYTES = 4 * 1024 * 1024
+_BATCH_FILES = 32
+_BATCH_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -158,7 +158,7 @@ class FileBackup:
         cfg = repo.config
         self.chunker = CdcChunker(cfg.cdc_min, cfg.cdc_avg, cfg.cdc_max, repo.master.chunker_seed)
         self.small_file = cfg.cdc_min
-        self._work = OrderedWork(options.workers, depth=3 * options.workers + 2)
+        self._work = OrderedWork(options.workers, depth=2 * options.workers + 2)
         self._hardlinks: dict[tuple[int, int], Node] = {}
         self._skip: set[tuple[int, int]] = set()
         for path in options.skip_dirs:

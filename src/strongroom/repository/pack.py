@@ -23,6 +23,7 @@ import blake3
 from strongroom.errors import IntegrityError
 from strongroom.repository.crypto import OVERHEAD, Sealer
 from strongroom.repository.format import BlobType
+from strongroom.storage.base import TempObject
 
 MAGIC = b"SRPACK01"
 _ENTRY = struct.Struct("<B32sIII")
@@ -49,11 +50,24 @@ class PackBuilder:
     """Collects sealed chunks for one pack without copying them: the pack is
     written with a gather write of its parts, and hashed part by part."""
 
-    def __init__(self, blob_type: BlobType) -> None:
+    def __init__(self, blob_type: BlobType, stream: TempObject | None = None) -> None:
+        """With `stream`, chunks go straight to storage as they arrive (and are hashed
+        here) instead of being held in memory until the pack is complete."""
         self.blob_type = blob_type
-        self._parts: list[bytes | bytearray] = [MAGIC]
-        self._size = len(MAGIC)
+        self.stream = stream
+        self._parts: list[bytes | bytearray] = []
+        self._hasher = blake3.blake3()
+        self._size = 0
         self.entries: list[PackEntry] = []
+        self._append(MAGIC)
+
+    def _append(self, data: bytes | bytearray) -> None:
+        if self.stream is not None:
+            self.stream.write(data)
+            self._hasher.update(data)
+        else:
+            self._parts.append(data)
+        self._size += len(data)
 
     @property
     def size(self) -> int:
@@ -66,22 +80,26 @@ class PackBuilder:
         offset = self._size
         if offset + len(sealed) > MAX_PACK_SIZE:
             raise ValueError("pack would exceed 4 GiB")
-        self._parts.append(sealed)
-        self._size += len(sealed)
+        self._append(sealed)
         self.entries.append(PackEntry(self.blob_type, chunk_id, offset, len(sealed), raw_length))
 
     def finish(self, sealer: Sealer) -> tuple[bytes, list[bytes | bytearray]]:
-        """Append header and trailer; return (pack id, parts). The builder is spent."""
+        """Append header and trailer; return (pack id, parts). The builder is spent.
+        When streaming, the parts are already written and the list is empty."""
         header = b"".join(
             _ENTRY.pack(e.type, e.chunk_id, e.offset, e.length, e.raw_length) for e in self.entries
         )
         sealed = sealer.seal(header, HEADER_AD)
-        self._parts.append(sealed)
-        self._parts.append(_HLEN.pack(len(sealed)))
-        hasher = blake3.blake3()
-        for part in self._parts:
-            hasher.update(part)
-        return hasher.digest(), self._parts
+        self._append(sealed)
+        self._append(_HLEN.pack(len(sealed)))
+        if self.stream is None:
+            for part in self._parts:
+                self._hasher.update(part)
+        return self._hasher.digest(), self._parts
+
+    def abort(self) -> None:
+        if self.stream is not None:
+            self.stream.abort()
 
 
 def header_length(tail: bytes, pack_size: int, what: str) -> int:

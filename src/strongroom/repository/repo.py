@@ -43,6 +43,7 @@ from strongroom.repository.keys import (
 from strongroom.repository.locks import Lock
 from strongroom.repository.pack import PackBuilder, blob_ad
 from strongroom.storage import Backend
+from strongroom.storage.base import StreamingPut
 
 if TYPE_CHECKING:  # numpy is imported only when an index is needed
     from strongroom.repository.index import ChunkIndex, IndexFile, Location
@@ -329,7 +330,7 @@ class Repository:
     ) -> None:
         builder = self._builders.get(blob_type)
         if builder is None:
-            builder = self._builders[blob_type] = PackBuilder(blob_type)
+            builder = self._builders[blob_type] = self._new_builder(blob_type)
         builder.add(chunk_id, sealed, raw_length)
         self._session_ids.add(chunk_id)
         self.stats.chunks_added += 1
@@ -347,7 +348,7 @@ class Repository:
             return False
         builder = self._builders.get(blob_type)
         if builder is None:
-            builder = self._builders[blob_type] = PackBuilder(blob_type)
+            builder = self._builders[blob_type] = self._new_builder(blob_type)
         builder.add(chunk_id, sealed, raw_length)
         self._session_ids.add(chunk_id)
         if builder.size >= self.config.pack_size:
@@ -361,6 +362,13 @@ class Repository:
             self._queue_sealed(cid, blob_type, self.seal_chunk(cid, blob_type, data), len(data))
         return cid
 
+    def _new_builder(self, blob_type: BlobType) -> PackBuilder:
+        # Data packs stream to storage when the backend can (no 16 MiB buffer);
+        # tree packs are small and stay in memory.
+        if blob_type is BlobType.DATA and isinstance(self.backend, StreamingPut):
+            return PackBuilder(blob_type, self.backend.open_temp())
+        return PackBuilder(blob_type)
+
     def _upload(self, builder: PackBuilder) -> None:
         self._reap_uploads(block=len(self._uploads) >= _MAX_PENDING_UPLOADS)
         entries = [
@@ -371,7 +379,10 @@ class Repository:
 
         def upload() -> None:
             pack_id, data = builder.finish(self.sealer)  # hashing here, off the walker
-            self.backend.put(fmt.pack_name(pack_id.hex()), data)
+            if builder.stream is not None:
+                builder.stream.commit(fmt.pack_name(pack_id.hex()))
+            else:
+                self.backend.put(fmt.pack_name(pack_id.hex()), data)
             for cid, off, length, _raw, _t in entries:
                 self.index.add(cid, pack_id, off, length)
             with self._unindexed_lock:
@@ -419,6 +430,8 @@ class Repository:
         effort: if even that fails (a full disk), the packs stay unreferenced
         and harmless.
         """
+        for builder in self._builders.values():
+            builder.abort()
         self._builders.clear()
         for fut in self._uploads:
             fut.exception()

@@ -67,6 +67,30 @@ class ObjectInfo:
     size: int
 
 
+class TempObject(Protocol):
+    """An object being written piece by piece; invisible until `commit`."""
+
+    def write(self, data: Buffer) -> None:
+        """Append `data`; StorageFull when out of space."""
+        ...
+
+    def commit(self, name: str) -> None:
+        """Make the object durable and visible under `name`, atomically."""
+        ...
+
+    def abort(self) -> None:
+        """Discard what was written; idempotent."""
+        ...
+
+
+@runtime_checkable
+class StreamingPut(Protocol):
+    """Optional ability: write an object as a stream instead of from memory, so a
+    pack being filled costs no memory. Callers probe for it; others use `put`."""
+
+    def open_temp(self) -> TempObject: ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Named immutable objects. Every method may raise StorageError subclasses."""

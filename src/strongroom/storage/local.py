@@ -224,6 +224,17 @@ class LocalBackend:
                 os.close(fd)
             self._fds.clear()
 
+    def open_temp(self) -> _LocalTemp:
+        """A temporary file in `tmp/` that `commit` fsyncs and renames into place."""
+        tmp_dir = os.path.join(self.root, TMP_DIR)
+        self._ensure_dir(tmp_dir)
+        path = os.path.join(tmp_dir, secrets.token_hex(16))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise _storage_error(err, "creating a temporary object") from err
+        return _LocalTemp(self, fd, path)
+
     def clean_temporary(self) -> int:
         """Remove temporary files left by killed writers; returns how many."""
         tmp_dir = os.path.join(self.root, TMP_DIR)
@@ -233,6 +244,41 @@ class LocalBackend:
                 _unlink_quietly(entry.path)
                 removed += 1
         return removed
+
+
+class _LocalTemp:
+    def __init__(self, backend: LocalBackend, fd: int, path: str) -> None:
+        self._backend = backend
+        self._fd = fd
+        self._path = path
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as err:
+            self.abort()
+            raise _storage_error(err, "writing a temporary object") from err
+
+    def commit(self, name: str) -> None:
+        path = self._backend._path(name)
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            self._backend._ensure_dir(os.path.dirname(path))
+            os.replace(self._path, path)
+            self._backend._sync_dir(os.path.dirname(path))
+        except OSError as err:
+            self.abort()
+            raise _storage_error(err, f"writing {name}") from err
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        _unlink_quietly(self._path)
 
 
 def _unlink_quietly(path: str) -> None:
