@@ -218,7 +218,7 @@ class ChunkIndex:
         if not len(key):
             return None
         k = int.from_bytes(chunk_id[:8], "big")
-        i = int(np.searchsorted(key, k))
+        i = int(key.searchsorted(np.uint64(k)))  # a Python int would go through float64
         tail = chunk_id[8:]
         while i < len(key) and int(key[i]) == k:
             if rest[i].tobytes() == tail:
