@@ -589,6 +589,3 @@ class FileBackup:
                 total += st.st_size
         self.progress.files_total = files
         self.progress.bytes_total = total
-
-
-Reporter = Callable[[Progress], None]

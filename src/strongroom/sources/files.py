@@ -155,13 +155,3 @@ def open_file(dir_fd: int, name: bytes) -> int:
 
 def read_link(dir_fd: int, name: bytes) -> bytes:
     return os.readlink(name, dir_fd=dir_fd)
-
-
-def same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:
-    """True if nothing suggests the file changed between two stats."""
-    return (
-        a.st_size == b.st_size
-        and a.st_mtime_ns == b.st_mtime_ns
-        and a.st_ctime_ns == b.st_ctime_ns
-        and a.st_ino == b.st_ino
-    )
