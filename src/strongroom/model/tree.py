@@ -164,12 +164,21 @@ def encode_tree(nodes: list[Node]) -> bytes:
 def decode_tree(blob: bytes) -> list[Node]:
     try:
         doc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as err:
         raise IntegrityError(f"tree does not decode: {err}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
         raise IntegrityError("tree has no node list")
-    if int(doc.get("v", 0)) > TREE_VERSION:
-        raise IntegrityError(f"tree version {doc.get('v')} is newer than this program")
+    version = doc.get("v", 0)
+    if type(version) is not int:
+        raise IntegrityError("tree has a malformed version")
+    if version > TREE_VERSION:
+        raise IntegrityError(f"tree version {version} is newer than this program")
     nodes = []
     for wire in doc["nodes"]:
         if not isinstance(wire, dict):

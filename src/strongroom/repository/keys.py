@@ -42,7 +42,8 @@ class KdfParams:
         if not spec:
             return cls()
         t, m, p = (int(x) for x in spec.split(","))
-        return cls(time_cost=max(1, t), memory_kib=max(8 * p, m), parallelism=max(1, p))
+        p = max(1, p)
+        return cls(time_cost=max(1, t), memory_kib=max(8 * p, m), parallelism=p)
 
 
 @dataclass(frozen=True)
