@@ -19,9 +19,7 @@ _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "p": "p", "c": "c", "b": "b", "s": "
 
 def _node_doc(path: bytes, node: Node) -> dict[str, object]:
     return {
-        "path": path.decode("utf-8", "surrogateescape")
-        .encode("utf-8", "backslashreplace")
-        .decode(),
+        "path": _printable(path),
         "type": node.type,
         "mode": oct(node.mode),
         "uid": node.uid,

@@ -26,7 +26,9 @@ def init(app: App) -> None:
     location = app.settings.repository
     key = create_repository(app)
     if app.out.json:
-        app.out.document({"message_type": "initialized", "repository": location, "key": key})
+        app.out.document(
+            {"message_type": "initialized", "repository": location, "key": key.rsplit("/", 1)[-1]}
+        )
         return
     app.out.info(f"created repository at {location}")
     app.out.notice(

@@ -56,7 +56,9 @@ def key_add(app: App, new_password_file: str | None) -> None:
     """Add a password."""
     with app.repository(LockMode.NONE) as repo:
         name = repo.add_key(_new_password(app, new_password_file))
-    app.out.document({"added": name}) if app.out.json else app.out.info(f"added key {name[5:13]}")
+    app.out.document({"added": name[5:]}) if app.out.json else app.out.info(
+        f"added key {name[5:13]}"
+    )
 
 
 @key.command("remove")
@@ -66,7 +68,7 @@ def key_remove(app: App, key_id: str) -> None:
     """Remove a password (not the one in use)."""
     with app.repository(LockMode.NONE) as repo:
         name = repo.remove_key(key_id)
-    app.out.document({"removed": name}) if app.out.json else app.out.info(
+    app.out.document({"removed": name[5:]}) if app.out.json else app.out.info(
         f"removed key {name[5:13]}"
     )
 
@@ -80,6 +82,6 @@ def key_passwd(app: App, new_password_file: str | None) -> None:
     """Change the password in use."""
     with app.repository(LockMode.NONE) as repo:
         name = repo.change_password(_new_password(app, new_password_file))
-    app.out.document({"key": name}) if app.out.json else app.out.info(
+    app.out.document({"key": name[5:]}) if app.out.json else app.out.info(
         f"password changed (key {name[5:13]})"
     )
