@@ -58,6 +58,7 @@ class RestoreSummary:
         }
 
 
+_PATH_MAX_SAFE = 3072  # relative link sources longer than this use a descriptor
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -113,7 +114,9 @@ class FileRestore:
         self.summary = RestoreSummary()
         self.progress = Progress(job="restore")
         self._work = OrderedWork(workers, depth=4 * workers + 4)
-        self._links: dict[tuple[int, int], bytes] = {}
+        # First restored name of each hard-linked inode: its path relative to the
+        # target, or (beyond PATH_MAX) an O_PATH descriptor of the file itself.
+        self._links: dict[tuple[int, int], bytes | int] = {}
         self._root_fd = -1
         self._last_report = 0.0
         self._matched_include: set[bytes] = set()
@@ -130,6 +133,9 @@ class FileRestore:
                 self._work.finish()
         finally:
             os.close(self._root_fd)
+            for first in self._links.values():
+                if isinstance(first, int) and first >= 0:
+                    os.close(first)
         missing = [
             os.fsdecode(i) for i in self.selection.includes if i not in self._matched_include
         ]
@@ -235,14 +241,23 @@ class FileRestore:
         if node.nlink > 1 and node.inode:
             key = (node.device, node.inode)
             first = self._links.get(key)
+            if isinstance(first, int):  # linkat(AT_SYMLINK_FOLLOW) through /proc: no path limit
+                os.link(
+                    f"/proc/self/fd/{first}", node.name, dst_dir_fd=dir_fd, follow_symlinks=True
+                )
+                return
             if first is not None:
                 os.link(first, node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd)
                 return
-            self._links[key] = rel
+            self._links[key] = rel if len(rel) < _PATH_MAX_SAFE else -1
         if len(node.chunks) <= 1 and node.nlink <= 1:  # later links need the file to exist now
             self._work.submit(self._whole_file_job(node, dir_fd, path), self._whole_file_sink(path))
             return
         fd = os.open(node.name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+        if node.nlink > 1 and self._links.get((node.device, node.inode)) == -1:
+            self._links[(node.device, node.inode)] = os.open(
+                f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC
+            )
         damaged: list[str] = []
         offset = 0
         for cid, size in zip(node.chunks, node.chunk_sizes, strict=True):

@@ -410,7 +410,13 @@ class Repository:
         with self._unindexed_lock:
             packs, self._unindexed = self._unindexed, {}
         if packs:
-            self.write_index_file(packs)
+            try:
+                self.write_index_file(packs)
+            except BaseException:
+                with self._unindexed_lock:  # keep them for the next attempt (abandon)
+                    packs.update(self._unindexed)
+                    self._unindexed = packs
+                raise
         self._last_index_flush = time.monotonic()
 
     def flush(self) -> None:

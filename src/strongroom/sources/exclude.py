@@ -13,6 +13,8 @@ import os
 import re
 from collections.abc import Iterable
 
+from strongroom.errors import UsageError
+
 
 def _translate(pattern: str) -> re.Pattern[bytes]:
     out = []
@@ -40,7 +42,10 @@ def _translate(pattern: str) -> re.Pattern[bytes]:
         else:
             out.append(re.escape(ch))
         i += 1
-    return re.compile(os.fsencode("".join(out) + r"\Z"), re.DOTALL)
+    try:
+        return re.compile(os.fsencode("".join(out) + r"\Z"), re.DOTALL)
+    except re.error as err:
+        raise UsageError(f"exclude pattern {pattern!r} is malformed: {err}") from None
 
 
 class Excluder:

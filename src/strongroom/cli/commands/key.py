@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
 from strongroom.cli.context import App, pass_app
+from strongroom.errors import UsageError
 from strongroom.services.session import LockMode
 
 
@@ -20,6 +22,10 @@ def _new_password(app: App, new_password_file: str | None) -> bytes:
     env = os.environ.get("STRONGROOM_NEW_PASSWORD")
     if env:
         return env.encode()
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no new password given: use --new-password-file or set STRONGROOM_NEW_PASSWORD"
+        )
     value: str = click.prompt(
         "Enter new password", hide_input=True, confirmation_prompt=True, err=True
     )
