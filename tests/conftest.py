@@ -10,11 +10,13 @@ real home directory or a real default repository, and tests run in parallel
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from strongroom.repository.repo import Repository
 from strongroom.storage.local import LocalBackend
@@ -29,6 +31,9 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("strongroom")
+# Hypothesis caches constants (at collection) and failure patches in ./.hypothesis:
+# keep them out of the repository.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / f"strongroom-tests-hypothesis-{os.getuid()}")
 
 _CLEARED = (
     "STRONGROOM_REPO",

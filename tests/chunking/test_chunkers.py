@@ -46,7 +46,9 @@ def assert_chunk_sizes(chunks: list[bytes], lo: int, hi: int) -> None:
 
 data_strategy = st.one_of(
     st.binary(max_size=20_000),
-    st.integers(0, 2**32).map(lambda s: random.Random(s).randbytes(random.Random(s).randint(0, 60_000))),
+    st.integers(0, 2**32).map(
+        lambda s: random.Random(s).randbytes(random.Random(s).randint(0, 60_000))
+    ),
     # Low-entropy data (long runs) stresses the min/max limits.
     st.lists(st.tuples(st.integers(0, 255), st.integers(1, 9000)), max_size=12).map(
         lambda runs: b"".join(bytes([b]) * n for b, n in runs)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,26 @@ def strongroom_command() -> list[str]:
     return [sys.executable, "-m", "strongroom"]
 
 
+NOBODY = 65534
+_SETPRIV = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+
+
+@functools.cache
+def nobody_command() -> list[str]:
+    """A command line prefix running strongroom as user `nobody` (from root).
+
+    `setpriv` if `nobody` can run this Python installation; else a launcher that
+    imports what it needs as root and drops privileges before strongroom starts
+    (an installation below /root is not readable by `nobody`).
+    """
+    direct = [*_SETPRIV, *strongroom_command()]
+    if shutil.which("setpriv"):
+        probe = subprocess.run([*direct, "--version"], capture_output=True, cwd="/", check=False)
+        if probe.returncode == 0:
+            return direct
+    return [sys.executable, str(Path(__file__).with_name("as_nobody.py"))]
+
+
 class CliResult(NamedTuple):
     rc: int
     out: Any  # str, or bytes with binary=True
@@ -29,6 +51,24 @@ class CliResult(NamedTuple):
     def json(self) -> Any:
         """stdout as one JSON document."""
         return json.loads(self.out)
+
+    def values(self) -> list[Any]:
+        """Every JSON value on stdout, in order (lines or pretty-printed documents)."""
+        decoder = json.JSONDecoder()
+        text, pos, found = self.out, 0, []
+        while True:
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            if pos == len(text):
+                return found
+            value, pos = decoder.raw_decode(text, pos)
+            found.append(value)
+
+    def document(self) -> Any:
+        """The final JSON document (after any `status` lines, as `check --read-data`)."""
+        *before, last = self.values()
+        assert all(v.get("message_type") == "status" for v in before), before
+        return last
 
     def lines(self) -> list[dict[str, Any]]:
         """stdout as JSON lines."""
@@ -53,10 +93,11 @@ def run_cli(
     binary: bool = False,
     timeout: float = 180,
     cwd: str | os.PathLike[str] | None = None,
-    prefix: list[str] | None = None,
+    command: list[str] | None = None,
 ) -> CliResult:
+    """Run strongroom (or `command`, e.g. `nobody_command()`) with `args`."""
     proc = subprocess.run(
-        [*(prefix or []), *strongroom_command(), *args],
+        [*(command or strongroom_command()), *args],
         env=env,
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,

@@ -23,6 +23,13 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
+def atime_is_stable(path: Path | str) -> bool:
+    """True if reads on this filesystem leave a future atime alone (relatime or
+    noatime); with strictatime every read moves it and atimes cannot be compared."""
+    flags = os.statvfs(path).f_flag
+    return bool(flags & (getattr(os, "ST_RELATIME", 4096) | os.ST_NOATIME))
+
+
 def rsync_differences(
     src: Path | str, dst: Path | str, excludes: tuple[str, ...] = ()
 ) -> list[str]:

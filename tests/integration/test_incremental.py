@@ -6,9 +6,12 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CliRunner
 from tests.helpers.compare import walk_differences
 from tests.helpers.inotify import FileReads
+from tests.helpers.marks import needs_root
 from tests.helpers.tree import make_small_tree, random_bytes, write_file
 
 
@@ -22,7 +25,9 @@ def _make_source(root: Path) -> dict[str, bytes]:
     return files
 
 
-def test_unchanged_tree_reads_no_file(tmp_path: Path, cli: CliRunner, initialized_repo: Path) -> None:
+def test_unchanged_tree_reads_no_file(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
     src = tmp_path / "src"
     files = _make_source(src)
     with FileReads(src) as watch:
@@ -65,12 +70,33 @@ def test_one_changed_file_is_the_only_one_read(
     assert s["files_changed"] == 1
     assert s["files_unmodified"] == len(files) - 1
     assert s["bytes_read"] == new_size
-    assert 0 < s["data_added"]
+    assert s["data_added"] > 0
 
     dump = cli("dump", "latest", str(src / changed), binary=True)
     assert dump.rc == 0 and dump.out == files[changed] + b"one more line\n"
 
 
+def test_content_change_that_keeps_size_and_mtime_is_read(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    """An editor that restores the mtime cannot hide a change: the ctime moved."""
+    src = tmp_path / "src"
+    files = _make_source(src)
+    assert cli("backup", str(src)).rc == 0
+    target = src / "many/1/f09.dat"
+    before = os.stat(target)
+    target.write_bytes(bytes(b ^ 0xFF for b in files["many/1/f09.dat"]))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(target).st_size == before.st_size
+
+    result = cli("backup", str(src), "--json")
+    assert result.summary()["files_changed"] == 1
+    dump = cli("dump", "latest", str(target), binary=True)
+    assert dump.out == target.read_bytes()
+
+
+@pytest.mark.root
+@needs_root  # chown
 def test_incremental_after_many_kinds_of_change_restores_exactly(
     tmp_path: Path, cli: CliRunner, initialized_repo: Path
 ) -> None:

@@ -1,0 +1,101 @@
+"""Settings: config file < environment < command line; passwords from files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CliRunner
+from tests.helpers.cli import PASSWORD, assert_one_line_error, run_cli
+from tests.helpers.tree import compressible_bytes, write_file
+
+
+def test_repository_from_the_config_file(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "STRONGROOM_REPO"}
+    repo = tmp_path / "from-config"
+    config_dir = Path(env["XDG_CONFIG_HOME"]) / "strongroom"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.toml").write_text(f'repo = "{repo}"\n')
+    assert run_cli(["init"], env).rc == 0
+    assert (repo / "config").is_file()
+    # The environment beats the file, and --repo beats both.
+    from_env = tmp_path / "from-env"
+    assert run_cli(["init"], {**env, "STRONGROOM_REPO": str(from_env)}).rc == 0
+    assert (from_env / "config").is_file()
+    other = tmp_path / "from-option"
+    assert (
+        run_cli(["--repo", str(other), "init"], {**env, "STRONGROOM_REPO": str(from_env)}).rc == 0
+    )
+    assert (other / "config").is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('colour = "blue"\n', "unknown setting"),
+        ('password = "secret"\n', "password"),
+        ("compression = 42\n", "compression"),
+        ("this is not toml", "config file"),
+    ],
+)
+def test_bad_config_files_are_usage_errors(
+    tmp_path: Path, cli: CliRunner, content: str, needle: str
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(content)
+    result = cli("snapshots", env={"STRONGROOM_CONFIG": str(config)})
+    assert result.rc == 2
+    assert_one_line_error(result, needle)
+
+
+def test_password_files(tmp_path: Path, cli: CliRunner, initialized_repo: Path) -> None:
+    good = tmp_path / "pw"
+    good.write_text(PASSWORD + "\n")
+    bad = tmp_path / "bad"
+    bad.write_text("wrong\n")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    no_env = {"STRONGROOM_PASSWORD": ""}
+
+    assert cli("-p", str(good), "snapshots", env=no_env).rc == 0
+    assert cli("snapshots", env={**no_env, "STRONGROOM_PASSWORD_FILE": str(good)}).rc == 0
+    assert cli("--password-file", str(bad), "snapshots", env=no_env).rc == 12
+    config = tmp_path / "config.toml"
+    config.write_text(f'password_file = "{good}"\n')
+    assert cli("snapshots", env={**no_env, "STRONGROOM_CONFIG": str(config)}).rc == 0
+
+    result = cli("-p", str(empty), "snapshots", env=no_env)
+    assert result.rc == 2
+    assert_one_line_error(result, "empty")
+    missing = cli("-p", str(tmp_path / "missing"), "snapshots", env=no_env)
+    assert missing.rc == 2
+    assert_one_line_error(missing, "password file")
+
+
+def test_password_file_option_beats_the_environment(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    bad = tmp_path / "bad"
+    bad.write_text("wrong\n")
+    # STRONGROOM_PASSWORD holds the right password; the option names a wrong one.
+    assert cli("-p", str(bad), "snapshots").rc == 12
+
+
+@pytest.mark.parametrize(("level", "compressed"), [("0", False), ("3", True)])
+def test_compression_level_for_new_repositories(
+    tmp_path: Path, cli: CliRunner, level: str, compressed: bool
+) -> None:
+    src = tmp_path / "src"
+    data = compressible_bytes(2 * 1024 * 1024)
+    write_file(src / "text", data)
+    env = {"STRONGROOM_COMPRESSION": level}
+    assert cli("init", env=env).rc == 0
+    summary = cli("backup", str(src), "--json", env=env).summary()
+    assert (summary["data_added_stored"] < len(data) / 2) is compressed
+
+
+def test_malformed_compression_setting(cli: CliRunner) -> None:
+    result = cli("init", env={"STRONGROOM_COMPRESSION": "max"})
+    assert result.rc == 2
+    assert_one_line_error(result, "compression")

@@ -1,0 +1,54 @@
+"""Run `strongroom ARGS...` as the unprivileged user `nobody`; started as root.
+
+Used when the Python installation is not readable by `nobody` (e.g. it lives
+below /root), so `setpriv ... strongroom` cannot even start. Everything
+strongroom needs from that installation is imported while still root; then
+all privileges are dropped for good (supplementary groups, gid, uid) and
+strongroom itself is imported afresh, so its import-time checks (such as
+"am I root?") see the unprivileged user. Only then does it touch any file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+NOBODY = 65534
+
+
+def _preload() -> None:
+    """Import, as root, every module a strongroom command may import later."""
+    import importlib
+    import pkgutil
+
+    import strongroom
+
+    for info in pkgutil.walk_packages(strongroom.__path__, "strongroom."):
+        if not info.name.endswith("__main__"):  # that one would run the program
+            importlib.import_module(info.name)
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    console = Console(file=io.StringIO(), force_terminal=True)
+    console.print(Table("a", "b"))
+    with Progress(console=console) as bar:
+        bar.add_task("x", total=1)
+    for name in [m for m in sys.modules if m == "strongroom" or m.startswith("strongroom.")]:
+        del sys.modules[name]
+
+
+def main() -> int:
+    _preload()
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+    assert os.geteuid() == NOBODY and os.getegid() == NOBODY
+    from strongroom.cli.main import main as strongroom_main
+
+    return strongroom_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

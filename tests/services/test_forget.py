@@ -1,0 +1,137 @@
+"""Retention policies (restic's semantics) on points with chosen times."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from strongroom.model.point import RecoveryPoint
+from strongroom.services.forget import KeepPolicy, apply_policy, group_points
+
+
+@pytest.fixture(autouse=True)
+def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Buckets are computed in local time: make local time UTC for these tests."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def point(
+    when: str | datetime, pid: str = "", tags: tuple[str, ...] = (), host: str = "h"
+) -> RecoveryPoint:
+    t = datetime.fromisoformat(when) if isinstance(when, str) else when
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return RecoveryPoint(
+        kind="files",
+        time=t,
+        host=host,
+        user="u",
+        paths=["/data"],
+        tree="00" * 32,
+        tags=list(tags),
+        id=pid or t.isoformat(),
+    )
+
+
+def kept(points: list[RecoveryPoint], policy: KeepPolicy) -> list[str]:
+    return [d.point.id for d in apply_policy(points, policy) if d.keep]
+
+
+POINTS = [
+    point("2026-01-01T10:00:00", "d1-10"),
+    point("2026-01-01T18:00:00", "d1-18"),
+    point("2026-01-02T09:00:00", "d2-09"),
+    point("2026-01-04T08:00:00", "d4-08"),
+    point("2026-01-04T20:00:00", "d4-20"),
+    point("2026-01-05T12:00:00", "d5-12"),
+]
+
+
+def test_keep_last() -> None:
+    assert kept(POINTS, KeepPolicy(last=2)) == ["d5-12", "d4-20"]
+    assert kept(POINTS, KeepPolicy(last=100)) == [p.id for p in reversed(POINTS)]
+
+
+def test_keep_daily_keeps_the_newest_of_each_recent_day_with_points() -> None:
+    assert kept(POINTS, KeepPolicy(daily=3)) == ["d5-12", "d4-20", "d2-09"]
+    assert kept(POINTS, KeepPolicy(daily=10)) == ["d5-12", "d4-20", "d2-09", "d1-18"]
+
+
+def test_keep_hourly_weekly_monthly_yearly() -> None:
+    many = [
+        point("2024-06-01T00:00:00", "2024"),
+        point("2025-03-01T00:00:00", "2025-03"),
+        point("2025-12-30T00:00:00", "2025-12-30"),  # ISO week 1 of 2026
+        point("2026-01-01T10:00:00", "jan1-10"),
+        point("2026-01-01T10:30:00", "jan1-1030"),
+        point("2026-01-01T11:15:00", "jan1-1115"),
+        point("2026-02-10T00:00:00", "feb"),
+    ]
+    assert kept(many, KeepPolicy(hourly=2)) == ["feb", "jan1-1115"]
+    assert kept(many, KeepPolicy(weekly=3)) == ["feb", "jan1-1115", "2025-03"]
+    assert kept(many, KeepPolicy(monthly=3)) == ["feb", "jan1-1115", "2025-12-30"]
+    assert kept(many, KeepPolicy(yearly=5)) == ["feb", "2025-12-30", "2024"]
+
+
+def test_rules_combine_and_tags_are_kept() -> None:
+    points = [*POINTS, point("2025-01-01T00:00:00", "tagged", tags=("keep", "x"))]
+    decisions = apply_policy(points, KeepPolicy(last=1, daily=2, tags=["keep"]))
+    reasons = {d.point.id: d.reasons for d in decisions if d.keep}
+    assert reasons == {"d5-12": ["last", "daily"], "d4-20": ["daily"], "tagged": ["tag"]}
+    assert [d.point.id for d in decisions] == [p.id for p in sorted(points, key=lambda p: p.time)][
+        ::-1
+    ]
+
+
+def test_empty_policy_keeps_nothing() -> None:
+    assert KeepPolicy().empty()
+    assert kept(POINTS, KeepPolicy()) == []
+
+
+def test_grouping_by_host_and_paths() -> None:
+    a = point("2026-01-01T00:00:00", "a", host="one")
+    b = point("2026-01-02T00:00:00", "b", host="two")
+    c = point("2026-01-03T00:00:00", "c", host="one")
+    groups = group_points([a, b, c], "host,paths")
+    assert {k: [p.id for p in v] for k, v in groups.items()} == {
+        "host=one paths=/data": ["a", "c"],
+        "host=two paths=/data": ["b"],
+    }
+    assert list(group_points([a, b, c], "")) == [""]
+
+
+start = datetime(2020, 1, 1, tzinfo=UTC)
+times = st.lists(
+    st.integers(0, 3 * 365 * 24 * 3600).map(lambda s: start + timedelta(seconds=s)),
+    unique=True,
+    max_size=40,
+)
+
+
+@given(times=times, n=st.integers(0, 10), rule=st.sampled_from(["hourly", "daily", "monthly"]))
+def test_bucket_rules_match_a_reference(times: list[datetime], n: int, rule: str) -> None:
+    """Each rule keeps the newest point of each of the n most recent buckets."""
+    fmt = {"hourly": "%Y%m%d%H", "daily": "%Y%m%d", "monthly": "%Y%m"}[rule]
+    points = [point(t) for t in times]
+    newest_per_bucket: dict[str, RecoveryPoint] = {}
+    for p in sorted(points, key=lambda p: p.time):
+        newest_per_bucket[p.time.strftime(fmt)] = p
+    recent = sorted(newest_per_bucket, reverse=True)[:n]
+    expected = sorted((newest_per_bucket[b].id for b in recent), reverse=True)
+    assert sorted(kept(points, KeepPolicy(**{rule: n})), reverse=True) == expected
+
+
+@given(times=times, n=st.integers(0, 50))
+def test_keep_last_matches_a_reference(times: list[datetime], n: int) -> None:
+    points = [point(t) for t in times]
+    expected = [p.id for p in sorted(points, key=lambda p: p.time, reverse=True)[:n]]
+    assert kept(points, KeepPolicy(last=n)) == expected
