@@ -37,12 +37,18 @@ class BackupResult:
     seconds: float
 
 
-def _choose_parent(repo: Repository, req: BackupRequest, paths: list[str]) -> RecoveryPoint | None:
+def _choose_parent(
+    repo: Repository, req: BackupRequest, paths: list[str], warnings: list[str]
+) -> RecoveryPoint | None:
     if req.force_full:
         return None
     if req.parent:
         return find_point(repo, req.parent)
-    candidates = list_points(repo, PointFilter(hosts=[req.host], paths=paths))
+    candidates = list_points(
+        repo,
+        PointFilter(hosts=[req.host], paths=paths),
+        on_damaged=lambda pid, err: warnings.append(f"skipping damaged point {pid[:8]}: {err}"),
+    )
     candidates = [p for p in candidates if p.kind == "files"]
     return candidates[-1] if candidates else None
 
@@ -55,7 +61,8 @@ def backup_files(
 ) -> BackupResult:
     req.host = req.host or socket.gethostname()
     paths = sorted({os.path.abspath(p) for p in req.paths})
-    parent = _choose_parent(repo, req, paths)
+    parent_warnings: list[str] = []
+    parent = _choose_parent(repo, req, paths, parent_warnings)
     skip = [repo.backend.location] if os.path.isdir(repo.backend.location) else []
     options = BackupOptions(
         paths=paths,
@@ -74,6 +81,7 @@ def backup_files(
         cancel=cancel,
     )
     summary = pipeline.run()
+    summary.warnings[:0] = parent_warnings
     seconds = (now() - started).total_seconds()
     if req.dry_run:
         return BackupResult(None, summary, parent.id if parent else None, seconds)

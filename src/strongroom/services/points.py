@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from strongroom.errors import PointNotFound, UsageError
+from strongroom.errors import (
+    IntegrityError,
+    ObjectNotFound,
+    PointNotFound,
+    StrongroomError,
+    UsageError,
+)
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository.repo import Repository
 
@@ -23,9 +30,32 @@ class PointFilter:
         return not self.paths or sorted(self.paths) == sorted(point.paths)
 
 
-def list_points(repo: Repository, flt: PointFilter | None = None) -> list[RecoveryPoint]:
-    """All points matching `flt`, oldest first."""
-    points = [RecoveryPoint.from_doc(doc) for doc in repo.iter_points()]
+def list_points(
+    repo: Repository,
+    flt: PointFilter | None = None,
+    on_damaged: Callable[[str, StrongroomError], None] | None = None,
+) -> list[RecoveryPoint]:
+    """All points matching `flt`, oldest first.
+
+    An unreadable point object raises, unless `on_damaged` is given: then it is
+    reported there and skipped (a backup must not be blocked by one damaged
+    point; listing, check and prune must not pass over it silently).
+    """
+    points = []
+    for point_hex in repo.list_point_ids():
+        try:
+            points.append(RecoveryPoint.from_doc(repo.load_point(point_hex)))
+        except ObjectNotFound:
+            continue  # forgotten meanwhile
+        except (StrongroomError, ValueError, KeyError, TypeError) as err:
+            error = (
+                err
+                if isinstance(err, StrongroomError)
+                else IntegrityError(f"point {point_hex[:16]} is malformed: {err}")
+            )
+            if on_damaged is None:
+                raise error from None
+            on_damaged(point_hex, error)
     if flt is not None:
         points = [p for p in points if flt.matches(p)]
     return sorted(points, key=lambda p: (p.time, p.id))
