@@ -154,14 +154,40 @@ class Node:
 
 def encode_tree(nodes: list[Node]) -> bytes:
     """Encode nodes (sorted by name here, so equal directories give equal bytes)."""
-    ordered = sorted(nodes, key=lambda n: n.name)
-    packed: bytes = msgpack.packb(
-        {"v": TREE_VERSION, "nodes": [n.to_wire() for n in ordered]}, use_bin_type=True
-    )
+    return encode_wires([n.to_wire() for n in nodes])
+
+
+def encode_wires(wires: list[dict[str, Any]]) -> bytes:
+    """Encode nodes already in wire form (maps from `to_wire` or `decode_wires`).
+
+    A wire map decoded from a tree re-encodes to the same bytes (msgpack keeps the
+    key order), which lets an incremental backup pass unchanged entries through
+    without building nodes."""
+    ordered = sorted(wires, key=lambda w: w["n"])
+    packed: bytes = msgpack.packb({"v": TREE_VERSION, "nodes": ordered}, use_bin_type=True)
     return packed
 
 
+def decode_wires(blob: bytes) -> list[dict[str, Any]]:
+    """The raw node maps of a tree (checked only for shape: `Node.from_wire` checks
+    the fields when a node is needed)."""
+    nodes = _decode_doc(blob)
+    for wire in nodes:
+        if not isinstance(wire, dict) or type(wire.get("n")) is not bytes:
+            raise IntegrityError("tree node is not a map with a name")
+    return nodes
+
+
 def decode_tree(blob: bytes) -> list[Node]:
+    nodes = []
+    for wire in _decode_doc(blob):
+        if not isinstance(wire, dict):
+            raise IntegrityError("tree node is not a map")
+        nodes.append(Node.from_wire(wire))
+    return nodes
+
+
+def _decode_doc(blob: bytes) -> list[Any]:
     try:
         doc = msgpack.unpackb(blob, raw=False, strict_map_key=False)
     except (
@@ -179,9 +205,5 @@ def decode_tree(blob: bytes) -> list[Node]:
         raise IntegrityError("tree has a malformed version")
     if version > TREE_VERSION:
         raise IntegrityError(f"tree version {version} is newer than this program")
-    nodes = []
-    for wire in doc["nodes"]:
-        if not isinstance(wire, dict):
-            raise IntegrityError("tree node is not a map")
-        nodes.append(Node.from_wire(wire))
+    nodes: list[Any] = doc["nodes"]
     return nodes

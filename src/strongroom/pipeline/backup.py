@@ -15,11 +15,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from strongroom.chunking import CdcChunker
 from strongroom.errors import Interrupted, SourceError, StrongroomError
-from strongroom.model.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
+from strongroom.model.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FILE,
+    ID_SIZE,
+    SYMLINK,
+    Node,
+    decode_tree,
+    decode_wires,
+    encode_wires,
+)
 from strongroom.pipeline.ordered import OrderedWork
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
@@ -27,6 +38,7 @@ from strongroom.sources.exclude import Excluder
 from strongroom.sources.files import (
     list_dir,
     node_from_stat,
+    node_type,
     open_dir,
     open_file,
     read_link,
@@ -109,6 +121,40 @@ class _Batch:
     dups: list[int] = field(default_factory=list)
     bytes: int = 0
     after: list[Callable[[], None]] = field(default_factory=list)  # deferred callbacks
+
+
+def _wire_matches_stat(wire: dict[str, Any], st: os.stat_result) -> bool:
+    """True if a non-directory's entry in the parent tree is exactly what a fresh
+    walk would record: same type, mode, owner, times, inode, links, size (so its
+    content, xattrs and link target are unchanged too: all of those move ctime).
+    Directories always return False: what is below them must be walked."""
+    kind = wire.get("t")
+    if kind == DIR or kind != node_type(st.st_mode):
+        return False
+    if (
+        wire.get("m") != stat.S_IMODE(st.st_mode)
+        or wire.get("u") != st.st_uid
+        or wire.get("g") != st.st_gid
+        or wire.get("mt") != st.st_mtime_ns
+        or wire.get("at") != st.st_atime_ns
+        or wire.get("ct") != st.st_ctime_ns
+        or wire.get("ino", 0) != st.st_ino
+        or wire.get("dev", 0) != st.st_dev
+        or wire.get("nl", 1) != st.st_nlink
+    ):
+        return False
+    if kind == FILE:
+        content = wire.get("c", b"")
+        sizes = wire.get("cs", [])
+        return (
+            wire.get("sz") == st.st_size
+            and type(content) is bytes
+            and type(sizes) is list
+            and len(content) == ID_SIZE * len(sizes)
+        )
+    if kind in (CHARDEV, BLOCKDEV):
+        return bool(wire.get("rd", 0) == st.st_rdev)
+    return True
 
 
 class _Virtual:
@@ -305,23 +351,34 @@ class FileBackup:
         self.summary.dirs += 1
         skip = (st.st_dev, st.st_ino) in self._skip
         other_fs = self.options.one_file_system and st.st_dev != self._root_dev(dir_fd)
-        children: list[Node] = []
+        children: list[Node | dict[str, Any]] = []
         previous: tuple[bytes, bytes] | None = None
         sub_fd = open_dir(dir_fd, name)
         try:
             node.xattrs = old.xattrs if same_meta and old else read_xattrs_of(sub_fd)
             if not skip and not other_fs:
                 old_tree = old.subtree if old is not None and old.type == DIR else None
-                old_nodes, old_blob = self._parent_tree(old_tree)
+                old_wires, old_blob = self._parent_wires(old_tree)
                 if old_tree is not None and old_blob:
                     previous = (old_tree, old_blob)
+                excluder = self.excluder
                 for child_name, child_st in list_dir(sub_fd):
+                    child_path = path + b"/" + child_name
+                    wire = old_wires.get(child_name)
+                    if (
+                        wire is not None
+                        and _wire_matches_stat(wire, child_st)
+                        and not (excluder and excluder.excluded(child_path, child_name))
+                    ):
+                        children.append(wire)  # unchanged: passed through as it was
+                        self._count_unchanged(wire)
+                        continue
                     child = self._entry(
                         sub_fd,
                         child_name,
                         child_st,
-                        path + b"/" + child_name,
-                        old_nodes.get(child_name),
+                        child_path,
+                        self._old_node(wire, child_path),
                     )
                     if child is not None:
                         children.append(child)
@@ -333,21 +390,67 @@ class FileBackup:
     def _root_dev(self, dir_fd: int) -> int:
         return os.fstat(dir_fd).st_dev
 
+    def _parent_wires(self, tree_id: bytes | None) -> tuple[dict[bytes, dict[str, Any]], bytes]:
+        """The parent point's version of a directory as raw node maps by name, and
+        its bytes (nodes are built only for entries that changed)."""
+        if tree_id is None:
+            return {}, b""
+        try:
+            blob = self.repo.load_chunk(tree_id, BlobType.TREE)
+            wires = decode_wires(blob)
+        except StrongroomError as err:
+            self._warn(f"parent tree unreadable, reading everything: {err}")
+            return {}, b""
+        return {w["n"]: w for w in wires}, blob
+
+    def _old_node(self, wire: dict[str, Any] | None, path: bytes) -> Node | None:
+        if wire is None:
+            return None
+        try:
+            return Node.from_wire(wire)
+        except StrongroomError as err:
+            self._warn(f"{os.fsdecode(path)}: parent entry unreadable, reading it: {err}")
+            return None
+
+    def _count_unchanged(self, wire: dict[str, Any]) -> None:
+        if wire["t"] == FILE:
+            size = wire.get("sz", 0)
+            self.summary.total_files += 1
+            self.summary.files_unmodified += 1
+            self.summary.total_bytes += size
+            self.progress.files_done += 1
+            self.progress.bytes_done += size
+            self._emit()
+        else:
+            self.summary.other_entries += 1
+
     def _finish_dir(
-        self, node: Node, children: list[Node], previous: tuple[bytes, bytes] | None = None
+        self,
+        node: Node,
+        children: list[Node] | list[Node | dict[str, Any]],
+        previous: tuple[bytes, bytes] | None = None,
     ) -> None:
         """Store the directory's tree once its files are done. `previous` is the
         parent point's (tree id, tree bytes): an unchanged directory encodes to the
         same bytes, so it needs no hashing and no index lookup."""
 
         def store() -> None:
-            kept = [c for c in children if id(c) not in self._dropped]
-            node.subtree = self._store_tree(kept, previous)
+            wires = [
+                c if isinstance(c, dict) else c.to_wire()
+                for c in children
+                if id(c) not in self._dropped
+            ]
+            node.subtree = self._store_wires(wires, previous)
 
         self._then(store)
 
     def _store_tree(self, nodes: list[Node], previous: tuple[bytes, bytes] | None = None) -> bytes:
-        blob = encode_tree(nodes)
+        return self._store_wires([n.to_wire() for n in nodes], previous)
+
+    def _store_wires(
+        self, wires: list[dict[str, Any]], previous: tuple[bytes, bytes] | None = None
+    ) -> bytes:
+        blob = encode_wires(wires)
         if previous is not None and previous[1] == blob:
             return previous[0]
         if self.options.dry_run:
