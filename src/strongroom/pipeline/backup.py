@@ -27,7 +27,6 @@ from strongroom.model.tree import (
     ID_SIZE,
     SYMLINK,
     Node,
-    decode_tree,
     decode_wires,
     encode_wires,
 )
@@ -251,19 +250,13 @@ class FileBackup:
     # --- traversal -----------------------------------------------------------
 
     def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
-        return self._parent_tree(tree_id)[0]
-
-    def _parent_tree(self, tree_id: bytes | None) -> tuple[dict[bytes, Node], bytes]:
-        """The parent point's version of a directory: its nodes by name, and its bytes."""
-        if tree_id is None:
-            return {}, b""
-        try:
-            blob = self.repo.load_chunk(tree_id, BlobType.TREE)
-            nodes = decode_tree(blob)
-        except StrongroomError as err:
-            self._warn(f"parent tree unreadable, reading everything: {err}")
-            return {}, b""
-        return {n.name: n for n in nodes}, blob
+        """The parent point's version of a directory as nodes by name."""
+        nodes = {}
+        for name, wire in self._parent_wires(tree_id)[0].items():
+            node = self._old_node(wire, name)
+            if node is not None:
+                nodes[name] = node
+        return nodes
 
     def _backup_virtual(
         self, path: bytes, virtual: _Virtual, parent_tree: bytes | None
