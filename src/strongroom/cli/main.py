@@ -74,51 +74,31 @@ def cli(
     )
 
 
-def _set_flag(attr: str, value_of: object = None) -> object:
-    def callback(ctx: click.Context, _param: click.Parameter, value: object) -> None:
-        app = ctx.find_object(App)
-        if app is not None and value:
-            setattr(app.out, attr, value if value_of is None else value_of)
-
-    return callback
-
-
-def _set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+def _apply_output_option(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    """--json, --quiet and --verbose given after the subcommand update the output."""
     app = ctx.find_object(App)
-    if app is not None and value:
-        app.out.verbose += value
+    if app is None or not value:
+        return
+    if param.name == "verbose":
+        app.out.verbose += int(value)  # type: ignore[call-overload]
         logging.getLogger().setLevel(logging.DEBUG if app.out.verbose > 1 else logging.INFO)
+    else:
+        setattr(app.out, str(param.name), True)
+
+
+_OUTPUT_OPTIONS = (
+    (["--json", "json"], {"is_flag": True, "help": "Machine-readable output."}),
+    (["--quiet", "-q", "quiet"], {"is_flag": True, "help": "Only errors and warnings."}),
+    (["--verbose", "-v", "verbose"], {"count": True, "help": "Say more (repeatable)."}),
+)
 
 
 def _add_common_options(command: click.Command) -> None:
     """Accept --json/--quiet/--verbose after the subcommand too, as restic does."""
-    command.params.append(
-        click.Option(
-            ["--json"],
-            is_flag=True,
-            expose_value=False,
-            help="Machine-readable output.",
-            callback=_set_flag("json", True),
+    for decls, attrs in _OUTPUT_OPTIONS:
+        command.params.append(
+            click.Option(decls, expose_value=False, callback=_apply_output_option, **attrs)  # type: ignore[arg-type]
         )
-    )
-    command.params.append(
-        click.Option(
-            ["--quiet", "-q"],
-            is_flag=True,
-            expose_value=False,
-            help="Only errors and warnings.",
-            callback=_set_flag("quiet", True),
-        )
-    )
-    command.params.append(
-        click.Option(
-            ["--verbose", "-v"],
-            count=True,
-            expose_value=False,
-            help="Say more (repeatable).",
-            callback=_set_verbose,
-        )
-    )
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             _add_common_options(sub)

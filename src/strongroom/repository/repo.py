@@ -346,13 +346,7 @@ class Repository:
         """Queue a chunk that the index already knows elsewhere (prune's repacking)."""
         if chunk_id in self._session_ids:
             return False
-        builder = self._builders.get(blob_type)
-        if builder is None:
-            builder = self._builders[blob_type] = self._new_builder(blob_type)
-        builder.add(chunk_id, sealed, raw_length)
-        self._session_ids.add(chunk_id)
-        if builder.size >= self.config.pack_size:
-            self._upload(self._builders.pop(blob_type))
+        self._queue_sealed(chunk_id, blob_type, sealed, raw_length)
         return True
 
     def put_chunk(self, blob_type: BlobType, data: bytes) -> bytes:

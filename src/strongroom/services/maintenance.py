@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from strongroom.errors import IntegrityError
 from strongroom.model.tree import FILE
 from strongroom.repository import format as fmt
 from strongroom.repository.check import CheckReport, check_data, check_structure
@@ -27,8 +28,6 @@ def prune(
     report(f"finding what {len(points)} points reference")
     used, errors = referenced_by_points(repo, [bytes.fromhex(p.tree) for p in points])
     if errors:
-        from strongroom.errors import IntegrityError
-
         raise IntegrityError(
             f"cannot read every point's trees ({errors[0]}); run 'strongroom check'"
         )

@@ -64,25 +64,6 @@ class LocalBackend:
             self._sync_dir(os.path.dirname(path))
         self._made_dirs.add(path)
 
-    def _write_temp(self, data: Content) -> str:
-        tmp_dir = os.path.join(self.root, TMP_DIR)
-        self._ensure_dir(tmp_dir)
-        tmp = os.path.join(tmp_dir, secrets.token_hex(16))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            for part in data if isinstance(data, list) else [data]:
-                view = memoryview(part)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            os.fsync(fd)
-        except OSError:
-            os.close(fd)
-            _unlink_quietly(tmp)
-            raise
-        os.close(fd)
-        return tmp
-
     def _sync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -93,37 +74,17 @@ class LocalBackend:
     # --- contract ------------------------------------------------------------
 
     def put(self, name: str, data: Content) -> None:
-        path = self._path(name)
-        tmp = None
-        try:
-            self._ensure_dir(os.path.dirname(path))
-            tmp = self._write_temp(data)
-            os.replace(tmp, path)
-            tmp = None
-            self._sync_dir(os.path.dirname(path))
-        except OSError as err:
-            if tmp:
-                _unlink_quietly(tmp)
-            raise _storage_error(err, f"writing {name}") from err
+        self._write_whole(name, data, exclusive=False)
 
     def create(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        path = self._path(name)
-        tmp = None
-        try:
-            self._ensure_dir(os.path.dirname(path))
-            tmp = self._write_temp(data)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ObjectExists(f"object {name} already exists") from None
-            self._sync_dir(os.path.dirname(path))
-        except ObjectExists:
-            raise
-        except OSError as err:
-            raise _storage_error(err, f"creating {name}") from err
-        finally:
-            if tmp:
-                _unlink_quietly(tmp)
+        self._write_whole(name, data, exclusive=True)
+
+    def _write_whole(self, name: str, data: Content, exclusive: bool) -> None:
+        self._path(name)  # reject a bad name before writing anything
+        temp = self.open_temp()
+        for part in data if isinstance(data, list) else [data]:
+            temp.write(part)
+        temp.commit(name, exclusive=exclusive)
 
     def get(self, name: str) -> bytes:
         path = self._path(name)
@@ -261,15 +222,27 @@ class _LocalTemp:
             self.abort()
             raise _storage_error(err, "writing a temporary object") from err
 
-    def commit(self, name: str) -> None:
+    def commit(self, name: str, exclusive: bool = False) -> None:
+        """fsync, then rename into place; with `exclusive`, hard-link instead, which
+        fails atomically if `name` exists (ObjectExists)."""
         path = self._backend._path(name)
         try:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
             self._backend._ensure_dir(os.path.dirname(path))
-            os.replace(self._path, path)
+            if exclusive:
+                try:
+                    os.link(self._path, path)
+                except FileExistsError:
+                    raise ObjectExists(f"object {name} already exists") from None
+                _unlink_quietly(self._path)
+            else:
+                os.replace(self._path, path)
             self._backend._sync_dir(os.path.dirname(path))
+        except ObjectExists:
+            self.abort()
+            raise
         except OSError as err:
             self.abort()
             raise _storage_error(err, f"writing {name}") from err
