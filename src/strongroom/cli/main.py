@@ -14,7 +14,7 @@ import sys
 import click
 
 from strongroom import __version__
-from strongroom.cli.commands import backup, browse, init, key, maintenance, points, restore
+from strongroom.cli.commands import backup, browse, init, key, maintenance, points, restore, serve
 from strongroom.cli.context import App
 from strongroom.cli.output import Output
 from strongroom.config import load_settings
@@ -27,6 +27,7 @@ COMMANDS: list[click.Command] = [
     browse.ls,
     browse.diff,
     restore.restore,
+    serve.serve,
     browse.dump,
     maintenance.forget,
     maintenance.prune,
@@ -61,7 +62,7 @@ def cli(
     quiet: bool,
     verbose: int,
 ) -> None:
-    """strongroom: deduplicated, encrypted backups of files (and soon disks, VMs and tape)."""
+    """strongroom: deduplicated, encrypted backups of files and disk images."""
     settings = load_settings()
     if repo:
         settings.repo = repo

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from strongroom.errors import IntegrityError
+from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import FILE
+from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.repository import format as fmt
 from strongroom.repository.check import CheckReport, check_data, check_structure
 from strongroom.repository.prune import PrunePlan, execute_prune, plan_prune
@@ -26,7 +28,7 @@ def prune(
     """Remove unreferenced data. Caller holds the exclusive lock."""
     points = list_points(repo)
     report(f"finding what {len(points)} points reference")
-    used, errors = referenced_by_points(repo, [bytes.fromhex(p.tree) for p in points])
+    used, errors = referenced_by_points(repo, points)
     if errors:
         raise IntegrityError(
             f"cannot read every point's trees ({errors[0]}); run 'strongroom check'"
@@ -68,7 +70,7 @@ def check(
     check_structure(repo, report)
     points = list_points(repo)
     for point in points:
-        used, errors = referenced_by_points(repo, [bytes.fromhex(point.tree)])
+        used, errors = referenced_by_points(repo, [point])
         for err in errors:
             report.errors.append(f"point {point.short_id}: {err}")
         missing = [c for c in used if not repo.has_chunk(c)]
@@ -85,16 +87,28 @@ def check(
         damaged = set(report.damaged_chunks)
         for point in points:
             try:
-                paths = [
-                    path.decode("utf-8", "surrogateescape")
-                    for path, node in iter_tree(repo, bytes.fromhex(point.tree))
-                    if node.type == FILE and damaged.intersection(node.chunks)
-                ]
+                paths = _damaged_paths(repo, point, damaged)
             except Exception as err:
                 paths = [f"(tree unreadable: {err})"]
             if paths:
                 result.damaged_files[point.id] = paths
     return result
+
+
+def _damaged_paths(repo: Repository, point: RecoveryPoint, damaged: set[bytes]) -> list[str]:
+    """Files (or, for an image, block offsets) of a point that hold damaged chunks."""
+    if point.kind == "block":
+        block_map = load_block_map(repo, bytes.fromhex(point.tree))
+        return [
+            f"block at offset {block_map.extent(i)[0]}"
+            for i in range(block_map.blocks)
+            if block_map.get(i) in damaged
+        ]
+    return [
+        path.decode("utf-8", "surrogateescape")
+        for path, node in iter_tree(repo, bytes.fromhex(point.tree))
+        if node.type == FILE and damaged.intersection(node.chunks)
+    ]
 
 
 def stats(repo: Repository) -> dict[str, object]:
@@ -103,7 +117,9 @@ def stats(repo: Repository) -> dict[str, object]:
     stored = sum(o.size for o in repo.backend.list(fmt.DATA_PREFIX))
     packs = sum(1 for _ in repo.backend.list(fmt.DATA_PREFIX))
     index_bytes = sum(o.size for o in repo.backend.list(fmt.INDEX_PREFIX))
-    logical = sum(int(p.summary.get("total_bytes", 0)) for p in points)
+    logical = sum(
+        int(p.summary.get("size" if p.kind == "block" else "total_bytes", 0)) for p in points
+    )
     raw = 0
     chunks = 0
     for name in repo.list_index_files():

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from strongroom.errors import PathNotFound
+from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import DIR, Node, decode_tree
+from strongroom.pipeline.blockmaps import referenced_by_map
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 
@@ -49,18 +51,26 @@ def find_node(repo: Repository, tree_id: bytes, path: str) -> tuple[bytes, Node 
     return current_tree, node
 
 
-def referenced_by_points(repo: Repository, tree_ids: list[bytes]) -> tuple[set[bytes], list[str]]:
-    """Union of chunks referenced by the given root trees; errors for unreadable trees.
+def referenced_by_points(
+    repo: Repository, points: list[RecoveryPoint]
+) -> tuple[set[bytes], list[str]]:
+    """Union of chunks the points reference (trees or block maps); errors for unreadable ones.
 
     Trees shared between points are walked once.
     """
     used: set[bytes] = set()
     errors: list[str] = []
     stack = []
-    for tid in tree_ids:
-        if tid not in used:
-            used.add(tid)
-            stack.append(tid)
+    for point in points:
+        root = bytes.fromhex(point.tree)
+        if point.kind == "block":
+            try:
+                used |= referenced_by_map(repo, root)
+            except Exception as err:
+                errors.append(f"block map {root.hex()[:16]}: {err}")
+        elif root not in used:
+            used.add(root)
+            stack.append(root)
     while stack:
         tid = stack.pop()
         try:

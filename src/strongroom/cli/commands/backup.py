@@ -9,14 +9,50 @@ import click
 from strongroom.cli.commands.init import create_repository
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
-from strongroom.errors import ExitCode
+from strongroom.errors import ExitCode, UsageError
 from strongroom.services.backup import BackupRequest, backup_files
+from strongroom.services.image_backup import ImageBackupRequest, backup_image
 from strongroom.services.session import LockMode, repository_exists
 from strongroom.sources.exclude import Excluder
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option(
+    "--image",
+    metavar="SOURCE",
+    help="Back up a disk image at block level: a raw file, a block device, any image "
+    "qemu reads, or an NBD URI (nbd://host:port/export, nbd+unix:///export?socket=PATH).",
+)
+@click.option(
+    "--changed-since",
+    default="auto",
+    show_default=True,
+    metavar="TRACKER",
+    help="With --image: how changed blocks are found: auto, none, compare, "
+    "bitmap[:NAME] (QEMU dirty bitmap) or overlay (qcow2 overlay on the parent's image).",
+)
+@click.option(
+    "--qmp",
+    metavar="SOCKET",
+    help="With --image NBD-URI: the block layer's QMP socket (unix path or tcp:HOST:PORT); "
+    "the disk is frozen for the backup and dirty bitmaps rotate atomically.",
+)
+@click.option(
+    "--node", metavar="NAME", help="With --qmp: the disk's block node (default: the export name)."
+)
+@click.option(
+    "--scratch",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="With --qmp: directory for the temporary snapshot overlay (default: the temp dir).",
+)
+@click.option(
+    "--block-size",
+    metavar="BYTES",
+    type=int,
+    help="With --image: block size of a first backup (power of two; default: the repository's).",
+)
 @click.option("--exclude", "-e", multiple=True, help="Exclude a pattern (repeatable).")
 @click.option(
     "--exclude-file",
@@ -44,9 +80,17 @@ def backup(
     parent: str | None,
     force: bool,
     dry_run: bool,
+    image: str | None,
+    changed_since: str,
+    qmp: str | None,
+    node: str | None,
+    scratch: str | None,
+    block_size: int | None,
 ) -> None:
-    """Back up PATHS into a new recovery point."""
+    """Back up PATHS (or a disk image, with --image) into a new recovery point."""
     out = app.out
+    if bool(paths) == bool(image):
+        raise UsageError("give PATHS to back up files, or --image SOURCE for a disk image")
     if app.settings.uses_default_repository and not repository_exists(app.settings.repository):
         out.notice(
             f"no repository configured: creating the default one at {app.settings.repository}"
@@ -56,6 +100,24 @@ def backup(
             f"Its key is stored in the repository ({key}), protected by your password.\n"
             "Keep the password safe: without it nobody can restore this data."
         )
+    if image:
+        if dry_run:
+            raise UsageError("--dry-run is not available with --image")
+        backup_image_cmd(
+            app,
+            ImageBackupRequest(
+                source=image,
+                changed_since="none" if force else changed_since,
+                qmp=qmp,
+                node=node,
+                scratch=scratch,
+                tags=list(tag),
+                host=host or socket.gethostname(),
+                parent=parent,
+                block_size=block_size,
+            ),
+        )
+        return
     patterns = list(app.settings.exclude) + list(exclude)
     for f in list(exclude_file) + (
         [app.settings.exclude_file] if app.settings.exclude_file else []
@@ -108,3 +170,41 @@ def backup(
     if s.unreadable:
         out.notice(f"{s.unreadable} files could not be read; the point does not contain them")
         raise SystemExit(ExitCode.PARTIAL)
+
+
+def backup_image_cmd(app: App, request: ImageBackupRequest) -> None:
+    out = app.out
+    with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
+        result = backup_image(repo, request, progress)
+    s = result.summary
+    for w in s.warnings:
+        out.warn(w)
+    if s.tracker_note:
+        out.notice(s.tracker_note)
+    if out.json:
+        out.emit(
+            {
+                "message_type": "summary",
+                **s.as_dict(),
+                "point_id": result.point.id,
+                "parent": result.parent,
+                "seconds": round(result.seconds, 3),
+            }
+        )
+        return
+    out.info(f"changed blocks found by: {s.tracker}")
+    out.info(
+        f"Disk: {human_bytes(s.size)} in {s.blocks} blocks of {human_bytes(s.block_size)}; "
+        f"{s.holes} holes"
+    )
+    out.info(
+        f"Read {human_bytes(s.bytes_read)} ({s.blocks_read} blocks); "
+        f"changed {human_bytes(s.bytes_changed)} ({s.blocks_changed} blocks)"
+    )
+    out.info(
+        f"Added to the repository: {human_bytes(s.data_added)} "
+        f"({human_bytes(s.data_added_stored)} stored)"
+    )
+    rate = s.bytes_read / result.seconds if result.seconds else 0
+    out.info(f"done in {result.seconds:.2f}s ({human_bytes(rate)}/s read)")
+    out.info(f"point {result.point.short_id} saved")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import stat as statmod
 import sys
 from datetime import datetime
@@ -9,8 +10,12 @@ from datetime import datetime
 import click
 
 from strongroom.cli.context import App, pass_app
+from strongroom.errors import UsageError
+from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import Node
+from strongroom.repository.repo import Repository
 from strongroom.services.browse import diff_trees, dump_file, list_entries
+from strongroom.services.image_files import open_image_filesystem
 from strongroom.services.points import find_point
 from strongroom.services.session import LockMode
 
@@ -39,11 +44,19 @@ def _printable(path: bytes) -> str:
 @click.argument("path", default="/")
 @click.option("--long", "-l", "long_", is_flag=True, help="Show modes, sizes and times.")
 @click.option("--recursive/--no-recursive", default=True, help="List subdirectories too.")
+@click.option(
+    "--partition", type=int, help="Image points: partition number (default: the first readable)."
+)
 @pass_app
-def ls(app: App, point: str, path: str, long_: bool, recursive: bool) -> None:
-    """List the entries of a point (under PATH)."""
+def ls(
+    app: App, point: str, path: str, long_: bool, recursive: bool, partition: int | None
+) -> None:
+    """List the entries of a point (under PATH); for an image point, its files inside."""
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
+        if p.kind == "block":
+            _ls_image(app, repo, p, path, long_, recursive, partition)
+            return
         for entry_path, node in list_entries(repo, bytes.fromhex(p.tree), path, recursive):
             if app.out.json:
                 app.out.emit(_node_doc(entry_path, node))
@@ -69,6 +82,8 @@ def diff(app: App, point_a: str, point_b: str) -> None:
     with app.repository(LockMode.NONE) as repo:
         a = find_point(repo, point_a)
         b = find_point(repo, point_b)
+        if "block" in (a.kind, b.kind):
+            raise UsageError("diff compares file points; for image points see 'snapshots'")
         for change in diff_trees(repo, bytes.fromhex(a.tree), bytes.fromhex(b.tree)):
             counts[change.kind] += 1
             if app.out.json:
@@ -107,5 +122,51 @@ def dump(app: App, point: str, path: str) -> None:
     """Write one file of a point to standard output."""
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
-        dump_file(repo, bytes.fromhex(p.tree), path, sys.stdout.buffer)
+        if p.kind == "block":
+            with open_image_filesystem(repo, p) as fs, fs.open(path) as f:
+                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+        else:
+            dump_file(repo, bytes.fromhex(p.tree), path, sys.stdout.buffer)
         sys.stdout.buffer.flush()
+
+
+def _ls_image(
+    app: App,
+    repo: Repository,
+    p: RecoveryPoint,
+    path: str,
+    long_: bool,
+    recursive: bool,
+    partition: int | None,
+) -> None:
+    with open_image_filesystem(repo, p, partition) as fs:
+        top = fs.stat(path)
+        if top.type != "dir":
+            entries = [top]
+        elif recursive:
+            entries = [e for e in fs.walk(path) if e.path != top.path]
+        else:
+            entries = fs.list(path)
+        for e in entries:
+            if app.out.json:
+                app.out.emit(
+                    {
+                        "path": e.path,
+                        "type": e.type,
+                        "mode": oct(e.mode),
+                        "uid": e.uid,
+                        "gid": e.gid,
+                        "size": e.size,
+                        "mtime": datetime.fromtimestamp(e.mtime).astimezone().isoformat(),
+                        "link_target": e.target or None,
+                        "filesystem": fs.kind,
+                    }
+                )
+            elif long_:
+                kind = {"file": "-", "dir": "d", "symlink": "l"}.get(e.type, "?")
+                mode = kind + statmod.filemode(e.mode)[1:]
+                when = datetime.fromtimestamp(e.mtime).strftime("%Y-%m-%d %H:%M:%S")
+                link = f" -> {e.target}" if e.target else ""
+                app.out.info(f"{mode} {e.uid:>7}/{e.gid:<7} {e.size:>12} {when} {e.path}{link}")
+            else:
+                app.out.info(e.path)

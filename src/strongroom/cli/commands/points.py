@@ -43,11 +43,16 @@ def snapshots(
             p.host,
             ",".join(p.tags),
             p.kind,
-            human_bytes(int(p.summary.get("total_bytes", 0))),
-            human_bytes(int(p.summary.get("data_added", 0))),
+            human_bytes(int(p.summary.get("size" if p.kind == "block" else "total_bytes", 0))),
+            human_bytes(int(p.summary["bytes_changed"])) if "bytes_changed" in p.summary else "",
+            human_bytes(int(p.summary.get("data_added_stored", p.summary.get("data_added", 0)))),
+            str(p.summary.get("tracker", "")),
             "\n".join(p.paths),
         )
         for p in points
     ]
-    app.out.table(["ID", "Time", "Host", "Tags", "Kind", "Size", "Added", "Paths"], rows)
+    app.out.table(
+        ["ID", "Time", "Host", "Tags", "Kind", "Size", "Changed", "Stored", "Tracker", "Paths"],
+        rows,
+    )
     app.out.info(f"{len(points)} points")

@@ -1,0 +1,494 @@
+"""One server-side NBD connection: the handshake, then the request loop.
+
+The connection's own thread reads requests; reads and block status queries
+go to the server's shared thread pool, and their replies go out as soon as
+they are ready (the protocol matches replies by handle, so order is free),
+each reply whole under the connection's send lock. A budget bounds what one
+connection may have in flight (requests and bytes), so memory stays bounded
+however many requests a client pipelines. Exports are served read-only.
+
+Anything malformed that cannot be answered (bad magic, an oversized option
+or write) drops the connection; anything answerable gets an error reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from strongroom.errors import StrongroomError
+from strongroom.nbd import protocol as p
+from strongroom.nbd.exports import Export, clip_extents
+from strongroom.nbd.wire import (
+    Buffer,
+    WireError,
+    discard,
+    recv_bytes,
+    recv_into,
+    send,
+    set_timeouts,
+)
+
+_log = logging.getLogger(__name__)
+
+MAX_OPTION_DATA = 1 << 16  # strings are at most 4 KiB; anything this big is hostile
+MAX_IN_FLIGHT = 16
+MAX_IN_FLIGHT_BYTES = 64 << 20
+MAX_EXTENTS_PER_REPLY = 1 << 16
+SEND_TIMEOUT = 120.0  # a client that reads no reply for this long is dropped
+IOV_BATCH = 512  # below IOV_MAX (1024) per sendmsg
+BASE_ALLOCATION_ID = 1
+TRANSMISSION_FLAGS = p.FLAG_HAS_FLAGS | p.FLAG_READ_ONLY | p.FLAG_SEND_FLUSH | p.FLAG_CAN_MULTI_CONN
+KNOWN_CMD_FLAGS = (
+    p.CMD_FLAG_FUA | p.CMD_FLAG_NO_HOLE | p.CMD_FLAG_DF | p.CMD_FLAG_REQ_ONE | p.CMD_FLAG_FAST_ZERO
+)
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """What every connection shares: exports, the pool, limits and statistics hooks."""
+
+    exports: Mapping[str, Export]
+    default_export: str | None
+    executor: Executor
+    preferred_block: int
+    handshake_timeout: float | None
+    count_served: Callable[[int], None]
+
+    def resolve(self, name: str) -> tuple[str, Export] | None:
+        if name in self.exports:
+            return name, self.exports[name]
+        if name == "" and self.default_export is not None:
+            return self.default_export, self.exports[self.default_export]
+        return None
+
+
+class _Budget:
+    """Counts requests and bytes in flight; `acquire` waits while either is over its limit."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+        self._bytes = 0
+
+    def acquire(self, size: int) -> None:
+        with self._cond:
+            while self._count >= MAX_IN_FLIGHT or (
+                self._count and self._bytes + size > MAX_IN_FLIGHT_BYTES
+            ):
+                self._cond.wait()
+            self._count += 1
+            self._bytes += size
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self._count -= 1
+            self._bytes -= size
+            self._cond.notify_all()
+
+    def wait_idle(self) -> None:
+        with self._cond:
+            while self._count:
+                self._cond.wait()
+
+
+class _Drop(Exception):
+    """The client broke a rule that leaves no way to answer: close the connection."""
+
+
+class Session:
+    """Serves one accepted connection until the client leaves or the socket dies."""
+
+    def __init__(self, ctx: ServerContext, sock: socket.socket, peer: str) -> None:
+        self._ctx = ctx
+        self._sock = sock
+        self.peer = peer
+        self._send_lock = threading.Lock()
+        self._dead = False
+        self._budget = _Budget()
+        self._no_zeroes = False
+        self._structured = False
+        self._contexts: dict[int, str] = {}  # selected metadata contexts by id
+        self._contexts_export: str | None = None
+
+    def run(self) -> None:
+        """Handshake and serve; never raises (errors are logged, the socket closed).
+
+        After NBD_CMD_DISC or end of input, requests in flight are still
+        answered before the socket closes; after an error they are cut short.
+        """
+        try:
+            set_timeouts(self._sock, self._ctx.handshake_timeout)
+            chosen = self._handshake()
+            if chosen is not None:
+                set_timeouts(self._sock, None, SEND_TIMEOUT)
+                self._transmission(*chosen)
+        except (WireError, _Drop, p.ProtocolViolation) as err:
+            _log.debug("nbd connection from %s ended: %s", self.peer, err)
+            self.abort()
+        except Exception:
+            _log.exception("nbd connection from %s failed", self.peer)
+            self.abort()
+        finally:
+            self._budget.wait_idle()
+            self.close()
+
+    def close(self) -> None:
+        """Shut the socket down (wakes this session's threads) and close it."""
+        with self._send_lock:
+            self._dead = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+    def abort(self) -> None:
+        """From another thread: make the session end soon (server shutdown)."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # --- handshake -------------------------------------------------------------------------
+
+    def _handshake(self) -> tuple[str, Export] | None:
+        hflags = p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES
+        send(self._sock, [p.GREETING.pack(p.NBDMAGIC, p.IHAVEOPT, hflags)])
+        (cflags,) = p.U32.unpack(recv_bytes(self._sock, 4))
+        if cflags & ~(p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES):
+            raise _Drop(f"unknown client flags {cflags:#x}")
+        self._no_zeroes = bool(cflags & p.FLAG_C_NO_ZEROES)
+        while True:
+            magic, option, length = p.OPTION.unpack(recv_bytes(self._sock, p.OPTION.size))
+            if magic != p.IHAVEOPT:
+                raise _Drop(f"bad option magic {magic:#x}")
+            if length > MAX_OPTION_DATA:
+                raise _Drop(f"option {option} with {length} bytes of data")
+            data = bytes(recv_bytes(self._sock, length))
+            if option == p.OPT_EXPORT_NAME:
+                return self._export_name(data)
+            if option == p.OPT_ABORT:
+                self._opt_reply(option, p.REP_ACK)
+                return None
+            handler = self._option_handlers().get(option)
+            if handler is None:
+                self._opt_reply(option, p.REP_ERR_UNSUP, b"option not supported")
+                continue
+            try:
+                chosen = handler(option, data)
+            except p.ProtocolViolation as err:
+                self._opt_reply(option, p.REP_ERR_INVALID, str(err).encode())
+                continue
+            if chosen is not None:
+                return chosen
+
+    def _option_handlers(
+        self,
+    ) -> dict[int, Callable[[int, bytes], tuple[str, Export] | None]]:
+        return {
+            p.OPT_LIST: self._opt_list,
+            p.OPT_INFO: self._opt_info,
+            p.OPT_GO: self._opt_info,
+            p.OPT_STRUCTURED_REPLY: self._opt_structured_reply,
+            p.OPT_LIST_META_CONTEXT: self._opt_meta_context,
+            p.OPT_SET_META_CONTEXT: self._opt_meta_context,
+        }
+
+    def _opt_reply(self, option: int, reply_type: int, data: bytes = b"") -> None:
+        send(
+            self._sock,
+            [p.OPTION_REPLY.pack(p.OPTION_REPLY_MAGIC, option, reply_type, len(data)) + data],
+        )
+
+    def _export_name(self, data: bytes) -> tuple[str, Export]:
+        chosen = self._ctx.resolve(p.decode_string(data))
+        if chosen is None:
+            raise _Drop("NBD_OPT_EXPORT_NAME for an unknown export")
+        self._enter(chosen[0])
+        reply = p.EXPORT_NAME_REPLY.pack(chosen[1].size, TRANSMISSION_FLAGS)
+        send(self._sock, [reply + (b"" if self._no_zeroes else bytes(p.ZERO_PAD))])
+        return chosen
+
+    def _opt_list(self, option: int, data: bytes) -> None:
+        if data:
+            raise p.ProtocolViolation("NBD_OPT_LIST takes no data")
+        for name, export in self._ctx.exports.items():
+            self._opt_reply(option, p.REP_SERVER, p.encode_server_reply(name, export.description))
+        self._opt_reply(option, p.REP_ACK)
+
+    def _opt_info(self, option: int, data: bytes) -> tuple[str, Export] | None:
+        name, infos = p.decode_info_request(data)
+        chosen = self._ctx.resolve(name)
+        if chosen is None:
+            self._opt_reply(option, p.REP_ERR_UNKNOWN, f"no export named {name!r}".encode())
+            return None
+        canonical, export = chosen
+        self._opt_reply(
+            option,
+            p.REP_INFO,
+            p.INFO_EXPORT_DATA.pack(p.INFO_EXPORT, export.size, TRANSMISSION_FLAGS),
+        )
+        if p.INFO_NAME in infos:
+            self._opt_reply(option, p.REP_INFO, p.U16.pack(p.INFO_NAME) + canonical.encode())
+        if p.INFO_DESCRIPTION in infos and export.description:
+            text = p.encode_string(export.description[: p.MAX_STRING // 4])
+            self._opt_reply(option, p.REP_INFO, p.U16.pack(p.INFO_DESCRIPTION) + text)
+        sizes = p.INFO_BLOCK_SIZE_DATA.pack(
+            p.INFO_BLOCK_SIZE, 1, self._ctx.preferred_block, p.MAX_BLOCK
+        )
+        self._opt_reply(option, p.REP_INFO, sizes)
+        self._opt_reply(option, p.REP_ACK)
+        if option == p.OPT_GO:
+            self._enter(canonical)
+            return chosen
+        return None
+
+    def _opt_structured_reply(self, option: int, data: bytes) -> None:
+        if data:
+            raise p.ProtocolViolation("NBD_OPT_STRUCTURED_REPLY takes no data")
+        if self._structured:
+            raise p.ProtocolViolation("structured replies were already negotiated")
+        self._structured = True
+        self._opt_reply(option, p.REP_ACK)
+
+    def _opt_meta_context(self, option: int, data: bytes) -> None:
+        if not self._structured:
+            raise p.ProtocolViolation("negotiate structured replies first")
+        name, queries = p.decode_meta_context_request(data)
+        chosen = self._ctx.resolve(name)
+        if chosen is None:
+            self._opt_reply(option, p.REP_ERR_UNKNOWN, f"no export named {name!r}".encode())
+            return
+        listing = option == p.OPT_LIST_META_CONTEXT
+        wanted = {p.CONTEXT_BASE_ALLOCATION} if listing else set()
+        if queries:
+            base = {p.CONTEXT_BASE_ALLOCATION, "base:"} if listing else {p.CONTEXT_BASE_ALLOCATION}
+            wanted = {p.CONTEXT_BASE_ALLOCATION} if base & set(queries) else set()
+        if not listing:
+            self._contexts = {BASE_ALLOCATION_ID: p.CONTEXT_BASE_ALLOCATION} if wanted else {}
+            self._contexts_export = chosen[0]
+        for context in sorted(wanted):
+            context_id = 0 if listing else BASE_ALLOCATION_ID
+            self._opt_reply(option, p.REP_META_CONTEXT, p.U32.pack(context_id) + context.encode())
+        self._opt_reply(option, p.REP_ACK)
+
+    def _enter(self, export_name: str) -> None:
+        """Contexts chosen for another export do not carry over (as in qemu)."""
+        if self._contexts_export != export_name:
+            self._contexts = {}
+
+    # --- transmission -------------------------------------------------------------------------
+
+    def _transmission(self, name: str, export: Export) -> None:
+        header = bytearray(p.REQUEST.size)
+        view = memoryview(header)
+        size = export.size
+        while True:
+            try:
+                recv_into(self._sock, view)
+            except WireError:
+                return  # the client left without NBD_CMD_DISC, or the server shuts down
+            magic, flags, command, handle, offset, length = p.REQUEST.unpack(header)
+            if magic != p.REQUEST_MAGIC:
+                raise _Drop(f"bad request magic {magic:#x}")
+            if command == p.CMD_DISC:
+                return
+            if command == p.CMD_WRITE:
+                if length > p.MAX_BLOCK:
+                    raise _Drop(f"write of {length} bytes")
+                discard(self._sock, length)
+                self._reply_error(handle, p.EPERM, "the export is read-only")
+                continue
+            error = self._check(command, flags, offset, length, size)
+            if error is not None:
+                self._reply_error(handle, *error)
+            elif command == p.CMD_FLUSH:
+                self._send([p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, handle)])
+            else:
+                cost = length if command == p.CMD_READ else 0
+                self._budget.acquire(cost)
+                try:
+                    self._ctx.executor.submit(
+                        self._work, command, flags, handle, offset, length, export, cost
+                    )
+                except RuntimeError:  # the pool is shut down: the server is stopping
+                    self._budget.release(cost)
+                    self._reply_error(handle, p.ESHUTDOWN, "the server is shutting down")
+                    return
+
+    def _check(
+        self, command: int, flags: int, offset: int, length: int, size: int
+    ) -> tuple[int, str] | None:
+        """(error, message) for a request that cannot be served, else None."""
+        if command in (p.CMD_TRIM, p.CMD_WRITE_ZEROES):
+            return p.EPERM, "the export is read-only"
+        if command not in (p.CMD_READ, p.CMD_FLUSH, p.CMD_BLOCK_STATUS):
+            return p.EINVAL, f"unsupported command {command}"
+        if flags & ~KNOWN_CMD_FLAGS:
+            return p.EINVAL, f"unknown command flags {flags:#x}"
+        if command == p.CMD_FLUSH:
+            return None
+        if offset + length > size:
+            return p.EINVAL, f"request {offset}+{length} beyond the end ({size} bytes)"
+        if command == p.CMD_READ and length > p.MAX_BLOCK:
+            return p.EINVAL, f"read of {length} bytes exceeds the maximum {p.MAX_BLOCK}"
+        if command == p.CMD_BLOCK_STATUS:
+            if not self._contexts:
+                return p.EINVAL, "no metadata context was negotiated"
+            if length == 0:
+                return p.EINVAL, "block status of length 0"
+        return None
+
+    def _work(
+        self,
+        command: int,
+        flags: int,
+        handle: int,
+        offset: int,
+        length: int,
+        export: Export,
+        cost: int,
+    ) -> None:
+        """Runs in the pool: answer one read or block status; never raises."""
+        try:
+            if command == p.CMD_READ:
+                self._serve_read(handle, offset, length, export)
+            else:
+                self._serve_status(handle, flags, offset, length, export)
+        except Exception:
+            _log.exception("nbd request from %s failed", self.peer)
+            self.abort()
+        finally:
+            self._budget.release(cost)
+
+    def _serve_read(self, handle: int, offset: int, length: int, export: Export) -> None:
+        try:
+            if not self._structured:
+                data = _read_exact(export, offset, length)
+                parts: list[Buffer] = [p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, handle), data]
+            else:
+                parts = self._read_chunks(handle, offset, length, export)
+        except (OSError, StrongroomError, ValueError) as err:
+            _log.warning("nbd read %d+%d of %r failed: %s", offset, length, export.name, err)
+            self._reply_error(handle, p.EIO, f"read failed: {err}")
+            return
+        if self._send(parts):
+            self._ctx.count_served(length)
+
+    def _read_chunks(self, handle: int, offset: int, length: int, export: Export) -> list[Buffer]:
+        """Structured reply parts: OFFSET_DATA for data, OFFSET_HOLE for holes."""
+        if length == 0:
+            return [
+                p.CHUNK.pack(
+                    p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, handle, 0
+                )
+            ]
+        try:
+            segments = clip_extents(export.extents(offset, length), offset, length)
+        except (OSError, StrongroomError, ValueError) as err:
+            _log.debug("extents of %r failed, reading instead: %s", export.name, err)
+            segments = [(offset, length, False)]
+        parts: list[Buffer] = []
+        last = len(segments) - 1
+        for i, (start, size, hole) in enumerate(segments):
+            done = p.REPLY_FLAG_DONE if i == last else 0
+            if hole:
+                parts.append(
+                    p.CHUNK_OFFSET_HOLE.pack(
+                        p.STRUCTURED_REPLY_MAGIC,
+                        done,
+                        p.REPLY_TYPE_OFFSET_HOLE,
+                        handle,
+                        12,
+                        start,
+                        size,
+                    )
+                )
+            else:
+                data = _read_exact(export, start, size)
+                parts.append(
+                    p.CHUNK_OFFSET_DATA.pack(
+                        p.STRUCTURED_REPLY_MAGIC,
+                        done,
+                        p.REPLY_TYPE_OFFSET_DATA,
+                        handle,
+                        size + 8,
+                        start,
+                    )
+                )
+                parts.append(data)
+        return parts
+
+    def _serve_status(
+        self, handle: int, flags: int, offset: int, length: int, export: Export
+    ) -> None:
+        try:
+            segments = clip_extents(export.extents(offset, length), offset, length)
+        except (OSError, StrongroomError, ValueError) as err:
+            _log.warning("nbd extents of %r failed: %s", export.name, err)
+            self._reply_error(handle, p.EIO, f"block status failed: {err}")
+            return
+        limit = 1 if flags & p.CMD_FLAG_REQ_ONE else MAX_EXTENTS_PER_REPLY
+        pairs = [
+            (size, p.STATE_HOLE | p.STATE_ZERO if hole else 0) for _, size, hole in segments[:limit]
+        ]
+        parts: list[Buffer] = []
+        for context_id in sorted(self._contexts):
+            payload = p.encode_extents(context_id, pairs)
+            last = context_id == max(self._contexts)
+            parts.append(
+                p.CHUNK.pack(
+                    p.STRUCTURED_REPLY_MAGIC,
+                    p.REPLY_FLAG_DONE if last else 0,
+                    p.REPLY_TYPE_BLOCK_STATUS,
+                    handle,
+                    len(payload),
+                )
+            )
+            parts.append(payload)
+        self._send(parts)
+
+    def _reply_error(self, handle: int, code: int, message: str) -> None:
+        if self._structured:
+            self._send([p.encode_error_chunk(handle, code, message)])
+        else:
+            self._send([p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, code, handle)])
+
+    def _send(self, parts: list[Buffer]) -> bool:
+        """Send one whole reply; False (and the connection is shut) if the socket failed."""
+        with self._send_lock:
+            if self._dead:
+                return False
+            try:
+                for i in range(0, len(parts), IOV_BATCH):
+                    send(self._sock, parts[i : i + IOV_BATCH])
+            except WireError as err:
+                _log.debug("nbd connection from %s: %s", self.peer, err)
+                self._dead = True
+                self.abort()
+                return False
+        return True
+
+
+def _read_exact(export: Export, offset: int, length: int) -> Buffer:
+    data = export.read(offset, length)
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size != length:
+        raise ValueError(f"export returned {size} bytes for a read of {length}")
+    return data
+
+
+def peer_name(sock: socket.socket) -> str:
+    """'host:port' or 'unix' for log lines."""
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "?"
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}"
+    return "unix"

@@ -1,0 +1,49 @@
+"""Storing and loading block maps as tree chunks (format: model/blockmap.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from strongroom.model.blockmap import BlockMap, decode_root, decode_segment
+from strongroom.repository.format import BlobType
+from strongroom.repository.repo import Repository
+
+
+def save_block_map(repo: Repository, block_map: BlockMap) -> bytes:
+    """Queue the map's segments and root; returns the root id (flush after!).
+
+    Segments equal to the parent's hash to the same id and are not stored again."""
+    segment_ids = [
+        None if seg is None else repo.put_chunk(BlobType.TREE, seg) for seg in block_map.segments()
+    ]
+    return repo.put_chunk(BlobType.TREE, block_map.encode_root(segment_ids))
+
+
+def load_map_root_ids(repo: Repository, root_id: bytes) -> list[bytes]:
+    """Ids of the root and its segment chunks (what prune must keep besides data)."""
+    root = decode_root(repo.load_chunk(root_id, BlobType.TREE))
+    return [root_id, *[s for s in root.segments if s is not None]]
+
+
+def load_block_map(repo: Repository, root_id: bytes) -> BlockMap:
+    root = decode_root(repo.load_chunk(root_id, BlobType.TREE))
+    out = BlockMap.empty(root.size, root.block_size)
+    for i, seg_id in enumerate(root.segments):
+        if seg_id is None:
+            continue
+        entries = root.segment_length(i)
+        start = i * root.segment_blocks
+        ids = decode_segment(repo.load_chunk(seg_id, BlobType.TREE), entries)
+        out.ids[start : start + entries] = ids
+    return out
+
+
+def referenced_by_map(repo: Repository, root_id: bytes) -> set[bytes]:
+    """Every chunk a block point needs: root, segments and data."""
+    block_map = load_block_map(repo, root_id)
+    used = set(load_map_root_ids(repo, root_id))
+    if block_map.blocks:
+        rows = block_map.ids[~block_map.hole_mask()]
+        if len(rows):
+            used.update(bytes(r) for r in np.unique(rows, axis=0))
+    return used

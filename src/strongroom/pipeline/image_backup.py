@@ -1,0 +1,211 @@
+"""Block image backup: read the blocks a tracker names, store the changed ones.
+
+One pass in address order. For every block of the new map:
+- not named by the tracker: the parent's entry stands (no read);
+- wholly inside a zero extent the source reported: a hole (no read);
+- otherwise it is read (pipelined on this thread), then hashed, compared with
+  the parent's id and the index, and sealed on worker threads; an all-zero
+  block becomes a hole.
+The map is stored only after every chunk it names is durable (flush), and the
+caller writes the point after that: the write order of docs/design.md.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from strongroom.errors import Interrupted
+from strongroom.model.blockmap import BlockMap
+from strongroom.pipeline.blockmaps import save_block_map
+from strongroom.pipeline.ordered import OrderedWork
+from strongroom.repository.format import BlobType
+from strongroom.repository.repo import Repository
+from strongroom.sources.block import BlockSource, Data
+from strongroom.trackers.changes import ChangeSet, Mask
+from strongroom.types import Progress, ProgressCallback, no_progress
+
+_PROGRESS_INTERVAL = 0.2
+Sealed = bytes | bytearray
+
+
+@dataclass
+class ImageBackupSummary:
+    size: int = 0
+    block_size: int = 0
+    blocks: int = 0
+    tracker: str = ""
+    tracker_note: str = ""
+    blocks_examined: int = 0  # named by the tracker (or all)
+    blocks_read: int = 0
+    bytes_read: int = 0  # what the source delivered
+    blocks_changed: int = 0  # entry differs from the parent's
+    bytes_changed: int = 0
+    blocks_new: int = 0  # chunks not in the repository before
+    data_added: int = 0
+    data_added_stored: int = 0
+    holes: int = 0
+    map_root: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "size": self.size,
+            "block_size": self.block_size,
+            "blocks": self.blocks,
+            "tracker": self.tracker,
+            "tracker_note": self.tracker_note,
+            "blocks_examined": self.blocks_examined,
+            "blocks_read": self.blocks_read,
+            "bytes_read": self.bytes_read,
+            "blocks_changed": self.blocks_changed,
+            "bytes_changed": self.bytes_changed,
+            "blocks_new": self.blocks_new,
+            "data_added": self.data_added,
+            "data_added_stored": self.data_added_stored,
+            "holes": self.holes,
+        }
+
+
+def zero_blocks(source: BlockSource, block_size: int, blocks: int) -> Mask:
+    """Blocks that the source says read as zeros in their entirety."""
+    zero = np.zeros(blocks, dtype=np.bool_)
+    for ext in source.allocation():
+        if not ext.zero:
+            continue
+        first = -(-ext.offset // block_size)  # first block starting inside
+        end_block = ext.end // block_size  # blocks ending inside
+        if ext.end >= source.size:
+            end_block = blocks  # a short last block counts as whole
+        if end_block > first:
+            zero[first:end_block] = True
+    return zero
+
+
+class ImageBackup:
+    """One image backup run; `run()` once."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        source: BlockSource,
+        block_size: int,
+        parent: BlockMap | None,
+        changes: ChangeSet,
+        progress: ProgressCallback = no_progress,
+        cancel: threading.Event | None = None,
+        workers: int = 2,
+        dry_run: bool = False,
+    ) -> None:
+        self.repo = repo
+        self.source = source
+        self.block_size = block_size
+        self.parent = parent if parent is not None and parent.block_size == block_size else None
+        self.changes = changes
+        self.report = progress
+        self.cancel = cancel or threading.Event()
+        self.workers = workers
+        self.dry_run = dry_run
+        self.progress = Progress(job="backup")
+        self.summary = ImageBackupSummary(
+            size=source.size, block_size=block_size, tracker=changes.tracker
+        )
+        self.summary.tracker_note = changes.note
+        self._last_report = 0.0
+        self._zero = bytes(block_size)
+
+    def run(self) -> BlockMap:
+        src, bs = self.source, self.block_size
+        new = self.parent.resized(src.size) if self.parent else BlockMap.empty(src.size, bs)
+        old = self.parent.resized(src.size) if self.parent else None
+        blocks = new.blocks
+        self.summary.blocks = blocks
+        if old is None or self.changes.blocks is None:
+            todo = np.ones(blocks, dtype=np.bool_)
+        else:
+            todo = np.zeros(blocks, dtype=np.bool_)
+            n = min(len(self.changes.blocks), blocks)
+            todo[:n] = self.changes.blocks[:n]
+            resize = self.parent.changed_by_resize(src.size) if self.parent else range(0)
+            todo[resize.start : resize.stop] = True
+        self.summary.blocks_examined = int(todo.sum())
+        zero = zero_blocks(src, bs, blocks) & todo
+        for i in np.flatnonzero(zero).tolist():
+            self._set(new, old, i, None)
+        read = np.flatnonzero(todo & ~zero).tolist()
+        self.progress.bytes_total = sum(new.extent(i)[1] for i in read)
+        try:
+            with OrderedWork(self.workers, depth=2 * self.workers + 4) as work:
+                for offset, data in src.read_blocks(self._ranges(new, read)):
+                    if self.cancel.is_set():
+                        raise Interrupted("backup interrupted")
+                    block = offset // bs
+                    self.summary.blocks_read += 1
+                    work.submit(self._job(data), self._sink(new, old, block, len(data)))
+                work.finish()
+            self.summary.bytes_read = src.bytes_read
+            if not self.dry_run:
+                self.repo.flush()
+                root = save_block_map(self.repo, new)
+                self.repo.flush()
+                self.summary.map_root = root.hex()
+        except BaseException:
+            if not self.dry_run:
+                self.repo.abandon()
+            raise
+        stats = self.repo.stats
+        self.summary.data_added = stats.bytes_added_raw
+        self.summary.data_added_stored = stats.bytes_added_stored
+        self.summary.holes = int(new.hole_mask().sum())
+        self._emit(force=True)
+        return new
+
+    @staticmethod
+    def _ranges(new: BlockMap, read: list[int]) -> Iterator[tuple[int, int]]:
+        for i in read:
+            yield new.extent(i)
+
+    def _job(self, data: Data):  # type: ignore[no-untyped-def]
+        repo, zero, dry = self.repo, self._zero, self.dry_run
+
+        def job() -> tuple[bytes | None, Sealed | None]:
+            if data == zero[: len(data)]:
+                return None, None
+            cid = repo.chunk_id(data)
+            if dry or repo.has_chunk(cid):
+                return cid, None
+            return cid, repo.seal_chunk(cid, BlobType.DATA, memoryview(data))
+
+        return job
+
+    def _sink(self, new: BlockMap, old: BlockMap | None, block: int, length: int):  # type: ignore[no-untyped-def]
+        def sink(result: tuple[bytes | None, Sealed | None]) -> None:
+            cid, sealed = result
+            if (
+                sealed is not None
+                and cid is not None
+                and self.repo.add_sealed(cid, BlobType.DATA, sealed, length)
+            ):
+                self.summary.blocks_new += 1
+                self.progress.bytes_added += length
+            self._set(new, old, block, cid)
+            self.progress.bytes_done += length
+            self._emit()
+
+        return sink
+
+    def _set(self, new: BlockMap, old: BlockMap | None, block: int, cid: bytes | None) -> None:
+        if (old.get(block) != cid) if old is not None else cid is not None:
+            self.summary.blocks_changed += 1
+            self.summary.bytes_changed += new.extent(block)[1]
+        new.assign(block, cid)
+
+    def _emit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_report >= _PROGRESS_INTERVAL:
+            self._last_report = now
+            self.report(self.progress)

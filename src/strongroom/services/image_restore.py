@@ -1,0 +1,87 @@
+"""Use cases on block points: restore, serve over NBD, browse the files inside."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from strongroom.errors import UsageError
+from strongroom.model.blockmap import BlockMap
+from strongroom.model.point import RecoveryPoint
+from strongroom.nbd.server import NbdServer
+from strongroom.pipeline.blockmaps import load_block_map
+from strongroom.pipeline.image_reader import PointReader
+from strongroom.pipeline.image_restore import ImageRestore, ImageRestoreSummary
+from strongroom.repository.repo import Repository
+from strongroom.sources.block_targets import open_target
+from strongroom.types import ProgressCallback, no_progress
+
+
+def require_block(point: RecoveryPoint) -> None:
+    if point.kind != "block":
+        raise UsageError(f"point {point.short_id} is a {point.kind} point, not a block image")
+
+
+def point_map(repo: Repository, point: RecoveryPoint) -> BlockMap:
+    require_block(point)
+    return load_block_map(repo, bytes.fromhex(point.tree))
+
+
+def restore_image(
+    repo: Repository,
+    point: RecoveryPoint,
+    target: str,
+    fmt: str = "raw",
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> ImageRestoreSummary:
+    block_map = point_map(repo, point)
+    out = open_target(target, block_map.size, fmt)
+    return ImageRestore(repo, block_map, out, progress=progress, cancel=cancel).run()
+
+
+@dataclass
+class PointExport:
+    """A recovery point as a read-only NBD export (the server's Export protocol)."""
+
+    name: str
+    reader: PointReader
+    description: str
+
+    @property
+    def size(self) -> int:
+        return self.reader.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.reader.read(offset, length)
+
+    def extents(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
+        return self.reader.extents(offset, length)
+
+
+@contextmanager
+def serving(
+    repo: Repository,
+    point: RecoveryPoint,
+    *,
+    socket_path: str | None = None,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    name: str = "",
+) -> Iterator[tuple[NbdServer, str]]:
+    """Serve a point until the block exits; yields (server, URI). Loopback only."""
+    if socket_path is None and port is None:
+        raise UsageError("serve needs --socket PATH or --port N")
+    if port is not None and host not in ("127.0.0.1", "::1", "localhost"):
+        raise UsageError("serve listens on loopback only (the export is not authenticated)")
+    reader = PointReader(repo, point_map(repo, point))
+    export = PointExport(name, reader, f"strongroom point {point.short_id}")
+    server = NbdServer({name: export}, default_export=name)
+    try:
+        uri = server.listen_unix(socket_path) if socket_path else server.listen_tcp(host, port or 0)
+        yield server, uri
+    finally:
+        server.shutdown()
+        reader.close()

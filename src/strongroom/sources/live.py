@@ -1,0 +1,200 @@
+"""A disk in use by a QEMU block layer: a frozen view through QMP, read over NBD.
+
+While writers keep writing to node `node`, strongroom asks the block layer for
+a point-in-time view (image fleecing): a temporary qcow2 node whose backing is
+the disk, filled by a `blockdev-backup sync=none` job with the old contents of
+every block written after the instant. In the same QMP `transaction` the dirty
+bitmaps rotate (a new one starts, the previous ones stop), so the bitmap that
+the next backup reads begins exactly at this view's instant: no write is
+recorded by neither. The temporary node is exported read-only on the block
+layer's NBD server, together with the stopped bitmaps.
+
+This is the sequence that Debian's QEMU 7.2 accepts (see the issue notes):
+blockdev-add of the fleece node, then the transaction, then block-export-add.
+Cleanup runs in reverse and tolerates pieces that never came to be.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from strongroom.errors import SourceError
+from strongroom.nbd.uri import NbdAddress, format_tcp_uri, format_unix_uri, parse_nbd_uri
+from strongroom.sources.block import NbdSource
+from strongroom.sources.qemu import QEMU_IMG, BitmapInfo, need_tool
+from strongroom.sources.qmp import QmpClient, QmpError
+
+log = logging.getLogger(__name__)
+
+
+def _export_uri(server: NbdAddress, export: str) -> str:
+    if server.unix_path is not None:
+        return format_unix_uri(server.unix_path, export)
+    return format_tcp_uri(server.host or "127.0.0.1", server.port, export)
+
+
+class LiveDisk:
+    """One node of a running block layer (QEMU or qemu-storage-daemon)."""
+
+    def __init__(self, qmp: QmpClient, node: str, nbd_uri: str, scratch: str | None = None):
+        self.qmp = qmp
+        self.node = node
+        self.server = parse_nbd_uri(nbd_uri)
+        self.scratch = scratch or tempfile.gettempdir()
+        self._info = self._node_info()
+        self.size = int(self._info["image"]["virtual-size"])
+        self._token = ""
+        self._fleece_file = ""
+        self._steps: list[str] = []
+
+    def _node_info(self) -> dict[str, Any]:
+        nodes = self.qmp.execute("query-named-block-nodes", {"flat": True})
+        for n in nodes:
+            if n.get("node-name") == self.node:
+                return dict(n)
+        names = ", ".join(sorted(str(n.get("node-name")) for n in nodes)) or "none"
+        raise SourceError(f"block node {self.node!r} not found (nodes: {names})")
+
+    def bitmaps(self) -> list[BitmapInfo]:
+        info = self._node_info()
+        return [
+            BitmapInfo(
+                name=str(b["name"]),
+                granularity=int(b.get("granularity", 65536)),
+                recording=bool(b.get("recording", True)),
+                inconsistent=bool(b.get("inconsistent", False)),
+            )
+            for b in info.get("dirty-bitmaps", []) or []
+        ]
+
+    def open_view(
+        self,
+        add: str | None,
+        granularity: int,
+        disable: Sequence[str],
+        read: Sequence[str],
+    ) -> NbdSource:
+        """Freeze the disk now; return the frozen view with bitmaps `read` exported."""
+        if self._token:
+            raise SourceError("a view of this disk is already open")
+        self._token = secrets.token_hex(4)
+        tok = self._token
+        os.makedirs(self.scratch, exist_ok=True)
+        self._fleece_file = os.path.join(self.scratch, f"strongroom-fleece-{tok}.qcow2")
+        subprocess.run(
+            [need_tool(QEMU_IMG), "create", "-q", "-f", "qcow2", self._fleece_file, str(self.size)],
+            check=True,
+            capture_output=True,
+        )
+        self._steps.append("file")
+        self.qmp.execute(
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": f"sr-fleece-{tok}",
+                "file": {"driver": "file", "filename": self._fleece_file},
+                "backing": self.node,
+            },
+        )
+        self._steps.append("node")
+        actions: list[dict[str, Any]] = []
+        if add:
+            actions.append(
+                {
+                    "type": "block-dirty-bitmap-add",
+                    "data": {
+                        "node": self.node,
+                        "name": add,
+                        "persistent": True,
+                        "granularity": granularity,
+                    },
+                }
+            )
+        for name in disable:
+            actions.append(
+                {"type": "block-dirty-bitmap-disable", "data": {"node": self.node, "name": name}}
+            )
+        actions.append(
+            {
+                "type": "blockdev-backup",
+                "data": {
+                    "job-id": f"sr-job-{tok}",
+                    "device": self.node,
+                    "target": f"sr-fleece-{tok}",
+                    "sync": "none",
+                    "auto-finalize": True,
+                    "auto-dismiss": True,
+                },
+            }
+        )
+        self.qmp.execute("transaction", {"actions": actions})
+        self._steps.append("job")
+        export = f"sr-view-{tok}"
+        self.qmp.execute(
+            "block-export-add",
+            {
+                "type": "nbd",
+                "id": export,
+                "node-name": f"sr-fleece-{tok}",
+                "name": export,
+                "writable": False,
+                "bitmaps": list(read),
+            },
+        )
+        self._steps.append("export")
+        contexts = [f"qemu:dirty-bitmap:{b}" for b in read]
+        return NbdSource(
+            _export_uri(self.server, export), contexts, description=f"{self.node} (frozen view)"
+        )
+
+    def close_view(self) -> None:
+        """Remove the export, stop the job, drop the fleece node and file."""
+        tok = self._token
+        if not tok:
+            return
+        steps, self._steps = self._steps, []
+        if "export" in steps:
+            self._try("block-export-del", {"id": f"sr-view-{tok}", "mode": "hard"})
+            try:
+                self.qmp.wait_event(
+                    "BLOCK_EXPORT_DELETED", lambda d: d.get("id") == f"sr-view-{tok}", timeout=30
+                )
+            except SourceError as err:
+                log.warning("export sr-view-%s: %s", tok, err)
+        if "job" in steps and self._try(
+            "block-job-cancel", {"device": f"sr-job-{tok}", "force": True}
+        ):
+            try:
+                self.qmp.wait_event(
+                    "BLOCK_JOB_CANCELLED",
+                    lambda d: d.get("device") == f"sr-job-{tok}",
+                    timeout=30,
+                )
+            except SourceError as err:
+                log.warning("job sr-job-%s: %s", tok, err)
+        if "node" in steps:
+            self._try("blockdev-del", {"node-name": f"sr-fleece-{tok}"})
+        if "file" in steps:
+            try:
+                os.unlink(self._fleece_file)
+            except OSError:
+                pass
+        self._token = ""
+
+    def remove_bitmaps(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._try("block-dirty-bitmap-remove", {"node": self.node, "name": name})
+
+    def _try(self, command: str, arguments: dict[str, Any]) -> bool:
+        try:
+            self.qmp.execute(command, arguments)
+            return True
+        except QmpError as err:
+            log.warning("cleanup %s: %s", command, err)
+            return False

@@ -1,0 +1,207 @@
+"""Disk images that qemu reads: probing, offline dirty bitmaps, a qemu-nbd child.
+
+An image file that is not raw (qcow2, vmdk, vhdx, ...) is served by a private
+`qemu-nbd` on a unix socket in a temporary directory and read over NBD; that
+same child exposes the image's persistent dirty bitmaps (`-B`) and the
+allocation depth of its top layer (`-A`) for the change trackers.
+
+Offline bitmap changes go through `qemu-img bitmap`, which takes the image's
+write lock: while a VM or a storage daemon holds the image, they fail with a
+clear message, and a running disk is backed up through QMP instead
+(`sources/live.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from strongroom.errors import SourceError
+from strongroom.nbd.uri import format_unix_uri
+from strongroom.sources.block import NbdSource
+
+QEMU_IMG = "qemu-img"
+QEMU_NBD = "qemu-nbd"
+_START_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class BitmapInfo:
+    """A dirty bitmap as the block layer reports it."""
+
+    name: str
+    granularity: int
+    recording: bool
+    inconsistent: bool
+
+
+@dataclass
+class ImageInfo:
+    path: str
+    format: str
+    virtual_size: int
+    backing: str | None = None  # absolute path of the backing file
+    bitmaps: list[BitmapInfo] = field(default_factory=list)
+
+
+def need_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise SourceError(f"{name} is not installed (Debian: apt-get install qemu-utils)")
+    return found
+
+
+def _run(args: Sequence[str], what: str) -> str:
+    try:
+        done = subprocess.run(list(args), capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise SourceError(f"{what}: {args[0]} timed out") from None
+    if done.returncode != 0:
+        message = (done.stderr or done.stdout).strip().splitlines()
+        raise SourceError(f"{what}: {message[-1] if message else f'exit {done.returncode}'}")
+    return done.stdout
+
+
+def image_info(path: str) -> ImageInfo:
+    """Probe an image with `qemu-img info` (shared mode: works while in use)."""
+    out = _run([need_tool(QEMU_IMG), "info", "-U", "--output=json", path], f"{path}: cannot probe")
+    doc = json.loads(out)
+    specific = (doc.get("format-specific") or {}).get("data") or {}
+    bitmaps = [
+        BitmapInfo(
+            name=str(b["name"]),
+            granularity=int(b.get("granularity", 65536)),
+            recording="auto" in b.get("flags", []),
+            inconsistent="in-use" in b.get("flags", []),
+        )
+        for b in specific.get("bitmaps", []) or []
+    ]
+    backing = doc.get("full-backing-filename") or doc.get("backing-filename")
+    if backing and not os.path.isabs(backing):
+        backing = os.path.join(os.path.dirname(os.path.abspath(path)), backing)
+    return ImageInfo(
+        path=os.path.abspath(path),
+        format=str(doc.get("format", "raw")),
+        virtual_size=int(doc["virtual-size"]),
+        backing=os.path.realpath(backing) if backing else None,
+        bitmaps=bitmaps,
+    )
+
+
+class OfflineBitmaps:
+    """Dirty bitmaps of an image file nobody has open, changed with qemu-img."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def bitmaps(self) -> list[BitmapInfo]:
+        return image_info(self.path).bitmaps
+
+    def checkpoint(self, add: str, granularity: int, disable: Iterable[str]) -> None:
+        """Start bitmap `add`, then stop the others.
+
+        Offline there is no writer between the two steps (qemu-img holds the
+        write lock for each); and the order means a writer that slipped in
+        would be recorded by both, never by neither."""
+        tool = need_tool(QEMU_IMG)
+        what = f"{self.path}: cannot change dirty bitmaps"
+        _run([tool, "bitmap", "--add", "-g", str(granularity), self.path, add], what)
+        for name in disable:
+            _run([tool, "bitmap", "--disable", self.path, name], what)
+
+    def remove(self, names: Iterable[str]) -> None:
+        tool = need_tool(QEMU_IMG)
+        for name in names:
+            _run(
+                [tool, "bitmap", "--remove", self.path, name], f"{self.path}: cannot remove {name}"
+            )
+
+
+class QemuNbdChild:
+    """A private read-only `qemu-nbd` serving one image on a unix socket."""
+
+    def __init__(
+        self,
+        path: str,
+        fmt: str,
+        bitmaps: Sequence[str] = (),
+        allocation_depth: bool = False,
+        writable: bool = False,
+    ) -> None:
+        self.path = path
+        self._dir = tempfile.mkdtemp(prefix="strongroom-nbd-")
+        self.socket = os.path.join(self._dir, "nbd.sock")
+        args = [need_tool(QEMU_NBD), "--format", fmt, "--socket", self.socket, "--persistent"]
+        args += ["--shared", "8", "--cache", "writeback"]
+        if not writable:
+            args.append("--read-only")
+        for name in bitmaps:
+            args += ["--bitmap", name]
+        if allocation_depth:
+            args.append("--allocation-depth")
+        args.append(path)
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not os.path.exists(self.socket):
+            if self._proc.poll() is not None:
+                err = (self._proc.stderr.read() if self._proc.stderr else b"").decode(
+                    errors="replace"
+                )
+                self._cleanup()
+                lines = err.strip().splitlines()
+                raise SourceError(f"{path}: qemu-nbd failed: {lines[-1] if lines else 'no output'}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise SourceError(f"{path}: qemu-nbd did not start")
+            time.sleep(0.01)
+        self.uri = format_unix_uri(self.socket, "")
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stderr:
+            self._proc.stderr.close()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class QemuImageSource(NbdSource):
+    """An image file in any format qemu reads, through a private qemu-nbd."""
+
+    def __init__(
+        self,
+        info: ImageInfo,
+        bitmaps: Sequence[str] = (),
+        allocation_depth: bool = False,
+    ) -> None:
+        self.info = info
+        self.child = QemuNbdChild(info.path, info.format, bitmaps, allocation_depth)
+        contexts = [f"qemu:dirty-bitmap:{b}" for b in bitmaps]
+        if allocation_depth:
+            contexts.append("qemu:allocation-depth")
+        try:
+            super().__init__(self.child.uri, contexts, description=info.path)
+        except BaseException:
+            self.child.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.child.close()

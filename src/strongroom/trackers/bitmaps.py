@@ -1,0 +1,67 @@
+"""Dirty-bitmap lineage: which bitmaps to start, stop, read and retire.
+
+Every backup that controls the block layer (QMP, or qemu-img on an image file
+nobody has open) starts a new persistent bitmap `PREFIX.TOKEN` at its instant
+and records its name in the point. The next backup reads the bitmap its parent
+started, plus any other bitmap of the same prefix (leftovers of attempts that
+failed after starting theirs: each of them began after the parent's bitmap was
+stopped, so together they hold every write since the parent). A bitmap named
+exactly PREFIX that the user created before the first backup is adopted the
+same way.
+
+The parent's bitmap missing (block layer restarted, image replaced or
+restored) or any of them inconsistent (unclean shutdown) means the record is
+incomplete: the backup compares every block instead, and says why.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from strongroom.sources.qemu import BitmapInfo
+
+
+def is_ours(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def new_bitmap_name(prefix: str) -> str:
+    return f"{prefix}.{secrets.token_hex(6)}"
+
+
+@dataclass
+class BitmapPlan:
+    add: str  # started at this point's instant; the next backup reads it
+    disable: list[str] = field(default_factory=list)  # ours still recording
+    read: list[str] | None = None  # union = every change since the parent; None: compare
+    retire: list[str] = field(default_factory=list)  # removed once the point is saved
+    note: str = ""
+
+
+def plan_bitmaps(
+    existing: Sequence[BitmapInfo], prefix: str, parent_bitmap: str | None
+) -> BitmapPlan:
+    ours = [b for b in existing if is_ours(b.name, prefix)]
+    plan = BitmapPlan(
+        add=new_bitmap_name(prefix),
+        disable=[b.name for b in ours if b.recording and not b.inconsistent],
+        retire=[b.name for b in ours],
+    )
+    names = {b.name for b in ours}
+    broken = [b.name for b in ours if b.inconsistent]
+    if broken:
+        plan.note = f"dirty bitmap {broken[0]} is inconsistent (unclean shutdown)"
+    elif parent_bitmap is None:
+        if prefix in names:
+            plan.read = sorted(names)  # a bitmap the user started before the first point
+        else:
+            plan.note = "the parent point started no dirty bitmap"
+    elif parent_bitmap not in names:
+        plan.note = (
+            f"dirty bitmap {parent_bitmap} is gone (block layer restarted or image replaced)"
+        )
+    else:
+        plan.read = sorted(names)
+    return plan
