@@ -1,6 +1,6 @@
 """Files inside a block image point, read without restoring the image.
 
-The file-system readers (sources/image_files.py) see the point as a seekable
+The file-system readers (sources/image_files/) see the point as a seekable
 file; only the blocks they touch are fetched from the repository.
 """
 

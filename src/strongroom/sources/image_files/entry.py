@@ -1,0 +1,38 @@
+"""What a file system inside an image offers: its entries and the read-only protocol."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One entry of a file system inside an image; `path` is absolute, "/" separated."""
+
+    path: str
+    type: str  # "file", "dir", "symlink", "other"
+    size: int
+    mode: int  # permission bits only
+    mtime: float  # POSIX seconds
+    uid: int = 0
+    gid: int = 0
+    target: str = ""
+
+
+class ImageFileSystem(Protocol):
+    """A read-only file system inside a disk image; paths are absolute inside it.
+
+    `warnings` collects what was skipped (unreadable entries, directory loops) or
+    is doubtful (journal not replayed); callers report it, nothing is raised.
+    """
+
+    kind: str
+    warnings: builtins.list[str]
+
+    def list(self, path: str) -> builtins.list[ImageEntry]: ...
+    def stat(self, path: str) -> ImageEntry: ...
+    def walk(self, path: str = "/") -> Iterator[ImageEntry]: ...
+    def open(self, path: str) -> BinaryIO: ...
