@@ -100,14 +100,27 @@ def _choose_parent(
         if parent.kind != "block":
             raise UsageError(f"point {parent.short_id} is not a block image point")
         return parent
-    candidates = [
-        p
-        for p in list_points(
-            repo, PointFilter(hosts=[req.host], paths=[identity]), on_damaged=lambda *_: None
-        )
-        if p.kind == "block"
-    ]
-    return candidates[-1] if candidates else None
+    blocks = [p for p in list_points(repo, on_damaged=lambda *_: None) if p.kind == "block"]
+    same = [p for p in blocks if PointFilter(hosts=[req.host], paths=[identity]).matches(p)]
+    if same:
+        return same[-1]
+    # A new overlay on top of an image backed up before: that image's point.
+    backing = _backing_identity(req)
+    if backing is not None:
+        mine = [p for p in blocks if p.summary.get("image_identity") == backing]
+        if mine:
+            return mine[-1]
+    return None
+
+
+def _backing_identity(req: ImageBackupRequest) -> str | None:
+    if req.qmp or is_nbd_uri(req.source) or not os.path.isfile(req.source):
+        return None
+    try:
+        info = image_info(req.source)
+    except SourceError:
+        return None
+    return _identity_or_none(info.backing) if info.backing else None
 
 
 def _dirty_blocks(view: NbdSource, bitmaps: list[str], block_size: int) -> ChangeSet | None:
@@ -159,7 +172,7 @@ class _ImageJob:
             self.kind == "auto"
             and info.backing
             and parent is not None
-            and overlay_identity(info.backing) == parent.summary.get("image_identity")
+            and _identity_or_none(info.backing) == parent.summary.get("image_identity")
         ):
             return self._open_overlay(info, parent, parent_map, block_size)
         if info.format == "qcow2" and self.kind in ("auto", "bitmap"):
@@ -194,8 +207,8 @@ class _ImageJob:
         plan = plan_bitmaps(live.bitmaps(), self.prefix, parent_bitmap)
         if self.kind in ("none", "compare", "overlay"):
             plan.read = None
+        self.stack.callback(live.close_view)  # also undoes a view half opened
         view = live.open_view(plan.add, block_size, plan.disable, plan.read or [])
-        self.stack.callback(live.close_view)
         self.stack.enter_context(_closing(view))
         self.plan = plan
 
@@ -262,7 +275,7 @@ class _ImageJob:
         if info.backing is None:
             return view, self._fallback(parent_map, f"{info.path} has no backing file")
         recorded = parent.summary.get("image_identity")
-        if recorded != overlay_identity(info.backing):
+        if recorded != _identity_or_none(info.backing):
             return view, self._fallback(
                 parent_map, "the overlay's backing file is not the image the parent point read"
             )
@@ -309,6 +322,13 @@ class _ImageJob:
         return []
 
 
+def _identity_or_none(path: str) -> str | None:
+    try:
+        return overlay_identity(path)
+    except OSError:
+        return None
+
+
 def _export_name(uri: str) -> str:
     from strongroom.nbd.uri import parse_nbd_uri
 
@@ -339,7 +359,10 @@ def backup_image(
     parent = _choose_parent(repo, req, identity)
     parent_map = load_block_map(repo, bytes.fromhex(parent.tree)) if parent else None
     block_size = parent_map.block_size if parent_map else (req.block_size or repo.config.block_size)
-    check_geometry(0, block_size)
+    try:
+        check_geometry(0, block_size)
+    except ValueError as err:
+        raise UsageError(f"--block-size: {err}") from None
     started = now()
     t0 = time.monotonic()
     with ExitStack() as stack:

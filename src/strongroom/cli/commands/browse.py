@@ -117,13 +117,16 @@ def diff(app: App, point_a: str, point_b: str) -> None:
 @click.command()
 @click.argument("point")
 @click.argument("path")
+@click.option(
+    "--partition", type=int, help="Image points: partition number (default: the first readable)."
+)
 @pass_app
-def dump(app: App, point: str, path: str) -> None:
-    """Write one file of a point to standard output."""
+def dump(app: App, point: str, path: str, partition: int | None) -> None:
+    """Write one file of a point (or of the file system inside an image point) to stdout."""
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
         if p.kind == "block":
-            with open_image_filesystem(repo, p) as fs, fs.open(path) as f:
+            with open_image_filesystem(repo, p, partition) as fs, fs.open(path) as f:
                 shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
         else:
             dump_file(repo, bytes.fromhex(p.tree), path, sys.stdout.buffer)
