@@ -7,6 +7,7 @@ unreadable, 10 repository not found, 11 repository locked, 12 wrong password,
 
 from __future__ import annotations
 
+import importlib
 import logging
 import resource
 import sys
@@ -14,37 +15,52 @@ import sys
 import click
 
 from strongroom import __version__
-from strongroom.cli.commands import backup, browse, init, key, maintenance, points, restore, serve
 from strongroom.cli.context import App
 from strongroom.cli.output import Output
 from strongroom.config import load_settings
 from strongroom.errors import ExitCode, StrongroomError
 
-COMMANDS: list[click.Command] = [
-    init.init,
-    backup.backup,
-    points.snapshots,
-    browse.ls,
-    browse.diff,
-    restore.restore,
-    serve.serve,
-    browse.dump,
-    maintenance.forget,
-    maintenance.prune,
-    maintenance.check,
-    maintenance.stats,
-    maintenance.unlock,
-    key.key,
-]
+# name -> "module:attribute", in the order `--help` lists them. Modules load only
+# when their command runs: each pulls in its own services (numpy, the NBD and
+# image code, ...), and a short incremental backup should not pay for them all.
+COMMANDS: dict[str, str] = {
+    "init": "init:init",
+    "backup": "backup:backup",
+    "snapshots": "points:snapshots",
+    "ls": "browse:ls",
+    "diff": "browse:diff",
+    "restore": "restore:restore",
+    "serve": "serve:serve",
+    "dump": "browse:dump",
+    "forget": "maintenance:forget",
+    "prune": "maintenance:prune",
+    "check": "maintenance:check",
+    "stats": "maintenance:stats",
+    "unlock": "maintenance:unlock",
+    "key": "key:key",
+}
 ALIASES = {"points": "snapshots", "cat": "dump"}
 
 
-class AliasGroup(click.Group):
+class LazyGroup(click.Group):
+    """The command registry: resolves aliases and imports a command on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+        name = ALIASES.get(cmd_name, cmd_name)
+        if name not in COMMANDS:
+            return None
+        if name not in self.commands:
+            module, _, attr = COMMANDS[name].partition(":")
+            command = getattr(importlib.import_module(f"strongroom.cli.commands.{module}"), attr)
+            _add_common_options(command)
+            self.add_command(command, name)
+        return self.commands[name]
 
 
-@click.group(cls=AliasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="strongroom")
 @click.option(
     "--repo", "-r", envvar="STRONGROOM_REPO", help="Repository location (default: your data dir)."
@@ -103,11 +119,6 @@ def _add_common_options(command: click.Command) -> None:
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             _add_common_options(sub)
-
-
-for _command in COMMANDS:
-    _add_common_options(_command)
-    cli.add_command(_command)
 
 
 def _limit_malloc_arenas() -> None:

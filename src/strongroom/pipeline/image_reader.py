@@ -27,7 +27,7 @@ class PointReader:
         self,
         repo: Repository,
         block_map: BlockMap,
-        cache_bytes: int = 256 << 20,
+        cache_bytes: int = 64 << 20,
         readahead: int = 8,
         workers: int = 4,
     ) -> None:

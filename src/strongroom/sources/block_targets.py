@@ -90,10 +90,13 @@ class FileTarget:
             if not self.zeroed:
                 _pwrite_all(self._fd, data, offset)
                 return
-            view = memoryview(data)
+            # bytes slices compare with memcmp (~17 GB/s); memoryview
+            # comparisons go element by element (~0.5 GB/s).
+            whole = data if isinstance(data, bytes) else bytes(data)
+            view = memoryview(whole)
             start = None  # first piece of the current run of non-zero pieces
-            for pos in range(0, len(view), _SPARSE_PIECE):
-                piece = view[pos : pos + _SPARSE_PIECE]
+            for pos in range(0, len(whole), _SPARSE_PIECE):
+                piece = whole[pos : pos + _SPARSE_PIECE]
                 if piece == _ZEROS[: len(piece)]:
                     if start is not None:
                         _pwrite_all(self._fd, view[start:pos], offset + start)
