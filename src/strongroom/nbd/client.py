@@ -4,37 +4,33 @@ Thread safety: an `NbdClient` is used by one thread at a time (it owns one
 socket and one table of requests in flight). For parallelism open several
 clients (when the server sets `can_multi_conn`) or pipeline with `read_many`.
 
-Every request goes out with a fresh handle; replies (simple or structured,
-in any order, possibly interleaved) are matched to their request by handle and
-checked against it: data chunks must lie inside the request and not overlap,
-a successful read must be fully covered, block status must name a negotiated
-context. A violation or a socket failure closes the connection and raises
-`NbdError`; a server error reply raises `NbdError` with `error` set and leaves
-the connection usable. Socket timeouts (default 30 s) bound every wait, and
-payload sizes are checked before anything is allocated, so a hostile or hung
-server can neither hang the client nor make it allocate without bound.
+This module turns calls into requests: it checks ranges, splits by the
+server's block sizes and keeps several requests in flight; `transport`
+matches and checks the replies. A protocol violation or socket failure closes
+the connection and raises `NbdError`; a server's error reply raises
+`NbdError` with `error` set and leaves the connection usable. Socket timeouts
+(default 30 s) bound every wait, and payload sizes are checked before
+anything is allocated, so a hostile or hung server can neither hang the
+client nor make it allocate without bound.
 """
 
 from __future__ import annotations
 
-import bisect
-import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from strongroom.errors import SourceError, UsageError
+from strongroom.errors import UsageError
 from strongroom.nbd import protocol as p
 from strongroom.nbd.negotiate import HandshakeRefused, negotiate
+from strongroom.nbd.transport import NbdError, Request, Transport
 from strongroom.nbd.uri import NbdAddress, parse_nbd_uri
-from strongroom.nbd.wire import Buffer, WireError, recv_bytes, recv_into, send, set_timeouts, tune
+from strongroom.nbd.wire import Buffer, WireError, set_timeouts, tune
 
-_log = logging.getLogger(__name__)
+__all__ = ["Extent", "NbdClient", "NbdError"]
 
-MAX_STATUS_PAYLOAD = 16 << 20  # 2M extents: far beyond what any server sends per request
-MAX_ERROR_PAYLOAD = 6 + p.MAX_STRING + 8 + 1024
 STATUS_REQUEST_CAP = (1 << 32) - (1 << 20)  # lengths are 32 bits; stay 1 MiB aligned
 ZEROES_REQUEST_CAP = 1 << 30
 _ZEROS = bytes(1 << 20)
@@ -49,51 +45,6 @@ class Extent:
     flags: int
 
 
-class NbdError(SourceError):
-    """An NBD operation failed: the message names the URI, the operation and the error.
-
-    `error` is the protocol error value (errno number, e.g. 5 for EIO) when the
-    server replied with an error, None when the connection or protocol failed.
-    """
-
-    def __init__(self, message: str, *, error: int | None = None) -> None:
-        super().__init__(message)
-        self.error = error
-
-
-class _Request:
-    """One request in flight and what its replies have delivered so far."""
-
-    __slots__ = (
-        "callback",
-        "command",
-        "covered",
-        "done",
-        "error",
-        "extents",
-        "filled",
-        "handle",
-        "length",
-        "offset",
-        "view",
-    )
-
-    def __init__(
-        self, handle: int, command: int, offset: int, length: int, view: memoryview | None
-    ) -> None:
-        self.handle = handle
-        self.command = command
-        self.offset = offset
-        self.length = length
-        self.view = view  # where a read's data goes
-        self.done = False
-        self.error: NbdError | None = None
-        self.covered: list[tuple[int, int]] = []  # content chunks so far, sorted
-        self.filled = 0
-        self.extents: dict[int, list[tuple[int, int]]] = {}
-        self.callback: Callable[[_Request], None] | None = None
-
-
 class _Batch:
     """One range of `read_many`: its buffer and the requests that fill it."""
 
@@ -104,7 +55,7 @@ class _Batch:
         self.length = length
         self.lead = lead  # bytes before `offset` read only to honour the minimum block size
         self.data = data
-        self.requests: list[_Request] = []
+        self.requests: list[Request] = []
         self.unsent = 0
 
 
@@ -154,20 +105,12 @@ class NbdClient:
         use `connect()`. Raises NbdError (and closes the socket) if the handshake fails."""
         self.uri = uri or f"nbd socket (export {export!r})"
         self.export = export
-        self._sock = sock
-        self._closed = False
-        self._broken: NbdError | None = None
-        self._pending: dict[int, _Request] = {}
-        self._next_handle = 1
-        self._header = bytearray(p.CHUNK_OFFSET_HOLE.size)
-        self.bytes_read = 0
         try:
             set_timeouts(sock, timeout)
             tune(sock)
             agreed = negotiate(sock, export, meta_contexts, structured=structured_replies)
         except (WireError, p.ProtocolViolation, HandshakeRefused, ValueError, OSError) as err:
             sock.close()
-            self._closed = True
             kind = "protocol violation: " if isinstance(err, p.ProtocolViolation) else ""
             raise NbdError(f"{self.uri}: handshake failed: {kind}{err}") from None
         self.size = agreed.size
@@ -177,7 +120,9 @@ class NbdClient:
         self.min_block = agreed.min_block
         self.preferred_block = agreed.preferred_block
         self.max_block = agreed.max_block
-        self._request_cap = max(self.min_block, min(self.max_block, p.MAX_BLOCK))
+        # Requests are whole minimum blocks and at most 32 MiB, whatever the server allows.
+        cap = min(self.max_block, p.MAX_BLOCK)
+        self._request_cap = max(self.min_block, cap - cap % self.min_block)
         flags = agreed.flags if agreed.flags & p.FLAG_HAS_FLAGS else 0
         self.transmission_flags = flags
         self.read_only = bool(flags & p.FLAG_READ_ONLY)
@@ -188,6 +133,15 @@ class NbdClient:
         self.can_fast_zero = bool(flags & p.FLAG_SEND_FAST_ZERO)
         self.can_multi_conn = bool(flags & p.FLAG_CAN_MULTI_CONN)
         self.can_cache = bool(flags & p.FLAG_SEND_CACHE)
+        self._transport = Transport(
+            sock, self.uri, agreed.structured, set(agreed.contexts.values())
+        )
+
+    @property
+    def bytes_read(self) -> int:
+        """Data bytes received by reads on this connection; holes the server sent as
+        NBD_REPLY_TYPE_OFFSET_HOLE carry no data and do not count."""
+        return self._transport.bytes_read
 
     @classmethod
     def connect(
@@ -201,7 +155,8 @@ class NbdClient:
         """Connect to `uri` (nbd:// or nbd+unix://) and negotiate.
 
         Contexts the server does not know are simply absent from `contexts`.
-        `timeout` bounds the connect and every later wait for the server.
+        `timeout` bounds the connect and every later wait for the server
+        (None or 0: wait forever).
         `structured_replies=False` asks for simple replies only (to test
         servers; block status then is unavailable). Raises UsageError for a
         bad URI, NbdError for everything else.
@@ -260,7 +215,7 @@ class NbdClient:
         in_flight = 0
         exhausted = False
 
-        def on_done(req: _Request) -> None:
+        def on_done(req: Request) -> None:
             nonlocal in_flight
             in_flight -= 1
 
@@ -268,7 +223,7 @@ class NbdClient:
             while in_flight < depth:
                 if unsent:
                     batch, off, view = unsent.popleft()
-                    req = self._submit(p.CMD_READ, 0, off, len(view), None, view)
+                    req = self._transport.submit(p.CMD_READ, 0, off, len(view), None, view)
                     req.callback = on_done
                     batch.requests.append(req)
                     batch.unsent -= 1
@@ -292,7 +247,7 @@ class NbdClient:
             head = window[0]
             waiting = next((r for r in head.requests if not r.done), None)
             if waiting is not None:
-                self._settle(waiting)
+                self._transport.settle(waiting)
                 continue
             if head.unsent:  # cannot happen: head's pieces go out first
                 raise AssertionError("read_many head has unsent pieces and nothing in flight")
@@ -370,13 +325,15 @@ class NbdClient:
         pos, end = offset, offset + length
         while pos < end:
             asked = min(end - pos, STATUS_REQUEST_CAP)
-            req = self._submit(p.CMD_BLOCK_STATUS, 0, pos, asked, None, None)
-            self._settle(req)
+            req = self._transport.submit(p.CMD_BLOCK_STATUS, 0, pos, asked, None, None)
+            self._transport.settle(req)
             if req.error is not None:
                 raise req.error
             extents = req.extents.get(context_id)
             if not extents:
-                raise self._violation(f"block status reply has no extents for {context!r}")
+                raise self._transport.violation(
+                    f"block status reply has no extents for {context!r}"
+                )
             stop = pos + asked
             for ext_len, flags in extents:
                 take = min(ext_len, stop - pos)
@@ -387,22 +344,8 @@ class NbdClient:
         return out
 
     def close(self) -> None:
-        """Drain requests in flight, send NBD_CMD_DISC and close; idempotent, never raises."""
-        if self._closed:
-            return
-        if self._broken is None:
-            try:
-                while self._pending:
-                    self._receive()
-                send(self._sock, [p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_DISC, 0, 0, 0)])
-            except (NbdError, WireError):
-                pass
-        self._closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
+        """Answer requests in flight, send NBD_CMD_DISC and close; idempotent, never raises."""
+        self._transport.close()
 
     def __enter__(self) -> NbdClient:
         return self
@@ -474,217 +417,18 @@ class NbdClient:
         if fua and not self.can_fua:
             self.flush()
 
-    # --- the request/reply engine ---------------------------------------------------------
+    # --- pipelining ------------------------------------------------------------------------
 
     def _pipeline(self, ops: Iterable[_Op], depth: int) -> None:
         """Run requests with up to `depth` in flight; after all are answered, raise the
         first server error (the connection stays usable)."""
-        in_flight: deque[_Request] = deque()
+        in_flight: deque[Request] = deque()
         first: NbdError | None = None
         for op in ops:
             if len(in_flight) >= depth:
-                first = first or self._settle(in_flight.popleft())
-            in_flight.append(self._submit(*op))
+                first = first or self._transport.settle(in_flight.popleft())
+            in_flight.append(self._transport.submit(*op))
         while in_flight:
-            first = first or self._settle(in_flight.popleft())
+            first = first or self._transport.settle(in_flight.popleft())
         if first is not None:
             raise first
-
-    def _submit(
-        self,
-        command: int,
-        flags: int,
-        offset: int,
-        length: int,
-        payload: memoryview | None,
-        view: memoryview | None,
-    ) -> _Request:
-        if self._broken is not None:
-            raise self._broken
-        if self._closed:
-            raise NbdError(f"{self.uri}: the connection is closed")
-        handle = self._next_handle
-        self._next_handle += 1
-        req = _Request(handle, command, offset, length, view)
-        self._pending[handle] = req
-        header = p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, handle, offset, length)
-        try:
-            send(self._sock, [header] if payload is None else [header, payload])
-        except WireError as err:
-            raise self._fail(str(err)) from None
-        return req
-
-    def _settle(self, req: _Request) -> NbdError | None:
-        """Receive replies until `req` is answered; its server error, if any."""
-        while not req.done:
-            self._receive()
-        return req.error
-
-    def _fail(self, reason: str) -> NbdError:
-        """Mark the connection dead (every later call raises the same error) and close it."""
-        if self._broken is None:
-            self._broken = NbdError(f"{self.uri}: {reason}")
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._sock.close()
-            self._closed = True
-            _log.debug("%s", self._broken)
-        return self._broken
-
-    def _violation(self, reason: str) -> NbdError:
-        return self._fail(f"protocol violation: {reason}")
-
-    def _recv(self, view: memoryview) -> None:
-        if self._broken is not None:
-            raise self._broken
-        try:
-            recv_into(self._sock, view)
-        except WireError as err:
-            raise self._fail(str(err)) from None
-
-    def _recv_bytes(self, length: int) -> bytearray:
-        if self._broken is not None:
-            raise self._broken
-        try:
-            return recv_bytes(self._sock, length)
-        except WireError as err:
-            raise self._fail(str(err)) from None
-
-    def _receive(self) -> None:
-        """Read one simple reply or one structured chunk and apply it to its request."""
-        header = memoryview(self._header)
-        self._recv(header[: p.SIMPLE_REPLY.size])
-        (magic,) = p.U32.unpack_from(header, 0)
-        if magic == p.SIMPLE_REPLY_MAGIC:
-            _, error, handle = p.SIMPLE_REPLY.unpack_from(header, 0)
-            self._simple_reply(self._lookup(handle), error)
-        elif magic == p.STRUCTURED_REPLY_MAGIC and self.structured_replies:
-            self._recv(header[p.SIMPLE_REPLY.size : p.CHUNK.size])
-            _, flags, kind, handle, length = p.CHUNK.unpack_from(header, 0)
-            req = self._lookup(handle)
-            self._chunk(req, kind, length)
-            if flags & p.REPLY_FLAG_DONE:
-                self._finish(req)
-            elif kind == p.REPLY_TYPE_NONE:
-                raise self._violation("NBD_REPLY_TYPE_NONE without the DONE flag")
-        else:
-            raise self._violation(f"bad reply magic {magic:#x}")
-
-    def _lookup(self, handle: int) -> _Request:
-        req = self._pending.get(handle)
-        if req is None:
-            raise self._violation(f"reply for unknown handle {handle}")
-        return req
-
-    def _simple_reply(self, req: _Request, error: int) -> None:
-        if error:
-            req.error = self._server_error(req, error, "")
-        elif req.command == p.CMD_READ:
-            if self.structured_replies:
-                raise self._violation("simple reply with data to a read")
-            assert req.view is not None
-            self._recv(req.view)
-            self.bytes_read += req.length
-            req.filled = req.length
-        elif req.command == p.CMD_BLOCK_STATUS:
-            raise self._violation("simple reply to block status")
-        self._finish(req)
-
-    def _chunk(self, req: _Request, kind: int, length: int) -> None:
-        if kind == p.REPLY_TYPE_OFFSET_DATA and req.command == p.CMD_READ:
-            if length < 9:
-                raise self._violation(f"data chunk of length {length}")
-            head = memoryview(self._header)[p.CHUNK.size : p.CHUNK.size + 8]
-            self._recv(head)
-            (offset,) = p.U64.unpack_from(head, 0)
-            start = self._claim(req, offset, length - 8)
-            assert req.view is not None
-            self._recv(req.view[start : start + length - 8])
-            self.bytes_read += length - 8
-        elif kind == p.REPLY_TYPE_OFFSET_HOLE and req.command == p.CMD_READ:
-            if length != 12:
-                raise self._violation(f"hole chunk of length {length}")
-            head = memoryview(self._header)[p.CHUNK.size : p.CHUNK.size + 12]
-            self._recv(head)
-            offset, size = p.U64.unpack_from(head, 0)[0], p.U32.unpack_from(head, 8)[0]
-            if size == 0:
-                raise self._violation("hole chunk of size 0")
-            start = self._claim(req, offset, size)
-            assert req.view is not None
-            for pos in range(start, start + size, len(_ZEROS)):
-                n = min(len(_ZEROS), start + size - pos)
-                req.view[pos : pos + n] = _ZEROS[:n]
-        elif kind == p.REPLY_TYPE_BLOCK_STATUS and req.command == p.CMD_BLOCK_STATUS:
-            if length > MAX_STATUS_PAYLOAD:
-                raise self._violation(f"block status chunk of {length} bytes")
-            try:
-                context_id, extents = p.decode_extents(self._recv_bytes(length))
-            except p.ProtocolViolation as err:
-                raise self._violation(str(err)) from None
-            if context_id not in self.contexts.values():
-                raise self._violation(f"block status for unknown context id {context_id}")
-            if context_id in req.extents:
-                raise self._violation(f"two block status chunks for context id {context_id}")
-            req.extents[context_id] = extents
-        elif kind & p.REPLY_TYPE_ERROR_BIT:
-            if length > MAX_ERROR_PAYLOAD:
-                raise self._violation(f"error chunk of {length} bytes")
-            try:
-                code, message, offset = p.decode_error_payload(kind, self._recv_bytes(length))
-            except p.ProtocolViolation as err:
-                raise self._violation(str(err)) from None
-            if offset is not None and not req.offset <= offset < req.offset + max(req.length, 1):
-                raise self._violation(f"error offset {offset} outside the request")
-            if req.error is None:
-                req.error = self._server_error(req, code, message)
-        elif kind == p.REPLY_TYPE_NONE:
-            if length:
-                raise self._violation("NBD_REPLY_TYPE_NONE with a payload")
-        else:
-            raise self._violation(f"unexpected chunk type {kind} for command {req.command}")
-
-    def _claim(self, req: _Request, offset: int, size: int) -> int:
-        """Check a content chunk lies inside `req` and overlaps nothing; its start in req.view."""
-        start = offset - req.offset
-        if start < 0 or start + size > req.length:
-            raise self._violation(
-                f"chunk {offset}+{size} outside the read {req.offset}+{req.length}"
-            )
-        covered = req.covered
-        i = bisect.bisect_left(covered, (start, start + size))
-        if (i > 0 and covered[i - 1][1] > start) or (
-            i < len(covered) and covered[i][0] < start + size
-        ):
-            raise self._violation(f"chunk {offset}+{size} overlaps an earlier chunk")
-        covered.insert(i, (start, start + size))
-        req.filled += size
-        return start
-
-    def _finish(self, req: _Request) -> None:
-        if req.command == p.CMD_READ and req.error is None and req.filled != req.length:
-            raise self._violation(
-                f"read {req.offset}+{req.length} ended with only {req.filled} bytes"
-            )
-        del self._pending[req.handle]
-        req.done = True
-        if req.callback is not None:
-            req.callback(req)
-
-    def _server_error(self, req: _Request, code: int, message: str) -> NbdError:
-        names = {
-            p.CMD_READ: "read",
-            p.CMD_WRITE: "write",
-            p.CMD_FLUSH: "flush",
-            p.CMD_TRIM: "trim",
-            p.CMD_WRITE_ZEROES: "write zeroes",
-            p.CMD_BLOCK_STATUS: "block status",
-        }
-        what = names.get(req.command, f"command {req.command}")
-        detail = f" ({message})" if message else ""
-        return NbdError(
-            f"{self.uri}: {what} of {req.length} bytes at {req.offset} failed: "
-            f"{p.error_name(code)}{detail}",
-            error=code,
-        )

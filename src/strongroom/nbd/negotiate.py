@@ -172,18 +172,14 @@ def _apply_info(data: p.ByteData, result: Negotiated) -> bool:
         if len(data) != p.INFO_BLOCK_SIZE_DATA.size:
             raise p.ProtocolViolation("NBD_INFO_BLOCK_SIZE has a bad length")
         _, minimum, preferred, maximum = p.INFO_BLOCK_SIZE_DATA.unpack(data)
-        if not _power_of_two(minimum) or minimum > 65536 or not _power_of_two(preferred):
+        # The spec wants powers of two and a maximum that is a multiple of the minimum
+        # (or 0xffffffff); only what the client's arithmetic relies on is enforced.
+        if not 1 <= minimum <= 65536 or maximum < minimum or preferred < 1:
             raise p.ProtocolViolation(f"bad block sizes {minimum}/{preferred}/{maximum}")
-        if maximum < minimum or maximum % minimum:
-            raise p.ProtocolViolation(f"bad maximum block size {maximum} (minimum {minimum})")
         result.min_block, result.preferred_block, result.max_block = minimum, preferred, maximum
     elif info == p.INFO_DESCRIPTION:
         result.description = bytes(data[2:]).decode("utf-8", "replace")
     return False  # unknown infos are ignored, as the spec asks
-
-
-def _power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
 
 
 def _export_name(

@@ -160,12 +160,26 @@ def error_name(code: int) -> str:
     return errno.errorcode.get(code, f"error {code}")
 
 
+_REPLY_NAMES = {
+    REP_ACK: "NBD_REP_ACK",
+    REP_SERVER: "NBD_REP_SERVER",
+    REP_INFO: "NBD_REP_INFO",
+    REP_META_CONTEXT: "NBD_REP_META_CONTEXT",
+    REP_ERR_UNSUP: "NBD_REP_ERR_UNSUP",
+    REP_ERR_POLICY: "NBD_REP_ERR_POLICY",
+    REP_ERR_INVALID: "NBD_REP_ERR_INVALID",
+    REP_ERR_PLATFORM: "NBD_REP_ERR_PLATFORM",
+    REP_ERR_TLS_REQD: "NBD_REP_ERR_TLS_REQD",
+    REP_ERR_UNKNOWN: "NBD_REP_ERR_UNKNOWN",
+    REP_ERR_SHUTDOWN: "NBD_REP_ERR_SHUTDOWN",
+    REP_ERR_BLOCK_SIZE_REQD: "NBD_REP_ERR_BLOCK_SIZE_REQD",
+    REP_ERR_TOO_BIG: "NBD_REP_ERR_TOO_BIG",
+}
+
+
 def option_reply_name(reply_type: int) -> str:
     """`NBD_REP_ERR_UNKNOWN`-style name of an option reply type."""
-    for name, value in globals().items():
-        if name.startswith("REP_") and name != "REP_FLAG_ERROR" and value == reply_type:
-            return "NBD_" + name
-    return f"reply type {reply_type:#x}"
+    return _REPLY_NAMES.get(reply_type, f"reply type {reply_type:#x}")
 
 
 # --- option payload codecs --------------------------------------------------------------
@@ -177,6 +191,13 @@ def encode_string(text: str) -> bytes:
     if b"\0" in raw or len(raw) > MAX_STRING:
         raise ValueError(f"not a valid NBD string (NUL or longer than {MAX_STRING} bytes)")
     return raw
+
+
+def clean_string(text: str) -> bytes:
+    """`text` made a valid protocol string: NULs dropped, cut to 4096 bytes of whole
+    characters. For human text (descriptions) that must never fail to encode."""
+    raw = text.replace("\0", "").encode("utf-8", "replace")[:MAX_STRING]
+    return raw.decode("utf-8", "ignore").encode("utf-8")
 
 
 def decode_string(raw: ByteData) -> str:
@@ -253,7 +274,7 @@ def decode_meta_context_request(data: ByteData) -> tuple[str, list[str]]:
 def encode_server_reply(name: str, description: str) -> bytes:
     """Payload of NBD_REP_SERVER (a reply to NBD_OPT_LIST)."""
     raw = encode_string(name)
-    return U32.pack(len(raw)) + raw + encode_string(description)
+    return U32.pack(len(raw)) + raw + clean_string(description)
 
 
 def decode_server_reply(data: ByteData) -> tuple[str, str]:

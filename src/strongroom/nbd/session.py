@@ -236,7 +236,7 @@ class Session:
         if p.INFO_NAME in infos:
             self._opt_reply(option, p.REP_INFO, p.U16.pack(p.INFO_NAME) + canonical.encode())
         if p.INFO_DESCRIPTION in infos and export.description:
-            text = p.encode_string(export.description[: p.MAX_STRING // 4])
+            text = p.clean_string(export.description)
             self._opt_reply(option, p.REP_INFO, p.U16.pack(p.INFO_DESCRIPTION) + text)
         sizes = p.INFO_BLOCK_SIZE_DATA.pack(
             p.INFO_BLOCK_SIZE, 1, self._ctx.preferred_block, p.MAX_BLOCK
@@ -354,7 +354,8 @@ class Session:
         export: Export,
         cost: int,
     ) -> None:
-        """Runs in the pool: answer one read or block status; never raises."""
+        """Runs in the pool: answer one read or block status; never raises (a failure
+        here is a bug of ours: the connection is dropped, the server goes on)."""
         try:
             if command == p.CMD_READ:
                 self._serve_read(handle, offset, length, export)
@@ -373,8 +374,8 @@ class Session:
                 parts: list[Buffer] = [p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, handle), data]
             else:
                 parts = self._read_chunks(handle, offset, length, export)
-        except (OSError, StrongroomError, ValueError) as err:
-            _log.warning("nbd read %d+%d of %r failed: %s", offset, length, export.name, err)
+        except Exception as err:  # an export's failure, even a bug, is this request's EIO
+            _export_failed(f"read {offset}+{length}", export, err)
             self._reply_error(handle, p.EIO, f"read failed: {err}")
             return
         if self._send(parts):
@@ -390,8 +391,8 @@ class Session:
             ]
         try:
             segments = clip_extents(export.extents(offset, length), offset, length)
-        except (OSError, StrongroomError, ValueError) as err:
-            _log.debug("extents of %r failed, reading instead: %s", export.name, err)
+        except Exception as err:
+            _export_failed(f"extents {offset}+{length} (reading instead)", export, err)
             segments = [(offset, length, False)]
         parts: list[Buffer] = []
         last = len(segments) - 1
@@ -429,8 +430,8 @@ class Session:
     ) -> None:
         try:
             segments = clip_extents(export.extents(offset, length), offset, length)
-        except (OSError, StrongroomError, ValueError) as err:
-            _log.warning("nbd extents of %r failed: %s", export.name, err)
+        except Exception as err:
+            _export_failed(f"extents {offset}+{length}", export, err)
             self._reply_error(handle, p.EIO, f"block status failed: {err}")
             return
         limit = 1 if flags & p.CMD_FLAG_REQ_ONE else MAX_EXTENTS_PER_REPLY
@@ -473,6 +474,14 @@ class Session:
                 self.abort()
                 return False
         return True
+
+
+def _export_failed(what: str, export: Export, err: Exception) -> None:
+    """Log an export's failure: expected kinds briefly, anything else with its traceback."""
+    if isinstance(err, (OSError, StrongroomError, ValueError)):
+        _log.warning("nbd %s of %r failed: %s", what, export.name, err)
+    else:
+        _log.error("nbd %s of %r failed (a bug?)", what, export.name, exc_info=err)
 
 
 def _read_exact(export: Export, offset: int, length: int) -> Buffer:

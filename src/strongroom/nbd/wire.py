@@ -76,12 +76,12 @@ def send(sock: socket.socket, parts: Sequence[Buffer]) -> None:
             sock.sendall(parts[0])
             return
         sent = sock.sendmsg(parts)
-        for part in parts:
-            size = len(part) if not isinstance(part, memoryview) else part.nbytes
-            if sent >= size:
-                sent -= size
+        for part in parts:  # a partial sendmsg: finish each part from where it stopped
+            view = memoryview(part).cast("B")
+            if sent >= len(view):
+                sent -= len(view)
                 continue
-            sock.sendall(memoryview(part)[sent:] if sent else part)
+            sock.sendall(view[sent:])
             sent = 0
     except (BlockingIOError, TimeoutError):
         raise WireError("timed out sending to the peer") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -150,7 +151,9 @@ class QemuNbdChild:
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + _START_TIMEOUT
-        while not os.path.exists(self.socket):
+        # qemu-nbd creates the socket file before it listens: ready means a
+        # connection is accepted.
+        while not _accepts(self.socket):
             if self._proc.poll() is not None:
                 err = (self._proc.stderr.read() if self._proc.stderr else b"").decode(
                     errors="replace"
@@ -178,6 +181,17 @@ class QemuNbdChild:
 
     def _cleanup(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _accepts(path: str) -> bool:
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 class QemuImageSource(NbdSource):
