@@ -25,7 +25,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from strongroom import __version__
-from strongroom.errors import SourceError, UsageError
+from strongroom.errors import SourceError, StrongroomError, UsageError
 from strongroom.model.blockmap import BlockMap, check_geometry
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.pipeline.blockmaps import load_block_map
@@ -357,7 +357,17 @@ def backup_image(
     req.host = req.host or socket.gethostname()
     identity = source_identity(req)
     parent = _choose_parent(repo, req, identity)
-    parent_map = load_block_map(repo, bytes.fromhex(parent.tree)) if parent else None
+    parent_map = None
+    warnings: list[str] = []
+    if parent is not None:
+        try:
+            parent_map = load_block_map(repo, bytes.fromhex(parent.tree))
+        except StrongroomError as err:
+            warnings.append(
+                f"parent point {parent.short_id} has an unreadable block map ({err}); "
+                "reading the whole disk (run 'strongroom check')"
+            )
+            parent = None
     block_size = parent_map.block_size if parent_map else (req.block_size or repo.config.block_size)
     try:
         check_geometry(0, block_size)
@@ -373,6 +383,7 @@ def backup_image(
         )
         pipeline.run()
         summary = pipeline.summary
+        summary.warnings[:0] = warnings
         # Retire superseded bitmaps before the point: a crash in between only
         # costs the next backup a comparison (its parent's bitmap is gone).
         summary.warnings += job.after_point()

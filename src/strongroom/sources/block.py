@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from strongroom.errors import SourceError
-from strongroom.nbd.client import NbdClient, NbdError
+from strongroom.nbd.client import NbdClient
 
 BLKGETSIZE64 = 0x80081272
 NBD_STATE_HOLE = 1
@@ -171,10 +171,7 @@ class NbdSource:
         pos = 0
         while pos < self.size:
             length = min(step, self.size - pos)
-            try:
-                extents = self.client.block_status(context, pos, length)
-            except NbdError as err:
-                raise SourceError(f"{self.description}: {err}") from None
+            extents = self.client.block_status(context, pos, length)  # NbdError names the URI
             for e in extents:
                 yield e.offset, e.length, e.flags
             pos += length
@@ -187,10 +184,7 @@ class NbdSource:
             yield Extent(offset, length, zero=bool(flags & NBD_STATE_ZERO))
 
     def read_blocks(self, ranges: Iterable[tuple[int, int]]) -> Iterator[tuple[int, Data]]:
-        try:
-            yield from self.client.read_many(ranges, depth=8)
-        except NbdError as err:
-            raise SourceError(f"{self.description}: {err}") from None
+        yield from self.client.read_many(ranges, depth=8)  # NbdError names the URI
 
     def close(self) -> None:
         self.client.close()

@@ -71,6 +71,7 @@ class LiveDisk:
                 inconsistent=bool(b.get("inconsistent", False)),
             )
             for b in info.get("dirty-bitmaps", []) or []
+            if b.get("name")  # anonymous ones belong to block jobs
         ]
 
     def open_view(
