@@ -16,9 +16,11 @@ Cleanup runs in reverse and tolerates pieces that never came to be.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -31,6 +33,36 @@ from strongroom.sources.qemu import QEMU_IMG, BitmapInfo, need_tool
 from strongroom.sources.qmp import QmpClient, QmpError
 
 log = logging.getLogger(__name__)
+
+
+_HOST_TAG = hashlib.blake2s(socket.gethostname().encode(), digest_size=3).hexdigest()
+
+
+def new_token() -> str:
+    """PID-HOSTTAG-RANDOM: names the view's QEMU objects and tells who owns them."""
+    return f"{os.getpid()}-{_HOST_TAG}-{secrets.token_hex(3)}"
+
+
+def _owner_dead(tok: str) -> bool:
+    pid, _, rest = tok.partition("-")
+    host, _, _ = rest.partition("-")
+    if host != _HOST_TAG or not pid.isdigit():
+        return False  # another host's (or an older format): not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _note(found: dict[str, set[str]], name: str, prefix: str, step: str) -> str | None:
+    if not name.startswith(prefix):
+        return None
+    tok = name[len(prefix) :]
+    found.setdefault(tok, set()).add(step)
+    return tok
 
 
 def _export_uri(server: NbdAddress, export: str) -> str:
@@ -84,7 +116,8 @@ class LiveDisk:
         """Freeze the disk now; return the frozen view with bitmaps `read` exported."""
         if self._token:
             raise SourceError("a view of this disk is already open")
-        self._token = secrets.token_hex(4)
+        self.reap_stale_views()
+        self._token = new_token()
         tok = self._token
         os.makedirs(self.scratch, exist_ok=True)
         self._fleece_file = os.path.join(self.scratch, f"strongroom-fleece-{tok}.qcow2")
@@ -160,8 +193,14 @@ class LiveDisk:
         if not tok:
             return
         steps, self._steps = self._steps, []
-        if "export" in steps:
-            self._try("block-export-del", {"id": f"sr-view-{tok}", "mode": "hard"})
+        self._teardown(tok, steps, self._fleece_file)
+        self._token = ""
+
+    def _teardown(self, tok: str, steps: Iterable[str], fleece_file: str | None) -> None:
+        steps = set(steps)
+        if "export" in steps and self._try(
+            "block-export-del", {"id": f"sr-view-{tok}", "mode": "hard"}
+        ):
             try:
                 self.qmp.wait_event(
                     "BLOCK_EXPORT_DELETED", lambda d: d.get("id") == f"sr-view-{tok}", timeout=30
@@ -181,12 +220,43 @@ class LiveDisk:
                 log.warning("job sr-job-%s: %s", tok, err)
         if "node" in steps:
             self._try("blockdev-del", {"node-name": f"sr-fleece-{tok}"})
-        if "file" in steps:
+        if "file" in steps and fleece_file:
             try:
-                os.unlink(self._fleece_file)
+                os.unlink(fleece_file)
             except OSError:
                 pass
-        self._token = ""
+
+    def reap_stale_views(self) -> list[str]:
+        """Tear down the frozen views of backups on this host that died (SIGKILL).
+
+        A view left running costs the disk's writers a copy of every block
+        they overwrite, for ever. The token in each name carries its owner's
+        host tag and pid, so views of backups still running, here or on
+        another host, are left alone. Returns the tokens reaped."""
+        found: dict[str, set[str]] = {}
+        files: dict[str, str] = {}
+        for export in self.qmp.execute("query-block-exports") or []:
+            _note(found, str(export.get("id", "")), "sr-view-", "export")
+        for job in self.qmp.execute("query-block-jobs") or []:
+            _note(found, str(job.get("device", "")), "sr-job-", "job")
+        for node in self.qmp.execute("query-named-block-nodes", {"flat": True}) or []:
+            tok = _note(found, str(node.get("node-name", "")), "sr-fleece-", "node")
+            filename = str((node.get("image") or {}).get("filename", ""))
+            if tok:
+                # A node whose backing was overridden reports a "json:{...}"
+                # name; the file is then where this host's backups put it.
+                files[tok] = (
+                    filename
+                    if filename.startswith("/")
+                    else os.path.join(self.scratch, f"strongroom-fleece-{tok}.qcow2")
+                )
+        reaped = []
+        for tok, steps in sorted(found.items()):
+            if _owner_dead(tok):
+                log.warning("removing the frozen view %s of a backup that died", tok)
+                self._teardown(tok, steps | {"file"}, files.get(tok))
+                reaped.append(tok)
+        return reaped
 
     def remove_bitmaps(self, names: Iterable[str]) -> None:
         for name in names:
