@@ -111,7 +111,7 @@ def test_next_backup_reuses_what_a_killed_backup_indexed(
         repo = tmp_path / f"repo{attempt}"
         init_local_repository(repo)
         proc = start_backup(
-            {**cli_env, "STRONGROOM_REPO": str(repo), "STRONGROOM_INDEX_FLUSH_SECONDS": "0.2"}, src
+            {**cli_env, "STRONGROOM_REPO": str(repo), "STRONGROOM_INDEX_FLUSH_SECONDS": "0.01"}, src
         )
         # Kill late: once an index file names some packs.
         deadline = time.monotonic() + 60
