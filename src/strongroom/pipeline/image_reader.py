@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from strongroom.model.blockmap import BlockMap
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
+from strongroom.sources.image_files.view import seek_position
 
 
 class PointReader:
@@ -147,18 +148,8 @@ class PointStream(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._reader.size + offset
-        else:
-            raise ValueError(f"bad whence {whence}")
-        if pos < 0:
-            raise ValueError("negative seek position")
-        self._pos = pos
-        return pos
+        self._pos = seek_position(self._pos, self._reader.size, offset, whence)
+        return self._pos
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         data = self._reader.read(self._pos, len(buffer))

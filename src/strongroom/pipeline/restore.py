@@ -32,6 +32,7 @@ from strongroom.model.tree import (
 from strongroom.pipeline.ordered import OrderedWork
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
+from strongroom.sources.block_targets import pwrite_all
 from strongroom.types import Progress, ProgressCallback, no_progress
 
 IS_ROOT = os.geteuid() == 0
@@ -60,14 +61,6 @@ class RestoreSummary:
 
 _PATH_MAX_SAFE = 3072  # relative link sources longer than this use a descriptor
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
 
 
 def _is_zero(data: bytes) -> bool:
@@ -299,7 +292,7 @@ class FileRestore:
                 fd = os.open(node.name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
                 try:
                     if data and not _is_zero(data):
-                        _pwrite_all(fd, data, 0)
+                        pwrite_all(fd, data, 0)
                     elif node.chunks:
                         os.ftruncate(fd, node.chunk_sizes[0])  # all zeros: a hole
                     warnings = self._fd_meta(fd, node, path)
@@ -337,7 +330,7 @@ class FileRestore:
                 return size, f"chunk {cid.hex()[:16]} has {len(data)} bytes, expected {size}"
             if not _is_zero(data):
                 try:
-                    _pwrite_all(fd, data, offset)
+                    pwrite_all(fd, data, offset)
                 except OSError as err:
                     return size, f"cannot write: {err.strerror or err}"
             return size, None

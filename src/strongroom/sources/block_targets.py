@@ -43,7 +43,8 @@ class BlockTarget(Protocol):
         ...
 
 
-def _pwrite_all(fd: int, data: Data, offset: int) -> None:
+def pwrite_all(fd: int, data: Data, offset: int) -> None:
+    """pwrite until every byte is written (a short write is not an error)."""
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
@@ -88,7 +89,7 @@ class FileTarget:
         """Write `data`; on a zeroed file, all-zero 64 KiB pieces stay holes."""
         try:
             if not self.zeroed:
-                _pwrite_all(self._fd, data, offset)
+                pwrite_all(self._fd, data, offset)
                 return
             # bytes slices compare with memcmp (~17 GB/s); memoryview
             # comparisons go element by element (~0.5 GB/s).
@@ -99,12 +100,12 @@ class FileTarget:
                 piece = whole[pos : pos + _SPARSE_PIECE]
                 if piece == _ZEROS[: len(piece)]:
                     if start is not None:
-                        _pwrite_all(self._fd, view[start:pos], offset + start)
+                        pwrite_all(self._fd, view[start:pos], offset + start)
                         start = None
                 elif start is None:
                     start = pos
             if start is not None:
-                _pwrite_all(self._fd, view[start:], offset + start)
+                pwrite_all(self._fd, view[start:], offset + start)
         except OSError as err:
             raise SourceError(f"{self.description}: write at {offset}: {err.strerror}") from None
 
