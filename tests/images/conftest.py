@@ -233,8 +233,9 @@ class StorageDaemon:
     NODE = "disk0"
     BASE_NODES = frozenset({"f0", "disk0"})
 
-    def __init__(self, disk: Path, workdir: Path) -> None:
+    def __init__(self, disk: Path, workdir: Path, fmt: str = "qcow2") -> None:
         self.disk = disk
+        self.fmt = fmt
         self.dir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.nbd_socket = workdir / "nbd.sock"
@@ -250,7 +251,7 @@ class StorageDaemon:
         args = [
             "qemu-storage-daemon",
             "--blockdev", f"driver=file,node-name=f0,filename={self.disk}",
-            "--blockdev", f"driver=qcow2,node-name={self.NODE},file=f0",
+            "--blockdev", f"driver={self.fmt},node-name={self.NODE},file=f0",
             "--nbd-server", f"addr.type=unix,addr.path={self.nbd_socket}",
             "--export", f"type=nbd,id=e0,node-name={self.NODE},name={self.NODE},writable=on",
             "--chardev", f"socket,id=m0,path={self.qmp},server=on,wait=off",
@@ -318,8 +319,8 @@ def storage_daemon(tmp_path: Path) -> Iterator[Callable[..., StorageDaemon]]:
     """`storage_daemon(disk)` starts a daemon on a qcow2 file; all stop at teardown."""
     started: list[StorageDaemon] = []
 
-    def start(disk: Path, name: str = "qsd") -> StorageDaemon:
-        daemon = StorageDaemon(disk, tmp_path / name)
+    def start(disk: Path, name: str = "qsd", fmt: str = "qcow2") -> StorageDaemon:
+        daemon = StorageDaemon(disk, tmp_path / name, fmt)
         started.append(daemon)
         return daemon.start()
 

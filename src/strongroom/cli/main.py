@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import resource
+import signal
 import sys
 
 import click
@@ -146,9 +147,20 @@ def _raise_limits() -> None:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
 
 
+def _interrupt_on_sigterm() -> None:
+    """`kill` and `systemctl stop` end a job like Ctrl-C: cleanup runs (child
+    processes, temporary block-layer objects, locks), and the exit code is 130."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     _limit_malloc_arenas()
     _raise_limits()
+    _interrupt_on_sigterm()
     try:
         cli.main(args=argv, prog_name="strongroom", standalone_mode=False)
     except StrongroomError as err:

@@ -132,8 +132,14 @@ class ImageBackup:
             todo[:n] = self.changes.blocks[:n]
             resize = self.parent.changed_by_resize(src.size) if self.parent else range(0)
             todo[resize.start : resize.stop] = True
+        # Zero extents are authoritative: a block the source reports as zero
+        # where the parent had data changed, whatever a tracker says (a disk
+        # shrunk then grown again, a discard a bitmap did not record).
+        zero_all = zero_blocks(src, bs, blocks)
+        if old is not None:
+            todo |= zero_all & ~old.hole_mask()
         self.summary.blocks_examined = int(todo.sum())
-        zero = zero_blocks(src, bs, blocks) & todo
+        zero = zero_all & todo
         for i in np.flatnonzero(zero).tolist():
             self._set(new, old, i, None)
         read = np.flatnonzero(todo & ~zero).tolist()

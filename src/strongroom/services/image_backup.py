@@ -38,6 +38,7 @@ from strongroom.sources.qemu import (
     ImageInfo,
     OfflineBitmaps,
     QemuImageSource,
+    backing_chain_identity,
     image_info,
 )
 from strongroom.sources.qmp import QmpClient
@@ -148,6 +149,7 @@ class _ImageJob:
         self.remove_bitmaps: object = None  # callable set when we control bitmaps
         self.extra: dict[str, object] = {}
         self.image_path = ""
+        self.chain_changed = False  # a backing file differs from the parent's record
 
     def open(
         self, parent: RecoveryPoint | None, parent_map: BlockMap | None, block_size: int
@@ -161,8 +163,14 @@ class _ImageJob:
         path = req.source
         if not os.path.exists(path):
             raise SourceError(f"{path}: no such file or device")
-        info = self._probe(path)
+        pinned = parent.summary.get("image_format") if parent is not None else None
+        info = self._probe(path, str(pinned) if pinned else None)
         self.image_path = info.path
+        self.extra["image_format"] = info.format
+        chain = backing_chain_identity(info) if info.backing else []
+        self.extra["backing_chain"] = chain
+        if parent is not None and parent.summary.get("backing_chain", []) != chain:
+            self.chain_changed = True
         if info.format == "raw":
             if self.kind in ("bitmap", "overlay"):
                 raise UsageError(f"{path} is a raw image: it has no {self.kind} to track changes")
@@ -184,12 +192,13 @@ class _ImageJob:
 
     # --- sources -------------------------------------------------------------
 
-    def _probe(self, path: str) -> ImageInfo:
+    def _probe(self, path: str, pinned: str | None) -> ImageInfo:
+        """The image's format: the parent's if it recorded one, else qemu's guess."""
         st = os.stat(path)
-        if not os.path.isfile(path) or st.st_size == 0:
-            return ImageInfo(os.path.abspath(path), "raw", 0)
+        if not os.path.isfile(path) or st.st_size == 0 or pinned == "raw":
+            return ImageInfo(os.path.abspath(path), "raw", st.st_size)
         try:
-            return image_info(path)
+            return image_info(path, pinned)
         except SourceError as err:
             if "not installed" in str(err):
                 return ImageInfo(os.path.abspath(path), "raw", st.st_size)
@@ -229,7 +238,17 @@ class _ImageJob:
     ) -> tuple[BlockSource, ChangeSet]:
         control = OfflineBitmaps(info.path)
         plan = plan_bitmaps(info.bitmaps, self.prefix, parent_bitmap)
-        control.checkpoint(plan.add, block_size, plan.disable)
+        if self.chain_changed and plan.read is not None:
+            plan.read = None
+            plan.note = "a backing file changed since the parent point (bitmaps do not see it)"
+        try:
+            control.checkpoint(plan.add, block_size, plan.disable)
+        except SourceError as err:
+            if self.kind == "bitmap":
+                raise
+            # Read-only storage, a backing file in use, ...: back up without.
+            src = self.stack.enter_context(_closing(QemuImageSource(info)))
+            return src, self._fallback(parent_map, f"no dirty bitmap could be started ({err})")
         view = self.stack.enter_context(_closing(QemuImageSource(info, plan.read or [])))
         self.plan = plan
 
@@ -275,7 +294,11 @@ class _ImageJob:
         if info.backing is None:
             return view, self._fallback(parent_map, f"{info.path} has no backing file")
         recorded = parent.summary.get("image_identity")
-        if recorded != _identity_or_none(info.backing):
+        below = self.extra.get("backing_chain", [])
+        if (
+            recorded != _identity_or_none(info.backing)
+            or list(parent.summary.get("backing_chain", [])) != list(below)[1:]  # type: ignore[call-overload]
+        ):
             return view, self._fallback(
                 parent_map, "the overlay's backing file is not the image the parent point read"
             )

@@ -39,7 +39,14 @@ def restore_image(
 ) -> ImageRestoreSummary:
     block_map = point_map(repo, point)
     out = open_target(target, block_map.size, fmt)
-    return ImageRestore(repo, block_map, out, progress=progress, cancel=cancel).run()
+    try:
+        return ImageRestore(repo, block_map, out, progress=progress, cancel=cancel).run()
+    except BaseException:
+        try:  # release it (a qemu-nbd child, a descriptor); the error is what matters
+            out.close()
+        except Exception:
+            pass
+        raise
 
 
 @dataclass

@@ -21,7 +21,6 @@ import logging
 import os
 import secrets
 import socket
-import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -29,8 +28,8 @@ from typing import Any
 from strongroom.errors import SourceError
 from strongroom.nbd.uri import NbdAddress, format_tcp_uri, format_unix_uri, parse_nbd_uri
 from strongroom.sources.block import NbdSource
-from strongroom.sources.qemu import QEMU_IMG, BitmapInfo, need_tool
-from strongroom.sources.qmp import QmpClient, QmpError
+from strongroom.sources.qemu import QEMU_IMG, BitmapInfo, need_tool, run_tool
+from strongroom.sources.qmp import QmpClient
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +120,9 @@ class LiveDisk:
         tok = self._token
         os.makedirs(self.scratch, exist_ok=True)
         self._fleece_file = os.path.join(self.scratch, f"strongroom-fleece-{tok}.qcow2")
-        subprocess.run(
+        run_tool(
             [need_tool(QEMU_IMG), "create", "-q", "-f", "qcow2", self._fleece_file, str(self.size)],
-            check=True,
-            capture_output=True,
+            f"{self._fleece_file}: cannot create the snapshot overlay",
         )
         self._steps.append("file")
         self.qmp.execute(
@@ -145,7 +143,9 @@ class LiveDisk:
                     "data": {
                         "node": self.node,
                         "name": add,
-                        "persistent": True,
+                        # Only qcow2 stores bitmaps; elsewhere the lineage lives
+                        # until the block layer restarts (then: "gone", compare).
+                        "persistent": self._info.get("drv") == "qcow2",
                         "granularity": granularity,
                     },
                 }
@@ -266,6 +266,6 @@ class LiveDisk:
         try:
             self.qmp.execute(command, arguments)
             return True
-        except QmpError as err:
+        except SourceError as err:  # QmpError, or the connection itself failing
             log.warning("cleanup %s: %s", command, err)
             return False

@@ -13,9 +13,11 @@ clear message, and a running disk is backed up through QMP instead
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -58,7 +60,28 @@ def need_tool(name: str) -> str:
     return found
 
 
-def _run(args: Sequence[str], what: str) -> str:
+def backing_chain_identity(info: ImageInfo) -> list[str]:
+    """Identities of every file below `info` in its backing chain (top first).
+
+    Writes to a backing file reach neither the top's dirty bitmaps nor an
+    overlay's allocation map; a changed identity here tells the trackers so."""
+    out: list[str] = []
+    seen = {info.path}
+    backing = info.backing
+    while backing and backing not in seen and len(out) < 64:
+        seen.add(backing)
+        try:
+            st = os.stat(backing)
+        except OSError:
+            out.append(f"{backing}:missing")
+            break
+        out.append(f"{backing}:{st.st_size}:{st.st_mtime_ns}")
+        backing = image_info(backing).backing
+    return out
+
+
+def run_tool(args: Sequence[str], what: str) -> str:
+    """Run a qemu tool; SourceError with its last line of stderr on failure."""
     try:
         done = subprocess.run(list(args), capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
@@ -69,9 +92,15 @@ def _run(args: Sequence[str], what: str) -> str:
     return done.stdout
 
 
-def image_info(path: str) -> ImageInfo:
-    """Probe an image with `qemu-img info` (shared mode: works while in use)."""
-    out = _run([need_tool(QEMU_IMG), "info", "-U", "--output=json", path], f"{path}: cannot probe")
+def image_info(path: str, fmt: str | None = None) -> ImageInfo:
+    """Probe an image with `qemu-img info` (shared mode: works while in use).
+
+    `fmt` pins the format: a raw disk's guest can write any header into its
+    first sector, so a format once known is never guessed again."""
+    args = [need_tool(QEMU_IMG), "info", "-U", "--output=json"]
+    if fmt:
+        args += ["-f", fmt]
+    out = run_tool([*args, path], f"{path}: cannot probe")
     doc = json.loads(out)
     specific = (doc.get("format-specific") or {}).get("data") or {}
     bitmaps = [
@@ -112,14 +141,14 @@ class OfflineBitmaps:
         would be recorded by both, never by neither."""
         tool = need_tool(QEMU_IMG)
         what = f"{self.path}: cannot change dirty bitmaps"
-        _run([tool, "bitmap", "--add", "-g", str(granularity), self.path, add], what)
+        run_tool([tool, "bitmap", "--add", "-g", str(granularity), self.path, add], what)
         for name in disable:
-            _run([tool, "bitmap", "--disable", self.path, name], what)
+            run_tool([tool, "bitmap", "--disable", self.path, name], what)
 
     def remove(self, names: Iterable[str]) -> None:
         tool = need_tool(QEMU_IMG)
         for name in names:
-            _run(
+            run_tool(
                 [tool, "bitmap", "--remove", self.path, name], f"{self.path}: cannot remove {name}"
             )
 
@@ -136,9 +165,10 @@ class QemuNbdChild:
         writable: bool = False,
     ) -> None:
         self.path = path
+        tool = need_tool(QEMU_NBD)
         self._dir = tempfile.mkdtemp(prefix="strongroom-nbd-")
         self.socket = os.path.join(self._dir, "nbd.sock")
-        args = [need_tool(QEMU_NBD), "--format", fmt, "--socket", self.socket, "--persistent"]
+        args = [tool, "--format", fmt, "--socket", self.socket, "--persistent"]
         args += ["--shared", "8", "--cache", "writeback"]
         if not writable:
             args.append("--read-only")
@@ -148,7 +178,11 @@ class QemuNbdChild:
             args.append("--allocation-depth")
         args.append(path)
         self._proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + _START_TIMEOUT
         # qemu-nbd creates the socket file before it listens: ready means a
@@ -181,6 +215,16 @@ class QemuNbdChild:
 
     def _cleanup(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when strongroom dies, so no qemu-nbd outlives a
+    killed backup holding the image's lock."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _accepts(path: str) -> bool:

@@ -48,12 +48,15 @@ class QmpClient:
                 self._sock.connect(path)
         except (OSError, ValueError) as err:
             raise SourceError(f"QMP {address}: cannot connect: {err}") from None
-        greeting = self._read()
-        if "QMP" not in greeting:
+        try:
+            greeting = self._read()
+            if "QMP" not in greeting:
+                raise SourceError(f"QMP {address}: not a QMP server")
+            self.version = greeting["QMP"].get("version", {}).get("qemu", {})
+            self.execute("qmp_capabilities")
+        except BaseException:
             self.close()
-            raise SourceError(f"QMP {address}: not a QMP server")
-        self.version = greeting["QMP"].get("version", {}).get("qemu", {})
-        self.execute("qmp_capabilities")
+            raise
 
     def _read(self) -> JsonObject:
         while b"\n" not in self._buf:
@@ -106,22 +109,26 @@ class QmpClient:
                 self._events.remove(ev)
                 return ev
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SourceError(f"QMP {self.address}: no {name} event within {timeout:.0f} s")
-            self._sock.settimeout(remaining)
-            try:
-                ev = self._read()
-            except SourceError:
-                if time.monotonic() >= deadline:
-                    raise SourceError(f"QMP {self.address}: no {name} event") from None
-                raise
-            if "event" not in ev:
-                continue
-            if ev.get("event") == name and match(ev.get("data", {})):
-                return ev
-            self._events.append(ev)
+        previous = self._sock.gettimeout()
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SourceError(f"QMP {self.address}: no {name} event within {timeout:.0f} s")
+                self._sock.settimeout(remaining)
+                try:
+                    ev = self._read()
+                except SourceError:
+                    if time.monotonic() >= deadline:
+                        raise SourceError(f"QMP {self.address}: no {name} event") from None
+                    raise
+                if "event" not in ev:
+                    continue
+                if ev.get("event") == name and match(ev.get("data", {})):
+                    return ev
+                self._events.append(ev)
+        finally:
+            self._sock.settimeout(previous)
 
     def close(self) -> None:
         try:

@@ -6,8 +6,9 @@ and records its name in the point. The next backup reads the bitmap its parent
 started, plus any other bitmap of the same prefix (leftovers of attempts that
 failed after starting theirs: each of them began after the parent's bitmap was
 stopped, so together they hold every write since the parent). A bitmap named
-exactly PREFIX that the user created before the first backup is adopted the
-same way.
+exactly PREFIX that the user created is stopped and retired like the others;
+it is never read as a change record, since nothing proves it is older than
+the parent point.
 
 The parent's bitmap missing (block layer restarted, image replaced or
 restored) or any of them inconsistent (unclean shutdown) means the record is
@@ -54,10 +55,10 @@ def plan_bitmaps(
     if broken:
         plan.note = f"dirty bitmap {broken[0]} is inconsistent (unclean shutdown)"
     elif parent_bitmap is None:
-        if prefix in names:
-            plan.read = sorted(names)  # a bitmap the user started before the first point
-        else:
-            plan.note = "the parent point started no dirty bitmap"
+        # Nothing proves that a bitmap found now is older than the parent point
+        # (a user's bitmap may have started after it): compare once, and start
+        # the lineage at this point.
+        plan.note = "the parent point started no dirty bitmap of this lineage"
     elif parent_bitmap not in names:
         plan.note = (
             f"dirty bitmap {parent_bitmap} is gone (block layer restarted or image replaced)"
