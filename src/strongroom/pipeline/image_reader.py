@@ -45,6 +45,7 @@ class PointReader:
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="readahead")
         self._zero = bytes(block_map.block_size)
+        self._holes = block_map.hole_mask()
         self._last_block = -2
         self.blocks_loaded = 0
 
@@ -82,6 +83,8 @@ class PointReader:
                 self._cache.popitem(last=False)
 
     def block(self, block: int) -> bytes:
+        if self._holes[block]:  # no load, no cache slot
+            return self._zero[: self.map.extent(block)[1]]
         with self._lock:
             got = self._future(block)
             sequential = block in (self._last_block, self._last_block + 1)
@@ -89,7 +92,7 @@ class PointReader:
             if sequential:
                 end = min(block + 1 + self._readahead, self.map.blocks)
                 for nxt in range(block + 1, end):
-                    if self.map.get(nxt) is not None:
+                    if not self._holes[nxt]:
                         self._future(nxt)
         return got if isinstance(got, bytes) else got.result()
 
@@ -116,11 +119,12 @@ class PointReader:
         end = min(offset + length, self.size)
         bs = self.block_size
         pos = offset
+        holes = self._holes
         while pos < end:
             block = pos // bs
-            hole = self.map.get(block) is None
+            hole = bool(holes[block])
             nxt = block + 1
-            while nxt * bs < end and (self.map.get(nxt) is None) == hole:
+            while nxt * bs < end and bool(holes[nxt]) == hole:
                 nxt += 1
             stop = min(nxt * bs, end)
             yield pos, stop - pos, hole

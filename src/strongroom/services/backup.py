@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass, field
 
 from strongroom import __version__
+from strongroom.errors import UsageError
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.pipeline.backup import BackupOptions, BackupSummary, FileBackup
 from strongroom.repository.repo import Repository
@@ -43,7 +44,10 @@ def _choose_parent(
     if req.force_full:
         return None
     if req.parent:
-        return find_point(repo, req.parent)
+        parent = find_point(repo, req.parent)
+        if parent.kind != "files":
+            raise UsageError(f"point {parent.short_id} is a {parent.kind} point, not a files point")
+        return parent
     candidates = list_points(
         repo,
         PointFilter(hosts=[req.host], paths=paths),

@@ -78,7 +78,12 @@ def is_nbd_uri(source: str) -> bool:
 def source_identity(req: ImageBackupRequest) -> str:
     """The `paths` entry of the point: what a later backup matches its parent by."""
     if req.qmp:
-        return f"qmp:{req.qmp}#{req.node or ''}"
+        address = (
+            req.qmp
+            if req.qmp.startswith("tcp:")
+            else os.path.abspath(req.qmp.removeprefix("unix:"))
+        )
+        return f"qmp:{address}#{req.node or _export_name(req.source)}"
     if is_nbd_uri(req.source):
         return req.source
     return os.path.abspath(req.source)
@@ -214,7 +219,9 @@ class _ImageJob:
         node = req.node or _export_name(req.source)
         live = LiveDisk(qmp, node, req.source, req.scratch)
         plan = plan_bitmaps(live.bitmaps(), self.prefix, parent_bitmap)
-        if self.kind in ("none", "compare", "overlay"):
+        if self.kind == "overlay":
+            raise UsageError("--changed-since overlay needs an image file, not a disk behind --qmp")
+        if self.kind in ("none", "compare"):
             plan.read = None
         self.stack.callback(live.close_view)  # also undoes a view half opened
         view = live.open_view(plan.add, block_size, plan.disable, plan.read or [])

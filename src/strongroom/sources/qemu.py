@@ -177,21 +177,24 @@ class QemuNbdChild:
         if allocation_depth:
             args.append("--allocation-depth")
         args.append(path)
-        self._proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,
-        )
+        # stderr to a file, not a pipe: nobody reads while it runs, and a full
+        # pipe would block qemu-nbd (and the backup with it).
+        self._log = os.path.join(self._dir, "qemu-nbd.log")
+        with open(self._log, "wb") as log:
+            self._proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                preexec_fn=_die_with_parent,
+            )
         deadline = time.monotonic() + _START_TIMEOUT
         # qemu-nbd creates the socket file before it listens: ready means a
         # connection is accepted.
         while not _accepts(self.socket):
             if self._proc.poll() is not None:
-                err = (self._proc.stderr.read() if self._proc.stderr else b"").decode(
-                    errors="replace"
-                )
+                with open(self._log, "rb") as log:
+                    err = log.read().decode(errors="replace")
                 self._cleanup()
                 lines = err.strip().splitlines()
                 raise SourceError(f"{path}: qemu-nbd failed: {lines[-1] if lines else 'no output'}")
@@ -209,8 +212,6 @@ class QemuNbdChild:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        if self._proc.stderr:
-            self._proc.stderr.close()
         self._cleanup()
 
     def _cleanup(self) -> None:
