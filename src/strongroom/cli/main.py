@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "diff": "browse:diff",
     "restore": "restore:restore",
     "serve": "serve:serve",
+    "export": "export:export",
+    "vhd": "vhd:vhd",
     "dump": "browse:dump",
     "forget": "maintenance:forget",
     "prune": "maintenance:prune",

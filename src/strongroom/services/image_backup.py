@@ -5,6 +5,8 @@ Sources, in the order `--image` is understood:
   the block layer's NBD server and the disk is frozen through QMP
   (`sources/live.py`); without it, the export is read as it stands.
 - a block device or a raw file: read directly.
+- a VHD (footer at the end, or its copy at the start): read with its parent
+  chain by `sources/vhd.py`; only the comparison tracks its changes.
 - any other image qemu reads: through a private qemu-nbd.
 
 Trackers (`--changed-since`): `auto` takes the dirty-bitmap lineage when
@@ -42,6 +44,7 @@ from strongroom.sources.qemu import (
     image_info,
 )
 from strongroom.sources.qmp import QmpClient
+from strongroom.sources.vhd import VhdSource, looks_like_vhd
 from strongroom.trackers.bitmaps import BitmapPlan, plan_bitmaps
 from strongroom.trackers.changes import ChangeSet, blocks_touched
 from strongroom.trackers.overlay import overlay_changes, overlay_identity
@@ -176,6 +179,15 @@ class _ImageJob:
         self.extra["backing_chain"] = chain
         if parent is not None and parent.summary.get("backing_chain", []) != chain:
             self.chain_changed = True
+        if info.format == "vhd":
+            # Read by strongroom: qemu's vpc driver ignores a differencing disk's parent.
+            if self.kind in ("bitmap", "overlay"):
+                raise UsageError(
+                    f"{path} is a VHD: a VHD carries no dirty bitmaps"
+                    " (use --changed-since compare or none)"
+                )
+            vhd = self.stack.enter_context(_closing(VhdSource(path)))
+            return vhd, self._fallback(parent_map, "")
         if info.format == "raw":
             if self.kind in ("bitmap", "overlay"):
                 raise UsageError(f"{path} is a raw image: it has no {self.kind} to track changes")
@@ -198,10 +210,13 @@ class _ImageJob:
     # --- sources -------------------------------------------------------------
 
     def _probe(self, path: str, pinned: str | None) -> ImageInfo:
-        """The image's format: the parent's if it recorded one, else qemu's guess."""
+        """The image's format: the parent's if it recorded one, else a VHD's footer
+        (read by `VhdSource`; `virtual_size` is then the file's size), else qemu's guess."""
         st = os.stat(path)
         if not os.path.isfile(path) or st.st_size == 0 or pinned == "raw":
             return ImageInfo(os.path.abspath(path), "raw", st.st_size)
+        if pinned == "vhd" or (pinned in (None, "vpc") and looks_like_vhd(path)):
+            return ImageInfo(os.path.abspath(path), "vhd", st.st_size)
         try:
             return image_info(path, pinned)
         except SourceError as err:

@@ -211,6 +211,19 @@ class QemuNbdChild:
             time.sleep(0.01)
         self.uri = format_unix_uri(self.socket, "")
 
+    def failure(self) -> str | None:
+        """qemu-nbd's last word if it has exited (it may die after listening)."""
+        try:
+            self._proc.wait(0.5)
+        except subprocess.TimeoutExpired:
+            return None
+        try:
+            with open(self._log, "rb") as log:
+                lines = log.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        return lines[-1] if lines else f"exited with status {self._proc.returncode}"
+
     def close(self) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()
@@ -347,6 +360,12 @@ class QemuImageSource(NbdSource):
             super().__init__(self.child.uri, contexts, description=info.path)
             # Mapped while qemu-nbd holds the image: nobody writes meanwhile.
             self.host_map = HostMap.load(info)
+        except SourceError:
+            why = self.child.failure()
+            self.child.close()
+            if why is not None:
+                raise SourceError(f"{info.path}: qemu-nbd failed: {why}") from None
+            raise
         except BaseException:
             self.child.close()
             raise

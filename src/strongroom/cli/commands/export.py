@@ -1,0 +1,125 @@
+"""strongroom export: a block image point (or a source's whole chain) as VHD files."""
+
+from __future__ import annotations
+
+import click
+
+from strongroom.cli.context import App, pass_app
+from strongroom.cli.output import human_bytes
+from strongroom.errors import UsageError
+from strongroom.services.export import (
+    ExportSummary,
+    chain_points,
+    check_format,
+    export_chain,
+    export_vhd,
+    export_vhd_incremental,
+)
+from strongroom.services.points import find_point
+from strongroom.services.session import LockMode
+
+
+@click.command()
+@click.argument("what", metavar="POINT|SOURCE")
+@click.argument("dest", metavar="OUT.vhd|DIR", type=click.Path())
+@click.option(
+    "--format",
+    "fmt",
+    default="vhd",
+    show_default=True,
+    help="Output format (only vhd exists for now).",
+)
+@click.option(
+    "--type",
+    "vhd_type",
+    type=click.Choice(["dynamic", "fixed"]),
+    default="dynamic",
+    show_default=True,
+    help="VHD type of a whole-disk export.",
+)
+@click.option(
+    "--incremental-from",
+    "base",
+    metavar="BASE_POINT",
+    help="Write a differencing VHD holding only the blocks changed since BASE_POINT.",
+)
+@click.option(
+    "--parent",
+    type=click.Path(dir_okay=False),
+    help="With --incremental-from: the VHD export of BASE_POINT, the new file's parent.",
+)
+@click.option(
+    "--chain",
+    is_flag=True,
+    help="Export every block point of SOURCE (a backed-up image path) into DIR as a "
+    "chain: one dynamic VHD, then one differencing VHD per later point.",
+)
+@pass_app
+def export(
+    app: App,
+    what: str,
+    dest: str,
+    fmt: str,
+    vhd_type: str,
+    base: str | None,
+    parent: str | None,
+    chain: bool,
+) -> None:
+    """Export image POINT (an id prefix or 'latest') as a VHD file OUT.vhd.
+
+    With --chain: export all block points of SOURCE, oldest first, as a VHD
+    chain in DIR (NNN-<point>.vhd); a child finds its parent in its own folder.
+    """
+    check_format(fmt)
+    if chain and (base or parent):
+        raise UsageError("--chain exports the whole chain: drop --incremental-from/--parent")
+    if (base is None) != (parent is None):
+        raise UsageError("--incremental-from BASE_POINT and --parent BASE.vhd go together")
+    if base is not None and vhd_type != "dynamic":
+        raise UsageError("an incremental export is a differencing VHD: drop --type")
+    out = app.out
+    with app.repository(LockMode.SHARED) as repo:
+        if chain:
+            points = chain_points(repo, what)
+            with out.progress("export") as progress:
+                summaries = export_chain(repo, points, dest, progress=progress)
+        else:
+            p = find_point(repo, what)
+            with out.progress("export") as progress:
+                if base is not None and parent is not None:
+                    b = find_point(repo, base)
+                    summary = export_vhd_incremental(repo, p, b, parent, dest, progress=progress)
+                else:
+                    summary = export_vhd(
+                        repo,
+                        p,
+                        dest,
+                        kind="fixed" if vhd_type == "fixed" else "dynamic",
+                        progress=progress,
+                    )
+            summaries = [summary]
+    if out.json:
+        if chain:
+            out.emit(
+                {
+                    "message_type": "summary",
+                    "format": "vhd",
+                    "directory": dest,
+                    "files": [s.as_dict() for s in summaries],
+                }
+            )
+        else:
+            out.emit({"message_type": "summary", "format": "vhd", **summaries[0].as_dict()})
+        return
+    for s in summaries:
+        out.info(_describe(s))
+
+
+def _describe(s: ExportSummary) -> str:
+    text = (
+        f"exported point {s.point_id[:8]} to {s.path}: {s.kind} VHD of {human_bytes(s.size)},"
+        f" {s.blocks_written} blocks, file {human_bytes(s.file_size)}"
+    )
+    if s.parent:
+        text += f", parent {s.parent}"
+    return text
