@@ -161,6 +161,20 @@ def _write_zeros(out: BinaryIO, n: int) -> None:
         n -= k
 
 
+_SPARSE_PIECE = 64 * 1024
+
+
+def _write_sparse_data(out: BinaryIO, data: Data) -> None:
+    """Write `data`, seeking over all-zero 64 KiB pieces (bytes compare with memcmp)."""
+    whole = data if isinstance(data, bytes) else bytes(data)  # type: ignore[arg-type]
+    for pos in range(0, len(whole), _SPARSE_PIECE):
+        piece = whole[pos : pos + _SPARSE_PIECE]
+        if piece == _ZEROS[: len(piece)]:
+            out.seek(len(piece), os.SEEK_CUR)
+        else:
+            out.write(piece)
+
+
 def _set_bits(bitmap: bytearray, start: int, count: int) -> None:
     """Set `count` bits from bit `start`, most significant bit of each byte first."""
     end = start + count
@@ -307,16 +321,18 @@ def _write_sparse(
             out.write(b"\xff" * bm_size)
         else:
             out.write(bitmap)
+        # The output was truncated at the start: ranges skipped with a seek are
+        # file holes that read as zeros, so zero runs cost no disk space.
         pos = 0
         for in_off, data in pending:
             n = _length(data)
             if isinstance(data, Zeros):
-                _write_zeros(out, in_off - pos + n)
+                out.seek(in_off - pos + n, os.SEEK_CUR)
             else:
-                _write_zeros(out, in_off - pos)
-                out.write(data)
+                out.seek(in_off - pos, os.SEEK_CUR)
+                _write_sparse_data(out, data)
             pos = in_off + n
-        _write_zeros(out, block_size - pos)
+        out.seek(block_size - pos, os.SEEK_CUR)
         bat[current] = end // SECTOR  # offsets count from the VHD's first byte
         end += bm_size + block_size
         allocated += 1
