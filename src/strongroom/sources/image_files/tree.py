@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ def _one_line(exc: BaseException) -> str:
     return short if len(short) <= 160 else short[:157] + "..."
 
 
-class TreeFileSystem:
+class TreeFileSystem(ABC):
     """list/stat/walk/open over three primitives a library adapter provides.
 
     A node is the library's handle of an entry; `_children` returns each child's
@@ -52,18 +53,21 @@ class TreeFileSystem:
         # Children of the last few directories listed, by path: walk-then-open stays linear.
         self._recent: OrderedDict[str, dict[str, tuple[ImageEntry, Any]]] = OrderedDict()
 
+    @abstractmethod
     def _root(self) -> tuple[ImageEntry, Any]:
-        raise NotImplementedError
+        """The root directory's entry and node."""
 
+    @abstractmethod
     def _children(self, entry: ImageEntry, node: Any) -> list[tuple[str, ImageEntry, Any]]:
-        raise NotImplementedError
+        """A directory's children: (plain name, entry, node)."""
 
+    @abstractmethod
     def _key(self, node: Any) -> int:
         """Identity of a directory (inode, first cluster), for loop detection."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _reader(self, entry: ImageEntry, node: Any) -> io.RawIOBase:
-        raise NotImplementedError
+        """A stream of a regular file's content."""
 
     def _matches(self, stored: str, wanted: str) -> bool:
         """Whether the entry at path `stored` has the name `wanted`."""
