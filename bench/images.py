@@ -819,16 +819,21 @@ def verdict(passed: bool | None) -> str:
     return "n/a" if passed is None else ("PASS" if passed else "FAIL")
 
 
-def phase_rows(results: dict[str, PhaseResult]) -> list[list[str]]:
+def phase_rows(
+    results: dict[str, PhaseResult],
+    phases: Sequence[str] = PHASES,
+    labels: dict[str, str] = LABELS,
+) -> list[list[str]]:
+    """Table rows of the phases, in order (bench/vhd.py passes its own)."""
     rows = []
-    for phase in PHASES:
+    for phase in phases:
         r = results.get(phase)
         if r is None:
-            rows.append([LABELS[phase], "-", "-", "-", "-", "-", "not run"])
+            rows.append([labels[phase], "-", "-", "-", "-", "-", "not run"])
             continue
         rows.append(
             [
-                LABELS[phase],
+                labels[phase],
                 f"{r.seconds:.2f}",
                 f"{r.mb_per_s:.1f}",
                 f"{r.virtual_mb_per_s:.0f}",

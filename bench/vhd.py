@@ -235,24 +235,7 @@ def compute_checks(results: dict[str, img.PhaseResult]) -> list[img.Check]:
 
 
 def phase_rows(results: dict[str, img.PhaseResult]) -> list[list[str]]:
-    rows = []
-    for phase in PHASES:
-        r = results.get(phase)
-        if r is None:
-            rows.append([LABELS[phase], "-", "-", "-", "-", "-", "not run"])
-            continue
-        rows.append(
-            [
-                LABELS[phase],
-                f"{r.seconds:.2f}",
-                f"{r.mb_per_s:.1f}",
-                f"{r.virtual_mb_per_s:.0f}",
-                f"{r.peak_rss_kib / 1024:.1f}",
-                f"{r.cpu_seconds:.1f}",
-                ("" if r.ok else "FAILED; ") + r.note,
-            ]
-        )
-    return rows
+    return img.phase_rows(results, PHASES, LABELS)
 
 
 def preamble(meta: img.ImageMeta, data: int) -> list[str]:
