@@ -71,6 +71,8 @@ def export(
     chain in DIR (NNN-<point>.vhd); a child finds its parent in its own folder.
     """
     check_format(fmt)
+    if chain and vhd_type != "dynamic":
+        raise UsageError("a chain starts with a dynamic VHD: drop --type")
     if chain and (base or parent):
         raise UsageError("--chain exports the whole chain: drop --incremental-from/--parent")
     if (base is None) != (parent is None):

@@ -21,7 +21,6 @@ import os
 import sys
 import uuid as uuidlib
 from array import array
-from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from heapq import merge
@@ -29,6 +28,8 @@ from itertools import pairwise
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import TracebackType
 from typing import NamedTuple
+
+import numpy as np
 
 from strongroom.formats.vhd.structs import (
     DIFFERENCING,
@@ -153,6 +154,11 @@ def _open(
                     f"parent {parent.path.name} of {path.name} has id {parent.uuid},"
                     f" but the child expects {ref.uuid}"
                 )
+            if parent.size != reader.size:
+                raise VhdError(
+                    f"parent {parent.path.name} of {path.name} holds {parent.size} bytes,"
+                    f" the child {reader.size}: a chain cannot change size"
+                )
         return reader
     except BaseException:
         if reader is not None:
@@ -249,17 +255,22 @@ class VhdReader:
     def _check_blocks(self, meta: list[tuple[int, int, str]], data_end: int) -> None:
         assert self.block_size is not None
         span = bitmap_size(self.block_size) + self.block_size
-        starts = sorted(e * SECTOR for e in self._bat if e != UNALLOCATED)
+        # A numpy array, not a list: a hostile table of millions of entries
+        # costs 8 bytes each here, not a Python int and a list slot.
+        bat = np.frombuffer(self._bat, dtype=np.uint32)
+        starts = np.sort(bat[bat != UNALLOCATED].astype(np.uint64) * SECTOR)
         name = self.path.name
-        if starts and starts[-1] + span > data_end:
+        if len(starts) and int(starts[-1]) + span > data_end:
             raise VhdError(f"VHD {name}: a BAT entry points past the end of the file")
         for start, end, label in meta:
-            i = bisect_right(starts, start - span)
-            if i < len(starts) and starts[i] < end:
+            i = int(np.searchsorted(starts, max(start - span, 0), side="right"))
+            if i < len(starts) and int(starts[i]) < end:
                 raise VhdError(f"VHD {name}: a data block overlaps {label}")
-        for a, b in pairwise(starts):
-            if b - a < span:
-                raise VhdError(f"VHD {name}: two blocks overlap at offset {b}")
+        if len(starts) > 1:
+            gaps = np.diff(starts)
+            if int(gaps.min()) < span:
+                at = int(starts[int(np.argmin(gaps)) + 1])
+                raise VhdError(f"VHD {name}: two blocks overlap at offset {at}")
 
     def _read_locators(self, h: DynamicHeader, data_end: int) -> list[tuple[int, int, str]]:
         name = self.path.name
@@ -337,15 +348,17 @@ class VhdReader:
             else:
                 bitmap_at = entry * SECTOR
                 data_at = bitmap_at + bitmap_size(bs)
-                if self.footer.kind == DYNAMIC:
-                    pieces.append(self._pread(data_at + in_off, n))
-                else:
-                    bitmap = self._bitmap(index, bitmap_at)
-                    for a, b, mine in _runs(bitmap, in_off, in_off + n):
-                        if mine:
-                            pieces.append(self._pread(data_at + a, b - a))
-                        else:
-                            pieces.append(self._from_parent(index * bs + a, b - a))
+                # The sector bitmap counts in dynamic disks too: a clear bit
+                # reads as zeros (as Hyper-V and blktap read it), whatever
+                # bytes lie in the block there.
+                bitmap = self._bitmap(index, bitmap_at)
+                for a, b, mine in _runs(bitmap, in_off, in_off + n):
+                    if mine:
+                        pieces.append(self._pread(data_at + a, b - a))
+                    elif self.footer.kind == DYNAMIC:
+                        pieces.append(bytes(b - a))
+                    else:
+                        pieces.append(self._from_parent(index * bs + a, b - a))
             pos += n
         return b"".join(pieces)
 
