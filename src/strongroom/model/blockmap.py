@@ -93,11 +93,6 @@ class BlockMap:
             total -= self.blocks * self.block_size - self.size
         return total
 
-    def distinct_ids(self) -> set[bytes]:
-        """Distinct chunk ids (no holes)."""
-        rows = self.ids[~self.hole_mask()]
-        return {bytes(r) for r in np.unique(rows, axis=0)} if len(rows) else set()
-
     def resized(self, size: int) -> BlockMap:
         """A copy for a disk that grew (new blocks are holes) or shrank.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from strongroom.model.blockmap import BlockMap, decode_root, decode_segment
+from strongroom.model.blockmap import BlockMap, MapRoot, decode_root, decode_segment
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 
@@ -19,14 +19,11 @@ def save_block_map(repo: Repository, block_map: BlockMap) -> bytes:
     return repo.put_chunk(BlobType.TREE, block_map.encode_root(segment_ids))
 
 
-def load_map_root_ids(repo: Repository, root_id: bytes) -> list[bytes]:
-    """Ids of the root and its segment chunks (what prune must keep besides data)."""
-    root = decode_root(repo.load_chunk(root_id, BlobType.TREE))
-    return [root_id, *[s for s in root.segments if s is not None]]
-
-
 def load_block_map(repo: Repository, root_id: bytes) -> BlockMap:
-    root = decode_root(repo.load_chunk(root_id, BlobType.TREE))
+    return _load(repo, decode_root(repo.load_chunk(root_id, BlobType.TREE)))
+
+
+def _load(repo: Repository, root: MapRoot) -> BlockMap:
     out = BlockMap.empty(root.size, root.block_size)
     for i, seg_id in enumerate(root.segments):
         if seg_id is None:
@@ -40,10 +37,10 @@ def load_block_map(repo: Repository, root_id: bytes) -> BlockMap:
 
 def referenced_by_map(repo: Repository, root_id: bytes) -> set[bytes]:
     """Every chunk a block point needs: root, segments and data."""
-    block_map = load_block_map(repo, root_id)
-    used = set(load_map_root_ids(repo, root_id))
-    if block_map.blocks:
-        rows = block_map.ids[~block_map.hole_mask()]
-        if len(rows):
-            used.update(bytes(r) for r in np.unique(rows, axis=0))
+    root = decode_root(repo.load_chunk(root_id, BlobType.TREE))
+    block_map = _load(repo, root)
+    used = {root_id, *[s for s in root.segments if s is not None]}
+    rows = block_map.ids[~block_map.hole_mask()]
+    if len(rows):
+        used.update(bytes(r) for r in np.unique(rows, axis=0))
     return used

@@ -140,8 +140,7 @@ class ImageBackup:
             todo |= zero_all & ~old.hole_mask()
         self.summary.blocks_examined = int(todo.sum())
         zero = zero_all & todo
-        for i in np.flatnonzero(zero).tolist():
-            self._set(new, old, i, None)
+        self._set_holes(new, old, zero)
         read = np.flatnonzero(todo & ~zero).tolist()
         self.progress.bytes_total = sum(new.extent(i)[1] for i in read)
         try:
@@ -203,6 +202,16 @@ class ImageBackup:
             self._emit()
 
         return sink
+
+    def _set_holes(self, new: BlockMap, old: BlockMap | None, holes: Mask) -> None:
+        """Mark blocks as holes at once (numpy: a sparse disk has millions)."""
+        changed = holes & ~old.hole_mask() if old is not None else np.zeros_like(holes)
+        count = int(changed.sum())
+        self.summary.blocks_changed += count
+        self.summary.bytes_changed += count * self.block_size
+        if count and changed[-1]:  # a short last block
+            self.summary.bytes_changed -= new.blocks * self.block_size - new.size
+        new.ids[holes] = 0
 
     def _set(self, new: BlockMap, old: BlockMap | None, block: int, cid: bytes | None) -> None:
         if (old.get(block) != cid) if old is not None else cid is not None:

@@ -23,13 +23,14 @@ import os
 import socket
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 
 from strongroom import __version__
 from strongroom.errors import SourceError, StrongroomError, UsageError
 from strongroom.model.blockmap import BlockMap, check_geometry
 from strongroom.model.point import RecoveryPoint, now
+from strongroom.nbd.uri import parse_nbd_uri
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup, ImageBackupSummary
 from strongroom.repository.repo import Repository
@@ -186,12 +187,12 @@ class _ImageJob:
                     f"{path} is a VHD: a VHD carries no dirty bitmaps"
                     " (use --changed-since compare or none)"
                 )
-            vhd = self.stack.enter_context(_closing(VhdSource(path)))
+            vhd = self.stack.enter_context(closing(VhdSource(path)))
             return vhd, self._fallback(parent_map, "")
         if info.format == "raw":
             if self.kind in ("bitmap", "overlay"):
                 raise UsageError(f"{path} is a raw image: it has no {self.kind} to track changes")
-            raw = self.stack.enter_context(_closing(RawSource(path)))
+            raw = self.stack.enter_context(closing(RawSource(path)))
             return raw, self._fallback(parent_map, "")
         if self.kind == "overlay" or (
             self.kind == "auto"
@@ -204,7 +205,7 @@ class _ImageJob:
             return self._open_offline_bitmaps(info, parent_map, parent_bitmap, block_size)
         if self.kind == "bitmap":
             raise UsageError(f"{path} is {info.format}: only qcow2 images carry dirty bitmaps")
-        src = self.stack.enter_context(_closing(QemuImageSource(info)))
+        src = self.stack.enter_context(closing(QemuImageSource(info)))
         return src, self._fallback(parent_map, "")
 
     # --- sources -------------------------------------------------------------
@@ -240,7 +241,7 @@ class _ImageJob:
             plan.read = None
         self.stack.callback(live.close_view)  # also undoes a view half opened
         view = live.open_view(plan.add, block_size, plan.disable, plan.read or [])
-        self.stack.enter_context(_closing(view))
+        self.stack.enter_context(closing(view))
         self.plan = plan
 
         def retire(names: list[str]) -> None:
@@ -269,9 +270,9 @@ class _ImageJob:
             if self.kind == "bitmap":
                 raise
             # Read-only storage, a backing file in use, ...: back up without.
-            src = self.stack.enter_context(_closing(QemuImageSource(info)))
+            src = self.stack.enter_context(closing(QemuImageSource(info)))
             return src, self._fallback(parent_map, f"no dirty bitmap could be started ({err})")
-        view = self.stack.enter_context(_closing(QemuImageSource(info, plan.read or [])))
+        view = self.stack.enter_context(closing(QemuImageSource(info, plan.read or [])))
         self.plan = plan
 
         def retire(names: list[str]) -> None:
@@ -285,7 +286,7 @@ class _ImageJob:
         self, parent_map: BlockMap | None, block_size: int
     ) -> tuple[BlockSource, ChangeSet]:
         contexts = [f"qemu:dirty-bitmap:{self.bitmap_name}"] if self.bitmap_name else []
-        view = self.stack.enter_context(_closing(NbdSource(self.req.source, contexts)))
+        view = self.stack.enter_context(closing(NbdSource(self.req.source, contexts)))
         if self.kind == "overlay":
             raise UsageError("--changed-since overlay needs an image file, not an NBD export")
         if self.kind == "bitmap" and parent_map is not None:
@@ -310,7 +311,7 @@ class _ImageJob:
         parent_map: BlockMap | None,
         block_size: int,
     ) -> tuple[BlockSource, ChangeSet]:
-        view = self.stack.enter_context(_closing(QemuImageSource(info, allocation_depth=True)))
+        view = self.stack.enter_context(closing(QemuImageSource(info, allocation_depth=True)))
         if parent_map is None or parent is None:
             return view, self._fallback(parent_map, "")
         if info.backing is None:
@@ -375,22 +376,7 @@ def _identity_or_none(path: str) -> str | None:
 
 
 def _export_name(uri: str) -> str:
-    from strongroom.nbd.uri import parse_nbd_uri
-
     return parse_nbd_uri(uri).export
-
-
-class _closing:
-    """Context manager closing anything with close() (sources, clients)."""
-
-    def __init__(self, obj: object) -> None:
-        self.obj = obj
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        return self.obj
-
-    def __exit__(self, *exc: object) -> None:
-        self.obj.close()  # type: ignore[attr-defined]
 
 
 def backup_image(

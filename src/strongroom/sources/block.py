@@ -188,16 +188,3 @@ class NbdSource:
 
     def close(self) -> None:
         self.client.close()
-
-
-def merge_extents(extents: Iterable[Extent]) -> list[Extent]:
-    """Coalesce adjacent extents of the same kind."""
-    out: list[Extent] = []
-    for e in extents:
-        if e.length <= 0:
-            continue
-        if out and out[-1].zero == e.zero and out[-1].end == e.offset:
-            out[-1] = Extent(out[-1].offset, out[-1].length + e.length, e.zero)
-        else:
-            out.append(e)
-    return out

@@ -20,10 +20,9 @@ from strongroom.errors import SourceError, UsageError
 from strongroom.nbd.client import NbdClient, NbdError
 from strongroom.sources.block import BLKGETSIZE64, Data
 from strongroom.sources.qemu import QEMU_IMG, QemuNbdChild, need_tool
+from strongroom.sparse import ZEROS, nonzero_runs
 
 BLKZEROOUT = 0x127F
-_ZEROS = bytes(1 << 20)
-_SPARSE_PIECE = 64 << 10
 
 
 class BlockTarget(Protocol):
@@ -91,21 +90,9 @@ class FileTarget:
             if not self.zeroed:
                 pwrite_all(self._fd, data, offset)
                 return
-            # bytes slices compare with memcmp (~17 GB/s); memoryview
-            # comparisons go element by element (~0.5 GB/s).
-            whole = data if isinstance(data, bytes) else bytes(data)
-            view = memoryview(whole)
-            start = None  # first piece of the current run of non-zero pieces
-            for pos in range(0, len(whole), _SPARSE_PIECE):
-                piece = whole[pos : pos + _SPARSE_PIECE]
-                if piece == _ZEROS[: len(piece)]:
-                    if start is not None:
-                        pwrite_all(self._fd, view[start:pos], offset + start)
-                        start = None
-                elif start is None:
-                    start = pos
-            if start is not None:
-                pwrite_all(self._fd, view[start:], offset + start)
+            view = memoryview(data)
+            for start, end in nonzero_runs(data):
+                pwrite_all(self._fd, view[start:end], offset + start)
         except OSError as err:
             raise SourceError(f"{self.description}: write at {offset}: {err.strerror}") from None
 
@@ -122,8 +109,8 @@ class FileTarget:
                 pass
         pos, end = offset, offset + length
         while pos < end:
-            n = min(len(_ZEROS), end - pos)
-            self.write(pos, memoryview(_ZEROS)[:n])
+            n = min(len(ZEROS), end - pos)
+            self.write(pos, memoryview(ZEROS)[:n])
             pos += n
 
     def close(self) -> None:

@@ -35,6 +35,3 @@ class ChangeSet:
     tracker: str
     blocks: Mask | None = None
     note: str = ""
-
-    def changed_count(self, total: int) -> int:
-        return total if self.blocks is None else int(self.blocks.sum())

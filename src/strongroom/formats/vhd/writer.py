@@ -56,10 +56,10 @@ from strongroom.formats.vhd.structs import (
     bitmap_size,
     vhd_time,
 )
+from strongroom.sparse import ZEROS, nonzero_runs
 
 Kind = Literal["fixed", "dynamic", "differencing"]
 MIN_WRITE_BLOCK_SIZE = 4096
-_ZEROS = bytes(1 << 20)
 
 
 class VhdTooLarge(VhdError):
@@ -156,23 +156,20 @@ def _checked(size: int, extents: Iterable[tuple[int, Data]]) -> Iterable[tuple[i
 
 def _write_zeros(out: BinaryIO, n: int) -> None:
     while n > 0:
-        k = min(n, len(_ZEROS))
-        out.write(_ZEROS[:k])
+        k = min(n, len(ZEROS))
+        out.write(ZEROS[:k])
         n -= k
 
 
-_SPARSE_PIECE = 64 * 1024
-
-
 def _write_sparse_data(out: BinaryIO, data: Data) -> None:
-    """Write `data`, seeking over all-zero 64 KiB pieces (bytes compare with memcmp)."""
-    whole = data if isinstance(data, bytes) else bytes(data)  # type: ignore[arg-type]
-    for pos in range(0, len(whole), _SPARSE_PIECE):
-        piece = whole[pos : pos + _SPARSE_PIECE]
-        if piece == _ZEROS[: len(piece)]:
-            out.seek(len(piece), os.SEEK_CUR)
-        else:
-            out.write(piece)
+    """Write `data`, seeking over its all-zero pieces (file holes read as zeros)."""
+    view = memoryview(data).cast("B")  # type: ignore[arg-type]
+    pos = 0
+    for start, end in nonzero_runs(view):
+        out.seek(start - pos, os.SEEK_CUR)
+        out.write(view[start:end])
+        pos = end
+    out.seek(len(view) - pos, os.SEEK_CUR)
 
 
 def _set_bits(bitmap: bytearray, start: int, count: int) -> None:
