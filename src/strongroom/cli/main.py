@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "serve": "serve:serve",
     "export": "export:export",
     "vhd": "vhd:vhd",
+    "protect": "protect:protect",
     "dump": "browse:dump",
     "forget": "maintenance:forget",
     "prune": "maintenance:prune",

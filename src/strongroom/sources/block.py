@@ -75,9 +75,10 @@ class BlockSource(Protocol):
 
 
 class RawSource:
-    """A raw image file or a block device."""
+    """A raw image file or a block device; `size` reads only its first bytes
+    (a fixed VHD's disk without its footer)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, size: int | None = None) -> None:
         self.description = os.path.abspath(path)
         try:
             self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -93,6 +94,8 @@ class RawSource:
         else:
             os.close(self._fd)
             raise SourceError(f"{path}: not a regular file or block device")
+        if size is not None:
+            self.size = min(self.size, size)
         self.bytes_read = 0
         try:
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)

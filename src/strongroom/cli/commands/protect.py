@@ -1,0 +1,147 @@
+"""strongroom protect: the VHD backup mode (metadata disk + differencing VHDs)."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import ExitStack
+
+import click
+
+from strongroom.cli.context import App, pass_app
+from strongroom.cli.output import human_bytes
+from strongroom.cli.units import parse_duration, parse_size
+from strongroom.errors import UsageError
+from strongroom.protect.destinations import Destination
+from strongroom.protect.vhd_mode import CycleResult, ProtectOptions, check_name, default_name
+from strongroom.services.protect import (
+    RepositoryDestination,
+    chain_destination,
+    protect_every,
+    protect_once,
+)
+from strongroom.services.session import LockMode
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--mode",
+    type=click.Choice(["vhd"]),
+    default="vhd",
+    show_default=True,
+    help="Protection mode: vhd keeps a metadata VHD here and ships differencing VHDs.",
+)
+@click.option(
+    "--to",
+    "dest",
+    metavar="DEST",
+    help="Where the VHD chain goes: a folder, or s3:http(s)://HOST/BUCKET[/PREFIX].",
+)
+@click.option(
+    "--to-repository",
+    is_flag=True,
+    help="Ship each cycle into the repository (--repo) as a block point instead.",
+)
+@click.option("--name", help="Name of this protected source (default: the folder's name).")
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False),
+    help="State folder holding the metadata disk (default: DATA_HOME/strongroom/protect/NAME).",
+)
+@click.option(
+    "--size",
+    metavar="SIZE",
+    callback=parse_size,
+    help="Metadata disk size at the first cycle (default: 2x the data, >= 1G).",
+)
+@click.option(
+    "--vhd-block-size",
+    metavar="SIZE",
+    callback=parse_size,
+    default="2M",
+    show_default=True,
+    help="VHD block size of the shipped disks (a power of two; smaller blocks ship less padding).",
+)
+@click.option(
+    "--every",
+    metavar="DURATION",
+    callback=parse_duration,
+    help="Repeat: start a cycle every DURATION (e.g. 5m).",
+)
+@click.option("--cycles", type=click.IntRange(min=1), help="With --every: stop after N cycles.")
+@click.option(
+    "--verify", is_flag=True, help="Run e2fsck -fn on the metadata disk after each cycle."
+)
+@pass_app
+def protect(
+    app: App,
+    source: str,
+    mode: str,
+    dest: str | None,
+    to_repository: bool,
+    name: str | None,
+    state_dir: str | None,
+    size: int | None,
+    vhd_block_size: int,
+    every: float | None,
+    cycles: int | None,
+    verify: bool,
+) -> None:
+    """Protect the directory SOURCE in VHD backup mode.
+
+    A local metadata VHD (an ext4 file system mirroring SOURCE) is kept in the
+    state folder; each cycle applies the changed files to it and ships only the
+    blocks that changed, as a differencing VHD whose parent is the previous
+    cycle's disk. DEST then holds a VHD chain that any VHD reader opens.
+    """
+    if (dest is None) == (not to_repository):
+        raise UsageError("say where cycles go: --to DEST or --to-repository")
+    if cycles is not None and every is None:
+        raise UsageError("--cycles goes with --every")
+    options = ProtectOptions(
+        name=check_name(name) if name else default_name(source),
+        size=size,
+        block_size=vhd_block_size,
+        verify=verify,
+    )
+    out = app.out
+    with ExitStack() as stack:
+        destination: Destination
+        if to_repository:
+            repo = stack.enter_context(app.repository(LockMode.SHARED))
+            destination = RepositoryDestination(repo)
+        else:
+            assert dest is not None
+            destination = chain_destination(dest)
+            stack.callback(destination.close)
+
+        def one() -> CycleResult:
+            with out.progress("protect") as progress:
+                return protect_once(source, destination, options, state_dir, progress)
+
+        def report(result: CycleResult) -> None:
+            for warning in result.warnings:
+                out.warn(warning)
+            if result.recovered:
+                out.notice(result.recovered)
+            if out.json:
+                out.emit({"message_type": "summary", "name": options.name, **result.as_dict()})
+            else:
+                out.info(_describe(result))
+
+        if every is None:
+            report(one())
+        else:
+            protect_every(every, one, report, threading.Event(), cycles)
+
+
+def _describe(r: CycleResult) -> str:
+    if r.cycle is None:
+        return f"no changes since the last cycle ({r.seconds:.1f} s)"
+    changed = ", ".join(f"{n} {what}" for what, n in r.changes.items() if n) or "metadata only"
+    shipped = f"{human_bytes(r.vhd_bytes)} {r.kind} VHD" if r.vhd_bytes else "a block point"
+    return (
+        f"cycle {r.cycle}: {changed}; {human_bytes(r.bytes_changed)} of the disk changed; "
+        f"shipped {shipped} to {r.location} in {r.seconds:.1f} s"
+    )

@@ -1,0 +1,121 @@
+"""The e2fsprogs tools that build and edit the metadata disk's file system.
+
+`mke2fs -d` writes the first state straight from the source tree; `debugfs -w
+-f SCRIPT` applies a cycle's edits in one process; `-z UNDO` makes each run
+record the old contents of every block it writes, which is both the list of
+changed blocks (formats/e2undo.py) and the way back (`e2undo`) when a cycle
+fails half way. debugfs exits 0 even when commands fail, so its error output
+is read: any line that is not its banner is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from strongroom.errors import StrongroomError
+
+FS_BLOCK = 4096
+_BANNER = re.compile(rb"^(debugfs|e2undo|mke2fs) \d+\.\d+")
+_FULL = (b"Could not allocate", b"No free space", b"Could not allocate inode")
+
+
+class MirrorError(StrongroomError):
+    """The metadata disk's file system could not be built or changed."""
+
+
+class MirrorFull(MirrorError):
+    """The metadata disk's file system ran out of blocks or inodes."""
+
+
+def _tool(name: str) -> str:
+    for folder in (None, "/usr/sbin", "/sbin"):
+        found = shutil.which(name, path=folder)
+        if found:
+            return found
+    raise MirrorError(f"{name} not found: install e2fsprogs (1.43 or newer)")
+
+
+def _run(argv: Sequence[str], what: str) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "LC_ALL": "C", "E2FSPROGS_UNDO_DIR": "/nonexistent"}
+    try:
+        return subprocess.run(argv, capture_output=True, env=env, check=False)
+    except OSError as err:
+        raise MirrorError(f"{what}: cannot run {argv[0]}: {err.strerror}") from None
+
+
+def _errors(stderr: bytes) -> list[str]:
+    return [
+        line.decode(errors="replace").strip()
+        for line in stderr.splitlines()
+        if line.strip() and not _BANNER.match(line)
+    ]
+
+
+def make_filesystem(
+    image: str, size: int, source: str, *, inodes: int | None = None, label: str = "strongroom"
+) -> None:
+    """Create an ext4 file system of `size` bytes at the start of `image`,
+    holding a copy of the tree at `source` (owners, modes, times, links, xattrs)."""
+    st = os.stat(source)
+    argv = [
+        _tool("mke2fs"),
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        str(FS_BLOCK),
+        "-m",
+        "0",
+        "-L",
+        label[:16],
+        "-E",
+        f"nodiscard,root_owner={st.st_uid}:{st.st_gid}",
+        "-d",
+        source,
+    ]
+    if inodes:
+        argv += ["-N", str(inodes)]
+    argv += [image, str(size // FS_BLOCK)]
+    done = _run(argv, "creating the metadata disk")
+    if done.returncode != 0:
+        message = " ".join(_errors(done.stderr)) or f"exit status {done.returncode}"
+        if any(marker in done.stderr for marker in _FULL):
+            raise MirrorFull(f"the metadata disk is too small for {source}: {message}")
+        raise MirrorError(f"mke2fs failed on {source}: {message}")
+
+
+def run_debugfs(image: str, script: str, undo: str | None) -> None:
+    """Apply the commands in `script` to `image`, recording an undo file at `undo`."""
+    argv = [_tool("debugfs"), "-w"]
+    if undo is not None:
+        if os.path.exists(undo):
+            os.unlink(undo)
+        argv += ["-z", undo]
+    done = _run([*argv, "-f", script, image], "editing")
+    problems = _errors(done.stderr)
+    if done.returncode != 0 or problems:
+        first = problems[0] if problems else f"exit status {done.returncode}"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        if any(marker in done.stderr for marker in _FULL):
+            raise MirrorFull(f"the metadata disk is full: {first}{more}")
+        raise MirrorError(f"debugfs: {first}{more}")
+
+
+def roll_back(image: str, undo: str) -> None:
+    """Undo a (possibly interrupted) debugfs run recorded in `undo`."""
+    done = _run([_tool("e2undo"), "-f", undo, image], "rolling back")
+    if done.returncode != 0:
+        message = " ".join(_errors(done.stderr)) or f"exit status {done.returncode}"
+        raise MirrorError(f"e2undo could not roll the metadata disk back: {message}")
+    os.unlink(undo)
+
+
+def check_filesystem(image: str) -> tuple[bool, str]:
+    """`e2fsck -fn`: (clean, report)."""
+    done = _run([_tool("e2fsck"), "-fn", image], "checking")
+    return done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")

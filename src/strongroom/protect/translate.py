@@ -1,0 +1,197 @@
+"""Turn a cycle's tree changes into debugfs commands on the metadata disk.
+
+The order is what keeps every command valid: free the names of removed and
+rewritten entries, make new directories (parents first), relink renamed
+files, remove emptied directories (deepest first), write new content, and
+only then set owners, modes and times, directories last, since every edit
+inside a directory would otherwise move its times again.
+
+debugfs reads one command per line and splits words at blanks; a word in
+double quotes keeps its blanks and `""` stands for one quote. A name with a
+newline cannot be said at all: it is skipped with a warning and left out of
+the recorded state, so the next cycle tries again.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from strongroom.model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK
+from strongroom.protect.tree_state import ROOT, Entry, Tree, TreeChanges, depth
+from strongroom.sources.files import read_xattrs_of
+
+_TYPE_BITS = {
+    FILE: stat.S_IFREG,
+    DIR: stat.S_IFDIR,
+    SYMLINK: stat.S_IFLNK,
+    FIFO: stat.S_IFIFO,
+    CHARDEV: stat.S_IFCHR,
+    BLOCKDEV: stat.S_IFBLK,
+}
+
+
+def quote(word: bytes) -> bytes:
+    return b'"' + word.replace(b'"', b'""') + b'"'
+
+
+def _time_fields(name: str, ns: int) -> list[tuple[str, str]]:
+    """`sif` values for one inode time: seconds, then the extra field (ns << 2 |
+    epoch bits), so times keep their nanoseconds and survive 2038."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    epoch = (seconds - ((seconds + 2**31) % 2**32 - 2**31)) >> 32
+    return [(name, f"@{seconds}"), (f"{name}_extra", str((nanos << 2) | (epoch & 3)))]
+
+
+@dataclass
+class Script:
+    """The commands of one cycle, plus what they need and what they skipped."""
+
+    lines: list[bytes] = field(default_factory=list)
+    value_files: dict[str, bytes] = field(default_factory=dict)  # xattr values to write
+    skipped: list[bytes] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    xattrs: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)  # names now set
+
+    def add(self, *words: bytes) -> None:
+        self.lines.append(b" ".join(words))
+
+    def text(self) -> bytes:
+        return b"".join(line + b"\n" for line in self.lines)
+
+
+def build_script(
+    changes: TreeChanges, old: Tree, new: Tree, source_root: str, value_dir: str
+) -> Script:
+    """The debugfs commands that turn the mirror of `old` into the mirror of `new`."""
+    script = Script()
+    root = os.fsencode(os.path.abspath(source_root))
+
+    def sayable(path: bytes) -> bool:
+        if b"\n" in path or b"\r" in path:
+            script.skipped.append(path)
+            return False
+        return True
+
+    rewritten = set(changes.rewritten)
+    # 1. free the names of removed non-directories and of rewritten files
+    for path in changes.removed:
+        if old[path].type != DIR and sayable(path):
+            script.add(b"rm", quote(path))
+    for path in changes.rewritten:
+        if sayable(path):
+            script.add(b"rm", quote(path))
+    # 2. new directories, parents first
+    for path in changes.created:
+        if new[path].type == DIR and sayable(path):
+            script.add(b"mkdir", quote(path))
+    # 3. renamed files keep their inode: a new name, then the old one goes
+    for src, dst in changes.renamed:
+        if sayable(src) and sayable(dst):
+            script.add(b"ln", quote(src), quote(dst))
+            script.add(b"unlink", quote(src))
+    # 4. removed directories, deepest first (their contents went in 1 and 3)
+    for path in changes.removed:
+        if old[path].type == DIR and sayable(path):
+            script.add(b"rmdir", quote(path))
+    # 5. new content: files (hard links share one inode), links, devices
+    groups: dict[int, list[bytes]] = defaultdict(list)
+    for path in sorted(new):
+        entry = new[path]
+        if entry.type == FILE and entry.nlink > 1:
+            groups[entry.ino].append(path)
+    written: dict[int, bytes] = {}
+    relinked: set[int] = set()
+    for path in changes.created + changes.rewritten:
+        entry = new[path]
+        if entry.type == DIR or not sayable(path):
+            continue
+        if entry.type == FILE:
+            anchor = written.get(entry.ino) if entry.nlink > 1 else None
+            if anchor is None and entry.nlink > 1:
+                anchor = next(
+                    (
+                        p
+                        for p in groups[entry.ino]
+                        if p in old and p not in rewritten and old[p].ino == entry.ino
+                    ),
+                    None,
+                )
+            if anchor is not None and anchor != path:
+                script.add(b"ln", quote(anchor), quote(path))
+                relinked.add(entry.ino)
+            else:
+                script.add(b"write", quote(root + path), quote(path))
+                written[entry.ino] = path
+        elif entry.type == SYMLINK:
+            script.add(b"symlink", quote(path), quote(entry.target))
+        elif entry.type == FIFO:
+            script.add(b"mknod", quote(path), b"p")
+        elif entry.type in (CHARDEV, BLOCKDEV):
+            kind = b"c" if entry.type == CHARDEV else b"b"
+            major, minor = os.major(entry.rdev), os.minor(entry.rdev)
+            script.add(b"mknod", quote(path), kind, b"%d" % major, b"%d" % minor)
+        elif entry.type == SOCKET:
+            script.warnings.append(f"{os.fsdecode(path)}: sockets are not mirrored")
+            script.skipped.append(path)
+    for ino in relinked:
+        anchor = written.get(ino) or groups[ino][0]
+        script.add(b"sif", quote(anchor), b"links_count", b"%d" % len(groups[ino]))
+    # 6. owners, modes, times and xattrs; directories after what they contain
+    touched = [dst for _, dst in changes.renamed] + changes.created + changes.rewritten
+    touched += changes.metadata
+    skipped = set(script.skipped)
+    ordered = sorted(
+        (p for p in set(touched) if p not in skipped and new[p].type != SOCKET),
+        key=lambda p: (new[p].type == DIR, -depth(p), p),
+    )
+    # Entries that kept their inode still carry their old xattrs; fresh ones have none.
+    kept = {path: old[path] for path in changes.metadata if path in old}
+    kept.update({dst: old[src] for src, dst in changes.renamed})
+    for path in ordered:
+        _set_metadata(script, path, new[path])
+        if new[path].type in (FILE, DIR):
+            local = root if path == ROOT else root + path
+            _set_xattrs(script, local, path, kept.get(path), value_dir)
+    return script
+
+
+def metadata_script(path: bytes, entry: Entry) -> Script:
+    """Commands that give `path` the owner, mode and times of `entry`."""
+    script = Script()
+    _set_metadata(script, path, entry)
+    return script
+
+
+def _set_metadata(script: Script, path: bytes, entry: Entry) -> None:
+    fields = [
+        ("mode", "0%o" % (_TYPE_BITS[entry.type] | entry.mode)),
+        ("uid", str(entry.uid)),
+        ("gid", str(entry.gid)),
+    ]
+    fields += _time_fields("atime", entry.atime_ns)
+    fields += _time_fields("mtime", entry.mtime_ns)
+    fields += _time_fields("ctime", entry.ctime_ns)
+    for name, value in fields:
+        script.add(b"sif", quote(path), name.encode(), value.encode())
+
+
+def _set_xattrs(
+    script: Script, local: bytes, path: bytes, before: Entry | None, value_dir: str
+) -> None:
+    try:
+        attrs = read_xattrs_of(local)
+    except OSError as err:
+        script.warnings.append(f"{os.fsdecode(local)}: xattrs not read ({err.strerror})")
+        return
+    previous = set(before.xattrs) if before else set()
+    for name in sorted(previous - set(attrs)):
+        script.add(b"ea_rm", quote(path), quote(name))
+    for name, value in sorted(attrs.items()):
+        holder = os.path.join(value_dir, f"v{len(script.value_files)}")
+        script.value_files[holder] = value
+        script.add(b"ea_set", b"-f", quote(os.fsencode(holder)), quote(path), quote(name))
+    if attrs or previous:
+        script.xattrs[path] = tuple(sorted(attrs))

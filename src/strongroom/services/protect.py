@@ -1,0 +1,163 @@
+"""The protect use case: one cycle (or a loop of them) of the VHD backup mode.
+
+Destinations: a folder or an S3 location receives the VHD chain itself
+(protect/destinations.py); a strongroom repository receives each cycle as a
+block point of the metadata disk, whose changed blocks are exactly the
+cycle's undo keys, so `strongroom export --chain` gives the same VHD chain
+back and the data is deduplicated and encrypted like any other point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from strongroom import __version__
+from strongroom.config import data_home
+from strongroom.model.point import RecoveryPoint
+from strongroom.pipeline.blockmaps import load_block_map
+from strongroom.pipeline.image_backup import ImageBackup
+from strongroom.protect.destinations import Destination, Shipment, VhdChain
+from strongroom.protect.vhd_mode import (
+    CycleResult,
+    ProtectOptions,
+    StateFolder,
+    VhdProtection,
+)
+from strongroom.repository.repo import Repository
+from strongroom.services.points import list_points
+from strongroom.sources.block import RawSource
+from strongroom.storage import open_backend
+from strongroom.trackers.changes import ChangeSet, blocks_touched
+from strongroom.types import ProgressCallback, no_progress
+
+PROTECT_TAG = "protect"
+
+
+def default_state_folder(name: str) -> str:
+    return str(data_home() / "strongroom" / "protect" / name)
+
+
+class RepositoryDestination:
+    """Cycles as block points: `protect:NAME` in the point's paths, the cycle's
+    VHD identity in its summary (so a crash between storing the point and
+    committing the local state is settled by finding the point)."""
+
+    wants_vhd = False
+
+    def __init__(self, repo: Repository, progress: ProgressCallback = no_progress) -> None:
+        self.repo = repo
+        self.description = repo.backend.location
+        self.report = progress
+
+    def object_name(self, name: str, cycle: int) -> str:
+        return f"{name}-{cycle:06d}"
+
+    def absolute_path(self, name: str, cycle: int) -> str:
+        return f"{self.description}#{self.object_name(name, cycle)}"
+
+    def _points(self, name: str) -> list[RecoveryPoint]:
+        return [
+            p
+            for p in list_points(self.repo, on_damaged=lambda *_: None)
+            if p.kind == "block" and p.paths == [f"protect:{name}"]
+        ]
+
+    def arrived(self, name: str, cycle: int, uuid: str) -> str | None:
+        for point in self._points(name):
+            record = point.summary.get("protect") or {}
+            if record.get("uuid") == uuid and record.get("cycle") == cycle:
+                return point.id
+        return None
+
+    def ship(self, shipment: Shipment) -> str:
+        record = shipment.record
+        parent = None
+        if shipment.changed is not None:
+            parent_uuid = record.get("parent_uuid")
+            found = [
+                p
+                for p in self._points(shipment.name)
+                if (p.summary.get("protect") or {}).get("uuid") == parent_uuid
+            ]
+            parent = found[-1] if found else None
+        parent_map = load_block_map(self.repo, bytes.fromhex(parent.tree)) if parent else None
+        block_size = parent_map.block_size if parent_map else self.repo.config.block_size
+        blocks = -(-shipment.disk_size // block_size)
+        if parent_map is not None and shipment.changed is not None:
+            changes = ChangeSet("e2undo", blocks_touched(shipment.changed, block_size, blocks))
+        else:
+            changes = ChangeSet("full")
+        started = datetime.now(UTC)
+        t0 = time.monotonic()
+        with contextlib.closing(RawSource(shipment.disk_path, shipment.disk_size)) as source:
+            pipeline = ImageBackup(
+                self.repo, source, block_size, parent_map, changes, progress=self.report
+            )
+            pipeline.run()
+        summary = pipeline.summary
+        point = RecoveryPoint(
+            kind="block",
+            time=started,
+            host=socket.gethostname(),
+            user=getpass.getuser(),
+            paths=[f"protect:{shipment.name}"],
+            tree=summary.map_root,
+            parent=parent.id if parent else None,
+            tags=[PROTECT_TAG],
+            program=f"strongroom {__version__}",
+            summary={
+                **summary.as_dict(),
+                "protect": record,
+                "seconds": round(time.monotonic() - t0, 3),
+            },
+        )
+        return self.repo.save_point(point.to_doc())
+
+    def close(self) -> None:
+        """The caller owns the repository."""
+
+
+def chain_destination(location: str) -> Destination:
+    """A folder or S3 location that receives the VHD files themselves."""
+    return VhdChain(open_backend(location))
+
+
+def protect_once(
+    source: str,
+    destination: Destination,
+    options: ProtectOptions,
+    state_folder: str | None = None,
+    progress: ProgressCallback = no_progress,
+) -> CycleResult:
+    """Run one cycle; the state folder is locked for its duration."""
+    state = StateFolder(state_folder or default_state_folder(options.name))
+    try:
+        return VhdProtection(source, destination, state, options, progress).run_cycle()
+    finally:
+        state.close()
+
+
+def protect_every(
+    interval: float,
+    run: Callable[[], CycleResult],
+    report: Callable[[CycleResult], None],
+    stop: threading.Event,
+    cycles: int | None = None,
+) -> None:
+    """Run a cycle every `interval` seconds (start to start) until `stop` is set
+    or `cycles` cycles ran. A failed cycle propagates: the state is consistent
+    (rolled back) and the caller decides whether to go on."""
+    done = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        report(run())
+        done += 1
+        if cycles is not None and done >= cycles:
+            return
+        stop.wait(max(0.0, interval - (time.monotonic() - started)))
