@@ -25,27 +25,31 @@ undo file rolls the metadata disk back and the cycle is done again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
-import re
-import time
 import uuid as uuidlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from strongroom.errors import SourceError, StrongroomError, UsageError
+from strongroom.errors import SourceError, UsageError
 from strongroom.formats.e2undo import read_undo_log
-from strongroom.formats.vhd.structs import FIXED, Footer, vhd_time
-from strongroom.formats.vhd.writer import Kind, ParentInfo, VhdInfo, check_size, write_vhd
+from strongroom.formats.vhd.structs import FIXED, Footer
+from strongroom.formats.vhd.writer import check_size
 from strongroom.model.tree import DIR, FILE
 from strongroom.protect import e2fs
-from strongroom.protect.destinations import Destination, Shipment
+from strongroom.protect.cycles import (
+    CycleResult,
+    CycleRunner,
+    ProtectOptions,
+    ProtectStateError,
+    StateFolder,
+    check_name,
+    default_name,
+    merge_ranges,
+    read_ranges,
+)
+from strongroom.protect.destinations import Destination
 from strongroom.protect.translate import build_script, metadata_script
 from strongroom.protect.tree_state import (
     ROOT,
-    Scan,
     Tree,
     TreeChanges,
     diff_trees,
@@ -56,144 +60,26 @@ from strongroom.protect.tree_state import (
 )
 from strongroom.sources.block import RawSource
 from strongroom.sources.files import read_xattrs_of
-from strongroom.types import Progress, ProgressCallback, no_progress
+from strongroom.types import ProgressCallback, no_progress
 
-STATE_VERSION = 1
 GIB = 1 << 30
-_PIECE = 2 << 20
-_NAME = re.compile(r"[^a-z0-9_.-]+")
+_TREE = "tree.msgpack"
+_TREE_PENDING = "tree.pending.msgpack"
+
+__all__ = [
+    "CycleResult",
+    "ProtectOptions",
+    "StateFolder",
+    "VhdProtection",
+    "check_name",
+    "default_name",
+]
 
 
-class ProtectStateError(StrongroomError):
-    """The state folder is unusable (locked, damaged, or for another source)."""
+class VhdProtection(CycleRunner):
+    """Cycles of one directory tree through its metadata disk."""
 
-
-def default_name(source: str) -> str:
-    """An object-safe name for `source`: its folder name, lowercased."""
-    base = os.path.basename(os.path.abspath(source).rstrip("/")) or "root"
-    return _NAME.sub("-", base.lower()).strip("-.") or "root"
-
-
-def check_name(name: str) -> str:
-    if not name or _NAME.search(name) or name[0] in ".-":
-        raise UsageError(f"--name {name!r}: use lowercase letters, digits, '.', '_' and '-'")
-    return name
-
-
-@dataclass
-class CycleResult:
-    cycle: int | None  # None: nothing changed, nothing shipped
-    kind: str  # "base", "differencing" or "none"
-    location: str = ""
-    uuid: str = ""
-    changes: dict[str, int] = field(default_factory=dict)
-    bytes_changed: int = 0  # file system bytes the cycle wrote (undo keys)
-    vhd_bytes: int = 0  # size of the VHD shipped
-    vhd_allocated_blocks: int = 0
-    disk_size: int = 0
-    seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
-    recovered: str = ""  # what the start of this run found and did
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "cycle": self.cycle,
-            "kind": self.kind,
-            "location": self.location,
-            "uuid": self.uuid,
-            "changes": self.changes,
-            "bytes_changed": self.bytes_changed,
-            "vhd_bytes": self.vhd_bytes,
-            "vhd_allocated_blocks": self.vhd_allocated_blocks,
-            "disk_size": self.disk_size,
-            "seconds": round(self.seconds, 3),
-            "warnings": self.warnings,
-            "recovered": self.recovered,
-        }
-
-
-@dataclass
-class _Last:
-    cycle: int
-    uuid: str
-    timestamp: int  # VHD time stamp of that disk
-    location: str
-
-
-class StateFolder:
-    """The local state of one protected source; one run at a time (flock)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(os.path.expanduser(path))
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(self.file("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise ProtectStateError(
-                f"{self.path} is in use by another 'strongroom protect' run"
-            ) from None
-
-    def file(self, name: str) -> str:
-        return os.path.join(self.path, name)
-
-    @property
-    def disk(self) -> str:
-        return self.file("meta.vhd")
-
-    @property
-    def undo(self) -> str:
-        return self.file("cycle.e2undo")
-
-    def read_json(self, name: str) -> dict[str, object] | None:
-        try:
-            with open(self.file(name), "rb") as f:
-                doc = json.load(f)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            raise ProtectStateError(f"{self.file(name)}: unreadable state ({err})") from None
-        if not isinstance(doc, dict):
-            raise ProtectStateError(f"{self.file(name)}: not a state document")
-        return doc
-
-    def write(self, name: str, data: bytes) -> None:
-        """Replace `name` atomically and durably."""
-        temp = self.file(f".{name}.tmp")
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, self.file(name))
-        dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def remove(self, name: str) -> None:
-        try:
-            os.unlink(self.file(name))
-        except FileNotFoundError:
-            pass
-
-    def close(self) -> None:
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-
-
-@dataclass
-class ProtectOptions:
-    name: str
-    size: int | None = None  # metadata disk size; default from the source's size
-    block_size: int = 2 << 20  # VHD block size of the shipped disks
-    verify: bool = False  # run e2fsck -fn on the metadata disk after each cycle
-
-
-class VhdProtection:
-    """Cycles of one source into one destination, with its state folder."""
+    mode = "tree"
 
     def __init__(
         self,
@@ -203,84 +89,36 @@ class VhdProtection:
         options: ProtectOptions,
         progress: ProgressCallback = no_progress,
     ) -> None:
-        self.source = os.path.abspath(source)
+        super().__init__(source, destination, state, options, progress)
         if not os.path.isdir(self.source):
             raise SourceError(f"{source}: not a directory")
-        self.dest = destination
-        self.state = state
-        self.options = options
-        self.report = progress
-        self.progress = Progress(job="protect")
 
-    # --- state ---------------------------------------------------------------
+    # --- local state -------------------------------------------------------------
 
-    def _load(self) -> tuple[dict[str, object] | None, Tree]:
-        doc = self.state.read_json("state.json")
-        if doc is None:
-            return None, {}
-        if doc.get("version") != STATE_VERSION:
-            raise ProtectStateError(f"{self.state.path}: state version {doc.get('version')}")
-        if doc.get("source") != self.source or doc.get("name") != self.options.name:
-            raise ProtectStateError(
-                f"{self.state.path} protects {doc.get('source')} as {doc.get('name')!r}, "
-                f"not {self.source} as {self.options.name!r}; use another --state folder"
-            )
+    def _tree(self) -> Tree:
         try:
-            with open(self.state.file("tree.msgpack"), "rb") as f:
-                tree = load_tree(f.read())
+            with open(self.state.file(_TREE), "rb") as f:
+                return load_tree(f.read())
         except (OSError, ValueError) as err:
             raise ProtectStateError(f"{self.state.path}: tree state unreadable ({err})") from None
-        return doc, tree
 
-    def _commit(self, doc: dict[str, object], tree: Tree) -> None:
-        self.state.write("tree.msgpack", save_tree(tree))
-        doc.pop("pending", None)
-        self.state.write("state.json", json.dumps(doc, indent=1).encode())
-        self.state.remove("tree.pending.msgpack")
+    def adopt_pending(self) -> None:
+        self.state.rename(_TREE_PENDING, _TREE)
         self.state.remove("cycle.e2undo")
-        self.state.remove("outgoing.vhd")
 
-    def _recover(self, doc: dict[str, object] | None) -> str:
-        """Settle a cycle a previous run left pending; says what it did."""
-        if doc is None:
-            # A first cycle that never committed: start it again from scratch.
-            for leftover in ("meta.vhd", "tree.msgpack", "tree.pending.msgpack", "outgoing.vhd"):
-                self.state.remove(leftover)
-            return ""
-        pending = doc.get("pending")
-        if not isinstance(pending, dict):
-            return ""
-        cycle = int(pending["cycle"])
-        where = self.dest.arrived(self.options.name, cycle, str(pending["uuid"]))
-        if where is not None:
-            with open(self.state.file("tree.pending.msgpack"), "rb") as f:
-                tree = load_tree(f.read())
-            doc["last"] = {**pending, "location": where}
-            self._commit(doc, tree)
-            return f"cycle {cycle} had arrived at {where} before the last run stopped; committed it"
+    def drop_pending(self) -> None:
         if os.path.exists(self.state.undo):
             e2fs.roll_back(self.state.disk, self.state.undo)
-        doc.pop("pending", None)
-        self.state.write("state.json", json.dumps(doc, indent=1).encode())
-        self.state.remove("tree.pending.msgpack")
-        return f"cycle {cycle} did not arrive before the last run stopped; rolled it back"
+        self.state.remove(_TREE_PENDING)
 
-    # --- cycles --------------------------------------------------------------
+    def discard_first(self) -> None:
+        for leftover in ("meta.vhd", _TREE, _TREE_PENDING):
+            self.state.remove(leftover)
 
-    def run_cycle(self) -> CycleResult:
-        t0 = time.monotonic()
-        doc, old_tree = self._load()
-        recovered = self._recover(doc)
-        if recovered:
-            doc, old_tree = self._load()
-        scan = scan_tree(self.source, old_tree or None)
-        result = self._next_cycle(doc, old_tree, scan) if doc else self._first_cycle(scan)
-        result.recovered = recovered
-        result.warnings[:0] = scan.warnings
-        result.seconds = time.monotonic() - t0
-        return result
+    # --- cycles --------------------------------------------------------------------
 
-    def _first_cycle(self, scan: Scan) -> CycleResult:
+    def first_cycle(self) -> CycleResult:
+        scan = scan_tree(self.source)
         size = self.options.size or default_disk_size(scan.tree)
         try:
             check_size(size)
@@ -289,7 +127,7 @@ class VhdProtection:
         if size % e2fs.FS_BLOCK:
             raise UsageError(f"--size must be a multiple of {e2fs.FS_BLOCK} bytes")
         disk = self.state.disk
-        self._phase("building the metadata disk")
+        self.phase("building the metadata disk")
         with open(disk, "wb") as f:
             f.truncate(size)
         e2fs.make_filesystem(disk, size, self.source, inodes=default_inodes(scan.tree, size))
@@ -303,60 +141,45 @@ class VhdProtection:
             f.seek(size)
             f.write(Footer(kind=FIXED, current_size=size, uuid=uuidlib.uuid4()).pack())
         tree = with_xattrs(scan.tree, _xattr_names(self.source, scan.tree))
-        ident = uuidlib.uuid4()
+        self.state.write(_TREE_PENDING, save_tree(tree))
         with contextlib.closing(RawSource(disk, size)) as source:
             ranges = [(e.offset, e.length) for e in source.allocation() if not e.zero]
-        info = self._write_vhd(size, ranges, ident, None, datetime.now(UTC))
-        record = self._record(0, info, None, {"created": len(tree)}, ranges)
-        where = self._ship(0, record, size, None)
-        doc: dict[str, object] = {
-            "version": STATE_VERSION,
-            "source": self.source,
-            "name": self.options.name,
-            "disk_size": size,
-            "block_size": self.options.block_size,
-            "destination": self.dest.description,
-            "last": {
-                "cycle": 0,
-                "uuid": str(ident),
-                "timestamp": info.timestamp,
-                "location": where,
-            },
-        }
-        self._commit(doc, tree)
+        ident = uuidlib.uuid4()
+        info = self.write_vhd(size, read_ranges(disk, ranges), ident, None, datetime.now(UTC))
+        changed = sum(n for _, n in ranges)
+        counts = {"created": len(tree)}
+        where, _ = self.ship(0, info, None, counts, None, changed)
+        self.commit(self.new_doc(size), 0, info, where)
         self._verify(disk)
         return CycleResult(
             cycle=0,
             kind="base",
             location=where,
             uuid=str(ident),
-            changes={"created": len(tree)},
-            bytes_changed=int(record["bytes_changed"]),  # type: ignore[call-overload]
+            changes=counts,
+            bytes_changed=changed,
             vhd_bytes=info.file_size,
             vhd_allocated_blocks=info.allocated_blocks,
             disk_size=size,
+            warnings=scan.warnings,
         )
 
-    def _next_cycle(self, doc: dict[str, object], old: Tree, scan: Scan) -> CycleResult:
+    def next_cycle(self, doc: dict[str, object]) -> CycleResult:
         size = int(doc["disk_size"])  # type: ignore[call-overload]
-        # Every disk of a chain keeps the block size of its first.
-        self.options.block_size = int(doc["block_size"])  # type: ignore[call-overload]
-        last = _Last(**doc["last"])  # type: ignore[arg-type]
+        last = self.last(doc)
+        old = self._tree()
+        scan = scan_tree(self.source, old)
         changes = diff_trees(old, scan.tree)
         if not changes:
-            return CycleResult(cycle=None, kind="none", disk_size=size)
+            return CycleResult(cycle=None, kind="none", disk_size=size, warnings=scan.warnings)
         value_dir = self.state.file("values")
         os.makedirs(value_dir, exist_ok=True)
         script = build_script(changes, old, scan.tree, self.source, value_dir)
-        new_tree = _settled_tree(old, scan.tree, script.skipped)
-        new_tree = with_xattrs(new_tree, script.xattrs)
+        new_tree = with_xattrs(_settled_tree(old, scan.tree, script.skipped), script.xattrs)
         cycle = last.cycle + 1
-        ident = uuidlib.uuid4()
-        made = datetime.now(UTC)
-        self.state.write("tree.pending.msgpack", save_tree(new_tree))
-        stamp = vhd_time(made.timestamp())
-        doc["pending"] = {"cycle": cycle, "uuid": str(ident), "timestamp": stamp}
-        self.state.write("state.json", json.dumps(doc, indent=1).encode())
+        self.state.write(_TREE_PENDING, save_tree(new_tree))
+        ident, made = self.begin(doc, cycle)
+        counts = _counts(changes)
         try:
             for holder, value in script.value_files.items():
                 with open(holder, "wb") as f:
@@ -364,39 +187,25 @@ class VhdProtection:
             script_path = self.state.file("cycle.debugfs")
             with open(script_path, "wb") as f:
                 f.write(script.text())
-            self._phase("applying changes")
+            self.phase("applying changes")
             e2fs.run_debugfs(self.state.disk, script_path, self.state.undo)
-            log = read_undo_log(self.state.undo)
-            ranges = _merge(log.extents, size)
-            parent = ParentInfo(
-                uuid=uuidlib.UUID(last.uuid),
-                size=size,
-                timestamp=last.timestamp,
-                name=self.dest.object_name(self.options.name, last.cycle),
-                absolute_path=self.dest.absolute_path(self.options.name, last.cycle),
-                relative_path=".\\" + self.dest.object_name(self.options.name, last.cycle),
-            )
-            info = self._write_vhd(size, ranges, ident, parent, made)
-            counts = _counts(changes)
-            record = self._record(cycle, info, last.uuid, counts, ranges)
-            where = self._ship(cycle, record, size, ranges)
+            ranges = merge_ranges(read_undo_log(self.state.undo).extents, size)
+            parent = self.parent_of(last, size)
+            data = read_ranges(self.state.disk, ranges)
+            info = self.write_vhd(size, data, ident, parent, made)
+            changed = sum(n for _, n in ranges)
+            where, _ = self.ship(cycle, info, last.uuid, counts, ranges, changed)
         except BaseException:
             # Commit if the cycle arrived after all, else undo the edits.
-            self._recover(doc)
+            self.recover(doc)
             raise
         finally:
             for holder in script.value_files:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(holder)
-        doc["last"] = {
-            "cycle": cycle,
-            "uuid": str(ident),
-            "timestamp": info.timestamp,
-            "location": where,
-        }
-        self._commit(doc, new_tree)
+        self.commit(doc, cycle, info, where)
         self._verify(self.state.disk)
-        warnings = list(script.warnings)
+        warnings = scan.warnings + script.warnings
         warnings += [f"{os.fsdecode(p)}: name cannot be mirrored; skipped" for p in script.skipped]
         return CycleResult(
             cycle=cycle,
@@ -404,78 +213,12 @@ class VhdProtection:
             location=where,
             uuid=str(ident),
             changes=counts,
-            bytes_changed=int(record["bytes_changed"]),  # type: ignore[call-overload]
+            bytes_changed=changed,
             vhd_bytes=info.file_size,
             vhd_allocated_blocks=info.allocated_blocks,
             disk_size=size,
             warnings=warnings,
         )
-
-    def _write_vhd(
-        self,
-        size: int,
-        ranges: list[tuple[int, int]],
-        ident: uuidlib.UUID,
-        parent: ParentInfo | None,
-        made: datetime,
-    ) -> VhdInfo:
-        """The cycle's VHD in the state folder: dynamic for the first, differencing
-        after. A destination that keeps blocks gets no file, only its description."""
-        if not self.dest.wants_vhd:
-            kind: Kind = "differencing" if parent else "dynamic"
-            stamp = vhd_time(made.timestamp())
-            return VhdInfo(kind, size, ident, stamp, None, 0, 0, parent.uuid if parent else None)
-        with open(self.state.file("outgoing.vhd"), "wb") as out:
-            return write_vhd(
-                out,
-                size,
-                _read(self.state.disk, ranges),
-                kind="differencing" if parent else "dynamic",
-                block_size=self.options.block_size,
-                parent=parent,
-                uuid=ident,
-                timestamp=made,
-            )
-
-    def _record(
-        self,
-        cycle: int,
-        info: VhdInfo,
-        parent_uuid: str | None,
-        counts: dict[str, int],
-        ranges: list[tuple[int, int]],
-    ) -> dict[str, object]:
-        return {
-            "name": self.options.name,
-            "cycle": cycle,
-            "kind": info.kind,
-            "uuid": str(info.uuid),
-            "parent_uuid": parent_uuid,
-            "timestamp": info.timestamp,
-            "time": datetime.now(UTC).isoformat(),
-            "source": self.source,
-            "disk_size": info.size,
-            "vhd_bytes": info.file_size,
-            "bytes_changed": sum(n for _, n in ranges),
-            "changes": counts,
-            "parent": self.dest.object_name(self.options.name, cycle - 1) if cycle else None,
-        }
-
-    def _ship(
-        self,
-        cycle: int,
-        record: dict[str, object],
-        size: int,
-        changed: list[tuple[int, int]] | None,
-    ) -> str:
-        self._phase("shipping")
-        vhd = self.state.file("outgoing.vhd") if self.dest.wants_vhd else ""
-        shipment = Shipment(self.options.name, cycle, vhd, record, self.state.disk, size, changed)
-        return self.dest.ship(shipment)
-
-    def _phase(self, what: str) -> None:
-        self.progress.current = what
-        self.report(self.progress)
 
     def _verify(self, disk: str) -> None:
         if not self.options.verify:
@@ -532,33 +275,3 @@ def _counts(changes: TreeChanges) -> dict[str, int]:
         "removed": len(changes.removed),
         "metadata": len(changes.metadata),
     }
-
-
-def _merge(extents: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
-    """Sorted, merged, sector-aligned byte ranges inside the disk."""
-    out: list[tuple[int, int]] = []
-    for offset, length in sorted(extents):
-        start = offset - offset % 512
-        end = min(-(-(offset + length) // 512) * 512, size)
-        if start >= end:
-            continue
-        if out and start <= out[-1][0] + out[-1][1]:
-            prev_start, prev_len = out[-1]
-            out[-1] = (prev_start, max(prev_start + prev_len, end) - prev_start)
-        else:
-            out.append((start, end - start))
-    return out
-
-
-def _read(path: str, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
-    """The bytes of `ranges`, in pieces of at most 2 MiB, for the VHD writer."""
-    with open(path, "rb", buffering=0) as f:
-        for offset, length in ranges:
-            pos = offset
-            while pos < offset + length:
-                n = min(_PIECE, offset + length - pos)
-                data = os.pread(f.fileno(), n, pos)
-                if len(data) != n:
-                    raise e2fs.MirrorError(f"{path}: short read at {pos}")
-                yield pos, data
-                pos += n
