@@ -36,6 +36,7 @@ from strongroom.pipeline.image_backup import ImageBackup, ImageBackupSummary
 from strongroom.repository.repo import Repository
 from strongroom.services.points import PointFilter, find_point, list_points
 from strongroom.sources.block import NBD_STATE_DIRTY, BlockSource, NbdSource, RawSource
+from strongroom.sources.images import probe_image
 from strongroom.sources.live import LiveDisk
 from strongroom.sources.qemu import (
     ImageInfo,
@@ -45,7 +46,7 @@ from strongroom.sources.qemu import (
     image_info,
 )
 from strongroom.sources.qmp import QmpClient
-from strongroom.sources.vhd import VhdSource, looks_like_vhd
+from strongroom.sources.vhd import VhdSource
 from strongroom.trackers.bitmaps import BitmapPlan, plan_bitmaps
 from strongroom.trackers.changes import ChangeSet, blocks_touched
 from strongroom.trackers.overlay import overlay_changes, overlay_identity
@@ -173,7 +174,7 @@ class _ImageJob:
         if not os.path.exists(path):
             raise SourceError(f"{path}: no such file or device")
         pinned = parent.summary.get("image_format") if parent is not None else None
-        info = self._probe(path, str(pinned) if pinned else None)
+        info = probe_image(path, str(pinned) if pinned else None)
         self.image_path = info.path
         self.extra["image_format"] = info.format
         chain = backing_chain_identity(info) if info.backing else []
@@ -209,21 +210,6 @@ class _ImageJob:
         return src, self._fallback(parent_map, "")
 
     # --- sources -------------------------------------------------------------
-
-    def _probe(self, path: str, pinned: str | None) -> ImageInfo:
-        """The image's format: the parent's if it recorded one, else a VHD's footer
-        (read by `VhdSource`; `virtual_size` is then the file's size), else qemu's guess."""
-        st = os.stat(path)
-        if not os.path.isfile(path) or st.st_size == 0 or pinned == "raw":
-            return ImageInfo(os.path.abspath(path), "raw", st.st_size)
-        if pinned == "vhd" or (pinned in (None, "vpc") and looks_like_vhd(path)):
-            return ImageInfo(os.path.abspath(path), "vhd", st.st_size)
-        try:
-            return image_info(path, pinned)
-        except SourceError as err:
-            if "not installed" in str(err):
-                return ImageInfo(os.path.abspath(path), "raw", st.st_size)
-            raise
 
     def _open_live(
         self, parent_map: BlockMap | None, parent_bitmap: str | None, block_size: int

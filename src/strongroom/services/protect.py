@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import os
 import socket
 import threading
 import time
@@ -19,16 +20,14 @@ from datetime import UTC, datetime
 
 from strongroom import __version__
 from strongroom.config import data_home
+from strongroom.errors import UsageError
 from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup
+from strongroom.protect.block_mode import BlockProtection
+from strongroom.protect.cycles import CycleResult, ProtectOptions, StateFolder
 from strongroom.protect.destinations import Destination, Shipment, VhdChain
-from strongroom.protect.vhd_mode import (
-    CycleResult,
-    ProtectOptions,
-    StateFolder,
-    VhdProtection,
-)
+from strongroom.protect.vhd_mode import VhdProtection
 from strongroom.repository.repo import Repository
 from strongroom.services.points import list_points
 from strongroom.sources.block import RawSource
@@ -135,10 +134,17 @@ def protect_once(
     state_folder: str | None = None,
     progress: ProgressCallback = no_progress,
 ) -> CycleResult:
-    """Run one cycle; the state folder is locked for its duration."""
+    """Run one cycle; the state folder is locked for its duration. A directory is
+    protected through its metadata disk, anything else as a block source."""
+    mode = VhdProtection if os.path.isdir(source) else BlockProtection
+    if mode is BlockProtection and not destination.wants_vhd:
+        raise UsageError(
+            f"{source} is a block source: back it up into a repository with "
+            "'strongroom backup --image' (same change tracking, plus dirty bitmaps)"
+        )
     state = StateFolder(state_folder or default_state_folder(options.name))
     try:
-        return VhdProtection(source, destination, state, options, progress).run_cycle()
+        return mode(source, destination, state, options, progress).run_cycle()
     finally:
         state.close()
 

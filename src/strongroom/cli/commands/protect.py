@@ -11,8 +11,8 @@ from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.cli.units import parse_duration, parse_size
 from strongroom.errors import UsageError
+from strongroom.protect.cycles import CycleResult, ProtectOptions, check_name, default_name
 from strongroom.protect.destinations import Destination
-from strongroom.protect.vhd_mode import CycleResult, ProtectOptions, check_name, default_name
 from strongroom.services.protect import (
     RepositoryDestination,
     chain_destination,
@@ -23,7 +23,7 @@ from strongroom.services.session import LockMode
 
 
 @click.command()
-@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.argument("source", type=click.Path(exists=True))
 @click.option(
     "--mode",
     type=click.Choice(["vhd"]),
@@ -88,12 +88,15 @@ def protect(
     cycles: int | None,
     verify: bool,
 ) -> None:
-    """Protect the directory SOURCE in VHD backup mode.
+    """Protect SOURCE (a directory, or a disk: device, raw file, any image) in
+    VHD backup mode.
 
-    A local metadata VHD (an ext4 file system mirroring SOURCE) is kept in the
-    state folder; each cycle applies the changed files to it and ships only the
-    blocks that changed, as a differencing VHD whose parent is the previous
-    cycle's disk. DEST then holds a VHD chain that any VHD reader opens.
+    For a directory, a local metadata VHD (an ext4 file system mirroring
+    SOURCE) is kept in the state folder; each cycle applies the changed files
+    to it and ships only the blocks that changed, as a differencing VHD whose
+    parent is the previous cycle's disk. For a disk, the state folder keeps a
+    hash per 64 KiB and each cycle ships the pieces whose hash changed. DEST
+    then holds a VHD chain that any VHD reader opens.
     """
     if (dest is None) == (not to_repository):
         raise UsageError("say where cycles go: --to DEST or --to-repository")
