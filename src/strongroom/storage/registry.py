@@ -9,7 +9,8 @@ from strongroom.storage.base import Backend
 
 
 def open_backend(location: str) -> Backend:
-    """Open the backend for `location`: a path, `file://PATH` or `memory://NAME`.
+    """Open the backend for `location`: a path, `file://PATH`, `memory://NAME`, or
+    an S3 bucket (`s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`, `s3://BUCKET[/PREFIX]`).
 
     Wrappers (retry, logging) are applied here, in one place, as they arrive.
     """
@@ -17,6 +18,10 @@ def open_backend(location: str) -> Backend:
         from strongroom.storage.memory import MemoryBackend
 
         return MemoryBackend(location)
+    if location.startswith("s3:"):
+        from strongroom.storage.s3 import S3Backend
+
+        return S3Backend(location)
     if location.startswith("file://"):
         location = location[len("file://") :]
     elif "://" in location:
