@@ -176,6 +176,17 @@ def test_the_bucket_is_created_on_first_write(s3: Gateway) -> None:
     assert backend.get("keys/first") == b"k"
 
 
+def test_a_streamed_first_write_creates_the_bucket(s3: Gateway) -> None:
+    # Regression: upload_fileobj closes its stream when the bucket is missing,
+    # so the bucket must exist before a streamed upload starts, and the upload
+    # must start from the spool's first byte (it once shipped empty objects).
+    backend = S3Backend(s3.location())
+    temp = backend.open_temp()
+    temp.write(b"x" * 1000)
+    temp.commit("data/bb/first")
+    assert backend.get("data/bb/first") == b"x" * 1000
+
+
 def test_streaming_put_spools_then_uploads(s3: Gateway) -> None:
     backend = fresh_backend(s3.location())
     temp = backend.open_temp()

@@ -155,6 +155,7 @@ class S3Backend:
         self._conditional: bool | None = None  # does the server honour If-None-Match?
         self._probe_lock = threading.Lock()
         self._bucket_lock = threading.Lock()
+        self._bucket_known = False  # ensure_bucket() succeeded once
         session = boto3.session.Session()
         config = Config(
             region_name=session.region_name or "us-east-1",
@@ -253,6 +254,7 @@ class S3Backend:
         with self._bucket_lock:
             try:
                 self._client.head_bucket(Bucket=self.bucket)
+                self._bucket_known = True
                 return
             except botocore.exceptions.ClientError as err:
                 if _code(err) not in ("404", "NoSuchBucket"):
@@ -273,6 +275,7 @@ class S3Backend:
                     raise self._error(err, f"creating bucket {self.bucket}") from None
             except botocore.exceptions.BotoCoreError as err:
                 raise self._error(err, f"creating bucket {self.bucket}") from None
+            self._bucket_known = True
 
     def _head(self, name: str) -> int | None:
         """The object's size, or None if it does not exist."""
@@ -433,12 +436,17 @@ class S3Backend:
 
     def _upload(self, name: str, stream: IO[bytes]) -> None:
         key = self._key(name)
-
-        def upload() -> None:
-            stream.seek(0)
-            self._client.upload_fileobj(stream, self.bucket, key, Config=self._transfer)
-
-        self._write(f"writing {name}", name, upload)
+        # upload_fileobj closes the stream when it fails, so a missing bucket
+        # cannot be created after the fact and the upload tried again (as
+        # `_write` does for put): it is made sure of before, once.
+        if not self._bucket_known:
+            self.ensure_bucket()
+        stream.seek(0)
+        self._call(
+            f"writing {name}",
+            name,
+            lambda: self._client.upload_fileobj(stream, self.bucket, key, Config=self._transfer),
+        )
 
 
 class _S3Temp:
