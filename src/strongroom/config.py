@@ -2,7 +2,8 @@
 
 File: `$STRONGROOM_CONFIG`, else `$XDG_CONFIG_HOME/strongroom/config.toml`
 (`~/.config/strongroom/config.toml`). Keys: `repo`, `password_file`,
-`compression`, `exclude` (list), `exclude_file`. Environment:
+`compression`, `exclude` (list), `exclude_file`, and the cluster's VMs as
+`[vm.NAME]` tables (see `VmSpec`). Environment:
 `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`, `STRONGROOM_PASSWORD_FILE`,
 `STRONGROOM_COMPRESSION`. The password itself is never read from the file.
 """
@@ -31,12 +32,39 @@ def default_repository() -> str:
 
 
 @dataclass
+class VmSpec:
+    """A VM of the cluster: its disks and the endpoints of its block layer.
+
+    The block layer (QEMU or qemu-storage-daemon) serves QMP at `qmp`
+    (`unix:PATH`, a path, or `tcp:HOST:PORT`) and NBD at `nbd` (a URI whose
+    export part is ignored: frozen views are exported on that server). `disks`
+    are block node names. `scratch` is a folder where the snapshot overlays
+    go, as both this host and the block layer see it (on shared storage when
+    they are different hosts). Consistency: `guest_agent` (the guest agent's
+    socket, for guest-fsfreeze-freeze/thaw) or `freeze_command` and
+    `thaw_command` (run by a shell), bounded by `freeze_timeout` seconds.
+    """
+
+    name: str
+    qmp: str
+    nbd: str
+    disks: list[str]
+    scratch: str | None = None
+    guest_agent: str | None = None
+    freeze_command: str | None = None
+    thaw_command: str | None = None
+    freeze_timeout: float = 10.0
+    lease_ttl: float = 60.0
+
+
+@dataclass
 class Settings:
     repo: str | None = None
     password_file: str | None = None
     compression: int | None = None
     exclude: list[str] = field(default_factory=list)
     exclude_file: str | None = None
+    vms: dict[str, VmSpec] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
 
     @property
@@ -78,7 +106,7 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
 def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
     if "password" in doc:
         raise ConfigError(f"config file {where}: put the password in a password_file, not here")
-    known = {"repo", "password_file", "compression", "exclude", "exclude_file"}
+    known = {"repo", "password_file", "compression", "exclude", "exclude_file", "vm"}
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"config file {where}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -94,6 +122,67 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
         settings.exclude = [str(x) for x in excludes]
     if isinstance(doc.get("exclude_file"), str):
         settings.exclude_file = os.path.expanduser(str(doc["exclude_file"]))
+    vms = doc.get("vm", {})
+    if not isinstance(vms, dict):
+        raise ConfigError(f"config file {where}: vm must be a table of [vm.NAME] tables")
+    for name, table in vms.items():
+        settings.vms[name] = _vm(name, table, where)
+
+
+_VM_KEYS = {
+    "qmp",
+    "nbd",
+    "disks",
+    "scratch",
+    "guest_agent",
+    "freeze_command",
+    "thaw_command",
+    "freeze_timeout",
+    "lease_ttl",
+}
+
+
+def _vm(name: str, table: object, where: str) -> VmSpec:
+    at = f"config file {where}, [vm.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{at}: not a table")
+    unknown = set(table) - _VM_KEYS
+    if unknown:
+        raise ConfigError(f"{at}: unknown setting(s) {', '.join(sorted(unknown))}")
+    for key in ("qmp", "nbd"):
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise ConfigError(f"{at}: {key} (the block layer's endpoint) is required")
+    disks = table.get("disks")
+    if not isinstance(disks, list) or not disks or not all(isinstance(d, str) for d in disks):
+        raise ConfigError(f"{at}: disks must be a non-empty list of block node names")
+    if len(set(disks)) != len(disks):
+        raise ConfigError(f"{at}: a disk is listed twice")
+    optional: dict[str, str | None] = {}
+    for key in ("scratch", "guest_agent", "freeze_command", "thaw_command"):
+        value = table.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{at}: {key} must be a string")
+        optional[key] = os.path.expanduser(value) if isinstance(value, str) else None
+    if optional["guest_agent"] and optional["freeze_command"]:
+        raise ConfigError(f"{at}: use guest_agent or freeze_command, not both")
+    numbers: dict[str, float] = {}
+    for key, default in (("freeze_timeout", 10.0), ("lease_ttl", 60.0)):
+        value = table.get(key, default)
+        if not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{at}: {key} must be a positive number of seconds")
+        numbers[key] = float(value)
+    return VmSpec(
+        name=name,
+        qmp=str(table["qmp"]),
+        nbd=str(table["nbd"]),
+        disks=[str(d) for d in disks],
+        scratch=optional["scratch"],
+        guest_agent=optional["guest_agent"],
+        freeze_command=optional["freeze_command"],
+        thaw_command=optional["thaw_command"],
+        freeze_timeout=numbers["freeze_timeout"],
+        lease_ttl=numbers["lease_ttl"],
+    )
 
 
 def _level(text: str, where: str) -> int:

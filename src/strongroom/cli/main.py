@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "export": "export:export",
     "vhd": "vhd:vhd",
     "protect": "protect:protect",
+    "vm": "vm:vm",
     "dump": "browse:dump",
     "forget": "maintenance:forget",
     "prune": "maintenance:prune",

@@ -1,10 +1,13 @@
-"""Storing and loading block maps as tree chunks (format: model/blockmap.py)."""
+"""Storing and loading block maps, and VM manifests naming several, as tree
+chunks (formats: model/blockmap.py, model/vm.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from strongroom.errors import IntegrityError
 from strongroom.model.blockmap import BlockMap, MapRoot, decode_root, decode_segment
+from strongroom.model.vm import VmManifest
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 
@@ -43,4 +46,25 @@ def referenced_by_map(repo: Repository, root_id: bytes) -> set[bytes]:
     rows = block_map.ids[~block_map.hole_mask()]
     if len(rows):
         used.update(bytes(r) for r in np.unique(rows, axis=0))
+    return used
+
+
+def save_vm_manifest(repo: Repository, manifest: VmManifest) -> bytes:
+    """Queue a VM point's manifest; returns its id (flush after!)."""
+    return repo.put_chunk(BlobType.TREE, manifest.encode())
+
+
+def load_vm_manifest(repo: Repository, manifest_id: bytes) -> VmManifest:
+    data = repo.load_chunk(manifest_id, BlobType.TREE)
+    try:
+        return VmManifest.decode(data)
+    except ValueError as err:
+        raise IntegrityError(f"VM manifest {manifest_id.hex()[:16]}: {err}") from None
+
+
+def referenced_by_vm(repo: Repository, manifest_id: bytes) -> set[bytes]:
+    """Every chunk a VM point needs: its manifest and each disk's map and data."""
+    used = {manifest_id}
+    for disk in load_vm_manifest(repo, manifest_id).disks:
+        used |= referenced_by_map(repo, bytes.fromhex(disk.map_root))
     return used

@@ -40,6 +40,7 @@ from strongroom.repository.keys import (
     unwrap_master_key,
     wrap_master_key,
 )
+from strongroom.repository.leases import LeaseStore
 from strongroom.repository.locks import Lock
 from strongroom.repository.pack import PackBuilder, blob_ad
 from strongroom.storage import Backend
@@ -239,6 +240,13 @@ class Repository:
 
     def lock(self, exclusive: bool = False) -> Lock:
         return Lock(self.backend, self.sealer, exclusive).acquire()
+
+    def leases(self) -> LeaseStore:
+        return LeaseStore(self.backend, self.sealer)
+
+    def lease_id(self, key: str) -> str:
+        """The object name part for the lease on `key`: keyed, so it reveals nothing."""
+        return self.chunk_id(b"lease\0" + key.encode()).hex()[:32]
 
     # --- index ---------------------------------------------------------------
 

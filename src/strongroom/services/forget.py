@@ -72,13 +72,16 @@ def apply_policy(points: list[RecoveryPoint], policy: KeepPolicy) -> list[Decisi
 
 
 def group_points(points: list[RecoveryPoint], group_by: str) -> dict[str, list[RecoveryPoint]]:
-    """Group by a comma list of host, paths, tags (empty: one group)."""
+    """Group by a comma list of host, paths, tags (empty: one group).
+
+    A VM's points form one series whichever host of the cluster took them:
+    their host is not part of the key."""
     keys = [k for k in group_by.split(",") if k]
     groups: dict[str, list[RecoveryPoint]] = defaultdict(list)
     for p in points:
         parts = []
         for k in keys:
-            if k == "host":
+            if k == "host" and p.kind != "vm":
                 parts.append(f"host={p.host}")
             elif k == "paths":
                 parts.append("paths=" + ":".join(sorted(p.paths)))

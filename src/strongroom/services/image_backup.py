@@ -134,7 +134,8 @@ def _backing_identity(req: ImageBackupRequest) -> str | None:
     return _identity_or_none(info.backing) if info.backing else None
 
 
-def _dirty_blocks(view: NbdSource, bitmaps: list[str], block_size: int) -> ChangeSet | None:
+def dirty_blocks(view: NbdSource, bitmaps: list[str], block_size: int) -> ChangeSet | None:
+    """The blocks the exported bitmaps mark dirty; None if one is not exported."""
     extents: list[tuple[int, int]] = []
     for name in bitmaps:
         context = f"qemu:dirty-bitmap:{name}"
@@ -280,7 +281,7 @@ class _ImageJob:
                 raise UsageError(
                     "over a plain NBD export, name the bitmap: --changed-since bitmap:NAME"
                 )
-            found = _dirty_blocks(view, [self.bitmap_name], block_size)
+            found = dirty_blocks(view, [self.bitmap_name], block_size)
             if found is not None:
                 found.note = (
                     f"bitmap {self.bitmap_name} read as exported; "
@@ -332,7 +333,7 @@ class _ImageJob:
             return self._fallback(parent_map, "")
         if plan.read is None:
             return self._fallback(parent_map, plan.note)
-        found = _dirty_blocks(view, plan.read, block_size)
+        found = dirty_blocks(view, plan.read, block_size)
         if found is None:
             return self._fallback(parent_map, "the block layer did not export the dirty bitmaps")
         return found

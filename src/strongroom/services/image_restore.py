@@ -37,7 +37,18 @@ def restore_image(
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
 ) -> ImageRestoreSummary:
-    block_map = point_map(repo, point)
+    return restore_map(repo, point_map(repo, point), target, fmt, progress, cancel)
+
+
+def restore_map(
+    repo: Repository,
+    block_map: BlockMap,
+    target: str,
+    fmt: str = "raw",
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> ImageRestoreSummary:
+    """Write one disk's map to `target` (a file, a block device, an NBD URI)."""
     out = open_target(target, block_map.size, fmt)
     try:
         return ImageRestore(repo, block_map, out, progress=progress, cancel=cancel).run()

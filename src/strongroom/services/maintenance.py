@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from strongroom.errors import IntegrityError
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import FILE
-from strongroom.pipeline.blockmaps import load_block_map
+from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
 from strongroom.repository import format as fmt
 from strongroom.repository.check import CheckReport, check_data, check_structure
 from strongroom.repository.prune import PrunePlan, execute_prune, plan_prune
@@ -104,6 +104,16 @@ def _damaged_paths(repo: Repository, point: RecoveryPoint, damaged: set[bytes]) 
             for i in range(block_map.blocks)
             if block_map.get(i) in damaged
         ]
+    if point.kind == "vm":
+        found = []
+        for disk in load_vm_manifest(repo, bytes.fromhex(point.tree)).disks:
+            disk_map = load_block_map(repo, bytes.fromhex(disk.map_root))
+            found += [
+                f"disk {disk.name}, block at offset {disk_map.extent(i)[0]}"
+                for i in range(disk_map.blocks)
+                if disk_map.get(i) in damaged
+            ]
+        return found
     return [
         path.decode("utf-8", "surrogateescape")
         for path, node in iter_tree(repo, bytes.fromhex(point.tree))
@@ -118,7 +128,8 @@ def stats(repo: Repository) -> dict[str, object]:
     packs = sum(1 for _ in repo.backend.list(fmt.DATA_PREFIX))
     index_bytes = sum(o.size for o in repo.backend.list(fmt.INDEX_PREFIX))
     logical = sum(
-        int(p.summary.get("size" if p.kind == "block" else "total_bytes", 0)) for p in points
+        int(p.summary.get("size" if p.kind in ("block", "vm") else "total_bytes", 0))
+        for p in points
     )
     raw = 0
     chunks = 0

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from strongroom.errors import PathNotFound
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import DIR, Node, decode_tree
-from strongroom.pipeline.blockmaps import referenced_by_map
+from strongroom.pipeline.blockmaps import referenced_by_map, referenced_by_vm
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 
@@ -68,6 +68,11 @@ def referenced_by_points(
                 used |= referenced_by_map(repo, root)
             except Exception as err:
                 errors.append(f"block map {root.hex()[:16]}: {err}")
+        elif point.kind == "vm":
+            try:
+                used |= referenced_by_vm(repo, root)
+            except Exception as err:
+                errors.append(f"VM manifest {root.hex()[:16]}: {err}")
         elif root not in used:
             used.add(root)
             stack.append(root)

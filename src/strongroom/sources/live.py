@@ -22,7 +22,9 @@ import os
 import secrets
 import socket
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom.errors import SourceError
@@ -70,6 +72,31 @@ def _export_uri(server: NbdAddress, export: str) -> str:
     return format_tcp_uri(server.host or "127.0.0.1", server.port, export)
 
 
+@dataclass
+class ViewPlan:
+    """How a disk's bitmaps rotate at the instant of its view."""
+
+    add: str | None  # bitmap started at the instant
+    granularity: int
+    disable: list[str] = field(default_factory=list)  # ours that stop recording there
+
+
+def freeze_together(qmp: QmpClient, disks: Sequence[tuple[LiveDisk, ViewPlan]]) -> float:
+    """Freeze every disk at one instant: one QMP `transaction` holds every
+    disk's bitmap rotation and copy-before-write job, so the block layer
+    applies them between the same two guest writes (all or none). Each disk
+    must be prepared (`prepare_view`). Returns the wall-clock time the
+    transaction returned."""
+    actions: list[dict[str, Any]] = []
+    for disk, plan in disks:
+        actions += disk.view_actions(plan)
+    qmp.execute("transaction", {"actions": actions})
+    done = time.time()
+    for disk, _ in disks:
+        disk._steps.append("job")
+    return done
+
+
 class LiveDisk:
     """One node of a running block layer (QEMU or qemu-storage-daemon)."""
 
@@ -113,8 +140,15 @@ class LiveDisk:
         read: Sequence[str],
     ) -> NbdSource:
         """Freeze the disk now; return the frozen view with bitmaps `read` exported."""
+        self.prepare_view()
+        freeze_together(self.qmp, [(self, ViewPlan(add, granularity, list(disable)))])
+        return self.export_view(read)
+
+    def prepare_view(self) -> None:
+        """Create the fleece node (its file, then the qcow2 node backed by the disk).
+        Nothing is frozen yet: `freeze_together` does that, for many disks at once."""
         if self._token:
-            raise SourceError("a view of this disk is already open")
+            raise SourceError(f"a view of {self.node} is already open")
         self.reap_stale_views()
         self._token = new_token()
         tok = self._token
@@ -135,22 +169,27 @@ class LiveDisk:
             },
         )
         self._steps.append("node")
+
+    def view_actions(self, plan: ViewPlan) -> list[dict[str, Any]]:
+        """This disk's part of the freezing transaction: bitmaps rotate, the
+        copy-before-write job starts."""
+        tok = self._token
         actions: list[dict[str, Any]] = []
-        if add:
+        if plan.add:
             actions.append(
                 {
                     "type": "block-dirty-bitmap-add",
                     "data": {
                         "node": self.node,
-                        "name": add,
+                        "name": plan.add,
                         # Only qcow2 stores bitmaps; elsewhere the lineage lives
                         # until the block layer restarts (then: "gone", compare).
                         "persistent": self._info.get("drv") == "qcow2",
-                        "granularity": granularity,
+                        "granularity": plan.granularity,
                     },
                 }
             )
-        for name in disable:
+        for name in plan.disable:
             actions.append(
                 {"type": "block-dirty-bitmap-disable", "data": {"node": self.node, "name": name}}
             )
@@ -167,8 +206,11 @@ class LiveDisk:
                 },
             }
         )
-        self.qmp.execute("transaction", {"actions": actions})
-        self._steps.append("job")
+        return actions
+
+    def export_view(self, read: Sequence[str]) -> NbdSource:
+        """Export the frozen view read-only, with the bitmaps `read`."""
+        tok = self._token
         export = f"sr-view-{tok}"
         self.qmp.execute(
             "block-export-add",

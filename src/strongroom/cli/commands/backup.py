@@ -7,6 +7,7 @@ import socket
 import click
 
 from strongroom.cli.commands.init import create_repository
+from strongroom.cli.commands.vm import backup_vm_cmd
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode, UsageError
@@ -23,6 +24,12 @@ from strongroom.sources.exclude import Excluder
     metavar="SOURCE",
     help="Back up a disk image at block level: a raw file, a block device, any image "
     "qemu reads, or an NBD URI (nbd://host:port/export, nbd+unix:///export?socket=PATH).",
+)
+@click.option(
+    "--vm",
+    metavar="NAME",
+    help="Back up the cluster VM NAME (a [vm.NAME] table of the config file): every disk "
+    "at one instant, under a cluster-wide lease.",
 )
 @click.option(
     "--changed-since",
@@ -86,11 +93,14 @@ def backup(
     node: str | None,
     scratch: str | None,
     block_size: int | None,
+    vm: str | None,
 ) -> None:
-    """Back up PATHS (or a disk image, with --image) into a new recovery point."""
+    """Back up PATHS (or a disk image, with --image; a VM, with --vm) into a new recovery point."""
     out = app.out
-    if bool(paths) == bool(image):
-        raise UsageError("give PATHS to back up files, or --image SOURCE for a disk image")
+    if sum(map(bool, (paths, image, vm))) != 1:
+        raise UsageError(
+            "give PATHS to back up files, --image SOURCE for a disk image or --vm NAME for a VM"
+        )
     if app.settings.uses_default_repository and not repository_exists(app.settings.repository):
         out.notice(
             f"no repository configured: creating the default one at {app.settings.repository}"
@@ -100,6 +110,13 @@ def backup(
             f"Its key is stored in the repository ({key}), protected by your password.\n"
             "Keep the password safe: without it nobody can restore this data."
         )
+    if vm:
+        if dry_run:
+            raise UsageError("--dry-run is not available with --vm")
+        if changed_since not in ("auto", "compare", "none"):
+            raise UsageError("with --vm, --changed-since is auto, compare or none")
+        backup_vm_cmd(app, vm, "none" if force else changed_since, list(tag))
+        return
     if image:
         if dry_run:
             raise UsageError("--dry-run is not available with --image")

@@ -43,7 +43,9 @@ def snapshots(
             p.host,
             ",".join(p.tags),
             p.kind,
-            human_bytes(int(p.summary.get("size" if p.kind == "block" else "total_bytes", 0))),
+            human_bytes(
+                int(p.summary.get("size" if p.kind in ("block", "vm") else "total_bytes", 0))
+            ),
             human_bytes(int(p.summary["bytes_changed"])) if "bytes_changed" in p.summary else "",
             human_bytes(int(p.summary.get("data_added_stored", p.summary.get("data_added", 0)))),
             str(p.summary.get("tracker", "")),

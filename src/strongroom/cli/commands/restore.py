@@ -6,14 +6,15 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
-from strongroom.errors import ExitCode
+from strongroom.errors import ExitCode, UsageError
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository.repo import Repository
 from strongroom.services.image_files import extract, open_image_filesystem
 from strongroom.services.image_restore import restore_image
-from strongroom.services.points import find_point
+from strongroom.services.points import PointFilter, find_point
 from strongroom.services.restore import restore_files
 from strongroom.services.session import LockMode
+from strongroom.services.vms import restore_vm, vm_path
 
 
 @click.command()
@@ -39,6 +40,14 @@ from strongroom.services.session import LockMode
 @click.option(
     "--partition", type=int, help="Image points with --include: partition number (default: auto)."
 )
+@click.option("--vm", metavar="NAME", help="POINT is a point of VM NAME ('latest': its newest).")
+@click.option(
+    "--disk",
+    "disks",
+    multiple=True,
+    help="VM points: restore only this disk (repeatable); one disk may go to a file, a device "
+    "or an NBD URI (back into the block layer).",
+)
 @pass_app
 def restore(
     app: App,
@@ -47,11 +56,21 @@ def restore(
     include: tuple[str, ...],
     fmt: str,
     partition: int | None,
+    vm: str | None,
+    disks: tuple[str, ...],
 ) -> None:
-    """Restore POINT (an id prefix or 'latest') into TARGET."""
+    """Restore POINT (an id prefix or 'latest') into TARGET.
+
+    A VM point restores every disk into the folder TARGET as DISK.raw (or .qcow2).
+    """
     out = app.out
     with app.repository(LockMode.SHARED) as repo:
-        p = find_point(repo, point)
+        p = find_point(repo, point, PointFilter(paths=[vm_path(vm)]) if vm else None)
+        if p.kind == "vm":
+            restore_vm_cmd(app, repo, p, target, fmt, list(disks))
+            return
+        if vm or disks:
+            raise UsageError(f"point {p.short_id} is a {p.kind} point, not a VM point")
         if p.kind == "block":
             if include:
                 restore_image_files_cmd(app, repo, p, target, list(include), partition)
@@ -124,3 +143,26 @@ def restore_image_files_cmd(
             f"restored {len(include)} paths from the {fs.kind} file system of image point "
             f"{p.short_id} to {target}: {human_bytes(total)}"
         )
+
+
+def restore_vm_cmd(
+    app: App, repo: Repository, p: RecoveryPoint, target: str, fmt: str, disks: list[str]
+) -> None:
+    out = app.out
+    with out.progress("restore") as progress:
+        done = restore_vm(repo, p, target, fmt, disks or None, progress)
+    damaged = sum(len(s.damaged) for _, _, s in done)
+    if out.json:
+        out.emit(
+            {
+                "message_type": "summary",
+                "point_id": p.id,
+                "disks": [{"disk": d, "target": w, **s.as_dict()} for d, w, s in done],
+            }
+        )
+    else:
+        for disk, where, summary in done:
+            out.info(f"disk {disk}: restored to {where} ({human_bytes(summary.bytes_written)})")
+    if damaged:
+        out.error(f"{damaged} blocks could not be restored (damaged data); they read as zeros")
+        raise SystemExit(ExitCode.FAILED)

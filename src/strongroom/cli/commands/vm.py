@@ -1,0 +1,132 @@
+"""strongroom vm: the cluster's VMs (backup --vm and restore --vm live with backup/restore)."""
+
+from __future__ import annotations
+
+import click
+
+from strongroom.cli.context import App, pass_app
+from strongroom.cli.output import human_bytes
+from strongroom.config import VmSpec
+from strongroom.errors import UsageError
+from strongroom.services.session import LockMode
+from strongroom.services.vm_backup import VmBackupResult, backup_vm
+from strongroom.services.vms import vm_status
+
+
+def vm_spec(app: App, name: str) -> VmSpec:
+    spec = app.settings.vms.get(name)
+    if spec is None:
+        known = ", ".join(sorted(app.settings.vms)) or "none"
+        raise UsageError(
+            f"no VM {name!r} in the configuration (known: {known}); describe it in a [vm.{name}] "
+            "table of the config file"
+        )
+    return spec
+
+
+def backup_vm_cmd(app: App, name: str, changed_since: str, tags: list[str]) -> None:
+    out = app.out
+    spec = vm_spec(app, name)
+    with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
+        result = backup_vm(repo, spec, changed_since=changed_since, tags=tags, progress=progress)
+    for warning in result.warnings:
+        out.warn(warning)
+    if out.json:
+        out.emit(
+            {
+                "message_type": "summary",
+                "vm": name,
+                "point_id": result.point.id,
+                "parent": result.point.parent,
+                "consistency": result.consistency,
+                "quiesce": result.quiesce_note,
+                "host": result.point.host,
+                "disks": result.disks,
+                **{k: result.point.summary.get(k) for k in ("bytes_read", "bytes_changed")},
+                "data_added_stored": result.point.summary.get("data_added_stored"),
+                "seconds": round(result.seconds, 3),
+            }
+        )
+        return
+    _describe(app, name, result)
+
+
+def _describe(app: App, name: str, result: VmBackupResult) -> None:
+    out = app.out
+    for d in result.disks:
+        note = f" ({d['tracker_note']})" if d.get("tracker_note") else ""
+        read, changed = human_bytes(int(d["bytes_read"])), human_bytes(int(d["bytes_changed"]))
+        out.info(
+            f"disk {d['disk']}: {human_bytes(int(d['size']))}, tracker {d['tracker']}{note}; "
+            f"read {read}, changed {changed}, stored {human_bytes(int(d['data_added_stored']))}"
+        )
+    out.info(
+        f"point {result.point.short_id} of VM {name} saved ({result.consistency}) "
+        f"in {result.seconds:.1f} s"
+    )
+
+
+@click.group()
+def vm() -> None:
+    """The cluster's VMs, as described in the config file's [vm.NAME] tables."""
+
+
+@vm.command("list")
+@pass_app
+def list_vms(app: App) -> None:
+    """List the configured VMs and their disks."""
+    out = app.out
+    specs = list(app.settings.vms.values())
+    if out.json:
+        out.document([{"vm": s.name, "disks": s.disks, "qmp": s.qmp, "nbd": s.nbd} for s in specs])
+        return
+    out.table(
+        ["VM", "Disks", "QMP", "NBD"], [(s.name, ", ".join(s.disks), s.qmp, s.nbd) for s in specs]
+    )
+
+
+@vm.command("status")
+@click.argument("names", nargs=-1)
+@pass_app
+def status(app: App, names: tuple[str, ...]) -> None:
+    """Per VM: last point (when, which host, tracker, bytes changed and sent) and
+    the lease holder while a backup runs."""
+    out = app.out
+    specs = [vm_spec(app, n) for n in names] if names else list(app.settings.vms.values())
+    with app.repository(LockMode.NONE) as repo:
+        found = vm_status(repo, specs)
+    if out.json:
+        out.document([s.as_dict() for s in found])
+        return
+    rows = []
+    for s in found:
+        doc = s.as_dict()
+        last = doc["last_point"]
+        holder = doc["lease_holder"]
+        rows.append(
+            (
+                s.name,
+                str(s.points),
+                "" if last is None else f"{last['id'][:8]} {last['time'][:19]}",
+                "" if last is None else last["host"],
+                "" if last is None else last["tracker"],
+                "" if last is None else human_bytes(int(last["bytes_changed"])),
+                "" if last is None else human_bytes(int(last["bytes_sent"])),
+                "" if last is None else last["consistency"],
+                "" if holder is None else f"{holder['host']} pid {holder['pid']}",
+            )
+        )
+    out.table(
+        [
+            "VM",
+            "Points",
+            "Last point",
+            "Host",
+            "Tracker",
+            "Changed",
+            "Sent",
+            "Consistency",
+            "Backing up",
+        ],
+        rows,
+    )

@@ -1,0 +1,221 @@
+"""Back up a VM of the cluster: all its disks at one instant, under a lease.
+
+Steps, from any host of the cluster:
+1. take the VM's lease in the repository (`repository/leases.py`): a second
+   host gets "busy", a dead holder's lease expires;
+2. prepare a fleece node per disk on the VM's block layer (QMP);
+3. quiesce the guest if configured (guest agent or commands, bounded);
+4. one QMP `transaction`: for every disk, the dirty bitmap rotates and a
+   copy-before-write job starts, so all disks freeze between the same two
+   guest writes; thaw at once;
+5. read each frozen view over NBD while writers go on: the first backup (or
+   a lost bitmap) reads everything, later ones the blocks of the bitmap that
+   ended at the instant;
+6. store every disk's map, one manifest, one `vm` point; then retire the
+   bitmaps the point superseded and tear the views down.
+Nothing is committed if the lease was lost meanwhile.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import threading
+import time
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
+from typing import Any
+
+from strongroom import __version__
+from strongroom.config import VmSpec
+from strongroom.errors import StrongroomError
+from strongroom.model.blockmap import BlockMap
+from strongroom.model.point import RecoveryPoint, now
+from strongroom.model.vm import VmDisk, VmManifest
+from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest, save_vm_manifest
+from strongroom.pipeline.image_backup import ImageBackup
+from strongroom.repository.repo import Repository
+from strongroom.services.image_backup import dirty_blocks
+from strongroom.services.vms import vm_lease, vm_path, vm_points
+from strongroom.sources.guest import Quiesce
+from strongroom.sources.live import LiveDisk, ViewPlan, freeze_together
+from strongroom.sources.qmp import QmpClient
+from strongroom.trackers.bitmaps import BitmapPlan, plan_bitmaps
+from strongroom.trackers.changes import ChangeSet
+from strongroom.types import ProgressCallback, no_progress
+
+
+@dataclass
+class VmBackupResult:
+    point: RecoveryPoint
+    disks: list[dict[str, Any]]
+    consistency: str
+    quiesce_note: str
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Disk:
+    live: LiveDisk
+    plan: BitmapPlan
+    parent_map: BlockMap | None
+    parent_bitmap: str | None
+    block_size: int
+
+
+def backup_vm(
+    repo: Repository,
+    spec: VmSpec,
+    *,
+    changed_since: str = "auto",  # auto | compare | none
+    tags: list[str] | None = None,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+    on_frozen: Any = None,  # test hook: called with the instant (time.time()) it froze
+) -> VmBackupResult:
+    host = socket.gethostname()
+    prefix = f"strongroom-{repo.config.id[:8]}"
+    warnings: list[str] = []
+    started = now()
+    t0 = time.monotonic()
+    with vm_lease(repo, spec).acquire() as lease, ExitStack() as stack:
+        parent, parent_disks = _parent(repo, spec, warnings)
+        qmp = stack.enter_context(QmpClient(spec.qmp))
+        disks: list[_Disk] = []
+        for node in spec.disks:
+            live = LiveDisk(qmp, node, spec.nbd, spec.scratch)
+            stack.callback(live.close_view)  # also undoes a view half opened
+            before = parent_disks.get(node)
+            parent_map = (
+                load_block_map(repo, bytes.fromhex(before.map_root)) if before is not None else None
+            )
+            if parent_map is not None and parent_map.size != live.size:
+                warnings.append(f"disk {node} changed size: reading it whole")
+                parent_map = None
+            block_size = parent_map.block_size if parent_map else repo.config.block_size
+            parent_bitmap = None
+            if before is not None and before.summary.get("bitmap_prefix") == prefix:
+                parent_bitmap = before.summary.get("bitmap")
+            plan = plan_bitmaps(live.bitmaps(), prefix, parent_bitmap)
+            disks.append(_Disk(live, plan, parent_map, parent_bitmap, block_size))
+        for disk in disks:
+            disk.live.prepare_view()
+        quiesce = Quiesce(
+            spec.name, spec.guest_agent, spec.freeze_command, spec.thaw_command, spec.freeze_timeout
+        )
+        frozen, note = quiesce.freeze() if quiesce.configured else (False, "")
+        if quiesce.configured and not frozen:
+            warnings.append(f"guest not quiesced ({note}): the point is crash-consistent")
+        try:
+            instant = freeze_together(
+                qmp,
+                [(d.live, ViewPlan(d.plan.add, d.block_size, d.plan.disable)) for d in disks],
+            )
+        finally:
+            if quiesce.configured:
+                problem = quiesce.thaw()
+                if problem:
+                    warnings.append(problem)
+        if on_frozen is not None:
+            on_frozen(instant)
+        results: list[VmDisk] = []
+        summaries: list[dict[str, Any]] = []
+        views = []
+        for disk in disks:
+            read = [] if changed_since in ("none", "compare") else (disk.plan.read or [])
+            view = stack.enter_context(closing(disk.live.export_view(read)))
+            views.append(view)
+            changes = _changes(disk, view, changed_since, read)
+            pipeline = ImageBackup(
+                repo, view, disk.block_size, disk.parent_map, changes, progress, cancel
+            )
+            pipeline.run()
+            summary = {
+                **pipeline.summary.as_dict(),
+                "bitmap": disk.plan.add,
+                "bitmap_prefix": prefix,
+            }
+            summaries.append({"disk": disk.live.node, **summary})
+            results.append(
+                VmDisk(
+                    disk.live.node,
+                    disk.live.size,
+                    disk.block_size,
+                    pipeline.summary.map_root,
+                    summary,
+                )
+            )
+            warnings += pipeline.summary.warnings
+        lease.verify()  # never commit a point under a lease that passed on
+        manifest_id = save_vm_manifest(repo, VmManifest(spec.name, results))
+        repo.flush()
+        consistency = "application-consistent" if frozen else "crash-consistent"
+        seconds = time.monotonic() - t0
+        point = RecoveryPoint(
+            kind="vm",
+            time=started,
+            host=host,
+            user=getpass.getuser(),
+            paths=[vm_path(spec.name)],
+            tree=manifest_id.hex(),
+            parent=parent.id if parent else None,
+            tags=sorted(set(tags or [])),
+            consistency=consistency,
+            program=f"strongroom {__version__}",
+            summary={
+                **_totals(summaries),
+                "disks": summaries,
+                "instant": instant,
+                "quiesce": note,
+                "seconds": round(seconds, 3),
+            },
+        )
+        point.id = repo.save_point(point.to_doc())
+        # Retire what the point superseded: views first (an exported bitmap is busy).
+        for disk, view in zip(disks, views, strict=True):
+            view.close()
+            disk.live.close_view()
+            disk.live.remove_bitmaps(disk.plan.retire)
+    return VmBackupResult(point, summaries, consistency, note, seconds, warnings)
+
+
+def _parent(
+    repo: Repository, spec: VmSpec, warnings: list[str]
+) -> tuple[RecoveryPoint | None, dict[str, VmDisk]]:
+    points = vm_points(repo, spec.name)
+    if not points:
+        return None, {}
+    parent = points[-1]
+    try:
+        manifest = load_vm_manifest(repo, bytes.fromhex(parent.tree))
+    except StrongroomError as err:
+        warnings.append(f"last point {parent.short_id} is unreadable ({err}): reading all disks")
+        return None, {}
+    return parent, {d.name: d for d in manifest.disks}
+
+
+def _changes(disk: _Disk, view: Any, changed_since: str, read: list[str]) -> ChangeSet:
+    if disk.parent_map is None:
+        return ChangeSet("full")
+    if changed_since == "none":
+        return ChangeSet("full")
+    if changed_since == "compare":
+        return ChangeSet("compare")
+    if disk.plan.read is None:
+        return ChangeSet("compare", None, f"{disk.plan.note}: comparing every block")
+    found = dirty_blocks(view, read, disk.block_size)
+    if found is None:
+        return ChangeSet("compare", None, "the block layer did not export the dirty bitmaps")
+    return found
+
+
+def _totals(disks: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("size", "bytes_read", "bytes_changed", "data_added", "data_added_stored")
+    totals: dict[str, Any] = {k: sum(int(d.get(k, 0)) for d in disks) for k in keys}
+    trackers = sorted({str(d.get("tracker", "")) for d in disks})
+    totals["tracker"] = trackers[0] if len(trackers) == 1 else "+".join(trackers)
+    notes = [f"{d['disk']}: {d['tracker_note']}" for d in disks if d.get("tracker_note")]
+    if notes:
+        totals["tracker_note"] = "; ".join(notes)
+    return totals
