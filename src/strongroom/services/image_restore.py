@@ -11,7 +11,8 @@ from strongroom.errors import UsageError
 from strongroom.model.blockmap import BlockMap
 from strongroom.model.point import RecoveryPoint
 from strongroom.nbd.server import NbdServer
-from strongroom.pipeline.blockmaps import load_block_map
+from strongroom.nbd.uri import format_tcp_uri, format_unix_uri, parse_nbd_uri
+from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
 from strongroom.pipeline.image_reader import PointReader
 from strongroom.pipeline.image_restore import ImageRestore, ImageRestoreSummary
 from strongroom.repository.repo import Repository
@@ -79,6 +80,24 @@ class PointExport:
         return self.reader.extents(offset, length)
 
 
+@dataclass
+class Served:
+    """One export of a running `serving` block: its name, URI and size."""
+
+    name: str
+    uri: str
+    size: int
+
+
+def _served_maps(repo: Repository, point: RecoveryPoint, name: str) -> list[tuple[str, BlockMap]]:
+    """(export name, map) of every disk of the point: a VM point's disks are
+    exported under their names, an image point under `name`."""
+    if point.kind == "vm":
+        manifest = load_vm_manifest(repo, bytes.fromhex(point.tree))
+        return [(d.name, load_block_map(repo, bytes.fromhex(d.map_root))) for d in manifest.disks]
+    return [(name, point_map(repo, point))]
+
+
 @contextmanager
 def serving(
     repo: Repository,
@@ -88,18 +107,36 @@ def serving(
     port: int | None = None,
     host: str = "127.0.0.1",
     name: str = "",
-) -> Iterator[tuple[NbdServer, str]]:
-    """Serve a point until the block exits; yields (server, URI). Loopback only."""
+) -> Iterator[tuple[NbdServer, list[Served]]]:
+    """Serve a point (every disk of a VM point) until the block exits; yields the
+    server and its exports. Loopback only."""
     if socket_path is None and port is None:
         raise UsageError("serve needs --socket PATH or --port N")
     if port is not None and host not in ("127.0.0.1", "::1", "localhost"):
         raise UsageError("serve listens on loopback only (the export is not authenticated)")
-    reader = PointReader(repo, point_map(repo, point))
-    export = PointExport(name, reader, f"strongroom point {point.short_id}")
-    server = NbdServer({name: export}, default_export=name)
+    readers: dict[str, PointReader] = {}
     try:
-        uri = server.listen_unix(socket_path) if socket_path else server.listen_tcp(host, port or 0)
-        yield server, uri
+        for export_name, block_map in _served_maps(repo, point, name):
+            readers[export_name] = PointReader(repo, block_map)
+        exports = {
+            n: PointExport(n, r, f"strongroom point {point.short_id} {n}".rstrip())
+            for n, r in readers.items()
+        }
+        first = next(iter(exports))
+        server = NbdServer(exports, default_export=first)
+        try:
+            if socket_path:
+                server.listen_unix(socket_path)
+                uris = [format_unix_uri(socket_path, n) for n in exports]
+            else:
+                base = parse_nbd_uri(server.listen_tcp(host, port or 0))
+                uris = [format_tcp_uri(host, base.port, n) for n in exports]
+            yield (
+                server,
+                [Served(n, u, readers[n].size) for n, u in zip(exports, uris, strict=True)],
+            )
+        finally:
+            server.shutdown()
     finally:
-        server.shutdown()
-        reader.close()
+        for reader in readers.values():
+            reader.close()

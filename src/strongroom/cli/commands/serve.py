@@ -23,7 +23,8 @@ from strongroom.services.session import LockMode
 @click.option("--name", default="", help="Export name (default: empty, the default export).")
 @pass_app
 def serve(app: App, point: str, socket_path: str | None, port: int | None, name: str) -> None:
-    """Serve image POINT over NBD, read-only, until interrupted.
+    """Serve image POINT over NBD, read-only, until interrupted. A VM point's
+    disks are served together, each as an export named after its disk.
 
     Any NBD client reads it at once: qemu-img convert, nbdcopy, qemu-nbd, a VM
     booting from it. The repository stays locked (shared) while serving, so a
@@ -33,12 +34,15 @@ def serve(app: App, point: str, socket_path: str | None, port: int | None, name:
     stop = threading.Event()
     with app.repository(LockMode.SHARED) as repo:
         p = find_point(repo, point)
-        with serving(repo, p, socket_path=socket_path, port=port, name=name) as (server, uri):
-            size = int(p.summary.get("size", 0))
+        with serving(repo, p, socket_path=socket_path, port=port, name=name) as (server, served):
             if out.json:
-                out.emit({"message_type": "serving", "point_id": p.id, "uri": uri, "size": size})
+                for s in served:
+                    doc = {"point_id": p.id, "uri": s.uri, "size": s.size, "export": s.name}
+                    out.emit({"message_type": "serving", **doc})
             else:
-                out.info(f"serving point {p.short_id} ({human_bytes(size)}) at {uri}")
+                for s in served:
+                    what = f"disk {s.name} of point" if p.kind == "vm" else "point"
+                    out.info(f"serving {what} {p.short_id} ({human_bytes(s.size)}) at {s.uri}")
                 out.notice("press Ctrl-C to stop")
             previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
             server.start()
