@@ -82,6 +82,9 @@ def _parse(f, size: int, where: str) -> UndoLog:  # type: ignore[no-untyped-def]
         _pad,
         fs_offset,
     ) = _HEADER.unpack(head)
+    if num_keys == 0 and block_size == 0:
+        # A run that wrote nothing never set its block size.
+        return UndoLog(0, fs_block_size, 0, bool(state & STATE_FINISHED), [])
     if not _MIN_BLOCK <= block_size <= _MAX_BLOCK or block_size & (block_size - 1):
         raise UndoFileError(f"{where}: undo block size {block_size} is invalid")
     if not 512 <= fs_block_size <= _MAX_FS_BLOCK or fs_block_size & (fs_block_size - 1):

@@ -54,7 +54,9 @@ class BlockProtection(CycleRunner):
     # --- local state -----------------------------------------------------------
 
     def adopt_pending(self) -> None:
-        self.state.rename(_HASHES_PENDING, _HASHES)
+        # Idempotent: a crash after this rename runs it again on recovery.
+        if os.path.exists(self.state.file(_HASHES_PENDING)):
+            self.state.rename(_HASHES_PENDING, _HASHES)
 
     def drop_pending(self) -> None:
         self.state.remove(_HASHES_PENDING)

@@ -25,8 +25,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from strongroom.errors import StrongroomError, UsageError
-from strongroom.formats.vhd.structs import SECTOR, vhd_time
-from strongroom.formats.vhd.writer import Data, Kind, ParentInfo, VhdInfo, write_vhd
+from strongroom.formats.vhd.structs import MAX_BLOCK_SIZE, SECTOR, vhd_time
+from strongroom.formats.vhd.writer import (
+    MIN_WRITE_BLOCK_SIZE,
+    Data,
+    Kind,
+    ParentInfo,
+    VhdInfo,
+    write_vhd,
+)
 from strongroom.protect.destinations import Destination, Shipment
 from strongroom.types import Progress, ProgressCallback, no_progress
 
@@ -189,6 +196,13 @@ class CycleRunner:
         progress: ProgressCallback = no_progress,
     ) -> None:
         self.source = os.path.abspath(source)
+        bs = options.block_size
+        if not MIN_WRITE_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE or bs & (bs - 1):
+            raise UsageError(
+                f"--vhd-block-size {bs}: the block size must be a power of two, 4 KiB-256 MiB"
+            )
+        if options.size is not None and options.size <= 0:
+            raise UsageError("--size must be positive")
         self.dest = destination
         self.state = state
         self.options = options

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from strongroom.errors import ObjectNotFound
-from strongroom.storage.base import Backend, StreamingPut
+from strongroom.sparse import ZEROS
+from strongroom.storage.base import Backend, SparseTemp, StreamingPut, TempObject
 
-_COPY_PIECE = 4 << 20
+_COPY_PIECE = 1 << 20  # at most ZEROS' length
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,7 @@ class VhdChain:
             temp = self.backend.open_temp()
             try:
                 with open(shipment.vhd_path, "rb") as f:
-                    while piece := f.read(_COPY_PIECE):
-                        temp.write(piece)
+                    _copy(f, temp)
                 temp.commit(target)
             except BaseException:
                 temp.abort()
@@ -114,8 +114,29 @@ class VhdChain:
         self.backend.close()
 
 
-def local_path(location: str) -> str | None:
-    """The folder behind a location, when it is one."""
-    if "://" in location or location.startswith("s3:"):
-        return location[len("file://") :] if location.startswith("file://") else None
-    return os.path.abspath(os.path.expanduser(location))
+def _copy(source: BinaryIO, temp: TempObject) -> None:
+    """Copy a (sparse) file into a temporary object; its holes stay holes where
+    the object can have them (a folder), and become zeros where not (S3)."""
+    fd = source.fileno()
+    size = os.fstat(fd).st_size
+    pos = 0
+    while pos < size:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            data = size  # only a hole remains (ENXIO)
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), size) if data < size else size
+        if data > pos:
+            if isinstance(temp, SparseTemp):
+                temp.skip(data - pos)
+            else:
+                for at in range(pos, data, _COPY_PIECE):
+                    temp.write(ZEROS[: min(_COPY_PIECE, data - at)])
+        at = data
+        while at < hole:
+            piece = os.pread(fd, min(_COPY_PIECE, hole - at), at)
+            if not piece:
+                raise OSError(f"{source.name}: shrank while being shipped")
+            temp.write(piece)
+            at += len(piece)
+        pos = hole

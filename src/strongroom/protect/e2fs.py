@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Sequence
 
 from strongroom.errors import StrongroomError
+from strongroom.formats.e2undo import UndoFileError, read_undo_log
 
 FS_BLOCK = 4096
 _BANNER = re.compile(rb"^(debugfs|e2undo|mke2fs) \d+\.\d+")
@@ -56,11 +57,20 @@ def _errors(stderr: bytes) -> list[str]:
 
 
 def make_filesystem(
-    image: str, size: int, source: str, *, inodes: int | None = None, label: str = "strongroom"
+    image: str,
+    size: int,
+    source: str | None,
+    *,
+    inodes: int | None = None,
+    owner: tuple[int, int] | None = None,
+    label: str = "strongroom",
 ) -> None:
     """Create an ext4 file system of `size` bytes at the start of `image`,
-    holding a copy of the tree at `source` (owners, modes, times, links, xattrs)."""
-    st = os.stat(source)
+    holding a copy of the tree at `source` (owners, modes, times, links,
+    xattrs), or empty with its root owned by `owner`."""
+    if owner is None:
+        st = os.stat(source or "/")
+        owner = (st.st_uid, st.st_gid)
     argv = [
         _tool("mke2fs"),
         "-q",
@@ -74,9 +84,8 @@ def make_filesystem(
         "-L",
         label[:16],
         "-E",
-        f"nodiscard,root_owner={st.st_uid}:{st.st_gid}",
-        "-d",
-        source,
+        f"nodiscard,root_owner={owner[0]}:{owner[1]}",
+        *(["-d", source] if source else []),
     ]
     if inodes:
         argv += ["-N", str(inodes)]
@@ -107,11 +116,32 @@ def run_debugfs(image: str, script: str, undo: str | None) -> None:
 
 
 def roll_back(image: str, undo: str) -> None:
-    """Undo a (possibly interrupted) debugfs run recorded in `undo`."""
-    done = _run([_tool("e2undo"), "-f", undo, image], "rolling back")
+    """Undo a (possibly interrupted) debugfs run recorded in `undo`.
+
+    A finished undo file restores the disk byte for byte. One that debugfs
+    left unfinished (it was killed) needs `e2undo -f`, which restores every
+    block it recorded but marks the file system not clean: `e2fsck -fy` then
+    checks it and marks it clean again, so no cycle ships a dirty state."""
+    try:
+        log = read_undo_log(undo)
+    except UndoFileError:
+        log = None  # damaged or cut short: e2undo -f knows best what it can use
+    if log is not None and not log.extents:
+        os.unlink(undo)  # the run wrote nothing
+        return
+    forced = log is None or not log.finished
+    argv = [_tool("e2undo"), *(["-f"] if forced else []), undo, image]
+    done = _run(argv, "rolling back")
     if done.returncode != 0:
         message = " ".join(_errors(done.stderr)) or f"exit status {done.returncode}"
         raise MirrorError(f"e2undo could not roll the metadata disk back: {message}")
+    if forced:
+        fixed = _run([_tool("e2fsck"), "-fy", image], "checking after a forced roll-back")
+        if fixed.returncode not in (0, 1):
+            raise MirrorError(
+                f"the metadata disk needs repair after an interrupted cycle "
+                f"(e2fsck exit {fixed.returncode}); remove the state folder to start a new chain"
+            )
     os.unlink(undo)
 
 

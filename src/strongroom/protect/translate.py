@@ -62,39 +62,60 @@ class Script:
         return b"".join(line + b"\n" for line in self.lines)
 
 
+def _unusable(changes: TreeChanges, new: Tree, root: bytes) -> dict[bytes, str]:
+    """Entries this cycle cannot mirror, and why: a name debugfs cannot be
+    given (a newline ends its command line), a socket, a file we cannot read.
+    They are left as they were and tried again next cycle."""
+    skip: dict[bytes, str] = {}
+    named = changes.removed + changes.created + changes.rewritten + changes.metadata
+    named += [p for pair in changes.renamed for p in pair]
+    for path in named:
+        if b"\n" in path or b"\r" in path:
+            skip[path] = "its name holds a line break, which debugfs cannot be given"
+    for path in changes.created + changes.rewritten:
+        if path in skip:
+            continue
+        entry = new[path]
+        if entry.type == SOCKET:
+            skip[path] = "sockets are not mirrored"
+        elif entry.type == FILE and not os.access(root + path, os.R_OK):
+            skip[path] = "cannot be read"
+    return skip
+
+
 def build_script(
     changes: TreeChanges, old: Tree, new: Tree, source_root: str, value_dir: str
 ) -> Script:
     """The debugfs commands that turn the mirror of `old` into the mirror of `new`."""
     script = Script()
     root = os.fsencode(os.path.abspath(source_root))
-
-    def sayable(path: bytes) -> bool:
-        if b"\n" in path or b"\r" in path:
-            script.skipped.append(path)
-            return False
-        return True
-
+    skip = _unusable(changes, new, root)
+    for path, why in skip.items():
+        script.skipped.append(path)
+        script.warnings.append(f"{os.fsdecode(path)}: {why}; not mirrored this cycle")
     rewritten = set(changes.rewritten)
-    # 1. free the names of removed non-directories and of rewritten files
-    for path in changes.removed:
-        if old[path].type != DIR and sayable(path):
+    renamed = [(a, b) for a, b in changes.renamed if a not in skip and b not in skip]
+    # A file renamed from a name that cannot be said is written anew.
+    created = changes.created + [b for a, b in changes.renamed if a in skip and b not in skip]
+    # 1. free the names of removed non-directories and of rewritten files; a
+    #    rename that cannot be said becomes the removal of its source
+    for path in changes.removed + [a for a, b in changes.renamed if a not in skip and b in skip]:
+        if path not in skip and old[path].type != DIR:
             script.add(b"rm", quote(path))
     for path in changes.rewritten:
-        if sayable(path):
+        if path not in skip:
             script.add(b"rm", quote(path))
     # 2. new directories, parents first
-    for path in changes.created:
-        if new[path].type == DIR and sayable(path):
+    for path in created:
+        if path not in skip and new[path].type == DIR:
             script.add(b"mkdir", quote(path))
     # 3. renamed files keep their inode: a new name, then the old one goes
-    for src, dst in changes.renamed:
-        if sayable(src) and sayable(dst):
-            script.add(b"ln", quote(src), quote(dst))
-            script.add(b"unlink", quote(src))
+    for src, dst in renamed:
+        script.add(b"ln", quote(src), quote(dst))
+        script.add(b"unlink", quote(src))
     # 4. removed directories, deepest first (their contents went in 1 and 3)
     for path in changes.removed:
-        if old[path].type == DIR and sayable(path):
+        if path not in skip and old[path].type == DIR:
             script.add(b"rmdir", quote(path))
     # 5. new content: files (hard links share one inode), links, devices
     groups: dict[int, list[bytes]] = defaultdict(list)
@@ -104,9 +125,9 @@ def build_script(
             groups[entry.ino].append(path)
     written: dict[int, bytes] = {}
     relinked: set[int] = set()
-    for path in changes.created + changes.rewritten:
+    for path in created + changes.rewritten:
         entry = new[path]
-        if entry.type == DIR or not sayable(path):
+        if entry.type == DIR or path in skip:
             continue
         if entry.type == FILE:
             anchor = written.get(entry.ino) if entry.nlink > 1 else None
@@ -127,34 +148,52 @@ def build_script(
                 written[entry.ino] = path
         elif entry.type == SYMLINK:
             script.add(b"symlink", quote(path), quote(entry.target))
-        elif entry.type == FIFO:
-            script.add(b"mknod", quote(path), b"p")
-        elif entry.type in (CHARDEV, BLOCKDEV):
-            kind = b"c" if entry.type == CHARDEV else b"b"
-            major, minor = os.major(entry.rdev), os.minor(entry.rdev)
-            script.add(b"mknod", quote(path), kind, b"%d" % major, b"%d" % minor)
-        elif entry.type == SOCKET:
-            script.warnings.append(f"{os.fsdecode(path)}: sockets are not mirrored")
-            script.skipped.append(path)
+        else:
+            # debugfs's mknod takes a name in the current directory, not a path.
+            parent, _, name = path.rpartition(b"/")
+            script.add(b"cd", quote(parent or b"/"))
+            if entry.type == FIFO:
+                script.add(b"mknod", quote(name), b"p")
+            else:
+                kind = b"c" if entry.type == CHARDEV else b"b"
+                major, minor = os.major(entry.rdev), os.minor(entry.rdev)
+                script.add(b"mknod", quote(name), kind, b"%d" % major, b"%d" % minor)
+            script.add(b"cd", b"/")
     for ino in relinked:
         anchor = written.get(ino) or groups[ino][0]
         script.add(b"sif", quote(anchor), b"links_count", b"%d" % len(groups[ino]))
     # 6. owners, modes, times and xattrs; directories after what they contain
-    touched = [dst for _, dst in changes.renamed] + changes.created + changes.rewritten
+    touched = [dst for _, dst in renamed] + created + changes.rewritten
     touched += changes.metadata
-    skipped = set(script.skipped)
     ordered = sorted(
-        (p for p in set(touched) if p not in skipped and new[p].type != SOCKET),
+        (p for p in set(touched) if p not in skip),
         key=lambda p: (new[p].type == DIR, -depth(p), p),
     )
     # Entries that kept their inode still carry their old xattrs; fresh ones have none.
     kept = {path: old[path] for path in changes.metadata if path in old}
-    kept.update({dst: old[src] for src, dst in changes.renamed})
+    kept.update({dst: old[src] for src, dst in renamed})
     for path in ordered:
         _set_metadata(script, path, new[path])
         if new[path].type in (FILE, DIR):
             local = root if path == ROOT else root + path
             _set_xattrs(script, local, path, kept.get(path), value_dir)
+    return script
+
+
+def nanoseconds_script(tree: Tree) -> Script:
+    """The sub-second part of every entry's times, which `mke2fs -d` drops."""
+    script = Script()
+    for path, entry in tree.items():
+        if b"\n" in path or b"\r" in path or entry.type == SOCKET:
+            continue
+        for name, ns in (
+            ("atime", entry.atime_ns),
+            ("mtime", entry.mtime_ns),
+            ("ctime", entry.ctime_ns),
+        ):
+            if ns % 1_000_000_000:
+                extra = _time_fields(name, ns)[1]
+                script.add(b"sif", quote(path), extra[0].encode(), extra[1].encode())
     return script
 
 

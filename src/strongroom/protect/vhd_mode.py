@@ -47,7 +47,7 @@ from strongroom.protect.cycles import (
     read_ranges,
 )
 from strongroom.protect.destinations import Destination
-from strongroom.protect.translate import build_script, metadata_script
+from strongroom.protect.translate import build_script, metadata_script, nanoseconds_script
 from strongroom.protect.tree_state import (
     ROOT,
     Tree,
@@ -103,7 +103,10 @@ class VhdProtection(CycleRunner):
             raise ProtectStateError(f"{self.state.path}: tree state unreadable ({err})") from None
 
     def adopt_pending(self) -> None:
-        self.state.rename(_TREE_PENDING, _TREE)
+        # Idempotent: a crash between this rename and the state document's
+        # update runs it again on recovery.
+        if os.path.exists(self.state.file(_TREE_PENDING)):
+            self.state.rename(_TREE_PENDING, _TREE)
         self.state.remove("cycle.e2undo")
 
     def drop_pending(self) -> None:
@@ -119,7 +122,7 @@ class VhdProtection(CycleRunner):
 
     def first_cycle(self) -> CycleResult:
         scan = scan_tree(self.source)
-        size = self.options.size or default_disk_size(scan.tree)
+        size = self.options.size if self.options.size is not None else default_disk_size(scan.tree)
         try:
             check_size(size)
         except ValueError as err:
@@ -130,17 +133,46 @@ class VhdProtection(CycleRunner):
         self.phase("building the metadata disk")
         with open(disk, "wb") as f:
             f.truncate(size)
-        e2fs.make_filesystem(disk, size, self.source, inodes=default_inodes(scan.tree, size))
-        # mke2fs -d sets the root's owner only; the rest of its metadata comes here.
+        inodes = default_inodes(scan.tree, size)
         script_path = self.state.file("cycle.debugfs")
-        with open(script_path, "wb") as f:
-            f.write(metadata_script(ROOT, scan.tree[ROOT]).text())
-        e2fs.run_debugfs(disk, script_path, None)
+        value_dir = self.state.file("values")
+        # mke2fs -d copies the tree in one pass, but stops at the first entry it
+        # cannot read; a tree with such entries is built by debugfs instead,
+        # which skips them (and says so), like every later cycle.
+        everything_readable = not scan.warnings and _all_readable(self.source, scan.tree)
+        root = scan.tree[ROOT]
+        if everything_readable:
+            e2fs.make_filesystem(disk, size, self.source, inodes=inodes)
+            # mke2fs -d keeps the root's owner only, and times in whole seconds.
+            script = metadata_script(ROOT, root)
+            script.lines += nanoseconds_script(scan.tree).lines
+            tree = with_xattrs(scan.tree, _xattr_names(self.source, scan.tree))
+        else:
+            e2fs.make_filesystem(disk, size, None, inodes=inodes, owner=(root.uid, root.gid))
+            os.makedirs(value_dir, exist_ok=True)
+            empty = {ROOT: root}
+            script = build_script(
+                diff_trees(empty, scan.tree), empty, scan.tree, self.source, value_dir
+            )
+            script.lines += metadata_script(ROOT, root).lines
+            tree = _settled_tree(empty, scan.tree, script.skipped)
+            tree = with_xattrs(tree, script.xattrs)
+            scan.warnings += script.warnings
+        try:
+            for holder, value in script.value_files.items():
+                with open(holder, "wb") as f:
+                    f.write(value)
+            with open(script_path, "wb") as f:
+                f.write(script.text())
+            e2fs.run_debugfs(disk, script_path, None)
+        finally:
+            for holder in script.value_files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(holder)
         # The local disk's own footer: a fixed VHD, mountable as it stands.
         with open(disk, "r+b") as f:
             f.seek(size)
             f.write(Footer(kind=FIXED, current_size=size, uuid=uuidlib.uuid4()).pack())
-        tree = with_xattrs(scan.tree, _xattr_names(self.source, scan.tree))
         self.state.write(_TREE_PENDING, save_tree(tree))
         with contextlib.closing(RawSource(disk, size)) as source:
             ranges = [(e.offset, e.length) for e in source.allocation() if not e.zero]
@@ -175,6 +207,9 @@ class VhdProtection(CycleRunner):
         value_dir = self.state.file("values")
         os.makedirs(value_dir, exist_ok=True)
         script = build_script(changes, old, scan.tree, self.source, value_dir)
+        if not script.lines:  # every change was skipped: nothing to apply or ship
+            warnings = scan.warnings + script.warnings
+            return CycleResult(cycle=None, kind="none", disk_size=size, warnings=warnings)
         new_tree = with_xattrs(_settled_tree(old, scan.tree, script.skipped), script.xattrs)
         cycle = last.cycle + 1
         self.state.write(_TREE_PENDING, save_tree(new_tree))
@@ -206,7 +241,6 @@ class VhdProtection(CycleRunner):
         self.commit(doc, cycle, info, where)
         self._verify(self.state.disk)
         warnings = scan.warnings + script.warnings
-        warnings += [f"{os.fsdecode(p)}: name cannot be mirrored; skipped" for p in script.skipped]
         return CycleResult(
             cycle=cycle,
             kind="differencing",
@@ -252,6 +286,15 @@ def _xattr_names(root: str, tree: Tree) -> dict[bytes, tuple[bytes, ...]]:
             if names:
                 found[path] = names
     return found
+
+
+def _all_readable(root: str, tree: Tree) -> bool:
+    base = os.fsencode(root)
+    return all(
+        os.access(base + path, os.R_OK | (os.X_OK if e.type == DIR else 0))
+        for path, e in tree.items()
+        if e.type in (FILE, DIR) and path != ROOT
+    )
 
 
 def _settled_tree(old: Tree, new: Tree, skipped: list[bytes]) -> Tree:

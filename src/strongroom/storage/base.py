@@ -84,6 +84,14 @@ class TempObject(Protocol):
 
 
 @runtime_checkable
+class SparseTemp(Protocol):
+    """Optional ability of a temporary object: `skip(n)` stands for n zero bytes
+    without writing them (a hole in a local file)."""
+
+    def skip(self, length: int) -> None: ...
+
+
+@runtime_checkable
 class StreamingPut(Protocol):
     """Optional ability: write an object as a stream instead of from memory, so a
     pack being filled costs no memory. Callers probe for it; others use `put`."""

@@ -222,11 +222,16 @@ class _LocalTemp:
             self.abort()
             raise _storage_error(err, "writing a temporary object") from err
 
+    def skip(self, length: int) -> None:
+        """Leave `length` bytes of zeros, as a hole: a sparse file stays sparse."""
+        os.lseek(self._fd, length, os.SEEK_CUR)
+
     def commit(self, name: str, exclusive: bool = False) -> None:
         """fsync, then rename into place; with `exclusive`, hard-link instead, which
         fails atomically if `name` exists (ObjectExists)."""
         path = self._backend._path(name)
         try:
+            os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_CUR))  # a trailing skip
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
