@@ -120,6 +120,10 @@ class ImageBackup:
 
     def run(self) -> BlockMap:
         src, bs = self.source, self.block_size
+        # The repository's counters cover its whole session (a VM backup runs
+        # one pipeline per disk): this run's share is the difference.
+        raw_before = self.repo.stats.bytes_added_raw
+        stored_before = self.repo.stats.bytes_added_stored
         new = self.parent.resized(src.size) if self.parent else BlockMap.empty(src.size, bs)
         old = self.parent.resized(src.size) if self.parent else None
         blocks = new.blocks
@@ -163,8 +167,8 @@ class ImageBackup:
                 self.repo.abandon()
             raise
         stats = self.repo.stats
-        self.summary.data_added = stats.bytes_added_raw
-        self.summary.data_added_stored = stats.bytes_added_stored
+        self.summary.data_added = stats.bytes_added_raw - raw_before
+        self.summary.data_added_stored = stats.bytes_added_stored - stored_before
         self.summary.holes = int(new.hole_mask().sum())
         self._emit(force=True)
         return new

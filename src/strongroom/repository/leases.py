@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from strongroom.errors import (
     IntegrityError,
@@ -59,6 +59,7 @@ class LeaseRecord:
     expires: float  # wall-clock seconds; 0 when handed back
     taken: float
     what: str  # what the lease is for, for people reading `status`
+    data: dict[str, object] = field(default_factory=dict)  # the holder's notes
 
     @property
     def free(self) -> bool:
@@ -124,6 +125,7 @@ class LeaseStore:
                 expires=float(doc["expires"]),
                 taken=float(doc["taken"]),
                 what=str(doc.get("what", "")),
+                data=dict(doc.get("data") or {}),
             )
         return None
 
@@ -136,6 +138,7 @@ class LeaseStore:
             "expires": record.expires,
             "taken": record.taken,
             "what": record.what,
+            "data": record.data,
         }
         name = _name(lease_id, record.generation)
         self.backend.create(name, self.sealer.seal(json.dumps(doc).encode(), _AD))
@@ -164,6 +167,10 @@ class Lease:
         self.generation = -1
         self.expires = 0.0
         self.lost = ""
+        self.data: dict[str, object] = {}
+        # The record of a holder that died holding the lease: its notes say
+        # what it left behind for the new holder to clean up.
+        self.inherited: LeaseRecord | None = None
         self._taken = 0.0
         self._stop = threading.Event()
         self._mutex = threading.Lock()
@@ -178,6 +185,7 @@ class Lease:
             expires=expires,
             taken=self._taken,
             what=self.what,
+            data=dict(self.data),
         )
 
     def acquire(self) -> Lease:
@@ -194,6 +202,8 @@ class Lease:
             except ObjectExists:
                 continue  # another host took it first: look again
             self.generation, self.expires = generation, expires
+            if current is not None and not current.free:
+                self.inherited = current
             self._thread = threading.Thread(target=self._renew_loop, daemon=True, name="lease")
             self._thread.start()
             self.store.prune(self.lease_id, generation)
@@ -221,6 +231,13 @@ class Lease:
                 raise LeaseLost(self.lost) from None
             self.generation += 1
             self.expires = expires
+
+    def annotate(self, **notes: object) -> None:
+        """Record notes (JSON values) in the lease at once, e.g. what a crash
+        would leave behind; raises LeaseLost if the lease passed on."""
+        with self._mutex:
+            self.data.update(notes)
+        self.renew()
 
     def verify(self) -> None:
         """Raise LeaseLost unless the lease is certainly still ours for a while:

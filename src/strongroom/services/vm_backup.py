@@ -99,8 +99,18 @@ def backup_vm(
                 parent_bitmap = before.summary.get("bitmap")
             plan = plan_bitmaps(live.bitmaps(), prefix, parent_bitmap)
             disks.append(_Disk(live, plan, parent_map, parent_bitmap, block_size))
+        # A holder that died before us may have left views on the block layer
+        # (their copy-before-write jobs tax every write): it named them in the lease.
+        orphans = lease.inherited.data.get("views", []) if lease.inherited else []
+        if isinstance(orphans, list) and orphans and lease.inherited:
+            reaped = [d.live.reap_stale_views([str(t) for t in orphans]) for d in disks]
+            if any(reaped):
+                warnings.append(
+                    f"removed the frozen views a backup left when it died on {lease.inherited.host}"
+                )
         for disk in disks:
             disk.live.prepare_view()
+        lease.annotate(views=[d.live.token for d in disks])
         quiesce = Quiesce(
             spec.name, spec.guest_agent, spec.freeze_command, spec.thaw_command, spec.freeze_timeout
         )

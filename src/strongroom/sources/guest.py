@@ -11,8 +11,10 @@ never left frozen by us (the agent also thaws by itself after its own timeout).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -139,16 +141,34 @@ class Quiesce:
         return None
 
     def _run(self, command: str, what: str) -> tuple[bool, str]:
+        """Run a hook in its own process group; on timeout the whole group is
+        killed, so a late freeze can never land after the thaw."""
         env = {**os.environ, "STRONGROOM_VM": self.vm, "STRONGROOM_HOOK": what}
         try:
-            done = subprocess.run(
-                command, shell=True, env=env, capture_output=True, timeout=self.timeout, check=False
+            proc = subprocess.Popen(
+                command,
+                shell=True,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
             )
-        except subprocess.TimeoutExpired:
-            return False, f"{what} command timed out after {self.timeout:g} s"
         except OSError as err:
             return False, f"{what} command: {err.strerror or err}"
-        if done.returncode != 0:
-            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            return False, f"{what} command exited {done.returncode}: {tail[0]}".rstrip(": ")
+        try:
+            _, stderr = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return False, f"{what} command timed out after {self.timeout:g} s"
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            return False, f"{what} command exited {proc.returncode}: {tail[0]}".rstrip(": ")
         return True, f"{what} command succeeded"

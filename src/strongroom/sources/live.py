@@ -268,8 +268,15 @@ class LiveDisk:
             except OSError:
                 pass
 
-    def reap_stale_views(self) -> list[str]:
-        """Tear down the frozen views of backups on this host that died (SIGKILL).
+    @property
+    def token(self) -> str:
+        """The current view's token ("" when none is open)."""
+        return self._token
+
+    def reap_stale_views(self, orphans: Iterable[str] = ()) -> list[str]:
+        """Tear down the frozen views of backups on this host that died (SIGKILL),
+        and the views named by `orphans` (tokens a dead holder of the VM's
+        lease recorded: views of another host, known dead).
 
         A view left running costs the disk's writers a copy of every block
         they overwrite, for ever. The token in each name carries its owner's
@@ -293,8 +300,9 @@ class LiveDisk:
                     else os.path.join(self.scratch, f"strongroom-fleece-{tok}.qcow2")
                 )
         reaped = []
+        dead = set(orphans)
         for tok, steps in sorted(found.items()):
-            if _owner_dead(tok):
+            if tok in dead or _owner_dead(tok):
                 log.warning("removing the frozen view %s of a backup that died", tok)
                 self._teardown(tok, steps | {"file"}, files.get(tok))
                 reaped.append(tok)
