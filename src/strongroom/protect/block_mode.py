@@ -25,7 +25,7 @@ from blake3 import blake3
 
 from strongroom.errors import SourceError, UsageError
 from strongroom.formats.vhd.structs import SECTOR
-from strongroom.formats.vhd.writer import Data, VhdInfo, Zeros, check_size
+from strongroom.formats.vhd.writer import Data, Zeros, check_size
 from strongroom.protect.cycles import CycleResult, CycleRunner, ProtectStateError
 from strongroom.sources.block import BlockSource
 from strongroom.sources.images import open_image, probe_image
@@ -99,7 +99,7 @@ class BlockProtection(CycleRunner):
         counts = {"pieces": scan.pieces_changed}
         where, _ = self.ship(0, info, None, counts, None, scan.bytes_changed)
         self.commit(self.new_doc(size), 0, info, where)
-        return self._result(0, "base", info, where, counts, scan, bytes_read)
+        return self.result(0, info, where, counts, scan.bytes_changed, [], bytes_read)
 
     def next_cycle(self, doc: dict[str, object]) -> CycleResult:
         size = int(doc["disk_size"])  # type: ignore[call-overload]
@@ -132,30 +132,7 @@ class BlockProtection(CycleRunner):
                 self.recover(doc)
                 raise
         self.commit(doc, cycle, info, where)
-        return self._result(cycle, "differencing", info, where, counts, scan, bytes_read)
-
-    def _result(
-        self,
-        cycle: int,
-        kind: str,
-        info: VhdInfo,
-        where: str,
-        counts: dict[str, int],
-        scan: _Scan,
-        bytes_read: int,
-    ) -> CycleResult:
-        return CycleResult(
-            cycle=cycle,
-            kind=kind,
-            location=where,
-            uuid=str(info.uuid),
-            changes=counts,
-            bytes_changed=scan.bytes_changed,
-            bytes_read=bytes_read,
-            vhd_bytes=info.file_size,
-            vhd_allocated_blocks=info.allocated_blocks,
-            disk_size=info.size,
-        )
+        return self.result(cycle, info, where, counts, scan.bytes_changed, [], bytes_read)
 
 
 def _disk_size(source: BlockSource) -> int:

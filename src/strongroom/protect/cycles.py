@@ -196,6 +196,7 @@ class CycleRunner:
         progress: ProgressCallback = no_progress,
     ) -> None:
         self.source = os.path.abspath(source)
+        self.check_source()
         bs = options.block_size
         if not MIN_WRITE_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE or bs & (bs - 1):
             raise UsageError(
@@ -210,6 +211,9 @@ class CycleRunner:
         self.progress = Progress(job="protect")
 
     # --- hooks -----------------------------------------------------------------
+
+    def check_source(self) -> None:
+        """Raise SourceError if `self.source` is not what this mode protects."""
 
     def first_cycle(self) -> CycleResult:
         raise NotImplementedError
@@ -392,6 +396,31 @@ class CycleRunner:
             self.options.name, cycle, vhd, record, self.state.disk, info.size, changed
         )
         return self.dest.ship(shipment), record
+
+    def result(
+        self,
+        cycle: int,
+        info: VhdInfo,
+        where: str,
+        counts: dict[str, int],
+        bytes_changed: int,
+        warnings: list[str],
+        bytes_read: int = 0,
+    ) -> CycleResult:
+        """What a shipped cycle did, for the user."""
+        return CycleResult(
+            cycle=cycle,
+            kind="base" if cycle == 0 else "differencing",
+            location=where,
+            uuid=str(info.uuid),
+            changes=counts,
+            bytes_changed=bytes_changed,
+            bytes_read=bytes_read,
+            vhd_bytes=info.file_size,
+            vhd_allocated_blocks=info.allocated_blocks,
+            disk_size=info.size,
+            warnings=warnings,
+        )
 
     def phase(self, what: str) -> None:
         self.progress.current = what

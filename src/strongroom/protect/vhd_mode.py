@@ -46,8 +46,12 @@ from strongroom.protect.cycles import (
     merge_ranges,
     read_ranges,
 )
-from strongroom.protect.destinations import Destination
-from strongroom.protect.translate import build_script, metadata_script, nanoseconds_script
+from strongroom.protect.translate import (
+    Script,
+    build_script,
+    metadata_script,
+    nanoseconds_script,
+)
 from strongroom.protect.tree_state import (
     ROOT,
     Tree,
@@ -60,7 +64,6 @@ from strongroom.protect.tree_state import (
 )
 from strongroom.sources.block import RawSource
 from strongroom.sources.files import read_xattrs_of
-from strongroom.types import ProgressCallback, no_progress
 
 GIB = 1 << 30
 _TREE = "tree.msgpack"
@@ -81,17 +84,9 @@ class VhdProtection(CycleRunner):
 
     mode = "tree"
 
-    def __init__(
-        self,
-        source: str,
-        destination: Destination,
-        state: StateFolder,
-        options: ProtectOptions,
-        progress: ProgressCallback = no_progress,
-    ) -> None:
-        super().__init__(source, destination, state, options, progress)
+    def check_source(self) -> None:
         if not os.path.isdir(self.source):
-            raise SourceError(f"{source}: not a directory")
+            raise SourceError(f"{self.source}: not a directory")
 
     # --- local state -------------------------------------------------------------
 
@@ -134,7 +129,6 @@ class VhdProtection(CycleRunner):
         with open(disk, "wb") as f:
             f.truncate(size)
         inodes = default_inodes(scan.tree, size)
-        script_path = self.state.file("cycle.debugfs")
         value_dir = self.state.file("values")
         # mke2fs -d copies the tree in one pass, but stops at the first entry it
         # cannot read; a tree with such entries is built by debugfs instead,
@@ -158,17 +152,7 @@ class VhdProtection(CycleRunner):
             tree = _settled_tree(empty, scan.tree, script.skipped)
             tree = with_xattrs(tree, script.xattrs)
             scan.warnings += script.warnings
-        try:
-            for holder, value in script.value_files.items():
-                with open(holder, "wb") as f:
-                    f.write(value)
-            with open(script_path, "wb") as f:
-                f.write(script.text())
-            e2fs.run_debugfs(disk, script_path, None)
-        finally:
-            for holder in script.value_files:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(holder)
+        self._apply(script, None)
         # The local disk's own footer: a fixed VHD, mountable as it stands.
         with open(disk, "r+b") as f:
             f.seek(size)
@@ -183,18 +167,7 @@ class VhdProtection(CycleRunner):
         where, _ = self.ship(0, info, None, counts, None, changed)
         self.commit(self.new_doc(size), 0, info, where)
         self._verify(disk)
-        return CycleResult(
-            cycle=0,
-            kind="base",
-            location=where,
-            uuid=str(ident),
-            changes=counts,
-            bytes_changed=changed,
-            vhd_bytes=info.file_size,
-            vhd_allocated_blocks=info.allocated_blocks,
-            disk_size=size,
-            warnings=scan.warnings,
-        )
+        return self.result(0, info, where, counts, changed, scan.warnings)
 
     def next_cycle(self, doc: dict[str, object]) -> CycleResult:
         size = int(doc["disk_size"])  # type: ignore[call-overload]
@@ -216,14 +189,8 @@ class VhdProtection(CycleRunner):
         ident, made = self.begin(doc, cycle)
         counts = _counts(changes)
         try:
-            for holder, value in script.value_files.items():
-                with open(holder, "wb") as f:
-                    f.write(value)
-            script_path = self.state.file("cycle.debugfs")
-            with open(script_path, "wb") as f:
-                f.write(script.text())
             self.phase("applying changes")
-            e2fs.run_debugfs(self.state.disk, script_path, self.state.undo)
+            self._apply(script, self.state.undo)
             ranges = merge_ranges(read_undo_log(self.state.undo).extents, size)
             parent = self.parent_of(last, size)
             data = read_ranges(self.state.disk, ranges)
@@ -234,25 +201,25 @@ class VhdProtection(CycleRunner):
             # Commit if the cycle arrived after all, else undo the edits.
             self.recover(doc)
             raise
+        self.commit(doc, cycle, info, where)
+        self._verify(self.state.disk)
+        return self.result(cycle, info, where, counts, changed, scan.warnings + script.warnings)
+
+    def _apply(self, script: Script, undo: str | None) -> None:
+        """Run `script` on the metadata disk (recording `undo`), with the xattr
+        values it reads from files present only meanwhile."""
+        script_path = self.state.file("cycle.debugfs")
+        try:
+            for holder, value in script.value_files.items():
+                with open(holder, "wb") as f:
+                    f.write(value)
+            with open(script_path, "wb") as f:
+                f.write(script.text())
+            e2fs.run_debugfs(self.state.disk, script_path, undo)
         finally:
             for holder in script.value_files:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(holder)
-        self.commit(doc, cycle, info, where)
-        self._verify(self.state.disk)
-        warnings = scan.warnings + script.warnings
-        return CycleResult(
-            cycle=cycle,
-            kind="differencing",
-            location=where,
-            uuid=str(ident),
-            changes=counts,
-            bytes_changed=changed,
-            vhd_bytes=info.file_size,
-            vhd_allocated_blocks=info.allocated_blocks,
-            disk_size=size,
-            warnings=warnings,
-        )
 
     def _verify(self, disk: str) -> None:
         if not self.options.verify:

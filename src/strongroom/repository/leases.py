@@ -34,6 +34,7 @@ from strongroom.errors import (
     StorageError,
 )
 from strongroom.repository.crypto import Sealer
+from strongroom.repository.locks import pid_alive
 from strongroom.storage import Backend
 
 LEASES_PREFIX = "leases/"
@@ -69,22 +70,12 @@ class LeaseRecord:
         now = time.time() if now is None else now
         if self.free or now >= self.expires:
             return True
-        return self.host == socket.gethostname() and not _pid_alive(self.pid)
+        return self.host == socket.gethostname() and not pid_alive(self.pid)
 
     def describe(self) -> str:
         left = max(0.0, self.expires - time.time())
         since = time.strftime("%H:%M:%S", time.localtime(self.taken))
         return f"{self.host} (pid {self.pid}) since {since}, lease {left:.0f} s left"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _name(lease_id: str, generation: int) -> str:

@@ -42,7 +42,7 @@ class LockInfo:
         now = time.time() if now is None else now
         if now - self.time > STALE_SECONDS:
             return True
-        return self.host == socket.gethostname() and not _pid_alive(self.pid)
+        return self.host == socket.gethostname() and not pid_alive(self.pid)
 
     def describe(self) -> str:
         kind = "exclusive" if self.exclusive else "shared"
@@ -50,7 +50,8 @@ class LockInfo:
         return f"{kind} lock by {self.user}@{self.host} pid {self.pid} since {when}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host exists (a lock or lease holder)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

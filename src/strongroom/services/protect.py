@@ -127,6 +127,15 @@ def chain_destination(location: str) -> Destination:
     return VhdChain(open_backend(location))
 
 
+def check_destination(source: str, wants_vhd: bool) -> None:
+    """A repository takes a directory's cycles; a disk goes there by `backup --image`."""
+    if not wants_vhd and not os.path.isdir(source):
+        raise UsageError(
+            f"{source} is a block source: back it up into a repository with "
+            "'strongroom backup --image' (same change tracking, plus dirty bitmaps)"
+        )
+
+
 def protect_once(
     source: str,
     destination: Destination,
@@ -137,11 +146,7 @@ def protect_once(
     """Run one cycle; the state folder is locked for its duration. A directory is
     protected through its metadata disk, anything else as a block source."""
     mode = VhdProtection if os.path.isdir(source) else BlockProtection
-    if mode is BlockProtection and not destination.wants_vhd:
-        raise UsageError(
-            f"{source} is a block source: back it up into a repository with "
-            "'strongroom backup --image' (same change tracking, plus dirty bitmaps)"
-        )
+    check_destination(source, destination.wants_vhd)
     state = StateFolder(state_folder or default_state_folder(options.name))
     try:
         return mode(source, destination, state, options, progress).run_cycle()

@@ -16,6 +16,7 @@ from strongroom.protect.destinations import Destination
 from strongroom.services.protect import (
     RepositoryDestination,
     chain_destination,
+    check_destination,
     protect_every,
     protect_once,
 )
@@ -109,6 +110,7 @@ def protect(
         verify=verify,
     )
     out = app.out
+    check_destination(source, wants_vhd=not to_repository)
     with ExitStack() as stack:
         destination: Destination
         if to_repository:
