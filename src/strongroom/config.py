@@ -127,6 +127,15 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
         raise ConfigError(f"config file {where}: vm must be a table of [vm.NAME] tables")
     for name, table in vms.items():
         settings.vms[name] = _vm(name, table, where)
+    seen: dict[tuple[str, str], str] = {}
+    for spec in settings.vms.values():
+        for disk in spec.disks:
+            other = seen.setdefault((spec.qmp, disk), spec.name)
+            if other != spec.name:
+                raise ConfigError(
+                    f"config file {where}: disk {disk} of {spec.qmp} is in [vm.{other}] "
+                    f"and [vm.{spec.name}]: two VMs would rotate each other's dirty bitmaps"
+                )
 
 
 _VM_KEYS = {
@@ -165,11 +174,17 @@ def _vm(name: str, table: object, where: str) -> VmSpec:
         optional[key] = os.path.expanduser(value) if isinstance(value, str) else None
     if optional["guest_agent"] and optional["freeze_command"]:
         raise ConfigError(f"{at}: use guest_agent or freeze_command, not both")
+    if bool(optional["freeze_command"]) != bool(optional["thaw_command"]):
+        raise ConfigError(
+            f"{at}: freeze_command and thaw_command go together (a frozen guest must be thawed)"
+        )
+    if optional["scratch"] and not os.path.isabs(optional["scratch"]):
+        raise ConfigError(f"{at}: scratch must be an absolute path (the block layer opens it too)")
     numbers: dict[str, float] = {}
-    for key, default in (("freeze_timeout", 10.0), ("lease_ttl", 60.0)):
+    for key, default, least in (("freeze_timeout", 10.0, 0.1), ("lease_ttl", 60.0, 2.0)):
         value = table.get(key, default)
-        if not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{at}: {key} must be a positive number of seconds")
+        if not isinstance(value, int | float) or value < least:
+            raise ConfigError(f"{at}: {key} must be at least {least:g} seconds")
         numbers[key] = float(value)
     return VmSpec(
         name=name,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from strongroom.errors import StorageError
+from strongroom.hostid import host_id
 from strongroom.repository.leases import (
     LEASES_PREFIX,
     Lease,
@@ -61,6 +62,8 @@ def foreign(repo: Repository, lease_id: str, host: str, pid: int, expires: float
             expires=expires,
             taken=time.time(),
             what=WHAT,
+            # A pid is judged only in its own pid namespace (strongroom/hostid.py).
+            host_id=host_id() if host == socket.gethostname() else "elsewhere",
         ),
     )
 

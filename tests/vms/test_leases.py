@@ -69,7 +69,7 @@ def busy(cluster: Cluster, *needles: str, prefix: tuple[str, ...] = ()) -> None:
 def test_two_hosts_start_at_once_exactly_one_proceeds(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster()
     # The freeze hook keeps the winner inside its lease for a while.
-    cluster.configure(freeze_command="sleep 2", freeze_timeout=10)
+    cluster.configure(freeze_command="sleep 2", thaw_command="true", freeze_timeout=10)
     hosts = ["host-a", "host-b"] if can_rename_host() else [this_host(), this_host()]
     prefixes = [hostname_prefix(h) if h != this_host() else [] for h in hosts]
     jobs = [cluster.start("backup", "--vm", VM, "--json", prefix=p) for p in prefixes]
@@ -92,7 +92,7 @@ def test_two_hosts_start_at_once_exactly_one_proceeds(make_cluster: Callable[...
     "hook",
     [
         # killed before the transaction: fleece nodes (and files) exist
-        {"freeze_command": "sleep 30", "freeze_timeout": 60},
+        {"freeze_command": "sleep 30", "thaw_command": "true", "freeze_timeout": 60},
         # killed after it: copy-before-write jobs run, the bitmaps have rotated
         {"freeze_command": "true", "thaw_command": "sleep 30", "freeze_timeout": 60},
     ],
@@ -107,7 +107,7 @@ def test_a_backup_killed_midway_leaves_no_point_and_the_next_one_misses_nothing(
 
     cluster.configure(**hook)
     job = cluster.start("backup", "--vm", VM, "--json")
-    stage = "job sr-job-" if "thaw_command" in hook else "node sr-fleece-"
+    stage = "job sr-job-" if hook.get("thaw_command") == "sleep 30" else "node sr-fleece-"
     wait_for(cluster, job, stage, len(DISKS))
     holder = status(cluster)["lease_holder"]
     assert holder is not None, "the lease is shown while the backup runs"

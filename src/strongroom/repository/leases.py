@@ -33,6 +33,7 @@ from strongroom.errors import (
     RepositoryLocked,
     StorageError,
 )
+from strongroom.hostid import host_id
 from strongroom.repository.crypto import Sealer
 from strongroom.repository.locks import pid_alive
 from strongroom.storage import Backend
@@ -61,6 +62,7 @@ class LeaseRecord:
     taken: float
     what: str  # what the lease is for, for people reading `status`
     data: dict[str, object] = field(default_factory=dict)  # the holder's notes
+    host_id: str = ""  # the holder's pid namespace (hostid.py)
 
     @property
     def free(self) -> bool:
@@ -70,7 +72,8 @@ class LeaseRecord:
         now = time.time() if now is None else now
         if self.free or now >= self.expires:
             return True
-        return self.host == socket.gethostname() and not pid_alive(self.pid)
+        # A pid is judged only where it means the same process (hostid.py).
+        return self.host_id == host_id() and not pid_alive(self.pid)
 
     def describe(self) -> str:
         left = max(0.0, self.expires - time.time())
@@ -106,17 +109,20 @@ class LeaseStore:
                 doc = json.loads(self.sealer.open(self.backend.get(name), _AD, name))
             except ObjectNotFound:
                 continue  # cleaned up meanwhile; an older one is not the truth either
-            except (IntegrityError, ValueError) as err:
-                raise IntegrityError(f"lease record {name} is damaged: {err}") from None
+            except (IntegrityError, ValueError, KeyError, TypeError):
+                # Damaged, or sealed with another key: it holds nothing, and the
+                # next generation is what a taker creates.
+                return LeaseRecord(generation, "", "?", 0, 0.0, 0.0, "")
             return LeaseRecord(
                 generation=generation,
-                holder=str(doc["holder"]),
+                holder=str(doc["holder"]),  # KeyError: damaged, handled above
                 host=str(doc["host"]),
                 pid=int(doc["pid"]),
                 expires=float(doc["expires"]),
                 taken=float(doc["taken"]),
                 what=str(doc.get("what", "")),
                 data=dict(doc.get("data") or {}),
+                host_id=str(doc.get("host_id", "")),
             )
         return None
 
@@ -130,6 +136,7 @@ class LeaseStore:
             "taken": record.taken,
             "what": record.what,
             "data": record.data,
+            "host_id": record.host_id,
         }
         name = _name(lease_id, record.generation)
         self.backend.create(name, self.sealer.seal(json.dumps(doc).encode(), _AD))
@@ -177,6 +184,7 @@ class Lease:
             taken=self._taken,
             what=self.what,
             data=dict(self.data),
+            host_id=host_id(),
         )
 
     def acquire(self) -> Lease:
@@ -193,11 +201,20 @@ class Lease:
             except ObjectExists:
                 continue  # another host took it first: look again
             self.generation, self.expires = generation, expires
-            if current is not None and not current.free:
-                self.inherited = current
+            if not self.store.backend.capabilities.atomic_create:
+                self.release()
+                raise LeaseBusy(
+                    f"cannot lease {self.what}: the repository's storage has no atomic "
+                    "exclusive create, so two hosts could both take the lease"
+                )
+            if current is not None and current.data:
+                self.inherited = current  # its notes: what it may have left behind
+            try:
+                self.store.prune(self.lease_id, generation)
+            except StorageError:
+                pass  # old generations cost nothing but space
             self._thread = threading.Thread(target=self._renew_loop, daemon=True, name="lease")
             self._thread.start()
-            self.store.prune(self.lease_id, generation)
             return self
         raise LeaseBusy(f"{self.what} is busy: other hosts are taking its lease")
 
@@ -218,8 +235,15 @@ class Lease:
             try:
                 self.store.write(self.lease_id, self._record(self.generation + 1, expires))
             except ObjectExists:
-                self.lost = f"the lease of {self.what} was taken over by another host"
-                raise LeaseLost(self.lost) from None
+                # Ours, if a write that reported failure had in fact landed
+                # (a retried request); anyone else's means we lost the lease.
+                current = self.store.current(self.lease_id)
+                if current is None or current.holder != self.holder:
+                    self.lost = f"the lease of {self.what} was taken over by another host"
+                    raise LeaseLost(self.lost) from None
+                self.generation = current.generation
+                self.expires = current.expires
+                return
             self.generation += 1
             self.expires = expires
 

@@ -19,6 +19,8 @@ Nothing is committed if the lease was lost meanwhile.
 from __future__ import annotations
 
 import getpass
+import hashlib
+import os
 import socket
 import threading
 import time
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom import __version__
-from strongroom.config import VmSpec
+from strongroom.config import VmSpec, data_home
 from strongroom.errors import StrongroomError
 from strongroom.model.blockmap import BlockMap
 from strongroom.model.point import RecoveryPoint, now
@@ -40,7 +42,7 @@ from strongroom.services.vms import vm_lease, vm_path, vm_points
 from strongroom.sources.guest import Quiesce
 from strongroom.sources.live import LiveDisk, ViewPlan, freeze_together
 from strongroom.sources.qmp import QmpClient
-from strongroom.trackers.bitmaps import BitmapPlan, plan_bitmaps
+from strongroom.trackers.bitmaps import BitmapPlan, is_ours, plan_bitmaps
 from strongroom.trackers.changes import ChangeSet
 from strongroom.types import ProgressCallback, no_progress
 
@@ -75,7 +77,7 @@ def backup_vm(
     on_frozen: Any = None,  # test hook: called with the instant (time.time()) it froze
 ) -> VmBackupResult:
     host = socket.gethostname()
-    prefix = f"strongroom-{repo.config.id[:8]}"
+    prefix = vm_bitmap_prefix(repo, spec.name)
     warnings: list[str] = []
     started = now()
     t0 = time.monotonic()
@@ -83,8 +85,9 @@ def backup_vm(
         parent, parent_disks = _parent(repo, spec, warnings)
         qmp = stack.enter_context(QmpClient(spec.qmp))
         disks: list[_Disk] = []
+        scratch = spec.scratch or str(data_home() / "strongroom" / "scratch")
         for node in spec.disks:
-            live = LiveDisk(qmp, node, spec.nbd, spec.scratch)
+            live = LiveDisk(qmp, node, spec.nbd, scratch)
             stack.callback(live.close_view)  # also undoes a view half opened
             before = parent_disks.get(node)
             parent_map = (
@@ -99,25 +102,29 @@ def backup_vm(
                 parent_bitmap = before.summary.get("bitmap")
             plan = plan_bitmaps(live.bitmaps(), prefix, parent_bitmap)
             disks.append(_Disk(live, plan, parent_map, parent_bitmap, block_size))
-        # A holder that died before us may have left views on the block layer
-        # (their copy-before-write jobs tax every write): it named them in the lease.
-        orphans = lease.inherited.data.get("views", []) if lease.inherited else []
-        if isinstance(orphans, list) and orphans and lease.inherited:
+        warnings += _scratch_room(scratch, sum(d.live.size for d in disks))
+        # The previous holder may have left views on the block layer (their
+        # copy-before-write jobs tax every write): it named them in the lease,
+        # whether it died or handed the lease back after a failed teardown.
+        previous = lease.inherited
+        orphans = previous.data.get("views", []) if previous is not None else []
+        if isinstance(orphans, list) and orphans and previous is not None:
             reaped = [d.live.reap_stale_views([str(t) for t in orphans]) for d in disks]
             if any(reaped):
-                warnings.append(
-                    f"removed the frozen views a backup left when it died on {lease.inherited.host}"
-                )
+                warnings.append(f"removed the frozen views a backup on {previous.host} left")
+        # Name our views in the lease before they exist: a crash from here on
+        # leaves the next holder the list.
+        lease.annotate(views=[d.live.reserve_token() for d in disks])
         for disk in disks:
             disk.live.prepare_view()
-        lease.annotate(views=[d.live.token for d in disks])
         quiesce = Quiesce(
             spec.name, spec.guest_agent, spec.freeze_command, spec.thaw_command, spec.freeze_timeout
         )
-        frozen, note = quiesce.freeze() if quiesce.configured else (False, "")
-        if quiesce.configured and not frozen:
-            warnings.append(f"guest not quiesced ({note}): the point is crash-consistent")
+        frozen, note = False, ""
+        lease.verify()  # another holder may have taken over while we prepared
         try:
+            if quiesce.configured:
+                frozen, note = quiesce.freeze()
             instant = freeze_together(
                 qmp,
                 [(d.live, ViewPlan(d.plan.add, d.block_size, d.plan.disable)) for d in disks],
@@ -127,8 +134,13 @@ def backup_vm(
                 problem = quiesce.thaw()
                 if problem:
                     warnings.append(problem)
+                    frozen = False  # the freeze may not have held until the snapshot
+        if quiesce.configured and not frozen:
+            warnings.append(f"guest not quiesced ({note}): the point is crash-consistent")
         if on_frozen is not None:
             on_frozen(instant)
+        for disk in disks:
+            _check_lineage(disk, prefix)
         results: list[VmDisk] = []
         summaries: list[dict[str, Any]] = []
         views = []
@@ -157,9 +169,9 @@ def backup_vm(
                 )
             )
             warnings += pipeline.summary.warnings
-        lease.verify()  # never commit a point under a lease that passed on
         manifest_id = save_vm_manifest(repo, VmManifest(spec.name, results))
         repo.flush()
+        lease.verify()  # never commit a point under a lease that passed on
         consistency = "application-consistent" if frozen else "crash-consistent"
         seconds = time.monotonic() - t0
         point = RecoveryPoint(
@@ -203,6 +215,41 @@ def _parent(
         warnings.append(f"last point {parent.short_id} is unreadable ({err}): reading all disks")
         return None, {}
     return parent, {d.name: d for d in manifest.disks}
+
+
+def _scratch_room(scratch: str, disks: int) -> list[str]:
+    """QEMU 7.2's backup job fails a guest's write when the overlay that keeps
+    the old block cannot grow: say so when the scratch folder could fill."""
+    os.makedirs(scratch, exist_ok=True)
+    st = os.statvfs(scratch)
+    free = st.f_bavail * st.f_frsize
+    if free >= disks:
+        return []
+    return [
+        f"scratch folder {scratch} has {free >> 20} MiB free for {disks >> 20} MiB of disks: "
+        "writes that overwrite more than that during a backup would fail in the guest"
+    ]
+
+
+def vm_bitmap_prefix(repo: Repository, name: str) -> str:
+    """Each VM its own bitmap lineage, apart from `backup --image --qmp`'s
+    (`strongroom-<repo>`): one never retires or rotates the other's bitmaps."""
+    tag = hashlib.blake2s(name.encode(), digest_size=4).hexdigest()
+    return f"strongroom-{repo.config.id[:8]}-vm{tag}"
+
+
+def _check_lineage(disk: _Disk, prefix: str) -> None:
+    """After the transaction, our bitmaps must be exactly the planned ones plus
+    the one it started: anything else (a bitmap of ours rotated or removed by
+    someone between plan and transaction) means the record may have a gap, so
+    this disk is compared instead of trusted."""
+    if disk.plan.read is None:
+        return
+    ours = {b.name for b in disk.live.bitmaps() if is_ours(b.name, prefix)}
+    expected = set(disk.plan.retire) | {disk.plan.add}
+    if ours != expected:
+        disk.plan.read = None
+        disk.plan.note = "the dirty bitmaps changed while the snapshot was being taken"
 
 
 def _changes(disk: _Disk, view: Any, changed_since: str, read: list[str]) -> ChangeSet:

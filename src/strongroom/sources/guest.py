@@ -5,8 +5,9 @@ freeze` / `guest-fsfreeze-thaw` over its socket), or a pair of user
 commands (e.g. a database's own flush-and-lock script). Both are bounded by
 a timeout. A freeze that fails or times out is not an error of the backup:
 the snapshot is taken anyway and the point is marked crash-consistent, and
-the reason is said. Thaw always runs once freeze was attempted, so a guest is
-never left frozen by us (the agent also thaws by itself after its own timeout).
+the reason is said. Thaw always runs once freeze was attempted, and a thaw
+through the agent is retried for a long while: the Linux agent never thaws by
+itself, and a freeze that outlived our timeout may still complete in the guest.
 """
 
 from __future__ import annotations
@@ -18,14 +19,27 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom.errors import SourceError
 
+# Never handed to a hook: it runs a user's script, perhaps over ssh.
+_SECRETS = frozenset(
+    {"STRONGROOM_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"}
+)
+
 
 class GuestAgentError(SourceError):
     """The guest agent did not answer, or answered with an error."""
+
+
+class GuestAgentRefused(GuestAgentError):
+    """The agent answered with an error (the command failed or is disabled)."""
+
+
+class _Unreadable(GuestAgentError):
+    """A line that is not JSON (stale output of an earlier client)."""
 
 
 class GuestAgent:
@@ -46,14 +60,22 @@ class GuestAgent:
             sock.close()
             raise GuestAgentError(f"guest agent {self.path}: {err.strerror or err}") from None
         self._sock = sock
-        # The agent keeps no session: a sync with a fresh id discards any
-        # stale reply a previous client left in the channel.
+        # The agent keeps no session: 0xFF makes it drop any half-read input a
+        # previous client left, and a delimited sync with a fresh id tells its
+        # answer apart from stale output (skipped, even when unreadable).
         token = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
-        self._send({"execute": "guest-sync", "arguments": {"id": token}})
+        try:
+            sock.sendall(b"\xff")
+        except OSError as err:
+            raise GuestAgentError(f"guest agent {self.path}: {err.strerror or err}") from None
+        self._send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            if self._receive().get("return") == token:
-                return self
+            try:
+                if self._receive().get("return") == token:
+                    return self
+            except _Unreadable:
+                continue
         raise GuestAgentError(f"guest agent {self.path}: no answer to guest-sync")
 
     def __exit__(self, *exc: object) -> None:
@@ -83,11 +105,11 @@ class GuestAgent:
                 raise GuestAgentError(f"guest agent {self.path}: connection closed")
             self._buffer += data
         line, _, self._buffer = self._buffer.partition(b"\n")
-        line = line.lstrip(b"\xff")  # the sync delimiter some agents send
+        line = line.rpartition(b"\xff")[2]  # guest-sync-delimited's marker
         try:
             doc = json.loads(line)
         except ValueError:
-            raise GuestAgentError(f"guest agent {self.path}: unreadable answer") from None
+            raise _Unreadable(f"guest agent {self.path}: unreadable answer") from None
         return doc if isinstance(doc, dict) else {}
 
     def execute(self, command: str) -> Any:
@@ -95,7 +117,7 @@ class GuestAgent:
         reply = self._receive()
         if "error" in reply:
             desc = reply["error"].get("desc", reply["error"])
-            raise GuestAgentError(f"guest agent: {command}: {desc}")
+            raise GuestAgentRefused(f"guest agent: {command}: {desc}")
         return reply.get("return")
 
 
@@ -108,33 +130,59 @@ class Quiesce:
     freeze_command: str | None = None
     thaw_command: str | None = None
     timeout: float = 10.0
+    # Whether the guest may be frozen now: after a freeze that succeeded, or
+    # one whose answer never came (it may still complete), not after a refusal.
+    _may_be_frozen: bool = field(default=False, init=False, repr=False)
 
     @property
     def configured(self) -> bool:
         return bool(self.guest_agent or self.freeze_command)
 
     def freeze(self) -> tuple[bool, str]:
-        """(frozen, what happened). Never raises for a guest's failure."""
+        """(frozen, what happened). Never raises for a guest's failure. Frozen
+        means at least one file system: a guest with none froze nothing."""
         if self.guest_agent:
             try:
-                with GuestAgent(self.guest_agent, self.timeout) as agent:
-                    count = agent.execute("guest-fsfreeze-freeze")
-                return True, f"guest agent froze {count} file system(s)"
+                agent = GuestAgent(self.guest_agent, self.timeout).__enter__()
+            except GuestAgentError as err:
+                return False, str(err)  # the freeze was never sent
+            try:
+                self._may_be_frozen = True  # sent: from here on, thaw whatever happens
+                count = agent.execute("guest-fsfreeze-freeze")
+            except GuestAgentRefused as err:
+                self._may_be_frozen = False  # the agent thaws what it froze on failure
+                return False, str(err)
             except GuestAgentError as err:
                 return False, str(err)
+            finally:
+                agent.__exit__()
+            if not isinstance(count, int) or count <= 0:
+                return False, f"the guest agent froze {count} file systems"
+            return True, f"guest agent froze {count} file system(s)"
         if self.freeze_command:
             return self._run(self.freeze_command, "freeze")
         return False, "no freeze configured"
 
     def thaw(self) -> str | None:
-        """A warning if thawing failed."""
+        """A warning if thawing failed (then the freeze may not have held)."""
         if self.guest_agent:
-            try:
-                with GuestAgent(self.guest_agent, self.timeout) as agent:
-                    agent.execute("guest-fsfreeze-thaw")
+            if not self._may_be_frozen:
                 return None
-            except GuestAgentError as err:
-                return f"thaw: {err}"
+            # An agent still busy with a slow freeze answers nothing meanwhile;
+            # keep asking until it can thaw, for a long but bounded time.
+            deadline = time.monotonic() + max(60.0, 4 * self.timeout)
+            while True:
+                try:
+                    with GuestAgent(self.guest_agent, self.timeout) as agent:
+                        agent.execute("guest-fsfreeze-thaw")
+                    self._may_be_frozen = False
+                    return None
+                except GuestAgentRefused as err:
+                    return f"thaw: {err}"
+                except GuestAgentError as err:
+                    if time.monotonic() > deadline:
+                        return f"thaw: {err}"
+                    time.sleep(0.5)
         if self.thaw_command:
             ok, note = self._run(self.thaw_command, "thaw")
             return None if ok else note
@@ -143,7 +191,8 @@ class Quiesce:
     def _run(self, command: str, what: str) -> tuple[bool, str]:
         """Run a hook in its own process group; on timeout the whole group is
         killed, so a late freeze can never land after the thaw."""
-        env = {**os.environ, "STRONGROOM_VM": self.vm, "STRONGROOM_HOOK": what}
+        env = {k: v for k, v in os.environ.items() if k not in _SECRETS}
+        env.update(STRONGROOM_VM=self.vm, STRONGROOM_HOOK=what)
         try:
             proc = subprocess.Popen(
                 command,

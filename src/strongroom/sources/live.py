@@ -16,11 +16,10 @@ Cleanup runs in reverse and tolerates pieces that never came to be.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import re
 import secrets
-import socket
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom.errors import SourceError
+from strongroom.hostid import host_id
 from strongroom.nbd.uri import NbdAddress, format_tcp_uri, format_unix_uri, parse_nbd_uri
 from strongroom.sources.block import NbdSource
 from strongroom.sources.qemu import QEMU_IMG, BitmapInfo, need_tool, run_tool
@@ -36,7 +36,12 @@ from strongroom.sources.qmp import QmpClient
 log = logging.getLogger(__name__)
 
 
-_HOST_TAG = hashlib.blake2s(socket.gethostname().encode(), digest_size=3).hexdigest()
+# Which pid namespace a token's pid belongs to (hostid.py): only a token of
+# ours is judged by its pid.
+_HOST_TAG = host_id()[:6]
+
+
+_TOKEN = re.compile(r"^[0-9]{1,10}-[0-9a-f]{6}-[0-9a-f]{6}$")
 
 
 def new_token() -> str:
@@ -90,11 +95,9 @@ def freeze_together(qmp: QmpClient, disks: Sequence[tuple[LiveDisk, ViewPlan]]) 
     actions: list[dict[str, Any]] = []
     for disk, plan in disks:
         actions += disk.view_actions(plan)
+        disk._steps.append("job")  # noted first: see prepare_view
     qmp.execute("transaction", {"actions": actions})
-    done = time.time()
-    for disk, _ in disks:
-        disk._steps.append("job")
-    return done
+    return time.time()
 
 
 class LiveDisk:
@@ -144,21 +147,33 @@ class LiveDisk:
         freeze_together(self.qmp, [(self, ViewPlan(add, granularity, list(disable)))])
         return self.export_view(read)
 
+    def reserve_token(self) -> str:
+        """Choose the next view's token now, so it can be recorded (in a lease)
+        before anything exists on the block layer under that name."""
+        if self._steps:
+            raise SourceError(f"a view of {self.node} is already open")
+        if not self._token:
+            self._token = new_token()
+        return self._token
+
     def prepare_view(self) -> None:
         """Create the fleece node (its file, then the qcow2 node backed by the disk).
         Nothing is frozen yet: `freeze_together` does that, for many disks at once."""
-        if self._token:
+        if self._steps:
             raise SourceError(f"a view of {self.node} is already open")
         self.reap_stale_views()
-        self._token = new_token()
-        tok = self._token
+        tok = self.reserve_token()
         os.makedirs(self.scratch, exist_ok=True)
-        self._fleece_file = os.path.join(self.scratch, f"strongroom-fleece-{tok}.qcow2")
+        self._fleece_file = self.fleece_path(tok)
+        # Each step is noted before it is taken: an answer lost to a timeout or
+        # an interrupt must not hide the piece from the teardown (which
+        # tolerates pieces that never came to be).
+        self._steps.append("file")
         run_tool(
             [need_tool(QEMU_IMG), "create", "-q", "-f", "qcow2", self._fleece_file, str(self.size)],
             f"{self._fleece_file}: cannot create the snapshot overlay",
         )
-        self._steps.append("file")
+        self._steps.append("node")
         self.qmp.execute(
             "blockdev-add",
             {
@@ -168,7 +183,6 @@ class LiveDisk:
                 "backing": self.node,
             },
         )
-        self._steps.append("node")
 
     def view_actions(self, plan: ViewPlan) -> list[dict[str, Any]]:
         """This disk's part of the freezing transaction: bitmaps rotate, the
@@ -212,6 +226,7 @@ class LiveDisk:
         """Export the frozen view read-only, with the bitmaps `read`."""
         tok = self._token
         export = f"sr-view-{tok}"
+        self._steps.append("export")
         self.qmp.execute(
             "block-export-add",
             {
@@ -223,7 +238,6 @@ class LiveDisk:
                 "bitmaps": list(read),
             },
         )
-        self._steps.append("export")
         contexts = [f"qemu:dirty-bitmap:{b}" for b in read]
         return NbdSource(
             _export_uri(self.server, export), contexts, description=f"{self.node} (frozen view)"
@@ -268,6 +282,9 @@ class LiveDisk:
             except OSError:
                 pass
 
+    def fleece_path(self, tok: str) -> str:
+        return os.path.join(self.scratch, f"strongroom-fleece-{tok}.qcow2")
+
     @property
     def token(self) -> str:
         """The current view's token ("" when none is open)."""
@@ -290,18 +307,15 @@ class LiveDisk:
             _note(found, str(job.get("device", "")), "sr-job-", "job")
         for node in self.qmp.execute("query-named-block-nodes", {"flat": True}) or []:
             tok = _note(found, str(node.get("node-name", "")), "sr-fleece-", "node")
-            filename = str((node.get("image") or {}).get("filename", ""))
             if tok:
-                # A node whose backing was overridden reports a "json:{...}"
-                # name; the file is then where this host's backups put it.
-                files[tok] = (
-                    filename
-                    if filename.startswith("/")
-                    else os.path.join(self.scratch, f"strongroom-fleece-{tok}.qcow2")
-                )
+                # Only ever our own scratch file: the name QEMU reports for a
+                # node is whatever whoever added it said, and is never unlinked.
+                files[tok] = self.fleece_path(tok)
         reaped = []
         dead = set(orphans)
         for tok, steps in sorted(found.items()):
+            if not _TOKEN.match(tok):
+                continue  # not a name strongroom makes
             if tok in dead or _owner_dead(tok):
                 log.warning("removing the frozen view %s of a backup that died", tok)
                 self._teardown(tok, steps | {"file"}, files.get(tok))

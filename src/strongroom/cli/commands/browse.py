@@ -54,6 +54,7 @@ def ls(
     """List the entries of a point (under PATH); for an image point, its files inside."""
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
+        _refuse_vm(p)
         if p.kind == "block":
             _ls_image(app, repo, p, path, long_, recursive, partition)
             return
@@ -82,7 +83,7 @@ def diff(app: App, point_a: str, point_b: str) -> None:
     with app.repository(LockMode.NONE) as repo:
         a = find_point(repo, point_a)
         b = find_point(repo, point_b)
-        if "block" in (a.kind, b.kind):
+        if {a.kind, b.kind} != {"files"}:
             raise UsageError("diff compares file points; for image points see 'snapshots'")
         for change in diff_trees(repo, bytes.fromhex(a.tree), bytes.fromhex(b.tree)):
             counts[change.kind] += 1
@@ -125,6 +126,7 @@ def dump(app: App, point: str, path: str, partition: int | None) -> None:
     """Write one file of a point (or of the file system inside an image point) to stdout."""
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
+        _refuse_vm(p)
         if p.kind == "block":
             with open_image_filesystem(repo, p, partition) as fs, fs.open(path) as f:
                 shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
@@ -173,3 +175,11 @@ def _ls_image(
                 app.out.info(f"{mode} {e.uid:>7}/{e.gid:<7} {e.size:>12} {when} {e.path}{link}")
             else:
                 app.out.info(e.path)
+
+
+def _refuse_vm(point: RecoveryPoint) -> None:
+    if point.kind == "vm":
+        raise UsageError(
+            f"point {point.short_id} is a VM point: restore a disk "
+            "('restore --disk NAME') or serve it, then browse that image"
+        )

@@ -66,7 +66,11 @@ def restore(
     out = app.out
     with app.repository(LockMode.SHARED) as repo:
         p = find_point(repo, point, PointFilter(paths=[vm_path(vm)]) if vm else None)
+        if vm and p.paths != [vm_path(vm)]:
+            raise UsageError(f"point {p.short_id} is not a point of VM {vm}")
         if p.kind == "vm":
+            if include or partition is not None:
+                raise UsageError("--include/--partition browse an image: restore a --disk first")
             restore_vm_cmd(app, repo, p, target, fmt, list(disks))
             return
         if vm or disks:
