@@ -33,7 +33,8 @@ from strongroom.config import VmSpec, load_settings
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository.repo import Repository
 from strongroom.services.vm_backup import VmBackupResult, backup_vm
-from strongroom.services.vms import restore_vm, vm_points
+from strongroom.services.vm_restore import restore_vm
+from strongroom.services.vms import vm_points
 from strongroom.sources.qmp import QmpClient
 from tests.conftest import open_local_repository
 from tests.helpers.cli import CliResult, run_cli, strongroom_command

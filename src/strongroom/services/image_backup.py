@@ -35,7 +35,7 @@ from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup, ImageBackupSummary
 from strongroom.repository.repo import Repository
 from strongroom.services.points import PointFilter, find_point, list_points
-from strongroom.sources.block import NBD_STATE_DIRTY, BlockSource, NbdSource, RawSource
+from strongroom.sources.block import BlockSource, NbdSource, RawSource
 from strongroom.sources.images import probe_image
 from strongroom.sources.live import LiveDisk
 from strongroom.sources.qemu import (
@@ -136,12 +136,9 @@ def _backing_identity(req: ImageBackupRequest) -> str | None:
 
 def dirty_blocks(view: NbdSource, bitmaps: list[str], block_size: int) -> ChangeSet | None:
     """The blocks the exported bitmaps mark dirty; None if one is not exported."""
-    extents: list[tuple[int, int]] = []
-    for name in bitmaps:
-        context = f"qemu:dirty-bitmap:{name}"
-        if not view.has_context(context):
-            return None
-        extents += [(o, n) for o, n, flags in view.status(context) if flags & NBD_STATE_DIRTY]
+    extents = view.dirty_extents(bitmaps)
+    if extents is None:
+        return None
     blocks = -(-view.size // block_size)
     return ChangeSet("bitmap", blocks_touched(extents, block_size, blocks))
 

@@ -37,13 +37,12 @@ from strongroom.model.vm import VmDisk, VmManifest
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest, save_vm_manifest
 from strongroom.pipeline.image_backup import ImageBackup
 from strongroom.repository.repo import Repository
-from strongroom.services.image_backup import dirty_blocks
 from strongroom.services.vms import vm_lease, vm_path, vm_points
 from strongroom.sources.guest import Quiesce
 from strongroom.sources.live import LiveDisk, ViewPlan, freeze_together
 from strongroom.sources.qmp import QmpClient
 from strongroom.trackers.bitmaps import BitmapPlan, is_ours, plan_bitmaps
-from strongroom.trackers.changes import ChangeSet
+from strongroom.trackers.changes import ChangeSet, blocks_touched
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -261,10 +260,11 @@ def _changes(disk: _Disk, view: Any, changed_since: str, read: list[str]) -> Cha
         return ChangeSet("compare")
     if disk.plan.read is None:
         return ChangeSet("compare", None, f"{disk.plan.note}: comparing every block")
-    found = dirty_blocks(view, read, disk.block_size)
-    if found is None:
+    extents = view.dirty_extents(read)
+    if extents is None:
         return ChangeSet("compare", None, "the block layer did not export the dirty bitmaps")
-    return found
+    blocks = -(-view.size // disk.block_size)
+    return ChangeSet("bitmap", blocks_touched(extents, disk.block_size, blocks))
 
 
 def _totals(disks: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,9 +1,7 @@
-"""VMs of the cluster: finding their points, restoring their disks, their status."""
+"""VMs of the cluster: finding their points, their lease, their status."""
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,13 +9,10 @@ from strongroom.config import VmSpec
 from strongroom.errors import UsageError
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.vm import VmManifest
-from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
-from strongroom.pipeline.image_restore import ImageRestoreSummary
+from strongroom.pipeline.blockmaps import load_vm_manifest
 from strongroom.repository.leases import Lease, LeaseRecord
 from strongroom.repository.repo import Repository
-from strongroom.services.image_restore import restore_map
 from strongroom.services.points import list_points
-from strongroom.types import ProgressCallback, no_progress
 
 
 def vm_path(name: str) -> str:
@@ -43,32 +38,6 @@ def manifest_of(repo: Repository, point: RecoveryPoint) -> VmManifest:
     if point.kind != "vm":
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a VM point")
     return load_vm_manifest(repo, bytes.fromhex(point.tree))
-
-
-def restore_vm(
-    repo: Repository,
-    point: RecoveryPoint,
-    target: str,
-    fmt: str = "raw",
-    disks: list[str] | None = None,
-    progress: ProgressCallback = no_progress,
-    cancel: threading.Event | None = None,
-) -> list[tuple[str, str, ImageRestoreSummary]]:
-    """Restore the point's disks: into the folder `target` as DISK.raw / DISK.qcow2,
-    or, for one disk (`disks=[NAME]`), into `target` itself (a file, a block
-    device, or an NBD URI: back into a block layer). Returns (disk, where, summary)."""
-    manifest = manifest_of(repo, point)
-    chosen = [manifest.disk(name) for name in disks] if disks else manifest.disks
-    single = disks is not None and len(chosen) == 1 and not os.path.isdir(target)
-    if not single:
-        os.makedirs(target, exist_ok=True)
-    done = []
-    for disk in chosen:
-        where = target if single else os.path.join(target, f"{disk.name}.{fmt}")
-        block_map = load_block_map(repo, bytes.fromhex(disk.map_root))
-        summary = restore_map(repo, block_map, where, fmt, progress, cancel)
-        done.append((disk.name, where, summary))
-    return done
 
 
 @dataclass

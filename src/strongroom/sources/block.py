@@ -179,6 +179,17 @@ class NbdSource:
                 yield e.offset, e.length, e.flags
             pos += length
 
+    def dirty_extents(self, bitmaps: Iterable[str]) -> list[tuple[int, int]] | None:
+        """(offset, length) of everything the exported dirty bitmaps mark;
+        None when one of them is not exported."""
+        extents: list[tuple[int, int]] = []
+        for name in bitmaps:
+            context = f"qemu:dirty-bitmap:{name}"
+            if not self.has_context(context):
+                return None
+            extents += [(o, n) for o, n, flags in self.status(context) if flags & NBD_STATE_DIRTY]
+        return extents
+
     def allocation(self) -> Iterator[Extent]:
         if not self.client.has_context(ALLOCATION):
             yield Extent(0, self.size)

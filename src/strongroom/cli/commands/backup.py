@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 import click
 
 from strongroom.cli.commands.init import create_repository
-from strongroom.cli.commands.vm import backup_vm_cmd
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode, UsageError
 from strongroom.services.backup import BackupRequest, backup_files
-from strongroom.services.image_backup import ImageBackupRequest, backup_image
 from strongroom.services.session import LockMode, repository_exists
 from strongroom.sources.exclude import Excluder
+
+if TYPE_CHECKING:
+    from strongroom.services.image_backup import ImageBackupRequest
+
+# Image and VM backups import their services when asked for: a short file
+# incremental should not pay for numpy, NBD, QMP and the image pipeline.
 
 
 @click.command()
@@ -115,11 +120,15 @@ def backup(
             raise UsageError("--dry-run is not available with --vm")
         if changed_since not in ("auto", "compare", "none"):
             raise UsageError("with --vm, --changed-since is auto, compare or none")
+        from strongroom.cli.commands.vm import backup_vm_cmd
+
         backup_vm_cmd(app, vm, "none" if force else changed_since, list(tag))
         return
     if image:
         if dry_run:
             raise UsageError("--dry-run is not available with --image")
+        from strongroom.services.image_backup import ImageBackupRequest
+
         backup_image_cmd(
             app,
             ImageBackupRequest(
@@ -190,6 +199,8 @@ def backup(
 
 
 def backup_image_cmd(app: App, request: ImageBackupRequest) -> None:
+    from strongroom.services.image_backup import backup_image
+
     out = app.out
     with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
         result = backup_image(repo, request, progress)

@@ -14,7 +14,8 @@ from strongroom.services.image_restore import restore_image
 from strongroom.services.points import PointFilter, find_point
 from strongroom.services.restore import restore_files
 from strongroom.services.session import LockMode
-from strongroom.services.vms import restore_vm, vm_path
+from strongroom.services.vm_restore import restore_vm
+from strongroom.services.vms import vm_path
 
 
 @click.command()
