@@ -32,9 +32,11 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--vm",
+    "vms",
     metavar="NAME",
+    multiple=True,
     help="Back up the cluster VM NAME (a [vm.NAME] table of the config file): every disk "
-    "at one instant, under a cluster-wide lease.",
+    "at one instant, under a cluster-wide lease. Repeatable; 'all': every configured VM.",
 )
 @click.option(
     "--changed-since",
@@ -98,11 +100,11 @@ def backup(
     node: str | None,
     scratch: str | None,
     block_size: int | None,
-    vm: str | None,
+    vms: tuple[str, ...],
 ) -> None:
     """Back up PATHS (or a disk image, with --image; a VM, with --vm) into a new recovery point."""
     out = app.out
-    if sum(map(bool, (paths, image, vm))) != 1:
+    if sum(map(bool, (paths, image, vms))) != 1:
         raise UsageError(
             "give PATHS to back up files, --image SOURCE for a disk image or --vm NAME for a VM"
         )
@@ -115,14 +117,14 @@ def backup(
             f"Its key is stored in the repository ({key}), protected by your password.\n"
             "Keep the password safe: without it nobody can restore this data."
         )
-    if vm:
+    if vms:
         if dry_run:
             raise UsageError("--dry-run is not available with --vm")
         if changed_since not in ("auto", "compare", "none"):
             raise UsageError("with --vm, --changed-since is auto, compare or none")
         from strongroom.cli.commands.vm import backup_vm_cmd
 
-        backup_vm_cmd(app, vm, "none" if force else changed_since, list(tag))
+        backup_vm_cmd(app, list(vms), "none" if force else changed_since, list(tag))
         return
     if image:
         if dry_run:

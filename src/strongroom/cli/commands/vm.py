@@ -7,7 +7,7 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.config import VmSpec
-from strongroom.errors import UsageError
+from strongroom.errors import StrongroomError, UsageError
 from strongroom.services.session import LockMode
 from strongroom.services.vm_backup import VmBackupResult, backup_vm
 from strongroom.services.vms import vm_status
@@ -24,11 +24,37 @@ def vm_spec(app: App, name: str) -> VmSpec:
     return spec
 
 
-def backup_vm_cmd(app: App, name: str, changed_since: str, tags: list[str]) -> None:
+def backup_vm_cmd(app: App, names: list[str], changed_since: str, tags: list[str]) -> None:
+    """Back up each VM in turn in one repository session (one start-up for a
+    cluster). A VM that fails (busy, unreachable) is reported and the others
+    still run; the exit code is then that of the last failure."""
     out = app.out
-    spec = vm_spec(app, name)
-    with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
-        result = backup_vm(repo, spec, changed_since=changed_since, tags=tags, progress=progress)
+    if names == ["all"]:
+        names = sorted(app.settings.vms)
+        if not names:
+            raise UsageError("no VM is configured: describe them in [vm.NAME] tables")
+    specs = [vm_spec(app, name) for name in names]  # all known before any runs
+    failed: StrongroomError | None = None
+    with app.repository(LockMode.SHARED) as repo:
+        for spec in specs:
+            try:
+                with out.progress("backup") as progress:
+                    result = backup_vm(
+                        repo, spec, changed_since=changed_since, tags=tags, progress=progress
+                    )
+            except StrongroomError as err:
+                if len(specs) == 1:
+                    raise
+                out.error(f"VM {spec.name}: {err}")
+                failed = err
+                continue
+            _report(app, spec.name, result)
+    if failed is not None:
+        raise SystemExit(failed.exit_code)
+
+
+def _report(app: App, name: str, result: VmBackupResult) -> None:
+    out = app.out
     for warning in result.warnings:
         out.warn(warning)
     if out.json:
@@ -41,6 +67,7 @@ def backup_vm_cmd(app: App, name: str, changed_since: str, tags: list[str]) -> N
                 "consistency": result.consistency,
                 "quiesce": result.quiesce_note,
                 "host": result.point.host,
+                "instant": result.point.summary.get("instant"),
                 "disks": result.disks,
                 **{k: result.point.summary.get(k) for k in ("bytes_read", "bytes_changed")},
                 "data_added_stored": result.point.summary.get("data_added_stored"),
