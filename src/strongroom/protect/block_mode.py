@@ -51,6 +51,10 @@ class BlockProtection(CycleRunner):
 
     mode = "block"
 
+    def check_source(self) -> None:
+        if not os.path.exists(self.source):
+            raise SourceError(f"{self.source}: no such file or device")
+
     # --- local state -----------------------------------------------------------
 
     def adopt_pending(self) -> None:

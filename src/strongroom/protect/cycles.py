@@ -20,6 +20,7 @@ import os
 import re
 import time
 import uuid as uuidlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -181,7 +182,7 @@ class ProtectOptions:
     verify: bool = False  # tree mode: e2fsck -fn on the metadata disk after each cycle
 
 
-class CycleRunner:
+class CycleRunner(ABC):
     """The cycle protocol; modes supply the first and next cycles and their
     pending state (`adopt_pending`, `drop_pending`, `discard_first`)."""
 
@@ -212,21 +213,27 @@ class CycleRunner:
 
     # --- hooks -----------------------------------------------------------------
 
+    @abstractmethod
     def check_source(self) -> None:
         """Raise SourceError if `self.source` is not what this mode protects."""
 
+    @abstractmethod
     def first_cycle(self) -> CycleResult:
-        raise NotImplementedError
+        """Build the local state and ship the whole disk (cycle 0)."""
 
+    @abstractmethod
     def next_cycle(self, doc: dict[str, object]) -> CycleResult:
-        raise NotImplementedError
+        """Ship what changed since the cycle `doc` records as last."""
 
+    @abstractmethod
     def adopt_pending(self) -> None:
         """Make the pending local state the current one."""
 
+    @abstractmethod
     def drop_pending(self) -> None:
         """Undo what the pending cycle did locally."""
 
+    @abstractmethod
     def discard_first(self) -> None:
         """Forget a first cycle that never committed."""
 
