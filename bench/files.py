@@ -749,22 +749,25 @@ def _verdict(passed: bool | None) -> str:
     return "n/a" if passed is None else ("PASS" if passed else "FAIL")
 
 
-def environment(tools: Sequence[Tool], ctx: Context) -> dict[str, object]:
-    cpu = ""
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo says (empty if it cannot be read)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return ""
+
+
+def environment(tools: Sequence[Tool], ctx: Context) -> dict[str, object]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {t.name: tool_version(t) for t in tools},
         "python": platform.python_version(),
         "kernel": platform.release(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "filesystem": filesystem_type(ctx.workdir),
         "workdir": str(ctx.workdir),

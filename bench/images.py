@@ -80,6 +80,7 @@ from dataset import DEFAULT_SEED, GIB, KIB, MIB, TextSource
 from files import (
     SPAWN,
     Measurement,
+    cpu_model,
     default_workdir,
     filesystem_type,
     log,
@@ -871,14 +872,6 @@ SERVE_NOTE = (
 
 
 def environment(workdir: Path, kdf: str | None) -> dict[str, object]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {
@@ -889,7 +882,7 @@ def environment(workdir: Path, kdf: str | None) -> dict[str, object]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "filesystem": filesystem_type(workdir),

@@ -63,7 +63,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +79,7 @@ from files import (
     Restic,
     Space,
     Tool,
+    cpu_model,
     default_workdir,
     describe_dataset,
     ensure_installed,
@@ -769,14 +770,6 @@ def amplification(ctx: Ctx, change: Change | None) -> tuple[list[str], list[list
 
 
 def environment(ctx: Ctx, workdir: Path) -> dict[str, object]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         import pyvhdi
 
@@ -795,7 +788,7 @@ def environment(ctx: Ctx, workdir: Path) -> dict[str, object]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "filesystem": filesystem_type(workdir),
@@ -837,6 +830,19 @@ class Report:
         return [*lines, *PREAMBLE]
 
 
+def result_tables(r: Report, table: Callable[[list[str], list[list[str]], str], str]) -> list[str]:
+    """The ratio and amplification tables, drawn by `table` (plain or markdown)."""
+    out: list[str] = []
+    ratios = compute_ratios(r.ctx)
+    if ratios:
+        header = ["strongroom / peer (lower: strongroom better)", *r.peers()]
+        align = "l" + "r" * len(r.peers())
+        out += ["", table(header, ratio_rows(ratios, r.peers()), align)]
+    header, rows = amplification(r.ctx, r.change)
+    out += ["", table(header, rows, "l" + "r" * (len(header) - 1))]
+    return out
+
+
 def report_text(r: Report) -> str:
     env, versions = r.env, r.env["versions"]
     assert isinstance(versions, dict)
@@ -855,13 +861,7 @@ def report_text(r: Report) -> str:
         "notes:",
         *(f"  {line}" for line in note_lines(ctx.rows)),
     ]
-    ratios = compute_ratios(ctx)
-    if ratios:
-        header = ["strongroom / peer (lower: strongroom better)", *r.peers()]
-        align = "l" + "r" * len(r.peers())
-        out += ["", img.plain_table(header, ratio_rows(ratios, r.peers()), align)]
-    header, rows = amplification(ctx, r.change)
-    out += ["", img.plain_table(header, rows, "l" + "r" * (len(header) - 1))]
+    out += result_tables(r, img.plain_table)
     out += ["", *(f"verified {v}" for v in ctx.verified)]
     out += [f"skipped: {s}" for s in ctx.skipped]
     if ctx.failures:
@@ -884,13 +884,7 @@ def report_markdown(r: Report) -> str:
         "",
         *(f"- {line}" for line in note_lines(ctx.rows)),
     ]
-    ratios = compute_ratios(ctx)
-    if ratios:
-        header = ["strongroom / peer (lower: strongroom better)", *r.peers()]
-        align = "l" + "r" * len(r.peers())
-        out += ["", img.md_table(header, ratio_rows(ratios, r.peers()), align)]
-    header, rows = amplification(ctx, r.change)
-    out += ["", img.md_table(header, rows, "l" + "r" * (len(header) - 1))]
+    out += result_tables(r, img.md_table)
     out += ["", *(f"Verified {v}." for v in ctx.verified)]
     out += [f"Skipped: {s}." for s in ctx.skipped]
     if ctx.failures:

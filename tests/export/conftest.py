@@ -6,11 +6,11 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.helpers.cli import CliResult, run_cli
+from tests.helpers.libvhdi import open_chain
 
 # Runs `strongroom` with the export command registered even before cli/main.py
 # lists it (the registry is read when the program starts, in the subprocess).
@@ -38,24 +38,7 @@ def need(*tools: str) -> None:
         pytest.skip(f"needs {', '.join(missing)}")
 
 
-def pyvhdi() -> Any:
-    return pytest.importorskip("pyvhdi", reason="needs PyPI libvhdi-python")
-
-
 def libvhdi_read(paths: list[Path]) -> bytes:
     """The whole disk of the last of `paths`, each the parent of the next, read by libvhdi."""
-    mod = pyvhdi()
-    files: list[Any] = []
-    try:
-        for path in paths:
-            f = mod.file()
-            f.open(str(path))
-            if files:
-                f.set_parent(files[-1])
-            files.append(f)
-        top = files[-1]
-        size = int(top.get_media_size())
-        return bytes(top.read_buffer_at_offset(size, 0))
-    finally:
-        for f in reversed(files):
-            f.close()
+    with open_chain(paths) as top:
+        return bytes(top.read_buffer_at_offset(int(top.get_media_size()), 0))

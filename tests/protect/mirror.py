@@ -17,7 +17,6 @@ import subprocess
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from strongroom.formats.vhd.structs import (
     FOOTER_SIZE,
@@ -32,7 +31,7 @@ from strongroom.formats.vhd.structs import (
     SECTOR as SECTOR,  # re-exported for the tests
 )
 from tests.formats.vhd.disks import need as need  # re-exported for the tests
-from tests.formats.vhd.disks import pyvhdi
+from tests.helpers.libvhdi import open_chain
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -79,32 +78,19 @@ def flatten(paths: list[Path], out: Path) -> int:
     next one starts with sectors of its parent, then of its own (it returns the
     parent's data for those own sectors). Reads of one block at a time are right.
     """
-    mod = pyvhdi()
     step = min(block_size_of(p) for p in paths)
-    files: list[Any] = []
-    try:
-        for path in paths:
-            f = mod.file()
-            f.open(str(path))
-            if files:
-                f.set_parent(files[-1])
-            files.append(f)
-        top = files[-1]
+    with open_chain(paths) as top, open(out, "wb") as raw:
         size = int(top.get_media_size())
-        with open(out, "wb") as raw:
-            for pos in range(0, size, step):
-                n = min(step, size - pos)
-                data = top.read_buffer_at_offset(n, pos)
-                assert len(data) == n, f"libvhdi read {len(data)} of {n} bytes at {pos}"
-                if data.count(0) == n:
-                    raw.seek(n, os.SEEK_CUR)
-                else:
-                    raw.write(data)
-            raw.truncate(size)
-        return size
-    finally:
-        for f in reversed(files):
-            f.close()
+        for pos in range(0, size, step):
+            n = min(step, size - pos)
+            data = top.read_buffer_at_offset(n, pos)
+            assert len(data) == n, f"libvhdi read {len(data)} of {n} bytes at {pos}"
+            if data.count(0) == n:
+                raw.seek(n, os.SEEK_CUR)
+            else:
+                raw.write(data)
+        raw.truncate(size)
+    return size
 
 
 def same_bytes(a: Path, b: Path, length: int) -> bool:

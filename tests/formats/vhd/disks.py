@@ -32,10 +32,6 @@ def need(*tools: str) -> None:
         pytest.skip(f"needs {', '.join(missing)}")
 
 
-def pyvhdi() -> Any:
-    return pytest.importorskip("pyvhdi", reason="needs PyPI libvhdi-python")
-
-
 def noise(seed: int, n: int) -> bytes:
     return random.Random(seed).randbytes(n)
 

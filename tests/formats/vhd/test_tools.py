@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,11 +28,11 @@ from tests.formats.vhd.disks import (
     expected,
     need,
     noise,
-    pyvhdi,
     run,
     write,
     write_child,
 )
+from tests.helpers.libvhdi import open_chain
 
 
 @pytest.mark.parametrize("kind", ["fixed", "dynamic"])
@@ -75,36 +74,25 @@ def test_vhdiinfo_reads_all_three_kinds(tmp_path: Path) -> None:
     assert re.search(r"Parent filename\s*: base.vhd", out)
 
 
-def _libvhdi_chain(paths: list[Path]) -> object:
-    mod = pyvhdi()
-    files: list[Any] = []
-    for path in paths:
-        f = mod.file()
-        f.open(str(path))
-        if files:
-            f.set_parent(files[-1])
-        files.append(f)
-    return files[-1]
-
-
 def test_libvhdi_reads_a_chain_byte_for_byte(tmp_path: Path) -> None:
     write(tmp_path / "base.vhd", SIZE, BASE)
     write_child(tmp_path / "child.vhd", tmp_path / "base.vhd", SIZE, CHILD)
     more = [(0, noise(10, 4 * KiB)), (3 * MiB + 8 * KiB, noise(11, 12 * KiB))]
     write_child(tmp_path / "gc.vhd", tmp_path / "child.vhd", SIZE, more)
-    child = _libvhdi_chain([tmp_path / "base.vhd", tmp_path / "child.vhd"])
-    assert child.get_media_size() == SIZE  # type: ignore[attr-defined]
-    assert child.read_buffer_at_offset(SIZE, 0) == expected(BASE, CHILD)  # type: ignore[attr-defined]
-    gc = _libvhdi_chain([tmp_path / "base.vhd", tmp_path / "child.vhd", tmp_path / "gc.vhd"])
-    assert gc.read_buffer_at_offset(SIZE, 0) == expected(BASE, CHILD, more)  # type: ignore[attr-defined]
+    with open_chain([tmp_path / "base.vhd", tmp_path / "child.vhd"]) as child:
+        assert child.get_media_size() == SIZE
+        assert child.read_buffer_at_offset(SIZE, 0) == expected(BASE, CHILD)
+    chain = [tmp_path / "base.vhd", tmp_path / "child.vhd", tmp_path / "gc.vhd"]
+    with open_chain(chain) as gc:
+        assert gc.read_buffer_at_offset(SIZE, 0) == expected(BASE, CHILD, more)
 
 
 def test_libvhdi_refuses_a_parent_with_another_id(tmp_path: Path) -> None:
     write(tmp_path / "base.vhd", SIZE, BASE)
     write_child(tmp_path / "child.vhd", tmp_path / "base.vhd", SIZE, CHILD)
     write(tmp_path / "other.vhd", SIZE, BASE)
-    with pytest.raises(OSError):
-        _libvhdi_chain([tmp_path / "other.vhd", tmp_path / "child.vhd"])
+    with pytest.raises(OSError), open_chain([tmp_path / "other.vhd", tmp_path / "child.vhd"]):
+        pass
 
 
 @pytest.mark.xfail(strict=True, reason="libvhdi misreads partial sector-bitmap bytes")
@@ -113,5 +101,5 @@ def test_libvhdi_sector_sized_writes(tmp_path: Path) -> None:
     write_child(tmp_path / "gc.vhd", tmp_path / "base.vhd", SIZE, GRANDCHILD)
     with open_vhd(tmp_path / "gc.vhd") as ours:  # ours is right...
         assert ours.read(0, SIZE) == expected(BASE, GRANDCHILD)
-    gc = _libvhdi_chain([tmp_path / "base.vhd", tmp_path / "gc.vhd"])
-    assert gc.read_buffer_at_offset(SIZE, 0) == expected(BASE, GRANDCHILD)  # type: ignore[attr-defined]
+    with open_chain([tmp_path / "base.vhd", tmp_path / "gc.vhd"]) as gc:
+        assert gc.read_buffer_at_offset(SIZE, 0) == expected(BASE, GRANDCHILD)
