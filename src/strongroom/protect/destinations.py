@@ -36,10 +36,6 @@ class Shipment:
     disk_size: int
     changed: list[tuple[int, int]] | None  # byte ranges the cycle wrote; None: all
 
-    @property
-    def uuid(self) -> str:
-        return str(self.record["uuid"])
-
 
 class Destination(Protocol):
     description: str
