@@ -408,10 +408,12 @@ class Session:
             return p.EINVAL, f"unknown command flags {flags:#x}"
         if command == p.CMD_FLUSH:
             return None
+        if command == p.CMD_READ and length > p.MAX_BLOCK:
+            # checked before anything is allocated; EOVERFLOW is for structured replies only
+            code = p.EOVERFLOW if self._structured else p.EINVAL
+            return code, f"read of {length} bytes exceeds the maximum {p.MAX_BLOCK}"
         if offset + length > size:
             return p.EINVAL, f"request {offset}+{length} beyond the end ({size} bytes)"
-        if command == p.CMD_READ and length > p.MAX_BLOCK:
-            return p.EINVAL, f"read of {length} bytes exceeds the maximum {p.MAX_BLOCK}"
         if command == p.CMD_BLOCK_STATUS:
             if not self._contexts:
                 return p.EINVAL, "no metadata context was negotiated"
