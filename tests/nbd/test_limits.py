@@ -168,6 +168,26 @@ def test_clients_that_never_read_their_replies_starve_nobody(tmp_path: Path) -> 
         assert all(closed_within(sock, 2.0) for sock in hostile)
 
 
+def test_the_servers_reply_memory_is_bounded_and_freed_by_the_timeout(tmp_path: Path) -> None:
+    """Non-reading clients can fill the server-wide reply budget (memory) only until
+    their sends time out; then a well-behaved client is served."""
+    size = 64 * MiB
+    limits = ServerLimits(
+        max_bytes=p.MAX_BLOCK, max_total_bytes=2 * p.MAX_BLOCK, client_timeout=1.0
+    )
+    with memory_server(tmp_path, size, limits) as server, ExitStack() as stack:
+        path = tmp_path / "nbd.sock"
+        for _ in range(3):
+            sock = stack.enter_context(raw_connect(path, rcvbuf=4096))
+            export_name_handshake(sock)
+            flood_reads(sock, p.MAX_BLOCK)
+        time.sleep(0.2)
+        started = time.monotonic()
+        times = timed_reads(format_unix_uri(str(path), ""), data(size), count=3)
+        assert time.monotonic() - started < 1.0 + 4.0, times
+        assert settles(lambda: server.active_connections == 0, 6.0)
+
+
 def test_a_client_pipelining_reads_is_held_by_back_pressure(tmp_path: Path) -> None:
     """A client that never reads can make the server hold at most max_requests
     requests; the rest stay in the socket buffers (TCP back-pressure)."""
@@ -469,6 +489,7 @@ def test_limits_are_checked() -> None:
         {"workers": 0},
         {"max_requests": 0},
         {"max_bytes": 1024},
+        {"max_total_bytes": p.MAX_BLOCK, "max_bytes": 2 * p.MAX_BLOCK},
         {"client_timeout": 0},
         {"client_timeout": -1},
         {"idle_timeout": 1e9},

@@ -25,6 +25,7 @@ DEFAULT_WORKERS = 4
 DEFAULT_CLIENT_TIMEOUT = 30.0
 DEFAULT_MAX_REQUESTS = 16
 DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_MAX_TOTAL_BYTES = 512 << 20
 LOG_INTERVAL = 10.0
 
 
@@ -40,6 +41,8 @@ class ServerLimits:
     - `max_requests` / `max_bytes`: requests and reply bytes one client may
       have outstanding (queued, executing or unsent); beyond them the server
       stops reading its socket, so TCP back-pressure holds the client.
+    - `max_total_bytes`: reply bytes held for all clients together (memory);
+      a client waiting for it is held by back-pressure like above.
     - `client_timeout`: seconds for the whole handshake, and for a reply send
       that makes no progress; then the client is dropped. None: no limit.
     - `idle_timeout`: seconds a negotiated client may send no request at all
@@ -51,6 +54,7 @@ class ServerLimits:
     per_client_workers: int | None = None
     max_requests: int = DEFAULT_MAX_REQUESTS
     max_bytes: int = DEFAULT_MAX_BYTES
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     client_timeout: float | None = DEFAULT_CLIENT_TIMEOUT
     idle_timeout: float | None = None
 
@@ -65,6 +69,8 @@ class ServerLimits:
             raise UsageError("a client must be allowed at least one request in flight")
         if self.max_bytes < p.MAX_BLOCK:
             raise UsageError(f"the bytes in flight per client must be at least {p.MAX_BLOCK}")
+        if self.max_total_bytes < self.max_bytes:
+            raise UsageError("the bytes in flight for all clients must cover one client's")
         for what, value in (("client", self.client_timeout), ("idle", self.idle_timeout)):
             if value is not None and not 0 < value <= 86400:
                 raise UsageError(f"the {what} timeout must be between 0 and 86400 seconds")
@@ -108,3 +114,35 @@ class LogThrottle:
             message += f" (and {repeats} more times since the last report)"
         self._log.warning("%s", message)
         return True
+
+
+class Budget:
+    """Counts requests and reply bytes outstanding; `acquire` waits while either is
+    over its limit (one request of any size is always allowed)."""
+
+    def __init__(self, max_requests: int, max_bytes: int) -> None:
+        self._cond = threading.Condition()
+        self._max_requests = max_requests
+        self._max_bytes = max_bytes
+        self._count = 0
+        self._bytes = 0
+
+    def acquire(self, size: int) -> None:
+        with self._cond:
+            while self._count >= self._max_requests or (
+                self._count and self._bytes + size > self._max_bytes
+            ):
+                self._cond.wait()
+            self._count += 1
+            self._bytes += size
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self._count -= 1
+            self._bytes -= size
+            self._cond.notify_all()
+
+    def wait_idle(self) -> None:
+        with self._cond:
+            while self._count:
+                self._cond.wait()

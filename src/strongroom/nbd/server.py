@@ -34,7 +34,7 @@ from types import TracebackType
 from strongroom.errors import UsageError
 from strongroom.nbd import protocol as p
 from strongroom.nbd.exports import Export, MemoryExport, Segment, clip_extents
-from strongroom.nbd.limits import LogThrottle, ServerLimits
+from strongroom.nbd.limits import Budget, LogThrottle, ServerLimits
 from strongroom.nbd.pool import FairPool
 from strongroom.nbd.session import ServerContext, Session, peer_name
 from strongroom.nbd.uri import format_tcp_uri, format_unix_uri
@@ -93,6 +93,7 @@ class NbdServer:
             preferred_block=preferred_block,
             limits=limits,
             count_served=self._count_served,
+            total=Budget(1 << 62, limits.max_total_bytes),
         )
         self._throttle = LogThrottle(_log)
         self._lock = threading.Lock()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from strongroom.errors import StrongroomError
 from strongroom.nbd import protocol as p
 from strongroom.nbd.exports import Export, clip_extents
-from strongroom.nbd.limits import ServerLimits
+from strongroom.nbd.limits import Budget, ServerLimits
 from strongroom.nbd.pool import FairPool, PoolClosed
 from strongroom.nbd.wire import (
     Buffer,
@@ -68,6 +68,7 @@ class ServerContext:
     preferred_block: int
     limits: ServerLimits
     count_served: Callable[[int], None]
+    total: Budget  # reply bytes held for all clients together
 
     def resolve(self, name: str) -> tuple[str, Export] | None:
         if name in self.exports:
@@ -75,38 +76,6 @@ class ServerContext:
         if name == "" and self.default_export is not None:
             return self.default_export, self.exports[self.default_export]
         return None
-
-
-class _Budget:
-    """Counts requests and reply bytes outstanding; `acquire` waits while either is
-    over its limit (one request of any size is always allowed)."""
-
-    def __init__(self, max_requests: int, max_bytes: int) -> None:
-        self._cond = threading.Condition()
-        self._max_requests = max_requests
-        self._max_bytes = max_bytes
-        self._count = 0
-        self._bytes = 0
-
-    def acquire(self, size: int) -> None:
-        with self._cond:
-            while self._count >= self._max_requests or (
-                self._count and self._bytes + size > self._max_bytes
-            ):
-                self._cond.wait()
-            self._count += 1
-            self._bytes += size
-
-    def release(self, size: int) -> None:
-        with self._cond:
-            self._count -= 1
-            self._bytes -= size
-            self._cond.notify_all()
-
-    def wait_idle(self) -> None:
-        with self._cond:
-            while self._count:
-                self._cond.wait()
 
 
 class _Drop(Exception):
@@ -127,7 +96,7 @@ class Session:
         self._send_lock = threading.Lock()
         self._dead = False
         limits = ctx.limits
-        self._budget = _Budget(limits.max_requests, limits.max_bytes)
+        self._budget = Budget(limits.max_requests, limits.max_bytes)
         self._outbox: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
         self._deadline: float | None = None  # of the handshake
         self._no_zeroes = False
@@ -357,15 +326,15 @@ class Session:
                 self._reply_now([p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, handle)])
             else:
                 cost = length if command == p.CMD_READ else STATUS_COST
-                self._budget.acquire(cost)  # blocks: the client's socket is not read meanwhile
+                self._acquire(cost)  # blocks: the client's socket is not read meanwhile
                 if self._dead:
-                    self._budget.release(cost)
+                    self._release(cost)
                     return
                 job = self._job(command, flags, handle, offset, length, export, cost)
                 try:
                     self._ctx.pool.submit(self, job)
                 except PoolClosed:
-                    self._budget.release(cost)
+                    self._release(cost)
                     self._reply_now(
                         self._error_reply(handle, p.ESHUTDOWN, "the server is shutting down")
                     )
@@ -374,8 +343,18 @@ class Session:
     def _reply_now(self, parts: list[Buffer]) -> None:
         """A reply the reader makes itself, queued behind the pool's replies; costs a
         request slot of the budget like any other, so error replies cannot pile up."""
-        self._budget.acquire(0)
+        self._acquire(0)
         self._post(parts, 0, 0)
+
+    def _acquire(self, cost: int) -> None:
+        """This client's budget first, then the server's: a client waiting for the
+        server's budget holds none of it."""
+        self._budget.acquire(cost)
+        self._ctx.total.acquire(cost)
+
+    def _release(self, cost: int) -> None:
+        self._ctx.total.release(cost)
+        self._budget.release(cost)
 
     def _post(self, parts: list[Buffer], cost: int, served: int) -> None:
         """Hand a finished reply to the sender; it releases `cost` once sent or dropped."""
@@ -394,7 +373,7 @@ class Session:
                 if self._send(parts) and served:
                     self._ctx.count_served(served)
             finally:
-                self._budget.release(cost)
+                self._release(cost)
 
     def _check(
         self, command: int, flags: int, offset: int, length: int, size: int
