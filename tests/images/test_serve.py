@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,3 +105,39 @@ def test_serve_needs_a_listening_place(
     _, point = disk_and_point(tmp_path, cli)
     result = cli("serve", point)
     assert result.rc == 2 and "--socket" in result.err
+
+
+def test_serve_bounds_its_clients(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path, background: Callable[..., Background]
+) -> None:
+    """--max-clients: one client too many is closed at once; --client-timeout: a
+    client that never finishes the handshake frees its slot; real tools still read."""
+    disk, point = disk_and_point(tmp_path, cli)
+    sock = tmp_path / "serve.sock"
+    limits = ("--max-clients", "2", "--client-timeout", "1.5")
+    server, uri = serve(background, point, "--socket", str(sock), *limits)
+    silent = [socket.socket(socket.AF_UNIX) for _ in range(3)]
+    try:
+        for s in silent:
+            s.settimeout(5)
+            s.connect(str(sock))
+        greetings = [s.recv(18) for s in silent]
+        assert [len(g) for g in greetings] == [18, 18, 0]  # the third: closed at once
+        started = time.monotonic()
+        assert [s.recv(1) for s in silent[:2]] == [b"", b""]  # dropped at the deadline
+        assert time.monotonic() - started < 4
+    finally:
+        for s in silent:
+            s.close()
+    copy = tmp_path / "copy.raw"
+    run("nbdcopy", uri, copy, timeout=60)
+    assert copy.read_bytes() == disk.read_bytes()
+    stop(server)
+
+
+def test_serve_refuses_bad_limits(tmp_path: Path, cli: CliRunner, initialized_repo: Path) -> None:
+    _, point = disk_and_point(tmp_path, cli)
+    sock = str(tmp_path / "s.sock")
+    for bad in (("--max-clients", "0"), ("--client-timeout", "0"), ("--idle-timeout", "-1")):
+        result = cli("serve", point, "--socket", sock, *bad)
+        assert result.rc == 2, result.err

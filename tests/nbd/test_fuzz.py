@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from strongroom.nbd import protocol as p
 from strongroom.nbd.client import Extent, NbdClient, NbdError
 from strongroom.nbd.exports import MemoryExport
-from strongroom.nbd.server import NbdServer
+from strongroom.nbd.server import NbdServer, ServerLimits
 
 EXPORT_SIZE = 65536
 FUZZ = settings(max_examples=150)
@@ -439,7 +439,8 @@ class _Errors(logging.Handler):
 @pytest.fixture(scope="module")
 def fuzz_server() -> Iterator[tuple[NbdServer, _Errors]]:
     data = bytes(range(256)) * (EXPORT_SIZE // 256)
-    server = NbdServer({"disk": MemoryExport("disk", data, [(4096, 8192)])}, handshake_timeout=5)
+    limits = ServerLimits(client_timeout=5)
+    server = NbdServer({"disk": MemoryExport("disk", data, [(4096, 8192)])}, limits=limits)
     errors = _Errors()
     logger = logging.getLogger("strongroom.nbd")
     logger.addHandler(errors)

@@ -1,11 +1,17 @@
 """A read-only NBD server: listeners, the accept loop, and connection threads.
 
-`NbdServer` listens on Unix sockets and/or TCP, accepts any number of
-concurrent clients (one thread each, see `session`), and shares one thread
-pool for the reads themselves, so a slow `Export.read` (decompression,
-decryption) overlaps across requests and clients. Exports are read-only:
-NBD_FLAG_READ_ONLY and NBD_FLAG_CAN_MULTI_CONN are advertised, writes get
-EPERM. A failure in one connection is logged and ends only that connection.
+`NbdServer` listens on Unix sockets and/or TCP and serves up to
+`ServerLimits.max_clients` clients at once (two threads each, see `session`);
+one more is accepted and closed at once, without a thread, and the refusal is
+logged at most once per interval. The reads themselves run in one bounded
+worker pool shared round-robin by the clients (`pool.FairPool`), so a slow
+`Export.read` (decompression, decryption) overlaps across requests and
+clients while no client can take every worker. When accept fails for lack of
+resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) the loop backs off exponentially
+instead of spinning on a listener that stays readable, and logs once per
+interval with a count. Exports are read-only: NBD_FLAG_READ_ONLY and
+NBD_FLAG_CAN_MULTI_CONN are advertised, writes get EPERM. A failure in one
+connection is logged and ends only that connection.
 
 Lifecycle: `listen_*` (any number, before or after starting), then
 `serve_forever()` in the calling thread or `start()` in a background one;
@@ -15,6 +21,7 @@ removes the Unix socket files it created. Usable as a context manager.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -22,21 +29,29 @@ import socket
 import stat
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 from strongroom.errors import UsageError
 from strongroom.nbd import protocol as p
 from strongroom.nbd.exports import Export, MemoryExport, Segment, clip_extents
+from strongroom.nbd.limits import Budget, LogThrottle, ServerLimits
+from strongroom.nbd.pool import FairPool
 from strongroom.nbd.session import ServerContext, Session, peer_name
 from strongroom.nbd.uri import format_tcp_uri, format_unix_uri
 from strongroom.nbd.wire import tune
 
-__all__ = ["Export", "MemoryExport", "NbdServer", "Segment", "clip_extents"]
+__all__ = ["Export", "MemoryExport", "NbdServer", "Segment", "ServerLimits", "clip_extents"]
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_PREFERRED_BLOCK = 1 << 20
+BACKLOG = 64
+# accept failures that mean "out of resources": retrying at once only spins
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept failures that concern one connection only: the next accept may work
+TRANSIENT_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
 
 
 class NbdServer:
@@ -50,10 +65,9 @@ class NbdServer:
         self,
         exports: Mapping[str, Export],
         *,
-        workers: int = 4,
+        limits: ServerLimits | None = None,
         default_export: str | None = None,
         preferred_block: int = DEFAULT_PREFERRED_BLOCK,
-        handshake_timeout: float | None = 30.0,
     ) -> None:
         if not exports:
             raise UsageError("an NBD server needs at least one export")
@@ -68,17 +82,20 @@ class NbdServer:
             raise UsageError(f"default export {default_export!r} is not among the exports")
         if preferred_block & (preferred_block - 1) or not 512 <= preferred_block <= p.MAX_BLOCK:
             raise UsageError(f"preferred block size {preferred_block} is not a power of two")
+        self.limits = limits = limits or ServerLimits()
         self._exports = dict(exports)
         self._default = default_export
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-worker")
+        self._pool = FairPool(limits.workers, limits.client_workers)
         self._ctx = ServerContext(
             exports=self._exports,
             default_export=default_export,
-            executor=self._executor,
+            pool=self._pool,
             preferred_block=preferred_block,
-            handshake_timeout=handshake_timeout,
+            limits=limits,
             count_served=self._count_served,
+            total=Budget(1 << 62, limits.max_total_bytes),
         )
+        self._throttle = LogThrottle(_log)
         self._lock = threading.Lock()
         self._listeners: list[socket.socket] = []
         self._unix_paths: list[str] = []
@@ -90,6 +107,8 @@ class NbdServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._bytes_served = 0
         self._connections = 0
+        self._refused = 0
+        self._backoff = 0.0
 
     # --- statistics ---------------------------------------------------------------------------
 
@@ -102,6 +121,11 @@ class NbdServer:
     def connections(self) -> int:
         """Connections accepted since the server was made."""
         return self._connections
+
+    @property
+    def refused(self) -> int:
+        """Connections closed at once because `max_clients` were being served."""
+        return self._refused
 
     @property
     def active_connections(self) -> int:
@@ -124,7 +148,7 @@ class NbdServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
-            sock.listen(64)
+            sock.listen(BACKLOG)
         except OSError as err:
             sock.close()
             raise UsageError(f"cannot listen on {path}: {err.strerror or err}") from None
@@ -138,7 +162,7 @@ class NbdServer:
         real port."""
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.create_server((host, port), family=family, backlog=64)
+            sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
         except OSError as err:
             raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
         self._add_listener(sock)
@@ -184,6 +208,10 @@ class NbdServer:
                     else:
                         assert isinstance(key.fileobj, socket.socket)
                         self._accept(key.fileobj)
+                if self._backoff:
+                    # out of resources: wait (shutdown still wakes us) instead of
+                    # spinning on a listener that stays readable
+                    self._stopping.wait(self._backoff)
         finally:
             selector.close()
             self._stopped.set()
@@ -194,37 +222,71 @@ class NbdServer:
         self._thread.start()
 
     def _accept(self, listener: socket.socket) -> None:
-        while True:
+        """Accept what is pending (at most a backlog's worth, so one busy listener
+        cannot starve the others or shutdown); sets or clears the back-off."""
+        for _ in range(BACKLOG):
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as err:  # e.g. EMFILE: keep serving the clients we have
-                _log.warning("nbd accept failed: %s", err)
+            except OSError as err:
+                if err.errno in TRANSIENT_ERRORS:
+                    continue
+                # EMFILE and friends (or anything unexpected): keep serving the
+                # clients we have, retry later, and say so once per interval
+                self._backoff = min(max(self._backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
+                self._throttle.warning(
+                    f"accept:{err.errno}",
+                    f"nbd accept failed: {err.strerror or err}; retrying with back-off",
+                )
                 return
+            self._backoff = 0.0
             self.serve_connection(conn, background=True)
 
-    def serve_connection(self, conn: socket.socket, *, background: bool = False) -> None:
+    def serve_connection(self, conn: socket.socket, *, background: bool = False) -> bool:
         """Serve one connected socket (the server owns it from now on): in the calling
         thread, or in a new daemon thread with `background`. Socket activation and
-        tests use this; the accept loop does too."""
-        conn.setblocking(True)
-        tune(conn)
+        tests use this; the accept loop does too. False if it was closed at once:
+        the server is stopping, serves `max_clients` already, or has no thread left."""
+        try:
+            conn.setblocking(True)
+            tune(conn)
+        except OSError:  # the client is already gone
+            conn.close()
+            return False
         session = Session(self._ctx, conn, peer_name(conn))
         thread = threading.Thread(
             target=self._run_session, args=(session,), name="nbd-conn", daemon=True
         )
         with self._lock:
-            if self._stopping.is_set():
-                conn.close()
-                return
-            self._connections += 1
-            self._sessions[session] = thread
+            stopping = self._stopping.is_set()
+            full = len(self._sessions) >= self.limits.max_clients
+            if full and not stopping:
+                self._refused += 1
+            if not (stopping or full):
+                self._connections += 1
+                self._sessions[session] = thread
+        if stopping or full:
+            conn.close()
+            if full and not stopping:
+                self._throttle.warning(
+                    "max-clients",
+                    f"nbd connection refused: {self.limits.max_clients} clients are being served",
+                )
+            return False
         _log.debug("nbd connection from %s", session.peer)
-        if background:
-            thread.start()
-        else:
+        if not background:
             self._run_session(session)
+            return True
+        try:
+            thread.start()
+        except RuntimeError as err:  # "can't start new thread": the system's limit
+            with self._lock:
+                self._sessions.pop(session, None)
+            conn.close()
+            self._throttle.warning("thread", f"nbd connection refused: {err}")
+            return False
+        return True
 
     def _run_session(self, session: Session) -> None:
         try:
@@ -262,7 +324,7 @@ class NbdServer:
         for thread in sessions.values():
             if thread is not current and thread.ident is not None:
                 thread.join()
-        self._executor.shutdown(wait=True)
+        self._pool.shutdown()
         self._wake_r.close()
         self._wake_w.close()
 

@@ -1,11 +1,19 @@
 """One server-side NBD connection: the handshake, then the request loop.
 
-The connection's own thread reads requests; reads and block status queries
-go to the server's shared thread pool, and their replies go out as soon as
-they are ready (the protocol matches replies by handle, so order is free),
-each reply whole under the connection's send lock. A budget bounds what one
-connection may have in flight (requests and bytes), so memory stays bounded
-however many requests a client pipelines. Exports are served read-only.
+Three kinds of thread serve a connection. The connection's own thread reads
+requests; reads and block status queries go to the server's shared, fair
+worker pool (`pool.FairPool`); the pool's jobs hand their finished replies to
+the connection's sender thread, the only one that writes replies to the
+socket (each reply whole, under the send lock). So a client that stops
+reading blocks only its own sender, never a pool worker: its other requests
+still finish, and every other client is served.
+
+A budget bounds what one connection may have outstanding (requests and reply
+bytes, queued, executing or unsent): beyond it the reader stops reading the
+socket, and TCP back-pressure holds the client, however many requests it
+pipelines. A reply send that makes no progress for the client timeout drops
+the client, and so does a handshake that is not over within it. Exports are
+served read-only.
 
 Anything malformed that cannot be answered (bad magic, an oversized option
 or write) drops the connection; anything answerable gets an error reply.
@@ -14,18 +22,22 @@ or write) drops the connection; anything answerable gets an error reply.
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from strongroom.errors import StrongroomError
 from strongroom.nbd import protocol as p
 from strongroom.nbd.exports import Export, clip_extents
+from strongroom.nbd.limits import Budget, ServerLimits
+from strongroom.nbd.pool import FairPool, PoolClosed
 from strongroom.nbd.wire import (
     Buffer,
     WireError,
+    arm,
     discard,
     recv_bytes,
     recv_into,
@@ -36,10 +48,8 @@ from strongroom.nbd.wire import (
 _log = logging.getLogger(__name__)
 
 MAX_OPTION_DATA = 1 << 16  # strings are at most 4 KiB; anything this big is hostile
-MAX_IN_FLIGHT = 16
-MAX_IN_FLIGHT_BYTES = 64 << 20
 MAX_EXTENTS_PER_REPLY = 1 << 16
-SEND_TIMEOUT = 120.0  # a client that reads no reply for this long is dropped
+STATUS_COST = 8 * MAX_EXTENTS_PER_REPLY  # what one block status reply may hold, at most
 IOV_BATCH = 512  # below IOV_MAX (1024) per sendmsg
 BASE_ALLOCATION_ID = 1
 TRANSMISSION_FLAGS = p.FLAG_HAS_FLAGS | p.FLAG_READ_ONLY | p.FLAG_SEND_FLUSH | p.FLAG_CAN_MULTI_CONN
@@ -54,10 +64,11 @@ class ServerContext:
 
     exports: Mapping[str, Export]
     default_export: str | None
-    executor: Executor
+    pool: FairPool
     preferred_block: int
-    handshake_timeout: float | None
+    limits: ServerLimits
     count_served: Callable[[int], None]
+    total: Budget  # reply bytes held for all clients together
 
     def resolve(self, name: str) -> tuple[str, Export] | None:
         if name in self.exports:
@@ -67,37 +78,12 @@ class ServerContext:
         return None
 
 
-class _Budget:
-    """Counts requests and bytes in flight; `acquire` waits while either is over its limit."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._count = 0
-        self._bytes = 0
-
-    def acquire(self, size: int) -> None:
-        with self._cond:
-            while self._count >= MAX_IN_FLIGHT or (
-                self._count and self._bytes + size > MAX_IN_FLIGHT_BYTES
-            ):
-                self._cond.wait()
-            self._count += 1
-            self._bytes += size
-
-    def release(self, size: int) -> None:
-        with self._cond:
-            self._count -= 1
-            self._bytes -= size
-            self._cond.notify_all()
-
-    def wait_idle(self) -> None:
-        with self._cond:
-            while self._count:
-                self._cond.wait()
-
-
 class _Drop(Exception):
     """The client broke a rule that leaves no way to answer: close the connection."""
+
+
+# A finished reply on its way to the sender: parts, budget cost, bytes served.
+_Outgoing = tuple[list[Buffer], int, int]
 
 
 class Session:
@@ -109,7 +95,10 @@ class Session:
         self.peer = peer
         self._send_lock = threading.Lock()
         self._dead = False
-        self._budget = _Budget()
+        limits = ctx.limits
+        self._budget = Budget(limits.max_requests, limits.max_bytes)
+        self._outbox: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
+        self._deadline: float | None = None  # of the handshake
         self._no_zeroes = False
         self._structured = False
         self._contexts: dict[int, str] = {}  # selected metadata contexts by id
@@ -121,11 +110,14 @@ class Session:
         After NBD_CMD_DISC or end of input, requests in flight are still
         answered before the socket closes; after an error they are cut short.
         """
+        limits = self._ctx.limits
         try:
-            set_timeouts(self._sock, self._ctx.handshake_timeout)
+            if limits.client_timeout is not None:
+                self._deadline = time.monotonic() + limits.client_timeout
             chosen = self._handshake()
             if chosen is not None:
-                set_timeouts(self._sock, None, SEND_TIMEOUT)
+                self._deadline = None
+                set_timeouts(self._sock, limits.idle_timeout, limits.client_timeout)
                 self._transmission(*chosen)
         except (WireError, _Drop, p.ProtocolViolation) as err:
             _log.debug("nbd connection from %s ended: %s", self.peer, err)
@@ -134,7 +126,6 @@ class Session:
             _log.exception("nbd connection from %s failed", self.peer)
             self.abort()
         finally:
-            self._budget.wait_idle()
             self.close()
 
     def close(self) -> None:
@@ -148,28 +139,40 @@ class Session:
         self._sock.close()
 
     def abort(self) -> None:
-        """From another thread: make the session end soon (server shutdown)."""
+        """From any thread: make the session end soon (server shutdown, a broken
+        client); replies not yet sent are dropped, reads not yet started skipped."""
+        self._dead = True
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
+    # --- handshake I/O: all of it within one deadline ------------------------------------
+
+    def _recv(self, length: int) -> bytearray:
+        return recv_bytes(self._sock, length, self._deadline)
+
+    def _hs_send(self, data: bytes) -> None:
+        if self._deadline is not None:
+            arm(self._sock, self._deadline)
+        send(self._sock, [data])
+
     # --- handshake -------------------------------------------------------------------------
 
     def _handshake(self) -> tuple[str, Export] | None:
         hflags = p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES
-        send(self._sock, [p.GREETING.pack(p.NBDMAGIC, p.IHAVEOPT, hflags)])
-        (cflags,) = p.U32.unpack(recv_bytes(self._sock, 4))
+        self._hs_send(p.GREETING.pack(p.NBDMAGIC, p.IHAVEOPT, hflags))
+        (cflags,) = p.U32.unpack(self._recv(4))
         if cflags & ~(p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES):
             raise _Drop(f"unknown client flags {cflags:#x}")
         self._no_zeroes = bool(cflags & p.FLAG_C_NO_ZEROES)
         while True:
-            magic, option, length = p.OPTION.unpack(recv_bytes(self._sock, p.OPTION.size))
+            magic, option, length = p.OPTION.unpack(self._recv(p.OPTION.size))
             if magic != p.IHAVEOPT:
                 raise _Drop(f"bad option magic {magic:#x}")
             if length > MAX_OPTION_DATA:
                 raise _Drop(f"option {option} with {length} bytes of data")
-            data = bytes(recv_bytes(self._sock, length))
+            data = bytes(self._recv(length))
             if option == p.OPT_EXPORT_NAME:
                 return self._export_name(data)
             if option == p.OPT_ABORT:
@@ -200,9 +203,8 @@ class Session:
         }
 
     def _opt_reply(self, option: int, reply_type: int, data: bytes = b"") -> None:
-        send(
-            self._sock,
-            [p.OPTION_REPLY.pack(p.OPTION_REPLY_MAGIC, option, reply_type, len(data)) + data],
+        self._hs_send(
+            p.OPTION_REPLY.pack(p.OPTION_REPLY_MAGIC, option, reply_type, len(data)) + data
         )
 
     def _export_name(self, data: bytes) -> tuple[str, Export]:
@@ -211,7 +213,7 @@ class Session:
             raise _Drop("NBD_OPT_EXPORT_NAME for an unknown export")
         self._enter(chosen[0])
         reply = p.EXPORT_NAME_REPLY.pack(chosen[1].size, TRANSMISSION_FLAGS)
-        send(self._sock, [reply + (b"" if self._no_zeroes else bytes(p.ZERO_PAD))])
+        self._hs_send(reply + (b"" if self._no_zeroes else bytes(p.ZERO_PAD)))
         return chosen
 
     def _opt_list(self, option: int, data: bytes) -> None:
@@ -285,6 +287,19 @@ class Session:
     # --- transmission -------------------------------------------------------------------------
 
     def _transmission(self, name: str, export: Export) -> None:
+        sender = threading.Thread(target=self._send_loop, name="nbd-send", daemon=True)
+        sender.start()
+        try:
+            self._read_requests(export)
+        except BaseException:
+            self.abort()  # cut the replies in flight short rather than wait for the client
+            raise
+        finally:
+            self._budget.wait_idle()  # every reply sent, or dropped with the connection
+            self._outbox.put(None)
+            sender.join()
+
+    def _read_requests(self, export: Export) -> None:
         header = bytearray(p.REQUEST.size)
         view = memoryview(header)
         size = export.size
@@ -292,7 +307,7 @@ class Session:
             try:
                 recv_into(self._sock, view)
             except WireError:
-                return  # the client left without NBD_CMD_DISC, or the server shuts down
+                return  # the client left without NBD_CMD_DISC, went idle, or we shut down
             magic, flags, command, handle, offset, length = p.REQUEST.unpack(header)
             if magic != p.REQUEST_MAGIC:
                 raise _Drop(f"bad request magic {magic:#x}")
@@ -302,24 +317,63 @@ class Session:
                 if length > p.MAX_BLOCK:
                     raise _Drop(f"write of {length} bytes")
                 discard(self._sock, length)
-                self._reply_error(handle, p.EPERM, "the export is read-only")
+                self._reply_now(self._error_reply(handle, p.EPERM, "the export is read-only"))
                 continue
             error = self._check(command, flags, offset, length, size)
             if error is not None:
-                self._reply_error(handle, *error)
+                self._reply_now(self._error_reply(handle, *error))
             elif command == p.CMD_FLUSH:
-                self._send([p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, handle)])
+                self._reply_now([p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, handle)])
             else:
-                cost = length if command == p.CMD_READ else 0
-                self._budget.acquire(cost)
-                try:
-                    self._ctx.executor.submit(
-                        self._work, command, flags, handle, offset, length, export, cost
-                    )
-                except RuntimeError:  # the pool is shut down: the server is stopping
-                    self._budget.release(cost)
-                    self._reply_error(handle, p.ESHUTDOWN, "the server is shutting down")
+                cost = length if command == p.CMD_READ else STATUS_COST
+                self._acquire(cost)  # blocks: the client's socket is not read meanwhile
+                if self._dead:
+                    self._release(cost)
                     return
+                job = self._job(command, flags, handle, offset, length, export, cost)
+                try:
+                    self._ctx.pool.submit(self, job)
+                except PoolClosed:
+                    self._release(cost)
+                    self._reply_now(
+                        self._error_reply(handle, p.ESHUTDOWN, "the server is shutting down")
+                    )
+                    return
+
+    def _reply_now(self, parts: list[Buffer]) -> None:
+        """A reply the reader makes itself, queued behind the pool's replies; costs a
+        request slot of the budget like any other, so error replies cannot pile up."""
+        self._acquire(0)
+        self._post(parts, 0, 0)
+
+    def _acquire(self, cost: int) -> None:
+        """This client's budget first, then the server's: a client waiting for the
+        server's budget holds none of it."""
+        self._budget.acquire(cost)
+        self._ctx.total.acquire(cost)
+
+    def _release(self, cost: int) -> None:
+        self._ctx.total.release(cost)
+        self._budget.release(cost)
+
+    def _post(self, parts: list[Buffer], cost: int, served: int) -> None:
+        """Hand a finished reply to the sender; it releases `cost` once sent or dropped."""
+        self._outbox.put((parts, cost, served))
+
+    def _send_loop(self) -> None:
+        """The sender thread: the only writer of replies. A send that makes no progress
+        for the client timeout kills the connection; replies after that are dropped
+        (their budget released) so the reader and the pool jobs can finish."""
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            parts, cost, served = item
+            try:
+                if self._send(parts) and served:
+                    self._ctx.count_served(served)
+            finally:
+                self._release(cost)
 
     def _check(
         self, command: int, flags: int, offset: int, length: int, size: int
@@ -333,10 +387,12 @@ class Session:
             return p.EINVAL, f"unknown command flags {flags:#x}"
         if command == p.CMD_FLUSH:
             return None
+        if command == p.CMD_READ and length > p.MAX_BLOCK:
+            # checked before anything is allocated; EOVERFLOW is for structured replies only
+            code = p.EOVERFLOW if self._structured else p.EINVAL
+            return code, f"read of {length} bytes exceeds the maximum {p.MAX_BLOCK}"
         if offset + length > size:
             return p.EINVAL, f"request {offset}+{length} beyond the end ({size} bytes)"
-        if command == p.CMD_READ and length > p.MAX_BLOCK:
-            return p.EINVAL, f"read of {length} bytes exceeds the maximum {p.MAX_BLOCK}"
         if command == p.CMD_BLOCK_STATUS:
             if not self._contexts:
                 return p.EINVAL, "no metadata context was negotiated"
@@ -344,7 +400,7 @@ class Session:
                 return p.EINVAL, "block status of length 0"
         return None
 
-    def _work(
+    def _job(
         self,
         command: int,
         flags: int,
@@ -353,33 +409,42 @@ class Session:
         length: int,
         export: Export,
         cost: int,
-    ) -> None:
-        """Runs in the pool: answer one read or block status; never raises (a failure
-        here is a bug of ours: the connection is dropped, the server goes on)."""
-        try:
-            if command == p.CMD_READ:
-                self._serve_read(handle, offset, length, export)
-            else:
-                self._serve_status(handle, flags, offset, length, export)
-        except Exception:
-            _log.exception("nbd request from %s failed", self.peer)
-            self.abort()
-        finally:
-            self._budget.release(cost)
+    ) -> Callable[[], None]:
+        """A pool job answering one read or block status: it builds the reply and posts
+        it to the sender, never touching the socket; it never raises (a failure here
+        is a bug of ours: the connection is dropped, the server goes on)."""
 
-    def _serve_read(self, handle: int, offset: int, length: int, export: Export) -> None:
+        def job() -> None:
+            parts: list[Buffer] = []
+            served = 0
+            try:
+                if self._dead:
+                    pass  # the connection is gone: no need to read for it
+                elif command == p.CMD_READ:
+                    parts, served = self._serve_read(handle, offset, length, export)
+                else:
+                    parts = self._serve_status(handle, flags, offset, length, export)
+            except Exception:
+                _log.exception("nbd request from %s failed", self.peer)
+                self.abort()
+                parts = []
+            finally:
+                self._post(parts, cost, served)
+
+        return job
+
+    def _serve_read(
+        self, handle: int, offset: int, length: int, export: Export
+    ) -> tuple[list[Buffer], int]:
+        """The reply to a read and the export bytes it answers (0 for an error reply)."""
         try:
             if not self._structured:
                 data = _read_exact(export, offset, length)
-                parts: list[Buffer] = [p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, handle), data]
-            else:
-                parts = self._read_chunks(handle, offset, length, export)
+                return [p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, handle), data], length
+            return self._read_chunks(handle, offset, length, export), length
         except Exception as err:  # an export's failure, even a bug, is this request's EIO
             _export_failed(f"read {offset}+{length}", export, err)
-            self._reply_error(handle, p.EIO, f"read failed: {err}")
-            return
-        if self._send(parts):
-            self._ctx.count_served(length)
+            return self._error_reply(handle, p.EIO, f"read failed: {err}"), 0
 
     def _read_chunks(self, handle: int, offset: int, length: int, export: Export) -> list[Buffer]:
         """Structured reply parts: OFFSET_DATA for data, OFFSET_HOLE for holes."""
@@ -427,13 +492,12 @@ class Session:
 
     def _serve_status(
         self, handle: int, flags: int, offset: int, length: int, export: Export
-    ) -> None:
+    ) -> list[Buffer]:
         try:
             segments = clip_extents(export.extents(offset, length), offset, length)
         except Exception as err:
             _export_failed(f"extents {offset}+{length}", export, err)
-            self._reply_error(handle, p.EIO, f"block status failed: {err}")
-            return
+            return self._error_reply(handle, p.EIO, f"block status failed: {err}")
         limit = 1 if flags & p.CMD_FLAG_REQ_ONE else MAX_EXTENTS_PER_REPLY
         pairs = [
             (size, p.STATE_HOLE | p.STATE_ZERO if hole else 0) for _, size, hole in segments[:limit]
@@ -452,16 +516,18 @@ class Session:
                 )
             )
             parts.append(payload)
-        self._send(parts)
+        return parts
 
-    def _reply_error(self, handle: int, code: int, message: str) -> None:
+    def _error_reply(self, handle: int, code: int, message: str) -> list[Buffer]:
         if self._structured:
-            self._send([p.encode_error_chunk(handle, code, message)])
-        else:
-            self._send([p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, code, handle)])
+            return [p.encode_error_chunk(handle, code, message)]
+        return [p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, code, handle)]
 
     def _send(self, parts: list[Buffer]) -> bool:
-        """Send one whole reply; False (and the connection is shut) if the socket failed."""
+        """Send one whole reply; False (and the connection is shut) if the socket failed
+        or a send made no progress for the client timeout (SO_SNDTIMEO)."""
+        if not parts:
+            return False
         with self._send_lock:
             if self._dead:
                 return False

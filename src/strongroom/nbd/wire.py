@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Sequence
 
 Buffer = bytes | bytearray | memoryview
@@ -39,9 +40,22 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def recv_into(sock: socket.socket, view: memoryview) -> None:
-    """Fill `view` completely from `sock` (it must be a 1-D byte view)."""
+def arm(sock: socket.socket, deadline: float) -> None:
+    """Kernel timeouts for what is left until `deadline` (a `time.monotonic()` instant);
+    WireError if it has passed. Before each system call of a phase with a total time
+    limit, so a peer that trickles one byte at a time cannot stretch it."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise WireError("timed out waiting for the peer")
+    set_timeouts(sock, max(left, 0.001))
+
+
+def recv_into(sock: socket.socket, view: memoryview, deadline: float | None = None) -> None:
+    """Fill `view` completely from `sock` (it must be a 1-D byte view), by `deadline`
+    if one is given (see `arm`)."""
     while view:
+        if deadline is not None:
+            arm(sock, deadline)
         try:
             n = sock.recv_into(view, len(view), socket.MSG_WAITALL)
         except (BlockingIOError, TimeoutError):
@@ -53,10 +67,10 @@ def recv_into(sock: socket.socket, view: memoryview) -> None:
         view = view[n:]
 
 
-def recv_bytes(sock: socket.socket, length: int) -> bytearray:
+def recv_bytes(sock: socket.socket, length: int, deadline: float | None = None) -> bytearray:
     """Exactly `length` bytes (callers bound `length` before asking)."""
     buf = bytearray(length)
-    recv_into(sock, memoryview(buf))
+    recv_into(sock, memoryview(buf), deadline)
     return buf
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from strongroom.errors import UsageError
 from strongroom.model.blockmap import BlockMap
 from strongroom.model.point import RecoveryPoint
-from strongroom.nbd.server import NbdServer
+from strongroom.nbd.server import NbdServer, ServerLimits
 from strongroom.nbd.uri import format_tcp_uri, format_unix_uri, parse_nbd_uri
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
 from strongroom.pipeline.image_reader import PointReader
@@ -107,9 +107,11 @@ def serving(
     port: int | None = None,
     host: str = "127.0.0.1",
     name: str = "",
+    limits: ServerLimits | None = None,
 ) -> Iterator[tuple[NbdServer, list[Served]]]:
     """Serve a point (every disk of a VM point) until the block exits; yields the
-    server and its exports. Loopback only."""
+    server and its exports. Loopback only; `limits` bound what clients may hold
+    (connections, requests in flight, timeouts; see `ServerLimits`)."""
     if socket_path is None and port is None:
         raise UsageError("serve needs --socket PATH or --port N")
     if port is not None and host not in ("127.0.0.1", "::1", "localhost"):
@@ -123,7 +125,7 @@ def serving(
             for n, r in readers.items()
         }
         first = next(iter(exports))
-        server = NbdServer(exports, default_export=first)
+        server = NbdServer(exports, default_export=first, limits=limits)
         try:
             if socket_path:
                 server.listen_unix(socket_path)
