@@ -124,7 +124,7 @@ def missing_message(plan: PrunePlan) -> str:
         parts.append(f"{unindexed} chunks used by points are in no index")
     return (
         f"{' and '.join(parts)}; prune refuses to guess: run 'strongroom repair index', "
-        "then 'strongroom repair points'"
+        "then 'strongroom repair points --forget'"
     )
 
 

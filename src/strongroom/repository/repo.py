@@ -363,14 +363,23 @@ class Repository:
         answering is recorded in `packs_relied_on` for the lapse re-check."""
         if chunk_id in self._session_ids:
             return True
-        loc = self.index.lookup(chunk_id)
+        loc = self._present_location(chunk_id)
         if loc is None:
-            return False
-        if loc.pack not in self.present_packs() and loc.pack not in self.packs_written:
-            self.missing_packs_seen.add(loc.pack)
             return False
         self.packs_relied_on.add(loc.pack)
         return True
+
+    def _present_location(self, chunk_id: bytes) -> Location | None:
+        """The chunk's location in a pack that exists (or that this session wrote)."""
+        locations = self.index.lookup_all(chunk_id)
+        if not locations:
+            return None
+        present = self.present_packs()
+        for loc in locations:
+            if loc.pack in present or loc.pack in self.packs_written:
+                return loc
+        self.missing_packs_seen.update(loc.pack for loc in locations)
+        return None
 
     def seal_chunk(
         self, chunk_id: bytes, blob_type: BlobType, data: bytes | memoryview
@@ -508,10 +517,14 @@ class Repository:
     # --- chunks: reading -----------------------------------------------------
 
     def locate(self, chunk_id: bytes) -> Location:
-        loc = self.index.lookup(chunk_id)
-        if loc is None:
+        """Where to read the chunk. Stored more than once (rare), the copy in a
+        pack that exists wins: that costs one listing of packs per session."""
+        locations = self.index.lookup_all(chunk_id)
+        if not locations:
             raise ChunkNotFound(f"chunk {chunk_id.hex()[:16]} is not in the index")
-        return loc
+        if len(locations) > 1:
+            return self._present_location(chunk_id) or locations[0]
+        return locations[0]
 
     def load_chunk(
         self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None

@@ -76,7 +76,8 @@ def check(
         missing = [c for c in used if not repo.has_chunk(c)]
         if missing:
             report.errors.append(
-                f"point {point.short_id}: {len(missing)} chunks are missing from the index"
+                f"point {point.short_id}: {len(missing)} chunks it uses are in no pack "
+                "that exists ('strongroom repair points' writes it without the damaged files)"
             )
             for c in missing:
                 report.damaged_chunks.setdefault(c, "?")
