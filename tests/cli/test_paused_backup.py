@@ -90,7 +90,7 @@ def test_backup_stopped_past_the_stale_age_commits_when_nothing_was_lost(
     proc = start_paused_backup(env, str(src), "--json")
     time.sleep(float(LOCK_TIMES["STRONGROOM_LOCK_STALE_SECONDS"]) + 1)
     proc.send_signal(signal.SIGCONT)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     (point,) = cli("snapshots", "--json").json()
     target = tmp_path / "restore"
