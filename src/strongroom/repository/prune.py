@@ -123,8 +123,9 @@ def missing_message(plan: PrunePlan) -> str:
     if unindexed:
         parts.append(f"{unindexed} chunks used by points are in no index")
     return (
-        f"{' and '.join(parts)}; prune refuses to guess: run 'strongroom repair index', "
-        "then 'strongroom repair points --forget'"
+        f"{' and '.join(parts)}; prune refuses to guess: 'strongroom check' lists the "
+        "damaged files, 'strongroom repair index' then 'strongroom repair points --forget' "
+        "fix it"
     )
 
 
