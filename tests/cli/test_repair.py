@@ -9,6 +9,7 @@ from pathlib import Path
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import FILE
 from strongroom.repository import format as fmt
+from strongroom.repository.repair import indexed_packs, write_index
 from strongroom.services.walk import iter_tree
 from tests.conftest import CliRunner, open_local_repository
 from tests.helpers.cli import assert_one_line_error
@@ -149,3 +150,55 @@ def test_repair_takes_the_exclusive_lock(
     assert result.rc == 11
     line = assert_one_line_error(result, "repository is locked")
     assert "--remove-all" not in line
+
+
+def test_repair_points_refuses_a_block_point_and_names_its_lost_blocks(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(random_bytes(3 * 1024 * 1024, 5))
+    point = backup(cli, "--image", str(disk))
+    biggest = max((initialized_repo / "data").glob("*/*"), key=lambda p: p.stat().st_size)
+    biggest.unlink()
+    assert cli("repair", "index").rc == 0
+    result = cli("repair", "points", "--json")
+    assert result.rc == 1
+    (entry,) = result.json()["points"]
+    assert entry["point"] == point and entry["repaired"] is None and entry["refused"]
+    assert "block at offset 0" in entry["damaged"]
+    assert [p["id"] for p in cli("snapshots", "--json").json()] == [point]
+
+
+def test_repair_points_empties_a_directory_whose_tree_is_lost(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    src = make_src(tmp_path)
+    write_file(src / "sub" / "inner.bin", random_bytes(1000, 6))
+    point = backup(cli, str(src))
+    repo = open_local_repository(initialized_repo)
+    try:
+        root = RecoveryPoint.from_doc(repo.load_point(point)).tree
+        (sub,) = [n for _, n in iter_tree(repo, bytes.fromhex(root)) if n.name == b"sub"]
+        assert sub.subtree is not None
+        tree_pack = repo.locate(sub.subtree).pack
+    finally:
+        repo.close()
+    # Lose only the subdirectory's tree: an index without its entry (the tree
+    # pack holds the root tree too).
+    repo = open_local_repository(initialized_repo)
+    try:
+        names, packs, _ = indexed_packs(repo)
+        packs[tree_pack] = [e for e in packs[tree_pack] if e[0] != sub.subtree]
+        write_index(repo, packs)
+        for name in names:
+            repo.backend.delete(name)
+    finally:
+        repo.close()
+    result = cli("repair", "points", "--forget", "--json")
+    assert result.rc == 0, result.err
+    (entry,) = result.json()["points"]
+    assert [p.rsplit("/", 2)[-2:] for p in entry["damaged"]] == [["sub", ""]]
+    assert cli("check").rc == 0
+    listing = cli("ls", entry["repaired"], "--json")
+    assert listing.rc == 0, listing.err
+    assert "keep.bin" in listing.out and "inner.bin" not in listing.out

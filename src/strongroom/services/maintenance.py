@@ -88,7 +88,7 @@ def check(
         damaged = set(report.damaged_chunks)
         for point in points:
             try:
-                paths = _damaged_paths(repo, point, damaged)
+                paths = damaged_paths(repo, point, damaged)
             except Exception as err:
                 paths = [f"(tree unreadable: {err})"]
             if paths:
@@ -96,7 +96,7 @@ def check(
     return result
 
 
-def _damaged_paths(repo: Repository, point: RecoveryPoint, damaged: set[bytes]) -> list[str]:
+def damaged_paths(repo: Repository, point: RecoveryPoint, damaged: set[bytes]) -> list[str]:
     """Files (or, for an image, block offsets) of a point that hold damaged chunks."""
     if point.kind == "block":
         block_map = load_block_map(repo, bytes.fromhex(point.tree))

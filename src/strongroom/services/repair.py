@@ -31,7 +31,9 @@ from strongroom.repository.repair import (
     salvage_packs,
 )
 from strongroom.repository.repo import Repository
+from strongroom.services.maintenance import damaged_paths
 from strongroom.services.points import find_point, list_points
+from strongroom.services.walk import referenced_by_points
 
 Report = Callable[[str], None]
 REPAIRED_TAG = "repaired"
@@ -140,12 +142,12 @@ def _twin(point: RecoveryPoint, root: bytes, damaged: int) -> RecoveryPoint:
 
 
 def _image_damage(repo: Repository, point: RecoveryPoint) -> list[str]:
-    """Lost blocks of a block or VM point, as `check` names them."""
-    from strongroom.services.walk import referenced_by_points
-
+    """Lost blocks of a block or VM point, named as `check` names them."""
     used, errors = referenced_by_points(repo, [point])
-    lost = [f"chunk {c.hex()[:16]}" for c in sorted(used) if not repo.has_chunk(c)]
-    return errors + lost
+    lost = {c for c in used if not repo.has_chunk(c)}
+    if errors:
+        return errors
+    return damaged_paths(repo, point, lost) if lost else []
 
 
 class _TreeRepair:
