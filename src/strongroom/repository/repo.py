@@ -558,6 +558,10 @@ class Repository:
         sealed = self.sealer.seal(json.dumps(doc, sort_keys=True).encode(), _POINT_AD)
         point_hex = content_hash(sealed).hex()
         self.backend.put(fmt.point_name(point_hex), sealed)
+        # The point now protects what it deduplicated against; a later point of
+        # this session records its own. Packs written stay recorded: a later
+        # point may reuse their chunks through `_session_ids` without asking.
+        self.packs_relied_on = set()
         return point_hex
 
     def _recheck_after_lapse(self, reason: str, parent: object) -> None:
