@@ -73,14 +73,17 @@ def test_unreadable_lock_objects_are_skipped(memory_repo: Repository) -> None:
     assert list_locks(memory_repo.backend, memory_repo.sealer) == []
 
 
-def test_lost_lock_refuses_to_commit_a_point(memory_repo: Repository) -> None:
-    """A point must not be committed by a writer whose lock someone removed."""
+def test_lost_lock_is_taken_again_before_a_point_is_committed(memory_repo: Repository) -> None:
+    """A writer whose lock was removed commits only under a new lock (and after
+    re-checking what it relied on: tests/repository/test_lock_lapse.py)."""
     memory_repo.held_lock = memory_repo.lock()
     memory_repo.save_point({"kind": "files", "n": 1})
     remove_locks(memory_repo.backend, memory_repo.sealer, all_locks=True)
-    with pytest.raises(RepositoryLocked):
-        memory_repo.save_point({"kind": "files", "n": 2})
-    assert len(memory_repo.list_point_ids()) == 1
+    memory_repo.save_point({"kind": "files", "n": 2})
+    assert len(memory_repo.list_point_ids()) == 2
+    (now_held,) = list_locks(memory_repo.backend, memory_repo.sealer)
+    assert now_held.name == memory_repo.held_lock.name
+    memory_repo.held_lock.release()
 
 
 def test_lock_is_refreshed(memory_repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:

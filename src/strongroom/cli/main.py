@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "check": "maintenance:check",
     "stats": "maintenance:stats",
     "unlock": "maintenance:unlock",
+    "repair": "repair:repair",
     "key": "key:key",
 }
 ALIASES = {"points": "snapshots", "cat": "dump"}

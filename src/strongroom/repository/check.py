@@ -50,16 +50,21 @@ def check_structure(repo: Repository, report: CheckReport) -> None:
             continue
         for cid, pack, off, length, raw, btype in idx.iter_entries():
             report.packs.setdefault(pack, []).append((cid, off, length, raw, int(btype)))
-    report.pack_sizes = {
-        bytes.fromhex(fmt.pack_hex_from_name(o.name)): o.size
-        for o in repo.backend.list(fmt.DATA_PREFIX)
+    report.pack_sizes = repo.list_packs()
+    copies = {
+        e[0] for p, entries in report.packs.items() if p in report.pack_sizes for e in entries
     }
     for pack, entries in report.packs.items():
         size = report.pack_sizes.get(pack)
         if size is None:
-            report.errors.append(f"pack {pack.hex()} is in the index but missing from storage")
-            for e in entries:
-                report.damaged_chunks[e[0]] = pack.hex()
+            lost = [e[0] for e in entries if e[0] not in copies]
+            report.errors.append(
+                f"pack {pack.hex()} is in the index but missing from storage "
+                f"({len(lost)} of its {len(entries)} chunks have no other copy; "
+                "'strongroom repair index' drops it from the index)"
+            )
+            for cid in lost:
+                report.damaged_chunks[cid] = pack.hex()
             continue
         end = max(off + length for _, off, length, _, _ in entries)
         if end > size:

@@ -227,6 +227,26 @@ class ChunkIndex:
             i += 1
         return None
 
+    def lookup_all(self, chunk_id: bytes) -> list[Location]:
+        """Every location the loaded index files give for the chunk (more than one
+        when it was stored twice: by two concurrent backups, or again after its
+        pack went missing), the most recently added first."""
+        found = []
+        recent = self._recent.get(chunk_id)
+        if recent is not None:
+            found.append(Location(self._packs[recent[0]], recent[1], recent[2]))
+        key, rest, cols = self._table
+        if len(key):
+            k = int.from_bytes(chunk_id[:8], "big")
+            i = int(key.searchsorted(np.uint64(k)))
+            tail = chunk_id[8:]
+            while i < len(key) and int(key[i]) == k:
+                if rest[i].tobytes() == tail:
+                    c = cols[i]
+                    found.append(Location(self._packs[int(c[0])], int(c[1]), int(c[2])))
+                i += 1
+        return found
+
     def __contains__(self, chunk_id: bytes) -> bool:
         return self.lookup(chunk_id) is not None
 

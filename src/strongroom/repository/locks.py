@@ -6,6 +6,11 @@ live lock conflicts, remove ours and fail with RepositoryLocked. A held lock is
 refreshed (a new object replaces the old) every REFRESH seconds; a lock is
 stale when its process is gone (same host) or it was not refreshed for STALE
 seconds. `strongroom unlock` removes stale locks.
+
+A holder that was paused (SIGSTOP, a laptop's sleep) or whose lock was removed
+must not carry on as if protected: its lock *lapses* (docs/design.md 4.4), the
+refresher never writes it back, and whoever relied on it re-checks before
+committing.
 """
 
 from __future__ import annotations
@@ -24,8 +29,20 @@ from strongroom.repository.crypto import Sealer
 from strongroom.repository.format import LOCKS_PREFIX, lock_name
 from strongroom.storage import Backend
 
-REFRESH_SECONDS = 5 * 60
-STALE_SECONDS = 30 * 60
+
+def _env_seconds(name: str, default: float) -> float:
+    """A duration from the environment (tests lower them), else the default."""
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+# Every process using a repository must agree on these (others judge our lock
+# by STALE_SECONDS): change them only for tests.
+REFRESH_SECONDS = _env_seconds("STRONGROOM_LOCK_REFRESH_SECONDS", 5 * 60)
+STALE_SECONDS = max(_env_seconds("STRONGROOM_LOCK_STALE_SECONDS", 30 * 60), 2 * REFRESH_SECONDS)
 _AD = b"lock"
 
 
@@ -52,6 +69,8 @@ class LockInfo:
 
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` of this host exists (a lock or lease holder)."""
+    if pid <= 0:
+        return False  # 0 and -1 would ask about process groups, not a process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,15 +80,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def lapse_age() -> float:
+    """How long after its last refresh a holder stops trusting its own lock: one
+    refresh interval before anyone else may judge it stale (margin for clock skew
+    and a slow create)."""
+    return STALE_SECONDS - REFRESH_SECONDS
+
+
 def list_locks(backend: Backend, sealer: Sealer) -> list[LockInfo]:
     locks = []
     for obj in backend.list(LOCKS_PREFIX):
         try:
             doc = json.loads(sealer.open(backend.get(obj.name), _AD, obj.name))
-        except (ObjectNotFound, IntegrityError, ValueError):
-            continue  # removed meanwhile, or not ours to read
-        locks.append(
-            LockInfo(
+            info = LockInfo(
                 obj.name,
                 bool(doc["exclusive"]),
                 str(doc["host"]),
@@ -77,12 +100,22 @@ def list_locks(backend: Backend, sealer: Sealer) -> list[LockInfo]:
                 str(doc["user"]),
                 float(doc["time"]),
             )
-        )
+        except (ObjectNotFound, IntegrityError, ValueError, KeyError, TypeError):
+            continue  # removed meanwhile, or not ours to read
+        locks.append(info)
     return locks
 
 
 class Lock:
-    """A held lock; refreshes itself on a daemon thread until released."""
+    """A held lock; refreshes itself on a daemon thread until released.
+
+    A refresh never resurrects a lock: it replaces our lock object only if that
+    object still exists and was written less than `lapse_age()` ago, and checks
+    both again once the new object exists. Otherwise the lock has *lapsed* (it was
+    removed, or we were paused long enough that others may have judged it stale
+    and a prune may have run): the refresher stops, and the lock stays lapsed
+    until `reacquire` takes a new one through the ordinary conflict check.
+    """
 
     def __init__(self, backend: Backend, sealer: Sealer, exclusive: bool) -> None:
         self.backend = backend
@@ -93,53 +126,126 @@ class Lock:
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
         self._last_refresh = time.time()
+        self._lapsed: str | None = None
 
-    def _write(self) -> str:
+    def _write(self) -> tuple[str, float]:
+        """Create a new lock object; return its name and the time written into it
+        (others judge staleness by that time, so we do too)."""
+        written = time.time()
         doc = {
             "exclusive": self.exclusive,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "user": getpass.getuser(),
-            "time": time.time(),
+            "time": written,
         }
         name = lock_name(secrets.token_hex(32))
         self.backend.create(name, self.sealer.seal(json.dumps(doc).encode(), _AD))
-        return name
+        return name, written
 
     def acquire(self) -> Lock:
-        self.name = self._write()
+        name, written = self._write()
         for other in list_locks(self.backend, self.sealer):
-            if other.name == self.name or other.is_stale():
+            if other.name == name or other.is_stale():
                 continue
             if self.exclusive or other.exclusive:
-                self._remove(self.name)
-                hint = " (it may be stale: 'strongroom unlock' removes stale locks)"
-                raise RepositoryLocked(f"repository is locked: {other.describe()}{hint}")
+                self._remove(name)
+                raise RepositoryLocked(f"repository is locked: {other.describe()}{_live_hint()}")
+        with self._mutex:
+            self.name, self._last_refresh, self._lapsed = name, written, None
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh_loop, daemon=True, name="lock")
         self._thread.start()
         return self
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS):
-            try:
-                new = self._write()
-            except StorageError:
-                continue  # `verify` fails once the lock could have gone stale
-            with self._mutex:
-                old, self.name = self.name, new
-                self._last_refresh = time.time()
-            self._remove(old)
+            if not self._refresh_once():
+                return
 
-    def verify(self) -> None:
-        """Raise RepositoryLocked if this lock may no longer protect us: it was
-        removed (`unlock --remove-all`) or not refreshed for long enough that
-        others may treat it as stale. Call before committing work (a point)."""
+    def _refresh_once(self) -> bool:
+        """Replace our lock object with a fresh one; False once the lock has lapsed."""
         with self._mutex:
-            name, last = self.name, self._last_refresh
-        if time.time() - last > STALE_SECONDS - REFRESH_SECONDS:
-            raise RepositoryLocked("our lock could not be refreshed in time; not committing")
+            old, last = self.name, self._last_refresh
+        if self._lapsed is not None or not old:
+            return False
+        try:
+            reason = self._lapse_reason(old, last)
+            if reason is not None:
+                self._lapse(reason)
+                return False
+            new, written = self._write()
+        except StorageError:
+            return True  # try again; the age check lapses the lock if this goes on
+        # The checks again, now that the new object exists: a pause between the
+        # first check and the create (SIGSTOP right there) must not bridge a gap
+        # in which our lock was missing or stale.
+        try:
+            reason = self._lapse_reason(old, last)
+        except StorageError:
+            reason = "our lock could not be verified after a refresh"
+        if reason is not None:
+            self._remove(new)
+            self._lapse(reason)
+            return False
+        with self._mutex:
+            self.name, self._last_refresh = new, written
+        self._remove(old)
+        return True
+
+    def _lapse_reason(self, name: str, last: float) -> str | None:
+        """Why the lock object `name`, last written at `last`, no longer protects us."""
+        age = time.time() - last
+        if age >= lapse_age():
+            return f"our lock was not refreshed for {age:.0f} seconds (the process was paused?)"
         if not self.backend.exists(name):
-            raise RepositoryLocked("our lock was removed by someone else; not committing")
+            return "our lock was removed by someone else ('strongroom unlock --remove-all'?)"
+        return None
+
+    def _lapse(self, reason: str) -> None:
+        with self._mutex:
+            if self._lapsed is None:
+                self._lapsed = reason
+        self._stop.set()
+
+    def lapsed(self) -> str | None:
+        """None while this lock protects us, else why it no longer does.
+
+        Checked now (the object exists, and its last refresh is younger than
+        `lapse_age()`), so a paused process sees its lapse the moment it resumes,
+        even before the refresher wakes. Once lapsed, always lapsed (until
+        `reacquire`)."""
+        with self._mutex:
+            name, last, reason = self.name, self._last_refresh, self._lapsed
+        if reason is None:
+            try:
+                reason = self._lapse_reason(name, last)
+            except StorageError as err:
+                reason = f"our lock could not be verified ({err})"
+            if reason is not None:
+                self._lapse(reason)
+        return reason
+
+    def verify(self, stopping: str = "not committing") -> None:
+        """Raise RepositoryLocked if this lock may no longer protect us; the
+        message ends with `stopping` (what the caller refuses to do)."""
+        reason = self.lapsed()
+        if reason is not None:
+            raise RepositoryLocked(f"{reason}; {stopping}")
+
+    def reacquire(self) -> None:
+        """After a lapse: drop what is left of the old lock and take a new one
+        through the ordinary conflict check (RepositoryLocked if someone holds a
+        conflicting lock now). The caller must then re-check whatever it relied
+        on while the old lock was valid: the gap was unprotected."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        with self._mutex:
+            old, self.name = self.name, ""
+        if old:
+            self._remove(old)
+        self.acquire()
 
     def _remove(self, name: str) -> None:
         try:
@@ -161,6 +267,15 @@ class Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _live_hint() -> str:
+    minutes = STALE_SECONDS / 60
+    return (
+        f" (wait for it to finish; if its process is gone, the lock turns stale "
+        f"after {minutes:g} minutes, or at once on the same host, and 'strongroom unlock' "
+        "removes it)"
+    )
 
 
 def remove_locks(backend: Backend, sealer: Sealer, *, all_locks: bool) -> list[LockInfo]:

@@ -39,7 +39,8 @@ class PrunePlan:
     orphans: list[bytes] = field(default_factory=list)
     lost: list[bytes] = field(default_factory=list)  # indexed, but missing from storage
     used_in_pack: dict[bytes, list[Entry]] = field(default_factory=dict)
-    missing: set[bytes] = field(default_factory=set)
+    missing: set[bytes] = field(default_factory=set)  # used, but in no existing pack
+    missing_in_lost: int = 0  # of `missing`: indexed in packs that are gone
     used_bytes: int = 0
     unused_bytes: int = 0
     repack_bytes: int = 0
@@ -72,10 +73,7 @@ def plan_prune(repo: Repository, used: set[bytes], max_unused: float = 0.0) -> P
                 continue  # the same entry in two index files (interrupted prune)
             known.add((pack, cid, off))
             packs.setdefault(pack, []).append((cid, off, length, raw, int(btype)))
-    sizes = {
-        bytes.fromhex(fmt.pack_hex_from_name(o.name)): o.size
-        for o in repo.backend.list(fmt.DATA_PREFIX)
-    }
+    sizes = repo.list_packs()
     plan = PrunePlan(index_files, packs, sizes)
     plan.orphans = [p for p in sizes if p not in packs]
     seen: set[bytes] = set()
@@ -107,17 +105,35 @@ def plan_prune(repo: Repository, used: set[bytes], max_unused: float = 0.0) -> P
             plan.used_in_pack[pack] = keep_entries
             plan.repack_bytes += used_len
     plan.missing = used - seen
+    if plan.missing:
+        in_lost = {e[0] for p in plan.lost for e in packs[p]}
+        plan.missing_in_lost = len(plan.missing & in_lost)
     return plan
+
+
+def missing_message(plan: PrunePlan) -> str:
+    """Why prune refuses when points use chunks that no existing pack holds."""
+    parts = []
+    if plan.missing_in_lost:
+        parts.append(
+            f"{plan.missing_in_lost} chunks used by points are in packs that are missing "
+            f"({len(plan.lost)} packs)"
+        )
+    unindexed = len(plan.missing) - plan.missing_in_lost
+    if unindexed:
+        parts.append(f"{unindexed} chunks used by points are in no index")
+    return (
+        f"{' and '.join(parts)}; prune refuses to guess: 'strongroom check' lists the "
+        "damaged files, 'strongroom repair index' then 'strongroom repair points --forget' "
+        "fix it"
+    )
 
 
 def execute_prune(
     repo: Repository, plan: PrunePlan, report: Callable[[str], None] = lambda _: None
 ) -> None:
     if plan.missing:
-        raise IntegrityError(
-            f"{len(plan.missing)} referenced chunks are missing from the index; "
-            "run 'strongroom check' (prune would not make it worse, but refuses to guess)"
-        )
+        raise IntegrityError(missing_message(plan))
     # 1. repack
     for n, pack in enumerate(plan.repack, 1):
         report(f"repacking {n}/{len(plan.repack)}")
@@ -144,7 +160,10 @@ def execute_prune(
             batch, count = {}, 0
     if batch:
         repo.write_index_file(batch)
-    # 3. old index files
+    # 3. old index files: from here on we delete, so our exclusive lock must
+    # still hold (a prune paused past the stale age, or whose lock was removed,
+    # may now run beside a backup that relies on what it would delete).
+    repo.verify_lock()
     report("removing old index files")
     for name in plan.index_files:
         if name not in new_index_files:
@@ -154,6 +173,7 @@ def execute_prune(
     for n, pack in enumerate(doomed, 1):
         if n % 50 == 0:
             report(f"deleting packs {n}/{len(doomed)}")
+            repo.verify_lock()
         _delete(repo, fmt.pack_name(pack.hex()))
 
 

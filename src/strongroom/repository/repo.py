@@ -25,6 +25,7 @@ from strongroom.errors import (
     ObjectNotFound,
     RepositoryError,
     RepositoryExists,
+    RepositoryLocked,
     RepositoryNotFound,
     UnsupportedVersion,
     WrongPassword,
@@ -149,6 +150,13 @@ class Repository:
         self._unindexed_lock = threading.Lock()
         self._last_index_flush = time.monotonic()
         self.held_lock: Lock | None = None  # set by whoever locked this session
+        # Session pack tracking (docs/design.md 4.4): what a point of this session
+        # may rely on, re-checked before committing if our lock lapsed.
+        self.packs_written: set[bytes] = set()
+        self.packs_relied_on: set[bytes] = set()  # packs `has_chunk` answered from
+        self._present: frozenset[bytes] | None = None  # data packs listed at start
+        self._present_lock = threading.Lock()
+        self.missing_packs_seen: set[bytes] = set()  # indexed, but not in storage
 
     # --- creating and opening ------------------------------------------------
 
@@ -239,7 +247,15 @@ class Repository:
     # --- locks ---------------------------------------------------------------
 
     def lock(self, exclusive: bool = False) -> Lock:
+        """Take a lock (RepositoryLocked if a live conflicting one exists)."""
         return Lock(self.backend, self.sealer, exclusive).acquire()
+
+    def verify_lock(self, stopping: str = "stopped before deleting anything more") -> None:
+        """For exclusive writers (prune, repair) before each destructive step:
+        RepositoryLocked if our lock lapsed, since a backup may have started in
+        the gap and rely on what we are about to delete."""
+        if self.held_lock is not None:
+            self.held_lock.verify(stopping)
 
     def leases(self) -> LeaseStore:
         return LeaseStore(self.backend, self.sealer)
@@ -315,8 +331,55 @@ class Repository:
 
     # --- chunks: writing -----------------------------------------------------
 
+    def list_packs(self) -> dict[bytes, int]:
+        """Every data pack in storage -> its size: one listing of `data/`.
+        Names that are not a pack id (hostile or foreign objects) are skipped."""
+        sizes: dict[bytes, int] = {}
+        for obj in self.backend.list(fmt.DATA_PREFIX):
+            pack_hex = fmt.pack_hex_from_name(obj.name)
+            if len(pack_hex) != 64 or obj.name != fmt.pack_name(pack_hex):
+                continue
+            try:
+                sizes[bytes.fromhex(pack_hex)] = obj.size
+            except ValueError:
+                continue
+        return sizes
+
+    def present_packs(self) -> frozenset[bytes]:
+        """The data packs that existed when this session first asked, after the
+        index was loaded (so every pack the loaded index names and that still
+        exists is in it). Packs this session writes are in `packs_written`."""
+        if self._present is None:
+            _ = self.index  # index first: its packs were written before it
+            with self._present_lock:
+                if self._present is None:
+                    self._present = frozenset(self.list_packs())
+        return self._present
+
     def has_chunk(self, chunk_id: bytes) -> bool:
-        return chunk_id in self._session_ids or self.index.lookup(chunk_id) is not None
+        """Whether the chunk is stored: queued in this session, or named by the
+        index in a pack that exists. An index entry whose pack is gone counts as
+        absent, so a backup stores the chunk again (docs/design.md 5a). The pack
+        answering is recorded in `packs_relied_on` for the lapse re-check."""
+        if chunk_id in self._session_ids:
+            return True
+        loc = self._present_location(chunk_id)
+        if loc is None:
+            return False
+        self.packs_relied_on.add(loc.pack)
+        return True
+
+    def _present_location(self, chunk_id: bytes) -> Location | None:
+        """The chunk's location in a pack that exists (or that this session wrote)."""
+        locations = self.index.lookup_all(chunk_id)
+        if not locations:
+            return None
+        present = self.present_packs()
+        for loc in locations:
+            if loc.pack in present or loc.pack in self.packs_written:
+                return loc
+        self.missing_packs_seen.update(loc.pack for loc in locations)
+        return None
 
     def seal_chunk(
         self, chunk_id: bytes, blob_type: BlobType, data: bytes | memoryview
@@ -327,7 +390,8 @@ class Repository:
     def add_sealed(
         self, chunk_id: bytes, blob_type: BlobType, sealed: bytes | bytearray, raw_length: int
     ) -> bool:
-        """Queue a sealed chunk for its pack; False if the chunk was already stored."""
+        """Queue a sealed chunk for its pack; False if the chunk was already stored
+        (in this session, or in a pack that exists: see `has_chunk`)."""
         if self.has_chunk(chunk_id):
             return False
         self._queue_sealed(chunk_id, blob_type, sealed, raw_length)
@@ -385,6 +449,7 @@ class Repository:
                 builder.stream.commit(fmt.pack_name(pack_id.hex()))
             else:
                 self.backend.put(fmt.pack_name(pack_id.hex()), data)
+            self.packs_written.add(pack_id)
             for cid, off, length, _raw, _t in entries:
                 self.index.add(cid, pack_id, off, length)
             with self._unindexed_lock:
@@ -452,10 +517,14 @@ class Repository:
     # --- chunks: reading -----------------------------------------------------
 
     def locate(self, chunk_id: bytes) -> Location:
-        loc = self.index.lookup(chunk_id)
-        if loc is None:
+        """Where to read the chunk. Stored more than once (rare), the copy in a
+        pack that exists wins: that costs one listing of packs per session."""
+        locations = self.index.lookup_all(chunk_id)
+        if not locations:
             raise ChunkNotFound(f"chunk {chunk_id.hex()[:16]} is not in the index")
-        return loc
+        if len(locations) > 1:
+            return self._present_location(chunk_id) or locations[0]
+        return locations[0]
 
     def load_chunk(
         self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None
@@ -479,13 +548,67 @@ class Repository:
         """Store a point object (after `flush`!); returns its hex id.
 
         If a lock is held, it is verified first: a point must never be committed
-        by a writer whose lock a prune may have broken."""
+        by a writer whose lock a prune may have broken. If it lapsed, a new lock
+        is taken and everything the point relies on is re-checked (docs/design.md
+        4.4); RepositoryError, and nothing committed, if any of it is gone."""
         if self.held_lock is not None:
-            self.held_lock.verify()
+            reason = self.held_lock.lapsed()
+            if reason is not None:
+                self._recheck_after_lapse(reason, doc.get("parent"))
         sealed = self.sealer.seal(json.dumps(doc, sort_keys=True).encode(), _POINT_AD)
         point_hex = content_hash(sealed).hex()
         self.backend.put(fmt.point_name(point_hex), sealed)
+        # The point now protects what it deduplicated against; a later point of
+        # this session records its own. Packs written stay recorded: a later
+        # point may reuse their chunks through `_session_ids` without asking.
+        self.packs_relied_on = set()
         return point_hex
+
+    def _recheck_after_lapse(self, reason: str, parent: object) -> None:
+        """Re-lock, then check that the packs this session wrote or deduplicated
+        against, and the parent point it reused, still exist and are indexed.
+
+        Under the new lock no prune can start, so what is found now stays until
+        the point is written; a prune that ran in the gap deleted only what no
+        committed point referenced, and that is exactly what this check finds
+        missing."""
+        assert self.held_lock is not None
+        try:
+            self.held_lock.reacquire()
+        except RepositoryLocked as err:
+            raise RepositoryLocked(f"{reason}, and it cannot be taken again: {err}") from None
+        lost = self.lost_session_packs()
+        gone_parent = (
+            isinstance(parent, str)
+            and bool(parent)
+            and not self.backend.exists(fmt.point_name(parent))
+        )
+        if lost or gone_parent:
+            what = f"{len(lost)} packs it stored or reused" if lost else ""
+            if gone_parent:
+                what += (" and " if what else "") + f"its parent point {str(parent)[:8]}"
+            raise RepositoryError(
+                f"{reason}; meanwhile {what} were removed (by prune?): nothing committed, "
+                "run the backup again"
+            )
+
+    def lost_session_packs(self) -> set[bytes]:
+        """Packs this session wrote or relied on that are now missing from storage
+        or from the index (an index read and one listing, fresh)."""
+        wanted = self.packs_written | self.packs_relied_on
+        if not wanted:
+            return set()
+
+        files: dict[str, IndexFile] = {}
+        for name in self.list_index_files():
+            try:
+                files[name] = self.read_index_file(name)
+            except ObjectNotFound:
+                continue
+        superseded = {fmt.index_name(s.hex()) for idx in files.values() for s in idx.supersedes}
+        indexed = {p for n, idx in files.items() if n not in superseded for p in idx.packs}
+        stored = self.list_packs()
+        return {p for p in wanted if p not in stored or p not in indexed}
 
     def load_point(self, point_hex: str) -> dict[str, Any]:
         name = fmt.point_name(point_hex)

@@ -76,7 +76,8 @@ def check(
         missing = [c for c in used if not repo.has_chunk(c)]
         if missing:
             report.errors.append(
-                f"point {point.short_id}: {len(missing)} chunks are missing from the index"
+                f"point {point.short_id}: {len(missing)} chunks it uses are in no pack "
+                "that exists ('strongroom repair points' writes it without the damaged files)"
             )
             for c in missing:
                 report.damaged_chunks.setdefault(c, "?")
@@ -87,7 +88,7 @@ def check(
         damaged = set(report.damaged_chunks)
         for point in points:
             try:
-                paths = _damaged_paths(repo, point, damaged)
+                paths = damaged_paths(repo, point, damaged)
             except Exception as err:
                 paths = [f"(tree unreadable: {err})"]
             if paths:
@@ -95,7 +96,7 @@ def check(
     return result
 
 
-def _damaged_paths(repo: Repository, point: RecoveryPoint, damaged: set[bytes]) -> list[str]:
+def damaged_paths(repo: Repository, point: RecoveryPoint, damaged: set[bytes]) -> list[str]:
     """Files (or, for an image, block offsets) of a point that hold damaged chunks."""
     if point.kind == "block":
         block_map = load_block_map(repo, bytes.fromhex(point.tree))

@@ -8,7 +8,7 @@ from strongroom.cli.commands.points import point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode, UsageError
-from strongroom.repository.locks import remove_locks
+from strongroom.repository.locks import list_locks, remove_locks
 from strongroom.services import maintenance
 from strongroom.services.forget import KeepPolicy, apply_policy, forget_points, group_points
 from strongroom.services.points import PointFilter, find_point, list_points
@@ -195,15 +195,39 @@ def stats(app: App) -> None:
 
 
 @click.command()
-@click.option("--remove-all", is_flag=True, help="Remove every lock, not only stale ones.")
+@click.option(
+    "--remove-all",
+    is_flag=True,
+    help="Also remove locks of processes that may still run (see docs/cli.md first).",
+)
 @pass_app
 def unlock(app: App, remove_all: bool) -> None:
-    """Remove stale locks (left by killed processes)."""
+    """Remove stale locks (left by processes that are gone).
+
+    A live lock is kept: wait for its holder. With --remove-all it is removed
+    too; its holder then notices before it writes or deletes anything (a backup
+    re-checks what it relies on before committing; prune and repair stop).
+    """
+    out = app.out
     with app.repository(LockMode.NONE) as repo:
+        present = list_locks(repo.backend, repo.sealer)
+        live = {i.name for i in present if not i.is_stale()}
         removed = remove_locks(repo.backend, repo.sealer, all_locks=remove_all)
-    if app.out.json:
-        app.out.document({"removed": [r.describe() for r in removed]})
+    gone = {r.name for r in removed}
+    kept = [i for i in present if i.name in live and i.name not in gone]
+    if out.json:
+        out.document(
+            {
+                "removed": [r.describe() for r in removed],
+                "kept_live": [k.describe() for k in kept],
+            }
+        )
         return
     for r in removed:
-        app.out.info(f"removed {r.describe()}")
-    app.out.info(f"{len(removed)} locks removed")
+        if r.name in live:
+            out.warn(f"removed the lock of a process that may still run: {r.describe()}")
+        else:
+            out.info(f"removed {r.describe()}")
+    for k in kept:
+        out.info(f"kept live {k.describe()} (wait for it to finish)")
+    out.info(f"{len(removed)} locks removed")
