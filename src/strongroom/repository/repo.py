@@ -265,7 +265,8 @@ class Repository:
             repo = cls(backend, master, config, name)
             repo.damage = damage
             return repo
-        skipped = f" ({len(damage)} key files skipped; first: {next(iter(damage.found.values()))})"
+        first = next(iter(damage.found.values()), "")
+        skipped = f" (key files skipped: {len(damage)}; first: {first})"
         if not tried:
             raise IntegrityError(f"no usable key file in the repository{skipped}")
         raise WrongPassword(
