@@ -202,6 +202,9 @@ class PackScan:
     def ranges(self, wanted: list[tuple[int, int]]) -> Iterator[tuple[int, int, bytes | None]]:
         """Yield (offset, length, bytes or None if beyond the object) in offset order."""
         for off, length in sorted(wanted):
+            if off + length > self.size:
+                yield off, length, None
+                continue
             if off < self._buf_start:  # overlaps an earlier range: fetch it apart
                 data = self._read(off, length)
                 yield off, length, data if len(data) == length else None
