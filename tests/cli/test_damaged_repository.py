@@ -44,15 +44,18 @@ KINDS = ["junk", "flip", "truncate", "empty", "renamed"]
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("folder", ["index", "points", "locks"])
 def test_commands_go_on_past_a_damaged_object(
-    backed_up: BackedUp, cli: CliRunner, initialized_repo: Path, tmp_path: Path,
-    folder: str, kind: str,
+    backed_up: BackedUp,
+    cli: CliRunner,
+    initialized_repo: Path,
+    tmp_path: Path,
+    folder: str,
+    kind: str,
 ) -> None:
     # A second point, so that one damaged point leaves another to restore.
     second = cli("backup", str(backed_up.src), "--json")
     assert second.rc == 0, second.err
-    if folder == "locks":
-        if kind != "junk":
-            pytest.skip("no lock is left between commands")
+    if folder == "locks" and kind != "junk":
+        pytest.skip("no lock is left between commands")
     name = _damage(initialized_repo, folder, kind)
 
     snapshots = cli("snapshots", "--json")
@@ -110,8 +113,6 @@ def test_init_refuses_a_short_password(cli: CliRunner, repo_path: Path) -> None:
     assert accepted.rc == 0 and "shorter than" in accepted.err
 
 
-def test_key_add_warns_about_a_short_password(
-    cli: CliRunner, initialized_repo: Path
-) -> None:
+def test_key_add_warns_about_a_short_password(cli: CliRunner, initialized_repo: Path) -> None:
     added = cli("key", "add", env={"STRONGROOM_NEW_PASSWORD": "short"})
     assert added.rc == 0 and "shorter than" in added.err
