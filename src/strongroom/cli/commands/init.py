@@ -31,7 +31,7 @@ def create_repository(app: App, insecure_password: bool = False) -> str:
     if weak and not insecure_password:
         raise UsageError(f"{weak}; choose a longer one, or pass --insecure-password")
     if weak:
-        app.out.warn(weak)
+        app.out.notice(f"warning: {weak}")
     repo = init_repository(app.settings.repository, password, app.settings.compression)
     try:
         return repo.key_name

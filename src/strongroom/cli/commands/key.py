@@ -17,7 +17,7 @@ def _new_password(app: App, new_password_file: str | None) -> bytes:
     password = _read_new_password(app, new_password_file)
     weak = password_warning(password)
     if weak:
-        app.out.warn(weak)
+        app.out.notice(f"warning: {weak}")
     return password
 
 
