@@ -85,10 +85,10 @@ def test_malformed_key_files_are_repository_errors(blob: bytes) -> None:
 
 
 def test_kdf_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STRONGROOM_KDF", "2,1024,3")
-    assert KdfParams.from_env() == KdfParams(time_cost=2, memory_kib=1024, parallelism=3)
-    monkeypatch.setenv("STRONGROOM_KDF", "0,1,2")  # raised to argon2's minimum
-    assert KdfParams.from_env() == KdfParams(time_cost=1, memory_kib=16, parallelism=2)
+    monkeypatch.setenv("STRONGROOM_KDF", "2,10240,3")
+    assert KdfParams.from_env() == KdfParams(time_cost=2, memory_kib=10240, parallelism=3)
+    monkeypatch.setenv("STRONGROOM_KDF", "0,1,2")  # raised to the floor: t=1, 8 MiB
+    assert KdfParams.from_env() == KdfParams(time_cost=1, memory_kib=8192, parallelism=2)
     monkeypatch.delenv("STRONGROOM_KDF")
     assert KdfParams.from_env() == KdfParams()
 

@@ -54,8 +54,14 @@ class App:
         return value.encode()
 
     @contextmanager
-    def repository(self, lock: LockMode = LockMode.SHARED) -> Iterator[Repository]:
+    def repository(
+        self, lock: LockMode = LockMode.SHARED, *, show_damage: bool = True
+    ) -> Iterator[Repository]:
+        """Open for one command; damaged or foreign objects the command meets (and
+        skips) are shown once each on stderr, unless the command reports them itself."""
         with open_repository(self.settings.repository, self.password(), lock=lock) as repo:
+            if show_damage:
+                repo.damage.listen(lambda message: self.out.notice(f"warning: {message} (skipped)"))
             yield repo
 
 

@@ -1,10 +1,14 @@
 """Verifying a repository: structure always, and every byte with `read_data`.
 
-Structure: every index file decrypts and parses; every indexed pack exists and
-is large enough; packs that no index names are reported (leftovers of a killed
-backup: harmless, prune removes them). Data: each selected pack's bytes hash to
-its name, its header authenticates, and every chunk decrypts, decompresses and
-hashes to its id. Findings name the pack and the chunk.
+Structure: every index file matches its name, decrypts and parses; every
+indexed pack exists and is large enough; every object under data/, index/,
+keys/ and points/ is named as strongroom names it (a foreign one is reported);
+packs that no index names are reported as a warning (leftovers of a killed
+backup: harmless, prune removes them). Data: each selected pack is read once,
+sequentially, never whole in memory: its bytes hash to its name, its header
+(read by itself from the pack's end) authenticates and agrees with the index,
+and every chunk decrypts, decompresses within its declared size and hashes to
+its id. Findings name the object, the pack and the chunk.
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from strongroom.errors import IntegrityError, ObjectNotFound, StrongroomError
+from strongroom.errors import IntegrityError, ObjectNotFound, StorageError, StrongroomError
 from strongroom.repository import format as fmt
-from strongroom.repository.crypto import content_hash
 from strongroom.repository.format import BlobType
-from strongroom.repository.pack import blob_ad, read_pack_header
-from strongroom.repository.repo import Repository
+from strongroom.repository.pack import PackEntry, PackScan, blob_ad, read_stored_header
+from strongroom.repository.repo import MAX_CHUNK_SIZE, Repository
 from strongroom.types import Progress, no_progress
 
 Entry = tuple[bytes, int, int, int, int]  # chunk id, offset, length, raw, type
+# A sealed chunk is its compressed payload plus flag, nonce and tag; zstd's
+# worst case adds a little over the raw size.
+_SEAL_SLACK = 64 * 1024
 
 
 @dataclass
@@ -33,21 +39,22 @@ class CheckReport:
     pack_sizes: dict[bytes, int] = field(default_factory=dict)
     packs_read: int = 0
     chunks_read: int = 0
+    trees_read: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
+    def chunk_info(self) -> Callable[[bytes], tuple[int, int] | None]:
+        """chunk id -> (raw length, blob type) from the index files read."""
+        table = {e[0]: (e[3], e[4]) for entries in self.packs.values() for e in entries}
+        return table.get
+
 
 def check_structure(repo: Repository, report: CheckReport) -> None:
     # Index first, packs second: a backup running meanwhile writes packs before
     # the index that names them, so this order never sees an indexed pack missing.
-    for name in repo.list_index_files():
-        try:
-            idx = repo.read_index_file(name)
-        except StrongroomError as err:
-            report.errors.append(f"index file {name}: {err}")
-            continue
+    for idx in repo.read_index_files().values():  # damaged ones go to repo.damage
         for cid, pack, off, length, raw, btype in idx.iter_entries():
             report.packs.setdefault(pack, []).append((cid, off, length, raw, int(btype)))
     report.pack_sizes = repo.list_packs()
@@ -80,6 +87,13 @@ def check_structure(repo: Repository, report: CheckReport) -> None:
             f"{len(orphans)} packs are not indexed (left by an interrupted backup; "
             "'strongroom prune' removes them)"
         )
+    repo.list_keys()  # damaged or foreign key files go to repo.damage
+
+
+def report_damage(repo: Repository, report: CheckReport) -> None:
+    """Every damaged or foreign object met during the check is an error."""
+    for name in sorted(repo.damage.found):
+        report.errors.append(repo.damage.found[name])
 
 
 def select_packs(packs: list[bytes], subset: str | None, seed: int | None = None) -> list[bytes]:
@@ -102,36 +116,58 @@ def select_packs(packs: list[bytes], subset: str | None, seed: int | None = None
 def check_pack_data(
     repo: Repository, pack: bytes, entries: list[Entry], report: CheckReport
 ) -> None:
-    """Read one pack fully and verify it; record findings in `report`."""
+    """Read one pack in one sequential pass and verify it; record findings in `report`."""
     name = fmt.pack_name(pack.hex())
     short = pack.hex()[:16]
-    try:
-        blob = repo.backend.get(name)
-    except ObjectNotFound:
+    size = report.pack_sizes.get(pack)
+    if size is None:
         return  # reported by the structure check
-    report.packs_read += 1
-    if content_hash(blob) != pack:
-        report.errors.append(f"pack {short}: content does not match its name (damaged)")
+
+    def read(offset: int, length: int) -> bytes:
+        return repo.backend.get_range(name, offset, length)
+
     try:
-        header = {e.chunk_id: e for e in read_pack_header(blob, repo.sealer, f"pack {short}")}
+        header_list = read_stored_header(read, size, repo.sealer, f"pack {short}")
+        header: dict[bytes, PackEntry] = {e.chunk_id: e for e in header_list}
+    except ObjectNotFound:
+        return  # removed meanwhile (a prune)
     except IntegrityError as err:
         report.errors.append(str(err))
         header = {}
-    for cid, off, length, raw, btype in entries:
+    report.packs_read += 1
+    scan = PackScan(read, size)
+    by_offset = {(off, length): (cid, raw, btype) for cid, off, length, raw, btype in entries}
+    for off, length, sealed in scan.ranges(list(by_offset)):
+        cid, raw, btype = by_offset[(off, length)]
         report.chunks_read += 1
         what = f"chunk {cid.hex()[:16]} in pack {short}"
         h = header.get(cid)
         if header and (h is None or (h.offset, h.length) != (off, length)):
             report.errors.append(f"{what}: index and pack header disagree")
         try:
-            sealed = blob[off : off + length]
-            payload = repo.sealer.open(sealed, blob_ad(cid, BlobType(btype)), what)
+            blob_type = BlobType(btype)
+            if sealed is None:
+                raise IntegrityError(f"{what} lies beyond the pack's end")
+            if raw > MAX_CHUNK_SIZE[blob_type] or length > raw + _SEAL_SLACK:
+                raise IntegrityError(f"{what}: the index gives impossible sizes")
+            payload = repo.sealer.open(sealed, blob_ad(cid, blob_type), what)
             data = repo.compressor.unpack(payload, raw)
+            if len(data) != raw:
+                raise IntegrityError(f"{what}: {len(data)} bytes, the index says {raw}")
             if repo.chunk_id(data) != cid:
                 raise IntegrityError(f"{what}: content does not hash to its id")
-        except IntegrityError as err:
-            report.errors.append(str(err))
+        except (IntegrityError, ValueError) as err:
+            report.errors.append(str(err) if isinstance(err, IntegrityError) else f"{what}: {err}")
             report.damaged_chunks[cid] = pack.hex()
+    try:
+        digest = scan.digest()
+    except (ObjectNotFound, StorageError) as err:
+        report.errors.append(f"pack {short}: {err}")
+        return
+    if scan.short:
+        report.errors.append(f"pack {short} is shorter than listed (changed while read?)")
+    elif digest != pack:
+        report.errors.append(f"pack {short}: content does not match its name (damaged)")
 
 
 def check_data(
@@ -144,7 +180,12 @@ def check_data(
     prog = Progress(job="check", files_total=len(chosen))
     prog.bytes_total = sum(report.pack_sizes.get(p, 0) for p in chosen)
     for pack in chosen:
-        check_pack_data(repo, pack, report.packs[pack], report)
+        try:
+            check_pack_data(repo, pack, report.packs[pack], report)
+        except StrongroomError as err:
+            if isinstance(err, StorageError) and err.retryable:
+                raise
+            report.errors.append(f"pack {pack.hex()[:16]}: {err}")
         prog.files_done += 1
         prog.bytes_done += report.pack_sizes.get(pack, 0)
         progress(prog)

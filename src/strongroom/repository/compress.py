@@ -49,18 +49,35 @@ class Compressor:
                 return _ZSTD_PREFIX + compressed
         return b"".join((_RAW_PREFIX, data))
 
-    def unpack(self, payload: bytes, raw_length: int | None = None) -> bytes:
+    def unpack(self, payload: bytes, max_size: int) -> bytes:
+        """The chunk's plaintext, at most `max_size` bytes; IntegrityError otherwise.
+
+        A zstd frame declares its own content size and zstandard allocates what it
+        declares: the declaration is checked against `max_size` before anything is
+        decompressed, and a frame that declares nothing is refused (strongroom
+        always writes the size), so no payload can expand beyond the bound."""
         if not payload:
             raise IntegrityError("empty chunk payload")
         flag = payload[0]
         body = memoryview(payload)[1:]
         if flag == RAW:
+            if len(body) > max_size:
+                raise IntegrityError(f"chunk holds {len(body)} bytes, more than {max_size}")
             return bytes(body)
-        if flag == ZSTD:
-            try:
-                if raw_length is not None:
-                    return self._dctx().decompress(body, max_output_size=raw_length)
-                return self._dctx().decompress(body)
-            except zstandard.ZstdError as err:
-                raise IntegrityError(f"chunk does not decompress: {err}") from None
-        raise IntegrityError(f"unknown chunk payload flag {flag}")
+        if flag != ZSTD:
+            raise IntegrityError(f"unknown chunk payload flag {flag}")
+        try:
+            declared = zstandard.frame_content_size(body)
+        except zstandard.ZstdError:
+            raise IntegrityError("chunk is not a zstd frame") from None
+        if declared < 0:
+            raise IntegrityError("chunk's zstd frame does not declare its size")
+        if declared > max_size:
+            raise IntegrityError(f"chunk declares {declared} bytes, more than {max_size}")
+        try:
+            data = self._dctx().decompress(body, max_output_size=max_size)
+        except zstandard.ZstdError as err:
+            raise IntegrityError(f"chunk does not decompress: {err}") from None
+        if len(data) != declared:
+            raise IntegrityError(f"chunk decompresses to {len(data)} bytes, not {declared}")
+        return data

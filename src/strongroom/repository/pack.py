@@ -15,7 +15,7 @@ without the key, and the header lets a reader rebuild the index from packs alone
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import blake3
@@ -128,15 +128,10 @@ def parse_header(sealed_header: bytes, sealer: Sealer, what: str) -> list[PackEn
 
 def read_pack_header(pack: bytes, sealer: Sealer, what: str) -> list[PackEntry]:
     """Parse the header of a whole pack held in memory, checking its magic and bounds."""
-    if pack[: len(MAGIC)] != MAGIC:
-        raise IntegrityError(f"{what} does not start with the pack magic")
-    hlen = header_length(pack[-_HLEN.size :], len(pack), what)
-    end = len(pack) - _HLEN.size
-    entries = parse_header(pack[end - hlen : end], sealer, what)
-    for e in entries:
-        if e.offset < len(MAGIC) or e.offset + e.length > end - hlen:
-            raise IntegrityError(f"{what}: chunk {e.chunk_id.hex()[:16]} lies outside the pack")
-    return entries
+    view = memoryview(pack)
+    return read_stored_header(
+        lambda off, length: bytes(view[off : off + length]), len(pack), sealer, what
+    )
 
 
 def iter_blobs(pack: bytes, entries: list[PackEntry]) -> Iterator[tuple[PackEntry, memoryview]]:
@@ -146,3 +141,89 @@ def iter_blobs(pack: bytes, entries: list[PackEntry]) -> Iterator[tuple[PackEntr
 
 
 TRAILER_SIZE = _HLEN.size
+SCAN_PIECE = 8 * 1024 * 1024
+Reader = Callable[[int, int], bytes]  # (offset, length) -> bytes; fewer only at the end
+
+
+def read_stored_header(read: Reader, size: int, sealer: Sealer, what: str) -> list[PackEntry]:
+    """Parse the header of a stored pack of `size` bytes by reading only its magic,
+    trailer and header, never the whole pack (one grown to gigabytes costs a few
+    small reads here)."""
+    if size < len(MAGIC) + _HLEN.size + OVERHEAD:
+        raise IntegrityError(f"{what} is too short to be a pack ({size} bytes)")
+    if read(0, len(MAGIC)) != MAGIC:
+        raise IntegrityError(f"{what} does not start with the pack magic")
+    hlen = header_length(read(size - _HLEN.size, _HLEN.size), size, what)
+    end = size - _HLEN.size
+    sealed = read(end - hlen, hlen)
+    if len(sealed) != hlen:
+        raise IntegrityError(f"{what} is shorter than listed")
+    entries = parse_header(sealed, sealer, what)
+    for e in entries:
+        if e.offset < len(MAGIC) or e.offset + e.length > end - hlen:
+            raise IntegrityError(f"{what}: chunk {e.chunk_id.hex()[:16]} lies outside the pack")
+    return entries
+
+
+class PackScan:
+    """One sequential pass over a stored pack: every byte goes through the hash
+    (the pack's name), and the byte ranges asked for are handed out on the way.
+
+    Memory is one piece plus the longest range asked for, whatever the pack's
+    size; each byte is fetched once."""
+
+    def __init__(self, read: Reader, size: int, piece: int = SCAN_PIECE) -> None:
+        self._read = read
+        self.size = size
+        self._piece = piece
+        self._hasher = blake3.blake3()
+        self._pos = 0  # bytes fetched and hashed so far
+        self._buf = bytearray()  # bytes [self._buf_start, self._pos)
+        self._buf_start = 0
+        self.short = False  # the object ended before `size`
+
+    def _fetch(self, keep_from: int) -> bool:
+        """Fetch and hash the next piece, keeping its bytes from `keep_from` on."""
+        want = min(self._piece, self.size - self._pos)
+        if want <= 0 or self.short:
+            return False
+        data = self._read(self._pos, want)
+        if len(data) < want:
+            self.short = True
+        self._hasher.update(data)
+        end = self._pos + len(data)
+        if end > keep_from:
+            if not self._buf:
+                self._buf_start = max(self._pos, keep_from)
+            self._buf += memoryview(data)[self._buf_start + len(self._buf) - self._pos :]
+        self._pos = end
+        return bool(data)
+
+    def ranges(self, wanted: list[tuple[int, int]]) -> Iterator[tuple[int, int, bytes | None]]:
+        """Yield (offset, length, bytes or None if beyond the object) in offset order."""
+        for off, length in sorted(wanted):
+            if off + length > self.size:
+                yield off, length, None
+                continue
+            if off < self._buf_start:  # overlaps an earlier range: fetch it apart
+                data = self._read(off, length)
+                yield off, length, data if len(data) == length else None
+                continue
+            if off >= self._pos:
+                self._buf = bytearray()
+                self._buf_start = self._pos
+            else:
+                del self._buf[: off - self._buf_start]
+                self._buf_start = off
+            while self._pos < off + length and self._fetch(keep_from=off):
+                pass
+            start = off - self._buf_start
+            chunk = bytes(self._buf[start : start + length])
+            yield off, length, chunk if len(chunk) == length else None
+
+    def digest(self) -> bytes:
+        """Hash of the whole object (reads what the ranges did not need)."""
+        self._buf = bytearray()
+        while self._fetch(keep_from=self.size):
+            pass
+        return self._hasher.digest()

@@ -63,17 +63,17 @@ class PrunePlan:
 def plan_prune(repo: Repository, used: set[bytes], max_unused: float = 0.0) -> PrunePlan:
     """Classify every pack. `max_unused` (0..1) tolerates that fraction of unused
     bytes in a pack before repacking it."""
-    index_files = repo.list_index_files()
+    files = repo.read_index_files()  # a damaged one is skipped (its chunks show up as missing)
+    index_files = list(files)
     packs: dict[bytes, list[Entry]] = {}
     known: set[tuple[bytes, bytes, int]] = set()
-    for name in index_files:
-        idx = repo.read_index_file(name)
+    for idx in files.values():
         for cid, pack, off, length, raw, btype in idx.iter_entries():
             if (pack, cid, off) in known:
                 continue  # the same entry in two index files (interrupted prune)
             known.add((pack, cid, off))
             packs.setdefault(pack, []).append((cid, off, length, raw, int(btype)))
-    sizes = repo.list_packs()
+    sizes = repo.list_packs()  # foreign names under data/ are reported, not touched
     plan = PrunePlan(index_files, packs, sizes)
     plan.orphans = [p for p in sizes if p not in packs]
     seen: set[bytes] = set()
@@ -138,9 +138,8 @@ def execute_prune(
     for n, pack in enumerate(plan.repack, 1):
         report(f"repacking {n}/{len(plan.repack)}")
         name = fmt.pack_name(pack.hex())
-        blob = repo.backend.get(name)
         for cid, off, length, raw, btype in plan.used_in_pack[pack]:
-            sealed = blob[off : off + length]
+            sealed = repo.backend.get_range(name, off, length)  # never the whole pack
             btype_e = BlobType(btype)
             repo.sealer.open(
                 sealed, blob_ad(cid, btype_e), f"chunk {cid.hex()[:16]} in pack {pack.hex()[:16]}"

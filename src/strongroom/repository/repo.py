@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from strongroom.errors import (
     ChunkNotFound,
+    ConfigError,
     IntegrityError,
+    InvalidObjectName,
     ObjectNotFound,
     RepositoryError,
     RepositoryExists,
@@ -33,19 +36,23 @@ from strongroom.errors import (
 from strongroom.repository import format as fmt
 from strongroom.repository.compress import Compressor
 from strongroom.repository.crypto import ChunkHasher, Sealer, content_hash
+from strongroom.repository.damage import DamageLog
 from strongroom.repository.format import BlobType
 from strongroom.repository.keys import (
+    KDF_BUDGET,
+    MAX_KEY_FILE_SIZE,
     KdfParams,
+    KeyFile,
     MasterKey,
-    key_file_info,
-    unwrap_master_key,
+    open_key_file,
+    parse_key_file,
     wrap_master_key,
 )
 from strongroom.repository.leases import LeaseStore
 from strongroom.repository.locks import Lock
 from strongroom.repository.pack import PackBuilder, blob_ad
 from strongroom.storage import Backend
-from strongroom.storage.base import StreamingPut
+from strongroom.storage.base import ObjectInfo, StreamingPut
 
 if TYPE_CHECKING:  # numpy is imported only when an index is needed
     from strongroom.repository.index import ChunkIndex, IndexFile, Location
@@ -56,6 +63,52 @@ _POINT_AD = b"point"
 INDEX_FLUSH_SECONDS = float(os.environ.get("STRONGROOM_INDEX_FLUSH_SECONDS", "15"))
 INDEX_FLUSH_PACKS = 64
 _MAX_PENDING_UPLOADS = 1  # packs queued for upload beyond the one being filled
+# Bounds on objects read whole (docs/format.md): far above what strongroom writes.
+MAX_INDEX_FILE_SIZE = 1 << 30  # prune writes <= 200k entries (10 MB); a backup <= 64 packs
+MAX_POINT_SIZE = 64 << 20  # a point is a JSON document of a few KiB
+# Largest plaintext of a chunk whose referrer declares no size (trees, maps,
+# manifests) or any chunk at all: data chunks are at most a CDC maximum or a
+# block (blockmap.MAX_BLOCK_SIZE); a tree is one directory's listing.
+MAX_CHUNK_SIZE = {BlobType.DATA: 64 << 20, BlobType.TREE: 512 << 20}
+_OBJECT_HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def is_object_hex(text: str) -> bool:
+    """Whether `text` is a name part this program writes (64 lowercase hex digits)."""
+    return bool(_OBJECT_HEX.match(text))
+
+
+def _preferred_params() -> set[KdfParams]:
+    """The parameters this program writes: a key file with them is tried first."""
+    preferred = {KdfParams()}
+    try:
+        preferred.add(KdfParams.from_env())
+    except ConfigError:
+        pass
+    return preferred
+
+
+def _usable_key_files(backend: Backend, damage: DamageLog) -> list[tuple[str, KeyFile]]:
+    """Key files that may open: named by the hash of their content, parseable and
+    within the KDF bounds. The others go to `damage`, unread or underived."""
+    keys = []
+    for obj in backend.list(fmt.KEYS_PREFIX):
+        name = obj.name
+        key_hex = name[len(fmt.KEYS_PREFIX) :]
+        try:
+            if not is_object_hex(key_hex):
+                raise IntegrityError(f"{name} is not a key file name (foreign object)")
+            if obj.size > MAX_KEY_FILE_SIZE:
+                raise IntegrityError(f"{name} is too large to be a key file ({obj.size} bytes)")
+            blob = backend.get(name)
+            if content_hash(blob).hex() != key_hex:
+                raise IntegrityError(f"{name} does not match its name (altered or renamed)")
+            keys.append((name, parse_key_file(blob, name)))
+        except ObjectNotFound:
+            continue  # removed while we listed
+        except (IntegrityError, InvalidObjectName, UnsupportedVersion) as err:
+            damage.report(name, str(err))
+    return keys
 
 
 @dataclass(frozen=True)
@@ -157,6 +210,7 @@ class Repository:
         self._present: frozenset[bytes] | None = None  # data packs listed at start
         self._present_lock = threading.Lock()
         self.missing_packs_seen: set[bytes] = set()  # indexed, but not in storage
+        self.damage = DamageLog()  # damaged or foreign objects met so far (reported once)
 
     # --- creating and opening ------------------------------------------------
 
@@ -184,22 +238,48 @@ class Repository:
 
     @classmethod
     def open(cls, backend: Backend, password: bytes) -> Repository:
+        """Unlock with `password`: key files are tried cheapest-first within a total
+        KDF budget (keys/ is hostile: a planted file must not cost more than that).
+
+        Malformed, renamed or out-of-bounds key files are skipped without deriving
+        anything; they are in the returned repository's `damage` log, and named in
+        the error when no key opens (IntegrityError if every key file is damaged,
+        else WrongPassword)."""
         if not backend.exists(fmt.CONFIG_NAME):
             raise RepositoryNotFound(f"no repository at {backend.location} (run 'strongroom init')")
-        key_names = [o.name for o in backend.list(fmt.KEYS_PREFIX)]
-        if not key_names:
+        damage = DamageLog()
+        keys = _usable_key_files(backend, damage)
+        if not keys and not damage:
             raise RepositoryError(f"repository at {backend.location} has no key files")
-        for name in key_names:
+        preferred = _preferred_params()
+        # Keys with the parameters this program writes first (the usual case), then cheapest.
+        keys.sort(key=lambda nk: (nk[1].params not in preferred, nk[1].params.work, nk[0]))
+        spent = 0
+        tried = 0
+        for name, key in keys:
+            if spent + key.params.work > KDF_BUDGET and tried:
+                damage.report(name, f"{name} not tried: the key derivation budget is spent")
+                continue
+            spent += key.params.work
+            tried += 1
             try:
-                master = unwrap_master_key(backend.get(name), password)
-            except (WrongPassword, RepositoryError):
+                master = open_key_file(key, password)
+            except WrongPassword:
                 continue
             sealed = backend.get(fmt.CONFIG_NAME)
             config = RepoConfig.decode(
                 Sealer(master.encryption_key).open(sealed, _CONFIG_AD, "config")
             )
-            return cls(backend, master, config, name)
-        raise WrongPassword("wrong password: no key in the repository opens with it")
+            repo = cls(backend, master, config, name)
+            repo.damage = damage
+            return repo
+        first = next(iter(damage.found.values()), "")
+        skipped = f" (key files skipped: {len(damage)}; first: {first})"
+        if not tried:
+            raise IntegrityError(f"no usable key file in the repository{skipped}")
+        raise WrongPassword(
+            "wrong password: no key in the repository opens with it" + (skipped if damage else "")
+        )
 
     def close(self) -> None:
         if self._uploader is not None:
@@ -216,9 +296,17 @@ class Repository:
         return name
 
     def list_keys(self) -> list[dict[str, Any]]:
+        """Every key file; a damaged or foreign one is listed with `damaged` set (so it
+        can be removed by id) and reported."""
+        good = dict(_usable_key_files(self.backend, self.damage))
         keys = []
         for obj in self.backend.list(fmt.KEYS_PREFIX):
-            info = key_file_info(self.backend.get(obj.name))
+            key = good.get(obj.name)
+            info: dict[str, Any] = {
+                k: (key.doc.get(k, "?") if key else "?")
+                for k in ("created", "host", "user", "kdf", "memory_kib", "time_cost")
+            }
+            info["damaged"] = None if key else self.damage.found.get(obj.name, "unreadable")
             info["id"] = fmt.pack_hex_from_name(obj.name)
             info["current"] = obj.name == self.key_name
             keys.append(info)
@@ -270,10 +358,49 @@ class Repository:
         return [o.name for o in self.backend.list(fmt.INDEX_PREFIX)]
 
     def read_index_file(self, name: str) -> IndexFile:
+        """Fetch, verify against its name, authenticate and decode one index file.
+
+        IntegrityError if the name is foreign, the content does not hash to the
+        name (altered, or another index file renamed), or it does not decrypt."""
         from strongroom.repository.index import IndexFile
 
-        plain = self.sealer.open(self.backend.get(name), _INDEX_AD, name)
+        index_hex = name[len(fmt.INDEX_PREFIX) :]
+        if not name.startswith(fmt.INDEX_PREFIX) or not is_object_hex(index_hex):
+            raise IntegrityError(f"{name} is not an index file name (foreign object)")
+        sealed = self.backend.get(name)
+        if content_hash(sealed).hex() != index_hex:
+            raise IntegrityError(f"{name} does not match its name (damaged)")
+        plain = self.sealer.open(sealed, _INDEX_AD, name)
         return IndexFile.decode(plain, name)
+
+    def read_index_files(self) -> dict[str, IndexFile]:
+        """Every readable index file, read in parallel, by name (superseded ones included).
+
+        A damaged or foreign one is reported to `damage` and left out: its chunks
+        are unknown to this session (a backup stores them again; prune refuses if
+        a point needs one, as the chunk is then missing)."""
+        objects = list(self.backend.list(fmt.INDEX_PREFIX))
+        workers = max(1, self.backend.capabilities.parallel_requests)
+        files: dict[str, IndexFile] = {}
+
+        def read(obj: ObjectInfo) -> tuple[str, IndexFile | None]:
+            try:
+                if obj.size > MAX_INDEX_FILE_SIZE:
+                    raise IntegrityError(
+                        f"{obj.name} is too large to be an index file ({obj.size} bytes)"
+                    )
+                return obj.name, self.read_index_file(obj.name)
+            except ObjectNotFound:
+                return obj.name, None  # superseded and removed while we listed
+            except (IntegrityError, InvalidObjectName) as err:
+                self.damage.report(obj.name, str(err))
+                return obj.name, None
+
+        with ThreadPoolExecutor(workers) as pool:
+            for name, idx in pool.map(read, objects):
+                if idx is not None:
+                    files[name] = idx
+        return files
 
     @property
     def index(self) -> ChunkIndex:
@@ -294,27 +421,26 @@ class Repository:
         _ = self.index
 
     def _read_index(self) -> ChunkIndex:
-        """Read every index file (in parallel); superseded ones are skipped."""
+        """Read every index file (in parallel); superseded and damaged ones are skipped."""
         from strongroom.repository.index import ChunkIndex
 
         index = ChunkIndex()
-        names = self.list_index_files()
-        workers = max(1, self.backend.capabilities.parallel_requests)
-        files: dict[str, IndexFile] = {}
-
-        def read(name: str) -> tuple[str, IndexFile | None]:
-            try:
-                return name, self.read_index_file(name)
-            except ObjectNotFound:
-                return name, None  # superseded and removed while we listed
-
-        with ThreadPoolExecutor(workers) as pool:
-            for name, idx in pool.map(read, names):
-                if idx is not None:
-                    files[name] = idx
+        files = self.read_index_files()
         superseded = {fmt.index_name(s.hex()) for idx in files.values() for s in idx.supersedes}
         index.add_files([idx for name, idx in files.items() if name not in superseded])
         return index
+
+    def list_packs(self) -> dict[bytes, int]:
+        """{pack id: size} of every object under data/ named as a pack; foreign names
+        are reported to `damage` and left out (they are no pack of ours)."""
+        packs = {}
+        for obj in self.backend.list(fmt.DATA_PREFIX):
+            pack_hex = fmt.pack_hex_from_name(obj.name)
+            if not is_object_hex(pack_hex) or obj.name != fmt.pack_name(pack_hex):
+                self.damage.report(obj.name, f"{obj.name} is not a pack name (foreign object)")
+                continue
+            packs[bytes.fromhex(pack_hex)] = obj.size
+        return packs
 
     def write_index_file(
         self,
@@ -330,20 +456,6 @@ class Repository:
         return name
 
     # --- chunks: writing -----------------------------------------------------
-
-    def list_packs(self) -> dict[bytes, int]:
-        """Every data pack in storage -> its size: one listing of `data/`.
-        Names that are not a pack id (hostile or foreign objects) are skipped."""
-        sizes: dict[bytes, int] = {}
-        for obj in self.backend.list(fmt.DATA_PREFIX):
-            pack_hex = fmt.pack_hex_from_name(obj.name)
-            if len(pack_hex) != 64 or obj.name != fmt.pack_name(pack_hex):
-                continue
-            try:
-                sizes[bytes.fromhex(pack_hex)] = obj.size
-            except ValueError:
-                continue
-        return sizes
 
     def present_packs(self) -> frozenset[bytes]:
         """The data packs that existed when this session first asked, after the
@@ -529,7 +641,14 @@ class Repository:
     def load_chunk(
         self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None
     ) -> bytes:
-        """Fetch, authenticate and decompress one chunk; IntegrityError names pack and chunk."""
+        """Fetch, authenticate, decompress and verify one chunk; IntegrityError names
+        pack and chunk.
+
+        `raw_length` is the size the referencing tree or map declares; without it
+        the chunk may be at most MAX_CHUNK_SIZE of its type. The plaintext must hash
+        to `chunk_id` (keyed BLAKE3): authentication alone proves only that a key
+        holder sealed it under that id, not that the id is the content's, so a
+        tree that names itself, or any chunk sealed under a wrong id, is refused."""
         loc = self.locate(chunk_id)
         name = fmt.pack_name(loc.pack.hex())
         sealed = self.backend.get_range(name, loc.offset, loc.length)
@@ -537,10 +656,14 @@ class Repository:
         if len(sealed) != loc.length:
             raise IntegrityError(f"{what} is truncated")
         payload = self.sealer.open(sealed, blob_ad(chunk_id, blob_type), what)
+        bound = MAX_CHUNK_SIZE[blob_type] if raw_length is None else raw_length
         try:
-            return self.compressor.unpack(payload, raw_length)
+            data = self.compressor.unpack(payload, bound)
         except IntegrityError as err:
             raise IntegrityError(f"{what}: {err}") from None
+        if self.chunk_id(data) != chunk_id:
+            raise IntegrityError(f"{what}: content does not hash to its id")
+        return data
 
     # --- points --------------------------------------------------------------
 
@@ -599,32 +722,59 @@ class Repository:
         if not wanted:
             return set()
 
-        files: dict[str, IndexFile] = {}
-        for name in self.list_index_files():
-            try:
-                files[name] = self.read_index_file(name)
-            except ObjectNotFound:
-                continue
+        files = self.read_index_files()
         superseded = {fmt.index_name(s.hex()) for idx in files.values() for s in idx.supersedes}
         indexed = {p for n, idx in files.items() if n not in superseded for p in idx.packs}
         stored = self.list_packs()
         return {p for p in wanted if p not in stored or p not in indexed}
 
     def load_point(self, point_hex: str) -> dict[str, Any]:
+        """Fetch, verify and decode one point; IntegrityError if it is damaged.
+
+        The name is the hash of the sealed object, so a point renamed to another's
+        id (two point files swapped) is refused rather than restored in its place."""
         name = fmt.point_name(point_hex)
-        doc: dict[str, Any] = json.loads(self.sealer.open(self.backend.get(name), _POINT_AD, name))
+        if not is_object_hex(point_hex):
+            raise IntegrityError(f"{name} is not a point name (foreign object)")
+        sealed = self.backend.get(name)
+        if len(sealed) > MAX_POINT_SIZE:
+            raise IntegrityError(f"{name} is too large to be a point ({len(sealed)} bytes)")
+        if content_hash(sealed).hex() != point_hex:
+            raise IntegrityError(f"{name} does not match its name (damaged or renamed)")
+        try:
+            doc = json.loads(self.sealer.open(sealed, _POINT_AD, name))
+        except (ValueError, UnicodeDecodeError):
+            raise IntegrityError(f"{name} is not a JSON document") from None
+        if not isinstance(doc, dict):
+            raise IntegrityError(f"{name} is not a JSON object")
         doc["id"] = point_hex
         return doc
 
     def list_point_ids(self) -> list[str]:
-        return [o.name[len(fmt.POINTS_PREFIX) :] for o in self.backend.list(fmt.POINTS_PREFIX)]
+        """Ids of every object under points/ named as a point (damaged ones included:
+        they can still be named and forgotten); foreign names go to `damage`."""
+        ids = []
+        for obj in self.backend.list(fmt.POINTS_PREFIX):
+            point_hex = obj.name[len(fmt.POINTS_PREFIX) :]
+            if is_object_hex(point_hex):
+                ids.append(point_hex)
+            else:
+                self.damage.report(obj.name, f"{obj.name} is not a point name (foreign object)")
+        return ids
 
     def iter_points(self) -> Iterator[dict[str, Any]]:
+        """Every readable point; damaged ones are reported to `damage` and skipped."""
         for point_hex in self.list_point_ids():
             try:
                 yield self.load_point(point_hex)
             except ObjectNotFound:
                 continue  # forgotten meanwhile
+            except IntegrityError as err:
+                self.damage.report(fmt.point_name(point_hex), str(err))
 
     def delete_point(self, point_hex: str) -> None:
+        """Remove a point object by id, readable or not (a damaged point can be
+        named and forgotten without being decrypted)."""
+        if not is_object_hex(point_hex):
+            raise IntegrityError(f"{point_hex!r} is not a point id")
         self.backend.delete(fmt.point_name(point_hex))

@@ -10,10 +10,17 @@ from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import FILE
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
 from strongroom.repository import format as fmt
-from strongroom.repository.check import CheckReport, check_data, check_structure
+from strongroom.repository.check import (
+    CheckReport,
+    check_data,
+    check_structure,
+    report_damage,
+    select_packs,
+)
 from strongroom.repository.prune import PrunePlan, execute_prune, plan_prune
 from strongroom.repository.repo import Repository
 from strongroom.services.points import list_points
+from strongroom.services.tree_check import ManifestChecker
 from strongroom.services.walk import iter_tree, referenced_by_points
 from strongroom.types import Progress, no_progress
 
@@ -26,7 +33,8 @@ def prune(
     report: Callable[[str], None] = lambda _: None,
 ) -> PrunePlan:
     """Remove unreferenced data. Caller holds the exclusive lock."""
-    points = list_points(repo)
+    # strict: a point that cannot be read may use any chunk, so nothing can be removed.
+    points = list_points(repo, strict=True)
     report(f"finding what {len(points)} points reference")
     used, errors = referenced_by_points(repo, points)
     if errors:
@@ -66,23 +74,22 @@ def check(
     subset: str | None = None,
     progress: Callable[[Progress], None] = no_progress,
 ) -> CheckResult:
+    """Structure, every manifest (each distinct one once: services/tree_check.py),
+    and with `read_data`/`subset` the packs' bytes. Damaged or foreign objects met
+    anywhere are errors."""
+    if subset:
+        select_packs([], subset)  # a malformed subset is a usage error before any work
     report = CheckReport()
     check_structure(repo, report)
-    points = list_points(repo)
-    for point in points:
-        used, errors = referenced_by_points(repo, [point])
-        for err in errors:
-            report.errors.append(f"point {point.short_id}: {err}")
-        missing = [c for c in used if not repo.has_chunk(c)]
-        if missing:
-            report.errors.append(
-                f"point {point.short_id}: {len(missing)} chunks it uses are in no pack "
-                "that exists ('strongroom repair points' writes it without the damaged files)"
-            )
-            for c in missing:
-                report.damaged_chunks.setdefault(c, "?")
+    points = list_points(repo)  # damaged points go to repo.damage
+    findings = ManifestChecker(repo, report.chunk_info()).check_points(points)
+    report.errors += findings.errors
+    report.trees_read = findings.trees_read
+    for c in findings.missing:
+        report.damaged_chunks.setdefault(c, "?")
     if read_data or subset:
         check_data(repo, report, subset, progress)
+    report_damage(repo, report)
     result = CheckResult(report)
     if report.damaged_chunks:
         damaged = set(report.damaged_chunks)
@@ -93,6 +100,10 @@ def check(
                 paths = [f"(tree unreadable: {err})"]
             if paths:
                 result.damaged_files[point.id] = paths
+                report.errors.append(
+                    f"point {point.short_id}: {len(paths)} of its entries hold lost or damaged "
+                    "data ('strongroom repair points' writes it without them)"
+                )
     return result
 
 
@@ -125,8 +136,9 @@ def damaged_paths(repo: Repository, point: RecoveryPoint, damaged: set[bytes]) -
 def stats(repo: Repository) -> dict[str, object]:
     """Sizes of the repository and of what its points hold."""
     points = list_points(repo)
-    stored = sum(o.size for o in repo.backend.list(fmt.DATA_PREFIX))
-    packs = sum(1 for _ in repo.backend.list(fmt.DATA_PREFIX))
+    pack_sizes = repo.list_packs()
+    stored = sum(pack_sizes.values())
+    packs = len(pack_sizes)
     index_bytes = sum(o.size for o in repo.backend.list(fmt.INDEX_PREFIX))
     logical = sum(
         int(p.summary.get("size" if p.kind in ("block", "vm") else "total_bytes", 0))
@@ -134,8 +146,7 @@ def stats(repo: Repository) -> dict[str, object]:
     )
     raw = 0
     chunks = 0
-    for name in repo.list_index_files():
-        idx = repo.read_index_file(name)
+    for idx in repo.read_index_files().values():
         chunks += len(idx.entries)
         raw += int(idx.entries["raw"].sum()) if len(idx.entries) else 0
     return {

@@ -10,10 +10,12 @@ from strongroom.errors import (
     ObjectNotFound,
     PointNotFound,
     StrongroomError,
+    UnsupportedVersion,
     UsageError,
 )
 from strongroom.model.point import RecoveryPoint
-from strongroom.repository.repo import Repository
+from strongroom.repository.format import point_name as repo_point_name
+from strongroom.repository.repo import Repository, is_object_hex
 
 
 @dataclass
@@ -30,44 +32,58 @@ class PointFilter:
         return not self.paths or sorted(self.paths) == sorted(point.paths)
 
 
+def load_point(repo: Repository, point_hex: str) -> RecoveryPoint:
+    """One point by full id; IntegrityError (naming it) if damaged or malformed."""
+    doc = repo.load_point(point_hex)
+    try:
+        point = RecoveryPoint.from_doc(doc)
+    except UnsupportedVersion as err:
+        raise IntegrityError(f"point {point_hex[:16]}: {err}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise IntegrityError(f"point {point_hex[:16]} is malformed: {err!r}") from None
+    if not is_object_hex(point.tree):
+        raise IntegrityError(f"point {point_hex[:16]} is malformed: its root is not an id")
+    return point
+
+
 def list_points(
     repo: Repository,
     flt: PointFilter | None = None,
     on_damaged: Callable[[str, StrongroomError], None] | None = None,
+    *,
+    strict: bool = False,
 ) -> list[RecoveryPoint]:
     """All points matching `flt`, oldest first.
 
-    An unreadable point object raises, unless `on_damaged` is given: then it is
-    reported there and skipped (a backup must not be blocked by one damaged
-    point; listing, check and prune must not pass over it silently).
+    An unreadable point object is reported (once, by name) to `repo.damage`, or
+    to `on_damaged` if given, and skipped: one damaged point must not block
+    listing, restoring another point or a backup. With `strict` it raises
+    instead, naming the point and the way out (prune must know every point).
     """
     points = []
     for point_hex in repo.list_point_ids():
         try:
-            points.append(RecoveryPoint.from_doc(repo.load_point(point_hex)))
+            points.append(load_point(repo, point_hex))
         except ObjectNotFound:
             continue  # forgotten meanwhile
-        except (StrongroomError, ValueError, KeyError, TypeError) as err:
-            error = (
-                err
-                if isinstance(err, StrongroomError)
-                else IntegrityError(f"point {point_hex[:16]} is malformed: {err}")
-            )
-            if on_damaged is None:
-                raise error from None
-            on_damaged(point_hex, error)
+        except IntegrityError as err:
+            if strict:
+                raise IntegrityError(
+                    f"{err}: cannot tell what this point uses, so nothing can be pruned; "
+                    f"'strongroom forget {point_hex[:16]}' drops it"
+                ) from None
+            if on_damaged is not None:
+                on_damaged(point_hex, err)
+            else:
+                repo.damage.report(repo_point_name(point_hex), str(err))
     if flt is not None:
         points = [p for p in points if flt.matches(p)]
     return sorted(points, key=lambda p: (p.time, p.id))
 
 
-def find_point(repo: Repository, ref: str, flt: PointFilter | None = None) -> RecoveryPoint:
-    """`ref` is `latest` (newest matching `flt`) or a unique prefix of a point id."""
-    if ref == "latest":
-        points = list_points(repo, flt)
-        if not points:
-            raise PointNotFound("no recovery point matches (the repository has none yet?)")
-        return points[-1]
+def resolve_point_id(repo: Repository, ref: str) -> str:
+    """The full id of the one point whose id starts with `ref`, without reading it
+    (so a damaged point can be named, e.g. to forget it)."""
     ref = ref.lower()
     if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
         raise UsageError(f"{ref!r} is not a point id (give at least 4 hex digits, or 'latest')")
@@ -76,4 +92,15 @@ def find_point(repo: Repository, ref: str, flt: PointFilter | None = None) -> Re
         raise PointNotFound(f"no recovery point with id {ref}")
     if len(matches) > 1:
         raise UsageError(f"point id {ref} is ambiguous ({len(matches)} match); give more digits")
-    return RecoveryPoint.from_doc(repo.load_point(matches[0]))
+    return matches[0]
+
+
+def find_point(repo: Repository, ref: str, flt: PointFilter | None = None) -> RecoveryPoint:
+    """`ref` is `latest` (newest readable point matching `flt`) or a unique prefix of a
+    point id (IntegrityError if that point is damaged)."""
+    if ref == "latest":
+        points = list_points(repo, flt)
+        if not points:
+            raise PointNotFound("no recovery point matches (the repository has none yet?)")
+        return points[-1]
+    return load_point(repo, resolve_point_id(repo, ref))

@@ -7,12 +7,21 @@ import sys
 
 import click
 
+from strongroom.cli.commands.init import password_warning
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.services.session import LockMode
 
 
 def _new_password(app: App, new_password_file: str | None) -> bytes:
+    password = _read_new_password(app, new_password_file)
+    weak = password_warning(password)
+    if weak:
+        app.out.notice(f"warning: {weak}")
+    return password
+
+
+def _read_new_password(app: App, new_password_file: str | None) -> bytes:
     if new_password_file:
         with open(new_password_file, "rb") as f:
             lines = f.read().splitlines()
@@ -47,7 +56,13 @@ def key_list(app: App) -> None:
         app.out.document(keys)
         return
     rows = [
-        ("*" if k["current"] else "", str(k["id"])[:8], k["user"], k["host"], k["created"])
+        (
+            "*" if k["current"] else "",
+            str(k["id"])[:8],
+            k["user"],
+            k["host"],
+            "damaged" if k["damaged"] else k["created"],
+        )
         for k in keys
     ]
     app.out.table(["", "ID", "User", "Host", "Created"], rows)

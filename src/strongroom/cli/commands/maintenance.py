@@ -8,10 +8,11 @@ from strongroom.cli.commands.points import point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode, UsageError
+from strongroom.repository.check import select_packs
 from strongroom.repository.locks import list_locks, remove_locks
 from strongroom.services import maintenance
 from strongroom.services.forget import KeepPolicy, apply_policy, forget_points, group_points
-from strongroom.services.points import PointFilter, find_point, list_points
+from strongroom.services.points import PointFilter, list_points, resolve_point_id
 from strongroom.services.session import LockMode
 
 
@@ -62,12 +63,13 @@ def forget(
     result: list[dict[str, object]] = []
     with app.repository(LockMode.EXCLUSIVE if then_prune else LockMode.SHARED) as repo:
         if point_ids:
-            doomed = [find_point(repo, pid) for pid in point_ids]
-            for p in doomed:
+            # By id only: a damaged point can be named and forgotten without being read.
+            doomed = [resolve_point_id(repo, pid) for pid in point_ids]
+            for point_hex in doomed:
                 if not dry_run:
-                    repo.delete_point(p.id)
-                out.info(f"{'would forget' if dry_run else 'forgot'} point {p.short_id}")
-            result.append({"removed": [p.id for p in doomed]})
+                    repo.delete_point(point_hex)
+                out.info(f"{'would forget' if dry_run else 'forgot'} point {point_hex[:8]}")
+            result.append({"removed": doomed})
         else:
             points = list_points(repo, PointFilter(list(hosts), list(tags), list(paths)))
             for group, members in group_points(points, group_by).items():
@@ -152,13 +154,18 @@ def prune(app: App, max_unused: str, dry_run: bool) -> None:
 def check(app: App, read_data: bool, read_data_subset: str | None) -> None:
     """Verify the repository's structure (and data with --read-data)."""
     out = app.out
-    with app.repository(LockMode.SHARED) as repo, out.progress("check") as progress:
-        try:
-            result = maintenance.check(
-                repo, read_data=read_data, subset=read_data_subset, progress=progress
-            )
-        except ValueError as err:
-            raise UsageError(f"--read-data-subset: {err}") from None
+    try:
+        select_packs([], read_data_subset)
+    except ValueError as err:
+        raise UsageError(f"--read-data-subset: {err}") from None
+    # Damaged objects are errors of the check: it reports them itself, not as warnings.
+    with (
+        app.repository(LockMode.SHARED, show_damage=False) as repo,
+        out.progress("check") as progress,
+    ):
+        result = maintenance.check(
+            repo, read_data=read_data, subset=read_data_subset, progress=progress
+        )
     report = result.report
     if out.json:
         out.document(result.as_dict())
