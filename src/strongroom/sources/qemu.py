@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from strongroom.config import child_environment
 from strongroom.errors import SourceError
 from strongroom.nbd.uri import format_unix_uri
 from strongroom.sources.block import Data, NbdSource
@@ -85,7 +86,9 @@ def backing_chain_identity(info: ImageInfo) -> list[str]:
 def run_tool(args: Sequence[str], what: str) -> str:
     """Run a qemu tool; SourceError with its last line of stderr on failure."""
     try:
-        done = subprocess.run(list(args), capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            list(args), capture_output=True, text=True, timeout=300, env=child_environment()
+        )
     except subprocess.TimeoutExpired:
         raise SourceError(f"{what}: {args[0]} timed out") from None
     if done.returncode != 0:
@@ -193,6 +196,7 @@ class QemuNbdChild:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                env=child_environment(),
                 preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + _START_TIMEOUT
