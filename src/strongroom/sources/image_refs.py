@@ -199,4 +199,3 @@ def _qcow2(head: bytes) -> HeaderRefs:
         data_file=data_file if external else None,
         external_data=external,
     )
-

@@ -155,7 +155,9 @@ def _walk_chain(top: str, fmt: str, name: str, name_format: str | None) -> list[
     resolved as qemu resolves it; a backing file is raw or qcow2."""
     chain: list[ChainFile] = []
     seen = {os.path.realpath(top)}
-    image, backing, backing_fmt = top, name, name_format
+    image = top
+    backing: str | None = name
+    backing_fmt = name_format
     while backing:
         check_reference_name(image, "backing file", backing)
         real = resolve_reference(image, backing)
@@ -174,6 +176,9 @@ def _walk_chain(top: str, fmt: str, name: str, name_format: str | None) -> list[
         refs = header_refs(real, "qcow2")
         if refs.external_data:
             chain.append(ChainFile(real, "qcow2", False))
+            if refs.data_file:
+                check_reference_name(real, "external data file", refs.data_file)
+                chain.append(ChainFile(resolve_reference(real, refs.data_file), "raw", False))
         else:
             chain.append(ChainFile(real, "qcow2", _plain_qcow2(real)))
         image = backing if os.path.isabs(backing) else os.path.join(os.path.dirname(image), backing)
