@@ -313,3 +313,17 @@ def test_header_parsing_of_hostile_bytes_fails_cleanly(tail: bytes) -> None:
                 probe_image(f.name, rules=OpenRules(allow_backing=False))
             except SourceError:
                 pass
+
+
+def test_vhd_info_and_check_keep_to_the_folder(tmp_path: Path, cli: CliRunner) -> None:
+    parent, child = _vhd_pair(tmp_path, tmp_path / "host")
+    info = cli("vhd", "info", str(child), "--json")
+    assert info.rc == 0, info.err
+    doc = info.values()[0]
+    assert len(doc["files"]) == 1 and "outside its own folder" in doc["problem"]
+    check = cli("vhd", "check", str(child))
+    assert check.rc == 1
+    assert_one_line_error(check, "outside its own folder", "--allow-backing")
+    allowed = cli("vhd", "check", str(child), "--allow-backing", "--json")
+    assert allowed.rc == 0, allowed.err
+    assert [f["path"] for f in allowed.values()[0]["files"]][-1] == str(parent)
