@@ -74,7 +74,9 @@ def probe_image(path: str, pinned: str | None = None, rules: OpenRules = OpenRul
         st = os.stat(path)
     except OSError as err:
         raise SourceError(f"{path}: {err.strerror}") from None
-    fmt = check_format(rules.format) or check_format(pinned)
+    if pinned == "vpc":
+        pinned = "vhd"
+    fmt = check_format(rules.format) or (pinned if pinned in FORMATS else None)
     # A device is raw unless named otherwise (an LV holding a qcow2: --format).
     plain = not os.path.isfile(path) or st.st_size == 0
     if fmt == "raw" or (fmt is None and plain):
