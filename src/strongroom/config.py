@@ -208,3 +208,38 @@ def _level(text: str, where: str) -> int:
     if not 0 <= level <= 19:
         raise ConfigError(f"{where}: compression must be 0-19")
     return level
+
+
+# Names a child process (qemu-img, qemu-nbd, e2fsprogs, a user's freeze/thaw
+# hook) never inherits: strongroom's own settings (the repository password,
+# its file or command, key material, the repository location), cloud
+# credentials, and anything whose name says it is a secret.
+_CHILD_DROP_PREFIXES = ("STRONGROOM_", "AWS_", "AZURE_", "GOOGLE_", "GCS_", "B2_", "RCLONE_")
+_CHILD_DROP_WORDS = (
+    "PASSWORD",
+    "PASSWD",
+    "SECRET",
+    "TOKEN",
+    "CREDENTIAL",
+    "API_KEY",
+    "PRIVATE_KEY",
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """True for an environment variable a child process must not see."""
+    upper = name.upper()
+    return upper.startswith(_CHILD_DROP_PREFIXES) or any(w in upper for w in _CHILD_DROP_WORDS)
+
+
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for every process strongroom starts: this process's,
+    less every secret (`is_secret_name`), plus `extra`.
+
+    PATH, HOME, LANG, TMPDIR and the like stay, so tools and hooks run as
+    they would from the user's shell; what a hook needs beyond that it reads
+    from its own files. Every `subprocess` call in src/ passes `env=` this
+    (tests/cli/test_child_environment.py checks it)."""
+    env = {k: v for k, v in os.environ.items() if not is_secret_name(k)}
+    env.update(extra or {})
+    return env

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from strongroom.sources.images import OpenRules, probe_image
 from strongroom.sources.qemu import QemuImageSource, image_info
 from tests.conftest import CliRunner
 from tests.images.conftest import (
@@ -38,7 +39,7 @@ def _chain(tmp_path: Path) -> Path:
 def test_host_offsets_read_what_qemu_reads(tmp_path: Path) -> None:
     top = _chain(tmp_path)
     expected = to_raw(top, tmp_path / "expected.raw").read_bytes()
-    source = QemuImageSource(image_info(str(top)))
+    source = QemuImageSource(probe_image(str(top), rules=OpenRules(allow_backing=True)))
     try:
         assert source.host_map is not None  # uncompressed chain: the direct path
         rng = random.Random(7)
@@ -77,5 +78,5 @@ def test_compressed_images_are_read_over_nbd(
 
 def test_a_chain_backs_up_exactly(tmp_path: Path, cli: CliRunner, initialized_repo: Path) -> None:
     top = _chain(tmp_path)
-    point = backup(cli, top)
+    point = backup(cli, top, "--allow-backing")
     restore_and_compare(cli, point["point_id"], to_raw(top, tmp_path / "now.raw"), tmp_path)

@@ -53,7 +53,9 @@ def test_overlay_reads_only_its_allocated_blocks(
     top = overlay(tmp_path, base)
     changed = touched((o, n) for _, o, n in TOP_WRITES)
 
-    s = backup(cli, top, "--changed-since", "overlay", "--parent", first["point_id"])
+    s = backup(
+        cli, top, "--changed-since", "overlay", "--parent", first["point_id"], "--allow-backing"
+    )
 
     assert s["tracker"] == "overlay" and s["tracker_note"] == ""
     assert s["parent"] == first["point_id"] and s["block_size"] == BS
@@ -71,7 +73,7 @@ def test_overlay_finds_the_point_of_its_backing_file(
     """No --parent: the latest point of the backing file, as it is now, is the parent."""
     base, first = base_and_point(tmp_path, cli)
     top = overlay(tmp_path, base)
-    s = backup(cli, top, "--changed-since", tracker)
+    s = backup(cli, top, "--changed-since", tracker, "--allow-backing")
     assert (s["tracker"], s["parent"]) == ("overlay", first["point_id"])
     assert s["block_size"] == BS
     restore_and_compare(cli, s["point_id"], to_raw(top, tmp_path / "top.raw"), tmp_path)
@@ -84,7 +86,9 @@ def test_changed_base_falls_back_to_comparison(
     qemu_io(base, "write -P 0x66 5M 64k")  # after the point: the overlay no longer tells all
     top = overlay(tmp_path, base)
 
-    s = backup(cli, top, "--changed-since", "overlay", "--parent", first["point_id"])
+    s = backup(
+        cli, top, "--changed-since", "overlay", "--parent", first["point_id"], "--allow-backing"
+    )
 
     assert s["tracker"] == "compare"
     assert "backing file" in s["tracker_note"]

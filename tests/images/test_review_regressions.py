@@ -85,9 +85,9 @@ def test_a_write_to_a_backing_file_makes_the_bitmap_tracker_compare(
     qemu_io(base, "write -P 0x41 0 2M")
     run("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", mid)
     qemu_io(mid, "write -P 0x42 8M 1M")
-    backup(cli, mid)
+    backup(cli, mid, "--allow-backing")
     qemu_io(base, "write -P 0x43 0 1M")  # below the top: its bitmap cannot see it
-    second = backup(cli, mid)
+    second = backup(cli, mid, "--allow-backing")
     assert second["tracker"] == "compare" and "backing file" in second["tracker_note"]
     restore_and_compare(cli, second["point_id"], to_raw(mid, tmp_path / "now.raw"), tmp_path)
 

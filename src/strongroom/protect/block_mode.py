@@ -28,7 +28,7 @@ from strongroom.formats.vhd.structs import SECTOR
 from strongroom.formats.vhd.writer import Data, Zeros, check_size
 from strongroom.protect.cycles import CycleResult, CycleRunner, ProtectStateError
 from strongroom.sources.block import BlockSource
-from strongroom.sources.images import open_image, probe_image
+from strongroom.sources.images import OpenRules, open_image, probe_image
 from strongroom.sparse import ZEROS
 
 PIECE = 64 << 10
@@ -50,6 +50,7 @@ class BlockProtection(CycleRunner):
     """Cycles of one block source, found by comparing piece hashes."""
 
     mode = "block"
+    image_format = "raw"
 
     def check_source(self) -> None:
         if not os.path.exists(self.source):
@@ -86,14 +87,21 @@ class BlockProtection(CycleRunner):
             os.fsync(f.fileno())
         self.state.rename(os.path.basename(temp), _HASHES_PENDING)
 
-    def _open(self) -> BlockSource:
-        return open_image(probe_image(self.source))
+    def _open(self, pinned: str | None = None) -> BlockSource:
+        """The source, by the format the user named, else the one the first cycle
+        recorded (a guest cannot switch it later), else strongroom's own sniff;
+        the files it names only with --allow-backing (sources/images.py)."""
+        rules = OpenRules(self.options.image_format, self.options.allow_backing)
+        info = probe_image(self.source, pinned, rules)
+        self.image_format = info.format
+        return open_image(info)
 
     # --- cycles ------------------------------------------------------------------
 
     def first_cycle(self) -> CycleResult:
         with contextlib.closing(self._open()) as source:
             size = _disk_size(source)
+            doc = {**self.new_doc(size), "image_format": self.image_format}
             table = np.zeros((-(-size // PIECE), _DIGEST), dtype=np.uint8)
             scan = _Scan()
             extents = _changed_pieces(source, size, None, table, scan)
@@ -102,14 +110,15 @@ class BlockProtection(CycleRunner):
         self._save_pending(table)
         counts = {"pieces": scan.pieces_changed}
         where, _ = self.ship(0, info, None, counts, None, scan.bytes_changed)
-        self.commit(self.new_doc(size), 0, info, where)
+        self.commit(doc, 0, info, where)
         return self.result(0, info, where, counts, scan.bytes_changed, [], bytes_read)
 
     def next_cycle(self, doc: dict[str, object]) -> CycleResult:
         size = int(doc["disk_size"])  # type: ignore[call-overload]
         last = self.last(doc)
         cycle = last.cycle + 1
-        with contextlib.closing(self._open()) as source:
+        pinned = doc.get("image_format")
+        with contextlib.closing(self._open(str(pinned) if pinned else None)) as source:
             if _disk_size(source) != size:
                 raise SourceError(
                     f"{self.source} is now {source.size} bytes, was {size}: a VHD chain keeps"

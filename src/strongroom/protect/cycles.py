@@ -180,6 +180,8 @@ class ProtectOptions:
     size: int | None = None  # metadata disk size (tree mode); default from the data
     block_size: int = 2 << 20  # VHD block size of the shipped disks
     verify: bool = False  # tree mode: e2fsck -fn on the metadata disk after each cycle
+    image_format: str | None = None  # block mode: the source's format (--format), never probed
+    allow_backing: bool = False  # block mode: read the files the image names
 
 
 class CycleRunner(ABC):

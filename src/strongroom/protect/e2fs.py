@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
+from strongroom.config import child_environment
 from strongroom.errors import StrongroomError
 from strongroom.formats.e2undo import UndoFileError, read_undo_log
 
@@ -41,9 +42,13 @@ def _tool(name: str) -> str:
 
 
 def _run(argv: Sequence[str], what: str) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "LC_ALL": "C", "E2FSPROGS_UNDO_DIR": "/nonexistent"}
     try:
-        return subprocess.run(argv, capture_output=True, env=env, check=False)
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            env=child_environment({"LC_ALL": "C", "E2FSPROGS_UNDO_DIR": "/nonexistent"}),
+            check=False,
+        )
     except OSError as err:
         raise MirrorError(f"{what}: cannot run {argv[0]}: {err.strerror}") from None
 

@@ -36,14 +36,13 @@ from strongroom.pipeline.image_backup import ImageBackup, ImageBackupSummary
 from strongroom.repository.repo import Repository
 from strongroom.services.points import PointFilter, find_point, list_points
 from strongroom.sources.block import BlockSource, NbdSource, RawSource
-from strongroom.sources.images import probe_image
+from strongroom.sources.images import OpenRules, probe_image
 from strongroom.sources.live import LiveDisk
 from strongroom.sources.qemu import (
     ImageInfo,
     OfflineBitmaps,
     QemuImageSource,
     backing_chain_identity,
-    image_info,
 )
 from strongroom.sources.qmp import QmpClient
 from strongroom.sources.vhd import VhdSource
@@ -66,6 +65,12 @@ class ImageBackupRequest:
     host: str = ""
     parent: str | None = None
     block_size: int | None = None
+    image_format: str | None = None  # --format: the file's format, never probed
+    allow_backing: bool = False  # --allow-backing: read the files the image names
+
+    @property
+    def rules(self) -> OpenRules:
+        return OpenRules(self.image_format, self.allow_backing)
 
 
 @dataclass
@@ -74,6 +79,7 @@ class ImageBackupResult:
     summary: ImageBackupSummary
     parent: str | None
     seconds: float
+    notices: list[str] = field(default_factory=list)  # e.g. the other files read
 
 
 def is_nbd_uri(source: str) -> bool:
@@ -125,10 +131,13 @@ def _choose_parent(
 
 
 def _backing_identity(req: ImageBackupRequest) -> str | None:
+    """The identity of the image's backing file, if the user allowed reading it."""
     if req.qmp or is_nbd_uri(req.source) or not os.path.isfile(req.source):
         return None
+    if not req.allow_backing:
+        return None  # its backing file is not read, let alone matched
     try:
-        info = image_info(req.source)
+        info = probe_image(req.source, rules=req.rules)
     except SourceError:
         return None
     return _identity_or_none(info.backing) if info.backing else None
@@ -158,12 +167,15 @@ class _ImageJob:
         self.extra: dict[str, object] = {}
         self.image_path = ""
         self.chain_changed = False  # a backing file differs from the parent's record
+        self.notices: list[str] = []
 
     def open(
         self, parent: RecoveryPoint | None, parent_map: BlockMap | None, block_size: int
     ) -> tuple[BlockSource, ChangeSet]:
         req = self.req
         parent_bitmap = self._parent_bitmap(parent)
+        if (req.qmp or is_nbd_uri(req.source)) and (req.image_format or req.allow_backing):
+            raise UsageError("--format and --allow-backing apply to image files, not NBD exports")
         if req.qmp:
             return self._open_live(parent_map, parent_bitmap, block_size)
         if is_nbd_uri(req.source):
@@ -172,9 +184,10 @@ class _ImageJob:
         if not os.path.exists(path):
             raise SourceError(f"{path}: no such file or device")
         pinned = parent.summary.get("image_format") if parent is not None else None
-        info = probe_image(path, str(pinned) if pinned else None)
+        info = probe_image(path, str(pinned) if pinned else None, req.rules)
         self.image_path = info.path
         self.extra["image_format"] = info.format
+        self._show_followed(path, info.followed)
         chain = backing_chain_identity(info) if info.backing else []
         self.extra["backing_chain"] = chain
         if parent is not None and parent.summary.get("backing_chain", []) != chain:
@@ -186,7 +199,10 @@ class _ImageJob:
                     f"{path} is a VHD: a VHD carries no dirty bitmaps"
                     " (use --changed-since compare or none)"
                 )
-            vhd = self.stack.enter_context(closing(VhdSource(path)))
+            vhd = self.stack.enter_context(
+                closing(VhdSource(path, follow_anywhere=req.allow_backing))
+            )
+            self._show_followed(path, vhd.followed)
             return vhd, self._fallback(parent_map, "")
         if info.format == "raw":
             if self.kind in ("bitmap", "overlay"):
@@ -206,6 +222,13 @@ class _ImageJob:
             raise UsageError(f"{path} is {info.format}: only qcow2 images carry dirty bitmaps")
         src = self.stack.enter_context(closing(QemuImageSource(info)))
         return src, self._fallback(parent_map, "")
+
+    def _show_followed(self, path: str, followed: list[str]) -> None:
+        """Every other file this backup reads, by its real path: in the point's
+        summary and said to the user."""
+        if followed:
+            self.extra["backing_files"] = list(followed)
+            self.notices.append(f"{path} also reads: {' -> '.join(followed)}")
 
     # --- sources -------------------------------------------------------------
 
@@ -243,7 +266,7 @@ class _ImageJob:
         parent_bitmap: str | None,
         block_size: int,
     ) -> tuple[BlockSource, ChangeSet]:
-        control = OfflineBitmaps(info.path)
+        control = OfflineBitmaps(info.path, info.follow)
         plan = plan_bitmaps(info.bitmaps, self.prefix, parent_bitmap)
         if self.chain_changed and plan.read is not None:
             plan.read = None
@@ -418,4 +441,4 @@ def backup_image(
             summary={**summary.as_dict(), **job.extra, "seconds": round(seconds, 3)},
         )
         point.id = repo.save_point(point.to_doc())
-    return ImageBackupResult(point, summary, point.parent, seconds)
+    return ImageBackupResult(point, summary, point.parent, seconds, job.notices)

@@ -124,7 +124,7 @@ class RepositoryDestination:
 
 def chain_destination(location: str) -> Destination:
     """A folder or S3 location that receives the VHD files themselves."""
-    return VhdChain(open_backend(location))
+    return VhdChain(open_backend(location, "--to destination"))
 
 
 def check_destination(source: str, wants_vhd: bool) -> None:

@@ -5,6 +5,10 @@ base, and says where the chain breaks (a parent not found, a parent of another
 id) instead of failing; only a damaged FILE raises. `check_vhd` opens the chain
 with full validation and reads every allocated block of every file once;
 any problem raises `VhdError` with a one-line message.
+
+Both follow a parent outside the child's real folder only when allowed
+(`allow_backing`): a parent locator is a name a guest may have written
+(sources/vhd.py, `ConfinedParents`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from pathlib import Path
 from strongroom.formats.vhd import (
     VhdError,
     VhdReader,
-    default_parent_resolver,
     open_vhd,
 )
+from strongroom.sources.vhd import ConfinedParents
 
 MAX_CHAIN = 64  # as the reader's own bound
 READ_STEP = 4 << 20  # bytes per read while checking
@@ -94,7 +98,7 @@ def _describe(reader: VhdReader, parent_path: str | None) -> VhdFileInfo:
     )
 
 
-def vhd_info(path: str | os.PathLike[str]) -> VhdChainInfo:
+def vhd_info(path: str | os.PathLike[str], allow_backing: bool = False) -> VhdChainInfo:
     """Describe the VHD at `path` and each parent down to the base.
 
     Raises `VhdError` only if the file at `path` itself is damaged; a damaged,
@@ -118,7 +122,7 @@ def vhd_info(path: str | os.PathLike[str]) -> VhdChainInfo:
             parent: Path | None = None
             if ref is not None:
                 try:
-                    parent = default_parent_resolver(current, ref)
+                    parent = ConfinedParents(allow_backing)(current, ref)
                 except VhdError as err:
                     info.problem = str(err)
             info.files.append(_describe(reader, os.path.abspath(parent) if parent else None))
@@ -161,7 +165,10 @@ class _closing:
 
 
 def check_vhd(
-    path: str | os.PathLike[str], progress: Callable[[int], None] | None = None
+    path: str | os.PathLike[str],
+    progress: Callable[[int], None] | None = None,
+    *,
+    allow_backing: bool = False,
 ) -> VhdCheckResult:
     """Validate the VHD at `path` and its whole chain, and read every allocated block.
 
@@ -169,7 +176,7 @@ def check_vhd(
     differencing block's sectors that live in the parent are read there too).
     `progress` receives the bytes read so far. Raises `VhdError` at the first problem.
     """
-    top = open_vhd(os.path.abspath(path))
+    top = open_vhd(os.path.abspath(path), ConfinedParents(allow_backing))
     files: list[VhdFileInfo] = []
     total = 0
     try:

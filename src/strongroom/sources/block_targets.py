@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterable
 from typing import Protocol
 
+from strongroom.config import child_environment
 from strongroom.errors import SourceError, UsageError
 from strongroom.nbd.client import NbdClient, NbdError
 from strongroom.sources.block import BLKGETSIZE64, Data
@@ -173,6 +174,7 @@ class Qcow2Target(NbdTarget):
             [need_tool(QEMU_IMG), "create", "-q", "-f", "qcow2", path, str(size)],
             capture_output=True,
             text=True,
+            env=child_environment(),
         )
         if done.returncode != 0:
             raise SourceError(f"{path}: cannot create: {done.stderr.strip()}")

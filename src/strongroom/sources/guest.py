@@ -22,12 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from strongroom.config import child_environment
 from strongroom.errors import SourceError
-
-# Never handed to a hook: it runs a user's script, perhaps over ssh.
-_SECRETS = frozenset(
-    {"STRONGROOM_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"}
-)
 
 
 class GuestAgentError(SourceError):
@@ -191,13 +187,12 @@ class Quiesce:
     def _run(self, command: str, what: str) -> tuple[bool, str]:
         """Run a hook in its own process group; on timeout the whole group is
         killed, so a late freeze can never land after the thaw."""
-        env = {k: v for k, v in os.environ.items() if k not in _SECRETS}
-        env.update(STRONGROOM_VM=self.vm, STRONGROOM_HOOK=what)
         try:
             proc = subprocess.Popen(
                 command,
                 shell=True,
-                env=env,
+                # A user's script, perhaps run over ssh: never with our secrets.
+                env=child_environment({"STRONGROOM_VM": self.vm, "STRONGROOM_HOOK": what}),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,

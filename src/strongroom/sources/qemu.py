@@ -20,15 +20,18 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from strongroom.config import child_environment
 from strongroom.errors import SourceError
 from strongroom.nbd.uri import format_unix_uri
 from strongroom.sources.block import Data, NbdSource
+from strongroom.sources.image_refs import sniff_format
 
 QEMU_IMG = "qemu-img"
 QEMU_NBD = "qemu-nbd"
@@ -45,14 +48,40 @@ class BitmapInfo:
     inconsistent: bool
 
 
+@dataclass(frozen=True)
+class ChainFile:
+    """A file below an image in its backing chain, as strongroom walked it."""
+
+    path: str  # every symlink resolved
+    format: str
+    plain: bool  # guest data lies unencoded in it (raw, or qcow2 without compression)
+
+
 @dataclass
 class ImageInfo:
     path: str
     format: str
     virtual_size: int
-    backing: str | None = None  # absolute path of the backing file
+    backing: str | None = None  # real path of the backing file
     bitmaps: list[BitmapInfo] = field(default_factory=list)
     plain_clusters: bool = False  # guest data lies unencoded in the file(s): see HostMap
+    # Whether qemu may open the files the image names (backing, data file):
+    # only when the user allowed it (--allow-backing); else qemu is told
+    # `"backing": null` and an image naming one is refused before qemu runs.
+    follow: bool = False
+    chain: list[ChainFile] = field(default_factory=list)  # below the top, top first
+    data_file: str | None = None  # real path of a qcow2 external data file (followed)
+    backing_name: str | None = None  # what qemu read in the header, unresolved
+    data_file_name: str | None = None
+    extent_names: list[str] = field(default_factory=list)  # vmdk extents other than itself
+
+    @property
+    def followed(self) -> list[str]:
+        """Every other file reading this image reads (real paths)."""
+        out = [c.path for c in self.chain]
+        if self.data_file:
+            out.append(self.data_file)
+        return out
 
 
 def need_tool(name: str) -> str:
@@ -62,30 +91,50 @@ def need_tool(name: str) -> str:
     return found
 
 
+def image_args(path: str, fmt: str, follow: bool) -> list[str]:
+    """How to name an image to a qemu tool: the format always pinned (never a
+    probe), and, unless `follow`, with no backing file opened whatever the
+    header says (a `json:` name with `"backing": null`)."""
+    if follow:
+        return ["-f", fmt, os.path.abspath(path)]
+    driver = "host_device" if _is_block_device(path) else "file"
+    spec: dict[str, object] = {
+        "driver": fmt,
+        "file": {"driver": driver, "filename": os.path.abspath(path)},
+        "backing": None,
+    }
+    return ["json:" + json.dumps(spec, separators=(",", ":"))]
+
+
+def _is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def backing_chain_identity(info: ImageInfo) -> list[str]:
     """Identities of every file below `info` in its backing chain (top first).
 
     Writes to a backing file reach neither the top's dirty bitmaps nor an
     overlay's allocation map; a changed identity here tells the trackers so."""
     out: list[str] = []
-    seen = {info.path}
-    backing = info.backing
-    while backing and backing not in seen and len(out) < 64:
-        seen.add(backing)
+    for below in info.chain:
         try:
-            st = os.stat(backing)
+            st = os.stat(below.path)
         except OSError:
-            out.append(f"{backing}:missing")
+            out.append(f"{below.path}:missing")
             break
-        out.append(f"{backing}:{st.st_size}:{st.st_mtime_ns}")
-        backing = image_info(backing).backing
+        out.append(f"{below.path}:{st.st_size}:{st.st_mtime_ns}")
     return out
 
 
 def run_tool(args: Sequence[str], what: str) -> str:
     """Run a qemu tool; SourceError with its last line of stderr on failure."""
     try:
-        done = subprocess.run(list(args), capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            list(args), capture_output=True, text=True, timeout=300, env=child_environment()
+        )
     except subprocess.TimeoutExpired:
         raise SourceError(f"{what}: {args[0]} timed out") from None
     if done.returncode != 0:
@@ -94,15 +143,16 @@ def run_tool(args: Sequence[str], what: str) -> str:
     return done.stdout
 
 
-def image_info(path: str, fmt: str | None = None) -> ImageInfo:
-    """Probe an image with `qemu-img info` (shared mode: works while in use).
+def image_info(path: str, fmt: str | None = None, follow: bool = False) -> ImageInfo:
+    """What `qemu-img info` (shared mode: works while in use) says of an image
+    of format `fmt` (None: what strongroom's own sniff finds, never qemu's guess).
 
-    `fmt` pins the format: a raw disk's guest can write any header into its
-    first sector, so a format once known is never guessed again."""
+    Only facts: whether the files it names may be opened is decided by
+    `sources.images.probe_image`. qemu-img info opens no backing file; with
+    `follow` False it is not even told where one would be."""
+    fmt = fmt or sniff_format(path)
     args = [need_tool(QEMU_IMG), "info", "-U", "--output=json"]
-    if fmt:
-        args += ["-f", fmt]
-    out = run_tool([*args, path], f"{path}: cannot probe")
+    out = run_tool([*args, *image_args(path, fmt, follow)], f"{path}: cannot probe")
     doc = json.loads(out)
     specific = (doc.get("format-specific") or {}).get("data") or {}
     bitmaps = [
@@ -114,10 +164,18 @@ def image_info(path: str, fmt: str | None = None) -> ImageInfo:
         )
         for b in specific.get("bitmaps", []) or []
     ]
-    backing = doc.get("full-backing-filename") or doc.get("backing-filename")
+    backing_name = doc.get("backing-filename")
+    backing = doc.get("full-backing-filename") or backing_name
     if backing and not os.path.isabs(backing):
         backing = os.path.join(os.path.dirname(os.path.abspath(path)), backing)
-    fmt_name = str(doc.get("format", "raw"))
+    fmt_name = str(doc.get("format", fmt))
+    me = os.path.realpath(path)
+    extents = [
+        str(e.get("filename", ""))
+        for e in specific.get("extents", []) or []
+        if isinstance(e, dict) and os.path.realpath(str(e.get("filename", ""))) != me
+    ]
+    data_file_name = specific.get("data-file")
     return ImageInfo(
         path=os.path.abspath(path),
         format=fmt_name,
@@ -128,17 +186,22 @@ def image_info(path: str, fmt: str | None = None) -> ImageInfo:
         and not doc.get("encrypted")
         and "data-file" not in specific
         and "encrypt" not in specific,
+        follow=follow,
+        backing_name=str(backing_name) if backing_name else None,
+        data_file_name=str(data_file_name) if data_file_name else None,
+        extent_names=extents,
     )
 
 
 class OfflineBitmaps:
     """Dirty bitmaps of an image file nobody has open, changed with qemu-img."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, follow: bool = False) -> None:
         self.path = path
+        self._image = image_args(path, "qcow2", follow)
 
     def bitmaps(self) -> list[BitmapInfo]:
-        return image_info(self.path).bitmaps
+        return image_info(self.path, "qcow2", self._image[0] == "-f").bitmaps
 
     def checkpoint(self, add: str, granularity: int, disable: Iterable[str]) -> None:
         """Start bitmap `add`, then stop the others.
@@ -148,15 +211,16 @@ class OfflineBitmaps:
         would be recorded by both, never by neither."""
         tool = need_tool(QEMU_IMG)
         what = f"{self.path}: cannot change dirty bitmaps"
-        run_tool([tool, "bitmap", "--add", "-g", str(granularity), self.path, add], what)
+        run_tool([tool, "bitmap", "--add", "-g", str(granularity), *self._image, add], what)
         for name in disable:
-            run_tool([tool, "bitmap", "--disable", self.path, name], what)
+            run_tool([tool, "bitmap", "--disable", *self._image, name], what)
 
     def remove(self, names: Iterable[str]) -> None:
         tool = need_tool(QEMU_IMG)
         for name in names:
             run_tool(
-                [tool, "bitmap", "--remove", self.path, name], f"{self.path}: cannot remove {name}"
+                [tool, "bitmap", "--remove", *self._image, name],
+                f"{self.path}: cannot remove {name}",
             )
 
 
@@ -170,12 +234,15 @@ class QemuNbdChild:
         bitmaps: Sequence[str] = (),
         allocation_depth: bool = False,
         writable: bool = False,
+        follow: bool = False,
     ) -> None:
+        """`follow`: let qemu open the backing file / data file the image names
+        (the caller checked them); else it is told `"backing": null`."""
         self.path = path
         tool = need_tool(QEMU_NBD)
         self._dir = tempfile.mkdtemp(prefix="strongroom-nbd-")
         self.socket = os.path.join(self._dir, "nbd.sock")
-        args = [tool, "--format", fmt, "--socket", self.socket, "--persistent"]
+        args = [tool, "--socket", self.socket, "--persistent"]
         args += ["--shared", "8", "--cache", "writeback"]
         if not writable:
             args.append("--read-only")
@@ -183,7 +250,7 @@ class QemuNbdChild:
             args += ["--bitmap", name]
         if allocation_depth:
             args.append("--allocation-depth")
-        args.append(path)
+        args += image_args(path, fmt, follow)
         # stderr to a file, not a pipe: nobody reads while it runs, and a full
         # pipe would block qemu-nbd (and the backup with it).
         self._log = os.path.join(self._dir, "qemu-nbd.log")
@@ -193,6 +260,7 @@ class QemuNbdChild:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                env=child_environment(),
                 preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + _START_TIMEOUT
@@ -286,18 +354,19 @@ class HostMap:
     @classmethod
     def load(cls, info: ImageInfo) -> HostMap | None:
         """The map, or None when some data is not stored plainly (compressed clusters)."""
-        if not info.plain_clusters:
+        if not info.plain_clusters or (info.backing and not info.chain):
             return None
-        files = [info.path]
-        backing = info.backing
-        while backing:
-            below = image_info(backing)
-            if not below.plain_clusters:
-                return None
-            files.append(below.path)
-            backing = below.backing
+        if not all(below.plain for below in info.chain):
+            return None
+        files = [info.path, *(below.path for below in info.chain)]
         out = run_tool(
-            [need_tool(QEMU_IMG), "map", "-U", "--output=json", "-f", info.format, info.path],
+            [
+                need_tool(QEMU_IMG),
+                "map",
+                "-U",
+                "--output=json",
+                *image_args(info.path, info.format, info.follow),
+            ],
             f"{info.path}: cannot map",
         )
         extents = []
@@ -352,7 +421,9 @@ class QemuImageSource(NbdSource):
         allocation_depth: bool = False,
     ) -> None:
         self.info = info
-        self.child = QemuNbdChild(info.path, info.format, bitmaps, allocation_depth)
+        self.child = QemuNbdChild(
+            info.path, info.format, bitmaps, allocation_depth, follow=info.follow
+        )
         contexts = [f"qemu:dirty-bitmap:{b}" for b in bitmaps]
         if allocation_depth:
             contexts.append("qemu:allocation-depth")

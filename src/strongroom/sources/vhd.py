@@ -4,6 +4,12 @@ qemu's `vpc` driver opens a differencing VHD as a standalone disk and ignores
 its parent, so strongroom reads VHDs itself, through `formats.vhd`: the whole
 chain is validated on open, unallocated ranges of the chain are holes (zeros,
 never read), and reads fall through to the parents where the child has no data.
+
+A differencing disk's parent locators are names a guest may have written
+(a raw disk whose last sector is a VHD footer is a VHD to a probe), so a
+parent is followed only when it lies, every symlink resolved, in the child's
+own folder, unless the user allowed any place (`--allow-backing`); the
+parent's unique id must match what the child records in either case.
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ from __future__ import annotations
 import os
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from strongroom.errors import SourceError
 from strongroom.formats.vhd import (
+    ParentRef,
     ParentResolver,
     VhdError,
     default_parent_resolver,
@@ -53,6 +61,35 @@ def looks_like_vhd(path: str | os.PathLike[str]) -> bool:
     return True
 
 
+class ConfinedParents:
+    """A `ParentResolver` that finds a parent as `default_parent_resolver` does,
+    then refuses one outside the child's real folder unless `anywhere`; the
+    real paths of the parents found are kept in `followed`."""
+
+    def __init__(self, anywhere: bool = False, resolve: ParentResolver = default_parent_resolver):
+        self.anywhere = anywhere
+        self.followed: list[str] = []
+        self._resolve = resolve
+
+    def __call__(self, child: Path, ref: ParentRef) -> Path:
+        found = self._resolve(child, ref)
+        real = os.path.realpath(found)
+        folder = os.path.dirname(os.path.realpath(child))
+        if not self.anywhere and os.path.dirname(real) != folder:
+            raise ParentOutsideFolder(
+                f"{child} names its parent VHD at {found}"
+                + (f" ({real})" if real != str(found) else "")
+                + ", outside its own folder: strongroom follows it only when told:"
+                " --allow-backing to read it too, or --format raw to back up the file's own bytes"
+            )
+        self.followed.append(real)
+        return Path(real)
+
+
+class ParentOutsideFolder(VhdError):
+    """A differencing VHD's parent lies outside its folder and was not allowed."""
+
+
 class VhdSource:
     """A VHD file and its parents, read with `formats.vhd.VhdReader`.
 
@@ -66,10 +103,16 @@ class VhdSource:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        parent_resolver: ParentResolver | None = default_parent_resolver,
+        parent_resolver: ParentResolver | None = None,
+        *,
+        follow_anywhere: bool = False,
     ) -> None:
+        """`parent_resolver` None: `ConfinedParents(follow_anywhere)`; the real
+        paths of the parents read are in `followed` after opening."""
         self.description = os.path.abspath(path)
-        self._reader = open_vhd(path, parent_resolver)
+        confined = ConfinedParents(follow_anywhere)
+        self._reader = open_vhd(path, parent_resolver or confined)
+        self.followed = confined.followed
         self.size = self._reader.size
         self.kind = self._reader.kind
         self.bytes_read = 0

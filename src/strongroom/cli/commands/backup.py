@@ -14,6 +14,7 @@ from strongroom.errors import ExitCode, UsageError
 from strongroom.services.backup import BackupRequest, backup_files
 from strongroom.services.session import LockMode, repository_exists
 from strongroom.sources.exclude import Excluder
+from strongroom.sources.image_refs import FORMATS
 
 if TYPE_CHECKING:
     from strongroom.services.image_backup import ImageBackupRequest
@@ -62,6 +63,19 @@ if TYPE_CHECKING:
     help="With --qmp: directory for the temporary snapshot overlay (default: the temp dir).",
 )
 @click.option(
+    "--format",
+    "image_format",
+    type=click.Choice(FORMATS),
+    help="With --image FILE: the file's format (raw backs up its own bytes). Without it "
+    "strongroom recognises raw, vhd, qcow2, vdi and vhdx itself; qemu never guesses.",
+)
+@click.option(
+    "--allow-backing",
+    is_flag=True,
+    help="With --image FILE: also read the files the image names (qcow2 backing or data "
+    "file, a VHD parent outside its folder, VMDK extents); they are listed in the output.",
+)
+@click.option(
     "--block-size",
     metavar="BYTES",
     type=int,
@@ -101,6 +115,8 @@ def backup(
     scratch: str | None,
     block_size: int | None,
     vms: tuple[str, ...],
+    image_format: str | None,
+    allow_backing: bool,
 ) -> None:
     """Back up PATHS (or a disk image, with --image; a VM, with --vm) into a new recovery point."""
     out = app.out
@@ -108,6 +124,8 @@ def backup(
         raise UsageError(
             "give PATHS to back up files, --image SOURCE for a disk image or --vm NAME for a VM"
         )
+    if (image_format or allow_backing) and not image:
+        raise UsageError("--format and --allow-backing go with --image FILE")
     if app.settings.uses_default_repository and not repository_exists(app.settings.repository):
         out.notice(
             f"no repository configured: creating the default one at {app.settings.repository}"
@@ -143,6 +161,8 @@ def backup(
                 host=host or socket.gethostname(),
                 parent=parent,
                 block_size=block_size,
+                image_format=image_format,
+                allow_backing=allow_backing,
             ),
         )
         return
@@ -209,6 +229,8 @@ def backup_image_cmd(app: App, request: ImageBackupRequest) -> None:
     s = result.summary
     for w in s.warnings:
         out.warn(w)
+    for notice in result.notices:
+        out.notice(notice)
     if s.tracker_note:
         out.notice(s.tracker_note)
     if out.json:

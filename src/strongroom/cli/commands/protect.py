@@ -21,6 +21,7 @@ from strongroom.services.protect import (
     protect_once,
 )
 from strongroom.services.session import LockMode
+from strongroom.sources.image_refs import FORMATS
 
 
 @click.command()
@@ -74,6 +75,19 @@ from strongroom.services.session import LockMode
 @click.option(
     "--verify", is_flag=True, help="Run e2fsck -fn on the metadata disk after each cycle."
 )
+@click.option(
+    "--format",
+    "image_format",
+    type=click.Choice(FORMATS),
+    help="For a disk image: its format (raw ships the file's own bytes). Without it "
+    "strongroom recognises raw, vhd, qcow2, vdi and vhdx itself; qemu never guesses.",
+)
+@click.option(
+    "--allow-backing",
+    is_flag=True,
+    help="For a disk image: also read the files it names (qcow2 backing or data file, "
+    "a VHD parent outside its folder, VMDK extents).",
+)
 @pass_app
 def protect(
     app: App,
@@ -88,6 +102,8 @@ def protect(
     every: float | None,
     cycles: int | None,
     verify: bool,
+    image_format: str | None,
+    allow_backing: bool,
 ) -> None:
     """Protect SOURCE (a directory, or a disk: device, raw file, any image) in
     VHD backup mode.
@@ -108,6 +124,8 @@ def protect(
         size=size,
         block_size=vhd_block_size,
         verify=verify,
+        image_format=image_format,
+        allow_backing=allow_backing,
     )
     out = app.out
     check_destination(source, wants_vhd=not to_repository)

@@ -36,11 +36,17 @@ _HEADERS = ["File", "Type", "Size", "Block", "UUID", "Allocated", "Parent UUID",
 
 @vhd.command("info")
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--allow-backing",
+    is_flag=True,
+    help="Follow a parent that lies outside FILE's folder (its locators are names a "
+    "guest may have written).",
+)
 @pass_app
-def vhd_info_command(app: App, file: str) -> None:
+def vhd_info_command(app: App, file: str, allow_backing: bool) -> None:
     """Describe FILE and each parent of its chain: type, virtual size, block
     size, unique id, parent id and path, allocated bytes."""
-    info = vhd_info(file)
+    info = vhd_info(file, allow_backing)
     if app.out.json:
         app.out.document(info.as_dict())
     else:
@@ -51,13 +57,19 @@ def vhd_info_command(app: App, file: str) -> None:
 
 @vhd.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--allow-backing",
+    is_flag=True,
+    help="Follow a parent that lies outside FILE's folder (its locators are names a "
+    "guest may have written).",
+)
 @pass_app
-def vhd_check_command(app: App, file: str) -> None:
+def vhd_check_command(app: App, file: str, allow_backing: bool) -> None:
     """Validate FILE and its whole chain and read every allocated block once.
 
     Exits 0 when sound, 1 with a one-line error otherwise."""
     try:
-        result = check_vhd(file)
+        result = check_vhd(file, allow_backing=allow_backing)
     except VhdError as err:
         if app.out.json:
             app.out.document({"ok": False, "error": str(err)})
