@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from strongroom.errors import Interrupted, PathNotFound, StrongroomError
-from strongroom.model.names import printable
+from strongroom.errors import IntegrityError, Interrupted, PathNotFound, StrongroomError
+from strongroom.model.names import name_problem, printable
 from strongroom.model.tree import (
     BLOCKDEV,
     CHARDEV,
@@ -223,6 +223,9 @@ class FileRestore:
                 continue
             if self.cancel.is_set():
                 raise Interrupted("interrupted")
+            problem = name_problem(node.name)  # decode_tree refused it already: defence in depth
+            if problem is not None:
+                raise IntegrityError(f"tree under {printable(frame.path or b'/')} holds {problem}")
             path = frame.path + b"/" + node.name
             rel = frame.rel + b"/" + node.name if frame.rel else node.name
             covered = frame.full or self.selection.covers(path)
@@ -397,23 +400,21 @@ class FileRestore:
                     )
                 if error is not None:
                     data = b""  # nothing of a chunk that is not what the tree says
-            try:
+            try:  # something in the way (a directory) is a warning, as for other entries
                 fd = _create(
                     lambda: os.open(name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd), dir_fd, name
                 )
-                try:
-                    if data and not _is_zero(data):
-                        pwrite_all(fd, data, 0)
-                    os.ftruncate(fd, node.size)  # all zeros or damaged: a hole
-                    warnings = self._fd_meta(fd, node, path)
-                finally:
-                    os.close(fd)
-            except (
-                OSError,
-                ValueError,
-                OverflowError,
-            ) as err:  # against this file, not a later one
+            except OSError as err:
+                return 0, None, [f"{printable(path)}: {_reason(err)}"]
+            try:
+                if data and not _is_zero(data):
+                    pwrite_all(fd, data, 0)
+                os.ftruncate(fd, node.size)  # all zeros or damaged: a hole
+                warnings = self._fd_meta(fd, node, path)
+            except (OSError, ValueError, OverflowError) as err:  # against this file
                 return 0, f"cannot write: {_reason(err)}", []
+            finally:
+                os.close(fd)
             return len(data), error, warnings
 
         return job
