@@ -38,14 +38,14 @@ def name_problem(name: _N) -> str | None:
         return "an empty name"
     if isinstance(name, bytes):
         if name in (b".", b".."):
-            return f"the name {printable(name)!r}"
+            return f"the name '{printable(name)}'"
         if b"/" in name or b"\0" in name:
-            return f"a name with '/' or NUL ({printable(name)!r})"
+            return f"a name with '/' or NUL ('{printable(name)}')"
         return None
     if name in (".", ".."):
-        return f"the name {printable(name)!r}"
+        return f"the name '{printable(name)}'"
     if "/" in name or "\0" in name:
-        return f"a name with '/' or NUL ({printable(name)!r})"
+        return f"a name with '/' or NUL ('{printable(name)}')"
     return None
 
 
@@ -59,7 +59,7 @@ def names_problem(names: Iterable[_N]) -> str | None:
             return problem
         if previous is not None and name <= previous:
             kind = "duplicate" if name == previous else "unsorted"
-            return f"{kind} name {printable(name)!r}"
+            return f"{kind} name '{printable(name)}'"
         previous = name
     return None
 

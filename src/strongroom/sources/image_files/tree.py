@@ -117,11 +117,9 @@ class TreeFileSystem(ABC):
         kids = []
         seen: set[str] = set()
         for name, child, child_node in self._children(entry, node):
-            problem = name_problem(name)
-            if problem is None and name in seen:
-                problem = f"a second entry named {printable(name)!r}"
-            if problem is not None:
-                self.warn(f"skipped {problem} in {printable(entry.path)}")
+            if name_problem(name) is not None or name in seen:
+                which = "a second entry" if name in seen else "an entry"
+                self.warn(f"skipped {which} named '{printable(name)}' in {printable(entry.path)}")
                 continue
             if child.type == "symlink" and "\0" in child.target:
                 self.warn(f"skipped {printable(child.path)}: its link target holds NUL")
