@@ -29,6 +29,8 @@ ID_SIZE = 32
 # than any real tree (PATH_MAX allows about 2048 levels of one-byte names), and
 # few enough that a walk stays within memory and descriptor limits.
 MAX_TREE_DEPTH = 4096
+_U32, _U64 = 2**32 - 1, 2**64 - 1
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 FILE = "f"
 DIR = "d"
@@ -152,20 +154,24 @@ class Node:
             raise IntegrityError(f"tree node has unknown type {node.type!r}")
         if (
             not 0 <= node.mode <= 0o7777
-            or not 0 <= node.uid < 2**32
-            or not 0 <= node.gid < 2**32
-            or not all(-(2**63) <= t < 2**63 for t in (node.mtime_ns, node.atime_ns, node.ctime_ns))
-            or not 0 <= node.size < 2**63
-            or not 0 <= node.rdev < 2**64
+            or not 0 <= node.uid <= _U32
+            or not 0 <= node.gid <= _U32
+            or not _I64_MIN <= node.mtime_ns <= _I64_MAX
+            or not _I64_MIN <= node.atime_ns <= _I64_MAX
+            or not _I64_MIN <= node.ctime_ns <= _I64_MAX
+            or not 0 <= node.size <= _I64_MAX
+            or not 0 <= node.rdev <= _U64
         ):
             raise IntegrityError("malformed tree node: a number is out of range")
-        if b"\0" in node.link_target or not all(k and b"\0" not in k for k in xattrs):
+        if (node.link_target and b"\0" in node.link_target) or (
+            xattrs and not all(k and b"\0" not in k for k in xattrs)
+        ):
             raise IntegrityError("malformed tree node: a link target or xattr name holds NUL")
         if len(content) % ID_SIZE:
             raise IntegrityError("file node has a partial chunk id")
         if len(sizes) != len(node.chunks):
             raise IntegrityError("file node has chunk ids and sizes of different counts")
-        if node.type == FILE and (sum(sizes) != node.size or any(v < 0 for v in sizes)):
+        if node.type == FILE and (sum(sizes) != node.size or (sizes and min(sizes) < 0)):
             raise IntegrityError("file node's chunk sizes do not add up to its size")
         if subtree is not None and (type(subtree) is not bytes or len(subtree) != ID_SIZE):
             raise IntegrityError("directory node has a malformed subtree id")
