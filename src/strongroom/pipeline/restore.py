@@ -6,6 +6,10 @@ sparse files stay sparse. Metadata is applied after content (a directory's
 after all its entries, or their creation would bump its mtime). A damaged
 chunk marks its files as damaged; everything else is restored and the caller
 gets the list, to exit non-zero.
+
+The tree is hostile until checked, and the target may hold anything (links
+to the outside placed there, or raced in): `FileRestore` states what keeps
+every write below the target (docs/design.md §9).
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from strongroom.errors import IntegrityError, Interrupted, PathNotFound, StrongroomError
+from strongroom.errors import (
+    IntegrityError,
+    Interrupted,
+    PathNotFound,
+    RepositoryError,
+    StrongroomError,
+)
 from strongroom.model.names import name_problem, printable
 from strongroom.model.tree import (
     BLOCKDEV,
@@ -265,7 +275,7 @@ class FileRestore:
                 self._trees.enter(node.subtree)
                 entered = True
                 nodes = decode_tree(self.repo.load_chunk(node.subtree, BlobType.TREE))
-            except StrongroomError as err:  # damaged: its entries are lost, the rest goes on
+            except RepositoryError as err:  # damaged: its entries are lost, the rest goes on
                 self.summary.damaged.append(printable(path))
                 self._warn(f"{printable(path)}: damaged: {err}")
         return _Frame(sub_fd, path, rel, full, iter(nodes), node, entered)
