@@ -14,13 +14,17 @@ U32 = st.integers(0, 2**32 - 1)
 U64 = st.integers(0, 2**64 - 1)
 I64 = st.integers(-(2**63), 2**63 - 1)
 IDS = st.binary(min_size=32, max_size=32)
+# One path component: anything but "", ".", "..", "/" and NUL.
+NAMES = st.binary(min_size=1, max_size=255).filter(
+    lambda n: n not in (b".", b"..") and b"/" not in n and b"\0" not in n
+)
 
 
 @st.composite
 def nodes(draw: st.DrawFn, name: bytes | None = None) -> Node:
     kind = draw(st.sampled_from(NODE_TYPES))
     node = Node(
-        name=name if name is not None else draw(st.binary(min_size=1, max_size=255)),
+        name=name if name is not None else draw(NAMES),
         type=kind,
         mode=draw(st.integers(0, 0o7777)),
         uid=draw(U32),
@@ -31,23 +35,28 @@ def nodes(draw: st.DrawFn, name: bytes | None = None) -> Node:
         atime_ns=draw(I64),
         ctime_ns=draw(I64),
         rdev=draw(U64),
-        xattrs=draw(st.dictionaries(st.binary(min_size=1, max_size=40), st.binary(max_size=200))),
+        xattrs=draw(
+            st.dictionaries(
+                st.binary(min_size=1, max_size=40).filter(lambda k: b"\0" not in k),
+                st.binary(max_size=200),
+            )
+        ),
     )
     inode = draw(U64)
     if inode:  # absent inode means: no hard-link information recorded
         node.inode, node.device, node.nlink = inode, draw(U64), draw(st.integers(1, 2**32))
     if kind == FILE:
-        node.size = draw(st.integers(0, 2**63))
         node.chunks = draw(st.lists(IDS, max_size=8))
         node.chunk_sizes = [draw(st.integers(0, 2**32)) for _ in node.chunks]
+        node.size = sum(node.chunk_sizes)
     elif kind == SYMLINK:
-        node.link_target = draw(st.binary(max_size=300))
+        node.link_target = draw(st.binary(max_size=300).filter(lambda t: b"\0" not in t))
     elif kind == DIR:
         node.subtree = draw(st.one_of(st.none(), IDS))
     return node
 
 
-node_lists = st.lists(st.binary(min_size=1, max_size=64), unique=True, max_size=10).flatmap(
+node_lists = st.lists(NAMES.filter(lambda n: len(n) <= 64), unique=True, max_size=10).flatmap(
     lambda names: st.tuples(*(nodes(name) for name in names)).map(list)
 )
 

@@ -1,8 +1,15 @@
-"""Everything the CLI prints: human text, tables, `--json`, progress bars.
+r"""Everything the CLI prints: human text, tables, `--json`, progress bars.
 
 Human output goes to stdout, diagnostics to stderr. With `--json`, results are
 one JSON document (lists, stats) or JSON lines (progress `status` lines, then
 one `summary` line) on stdout. Progress bars appear only on a terminal.
+
+Names come from backed-up file systems, guests' disks and the repository, so
+every human line and table cell passes `safe_text`: control characters (an
+escape sequence that would retitle or rewrite the terminal) are printed as
+`\xNN`, and rich's markup and emoji codes are off. Commands escape each name
+with `printable` as well, so a newline in a name cannot forge a line. JSON is
+escaped by the encoder (non-ASCII as \uXXXX), so it is valid whatever a name holds.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from strongroom.model.names import safe_text
 from strongroom.types import Progress as JobProgress
 from strongroom.types import ProgressCallback
 
@@ -40,14 +48,20 @@ class Output:
     def err(self) -> Console:
         from rich.console import Console
 
-        return Console(stderr=True, highlight=False, soft_wrap=True)
+        return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
 
     @cached_property
     def out(self) -> Console:
         from rich.console import Console
 
         # Piped output must not wrap at 80 columns: scripts grep whole lines.
-        return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+        return Console(
+            highlight=False,
+            soft_wrap=True,
+            emoji=False,
+            markup=False,
+            width=None if sys.stdout.isatty() else 250,
+        )
 
     @property
     def interactive(self) -> bool:
@@ -59,20 +73,20 @@ class Output:
     def info(self, text: str) -> None:
         """A human line on stdout (suppressed by --json and --quiet)."""
         if not self.json and not self.quiet:
-            self.out.print(text, markup=False)
+            self.out.print(safe_text(text), markup=False)
 
     def notice(self, text: str) -> None:
         """Something the user must see even when quiet (on stderr)."""
-        self.err.print(text, markup=False)
+        self.err.print(safe_text(text), markup=False)
 
     def warn(self, text: str) -> None:
         if self.json:
             self.emit({"message_type": "warning", "message": text})
         else:
-            self.err.print(f"warning: {text}", markup=False)
+            self.err.print(f"warning: {safe_text(text)}", markup=False)
 
     def error(self, text: str) -> None:
-        self.err.print(f"strongroom: error: {text}", markup=False)
+        self.err.print(f"strongroom: error: {safe_text(text)}", markup=False)
 
     # --- machine -------------------------------------------------------------
 
@@ -89,12 +103,15 @@ class Output:
         self, headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = ""
     ) -> None:
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title or None, show_lines=False, box=None, header_style="bold")
+        table = Table(
+            title=safe_text(title) or None, show_lines=False, box=None, header_style="bold"
+        )
         for h in headers:
             table.add_column(h, overflow="fold")
         for row in rows:
-            table.add_row(*(str(c) for c in row))
+            table.add_row(*(Text(safe_text(str(c))) for c in row))
         self.out.print(table)
 
     # --- progress ------------------------------------------------------------

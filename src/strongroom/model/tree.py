@@ -5,6 +5,12 @@ by name (bytes). Each node is a map with short keys (docs/format.md lists them);
 absent keys mean "not recorded". Names and link targets are bytes, so names
 that are not valid UTF-8 survive. A file's content is the concatenation of its
 chunks, given as one bytes value of 32-byte ids ("c") and their sizes ("cs").
+
+Trees come from storage, so decoding checks what a restore will trust: each
+name is one path component (not empty, `.` or `..`, no `/` or NUL), names are
+strictly increasing (sorted, no duplicates: `encode_wires` sorts), and a file's
+chunk sizes add up to its size. Walkers bound nesting with `MAX_TREE_DEPTH` and
+treat a tree met again on its own path as damage (`TreePath`).
 """
 
 from __future__ import annotations
@@ -15,9 +21,16 @@ from typing import Any
 import msgpack
 
 from strongroom.errors import IntegrityError
+from strongroom.model.names import names_problem
 
 TREE_VERSION = 1
 ID_SIZE = 32
+# Deepest directory nesting a walker enters (restore, ls, diff, find): far more
+# than any real tree (PATH_MAX allows about 2048 levels of one-byte names), and
+# few enough that a walk stays within memory and descriptor limits.
+MAX_TREE_DEPTH = 4096
+_U32, _U64 = 2**32 - 1, 2**64 - 1
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 FILE = "f"
 DIR = "d"
@@ -139,10 +152,27 @@ class Node:
             raise IntegrityError("malformed tree node: a field has the wrong type")
         if node.type not in NODE_TYPES:
             raise IntegrityError(f"tree node has unknown type {node.type!r}")
+        if (
+            not 0 <= node.mode <= 0o7777
+            or not 0 <= node.uid <= _U32
+            or not 0 <= node.gid <= _U32
+            or not _I64_MIN <= node.mtime_ns <= _I64_MAX
+            or not _I64_MIN <= node.atime_ns <= _I64_MAX
+            or not _I64_MIN <= node.ctime_ns <= _I64_MAX
+            or not 0 <= node.size <= _I64_MAX
+            or not 0 <= node.rdev <= _U64
+        ):
+            raise IntegrityError("malformed tree node: a number is out of range")
+        if (node.link_target and b"\0" in node.link_target) or (
+            xattrs and not all(k and b"\0" not in k for k in xattrs)
+        ):
+            raise IntegrityError("malformed tree node: a link target or xattr name holds NUL")
         if len(content) % ID_SIZE:
             raise IntegrityError("file node has a partial chunk id")
         if len(sizes) != len(node.chunks):
             raise IntegrityError("file node has chunk ids and sizes of different counts")
+        if node.type == FILE and (sum(sizes) != node.size or (sizes and min(sizes) < 0)):
+            raise IntegrityError("file node's chunk sizes do not add up to its size")
         if subtree is not None and (type(subtree) is not bytes or len(subtree) != ID_SIZE):
             raise IntegrityError("directory node has a malformed subtree id")
         return node
@@ -175,6 +205,7 @@ def decode_wires(blob: bytes) -> list[dict[str, Any]]:
     for wire in nodes:
         if not isinstance(wire, dict) or type(wire.get("n")) is not bytes:
             raise IntegrityError("tree node is not a map with a name")
+    _check_names([wire["n"] for wire in nodes])
     return nodes
 
 
@@ -184,7 +215,42 @@ def decode_tree(blob: bytes) -> list[Node]:
         if not isinstance(wire, dict):
             raise IntegrityError("tree node is not a map")
         nodes.append(Node.from_wire(wire))
+    _check_names([node.name for node in nodes])
     return nodes
+
+
+def _check_names(names: list[bytes]) -> None:
+    problem = names_problem(names)
+    if problem is not None:
+        raise IntegrityError(f"tree is damaged: it holds {problem}")
+
+
+class TreePath:
+    """The trees on a walker's current path: refuses nesting deeper than
+    `MAX_TREE_DEPTH` and a tree that contains itself (possible only in a damaged
+    or forged repository), with an IntegrityError instead of a loop."""
+
+    __slots__ = ("_ids", "_stack")
+
+    def __init__(self) -> None:
+        self._ids: set[bytes] = set()
+        self._stack: list[bytes] = []
+
+    def enter(self, tree_id: bytes) -> None:
+        if tree_id in self._ids:
+            raise IntegrityError(f"tree {tree_id.hex()[:16]} is damaged: it contains itself")
+        if len(self._stack) >= MAX_TREE_DEPTH:
+            raise IntegrityError(
+                f"tree {tree_id.hex()[:16]} is nested deeper than {MAX_TREE_DEPTH} levels"
+            )
+        self._ids.add(tree_id)
+        self._stack.append(tree_id)
+
+    def leave(self) -> None:
+        self._ids.discard(self._stack.pop())
+
+    def __len__(self) -> int:
+        return len(self._stack)
 
 
 def _decode_doc(blob: bytes) -> list[Any]:

@@ -3,6 +3,11 @@
 A `vm` point's `tree` names this manifest (a TREE chunk, msgpack); each disk
 entry names that disk's block map root, so everything block points can do
 (restore, serve, export, files inside) works per disk. Format: docs/format.md §10b.
+
+Disk names become file names (`restore --vm --target DIR` writes DIR/NAME.raw),
+so decoding holds them to the rules of every name in a manifest
+(`model.names`): one path component, no control characters, sorted and
+unique. `encode` sorts the disks by name.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+
+from strongroom.model.names import names_problem, printable
 
 VM_MANIFEST_VERSION = 1
 
@@ -41,7 +48,7 @@ class VmManifest:
                     "map": bytes.fromhex(d.map_root),
                     "summary": d.summary,
                 }
-                for d in self.disks
+                for d in sorted(self.disks, key=lambda d: d.name)
             ],
         }
         packed: bytes = msgpack.packb(doc, use_bin_type=True)
@@ -53,18 +60,27 @@ class VmManifest:
             doc = msgpack.unpackb(data, raw=False)
             if doc.get("version") != VM_MANIFEST_VERSION:
                 raise ValueError(f"unknown VM manifest version {doc.get('version')}")
-            disks = [
-                VmDisk(
-                    name=str(d["name"]),
-                    size=int(d["size"]),
-                    block_size=int(d["block_size"]),
-                    map_root=bytes(d["map"]).hex(),
-                    summary=dict(d.get("summary") or {}),
+            disks = []
+            for d in doc["disks"]:
+                if type(d["name"]) is not str or type(d["map"]) is not bytes or len(d["map"]) != 32:
+                    raise ValueError("a disk has a malformed name or map id")
+                disks.append(
+                    VmDisk(
+                        name=d["name"],
+                        size=int(d["size"]),
+                        block_size=int(d["block_size"]),
+                        map_root=d["map"].hex(),
+                        summary=dict(d.get("summary") or {}),
+                    )
                 )
-                for d in doc["disks"]
-            ]
+            for d in disks:
+                if printable(d.name) != d.name:
+                    raise ValueError(f"a disk name holds control characters ({printable(d.name)})")
+            problem = names_problem([d.name for d in disks])
+            if problem is not None:
+                raise ValueError(f"disk list holds {problem}")
             return cls(vm=str(doc["vm"]), disks=disks)
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as err:
             raise ValueError(f"malformed VM manifest: {err}") from None
 
     def disk(self, name: str) -> VmDisk:

@@ -6,6 +6,10 @@ sparse files stay sparse. Metadata is applied after content (a directory's
 after all its entries, or their creation would bump its mtime). A damaged
 chunk marks its files as damaged; everything else is restored and the caller
 gets the list, to exit non-zero.
+
+The tree is hostile until checked, and the target may hold anything (links
+to the outside placed there, or raced in): `FileRestore` states what keeps
+every write below the target (docs/design.md §9).
 """
 
 from __future__ import annotations
@@ -15,9 +19,18 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from strongroom.errors import Interrupted, PathNotFound, StrongroomError
+from strongroom.errors import (
+    IntegrityError,
+    Interrupted,
+    PathNotFound,
+    RepositoryError,
+    StrongroomError,
+)
+from strongroom.model.names import name_problem, printable
 from strongroom.model.tree import (
     BLOCKDEV,
     CHARDEV,
@@ -27,6 +40,7 @@ from strongroom.model.tree import (
     SOCKET,
     SYMLINK,
     Node,
+    TreePath,
     decode_tree,
 )
 from strongroom.pipeline.ordered import OrderedWork
@@ -60,12 +74,46 @@ class RestoreSummary:
 
 
 _PATH_MAX_SAFE = 3072  # relative link sources longer than this use a descriptor
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_HANDLE_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_KINDS = {
+    SYMLINK: stat.S_IFLNK,
+    FIFO: stat.S_IFIFO,
+    CHARDEV: stat.S_IFCHR,
+    BLOCKDEV: stat.S_IFBLK,
+    SOCKET: stat.S_IFSOCK,
+}
+_T = TypeVar("_T")
 
 
 def _is_zero(data: bytes) -> bool:
     """All-zero chunk? Cheap for the usual case: real data rarely ends in zeros at both ends."""
     return bool(data) and data[0] == 0 and data[-1] == 0 and not data.strip(b"\0")
+
+
+def _clear(dir_fd: int, name: bytes) -> None:
+    """Remove the non-directory at `name` (a symlink itself, never what it points to)."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
+    os.unlink(name, dir_fd=dir_fd)
+
+
+def _create(make: Callable[[], _T], dir_fd: int, name: bytes) -> _T:
+    """Run an exclusive create (O_EXCL, mkdirat, symlinkat, mknodat, linkat); if
+    something is in the way, remove it without following it and try once more.
+
+    Nothing is ever opened, truncated or written through an existing entry: an
+    entry placed (or raced) into the target is replaced, not reused."""
+    try:
+        return make()
+    except FileExistsError:
+        _clear(dir_fd, name)
+        return make()
 
 
 class _Selection:
@@ -87,7 +135,34 @@ class _Selection:
         return any(inc.startswith(path + b"/") for inc in self.includes)
 
 
+@dataclass
+class _Frame:
+    """A directory being restored: its descriptor, where it is, and what is left of it."""
+
+    fd: int
+    path: bytes  # as backed up, for messages and --include
+    rel: bytes  # relative to the target, for hard links
+    full: bool  # everything below is restored (not only the way to an include)
+    nodes: Iterator[Node]
+    node: Node | None  # the directory's own entry; None for the target itself
+    entered: bool = False  # its tree is on `FileRestore._trees`
+
+
 class FileRestore:
+    """Restore one tree into `target`.
+
+    Safety contract (docs/design.md §9): every entry is created relative to a
+    directory descriptor opened with O_NOFOLLOW, by an exclusive call; what is
+    in the way is removed, never followed or written through. Metadata is set
+    through a descriptor of the entry just created (files, directories) or an
+    O_PATH descriptor checked to be of the created type (symlinks, FIFOs,
+    devices, sockets), never through a path: owner before mode, so setuid bits
+    survive, and directories stay 0o700 until their contents are done. A hard
+    link is made only to a file this restore created, without following
+    symlinks, and is checked to be that file. Names were checked when the tree
+    was decoded; nesting is bounded and a tree containing itself is damage.
+    """
+
     def __init__(
         self,
         repo: Repository,
@@ -107,27 +182,29 @@ class FileRestore:
         self.summary = RestoreSummary()
         self.progress = Progress(job="restore")
         self._work = OrderedWork(workers, depth=4 * workers + 4)
-        # First restored name of each hard-linked inode: its path relative to the
-        # target, or (beyond PATH_MAX) an O_PATH descriptor of the file itself.
-        self._links: dict[tuple[int, int], bytes | int] = {}
+        # First restored name of each hard-linked inode, once created: the (device,
+        # inode) it got, and its path relative to the target or (beyond PATH_MAX)
+        # an O_PATH descriptor of the file itself.
+        self._links: dict[tuple[int, int], tuple[tuple[int, int], bytes | int]] = {}
         self._root_fd = -1
+        self._fds: set[int] = set()  # open on this thread: closed in `run` on any exit
+        self._trees = TreePath()
         self._last_report = 0.0
         self._matched_include: set[bytes] = set()
-        # Restoring into an empty target: nothing can be in the way, skip the checks.
-        self._fresh = False
 
     def run(self) -> RestoreSummary:
         os.makedirs(self.target, exist_ok=True)
-        self._fresh = not os.listdir(self.target)
         self._root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             with self._work:
-                self._restore_tree(self.tree_id, self._root_fd, b"", b"", full=False)
+                self._walk()
                 self._work.finish()
         finally:
             os.close(self._root_fd)
-            for first in self._links.values():
-                if isinstance(first, int) and first >= 0:
+            for fd in self._fds:
+                os.close(fd)
+            for _, first in self._links.values():
+                if isinstance(first, int):
                     os.close(first)
         missing = [
             os.fsdecode(i) for i in self.selection.includes if i not in self._matched_include
@@ -139,118 +216,134 @@ class FileRestore:
 
     # --- traversal -----------------------------------------------------------
 
-    def _restore_tree(
-        self, tree_id: bytes, dir_fd: int, path: bytes, rel: bytes, full: bool
-    ) -> None:
-        nodes = decode_tree(self.repo.load_chunk(tree_id, BlobType.TREE))
-        for node in nodes:
+    def _walk(self) -> None:
+        """Depth first with an explicit stack: nesting costs no Python recursion."""
+        self._trees.enter(self.tree_id)
+        nodes = decode_tree(self.repo.load_chunk(self.tree_id, BlobType.TREE))
+        stack = [_Frame(self._root_fd, b"", b"", False, iter(nodes), None)]
+        while stack:
+            frame = stack[-1]
+            node = next(frame.nodes, None)
+            if node is None:
+                stack.pop()
+                if frame.entered:
+                    self._trees.leave()
+                if frame.node is not None:
+                    self._finish_dir(frame)
+                continue
             if self.cancel.is_set():
                 raise Interrupted("interrupted")
-            child_path = path + b"/" + node.name
-            child_rel = rel + b"/" + node.name if rel else node.name
-            covered = full or self.selection.covers(child_path)
-            if covered and not full:
-                self._matched_include.add(child_path)
-            if not covered and not (node.type == DIR and self.selection.leads_to(child_path)):
+            problem = name_problem(node.name)  # decode_tree refused it already: defence in depth
+            if problem is not None:
+                raise IntegrityError(f"tree under {printable(frame.path or b'/')} holds {problem}")
+            path = frame.path + b"/" + node.name
+            rel = frame.rel + b"/" + node.name if frame.rel else node.name
+            covered = frame.full or self.selection.covers(path)
+            if covered and not frame.full:
+                self._matched_include.add(path)
+            if not covered and not (node.type == DIR and self.selection.leads_to(path)):
                 continue
             try:
-                self._restore_node(node, dir_fd, child_path, child_rel, covered)
+                if node.type == DIR:
+                    child = self._enter_dir(node, frame.fd, path, rel, covered)
+                    if child is not None:
+                        stack.append(child)
+                elif covered:
+                    self._restore_leaf(node, frame.fd, path, rel)
             except StrongroomError:
                 raise
-            except OSError as err:
-                self._warn(f"{os.fsdecode(child_path)}: {err.strerror or err}")
+            except (OSError, ValueError, OverflowError) as err:
+                self._warn(f"{printable(path)}: {_reason(err)}")
 
-    def _restore_node(self, node: Node, dir_fd: int, path: bytes, rel: bytes, full: bool) -> None:
+    def _enter_dir(
+        self, node: Node, dir_fd: int, path: bytes, rel: bytes, full: bool
+    ) -> _Frame | None:
         name = node.name
-        if node.type == DIR:
-            try:
+        try:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+        except FileExistsError:  # reuse a directory, replace anything else
+            if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                os.unlink(name, dir_fd=dir_fd)
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
-            except FileExistsError:
-                if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                    os.unlink(name, dir_fd=dir_fd)
-                    os.mkdir(name, 0o700, dir_fd=dir_fd)
-            sub_fd = os.open(
-                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
-            )
-            self.summary.dirs += 1
+        sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)  # a symlink raced in: ELOOP
+        self._fds.add(sub_fd)
+        self.summary.dirs += 1
+        nodes: list[Node] = []
+        entered = False
+        if node.subtree is not None:
             try:
-                if node.subtree is not None:
-                    self._restore_tree(node.subtree, sub_fd, path, rel, full)
-            except BaseException:
-                os.close(sub_fd)
-                raise
+                self._trees.enter(node.subtree)
+                entered = True
+                nodes = decode_tree(self.repo.load_chunk(node.subtree, BlobType.TREE))
+            except RepositoryError as err:  # damaged: its entries are lost, the rest goes on
+                self.summary.damaged.append(printable(path))
+                self._warn(f"{printable(path)}: damaged: {err}")
+        return _Frame(sub_fd, path, rel, full, iter(nodes), node, entered)
 
-            def finish_dir() -> None:
-                try:
-                    self._apply_fd_meta(sub_fd, node, path)
-                except OSError as err:
-                    self._warn(f"{os.fsdecode(path)}: {err.strerror or err}")
-                finally:
-                    os.close(sub_fd)
+    def _finish_dir(self, frame: _Frame) -> None:
+        """Owner, mode and times once everything queued inside it is done."""
+        node, fd, path = frame.node, frame.fd, frame.path
+        assert node is not None
 
-            self._work.then(finish_dir)
-            return
-        if not full:
-            return
-        if not self._fresh:
-            self._remove_existing(dir_fd, name)
+        def finish() -> None:
+            try:
+                self._apply_fd_meta(fd, node, path)
+            except (OSError, ValueError, OverflowError) as err:
+                self._warn(f"{printable(path)}: {_reason(err)}")
+            finally:
+                self._close(fd)
+
+        self._work.then(finish)
+
+    def _restore_leaf(self, node: Node, dir_fd: int, path: bytes, rel: bytes) -> None:
         if node.type == FILE:
             self._restore_file(node, dir_fd, path, rel)
-        elif node.type == SYMLINK:
-            os.symlink(node.link_target, name, dir_fd=dir_fd)
-            self._apply_path_meta(dir_fd, node, path)
-            self.summary.other_entries += 1
-        elif node.type in (FIFO, CHARDEV, BLOCKDEV, SOCKET):
-            self._make_special(node, dir_fd, path)
-
-    def _remove_existing(self, dir_fd: int, name: bytes) -> None:
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
             return
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
-        os.unlink(name, dir_fd=dir_fd)
-
-    def _make_special(self, node: Node, dir_fd: int, path: bytes) -> None:
-        kinds = {
-            FIFO: stat.S_IFIFO,
-            CHARDEV: stat.S_IFCHR,
-            BLOCKDEV: stat.S_IFBLK,
-            SOCKET: stat.S_IFSOCK,
-        }
+        name = node.name
         if node.type in (CHARDEV, BLOCKDEV) and not IS_ROOT:
-            self._warn(f"{os.fsdecode(path)}: device nodes need root; skipped")
+            self._warn(f"{printable(path)}: device nodes need root; skipped")
             return
-        os.mknod(node.name, kinds[node.type] | 0o600, node.rdev, dir_fd=dir_fd)
-        self._apply_path_meta(dir_fd, node, path)
+        if node.type == SYMLINK:
+            _create(lambda: os.symlink(node.link_target, name, dir_fd=dir_fd), dir_fd, name)
+        else:
+            kind = _KINDS[node.type] | 0o600
+            _create(lambda: os.mknod(name, kind, node.rdev, dir_fd=dir_fd), dir_fd, name)
         self.summary.other_entries += 1
+        handle = os.open(name, _HANDLE_FLAGS, dir_fd=dir_fd)
+        try:
+            if stat.S_IFMT(os.fstat(handle).st_mode) != _KINDS[node.type]:
+                raise OSError(errno.EEXIST, "replaced while being restored; left as found")
+            self._apply_handle_meta(handle, node, path)
+        finally:
+            os.close(handle)
+
+    def _close(self, fd: int) -> None:
+        self._fds.discard(fd)
+        os.close(fd)
 
     # --- files ---------------------------------------------------------------
 
     def _restore_file(self, node: Node, dir_fd: int, path: bytes, rel: bytes) -> None:
         self.summary.files += 1
         self.progress.files_done += 1
-        if node.nlink > 1 and node.inode:
-            key = (node.device, node.inode)
-            first = self._links.get(key)
-            if isinstance(first, int):  # linkat(AT_SYMLINK_FOLLOW) through /proc: no path limit
-                os.link(
-                    f"/proc/self/fd/{first}", node.name, dst_dir_fd=dir_fd, follow_symlinks=True
-                )
-                return
+        linked = node.nlink > 1 and node.inode != 0
+        if linked:
+            first = self._links.get((node.device, node.inode))
             if first is not None:
-                os.link(first, node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd)
+                self._link(first, node.name, dir_fd)
                 return
-            self._links[key] = rel if len(rel) < _PATH_MAX_SAFE else -1
-        if len(node.chunks) <= 1 and node.nlink <= 1:  # later links need the file to exist now
+        if len(node.chunks) <= 1 and not linked:  # later links need the file to exist now
             self._work.submit(self._whole_file_job(node, dir_fd, path), self._whole_file_sink(path))
             return
-        fd = os.open(node.name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
-        if node.nlink > 1 and self._links.get((node.device, node.inode)) == -1:
-            self._links[(node.device, node.inode)] = os.open(
-                f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC
-            )
+        name = node.name
+        fd = _create(lambda: os.open(name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd), dir_fd, name)
+        self._fds.add(fd)
+        if linked:  # recorded only now that it exists: a failed create links nothing
+            st = os.fstat(fd)
+            source: bytes | int = rel
+            if len(rel) >= _PATH_MAX_SAFE:
+                source = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+            self._links[(node.device, node.inode)] = ((st.st_dev, st.st_ino), source)
         damaged: list[str] = []
         offset = 0
         for cid, size in zip(node.chunks, node.chunk_sizes, strict=True):
@@ -260,16 +353,37 @@ class FileRestore:
         def finish_file() -> None:
             try:
                 if damaged:
-                    self.summary.damaged.append(os.fsdecode(path))
-                    self._warn(f"{os.fsdecode(path)}: damaged: {damaged[0]}")
+                    self.summary.damaged.append(printable(path))
+                    self._warn(f"{printable(path)}: damaged: {damaged[0]}")
                 os.ftruncate(fd, offset)
                 self._apply_fd_meta(fd, node, path)
-            except OSError as err:
-                self._warn(f"{os.fsdecode(path)}: {err.strerror or err}")
+            except (OSError, ValueError, OverflowError) as err:
+                self._warn(f"{printable(path)}: {_reason(err)}")
             finally:
-                os.close(fd)
+                self._close(fd)
 
         self._work.then(finish_file)
+
+    def _link(self, first: tuple[tuple[int, int], bytes | int], name: bytes, dir_fd: int) -> None:
+        """Another name of a file this restore created: linkat without following a
+        symlink (through /proc: the very inode, whatever its path now), then checked
+        to be that file; anything else that got linked is removed again."""
+        ident, source = first
+
+        def make() -> None:
+            if isinstance(source, int):
+                proc = f"/proc/self/fd/{source}"
+                os.link(proc, name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            else:
+                os.link(
+                    source, name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False
+                )
+
+        _create(make, dir_fd, name)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != ident:
+            os.unlink(name, dir_fd=dir_fd)
+            raise OSError(errno.EXDEV, "the first name of this hard link was replaced; not linked")
 
     def _whole_file_job(self, node: Node, dir_fd: int, path: bytes):  # type: ignore[no-untyped-def]
         """Create, write and finish a file of at most one chunk, all on a worker.
@@ -279,27 +393,38 @@ class FileRestore:
         open: the directory is finished only after this job is sunk.
         """
         repo = self.repo
+        name = node.name
 
         def job() -> tuple[int, str | None, list[str]]:
             data = b""
             error = None
             if node.chunks:
+                want = node.chunk_sizes[0]
                 try:
-                    data = repo.load_chunk(node.chunks[0], BlobType.DATA, node.chunk_sizes[0])
+                    data = repo.load_chunk(node.chunks[0], BlobType.DATA, want)
                 except StrongroomError as err:
                     error = str(err)
+                if error is None and len(data) != want:
+                    error = (
+                        f"chunk {node.chunks[0].hex()[:16]} has {len(data)} bytes, expected {want}"
+                    )
+                if error is not None:
+                    data = b""  # nothing of a chunk that is not what the tree says
+            try:  # something in the way (a directory) is a warning, as for other entries
+                fd = _create(
+                    lambda: os.open(name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd), dir_fd, name
+                )
+            except OSError as err:
+                return 0, None, [f"{printable(path)}: {_reason(err)}"]
             try:
-                fd = os.open(node.name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
-                try:
-                    if data and not _is_zero(data):
-                        pwrite_all(fd, data, 0)
-                    elif node.chunks:
-                        os.ftruncate(fd, node.chunk_sizes[0])  # all zeros: a hole
-                    warnings = self._fd_meta(fd, node, path)
-                finally:
-                    os.close(fd)
-            except OSError as err:  # reported against this file, not a later one
-                return 0, f"cannot write: {err.strerror or err}", []
+                if data and not _is_zero(data):
+                    pwrite_all(fd, data, 0)
+                os.ftruncate(fd, node.size)  # all zeros or damaged: a hole
+                warnings = self._fd_meta(fd, node, path)
+            except (OSError, ValueError, OverflowError) as err:  # against this file
+                return 0, f"cannot write: {_reason(err)}", []
+            finally:
+                os.close(fd)
             return len(data), error, warnings
 
         return job
@@ -310,8 +435,8 @@ class FileRestore:
             for w in warnings:
                 self._warn(w)
             if error is not None:
-                self.summary.damaged.append(os.fsdecode(path))
-                self._warn(f"{os.fsdecode(path)}: damaged: {error}")
+                self.summary.damaged.append(printable(path))
+                self._warn(f"{printable(path)}: damaged: {error}")
             self.summary.bytes_written += size
             self.progress.bytes_done += size
             self._emit()
@@ -356,7 +481,8 @@ class FileRestore:
             self._warn(warning)
 
     def _fd_meta(self, fd: int, node: Node, path: bytes) -> list[str]:
-        """Owner, xattrs, mode, times of an open entry; returns warnings (thread-safe)."""
+        """Owner, xattrs, mode, times of an open file or directory; returns warnings
+        (thread-safe). The owner goes first: chown clears setuid/setgid bits."""
         warnings = []
         if IS_ROOT:
             os.fchown(fd, node.uid, node.gid)
@@ -365,26 +491,28 @@ class FileRestore:
                 os.setxattr(fd, key, value)
             except OSError as err:
                 if not self._xattr_skippable(key, err):
-                    warnings.append(f"{os.fsdecode(path)}: xattr {key!r}: {err.strerror}")
+                    warnings.append(f"{printable(path)}: xattr {printable(key)}: {err.strerror}")
         os.fchmod(fd, node.mode)
         os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
         return warnings
 
-    def _apply_path_meta(self, dir_fd: int, node: Node, path: bytes) -> None:
-        """For entries that cannot be opened (symlinks, devices, FIFOs)."""
-        name = node.name
+    def _apply_handle_meta(self, handle: int, node: Node, path: bytes) -> None:
+        """For entries that cannot be opened (symlinks, devices, FIFOs, sockets), via
+        an O_PATH descriptor: /proc/self/fd/N names the entry itself (a symlink's
+        magic link ends at the symlink, not at its target), so no path is resolved
+        twice and nothing swapped in meanwhile is touched."""
+        proc = f"/proc/self/fd/{handle}"
         if IS_ROOT:
-            os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
-        proc = b"/proc/self/fd/%d/%s" % (dir_fd, name)
+            os.chown(proc, node.uid, node.gid)
         for key, value in node.xattrs.items():
             try:
-                os.setxattr(proc, key, value, follow_symlinks=False)
+                os.setxattr(proc, key, value)
             except OSError as err:
                 if not self._xattr_skippable(key, err):
-                    self._warn(f"{os.fsdecode(path)}: xattr {key!r}: {err.strerror}")
+                    self._warn(f"{printable(path)}: xattr {printable(key)}: {err.strerror}")
         if node.type != SYMLINK:
-            os.chmod(name, node.mode, dir_fd=dir_fd)
-        os.utime(name, ns=(node.atime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+            os.chmod(proc, node.mode)
+        os.utime(proc, ns=(node.atime_ns, node.mtime_ns))
 
     def _xattr_skippable(self, key: bytes, err: OSError) -> bool:
         """Non-user namespaces are expected to fail without privilege."""
@@ -403,3 +531,9 @@ class FileRestore:
         if force or now - self._last_report >= _PROGRESS_INTERVAL:
             self._last_report = now
             self.report(self.progress)
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return str(err.strerror or err)
+    return str(err) or type(err).__name__

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from strongroom.errors import PathNotFound
-from strongroom.model.tree import DIR, FILE, Node
+from strongroom.errors import IntegrityError, PathNotFound
+from strongroom.model.names import printable
+from strongroom.model.tree import DIR, FILE, MAX_TREE_DEPTH, Node
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.services.walk import find_node, iter_tree, load_tree
@@ -57,27 +58,67 @@ def _meta(n: Node) -> tuple[object, ...]:
 def diff_trees(
     repo: Repository, a: bytes | None, b: bytes | None, base: bytes = b""
 ) -> Iterator[Change]:
-    """Differences from tree `a` to tree `b`; identical subtrees are skipped by id."""
-    if a == b:
-        return
-    old = {n.name: n for n in load_tree(repo, a)} if a else {}
-    new = {n.name: n for n in load_tree(repo, b)} if b else {}
+    """Differences from tree `a` to tree `b`; identical subtrees are skipped by id.
+
+    Walked with an explicit stack, by name at every level. A pair of trees met
+    again on its own path (a tree containing itself) or nesting deeper than
+    MAX_TREE_DEPTH raises IntegrityError instead of looping."""
+    on_path: set[tuple[bytes | None, bytes | None]] = set()
+    stack: list[tuple[tuple[bytes | None, bytes | None], Iterator[Change | _Pair]]] = []
+
+    def push(pair: _Pair) -> None:
+        key = (pair.a, pair.b)
+        if key in on_path:
+            tid = (pair.a or pair.b or b"").hex()[:16]
+            raise IntegrityError(f"tree {tid} is damaged: it contains itself")
+        if len(stack) >= MAX_TREE_DEPTH:
+            raise IntegrityError(f"a tree is nested deeper than {MAX_TREE_DEPTH} levels")
+        on_path.add(key)
+        stack.append((key, _diff_level(repo, pair)))
+
+    if a != b:
+        push(_Pair(a, b, base))
+    while stack:
+        key, items = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            on_path.discard(key)
+        elif isinstance(item, _Pair):
+            if item.a != item.b:
+                push(item)
+        else:
+            yield item
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """Two versions of one directory's tree, still to be compared."""
+
+    a: bytes | None
+    b: bytes | None
+    base: bytes
+
+
+def _diff_level(repo: Repository, pair: _Pair) -> Iterator[Change | _Pair]:
+    """One directory's changes, each directory's own pair right after its change."""
+    old = {n.name: n for n in load_tree(repo, pair.a)} if pair.a else {}
+    new = {n.name: n for n in load_tree(repo, pair.b)} if pair.b else {}
     for name in sorted(old.keys() | new.keys()):
-        path = base + b"/" + name
+        path = pair.base + b"/" + name
         o, n = old.get(name), new.get(name)
         if o is None and n is not None:
             yield Change("+", path, n)
             if n.type == DIR:
-                yield from diff_trees(repo, None, n.subtree, path)
+                yield _Pair(None, n.subtree, path)
         elif n is None and o is not None:
             yield Change("-", path, o)
             if o.type == DIR:
-                yield from diff_trees(repo, o.subtree, None, path)
+                yield _Pair(o.subtree, None, path)
         elif o is not None and n is not None:
             if o.type != n.type:
                 yield Change("T", path, n)
-                yield from diff_trees(
-                    repo,
+                yield _Pair(
                     o.subtree if o.type == DIR else None,
                     n.subtree if n.type == DIR else None,
                     path,
@@ -87,7 +128,7 @@ def diff_trees(
             elif n.type == DIR:
                 if _meta(o) != _meta(n):
                     yield Change("U", path, n)
-                yield from diff_trees(repo, o.subtree, n.subtree, path)
+                yield _Pair(o.subtree, n.subtree, path)
             elif _meta(o) != _meta(n):
                 yield Change("U", path, n)
 
@@ -96,10 +137,14 @@ def dump_file(repo: Repository, tree_id: bytes, path: str, out: BinaryIO) -> int
     """Write one file's content to `out`, streaming chunk by chunk; returns bytes written."""
     _, node = find_node(repo, tree_id, path)
     if node is None or node.type != FILE:
-        raise PathNotFound(f"{path}: not a regular file in the point")
+        raise PathNotFound(f"{printable(path)}: not a regular file in the point")
     written = 0
     for cid, size in zip(node.chunks, node.chunk_sizes, strict=True):
         data = repo.load_chunk(cid, BlobType.DATA, size)
+        if len(data) != size:
+            raise IntegrityError(
+                f"{printable(path)}: chunk {cid.hex()[:16]} has {len(data)} bytes, expected {size}"
+            )
         out.write(data)
         written += len(data)
     return written

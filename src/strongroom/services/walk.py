@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from strongroom.errors import PathNotFound
+from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
-from strongroom.model.tree import DIR, Node, decode_tree
+from strongroom.model.tree import DIR, Node, TreePath, decode_tree
 from strongroom.pipeline.blockmaps import referenced_by_map, referenced_by_vm
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
@@ -17,17 +18,24 @@ def load_tree(repo: Repository, tree_id: bytes) -> list[Node]:
 
 
 def iter_tree(repo: Repository, tree_id: bytes, base: bytes = b"") -> Iterator[tuple[bytes, Node]]:
-    """Yield (absolute path, node) depth-first, parents before children, by name."""
+    """Yield (absolute path, node) depth-first, parents before children, by name.
+
+    IntegrityError for a tree nested deeper than MAX_TREE_DEPTH or containing
+    itself (`TreePath`): a damaged tree ends the walk, it never loops."""
+    trees = TreePath()
+    trees.enter(tree_id)
     stack: list[tuple[bytes, Iterator[Node]]] = [(base, iter(load_tree(repo, tree_id)))]
     while stack:
         prefix, nodes = stack[-1]
         node = next(nodes, None)
         if node is None:
             stack.pop()
+            trees.leave()
             continue
         path = prefix + b"/" + node.name
         yield path, node
         if node.type == DIR and node.subtree is not None:
+            trees.enter(node.subtree)
             stack.append((path, iter(load_tree(repo, node.subtree))))
 
 
@@ -43,10 +51,10 @@ def find_node(repo: Repository, tree_id: bytes, path: str) -> tuple[bytes, Node 
         nodes = {n.name: n for n in load_tree(repo, current_tree)}
         node = nodes.get(part)
         if node is None:
-            raise PathNotFound(f"{path}: no such path in the point")
+            raise PathNotFound(f"{printable(path)}: no such path in the point")
         if i < len(parts) - 1:
             if node.type != DIR or node.subtree is None:
-                raise PathNotFound(f"{path}: {part.decode(errors='replace')} is not a directory")
+                raise PathNotFound(f"{printable(path)}: {printable(part)} is not a directory")
             current_tree = node.subtree
     return current_tree, node
 

@@ -11,6 +11,7 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
+from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import Node
 from strongroom.repository.repo import Repository
@@ -23,19 +24,20 @@ _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "p": "p", "c": "c", "b": "b", "s": "
 
 
 def _node_doc(path: bytes, node: Node) -> dict[str, object]:
+    """JSON escapes every character itself; bytes that are not UTF-8 become `\\xNN`."""
     return {
-        "path": _printable(path),
+        "path": _decoded(path),
         "type": node.type,
         "mode": oct(node.mode),
         "uid": node.uid,
         "gid": node.gid,
         "size": node.size,
         "mtime": datetime.fromtimestamp(node.mtime_ns / 1e9).astimezone().isoformat(),
-        "link_target": node.link_target.decode("utf-8", "backslashreplace") or None,
+        "link_target": _decoded(node.link_target) or None,
     }
 
 
-def _printable(path: bytes) -> str:
+def _decoded(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
@@ -64,13 +66,13 @@ def ls(
             elif long_:
                 mode = _TYPE_CHAR.get(node.type, "?") + statmod.filemode(node.mode)[1:]
                 when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-                owner = f"{node.user or node.uid}/{node.group or node.gid}"
-                link = f" -> {_printable(node.link_target)}" if node.link_target else ""
+                owner = printable(f"{node.user or node.uid}/{node.group or node.gid}")
+                link = f" -> {printable(node.link_target)}" if node.link_target else ""
                 app.out.info(
-                    f"{mode} {owner:>15} {node.size:>12} {when} {_printable(entry_path)}{link}"
+                    f"{mode} {owner:>15} {node.size:>12} {when} {printable(entry_path)}{link}"
                 )
             else:
-                app.out.info(_printable(entry_path))
+                app.out.info(printable(entry_path))
 
 
 @click.command()
@@ -92,11 +94,11 @@ def diff(app: App, point_a: str, point_b: str) -> None:
                     {
                         "message_type": "change",
                         "modifier": change.kind,
-                        "path": _printable(change.path),
+                        "path": _decoded(change.path),
                     }
                 )
             else:
-                app.out.info(f"{change.kind}    {_printable(change.path)}")
+                app.out.info(f"{change.kind}    {printable(change.path)}")
     if app.out.json:
         app.out.emit(
             {
@@ -171,10 +173,12 @@ def _ls_image(
                 kind = {"file": "-", "dir": "d", "symlink": "l"}.get(e.type, "?")
                 mode = kind + statmod.filemode(e.mode)[1:]
                 when = datetime.fromtimestamp(e.mtime).strftime("%Y-%m-%d %H:%M:%S")
-                link = f" -> {e.target}" if e.target else ""
-                app.out.info(f"{mode} {e.uid:>7}/{e.gid:<7} {e.size:>12} {when} {e.path}{link}")
+                link = f" -> {printable(e.target)}" if e.target else ""
+                app.out.info(
+                    f"{mode} {e.uid:>7}/{e.gid:<7} {e.size:>12} {when} {printable(e.path)}{link}"
+                )
             else:
-                app.out.info(e.path)
+                app.out.info(printable(e.path))
 
 
 def _refuse_vm(point: RecoveryPoint) -> None:

@@ -8,6 +8,7 @@ from strongroom.cli.commands.points import point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode, UsageError
+from strongroom.model.names import printable
 from strongroom.repository.check import select_packs
 from strongroom.repository.locks import list_locks, remove_locks
 from strongroom.services import maintenance
@@ -177,7 +178,7 @@ def check(app: App, read_data: bool, read_data_subset: str | None) -> None:
         for point_id, paths in result.damaged_files.items():
             out.notice(f"point {point_id[:8]}: {len(paths)} damaged files:")
             for path in paths[:50]:
-                out.notice(f"  {path}")
+                out.notice(f"  {printable(path)}")
         if report.packs_read:
             out.info(f"read {report.packs_read} packs, {report.chunks_read} chunks")
         out.info("no errors were found" if report.ok else f"{len(report.errors)} errors found")

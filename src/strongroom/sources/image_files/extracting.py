@@ -23,6 +23,9 @@ def extract(fs: ImageFileSystem, path: str, target_dir: str) -> int:
     run as root) are set, on directories after their contents. Existing files
     are replaced; a symlink in the way is removed, never followed. Other types
     (devices, fifos) are skipped and noted in `fs.warnings`.
+
+    Names were checked when listed (one component each, no duplicates), so every
+    destination is below `target_dir`; metadata never follows a symlink.
     """
     top = fs.stat(path)
     os.makedirs(target_dir, exist_ok=True)
@@ -97,10 +100,19 @@ def _write_file(fs: ImageFileSystem, entry: ImageEntry, dest: str) -> int:
 
 
 def _set_meta(dest: str, entry: ImageEntry) -> None:
-    link = entry.type == "symlink"
-    if os.geteuid() == 0:
-        os.chown(dest, entry.uid, entry.gid, follow_symlinks=False)
-    if not link:
-        os.chmod(dest, entry.mode)
-    ns = round(entry.mtime * 1e9)
-    os.utime(dest, ns=(ns, ns), follow_symlinks=False)
+    """Owner, then mode (setuid bits survive), then times, through an O_PATH
+    descriptor of `dest` itself: a symlink swapped in is never followed
+    (/proc/self/fd/N of a symlink names the symlink, not its target)."""
+    handle = os.open(dest, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        proc = f"/proc/self/fd/{handle}"
+        if entry.type != "symlink" and stat.S_ISLNK(os.fstat(handle).st_mode):
+            raise OSError(errno.ELOOP, "replaced by a symlink while restored", dest)
+        if os.geteuid() == 0:
+            os.chown(proc, entry.uid, entry.gid)
+        if entry.type != "symlink":
+            os.chmod(proc, entry.mode)
+        ns = round(entry.mtime * 1e9)
+        os.utime(proc, ns=(ns, ns))
+    finally:
+        os.close(handle)

@@ -2,6 +2,10 @@
 
 Names are checked, directory loops cut and library errors turned into one
 line here, once, so an adapter (ext.py, fat.py) only translates its library.
+A name a guest wrote is one path component or its entry is skipped with a
+warning (`model.names`: not empty, `.`, `..`, no `/` or NUL), and only the
+first of two entries with the same name is kept, so an extraction creates
+each name once and never leaves its target.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, TypeVar
 
 from strongroom.errors import PathNotFound, StrongroomError
+from strongroom.model.names import name_problem, printable
 from strongroom.sources.image_files.entry import ImageEntry
 from strongroom.sources.image_files.errors import ChainError, ImageFileSystemError, ImageReadError
 from strongroom.sources.image_files.view import DiskView, seek_position
@@ -110,11 +115,17 @@ class TreeFileSystem(ABC):
 
     def _listing(self, entry: ImageEntry, node: Any) -> list[tuple[ImageEntry, Any]]:
         kids = []
+        seen: set[str] = set()
         for name, child, child_node in self._children(entry, node):
-            if name in ("", ".", "..") or "/" in name or "\0" in name:
-                self.warn(f"skipped an entry named {name!r} in {entry.path}")
-            else:
-                kids.append((child, child_node))
+            if name_problem(name) is not None or name in seen:
+                which = "a second entry" if name in seen else "an entry"
+                self.warn(f"skipped {which} named '{printable(name)}' in {printable(entry.path)}")
+                continue
+            if child.type == "symlink" and "\0" in child.target:
+                self.warn(f"skipped {printable(child.path)}: its link target holds NUL")
+                continue
+            seen.add(name)
+            kids.append((child, child_node))
         kids.sort(key=lambda kid: kid[0].path)
         self._recent[entry.path] = {kid[0].path: kid for kid in kids}
         if len(self._recent) > 4:
