@@ -6,8 +6,9 @@ entry names that disk's block map root, so everything block points can do
 
 Disk names become file names (`restore --vm --target DIR` writes DIR/NAME.raw),
 so decoding holds them to the rules of every name in a manifest
-(`model.names`): one path component, no control characters, sorted and
-unique. `encode` sorts the disks by name.
+(`model.names`): one path component, no control characters, unique. The
+disks keep the order the VM's configuration gave them (format 1 wrote them so,
+and restore reports them so); uniqueness is checked on a sorted copy.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from strongroom.errors import PathNotFound
 from strongroom.model.names import names_problem, printable
 
 VM_MANIFEST_VERSION = 1
@@ -48,7 +50,7 @@ class VmManifest:
                     "map": bytes.fromhex(d.map_root),
                     "summary": d.summary,
                 }
-                for d in sorted(self.disks, key=lambda d: d.name)
+                for d in self.disks
             ],
         }
         packed: bytes = msgpack.packb(doc, use_bin_type=True)
@@ -76,7 +78,7 @@ class VmManifest:
             for d in disks:
                 if printable(d.name) != d.name:
                     raise ValueError(f"a disk name holds control characters ({printable(d.name)})")
-            problem = names_problem([d.name for d in disks])
+            problem = names_problem(sorted(d.name for d in disks))
             if problem is not None:
                 raise ValueError(f"disk list holds {problem}")
             return cls(vm=str(doc["vm"]), disks=disks)
@@ -88,4 +90,4 @@ class VmManifest:
             if d.name == name:
                 return d
         names = ", ".join(d.name for d in self.disks)
-        raise KeyError(f"the point has no disk {name!r} (disks: {names})")
+        raise PathNotFound(f"the point has no disk {name!r} (disks: {names})")
