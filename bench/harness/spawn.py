@@ -99,6 +99,7 @@ class Spawned:
         assert self.proc.stdin is not None
         self.proc.stdin.write(spec)
         self.proc.stdin.close()
+        self.proc.stdin = None  # communicate() must not flush it again
 
     @property
     def running(self) -> bool:
