@@ -118,7 +118,7 @@ def allocated(path: Path) -> int:
 def warm_file(path: Path) -> int:
     """Read the data extents of ``path`` (SEEK_DATA/SEEK_HOLE) into the page cache: a sparse
     disk image costs what it holds, not its size. Returns the bytes read."""
-    buf = bytearray(PIECE)
+    view = memoryview(bytearray(PIECE))
     total = 0
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -132,7 +132,7 @@ def warm_file(path: Path) -> int:
                     break
                 raise
             end = os.lseek(fd, start, os.SEEK_HOLE)
-            while start < end and (n := os.preadv(fd, [buf], start)):
+            while start < end and (n := os.preadv(fd, [view[: end - start]], start)):
                 start += n
                 total += n
             pos = end
