@@ -61,8 +61,6 @@ from pathlib import Path
 
 from harness import cli
 from harness.dataset import (
-    GIB,
-    MIB,
     ChangeSummary,
     DatasetInfo,
     apply_change,
@@ -75,7 +73,7 @@ from harness.spawn import log, run_measured, tail
 from harness.stats import Spread, run_rounds, verdict
 from harness.tables import md_table, plain_table
 from harness.verify import compare_trees, find_restored_root
-from harness.workspace import place_data, prepare, tree_bytes, warm
+from harness.workspace import GIB, MIB, place_data, prepare, tree_bytes, warm
 
 PHASES = ("first", "nochange", "change", "restore")
 PHASE_LABELS = {

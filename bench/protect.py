@@ -69,7 +69,7 @@ from typing import Any
 
 from harness import cli
 from harness.checks import Failures
-from harness.dataset import DatasetInfo, TextSource, describe_dataset, ensure_dataset, iter_files
+from harness.dataset import DatasetInfo, TextSource, describe_dataset, ensure_dataset
 from harness.environment import head_markdown, head_text, machine
 from harness.peers import Borg, Restic, Space, Tool, available, tool_env
 from harness.report import finish
@@ -86,6 +86,7 @@ from harness.workspace import (
     file_bytes,
     fresh_dir,
     fsync_seconds,
+    iter_files,
     place_data,
     prepare,
     warm,
@@ -810,7 +811,7 @@ def report_markdown(r: Report) -> str:
     return "\n".join(out)
 
 
-def json_doc(r: Report) -> dict[str, object]:
+def json_doc(r: Report) -> dict[str, Any]:
     dataset = r.info.to_json()
     dataset.pop("source_manifest", None)
     change = None

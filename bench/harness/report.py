@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from harness.checks import Failures
@@ -10,7 +11,7 @@ from harness.spawn import log
 
 
 def finish(
-    report: str, doc: dict[str, object], json_path: Path | None, logs: Path, failures: Failures
+    report: str, doc: Mapping[str, object], json_path: Path | None, logs: Path, failures: Failures
 ) -> int:
     """Print ``report``, write ``doc`` to ``json_path`` (if given), say where the logs are;
     exit status 1 if anything failed."""
