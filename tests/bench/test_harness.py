@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from harness.checks import Check, Failures, check_rows, info, ratio_check
 from harness.peers import Restic, Strongroom, available
+from harness.report import finish
 from harness.spawn import Spawned, children, run_measured
 from harness.stats import Spread, format_ratio, mb, median_index, ratio, run_rounds, verdict
 from harness.tables import md_table, plain_table, sentences
@@ -188,3 +190,15 @@ def test_a_missing_peer_is_skipped_with_a_line(
     found, skipped = available([Strongroom(), Restic()], install=False)
     assert [t.name for t in found] == ["strongroom"]
     assert skipped == ["restic: not installed (apt-get install restic), not measured"]
+
+
+def test_finish_prints_writes_json_and_sets_the_exit_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.json"
+    assert finish("report", {"a": Path("/x"), "b": 1}, out, tmp_path, Failures()) == 0
+    assert capsys.readouterr().out == "report\n"
+    assert json.loads(out.read_text()) == {"a": "/x", "b": 1}
+    failed = Failures(["export: differs"])
+    assert finish("report", {}, None, tmp_path, failed) == 1
+    assert "FAILED: export: differs" in capsys.readouterr().err
