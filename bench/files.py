@@ -3,9 +3,9 @@
 
 What is measured
 ----------------
-For every tool, on the same realistic data set (``bench/dataset.py``: source trees, thousands
-of small files, already-compressed files, random data, one large image file) placed at the same
-path, four phases run one after the other:
+For every tool, on the same realistic data set (``bench/harness/dataset.py``: source trees,
+thousands of small files, already-compressed files, random data, one large image file) placed
+at the same path, four phases run one after the other:
 
 1. ``first``: first backup into a freshly initialised repository (``init`` is not timed),
 2. ``nochange``: a second backup with nothing changed (change detection / files cache cost),
@@ -17,7 +17,8 @@ For each phase: wall time (``time.perf_counter`` around the subprocess), through
 (10^6 bytes of *source data* per second, for every phase, so phases and tools compare), peak
 RSS of the tool's process (``ru_maxrss`` from ``os.wait4``: restic, borg and strongroom each run
 as one process), and the repository size (sum of file sizes under the repository directory)
-after the phase. With ``--runs N`` every number is the median of N runs.
+after the phase. With ``--runs N`` every number is the median of N runs (and the wall times'
+range is shown); ``--warmup N`` runs the whole scenario N more times first, thrown away.
 
 Why it is done this way
 -----------------------
@@ -26,8 +27,8 @@ Why it is done this way
   the tool's cache directory (this machine also pages out memory untouched for about a minute),
   so the numbers measure the tool, not the disk. Dirty pages are then flushed (``sync``) so one
   phase's or tool's write-back does not slow the next command down.
-* Peak RSS: commands are started through ``bench/spawn.py``, a fresh ~7 MiB launcher, because
-  Linux carries a parent's memory into the child's ``ru_maxrss``; see that file.
+* Peak RSS: commands are started through ``bench/harness/launcher.py``, a fresh ~7 MiB
+  launcher, because Linux carries a parent's memory into the child's ``ru_maxrss``; see there.
 * Same path: restic and borg record absolute paths and use them to find the parent snapshot
   and their files cache, so each tool backs up ``WORKDIR/data``: a fresh copy of the cached,
   deterministic data set (``cp -a --reflink=auto``). The 1 % change is then applied in place to
@@ -36,11 +37,14 @@ Why it is done this way
 * Defaults: each tool runs with its default settings (restic: repository v2, zstd "auto";
   borg: ``repokey`` encryption, lz4; strongroom: its defaults), as a user would run them.
 
-Targets (strongroom relative to its peers) are printed as PASS/FAIL next to the ratios.
+Targets (strongroom relative to its peers) are printed as PASS/FAIL next to the ratios. A peer
+that is not installed (and cannot be installed with ``apt-get``, or ``--no-install``) is skipped,
+and the report says so.
 
 Usage::
 
-    nice -n 10 python bench/files.py [--size 2.0] [--tools strongroom,restic,borg] [--runs 1]
+    nice -n 10 python bench/files.py [--size 2.0] [--quick] [--tools strongroom,restic,borg]
+                                     [--no-install] [--runs 1] [--warmup 0] [--seed N]
                                      [--workdir DIR] [--keep] [--json FILE] [--markdown]
 """
 
@@ -48,28 +52,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from dataset import (
-    DEFAULT_SEED,
-    GIB,
-    MIB,
+from harness import cli
+from harness.dataset import (
     ChangeSummary,
     DatasetInfo,
     apply_change,
+    describe_dataset,
     ensure_dataset,
-    iter_files,
 )
+from harness.environment import machine
+from harness.peers import SUBJECT, TOOLS, Space, Tool, available, tool_env
+from harness.spawn import log, run_measured, tail
+from harness.stats import Spread, run_rounds, verdict
+from harness.tables import md_table, plain_table
+from harness.verify import compare_trees, find_restored_root
+from harness.workspace import GIB, MIB, place_data, prepare, tree_bytes, warm
 
 PHASES = ("first", "nochange", "change", "restore")
 PHASE_LABELS = {
@@ -80,320 +84,7 @@ PHASE_LABELS = {
 }
 BACKUP_PHASES = ("first", "nochange", "change")
 ALL_TOOLS = ("strongroom", "restic", "borg")
-SUBJECT = "strongroom"
-PASSWORD = "bench-password-not-secret"
-
-
-def log(msg: str) -> None:
-    """Progress goes to stderr; results go to stdout."""
-    print(msg, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- tools
-
-
-@dataclass
-class Space:
-    """Per-tool scratch directories; ``data`` is the backed-up path, the same for all tools."""
-
-    root: Path
-    data: Path
-    logs: Path
-
-    @property
-    def repo(self) -> Path:
-        return self.root / "repo"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def restore_target(self) -> Path:
-        return self.root / "restore"
-
-
-class Tool:
-    """How to drive one backup tool. Subclasses fill in the commands."""
-
-    name = ""
-    ok_codes: frozenset[int] = frozenset({0})
-
-    def command(self) -> list[str] | None:
-        """The command prefix, or None if the tool is not installed."""
-        exe = shutil.which(self.name)
-        return [exe] if exe else None
-
-    def version_args(self) -> list[str]:
-        return ["--version"]
-
-    def env(self, space: Space) -> dict[str, str]:
-        return {}
-
-    def init(self, space: Space) -> list[str]:
-        raise NotImplementedError
-
-    def backup(self, space: Space, label: str) -> list[str]:
-        raise NotImplementedError
-
-    def restore(self, space: Space, label: str) -> tuple[list[str], Path]:
-        """(command, working directory) restoring snapshot ``label`` (the latest)."""
-        raise NotImplementedError
-
-    def cmd(self) -> list[str]:
-        prefix = self.command()
-        if prefix is None:
-            raise RuntimeError(f"{self.name} is not installed")
-        return prefix
-
-
-class Restic(Tool):
-    name = "restic"
-
-    def version_args(self) -> list[str]:
-        return ["version"]
-
-    def env(self, space: Space) -> dict[str, str]:
-        return {"RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(space.cache)}
-
-    def init(self, space: Space) -> list[str]:
-        return [*self.cmd(), "-r", str(space.repo), "init"]
-
-    def backup(self, space: Space, label: str) -> list[str]:
-        return [*self.cmd(), "-r", str(space.repo), "backup", str(space.data)]
-
-    def restore(self, space: Space, label: str) -> tuple[list[str], Path]:
-        target = str(space.restore_target)
-        cmd = [*self.cmd(), "-r", str(space.repo), "restore", "latest", "--target", target]
-        return cmd, space.root
-
-
-class Borg(Tool):
-    name = "borg"
-    ok_codes = frozenset({0, 1})  # 1 = warnings (e.g. a file changed while read)
-
-    def env(self, space: Space) -> dict[str, str]:
-        return {
-            "BORG_PASSPHRASE": PASSWORD,
-            "BORG_BASE_DIR": str(space.cache),
-            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
-            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
-        }
-
-    def init(self, space: Space) -> list[str]:
-        return [*self.cmd(), "init", "-e", "repokey", str(space.repo)]
-
-    def backup(self, space: Space, label: str) -> list[str]:
-        return [*self.cmd(), "create", f"{space.repo}::{label}", str(space.data)]
-
-    def restore(self, space: Space, label: str) -> tuple[list[str], Path]:
-        return [*self.cmd(), "extract", f"{space.repo}::{label}"], space.restore_target
-
-
-class Strongroom(Tool):
-    name = "strongroom"
-
-    def command(self) -> list[str] | None:
-        exe = shutil.which("strongroom")
-        if exe:
-            return [exe]
-        probe = subprocess.run(
-            [sys.executable, "-c", "import strongroom"], capture_output=True, check=False
-        )
-        return [sys.executable, "-m", "strongroom"] if probe.returncode == 0 else None
-
-    def env(self, space: Space) -> dict[str, str]:
-        return {"STRONGROOM_REPO": str(space.repo), "STRONGROOM_PASSWORD": PASSWORD}
-
-    def init(self, space: Space) -> list[str]:
-        return [*self.cmd(), "init"]
-
-    def backup(self, space: Space, label: str) -> list[str]:
-        return [*self.cmd(), "backup", str(space.data)]
-
-    def restore(self, space: Space, label: str) -> tuple[list[str], Path]:
-        cmd = [*self.cmd(), "restore", "latest", "--target", str(space.restore_target)]
-        return cmd, space.root
-
-
-TOOLS: dict[str, type[Tool]] = {"strongroom": Strongroom, "restic": Restic, "borg": Borg}
-APT_PACKAGES = {"restic": "restic", "borg": "borgbackup"}
-
-
-def tool_env(tool: Tool, space: Space) -> dict[str, str]:
-    env = dict(os.environ)
-    env["XDG_CACHE_HOME"] = str(space.cache / "xdg-cache")
-    env["XDG_CONFIG_HOME"] = str(space.cache / "xdg-config")
-    env.update(tool.env(space))
-    return env
-
-
-def ensure_installed(tools: Sequence[Tool]) -> None:
-    """Install restic/borg from Debian's packages if missing; strongroom must be installed."""
-    missing = [t.name for t in tools if t.command() is None]
-    packages = [APT_PACKAGES[name] for name in missing if name in APT_PACKAGES]
-    if packages:
-        log(f"installing {' '.join(packages)} with apt-get ...")
-        cmd = ["apt-get", "install", "-y", *packages]
-        if subprocess.run(cmd, check=False).returncode != 0:
-            subprocess.run(["apt-get", "update"], check=True)
-            subprocess.run(cmd, check=True)
-    still = [t.name for t in tools if t.command() is None]
-    if still:
-        hint = " (pip install -e . in the repository)" if SUBJECT in still else ""
-        raise SystemExit(f"not installed: {', '.join(still)}{hint}")
-
-
-def tool_version(tool: Tool) -> str:
-    try:
-        proc = subprocess.run(
-            [*tool.cmd(), *tool.version_args()],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    lines = (proc.stdout or proc.stderr).strip().splitlines()
-    first = lines[0] if lines else ""
-    return first if proc.returncode == 0 else f"unknown (exit {proc.returncode}: {first})"
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-@dataclass
-class Measurement:
-    seconds: float
-    peak_rss_kib: int
-    cpu_seconds: float
-    exit_code: int
-
-
-SPAWN = Path(__file__).with_name("spawn.py")
-
-
-def run_measured(cmd: list[str], env: dict[str, str], cwd: Path, log_stem: Path) -> Measurement:
-    """Run ``cmd`` through ``spawn.py``: wall time (perf_counter) and peak RSS (os.wait4).
-
-    The launcher is a fresh, small process so that the measured peak RSS is the tool's own and
-    not inherited from this (large) process; see spawn.py.
-    """
-    log_stem.parent.mkdir(parents=True, exist_ok=True)
-    err_path = log_stem.with_suffix(".err")
-    err_path.write_text(f"$ {' '.join(cmd)}\n")
-    spec = {
-        "cmd": cmd,
-        "env": env,
-        "cwd": str(cwd),
-        "stdout": str(log_stem.with_suffix(".out")),
-        "stderr": str(err_path),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", str(SPAWN)],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result = json.loads(proc.stdout)
-    return Measurement(
-        result["seconds"], result["maxrss_kib"], result["cpu_seconds"], result["exit_code"]
-    )
-
-
-def tail(path: Path, lines: int = 12) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def tree_bytes(root: Path) -> int:
-    """Sum of the sizes of the regular files under ``root`` (repository size)."""
-    return sum(st.st_size for _, st in iter_files(root)) if root.is_dir() else 0
-
-
-def warm_page_cache(root: Path) -> int:
-    """Read every file under ``root`` once so that every tool starts with a warm page cache."""
-    total = 0
-    if not root.is_dir():
-        return 0
-    buf = bytearray(MIB)
-    for rel, _ in iter_files(root):
-        with (root / rel).open("rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                total += n
-    return total
-
-
-# --------------------------------------------------------------------------- verification
-
-
-def tree_entries(root: Path) -> dict[str, tuple[str, object]]:
-    """rel path -> (kind, detail): files with their size, symlinks with their target."""
-    entries: dict[str, tuple[str, object]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root)
-            st = os.lstat(path)
-            if os.path.islink(path):
-                entries[rel] = ("symlink", os.readlink(path))
-            elif os.path.isdir(path):
-                entries[rel] = ("dir", None)
-            else:
-                entries[rel] = ("file", st.st_size)
-    return entries
-
-
-def same_content(a: Path, b: Path, block: int = MIB) -> bool:
-    with a.open("rb") as fa, b.open("rb") as fb:
-        while True:
-            ca, cb = fa.read(block), fb.read(block)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
-
-
-def compare_trees(expected: Path, actual: Path) -> tuple[list[str], int]:
-    """(problems, files whose mtime differs): problems make the restore a failure."""
-    want, got = tree_entries(expected), tree_entries(actual)
-    problems = [f"missing: {rel}" for rel in sorted(want.keys() - got.keys())]
-    problems += [f"unexpected: {rel}" for rel in sorted(got.keys() - want.keys())]
-    mtime_diffs = 0
-    for rel in sorted(want.keys() & got.keys()):
-        if want[rel] != got[rel]:
-            problems.append(f"differs: {rel}: {want[rel]} != {got[rel]}")
-        elif want[rel][0] == "file":
-            if not same_content(expected / rel, actual / rel):
-                problems.append(f"content differs: {rel}")
-            elif os.lstat(expected / rel).st_mtime_ns != os.lstat(actual / rel).st_mtime_ns:
-                mtime_diffs += 1
-    return problems, mtime_diffs
-
-
-def find_restored_root(target: Path, data: Path) -> Path | None:
-    """Where the tool put ``data`` under ``target`` (restic and borg recreate the full path)."""
-    candidate = target / data.relative_to(data.anchor)
-    if candidate.is_dir():
-        return candidate
-    wanted = set(os.listdir(data))
-    queue = [target]
-    while queue:
-        here = queue.pop(0)
-        try:
-            names = set(os.listdir(here))
-        except OSError:
-            continue
-        if names == wanted:
-            return here
-        if len(here.relative_to(target).parts) < len(data.parts) + 2:
-            queue += sorted(here / n for n in names if (here / n).is_dir())
-    return None
+QUICK_GIB = 0.1  # --quick: a 100 MiB data set
 
 
 # --------------------------------------------------------------------------- one tool, one run
@@ -434,24 +125,13 @@ class Context:
     keep: bool
 
 
-def place_data(base: Path, data: Path) -> None:
-    """Fresh copy of the cached data set at the benchmarked path."""
-    if data.exists():
-        shutil.rmtree(data)
-    subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(data)], check=True)
-    # Let the copy's ctimes age: files caches treat too-recent timestamps as racy.
-    time.sleep(1.5)
-
-
 def run_phase(
     tool: Tool, space: Space, ctx: Context, run: ToolRun, phase: str, cmd: list[str], cwd: Path
 ) -> PhaseResult:
     # Warm page cache for everything the phase reads (this machine pages out memory that was
     # not touched for about a minute), then flush dirty pages so that earlier writes do not
     # slow this command down.
-    for tree in (space.data, space.repo, space.cache):
-        warm_page_cache(tree)
-    os.sync()
+    warm((space.data, space.repo, space.cache))
     stem = ctx.logs / f"run{run.run}-{tool.name}-{phase}"
     m = run_measured(cmd, tool_env(tool, space), cwd, stem)
     ok = m.exit_code in tool.ok_codes
@@ -556,6 +236,7 @@ class Summary:
     repo_bytes: int
     ok: bool
     runs: int
+    seconds_spread: Spread
 
 
 def summarize(runs: list[ToolRun], source_bytes: int) -> dict[str, dict[str, Summary]]:
@@ -567,7 +248,8 @@ def summarize(runs: list[ToolRun], source_bytes: int) -> dict[str, dict[str, Sum
             results = [r.phases[phase] for r in mine if phase in r.phases]
             if not results:
                 continue
-            seconds = statistics.median(p.seconds for p in results)
+            spread = Spread.of(p.seconds for p in results)
+            seconds = spread.median
             out[tool][phase] = Summary(
                 seconds=seconds,
                 mb_per_s=source_bytes / 1e6 / seconds,
@@ -576,6 +258,7 @@ def summarize(runs: list[ToolRun], source_bytes: int) -> dict[str, dict[str, Sum
                 repo_bytes=int(statistics.median(p.repo_bytes for p in results)),
                 ok=len(results) == len(mine) and all(p.ok for p in results),
                 runs=len(results),
+                seconds_spread=spread,
             )
     return out
 
@@ -669,38 +352,6 @@ def compute_checks(s: dict[str, dict[str, Summary]]) -> list[Check]:
 # --------------------------------------------------------------------------- output
 
 
-def text_table(
-    headers: list[list[str]], rows: list[list[str]], groups: list[tuple[str, int]] | None = None
-) -> str:
-    """Plain aligned table; first column left-aligned; ``groups`` (title, span) head columns."""
-    all_rows = headers + rows
-    widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
-
-    def fmt(row: list[str]) -> str:
-        cells = [row[0].ljust(widths[0])]
-        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
-        return "  ".join(cells).rstrip()
-
-    lines = []
-    if groups:
-        spans, col = [], 0
-        for title, span in groups:
-            width = sum(widths[col : col + span]) + 2 * (span - 1)
-            spans.append(title.center(width, "-") if title else " " * width)
-            col += span
-        lines.append("  ".join(spans).rstrip())
-    lines += [fmt(h) for h in headers]
-    lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines + [fmt(r) for r in rows])
-
-
-def markdown_table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
-    """GitHub markdown table; the first ``left`` columns are left-aligned, the rest right."""
-    align = [":---"] * left + ["---:"] * (len(header) - left)
-    lines = [header, align, *rows]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
-
-
 def phase_rows(s: dict[str, dict[str, Summary]]) -> list[list[str]]:
     rows = []
     for phase in PHASES:
@@ -740,48 +391,27 @@ def check_rows(checks: list[Check], peers: list[str]) -> list[list[str]]:
     rows = []
     for c in checks:
         ratios = [f"{c.ratios[p]:.2f}x" if p in c.ratios else "n/a" for p in peers]
-        result = "-" if c.passed is None and c.target == "(none)" else _verdict(c.passed)
+        result = "-" if c.passed is None and c.target == "(none)" else verdict(c.passed)
         rows.append([c.metric, *ratios, c.target, result])
     return rows
 
 
-def _verdict(passed: bool | None) -> str:
-    return "n/a" if passed is None else ("PASS" if passed else "FAIL")
-
-
-def cpu_model() -> str:
-    """The CPU's model name, as /proc/cpuinfo says (empty if it cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def environment(tools: Sequence[Tool], ctx: Context) -> dict[str, object]:
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {t.name: tool_version(t) for t in tools},
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "filesystem": filesystem_type(ctx.workdir),
-        "workdir": str(ctx.workdir),
-        "data_path": str(ctx.data),
-    }
+    env = machine(ctx.workdir, {t.name: t.version() for t in tools}, memory=False)
+    env["data_path"] = str(ctx.data)
+    return env
 
 
-def describe_dataset(info: DatasetInfo) -> list[str]:
-    lines = [
-        f"data set: {info.files} files, {info.bytes / 1e6:.1f} MB ({info.bytes / GIB:.2f} GiB)"
-    ]
-    for name, c in info.categories.items():
-        lines.append(f"  {name:<11} {c.files:>7} files {c.bytes / 1e6:10.1f} MB")
-    return lines
+def spread_rows(s: dict[str, dict[str, Summary]]) -> list[list[str]]:
+    """Per phase and tool: the median wall time and its range over the rounds."""
+    rows = []
+    for phase in PHASES:
+        row = [PHASE_LABELS[phase]]
+        for tool in s:
+            summary = s[tool].get(phase)
+            row.append("-" if summary is None else summary.seconds_spread.text())
+        rows.append(row)
+    return rows
 
 
 def notes(tool_runs: list[ToolRun]) -> list[str]:
@@ -806,6 +436,7 @@ def report_text(
     s: dict[str, dict[str, Summary]],
     checks: list[Check],
     runs: int,
+    skipped: list[str],
 ) -> str:
     tools = list(s)
     peers = [t for t in tools if t != SUBJECT]
@@ -827,21 +458,23 @@ def report_text(
     ]
     header = ["phase"] + ["s", "MB/s", "RSS MiB"] * len(tools)
     groups = [("", 1)] + [(t, 3) for t in tools]
-    out += [text_table([header], phase_rows(s), groups), ""]
-    out += [text_table([["repository size MiB (% of source)", *tools]], repo_rows(s, info.bytes))]
+    align = "l" + "r" * (len(header) - 1)
+    out += [plain_table(header, phase_rows(s), align, groups), ""]
+    if runs > 1:
+        header = [f"wall s: median (min-max) of {runs} runs", *tools]
+        out += [plain_table(header, spread_rows(s), "l" + "r" * len(tools)), ""]
+    header = ["repository size MiB (% of source)", *tools]
+    out += [plain_table(header, repo_rows(s, info.bytes), "l" + "r" * len(tools))]
     out += notes(tool_runs)
+    out += [f"skipped: {line}" for line in skipped]
     if SUBJECT in s and peers:
         out += [
             "",
             f"ratios {SUBJECT}/peer (speed: MB/s ratio, higher is better; size and RSS:"
             " lower is better)",
         ]
-        out += [
-            text_table(
-                [["metric", *(f"vs {p}" for p in peers), "target", "result"]],
-                check_rows(checks, peers),
-            )
-        ]
+        header = ["metric", *(f"vs {p}" for p in peers), "target", "result"]
+        out += [plain_table(header, check_rows(checks, peers), "l" + "r" * (len(header) - 1))]
     return "\n".join(out)
 
 
@@ -851,6 +484,7 @@ def report_markdown(
     s: dict[str, dict[str, Summary]],
     checks: list[Check],
     runs: int,
+    skipped: list[str],
 ) -> str:
     tools = list(s)
     peers = [t for t in tools if t != SUBJECT]
@@ -867,11 +501,16 @@ def report_markdown(
         "",
     ]
     header = ["phase"] + [f"{t} {m}" for t in tools for m in ("s", "MB/s", "RSS MiB")]
-    out += [markdown_table(header, phase_rows(s)), ""]
-    out += [markdown_table(["repository size MiB (% of source)", *tools], repo_rows(s, info.bytes))]
+    out += [md_table(header, phase_rows(s), "l" + "r" * (len(header) - 1)), ""]
+    if runs > 1:
+        header = [f"wall s: median (min-max) of {runs} runs", *tools]
+        out += [md_table(header, spread_rows(s), "l" + "r" * len(tools)), ""]
+    header = ["repository size MiB (% of source)", *tools]
+    out += [md_table(header, repo_rows(s, info.bytes), "l" + "r" * len(tools))]
     if SUBJECT in s and peers:
         header = ["metric", *(f"{SUBJECT}/{p}" for p in peers), "target", "result"]
-        out += ["", markdown_table(header, check_rows(checks, peers))]
+        out += ["", md_table(header, check_rows(checks, peers), "l" + "r" * (len(header) - 1))]
+    out += [f"Skipped: {line}." for line in skipped]
     return "\n".join(out)
 
 
@@ -883,6 +522,7 @@ def write_json(
     runs: list[ToolRun],
     s: dict[str, dict[str, Summary]],
     checks: list[Check],
+    skipped: list[str],
 ) -> None:
     dataset = info.to_json()
     dataset.pop("source_manifest", None)
@@ -893,6 +533,7 @@ def write_json(
         "runs": [asdict(r) for r in runs],
         "median": {t: {p: asdict(v) for p, v in ph.items()} for t, ph in s.items()},
         "checks": [asdict(c) for c in checks],
+        "skipped": skipped,
     }
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
@@ -900,71 +541,37 @@ def write_json(
 # --------------------------------------------------------------------------- main
 
 
-def filesystem_type(path: Path) -> str:
-    """Type of the file system holding ``path`` (longest mount point prefix)."""
-    best, fstype = "", "unknown"
-    real = os.path.realpath(path)
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return fstype
-    for line in mounts:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        mount = fields[1].replace("\\040", " ")
-        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(best):
-            best, fstype = mount, fields[2]
-    return fstype
-
-
-def default_workdir() -> Path:
-    if os.access("/work", os.W_OK):
-        return Path("/work/bench-scratch")
-    return Path(os.environ.get("TMPDIR") or "/var/tmp") / "strongroom-bench"
-
-
-def check_workdir(workdir: Path, size: int) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    fstype = filesystem_type(workdir)
-    if fstype in ("tmpfs", "ramfs"):
-        raise SystemExit(f"{workdir} is on {fstype}: use --workdir on a real disk")
-    free = shutil.disk_usage(workdir).free
-    if free < 5 * size:
-        log(
-            f"warning: only {free / GIB:.1f} GiB free in {workdir}; about {5 * size / GIB:.1f} "
-            "GiB are needed (data set, working copy, repository, restore)"
-        )
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("--size", type=float, default=2.0, help="data set size in GiB (default 2.0)")
-    p.add_argument("--workdir", type=Path, default=None, help="scratch dir (not on tmpfs)")
-    p.add_argument("--keep", action="store_true", help="keep repositories, restores and data")
+    p.add_argument(
+        "--quick", action="store_true", help=f"sanity preset: a {QUICK_GIB * 1024:.0f} MiB data set"
+    )
     p.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated tools to run")
-    p.add_argument("--runs", type=int, default=1, help="runs per tool; the median is reported")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="data set seed")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results")
-    p.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    p.add_argument(
+        "--no-install", action="store_true", help="skip missing peers (no apt-get install)"
+    )
+    cli.add_common(
+        p, seed_help="data set seed", keep_help="keep repositories, restores and data", runs=True
+    )
     args = p.parse_args(argv)
+    if args.quick:
+        args.size = QUICK_GIB
     args.tools = list(dict.fromkeys(t.strip() for t in args.tools.split(",") if t.strip()))
     unknown = [t for t in args.tools if t not in TOOLS]
     if unknown or not args.tools:
         p.error(f"unknown tool(s): {', '.join(unknown)}; choose from {', '.join(ALL_TOOLS)}")
-    if args.runs < 1 or args.size <= 0:
-        p.error("--runs must be >= 1 and --size > 0")
+    cli.check_runs(p, args)
+    if args.size <= 0:
+        p.error("--size must be > 0")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     size = int(args.size * GIB)
-    workdir = (args.workdir or default_workdir()).resolve()
-    check_workdir(workdir, size)
-    tools = [TOOLS[name]() for name in args.tools]
-    ensure_installed(tools)
+    workdir = prepare(args.workdir, "", 5 * size, "data set, working copy, repository, restore")
+    tools, skipped = available([TOOLS[name]() for name in args.tools], not args.no_install)
 
     info = ensure_dataset(workdir / "dataset", size, args.seed)
     for line in describe_dataset(info):
@@ -975,23 +582,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir, workdir / "dataset", workdir / "data", logs, info.bytes, args.seed, args.keep
     )
     env = environment(tools, ctx)
-
-    runs: list[ToolRun] = []
     change = ChangeSummary()
-    for run_index in range(1, args.runs + 1):
-        for tool in tools:
-            log(f"[run {run_index}/{args.runs}] {tool.name}")
-            result, change = bench_tool(tool, ctx, run_index)
-            runs.append(result)
 
+    def one_round(index: int) -> list[ToolRun]:
+        nonlocal change
+        results = []
+        for tool in tools:
+            log(f"  {tool.name}")
+            result, change = bench_tool(tool, ctx, index)
+            results.append(result)
+        return results
+
+    rounds = run_rounds(args.runs, one_round, args.warmup)
+    runs = [r for results in rounds for r in results]
     s = summarize(runs, info.bytes)
     checks = compute_checks(s)
     if args.markdown:
-        print(report_markdown(env, info, s, checks, args.runs))
+        print(report_markdown(env, info, s, checks, args.runs, skipped))
     else:
-        print(report_text(env, info, change, runs, s, checks, args.runs))
+        print(report_text(env, info, change, runs, s, checks, args.runs, skipped))
     if args.json:
-        write_json(args.json, env, info, change, runs, s, checks)
+        write_json(args.json, env, info, change, runs, s, checks, skipped)
         log(f"results written to {args.json}")
     failed = [f"{r.tool} (run {r.run})" for r in runs if not r.ok]
     if failed:

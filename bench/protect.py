@@ -23,8 +23,8 @@ In order:
 3. ``nochange``: nothing changed since: a protect cycle (ships nothing) and restic and borg
    backups.
 
-Per command: wall time (``spawn.py``, so the interpreter's start-up is included), CPU time and
-peak RSS as ``wait4`` reports them, which includes the children the command waited for
+Per command: wall time (the harness's launcher, so the interpreter's start-up is included), CPU
+time and peak RSS as ``wait4`` reports them, which includes the children the command waited for
 (strongroom's ``mke2fs`` and ``debugfs``). Bytes: strongroom's shipped VHD (``vhd_bytes`` from
 its ``--json`` summary, checked against the file in DEST) and that file's allocation on disk;
 restic's and borg's repository growth (file sizes, and allocation) over the backup; the
@@ -39,65 +39,63 @@ metadata disk, and checked with ``e2fsck -fn``; after the change cycle a sample 
 paths is read back from the flattened file system with ``debugfs`` and compared with the tree.
 A failure aborts the benchmark (exit status 1); a cycle with no change must ship nothing.
 
-Conventions of ``bench/files.py``: page cache warm before every timed command (the tree, the
-tool's repository, cache or state folder, reading only the data extents of sparse files, then
-``sync``); progress on stderr, the report on stdout; each command's output in
-``WORKDIR/protect/logs/``; restic and borg installed with ``apt-get`` when missing (skipped,
-and said so, if that fails). strongroom runs as the console script next to this interpreter.
+Conventions of the harness (``bench/harness/``), as in ``bench/files.py``: page cache warm
+before every timed command (the tree, the tool's repository, cache or state folder, reading
+only the data extents of sparse files, then ``sync``); progress on stderr, the report on
+stdout; each command's output in ``WORKDIR/protect/logs/``; restic and borg installed with
+``apt-get`` when missing (skipped, and said so, if that fails or with ``--no-install``).
+strongroom runs as the console script next to this interpreter.
 
 Usage::
 
-    nice -n 10 python bench/protect.py [--size 1.0] [--quick] [--peers restic,borg] [--seed N]
-                                       [--workdir DIR] [--keep] [--json FILE] [--markdown]
+    nice -n 10 python bench/protect.py [--size 1.0] [--quick] [--peers restic,borg] [--no-install]
+                                       [--vhd-block-size SIZE] [--seed N] [--workdir DIR]
+                                       [--keep] [--json FILE] [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
-import json
 import os
-import platform
 import random
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import images as img
-from dataset import DEFAULT_SEED, GIB, KIB, MIB, DatasetInfo, TextSource, ensure_dataset, iter_files
-from files import (
-    Borg,
-    Measurement,
-    Restic,
-    Space,
-    Tool,
-    cpu_model,
-    default_workdir,
-    describe_dataset,
-    ensure_installed,
-    filesystem_type,
-    log,
+from harness import cli
+from harness.checks import Failures
+from harness.dataset import DatasetInfo, TextSource, describe_dataset, ensure_dataset
+from harness.environment import head_markdown, head_text, machine
+from harness.peers import Borg, Restic, Space, Tool, available, tool_env
+from harness.report import finish
+from harness.spawn import Measurement, log, run_measured, tail, version
+from harness.stats import ratio
+from harness.strongroom import strongroom_cmd, summary_json
+from harness.tables import Table, md_table, plain_table, sentences
+from harness.workspace import (
+    GIB,
+    KIB,
+    MIB,
+    PIECE,
+    allocated,
+    file_bytes,
+    fresh_dir,
+    fsync_seconds,
+    iter_files,
     place_data,
-    run_measured,
-    tail,
-    tool_env,
-    tool_version,
+    prepare,
+    warm,
 )
-from vhd import fsync_seconds
 
 DEFAULT_GIB = 1.0
 QUICK_GIB = 200 / 1024
 NAME = "bench"  # the protected source's name: DEST holds bench-000000.vhd, ...
 CHANGE_SHARE = 0.01
-PIECE = 4 * MIB
 PEERS: dict[str, type[Tool]] = {"restic": Restic, "borg": Borg}
 
 PHASES = ("first", "change", "nochange")
@@ -212,53 +210,6 @@ class Ctx:
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def warm_file(path: Path) -> None:
-    """Read the data extents of ``path`` (SEEK_DATA/SEEK_HOLE): a sparse disk image costs
-    what it holds, not its size."""
-    buf = bytearray(PIECE)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as err:
-                if err.errno == errno.ENXIO:  # only a hole is left
-                    break
-                raise
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            while start < end and (n := os.preadv(fd, [buf], start)):
-                start += n
-            pos = end
-    finally:
-        os.close(fd)
-
-
-def warm(paths: Sequence[Path]) -> None:
-    """Warm page cache for what the next command reads, then flush earlier writes."""
-    for path in paths:
-        if path.is_dir():
-            for rel, _ in iter_files(path):
-                warm_file(path / rel)
-        elif path.is_file():
-            warm_file(path)
-    os.sync()
-
-
-def allocated(path: Path) -> int:
-    """Bytes allocated on disk for a file, or for all files under a folder."""
-    if path.is_dir():
-        return sum(st.st_blocks * 512 for _, st in iter_files(path))
-    return os.stat(path).st_blocks * 512 if path.exists() else 0
-
-
-def file_bytes(path: Path) -> int:
-    if path.is_dir():
-        return sum(st.st_size for _, st in iter_files(path))
-    return os.stat(path).st_size if path.exists() else 0
 
 
 def timed(
@@ -540,14 +491,7 @@ def strongroom_cycle(ctx: Ctx, phase: str) -> Row:
     row = timed(ctx, phase, "strongroom", cmd, ctx.sr_env(), [ctx.data, ctx.state])
     if not row.ok:
         raise Abort(f"strongroom protect failed in the {PHASE_LABELS[phase]} cycle")
-    summary: dict[str, Any] = {}
-    for line in (ctx.logs / f"{phase}-strongroom").with_suffix(".out").read_text().splitlines():
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("message_type") == "summary":
-            summary = doc
+    summary = summary_json(ctx.logs / f"{phase}-strongroom")
     if not summary:
         raise Abort(f"strongroom protect printed no summary in the {PHASE_LABELS[phase]} cycle")
     row.details = summary
@@ -697,10 +641,6 @@ def note_lines(rows: list[Row]) -> list[str]:
     return [f"{PHASE_LABELS[r.phase]}, {WHO_LABELS[r.who]}: {r.note}" for r in rows if r.note]
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def compute_ratios(ctx: Ctx) -> dict[str, dict[str, float | None]]:
     """metric -> peer -> strongroom / peer (lower is better for every metric)."""
     peers = [t.name for t in ctx.peers] + ["reference"]
@@ -717,7 +657,7 @@ def compute_ratios(ctx: Ctx) -> dict[str, dict[str, float | None]]:
             for peer in peers:
                 theirs = ctx.row(phase, peer)
                 if theirs is not None and theirs.ok:
-                    ratios[peer] = _ratio(getattr(mine, attr), getattr(theirs, attr))
+                    ratios[peer] = ratio(getattr(mine, attr), getattr(theirs, attr))
             if ratios:
                 out[f"{PHASE_LABELS[phase]}: {name}"] = ratios
     return out
@@ -755,7 +695,7 @@ def amplification(ctx: Ctx, change: Change | None) -> tuple[list[str], list[list
             (change.changed_bytes, change.bytes_written) if change else (0, 0),
             strict=True,
         ):
-            v = _ratio(shipped, base)
+            v = ratio(shipped, base)
             rows[key].append("-" if v is None else f"{v:.2f}x")
     mine = ctx.row("change", "strongroom")
     if mine is not None and mine.ok and mine.details.get("bytes_changed"):
@@ -776,25 +716,15 @@ def environment(ctx: Ctx, workdir: Path) -> dict[str, object]:
         libvhdi = f"libvhdi {pyvhdi.get_version()}"
     except ImportError:
         libvhdi = "libvhdi: not installed"
-    versions: dict[str, str] = {"strongroom": img._version([*ctx.sr, "--version"])}
-    versions.update({t.name: tool_version(t) for t in ctx.peers})
+    versions: dict[str, str] = {"strongroom": version([*ctx.sr, "--version"])}
+    versions.update({t.name: t.version() for t in ctx.peers})
     mke2fs = subprocess.run([_e2("mke2fs"), "-V"], capture_output=True, text=True, check=False)
     versions["mke2fs"] = (mke2fs.stderr or mke2fs.stdout).strip().splitlines()[0]
-    versions["qemu-img"] = img._version(["qemu-img", "--version"])
+    versions["qemu-img"] = version(["qemu-img", "--version"])
     versions["libvhdi"] = libvhdi
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": versions,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "filesystem": filesystem_type(workdir),
-        "workdir": str(workdir),
-        "strongroom_command": " ".join(ctx.sr),
-    }
+    env = machine(workdir, versions)
+    env["strongroom_command"] = " ".join(ctx.sr)
+    return env
 
 
 PREAMBLE = (
@@ -830,7 +760,7 @@ class Report:
         return [*lines, *PREAMBLE]
 
 
-def result_tables(r: Report, table: Callable[[list[str], list[list[str]], str], str]) -> list[str]:
+def result_tables(r: Report, table: Table) -> list[str]:
     """The ratio and amplification tables, drawn by `table` (plain or markdown)."""
     out: list[str] = []
     ratios = compute_ratios(r.ctx)
@@ -844,24 +774,17 @@ def result_tables(r: Report, table: Callable[[list[str], list[list[str]], str], 
 
 
 def report_text(r: Report) -> str:
-    env, versions = r.env, r.env["versions"]
-    assert isinstance(versions, dict)
     ctx = r.ctx
     out = [
-        f"date {env['date']}  python {env['python']}  kernel {env['kernel']}",
-        f"cpu: {env['cpu_count']} x {env['cpu_model']}, {env['memory_gib']} GiB RAM, load "
-        f"average at start {env['load_average']}; workdir {env['workdir']} "
-        f"({env['filesystem']})",
-        *(f"{name}: {v}" for name, v in versions.items()),
-        f"strongroom command: {env['strongroom_command']}",
+        *head_text(r.env),
         *r.preamble(),
         "",
-        img.plain_table(PHASE_HEADER, phase_rows(ctx.rows), PHASE_ALIGN),
+        plain_table(PHASE_HEADER, phase_rows(ctx.rows), PHASE_ALIGN),
         "",
         "notes:",
         *(f"  {line}" for line in note_lines(ctx.rows)),
     ]
-    out += result_tables(r, img.plain_table)
+    out += result_tables(r, plain_table)
     out += ["", *(f"verified {v}" for v in ctx.verified)]
     out += [f"skipped: {s}" for s in ctx.skipped]
     if ctx.failures:
@@ -870,21 +793,17 @@ def report_text(r: Report) -> str:
 
 
 def report_markdown(r: Report) -> str:
-    env, versions = r.env, r.env["versions"]
-    assert isinstance(versions, dict)
     ctx = r.ctx
     out = [
-        f"Measured {env['date']} on {env['cpu_count']} x {env['cpu_model']}, "
-        f"{env['memory_gib']} GiB RAM, Python {env['python']}, {env['filesystem']}, load "
-        f"average {env['load_average']}; " + ", ".join(str(v) for v in versions.values()) + ".",
+        head_markdown(r.env),
         "",
-        " ".join(line[0].upper() + line[1:].rstrip(".") + "." for line in r.preamble()),
+        sentences(r.preamble()),
         "",
-        img.md_table(PHASE_HEADER, phase_rows(ctx.rows), PHASE_ALIGN),
+        md_table(PHASE_HEADER, phase_rows(ctx.rows), PHASE_ALIGN),
         "",
         *(f"- {line}" for line in note_lines(ctx.rows)),
     ]
-    out += result_tables(r, img.md_table)
+    out += result_tables(r, md_table)
     out += ["", *(f"Verified {v}." for v in ctx.verified)]
     out += [f"Skipped: {s}." for s in ctx.skipped]
     if ctx.failures:
@@ -892,7 +811,7 @@ def report_markdown(r: Report) -> str:
     return "\n".join(out)
 
 
-def write_json(path: Path, r: Report) -> None:
+def json_doc(r: Report) -> dict[str, Any]:
     dataset = r.info.to_json()
     dataset.pop("source_manifest", None)
     change = None
@@ -914,39 +833,26 @@ def write_json(path: Path, r: Report) -> None:
         "skipped": r.ctx.skipped,
         "failures": r.ctx.failures,
     }
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return doc
 
 
 # --------------------------------------------------------------------------- main
 
 
-def available_peers(names: list[str]) -> tuple[list[Tool], list[str]]:
-    """The peers that are installed (apt-get install as bench/files.py, when missing)."""
-    tools = [PEERS[n]() for n in names]
-    missing = [t for t in tools if t.command() is None]
-    if missing:
-        try:
-            ensure_installed(missing)
-        except (SystemExit, subprocess.CalledProcessError, OSError) as exc:
-            log(f"could not install {', '.join(t.name for t in missing)}: {exc}")
-    found = [t for t in tools if t.command() is not None]
-    skipped = [f"{t.name}: not installed, not measured" for t in tools if t not in found]
-    return found, skipped
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("--size", type=float, default=DEFAULT_GIB, help="tree size in GiB (default 1)")
     p.add_argument("--quick", action="store_true", help="sanity preset: a 200 MiB tree")
     p.add_argument("--peers", default="restic,borg", help="peers to run: restic,borg or none")
     p.add_argument(
+        "--no-install", action="store_true", help="skip missing peers (no apt-get install)"
+    )
+    p.add_argument(
         "--vhd-block-size", metavar="SIZE", help="passed to strongroom protect (default: its own)"
     )
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="data and change seed")
-    p.add_argument("--workdir", type=Path, default=None, help="scratch dir (not on tmpfs)")
-    p.add_argument("--keep", action="store_true", help="keep the run directory (tree, chains)")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results")
-    p.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    cli.add_common(
+        p, seed_help="data and change seed", keep_help="keep the run directory (tree, chains)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.size = QUICK_GIB
@@ -963,32 +869,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     size = int(args.size * GIB)
-    workdir = (args.workdir or default_workdir()).resolve()
-    base = workdir / "protect"
-    base.mkdir(parents=True, exist_ok=True)
-    fstype = filesystem_type(base)
-    if fstype in ("tmpfs", "ramfs"):
-        raise SystemExit(f"{workdir} is on {fstype}: use --workdir on a real disk")
+    base = prepare(args.workdir, "protect", 9 * size)
     try:
         import pyvhdi  # noqa: F401  (the chain is verified with it)
     except ImportError:
         raise SystemExit("pyvhdi is not installed: pip install libvhdi-python") from None
     for tool in ("mke2fs", "debugfs", "e2fsck"):
         _e2(tool)
-    if shutil.disk_usage(base).free < 9 * size:
-        log(f"warning: less than {9 * size / GIB:.1f} GiB free in {base}")
-    peers, skipped = available_peers(args.peers)
+    peers, skipped = available([PEERS[n]() for n in args.peers], not args.no_install)
 
     info = ensure_dataset(base / "cache" / f"dataset-{size // MIB}M", size, args.seed)
     for line in describe_dataset(info):
         log(line)
-    logs = base / "logs"
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
-    run = base / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
-    ctx = Ctx(run, logs, run / "data", img.strongroom_cmd(), peers, args.keep, args.vhd_block_size)
+    logs = fresh_dir(base / "logs")
+    run = fresh_dir(base / "run")
+    ctx = Ctx(run, logs, run / "data", strongroom_cmd(), peers, args.keep, args.vhd_block_size)
     ctx.skipped = skipped
     place_data(base / "cache" / f"dataset-{size // MIB}M", ctx.data)
     env = environment(ctx, base)
@@ -1005,14 +900,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(run, ignore_errors=True)
 
     report = Report(env, info, ctx.change, ctx)
-    print(report_markdown(report) if args.markdown else report_text(report))
-    if args.json:
-        write_json(args.json, report)
-        log(f"results written to {args.json}")
-    log(f"logs in {logs}")
-    if ctx.failures:
-        log("FAILED: " + "; ".join(f.splitlines()[0] for f in ctx.failures))
-    return 1 if ctx.failures else 0
+    text = report_markdown(report) if args.markdown else report_text(report)
+    return finish(text, json_doc(report), args.json, logs, Failures(ctx.failures))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ The cluster: ``--vms`` (3) VMs, each a ``qemu-storage-daemon`` (the block layer 
 uses) holding ``--disks`` (1) qcow2 disk(s) of ``--size`` GiB (4) in the VM's folder of the
 "shared storage" (``WORKDIR/vms/run/vmN/``), with a QMP monitor for strongroom, a second one
 for the benchmark and an NBD server, all on unix sockets; every disk is exported writable.
-Each disk starts as a copy of ``bench/images.py``'s generated qcow2 (``--data`` GiB of mixed
-text, incompressible data, duplicates and zero runs; one seed per disk so VMs do not
-deduplicate against each other; cached in ``WORKDIR/images/cache/``). strongroom finds the VMs
+Each disk starts as a copy of the generated qcow2 that ``bench/images.py`` uses
+(``harness/disk_image.py``: ``--data`` GiB of mixed text, incompressible data, duplicates and
+zero runs; one seed per disk so VMs do not deduplicate against each other; cached in
+``WORKDIR/images/cache/``). strongroom finds the VMs
 through ``[vm.vmN]`` tables of a config file named by ``STRONGROOM_CONFIG`` and backs them up
 into a repository made by ``strongroom init`` (``STRONGROOM_KDF=1,8192,1``: data paths are
 measured, not the key derivation). The repository is on the disks' file system like in the
@@ -44,10 +45,11 @@ Phases, in order, writers running throughout:
    between the full and the change (``idle_mid``) and after the incremental (``idle_after``).
 2. ``full``: ``strongroom backup --vm vmN --json`` for every VM, one after the other (default)
    or all at once (``--parallel``); page cache warm first (disk files, repository, then
-   ``sync``). Wall time, peak RSS and CPU through ``bench/spawn.py``; bytes from the summaries
-   (read from the block layer, changed, stored = sent to the repository, and the repository's
-   growth); "to freeze" is the time from the process start to the point's snapshot instant
-   (interpreter, imports, repository, lease, QMP). A ``sync`` follows, outside every window.
+   ``sync``). Wall time, peak RSS and CPU through the harness's launcher; bytes from the
+   summaries (read from the block layer, changed, stored = sent to the repository, and the
+   repository's growth); "to freeze" is the time from the process start to the point's
+   snapshot instant (interpreter, imports, repository, lease, QMP). A ``sync`` follows,
+   outside every window.
 3. ``change`` (not timed): 1 % of each disk's 1 MiB blocks, outside the hot region, chosen by
    seed, rewritten as 64 KiB writes (half text-like, half random data) as fast as the
    benchmark can; with ``--scatter`` instead 1 % of the *bytes* as 64 KiB extents at random
@@ -110,23 +112,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import images as img
-from dataset import DEFAULT_SEED, GIB, KIB, MIB, TextSource
-from files import (
-    SPAWN,
-    default_workdir,
+from harness import cli
+from harness.checks import CHECK_ALIGN, CHECK_HEADER, Check, Failures, check_rows
+from harness.dataset import TextSource
+from harness.disk_image import BLOCK, UNIT, data_bytes, ensure_image, image_cache
+from harness.environment import head_markdown, versions_of
+from harness.environment import machine as machine_record
+from harness.report import finish
+from harness.sampler import SystemSampler
+from harness.spawn import Spawned, log, tail, version
+from harness.stats import mb
+from harness.strongroom import FAST_KDF, strongroom_cmd, strongroom_env, summary_json
+from harness.tables import sentences, table_for
+from harness.workspace import (
+    GIB,
+    KIB,
+    MIB,
     filesystem_type,
-    log,
-    tail,
+    fresh_dir,
+    prepare,
+    require,
     tree_bytes,
-    warm_page_cache,
+    warm,
 )
 
 DEFAULT = (4.0, 1.25)  # GiB virtual, GiB of data per disk
 QUICK = (1.0, 0.25)
-BLOCK = img.BLOCK  # strongroom's block size (1 MiB) and so the bitmaps' granularity
 CHANGE_UNIT = 64 * KIB
 CHANGE_SHARE = 0.01
 TARGET_RATIO = 20.0
@@ -454,17 +465,6 @@ def blocks_of(extents: Iterable[tuple[int, int]]) -> set[int]:
     return out
 
 
-def data_bytes_live(path: Path) -> int:
-    """Bytes allocated as data in a qcow2 in use (``qemu-img map -U``)."""
-    out = subprocess.run(
-        ["qemu-img", "map", "-U", "-f", "qcow2", "--output=json", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return sum(int(e["length"]) for e in json.loads(out) if e.get("data") and not e.get("zero"))
-
-
 # --------------------------------------------------------------------------- strongroom runs
 
 
@@ -481,104 +481,6 @@ class BackupRun:
     instant: float = 0.0  # the point's snapshot instant (wall clock)
 
 
-class Spawned:
-    """A command run through bench/spawn.py without waiting (for parallel backups)."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, stem: Path) -> None:
-        self.stem = stem
-        stem.with_suffix(".err").write_text(f"$ {' '.join(cmd)}\n")
-        spec = {
-            "cmd": cmd,
-            "env": env,
-            "cwd": str(cwd),
-            "stdout": str(stem.with_suffix(".out")),
-            "stderr": str(stem.with_suffix(".err")),
-        }
-        self.started = time.time()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(SPAWN)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(spec))
-        self.proc.stdin.close()
-
-    def finish(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        out = self.proc.stdout.read()
-        self.proc.wait()
-        self.ended = time.time()
-        result: dict[str, Any] = json.loads(out)
-        return result
-
-
-def summary_of(stem: Path) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    try:
-        lines = stem.with_suffix(".out").read_text().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("message_type") == "summary":
-            found = doc
-    return found
-
-
-class SystemSampler:
-    """Samples the machine every 0.2 s: CPU busy (all processes, from /proc/stat) and dirty or
-    under-writeback page cache (/proc/meminfo), to tell a window's noise from its cause."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, int, int, int, int]] = []  # t, busy, total, dirty, wb
-        self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def _sample() -> tuple[float, int, int, int, int]:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        total = sum(fields[:8])
-        mem: dict[str, int] = {}
-        with open("/proc/meminfo") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("Dirty", "Writeback"):
-                    mem[key] = int(rest.split()[0])
-        return time.time(), total - idle, total, mem.get("Dirty", 0), mem.get("Writeback", 0)
-
-    def _loop(self) -> None:
-        while not self._halt.wait(0.2):
-            try:
-                self.samples.append(self._sample())
-            except (OSError, ValueError, IndexError):
-                pass
-
-    def stop(self) -> None:
-        self._halt.set()
-        self._thread.join(5)
-
-    def window(self, a: float, z: float) -> dict[str, float]:
-        """CPU busy % of the machine, and the most page cache dirty or under writeback (MB)."""
-        inside = [x for x in self.samples if a <= x[0] <= z]
-        if len(inside) < 2:
-            return {}
-        busy = inside[-1][1] - inside[0][1]
-        total = inside[-1][2] - inside[0][2]
-        return {
-            "cpu_busy_pct": 100.0 * busy / total if total else math.nan,
-            "dirty_max_mb": max(x[3] for x in inside) * KIB / 1e6,
-            "writeback_max_mb": max(x[4] for x in inside) * KIB / 1e6,
-        }
-
-
 @dataclass
 class Bench:
     args: argparse.Namespace
@@ -587,7 +489,7 @@ class Bench:
     size: int
     nodes: list[VmNode] = field(default_factory=list)
     writers: list[WriterHost] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    failures: Failures = field(default_factory=Failures)
     windows: dict[str, tuple[float, float]] = field(default_factory=dict)
     phases: dict[str, list[BackupRun]] = field(default_factory=dict)
     repo_growth: dict[str, int] = field(default_factory=dict)
@@ -604,26 +506,16 @@ class Bench:
         return self.run / "config.toml"
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            {
-                "STRONGROOM_REPO": str(self.repo),
-                "STRONGROOM_PASSWORD": img.PASSWORD,
-                "STRONGROOM_CONFIG": str(self.config),
-                "STRONGROOM_KDF": img.FAST_KDF,
-                "XDG_CACHE_HOME": str(self.run / "cache" / "xdg-cache"),
-                "XDG_CONFIG_HOME": str(self.run / "cache" / "xdg-config"),
-            }
-        )
+        env = strongroom_env(self.repo, self.run / "cache", FAST_KDF)
+        env["STRONGROOM_CONFIG"] = str(self.config)
         return env
 
     def fail(self, what: str) -> None:
-        self.failures.append(what)
-        log(f"  FAILED: {what}")
+        self.failures.fail(what)
 
     def strongroom(self, name: str, *args: str, timeout: float = 600) -> dict[str, Any] | None:
         """An untimed strongroom command; its last summary (or JSON document), None on error."""
-        cmd = [*img.strongroom_cmd(), *args]
+        cmd = [*strongroom_cmd(), *args]
         stem = self.logs / name
         with stem.with_suffix(".out").open("w") as out, stem.with_suffix(".err").open("w") as err:
             err.write(f"$ {' '.join(cmd)}\n")
@@ -639,7 +531,7 @@ class Bench:
             doc = json.loads(text)
             return doc if isinstance(doc, dict) else {"list": doc}
         except ValueError:
-            return summary_of(stem)
+            return summary_json(stem)
 
     def write_config(self) -> None:
         lines = []
@@ -652,11 +544,7 @@ class Bench:
 
     def warm(self) -> None:
         """Page cache: the disks' files and the repository, then sync (writers keep going)."""
-        for node in self.nodes:
-            for disk in node.disks:
-                img.warm_file(node.file(disk))
-        warm_page_cache(self.repo)
-        os.sync()
+        warm([*(node.file(disk) for node in self.nodes for disk in node.disks), self.repo])
 
     def backups(self, phase: str, parallel: bool) -> list[BackupRun]:
         """``strongroom backup --vm NAME --json`` of every VM: one after the other, or all at
@@ -664,7 +552,7 @@ class Bench:
         before = tree_bytes(self.repo)
         runs: list[BackupRun] = []
         started: list[tuple[VmNode, Spawned]] = []
-        sr = img.strongroom_cmd()
+        sr = strongroom_cmd()
         t0 = time.time()
         for node in self.nodes:
             cmd = [*sr, "backup", "--vm", node.name, "--json"]
@@ -685,17 +573,17 @@ class Bench:
             node.name,
             job.started,
             job.ended,
-            m["seconds"],
-            m["maxrss_kib"],
-            m["cpu_seconds"],
-            m["exit_code"],
-            summary_of(job.stem),
+            m.seconds,
+            m.peak_rss_kib,
+            m.cpu_seconds,
+            m.exit_code,
+            summary_json(job.stem),
         )
         s = run.summary
         log(
             f"  {phase} {node.name}: {run.seconds:.2f} s, {run.peak_rss_kib / 1024:.0f} MiB RSS, "
             f"{run.cpu_seconds:.1f} s CPU; tracker {s.get('tracker') or _trackers(s)}, "
-            f"read {_mb(s.get('bytes_read'))} MB, stored {_mb(s.get('data_added_stored'))} MB"
+            f"read {mb(s.get('bytes_read'))} MB, stored {mb(s.get('data_added_stored'))} MB"
         )
         if run.exit_code != 0:
             self.fail(
@@ -707,10 +595,6 @@ class Bench:
 
 def _trackers(summary: dict[str, Any]) -> str:
     return "+".join(sorted({str(d.get("tracker")) for d in summary.get("disks", [])})) or "?"
-
-
-def _mb(value: object) -> str:
-    return f"{int(value) / 1e6:.1f}" if isinstance(value, int | float) else "?"
 
 
 # --------------------------------------------------------------------------- latency
@@ -826,8 +710,8 @@ LATENCY_LABELS = {
 
 def setup(b: Bench) -> None:
     args = b.args
-    data = int(args.data * GIB) // img.UNIT * img.UNIT
-    cache = b.run.parent.parent / "images" / "cache"
+    data = int(args.data * GIB) // UNIT * UNIT
+    cache = image_cache(b.run.parent.parent)
     metas = []
     for v in range(args.vms):
         node = VmNode(f"vm{v + 1}", b.run / f"vm{v + 1}", args.disks)
@@ -835,7 +719,7 @@ def setup(b: Bench) -> None:
         node.size = b.size
         for d, disk in enumerate(node.disks):
             seed = args.seed + v * args.disks + d
-            cached, meta = img.ensure_image(cache, b.size, data, seed)
+            cached, meta = ensure_image(cache, b.size, data, seed)
             metas.append(asdict(meta))
             subprocess.run(["cp", "--reflink=auto", str(cached), str(node.file(disk))], check=True)
             node.hot.append(plan_hot(v, d, b.size, args.hot, args.seed))
@@ -849,7 +733,7 @@ def setup(b: Bench) -> None:
         for d, disk in enumerate(node.disks):
             write_extents(node.uri(disk), [node.hot[d]], f"vms:{args.seed}:fill:{v}:{d}", False)
     b.notes["data_bytes"] = {
-        f"{n.name}/{disk}": data_bytes_live(n.file(disk)) for n in b.nodes for disk in n.disks
+        f"{n.name}/{disk}": data_bytes(n.file(disk), live=True) for n in b.nodes for disk in n.disks
     }
     b.write_config()
     if b.strongroom("init", "init") is None:
@@ -1139,14 +1023,6 @@ def run_all(b: Bench) -> list[Write]:
 # --------------------------------------------------------------------------- report
 
 
-@dataclass
-class Check:
-    metric: str
-    value: float | None
-    target: str
-    passed: bool | None
-
-
 def phase_rows(b: Bench) -> list[list[str]]:
     rows = []
     for phase in PHASES:
@@ -1294,6 +1170,7 @@ def compute_checks(b: Bench, lat: dict[str, Latency]) -> list[Check]:
         Check(
             "full time / incremental time (wall, all VMs)",
             value,
+            "x",
             f">= {TARGET_RATIO:g}x",
             None if value is None else value >= TARGET_RATIO,
         )
@@ -1306,6 +1183,7 @@ def compute_checks(b: Bench, lat: dict[str, Latency]) -> list[Check]:
             Check(
                 f"writer p99 latency, {phase} / idle",
                 v,
+                "x",
                 f"<= {TARGET_LATENCY:g}x",
                 None if v is None else v <= TARGET_LATENCY,
             )
@@ -1313,20 +1191,8 @@ def compute_checks(b: Bench, lat: dict[str, Latency]) -> list[Check]:
         for stat in ("p50", "mean"):
             a, z = (getattr(y, f"{stat}_ms") if y else None for y in (x, base))
             m = a / z if a and z else None
-            checks.append(Check(f"  {stat} latency, {phase} / idle (info)", m, "-", None))
+            checks.append(Check(f"  {stat} latency, {phase} / idle (info)", m, "x", "-", None))
     return checks
-
-
-def check_rows(checks: list[Check]) -> list[list[str]]:
-    return [
-        [
-            c.metric,
-            "n/a" if c.value is None else f"{c.value:.2f}x",
-            c.target,
-            "-" if c.target == "-" else img.verdict(c.passed),
-        ]
-        for c in checks
-    ]
 
 
 def preamble(b: Bench, env: dict[str, object]) -> list[str]:
@@ -1367,9 +1233,8 @@ def report(
     checks: list[Check],
     markdown: bool,
 ) -> str:
-    versions = env["versions"]
-    assert isinstance(versions, dict)
-    table = img.md_table if markdown else img.plain_table
+    versions = versions_of(env, skip=("nbdcopy",))
+    table = table_for(markdown)
     acc = b.notes.get("accounting", [])
     verify_doc = b.notes.get("verify", {})
     verify_line = "verification (first VM, writers stopped): " + ", ".join(
@@ -1382,19 +1247,16 @@ def report(
     )
     if markdown:
         head = [
-            f"Measured {env['date']} on {env['cpu_count']} x {env['cpu_model']}, "
-            f"{env['memory_gib']} GiB RAM, Python {env['python']}, {env['filesystem']}; "
-            + ", ".join(str(v) for k, v in versions.items() if k != "nbdcopy")
-            + ".",
+            head_markdown(env, skip=("nbdcopy",), load=False),
             "",
-            " ".join(line[0].upper() + line[1:].rstrip(".") + "." for line in preamble(b, env)),
+            sentences(preamble(b, env)),
         ]
     else:
         head = [
             f"date {env['date']}  python {env['python']}  kernel {env['kernel']}",
             f"cpu: {env['cpu_count']} x {env['cpu_model']}, {env['memory_gib']} GiB RAM; workdir "
             f"{env['workdir']} ({env['filesystem']}); KDF {env['kdf']}",
-            *(f"{name}: {v}" for name, v in versions.items() if name != "nbdcopy"),
+            *(f"{name}: {v}" for name, v in versions.items()),
             *preamble(b, env),
         ]
     out = [
@@ -1410,17 +1272,13 @@ def report(
         "",
         verify_line + ".",
         "",
-        table(img.CHECK_HEADER, check_rows(checks), img.CHECK_ALIGN),
+        table(CHECK_HEADER, check_rows(checks), CHECK_ALIGN),
     ]
-    if b.failures:
-        if markdown:
-            out += ["", "Failures: " + "; ".join(f.splitlines()[0] for f in b.failures)]
-        else:
-            out += ["", "failures:", *(f"  {f}" for f in b.failures)]
+    out += b.failures.markdown_lines() if markdown else b.failures.text_lines()
     return "\n".join(out)
 
 
-def write_json(path: Path, b: Bench, env: dict[str, object], lat: dict[str, Latency]) -> None:
+def json_doc(b: Bench, env: dict[str, object], lat: dict[str, Latency]) -> dict[str, object]:
     doc = {
         "environment": env,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(b.args).items()},
@@ -1435,16 +1293,16 @@ def write_json(path: Path, b: Bench, env: dict[str, object], lat: dict[str, Late
         "latency": {k: asdict(v) for k, v in lat.items()},
         "notes": b.notes,
         "checks": [asdict(c) for c in compute_checks(b, lat)],
-        "failures": b.failures,
+        "failures": b.failures.items,
     }
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return doc
 
 
 # --------------------------------------------------------------------------- main
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("--size", type=float, default=DEFAULT[0], help="GiB per disk (default 4)")
     p.add_argument("--data", type=float, default=DEFAULT[1], help="GiB of data (default 1.25)")
     p.add_argument(
@@ -1462,17 +1320,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scatter", action="store_true", help="1 %% of bytes in random 64 KiB places")
     p.add_argument("--parallel", action="store_true", help="back up all VMs at once")
     p.add_argument("--idle-seconds", type=float, default=None, help="idle windows (default 10)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="data and write seed")
-    p.add_argument("--workdir", type=Path, default=None, help="scratch dir (not on tmpfs)")
     p.add_argument(
         "--repo-dir",
         type=Path,
         default=None,
         help="put the repository here (default: next to the disks, on the same file system)",
     )
-    p.add_argument("--keep", action="store_true", help="keep the run directory")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write results")
-    p.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    cli.add_common(p, seed_help="data and write seed", keep_help="keep the run directory")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.data = QUICK
@@ -1495,29 +1349,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return writer_main(argv[1:])
     args = parse_args(argv)
     size = int(args.size * GIB) // BLOCK * BLOCK
-    workdir = (args.workdir or default_workdir()).resolve()
-    base = workdir / "vms"
-    base.mkdir(parents=True, exist_ok=True)
-    fstype = filesystem_type(base)
-    if fstype in ("tmpfs", "ramfs"):
-        raise SystemExit(f"{workdir} is on {fstype}: use --workdir on a real disk")
-    for tool in ("qemu-img", "qemu-storage-daemon"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is not installed (apt-get install qemu-utils qemu-system)")
-    need = args.vms * args.disks * args.data * GIB * 3
-    if shutil.disk_usage(base).free < need:
-        log(f"warning: less than {need / GIB:.1f} GiB free in {base}")
-    logs = base / "logs"
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
-    run = base / "run"
-    if run.exists():
-        shutil.rmtree(run)
-    (run / "cache").mkdir(parents=True)
-    env = img.environment(base, img.FAST_KDF)
-    versions = env["versions"]
-    assert isinstance(versions, dict)
-    versions["qemu-storage-daemon"] = img._version(["qemu-storage-daemon", "--version"])
+    base = prepare(args.workdir, "vms", args.vms * args.disks * args.data * GIB * 3)
+    require(("qemu-img", "qemu-storage-daemon"), "apt-get install qemu-utils qemu-system")
+    logs = fresh_dir(base / "logs")
+    run = fresh_dir(base / "run")
+    (run / "cache").mkdir()
+    versions = {
+        "strongroom": version([*strongroom_cmd(), "--version"]),
+        "qemu-img": version(["qemu-img", "--version"]),
+        "qemu-storage-daemon": version(["qemu-storage-daemon", "--version"]),
+    }
+    env = machine_record(base, versions)
+    env["kdf"] = FAST_KDF
+    env["strongroom_command"] = " ".join(strongroom_cmd())
     b = Bench(args, run, logs, size)
     b.repo_parent = run
     if args.repo_dir is not None:
@@ -1545,14 +1389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(b.repo_parent, ignore_errors=True)
     lat = latency_table(b, writes)
     checks = compute_checks(b, lat)
-    print(report(b, env, lat, checks, args.markdown))
-    if args.json:
-        write_json(args.json, b, env, lat)
-        log(f"results written to {args.json}")
-    log(f"logs in {logs}")
-    if b.failures:
-        log("FAILED: " + "; ".join(f.splitlines()[0] for f in b.failures))
-    return 1 if b.failures else 0
+    text = report(b, env, lat, checks, args.markdown)
+    return finish(text, json_doc(b, env, lat), args.json, logs, b.failures)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""Run one command and report its wall time and peak RSS: a small launcher for bench/files.py.
+"""Run one command and report its wall time, CPU time and peak RSS: the benchmarks' launcher.
 
 Why a separate process: Linux keeps a process's peak RSS (``ru_maxrss``) across ``exec``, and a
 child created by ``fork``/``vfork`` starts from its parent's memory. A child spawned directly by
 the benchmark (which has read or generated gigabytes of data and may be 100+ MiB) would inherit
 that as a floor. This launcher is started fresh with ``python -I -S`` and imports only ``os``,
 ``sys``, ``json`` and ``time``, so the floor is its own size (about 10 MiB), below any real tool.
+It is a script, not a module of the package: ``harness/spawn.py`` runs it by path.
+
+What is counted: ``wait4`` reports the command's own usage plus that of every descendant it
+waited for (CPU summed, ``ru_maxrss`` the largest single process), so a tool's helpers
+(strongroom's ``mke2fs``, ``debugfs``) are included; a daemon it leaves behind is not.
 
 Protocol: a JSON object on stdin ``{"cmd": [...], "env": {...}, "cwd": "...", "stdout": PATH,
 "stderr": PATH}``; prints ``{"seconds", "maxrss_kib", "cpu_seconds", "exit_code"}`` as JSON.

@@ -1,4 +1,5 @@
-"""Deterministic, realistic benchmark data set for ``bench/files.py``.
+"""Deterministic, realistic file tree for the file benchmarks (``files.py``, ``protect.py``);
+its ``TextSource`` also fills the generated disk images (``disk_image.py``).
 
 The data set mimics what a backup tool sees on a developer's or a small server's disk:
 
@@ -32,9 +33,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
+from harness.workspace import GIB, KIB, MIB, iter_files
 
 DATASET_VERSION = 2
 DEFAULT_SEED = 20250101
@@ -399,17 +398,6 @@ def gen_misc(w: TreeWriter, text: TextSource, seed: int) -> None:
 # --------------------------------------------------------------------------- dataset
 
 
-def iter_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """(relative path, lstat) for every regular file under ``root``, in sorted order."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                yield os.path.relpath(path, root), st
-
-
 def scan(root: Path) -> tuple[int, int]:
     """(number of regular files, total bytes) under ``root``."""
     files = total = 0
@@ -531,3 +519,13 @@ def apply_change(root: Path, seed: int = DEFAULT_SEED) -> ChangeSummary:
             path.unlink()
             out.files_deleted += 1
     return out
+
+
+def describe_dataset(info: DatasetInfo) -> list[str]:
+    """The data set in a few lines: files and bytes, then per category."""
+    lines = [
+        f"data set: {info.files} files, {info.bytes / 1e6:.1f} MB ({info.bytes / GIB:.2f} GiB)"
+    ]
+    for name, c in info.categories.items():
+        lines.append(f"  {name:<11} {c.files:>7} files {c.bytes / 1e6:10.1f} MB")
+    return lines
