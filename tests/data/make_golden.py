@@ -54,7 +54,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
-from tests.format.golden import KDF, PASSWORD, VM_NAME, WORK, listing, sha256_file  # noqa: E402
+from tests.format.golden import (  # noqa: E402
+    KDF,
+    PASSWORD,
+    VM_NAME,
+    WORK,
+    golden_text,
+    listing,
+    sha256_file,
+)
 from tests.vms.conftest import VmDaemon, write_config  # noqa: E402
 
 from strongroom import __version__  # noqa: E402
@@ -84,22 +92,7 @@ def compressible(n: int, seed: bytes) -> bytes:
     return bytes(out[:n])
 
 
-def runs(n: int, seed: bytes) -> bytes:
-    """Lines of 8 random hex digits, each followed by a run of 100..355 of one
-    letter: content-defined cuts fall where the data says (6 MiB give 3 to 5
-    chunks, depending on the repository's key), and zstd squeezes the runs, so
-    the file stores as about 230 KiB."""
-    stream = hashlib.shake_256(seed).digest(n // 16 + 64)
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += stream[i : i + 4].hex().encode() + b"\n"
-        out += bytes([97 + stream[i] % 26]) * (100 + stream[i + 1]) + b"\n"
-        i += 4
-    return bytes(out[:n])
-
-
-TEXT = runs(6 * MiB + 12345, b"golden text")
+TEXT = golden_text()
 
 
 def init_for_text(sr: Strongroom, work: Path) -> None:

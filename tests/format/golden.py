@@ -22,6 +22,27 @@ KDF = "1,8192,1"
 WORK = "/tmp/strongroom-golden"
 VM_NAME = "golden"
 
+
+def runs(n: int, seed: bytes) -> bytes:
+    """Lines of 8 random hex digits, each followed by a run of 100..355 of one
+    letter: content-defined cuts fall where the data says (6 MiB give 3 to 5
+    chunks, depending on the repository's key), and zstd squeezes the runs, so
+    the file stores as about 230 KiB."""
+    stream = hashlib.shake_256(seed).digest(n // 16 + 64)
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        out += stream[i : i + 4].hex().encode() + b"\n"
+        out += bytes([97 + stream[i] % 26]) * (100 + stream[i + 1]) + b"\n"
+        i += 4
+    return bytes(out[:n])
+
+
+def golden_text() -> bytes:
+    """The multi-chunk file of the golden files point (`src/text.txt`)."""
+    return runs(6 * 1024 * 1024 + 12345, b"golden text")
+
+
 _TYPES = {
     stat.S_IFREG: "f",
     stat.S_IFDIR: "d",
@@ -88,7 +109,7 @@ def _describe(dir_fd: int, name: bytes, st: os.stat_result) -> dict[str, Any]:
 
 
 def listing(root: Path | str) -> list[dict[str, Any]]:
-    """Every entry below `root` (not `root` itself), sorted by path bytes.
+    """Every entry below `root` (not `root` itself), depth first, names sorted bytewise.
 
     Each entry is taken with lstat *before* anything reads it, so atimes are those
     the tree had. Paths are relative, decoded with surrogateescape (JSON keeps a

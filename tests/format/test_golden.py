@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.format.golden import DATA, listing, sha256_file
+from tests.format.golden import DATA, golden_text, listing, sha256_file
 from tests.helpers.cli import CliResult, run_cli
 from tests.helpers.libvhdi import open_chain
 
@@ -98,7 +98,9 @@ class Golden:
 
 
 @pytest.fixture
-def golden(request: pytest.FixtureRequest, unpacked: dict[Path, Path]) -> Any:
+def golden(unpacked: dict[Path, Path]) -> Any:
+    """`golden(manifest)`: that golden repository, unpacked once per module."""
+
     def make(manifest: Path) -> Golden:
         return Golden(manifest, unpacked[manifest])
 
@@ -242,3 +244,27 @@ def test_block_points_export_as_vhds(manifest: Path, golden: Any, tmp_path: Path
             "--incremental-from", base["id"], "--parent", str(parent_vhd),
         )  # fmt: skip
         assert _vhd_digest([parent_vhd, diff], size) == child["restore"]["sha256"]
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.stem)
+def test_the_same_file_today_deduplicates_against_its_old_chunks(
+    manifest: Path, tmp_path: Path
+) -> None:
+    """The chunker is pinned end to end: the golden multi-chunk file, backed up again
+    today somewhere else (no parent to take it from), stores none of its data: the
+    repository's keyed FastCDC cuts it into exactly the chunks stored back then."""
+    text = golden_text()
+    digest = hashlib.sha256(text).hexdigest()
+    files = [e for p in _load(manifest)["points"] for e in p.get("restore", {}).get("listing", [])]
+    if not any(e.get("sha256") == digest for e in files):
+        pytest.skip("this golden repository does not hold the golden text")
+    with tarfile.open(DATA / _load(manifest)["repository"]) as tar:
+        tar.extractall(tmp_path, filter="data")
+    repo = Golden(manifest, tmp_path / "repo")
+    src = tmp_path / "again"
+    src.mkdir()
+    (src / "text.txt").write_bytes(text)
+    summary = repo.cli("backup", str(src), "--json").summary()
+    assert summary["files_new"] == 1 and summary["bytes_read"] == len(text)
+    # Only the new directory trees are stored: a few KiB, not 6 MiB of data.
+    assert summary["data_added"] < 64 * 1024, summary
