@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from strongroom import __version__
 from strongroom.errors import SourceError, StrongroomError, UsageError
 from strongroom.model.blockmap import BlockMap, check_geometry
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.nbd.uri import parse_nbd_uri
 from strongroom.pipeline.blockmaps import load_block_map
@@ -114,10 +115,10 @@ def _choose_parent(
 ) -> RecoveryPoint | None:
     if req.parent:
         parent = find_point(repo, req.parent)
-        if parent.kind != "block":
+        if parent.kind != PointKind.BLOCK:
             raise UsageError(f"point {parent.short_id} is not a block image point")
         return parent
-    blocks = [p for p in list_points(repo, on_damaged=lambda *_: None) if p.kind == "block"]
+    blocks = [p for p in list_points(repo, on_damaged=lambda *_: None) if p.kind == PointKind.BLOCK]
     same = [p for p in blocks if PointFilter(hosts=[req.host], paths=[identity]).matches(p)]
     if same:
         return same[-1]
@@ -429,7 +430,7 @@ def backup_image(
             job.extra["image_identity"] = overlay_identity(job.image_path)
         seconds = time.monotonic() - t0
         point = RecoveryPoint(
-            kind="block",
+            kind=PointKind.BLOCK,
             time=started,
             host=req.host,
             user=getpass.getuser(),

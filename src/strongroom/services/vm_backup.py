@@ -32,6 +32,7 @@ from strongroom import __version__
 from strongroom.config import VmSpec, data_home
 from strongroom.errors import StrongroomError
 from strongroom.model.blockmap import BlockMap
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.model.vm import VmDisk, VmManifest
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest, save_vm_manifest
@@ -174,7 +175,7 @@ def backup_vm(
         consistency = "application-consistent" if frozen else "crash-consistent"
         seconds = time.monotonic() - t0
         point = RecoveryPoint(
-            kind="vm",
+            kind=PointKind.VM,
             time=started,
             host=host,
             user=getpass.getuser(),
