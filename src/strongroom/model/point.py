@@ -8,7 +8,7 @@ from typing import Any
 
 from strongroom.errors import UnsupportedVersion
 from strongroom.model.kinds import PointKind
-from strongroom.model.lineage import BlockLineage
+from strongroom.model.lineage import BlockLineage, read_lineage
 
 POINT_VERSION = 1
 
@@ -35,6 +35,11 @@ class RecoveryPoint:
     summary: dict[str, Any] = field(default_factory=dict)
     lineage: BlockLineage | None = None
     id: str = ""
+
+    def block_lineage(self) -> BlockLineage:
+        """What a block point recorded for the next backup (older points: from
+        their summary)."""
+        return read_lineage(self.lineage, self.summary)
 
     @property
     def short_id(self) -> str:
