@@ -7,15 +7,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from strongroom.errors import UnsupportedVersion
+from strongroom.model.kinds import PointKind
+from strongroom.model.lineage import BlockLineage, read_lineage
 
 POINT_VERSION = 1
 
 
 @dataclass
 class RecoveryPoint:
-    """A point's document. `id` is set once stored (hex of its object name)."""
+    """A point's document. `id` is set once stored (hex of its object name).
 
-    kind: str  # "files" now; "block", "vm" later
+    `kind` is a `PointKind`, or the stored string for a kind this version does
+    not know. `lineage` is set on block points (docs/format.md §10a); read it
+    through `model.lineage.read_lineage`, which also reads older points.
+    """
+
+    kind: PointKind | str
     time: datetime
     host: str
     user: str
@@ -26,14 +33,20 @@ class RecoveryPoint:
     consistency: str = "crash-consistent"
     program: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    lineage: BlockLineage | None = None
     id: str = ""
+
+    def block_lineage(self) -> BlockLineage:
+        """What a block point recorded for the next backup (older points: from
+        their summary)."""
+        return read_lineage(self.lineage, self.summary)
 
     @property
     def short_id(self) -> str:
         return self.id[:8]
 
     def to_doc(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "version": POINT_VERSION,
             "kind": self.kind,
             "time": self.time.isoformat(),
@@ -47,6 +60,9 @@ class RecoveryPoint:
             "program": self.program,
             "summary": self.summary,
         }
+        if self.lineage is not None:  # absent otherwise: other points keep format 1's bytes
+            doc["lineage"] = self.lineage.to_doc()
+        return doc
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RecoveryPoint:
@@ -55,7 +71,7 @@ class RecoveryPoint:
                 f"point format {doc.get('version')} is newer than this strongroom understands"
             )
         return cls(
-            kind=str(doc["kind"]),
+            kind=PointKind.parse(str(doc["kind"])),
             time=datetime.fromisoformat(doc["time"]),
             host=str(doc["host"]),
             user=str(doc.get("user", "")),
@@ -66,6 +82,7 @@ class RecoveryPoint:
             consistency=str(doc.get("consistency", "crash-consistent")),
             program=str(doc.get("program", "")),
             summary=dict(doc.get("summary", {})),
+            lineage=BlockLineage.from_doc(doc["lineage"]) if "lineage" in doc else None,
             id=str(doc.get("id", "")),
         )
 

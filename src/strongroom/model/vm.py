@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from strongroom.errors import PathNotFound
+from strongroom.model.lineage import BlockLineage, read_lineage
 from strongroom.model.names import names_problem, printable
 
 VM_MANIFEST_VERSION = 1
@@ -31,6 +32,11 @@ class VmDisk:
     block_size: int
     map_root: str  # hex id of the disk's block map root
     summary: dict[str, Any] = field(default_factory=dict)  # what its backup did
+    lineage: BlockLineage | None = None  # what the next backup starts from (§10a)
+
+    def block_lineage(self) -> BlockLineage:
+        """The disk's lineage (disks of older points: from their summary)."""
+        return read_lineage(self.lineage, self.summary)
 
 
 @dataclass
@@ -49,6 +55,8 @@ class VmManifest:
                     "block_size": d.block_size,
                     "map": bytes.fromhex(d.map_root),
                     "summary": d.summary,
+                    # absent when unset: manifests without it keep format 1's bytes
+                    **({"lineage": d.lineage.to_doc()} if d.lineage is not None else {}),
                 }
                 for d in self.disks
             ],
@@ -73,6 +81,7 @@ class VmManifest:
                         block_size=int(d["block_size"]),
                         map_root=d["map"].hex(),
                         summary=dict(d.get("summary") or {}),
+                        lineage=BlockLineage.from_doc(d["lineage"]) if "lineage" in d else None,
                     )
                 )
             for d in disks:

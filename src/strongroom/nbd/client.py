@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import NamedTuple
 
 from strongroom.errors import UsageError
 from strongroom.nbd import protocol as p
@@ -59,8 +60,15 @@ class _Batch:
         self.unsent = 0
 
 
-_Op = tuple[int, int, int, int, memoryview | None, memoryview | None]
-# (command, flags, offset, length, payload to send, view to read into)
+class _Op(NamedTuple):
+    """One request to pipeline: the arguments of `Transport.submit`."""
+
+    command: int
+    flags: int
+    offset: int
+    length: int
+    payload: memoryview | None  # sent after the header (writes)
+    into: memoryview | None  # the reply's data lands here (reads)
 
 
 def _byte_view(data: Buffer) -> memoryview:
@@ -288,7 +296,7 @@ class NbdClient:
         flags = 0 if may_trim else p.CMD_FLAG_NO_HOLE
         cap = ZEROES_REQUEST_CAP
         ops = (
-            (p.CMD_WRITE_ZEROES, flags, o, min(cap, offset + length - o), None, None)
+            _Op(p.CMD_WRITE_ZEROES, flags, o, min(cap, offset + length - o), None, None)
             for o in range(offset, offset + length, cap)
         )
         self._pipeline(ops, 8)
@@ -300,7 +308,7 @@ class NbdClient:
         if self.can_trim:
             cap = ZEROES_REQUEST_CAP
             ops = (
-                (p.CMD_TRIM, 0, o, min(cap, offset + length - o), None, None)
+                _Op(p.CMD_TRIM, 0, o, min(cap, offset + length - o), None, None)
                 for o in range(offset, offset + length, cap)
             )
             self._pipeline(ops, 8)
@@ -308,7 +316,7 @@ class NbdClient:
     def flush(self) -> None:
         """Ask the server to make every answered write durable (no-op if it cannot)."""
         if self.can_flush:
-            self._pipeline([(p.CMD_FLUSH, 0, 0, 0, None, None)], 1)
+            self._pipeline([_Op(p.CMD_FLUSH, 0, 0, 0, None, None)], 1)
 
     def block_status(self, context: str, offset: int, length: int) -> list[Extent]:
         """Extents of `context` covering exactly [offset, offset+length).
@@ -394,7 +402,7 @@ class NbdClient:
 
     def _read_ops(self, offset: int, view: memoryview) -> Iterator[_Op]:
         for pos, n in self._pieces(offset, len(view)):
-            yield p.CMD_READ, 0, pos, n, None, view[pos - offset : pos - offset + n]
+            yield _Op(p.CMD_READ, 0, pos, n, None, view[pos - offset : pos - offset + n])
 
     def _new_batch(self, offset: int, length: int) -> _Batch:
         self._check_range("read", offset, length)
@@ -411,7 +419,8 @@ class NbdClient:
                 view = _byte_view(data)
                 self._check_writable("write", offset, len(view))
                 for pos, n in self._pieces(offset, len(view)):
-                    yield p.CMD_WRITE, flags, pos, n, view[pos - offset : pos - offset + n], None
+                    piece = view[pos - offset : pos - offset + n]
+                    yield _Op(p.CMD_WRITE, flags, pos, n, piece, None)
 
         self._pipeline(ops(), depth)
         if fua and not self.can_fua:

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 from strongroom.errors import IntegrityError, ObjectNotFound, StorageError, StrongroomError
 from strongroom.repository import format as fmt
+from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
 from strongroom.repository.pack import PackEntry, PackScan, blob_ad, read_stored_header
 from strongroom.repository.repo import MAX_CHUNK_SIZE, Repository
 from strongroom.types import Progress, no_progress
 
-Entry = tuple[bytes, int, int, int, int]  # chunk id, offset, length, raw, type
 # A sealed chunk is its compressed payload plus flag, nonce and tag; zstd's
 # worst case adds a little over the raw size.
 _SEAL_SLACK = 64 * 1024
@@ -35,7 +35,7 @@ class CheckReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     damaged_chunks: dict[bytes, str] = field(default_factory=dict)  # chunk id -> pack hex
-    packs: dict[bytes, list[Entry]] = field(default_factory=dict)
+    packs: dict[bytes, list[PackedChunk]] = field(default_factory=dict)
     pack_sizes: dict[bytes, int] = field(default_factory=dict)
     packs_read: int = 0
     chunks_read: int = 0
@@ -56,7 +56,7 @@ def check_structure(repo: Repository, report: CheckReport) -> None:
     # the index that names them, so this order never sees an indexed pack missing.
     for idx in repo.read_index_files().values():  # damaged ones go to repo.damage
         for cid, pack, off, length, raw, btype in idx.iter_entries():
-            report.packs.setdefault(pack, []).append((cid, off, length, raw, int(btype)))
+            report.packs.setdefault(pack, []).append(PackedChunk(cid, off, length, raw, int(btype)))
     report.pack_sizes = repo.list_packs()
     copies = {
         e[0] for p, entries in report.packs.items() if p in report.pack_sizes for e in entries
@@ -114,7 +114,7 @@ def select_packs(packs: list[bytes], subset: str | None, seed: int | None = None
 
 
 def check_pack_data(
-    repo: Repository, pack: bytes, entries: list[Entry], report: CheckReport
+    repo: Repository, pack: bytes, entries: list[PackedChunk], report: CheckReport
 ) -> None:
     """Read one pack in one sequential pass and verify it; record findings in `report`."""
     name = fmt.pack_name(pack.hex())

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from strongroom.errors import IntegrityError
+from strongroom.repository.entries import IndexEntry, PackedChunk
 from strongroom.repository.format import BlobType
 
 MAGIC = b"SRINDX01"
@@ -87,7 +88,7 @@ class IndexFile:
     @classmethod
     def build(
         cls,
-        packs: dict[bytes, list[tuple[bytes, int, int, int, int]]],
+        packs: dict[bytes, list[PackedChunk]],
         supersedes: Iterable[bytes] = (),
     ) -> IndexFile:
         """From {pack id: [(chunk id, offset, length, raw, type)]}."""
@@ -101,10 +102,9 @@ class IndexFile:
                 i += 1
         return cls(pack_ids, entries, list(supersedes))
 
-    def iter_entries(self) -> Iterator[tuple[bytes, bytes, int, int, int, BlobType]]:
-        """Yield (chunk id, pack id, offset, length, raw, type)."""
+    def iter_entries(self) -> Iterator[IndexEntry]:
         for e in self.entries:
-            yield (
+            yield IndexEntry(
                 bytes(e["id"]),
                 self.packs[int(e["pack"])],
                 int(e["offset"]),

@@ -20,25 +20,25 @@ from dataclasses import dataclass, field
 
 from strongroom.errors import IntegrityError, ObjectNotFound
 from strongroom.repository import format as fmt
+from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
 from strongroom.repository.pack import blob_ad
 from strongroom.repository.repo import Repository
 
-Entry = tuple[bytes, int, int, int, int]  # chunk id, offset, length, raw length, type
 _INDEX_FILE_ENTRIES = 200_000
 
 
 @dataclass
 class PrunePlan:
     index_files: list[str]
-    packs: dict[bytes, list[Entry]]
+    packs: dict[bytes, list[PackedChunk]]
     pack_sizes: dict[bytes, int]
     keep: list[bytes] = field(default_factory=list)
     repack: list[bytes] = field(default_factory=list)
     delete: list[bytes] = field(default_factory=list)
     orphans: list[bytes] = field(default_factory=list)
     lost: list[bytes] = field(default_factory=list)  # indexed, but missing from storage
-    used_in_pack: dict[bytes, list[Entry]] = field(default_factory=dict)
+    used_in_pack: dict[bytes, list[PackedChunk]] = field(default_factory=dict)
     missing: set[bytes] = field(default_factory=set)  # used, but in no existing pack
     missing_in_lost: int = 0  # of `missing`: indexed in packs that are gone
     used_bytes: int = 0
@@ -65,14 +65,14 @@ def plan_prune(repo: Repository, used: set[bytes], max_unused: float = 0.0) -> P
     bytes in a pack before repacking it."""
     files = repo.read_index_files()  # a damaged one is skipped (its chunks show up as missing)
     index_files = list(files)
-    packs: dict[bytes, list[Entry]] = {}
+    packs: dict[bytes, list[PackedChunk]] = {}
     known: set[tuple[bytes, bytes, int]] = set()
     for idx in files.values():
         for cid, pack, off, length, raw, btype in idx.iter_entries():
             if (pack, cid, off) in known:
                 continue  # the same entry in two index files (interrupted prune)
             known.add((pack, cid, off))
-            packs.setdefault(pack, []).append((cid, off, length, raw, int(btype)))
+            packs.setdefault(pack, []).append(PackedChunk(cid, off, length, raw, int(btype)))
     sizes = repo.list_packs()  # foreign names under data/ are reported, not touched
     plan = PrunePlan(index_files, packs, sizes)
     plan.orphans = [p for p in sizes if p not in packs]
@@ -149,7 +149,7 @@ def execute_prune(
     new_index_files = set(repo.list_index_files()) - set(plan.index_files)
     # 2. a fresh index of the kept packs (new packs are indexed by flush already)
     report("writing index")
-    batch: dict[bytes, list[Entry]] = {}
+    batch: dict[bytes, list[PackedChunk]] = {}
     count = 0
     for pack in plan.keep:
         batch[pack] = plan.used_in_pack[pack]

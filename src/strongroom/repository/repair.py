@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from strongroom.errors import IntegrityError, ObjectNotFound, StorageError
 from strongroom.repository import format as fmt
 from strongroom.repository.crypto import content_hash
+from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
 from strongroom.repository.pack import (
     MAGIC,
@@ -34,7 +35,6 @@ from strongroom.repository.pack import (
 )
 from strongroom.repository.repo import Repository
 
-Entry = tuple[bytes, int, int, int, int]  # chunk id, offset, length, raw length, type
 Report = Callable[[str], None]
 QUARANTINE_PREFIX = "quarantine/"
 _INDEX_FILE_ENTRIES = 200_000
@@ -90,12 +90,12 @@ def read_header(repo: Repository, pack: bytes, size: int) -> list[PackEntry]:
     return entries
 
 
-def indexed_packs(repo: Repository) -> tuple[list[str], dict[bytes, list[Entry]], list[str]]:
+def indexed_packs(repo: Repository) -> tuple[list[str], dict[bytes, list[PackedChunk]], list[str]]:
     """Every index file's name, their entries by pack (duplicates once), and
     the index files that could not be read (reported; their packs are found
     again from the packs' headers)."""
     names = repo.list_index_files()
-    packs: dict[bytes, list[Entry]] = {}
+    packs: dict[bytes, list[PackedChunk]] = {}
     seen: set[tuple[bytes, bytes, int]] = set()
     unreadable: list[str] = []
     for name in names:
@@ -110,7 +110,7 @@ def indexed_packs(repo: Repository) -> tuple[list[str], dict[bytes, list[Entry]]
             if (pack, cid, off) in seen:
                 continue
             seen.add((pack, cid, off))
-            packs.setdefault(pack, []).append((cid, off, length, raw, int(btype)))
+            packs.setdefault(pack, []).append(PackedChunk(cid, off, length, raw, int(btype)))
     return names, packs, unreadable
 
 
@@ -134,7 +134,7 @@ def rebuild_index(
     stored = repo.list_packs()
     result.packs_missing = sorted(p.hex() for p in old if p not in stored)
     result.entries_dropped = sum(len(old[p]) for p in old if p not in stored)
-    new: dict[bytes, list[Entry]] = {}
+    new: dict[bytes, list[PackedChunk]] = {}
     todo = sorted(p for p in stored if p not in skip)
     for n, pack in enumerate(todo, 1):
         if n % 100 == 0:
@@ -158,7 +158,9 @@ def rebuild_index(
             continue
         if known is None:
             result.packs_added.append(pack.hex())
-        new[pack] = [(e.chunk_id, e.offset, e.length, e.raw_length, int(e.type)) for e in header]
+        new[pack] = [
+            PackedChunk(e.chunk_id, e.offset, e.length, e.raw_length, int(e.type)) for e in header
+        ]
     result.packs_indexed = len(new)
     report("writing index")
     result.index_files_written = write_index(repo, new)
@@ -172,9 +174,9 @@ def rebuild_index(
     return result
 
 
-def write_index(repo: Repository, packs: dict[bytes, list[Entry]]) -> int:
+def write_index(repo: Repository, packs: dict[bytes, list[PackedChunk]]) -> int:
     """Index files for `packs`, about 200,000 entries each; returns how many."""
-    batch: dict[bytes, list[Entry]] = {}
+    batch: dict[bytes, list[PackedChunk]] = {}
     count = files = 0
     for pack, entries in packs.items():
         batch[pack] = entries
@@ -211,7 +213,9 @@ class PackSalvage:
         }
 
 
-def _pack_problem(repo: Repository, pack: bytes, blob: bytes, entries: list[Entry]) -> str | None:
+def _pack_problem(
+    repo: Repository, pack: bytes, blob: bytes, entries: list[PackedChunk]
+) -> str | None:
     """The first thing wrong with a whole pack, or None if it is sound."""
     short = pack.hex()[:16]
     if content_hash(blob) != pack:
@@ -236,13 +240,13 @@ def _chunk_ok(repo: Repository, cid: bytes, sealed: bytes, raw: int, btype: int)
 
 
 def _entries_of(
-    repo: Repository, pack: bytes, blob: bytes, indexed: list[Entry] | None
-) -> list[Entry]:
+    repo: Repository, pack: bytes, blob: bytes, indexed: list[PackedChunk] | None
+) -> list[PackedChunk]:
     """Every chunk the pack may hold: its header's entries and the index's."""
-    found: dict[tuple[bytes, int], Entry] = {}
+    found: dict[tuple[bytes, int], PackedChunk] = {}
     try:
         for e in read_pack_header(blob, repo.sealer, f"pack {pack.hex()[:16]}"):
-            found[(e.chunk_id, e.offset)] = (
+            found[(e.chunk_id, e.offset)] = PackedChunk(
                 e.chunk_id,
                 e.offset,
                 e.length,
@@ -269,7 +273,7 @@ def salvage_packs(
     stored = repo.list_packs()
     chosen = sorted(stored) if only is None else sorted(p for p in set(only) if p in stored)
     damaged: list[bytes] = []
-    wanted: dict[bytes, Entry] = {}  # chunk id -> an entry in a damaged pack
+    wanted: dict[bytes, PackedChunk] = {}  # chunk id -> an entry in a damaged pack
     good: set[bytes] = set()  # chunks with an authenticated copy
     for n, pack in enumerate(chosen, 1):
         report(f"reading packs {n}/{len(chosen)}")
@@ -291,7 +295,7 @@ def salvage_packs(
                     result.chunks_salvaged += 1
                 good.add(cid)
             else:
-                wanted.setdefault(cid, (cid, off, length, raw, btype))
+                wanted.setdefault(cid, PackedChunk(cid, off, length, raw, btype))
     if not damaged:
         return result
     repo.flush()  # 1. the salvaged chunks, in new packs, indexed
@@ -310,7 +314,7 @@ def salvage_packs(
 
 
 def _chunks_elsewhere(
-    indexed: dict[bytes, list[Entry]], damaged: set[bytes], stored: dict[bytes, int]
+    indexed: dict[bytes, list[PackedChunk]], damaged: set[bytes], stored: dict[bytes, int]
 ) -> set[bytes]:
     return {
         e[0]

@@ -37,6 +37,7 @@ from strongroom.repository import format as fmt
 from strongroom.repository.compress import Compressor
 from strongroom.repository.crypto import ChunkHasher, Sealer, content_hash
 from strongroom.repository.damage import DamageLog
+from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
 from strongroom.repository.keys import (
     KDF_BUDGET,
@@ -199,7 +200,7 @@ class Repository:
         self._builders: dict[BlobType, PackBuilder] = {}
         self._uploads: list[Future[None]] = []
         self._uploader: ThreadPoolExecutor | None = None
-        self._unindexed: dict[bytes, list[tuple[bytes, int, int, int, int]]] = {}
+        self._unindexed: dict[bytes, list[PackedChunk]] = {}
         self._unindexed_lock = threading.Lock()
         self._last_index_flush = time.monotonic()
         self.held_lock: Lock | None = None  # set by whoever locked this session
@@ -444,7 +445,7 @@ class Repository:
 
     def write_index_file(
         self,
-        packs: dict[bytes, list[tuple[bytes, int, int, int, int]]],
+        packs: dict[bytes, list[PackedChunk]],
         supersedes: list[bytes] | tuple[bytes, ...] = (),
     ) -> str:
         from strongroom.repository.index import IndexFile
@@ -550,7 +551,8 @@ class Repository:
     def _upload(self, builder: PackBuilder) -> None:
         self._reap_uploads(block=len(self._uploads) >= _MAX_PENDING_UPLOADS)
         entries = [
-            (e.chunk_id, e.offset, e.length, e.raw_length, int(e.type)) for e in builder.entries
+            PackedChunk(e.chunk_id, e.offset, e.length, e.raw_length, int(e.type))
+            for e in builder.entries
         ]
         if self._uploader is None:
             self._uploader = ThreadPoolExecutor(1, thread_name_prefix="upload")

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import threading
 from dataclasses import dataclass, field
 
-from strongroom import __version__
 from strongroom.errors import UsageError
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.pipeline.backup import BackupOptions, BackupSummary, FileBackup
 from strongroom.repository.repo import Repository
 from strongroom.services.points import PointFilter, find_point, list_points
+from strongroom.services.recording import record_point
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -45,7 +45,7 @@ def _choose_parent(
         return None
     if req.parent:
         parent = find_point(repo, req.parent)
-        if parent.kind != "files":
+        if parent.kind != PointKind.FILES:
             raise UsageError(f"point {parent.short_id} is a {parent.kind} point, not a files point")
         return parent
     candidates = list_points(
@@ -53,7 +53,7 @@ def _choose_parent(
         PointFilter(hosts=[req.host], paths=paths),
         on_damaged=lambda pid, err: warnings.append(f"skipping damaged point {pid[:8]}: {err}"),
     )
-    candidates = [p for p in candidates if p.kind == "files"]
+    candidates = [p for p in candidates if p.kind == PointKind.FILES]
     return candidates[-1] if candidates else None
 
 
@@ -89,17 +89,15 @@ def backup_files(
     seconds = (now() - started).total_seconds()
     if req.dry_run:
         return BackupResult(None, summary, parent.id if parent else None, seconds)
-    point = RecoveryPoint(
-        kind="files",
+    point = record_point(
+        repo,
+        kind=PointKind.FILES,
         time=started,
         host=req.host,
-        user=getpass.getuser(),
         paths=paths,
         tree=summary.tree_id,
-        parent=parent.id if parent else None,
-        tags=sorted(set(req.tags)),
-        program=f"strongroom {__version__}",
+        parent=parent,
+        tags=req.tags,
         summary={**summary.as_dict(), "seconds": round(seconds, 3)},
     )
-    point.id = repo.save_point(point.to_doc())
     return BackupResult(point, summary, point.parent, seconds)

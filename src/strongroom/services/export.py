@@ -46,6 +46,7 @@ from strongroom.formats.vhd import (
     write_vhd,
 )
 from strongroom.model.blockmap import BlockMap
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
@@ -355,7 +356,7 @@ def chain_points(repo: Repository, source: str) -> list[RecoveryPoint]:
     found = [
         p
         for p in list_points(repo)
-        if p.kind == "block" and len(p.paths) == 1 and p.paths[0] in wanted
+        if p.kind == PointKind.BLOCK and len(p.paths) == 1 and p.paths[0] in wanted
     ]
     if not found:
         raise UsageError(f"no block recovery point of {source} (see strongroom snapshots)")

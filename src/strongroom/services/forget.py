@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository.repo import Repository
 
@@ -81,7 +82,7 @@ def group_points(points: list[RecoveryPoint], group_by: str) -> dict[str, list[R
     for p in points:
         parts = []
         for k in keys:
-            if k == "host" and p.kind != "vm":
+            if k == "host" and p.kind != PointKind.VM:
                 parts.append(f"host={p.host}")
             elif k == "paths":
                 parts.append("paths=" + ":".join(sorted(p.paths)))

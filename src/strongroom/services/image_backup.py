@@ -18,25 +18,27 @@ every change falls back to the comparison and says why.
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 
-from strongroom import __version__
 from strongroom.errors import SourceError, StrongroomError, UsageError
 from strongroom.model.blockmap import BlockMap, check_geometry
+from strongroom.model.kinds import PointKind
+from strongroom.model.lineage import BlockLineage
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.nbd.uri import parse_nbd_uri
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup, ImageBackupSummary
 from strongroom.repository.repo import Repository
 from strongroom.services.points import PointFilter, find_point, list_points
-from strongroom.sources.block import BlockSource, NbdSource, RawSource
-from strongroom.sources.images import OpenRules, probe_image
+from strongroom.services.recording import record_point
+from strongroom.sources.block import BlockSource, NbdSource
+from strongroom.sources.images import OpenRules, open_image, probe_image
 from strongroom.sources.live import LiveDisk
 from strongroom.sources.qemu import (
     ImageInfo,
@@ -46,12 +48,12 @@ from strongroom.sources.qemu import (
 )
 from strongroom.sources.qmp import QmpClient
 from strongroom.sources.vhd import VhdSource
-from strongroom.trackers.bitmaps import BitmapPlan, plan_bitmaps
-from strongroom.trackers.changes import ChangeSet, blocks_touched
-from strongroom.trackers.overlay import overlay_changes, overlay_identity
+from strongroom.trackers.base import ChangeTracker
+from strongroom.trackers.bitmaps import BitmapPlan, BitmapTracker, plan_bitmaps
+from strongroom.trackers.changes import ChangeSet
+from strongroom.trackers.choose import TrackerMode, choose_changes, fallback, parse_mode
+from strongroom.trackers.overlay import OverlayTracker, identity_or_none, overlay_identity
 from strongroom.types import ProgressCallback, no_progress
-
-TRACKERS = ("auto", "none", "compare", "bitmap", "overlay")
 
 
 @dataclass
@@ -100,31 +102,22 @@ def source_identity(req: ImageBackupRequest) -> str:
     return os.path.abspath(req.source)
 
 
-def parse_tracker(spec: str) -> tuple[str, str | None]:
-    kind, _, name = spec.partition(":")
-    if kind not in TRACKERS or (name and kind != "bitmap"):
-        raise UsageError(
-            f"--changed-since {spec!r}: use auto, none, compare, bitmap[:NAME] or overlay"
-        )
-    return kind, name or None
-
-
 def _choose_parent(
     repo: Repository, req: ImageBackupRequest, identity: str
 ) -> RecoveryPoint | None:
     if req.parent:
         parent = find_point(repo, req.parent)
-        if parent.kind != "block":
+        if parent.kind != PointKind.BLOCK:
             raise UsageError(f"point {parent.short_id} is not a block image point")
         return parent
-    blocks = [p for p in list_points(repo, on_damaged=lambda *_: None) if p.kind == "block"]
+    blocks = [p for p in list_points(repo, on_damaged=lambda *_: None) if p.kind == PointKind.BLOCK]
     same = [p for p in blocks if PointFilter(hosts=[req.host], paths=[identity]).matches(p)]
     if same:
         return same[-1]
     # A new overlay on top of an image backed up before: that image's point.
     backing = _backing_identity(req)
     if backing is not None:
-        mine = [p for p in blocks if p.summary.get("image_identity") == backing]
+        mine = [p for p in blocks if p.block_lineage().image_identity == backing]
         if mine:
             return mine[-1]
     return None
@@ -140,16 +133,7 @@ def _backing_identity(req: ImageBackupRequest) -> str | None:
         info = probe_image(req.source, rules=req.rules)
     except SourceError:
         return None
-    return _identity_or_none(info.backing) if info.backing else None
-
-
-def dirty_blocks(view: NbdSource, bitmaps: list[str], block_size: int) -> ChangeSet | None:
-    """The blocks the exported bitmaps mark dirty; None if one is not exported."""
-    extents = view.dirty_extents(bitmaps)
-    if extents is None:
-        return None
-    blocks = -(-view.size // block_size)
-    return ChangeSet("bitmap", blocks_touched(extents, block_size, blocks))
+    return identity_or_none(info.backing) if info.backing else None
 
 
 class _ImageJob:
@@ -159,13 +143,14 @@ class _ImageJob:
         self.repo = repo
         self.req = req
         self.stack = stack
-        self.kind, self.bitmap_name = parse_tracker(req.changed_since)
+        self.mode, self.bitmap_name = parse_mode(req.changed_since)
         self.prefix = self.bitmap_name or f"strongroom-{repo.config.id[:8]}"
         self.plan: BitmapPlan | None = None
-        self.retire: list[str] = []
-        self.remove_bitmaps: object = None  # callable set when we control bitmaps
-        self.extra: dict[str, object] = {}
-        self.image_path = ""
+        self.remove_bitmaps: Callable[[list[str]], None] | None = None
+        self.image_path = ""  # an image file: its path (its identity is taken after the backup)
+        self.image_format: str | None = None
+        self.backing_chain: list[str] = []
+        self.backing_files: list[str] = []
         self.chain_changed = False  # a backing file differs from the parent's record
         self.notices: list[str] = []
 
@@ -173,7 +158,8 @@ class _ImageJob:
         self, parent: RecoveryPoint | None, parent_map: BlockMap | None, block_size: int
     ) -> tuple[BlockSource, ChangeSet]:
         req = self.req
-        parent_bitmap = self._parent_bitmap(parent)
+        lineage = parent.block_lineage() if parent is not None else BlockLineage()
+        parent_bitmap = lineage.parent_bitmap(self.prefix)
         if (req.qmp or is_nbd_uri(req.source)) and (req.image_format or req.allow_backing):
             raise UsageError("--format and --allow-backing apply to image files, not NBD exports")
         if req.qmp:
@@ -183,51 +169,44 @@ class _ImageJob:
         path = req.source
         if not os.path.exists(path):
             raise SourceError(f"{path}: no such file or device")
-        pinned = parent.summary.get("image_format") if parent is not None else None
-        info = probe_image(path, str(pinned) if pinned else None, req.rules)
+        info = probe_image(path, lineage.image_format, req.rules)
         self.image_path = info.path
-        self.extra["image_format"] = info.format
+        self.image_format = info.format
         self._show_followed(path, info.followed)
-        chain = backing_chain_identity(info) if info.backing else []
-        self.extra["backing_chain"] = chain
-        if parent is not None and parent.summary.get("backing_chain", []) != chain:
+        self.backing_chain = backing_chain_identity(info) if info.backing else []
+        if parent is not None and list(lineage.backing_chain) != self.backing_chain:
             self.chain_changed = True
-        if info.format == "vhd":
-            # Read by strongroom: qemu's vpc driver ignores a differencing disk's parent.
-            if self.kind in ("bitmap", "overlay"):
+        if info.format in ("vhd", "raw") and self.mode in (TrackerMode.BITMAP, TrackerMode.OVERLAY):
+            if info.format == "vhd":
                 raise UsageError(
                     f"{path} is a VHD: a VHD carries no dirty bitmaps"
                     " (use --changed-since compare or none)"
                 )
-            vhd = self.stack.enter_context(
-                closing(VhdSource(path, follow_anywhere=req.allow_backing))
-            )
-            self._show_followed(path, vhd.followed)
-            return vhd, self._fallback(parent_map, "")
-        if info.format == "raw":
-            if self.kind in ("bitmap", "overlay"):
-                raise UsageError(f"{path} is a raw image: it has no {self.kind} to track changes")
-            raw = self.stack.enter_context(closing(RawSource(path)))
-            return raw, self._fallback(parent_map, "")
-        if self.kind == "overlay" or (
-            self.kind == "auto"
-            and info.backing
-            and parent is not None
-            and _identity_or_none(info.backing) == parent.summary.get("image_identity")
-        ):
-            return self._open_overlay(info, parent, parent_map, block_size)
-        if info.format == "qcow2" and self.kind in ("auto", "bitmap"):
-            return self._open_offline_bitmaps(info, parent_map, parent_bitmap, block_size)
-        if self.kind == "bitmap":
-            raise UsageError(f"{path} is {info.format}: only qcow2 images carry dirty bitmaps")
-        src = self.stack.enter_context(closing(QemuImageSource(info)))
-        return src, self._fallback(parent_map, "")
+            raise UsageError(f"{path} is a raw image: it has no {self.mode} to track changes")
+        if info.format not in ("vhd", "raw"):
+            if self.mode == TrackerMode.OVERLAY or (
+                self.mode == TrackerMode.AUTO
+                and info.backing
+                and lineage.image_identity is not None
+                and identity_or_none(info.backing) == lineage.image_identity
+            ):
+                return self._open_overlay(info, lineage, parent_map, block_size)
+            if info.format == "qcow2" and self.mode in (TrackerMode.AUTO, TrackerMode.BITMAP):
+                return self._open_offline_bitmaps(info, parent_map, parent_bitmap, block_size)
+            if self.mode == TrackerMode.BITMAP:
+                raise UsageError(f"{path} is {info.format}: only qcow2 images carry dirty bitmaps")
+        # A VHD is read by strongroom (qemu's vpc driver ignores a differencing
+        # disk's parent); only the comparison tracks its changes, or a raw file's.
+        src = self.stack.enter_context(closing(open_image(info)))
+        if isinstance(src, VhdSource):
+            self._show_followed(path, src.followed)
+        return src, self._fallback(parent_map)
 
     def _show_followed(self, path: str, followed: list[str]) -> None:
         """Every other file this backup reads, by its real path: in the point's
-        summary and said to the user."""
+        lineage and summary, and said to the user."""
         if followed:
-            self.extra["backing_files"] = list(followed)
+            self.backing_files = list(followed)
             self.notices.append(f"{path} also reads: {' -> '.join(followed)}")
 
     # --- sources -------------------------------------------------------------
@@ -242,9 +221,9 @@ class _ImageJob:
         node = req.node or _export_name(req.source)
         live = LiveDisk(qmp, node, req.source, req.scratch)
         plan = plan_bitmaps(live.bitmaps(), self.prefix, parent_bitmap)
-        if self.kind == "overlay":
+        if self.mode == TrackerMode.OVERLAY:
             raise UsageError("--changed-since overlay needs an image file, not a disk behind --qmp")
-        if self.kind in ("none", "compare"):
+        if self.mode in (TrackerMode.NONE, TrackerMode.COMPARE):
             plan.read = None
         self.stack.callback(live.close_view)  # also undoes a view half opened
         view = live.open_view(plan.add, block_size, plan.disable, plan.read or [])
@@ -274,7 +253,7 @@ class _ImageJob:
         try:
             control.checkpoint(plan.add, block_size, plan.disable)
         except SourceError as err:
-            if self.kind == "bitmap":
+            if self.mode == TrackerMode.BITMAP:
                 raise
             # Read-only storage, a backing file in use, ...: back up without.
             src = self.stack.enter_context(closing(QemuImageSource(info)))
@@ -294,92 +273,92 @@ class _ImageJob:
     ) -> tuple[BlockSource, ChangeSet]:
         contexts = [f"qemu:dirty-bitmap:{self.bitmap_name}"] if self.bitmap_name else []
         view = self.stack.enter_context(closing(NbdSource(self.req.source, contexts)))
-        if self.kind == "overlay":
+        if self.mode == TrackerMode.OVERLAY:
             raise UsageError("--changed-since overlay needs an image file, not an NBD export")
-        if self.kind == "bitmap" and parent_map is not None:
+        if self.mode == TrackerMode.BITMAP and parent_map is not None:
             if not self.bitmap_name:
                 raise UsageError(
                     "over a plain NBD export, name the bitmap: --changed-since bitmap:NAME"
                 )
-            found = dirty_blocks(view, [self.bitmap_name], block_size)
-            if found is not None:
-                found.note = (
+            tracker = BitmapTracker(
+                view,
+                [self.bitmap_name],
+                note=(
                     f"bitmap {self.bitmap_name} read as exported; "
                     "without --qmp the caller rotates it"
-                )
-                return view, found
-            return view, self._fallback(parent_map, f"the export has no bitmap {self.bitmap_name}")
-        return view, self._fallback(parent_map, "")
+                ),
+                missing=f"the export has no bitmap {self.bitmap_name}",
+            )
+            return view, self._choose(tracker, parent_map, view.size, block_size)
+        return view, self._fallback(parent_map)
 
     def _open_overlay(
         self,
         info: ImageInfo,
-        parent: RecoveryPoint | None,
+        lineage: BlockLineage,
         parent_map: BlockMap | None,
         block_size: int,
     ) -> tuple[BlockSource, ChangeSet]:
         view = self.stack.enter_context(closing(QemuImageSource(info, allocation_depth=True)))
-        if parent_map is None or parent is None:
-            return view, self._fallback(parent_map, "")
-        if info.backing is None:
-            return view, self._fallback(parent_map, f"{info.path} has no backing file")
-        recorded = parent.summary.get("image_identity")
-        below = self.extra.get("backing_chain", [])
-        if (
-            recorded != _identity_or_none(info.backing)
-            or list(parent.summary.get("backing_chain", [])) != list(below)[1:]  # type: ignore[call-overload]
-        ):
-            return view, self._fallback(
-                parent_map, "the overlay's backing file is not the image the parent point read"
-            )
-        return view, overlay_changes(view, block_size)
+        tracker = OverlayTracker(view, info.path, info.backing, self.backing_chain, lineage)
+        return view, self._choose(tracker, parent_map, view.size, block_size)
 
     # --- trackers ------------------------------------------------------------
-
-    def _parent_bitmap(self, parent: RecoveryPoint | None) -> str | None:
-        if parent is None or parent.summary.get("bitmap_prefix") != self.prefix:
-            return None
-        name = parent.summary.get("bitmap")
-        return str(name) if name else None
 
     def _bitmap_changes(
         self, view: NbdSource, plan: BitmapPlan, parent_map: BlockMap | None, block_size: int
     ) -> ChangeSet:
-        self.extra["bitmap"] = plan.add
-        self.extra["bitmap_prefix"] = self.prefix
-        if parent_map is None:
-            return ChangeSet("full")
-        if self.kind in ("none", "compare"):
-            return self._fallback(parent_map, "")
-        if plan.read is None:
-            return self._fallback(parent_map, plan.note)
-        found = dirty_blocks(view, plan.read, block_size)
-        if found is None:
-            return self._fallback(parent_map, "the block layer did not export the dirty bitmaps")
-        return found
+        return self._choose(BitmapTracker.from_plan(view, plan), parent_map, view.size, block_size)
 
-    def _fallback(self, parent_map: BlockMap | None, why: str) -> ChangeSet:
-        if self.kind == "none" or parent_map is None:
-            return ChangeSet("full")
-        note = f"{why}: comparing every block with the parent" if why else ""
-        return ChangeSet("compare", None, note)
+    def _choose(
+        self, tracker: ChangeTracker, parent_map: BlockMap | None, size: int, block_size: int
+    ) -> ChangeSet:
+        return choose_changes(
+            self.mode, tracker, has_parent=parent_map is not None, size=size, block_size=block_size
+        )
+
+    def _fallback(self, parent_map: BlockMap | None, why: str = "") -> ChangeSet:
+        return fallback(self.mode, parent_map is not None, why)
 
     def after_point(self) -> list[str]:
         """Retire the bitmaps this point superseded; warnings for any that stay."""
         if self.plan is None or self.remove_bitmaps is None:
             return []
         try:
-            self.remove_bitmaps(self.plan.retire)  # type: ignore[operator]
+            self.remove_bitmaps(self.plan.retire)
         except SourceError as err:
             return [f"old dirty bitmaps stay (harmless, retried next time): {err}"]
         return []
 
+    def lineage(self, tracker: str) -> BlockLineage:
+        """What the next backup of this source starts from (taken after the
+        backup: the image's identity is its state once read)."""
+        return BlockLineage(
+            tracker=tracker,
+            bitmap=self.plan.add if self.plan is not None else None,
+            bitmap_prefix=self.prefix if self.plan is not None else None,
+            image_format=self.image_format,
+            image_identity=overlay_identity(self.image_path) if self.image_path else None,
+            backing_chain=tuple(self.backing_chain),
+            backing_files=tuple(self.backing_files),
+        )
 
-def _identity_or_none(path: str) -> str | None:
-    try:
-        return overlay_identity(path)
-    except OSError:
-        return None
+
+def summary_fields(lineage: BlockLineage, image_file: bool) -> dict[str, object]:
+    """The lineage as format 1 kept it in the summary (still written: older
+    strongroom reads it there, and users see it)."""
+    fields: dict[str, object] = {}
+    if image_file:
+        fields["image_format"] = lineage.image_format
+        fields["backing_chain"] = list(lineage.backing_chain)
+    if lineage.backing_files:
+        fields["backing_files"] = list(lineage.backing_files)
+    if lineage.bitmap is not None:
+        fields["bitmap"] = lineage.bitmap
+        fields["bitmap_prefix"] = lineage.bitmap_prefix
+    if image_file:
+        fields["image_identity"] = lineage.image_identity
+    return fields
 
 
 def _export_name(uri: str) -> str:
@@ -425,20 +404,22 @@ def backup_image(
         # Retire superseded bitmaps before the point: a crash in between only
         # costs the next backup a comparison (its parent's bitmap is gone).
         summary.warnings += job.after_point()
-        if job.image_path:
-            job.extra["image_identity"] = overlay_identity(job.image_path)
+        lineage = job.lineage(summary.tracker)
         seconds = time.monotonic() - t0
-        point = RecoveryPoint(
-            kind="block",
+        point = record_point(
+            repo,
+            kind=PointKind.BLOCK,
             time=started,
             host=req.host,
-            user=getpass.getuser(),
             paths=[identity],
             tree=summary.map_root,
-            parent=parent.id if parent else None,
-            tags=sorted(set(req.tags)),
-            program=f"strongroom {__version__}",
-            summary={**summary.as_dict(), **job.extra, "seconds": round(seconds, 3)},
+            parent=parent,
+            tags=req.tags,
+            summary={
+                **summary.as_dict(),
+                **summary_fields(lineage, bool(job.image_path)),
+                "seconds": round(seconds, 3),
+            },
+            lineage=lineage,
         )
-        point.id = repo.save_point(point.to_doc())
     return ImageBackupResult(point, summary, point.parent, seconds, job.notices)

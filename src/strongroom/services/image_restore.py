@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from strongroom.errors import UsageError
 from strongroom.model.blockmap import BlockMap
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.nbd.server import NbdServer, ServerLimits
 from strongroom.nbd.uri import format_tcp_uri, format_unix_uri, parse_nbd_uri
@@ -21,7 +22,7 @@ from strongroom.types import ProgressCallback, no_progress
 
 
 def require_block(point: RecoveryPoint) -> None:
-    if point.kind != "block":
+    if point.kind != PointKind.BLOCK:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a block image")
 
 
@@ -92,7 +93,7 @@ class Served:
 def _served_maps(repo: Repository, point: RecoveryPoint, name: str) -> list[tuple[str, BlockMap]]:
     """(export name, map) of every disk of the point: a VM point's disks are
     exported under their names, an image point under `name`."""
-    if point.kind == "vm":
+    if point.kind == PointKind.VM:
         manifest = load_vm_manifest(repo, bytes.fromhex(point.tree))
         return [(d.name, load_block_map(repo, bytes.fromhex(d.map_root))) for d in manifest.disks]
     return [(name, point_map(repo, point))]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from strongroom.errors import IntegrityError
+from strongroom.model.kinds import IMAGE_KINDS, PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import FILE
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
@@ -109,14 +110,14 @@ def check(
 
 def damaged_paths(repo: Repository, point: RecoveryPoint, damaged: set[bytes]) -> list[str]:
     """Files (or, for an image, block offsets) of a point that hold damaged chunks."""
-    if point.kind == "block":
+    if point.kind == PointKind.BLOCK:
         block_map = load_block_map(repo, bytes.fromhex(point.tree))
         return [
             f"block at offset {block_map.extent(i)[0]}"
             for i in range(block_map.blocks)
             if block_map.get(i) in damaged
         ]
-    if point.kind == "vm":
+    if point.kind == PointKind.VM:
         found = []
         for disk in load_vm_manifest(repo, bytes.fromhex(point.tree)).disks:
             disk_map = load_block_map(repo, bytes.fromhex(disk.map_root))
@@ -141,8 +142,7 @@ def stats(repo: Repository) -> dict[str, object]:
     packs = len(pack_sizes)
     index_bytes = sum(o.size for o in repo.backend.list(fmt.INDEX_PREFIX))
     logical = sum(
-        int(p.summary.get("size" if p.kind in ("block", "vm") else "total_bytes", 0))
-        for p in points
+        int(p.summary.get("size" if p.kind in IMAGE_KINDS else "total_bytes", 0)) for p in points
     )
     raw = 0
     chunks = 0

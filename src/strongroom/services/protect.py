@@ -10,7 +10,6 @@ back and the data is deduplicated and encrypted like any other point.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import socket
 import threading
@@ -18,9 +17,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from strongroom import __version__
 from strongroom.config import data_home
 from strongroom.errors import UsageError
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup
@@ -30,6 +29,7 @@ from strongroom.protect.destinations import Destination, Shipment, VhdChain
 from strongroom.protect.vhd_mode import VhdProtection
 from strongroom.repository.repo import Repository
 from strongroom.services.points import list_points
+from strongroom.services.recording import record_point
 from strongroom.sources.block import RawSource
 from strongroom.storage import open_backend
 from strongroom.trackers.changes import ChangeSet, blocks_touched
@@ -64,7 +64,7 @@ class RepositoryDestination:
         return [
             p
             for p in list_points(self.repo, on_damaged=lambda *_: None)
-            if p.kind == "block" and p.paths == [f"protect:{name}"]
+            if p.kind == PointKind.BLOCK and p.paths == [f"protect:{name}"]
         ]
 
     def arrived(self, name: str, cycle: int, uuid: str) -> str | None:
@@ -100,23 +100,22 @@ class RepositoryDestination:
             )
             pipeline.run()
         summary = pipeline.summary
-        point = RecoveryPoint(
-            kind="block",
+        point = record_point(
+            self.repo,
+            kind=PointKind.BLOCK,
             time=started,
             host=socket.gethostname(),
-            user=getpass.getuser(),
             paths=[f"protect:{shipment.name}"],
             tree=summary.map_root,
-            parent=parent.id if parent else None,
+            parent=parent,
             tags=[PROTECT_TAG],
-            program=f"strongroom {__version__}",
             summary={
                 **summary.as_dict(),
                 "protect": record,
                 "seconds": round(time.monotonic() - t0, 3),
             },
         )
-        return self.repo.save_point(point.to_doc())
+        return point.id
 
     def close(self) -> None:
         """The caller owns the repository."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from strongroom.errors import StrongroomError
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import FILE, Node, decode_tree, encode_tree
 from strongroom.repository.format import BlobType
@@ -99,7 +100,7 @@ def repair_points(
     results: list[PointRepair] = []
     for n, point in enumerate(points, 1):
         report(f"checking point {n}/{len(points)}")
-        if point.kind != "files":
+        if point.kind != PointKind.FILES:
             lost = _image_damage(repo, point)
             if lost:
                 results.append(

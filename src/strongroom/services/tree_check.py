@@ -19,6 +19,7 @@ from typing import Any
 
 from strongroom.errors import IntegrityError, StrongroomError
 from strongroom.model.blockmap import BlockMap, decode_root, decode_segment
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import DIR, FILE, SYMLINK, Node, decode_tree, decode_wires
 from strongroom.model.vm import VmManifest
@@ -60,10 +61,12 @@ class ManifestChecker:
         for point in points:
             root = bytes.fromhex(point.tree)
             where = f"point {point.short_id}"
-            if point.kind == "block":
+            if point.kind == PointKind.BLOCK:
                 self._check_map(root, where)
-            elif point.kind == "vm":
+            elif point.kind == PointKind.VM:
                 self._check_vm(root, where)
+            elif point.kind != PointKind.FILES:
+                self._error(f"{where} is of unknown kind {point.kind!r}")
             else:
                 self._check_tree_root(root, where)
         if self.found.missing:

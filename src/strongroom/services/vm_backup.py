@@ -18,7 +18,6 @@ Nothing is committed if the lease was lost meanwhile.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import os
 import socket
@@ -28,21 +27,23 @@ from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from typing import Any
 
-from strongroom import __version__
 from strongroom.config import VmSpec, data_home
 from strongroom.errors import StrongroomError
 from strongroom.model.blockmap import BlockMap
+from strongroom.model.kinds import PointKind
+from strongroom.model.lineage import BlockLineage
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.model.vm import VmDisk, VmManifest
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest, save_vm_manifest
 from strongroom.pipeline.image_backup import ImageBackup
 from strongroom.repository.repo import Repository
+from strongroom.services.recording import record_point
 from strongroom.services.vms import vm_lease, vm_path, vm_points
 from strongroom.sources.guest import Quiesce
 from strongroom.sources.live import LiveDisk, ViewPlan, freeze_together
 from strongroom.sources.qmp import QmpClient
-from strongroom.trackers.bitmaps import BitmapPlan, is_ours, plan_bitmaps
-from strongroom.trackers.changes import ChangeSet, blocks_touched
+from strongroom.trackers.bitmaps import BitmapPlan, BitmapTracker, is_ours, plan_bitmaps
+from strongroom.trackers.choose import TrackerMode, choose_changes, parse_mode
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -75,6 +76,7 @@ def backup_vm(
     cancel: threading.Event | None = None,
     on_frozen: Any = None,  # test hook: called with the instant (time.time()) it froze
 ) -> VmBackupResult:
+    mode, _ = parse_mode(changed_since)
     host = socket.gethostname()
     prefix = vm_bitmap_prefix(repo, spec.name)
     warnings: list[str] = []
@@ -96,9 +98,7 @@ def backup_vm(
                 warnings.append(f"disk {node} changed size: reading it whole")
                 parent_map = None
             block_size = parent_map.block_size if parent_map else repo.config.block_size
-            parent_bitmap = None
-            if before is not None and before.summary.get("bitmap_prefix") == prefix:
-                parent_bitmap = before.summary.get("bitmap")
+            parent_bitmap = before.block_lineage().parent_bitmap(prefix) if before else None
             plan = plan_bitmaps(live.bitmaps(), prefix, parent_bitmap)
             disks.append(_Disk(live, plan, parent_map, parent_bitmap, block_size))
         warnings += _scratch_room(scratch, sum(d.live.size for d in disks))
@@ -144,10 +144,16 @@ def backup_vm(
         summaries: list[dict[str, Any]] = []
         views = []
         for disk in disks:
-            read = [] if changed_since in ("none", "compare") else (disk.plan.read or [])
+            read = [] if mode in (TrackerMode.NONE, TrackerMode.COMPARE) else (disk.plan.read or [])
             view = stack.enter_context(closing(disk.live.export_view(read)))
             views.append(view)
-            changes = _changes(disk, view, changed_since, read)
+            changes = choose_changes(
+                mode,
+                BitmapTracker.from_plan(view, disk.plan),
+                has_parent=disk.parent_map is not None,
+                size=view.size,
+                block_size=disk.block_size,
+            )
             pipeline = ImageBackup(
                 repo, view, disk.block_size, disk.parent_map, changes, progress, cancel
             )
@@ -165,6 +171,7 @@ def backup_vm(
                     disk.block_size,
                     pipeline.summary.map_root,
                     summary,
+                    BlockLineage(pipeline.summary.tracker, disk.plan.add, prefix),
                 )
             )
             warnings += pipeline.summary.warnings
@@ -173,17 +180,16 @@ def backup_vm(
         lease.verify()  # never commit a point under a lease that passed on
         consistency = "application-consistent" if frozen else "crash-consistent"
         seconds = time.monotonic() - t0
-        point = RecoveryPoint(
-            kind="vm",
+        point = record_point(
+            repo,
+            kind=PointKind.VM,
             time=started,
             host=host,
-            user=getpass.getuser(),
             paths=[vm_path(spec.name)],
             tree=manifest_id.hex(),
-            parent=parent.id if parent else None,
-            tags=sorted(set(tags or [])),
+            parent=parent,
+            tags=tags,
             consistency=consistency,
-            program=f"strongroom {__version__}",
             summary={
                 **_totals(summaries),
                 "disks": summaries,
@@ -192,7 +198,6 @@ def backup_vm(
                 "seconds": round(seconds, 3),
             },
         )
-        point.id = repo.save_point(point.to_doc())
         # Retire what the point superseded: views first (an exported bitmap is busy).
         for disk, view in zip(disks, views, strict=True):
             view.close()
@@ -249,22 +254,6 @@ def _check_lineage(disk: _Disk, prefix: str) -> None:
     if ours != expected:
         disk.plan.read = None
         disk.plan.note = "the dirty bitmaps changed while the snapshot was being taken"
-
-
-def _changes(disk: _Disk, view: Any, changed_since: str, read: list[str]) -> ChangeSet:
-    if disk.parent_map is None:
-        return ChangeSet("full")
-    if changed_since == "none":
-        return ChangeSet("full")
-    if changed_since == "compare":
-        return ChangeSet("compare")
-    if disk.plan.read is None:
-        return ChangeSet("compare", None, f"{disk.plan.note}: comparing every block")
-    extents = view.dirty_extents(read)
-    if extents is None:
-        return ChangeSet("compare", None, "the block layer did not export the dirty bitmaps")
-    blocks = -(-view.size // disk.block_size)
-    return ChangeSet("bitmap", blocks_touched(extents, disk.block_size, blocks))
 
 
 def _totals(disks: list[dict[str, Any]]) -> dict[str, Any]:

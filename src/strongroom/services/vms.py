@@ -7,6 +7,7 @@ from typing import Any
 
 from strongroom.config import VmSpec
 from strongroom.errors import UsageError
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.vm import VmManifest
 from strongroom.pipeline.blockmaps import load_vm_manifest
@@ -25,7 +26,7 @@ def vm_points(repo: Repository, name: str) -> list[RecoveryPoint]:
     return [
         p
         for p in list_points(repo, on_damaged=lambda *_: None)
-        if p.kind == "vm" and p.paths == [vm_path(name)]
+        if p.kind == PointKind.VM and p.paths == [vm_path(name)]
     ]
 
 
@@ -35,7 +36,7 @@ def vm_lease(repo: Repository, spec: VmSpec) -> Lease:
 
 
 def manifest_of(repo: Repository, point: RecoveryPoint) -> VmManifest:
-    if point.kind != "vm":
+    if point.kind != PointKind.VM:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a VM point")
     return load_vm_manifest(repo, bytes.fromhex(point.tree))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from strongroom.errors import PathNotFound
+from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import DIR, Node, TreePath, decode_tree
@@ -71,16 +72,20 @@ def referenced_by_points(
     stack = []
     for point in points:
         root = bytes.fromhex(point.tree)
-        if point.kind == "block":
+        if point.kind == PointKind.BLOCK:
             try:
                 used |= referenced_by_map(repo, root)
             except Exception as err:
                 errors.append(f"block map {root.hex()[:16]}: {err}")
-        elif point.kind == "vm":
+        elif point.kind == PointKind.VM:
             try:
                 used |= referenced_by_vm(repo, root)
             except Exception as err:
                 errors.append(f"VM manifest {root.hex()[:16]}: {err}")
+        elif point.kind != PointKind.FILES:
+            # What a kind this version does not know references is unknown too:
+            # an error, so that prune keeps everything rather than guess.
+            errors.append(f"point {point.short_id} is of unknown kind {point.kind!r}")
         elif root not in used:
             used.add(root)
             stack.append(root)

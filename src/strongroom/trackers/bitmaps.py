@@ -18,10 +18,12 @@ incomplete: the backup compares every block instead, and says why.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from strongroom.sources.qemu import BitmapInfo
+from strongroom.trackers.base import Span, Unproven, normalize
 
 
 def is_ours(name: str, prefix: str) -> bool:
@@ -66,3 +68,47 @@ def plan_bitmaps(
     else:
         plan.read = sorted(names)
     return plan
+
+
+class DirtyView(Protocol):
+    """A view of the disk that exports dirty bitmaps (an NBD source)."""
+
+    size: int
+
+    def dirty_extents(self, bitmaps: Iterable[str]) -> list[tuple[int, int]] | None: ...
+
+
+class BitmapTracker:
+    """The union of dirty bitmaps: every write since the oldest of them started.
+
+    `read` is the plan's list (None: the lineage is broken, `reason` says how);
+    `missing` is what is said when the view does not export one of them."""
+
+    name = "bitmap"
+
+    def __init__(
+        self,
+        view: DirtyView,
+        read: Sequence[str] | None,
+        reason: str = "",
+        *,
+        note: str = "",
+        missing: str = "the block layer did not export the dirty bitmaps",
+    ) -> None:
+        self.view = view
+        self.read = None if read is None else list(read)
+        self.reason = reason or "no dirty bitmap reaches back to the parent point"
+        self.note = note
+        self.missing = missing
+
+    @classmethod
+    def from_plan(cls, view: DirtyView, plan: BitmapPlan) -> BitmapTracker:
+        return cls(view, plan.read, plan.note)
+
+    def changed(self) -> list[Span] | Unproven:
+        if self.read is None:
+            return Unproven(self.reason)
+        extents = self.view.dirty_extents(self.read)
+        if extents is None:
+            return Unproven(self.missing)
+        return normalize(extents, self.view.size)

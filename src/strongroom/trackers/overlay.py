@@ -6,16 +6,19 @@ point saw it. The next backup reads the overlay, and the blocks allocated in
 its top layer (`qemu:allocation-depth` = 1, zeroed clusters included) are
 exactly the changes. That holds only if the backing file is unchanged since
 the parent point read it: the point records the file's identity (path, size,
-modification time to the nanosecond) after its backup, and the tracker falls
-back to the comparison when the backing file's identity differs.
+modification time to the nanosecond) after its backup, and the identities of
+the files below it; the tracker cannot prove anything when either differs
+(the base was written, replaced, or rebased) and the backup then compares.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
-from strongroom.sources.block import NbdSource
-from strongroom.trackers.changes import ChangeSet, blocks_touched
+from strongroom.model.lineage import BlockLineage
+from strongroom.trackers.base import Span, Unproven, normalize
 
 ALLOCATION_DEPTH = "qemu:allocation-depth"
 
@@ -26,9 +29,65 @@ def overlay_identity(path: str) -> str:
     return f"{real}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def overlay_changes(view: NbdSource, block_size: int) -> ChangeSet:
-    if not view.has_context(ALLOCATION_DEPTH):
-        return ChangeSet("compare", None, "the image does not report allocation depth")
-    top = [(o, n) for o, n, depth in view.status(ALLOCATION_DEPTH) if depth == 1]
-    blocks = -(-view.size // block_size)
-    return ChangeSet("overlay", blocks_touched(top, block_size, blocks))
+def identity_or_none(path: str) -> str | None:
+    try:
+        return overlay_identity(path)
+    except OSError:
+        return None
+
+
+class DepthView(Protocol):
+    """A view of the overlay that may export its allocation depth (NBD)."""
+
+    size: int
+
+    def has_context(self, name: str) -> bool: ...
+
+    def status(self, context: str) -> Iterator[tuple[int, int, int]]: ...
+
+
+class OverlayTracker:
+    """The overlay's own clusters, if its base is the image the parent read.
+
+    `backing` is the overlay's backing file (None: it has none), `below` the
+    identities of the files below the overlay, top first (`backing` first),
+    as `sources.qemu.backing_chain_identity` gives them."""
+
+    name = "overlay"
+    note = ""
+
+    def __init__(
+        self,
+        view: DepthView,
+        image: str,
+        backing: str | None,
+        below: Sequence[str],
+        parent: BlockLineage,
+    ) -> None:
+        self.view = view
+        self.image = image
+        self.backing = backing
+        self.below = list(below)
+        self.parent = parent
+
+    def base_problem(self) -> str | None:
+        """Why the overlay's base is not what the parent point read; None if it is."""
+        if self.backing is None:
+            return f"{self.image} has no backing file"
+        identity = identity_or_none(self.backing)
+        if (
+            identity is None
+            or identity != self.parent.image_identity
+            or list(self.parent.backing_chain) != self.below[1:]
+        ):
+            return "the overlay's backing file is not the image the parent point read"
+        return None
+
+    def changed(self) -> list[Span] | Unproven:
+        problem = self.base_problem()
+        if problem is not None:
+            return Unproven(problem)
+        if not self.view.has_context(ALLOCATION_DEPTH):
+            return Unproven("the image does not report allocation depth")
+        top = [(o, n) for o, n, depth in self.view.status(ALLOCATION_DEPTH) if depth == 1]
+        return normalize(top, self.view.size)

@@ -11,6 +11,7 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
+from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import Node
@@ -57,7 +58,7 @@ def ls(
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
         _refuse_vm(p)
-        if p.kind == "block":
+        if p.kind == PointKind.BLOCK:
             _ls_image(app, repo, p, path, long_, recursive, partition)
             return
         for entry_path, node in list_entries(repo, bytes.fromhex(p.tree), path, recursive):
@@ -85,7 +86,7 @@ def diff(app: App, point_a: str, point_b: str) -> None:
     with app.repository(LockMode.NONE) as repo:
         a = find_point(repo, point_a)
         b = find_point(repo, point_b)
-        if {a.kind, b.kind} != {"files"}:
+        if {a.kind, b.kind} != {PointKind.FILES}:
             raise UsageError("diff compares file points; for image points see 'snapshots'")
         for change in diff_trees(repo, bytes.fromhex(a.tree), bytes.fromhex(b.tree)):
             counts[change.kind] += 1
@@ -129,7 +130,7 @@ def dump(app: App, point: str, path: str, partition: int | None) -> None:
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
         _refuse_vm(p)
-        if p.kind == "block":
+        if p.kind == PointKind.BLOCK:
             with open_image_filesystem(repo, p, partition) as fs, fs.open(path) as f:
                 shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
         else:
@@ -182,7 +183,7 @@ def _ls_image(
 
 
 def _refuse_vm(point: RecoveryPoint) -> None:
-    if point.kind == "vm":
+    if point.kind == PointKind.VM:
         raise UsageError(
             f"point {point.short_id} is a VM point: restore a disk "
             "('restore --disk NAME') or serve it, then browse that image"

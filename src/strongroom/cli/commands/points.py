@@ -9,6 +9,7 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
+from strongroom.model.kinds import IMAGE_KINDS
 from strongroom.model.names import printable
 from strongroom.services.points import PointFilter, list_points
 from strongroom.services.session import LockMode
@@ -44,9 +45,7 @@ def snapshots(
             printable(p.host),
             ",".join(printable(t) for t in p.tags),
             p.kind,
-            human_bytes(
-                int(p.summary.get("size" if p.kind in ("block", "vm") else "total_bytes", 0))
-            ),
+            human_bytes(int(p.summary.get("size" if p.kind in IMAGE_KINDS else "total_bytes", 0))),
             human_bytes(int(p.summary["bytes_changed"])) if "bytes_changed" in p.summary else "",
             human_bytes(int(p.summary.get("data_added_stored", p.summary.get("data_added", 0)))),
             str(p.summary.get("tracker", "")),

@@ -7,6 +7,7 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode, UsageError
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository.repo import Repository
 from strongroom.services.image_files import extract, open_image_filesystem
@@ -69,14 +70,14 @@ def restore(
         p = find_point(repo, point, PointFilter(paths=[vm_path(vm)]) if vm else None)
         if vm and p.paths != [vm_path(vm)]:
             raise UsageError(f"point {p.short_id} is not a point of VM {vm}")
-        if p.kind == "vm":
+        if p.kind == PointKind.VM:
             if include or partition is not None:
                 raise UsageError("--include/--partition browse an image: restore a --disk first")
             restore_vm_cmd(app, repo, p, target, fmt, list(disks))
             return
         if vm or disks:
             raise UsageError(f"point {p.short_id} is a {p.kind} point, not a VM point")
-        if p.kind == "block":
+        if p.kind == PointKind.BLOCK:
             if include:
                 restore_image_files_cmd(app, repo, p, target, list(include), partition)
             else:

@@ -9,6 +9,7 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
+from strongroom.model.kinds import PointKind
 from strongroom.nbd.limits import DEFAULT_CLIENT_TIMEOUT, DEFAULT_MAX_CLIENTS, ServerLimits
 from strongroom.services.image_restore import serving
 from strongroom.services.points import find_point
@@ -79,7 +80,7 @@ def serve(
                     out.emit({"message_type": "serving", **doc})
             else:
                 for s in served:
-                    what = f"disk {s.name} of point" if p.kind == "vm" else "point"
+                    what = f"disk {s.name} of point" if p.kind == PointKind.VM else "point"
                     out.info(f"serving {what} {p.short_id} ({human_bytes(s.size)}) at {s.uri}")
                 out.notice("press Ctrl-C to stop")
             previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
