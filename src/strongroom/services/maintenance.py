@@ -87,8 +87,7 @@ def check(
     """Structure, every manifest (each distinct one once: services/tree_check.py),
     and with `read_data`/`subset` the packs' bytes. Damaged or foreign objects met
     anywhere are errors."""
-    if subset:
-        select_packs([], subset)  # a malformed subset is a usage error before any work
+    check_subset(subset)  # a malformed subset is a usage error before any work
     report = CheckReport()
     check_structure(repo, report)
     points = list_points(repo)  # damaged points go to repo.damage
