@@ -172,3 +172,19 @@ def test_malformed_exclude_pattern_is_a_usage_error(
     result = cli("backup", str(tmp_path / "home"), "--exclude", "[z-a]")
     assert result.rc == 2
     assert "[z-a]" in result.err and "internal error" not in result.err
+
+
+def test_refused_options_create_no_default_repository(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """Options are checked (services/backup.py) before the default repository is
+    created: a refused command leaves nothing behind."""
+    from tests.helpers.cli import run_cli
+
+    env = {k: v for k, v in cli_env.items() if k != "STRONGROOM_REPO"}
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(bytes(1 << 16))
+    result = run_cli(["backup", "--image", str(disk), "--dry-run"], env)
+    assert result.rc == 2
+    assert "--dry-run is not available with --image" in result.err
+    assert not (Path(env["XDG_DATA_HOME"]) / "strongroom" / "repository").exists()

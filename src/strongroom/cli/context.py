@@ -13,8 +13,7 @@ import click
 from strongroom.cli.output import Output
 from strongroom.config import Settings
 from strongroom.errors import UsageError
-from strongroom.repository.repo import Repository
-from strongroom.services.session import LockMode, open_repository
+from strongroom.services.session import LockMode, Repository, open_repository
 
 
 @dataclass

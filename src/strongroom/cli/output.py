@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -94,6 +94,17 @@ class Output:
         """One JSON value on one line of stdout."""
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
         sys.stdout.flush()
+
+    def summary(self, doc: Mapping[str, object], lines: Iterable[str] = ()) -> None:
+        """A command's closing summary: with --json one `summary` line holding `doc`
+        (after any progress `status` lines), otherwise `lines` for a person
+        (nothing with --quiet). Warnings and failures are not part of it: they go
+        to stderr whatever the mode."""
+        if self.json:
+            self.emit({"message_type": "summary", **doc})
+            return
+        for line in lines:
+            self.info(line)
 
     def document(self, doc: Any) -> None:
         sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")

@@ -1,4 +1,10 @@
-"""The backup use case: choose a parent, run the pipeline, record the point."""
+"""The backup use case: choose a parent, run the pipeline, record the point.
+
+Also the rules every front end applies before a backup starts: which options
+go together (`check_options`), the exclude patterns of files
+(`exclude_patterns`), and creating the default repository on first use
+(`needs_default_repository`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
+from strongroom.config import Settings
 from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint, now
@@ -14,7 +21,59 @@ from strongroom.pipeline.backup import BackupOptions, BackupSummary, FileBackup
 from strongroom.repository.repo import Repository
 from strongroom.services.points import PointFilter, find_point, list_points
 from strongroom.services.recording import record_point
+from strongroom.services.session import repository_exists
+from strongroom.sources.exclude import Excluder
+from strongroom.sources.image_refs import FORMATS
 from strongroom.types import ProgressCallback, no_progress
+
+IMAGE_FORMATS: tuple[str, ...] = FORMATS  # what `--format` of an image file may name
+VM_TRACKERS = ("auto", "compare", "none")  # a VM's disks: no bitmap/overlay choice
+
+
+def check_options(
+    *,
+    paths: bool,
+    image: bool,
+    vms: bool,
+    dry_run: bool = False,
+    changed_since: str = "auto",
+    force: bool = False,
+    image_format: str | None = None,
+    allow_backing: bool = False,
+) -> str:
+    """Refuse a combination of options that means nothing (exactly one of files,
+    an image or VMs; --dry-run only for files; --format/--allow-backing only for
+    an image; a VM's tracker is auto, compare or none). Returns the change
+    tracker to use: "none" when `force`."""
+    if sum((paths, image, vms)) != 1:
+        raise UsageError(
+            "give PATHS to back up files, --image SOURCE for a disk image or --vm NAME for a VM"
+        )
+    if (image_format or allow_backing) and not image:
+        raise UsageError("--format and --allow-backing go with --image FILE")
+    if vms:
+        if dry_run:
+            raise UsageError("--dry-run is not available with --vm")
+        if changed_since not in VM_TRACKERS:
+            raise UsageError("with --vm, --changed-since is auto, compare or none")
+    if image and dry_run:
+        raise UsageError("--dry-run is not available with --image")
+    return "none" if force else changed_since
+
+
+def needs_default_repository(settings: Settings) -> bool:
+    """No repository was configured and the default one does not exist yet:
+    a backup creates it (a first `strongroom backup DIR` just works)."""
+    return settings.uses_default_repository and not repository_exists(settings.repository)
+
+
+def exclude_patterns(settings: Settings, patterns: list[str], files: list[str]) -> list[str]:
+    """The configured patterns, then `patterns`, then those of the exclude files
+    (given, then configured), read before the repository is opened."""
+    found = list(settings.exclude) + patterns
+    for path in files + ([settings.exclude_file] if settings.exclude_file else []):
+        found += Excluder.read_file(path)
+    return found
 
 
 @dataclass

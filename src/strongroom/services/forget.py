@@ -16,6 +16,7 @@ from datetime import datetime
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository.repo import Repository
+from strongroom.services.points import resolve_point_id
 
 
 @dataclass
@@ -101,3 +102,20 @@ def forget_points(repo: Repository, decisions: list[Decision], dry_run: bool = F
                 repo.delete_point(d.point.id)
             removed.append(d.point.id)
     return removed
+
+
+def forget_by_id(
+    repo: Repository,
+    refs: list[str],
+    dry_run: bool = False,
+    report: Callable[[str], None] = lambda _: None,
+) -> list[str]:
+    """Forget the points named by id prefixes, without reading them (a damaged
+    point can be named and forgotten). Every prefix is resolved before anything
+    is removed; `report` hears each full id as it goes. Returns the full ids."""
+    doomed = [resolve_point_id(repo, ref) for ref in refs]
+    for point_hex in doomed:
+        if not dry_run:
+            repo.delete_point(point_hex)
+        report(point_hex)
+    return doomed

@@ -11,7 +11,10 @@ from strongroom.errors import UsageError
 from strongroom.model.blockmap import BlockMap
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
-from strongroom.nbd.server import NbdServer, ServerLimits
+from strongroom.nbd.limits import DEFAULT_CLIENT_TIMEOUT as DEFAULT_CLIENT_TIMEOUT
+from strongroom.nbd.limits import DEFAULT_MAX_CLIENTS as DEFAULT_MAX_CLIENTS
+from strongroom.nbd.server import NbdServer
+from strongroom.nbd.server import ServerLimits as ServerLimits  # serving()'s bounds
 from strongroom.nbd.uri import format_tcp_uri, format_unix_uri, parse_nbd_uri
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
 from strongroom.pipeline.image_reader import PointReader

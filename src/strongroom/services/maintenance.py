@@ -1,11 +1,11 @@
-"""Prune, check and stats: whole-repository use cases."""
+"""Prune, check, stats and unlock: whole-repository use cases."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from strongroom.errors import IntegrityError
+from strongroom.errors import IntegrityError, UsageError
 from strongroom.model.kinds import IMAGE_KINDS, PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import FILE
@@ -18,6 +18,7 @@ from strongroom.repository.check import (
     report_damage,
     select_packs,
 )
+from strongroom.repository.locks import LockInfo, list_locks, remove_locks
 from strongroom.repository.prune import PrunePlan, execute_prune, plan_prune
 from strongroom.repository.repo import Repository
 from strongroom.services.points import list_points
@@ -52,6 +53,15 @@ def prune(
     return plan
 
 
+def check_subset(subset: str | None) -> None:
+    """A malformed `--read-data-subset` (n/m or P%) is a usage error, found
+    before the repository is opened."""
+    try:
+        select_packs([], subset)
+    except ValueError as err:
+        raise UsageError(f"--read-data-subset: {err}") from None
+
+
 @dataclass
 class CheckResult:
     report: CheckReport
@@ -78,8 +88,7 @@ def check(
     """Structure, every manifest (each distinct one once: services/tree_check.py),
     and with `read_data`/`subset` the packs' bytes. Damaged or foreign objects met
     anywhere are errors."""
-    if subset:
-        select_packs([], subset)  # a malformed subset is a usage error before any work
+    check_subset(subset)  # a malformed subset is a usage error before any work
     report = CheckReport()
     check_structure(repo, report)
     points = list_points(repo)  # damaged points go to repo.damage
@@ -162,3 +171,28 @@ def stats(repo: Repository) -> dict[str, object]:
         "index_memory_bytes": repo.index.memory_bytes(),
         "index_memory_per_chunk": round(repo.index.memory_bytes() / max(1, len(repo.index)), 1),
     }
+
+
+@dataclass
+class UnlockResult:
+    removed: list[LockInfo]
+    kept_live: list[LockInfo]  # live locks left alone (without `remove_all`)
+    live: set[str]  # names of the locks that were live before: removing one is a risk
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "removed": [r.describe() for r in self.removed],
+            "kept_live": [k.describe() for k in self.kept_live],
+        }
+
+
+def unlock(repo: Repository, *, remove_all: bool = False) -> UnlockResult:
+    """Remove stale locks (their process is gone, or they were not refreshed in
+    time); with `remove_all` live ones too, whose holders then notice before
+    they write or delete anything (docs/design.md, section 4). Needs no lock."""
+    present = list_locks(repo.backend, repo.sealer)
+    live = {i.name for i in present if not i.is_stale()}
+    removed = remove_locks(repo.backend, repo.sealer, all_locks=remove_all)
+    gone = {r.name for r in removed}
+    kept = [i for i in present if i.name in live and i.name not in gone]
+    return UnlockResult(removed, kept, live)

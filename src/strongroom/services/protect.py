@@ -5,6 +5,10 @@ Destinations: a folder or an S3 location receives the VHD chain itself
 block point of the metadata disk, whose changed blocks are exactly the
 cycle's undo keys, so `strongroom export --chain` gives the same VHD chain
 back and the data is deduplicated and encrypted like any other point.
+
+A front end builds the options with `protect_options` (which also refuses a
+combination that means nothing), opens the destination with `destination`,
+and runs `protect_once` or `protect_every`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from strongroom.config import data_home
@@ -24,7 +29,8 @@ from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup
 from strongroom.protect.block_mode import BlockProtection
-from strongroom.protect.cycles import CycleResult, ProtectOptions, StateFolder
+from strongroom.protect.cycles import CycleResult as CycleResult  # what a cycle reports
+from strongroom.protect.cycles import ProtectOptions, StateFolder, check_name, default_name
 from strongroom.protect.destinations import Destination, Shipment, VhdChain
 from strongroom.protect.vhd_mode import VhdProtection
 from strongroom.repository.repo import Repository
@@ -119,6 +125,57 @@ class RepositoryDestination:
 
     def close(self) -> None:
         """The caller owns the repository."""
+
+
+def protect_options(
+    source: str,
+    *,
+    to: str | None,
+    to_repository: bool,
+    every: float | None = None,
+    cycles: int | None = None,
+    name: str | None = None,
+    size: int | None = None,
+    block_size: int = 2 << 20,
+    verify: bool = False,
+    image_format: str | None = None,
+    allow_backing: bool = False,
+) -> ProtectOptions:
+    """The options of protecting `source`, checked before any work: exactly one
+    destination (`to` or `to_repository`), `cycles` only with `every`, a name
+    safe in object names (default: the source's), and a destination that takes
+    this kind of source."""
+    if (to is None) == (not to_repository):
+        raise UsageError("say where cycles go: --to DEST or --to-repository")
+    if cycles is not None and every is None:
+        raise UsageError("--cycles goes with --every")
+    options = ProtectOptions(
+        name=check_name(name) if name else default_name(source),
+        size=size,
+        block_size=block_size,
+        verify=verify,
+        image_format=image_format,
+        allow_backing=allow_backing,
+    )
+    check_destination(source, wants_vhd=not to_repository)
+    return options
+
+
+@contextmanager
+def destination(to: str | None, repo: Repository | None) -> Iterator[Destination]:
+    """Where the cycles go: into `repo` as block points (the caller owns and
+    locks it), else to the folder or S3 location `to` as a VHD chain, closed
+    on leaving."""
+    if repo is not None:
+        yield RepositoryDestination(repo)
+        return
+    if to is None:
+        raise UsageError("say where cycles go: --to DEST or --to-repository")
+    chain = chain_destination(to)
+    try:
+        yield chain
+    finally:
+        chain.close()
 
 
 def chain_destination(location: str) -> Destination:

@@ -1,12 +1,27 @@
-"""The restore use case: a point's files back onto disk."""
+"""The restore use case: a point's files back onto disk, and `restore_point`,
+which restores whatever kind of point it is given.
+
+`restore_point` settles every usage question inside the repository session,
+before anything is written: a VM filter that does not match, `--include` or
+`--partition` on a VM point, `--disk` on a point that is not a VM's.
+"""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 
+from strongroom.errors import UsageError
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
+from strongroom.pipeline.image_restore import ImageRestoreSummary
 from strongroom.pipeline.restore import FileRestore, RestoreSummary
 from strongroom.repository.repo import Repository
+from strongroom.services.image_files import extract, open_image_filesystem
+from strongroom.services.image_restore import restore_image
+from strongroom.services.points import PointFilter, find_point
+from strongroom.services.vm_restore import restore_vm
+from strongroom.services.vms import vm_path
 from strongroom.services.walk import find_node
 from strongroom.types import ProgressCallback, no_progress
 
@@ -30,3 +45,74 @@ def restore_files(
         cancel=cancel,
     )
     return job.run()
+
+
+@dataclass
+class RestoreRequest:
+    point: str  # an id prefix or "latest"
+    target: str
+    include: list[str] = field(default_factory=list)  # paths of the point (or in the image)
+    fmt: str = "raw"  # image points: the restored file's format
+    partition: int | None = None  # image points with `include`: None means auto
+    vm: str | None = None  # `point` is one of this VM's points
+    disks: list[str] = field(default_factory=list)  # VM points: only these disks
+
+
+@dataclass
+class FilesRestored:
+    point: RecoveryPoint
+    summary: RestoreSummary
+
+
+@dataclass
+class ImageRestored:
+    point: RecoveryPoint
+    summary: ImageRestoreSummary
+
+
+@dataclass
+class ImageFilesRestored:
+    point: RecoveryPoint
+    filesystem: str  # the file system's kind, e.g. "ext4"
+    paths: list[str]
+    bytes_written: int
+
+
+@dataclass
+class VmRestored:
+    point: RecoveryPoint
+    disks: list[tuple[str, str, ImageRestoreSummary]]  # (disk, where, summary)
+
+
+Restored = FilesRestored | ImageRestored | ImageFilesRestored | VmRestored
+
+
+def restore_point(
+    repo: Repository,
+    req: RestoreRequest,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> Restored:
+    """Find the point and restore it as its kind asks: a files point into the
+    directory `target`; a block point into the image `target` (or, with
+    `include`, those paths of the file system inside it into the directory
+    `target`); a VM point's disks into the folder `target` (or one disk into
+    `target` itself)."""
+    vm = vm_path(req.vm) if req.vm else None
+    p = find_point(repo, req.point, PointFilter(paths=[vm]) if vm else None)
+    if vm and p.paths != [vm]:
+        raise UsageError(f"point {p.short_id} is not a point of VM {req.vm}")
+    if p.kind == PointKind.VM:
+        if req.include or req.partition is not None:
+            raise UsageError("--include/--partition browse an image: restore a --disk first")
+        done = restore_vm(repo, p, req.target, req.fmt, req.disks or None, progress, cancel)
+        return VmRestored(p, done)
+    if req.vm or req.disks:
+        raise UsageError(f"point {p.short_id} is a {p.kind} point, not a VM point")
+    if p.kind == PointKind.BLOCK:
+        if not req.include:
+            return ImageRestored(p, restore_image(repo, p, req.target, req.fmt, progress, cancel))
+        with open_image_filesystem(repo, p, req.partition) as fs:
+            total = sum(extract(fs, path, req.target) for path in req.include)
+        return ImageFilesRestored(p, fs.kind, req.include, total)
+    return FilesRestored(p, restore_files(repo, p, req.target, req.include, progress, cancel))

@@ -1,4 +1,8 @@
-"""Opening a repository for one command: backend, key, lock, index, and closing."""
+"""Opening a repository for one command: backend, key, lock, index, and closing.
+
+`Repository` is the handle a command holds: the CLI names its type from here,
+passes it to services and calls nothing below them (docs/design.md, "Layers").
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 
+from strongroom.errors import UsageError
+from strongroom.repository.keys import MIN_PASSWORD_LENGTH as MIN_PASSWORD_LENGTH
 from strongroom.repository.keys import KdfParams
-from strongroom.repository.repo import Repository
+from strongroom.repository.repo import Repository as Repository
 from strongroom.storage import open_backend
 
 
@@ -59,6 +65,36 @@ def init_repository(
     except BaseException:
         backend.close()
         raise
+
+
+def password_warning(password: bytes) -> str | None:
+    """Why `password` is too weak to protect a repository, or None."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return (
+            f"the password is shorter than {MIN_PASSWORD_LENGTH} characters: "
+            "anyone who can read the repository can guess it"
+        )
+    return None
+
+
+def create_repository(
+    location: str,
+    password: bytes,
+    compression_level: int | None = None,
+    *,
+    insecure_password: bool = False,
+) -> str:
+    """Create a repository and close it; returns its key object's name. A password shorter than
+    MIN_PASSWORD_LENGTH is refused unless `insecure_password` (the key file is
+    public to whoever reads the storage)."""
+    weak = password_warning(password)
+    if weak and not insecure_password:
+        raise UsageError(f"{weak}; choose a longer one, or pass --insecure-password")
+    repo = init_repository(location, password, compression_level)
+    try:
+        return repo.key_name
+    finally:
+        repo.close()
 
 
 def repository_exists(location: str) -> bool:

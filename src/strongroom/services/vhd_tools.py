@@ -18,11 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from strongroom.formats.vhd import (
-    VhdError,
-    VhdReader,
-    open_vhd,
-)
+from strongroom.formats.vhd import VhdError as VhdError  # what check_vhd raises
+from strongroom.formats.vhd import VhdReader, open_vhd
 from strongroom.sources.vhd import ConfinedParents
 
 MAX_CHAIN = 64  # as the reader's own bound

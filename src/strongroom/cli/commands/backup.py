@@ -10,11 +10,16 @@ import click
 from strongroom.cli.commands.init import create_repository
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
-from strongroom.errors import ExitCode, UsageError
-from strongroom.services.backup import BackupRequest, backup_files
-from strongroom.services.session import LockMode, repository_exists
-from strongroom.sources.exclude import Excluder
-from strongroom.sources.image_refs import FORMATS
+from strongroom.errors import ExitCode
+from strongroom.services.backup import (
+    IMAGE_FORMATS,
+    BackupRequest,
+    backup_files,
+    check_options,
+    exclude_patterns,
+    needs_default_repository,
+)
+from strongroom.services.session import LockMode
 
 if TYPE_CHECKING:
     from strongroom.services.image_backup import ImageBackupRequest
@@ -65,7 +70,7 @@ if TYPE_CHECKING:
 @click.option(
     "--format",
     "image_format",
-    type=click.Choice(FORMATS),
+    type=click.Choice(IMAGE_FORMATS),
     help="With --image FILE: the file's format (raw backs up its own bytes). Without it "
     "strongroom recognises raw, vhd, qcow2, vdi and vhdx itself; qemu never guesses.",
 )
@@ -120,13 +125,17 @@ def backup(
 ) -> None:
     """Back up PATHS (or a disk image, with --image; a VM, with --vm) into a new recovery point."""
     out = app.out
-    if sum(map(bool, (paths, image, vms))) != 1:
-        raise UsageError(
-            "give PATHS to back up files, --image SOURCE for a disk image or --vm NAME for a VM"
-        )
-    if (image_format or allow_backing) and not image:
-        raise UsageError("--format and --allow-backing go with --image FILE")
-    if app.settings.uses_default_repository and not repository_exists(app.settings.repository):
+    tracker = check_options(
+        paths=bool(paths),
+        image=bool(image),
+        vms=bool(vms),
+        dry_run=dry_run,
+        changed_since=changed_since,
+        force=force,
+        image_format=image_format,
+        allow_backing=allow_backing,
+    )
+    if needs_default_repository(app.settings):
         out.notice(
             f"no repository configured: creating the default one at {app.settings.repository}"
         )
@@ -136,24 +145,18 @@ def backup(
             "Keep the password safe: without it nobody can restore this data."
         )
     if vms:
-        if dry_run:
-            raise UsageError("--dry-run is not available with --vm")
-        if changed_since not in ("auto", "compare", "none"):
-            raise UsageError("with --vm, --changed-since is auto, compare or none")
         from strongroom.cli.commands.vm import backup_vm_cmd
 
-        backup_vm_cmd(app, list(vms), "none" if force else changed_since, list(tag))
+        backup_vm_cmd(app, list(vms), tracker, list(tag))
         return
     if image:
-        if dry_run:
-            raise UsageError("--dry-run is not available with --image")
         from strongroom.services.image_backup import ImageBackupRequest
 
         backup_image_cmd(
             app,
             ImageBackupRequest(
                 source=image,
-                changed_since="none" if force else changed_since,
+                changed_since=tracker,
                 qmp=qmp,
                 node=node,
                 scratch=scratch,
@@ -166,11 +169,7 @@ def backup(
             ),
         )
         return
-    patterns = list(app.settings.exclude) + list(exclude)
-    for f in list(exclude_file) + (
-        [app.settings.exclude_file] if app.settings.exclude_file else []
-    ):
-        patterns += Excluder.read_file(f)
+    patterns = exclude_patterns(app.settings, list(exclude), list(exclude_file))
     request = BackupRequest(
         paths=list(paths),
         excludes=patterns,
@@ -187,34 +186,26 @@ def backup(
     s = result.summary
     for w in s.warnings:
         out.warn(w)
-    if out.json:
-        doc = {
-            "message_type": "summary",
+    point = result.point
+    rate = s.total_bytes / result.seconds if result.seconds else 0
+    out.summary(
+        {
             **s.as_dict(),
             "dry_run": dry_run,
-            "point_id": result.point.id if result.point else None,
+            "point_id": point.id if point else None,
             "parent": result.parent,
             "seconds": round(result.seconds, 3),
-        }
-        out.emit(doc)
-    else:
-        out.info(
-            f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified"
-        )
-        out.info(f"Dirs:  {s.dirs}; other entries: {s.other_entries}")
-        out.info(
+        },
+        [
+            f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified",
+            f"Dirs:  {s.dirs}; other entries: {s.other_entries}",
             f"Added to the repository: {human_bytes(s.data_added)} "
-            f"({human_bytes(s.data_added_stored)} stored)"
-        )
-        rate = s.total_bytes / result.seconds if result.seconds else 0
-        out.info(
+            f"({human_bytes(s.data_added_stored)} stored)",
             f"processed {s.total_files} files, {human_bytes(s.total_bytes)} in "
-            f"{result.seconds:.2f}s ({human_bytes(rate)}/s)"
-        )
-        if result.point:
-            out.info(f"point {result.point.short_id} saved")
-        else:
-            out.info("dry run: nothing was written")
+            f"{result.seconds:.2f}s ({human_bytes(rate)}/s)",
+            f"point {point.short_id} saved" if point else "dry run: nothing was written",
+        ],
+    )
     if s.unreadable:
         out.notice(f"{s.unreadable} files could not be read; the point does not contain them")
         raise SystemExit(ExitCode.PARTIAL)
@@ -233,30 +224,23 @@ def backup_image_cmd(app: App, request: ImageBackupRequest) -> None:
         out.notice(notice)
     if s.tracker_note:
         out.notice(s.tracker_note)
-    if out.json:
-        out.emit(
-            {
-                "message_type": "summary",
-                **s.as_dict(),
-                "point_id": result.point.id,
-                "parent": result.parent,
-                "seconds": round(result.seconds, 3),
-            }
-        )
-        return
-    out.info(f"changed blocks found by: {s.tracker}")
-    out.info(
-        f"Disk: {human_bytes(s.size)} in {s.blocks} blocks of {human_bytes(s.block_size)}; "
-        f"{s.holes} holes"
-    )
-    out.info(
-        f"Read {human_bytes(s.bytes_read)} ({s.blocks_read} blocks); "
-        f"changed {human_bytes(s.bytes_changed)} ({s.blocks_changed} blocks)"
-    )
-    out.info(
-        f"Added to the repository: {human_bytes(s.data_added)} "
-        f"({human_bytes(s.data_added_stored)} stored)"
-    )
     rate = s.bytes_read / result.seconds if result.seconds else 0
-    out.info(f"done in {result.seconds:.2f}s ({human_bytes(rate)}/s read)")
-    out.info(f"point {result.point.short_id} saved")
+    out.summary(
+        {
+            **s.as_dict(),
+            "point_id": result.point.id,
+            "parent": result.parent,
+            "seconds": round(result.seconds, 3),
+        },
+        [
+            f"changed blocks found by: {s.tracker}",
+            f"Disk: {human_bytes(s.size)} in {s.blocks} blocks of {human_bytes(s.block_size)}; "
+            f"{s.holes} holes",
+            f"Read {human_bytes(s.bytes_read)} ({s.blocks_read} blocks); "
+            f"changed {human_bytes(s.bytes_changed)} ({s.blocks_changed} blocks)",
+            f"Added to the repository: {human_bytes(s.data_added)} "
+            f"({human_bytes(s.data_added_stored)} stored)",
+            f"done in {result.seconds:.2f}s ({human_bytes(rate)}/s read)",
+            f"point {result.point.short_id} saved",
+        ],
+    )

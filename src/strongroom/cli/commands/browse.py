@@ -15,11 +15,10 @@ from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import Node
-from strongroom.repository.repo import Repository
 from strongroom.services.browse import diff_trees, dump_file, list_entries
 from strongroom.services.image_files import open_image_filesystem
 from strongroom.services.points import find_point
-from strongroom.services.session import LockMode
+from strongroom.services.session import LockMode, Repository
 
 _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "p": "p", "c": "c", "b": "b", "s": "s"}
 

@@ -100,21 +100,12 @@ def export(
                         progress=progress,
                     )
             summaries = [summary]
-    if out.json:
-        if chain:
-            out.emit(
-                {
-                    "message_type": "summary",
-                    "format": "vhd",
-                    "directory": dest,
-                    "files": [s.as_dict() for s in summaries],
-                }
-            )
-        else:
-            out.emit({"message_type": "summary", "format": "vhd", **summaries[0].as_dict()})
-        return
-    for s in summaries:
-        out.info(_describe(s))
+    doc: dict[str, object]
+    if chain:
+        doc = {"format": "vhd", "directory": dest, "files": [s.as_dict() for s in summaries]}
+    else:
+        doc = {"format": "vhd", **summaries[0].as_dict()}
+    out.summary(doc, (_describe(s) for s in summaries))
 
 
 def _describe(s: ExportSummary) -> str:

@@ -5,38 +5,24 @@ from __future__ import annotations
 import click
 
 from strongroom.cli.context import App, pass_app
-from strongroom.errors import UsageError
-from strongroom.repository.keys import MIN_PASSWORD_LENGTH
-from strongroom.services.session import init_repository
-
-
-def password_warning(password: bytes) -> str | None:
-    """Why `password` is too weak to protect a repository, or None."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        return (
-            f"the password is shorter than {MIN_PASSWORD_LENGTH} characters: "
-            "anyone who can read the repository can guess it"
-        )
-    return None
+from strongroom.services.session import MIN_PASSWORD_LENGTH, password_warning
+from strongroom.services.session import create_repository as create
 
 
 def create_repository(app: App, insecure_password: bool = False) -> str:
-    """Create the configured repository; returns the key object's name. Shared with
-    `backup`, which creates the default repository on first use.
-
-    A password shorter than MIN_PASSWORD_LENGTH is refused unless `insecure_password`
-    (the repository's key file is public to whoever reads the storage)."""
+    """Create the configured repository (services/session.py refuses a weak
+    password unless `insecure_password`); returns the key object's name. Shared
+    with `backup`, which creates the default repository on first use."""
     password = app.password(confirm=True, prompt="password for the new repository")
     weak = password_warning(password)
-    if weak and not insecure_password:
-        raise UsageError(f"{weak}; choose a longer one, or pass --insecure-password")
-    if weak:
+    if weak and insecure_password:
         app.out.notice(f"warning: {weak}")
-    repo = init_repository(app.settings.repository, password, app.settings.compression)
-    try:
-        return repo.key_name
-    finally:
-        repo.close()
+    return create(
+        app.settings.repository,
+        password,
+        app.settings.compression,
+        insecure_password=insecure_password,
+    )
 
 
 @click.command()

@@ -7,10 +7,9 @@ import sys
 
 import click
 
-from strongroom.cli.commands.init import password_warning
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
-from strongroom.services.session import LockMode
+from strongroom.services.session import LockMode, password_warning
 
 
 def _new_password(app: App, new_password_file: str | None) -> bytes:

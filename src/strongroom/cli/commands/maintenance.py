@@ -9,11 +9,15 @@ from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode, UsageError
 from strongroom.model.names import printable
-from strongroom.repository.check import select_packs
-from strongroom.repository.locks import list_locks, remove_locks
 from strongroom.services import maintenance
-from strongroom.services.forget import KeepPolicy, apply_policy, forget_points, group_points
-from strongroom.services.points import PointFilter, list_points, resolve_point_id
+from strongroom.services.forget import (
+    KeepPolicy,
+    apply_policy,
+    forget_by_id,
+    forget_points,
+    group_points,
+)
+from strongroom.services.points import PointFilter, list_points
 from strongroom.services.session import LockMode
 
 
@@ -64,12 +68,10 @@ def forget(
     result: list[dict[str, object]] = []
     with app.repository(LockMode.EXCLUSIVE if then_prune else LockMode.SHARED) as repo:
         if point_ids:
-            # By id only: a damaged point can be named and forgotten without being read.
-            doomed = [resolve_point_id(repo, pid) for pid in point_ids]
-            for point_hex in doomed:
-                if not dry_run:
-                    repo.delete_point(point_hex)
-                out.info(f"{'would forget' if dry_run else 'forgot'} point {point_hex[:8]}")
+            verb = "would forget" if dry_run else "forgot"
+            doomed = forget_by_id(
+                repo, list(point_ids), dry_run, lambda pid: out.info(f"{verb} point {pid[:8]}")
+            )
             result.append({"removed": doomed})
         else:
             points = list_points(repo, PointFilter(list(hosts), list(tags), list(paths)))
@@ -155,10 +157,7 @@ def prune(app: App, max_unused: str, dry_run: bool) -> None:
 def check(app: App, read_data: bool, read_data_subset: str | None) -> None:
     """Verify the repository's structure (and data with --read-data)."""
     out = app.out
-    try:
-        select_packs([], read_data_subset)
-    except ValueError as err:
-        raise UsageError(f"--read-data-subset: {err}") from None
+    maintenance.check_subset(read_data_subset)
     # Damaged objects are errors of the check: it reports them itself, not as warnings.
     with (
         app.repository(LockMode.SHARED, show_damage=False) as repo,
@@ -218,24 +217,15 @@ def unlock(app: App, remove_all: bool) -> None:
     """
     out = app.out
     with app.repository(LockMode.NONE) as repo:
-        present = list_locks(repo.backend, repo.sealer)
-        live = {i.name for i in present if not i.is_stale()}
-        removed = remove_locks(repo.backend, repo.sealer, all_locks=remove_all)
-    gone = {r.name for r in removed}
-    kept = [i for i in present if i.name in live and i.name not in gone]
+        result = maintenance.unlock(repo, remove_all=remove_all)
     if out.json:
-        out.document(
-            {
-                "removed": [r.describe() for r in removed],
-                "kept_live": [k.describe() for k in kept],
-            }
-        )
+        out.document(result.as_dict())
         return
-    for r in removed:
-        if r.name in live:
+    for r in result.removed:
+        if r.name in result.live:
             out.warn(f"removed the lock of a process that may still run: {r.describe()}")
         else:
             out.info(f"removed {r.describe()}")
-    for k in kept:
+    for k in result.kept_live:
         out.info(f"kept live {k.describe()} (wait for it to finish)")
-    out.info(f"{len(removed)} locks removed")
+    out.info(f"{len(result.removed)} locks removed")

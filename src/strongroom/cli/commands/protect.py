@@ -10,18 +10,15 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.cli.units import parse_duration, parse_size
-from strongroom.errors import UsageError
-from strongroom.protect.cycles import CycleResult, ProtectOptions, check_name, default_name
-from strongroom.protect.destinations import Destination
+from strongroom.services.backup import IMAGE_FORMATS
 from strongroom.services.protect import (
-    RepositoryDestination,
-    chain_destination,
-    check_destination,
+    CycleResult,
+    destination,
     protect_every,
     protect_once,
+    protect_options,
 )
 from strongroom.services.session import LockMode
-from strongroom.sources.image_refs import FORMATS
 
 
 @click.command()
@@ -78,7 +75,7 @@ from strongroom.sources.image_refs import FORMATS
 @click.option(
     "--format",
     "image_format",
-    type=click.Choice(FORMATS),
+    type=click.Choice(IMAGE_FORMATS),
     help="For a disk image: its format (raw ships the file's own bytes). Without it "
     "strongroom recognises raw, vhd, qcow2, vdi and vhdx itself; qemu never guesses.",
 )
@@ -115,12 +112,13 @@ def protect(
     hash per 64 KiB and each cycle ships the pieces whose hash changed. DEST
     then holds a VHD chain that any VHD reader opens.
     """
-    if (dest is None) == (not to_repository):
-        raise UsageError("say where cycles go: --to DEST or --to-repository")
-    if cycles is not None and every is None:
-        raise UsageError("--cycles goes with --every")
-    options = ProtectOptions(
-        name=check_name(name) if name else default_name(source),
+    options = protect_options(
+        source,
+        to=dest,
+        to_repository=to_repository,
+        every=every,
+        cycles=cycles,
+        name=name,
         size=size,
         block_size=vhd_block_size,
         verify=verify,
@@ -128,30 +126,20 @@ def protect(
         allow_backing=allow_backing,
     )
     out = app.out
-    check_destination(source, wants_vhd=not to_repository)
     with ExitStack() as stack:
-        destination: Destination
-        if to_repository:
-            repo = stack.enter_context(app.repository(LockMode.SHARED))
-            destination = RepositoryDestination(repo)
-        else:
-            assert dest is not None
-            destination = chain_destination(dest)
-            stack.callback(destination.close)
+        repo = stack.enter_context(app.repository(LockMode.SHARED)) if to_repository else None
+        shipping = stack.enter_context(destination(dest, repo))
 
         def one() -> CycleResult:
             with out.progress("protect") as progress:
-                return protect_once(source, destination, options, state_dir, progress)
+                return protect_once(source, shipping, options, state_dir, progress)
 
         def report(result: CycleResult) -> None:
             for warning in result.warnings:
                 out.warn(warning)
             if result.recovered:
                 out.notice(result.recovered)
-            if out.json:
-                out.emit({"message_type": "summary", "name": options.name, **result.as_dict()})
-            else:
-                out.info(_describe(result))
+            out.summary({"name": options.name, **result.as_dict()}, [_describe(result)])
 
         if every is None:
             report(one())

@@ -5,18 +5,17 @@ from __future__ import annotations
 import click
 
 from strongroom.cli.context import App, pass_app
-from strongroom.cli.output import human_bytes
-from strongroom.errors import ExitCode, UsageError
-from strongroom.model.kinds import PointKind
-from strongroom.model.point import RecoveryPoint
-from strongroom.repository.repo import Repository
-from strongroom.services.image_files import extract, open_image_filesystem
-from strongroom.services.image_restore import restore_image
-from strongroom.services.points import PointFilter, find_point
-from strongroom.services.restore import restore_files
+from strongroom.cli.output import Output, human_bytes
+from strongroom.errors import ExitCode
+from strongroom.services.restore import (
+    FilesRestored,
+    ImageFilesRestored,
+    ImageRestored,
+    RestoreRequest,
+    VmRestored,
+    restore_point,
+)
 from strongroom.services.session import LockMode
-from strongroom.services.vm_restore import restore_vm
-from strongroom.services.vms import vm_path
 
 
 @click.command()
@@ -66,34 +65,32 @@ def restore(
     A VM point restores every disk into the folder TARGET as DISK.raw (or .qcow2).
     """
     out = app.out
-    with app.repository(LockMode.SHARED) as repo:
-        p = find_point(repo, point, PointFilter(paths=[vm_path(vm)]) if vm else None)
-        if vm and p.paths != [vm_path(vm)]:
-            raise UsageError(f"point {p.short_id} is not a point of VM {vm}")
-        if p.kind == PointKind.VM:
-            if include or partition is not None:
-                raise UsageError("--include/--partition browse an image: restore a --disk first")
-            restore_vm_cmd(app, repo, p, target, fmt, list(disks))
-            return
-        if vm or disks:
-            raise UsageError(f"point {p.short_id} is a {p.kind} point, not a VM point")
-        if p.kind == PointKind.BLOCK:
-            if include:
-                restore_image_files_cmd(app, repo, p, target, list(include), partition)
-            else:
-                restore_image_cmd(app, repo, p, target, fmt)
-            return
-        with out.progress("restore") as progress:
-            summary = restore_files(repo, p, target, list(include), progress)
+    request = RestoreRequest(point, target, list(include), fmt, partition, vm, list(disks))
+    with app.repository(LockMode.SHARED) as repo, out.progress("restore") as progress:
+        restored = restore_point(repo, request, progress)
+    match restored:
+        case FilesRestored():
+            _files_restored(out, restored, target)
+        case ImageRestored():
+            _image_restored(out, restored, target)
+        case ImageFilesRestored():
+            _image_files_restored(out, restored, target)
+        case VmRestored():
+            _vm_restored(out, restored)
+
+
+def _files_restored(out: Output, r: FilesRestored, target: str) -> None:
+    summary = r.summary
     for w in summary.warnings:
         out.warn(w)
-    if out.json:
-        out.emit({"message_type": "summary", "point_id": p.id, **summary.as_dict()})
-    else:
-        out.info(
-            f"restored point {p.short_id} to {target}: {summary.files} files, {summary.dirs} dirs, "
-            f"{summary.other_entries} other entries, {human_bytes(summary.bytes_written)}"
-        )
+    out.summary(
+        {"point_id": r.point.id, **summary.as_dict()},
+        [
+            f"restored point {r.point.short_id} to {target}: {summary.files} files, "
+            f"{summary.dirs} dirs, {summary.other_entries} other entries, "
+            f"{human_bytes(summary.bytes_written)}"
+        ],
+    )
     if summary.damaged:
         out.error(f"{len(summary.damaged)} files could not be fully restored (damaged data):")
         for path in summary.damaged:
@@ -103,17 +100,16 @@ def restore(
         raise SystemExit(ExitCode.PARTIAL)
 
 
-def restore_image_cmd(app: App, repo: Repository, p: RecoveryPoint, target: str, fmt: str) -> None:
-    out = app.out
-    with out.progress("restore") as progress:
-        summary = restore_image(repo, p, target, fmt, progress)
-    if out.json:
-        out.emit({"message_type": "summary", "point_id": p.id, **summary.as_dict()})
-    else:
-        out.info(
-            f"restored image point {p.short_id} to {target}: {human_bytes(summary.size)} disk, "
-            f"{human_bytes(summary.bytes_written)} written, {summary.holes} hole blocks"
-        )
+def _image_restored(out: Output, r: ImageRestored, target: str) -> None:
+    summary = r.summary
+    out.summary(
+        {"point_id": r.point.id, **summary.as_dict()},
+        [
+            f"restored image point {r.point.short_id} to {target}: "
+            f"{human_bytes(summary.size)} disk, {human_bytes(summary.bytes_written)} written, "
+            f"{summary.holes} hole blocks"
+        ],
+    )
     if summary.damaged:
         out.error(f"{len(summary.damaged)} blocks could not be restored (damaged data, left zero):")
         for what in summary.damaged:
@@ -121,54 +117,33 @@ def restore_image_cmd(app: App, repo: Repository, p: RecoveryPoint, target: str,
         raise SystemExit(ExitCode.FAILED)
 
 
-def restore_image_files_cmd(
-    app: App,
-    repo: Repository,
-    p: RecoveryPoint,
-    target: str,
-    include: list[str],
-    partition: int | None,
-) -> None:
-    out = app.out
-    with open_image_filesystem(repo, p, partition) as fs:
-        total = 0
-        for path in include:
-            total += extract(fs, path, target)
-    if out.json:
-        out.emit(
-            {
-                "message_type": "summary",
-                "point_id": p.id,
-                "filesystem": fs.kind,
-                "paths": include,
-                "bytes_written": total,
-            }
-        )
-    else:
-        out.info(
-            f"restored {len(include)} paths from the {fs.kind} file system of image point "
-            f"{p.short_id} to {target}: {human_bytes(total)}"
-        )
+def _image_files_restored(out: Output, r: ImageFilesRestored, target: str) -> None:
+    out.summary(
+        {
+            "point_id": r.point.id,
+            "filesystem": r.filesystem,
+            "paths": r.paths,
+            "bytes_written": r.bytes_written,
+        },
+        [
+            f"restored {len(r.paths)} paths from the {r.filesystem} file system of image point "
+            f"{r.point.short_id} to {target}: {human_bytes(r.bytes_written)}"
+        ],
+    )
 
 
-def restore_vm_cmd(
-    app: App, repo: Repository, p: RecoveryPoint, target: str, fmt: str, disks: list[str]
-) -> None:
-    out = app.out
-    with out.progress("restore") as progress:
-        done = restore_vm(repo, p, target, fmt, disks or None, progress)
-    damaged = sum(len(s.damaged) for _, _, s in done)
-    if out.json:
-        out.emit(
-            {
-                "message_type": "summary",
-                "point_id": p.id,
-                "disks": [{"disk": d, "target": w, **s.as_dict()} for d, w, s in done],
-            }
-        )
-    else:
-        for disk, where, summary in done:
-            out.info(f"disk {disk}: restored to {where} ({human_bytes(summary.bytes_written)})")
+def _vm_restored(out: Output, r: VmRestored) -> None:
+    out.summary(
+        {
+            "point_id": r.point.id,
+            "disks": [{"disk": d, "target": w, **s.as_dict()} for d, w, s in r.disks],
+        },
+        [
+            f"disk {disk}: restored to {where} ({human_bytes(summary.bytes_written)})"
+            for disk, where, summary in r.disks
+        ],
+    )
+    damaged = sum(len(s.damaged) for _, _, s in r.disks)
     if damaged:
         out.error(f"{damaged} blocks could not be restored (damaged data); they read as zeros")
         raise SystemExit(ExitCode.FAILED)

@@ -10,8 +10,12 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.model.kinds import PointKind
-from strongroom.nbd.limits import DEFAULT_CLIENT_TIMEOUT, DEFAULT_MAX_CLIENTS, ServerLimits
-from strongroom.services.image_restore import serving
+from strongroom.services.image_restore import (
+    DEFAULT_CLIENT_TIMEOUT,
+    DEFAULT_MAX_CLIENTS,
+    ServerLimits,
+    serving,
+)
 from strongroom.services.points import find_point
 from strongroom.services.session import LockMode
 

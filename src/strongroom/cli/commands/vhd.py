@@ -6,8 +6,7 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
-from strongroom.formats.vhd import VhdError
-from strongroom.services.vhd_tools import VhdFileInfo, check_vhd, vhd_info
+from strongroom.services.vhd_tools import VhdError, VhdFileInfo, check_vhd, vhd_info
 
 
 @click.group()

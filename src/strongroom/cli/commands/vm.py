@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import click
 
 from strongroom.cli.context import App, pass_app
@@ -57,37 +59,34 @@ def _report(app: App, name: str, result: VmBackupResult) -> None:
     out = app.out
     for warning in result.warnings:
         out.warn(warning)
-    if out.json:
-        out.emit(
-            {
-                "message_type": "summary",
-                "vm": name,
-                "point_id": result.point.id,
-                "parent": result.point.parent,
-                "consistency": result.consistency,
-                "quiesce": result.quiesce_note,
-                "host": result.point.host,
-                "instant": result.point.summary.get("instant"),
-                "disks": result.disks,
-                **{k: result.point.summary.get(k) for k in ("bytes_read", "bytes_changed")},
-                "data_added_stored": result.point.summary.get("data_added_stored"),
-                "seconds": round(result.seconds, 3),
-            }
-        )
-        return
-    _describe(app, name, result)
+    point = result.point
+    out.summary(
+        {
+            "vm": name,
+            "point_id": point.id,
+            "parent": point.parent,
+            "consistency": result.consistency,
+            "quiesce": result.quiesce_note,
+            "host": point.host,
+            "instant": point.summary.get("instant"),
+            "disks": result.disks,
+            **{k: point.summary.get(k) for k in ("bytes_read", "bytes_changed")},
+            "data_added_stored": point.summary.get("data_added_stored"),
+            "seconds": round(result.seconds, 3),
+        },
+        _describe(name, result),
+    )
 
 
-def _describe(app: App, name: str, result: VmBackupResult) -> None:
-    out = app.out
+def _describe(name: str, result: VmBackupResult) -> Iterator[str]:
     for d in result.disks:
         note = f" ({d['tracker_note']})" if d.get("tracker_note") else ""
         read, changed = human_bytes(int(d["bytes_read"])), human_bytes(int(d["bytes_changed"]))
-        out.info(
+        yield (
             f"disk {d['disk']}: {human_bytes(int(d['size']))}, tracker {d['tracker']}{note}; "
             f"read {read}, changed {changed}, stored {human_bytes(int(d['data_added_stored']))}"
         )
-    out.info(
+    yield (
         f"point {result.point.short_id} of VM {name} saved ({result.consistency}) "
         f"in {result.seconds:.1f} s"
     )
