@@ -21,10 +21,12 @@ import re
 import time
 import uuid as uuidlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import BinaryIO
 
+from strongroom.atomic import TEMP_SUFFIX, atomic_write, durable_replace
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.formats.vhd.structs import MAX_BLOCK_SIZE, SECTOR, vhd_time
 from strongroom.formats.vhd.writer import (
@@ -116,6 +118,11 @@ class StateFolder:
             raise ProtectStateError(
                 f"{self.path} is in use by another 'strongroom protect' run"
             ) from None
+        # Temporary files of a run that died mid-write (atomic_write's hidden
+        # `.<name>.<random>.tmp`): no writer is left now that we hold the lock.
+        for entry in os.listdir(self.path):
+            if entry.startswith(".") and entry.endswith(TEMP_SUFFIX):
+                self.remove(entry)
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -146,21 +153,15 @@ class StateFolder:
 
     def write(self, name: str, data: bytes) -> None:
         """Replace `name` atomically and durably."""
-        temp = self.file(f".{name}.tmp")
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        self.rename(os.path.basename(temp), name)
+        self.write_with(name, lambda f: f.write(data))
+
+    def write_with(self, name: str, writer: Callable[[BinaryIO], object]) -> None:
+        """Replace `name` by what `writer` writes, atomically and durably."""
+        atomic_write(self.file(name), writer)
 
     def rename(self, old: str, new: str) -> None:
         """Move `old` over `new` atomically and durably."""
-        os.replace(self.file(old), self.file(new))
-        dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        durable_replace(self.file(old), self.file(new))
 
     def remove(self, name: str) -> None:
         try:
