@@ -14,7 +14,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 from strongroom.chunking import CdcChunker
@@ -78,21 +78,11 @@ class BackupSummary:
     unreadable: int = 0
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "files_new": self.files_new,
-            "files_changed": self.files_changed,
-            "files_unmodified": self.files_unmodified,
-            "dirs": self.dirs,
-            "other_entries": self.other_entries,
-            "total_files": self.total_files,
-            "total_bytes": self.total_bytes,
-            "bytes_read": self.bytes_read,
-            "chunks_new": self.chunks_new,
-            "data_added": self.data_added,
-            "data_added_stored": self.data_added_stored,
-            "warnings": len(self.warnings),
-            "unreadable": self.unreadable,
-        }
+        """The fields but the tree id (the point has it); warnings as a count."""
+        doc = asdict(self)
+        del doc["tree_id"]
+        doc["warnings"] = len(self.warnings)
+        return doc
 
 
 Sealed = bytes | bytearray

@@ -22,7 +22,7 @@ import time
 import uuid as uuidlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
@@ -77,21 +77,7 @@ class CycleResult:
     recovered: str = ""  # what the start of this run found and did
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "cycle": self.cycle,
-            "kind": self.kind,
-            "location": self.location,
-            "uuid": self.uuid,
-            "changes": self.changes,
-            "bytes_changed": self.bytes_changed,
-            "bytes_read": self.bytes_read,
-            "vhd_bytes": self.vhd_bytes,
-            "vhd_allocated_blocks": self.vhd_allocated_blocks,
-            "disk_size": self.disk_size,
-            "seconds": round(self.seconds, 3),
-            "warnings": self.warnings,
-            "recovered": self.recovered,
-        }
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
 @dataclass

@@ -30,7 +30,7 @@ import uuid as uuidlib
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -78,18 +78,8 @@ class ExportSummary:
     base_point_id: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "point_id": self.point_id,
-            "path": self.path,
-            "type": self.kind,
-            "size": self.size,
-            "file_size": self.file_size,
-            "blocks_written": self.blocks_written,
-            "bytes_written": self.bytes_written,
-            "uuid": self.uuid,
-            "parent": self.parent,
-            "base_point_id": self.base_point_id,
-        }
+        """The fields, `kind` as "type" (the JSON name since the first release)."""
+        return {("type" if k == "kind" else k): v for k, v in asdict(self).items()}
 
 
 def check_format(fmt: str) -> None:
