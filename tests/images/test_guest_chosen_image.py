@@ -21,7 +21,8 @@ from strongroom.errors import SourceError
 from strongroom.formats.vhd import ParentInfo, write_vhd
 from strongroom.sources.image_refs import header_refs, sniff_format
 from strongroom.sources.images import OpenRules, probe_image
-from strongroom.sources.qemu import ImageInfo, QemuImageSource, image_info
+from strongroom.sources.qemu import QemuImageSource
+from strongroom.sources.qemu_img import ImageInfo, image_info
 from tests.conftest import CliRunner
 from tests.helpers.cli import assert_one_line_error
 from tests.images.conftest import (

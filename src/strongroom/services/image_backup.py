@@ -38,12 +38,8 @@ from strongroom.services.points import PointFilter, find_point, list_points
 from strongroom.sources.block import BlockSource, NbdSource, RawSource
 from strongroom.sources.images import OpenRules, probe_image
 from strongroom.sources.live import LiveDisk
-from strongroom.sources.qemu import (
-    ImageInfo,
-    OfflineBitmaps,
-    QemuImageSource,
-    backing_chain_identity,
-)
+from strongroom.sources.qemu import QemuImageSource
+from strongroom.sources.qemu_img import ImageInfo, OfflineBitmaps, backing_chain_identity
 from strongroom.sources.qmp import QmpClient
 from strongroom.sources.vhd import VhdSource
 from strongroom.trackers.bitmaps import BitmapPlan, plan_bitmaps

@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from strongroom.sources.qemu import BitmapInfo
+from strongroom.sources.qemu_img import BitmapInfo
 
 
 def is_ours(name: str, prefix: str) -> bool:
