@@ -11,15 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import CliRunner
-from tests.images.conftest import (
+from tests.helpers.block_servers import Background, QemuNbd, StorageDaemon, live_backup
+from tests.helpers.images import (
     BS,
-    Background,
     MiB,
-    QemuNbd,
-    StorageDaemon,
     backup,
     file_bitmaps,
-    live_backup,
     needs,
     ours,
     qemu_io,

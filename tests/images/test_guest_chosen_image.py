@@ -25,14 +25,7 @@ from strongroom.sources.qemu import QemuImageSource
 from strongroom.sources.qemu_img import ImageInfo, image_info
 from tests.conftest import CliRunner
 from tests.helpers.cli import assert_one_line_error
-from tests.images.conftest import (
-    QEMU,
-    MiB,
-    backup,
-    list_points,
-    restore,
-    run,
-)
+from tests.helpers.images import QEMU, MiB, backup, list_points, restore, run
 
 MARKER = b"HOST-SECRET-7f3a9c-" * 64
 SIZE = 4 * MiB

@@ -9,7 +9,7 @@ from strongroom.sources.images import OpenRules, probe_image
 from strongroom.sources.qemu import QemuImageSource
 from strongroom.sources.qemu_img import image_info
 from tests.conftest import CliRunner
-from tests.images.conftest import (
+from tests.helpers.images import (
     MiB,
     backup,
     needs,

@@ -10,15 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import CliRunner
+from tests.helpers.block_servers import Background, BackgroundWriter, StorageDaemon, live_backup
 from tests.helpers.cli import assert_one_line_error
-from tests.images.conftest import (
+from tests.helpers.images import (
     BS,
-    Background,
-    BackgroundWriter,
     MiB,
-    StorageDaemon,
     list_points,
-    live_backup,
     needs,
     ours,
     restore_and_compare,

@@ -9,12 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import CliRunner
-from tests.images.conftest import (
+from tests.helpers.block_servers import StorageDaemon, live_backup
+from tests.helpers.images import (
     BS,
     MiB,
-    StorageDaemon,
     backup,
-    live_backup,
     needs,
     qemu_io,
     restore_and_compare,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from strongroom.nbd.client import NbdClient
-from tests.images.conftest import KiB, MiB, touched
+from tests.helpers.images import KiB, MiB, touched
 from tests.vms.conftest import DISKS, QEMU, SIZE, VM, Cluster
 
 pytestmark = QEMU

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.conftest import _wait_for_sockets
+from tests.helpers.block_servers import wait_for_sockets
 from tests.vms.conftest import QEMU, VM, Cluster
 
 pytestmark = QEMU
@@ -154,7 +154,7 @@ def qemu_ga(run_dir: Path) -> Iterator[Path]:
     args += ["-t", str(state), "-f", str(state / "qga.pid"), "-l", str(log)]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        _wait_for_sockets(proc, [path], log)
+        wait_for_sockets(proc, [path], log)
         yield path
     finally:
         proc.terminate()

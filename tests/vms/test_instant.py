@@ -18,7 +18,7 @@ import pytest
 
 from strongroom.services import vm_backup
 from strongroom.sources import live
-from tests.images.conftest import MiB
+from tests.helpers.images import MiB
 from tests.vms.conftest import QEMU, Cluster, Writer, read_slots
 from tests.vms.writer import Write
 

@@ -23,7 +23,7 @@ from strongroom.repository.leases import (
 )
 from strongroom.repository.repo import Repository
 from strongroom.sources.live import _HOST_TAG
-from tests.images.conftest import KiB, MiB
+from tests.helpers.images import KiB, MiB
 from tests.vms.conftest import VM, Cluster
 
 
