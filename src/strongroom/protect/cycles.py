@@ -14,6 +14,7 @@ what it did locally (`drop_pending`) and the cycle is done again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -108,7 +109,8 @@ class StateFolder:
         # `.<name>.<random>.tmp`): no writer is left now that we hold the lock.
         for entry in os.listdir(self.path):
             if entry.startswith(".") and entry.endswith(TEMP_SUFFIX):
-                self.remove(entry)
+                with contextlib.suppress(OSError):  # not ours to judge: leave it
+                    os.unlink(self.file(entry))
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
