@@ -17,7 +17,7 @@ import pytest
 
 from strongroom.config import child_environment, is_secret_name
 from strongroom.sources.guest import Quiesce
-from strongroom.sources.qemu import run_tool
+from strongroom.sources.qemu_img import run_tool
 
 SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "strongroom"
 SPAWNERS = {"run", "Popen", "call", "check_call", "check_output", "getoutput", "getstatusoutput"}

@@ -34,7 +34,7 @@ from strongroom.services.points import find_point
 from tests.conftest import CliRunner, open_local_repository
 from tests.export.conftest import ExportCli, libvhdi_read, need
 from tests.helpers.cli import assert_one_line_error
-from tests.images.conftest import BS, MiB, backup, run, sparse_file, virtual_size, write_random
+from tests.helpers.images import BS, MiB, backup, run, sparse_file, virtual_size, write_random
 
 SIZE = 16 * MiB  # VHD blocks of 2 MiB: 4..6 stay holes
 

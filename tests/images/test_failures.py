@@ -9,12 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import CliRunner
+from tests.helpers.block_servers import Background, Nbdkit
 from tests.helpers.cli import assert_one_line_error
-from tests.images.conftest import (
+from tests.helpers.images import (
     BS,
-    Background,
     MiB,
-    Nbdkit,
     backup,
     check_repository,
     list_points,

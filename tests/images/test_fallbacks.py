@@ -4,22 +4,22 @@ every block with the parent and says why, or reads the union of the bitmaps."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CliRunner
-from tests.images.conftest import (
+from tests.helpers.block_servers import Background, QemuNbd, StorageDaemon, live_backup
+from tests.helpers.images import (
     BS,
-    Background,
     MiB,
-    QemuNbd,
-    StorageDaemon,
     backup,
     file_bitmaps,
-    live_backup,
     needs,
     ours,
     qemu_io,
@@ -278,3 +278,70 @@ def test_killed_live_backup_leaves_nothing_after_the_next_one(
     assert daemon.leftovers() == []
     assert list(scratch.iterdir()) == []
     assert len(ours(daemon.bitmap_names())) == 1
+
+
+def test_shrink_then_grow_between_backups_is_not_missed(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    disk = tmp_path / "d.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", disk, "64M")
+    qemu_io(disk, "write -P 0x31 0 1M", "write -P 0x32 40M 1M")
+    backup(cli, disk)
+    run("qemu-img", "resize", "-q", "--shrink", disk, "32M")
+    run("qemu-img", "resize", "-q", disk, "64M")
+    second = backup(cli, disk)
+    assert second["tracker"] == "bitmap"
+    restore_and_compare(cli, second["point_id"], to_raw(disk, tmp_path / "now.raw"), tmp_path)
+
+
+def test_a_bitmap_started_after_the_parent_point_is_not_trusted(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    disk = tmp_path / "d.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", disk, "64M")
+    qemu_io(disk, "write -P 0x11 0 4M")
+    backup(cli, disk, "--changed-since", "compare")
+    qemu_io(disk, "write -P 0x22 8M 1M")  # before the user's bitmap exists
+    run("qemu-img", "bitmap", "--add", disk, "mybm")
+    qemu_io(disk, "write -P 0x33 16M 1M")
+    second = backup(cli, disk, "--changed-since", "bitmap:mybm")
+    assert second["tracker"] == "compare" and "lineage" in second["tracker_note"]
+    restore_and_compare(cli, second["point_id"], to_raw(disk, tmp_path / "now.raw"), tmp_path)
+
+
+def test_a_write_to_a_backing_file_makes_the_bitmap_tracker_compare(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    base, mid = tmp_path / "base.qcow2", tmp_path / "mid.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", base, "64M")
+    qemu_io(base, "write -P 0x41 0 2M")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", mid)
+    qemu_io(mid, "write -P 0x42 8M 1M")
+    backup(cli, mid, "--allow-backing")
+    qemu_io(base, "write -P 0x43 0 1M")  # below the top: its bitmap cannot see it
+    second = backup(cli, mid, "--allow-backing")
+    assert second["tracker"] == "compare" and "backing file" in second["tracker_note"]
+    restore_and_compare(cli, second["point_id"], to_raw(mid, tmp_path / "now.raw"), tmp_path)
+
+
+def test_auto_backs_up_an_image_it_cannot_write(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    """No dirty bitmap can be started on read-only storage: auto backs up without."""
+    disk = tmp_path / "d.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", disk, "16M")
+    qemu_io(disk, "write -P 0x51 0 2M")
+    os.chmod(disk, 0o444)
+    if os.access(disk, os.W_OK):  # root ignores modes: use a read-only bind instead
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        shutil.copy(disk, ro / "d.qcow2")
+        if run("mount", "--bind", "-o", "ro", ro, ro, check=False).returncode != 0:
+            pytest.skip("cannot make read-only storage here (a read-only bind mount failed)")
+        try:
+            result = backup(cli, ro / "d.qcow2")
+        finally:
+            run("umount", ro, check=False)
+    else:
+        result = backup(cli, disk)
+    assert result["blocks_read"] == 2 * MiB // (1 * MiB)

@@ -21,16 +21,20 @@ from strongroom.errors import SourceError
 from strongroom.formats.vhd import ParentInfo, write_vhd
 from strongroom.sources.image_refs import header_refs, sniff_format
 from strongroom.sources.images import OpenRules, probe_image
-from strongroom.sources.qemu import ImageInfo, QemuImageSource, image_info
+from strongroom.sources.qemu import QemuImageSource
+from strongroom.sources.qemu_img import ImageInfo, image_info
 from tests.conftest import CliRunner
 from tests.helpers.cli import assert_one_line_error
-from tests.images.conftest import (
+from tests.helpers.images import (
+    BS,
     QEMU,
     MiB,
     backup,
     list_points,
     restore,
+    restore_and_compare,
     run,
+    write_random,
 )
 
 MARKER = b"HOST-SECRET-7f3a9c-" * 64
@@ -327,3 +331,26 @@ def test_vhd_info_and_check_keep_to_the_folder(tmp_path: Path, cli: CliRunner) -
     allowed = cli("vhd", "check", str(child), "--allow-backing", "--json")
     assert allowed.rc == 0, allowed.err
     assert [f["path"] for f in allowed.values()[0]["files"]][-1] == str(parent)
+
+
+@QEMU
+def test_a_raw_disk_stays_raw_when_its_guest_writes_a_qcow2_header(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    """The format is pinned by the first point: a guest cannot make strongroom read
+    another disk (or a host file named as backing) by writing a header."""
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"")
+    os.truncate(disk, 16 * MiB)
+    write_random(disk, 4 * MiB, 2 * MiB, seed=1)
+    first = backup(cli, disk, "--block-size", str(BS))
+    secret = tmp_path / "hostfile"
+    secret.write_bytes(b"secret-host-data" * 4096)
+    header = tmp_path / "evil.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", header, "1M")
+    with open(disk, "r+b") as f:
+        f.write(header.read_bytes())
+    second = backup(cli, disk)
+    assert second["parent"] == first["point_id"]
+    assert second["size"] == 16 * MiB
+    restore_and_compare(cli, second["point_id"], disk, tmp_path)  # the raw bytes, header and all

@@ -6,9 +6,10 @@ import random
 from pathlib import Path
 
 from strongroom.sources.images import OpenRules, probe_image
-from strongroom.sources.qemu import QemuImageSource, image_info
+from strongroom.sources.qemu import QemuImageSource
+from strongroom.sources.qemu_img import image_info
 from tests.conftest import CliRunner
-from tests.images.conftest import (
+from tests.helpers.images import (
     MiB,
     backup,
     needs,

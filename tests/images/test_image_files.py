@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import CliRunner
-from tests.images.conftest import BS, MiB, backup, needs, run, sparse_file
+from tests.helpers.images import BS, MiB, backup, needs, run, sparse_file
 
 needs_ext = needs("mke2fs")
 needs_fat = needs("mkfs.fat", "mcopy")

@@ -10,15 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import CliRunner
+from tests.helpers.block_servers import Background, BackgroundWriter, StorageDaemon, live_backup
 from tests.helpers.cli import assert_one_line_error
-from tests.images.conftest import (
+from tests.helpers.images import (
     BS,
-    Background,
-    BackgroundWriter,
     MiB,
-    StorageDaemon,
     list_points,
-    live_backup,
     needs,
     ours,
     restore_and_compare,
@@ -233,3 +230,26 @@ def test_wrong_node_or_source_is_refused_and_leaves_nothing(
     assert list_points(cli) == []
     assert daemon.bitmap_names() == [] and daemon.leftovers() == []
     assert not scratch.exists() or os.listdir(scratch) == []
+
+
+@needs("qemu-storage-daemon")
+def test_live_backup_of_a_raw_node(
+    tmp_path: Path,
+    cli: CliRunner,
+    initialized_repo: Path,
+    storage_daemon: Callable[..., StorageDaemon],
+) -> None:
+    """A raw node cannot store persistent bitmaps: the lineage lives in memory."""
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"")
+    os.truncate(disk, 32 * MiB)
+    daemon = storage_daemon(disk, fmt="raw")
+    daemon.write("write -P 0x61 0 4M")
+    scratch = tmp_path / "scratch"
+    first = live_backup(cli, daemon, scratch)
+    daemon.write("write -P 0x62 8M 1M")
+    second = live_backup(cli, daemon, scratch)
+    assert second["parent"] == first["point_id"] and second["tracker"] == "bitmap"
+    assert second["blocks_read"] == 1
+    snapshot = daemon.snapshot(tmp_path / "now.raw")
+    restore_and_compare(cli, second["point_id"], snapshot, tmp_path)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import CliRunner
-from tests.images.conftest import (
+from tests.helpers.block_servers import QemuNbd
+from tests.helpers.images import (
     BS,
     QEMU,
     KiB,
     MiB,
-    QemuNbd,
     backup,
     qemu_io,
     restore_and_compare,

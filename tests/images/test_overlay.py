@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CliRunner
-from tests.images.conftest import (
+from tests.helpers.images import (
     BS,
     QEMU,
     KiB,

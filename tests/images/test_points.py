@@ -10,7 +10,7 @@ from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.repository.format import BlobType
 from strongroom.repository.pack import read_pack_header
 from tests.conftest import CliRunner, open_local_repository
-from tests.images.conftest import (
+from tests.helpers.images import (
     BS,
     MiB,
     backup,

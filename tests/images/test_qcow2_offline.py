@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CliRunner, init_local_repository
+from tests.helpers.block_servers import QemuNbd
 from tests.helpers.cli import assert_one_line_error
-from tests.images.conftest import (
+from tests.helpers.images import (
     BS,
     QEMU,
     KiB,
     MiB,
-    QemuNbd,
     assert_same_image,
     backup,
     file_bitmaps,

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from tests.conftest import CliRunner
-from tests.images.conftest import (
+from tests.helpers.images import (
     BS,
     QEMU,
     KiB,

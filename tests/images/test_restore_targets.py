@@ -12,12 +12,12 @@ from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.repository.format import BlobType
 from strongroom.repository.pack import read_pack_header
 from tests.conftest import CliRunner, open_local_repository
-from tests.images.conftest import (
+from tests.helpers.block_servers import QemuNbd
+from tests.helpers.images import (
     BS,
     QEMU,
     KiB,
     MiB,
-    QemuNbd,
     assert_same_image,
     backup,
     image_info,

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import CliRunner
-from tests.images.conftest import (
+from tests.helpers.block_servers import Background
+from tests.helpers.images import (
     BS,
-    Background,
     KiB,
     MiB,
     assert_same_image,

@@ -19,7 +19,8 @@ from strongroom.model.lineage import BlockLineage
 from strongroom.sources.block import RawSource
 from strongroom.sources.images import OpenRules, probe_image
 from strongroom.sources.live import LiveDisk
-from strongroom.sources.qemu import OfflineBitmaps, QemuImageSource, backing_chain_identity
+from strongroom.sources.qemu import QemuImageSource
+from strongroom.sources.qemu_img import OfflineBitmaps, backing_chain_identity
 from strongroom.sources.qmp import QmpClient
 from strongroom.trackers.base import ChangeTracker
 from strongroom.trackers.bitmaps import BitmapTracker, plan_bitmaps

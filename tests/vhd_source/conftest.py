@@ -11,7 +11,7 @@ import pytest
 
 from strongroom.formats.vhd import ParentInfo, read_footer, write_vhd
 from strongroom.formats.vhd.writer import Kind
-from tests.images.conftest import KiB, MiB, run, sparse_file, write_random
+from tests.helpers.images import KiB, MiB, run, sparse_file, write_random
 
 SIZE = 8 * MiB
 ISLANDS = [(0, 256 * KiB), (3 * MiB + 512, 300 * KiB), (SIZE - 64 * KiB, 64 * KiB)]

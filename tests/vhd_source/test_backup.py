@@ -16,7 +16,7 @@ from strongroom.formats.vhd import ParentInfo, Zeros, write_vhd
 from strongroom.sources.vhd import VhdSource, looks_like_vhd
 from tests.conftest import CliRunner
 from tests.helpers.cli import assert_one_line_error
-from tests.images.conftest import (
+from tests.helpers.images import (
     BS,
     KiB,
     MiB,

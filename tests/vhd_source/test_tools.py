@@ -22,7 +22,7 @@ from strongroom.formats.vhd import VhdError, open_vhd
 from strongroom.services.vhd_tools import check_vhd, vhd_info
 from tests.conftest import CliRunner
 from tests.helpers.cli import assert_one_line_error
-from tests.images.conftest import MiB
+from tests.helpers.images import MiB
 from tests.vhd_source.conftest import (
     ISLANDS,
     QEMU_IMG,

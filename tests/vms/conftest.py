@@ -37,16 +37,9 @@ from strongroom.services.vm_restore import restore_vm
 from strongroom.services.vms import vm_points
 from strongroom.sources.qmp import QmpClient
 from tests.conftest import open_local_repository
+from tests.helpers.block_servers import stop_process, wait_for_sockets
 from tests.helpers.cli import CliResult, run_cli, strongroom_command
-from tests.images.conftest import (
-    START_TIMEOUT,
-    MiB,
-    _stop,
-    _wait_for_sockets,
-    needs,
-    qemu_io,
-    run,
-)
+from tests.helpers.images import START_TIMEOUT, MiB, needs, qemu_io, run
 from tests.vms.writer import RECORD, Write, parse, read_log
 
 VM = "vm1"
@@ -149,7 +142,7 @@ class VmDaemon:
                 [*prefix, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         waiting = [self.control_socket] + ([] if self.tcp else [self.nbd_socket, self.qmp_socket])
-        _wait_for_sockets(self.proc, waiting, self.log)
+        wait_for_sockets(self.proc, waiting, self.log)
         # The daemon answers QMP only once every option is in place (the TCP
         # listeners included): one round trip on the test's monitor proves it.
         deadline = time.monotonic() + START_TIMEOUT
@@ -165,7 +158,7 @@ class VmDaemon:
         return self
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
     def crash(self) -> None:
         """SIGKILL: the persistent bitmaps stay marked in use (inconsistent on restart)."""

@@ -7,8 +7,11 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+import strongroom.services.vm_backup as vmb
 from strongroom.nbd.client import NbdClient
-from tests.images.conftest import KiB, MiB, touched
+from tests.helpers.images import KiB, MiB, touched
 from tests.vms.conftest import DISKS, QEMU, SIZE, VM, Cluster
 
 pytestmark = QEMU
@@ -178,3 +181,35 @@ def test_data_added_is_counted_once_per_disk(cluster: Cluster) -> None:
         assert length <= disks[disk]["data_added"] <= length + slack, (disk, disks[disk])
     assert 6 * MiB <= summary["data_added_stored"] <= 6 * MiB + slack, summary
     assert doc["last_point"]["bytes_sent"] == summary["data_added_stored"]
+
+
+def test_a_lineage_rotated_between_plan_and_transaction_is_not_trusted(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled former holder (or anyone) rotates our bitmaps after we planned:
+    the bitmap we would read no longer holds every write since the parent."""
+    cluster.backup()
+    with cluster.repository() as repo:
+        prefix = vmb.vm_bitmap_prefix(repo, VM)
+    real = vmb.freeze_together
+
+    def interleaved(qmp: Any, disks: Any) -> float:
+        ours = [b["name"] for b in cluster.daemon.our_bitmaps("disk0")]
+        with cluster.daemon.control() as control:
+            actions = [
+                {"type": "block-dirty-bitmap-add", "data": {"node": "disk0", "name": prefix + ".x"}}
+            ]
+            actions += [
+                {"type": "block-dirty-bitmap-disable", "data": {"node": "disk0", "name": name}}
+                for name in ours
+            ]
+            control.execute("transaction", {"actions": actions})
+        cluster.daemon.write("disk0", f"write -P 0x5a {3 * MiB} {64 * KiB}")
+        return real(qmp, disks)
+
+    monkeypatch.setattr(vmb, "freeze_together", interleaved)
+    second = cluster.backup()
+    disk0 = next(d for d in second.disks if d["disk"] == "disk0")
+    assert disk0["tracker"] == "compare", disk0
+    assert "changed while the snapshot" in disk0["tracker_note"]
+    cluster.assert_point_is_now(second.point.id)

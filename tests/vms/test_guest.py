@@ -4,16 +4,18 @@ agent still gives a (crash-consistent) point, says why, and thaw still runs."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.images.conftest import _wait_for_sockets
+from tests.helpers.block_servers import wait_for_sockets
 from tests.vms.conftest import QEMU, VM, Cluster
 
 pytestmark = QEMU
@@ -154,7 +156,7 @@ def qemu_ga(run_dir: Path) -> Iterator[Path]:
     args += ["-t", str(state), "-f", str(state / "qga.pid"), "-l", str(log)]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        _wait_for_sockets(proc, [path], log)
+        wait_for_sockets(proc, [path], log)
         yield path
     finally:
         proc.terminate()
@@ -163,3 +165,44 @@ def qemu_ga(run_dir: Path) -> Iterator[Path]:
 
 def test_a_real_guest_agent_that_refuses_to_freeze(cluster: Cluster, qemu_ga: Path) -> None:
     check_agent_failure(cluster, qemu_ga, "guest-fsfreeze-freeze", "disabled")
+
+
+def test_a_thaw_that_fails_makes_the_point_crash_consistent(
+    cluster: Cluster, run_dir: Path
+) -> None:
+    """Windows' VSS provider stops holding writes after 10 s and says so at thaw."""
+    path = run_dir / "fake-qga.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rwb") as f:
+                for line in f:
+                    request = json.loads(line.lstrip(b"\xff"))
+                    command = request["execute"]
+                    if command.startswith("guest-sync"):
+                        reply = (
+                            b"\xff" + json.dumps({"return": request["arguments"]["id"]}).encode()
+                        )
+                    elif command == "guest-fsfreeze-freeze":
+                        reply = json.dumps({"return": 2}).encode()
+                    else:
+                        error = {"class": "GenericError", "desc": "couldn't hold writes"}
+                        reply = json.dumps({"error": error}).encode()
+                    f.write(reply + b"\n")
+                    f.flush()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        cluster.configure(guest_agent=str(path))
+        result = cluster.backup()
+    finally:
+        server.close()
+    assert result.consistency == "crash-consistent" == result.point.consistency
+    assert any("couldn't hold writes" in w for w in result.warnings), result.warnings

@@ -18,7 +18,8 @@ import pytest
 
 from strongroom.services import vm_backup
 from strongroom.sources import live
-from tests.images.conftest import MiB
+from strongroom.sources.live import _HOST_TAG
+from tests.helpers.images import MiB
 from tests.vms.conftest import QEMU, Cluster, Writer, read_slots
 from tests.vms.writer import Write
 
@@ -156,3 +157,41 @@ def test_two_disks_written_in_order_never_hold_the_second_write_without_the_firs
     assert final.point.summary["tracker"] == "bitmap"
     cluster.assert_point_is_now(final.point.id)
     cluster.assert_clean()
+
+
+def test_the_reaper_never_unlinks_a_file_a_node_names(cluster: Cluster, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.img"
+    victim.write_bytes(bytes(65536))
+    token = f"4000000-{_HOST_TAG}-abcdef"  # a pid beyond pid_max: "dead"
+    with cluster.daemon.control() as control:
+        control.execute(
+            "blockdev-add",
+            {
+                "driver": "raw",
+                "node-name": f"sr-fleece-{token}",
+                "file": {"driver": "file", "filename": str(victim)},
+                "read-only": True,
+            },
+        )
+    cluster.backup()
+    assert victim.exists(), "strongroom deleted a file that a block-layer node named"
+
+
+def test_an_interrupt_during_the_transaction_leaves_no_job(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QEMU applied the transaction but the answer never reached us: the job
+    (which taxes every write) must still be torn down."""
+
+    def interrupted(qmp: Any, disks: Any) -> float:
+        actions = []
+        for disk, plan in disks:
+            actions += disk.view_actions(plan)
+            disk._steps.append("job")
+        qmp.execute("transaction", {"actions": actions})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vm_backup, "freeze_together", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cluster.backup()
+    assert cluster.daemon.leftovers() == []

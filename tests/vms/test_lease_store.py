@@ -223,3 +223,56 @@ def test_verify_says_lost_when_a_newer_generation_is_not_ours(
         lease.release()
     record = local_repo.leases().current(lease_id)
     assert record is not None and record.host == "elsewhere" and not record.free
+
+
+class _Ambiguous:
+    """A backend whose next create lands but reports an error (a lost answer)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.ambiguous = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def create(self, name: str, data: bytes) -> None:
+        self.inner.create(name, data)
+        if self.ambiguous:
+            self.ambiguous -= 1
+            raise StorageError("timeout after the write landed")
+
+
+def test_a_renewal_that_landed_despite_an_error_keeps_the_lease(local_repo: Repository) -> None:
+    backend = _Ambiguous(local_repo.backend)
+    store = LeaseStore(backend, local_repo.sealer)  # type: ignore[arg-type]
+    lease_id = local_repo.lease_id("vm:x")
+    lease = Lease(store, lease_id, "VM x", ttl=60).acquire()
+    backend.ambiguous = 1
+    with pytest.raises(StorageError):
+        lease.renew()  # landed, reported as failed
+    lease.renew()  # finds its own record: still ours
+    lease.verify()
+    lease.release()
+    Lease(store, lease_id, "VM x", ttl=60).acquire().release()  # handed back for real
+
+
+def test_a_live_holder_with_our_host_name_elsewhere_keeps_its_lease(
+    local_repo: Repository,
+) -> None:
+    store = local_repo.leases()
+    lease_id = local_repo.lease_id("vm:x")
+    record = LeaseRecord(
+        0, "aa", socket.gethostname(), 4_000_000, time.time() + 60, time.time(), "VM x",
+        host_id="another-container",
+    )  # fmt: skip
+    store.write(lease_id, record)
+    with pytest.raises(LeaseBusy):
+        Lease(store, lease_id, "VM x").acquire()
+
+
+def test_an_unreadable_generation_does_not_block_the_lease(local_repo: Repository) -> None:
+    store = local_repo.leases()
+    lease_id = local_repo.lease_id("vm:x")
+    local_repo.backend.create(f"{LEASES_PREFIX}{lease_id}/0000000000000007", b"junk")
+    with Lease(store, lease_id, "VM x").acquire() as lease:
+        assert lease.generation == 8

@@ -15,7 +15,7 @@ from strongroom.errors import ExitCode
 from strongroom.repository.leases import LeaseBusy, LeaseLost, LeaseRecord
 from strongroom.services.vms import vm_lease, vm_path
 from tests.helpers.cli import assert_one_line_error
-from tests.images.conftest import KiB, MiB, touched
+from tests.helpers.images import KiB, MiB, touched
 from tests.vms.conftest import (
     DISKS,
     QEMU,

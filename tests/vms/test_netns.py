@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.images import MiB
 from tests.helpers.marks import IS_ROOT
-from tests.images.conftest import MiB
 from tests.vms.conftest import QEMU, Cluster, Writer, read_slots
 from tests.vms.test_instant import latest
 

@@ -287,6 +287,38 @@ def decode_server_reply(data: ByteData) -> tuple[str, str]:
     return decode_string(data[4 : 4 + name_len]), decode_string(data[4 + name_len :])
 
 
+def encode_option_reply(option: int, reply_type: int, data: bytes = b"") -> bytes:
+    """A whole option reply of the handshake: header and `data`."""
+    return OPTION_REPLY.pack(OPTION_REPLY_MAGIC, option, reply_type, len(data)) + data
+
+
+def encode_simple_reply(handle: int, error: int = 0) -> bytes:
+    """A simple reply's header (a read's data follows it)."""
+    return SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, error, handle)
+
+
+def encode_chunk_header(handle: int, kind: int, length: int, *, done: bool) -> bytes:
+    """A structured reply chunk's header; `length` bytes of payload follow it."""
+    flags = REPLY_FLAG_DONE if done else 0
+    return CHUNK.pack(STRUCTURED_REPLY_MAGIC, flags, kind, handle, length)
+
+
+def encode_hole_chunk(handle: int, offset: int, length: int, *, done: bool) -> bytes:
+    """A whole NBD_REPLY_TYPE_OFFSET_HOLE chunk."""
+    flags = REPLY_FLAG_DONE if done else 0
+    return CHUNK_OFFSET_HOLE.pack(
+        STRUCTURED_REPLY_MAGIC, flags, REPLY_TYPE_OFFSET_HOLE, handle, 12, offset, length
+    )
+
+
+def encode_data_chunk_header(handle: int, offset: int, length: int, *, done: bool) -> bytes:
+    """An NBD_REPLY_TYPE_OFFSET_DATA chunk's header; `length` bytes of data follow it."""
+    flags = REPLY_FLAG_DONE if done else 0
+    return CHUNK_OFFSET_DATA.pack(
+        STRUCTURED_REPLY_MAGIC, flags, REPLY_TYPE_OFFSET_DATA, handle, length + 8, offset
+    )
+
+
 def encode_error_chunk(handle: int, code: int, message: str, *, offset: int | None = None) -> bytes:
     """A whole NBD_REPLY_TYPE_ERROR(_OFFSET) chunk with the DONE flag set."""
     text = message.encode("utf-8", "replace")[:MAX_STRING]
@@ -295,8 +327,7 @@ def encode_error_chunk(handle: int, code: int, message: str, *, offset: int | No
     else:
         kind, tail = REPLY_TYPE_ERROR_OFFSET, U64.pack(offset)
     payload = ERROR_HEAD.pack(code, len(text)) + text + tail
-    header = CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, kind, handle, len(payload))
-    return header + payload
+    return encode_chunk_header(handle, kind, len(payload), done=True) + payload
 
 
 def decode_error_payload(kind: int, payload: ByteData) -> tuple[int, str, int | None]:

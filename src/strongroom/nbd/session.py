@@ -203,9 +203,7 @@ class Session:
         }
 
     def _opt_reply(self, option: int, reply_type: int, data: bytes = b"") -> None:
-        self._hs_send(
-            p.OPTION_REPLY.pack(p.OPTION_REPLY_MAGIC, option, reply_type, len(data)) + data
-        )
+        self._hs_send(p.encode_option_reply(option, reply_type, data))
 
     def _export_name(self, data: bytes) -> tuple[str, Export]:
         chosen = self._ctx.resolve(p.decode_string(data))
@@ -323,7 +321,7 @@ class Session:
             if error is not None:
                 self._reply_now(self._error_reply(handle, *error))
             elif command == p.CMD_FLUSH:
-                self._reply_now([p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, handle)])
+                self._reply_now([p.encode_simple_reply(handle)])
             else:
                 cost = length if command == p.CMD_READ else STATUS_COST
                 self._acquire(cost)  # blocks: the client's socket is not read meanwhile
@@ -440,7 +438,7 @@ class Session:
         try:
             if not self._structured:
                 data = _read_exact(export, offset, length)
-                return [p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, handle), data], length
+                return [p.encode_simple_reply(handle), data], length
             return self._read_chunks(handle, offset, length, export), length
         except Exception as err:  # an export's failure, even a bug, is this request's EIO
             _export_failed(f"read {offset}+{length}", export, err)
@@ -449,11 +447,7 @@ class Session:
     def _read_chunks(self, handle: int, offset: int, length: int, export: Export) -> list[Buffer]:
         """Structured reply parts: OFFSET_DATA for data, OFFSET_HOLE for holes."""
         if length == 0:
-            return [
-                p.CHUNK.pack(
-                    p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, handle, 0
-                )
-            ]
+            return [p.encode_chunk_header(handle, p.REPLY_TYPE_NONE, 0, done=True)]
         try:
             segments = clip_extents(export.extents(offset, length), offset, length)
         except Exception as err:
@@ -462,31 +456,12 @@ class Session:
         parts: list[Buffer] = []
         last = len(segments) - 1
         for i, (start, size, hole) in enumerate(segments):
-            done = p.REPLY_FLAG_DONE if i == last else 0
+            done = i == last
             if hole:
-                parts.append(
-                    p.CHUNK_OFFSET_HOLE.pack(
-                        p.STRUCTURED_REPLY_MAGIC,
-                        done,
-                        p.REPLY_TYPE_OFFSET_HOLE,
-                        handle,
-                        12,
-                        start,
-                        size,
-                    )
-                )
+                parts.append(p.encode_hole_chunk(handle, start, size, done=done))
             else:
                 data = _read_exact(export, start, size)
-                parts.append(
-                    p.CHUNK_OFFSET_DATA.pack(
-                        p.STRUCTURED_REPLY_MAGIC,
-                        done,
-                        p.REPLY_TYPE_OFFSET_DATA,
-                        handle,
-                        size + 8,
-                        start,
-                    )
-                )
+                parts.append(p.encode_data_chunk_header(handle, start, size, done=done))
                 parts.append(data)
         return parts
 
@@ -507,13 +482,7 @@ class Session:
             payload = p.encode_extents(context_id, pairs)
             last = context_id == max(self._contexts)
             parts.append(
-                p.CHUNK.pack(
-                    p.STRUCTURED_REPLY_MAGIC,
-                    p.REPLY_FLAG_DONE if last else 0,
-                    p.REPLY_TYPE_BLOCK_STATUS,
-                    handle,
-                    len(payload),
-                )
+                p.encode_chunk_header(handle, p.REPLY_TYPE_BLOCK_STATUS, len(payload), done=last)
             )
             parts.append(payload)
         return parts
@@ -521,7 +490,7 @@ class Session:
     def _error_reply(self, handle: int, code: int, message: str) -> list[Buffer]:
         if self._structured:
             return [p.encode_error_chunk(handle, code, message)]
-        return [p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, code, handle)]
+        return [p.encode_simple_reply(handle, code)]
 
     def _send(self, parts: list[Buffer]) -> bool:
         """Send one whole reply; False (and the connection is shut) if the socket failed

@@ -14,8 +14,8 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from strongroom.chunking import CdcChunker
 from strongroom.errors import Interrupted, SourceError, StrongroomError
@@ -31,6 +31,7 @@ from strongroom.model.tree import (
     encode_wires,
 )
 from strongroom.pipeline.ordered import OrderedWork
+from strongroom.pipeline.small_files import Sealed, SmallFile, SmallFileBatch
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.sources.exclude import Excluder
@@ -78,48 +79,11 @@ class BackupSummary:
     unreadable: int = 0
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "files_new": self.files_new,
-            "files_changed": self.files_changed,
-            "files_unmodified": self.files_unmodified,
-            "dirs": self.dirs,
-            "other_entries": self.other_entries,
-            "total_files": self.total_files,
-            "total_bytes": self.total_bytes,
-            "bytes_read": self.bytes_read,
-            "chunks_new": self.chunks_new,
-            "data_added": self.data_added,
-            "data_added_stored": self.data_added_stored,
-            "warnings": len(self.warnings),
-            "unreadable": self.unreadable,
-        }
-
-
-Sealed = bytes | bytearray
-
-
-class _SmallFile(NamedTuple):
-    """What a worker made of one small file."""
-
-    chunks: list[tuple[bytes, int, Sealed | None]]
-    xattrs: dict[bytes, bytes]
-    size: int
-    after: os.stat_result
-
-
-_BATCH_FILES = 32
-_BATCH_BYTES = 1024 * 1024
-
-
-@dataclass
-class _Batch:
-    """Small files waiting to be handed to a worker as one job."""
-
-    items: list[tuple[int, bytes, bytes, Node]] = field(default_factory=list)
-    fds: dict[int, int] = field(default_factory=dict)  # open directory fd -> our dup
-    dups: list[int] = field(default_factory=list)
-    bytes: int = 0
-    after: list[Callable[[], None]] = field(default_factory=list)  # deferred callbacks
+        """The fields but the tree id (the point has it); warnings as a count."""
+        doc = asdict(self)
+        del doc["tree_id"]
+        doc["warnings"] = len(self.warnings)
+        return doc
 
 
 def _wire_matches_stat(wire: dict[str, Any], st: os.stat_result) -> bool:
@@ -215,7 +179,7 @@ class FileBackup:
         self._last_report = 0.0
         self._dry_seen: set[bytes] = set()
         self._dropped: set[int] = set()  # id() of nodes whose file turned out unreadable
-        self._batch = _Batch()
+        self._batch = SmallFileBatch()
 
     # --- entry point ---------------------------------------------------------
 
@@ -521,23 +485,17 @@ class FileBackup:
         if changed or size != after.st_size:
             self._warn(f"{os.fsdecode(path)}: file changed while it was read")
 
-    # Small files travel in batches: one worker job reads, hashes and seals many
-    # of them, which keeps the walking thread free and the per-job cost low.
+    # Small files travel in batches (pipeline/small_files.py): one worker job
+    # reads, hashes and seals many of them, which keeps the walking thread free
+    # and the per-job cost low.
 
     def _batch_file(self, dir_fd: int, name: bytes, path: bytes, node: Node) -> None:
-        batch = self._batch
-        dup = batch.fds.get(dir_fd)
-        if dup is None:
-            dup = batch.fds[dir_fd] = os.dup(dir_fd)
-            batch.dups.append(dup)
-        batch.items.append((dup, name, path, node))
-        batch.bytes += node.size
-        if len(batch.items) >= _BATCH_FILES or batch.bytes >= _BATCH_BYTES:
+        if self._batch.add(dir_fd, name, path, node):
             self._flush_batch()
 
     def _forget_dir_fd(self, dir_fd: int) -> None:
         """`dir_fd` is about to close; its number may be reused for another directory."""
-        self._batch.fds.pop(dir_fd, None)
+        self._batch.forget_dir_fd(dir_fd)
 
     def _then(self, callback: Callable[[], None]) -> None:
         """Run `callback` after all work queued so far, including batched files."""
@@ -547,55 +505,15 @@ class FileBackup:
             self._work.then(callback)
 
     def _flush_batch(self) -> None:
-        batch, self._batch = self._batch, _Batch()
+        batch, self._batch = self._batch, SmallFileBatch()
         if batch.items:
-            self._work.submit(self._batch_job(batch), self._batch_sink(batch))
+            job = batch.reader(self.repo, self.small_file, self.options.dry_run)
+            self._work.submit(job, self._batch_sink(batch))
         for callback in batch.after:
             self._work.then(callback)
 
-    def _batch_job(self, batch: _Batch) -> Callable[[], list[_SmallFile | OSError]]:
-        repo = self.repo
-        dry = self.options.dry_run
-        limit = self.small_file
-        cfg = repo.config
-
-        def read_one(dir_fd: int, name: bytes) -> _SmallFile | OSError:
-            try:
-                fd = open_file(dir_fd, name)
-                with open(fd, "rb", buffering=0, closefd=True) as stream:
-                    xattrs = read_xattrs_of(fd)
-                    data = stream.read()  # to EOF, even if it grew since the stat
-                    after = os.fstat(fd)
-            except OSError as err:
-                return err
-            if len(data) <= limit:
-                pieces = [data]
-            else:  # it grew since the walk saw it; a chunker of this thread's own
-                seed = repo.master.chunker_seed
-                own = CdcChunker(cfg.cdc_min, cfg.cdc_avg, cfg.cdc_max, seed)
-                pieces = [bytes(v) for v in own.cut(data)]
-            out: list[tuple[bytes, int, Sealed | None]] = []
-            for piece in pieces:
-                if not piece:
-                    continue
-                cid = repo.chunk_id(piece)
-                sealed = None
-                if not dry and not repo.has_chunk(cid):
-                    sealed = repo.seal_chunk(cid, BlobType.DATA, piece)
-                out.append((cid, len(piece), sealed))
-            return _SmallFile(out, xattrs, len(data), after)
-
-        def job() -> list[_SmallFile | OSError]:
-            try:
-                return [read_one(dir_fd, name) for dir_fd, name, _, _ in batch.items]
-            finally:
-                for dup in batch.dups:
-                    os.close(dup)
-
-        return job
-
-    def _batch_sink(self, batch: _Batch) -> Callable[[list[_SmallFile | OSError]], None]:
-        def sink(results: list[_SmallFile | OSError]) -> None:
+    def _batch_sink(self, batch: SmallFileBatch) -> Callable[[list[SmallFile | OSError]], None]:
+        def sink(results: list[SmallFile | OSError]) -> None:
             for (_, _, path, node), result in zip(batch.items, results, strict=True):
                 if isinstance(result, OSError):
                     if isinstance(result, FileNotFoundError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -53,22 +53,10 @@ class ImageBackupSummary:
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "size": self.size,
-            "block_size": self.block_size,
-            "blocks": self.blocks,
-            "tracker": self.tracker,
-            "tracker_note": self.tracker_note,
-            "blocks_examined": self.blocks_examined,
-            "blocks_read": self.blocks_read,
-            "bytes_read": self.bytes_read,
-            "blocks_changed": self.blocks_changed,
-            "bytes_changed": self.bytes_changed,
-            "blocks_new": self.blocks_new,
-            "data_added": self.data_added,
-            "data_added_stored": self.data_added_stored,
-            "holes": self.holes,
-        }
+        """The fields but the map's root (the point has it) and the warnings."""
+        doc = asdict(self)
+        del doc["map_root"], doc["warnings"]
+        return doc
 
 
 def zero_blocks(source: BlockSource, block_size: int, blocks: int) -> Mask:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from strongroom.errors import Interrupted, StrongroomError
 from strongroom.model.blockmap import BlockMap
@@ -35,12 +35,7 @@ class ImageRestoreSummary:
     damaged: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "size": self.size,
-            "bytes_written": self.bytes_written,
-            "holes": self.holes,
-            "damaged": self.damaged,
-        }
+        return asdict(self)
 
 
 class ImageRestore:

@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
 from strongroom.errors import (
@@ -63,14 +63,7 @@ class RestoreSummary:
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "files": self.files,
-            "dirs": self.dirs,
-            "other_entries": self.other_entries,
-            "bytes_written": self.bytes_written,
-            "damaged": self.damaged,
-            "warnings": self.warnings,
-        }
+        return asdict(self)
 
 
 _PATH_MAX_SAFE = 3072  # relative link sources longer than this use a descriptor

@@ -80,12 +80,7 @@ class BlockProtection(CycleRunner):
         return table
 
     def _save_pending(self, table: Hashes) -> None:
-        temp = self.state.file(".hashes.tmp.npy")
-        with open(temp, "wb") as f:
-            np.save(f, table, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        self.state.rename(os.path.basename(temp), _HASHES_PENDING)
+        self.state.write_with(_HASHES_PENDING, lambda f: np.save(f, table, allow_pickle=False))
 
     def _open(self, pinned: str | None = None) -> BlockSource:
         """The source, by the format the user named, else the one the first cycle

@@ -14,6 +14,7 @@ what it did locally (`drop_pending`) and the cycle is done again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -21,10 +22,12 @@ import re
 import time
 import uuid as uuidlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import BinaryIO
 
+from strongroom.atomic import TEMP_SUFFIX, atomic_write, durable_replace
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.formats.vhd.structs import MAX_BLOCK_SIZE, SECTOR, vhd_time
 from strongroom.formats.vhd.writer import (
@@ -75,21 +78,7 @@ class CycleResult:
     recovered: str = ""  # what the start of this run found and did
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "cycle": self.cycle,
-            "kind": self.kind,
-            "location": self.location,
-            "uuid": self.uuid,
-            "changes": self.changes,
-            "bytes_changed": self.bytes_changed,
-            "bytes_read": self.bytes_read,
-            "vhd_bytes": self.vhd_bytes,
-            "vhd_allocated_blocks": self.vhd_allocated_blocks,
-            "disk_size": self.disk_size,
-            "seconds": round(self.seconds, 3),
-            "warnings": self.warnings,
-            "recovered": self.recovered,
-        }
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -116,6 +105,12 @@ class StateFolder:
             raise ProtectStateError(
                 f"{self.path} is in use by another 'strongroom protect' run"
             ) from None
+        # Temporary files of a run that died mid-write (atomic_write's hidden
+        # `.<name>.<random>.tmp`): no writer is left now that we hold the lock.
+        for entry in os.listdir(self.path):
+            if entry.startswith(".") and entry.endswith(TEMP_SUFFIX):
+                with contextlib.suppress(OSError):  # not ours to judge: leave it
+                    os.unlink(self.file(entry))
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -146,21 +141,15 @@ class StateFolder:
 
     def write(self, name: str, data: bytes) -> None:
         """Replace `name` atomically and durably."""
-        temp = self.file(f".{name}.tmp")
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        self.rename(os.path.basename(temp), name)
+        self.write_with(name, lambda f: f.write(data))
+
+    def write_with(self, name: str, writer: Callable[[BinaryIO], object]) -> None:
+        """Replace `name` by what `writer` writes, atomically and durably."""
+        atomic_write(self.file(name), writer)
 
     def rename(self, old: str, new: str) -> None:
         """Move `old` over `new` atomically and durably."""
-        os.replace(self.file(old), self.file(new))
-        dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        durable_replace(self.file(old), self.file(new))
 
     def remove(self, name: str) -> None:
         try:

@@ -17,7 +17,7 @@ readers that see both ignore duplicates.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from strongroom.errors import IntegrityError, ObjectNotFound, StorageError
 from strongroom.repository import format as fmt
@@ -57,15 +57,7 @@ class IndexRepair:
     index_files_removed: int = 0
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "packs_indexed": self.packs_indexed,
-            "packs_added": self.packs_added,
-            "packs_missing": self.packs_missing,
-            "packs_damaged": self.packs_damaged,
-            "entries_dropped": self.entries_dropped,
-            "index_files_written": self.index_files_written,
-            "index_files_removed": self.index_files_removed,
-        }
+        return asdict(self)
 
 
 def read_header(repo: Repository, pack: bytes, size: int) -> list[PackEntry]:
@@ -203,14 +195,7 @@ class PackSalvage:
     index: IndexRepair | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "packs_read": self.packs_read,
-            "packs_damaged": self.packs_damaged,
-            "chunks_salvaged": self.chunks_salvaged,
-            "chunks_lost": self.chunks_lost,
-            "quarantined": self.quarantined,
-            "index": self.index.as_dict() if self.index else None,
-        }
+        return asdict(self)  # `index` too: a dict, or None
 
 
 def _pack_problem(

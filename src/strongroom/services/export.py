@@ -6,9 +6,10 @@ into `formats.vhd.write_vhd`; holes are left out.
 
 Contracts:
 - Atomic: each VHD is written to a temporary file in the destination folder and
-  renamed over the destination only once complete; on any error the temporary
+  renamed over the destination only once complete and fsynced, and the folder is
+  fsynced after the rename (strongroom/atomic.py); on any error the temporary
   file is removed and the destination is untouched. The file is private to
-  its owner (mode 0600, as `mkstemp` creates it): it holds backed-up data.
+  its owner (mode 0600): it holds backed-up data.
 - A VHD's unique id is derived from its point's id (`point_uuid`), so two
   exports of one point carry the same id, and a differencing export can check
   that the parent it is given really is an export of its base point (a
@@ -25,17 +26,17 @@ Contracts:
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid as uuidlib
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
+from strongroom.atomic import atomic_write
 from strongroom.errors import IntegrityError, UsageError
 from strongroom.formats.vhd import (
     ParentInfo,
@@ -78,18 +79,8 @@ class ExportSummary:
     base_point_id: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "point_id": self.point_id,
-            "path": self.path,
-            "type": self.kind,
-            "size": self.size,
-            "file_size": self.file_size,
-            "blocks_written": self.blocks_written,
-            "bytes_written": self.bytes_written,
-            "uuid": self.uuid,
-            "parent": self.parent,
-            "base_point_id": self.base_point_id,
-        }
+        """The fields, `kind` as "type" (the JSON name since the first release)."""
+        return {("type" if k == "kind" else k): v for k, v in asdict(self).items()}
 
 
 def check_format(fmt: str) -> None:
@@ -165,20 +156,6 @@ def _load_blocks(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _atomic_write(out_path: Path, write: Callable[[Path], object]) -> None:
-    """Run `write(tmp)` on a temporary file next to `out_path`, then rename it over."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _throttled(report: ProgressCallback) -> ProgressCallback:
     """Report at most every 256 blocks (the CLI throttles further)."""
     count = [0]
@@ -199,15 +176,13 @@ def _write(
 ) -> tuple[int, uuidlib.UUID]:
     result: list[tuple[int, uuidlib.UUID]] = []
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            info = write_vhd(f, size, extents, **kw)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
+    def write(f: BinaryIO) -> None:
+        info = write_vhd(f, size, extents, **kw)  # type: ignore[arg-type]
         result.append((info.file_size, info.uuid))
 
     try:
-        _atomic_write(out_path, write)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_path, write)
     finally:
         if isinstance(extents, Generator):
             extents.close()  # stop the loaders now, not when the traceback goes

@@ -40,12 +40,8 @@ from strongroom.services.recording import record_point
 from strongroom.sources.block import BlockSource, NbdSource
 from strongroom.sources.images import OpenRules, open_image, probe_image
 from strongroom.sources.live import LiveDisk
-from strongroom.sources.qemu import (
-    ImageInfo,
-    OfflineBitmaps,
-    QemuImageSource,
-    backing_chain_identity,
-)
+from strongroom.sources.qemu import QemuImageSource
+from strongroom.sources.qemu_img import ImageInfo, OfflineBitmaps, backing_chain_identity
 from strongroom.sources.qmp import QmpClient
 from strongroom.sources.vhd import VhdSource
 from strongroom.trackers.base import ChangeTracker

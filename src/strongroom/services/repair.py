@@ -17,7 +17,7 @@ what `check` reports (the lost block offsets) is what a user needs to decide.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 
 from strongroom.errors import StrongroomError
@@ -64,14 +64,7 @@ class PointRepair:
     refused: str | None = None  # why a point was left as it is
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "point": self.point,
-            "kind": self.kind,
-            "damaged": self.damaged,
-            "repaired": self.repaired,
-            "forgotten": self.forgotten,
-            "refused": self.refused,
-        }
+        return asdict(self)
 
 
 _REFUSE_IMAGE = (

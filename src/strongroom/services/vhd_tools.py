@@ -53,7 +53,7 @@ class VhdChainInfo:
     problem: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"files": [f.as_dict() for f in self.files], "problem": self.problem}
+        return asdict(self)
 
 
 @dataclass
@@ -65,12 +65,7 @@ class VhdCheckResult:
     bytes_read: int
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "ok": True,
-            "files": [f.as_dict() for f in self.files],
-            "virtual_size": self.virtual_size,
-            "bytes_read": self.bytes_read,
-        }
+        return {"ok": True, **asdict(self)}
 
 
 def _own_ranges(reader: VhdReader) -> list[tuple[int, int]]:

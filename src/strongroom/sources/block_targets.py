@@ -20,7 +20,8 @@ from strongroom.config import child_environment
 from strongroom.errors import SourceError, UsageError
 from strongroom.nbd.client import NbdClient, NbdError
 from strongroom.sources.block import BLKGETSIZE64, Data
-from strongroom.sources.qemu import QEMU_IMG, QemuNbdChild, need_tool
+from strongroom.sources.qemu_img import QEMU_IMG, need_tool
+from strongroom.sources.qemu_nbd import QemuNbdChild
 from strongroom.sparse import ZEROS, nonzero_runs
 
 BLKZEROOUT = 0x127F

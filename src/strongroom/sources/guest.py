@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 from strongroom.config import child_environment
 from strongroom.errors import SourceError
+from strongroom.sources.json_lines import JsonLineSocket, connect_unix
 
 
 class GuestAgentError(SourceError):
@@ -39,32 +39,27 @@ class _Unreadable(GuestAgentError):
 
 
 class GuestAgent:
-    """A minimal client of the QEMU guest agent's JSON protocol (one socket)."""
+    """A minimal client of the QEMU guest agent's JSON protocol (one socket,
+    lines as `sources/json_lines.py` reads them: bounded, the guest is not trusted)."""
 
     def __init__(self, path: str, timeout: float) -> None:
         self.path = path
         self.timeout = timeout
-        self._sock: socket.socket | None = None
-        self._buffer = b""
+        self._lines: JsonLineSocket | None = None
 
     def __enter__(self) -> GuestAgent:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        label = f"guest agent {self.path}"
         try:
-            sock.connect(self.path)
+            sock = connect_unix(self.path, self.timeout)
         except OSError as err:
-            sock.close()
-            raise GuestAgentError(f"guest agent {self.path}: {err.strerror or err}") from None
-        self._sock = sock
+            raise GuestAgentError(f"{label}: {err.strerror or err}") from None
+        self._lines = lines = JsonLineSocket(sock, label, GuestAgentError)
         # The agent keeps no session: 0xFF makes it drop any half-read input a
         # previous client left, and a delimited sync with a fresh id tells its
         # answer apart from stale output (skipped, even when unreadable).
         token = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
-        try:
-            sock.sendall(b"\xff")
-        except OSError as err:
-            raise GuestAgentError(f"guest agent {self.path}: {err.strerror or err}") from None
-        self._send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
+        lines.send_raw(b"\xff")
+        lines.send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             try:
@@ -72,36 +67,16 @@ class GuestAgent:
                     return self
             except _Unreadable:
                 continue
-        raise GuestAgentError(f"guest agent {self.path}: no answer to guest-sync")
+        raise GuestAgentError(f"{label}: no answer to guest-sync")
 
     def __exit__(self, *exc: object) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def _send(self, doc: dict[str, Any]) -> None:
-        assert self._sock is not None
-        try:
-            self._sock.sendall(json.dumps(doc).encode() + b"\n")
-        except OSError as err:
-            raise GuestAgentError(f"guest agent {self.path}: {err.strerror or err}") from None
+        if self._lines is not None:
+            self._lines.close()
+            self._lines = None
 
     def _receive(self) -> dict[str, Any]:
-        assert self._sock is not None
-        while b"\n" not in self._buffer:
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                raise GuestAgentError(
-                    f"guest agent {self.path}: no answer within {self.timeout:g} s"
-                ) from None
-            except OSError as err:
-                raise GuestAgentError(f"guest agent {self.path}: {err.strerror or err}") from None
-            if not data:
-                raise GuestAgentError(f"guest agent {self.path}: connection closed")
-            self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        line = line.rpartition(b"\xff")[2]  # guest-sync-delimited's marker
+        assert self._lines is not None
+        line = self._lines.read_line().rpartition(b"\xff")[2]  # guest-sync-delimited's marker
         try:
             doc = json.loads(line)
         except ValueError:
@@ -109,10 +84,12 @@ class GuestAgent:
         return doc if isinstance(doc, dict) else {}
 
     def execute(self, command: str) -> Any:
-        self._send({"execute": command})
+        assert self._lines is not None
+        self._lines.send({"execute": command})
         reply = self._receive()
         if "error" in reply:
-            desc = reply["error"].get("desc", reply["error"])
+            error = reply["error"]
+            desc = error.get("desc", error) if isinstance(error, dict) else error
             raise GuestAgentRefused(f"guest agent: {command}: {desc}")
         return reply.get("return")
 

@@ -7,7 +7,7 @@ would read that file as if it were the guest's disk. So strongroom never asks
 qemu to guess: `sniff_format` recognises the formats by their magic itself,
 and `qcow2_header` reads the names a qcow2 (or qcow, qed) header gives, so the
 decision to open another file is made here, before any tool opens it. What
-qemu is then told (`sources.qemu.image_args`) pins the driver and, unless
+qemu is then told (`sources.qemu_img.image_args`) pins the driver and, unless
 backing files were allowed, switches backing files off (`"backing": null`).
 
 Every name is hostile: bounded in length, decoded strictly, and a name that

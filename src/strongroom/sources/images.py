@@ -38,7 +38,8 @@ from strongroom.sources.image_refs import (
     resolve_reference,
     sniff_format,
 )
-from strongroom.sources.qemu import ChainFile, ImageInfo, QemuImageSource, image_info
+from strongroom.sources.qemu import QemuImageSource
+from strongroom.sources.qemu_img import ChainFile, ImageInfo, image_info
 from strongroom.sources.vhd import VhdSource, looks_like_vhd
 
 _MAX_CHAIN = 64

@@ -30,7 +30,7 @@ from strongroom.errors import SourceError
 from strongroom.hostid import host_id
 from strongroom.nbd.uri import NbdAddress, format_tcp_uri, format_unix_uri, parse_nbd_uri
 from strongroom.sources.block import NbdSource
-from strongroom.sources.qemu import QEMU_IMG, BitmapInfo, need_tool, run_tool
+from strongroom.sources.qemu_img import QEMU_IMG, BitmapInfo, need_tool, run_tool
 from strongroom.sources.qmp import QmpClient
 
 log = logging.getLogger(__name__)

@@ -4,12 +4,12 @@ QMP is JSON objects over a stream socket: a greeting, `qmp_capabilities`, then
 commands answered by `return` or `error`, with asynchronous `event` objects
 interleaved. One command at a time is all strongroom needs, so this is a
 blocking client; events that arrive meanwhile are queued for `wait_event`.
-Addresses: a unix socket path, `unix:PATH`, or `tcp:HOST:PORT`.
+Addresses: a unix socket path, `unix:PATH`, or `tcp:HOST:PORT`. The line
+protocol itself (bounded lines, errors) is `sources/json_lines.py`.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections import deque
@@ -17,8 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from strongroom.errors import SourceError
-
-JsonObject = dict[str, Any]
+from strongroom.sources.json_lines import JsonLineSocket, JsonObject, connect_unix
 
 
 class QmpError(SourceError):
@@ -35,21 +34,20 @@ class QmpClient:
     def __init__(self, address: str, timeout: float = 60.0) -> None:
         self.address = address
         self._events: deque[JsonObject] = deque()
-        self._buf = b""
         self._next_id = 0
         try:
             if address.startswith("tcp:"):
                 host, _, port = address[4:].rpartition(":")
-                self._sock = socket.create_connection((host, int(port)), timeout=timeout)
+                sock = socket.create_connection((host, int(port)), timeout=timeout)
             else:
                 path = address[5:] if address.startswith("unix:") else address
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._sock.settimeout(timeout)
-                self._sock.connect(path)
+                sock = connect_unix(path, timeout)
         except (OSError, ValueError) as err:
             raise SourceError(f"QMP {address}: cannot connect: {err}") from None
+        self._lines = JsonLineSocket(sock, f"QMP {address}")
+        self._sock = sock
         try:
-            greeting = self._read()
+            greeting = self._lines.read()
             if "QMP" not in greeting:
                 raise SourceError(f"QMP {address}: not a QMP server")
             self.version = greeting["QMP"].get("version", {}).get("qemu", {})
@@ -58,36 +56,15 @@ class QmpClient:
             self.close()
             raise
 
-    def _read(self) -> JsonObject:
-        while b"\n" not in self._buf:
-            try:
-                data = self._sock.recv(65536)
-            except OSError as err:
-                raise SourceError(f"QMP {self.address}: {err}") from None
-            if not data:
-                raise SourceError(f"QMP {self.address}: connection closed")
-            self._buf += data
-        line, _, self._buf = self._buf.partition(b"\n")
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise SourceError(f"QMP {self.address}: malformed message") from None
-        if not isinstance(obj, dict):
-            raise SourceError(f"QMP {self.address}: malformed message")
-        return obj
-
     def execute(self, command: str, arguments: JsonObject | None = None) -> Any:
         """Run one command; its `return` value, or QmpError with QEMU's message."""
         self._next_id += 1
         msg: JsonObject = {"execute": command, "id": self._next_id}
         if arguments:
             msg["arguments"] = arguments
-        try:
-            self._sock.sendall(json.dumps(msg).encode() + b"\n")
-        except OSError as err:
-            raise SourceError(f"QMP {self.address}: {err}") from None
+        self._lines.send(msg)
         while True:
-            reply = self._read()
+            reply = self._lines.read()
             if "event" in reply:
                 self._events.append(reply)
                 continue
@@ -95,6 +72,8 @@ class QmpClient:
                 continue
             if "error" in reply:
                 error = reply["error"]
+                if not isinstance(error, dict):
+                    raise QmpError(f"{command}: {error}")
                 raise QmpError(
                     f"{command}: {error.get('desc', error)}", str(error.get("class", ""))
                 )
@@ -117,7 +96,7 @@ class QmpClient:
                     raise SourceError(f"QMP {self.address}: no {name} event within {timeout:.0f} s")
                 self._sock.settimeout(remaining)
                 try:
-                    ev = self._read()
+                    ev = self._lines.read()
                 except SourceError:
                     if time.monotonic() >= deadline:
                         raise SourceError(f"QMP {self.address}: no {name} event") from None
@@ -131,10 +110,7 @@ class QmpClient:
             self._sock.settimeout(previous)
 
     def close(self) -> None:
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+        self._lines.close()
 
     def __enter__(self) -> QmpClient:
         return self

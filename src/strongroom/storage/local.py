@@ -1,20 +1,20 @@
 """A repository in a local folder (or any mounted filesystem).
 
-Atomic writes: data goes to `tmp/<random>`, is fsynced, then renamed (put) or
-hard-linked (create, which must fail if the name exists) into place, and the
-directory is fsynced, so a crash leaves either the whole object or nothing but
-a temporary file that `list` never shows.
+Atomic writes (strongroom/atomic.py): data goes to `tmp/<random>`, is fsynced,
+then renamed (put) or hard-linked (create, which must fail if the name exists)
+into place, and the directory is fsynced, so a crash leaves either the whole
+object or nothing but a temporary file that `list` never shows.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 
+from strongroom.atomic import PendingFile, sync_dir
 from strongroom.errors import (
     InvalidObjectName,
     ObjectExists,
@@ -61,15 +61,8 @@ class LocalBackend:
             return
         if not os.path.isdir(path):
             os.makedirs(path, exist_ok=True)
-            self._sync_dir(os.path.dirname(path))
+            sync_dir(os.path.dirname(path))
         self._made_dirs.add(path)
-
-    def _sync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # --- contract ------------------------------------------------------------
 
@@ -189,12 +182,11 @@ class LocalBackend:
         """A temporary file in `tmp/` that `commit` fsyncs and renames into place."""
         tmp_dir = os.path.join(self.root, TMP_DIR)
         self._ensure_dir(tmp_dir)
-        path = os.path.join(tmp_dir, secrets.token_hex(16))
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            pending = PendingFile(tmp_dir)
         except OSError as err:
             raise _storage_error(err, "creating a temporary object") from err
-        return _LocalTemp(self, fd, path)
+        return _LocalTemp(self, pending)
 
     def clean_temporary(self) -> int:
         """Remove temporary files left by killed writers; returns how many."""
@@ -208,55 +200,38 @@ class LocalBackend:
 
 
 class _LocalTemp:
-    def __init__(self, backend: LocalBackend, fd: int, path: str) -> None:
+    """A `PendingFile` in `tmp/`, with the backend's names and errors."""
+
+    def __init__(self, backend: LocalBackend, pending: PendingFile) -> None:
         self._backend = backend
-        self._fd = fd
-        self._path = path
+        self._pending = pending
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            self._pending.write(data)
         except OSError as err:
             self.abort()
             raise _storage_error(err, "writing a temporary object") from err
 
     def skip(self, length: int) -> None:
         """Leave `length` bytes of zeros, as a hole: a sparse file stays sparse."""
-        os.lseek(self._fd, length, os.SEEK_CUR)
+        self._pending.skip(length)
 
     def commit(self, name: str, exclusive: bool = False) -> None:
         """fsync, then rename into place; with `exclusive`, hard-link instead, which
         fails atomically if `name` exists (ObjectExists)."""
         path = self._backend._path(name)
         try:
-            os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_CUR))  # a trailing skip
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
             self._backend._ensure_dir(os.path.dirname(path))
-            if exclusive:
-                try:
-                    os.link(self._path, path)
-                except FileExistsError:
-                    raise ObjectExists(f"object {name} already exists") from None
-                _unlink_quietly(self._path)
-            else:
-                os.replace(self._path, path)
-            self._backend._sync_dir(os.path.dirname(path))
-        except ObjectExists:
-            self.abort()
-            raise
+            self._pending.commit(path, exclusive=exclusive)
+        except FileExistsError:
+            raise ObjectExists(f"object {name} already exists") from None
         except OSError as err:
             self.abort()
             raise _storage_error(err, f"writing {name}") from err
 
     def abort(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        _unlink_quietly(self._path)
+        self._pending.abort()
 
 
 def _unlink_quietly(path: str) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from strongroom.sources.qemu import BitmapInfo
+from strongroom.sources.qemu_img import BitmapInfo
 from strongroom.trackers.base import Span, Unproven, normalize
 
 

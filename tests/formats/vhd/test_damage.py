@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +191,14 @@ def test_fuzzed_files_give_only_vhd_errors(
     except VhdError as e:
         assert "\n" not in str(e)
     assert time.monotonic() - started < 2
+
+
+def test_checking_a_large_table_costs_bytes_per_entry_not_objects(tmp_path: Path) -> None:
+    disk = tmp_path / "d.vhd"
+    write(disk, 1024 * MiB, [(i * 2 * MiB, noise(i, 4096)) for i in range(512)], kind="dynamic")
+    tracemalloc.start()
+    with open_vhd(disk):
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * MiB
