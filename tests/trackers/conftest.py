@@ -3,6 +3,6 @@ a running qemu-storage-daemon, raw files (tools from tests/images)."""
 
 from __future__ import annotations
 
-from tests.images.conftest import QEMU, needs, qemu_io, run
+from tests.helpers.images import QEMU, needs, qemu_io, run
 
 __all__ = ["QEMU", "needs", "qemu_io", "run"]

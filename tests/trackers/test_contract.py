@@ -27,7 +27,8 @@ from strongroom.trackers.bitmaps import BitmapTracker, plan_bitmaps
 from strongroom.trackers.compare import CompareTracker, record
 from strongroom.trackers.overlay import OverlayTracker, overlay_identity
 from strongroom.trackers.testing import MiB, TrackerContract
-from tests.images.conftest import QEMU, StorageDaemon, needs, qemu_io, run
+from tests.helpers.block_servers import StorageDaemon
+from tests.helpers.images import QEMU, needs, qemu_io, run
 
 PREFIX = "strongroom-test"
 
