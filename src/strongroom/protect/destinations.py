@@ -16,9 +16,9 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from strongroom.errors import ObjectNotFound
+from strongroom.errors import IntegrityError, ObjectNotFound
 from strongroom.sparse import ZEROS
-from strongroom.storage.base import Backend, SparseTemp, StreamingPut, TempObject
+from strongroom.storage.base import Backend, SparseTemp, StreamingPut, TempObject, get_bounded
 
 _COPY_PIECE = 1 << 20  # at most ZEROS' length
 
@@ -60,6 +60,9 @@ class Destination(Protocol):
     def close(self) -> None: ...
 
 
+_MAX_RECORD_SIZE = 1 << 20  # a cycle's record is a JSON document of a few KiB
+
+
 class VhdChain:
     """A chain of VHD files in a storage backend (folder or bucket)."""
 
@@ -99,10 +102,11 @@ class VhdChain:
 
     def arrived(self, name: str, cycle: int, uuid: str) -> str | None:
         try:
-            record = json.loads(self.backend.get(self._record_name(name, cycle)))
-        except (ObjectNotFound, ValueError):
-            return None
-        if record.get("uuid") != uuid:
+            record_name = self._record_name(name, cycle)
+            record = json.loads(get_bounded(self.backend, record_name, _MAX_RECORD_SIZE))
+        except (ObjectNotFound, IntegrityError, ValueError):
+            return None  # a damaged record: the cycle is shipped again
+        if not isinstance(record, dict) or record.get("uuid") != uuid:
             return None
         return self.absolute_path(name, cycle)
 

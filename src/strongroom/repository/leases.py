@@ -37,10 +37,12 @@ from strongroom.hostid import host_id
 from strongroom.repository.crypto import Sealer
 from strongroom.repository.locks import pid_alive
 from strongroom.storage import Backend
+from strongroom.storage.base import get_bounded
 
 LEASES_PREFIX = "leases/"
 DEFAULT_TTL = 60.0
 _AD = b"lease"
+MAX_LEASE_SIZE = 1 << 20  # a lease is a JSON record with a holder's few notes
 _KEEP_GENERATIONS = 4
 
 
@@ -106,7 +108,8 @@ class LeaseStore:
         for generation in generations:
             name = _name(lease_id, generation)
             try:
-                doc = json.loads(self.sealer.open(self.backend.get(name), _AD, name))
+                sealed = get_bounded(self.backend, name, MAX_LEASE_SIZE)
+                doc = json.loads(self.sealer.open(sealed, _AD, name))
             except ObjectNotFound:
                 continue  # cleaned up meanwhile; an older one is not the truth either
             except (IntegrityError, ValueError, KeyError, TypeError):

@@ -28,6 +28,7 @@ from strongroom.errors import IntegrityError, ObjectNotFound, RepositoryLocked, 
 from strongroom.repository.crypto import Sealer
 from strongroom.repository.format import LOCKS_PREFIX, lock_name
 from strongroom.storage import Backend
+from strongroom.storage.base import get_bounded
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -44,6 +45,7 @@ def _env_seconds(name: str, default: float) -> float:
 REFRESH_SECONDS = _env_seconds("STRONGROOM_LOCK_REFRESH_SECONDS", 5 * 60)
 STALE_SECONDS = max(_env_seconds("STRONGROOM_LOCK_STALE_SECONDS", 30 * 60), 2 * REFRESH_SECONDS)
 _AD = b"lock"
+MAX_LOCK_SIZE = 64 << 10  # a lock is a JSON record of about 200 bytes; read no more
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def list_locks(backend: Backend, sealer: Sealer) -> list[LockInfo]:
     locks = []
     for obj in backend.list(LOCKS_PREFIX):
         try:
-            doc = json.loads(sealer.open(backend.get(obj.name), _AD, obj.name))
+            sealed = get_bounded(backend, obj.name, MAX_LOCK_SIZE, obj.size)
+            doc = json.loads(sealer.open(sealed, _AD, obj.name))
             info = LockInfo(
                 obj.name,
                 bool(doc["exclusive"]),

@@ -28,6 +28,7 @@ from strongroom.storage.base import TempObject
 MAGIC = b"SRPACK01"
 _ENTRY = struct.Struct("<B32sIII")
 _HLEN = struct.Struct("<I")
+ENTRY_SIZE = _ENTRY.size  # one chunk's entry in the (sealed) header
 HEADER_AD = b"pack header"
 MAX_PACK_SIZE = (1 << 32) - 1
 

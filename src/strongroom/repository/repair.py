@@ -21,11 +21,13 @@ from dataclasses import asdict, dataclass, field
 
 from strongroom.errors import IntegrityError, ObjectNotFound, StorageError
 from strongroom.repository import format as fmt
-from strongroom.repository.crypto import content_hash
+from strongroom.repository.crypto import OVERHEAD, content_hash
 from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
 from strongroom.repository.pack import (
+    ENTRY_SIZE,
     MAGIC,
+    MAX_PACK_SIZE,
     TRAILER_SIZE,
     PackEntry,
     blob_ad,
@@ -33,7 +35,8 @@ from strongroom.repository.pack import (
     parse_header,
     read_pack_header,
 )
-from strongroom.repository.repo import Repository
+from strongroom.repository.repo import MAX_CHUNK_SIZE, Repository
+from strongroom.storage.base import get_bounded
 
 Report = Callable[[str], None]
 QUARANTINE_PREFIX = "quarantine/"
@@ -189,6 +192,7 @@ class PackSalvage:
 
     packs_read: int = 0
     packs_damaged: dict[str, str] = field(default_factory=dict)  # pack -> first problem
+    packs_skipped: dict[str, str] = field(default_factory=dict)  # too large to read -> why
     chunks_salvaged: int = 0
     chunks_lost: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
@@ -196,6 +200,17 @@ class PackSalvage:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)  # `index` too: a dict, or None
+
+
+def max_pack_size(repo: Repository) -> int:
+    """The largest pack this repository's writers can produce: a pack is closed
+    once it reaches `pack_size`, so it holds at most that plus one sealed chunk,
+    and a header of at most one entry per sealed chunk (each at least
+    OVERHEAD bytes). Anything larger under a pack's name was planted."""
+    chunk = max(MAX_CHUNK_SIZE.values()) + OVERHEAD + 1  # + the payload flag
+    payload = repo.config.pack_size + chunk
+    entries = payload // OVERHEAD + 1
+    return min(MAX_PACK_SIZE, len(MAGIC) + payload + entries * ENTRY_SIZE + OVERHEAD + TRAILER_SIZE)
 
 
 def _pack_problem(
@@ -218,6 +233,8 @@ def _pack_problem(
 def _chunk_ok(repo: Repository, cid: bytes, sealed: bytes, raw: int, btype: int) -> bool:
     try:
         blob_type = BlobType(btype)
+        if not 0 <= raw <= MAX_CHUNK_SIZE[blob_type]:
+            return False  # the index or header claims a size nothing writes
         payload = repo.sealer.open(sealed, blob_ad(cid, blob_type), f"chunk {cid.hex()[:16]}")
         return repo.chunk_id(repo.compressor.unpack(payload, raw)) == cid
     except (IntegrityError, ValueError):
@@ -260,11 +277,16 @@ def salvage_packs(
     damaged: list[bytes] = []
     wanted: dict[bytes, PackedChunk] = {}  # chunk id -> an entry in a damaged pack
     good: set[bytes] = set()  # chunks with an authenticated copy
+    limit = max_pack_size(repo)
     for n, pack in enumerate(chosen, 1):
         report(f"reading packs {n}/{len(chosen)}")
         try:
-            blob = repo.backend.get(fmt.pack_name(pack.hex()))
+            blob = get_bounded(repo.backend, fmt.pack_name(pack.hex()), limit, stored[pack])
         except ObjectNotFound:
+            continue
+        except IntegrityError as err:  # planted or foreign: never read whole, left alone
+            result.packs_skipped[pack.hex()] = str(err)
+            report(f"pack {pack.hex()[:16]} not read: {err}")
             continue
         result.packs_read += 1
         entries = _entries_of(repo, pack, blob, indexed.get(pack))
@@ -285,7 +307,7 @@ def salvage_packs(
         return result
     repo.flush()  # 1. the salvaged chunks, in new packs, indexed
     for pack in damaged:  # 2. a copy of each damaged pack, out of the way
-        blob = repo.backend.get(fmt.pack_name(pack.hex()))
+        blob = get_bounded(repo.backend, fmt.pack_name(pack.hex()), limit)
         repo.backend.put(quarantine_name(pack.hex()), blob)
         result.quarantined.append(pack.hex())
     # 3. an index without them; 4. (lock verified) the old index, then the packs

@@ -53,7 +53,7 @@ from strongroom.repository.leases import LeaseStore
 from strongroom.repository.locks import Lock
 from strongroom.repository.pack import PackBuilder, blob_ad
 from strongroom.storage import Backend
-from strongroom.storage.base import ObjectInfo, StreamingPut
+from strongroom.storage.base import ObjectInfo, StreamingPut, get_bounded
 
 if TYPE_CHECKING:  # numpy is imported only when an index is needed
     from strongroom.repository.index import ChunkIndex, IndexFile, Location
@@ -67,6 +67,7 @@ _MAX_PENDING_UPLOADS = 1  # packs queued for upload beyond the one being filled
 # Bounds on objects read whole (docs/format.md): far above what strongroom writes.
 MAX_INDEX_FILE_SIZE = 1 << 30  # prune writes <= 200k entries (10 MB); a backup <= 64 packs
 MAX_POINT_SIZE = 64 << 20  # a point is a JSON document of a few KiB
+MAX_CONFIG_SIZE = 64 << 10  # the config is a JSON document of a few hundred bytes
 # Largest plaintext of a chunk whose referrer declares no size (trees, maps,
 # manifests) or any chunk at all: data chunks are at most a CDC maximum or a
 # block (blockmap.MAX_BLOCK_SIZE); a tree is one directory's listing.
@@ -101,7 +102,7 @@ def _usable_key_files(backend: Backend, damage: DamageLog) -> list[tuple[str, Ke
                 raise IntegrityError(f"{name} is not a key file name (foreign object)")
             if obj.size > MAX_KEY_FILE_SIZE:
                 raise IntegrityError(f"{name} is too large to be a key file ({obj.size} bytes)")
-            blob = backend.get(name)
+            blob = get_bounded(backend, name, MAX_KEY_FILE_SIZE, obj.size)
             if content_hash(blob).hex() != key_hex:
                 raise IntegrityError(f"{name} does not match its name (altered or renamed)")
             keys.append((name, parse_key_file(blob, name)))
@@ -267,7 +268,7 @@ class Repository:
                 master = open_key_file(key, password)
             except WrongPassword:
                 continue
-            sealed = backend.get(fmt.CONFIG_NAME)
+            sealed = get_bounded(backend, fmt.CONFIG_NAME, MAX_CONFIG_SIZE)
             config = RepoConfig.decode(
                 Sealer(master.encryption_key).open(sealed, _CONFIG_AD, "config")
             )
@@ -368,7 +369,7 @@ class Repository:
         index_hex = name[len(fmt.INDEX_PREFIX) :]
         if not name.startswith(fmt.INDEX_PREFIX) or not is_object_hex(index_hex):
             raise IntegrityError(f"{name} is not an index file name (foreign object)")
-        sealed = self.backend.get(name)
+        sealed = get_bounded(self.backend, name, MAX_INDEX_FILE_SIZE)
         if content_hash(sealed).hex() != index_hex:
             raise IntegrityError(f"{name} does not match its name (damaged)")
         plain = self.sealer.open(sealed, _INDEX_AD, name)
@@ -657,8 +658,12 @@ class Repository:
         what = f"chunk {chunk_id.hex()[:16]} in pack {loc.pack.hex()[:16]}"
         if len(sealed) != loc.length:
             raise IntegrityError(f"{what} is truncated")
+        bound = MAX_CHUNK_SIZE[blob_type]
+        if raw_length is not None:
+            if not 0 <= raw_length <= bound:  # a tree's claim sets what zstd allocates
+                raise IntegrityError(f"{what}: declared size {raw_length} is impossible")
+            bound = raw_length
         payload = self.sealer.open(sealed, blob_ad(chunk_id, blob_type), what)
-        bound = MAX_CHUNK_SIZE[blob_type] if raw_length is None else raw_length
         try:
             data = self.compressor.unpack(payload, bound)
         except IntegrityError as err:
@@ -738,9 +743,7 @@ class Repository:
         name = fmt.point_name(point_hex)
         if not is_object_hex(point_hex):
             raise IntegrityError(f"{name} is not a point name (foreign object)")
-        sealed = self.backend.get(name)
-        if len(sealed) > MAX_POINT_SIZE:
-            raise IntegrityError(f"{name} is too large to be a point ({len(sealed)} bytes)")
+        sealed = get_bounded(self.backend, name, MAX_POINT_SIZE)
         if content_hash(sealed).hex() != point_hex:
             raise IntegrityError(f"{name} does not match its name (damaged or renamed)")
         try:

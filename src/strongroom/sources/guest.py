@@ -63,7 +63,7 @@ class GuestAgent:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             try:
-                if self._receive().get("return") == token:
+                if self._receive(deadline).get("return") == token:
                     return self
             except _Unreadable:
                 continue
@@ -74,9 +74,10 @@ class GuestAgent:
             self._lines.close()
             self._lines = None
 
-    def _receive(self) -> dict[str, Any]:
+    def _receive(self, deadline: float) -> dict[str, Any]:
         assert self._lines is not None
-        line = self._lines.read_line().rpartition(b"\xff")[2]  # guest-sync-delimited's marker
+        # The last \xff is guest-sync-delimited's marker: what precedes it is stale.
+        line = self._lines.read_line(deadline).rpartition(b"\xff")[2]
         try:
             doc = json.loads(line)
         except ValueError:
@@ -86,7 +87,7 @@ class GuestAgent:
     def execute(self, command: str) -> Any:
         assert self._lines is not None
         self._lines.send({"execute": command})
-        reply = self._receive()
+        reply = self._receive(time.monotonic() + self.timeout)  # one deadline per command
         if "error" in reply:
             error = reply["error"]
             desc = error.get("desc", error) if isinstance(error, dict) else error

@@ -47,7 +47,7 @@ class QmpClient:
         self._lines = JsonLineSocket(sock, f"QMP {address}")
         self._sock = sock
         try:
-            greeting = self._lines.read()
+            greeting = self._lines.read()  # within `timeout`, however it trickles
             if "QMP" not in greeting:
                 raise SourceError(f"QMP {address}: not a QMP server")
             self.version = greeting["QMP"].get("version", {}).get("qemu", {})
@@ -63,8 +63,10 @@ class QmpClient:
         if arguments:
             msg["arguments"] = arguments
         self._lines.send(msg)
-        while True:
-            reply = self._lines.read()
+        timeout = self._lines.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:  # one deadline for the answer, events in between included
+            reply = self._lines.read(deadline)
             if "event" in reply:
                 self._events.append(reply)
                 continue
@@ -88,26 +90,20 @@ class QmpClient:
                 self._events.remove(ev)
                 return ev
         deadline = time.monotonic() + timeout
-        previous = self._sock.gettimeout()
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise SourceError(f"QMP {self.address}: no {name} event within {timeout:.0f} s")
-                self._sock.settimeout(remaining)
-                try:
-                    ev = self._lines.read()
-                except SourceError:
-                    if time.monotonic() >= deadline:
-                        raise SourceError(f"QMP {self.address}: no {name} event") from None
-                    raise
-                if "event" not in ev:
-                    continue
-                if ev.get("event") == name and match(ev.get("data", {})):
-                    return ev
-                self._events.append(ev)
-        finally:
-            self._sock.settimeout(previous)
+        while True:
+            if time.monotonic() >= deadline:
+                raise SourceError(f"QMP {self.address}: no {name} event within {timeout:.0f} s")
+            try:
+                ev = self._lines.read(deadline)
+            except SourceError:
+                if time.monotonic() >= deadline:
+                    raise SourceError(f"QMP {self.address}: no {name} event") from None
+                raise
+            if "event" not in ev:
+                continue
+            if ev.get("event") == name and match(ev.get("data", {})):
+                return ev
+            self._events.append(ev)
 
     def close(self) -> None:
         self._lines.close()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
-from strongroom.errors import InvalidObjectName
+from strongroom.errors import IntegrityError, InvalidObjectName
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}(/[a-z0-9][a-z0-9_.-]{0,127}){0,7}$")
 
@@ -145,3 +145,29 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release resources (open files, connections); idempotent."""
         ...
+
+
+# Above this bound `get_bounded` asks for the object's size first rather than
+# requesting `limit` + 1 bytes (a local read allocates what it is asked for).
+_ASK_SIZE_ABOVE = 1 << 20
+
+
+def get_bounded(backend: Backend, name: str, limit: int, size: int | None = None) -> bytes:
+    """The whole object `name`, never reading more than `limit` + 1 bytes of it.
+
+    Everything read whole from storage goes through here: a planted
+    multi-GiB object under a lock's, point's or index file's name is refused
+    with IntegrityError instead of exhausting memory. `size` is the size a
+    listing gave, if known (saves asking); it is a hint only, the read itself
+    is bounded. ObjectNotFound if missing."""
+    if size is None and limit > _ASK_SIZE_ABOVE:
+        size = backend.size(name)
+    if size is not None and size > limit:
+        raise IntegrityError(f"{name} is larger than {limit} bytes ({size}; damaged or foreign)")
+    want = limit if size is None else max(size, 0)
+    data = backend.get_range(name, 0, want + 1)
+    if want < len(data) <= limit:  # it grew since it was listed: read on to the bound
+        data += backend.get_range(name, len(data), limit + 1 - len(data))
+    if len(data) > limit:
+        raise IntegrityError(f"{name} is larger than {limit} bytes (damaged or foreign)")
+    return data

@@ -72,6 +72,8 @@ def repair_packs(app: App, pack_ids: tuple[str, ...]) -> None:
         return
     for pack, why in result.packs_damaged.items():
         out.warn(f"damaged: {why} (pack {pack})")
+    for pack, why in result.packs_skipped.items():
+        out.warn(f"not read: {why} (pack {pack}; left in place, remove it if it is foreign)")
     if result.chunks_lost:
         out.warn(f"{len(result.chunks_lost)} chunks are lost: run 'strongroom repair points'")
         for cid in result.chunks_lost[:50]:
