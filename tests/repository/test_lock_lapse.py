@@ -247,3 +247,28 @@ def test_backup_stores_again_a_chunk_whose_pack_is_missing(
     backup.flush()
     assert backup.stats.chunks_added == 1
     assert backup.load_chunk(cid) == b"precious" * 1000
+
+
+def test_later_point_after_a_lapse_does_not_reuse_a_pack_pruned_meanwhile(
+    backend: MemoryBackend, unreferenced_pack: bytes, clock: Clock
+) -> None:
+    """`protect --every` keeps one session: the lapse is found (and the lock taken
+    again) by a point that did not use the pruned pack; a later point of the same
+    session must not deduplicate against it from the listing read before."""
+    backup = open_repo(backend)
+    backup.held_lock = backup.lock()
+    store(backup, b"first cycle" * 1000)  # loads the index and lists the packs
+    assert unreferenced_pack in backup.present_packs()
+    clock.offset = 2 * locks_module.STALE_SECONDS  # asleep: our lock looks stale
+    prune_now(backend)
+    assert unreferenced_pack not in packs(backup)
+    backup.flush()
+    backup.save_point({"kind": "files", "tree": "00" * 32, "parent": None})  # re-locks
+    assert backup.held_lock.lapsed() is None
+    cid = store(backup, b"precious" * 1000)  # the next cycle: the pruned data again
+    tree = backup.put_chunk(BlobType.TREE, b"tree naming " + cid)
+    backup.flush()
+    backup.save_point({"kind": "files", "tree": tree.hex(), "parent": None})
+    fresh = open_repo(backend)
+    assert fresh.load_chunk(cid) == b"precious" * 1000
+    backup.held_lock.release()

@@ -429,6 +429,10 @@ class Repository:
         files = self.read_index_files()
         superseded = {fmt.index_name(s.hex()) for idx in files.values() for s in idx.supersedes}
         index.add_files([idx for name, idx in files.items() if name not in superseded])
+        with self._unindexed_lock:  # written by this session, index file not yet
+            for pack_id, entries in self._unindexed.items():
+                for cid, off, length, _raw, _t in entries:
+                    index.add(cid, pack_id, off, length)
         return index
 
     def list_packs(self) -> dict[bytes, int]:
@@ -716,6 +720,17 @@ class Repository:
                 f"{reason}; meanwhile {what} were removed (by prune?): nothing committed, "
                 "run the backup again"
             )
+        self._forget_listings()
+
+    def _forget_listings(self) -> None:
+        """Drop the index and pack listing read before a lapse: a prune in the gap
+        may have deleted packs this session did not use yet, and a later point
+        must not deduplicate against them (they are read again when next asked)."""
+        with self._index_lock:
+            self._index = None
+        with self._present_lock:
+            self._present = None
+        self.missing_packs_seen = set()
 
     def lost_session_packs(self) -> set[bytes]:
         """Packs this session wrote or relied on that are now missing from storage
