@@ -272,3 +272,29 @@ def test_later_point_after_a_lapse_does_not_reuse_a_pack_pruned_meanwhile(
     fresh = open_repo(backend)
     assert fresh.load_chunk(cid) == b"precious" * 1000
     backup.held_lock.release()
+
+
+def test_prune_checks_its_lock_before_the_first_and_every_50th_deletion(
+    backend: MemoryBackend, unreferenced_pack: bytes, clock: Clock
+) -> None:
+    """The lock lapses while old index files are deleted (a long listing, a
+    sleep): the old-index loop must check again, and the pack loop must check
+    before its first deletion, not at its 50th."""
+    pruner = open_repo(backend)
+    for i in range(60):  # many old index files (of packs long gone)
+        pruner.write_index_file({bytes([i]) * 32: []})
+    pruner.held_lock = pruner.lock(exclusive=True)
+    plan = plan_prune(pruner, set())
+    delete = backend.delete
+
+    def delete_then_sleep(name: str) -> None:
+        delete(name)
+        if name.startswith(fmt.INDEX_PREFIX):
+            clock.offset = 2 * locks_module.STALE_SECONDS  # paused right after
+
+    backend.delete = delete_then_sleep  # type: ignore[method-assign]
+    with pytest.raises(RepositoryLocked, match="before deleting"):
+        execute_prune(pruner, plan)
+    assert unreferenced_pack in packs(pruner)
+    assert len(pruner.list_index_files()) >= 10  # stopped at the 50th at the latest
+    pruner.held_lock.release()
