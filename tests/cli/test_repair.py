@@ -9,7 +9,7 @@ from pathlib import Path
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import FILE
 from strongroom.repository import format as fmt
-from strongroom.repository.repair import indexed_packs, write_index
+from strongroom.repository.index_files import entries_by_pack, write_index_files
 from strongroom.services.walk import iter_tree
 from tests.conftest import CliRunner, open_local_repository
 from tests.helpers.cli import assert_one_line_error
@@ -187,9 +187,10 @@ def test_repair_points_empties_a_directory_whose_tree_is_lost(
     # pack holds the root tree too).
     repo = open_local_repository(initialized_repo)
     try:
-        names, packs, _ = indexed_packs(repo)
+        names = repo.list_index_files()
+        packs = entries_by_pack(repo.read_index_files().values())
         packs[tree_pack] = [e for e in packs[tree_pack] if e[0] != sub.subtree]
-        write_index(repo, packs)
+        write_index_files(repo, packs)
         for name in names:
             repo.backend.delete(name)
     finally:

@@ -247,3 +247,54 @@ def test_backup_stores_again_a_chunk_whose_pack_is_missing(
     backup.flush()
     assert backup.stats.chunks_added == 1
     assert backup.load_chunk(cid) == b"precious" * 1000
+
+
+def test_later_point_after_a_lapse_does_not_reuse_a_pack_pruned_meanwhile(
+    backend: MemoryBackend, unreferenced_pack: bytes, clock: Clock
+) -> None:
+    """`protect --every` keeps one session: the lapse is found (and the lock taken
+    again) by a point that did not use the pruned pack; a later point of the same
+    session must not deduplicate against it from the listing read before."""
+    backup = open_repo(backend)
+    backup.held_lock = backup.lock()
+    store(backup, b"first cycle" * 1000)  # loads the index and lists the packs
+    assert unreferenced_pack in backup.present_packs()
+    clock.offset = 2 * locks_module.STALE_SECONDS  # asleep: our lock looks stale
+    prune_now(backend)
+    assert unreferenced_pack not in packs(backup)
+    backup.flush()
+    backup.save_point({"kind": "files", "tree": "00" * 32, "parent": None})  # re-locks
+    assert backup.held_lock.lapsed() is None
+    cid = store(backup, b"precious" * 1000)  # the next cycle: the pruned data again
+    tree = backup.put_chunk(BlobType.TREE, b"tree naming " + cid)
+    backup.flush()
+    backup.save_point({"kind": "files", "tree": tree.hex(), "parent": None})
+    fresh = open_repo(backend)
+    assert fresh.load_chunk(cid) == b"precious" * 1000
+    backup.held_lock.release()
+
+
+def test_prune_checks_its_lock_before_the_first_and_every_50th_deletion(
+    backend: MemoryBackend, unreferenced_pack: bytes, clock: Clock
+) -> None:
+    """The lock lapses while old index files are deleted (a long listing, a
+    sleep): the old-index loop must check again, and the pack loop must check
+    before its first deletion, not at its 50th."""
+    pruner = open_repo(backend)
+    for i in range(60):  # many old index files (of packs long gone)
+        pruner.write_index_file({bytes([i]) * 32: []})
+    pruner.held_lock = pruner.lock(exclusive=True)
+    plan = plan_prune(pruner, set())
+    delete = backend.delete
+
+    def delete_then_sleep(name: str) -> None:
+        delete(name)
+        if name.startswith(fmt.INDEX_PREFIX):
+            clock.offset = 2 * locks_module.STALE_SECONDS  # paused right after
+
+    backend.delete = delete_then_sleep  # type: ignore[method-assign]
+    with pytest.raises(RepositoryLocked, match="before deleting"):
+        execute_prune(pruner, plan)
+    assert unreferenced_pack in packs(pruner)
+    assert len(pruner.list_index_files()) >= 10  # stopped at the 50th at the latest
+    pruner.held_lock.release()

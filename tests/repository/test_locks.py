@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -97,3 +98,40 @@ def test_lock_is_refreshed(memory_repo: Repository, monkeypatch: pytest.MonkeyPa
     held.release()
     # Every refresh replaced the old object: nothing is left after release.
     assert list_locks(memory_repo.backend, memory_repo.sealer) == []
+
+
+def test_refresher_stuck_past_reacquire_leaves_the_new_lock_alone(
+    memory_repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow storage holds the old refresher inside a check while the lock is
+    taken again; when it returns it must neither mark the new lock lapsed (its
+    own object was removed by reacquire) nor replace the new lock's name."""
+    monkeypatch.setattr(locks_module, "REFRESH_SECONDS", 0.05)
+    monkeypatch.setattr(locks_module, "_JOIN_SECONDS", 0.05, raising=False)
+    backend = memory_repo.backend
+    exists = backend.exists
+    entered, gate = threading.Event(), threading.Event()
+    held = memory_repo.lock()
+    stuck = held._thread
+
+    def slow_exists(name: str) -> bool:
+        if threading.current_thread() is stuck:
+            entered.set()
+            gate.wait(10)
+        return exists(name)
+
+    backend.exists = slow_exists  # type: ignore[method-assign]
+    assert entered.wait(5)
+    held.reacquire()
+    new = held.name
+    gate.set()
+    assert stuck is not None
+    stuck.join(5)
+    assert not stuck.is_alive()
+    assert held.lapsed() is None
+    assert held.name == new
+    assert [i.name for i in list_locks(backend, memory_repo.sealer)] == [new]
+    time.sleep(0.2)  # the new refresher still runs and refreshes
+    assert held.lapsed() is None
+    assert [i.name for i in list_locks(backend, memory_repo.sealer)] == [held.name]
+    held.release()

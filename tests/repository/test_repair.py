@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from strongroom.errors import IntegrityError, RepositoryLocked
+from strongroom.errors import IntegrityError, RepositoryLocked, TransientStorageError
 from strongroom.repository import format as fmt
 from strongroom.repository import locks as locks_module
 from strongroom.repository.format import BlobType
@@ -156,3 +156,56 @@ def test_duplicate_entry_of_a_missing_pack_does_not_hide_the_copy() -> None:
         assert len(reader.index.lookup_all(cid)) == 2
         assert reader.has_chunk(cid)
         assert reader.load_chunk(cid) == b"again" * 1000
+
+
+class _FlakyRanges:
+    """Storage whose reads of one object time out (a network error, not damage)."""
+
+    def __init__(self, repo: Repository, name: str) -> None:
+        self.name = name
+        get, get_range = repo.backend.get, repo.backend.get_range
+
+        def flaky_get(obj: str) -> bytes:
+            if obj == self.name:
+                raise TransientStorageError(f"{obj}: timed out")
+            return get(obj)
+
+        def flaky_get_range(obj: str, offset: int, length: int) -> bytes:
+            if obj == self.name:
+                raise TransientStorageError(f"{obj}: timed out")
+            return get_range(obj, offset, length)
+
+        self.backend = repo.backend
+        repo.backend.get = flaky_get  # type: ignore[method-assign]
+        repo.backend.get_range = flaky_get_range  # type: ignore[method-assign]
+
+    def heal(self) -> None:
+        del self.backend.get, self.backend.get_range  # the class's methods again
+
+
+def test_rebuild_fails_on_a_network_error_reading_a_pack_header(
+    memory_repo: Repository,
+) -> None:
+    """A timeout is no damage: the good pack must not drop out of the new index
+    while the old index files are deleted (an orphan, its chunks unreachable)."""
+    pack, ids = store_pack(memory_repo, b"z" * 3000)
+    old = set(memory_repo.list_index_files())
+    repo = fresh(memory_repo)
+    flaky = _FlakyRanges(repo, fmt.pack_name(pack.hex()))
+    with pytest.raises(TransientStorageError):
+        rebuild_index(repo, read_all_packs=True)
+    flaky.heal()
+    assert set(memory_repo.list_index_files()) == old
+    assert fresh(memory_repo).load_chunk(ids[0]) == b"z" * 3000
+
+
+def test_rebuild_fails_on_a_network_error_reading_an_index_file(
+    memory_repo: Repository,
+) -> None:
+    store_pack(memory_repo, b"w" * 3000)
+    old = set(memory_repo.list_index_files())
+    repo = fresh(memory_repo)
+    _FlakyRanges(repo, sorted(old)[0])
+    with pytest.raises(TransientStorageError):
+        rebuild_index(repo)
+    assert set(memory_repo.list_index_files()) == old

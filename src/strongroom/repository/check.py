@@ -21,6 +21,7 @@ from strongroom.errors import IntegrityError, ObjectNotFound, StorageError, Stro
 from strongroom.repository import format as fmt
 from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
+from strongroom.repository.index_files import entries_by_pack
 from strongroom.repository.pack import PackEntry, PackScan, blob_ad, read_stored_header
 from strongroom.repository.repo import MAX_CHUNK_SIZE, Repository
 from strongroom.types import Progress, no_progress
@@ -54,9 +55,8 @@ class CheckReport:
 def check_structure(repo: Repository, report: CheckReport) -> None:
     # Index first, packs second: a backup running meanwhile writes packs before
     # the index that names them, so this order never sees an indexed pack missing.
-    for idx in repo.read_index_files().values():  # damaged ones go to repo.damage
-        for cid, pack, off, length, raw, btype in idx.iter_entries():
-            report.packs.setdefault(pack, []).append(PackedChunk(cid, off, length, raw, int(btype)))
+    # Damaged index files go to repo.damage.
+    report.packs = entries_by_pack(repo.current_index_files().values())
     report.pack_sizes = repo.list_packs()
     copies = {
         e[0] for p, entries in report.packs.items() if p in report.pack_sizes for e in entries

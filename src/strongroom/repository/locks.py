@@ -44,6 +44,7 @@ def _env_seconds(name: str, default: float) -> float:
 # by STALE_SECONDS): change them only for tests.
 REFRESH_SECONDS = _env_seconds("STRONGROOM_LOCK_REFRESH_SECONDS", 5 * 60)
 STALE_SECONDS = max(_env_seconds("STRONGROOM_LOCK_STALE_SECONDS", 30 * 60), 2 * REFRESH_SECONDS)
+_JOIN_SECONDS = 5  # reacquire waits this long for the old refresher (then ignores it)
 _AD = b"lock"
 MAX_LOCK_SIZE = 64 << 10  # a lock is a JSON record of about 200 bytes; read no more
 
@@ -130,6 +131,9 @@ class Lock:
         self._mutex = threading.Lock()
         self._last_refresh = time.time()
         self._lapsed: str | None = None
+        # Which acquisition a refresher serves: a refresher of an earlier one
+        # (stuck past reacquire's join) must not touch the lock taken since.
+        self._generation = 0
 
     def _write(self) -> tuple[str, float]:
         """Create a new lock object; return its name and the time written into it
@@ -154,28 +158,38 @@ class Lock:
             if self.exclusive or other.exclusive:
                 self._remove(name)
                 raise RepositoryLocked(f"repository is locked: {other.describe()}{_live_hint()}")
+        stop = threading.Event()
         with self._mutex:
+            self._generation += 1
+            generation = self._generation
             self.name, self._last_refresh, self._lapsed = name, written, None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._refresh_loop, daemon=True, name="lock")
+            self._stop = stop
+        self._thread = threading.Thread(
+            target=self._refresh_loop, args=(generation, stop), daemon=True, name="lock"
+        )
         self._thread.start()
         return self
 
-    def _refresh_loop(self) -> None:
-        while not self._stop.wait(REFRESH_SECONDS):
-            if not self._refresh_once():
+    def _refresh_loop(self, generation: int, stop: threading.Event) -> None:
+        while not stop.wait(REFRESH_SECONDS):
+            if not self._refresh_once(generation):
                 return
 
-    def _refresh_once(self) -> bool:
-        """Replace our lock object with a fresh one; False once the lock has lapsed."""
+    def _refresh_once(self, generation: int | None = None) -> bool:
+        """Replace our lock object with a fresh one; False once the lock has lapsed,
+        or once it was taken again since `generation` (the current one if None)."""
         with self._mutex:
-            old, last = self.name, self._last_refresh
-        if self._lapsed is not None or not old:
+            if generation is None:
+                generation = self._generation
+            if generation != self._generation:
+                return False
+            old, last, lapsed = self.name, self._last_refresh, self._lapsed
+        if lapsed is not None or not old:
             return False
         try:
             reason = self._lapse_reason(old, last)
             if reason is not None:
-                self._lapse(reason)
+                self._lapse(reason, generation)
                 return False
             new, written = self._write()
         except StorageError:
@@ -189,10 +203,15 @@ class Lock:
             reason = "our lock could not be verified after a refresh"
         if reason is not None:
             self._remove(new)
-            self._lapse(reason)
+            self._lapse(reason, generation)
             return False
         with self._mutex:
-            self.name, self._last_refresh = new, written
+            current = generation == self._generation
+            if current:
+                self.name, self._last_refresh = new, written
+        if not current:  # taken again meanwhile: `new` is no lock of ours
+            self._remove(new)
+            return False
         self._remove(old)
         return True
 
@@ -205,11 +224,15 @@ class Lock:
             return "our lock was removed by someone else ('strongroom unlock --remove-all'?)"
         return None
 
-    def _lapse(self, reason: str) -> None:
+    def _lapse(self, reason: str, generation: int) -> None:
+        """Mark the lock of `generation` lapsed; a later acquisition is not."""
         with self._mutex:
+            if generation != self._generation:
+                return
             if self._lapsed is None:
                 self._lapsed = reason
-        self._stop.set()
+            stop = self._stop
+        stop.set()
 
     def lapsed(self) -> str | None:
         """None while this lock protects us, else why it no longer does.
@@ -220,13 +243,14 @@ class Lock:
         `reacquire`)."""
         with self._mutex:
             name, last, reason = self.name, self._last_refresh, self._lapsed
+            generation = self._generation
         if reason is None:
             try:
                 reason = self._lapse_reason(name, last)
             except StorageError as err:
                 reason = f"our lock could not be verified ({err})"
             if reason is not None:
-                self._lapse(reason)
+                self._lapse(reason, generation)
         return reason
 
     def verify(self, stopping: str = "not committing") -> None:
@@ -243,7 +267,7 @@ class Lock:
         on while the old lock was valid: the gap was unprotected."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=_JOIN_SECONDS)  # stuck (slow storage)? it does nothing
         with self._mutex:
             old, self.name = self.name, ""
         if old:

@@ -18,14 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from strongroom.errors import IntegrityError, ObjectNotFound
+from strongroom.errors import IntegrityError
 from strongroom.repository import format as fmt
 from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
+from strongroom.repository.index_files import delete_object, entries_by_pack, write_index_files
 from strongroom.repository.pack import blob_ad
 from strongroom.repository.repo import Repository
 
-_INDEX_FILE_ENTRIES = 200_000
+_CHECK_EVERY = 50  # deletions between two checks of our lock
 
 
 @dataclass
@@ -65,14 +66,7 @@ def plan_prune(repo: Repository, used: set[bytes], max_unused: float = 0.0) -> P
     bytes in a pack before repacking it."""
     files = repo.read_index_files()  # a damaged one is skipped (its chunks show up as missing)
     index_files = list(files)
-    packs: dict[bytes, list[PackedChunk]] = {}
-    known: set[tuple[bytes, bytes, int]] = set()
-    for idx in files.values():
-        for cid, pack, off, length, raw, btype in idx.iter_entries():
-            if (pack, cid, off) in known:
-                continue  # the same entry in two index files (interrupted prune)
-            known.add((pack, cid, off))
-            packs.setdefault(pack, []).append(PackedChunk(cid, off, length, raw, int(btype)))
+    packs = entries_by_pack(repo.current_index_files(files).values())
     sizes = repo.list_packs()  # foreign names under data/ are reported, not touched
     plan = PrunePlan(index_files, packs, sizes)
     plan.orphans = [p for p in sizes if p not in packs]
@@ -149,35 +143,21 @@ def execute_prune(
     new_index_files = set(repo.list_index_files()) - set(plan.index_files)
     # 2. a fresh index of the kept packs (new packs are indexed by flush already)
     report("writing index")
-    batch: dict[bytes, list[PackedChunk]] = {}
-    count = 0
-    for pack in plan.keep:
-        batch[pack] = plan.used_in_pack[pack]
-        count += len(batch[pack])
-        if count >= _INDEX_FILE_ENTRIES:
-            repo.write_index_file(batch)
-            batch, count = {}, 0
-    if batch:
-        repo.write_index_file(batch)
+    write_index_files(repo, {pack: plan.used_in_pack[pack] for pack in plan.keep})
     # 3. old index files: from here on we delete, so our exclusive lock must
     # still hold (a prune paused past the stale age, or whose lock was removed,
-    # may now run beside a backup that relies on what it would delete).
-    repo.verify_lock()
+    # may now run beside a backup that relies on what it would delete): checked
+    # before the first deletion and every 50th, here and in step 4.
     report("removing old index files")
-    for name in plan.index_files:
-        if name not in new_index_files:
-            _delete(repo, name)
+    old_index = [name for name in plan.index_files if name not in new_index_files]
+    for n, name in enumerate(old_index):
+        if n % _CHECK_EVERY == 0:
+            repo.verify_lock()
+        delete_object(repo, name)
     # 4. unused packs
     doomed = plan.delete + plan.repack + plan.orphans
-    for n, pack in enumerate(doomed, 1):
-        if n % 50 == 0:
-            report(f"deleting packs {n}/{len(doomed)}")
+    for n, pack in enumerate(doomed):
+        if n % _CHECK_EVERY == 0:
+            report(f"deleting packs {n + 1}/{len(doomed)}")
             repo.verify_lock()
-        _delete(repo, fmt.pack_name(pack.hex()))
-
-
-def _delete(repo: Repository, name: str) -> None:
-    try:
-        repo.backend.delete(name)
-    except ObjectNotFound:
-        pass  # an earlier, interrupted prune got there first
+        delete_object(repo, fmt.pack_name(pack.hex()))

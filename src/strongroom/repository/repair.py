@@ -24,6 +24,7 @@ from strongroom.repository import format as fmt
 from strongroom.repository.crypto import OVERHEAD, content_hash
 from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
+from strongroom.repository.index_files import delete_object, entries_by_pack, write_index_files
 from strongroom.repository.pack import (
     ENTRY_SIZE,
     MAGIC,
@@ -40,7 +41,6 @@ from strongroom.storage.base import get_bounded
 
 Report = Callable[[str], None]
 QUARANTINE_PREFIX = "quarantine/"
-_INDEX_FILE_ENTRIES = 200_000
 
 
 def quarantine_name(pack_hex: str) -> str:
@@ -85,30 +85,6 @@ def read_header(repo: Repository, pack: bytes, size: int) -> list[PackEntry]:
     return entries
 
 
-def indexed_packs(repo: Repository) -> tuple[list[str], dict[bytes, list[PackedChunk]], list[str]]:
-    """Every index file's name, their entries by pack (duplicates once), and
-    the index files that could not be read (reported; their packs are found
-    again from the packs' headers)."""
-    names = repo.list_index_files()
-    packs: dict[bytes, list[PackedChunk]] = {}
-    seen: set[tuple[bytes, bytes, int]] = set()
-    unreadable: list[str] = []
-    for name in names:
-        try:
-            idx = repo.read_index_file(name)
-        except ObjectNotFound:
-            continue
-        except (IntegrityError, StorageError, ValueError) as err:
-            unreadable.append(f"{name}: {err}")
-            continue
-        for cid, pack, off, length, raw, btype in idx.iter_entries():
-            if (pack, cid, off) in seen:
-                continue
-            seen.add((pack, cid, off))
-            packs.setdefault(pack, []).append(PackedChunk(cid, off, length, raw, int(btype)))
-    return names, packs, unreadable
-
-
 def rebuild_index(
     repo: Repository,
     *,
@@ -123,9 +99,11 @@ def rebuild_index(
     `exclude` (quarantined by `salvage_packs`) are left out."""
     result = IndexRepair()
     skip = set(exclude)
-    old_names, old, unreadable = indexed_packs(repo)
-    for why in unreadable:
-        report(f"index file unreadable, rebuilt from packs: {why}")
+    old_names = repo.list_index_files()
+    old = entries_by_pack(repo.current_index_files().values())
+    for name in old_names:
+        if name in repo.damage:
+            report(f"index file unreadable, rebuilt from packs: {repo.damage.found[name]}")
     stored = repo.list_packs()
     result.packs_missing = sorted(p.hex() for p in old if p not in stored)
     result.entries_dropped = sum(len(old[p]) for p in old if p not in stored)
@@ -147,6 +125,8 @@ def rebuild_index(
         except ObjectNotFound:
             continue  # removed while we listed: nothing to index
         except (IntegrityError, StorageError) as err:
+            if isinstance(err, StorageError) and err.retryable:
+                raise  # a timeout is no damage: a good pack must not drop out of the index
             result.packs_damaged[pack.hex()] = str(err)
             if known:  # the old index still describes it: 'repair packs' salvages it
                 new[pack] = known
@@ -158,32 +138,15 @@ def rebuild_index(
         ]
     result.packs_indexed = len(new)
     report("writing index")
-    result.index_files_written = write_index(repo, new)
+    result.index_files_written = write_index_files(repo, new)
     repo.verify_lock()
     report("removing old index files")
     written = set(repo.list_index_files()) - set(old_names)
     for name in old_names:
         if name not in written:
-            _delete(repo, name)
+            delete_object(repo, name)
             result.index_files_removed += 1
     return result
-
-
-def write_index(repo: Repository, packs: dict[bytes, list[PackedChunk]]) -> int:
-    """Index files for `packs`, about 200,000 entries each; returns how many."""
-    batch: dict[bytes, list[PackedChunk]] = {}
-    count = files = 0
-    for pack, entries in packs.items():
-        batch[pack] = entries
-        count += len(entries)
-        if count >= _INDEX_FILE_ENTRIES:
-            repo.write_index_file(batch)
-            files += 1
-            batch, count = {}, 0
-    if batch:
-        repo.write_index_file(batch)
-        files += 1
-    return files
 
 
 @dataclass
@@ -271,7 +234,7 @@ def salvage_packs(
     their good chunks into new packs, quarantine them, rebuild the index
     without them, and delete them from `data/`."""
     result = PackSalvage()
-    _, indexed, _ = indexed_packs(repo)
+    indexed = entries_by_pack(repo.current_index_files().values())
     stored = repo.list_packs()
     chosen = sorted(stored) if only is None else sorted(p for p in set(only) if p in stored)
     damaged: list[bytes] = []
@@ -316,7 +279,7 @@ def salvage_packs(
     result.chunks_lost = sorted(c.hex() for c in wanted if c not in good and c not in other_copies)
     repo.verify_lock()
     for pack in damaged:
-        _delete(repo, fmt.pack_name(pack.hex()))
+        delete_object(repo, fmt.pack_name(pack.hex()))
     return result
 
 
@@ -329,10 +292,3 @@ def _chunks_elsewhere(
         if pack not in damaged and pack in stored
         for e in entries
     }
-
-
-def _delete(repo: Repository, name: str) -> None:
-    try:
-        repo.backend.delete(name)
-    except ObjectNotFound:
-        pass  # an interrupted run got there first

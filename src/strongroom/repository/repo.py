@@ -404,6 +404,16 @@ class Repository:
                     files[name] = idx
         return files
 
+    def current_index_files(
+        self, files: dict[str, IndexFile] | None = None
+    ) -> dict[str, IndexFile]:
+        """The index files that count: those no other file supersedes. `files` as
+        `read_index_files` returns them (read now if not given)."""
+        if files is None:
+            files = self.read_index_files()
+        superseded = {fmt.index_name(s.hex()) for idx in files.values() for s in idx.supersedes}
+        return {name: idx for name, idx in files.items() if name not in superseded}
+
     @property
     def index(self) -> ChunkIndex:
         """The chunk index, loaded on first use: a backup of an unchanged tree, or
@@ -427,9 +437,11 @@ class Repository:
         from strongroom.repository.index import ChunkIndex
 
         index = ChunkIndex()
-        files = self.read_index_files()
-        superseded = {fmt.index_name(s.hex()) for idx in files.values() for s in idx.supersedes}
-        index.add_files([idx for name, idx in files.items() if name not in superseded])
+        index.add_files(list(self.current_index_files().values()))
+        with self._unindexed_lock:  # written by this session, index file not yet
+            for pack_id, entries in self._unindexed.items():
+                for cid, off, length, _raw, _t in entries:
+                    index.add(cid, pack_id, off, length)
         return index
 
     def list_packs(self) -> dict[bytes, int]:
@@ -721,6 +733,17 @@ class Repository:
                 f"{reason}; meanwhile {what} were removed (by prune?): nothing committed, "
                 "run the backup again"
             )
+        self._forget_listings()
+
+    def _forget_listings(self) -> None:
+        """Drop the index and pack listing read before a lapse: a prune in the gap
+        may have deleted packs this session did not use yet, and a later point
+        must not deduplicate against them (they are read again when next asked)."""
+        with self._index_lock:
+            self._index = None
+        with self._present_lock:
+            self._present = None
+        self.missing_packs_seen = set()
 
     def lost_session_packs(self) -> set[bytes]:
         """Packs this session wrote or relied on that are now missing from storage
@@ -729,9 +752,7 @@ class Repository:
         if not wanted:
             return set()
 
-        files = self.read_index_files()
-        superseded = {fmt.index_name(s.hex()) for idx in files.values() for s in idx.supersedes}
-        indexed = {p for n, idx in files.items() if n not in superseded for p in idx.packs}
+        indexed = {p for idx in self.current_index_files().values() for p in idx.packs}
         stored = self.list_packs()
         return {p for p in wanted if p not in stored or p not in indexed}
 

@@ -118,6 +118,7 @@ def repair_points(
             repo.flush()  # new trees before the point that names them
             result.repaired = repo.save_point(_twin(point, new_root, len(walker.damaged)).to_doc())
         if forget and (result.repaired is not None or new_root is None):
+            repo.verify_lock()  # a forget beside a repair or prune started in a lapse
             repo.delete_point(point.id)
             result.forgotten = True
     return results
