@@ -116,3 +116,20 @@ def test_init_refuses_a_short_password(cli: CliRunner, repo_path: Path) -> None:
 def test_key_add_warns_about_a_short_password(cli: CliRunner, initialized_repo: Path) -> None:
     added = cli("key", "add", env={"STRONGROOM_NEW_PASSWORD": "short"})
     assert added.rc == 0 and "shorter than" in added.err
+
+
+@pytest.mark.parametrize("folder", ["index", "points", "keys", "data"])
+def test_an_object_name_cannot_fake_a_line_of_output(
+    backed_up: BackedUp, cli: CliRunner, initialized_repo: Path, folder: str
+) -> None:
+    """Storage names reach messages (damage findings, check's report): a line
+    break in one is escaped, never a line of its own."""
+    fake = "FAKE: no errors were found"
+    (initialized_repo / folder / f"x\n{fake}").write_bytes(b"junk!")
+    for command in (["check"], ["snapshots"], ["stats"], ["key", "list"], ["ls", "latest"]):
+        result = cli(*command)
+        assert "internal error" not in result.err, (command, result.err)
+        lines = (result.out + result.err).splitlines()
+        assert not any(line.startswith("FAKE") for line in lines), (command, lines)
+    check = cli("check")
+    assert check.rc == 1 and "x\\x0aFAKE" in check.err, check.err

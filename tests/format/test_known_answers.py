@@ -31,7 +31,7 @@ from strongroom.repository.compress import Compressor
 from strongroom.repository.crypto import ChunkHasher, Sealer, content_hash
 from strongroom.repository.format import BlobType
 from strongroom.repository.index import IndexFile
-from strongroom.repository.keys import MasterKey, derive_kek, parse_key_file, unwrap_master_key
+from strongroom.repository.keys import MasterKey, derive_kek, open_key_file, parse_key_file
 from strongroom.repository.pack import blob_ad, iter_blobs, read_pack_header
 from strongroom.repository.repo import RepoConfig
 from tests.format import vectors
@@ -71,7 +71,10 @@ def test_key_file_unwraps_to_the_master_secret() -> None:
     v = kat()["key_file"]
     blob = v["text"].encode()
     assert "keys/" + content_hash(blob).hex() == v["name"]
-    assert unwrap_master_key(blob, v["password"].encode()).secret.hex() == v["master_secret"]
+    assert (
+        open_key_file(parse_key_file(blob), v["password"].encode()).secret.hex()
+        == v["master_secret"]
+    )
     # The wrapped secret is Seal(KEK, "strongroom key file v1", secret), §3-4.
     doc = json.loads(blob)
     sealed = base64.b64decode(doc["data"])

@@ -354,3 +354,28 @@ def test_a_raw_disk_stays_raw_when_its_guest_writes_a_qcow2_header(
     assert second["parent"] == first["point_id"]
     assert second["size"] == 16 * MiB
     restore_and_compare(cli, second["point_id"], disk, tmp_path)  # the raw bytes, header and all
+
+
+@QEMU
+@pytest.mark.parametrize("written", [b"nbd", b"ssh"])
+def test_a_backing_format_that_is_not_an_image_format_is_refused(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path, written: bytes
+) -> None:
+    """The backing format in a qcow2 header is the writer's word: a protocol
+    driver there is refused even with --allow-backing, never passed to qemu."""
+    folder = tmp_path / "vm"
+    folder.mkdir()
+    (folder / "base.raw").write_bytes(MARKER * (SIZE // len(MARKER) + 1))
+    top = folder / "top.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", top)
+    head = bytearray(top.read_bytes()[:4096])
+    at = head.index(b"\xe2\x79\x2a\xca")  # backing format header extension
+    assert head[at + 8 : at + 11] == b"raw"
+    head[at + 8 : at + 11] = written
+    with top.open("r+b") as f:
+        f.write(head)
+    assert header_refs(str(top), "qcow2").backing_format == written.decode()
+    result = cli("backup", "--image", str(top), "--allow-backing")
+    assert result.rc == 1, result.err
+    assert_one_line_error(result, "base.raw", written.decode(), "not an image format")
+    assert list_points(cli) == []

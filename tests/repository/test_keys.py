@@ -14,7 +14,8 @@ from strongroom.repository.keys import (
     KdfParams,
     MasterKey,
     key_file_info,
-    unwrap_master_key,
+    open_key_file,
+    parse_key_file,
     wrap_master_key,
 )
 
@@ -28,9 +29,9 @@ def test_key_file_opens_with_its_password_only(password: bytes, other: bytes) ->
     assume(password != other)
     master = MasterKey.generate()
     blob = wrap_master_key(master, password, CHEAP)
-    assert unwrap_master_key(blob, password) == master
+    assert open_key_file(parse_key_file(blob), password) == master
     with pytest.raises(WrongPassword):
-        unwrap_master_key(blob, other)
+        open_key_file(parse_key_file(blob), other)
 
 
 @settings(max_examples=30)
@@ -50,7 +51,7 @@ def test_damaged_key_material_never_opens(
     raw[position % len(raw)] ^= flip
     doc[field] = base64.b64encode(raw).decode()
     with pytest.raises(WrongPassword):
-        unwrap_master_key(json.dumps(doc).encode(), password)
+        open_key_file(parse_key_file(json.dumps(doc).encode()), password)
 
 
 def test_key_file_holds_no_secret_in_clear() -> None:
@@ -58,7 +59,7 @@ def test_key_file_holds_no_secret_in_clear() -> None:
     blob = wrap_master_key(master, b"pw", CHEAP)
     assert master.secret not in blob
     assert master.secret.hex().encode() not in blob
-    info = key_file_info(blob)
+    info = key_file_info(parse_key_file(blob))
     assert set(info) == {"created", "host", "user", "kdf", "memory_kib", "time_cost"}
 
 
@@ -80,7 +81,7 @@ def test_kdf_parameters_are_stored_and_used() -> None:
 )
 def test_malformed_key_files_are_repository_errors(blob: bytes) -> None:
     with pytest.raises(RepositoryError) as info:
-        unwrap_master_key(blob, b"pw")
+        open_key_file(parse_key_file(blob), b"pw")
     assert not isinstance(info.value, WrongPassword)
 
 

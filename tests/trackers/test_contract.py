@@ -20,12 +20,12 @@ from strongroom.sources.block import RawSource
 from strongroom.sources.images import OpenRules, probe_image
 from strongroom.sources.live import LiveDisk
 from strongroom.sources.qemu import QemuImageSource
-from strongroom.sources.qemu_img import OfflineBitmaps, backing_chain_identity
+from strongroom.sources.qemu_img import OfflineBitmaps, backing_chain_identity, file_identity
 from strongroom.sources.qmp import QmpClient
 from strongroom.trackers.base import ChangeTracker
 from strongroom.trackers.bitmaps import BitmapTracker, plan_bitmaps
 from strongroom.trackers.compare import CompareTracker, record
-from strongroom.trackers.overlay import OverlayTracker, overlay_identity
+from strongroom.trackers.overlay import OverlayTracker
 from strongroom.trackers.testing import MiB, TrackerContract
 from tests.helpers.block_servers import StorageDaemon
 from tests.helpers.images import QEMU, needs, qemu_io, run
@@ -139,7 +139,7 @@ class TestOverlay(TrackerContract):
         # What the parent point recorded, after reading base.qcow2.
         top.extra["base"] = base
         top.extra["lineage"] = BlockLineage(
-            tracker="full", image_format="qcow2", image_identity=overlay_identity(str(base))
+            tracker="full", image_format="qcow2", image_identity=file_identity(str(base))
         )
         run("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top.path)
         return top

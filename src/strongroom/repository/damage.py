@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from strongroom.model.names import printable
+
 Listener = Callable[[str], None]
 
 
@@ -25,7 +27,12 @@ class DamageLog:
         self._lock = threading.Lock()
 
     def report(self, name: str, message: str) -> None:
-        """Record `name` as damaged (or foreign); the listener hears it once."""
+        """Record `name` as damaged (or foreign); the listener hears it once.
+
+        `message` usually holds the object's name as storage gave it: it is
+        escaped here, once, so that a name holding a line break or a control
+        character cannot fake a line of output (one finding, one line)."""
+        message = printable(message)
         with self._lock:
             if name in self.found:
                 return

@@ -238,12 +238,11 @@ def parse_key_file(blob: bytes, what: str = "key file") -> KeyFile:
     return KeyFile(params, salt, sealed, doc)
 
 
-def key_file_info(blob: bytes) -> dict[str, object]:
-    """The key file's public fields (no secret material), for `key list`."""
-    doc = parse_key_file(blob).doc
-    return {
-        k: doc.get(k, "?") for k in ("created", "host", "user", "kdf", "memory_kib", "time_cost")
-    }
+def key_file_info(key: KeyFile | None) -> dict[str, Any]:
+    """A key file's public fields (no secret material), for `key list`; "?"
+    for each of a key file that could not be read (None)."""
+    fields = ("created", "host", "user", "kdf", "memory_kib", "time_cost")
+    return {k: (key.doc.get(k, "?") if key else "?") for k in fields}
 
 
 def open_key_file(key: KeyFile, password: bytes) -> MasterKey:
@@ -257,9 +256,3 @@ def open_key_file(key: KeyFile, password: bytes) -> MasterKey:
     except IntegrityError:
         raise WrongPassword("wrong password, or no key file matches it") from None
     return MasterKey(secret)
-
-
-def unwrap_master_key(blob: bytes, password: bytes) -> MasterKey:
-    """Unwrap with `password`; WrongPassword if it does not open this key file,
-    IntegrityError if the file is malformed or out of bounds."""
-    return open_key_file(parse_key_file(blob), password)

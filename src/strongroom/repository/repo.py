@@ -45,6 +45,7 @@ from strongroom.repository.keys import (
     KdfParams,
     KeyFile,
     MasterKey,
+    key_file_info,
     open_key_file,
     parse_key_file,
     wrap_master_key,
@@ -304,10 +305,7 @@ class Repository:
         keys = []
         for obj in self.backend.list(fmt.KEYS_PREFIX):
             key = good.get(obj.name)
-            info: dict[str, Any] = {
-                k: (key.doc.get(k, "?") if key else "?")
-                for k in ("created", "host", "user", "kdf", "memory_kib", "time_cost")
-            }
+            info = key_file_info(key)
             info["damaged"] = None if key else self.damage.found.get(obj.name, "unreadable")
             info["id"] = fmt.pack_hex_from_name(obj.name)
             info["current"] = obj.name == self.key_name

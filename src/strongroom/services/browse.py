@@ -1,17 +1,89 @@
-"""Looking inside points without restoring: ls, diff, dump."""
+"""Looking inside points without restoring: ls, diff, dump.
+
+Which reader a point needs is decided here, by its kind: a file point's tree,
+the file system inside a block point, a refusal for a VM point or for a kind
+this version does not know (never walked as a file tree)."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from strongroom.errors import IntegrityError, PathNotFound
+from strongroom.errors import IntegrityError, PathNotFound, UsageError
+from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
+from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import DIR, FILE, MAX_TREE_DEPTH, Node
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
+from strongroom.services.image_files import open_image_filesystem
+from strongroom.services.points import require_files
 from strongroom.services.walk import find_node, iter_tree, load_tree
+from strongroom.sources.image_files import ImageEntry, ImageFileSystem
+
+
+@dataclass(frozen=True)
+class ImageListing:
+    """Entries of the file system inside a block point (`filesystem` e.g. "ext4")."""
+
+    filesystem: str
+    entries: Iterator[ImageEntry]
+
+
+FileListing = Iterator[tuple[bytes, Node]]
+
+
+@contextmanager
+def list_point(
+    repo: Repository,
+    point: RecoveryPoint,
+    path: str = "/",
+    recursive: bool = True,
+    partition: int | None = None,
+) -> Iterator[FileListing | ImageListing]:
+    """What `ls` shows of `point` under `path`; an image's file system stays
+    open until the block ends."""
+    _refuse_vm(point)
+    if point.kind == PointKind.BLOCK:
+        with open_image_filesystem(repo, point, partition) as fs:
+            yield ImageListing(fs.kind, _image_entries(fs, path, recursive))
+        return
+    require_files(point)
+    yield list_entries(repo, bytes.fromhex(point.tree), path, recursive)
+
+
+def _image_entries(fs: ImageFileSystem, path: str, recursive: bool) -> Iterator[ImageEntry]:
+    top = fs.stat(path)
+    if top.type != "dir":
+        yield top
+    elif recursive:
+        yield from (e for e in fs.walk(path) if e.path != top.path)
+    else:
+        yield from fs.list(path)
+
+
+def dump_point(
+    repo: Repository, point: RecoveryPoint, path: str, out: BinaryIO, partition: int | None = None
+) -> None:
+    """Write one file of `point` (or of the file system inside a block point) to `out`."""
+    _refuse_vm(point)
+    if point.kind == PointKind.BLOCK:
+        with open_image_filesystem(repo, point, partition) as fs, fs.open(path) as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+        return
+    require_files(point)
+    dump_file(repo, bytes.fromhex(point.tree), path, out)
+
+
+def _refuse_vm(point: RecoveryPoint) -> None:
+    if point.kind == PointKind.VM:
+        raise UsageError(
+            f"point {point.short_id} is a VM point: restore a disk "
+            "('restore --disk NAME') or serve it, then browse that image"
+        )
 
 
 def list_entries(

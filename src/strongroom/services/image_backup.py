@@ -41,14 +41,19 @@ from strongroom.sources.block import BlockSource, NbdSource
 from strongroom.sources.images import OpenRules, open_image, probe_image
 from strongroom.sources.live import LiveDisk
 from strongroom.sources.qemu import QemuImageSource
-from strongroom.sources.qemu_img import ImageInfo, OfflineBitmaps, backing_chain_identity
+from strongroom.sources.qemu_img import (
+    ImageInfo,
+    OfflineBitmaps,
+    backing_chain_identity,
+    file_identity,
+)
 from strongroom.sources.qmp import QmpClient
 from strongroom.sources.vhd import VhdSource
 from strongroom.trackers.base import ChangeTracker
 from strongroom.trackers.bitmaps import BitmapPlan, BitmapTracker, plan_bitmaps
 from strongroom.trackers.changes import ChangeSet
 from strongroom.trackers.choose import TrackerMode, choose_changes, fallback, parse_mode
-from strongroom.trackers.overlay import OverlayTracker, identity_or_none, overlay_identity
+from strongroom.trackers.overlay import OverlayTracker
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -129,7 +134,7 @@ def _backing_identity(req: ImageBackupRequest) -> str | None:
         info = probe_image(req.source, rules=req.rules)
     except SourceError:
         return None
-    return identity_or_none(info.backing) if info.backing else None
+    return file_identity(info.backing) if info.backing else None
 
 
 class _ImageJob:
@@ -184,7 +189,7 @@ class _ImageJob:
                 self.mode == TrackerMode.AUTO
                 and info.backing
                 and lineage.image_identity is not None
-                and identity_or_none(info.backing) == lineage.image_identity
+                and file_identity(info.backing) == lineage.image_identity
             ):
                 return self._open_overlay(info, lineage, parent_map, block_size)
             if info.format == "qcow2" and self.mode in (TrackerMode.AUTO, TrackerMode.BITMAP):
@@ -334,7 +339,7 @@ class _ImageJob:
             bitmap=self.plan.add if self.plan is not None else None,
             bitmap_prefix=self.prefix if self.plan is not None else None,
             image_format=self.image_format,
-            image_identity=overlay_identity(self.image_path) if self.image_path else None,
+            image_identity=file_identity(self.image_path) if self.image_path else None,
             backing_chain=tuple(self.backing_chain),
             backing_files=tuple(self.backing_files),
         )

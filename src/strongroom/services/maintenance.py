@@ -136,6 +136,8 @@ def damaged_paths(repo: Repository, point: RecoveryPoint, damaged: set[bytes]) -
                 if disk_map.get(i) in damaged
             ]
         return found
+    if point.kind != PointKind.FILES:
+        return []  # a kind this version does not know: never walked as files
     return [
         path.decode("utf-8", "surrogateescape")
         for path, node in iter_tree(repo, bytes.fromhex(point.tree))

@@ -13,6 +13,8 @@ from strongroom.errors import (
     UnsupportedVersion,
     UsageError,
 )
+from strongroom.model.kinds import PointKind
+from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository.format import point_name as repo_point_name
 from strongroom.repository.repo import Repository, is_object_hex
@@ -30,6 +32,16 @@ class PointFilter:
         if self.tags and not set(self.tags) <= set(point.tags):
             return False
         return not self.paths or sorted(self.paths) == sorted(point.paths)
+
+
+def require_files(point: RecoveryPoint) -> None:
+    """Refuse to read `point` as a file tree unless it is one: a kind this
+    version does not know (docs/format.md §11) must never be walked as files."""
+    if point.kind != PointKind.FILES:
+        raise UsageError(
+            f"point {point.short_id} is of kind {printable(point.kind)}, "
+            "which this strongroom cannot read"
+        )
 
 
 def load_point(repo: Repository, point_hex: str) -> RecoveryPoint:

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 
 from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
+from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.image_restore import ImageRestoreSummary
 from strongroom.pipeline.restore import FileRestore, RestoreSummary
 from strongroom.repository.repo import Repository
 from strongroom.services.image_files import extract, open_image_filesystem
 from strongroom.services.image_restore import restore_image
-from strongroom.services.points import PointFilter, find_point
+from strongroom.services.points import PointFilter, find_point, require_files
 from strongroom.services.vm_restore import restore_vm
 from strongroom.services.vms import vm_path
 from strongroom.services.walk import find_node
@@ -108,11 +109,12 @@ def restore_point(
         done = restore_vm(repo, p, req.target, req.fmt, req.disks or None, progress, cancel)
         return VmRestored(p, done)
     if req.vm or req.disks:
-        raise UsageError(f"point {p.short_id} is a {p.kind} point, not a VM point")
+        raise UsageError(f"point {p.short_id} is a {printable(p.kind)} point, not a VM point")
     if p.kind == PointKind.BLOCK:
         if not req.include:
             return ImageRestored(p, restore_image(repo, p, req.target, req.fmt, progress, cancel))
         with open_image_filesystem(repo, p, req.partition) as fs:
             total = sum(extract(fs, path, req.target) for path in req.include)
         return ImageFilesRestored(p, fs.kind, req.include, total)
+    require_files(p)
     return FilesRestored(p, restore_files(repo, p, req.target, req.include, progress, cancel))

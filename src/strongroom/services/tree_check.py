@@ -2,9 +2,10 @@
 points reference, each distinct one read once.
 
 A manifest that authenticates was still written by whoever holds the key, and
-a restore trusts it: so check looks for what the decoder alone cannot see
-(docs/design.md §6): names a restore must refuse, duplicate names, a tree met
-again on its own path (a cycle), nesting deeper than MAX_TREE_DEPTH, node
+a restore trusts it: so check reports what the decoder refuses (names a
+restore must refuse, duplicate or unsorted names: model/names.py) and looks
+for what it alone cannot see (docs/design.md §6): a tree met again on its own
+path (a cycle), nesting deeper than MAX_TREE_DEPTH, node
 fields and types outside the documented set, a file whose chunk sizes do not
 add up to its size or disagree with the index, chunks of the wrong type or
 missing from the index, and for images a map whose segments do not decode to
@@ -20,21 +21,26 @@ from typing import Any
 from strongroom.errors import IntegrityError, StrongroomError
 from strongroom.model.blockmap import BlockMap, decode_root, decode_segment
 from strongroom.model.kinds import PointKind
+from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
-from strongroom.model.tree import DIR, FILE, SYMLINK, Node, decode_tree, decode_wires
+from strongroom.model.tree import (
+    DIR,
+    FILE,
+    MAX_TREE_DEPTH,
+    SYMLINK,
+    Node,
+    decode_tree,
+    decode_wires,
+)
 from strongroom.model.vm import VmManifest
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 
-# Deeper than any real file system a backup walks (Linux paths are limited by
-# PATH_MAX only per call); a bound keeps a hostile tree from walking forever.
-MAX_TREE_DEPTH = 4096
 # The node keys docs/format.md §10 defines.
 NODE_KEYS = frozenset(
     {"n", "t", "m", "u", "g", "un", "gn", "mt", "at", "ct", "sz", "c", "cs"}
     | {"ino", "dev", "nl", "rd", "lt", "x", "st"}
 )
-_BAD_NAMES = (b"", b".", b"..")
 
 ChunkInfo = Callable[[bytes], tuple[int, int] | None]  # chunk id -> (raw length, type)
 _MAX_FINDINGS_PER_TREE = 5
@@ -117,7 +123,7 @@ class ManifestChecker:
         stack: list[tuple[bytes, bytes, frozenset[bytes]]] = [(root, b"", frozenset())]
         while stack:
             tree_id, path, ancestors = stack.pop()
-            shown = path.decode("utf-8", "backslashreplace") or "/"
+            shown = printable(path) or "/"
             if tree_id in ancestors:
                 self._error(f"{where}: tree {tree_id.hex()[:16]} at {shown} contains itself")
                 continue
@@ -145,29 +151,21 @@ class ManifestChecker:
         except IntegrityError as err:
             self._error(f"{where}: {err}")
             return []
+        # Names (empty, ".", "..", "/" or NUL, duplicates, order) were checked
+        # by the decoder, which raised above: what is left is safe to descend.
         problems: list[str] = []
-        names: set[bytes] = set()
         for wire, node in zip(wires, nodes, strict=True):
-            problems += self._node_problems(wire, node, names, where)
+            problems += self._node_problems(wire, node, where)
         for problem in problems[:_MAX_FINDINGS_PER_TREE]:
             self._error(f"{where}: {problem}")
         if len(problems) > _MAX_FINDINGS_PER_TREE:
             self._error(f"{where}: {len(problems) - _MAX_FINDINGS_PER_TREE} more findings")
-        safe = [n for n in nodes if _name_problem(n.name) is None]
-        return safe
+        return nodes
 
-    def _node_problems(
-        self, wire: dict[str, Any], node: Node, names: set[bytes], where: str
-    ) -> list[str]:
+    def _node_problems(self, wire: dict[str, Any], node: Node, where: str) -> list[str]:
         shown = node.name.decode("utf-8", "backslashreplace")
         found = []
-        bad = _name_problem(node.name)
-        if bad:
-            found.append(f"entry {shown!r}: {bad}")
-        if node.name in names:
-            found.append(f"entry {shown!r} appears twice")
-        names.add(node.name)
-        unknown = sorted(str(k) for k in wire if k not in NODE_KEYS)
+        unknown = sorted(printable(str(k)) for k in wire if k not in NODE_KEYS)
         if unknown:
             found.append(f"entry {shown!r} has unknown fields {', '.join(unknown)}")
         if node.subtree is not None and node.type != DIR:
@@ -248,13 +246,4 @@ class ManifestChecker:
             self._error(f"{where}: {err}")
             return
         for name, root in roots:
-            self._check_map(root, f"{where} disk {name}")
-
-
-def _name_problem(name: bytes) -> str | None:
-    """Why a restore must refuse this entry name, or None."""
-    if name in _BAD_NAMES:
-        return "an empty, '.' or '..' name"
-    if b"/" in name or b"\0" in name:
-        return "a name holding '/' or NUL"
-    return None
+            self._check_map(root, f"{where} disk {printable(name)}")

@@ -7,7 +7,8 @@ Three readers share one small protocol:
   the `base:allocation` context, and further contexts (dirty bitmaps,
   allocation depth) feed the change trackers.
 - qemu image formats are served by a `qemu-nbd` child and read as NBD
-  (`sources/qemu.py`).
+  (`sources/qemu.py`: the child in `sources/qemu_nbd.py`, probing with
+  qemu-img in `sources/qemu_img.py`).
 
 Every source counts the bytes it actually read (`bytes_read`), which is what
 the change-tracking tests hold the incremental backups to.

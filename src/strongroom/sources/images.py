@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 
 from strongroom.errors import SourceError, UsageError
+from strongroom.model.names import printable
 from strongroom.sources.block import BlockSource, RawSource
 from strongroom.sources.image_refs import (
     FORMATS,
@@ -169,6 +170,13 @@ def _walk_chain(top: str, fmt: str, name: str, name_format: str | None) -> list[
         seen.add(real)
         if not os.path.isfile(real):
             raise SourceError(f"{top}: backing file {real} is missing or not a file")
+        if backing_fmt is not None and backing_fmt not in FORMATS:
+            # Written by whoever wrote the image (a guest): a protocol or a
+            # json: driver there would have qemu open what it names.
+            raise ImageReferenceError(
+                f"{image}: backing file {real} is given the format "
+                f"{printable(backing_fmt)}, which is not an image format strongroom knows"
+            )
         below_fmt = backing_fmt or sniff_format(real)
         if below_fmt not in ("raw", "qcow2") or fmt not in _HEADER_FORMATS:
             chain.append(ChainFile(real, below_fmt, False))

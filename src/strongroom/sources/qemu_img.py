@@ -100,6 +100,18 @@ def _is_block_device(path: str) -> bool:
         return False
 
 
+def file_identity(path: str) -> str | None:
+    """`realpath:size:mtime_ns` of an image file (None if it cannot be
+    stat'ed): what a point records as the image it read, so that a later
+    backup can tell that file was written since (docs/format.md, lineage)."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    return f"{real}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def backing_chain_identity(info: ImageInfo) -> list[str]:
     """Identities of every file below `info` in its backing chain (top first).
 
@@ -107,12 +119,11 @@ def backing_chain_identity(info: ImageInfo) -> list[str]:
     overlay's allocation map; a changed identity here tells the trackers so."""
     out: list[str] = []
     for below in info.chain:
-        try:
-            st = os.stat(below.path)
-        except OSError:
+        identity = file_identity(below.path)
+        if identity is None:
             out.append(f"{below.path}:missing")
             break
-        out.append(f"{below.path}:{st.st_size}:{st.st_mtime_ns}")
+        out.append(identity)
     return out
 
 

@@ -39,7 +39,9 @@ class BitmapPlan:
     add: str  # started at this point's instant; the next backup reads it
     disable: list[str] = field(default_factory=list)  # ours still recording
     read: list[str] | None = None  # union = every change since the parent; None: compare
-    retire: list[str] = field(default_factory=list)  # removed once the point is saved
+    # Removed once the blocks are stored: before the point (image backup) or
+    # after it (VM backup); both orders are safe (docs/design.md, bitmap).
+    retire: list[str] = field(default_factory=list)
     note: str = ""
 
 

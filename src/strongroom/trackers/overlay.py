@@ -13,27 +13,14 @@ the files below it; the tracker cannot prove anything when either differs
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from strongroom.model.lineage import BlockLineage
+from strongroom.sources.qemu_img import file_identity
 from strongroom.trackers.base import Span, Unproven, normalize
 
 ALLOCATION_DEPTH = "qemu:allocation-depth"
-
-
-def overlay_identity(path: str) -> str:
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    return f"{real}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def identity_or_none(path: str) -> str | None:
-    try:
-        return overlay_identity(path)
-    except OSError:
-        return None
 
 
 class DepthView(Protocol):
@@ -51,7 +38,7 @@ class OverlayTracker:
 
     `backing` is the overlay's backing file (None: it has none), `below` the
     identities of the files below the overlay, top first (`backing` first),
-    as `sources.qemu.backing_chain_identity` gives them."""
+    as `sources.qemu_img.backing_chain_identity` gives them."""
 
     name = "overlay"
     note = ""
@@ -74,7 +61,7 @@ class OverlayTracker:
         """Why the overlay's base is not what the parent point read; None if it is."""
         if self.backing is None:
             return f"{self.image} has no backing file"
-        identity = identity_or_none(self.backing)
+        identity = file_identity(self.backing)
         if (
             identity is None
             or identity != self.parent.image_identity

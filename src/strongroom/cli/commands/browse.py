@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import stat as statmod
 import sys
 from datetime import datetime
@@ -13,12 +12,10 @@ from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
-from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import Node
-from strongroom.services.browse import diff_trees, dump_file, list_entries
-from strongroom.services.image_files import open_image_filesystem
+from strongroom.services.browse import ImageListing, diff_trees, dump_point, list_point
 from strongroom.services.points import find_point
-from strongroom.services.session import LockMode, Repository
+from strongroom.services.session import LockMode
 
 _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "p": "p", "c": "c", "b": "b", "s": "s"}
 
@@ -56,23 +53,23 @@ def ls(
     """List the entries of a point (under PATH); for an image point, its files inside."""
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
-        _refuse_vm(p)
-        if p.kind == PointKind.BLOCK:
-            _ls_image(app, repo, p, path, long_, recursive, partition)
-            return
-        for entry_path, node in list_entries(repo, bytes.fromhex(p.tree), path, recursive):
-            if app.out.json:
-                app.out.emit(_node_doc(entry_path, node))
-            elif long_:
-                mode = _TYPE_CHAR.get(node.type, "?") + statmod.filemode(node.mode)[1:]
-                when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-                owner = printable(f"{node.user or node.uid}/{node.group or node.gid}")
-                link = f" -> {printable(node.link_target)}" if node.link_target else ""
-                app.out.info(
-                    f"{mode} {owner:>15} {node.size:>12} {when} {printable(entry_path)}{link}"
-                )
-            else:
-                app.out.info(printable(entry_path))
+        with list_point(repo, p, path, recursive, partition) as listing:
+            if isinstance(listing, ImageListing):
+                _ls_image(app, listing, long_)
+                return
+            for entry_path, node in listing:
+                if app.out.json:
+                    app.out.emit(_node_doc(entry_path, node))
+                elif long_:
+                    mode = _TYPE_CHAR.get(node.type, "?") + statmod.filemode(node.mode)[1:]
+                    when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+                    owner = printable(f"{node.user or node.uid}/{node.group or node.gid}")
+                    link = f" -> {printable(node.link_target)}" if node.link_target else ""
+                    app.out.info(
+                        f"{mode} {owner:>15} {node.size:>12} {when} {printable(entry_path)}{link}"
+                    )
+                else:
+                    app.out.info(printable(entry_path))
 
 
 @click.command()
@@ -128,62 +125,33 @@ def dump(app: App, point: str, path: str, partition: int | None) -> None:
     """Write one file of a point (or of the file system inside an image point) to stdout."""
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
-        _refuse_vm(p)
-        if p.kind == PointKind.BLOCK:
-            with open_image_filesystem(repo, p, partition) as fs, fs.open(path) as f:
-                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-        else:
-            dump_file(repo, bytes.fromhex(p.tree), path, sys.stdout.buffer)
+        dump_point(repo, p, path, sys.stdout.buffer, partition)
         sys.stdout.buffer.flush()
 
 
-def _ls_image(
-    app: App,
-    repo: Repository,
-    p: RecoveryPoint,
-    path: str,
-    long_: bool,
-    recursive: bool,
-    partition: int | None,
-) -> None:
-    with open_image_filesystem(repo, p, partition) as fs:
-        top = fs.stat(path)
-        if top.type != "dir":
-            entries = [top]
-        elif recursive:
-            entries = [e for e in fs.walk(path) if e.path != top.path]
+def _ls_image(app: App, listing: ImageListing, long_: bool) -> None:
+    for e in listing.entries:
+        if app.out.json:
+            app.out.emit(
+                {
+                    "path": e.path,
+                    "type": e.type,
+                    "mode": oct(e.mode),
+                    "uid": e.uid,
+                    "gid": e.gid,
+                    "size": e.size,
+                    "mtime": datetime.fromtimestamp(e.mtime).astimezone().isoformat(),
+                    "link_target": e.target or None,
+                    "filesystem": listing.filesystem,
+                }
+            )
+        elif long_:
+            kind = {"file": "-", "dir": "d", "symlink": "l"}.get(e.type, "?")
+            mode = kind + statmod.filemode(e.mode)[1:]
+            when = datetime.fromtimestamp(e.mtime).strftime("%Y-%m-%d %H:%M:%S")
+            link = f" -> {printable(e.target)}" if e.target else ""
+            app.out.info(
+                f"{mode} {e.uid:>7}/{e.gid:<7} {e.size:>12} {when} {printable(e.path)}{link}"
+            )
         else:
-            entries = fs.list(path)
-        for e in entries:
-            if app.out.json:
-                app.out.emit(
-                    {
-                        "path": e.path,
-                        "type": e.type,
-                        "mode": oct(e.mode),
-                        "uid": e.uid,
-                        "gid": e.gid,
-                        "size": e.size,
-                        "mtime": datetime.fromtimestamp(e.mtime).astimezone().isoformat(),
-                        "link_target": e.target or None,
-                        "filesystem": fs.kind,
-                    }
-                )
-            elif long_:
-                kind = {"file": "-", "dir": "d", "symlink": "l"}.get(e.type, "?")
-                mode = kind + statmod.filemode(e.mode)[1:]
-                when = datetime.fromtimestamp(e.mtime).strftime("%Y-%m-%d %H:%M:%S")
-                link = f" -> {printable(e.target)}" if e.target else ""
-                app.out.info(
-                    f"{mode} {e.uid:>7}/{e.gid:<7} {e.size:>12} {when} {printable(e.path)}{link}"
-                )
-            else:
-                app.out.info(printable(e.path))
-
-
-def _refuse_vm(point: RecoveryPoint) -> None:
-    if point.kind == PointKind.VM:
-        raise UsageError(
-            f"point {point.short_id} is a VM point: restore a disk "
-            "('restore --disk NAME') or serve it, then browse that image"
-        )
+            app.out.info(printable(e.path))

@@ -6,6 +6,7 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import ExitCode, UsageError
+from strongroom.model.names import printable
 from strongroom.services import repair as service
 from strongroom.services.session import LockMode
 
@@ -105,7 +106,7 @@ def repair_points(app: App, point_ids: tuple[str, ...], forget: bool, dry_run: b
         for r in results:
             out.notice(f"point {r.point[:8]}: {len(r.damaged)} damaged paths:")
             for path in r.damaged[:50]:
-                out.notice(f"  {path}")
+                out.notice(f"  {printable(path)}")
             if r.refused:
                 out.warn(f"point {r.point[:8]} not repaired: {r.refused}")
             elif r.repaired:
