@@ -743,7 +743,7 @@ class Repository:
             raise IntegrityError(f"{name} does not match its name (damaged or renamed)")
         try:
             doc = json.loads(self.sealer.open(sealed, _POINT_AD, name))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nesting: a forged document
             raise IntegrityError(f"{name} is not a JSON document") from None
         if not isinstance(doc, dict):
             raise IntegrityError(f"{name} is not a JSON object")
