@@ -150,7 +150,10 @@ def test_groups_compare_values_not_labels() -> None:
     evil = point("2026-01-04T00:00:00", "evil", host="x\nforged line\x1b[2J")
     groups = group_points([one, two, odd, evil], "host,paths")
     assert sorted(sorted(p.id for p in g) for g in groups.values()) == [
-        ["evil"], ["odd"], ["one"], ["two"]
+        ["evil"],
+        ["odd"],
+        ["one"],
+        ["two"],
     ]
     assert all("\n" not in label and "\x1b" not in label for label in groups)
     assert len(set(groups)) == 4
