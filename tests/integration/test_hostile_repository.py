@@ -11,7 +11,8 @@ lists, hard-link groups, symlinks to the outside, nesting), block maps
 are drawn from what the format allows and what it forbids. Then every command
 that reads points runs as a subprocess under a wall-clock timeout and an
 address-space cap: `snapshots`, `ls`, `diff`, `restore`, `dump`, `export`,
-`stats`, `check` (with and without `--read-data`), `forget` and `prune`.
+`stats`, `check` (with and without `--read-data`), `repair points`, `forget`
+and `prune`.
 Each must exit with a documented code (docs/cli.md), never an internal error
 or a traceback, and a sentinel tree around the targets (their parent folder,
 and an `outside` folder the hostile symlinks and names point at) must be
@@ -24,12 +25,16 @@ honest point must succeed, which also shows the normal program fits the cap).
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import secrets
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +45,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strongroom.model.point import RecoveryPoint, now
+from strongroom.repository.crypto import content_hash
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.storage.local import LocalBackend
@@ -413,10 +419,10 @@ def run(world: World, *args: str) -> Run:
     except subprocess.TimeoutExpired:
         raise AssertionError(f"strongroom {' '.join(args)} hung (over {TIMEOUT} s)") from None
     result = Run(list(args), proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
-    assert result.rc in EXIT_CODES, result
-    assert "internal error" not in result.err, result
-    assert "Traceback" not in result.err, result
-    assert "MemoryError" not in result.err, result
+    assert result.rc in EXIT_CODES, str(result)
+    assert "internal error" not in result.err, str(result)
+    assert "Traceback" not in result.err, str(result)
+    assert "MemoryError" not in result.err, str(result)
     return result
 
 
@@ -483,12 +489,62 @@ def test_hostile_repository_cannot_hurt_the_host(data: st.DataObject) -> None:
             ]
         finally:
             world.repo.close()
-        check_commands(world, honest, hostile, data.draw)
+        check_commands(world, honest, data.draw(st.sampled_from(hostile), label="under test"))
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_commands(world: World, honest: str, hostile: list[str], draw: Draw) -> None:
-    h = draw(st.sampled_from(hostile), label="point under test")[:16]
+# Each of these once ended commands in an internal error (a traceback-less crash
+# that also kept `check`, `prune` and `forget --keep-*` from running at all).
+KNOWN_DOCUMENTS = [
+    {"time": "2020-05-05T05:05:05"},  # no UTC offset: cannot be sorted with the rest
+    {"time": "9999-12-31T23:59:59-14:00"},  # forget's buckets overflowed
+    {"version": float("inf")},  # int(inf)
+    {"summary": {"total_bytes": "abc", "size": [1], "bytes_changed": 1e308, "disks": 3}},
+    {"kind": "weird"},
+    {"parent": {"a": 1}, "paths": [[1, {"a": 2}], None], "tags": {"a": 1}},
+]
+KNOWN_LOCKS = [
+    {"time": 1e300},  # beyond localtime(): even `unlock --remove-all` failed
+    {"time": float("nan")},
+    {"pid": 2**70, "host": socket.gethostname()},  # beyond kill()
+]
+
+
+def test_known_hostile_objects_cannot_hurt_the_host(tmp_path: Path) -> None:
+    """The classes found by the property, each present at once (deterministic)."""
+    world = build_world(tmp_path / "world")
+    repo = world.repo
+    try:
+        honest = honest_point(world)
+        hostile = []
+        good_root = put_tree(repo, [])
+        for fields in KNOWN_DOCUMENTS:
+            doc = RecoveryPoint("files", now(), "h", "u", ["/x"], good_root.hex()).to_doc()
+            hostile.append(save(repo, {**doc, **fields}))
+        # A point too deeply nested to decode, sealed as save_point seals.
+        sealed = repo.sealer.seal(b"[" * 100_000, b"point")
+        repo.backend.put(f"points/{content_hash(sealed).hex()}", sealed)
+        # A block map of holes whose ids would need 512 TiB of memory.
+        holes = {"v": 1, "size": 2**56, "block_size": 4096, "segment_blocks": 2**24,
+                 "segments": [None] * 2**20}  # fmt: skip
+        root = repo.put_chunk(BlobType.TREE, msgpack.packb(holes, use_bin_type=True))
+        doc = RecoveryPoint("block", now(), "h", "u", ["/img"], root.hex()).to_doc()
+        hostile.append(save(repo, doc))
+        for fields in KNOWN_LOCKS:
+            lock = {"exclusive": True, "host": "elsewhere", "pid": 1, "user": "u",
+                    "time": time.time(), **fields}  # fmt: skip
+            name = f"locks/{secrets.token_hex(32)}"
+            repo.backend.put(name, repo.sealer.seal(json.dumps(lock).encode(), b"lock"))
+    finally:
+        repo.close()
+    for h in hostile[3:5]:  # junk counts, an unknown kind: listed, walked, restored
+        run(world, "ls", "-l", h[:16])
+        run(world, "restore", h[:16], "--target", str(world.work / "r-hostile"))
+    check_commands(world, honest, hostile[-1])  # the map, and every point for the rest
+
+
+def check_commands(world: World, honest: str, h: str) -> None:
+    h = h[:16]
     out = world.outside
     targets = {"r-hostile", "r-latest", "r-honest", "x.vhd"}
     before = snapshot(world, targets)
@@ -503,12 +559,13 @@ def check_commands(world: World, honest: str, hostile: list[str], draw: Draw) ->
     run(world, "stats")
     run(world, "check")
     run(world, "check", "--read-data")
+    run(world, "repair", "points", h)
     run(world, "forget", "--keep-last", "1", "--keep-daily", "1", "--dry-run")
     run(world, "forget", h)
     run(world, "prune")
     # The honest point survived all of it, whole.
     restored = run(world, "restore", honest[:16], "--target", str(world.work / "r-honest"))
-    assert restored.rc == 0, restored
+    assert restored.rc == 0, str(restored)
     assert (world.work / "r-honest" / "a").read_bytes() == b"honest content\n"
     assert snapshot(world, targets) == before
     assert (out / "victim").read_bytes() == b"precious\n"
