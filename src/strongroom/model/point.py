@@ -37,10 +37,10 @@ _COUNT_FIELDS = frozenset(
 )  # fmt: skip
 _TEXT_FIELDS = frozenset(
     {"tracker", "tracker_note", "bitmap", "bitmap_prefix", "image_format", "image_identity",
-     "repaired_from"}
+     "repaired_from", "quiesce"}
 )  # fmt: skip
 _LIST_FIELDS = frozenset({"disks", "backing_chain"})
-_MAP_FIELDS = frozenset({"protect", "quiesce"})
+_MAP_FIELDS = frozenset({"protect"})
 
 
 def _fits(key: str, value: Any) -> bool:
