@@ -1,14 +1,18 @@
-"""`vm status` prints what any key holder wrote (a point's host, tracker and
-consistency, a lease holder's host): one VM, one line, control characters
-escaped, and hostile summary counts never end it in an internal error."""
+"""`vm status` and `key list` print what any key holder wrote (a point's host,
+tracker and consistency, a lease holder's host, a key file's host and user):
+one row each, control characters escaped, and hostile summary counts never end
+it in an internal error."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
 import time
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.repository.format import BlobType
@@ -47,3 +51,20 @@ def test_vm_status_shows_hostile_fields_escaped(
     as_json = cli("vm", "status", "--json", env={"STRONGROOM_CONFIG": str(config)})
     assert as_json.rc == 0, as_json.err
     assert as_json.json()[0]["last_point"]["bytes_changed"] == 0  # the junk count was dropped
+
+
+def test_key_list_shows_a_key_holders_host_and_user_escaped(
+    cli: CliRunner, initialized_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key file's host and user are plaintext that any key holder writes."""
+    repo = open_local_repository(initialized_repo)
+    monkeypatch.setattr(socket, "gethostname", lambda: EVIL)
+    monkeypatch.setattr(getpass, "getuser", lambda: EVIL)
+    repo.add_key(b"another long password")
+    repo.close()
+    monkeypatch.undo()
+    result = cli("key", "list")
+    assert result.rc == 0, result.err
+    assert "\x1b" not in result.out and "forged line" in result.out
+    rows = [line for line in result.out.splitlines() if "forged line" in line]
+    assert len(rows) == 1 and "evil\\x0aforged line" in rows[0], result.out
