@@ -1,8 +1,10 @@
-"""Lock and lease records are written by any key holder: a hostile one (a pid
-beyond `kill()`, a time beyond `localtime()`, NaN, deep nesting, missing
-fields, a host with control characters) is skipped as unreadable, never an
-internal error that also keeps `unlock --remove-all` from cleaning up; a
-description shows the host on one line."""
+"""Lock and lease records and the config object are written by any key holder.
+
+A hostile lock or lease (a pid beyond `kill()`, a time beyond `localtime()`,
+NaN, deep nesting, missing fields) is skipped as unreadable, never an internal
+error that also keeps `unlock --remove-all` from cleaning up; a description
+shows the host on one line. A config object out of its bounds is an
+IntegrityError naming it, not an internal error at the first backup."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from strongroom.errors import RepositoryLocked
+from strongroom.errors import IntegrityError, RepositoryLocked
 from strongroom.repository.format import lock_name
 from strongroom.repository.leases import LEASES_PREFIX
 from strongroom.repository.locks import list_locks
@@ -115,3 +117,38 @@ def test_lease_holder_is_described_on_one_line(local_repo: Repository) -> None:
     assert record is not None
     text = record.describe()
     assert "\n" not in text and "\x1b" not in text
+
+
+CONFIGS = {
+    "pack size buffering a whole backup": {"pack_size": 2**50},
+    "pack size zero": {"pack_size": 0},
+    "block size not a power of two": {"block_size": 3 * 4096},
+    "chunker refused by pyfastcdc": {"chunker": {"min": 0, "avg": 0, "max": 0}},
+    "chunker inverted": {"chunker": {"min": 1 << 20, "avg": 4096, "max": 8192}},
+    "zstd level refused by zstd": {"compression": {"level": 99}},
+    "version infinite": {"version": float("inf")},
+    "chunker missing": {"chunker": None},
+}
+
+
+@pytest.mark.parametrize("fields", CONFIGS.values(), ids=CONFIGS.keys())
+def test_a_hostile_config_object_is_an_integrity_error(
+    local_repo: Repository, repo_path: Path, fields: dict[str, Any]
+) -> None:
+    doc = json.loads(local_repo.config.encode())
+    doc.update(fields)
+    local_repo.backend.put("config", local_repo.sealer.seal(json.dumps(doc).encode(), b"config"))
+    with pytest.raises(IntegrityError, match="config object"):
+        open_local_repository(repo_path)
+
+
+def test_a_deeply_nested_config_object_is_an_integrity_error(
+    local_repo: Repository, repo_path: Path
+) -> None:
+    local_repo.backend.put("config", local_repo.sealer.seal(b"[" * 100_000, b"config"))
+    with pytest.raises(IntegrityError, match="config object"):
+        open_local_repository(repo_path)
+
+
+def test_the_config_this_version_writes_opens(local_repo: Repository, repo_path: Path) -> None:
+    open_local_repository(repo_path).close()
