@@ -152,3 +152,11 @@ def test_a_deeply_nested_config_object_is_an_integrity_error(
 
 def test_the_config_this_version_writes_opens(local_repo: Repository, repo_path: Path) -> None:
     open_local_repository(repo_path).close()
+
+
+def test_an_index_entry_of_an_unknown_chunk_type_is_damage() -> None:
+    from strongroom.repository.index import IndexFile
+
+    plain = IndexFile.build({b"p" * 32: [(b"c" * 32, 0, 100, 100, 9)]}).encode()
+    with pytest.raises(IntegrityError, match="unknown chunk type"):
+        IndexFile.decode(plain, "index/x")  # check, prune and repair ended in BlobType(9)
