@@ -11,8 +11,8 @@ lists, hard-link groups, symlinks to the outside, nesting), block maps
 are drawn from what the format allows and what it forbids. Then every command
 that reads points runs as a subprocess under a wall-clock timeout and an
 address-space cap: `snapshots`, `ls`, `diff`, `restore`, `dump`, `export`,
-`stats`, `check` (with and without `--read-data`), `repair points`, `forget`
-and `prune`.
+`stats`, `check` (with and without `--read-data`), `repair points`, `forget`,
+`backup` (a hostile point of its source is its parent) and `prune`.
 Each must exit with a documented code (docs/cli.md), never an internal error
 or a traceback, and a sentinel tree around the targets (their parent folder,
 and an `outside` folder the hostile symlinks and names point at) must be
@@ -98,6 +98,9 @@ def build_world(root: Path) -> World:
     (outside / "victim").write_bytes(b"precious\n")
     (outside / "dir" / "file").write_bytes(b"also precious\n")
     os.symlink("../outside", root / "work" / "up")  # a link already next to the targets
+    (root / "src").mkdir()  # what `backup` reads, with hostile points as its parent
+    (root / "src" / "a").write_bytes(b"source\n")
+    os.utime(root / "src" / "a", ns=(10**18, 10**18))
     repo = Repository.init(LocalBackend(root / "repo"), PASSWORD.encode())
     return World(root=root, repo=repo)
 
@@ -350,7 +353,10 @@ def hostile_point(draw: Draw, world: World, honest_id: str) -> dict[str, Any]:
         "time": now().isoformat(),
         "host": "host",
         "user": "user",
-        "paths": ["/hostile"] if kind != "vm" else ["vm:vm1"],
+        # A files point of the source `backup` reads is its parent candidate.
+        "paths": [draw(st.sampled_from(["/hostile", str(world.root / "src")]))]
+        if kind != "vm"
+        else ["vm:vm1"],
         "tree": root.hex(),
         "parent": None,
         "tags": [],
@@ -562,6 +568,7 @@ def check_commands(world: World, honest: str, h: str) -> None:
     run(world, "repair", "points", h)
     run(world, "forget", "--keep-last", "1", "--keep-daily", "1", "--dry-run")
     run(world, "forget", h)
+    run(world, "backup", str(world.root / "src"))
     run(world, "prune")
     # The honest point survived all of it, whole.
     restored = run(world, "restore", honest[:16], "--target", str(world.work / "r-honest"))
