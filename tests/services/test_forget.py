@@ -135,3 +135,25 @@ def test_keep_last_matches_a_reference(times: list[datetime], n: int) -> None:
     points = [point(t) for t in times]
     expected = [p.id for p in sorted(points, key=lambda p: p.time, reverse=True)[:n]]
     assert kept(points, KeepPolicy(last=n)) == expected
+
+
+def test_groups_compare_values_not_labels() -> None:
+    """Paths `/a:b` and paths `/a`, `b` are two series (a label joined with `:`
+    once put them in one, and keep-last 1 forgot the other source's point); a
+    host holding control characters is shown escaped."""
+    one = point("2026-01-01T00:00:00", "one", host="h")
+    one.paths = ["/a:b"]
+    two = point("2026-01-02T00:00:00", "two", host="h")
+    two.paths = ["/a", "b"]
+    odd = point("2026-01-03T00:00:00", "odd", host="h paths=/a:b")
+    odd.paths = []
+    evil = point("2026-01-04T00:00:00", "evil", host="x\nforged line\x1b[2J")
+    groups = group_points([one, two, odd, evil], "host,paths")
+    assert sorted(sorted(p.id for p in g) for g in groups.values()) == [
+        ["evil"],
+        ["odd"],
+        ["one"],
+        ["two"],
+    ]
+    assert all("\n" not in label and "\x1b" not in label for label in groups)
+    assert len(set(groups)) == 4

@@ -58,9 +58,19 @@ class BlockMap:
 
     @classmethod
     def empty(cls, size: int, block_size: int) -> BlockMap:
+        """A map of holes; ValueError for a bad geometry, IntegrityError when its
+        ids do not fit in memory (a map read from storage may claim any size up to
+        MAX_VIRTUAL_SIZE: 2^44 blocks of 4 KiB would need 512 TiB)."""
         check_geometry(size, block_size)
         blocks = -(-size // block_size)
-        return cls(size, block_size, np.zeros((blocks, ID_SIZE), dtype=np.uint8))
+        try:
+            ids = np.zeros((blocks, ID_SIZE), dtype=np.uint8)
+        except MemoryError:
+            raise IntegrityError(
+                f"a block map of {blocks} blocks ({size} bytes in blocks of {block_size}) "
+                f"needs {blocks * ID_SIZE / 2**30:.1f} GiB of memory: more than is available"
+            ) from None
+        return cls(size, block_size, ids)
 
     @property
     def blocks(self) -> int:

@@ -1,4 +1,14 @@
-"""Recovery points: the immutable record of one source at one instant."""
+"""Recovery points: the immutable record of one source at one instant.
+
+A point document comes from storage, so `from_doc` holds it to docs/format.md
+§11 before anything sorts, groups or prints it: `time` is an ISO 8601 string
+with a UTC offset inside the years every calendar operation can reach (a naive
+or far-off time made sorting, `forget`'s buckets and `snapshots` end in an
+internal error); `version` an integer; `parent` a string or null. Anything else
+raises ValueError/TypeError, which `services.points` reports as a damaged
+point. `summary` is informational: a field whose type is not the documented
+one is dropped, so no command trips over a hostile count (`int("abc")`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +21,63 @@ from strongroom.model.kinds import PointKind
 from strongroom.model.lineage import BlockLineage, read_lineage
 
 POINT_VERSION = 1
+# Far enough from datetime's ends that astimezone() to any offset stays valid.
+_EARLIEST = datetime(2, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9998, 12, 31, tzinfo=UTC)
+_MAX_COUNT = (1 << 63) - 1
+
+# Summary fields that commands compute with or compare, and their types
+# (docs/format.md §10a, §10b, §11); other fields are kept as they are.
+_COUNT_FIELDS = frozenset(
+    {
+        "files_new", "files_changed", "files_unmodified", "dirs", "other_entries",
+        "total_files", "total_bytes", "bytes_read", "chunks_new", "data_added",
+        "data_added_stored", "warnings", "unreadable", "size", "block_size", "blocks",
+        "blocks_examined", "blocks_read", "blocks_changed", "bytes_changed", "blocks_new",
+        "holes",
+    }
+)  # fmt: skip
+_TEXT_FIELDS = frozenset(
+    {"tracker", "tracker_note", "bitmap", "bitmap_prefix", "image_format", "image_identity",
+     "repaired_from", "quiesce"}
+)  # fmt: skip
+_LIST_FIELDS = frozenset({"disks", "backing_chain"})
+_MAP_FIELDS = frozenset({"protect"})
+
+
+def _fits(key: str, value: Any) -> bool:
+    if key in _COUNT_FIELDS:
+        return type(value) is int and 0 <= value <= _MAX_COUNT
+    if key in _TEXT_FIELDS:
+        return isinstance(value, str)
+    if key in _LIST_FIELDS:
+        return isinstance(value, list)
+    if key in _MAP_FIELDS:
+        return isinstance(value, dict)
+    return True
+
+
+def _summary(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError("summary is not an object")
+    return {str(k): v for k, v in value.items() if _fits(str(k), v)}
+
+
+def _time(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError("time is not a string")
+    when = datetime.fromisoformat(value)
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"time {value[:40]!r} has no UTC offset")
+    if not _EARLIEST <= when <= _LATEST:
+        raise ValueError(f"time {value[:40]!r} is out of range")
+    return when
+
+
+def _version(value: Any) -> int:
+    if type(value) is not int:
+        raise TypeError("version is not an integer")
+    return value
 
 
 @dataclass
@@ -66,22 +133,27 @@ class RecoveryPoint:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RecoveryPoint:
-        if int(doc.get("version", 0)) > POINT_VERSION:
+        """The point of a stored document; ValueError or TypeError if it is malformed."""
+        version = _version(doc.get("version", 0))
+        if version > POINT_VERSION:
             raise UnsupportedVersion(
-                f"point format {doc.get('version')} is newer than this strongroom understands"
+                f"point format {str(version)[:20]} is newer than this strongroom understands"
             )
+        parent = doc.get("parent")
+        if parent is not None and not isinstance(parent, str):
+            raise TypeError("parent is neither an id nor null")
         return cls(
             kind=PointKind.parse(str(doc["kind"])),
-            time=datetime.fromisoformat(doc["time"]),
+            time=_time(doc["time"]),
             host=str(doc["host"]),
             user=str(doc.get("user", "")),
             paths=[str(p) for p in doc["paths"]],
             tree=str(doc["tree"]),
-            parent=doc.get("parent"),
+            parent=parent,
             tags=[str(t) for t in doc.get("tags", [])],
             consistency=str(doc.get("consistency", "crash-consistent")),
             program=str(doc.get("program", "")),
-            summary=dict(doc.get("summary", {})),
+            summary=_summary(doc.get("summary", {})),
             lineage=BlockLineage.from_doc(doc["lineage"]) if "lineage" in doc else None,
             id=str(doc.get("id", "")),
         )

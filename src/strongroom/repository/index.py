@@ -83,6 +83,8 @@ class IndexFile:
         entries = np.frombuffer(view, dtype=ENTRY_DTYPE, count=count, offset=pos)
         if count and int(entries["pack"].max()) >= len(packs):
             raise IntegrityError(f"{what} refers to a pack it does not list")
+        if count and int(entries["type"].max()) > max(BlobType):
+            raise IntegrityError(f"{what} holds an entry of an unknown chunk type")
         return cls(packs, entries, supersedes)
 
     @classmethod

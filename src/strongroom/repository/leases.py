@@ -20,6 +20,7 @@ that may have passed on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -34,6 +35,7 @@ from strongroom.errors import (
     StorageError,
 )
 from strongroom.hostid import host_id
+from strongroom.model.names import printable
 from strongroom.repository.crypto import Sealer
 from strongroom.repository.locks import pid_alive
 from strongroom.storage import Backend
@@ -80,7 +82,40 @@ class LeaseRecord:
     def describe(self) -> str:
         left = max(0.0, self.expires - time.time())
         since = time.strftime("%H:%M:%S", time.localtime(self.taken))
-        return f"{self.host} (pid {self.pid}) since {since}, lease {left:.0f} s left"
+        host = printable(self.host)  # written by any key holder: one line
+        return f"{host} (pid {self.pid}) since {since}, lease {left:.0f} s left"
+
+
+_MAX_PID = 1 << 22  # Linux's pid_max limit
+_MAX_TIME = 253402300799.0  # 9999-12-31: what localtime() can show
+
+
+def _decode(generation: int, plain: bytes) -> LeaseRecord:
+    """A lease record; ValueError/TypeError/KeyError if malformed. Any key holder
+    writes leases, so the pid must fit `kill()`, the times `localtime()`."""
+    doc = json.loads(plain)
+    pid, expires, taken = doc["pid"], doc["expires"], doc["taken"]
+    if type(pid) is not int or not 0 <= pid <= _MAX_PID:
+        raise ValueError("lease pid out of range")
+    for when in (expires, taken):
+        if not isinstance(when, int | float) or not math.isfinite(when):
+            raise ValueError("lease time is not a number")
+        if not 0 <= when <= _MAX_TIME:
+            raise ValueError("lease time out of range")
+    data = doc.get("data") or {}
+    if not isinstance(data, dict):
+        raise TypeError("lease data is not a map")
+    return LeaseRecord(
+        generation=generation,
+        holder=str(doc["holder"]),
+        host=str(doc["host"]),
+        pid=pid,
+        expires=float(expires),
+        taken=float(taken),
+        what=str(doc.get("what", "")),
+        data=data,
+        host_id=str(doc.get("host_id", "")),
+    )
 
 
 def _name(lease_id: str, generation: int) -> str:
@@ -109,24 +144,13 @@ class LeaseStore:
             name = _name(lease_id, generation)
             try:
                 sealed = get_bounded(self.backend, name, MAX_LEASE_SIZE)
-                doc = json.loads(self.sealer.open(sealed, _AD, name))
+                return _decode(generation, self.sealer.open(sealed, _AD, name))
             except ObjectNotFound:
                 continue  # cleaned up meanwhile; an older one is not the truth either
-            except (IntegrityError, ValueError, KeyError, TypeError):
+            except (IntegrityError, ValueError, KeyError, TypeError, RecursionError):
                 # Damaged, or sealed with another key: it holds nothing, and the
                 # next generation is what a taker creates.
                 return LeaseRecord(generation, "", "?", 0, 0.0, 0.0, "")
-            return LeaseRecord(
-                generation=generation,
-                holder=str(doc["holder"]),  # KeyError: damaged, handled above
-                host=str(doc["host"]),
-                pid=int(doc["pid"]),
-                expires=float(doc["expires"]),
-                taken=float(doc["taken"]),
-                what=str(doc.get("what", "")),
-                data=dict(doc.get("data") or {}),
-                host_id=str(doc.get("host_id", "")),
-            )
         return None
 
     def write(self, lease_id: str, record: LeaseRecord) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 import secrets
 import socket
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from strongroom.errors import IntegrityError, ObjectNotFound, RepositoryLocked, StorageError
+from strongroom.model.names import printable
 from strongroom.repository.crypto import Sealer
 from strongroom.repository.format import LOCKS_PREFIX, lock_name
 from strongroom.storage import Backend
@@ -67,7 +69,8 @@ class LockInfo:
     def describe(self) -> str:
         kind = "exclusive" if self.exclusive else "shared"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
-        return f"{kind} lock by {self.user}@{self.host} pid {self.pid} since {when}"
+        who = printable(f"{self.user}@{self.host}")  # written by any key holder: one line
+        return f"{kind} lock by {who} pid {self.pid} since {when}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -95,19 +98,27 @@ def list_locks(backend: Backend, sealer: Sealer) -> list[LockInfo]:
     for obj in backend.list(LOCKS_PREFIX):
         try:
             sealed = get_bounded(backend, obj.name, MAX_LOCK_SIZE, obj.size)
-            doc = json.loads(sealer.open(sealed, _AD, obj.name))
-            info = LockInfo(
-                obj.name,
-                bool(doc["exclusive"]),
-                str(doc["host"]),
-                int(doc["pid"]),
-                str(doc["user"]),
-                float(doc["time"]),
-            )
-        except (ObjectNotFound, IntegrityError, ValueError, KeyError, TypeError):
+            info = _decode_lock(obj.name, sealer.open(sealed, _AD, obj.name))
+        except (ObjectNotFound, IntegrityError, ValueError, KeyError, TypeError, RecursionError):
             continue  # removed meanwhile, or not ours to read
         locks.append(info)
     return locks
+
+
+_MAX_PID = 1 << 22  # Linux's pid_max limit
+_MAX_TIME = 253402300799.0  # 9999-12-31: what localtime() can show
+
+
+def _decode_lock(name: str, plain: bytes) -> LockInfo:
+    """A lock record; ValueError/TypeError/KeyError if malformed. Any key holder
+    writes locks, so the pid must fit `kill()`, the time `localtime()`."""
+    doc = json.loads(plain)
+    pid, when = doc["pid"], doc["time"]
+    if type(pid) is not int or not 0 <= pid <= _MAX_PID:
+        raise ValueError("lock pid out of range")
+    if not isinstance(when, int | float) or not math.isfinite(when) or not 0 <= when <= _MAX_TIME:
+        raise ValueError("lock time out of range")
+    return LockInfo(name, bool(doc["exclusive"]), str(doc["host"]), pid, str(doc["user"]), when)
 
 
 class Lock:

@@ -149,24 +149,53 @@ class RepoConfig:
 
     @classmethod
     def decode(cls, blob: bytes) -> RepoConfig:
-        doc = json.loads(blob)
-        version = int(doc["version"])
-        if version > fmt.FORMAT_VERSION:
-            raise UnsupportedVersion(
-                f"repository format {version} is newer than this strongroom "
-                f"understands ({fmt.FORMAT_VERSION}); upgrade strongroom"
+        """The config of a stored object; IntegrityError if malformed or out of the
+        bounds below (any key holder can rewrite it: a pack size of 2^50 would
+        buffer a whole backup in memory, chunker or zstd parameters the libraries
+        refuse would end every backup in an internal error)."""
+        try:
+            doc = json.loads(blob)
+            version = doc["version"]
+            if type(version) is not int:
+                raise TypeError("version is not an integer")
+            if version > fmt.FORMAT_VERSION:
+                raise UnsupportedVersion(
+                    f"repository format {version} is newer than this strongroom "
+                    f"understands ({fmt.FORMAT_VERSION}); upgrade strongroom"
+                )
+            config = cls(
+                id=str(doc["id"]),
+                version=version,
+                cdc_min=_bounded(doc["chunker"]["min"], *_CDC_MIN, "chunker.min"),
+                cdc_avg=_bounded(doc["chunker"]["avg"], *_CDC_AVG, "chunker.avg"),
+                cdc_max=_bounded(doc["chunker"]["max"], *_CDC_MAX, "chunker.max"),
+                block_size=_bounded(doc["block_size"], *_BLOCK_SIZE, "block_size"),
+                pack_size=_bounded(doc["pack_size"], *_PACK_SIZE, "pack_size"),
+                compression_level=_bounded(doc["compression"]["level"], 0, 22, "level"),
+                created=str(doc["created"]),
             )
-        return cls(
-            id=str(doc["id"]),
-            version=version,
-            cdc_min=int(doc["chunker"]["min"]),
-            cdc_avg=int(doc["chunker"]["avg"]),
-            cdc_max=int(doc["chunker"]["max"]),
-            block_size=int(doc["block_size"]),
-            pack_size=int(doc["pack_size"]),
-            compression_level=int(doc["compression"]["level"]),
-            created=str(doc["created"]),
-        )
+        except (ValueError, KeyError, TypeError, RecursionError, UnicodeDecodeError) as err:
+            raise IntegrityError(f"the repository's config object is malformed: {err}") from None
+        if not config.cdc_min <= config.cdc_avg <= config.cdc_max:
+            raise IntegrityError("the repository's config object has chunker min > avg > max")
+        if config.block_size & (config.block_size - 1):
+            raise IntegrityError("the repository's config object: block_size is not a power of 2")
+        return config
+
+
+# What the libraries accept (pyfastcdc, zstd) and what keeps memory bounded;
+# writers of this version use 256 KiB / 768 KiB / 4 MiB, 1 MiB and 16 MiB.
+_CDC_MIN = (64, 1 << 20)
+_CDC_AVG = (256, 4 << 20)
+_CDC_MAX = (1024, 16 << 20)
+_BLOCK_SIZE = (4096, 64 << 20)
+_PACK_SIZE = (64 << 10, 256 << 20)
+
+
+def _bounded(value: Any, low: int, high: int, what: str) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{what} is not an integer in {low}..{high}")
+    return value
 
 
 @dataclass
@@ -767,7 +796,7 @@ class Repository:
             raise IntegrityError(f"{name} does not match its name (damaged or renamed)")
         try:
             doc = json.loads(self.sealer.open(sealed, _POINT_AD, name))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nesting: a forged document
             raise IntegrityError(f"{name} is not a JSON document") from None
         if not isinstance(doc, dict):
             raise IntegrityError(f"{name} is not a JSON object")

@@ -12,8 +12,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from strongroom.model.kinds import PointKind
+from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository.repo import Repository
 from strongroom.services.points import resolve_point_id
@@ -74,23 +76,40 @@ def apply_policy(points: list[RecoveryPoint], policy: KeepPolicy) -> list[Decisi
 
 
 def group_points(points: list[RecoveryPoint], group_by: str) -> dict[str, list[RecoveryPoint]]:
-    """Group by a comma list of host, paths, tags (empty: one group).
+    """Group by a comma list of host, paths, tags (empty: one group), keyed by a
+    printable label (`host=H paths=A:B`).
 
     A VM's points form one series whichever host of the cluster took them:
-    their host is not part of the key."""
+    their host is not part of the key. Grouping compares the values themselves,
+    not their label: the points of paths `/a:b` and of paths `/a` and `b` (or a
+    host holding ` paths=`) are different series, even where labels look alike."""
     keys = [k for k in group_by.split(",") if k]
-    groups: dict[str, list[RecoveryPoint]] = defaultdict(list)
+    series: dict[tuple[Any, ...], list[RecoveryPoint]] = defaultdict(list)
     for p in points:
-        parts = []
+        parts: list[tuple[str, Any]] = []
         for k in keys:
             if k == "host" and p.kind != PointKind.VM:
-                parts.append(f"host={p.host}")
+                parts.append(("host", p.host))
             elif k == "paths":
-                parts.append("paths=" + ":".join(sorted(p.paths)))
+                parts.append(("paths", tuple(sorted(p.paths))))
             elif k == "tags":
-                parts.append("tags=" + ",".join(sorted(p.tags)))
-        groups[" ".join(parts)].append(p)
+                parts.append(("tags", tuple(sorted(p.tags))))
+        series[tuple(parts)].append(p)
+    groups: dict[str, list[RecoveryPoint]] = {}
+    for key, members in series.items():
+        label = " ".join(_label_part(k, v) for k, v in key)
+        shown, n = label, 1
+        while shown in groups:  # labels alike, series apart
+            n += 1
+            shown = f"{label} #{n}"
+        groups[shown] = members
     return groups
+
+
+def _label_part(name: str, value: str | tuple[str, ...]) -> str:
+    if isinstance(value, str):
+        return f"{name}={printable(value)}"
+    return f"{name}=" + (":" if name == "paths" else ",").join(printable(v) for v in value)
 
 
 def forget_points(repo: Repository, decisions: list[Decision], dry_run: bool = False) -> list[str]:

@@ -51,7 +51,7 @@ def load_point(repo: Repository, point_hex: str) -> RecoveryPoint:
         point = RecoveryPoint.from_doc(doc)
     except UnsupportedVersion as err:
         raise IntegrityError(f"point {point_hex[:16]}: {err}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as err:
         raise IntegrityError(f"point {point_hex[:16]} is malformed: {err!r}") from None
     if not is_object_hex(point.tree):
         raise IntegrityError(f"point {point_hex[:16]} is malformed: its root is not an id")

@@ -9,6 +9,7 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
+from strongroom.model.names import printable
 from strongroom.services.session import LockMode, password_warning
 
 
@@ -58,9 +59,9 @@ def key_list(app: App) -> None:
         (
             "*" if k["current"] else "",
             str(k["id"])[:8],
-            k["user"],
-            k["host"],
-            "damaged" if k["damaged"] else k["created"],
+            printable(str(k["user"])),  # key files are plaintext any key holder writes
+            printable(str(k["host"])),
+            "damaged" if k["damaged"] else printable(str(k["created"])),
         )
         for k in keys
     ]

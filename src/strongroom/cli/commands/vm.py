@@ -10,6 +10,7 @@ from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.config import VmSpec
 from strongroom.errors import StrongroomError, UsageError
+from strongroom.model.names import printable
 from strongroom.services.session import LockMode
 from strongroom.services.vm_backup import VmBackupResult, backup_vm
 from strongroom.services.vms import vm_status
@@ -134,12 +135,12 @@ def status(app: App, names: tuple[str, ...]) -> None:
                 s.name,
                 str(s.points),
                 "" if last is None else f"{last['id'][:8]} {last['time'][:19]}",
-                "" if last is None else last["host"],
-                "" if last is None else last["tracker"],
+                "" if last is None else printable(last["host"]),
+                "" if last is None else printable(str(last["tracker"])),
                 "" if last is None else human_bytes(int(last["bytes_changed"])),
                 "" if last is None else human_bytes(int(last["bytes_sent"])),
-                "" if last is None else last["consistency"],
-                "" if holder is None else f"{holder['host']} pid {holder['pid']}",
+                "" if last is None else printable(last["consistency"]),
+                "" if holder is None else f"{printable(holder['host'])} pid {holder['pid']}",
             )
         )
     out.table(
