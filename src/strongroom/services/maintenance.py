@@ -90,8 +90,11 @@ def check(
     anywhere are errors."""
     check_subset(subset)  # a malformed subset is a usage error before any work
     report = CheckReport()
-    check_structure(repo, report)
+    # Points first, index second: a backup running meanwhile writes its index
+    # files before its point, so every point listed here has its chunks in the
+    # index read next (the other order races: a point whose index came later).
     points = list_points(repo)  # damaged points go to repo.damage
+    check_structure(repo, report)
     findings = ManifestChecker(repo, report.chunk_info()).check_points(points)
     report.errors += findings.errors
     report.trees_read = findings.trees_read
