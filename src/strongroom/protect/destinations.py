@@ -100,10 +100,10 @@ class VhdChain:
     def arrived(self, name: str, cycle: int, uuid: str) -> str | None:
         try:
             record = json.loads(self.backend.get(self._record_name(name, cycle)))
-        except (ObjectNotFound, ValueError):
+        except (ObjectNotFound, ValueError, RecursionError):
             return None
-        if record.get("uuid") != uuid:
-            return None
+        if not isinstance(record, dict) or record.get("uuid") != uuid:
+            return None  # not our record: the folder or bucket is anyone's to write
         return self.absolute_path(name, cycle)
 
     def close(self) -> None:
