@@ -66,3 +66,10 @@ def test_a_map_too_large_for_memory_is_an_integrity_error() -> None:
 
     with pytest.raises(IntegrityError, match="GiB of memory"):
         BlockMap.empty(2**56, 4096)  # 2^44 ids: 512 TiB
+
+
+def test_a_point_holding_nan_or_infinity_is_damaged(memory_repo: Repository) -> None:
+    """`snapshots --json` printed them as the invalid JSON tokens NaN/Infinity."""
+    pid = memory_repo.save_point(doc(summary={"seconds": float("inf"), "x": float("nan")}))
+    with pytest.raises(IntegrityError, match="not a JSON document"):
+        memory_repo.load_point(pid)

@@ -14,7 +14,16 @@ from strongroom.storage.local import LocalBackend
 
 
 @pytest.mark.parametrize(
-    "record", [b"[1, 2]", b'"text"', b"null", b"{not json", "huge", json.dumps({"uuid": "u"})]
+    "record",
+    [
+        b"[1, 2]",
+        b'"text"',
+        b"null",
+        b"{not json",
+        b"[" * 100_000,
+        "huge",
+        json.dumps({"uuid": "u"}),
+    ],
 )
 def test_a_bad_record_means_not_arrived(tmp_path: Path, record: bytes | str) -> None:
     chain = VhdChain(LocalBackend(tmp_path))

@@ -104,10 +104,10 @@ class VhdChain:
         try:
             record_name = self._record_name(name, cycle)
             record = json.loads(get_bounded(self.backend, record_name, _MAX_RECORD_SIZE))
-        except (ObjectNotFound, IntegrityError, ValueError):
+        except (ObjectNotFound, IntegrityError, ValueError, RecursionError):
             return None  # a damaged record: the cycle is shipped again
         if not isinstance(record, dict) or record.get("uuid") != uuid:
-            return None
+            return None  # not our record: the folder or bucket is anyone's to write
         return self.absolute_path(name, cycle)
 
     def close(self) -> None:

@@ -192,6 +192,12 @@ _BLOCK_SIZE = (4096, 64 << 20)
 _PACK_SIZE = (64 << 10, 256 << 20)
 
 
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON: a point holding them would be printed as
+    invalid JSON by `--json` (strongroom never writes them)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _bounded(value: Any, low: int, high: int, what: str) -> int:
     if type(value) is not int or not low <= value <= high:
         raise ValueError(f"{what} is not an integer in {low}..{high}")
@@ -795,7 +801,7 @@ class Repository:
         if content_hash(sealed).hex() != point_hex:
             raise IntegrityError(f"{name} does not match its name (damaged or renamed)")
         try:
-            doc = json.loads(self.sealer.open(sealed, _POINT_AD, name))
+            doc = json.loads(self.sealer.open(sealed, _POINT_AD, name), parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError, RecursionError):  # nesting: a forged document
             raise IntegrityError(f"{name} is not a JSON document") from None
         if not isinstance(doc, dict):
