@@ -22,6 +22,7 @@ What every tracker promises (trackers/base.py):
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -34,7 +35,7 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-class TrackerContract:
+class TrackerContract(ABC):
     """Tests that hold for every tracker. Subclasses implement the hooks."""
 
     disk_size = 4 * MiB
@@ -45,22 +46,26 @@ class TrackerContract:
 
     # --- hooks ---------------------------------------------------------------
 
+    @abstractmethod
     def start(self, tmp: Path) -> Any:
         """Make a disk of `disk_size` bytes holding data, and record the state
         a backup records; return whatever the other hooks need."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def write(self, disk: Any, offset: int, length: int, byte: int) -> None:
         """Write `length` bytes of value `byte` at `offset` (after the state)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def tracker(self, disk: Any) -> AbstractContextManager[ChangeTracker]:
         """The tracker bound to the recorded state, open while the context is."""
-        raise NotImplementedError
+        ...
 
     def lose(self, disk: Any) -> None:
-        """Destroy the recorded state as the world would."""
-        raise NotImplementedError
+        """Destroy the recorded state as the world would (only called when
+        `loses_state`: a tracker without such state need not override it)."""
+        raise AssertionError(f"{type(self).__name__} sets loses_state but does not override lose()")
 
     # --- helpers -------------------------------------------------------------
 
