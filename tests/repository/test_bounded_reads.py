@@ -32,7 +32,7 @@ AS_LIMIT = 2 * GiB  # the child may use this much address space, less than PLANT
 HEX = "ab" * 32
 
 _CHILD = r"""
-import json, resource, sys
+import json, sys
 from strongroom.storage.local import LocalBackend
 from strongroom.repository.pack import blob_ad
 from strongroom.repository.repo import MAX_CHUNK_SIZE, Repository
@@ -58,7 +58,10 @@ try:
     out["damage"] = list(repo.damage.found.values())
 except StrongroomError as err:
     out["error"] = str(err)
-out["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM is this program's own peak: ru_maxrss would also count the pytest worker
+# this child was forked from (Linux keeps the larger across exec).
+with open("/proc/self/status") as status:
+    out["maxrss_kib"] = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
 print(json.dumps(out))
 """
 
