@@ -9,7 +9,7 @@ every human line and table cell passes `safe_text`: control characters (an
 escape sequence that would retitle or rewrite the terminal) are printed as
 `\xNN`, and rich's markup and emoji codes are off. Commands escape each name
 with `printable` as well, so a newline in a name cannot forge a line. JSON is
-escaped by the encoder (non-ASCII as \uXXXX), so it is valid whatever a name holds.
+escaped by the encoder (non-ASCII as \uNNNN), so it is valid whatever a name holds.
 """
 
 from __future__ import annotations
