@@ -88,6 +88,14 @@ class ManifestChecker:
     def _error(self, text: str) -> None:
         self.found.errors.append(text)
 
+    def _first_visit(self, manifest_id: bytes, where: str) -> bytes | None:
+        """The manifest's bytes the first time it is met; None when it was
+        inspected already (each distinct manifest once) or cannot be loaded."""
+        if manifest_id in self._done:
+            return None
+        self._done.add(manifest_id)
+        return self._load(manifest_id, where)
+
     def _load(self, chunk_id: bytes, where: str) -> bytes | None:
         """A manifest chunk's bytes, or None after reporting why not."""
         self.found.used.add(chunk_id)
@@ -192,11 +200,8 @@ class ManifestChecker:
     # --- images --------------------------------------------------------------
 
     def _check_map(self, root_id: bytes, where: str) -> None:
-        if root_id in self._done:
-            return
-        self._done.add(root_id)
         where = f"{where}: block map {root_id.hex()[:16]}"
-        blob = self._load(root_id, where)
+        blob = self._first_visit(root_id, where)
         if blob is None:
             return
         try:
@@ -232,11 +237,8 @@ class ManifestChecker:
                 )
 
     def _check_vm(self, manifest_id: bytes, where: str) -> None:
-        if manifest_id in self._done:
-            return
-        self._done.add(manifest_id)
         where = f"{where}: VM manifest {manifest_id.hex()[:16]}"
-        blob = self._load(manifest_id, where)
+        blob = self._first_visit(manifest_id, where)
         if blob is None:
             return
         try:
