@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "unlock": "maintenance:unlock",
     "repair": "repair:repair",
     "key": "key:key",
+    "seed": "seed:seed",
 }
 ALIASES = {"points": "snapshots", "cat": "dump"}
 

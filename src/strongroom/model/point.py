@@ -19,6 +19,7 @@ from typing import Any
 from strongroom.errors import UnsupportedVersion
 from strongroom.model.kinds import PointKind
 from strongroom.model.lineage import BlockLineage, read_lineage
+from strongroom.model.origin import PointSeeds
 
 POINT_VERSION = 1
 # Far enough from datetime's ends that astimezone() to any offset stays valid.
@@ -101,6 +102,7 @@ class RecoveryPoint:
     program: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     lineage: BlockLineage | None = None
+    seeds: PointSeeds | None = None  # points made against seeds (§12a)
     id: str = ""
 
     def block_lineage(self) -> BlockLineage:
@@ -129,6 +131,8 @@ class RecoveryPoint:
         }
         if self.lineage is not None:  # absent otherwise: other points keep format 1's bytes
             doc["lineage"] = self.lineage.to_doc()
+        if self.seeds is not None:
+            doc["seeds"] = self.seeds.to_doc()
         return doc
 
     @classmethod
@@ -155,6 +159,7 @@ class RecoveryPoint:
             program=str(doc.get("program", "")),
             summary=_summary(doc.get("summary", {})),
             lineage=BlockLineage.from_doc(doc["lineage"]) if "lineage" in doc else None,
+            seeds=PointSeeds.from_doc(doc["seeds"]) if "seeds" in doc else None,
             id=str(doc.get("id", "")),
         )
 

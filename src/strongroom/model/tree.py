@@ -22,6 +22,7 @@ import msgpack
 
 from strongroom.errors import IntegrityError
 from strongroom.model.names import names_problem
+from strongroom.model.origin import ORIGIN_KEY, Origin
 
 TREE_VERSION = 1
 ID_SIZE = 32
@@ -66,6 +67,7 @@ class Node:
     chunks: list[bytes] = field(default_factory=list)
     chunk_sizes: list[int] = field(default_factory=list)
     subtree: bytes | None = None
+    origin: Origin | None = None  # seeded points only (model/origin.py); None: own
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -98,6 +100,8 @@ class Node:
             wire["x"] = self.xattrs
         if self.subtree is not None:
             wire["st"] = self.subtree
+        if self.origin is not None:
+            wire[ORIGIN_KEY] = self.origin.to_wire()
         return wire
 
     @classmethod
@@ -111,6 +115,7 @@ class Node:
             xattrs = get("x") or {}
             sizes = get("cs") or []
             subtree = get("st")
+            origin = get(ORIGIN_KEY)
             node = cls(
                 wire["n"],
                 wire["t"],
@@ -132,6 +137,7 @@ class Node:
                 [content[i : i + ID_SIZE] for i in range(0, len(content), ID_SIZE)],
                 sizes,
                 subtree,
+                None if origin is None else Origin.from_wire(origin),
             )
         except (KeyError, TypeError, AttributeError) as err:
             raise IntegrityError(f"malformed tree node: {err!r}") from None

@@ -7,6 +7,7 @@ Object layout in a backend:
     data/<hh>/<hex>         pack files; <hex> = BLAKE3 of the whole pack file
     index/<hex>             index files: chunk id -> (pack, offset, length)
     points/<hex>            recovery point objects
+    seeds/<hex>             seed (golden image) objects
     locks/<hex>             lock objects
 """
 
@@ -24,6 +25,7 @@ KEYS_PREFIX = "keys/"
 DATA_PREFIX = "data/"
 INDEX_PREFIX = "index/"
 POINTS_PREFIX = "points/"
+SEEDS_PREFIX = "seeds/"
 LOCKS_PREFIX = "locks/"
 
 DEFAULT_PACK_SIZE = 16 * MiB
@@ -63,3 +65,7 @@ def key_name(key_hex: str) -> str:
 
 def lock_name(lock_hex: str) -> str:
     return f"{LOCKS_PREFIX}{lock_hex}"
+
+
+def seed_name(seed_hex: str) -> str:
+    return f"{SEEDS_PREFIX}{seed_hex}"

@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # numpy is imported only when an index is needed
 _CONFIG_AD = b"config"
 _INDEX_AD = b"index"
 _POINT_AD = b"point"
+_SEED_AD = b"seed"
 INDEX_FLUSH_SECONDS = float(os.environ.get("STRONGROOM_INDEX_FLUSH_SECONDS", "15"))
 INDEX_FLUSH_PACKS = 64
 _MAX_PENDING_UPLOADS = 1  # packs queued for upload beyond the one being filled
@@ -794,31 +795,36 @@ class Repository:
 
         The name is the hash of the sealed object, so a point renamed to another's
         id (two point files swapped) is refused rather than restored in its place."""
-        name = fmt.point_name(point_hex)
-        if not is_object_hex(point_hex):
-            raise IntegrityError(f"{name} is not a point name (foreign object)")
+        return self._load_document(fmt.point_name(point_hex), point_hex, _POINT_AD, "point")
+
+    def _load_document(self, name: str, doc_hex: str, ad: bytes, what: str) -> dict[str, Any]:
+        if not is_object_hex(doc_hex):
+            raise IntegrityError(f"{name} is not a {what} name (foreign object)")
         sealed = get_bounded(self.backend, name, MAX_POINT_SIZE)
-        if content_hash(sealed).hex() != point_hex:
+        if content_hash(sealed).hex() != doc_hex:
             raise IntegrityError(f"{name} does not match its name (damaged or renamed)")
         try:
-            doc = json.loads(self.sealer.open(sealed, _POINT_AD, name), parse_constant=_no_constant)
+            doc = json.loads(self.sealer.open(sealed, ad, name), parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError, RecursionError):  # nesting: a forged document
             raise IntegrityError(f"{name} is not a JSON document") from None
         if not isinstance(doc, dict):
             raise IntegrityError(f"{name} is not a JSON object")
-        doc["id"] = point_hex
+        doc["id"] = doc_hex
         return doc
 
     def list_point_ids(self) -> list[str]:
         """Ids of every object under points/ named as a point (damaged ones included:
         they can still be named and forgotten); foreign names go to `damage`."""
+        return self._list_document_ids(fmt.POINTS_PREFIX, "point")
+
+    def _list_document_ids(self, prefix: str, what: str) -> list[str]:
         ids = []
-        for obj in self.backend.list(fmt.POINTS_PREFIX):
-            point_hex = obj.name[len(fmt.POINTS_PREFIX) :]
-            if is_object_hex(point_hex):
-                ids.append(point_hex)
+        for obj in self.backend.list(prefix):
+            doc_hex = obj.name[len(prefix) :]
+            if is_object_hex(doc_hex):
+                ids.append(doc_hex)
             else:
-                self.damage.report(obj.name, f"{obj.name} is not a point name (foreign object)")
+                self.damage.report(obj.name, f"{obj.name} is not a {what} name (foreign object)")
         return ids
 
     def iter_points(self) -> Iterator[dict[str, Any]]:
@@ -837,3 +843,31 @@ class Repository:
         if not is_object_hex(point_hex):
             raise IntegrityError(f"{point_hex!r} is not a point id")
         self.backend.delete(fmt.point_name(point_hex))
+
+    # --- seeds (docs/format.md §12) ----------------------------------------------
+
+    def save_seed(self, doc: dict[str, Any]) -> str:
+        """Store a seed object (after `flush`); returns its hex id. Like a point,
+        it is committed only while this session's lock holds (or, after a lapse,
+        once everything the seed relies on is found again)."""
+        if self.held_lock is not None:
+            reason = self.held_lock.lapsed()
+            if reason is not None:
+                self._recheck_after_lapse(reason, None)
+        sealed = self.sealer.seal(json.dumps(doc, sort_keys=True).encode(), _SEED_AD)
+        seed_hex = content_hash(sealed).hex()
+        self.backend.put(fmt.seed_name(seed_hex), sealed)
+        self.packs_relied_on = set()
+        return seed_hex
+
+    def load_seed(self, seed_hex: str) -> dict[str, Any]:
+        """Fetch, verify and decode one seed; IntegrityError if it is damaged."""
+        return self._load_document(fmt.seed_name(seed_hex), seed_hex, _SEED_AD, "seed")
+
+    def list_seed_ids(self) -> list[str]:
+        return self._list_document_ids(fmt.SEEDS_PREFIX, "seed")
+
+    def delete_seed(self, seed_hex: str) -> None:
+        if not is_object_hex(seed_hex):
+            raise IntegrityError(f"{seed_hex!r} is not a seed id")
+        self.backend.delete(fmt.seed_name(seed_hex))

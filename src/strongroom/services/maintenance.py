@@ -22,6 +22,7 @@ from strongroom.repository.locks import LockInfo, list_locks, remove_locks
 from strongroom.repository.prune import PrunePlan, execute_prune, plan_prune
 from strongroom.repository.repo import Repository
 from strongroom.services.points import list_points
+from strongroom.services.seeds import seed_roots
 from strongroom.services.tree_check import ManifestChecker
 from strongroom.services.walk import iter_tree, referenced_by_points
 from strongroom.types import Progress, no_progress
@@ -35,10 +36,11 @@ def prune(
     report: Callable[[str], None] = lambda _: None,
 ) -> PrunePlan:
     """Remove unreferenced data. Caller holds the exclusive lock."""
-    # strict: a point that cannot be read may use any chunk, so nothing can be removed.
+    # strict: a point or seed that cannot be read may use any chunk, so nothing can be removed.
     points = list_points(repo, strict=True)
-    report(f"finding what {len(points)} points reference")
-    used, errors = referenced_by_points(repo, points)
+    seeds = seed_roots(repo, strict=True)
+    report(f"finding what {len(points)} points and {len(seeds)} seeds reference")
+    used, errors = referenced_by_points(repo, points + seeds)
     if errors:
         raise IntegrityError(
             f"cannot read every point's trees ({errors[0]}); run 'strongroom check'"
@@ -94,8 +96,9 @@ def check(
     # files before its point, so every point listed here has its chunks in the
     # index read next (the other order races: a point whose index came later).
     points = list_points(repo)  # damaged points go to repo.damage
+    seeds = seed_roots(repo)  # seeds are checked like points: their chunks are roots too
     check_structure(repo, report)
-    findings = ManifestChecker(repo, report.chunk_info()).check_points(points)
+    findings = ManifestChecker(repo, report.chunk_info()).check_points(points + seeds)
     report.errors += findings.errors
     report.trees_read = findings.trees_read
     for c in findings.missing:

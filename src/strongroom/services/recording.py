@@ -15,6 +15,7 @@ from typing import Any
 from strongroom import __version__
 from strongroom.model.kinds import PointKind
 from strongroom.model.lineage import BlockLineage
+from strongroom.model.origin import PointSeeds
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository.repo import Repository
 
@@ -32,6 +33,7 @@ def record_point(
     summary: dict[str, Any],
     consistency: str = "crash-consistent",
     lineage: BlockLineage | None = None,
+    seeds: PointSeeds | None = None,
 ) -> RecoveryPoint:
     """Store the point (user and program filled in, tags sorted and unique)
     and return it with its id set."""
@@ -48,6 +50,7 @@ def record_point(
         program=f"strongroom {__version__}",
         summary=summary,
         lineage=lineage,
+        seeds=seeds,
     )
     point.id = repo.save_point(point.to_doc())
     return point

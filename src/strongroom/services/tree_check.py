@@ -22,6 +22,7 @@ from strongroom.errors import IntegrityError, StrongroomError
 from strongroom.model.blockmap import BlockMap, decode_root, decode_segment
 from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
+from strongroom.model.origin import decode_lacks
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import (
     DIR,
@@ -39,7 +40,7 @@ from strongroom.repository.repo import Repository
 # The node keys docs/format.md §10 defines.
 NODE_KEYS = frozenset(
     {"n", "t", "m", "u", "g", "un", "gn", "mt", "at", "ct", "sz", "c", "cs"}
-    | {"ino", "dev", "nl", "rd", "lt", "x", "st"}
+    | {"ino", "dev", "nl", "rd", "lt", "x", "st", "sd"}
 )
 
 ChunkInfo = Callable[[bytes], tuple[int, int] | None]  # chunk id -> (raw length, type)
@@ -75,6 +76,8 @@ class ManifestChecker:
                 self._error(f"{where} is of unknown kind {point.kind!r}")
             else:
                 self._check_tree_root(root, where)
+            if point.seeds is not None and point.seeds.lacks is not None:
+                self._check_lacks(bytes.fromhex(point.seeds.lacks), len(point.seeds.used), where)
         if self.found.missing:
             chunk, first = next(iter(self.found.missing.items()))
             self._error(
@@ -123,6 +126,19 @@ class ManifestChecker:
             self._error(f"{where}: chunk {chunk_id.hex()[:16]} is indexed as a tree chunk")
             return None
         return info[0]
+
+    def _check_lacks(self, chunk_id: bytes, seeds: int, where: str) -> None:
+        """The list of seed files a seeded point lacks (docs/format.md §12a)."""
+        blob = self._first_visit(chunk_id, where)
+        if blob is None:
+            return
+        try:
+            lacks = decode_lacks(blob)
+        except StrongroomError as err:
+            self._error(f"{where}: {err}")
+            return
+        if any(index >= seeds for index, _ in lacks):
+            self._error(f"{where}: its list of lacking seed files names a seed it does not use")
 
     # --- file trees ----------------------------------------------------------
 

@@ -72,6 +72,8 @@ def referenced_by_points(
     stack = []
     for point in points:
         root = bytes.fromhex(point.tree)
+        if point.seeds is not None and point.seeds.lacks is not None:
+            used.add(bytes.fromhex(point.seeds.lacks))  # the seed files it lacks (§12a)
         if point.kind == PointKind.BLOCK:
             try:
                 used |= referenced_by_map(repo, root)

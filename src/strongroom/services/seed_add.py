@@ -1,0 +1,150 @@
+"""`seed add`: chunk a golden image's content into the repository and record it.
+
+A seed's content goes through the same chunkers with the same settings as a
+backup (content-defined for files, fixed blocks for images), so a machine's
+files and blocks deduplicate against it exactly. Its source is a directory
+tree, a tar archive, one or more Debian packages, or a disk image; which one
+is decided from the source itself (`detect_source`), never from a name alone.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+from strongroom.errors import IntegrityError, SourceError, UsageError
+from strongroom.model.kinds import PointKind
+from strongroom.model.point import now
+from strongroom.model.seed import Seed, SeedKind
+from strongroom.model.tree import DIR
+from strongroom.pipeline.backup import BackupOptions, FileBackup
+from strongroom.repository.repo import Repository
+from strongroom.services.seeds import check_new_name, record_seed
+from strongroom.services.walk import load_tree
+from strongroom.types import ProgressCallback, no_progress
+
+
+class SourceKind:
+    TREE = "tree"
+    TAR = "tar"
+    DEB = "deb"
+    IMAGE = "image"
+
+
+@dataclass
+class SeedRequest:
+    name: str
+    sources: list[str]
+    kind: SeedKind = SeedKind.OS
+    version: str = ""
+    description: str = ""
+    image_format: str | None = None  # images: as `backup --image --format`
+    allow_backing: bool = False
+
+
+@dataclass
+class SeedContent:
+    """What an ingester stored: the root and the seed's summary."""
+
+    content: PointKind
+    tree: str
+    summary: dict[str, int] = field(default_factory=dict)
+    packages: list[dict[str, str]] = field(default_factory=list)
+
+
+def detect_source(path: str) -> str:
+    """The kind of a seed source, from what it is (a directory) or its first bytes."""
+    if "://" in path:
+        return SourceKind.IMAGE  # an NBD export or another URI `backup --image` reads
+    try:
+        if os.path.isdir(path):
+            return SourceKind.TREE
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        raise SourceError(f"{path}: {err.strerror}") from None
+    if head.startswith(b"!<arch>\n"):
+        return SourceKind.DEB
+    if _looks_like_tar(head):
+        return SourceKind.TAR
+    return SourceKind.IMAGE
+
+
+_COMPRESSED = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh", b"\x28\xb5\x2f\xfd")
+
+
+def _looks_like_tar(head: bytes) -> bool:
+    """A ustar/gnu header, or a compressed stream (gzip, xz, bzip2, zstd): disk
+    images are never compressed that way, so a compressed source is an archive."""
+    return head[257:262] == b"ustar" or head.startswith(_COMPRESSED)
+
+
+def add_seed(
+    repo: Repository,
+    req: SeedRequest,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> Seed:
+    """Store the sources' content and record the seed (the name is checked first:
+    an existing name costs no work)."""
+    check_new_name(repo, req.name)
+    if not req.sources:
+        raise UsageError("give SOURCE: a directory, a tar archive, .deb files or an image")
+    kinds = {detect_source(s) for s in req.sources}
+    if len(req.sources) > 1 and kinds != {SourceKind.DEB}:
+        raise UsageError("several sources are accepted only as Debian packages (.deb)")
+    kind = kinds.pop()
+    started = now()
+    if kind == SourceKind.TREE:
+        content = tree_from_directory(repo, req.sources[0], progress, cancel)
+    else:
+        raise UsageError(f"{req.sources[0]}: a {kind} seed source is not supported yet")
+    seed = Seed(
+        name=req.name,
+        kind=req.kind,
+        content=content.content,
+        tree=content.tree,
+        time=started,
+        version=req.version,
+        description=req.description,
+        source=" ".join(req.sources),
+        packages=content.packages,
+        summary=content.summary,
+    )
+    return record_seed(repo, seed)
+
+
+def tree_from_directory(
+    repo: Repository,
+    path: str,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> SeedContent:
+    """Back up `path` with the file pipeline and keep the tree of `path` itself
+    (the trees of the directories above it are stored too, and pruned later):
+    a seed's paths are relative to its root."""
+    absolute = os.path.abspath(path)
+    skip = [repo.backend.location] if os.path.isdir(repo.backend.location) else []
+    pipeline = FileBackup(
+        repo, BackupOptions(paths=[absolute], skip_dirs=skip), progress=progress, cancel=cancel
+    )
+    summary = pipeline.run()
+    tree = bytes.fromhex(summary.tree_id)
+    for part in [p for p in os.fsencode(absolute).split(b"/") if p]:
+        node = next((n for n in load_tree(repo, tree) if n.name == part), None)
+        if node is None or node.type != DIR or node.subtree is None:
+            raise IntegrityError(f"{path}: the stored tree lost its own directory")
+        tree = node.subtree
+    return SeedContent(
+        PointKind.FILES,
+        tree.hex(),
+        {
+            "files": summary.total_files,
+            "bytes": summary.total_bytes,
+            "dirs": summary.dirs,
+            "chunks_new": summary.chunks_new,
+            "data_added": summary.data_added,
+            "data_added_stored": summary.data_added_stored,
+        },
+    )
