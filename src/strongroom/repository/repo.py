@@ -235,6 +235,7 @@ class Repository:
         self._index_lock = threading.Lock()
         self.stats = WriteStats()
         self._session_ids: set[bytes] = set()
+        self._copied_ids: set[bytes] = set()  # chunks copied by a repacking (prune)
         self._builders: dict[BlobType, PackBuilder] = {}
         self._uploads: list[Future[None]] = []
         self._uploader: ThreadPoolExecutor | None = None
@@ -575,9 +576,14 @@ class Repository:
     def add_sealed_copy(
         self, chunk_id: bytes, blob_type: BlobType, sealed: bytes | bytearray, raw_length: int
     ) -> bool:
-        """Queue a chunk that the index already knows elsewhere (prune's repacking)."""
-        if chunk_id in self._session_ids:
+        """Queue a chunk that the index already knows elsewhere (prune's repacking).
+
+        Only a copy made by this repacking counts as done: a chunk this session
+        wrote before (a backup, then a prune in one process) lives in a pack
+        that the repacking is about to delete, so it must be copied too."""
+        if chunk_id in self._copied_ids:
             return False
+        self._copied_ids.add(chunk_id)
         self._queue_sealed(chunk_id, blob_type, sealed, raw_length)
         return True
 
