@@ -91,6 +91,7 @@ def test_check_reads_a_seeds_trees(local_repo: Repository, tmp_path: Path) -> No
         local_repo.backend.delete(name)
     again = maintenance.check(local_repo)
     assert not again.report.ok
+    assert any(e.startswith("seed golden") for e in again.report.errors), again.report.errors
     assert seed.id
 
 

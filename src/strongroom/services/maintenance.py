@@ -22,7 +22,7 @@ from strongroom.repository.locks import LockInfo, list_locks, remove_locks
 from strongroom.repository.prune import PrunePlan, execute_prune, plan_prune
 from strongroom.repository.repo import Repository
 from strongroom.services.points import list_points
-from strongroom.services.seeds import seed_roots
+from strongroom.services.seeds import list_seeds, seed_roots
 from strongroom.services.tree_check import ManifestChecker
 from strongroom.services.walk import iter_tree, referenced_by_points
 from strongroom.types import Progress, no_progress
@@ -96,9 +96,12 @@ def check(
     # files before its point, so every point listed here has its chunks in the
     # index read next (the other order races: a point whose index came later).
     points = list_points(repo)  # damaged points go to repo.damage
-    seeds = seed_roots(repo)  # seeds are checked like points: their chunks are roots too
+    seeds = list_seeds(repo)  # checked like points: their chunks are roots too
+    labels = {seed.id: f"seed {seed.name}" for seed in seeds}
     check_structure(repo, report)
-    findings = ManifestChecker(repo, report.chunk_info()).check_points(points + seeds)
+    findings = ManifestChecker(repo, report.chunk_info()).check_points(
+        points + [seed.as_point() for seed in seeds], labels
+    )
     report.errors += findings.errors
     report.trees_read = findings.trees_read
     for c in findings.missing:

@@ -64,10 +64,13 @@ class ManifestChecker:
         self.found = ManifestFindings()
         self._done: set[bytes] = set()  # manifests already inspected
 
-    def check_points(self, points: list[RecoveryPoint]) -> ManifestFindings:
+    def check_points(
+        self, points: list[RecoveryPoint], labels: dict[str, str] | None = None
+    ) -> ManifestFindings:
+        """`labels` names roots that are not points (a seed: "seed NAME") in findings."""
         for point in points:
             root = bytes.fromhex(point.tree)
-            where = f"point {point.short_id}"
+            where = (labels or {}).get(point.id) or f"point {point.short_id}"
             if point.kind == PointKind.BLOCK:
                 self._check_map(root, where)
             elif point.kind == PointKind.VM:
