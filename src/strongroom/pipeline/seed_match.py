@@ -33,6 +33,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from strongroom.chunking.base import Chunker
 from strongroom.errors import IntegrityError
 from strongroom.model.origin import FileClass, Origin, PointSeeds, UsedSeed
 from strongroom.model.tree import (
@@ -161,6 +162,17 @@ def _entry(num: int, node: Node) -> SeedEntry:
         extra = node.rdev
     meta = _META.pack(num, node.size, node.mode, node.mtime_ns)
     return SeedEntry(node.type, meta, content, extra)
+
+
+def content_of(repo: Repository, chunker: Chunker, path: bytes) -> bytes:
+    """A file's chunk ids joined, computed the way a backup cuts it (for
+    `seed suggest`: confirming that a file matched by metadata has the
+    seed's content). Reads the file; stores nothing."""
+    ids = []
+    with open(path, "rb", buffering=0) as stream:
+        for view in chunker.chunks(stream):
+            ids.append(repo.chunk_id(bytes(view)))
+    return b"".join(ids)
 
 
 def seed_path(root: bytes, path: bytes) -> bytes | None:
