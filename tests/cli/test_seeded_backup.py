@@ -131,7 +131,7 @@ def test_seed_suggest_measures_coverage_and_guesses_the_root(
     assert result.rc == 0, result.err
     doc = result.json()
     by_name = {c["seed"]: c for c in doc["seeds"]}
-    assert [c["seed"] for c in doc["seeds"]][0] == "os"  # the most bytes
+    assert doc["seeds"][0]["seed"] == "os"  # the most bytes
     untouched_os = [
         p
         for p, (word, names, _) in m.expected.items()
