@@ -231,9 +231,9 @@ def point_stats(app: App, ref: str) -> None:
         rows.append(("seeds", f"{names} (root {printable(seeds['root'])})"))
         for word, counts in seeds["classes"].items():
             parts = [
-                human_bytes(v) if k == "bytes" else f"{v} {k}"
-                for k, v in counts.items()
-                if isinstance(v, int)
+                human_bytes(counts[k]) if k == "bytes" else f"{counts[k]} {k}"
+                for k in ("files", "bytes", "other")
+                if isinstance(counts.get(k), int)
             ]
             rows.append((str(word), ", ".join(parts)))
         for name, count in seeds["seed_bytes"].items():
