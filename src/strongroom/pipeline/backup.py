@@ -5,6 +5,13 @@ releases the GIL); a small pool hashes, compresses and encrypts chunks; the
 walking thread sinks results in order into packs (uploads run on their own
 thread). Files whose size, mtime, ctime and inode match the parent point are
 not read at all: their chunk lists are reused.
+
+Against seeds (an optional `SeedMatcher`, pipeline/seed_match.py) every entry
+is classified when its directory's tree is stored, which is when every
+child's chunk list is final; entries passed through from the parent point are
+classified too (the seed set may differ from the parent's). With
+`--trust-seed-metadata` a file whose path, size, mode and mtime equal a
+seed's takes the seed's chunk list without being opened.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 from strongroom.chunking import CdcChunker
 from strongroom.errors import Interrupted, SourceError, StrongroomError
+from strongroom.model.origin import ORIGIN_KEY, PointSeeds, encode_lacks
 from strongroom.model.tree import (
     BLOCKDEV,
     CHARDEV,
@@ -31,6 +39,7 @@ from strongroom.model.tree import (
     encode_wires,
 )
 from strongroom.pipeline.ordered import OrderedWork
+from strongroom.pipeline.seed_match import SeedMatcher
 from strongroom.pipeline.small_files import Sealed, SmallFile, SmallFileBatch
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
@@ -77,6 +86,7 @@ class BackupSummary:
     tree_id: str = ""
     warnings: list[str] = field(default_factory=list)
     unreadable: int = 0
+    files_from_seed: int = 0  # --trust-seed-metadata: taken from a seed unread
 
     def as_dict(self) -> dict[str, object]:
         """The fields but the tree id (the point has it); warnings as a count."""
@@ -155,8 +165,11 @@ class FileBackup:
         parent_tree: bytes | None = None,
         progress: ProgressCallback = no_progress,
         cancel: threading.Event | None = None,
+        matcher: SeedMatcher | None = None,
     ) -> None:
         self.repo = repo
+        self.matcher = matcher
+        self.seed_record: PointSeeds | None = None  # set by run() when matching seeds
         self.options = options
         self.parent_tree = parent_tree
         self.report = progress
@@ -194,9 +207,11 @@ class FileBackup:
             with self._work:
                 nodes = self._backup_virtual(b"", _virtual_root(paths), self.parent_tree)
                 root: dict[str, bytes] = {}
-                self._then(lambda: root.update(id=self._store_tree(nodes)))
+                self._then(lambda: root.update(id=self._store_wires(self._wires(b"", nodes))))
                 self._flush_batch()
                 self._work.finish()
+            if self.matcher is not None:
+                self.seed_record = self._seed_record(self.matcher)
             if not self.options.dry_run:
                 self.repo.flush()
         except BaseException:
@@ -248,7 +263,7 @@ class FileBackup:
                     children = self._backup_virtual(
                         child_path, child_virtual, prev.subtree if prev else None
                     )
-                    self._finish_dir(node, children)
+                    self._finish_dir(node, children, path=child_path)
                 if node is not None:
                     nodes.append(node)
         finally:
@@ -342,7 +357,7 @@ class FileBackup:
         finally:
             self._forget_dir_fd(sub_fd)
             os.close(sub_fd)
-        self._finish_dir(node, children, previous)
+        self._finish_dir(node, children, previous, path)
 
     def _root_dev(self, dir_fd: int) -> int:
         return os.fstat(dir_fd).st_dev
@@ -386,23 +401,47 @@ class FileBackup:
         node: Node,
         children: list[Node] | list[Node | dict[str, Any]],
         previous: tuple[bytes, bytes] | None = None,
+        path: bytes = b"",
     ) -> None:
-        """Store the directory's tree once its files are done. `previous` is the
+        """Store the directory at `path` once its files are done. `previous` is the
         parent point's (tree id, tree bytes): an unchanged directory encodes to the
         same bytes, so it needs no hashing and no index lookup."""
 
         def store() -> None:
-            wires = [
-                c if isinstance(c, dict) else c.to_wire()
-                for c in children
-                if id(c) not in self._dropped
-            ]
-            node.subtree = self._store_wires(wires, previous)
+            node.subtree = self._store_wires(self._wires(path, children), previous)
 
         self._then(store)
 
-    def _store_tree(self, nodes: list[Node], previous: tuple[bytes, bytes] | None = None) -> bytes:
-        return self._store_wires([n.to_wire() for n in nodes], previous)
+    def _wires(
+        self, path: bytes, children: list[Node] | list[Node | dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The children of the directory at `path` as node maps, classified
+        against the seeds (or, without seeds, with any parent's `sd` dropped)."""
+        matcher = self.matcher
+        wires = []
+        for c in children:
+            if isinstance(c, dict):
+                if matcher is not None:
+                    c = matcher.classify_wire(path, c)
+                elif ORIGIN_KEY in c:
+                    c = {k: v for k, v in c.items() if k != ORIGIN_KEY}
+                wires.append(c)
+            elif id(c) not in self._dropped:
+                if matcher is not None:
+                    matcher.classify_node(path, c)
+                wires.append(c.to_wire())
+        return wires
+
+    def _seed_record(self, matcher: SeedMatcher) -> PointSeeds:
+        """The point's `seeds` record; the lacks list is stored as a TREE chunk
+        (before the final flush, so it is in a pack when the point names it)."""
+        lacks = matcher.lacks()
+        lacks_id = None
+        if lacks:
+            blob = encode_lacks(lacks)
+            cid = self.repo.chunk_id(blob) if self.options.dry_run else None
+            lacks_id = (cid or self.repo.put_chunk(BlobType.TREE, blob)).hex()
+        return matcher.record(lacks_id, len(lacks))
 
     def _store_wires(
         self, wires: list[dict[str, Any]], previous: tuple[bytes, bytes] | None = None
@@ -444,6 +483,8 @@ class FileBackup:
                 self._follow_link(first, node)
                 return
             self._hardlinks[(node.device, node.inode)] = node
+        if self.matcher is not None and self._from_seed(dir_fd, name, path, node):
+            return
         if node.size <= self.small_file:
             self._batch_file(dir_fd, name, path, node)
             return
@@ -456,6 +497,25 @@ class FileBackup:
                 self._submit_chunk(node, bytes(view))
             after = os.fstat(fd)
         self._file_read(path, node, size, after)
+
+    def _from_seed(self, dir_fd: int, name: bytes, path: bytes, node: Node) -> bool:
+        """--trust-seed-metadata: take a seed file's chunk list for `node` without
+        opening the file (xattrs are read by path, which opens nothing). False
+        when no seed file matches by path, size, mode and mtime, or when one
+        of its chunks is not in the repository (then the file is read)."""
+        assert self.matcher is not None
+        entry = self.matcher.trusted(path, node)
+        if entry is None:
+            return False
+        chunks = [entry.content[i : i + ID_SIZE] for i in range(0, len(entry.content), ID_SIZE)]
+        if not all(self.repo.has_chunk(c) for c in chunks):
+            return False
+        node.xattrs = read_xattrs(dir_fd, name)
+        node.chunks, node.chunk_sizes = chunks, entry.chunk_sizes()
+        self.summary.files_from_seed += 1
+        self.progress.bytes_done += node.size
+        self._emit()
+        return True
 
     def _follow_link(self, first: Node, node: Node) -> None:
         """Another name of a file read in this run: share the first name's (possibly

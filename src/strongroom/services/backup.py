@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from strongroom.config import Settings
 from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
+from strongroom.model.origin import PointSeeds
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.pipeline.backup import BackupOptions, BackupSummary, FileBackup
 from strongroom.repository.repo import Repository
 from strongroom.services.points import PointFilter, find_point, list_points
 from strongroom.services.recording import record_point
+from strongroom.services.seed_select import SeedChoice, check_choice, select_seeds
 from strongroom.services.session import repository_exists
 from strongroom.sources.exclude import Excluder
 from strongroom.sources.image_refs import FORMATS
@@ -40,17 +42,24 @@ def check_options(
     force: bool = False,
     image_format: str | None = None,
     allow_backing: bool = False,
+    seeds: bool = False,
+    file_seed_options: bool = False,
 ) -> str:
     """Refuse a combination of options that means nothing (exactly one of files,
     an image or VMs; --dry-run only for files; --format/--allow-backing only for
-    an image; a VM's tracker is auto, compare or none). Returns the change
-    tracker to use: "none" when `force`."""
+    an image; a VM's tracker is auto, compare or none; --no-seeds,
+    --trust-seed-metadata and --seed-root (`file_seed_options`) only for files,
+    --seed not for VMs). Returns the change tracker to use: "none" when `force`."""
     if sum((paths, image, vms)) != 1:
         raise UsageError(
             "give PATHS to back up files, --image SOURCE for a disk image or --vm NAME for a VM"
         )
     if (image_format or allow_backing) and not image:
         raise UsageError("--format and --allow-backing go with --image FILE")
+    if file_seed_options and not paths:
+        raise UsageError("--no-seeds, --trust-seed-metadata and --seed-root go with PATHS")
+    if seeds and vms:
+        raise UsageError("--seed goes with PATHS or --image, not with --vm")
     if vms:
         if dry_run:
             raise UsageError("--dry-run is not available with --vm")
@@ -87,6 +96,13 @@ class BackupRequest:
     parent: str | None = None  # point id, or None to pick the latest matching one
     force_full: bool = False  # ignore any parent: read everything
     scan_totals: bool = False
+    seeds: list[str] = field(default_factory=list)  # --seed: pinned seed names
+    no_seeds: bool = False
+    trust_seed_metadata: bool = False
+    seed_root: str | None = None
+
+    def seed_choice(self) -> SeedChoice:
+        return SeedChoice(self.seeds, self.no_seeds, self.trust_seed_metadata, self.seed_root)
 
 
 @dataclass
@@ -95,6 +111,8 @@ class BackupResult:
     summary: BackupSummary
     parent: str | None
     seconds: float
+    seeds: PointSeeds | None = None  # what the point builds on (None: no seed applied)
+    seeds_skipped: list[str] = field(default_factory=list)  # seeds that did not fit
 
 
 def _choose_parent(
@@ -124,8 +142,10 @@ def backup_files(
 ) -> BackupResult:
     req.host = req.host or socket.gethostname()
     paths = sorted({os.path.abspath(p) for p in req.paths})
+    check_choice(req.seed_choice())
     parent_warnings: list[str] = []
     parent = _choose_parent(repo, req, paths, parent_warnings)
+    selection = select_seeds(repo, req.seed_choice(), paths)
     skip = [repo.backend.location] if os.path.isdir(repo.backend.location) else []
     options = BackupOptions(
         paths=paths,
@@ -142,12 +162,16 @@ def backup_files(
         parent_tree=bytes.fromhex(parent.tree) if parent else None,
         progress=progress,
         cancel=cancel,
+        matcher=selection.matcher,
     )
     summary = pipeline.run()
     summary.warnings[:0] = parent_warnings
     seconds = (now() - started).total_seconds()
+    record = pipeline.seed_record
     if req.dry_run:
-        return BackupResult(None, summary, parent.id if parent else None, seconds)
+        return BackupResult(
+            None, summary, parent.id if parent else None, seconds, record, selection.skipped
+        )
     point = record_point(
         repo,
         kind=PointKind.FILES,
@@ -158,5 +182,6 @@ def backup_files(
         parent=parent,
         tags=req.tags,
         summary={**summary.as_dict(), "seconds": round(seconds, 3)},
+        seeds=record,
     )
-    return BackupResult(point, summary, point.parent, seconds)
+    return BackupResult(point, summary, point.parent, seconds, record, selection.skipped)

@@ -21,7 +21,7 @@ from strongroom.repository.check import (
 from strongroom.repository.locks import LockInfo, list_locks, remove_locks
 from strongroom.repository.prune import PrunePlan, execute_prune, plan_prune
 from strongroom.repository.repo import Repository
-from strongroom.services.points import list_points
+from strongroom.services.points import find_point, list_points
 from strongroom.services.seeds import list_seeds, seed_roots
 from strongroom.services.tree_check import ManifestChecker
 from strongroom.services.walk import iter_tree, referenced_by_points
@@ -182,6 +182,39 @@ def stats(repo: Repository) -> dict[str, object]:
         "index_memory_bytes": repo.index.memory_bytes(),
         "index_memory_per_chunk": round(repo.index.memory_bytes() / max(1, len(repo.index)), 1),
     }
+
+
+def point_stats(repo: Repository, ref: str) -> dict[str, object]:
+    """One point's sizes: what it holds, what was new to the repository when
+    it was made, and for a point made against seeds (docs/seeds.md) files and
+    bytes per class, bytes per seed, its own bytes and the seed files it lacks.
+    Image points report whatever their `seeds` record holds."""
+    point = find_point(repo, ref)
+    summary = point.summary
+    image = point.kind in IMAGE_KINDS
+    doc: dict[str, object] = {
+        "point": point.id,
+        "kind": str(point.kind),
+        "time": point.time.isoformat(),
+        "paths": point.paths,
+        "size" if image else "total_bytes": summary.get("size" if image else "total_bytes"),
+        "files": None if image else summary.get("total_files"),
+        "new_bytes": summary.get("data_added"),  # actually new to the repository
+        "new_stored_bytes": summary.get("data_added_stored"),
+        "seeds": None,
+    }
+    seeds = point.seeds
+    if seeds is not None:
+        own = seeds.classes.get("own", {})
+        doc["seeds"] = {
+            "used": [u.to_doc() for u in seeds.used],
+            "root": seeds.root,
+            "classes": seeds.classes,
+            "seed_bytes": seeds.seed_bytes,
+            "own_bytes": own.get("bytes", 0),
+            "lacks_count": seeds.lacks_count,
+        }
+    return doc
 
 
 @dataclass

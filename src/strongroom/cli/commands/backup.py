@@ -11,6 +11,8 @@ from strongroom.cli.commands.init import create_repository
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode
+from strongroom.model.names import printable
+from strongroom.model.origin import PointSeeds
 from strongroom.services.backup import (
     IMAGE_FORMATS,
     BackupRequest,
@@ -86,6 +88,27 @@ if TYPE_CHECKING:
     type=int,
     help="With --image: block size of a first backup (power of two; default: the repository's).",
 )
+@click.option(
+    "--seed",
+    "seed_names",
+    metavar="NAME",
+    multiple=True,
+    help="Build on seed NAME (repeatable); default: every seed that fits the source.",
+)
+@click.option("--no-seeds", is_flag=True, help="Match no seed: the point is all the machine's own.")
+@click.option(
+    "--trust-seed-metadata",
+    is_flag=True,
+    help="Take a file whose path, size, mode and mtime equal a seed's from the seed "
+    "without reading it (fast; a change hidden behind a restored mtime is missed: "
+    "see docs/seeds.md).",
+)
+@click.option(
+    "--seed-root",
+    metavar="DIR",
+    help="The directory seed paths are relative to (default: / or the backed-up "
+    "directory; see docs/seeds.md).",
+)
 @click.option("--exclude", "-e", multiple=True, help="Exclude a pattern (repeatable).")
 @click.option(
     "--exclude-file",
@@ -122,6 +145,10 @@ def backup(
     vms: tuple[str, ...],
     image_format: str | None,
     allow_backing: bool,
+    seed_names: tuple[str, ...],
+    no_seeds: bool,
+    trust_seed_metadata: bool,
+    seed_root: str | None,
 ) -> None:
     """Back up PATHS (or a disk image, with --image; a VM, with --vm) into a new recovery point."""
     out = app.out
@@ -134,6 +161,8 @@ def backup(
         force=force,
         image_format=image_format,
         allow_backing=allow_backing,
+        seeds=bool(seed_names),
+        file_seed_options=no_seeds or trust_seed_metadata or seed_root is not None,
     )
     if needs_default_repository(app.settings):
         out.notice(
@@ -180,6 +209,10 @@ def backup(
         parent=parent,
         force_full=force,
         scan_totals=out.interactive,
+        seeds=list(seed_names),
+        no_seeds=no_seeds,
+        trust_seed_metadata=trust_seed_metadata,
+        seed_root=seed_root,
     )
     with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
         result = backup_files(repo, request, progress)
@@ -188,6 +221,7 @@ def backup(
         out.warn(w)
     point = result.point
     rate = s.total_bytes / result.seconds if result.seconds else 0
+    seeds = result.seeds
     out.summary(
         {
             **s.as_dict(),
@@ -195,10 +229,13 @@ def backup(
             "point_id": point.id if point else None,
             "parent": result.parent,
             "seconds": round(result.seconds, 3),
+            "seeds": seeds.to_doc() if seeds is not None else None,
+            "seeds_skipped": result.seeds_skipped,
         },
         [
             f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified",
             f"Dirs:  {s.dirs}; other entries: {s.other_entries}",
+            *seed_lines(seeds, s.files_from_seed),
             f"Added to the repository: {human_bytes(s.data_added)} "
             f"({human_bytes(s.data_added_stored)} stored)",
             f"processed {s.total_files} files, {human_bytes(s.total_bytes)} in "
@@ -209,6 +246,25 @@ def backup(
     if s.unreadable:
         out.notice(f"{s.unreadable} files could not be read; the point does not contain them")
         raise SystemExit(ExitCode.PARTIAL)
+
+
+def seed_lines(seeds: PointSeeds | None, unread: int) -> list[str]:
+    """The summary's lines about seeds: classes, lacking files, files taken unread."""
+    if seeds is None:
+        return []
+    names = ", ".join(printable(u.name) for u in seeds.used)
+    parts = []
+    for word in ("identical", "modified", "moved", "own"):
+        counts = seeds.classes.get(word, {})
+        parts.append(f"{counts.get('files', 0)} {word} ({human_bytes(counts.get('bytes', 0))})")
+    lines = [
+        f"Seeds: {names} (root {printable(seeds.root)})",
+        "Files: " + ", ".join(parts),
+        f"Seed files the machine lacks: {seeds.lacks_count}",
+    ]
+    if unread:
+        lines.append(f"Taken from seeds unread (--trust-seed-metadata): {unread} files")
+    return lines
 
 
 def backup_image_cmd(app: App, request: ImageBackupRequest) -> None:

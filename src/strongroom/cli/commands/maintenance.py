@@ -186,9 +186,15 @@ def check(app: App, read_data: bool, read_data_subset: str | None) -> None:
 
 
 @click.command()
+@click.argument("point", required=False)
 @pass_app
-def stats(app: App) -> None:
-    """Show repository sizes, deduplication and compression."""
+def stats(app: App, point: str | None) -> None:
+    """Show repository sizes, deduplication and compression; with POINT, that
+    point's sizes (for a point made against seeds: files and bytes per class,
+    bytes per seed, own bytes, lacking seed files, bytes new to the repository)."""
+    if point is not None:
+        point_stats(app, point)
+        return
     with app.repository(LockMode.NONE) as repo:
         doc = maintenance.stats(repo)
     if app.out.json:
@@ -199,6 +205,42 @@ def stats(app: App) -> None:
         shown = human_bytes(value) if key.endswith("_bytes") and isinstance(value, int) else value
         rows.append((key.replace("_", " "), shown))
     app.out.table(["", ""], rows)
+
+
+def point_stats(app: App, ref: str) -> None:
+    out = app.out
+    with app.repository(LockMode.NONE) as repo:
+        doc = maintenance.point_stats(repo, ref)
+    if out.json:
+        out.document(doc)
+        return
+    rows: list[tuple[str, object]] = [
+        ("point", doc["point"]),
+        ("kind", doc["kind"]),
+        ("time", doc["time"]),
+        ("paths", ", ".join(printable(str(p)) for p in doc["paths"])),  # type: ignore[attr-defined]
+    ]
+    for key in ("files", "total_bytes", "size", "new_bytes", "new_stored_bytes"):
+        value = doc.get(key)
+        if isinstance(value, int):
+            shown = human_bytes(value) if key.endswith(("bytes", "size")) else str(value)
+            rows.append((key.replace("_", " "), shown))
+    seeds = doc["seeds"]
+    if isinstance(seeds, dict):
+        names = ", ".join(printable(u["name"]) for u in seeds["used"])
+        rows.append(("seeds", f"{names} (root {printable(seeds['root'])})"))
+        for word, counts in seeds["classes"].items():
+            parts = [
+                human_bytes(counts[k]) if k == "bytes" else f"{counts[k]} {k}"
+                for k in ("files", "bytes", "other")
+                if isinstance(counts.get(k), int)
+            ]
+            rows.append((str(word), ", ".join(parts)))
+        for name, count in seeds["seed_bytes"].items():
+            rows.append((f"from seed {printable(name)}", human_bytes(count)))
+        rows.append(("own bytes", human_bytes(seeds["own_bytes"])))
+        rows.append(("lacking seed files", str(seeds["lacks_count"])))
+    out.table(["", ""], rows)
 
 
 @click.command()

@@ -10,6 +10,7 @@ from strongroom.model.names import printable
 from strongroom.model.seed import SeedKind
 from strongroom.services import seeds as service
 from strongroom.services.seed_add import SeedRequest, add_seed
+from strongroom.services.seed_suggest import DEFAULT_SAMPLE, suggest
 from strongroom.services.session import LockMode
 
 
@@ -172,3 +173,56 @@ def seed_remove(app: App, name: str, force: bool) -> None:
         f"removed seed {printable(removal.seed.name)}; the next prune frees "
         f"{removal.freed_chunks} chunks ({human_bytes(removal.freed_bytes)}) only it held"
     )
+
+
+@seed.command("suggest")
+@click.argument("path", type=click.Path())
+@click.option(
+    "--sample",
+    type=int,
+    default=DEFAULT_SAMPLE,
+    show_default=True,
+    help="Files per seed whose content is read and compared with the seed's.",
+)
+@pass_app
+def seed_suggest(app: App, path: str, sample: int) -> None:
+    """Say how much of PATH (a directory, or an image) each seed covers.
+
+    Files count as covered when a seed has the same path, size and mtime;
+    a sample of them is read to confirm the content. Also guesses the root
+    ('backup --seed-root') under which the seed's paths match best.
+    """
+    out = app.out
+    with app.repository(LockMode.NONE) as repo:
+        found = suggest(repo, path, sample)
+    if out.json:
+        out.document(found.as_dict())
+        return
+    if found.note:
+        out.info(found.note)
+        return
+    if found.image is not None:
+        out.info(str(found.image))
+        return
+    out.info(f"{printable(found.path)}: {found.files} files, {human_bytes(found.bytes)}")
+    rows = [
+        (
+            printable(c.seed),
+            c.kind,
+            human_bytes(c.bytes),
+            f"{c.percent:.1f}%",
+            str(c.files),
+            f"{c.confirmed}/{c.sampled}",
+            printable(c.root),
+        )
+        for c in found.seeds
+    ]
+    out.table(["seed", "kind", "covered", "of path", "files", "content confirmed", "root"], rows)
+    if found.seeds and found.seeds[0].bytes:
+        best = found.seeds[0]
+        out.info(
+            f"best: {printable(best.seed)} covers {best.percent:.1f}% with root "
+            f"{printable(best.root)}"
+        )
+    else:
+        out.info("no seed covers any of it")
