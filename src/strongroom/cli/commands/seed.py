@@ -72,7 +72,7 @@ def seed_add(
         allow_backing=allow_backing,
     )
     with app.repository(LockMode.SHARED) as repo, out.progress("seed add") as progress:
-        added = add_seed(repo, request, progress)
+        added = add_seed(repo, request, progress, warn=out.warn)
     if out.json:
         out.document(service.seed_dict(added))
         return
