@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from strongroom.errors import SourceError
 from strongroom.model.tree import DIR, FILE, SYMLINK
@@ -31,6 +33,8 @@ from strongroom.services.seed_add import (
 )
 from strongroom.services.seeds import list_seeds
 from strongroom.sources.tar_stream import MAX_CHAIN, MAX_EXTENDED, read_tar
+from strongroom.storage.memory import MemoryBackend
+from tests.helpers.cli import PASSWORD
 from tests.helpers.seed_sources import (
     CDC_MIN,
     MTIME_NS,
@@ -329,3 +333,60 @@ def test_a_failed_ingest_leaves_a_clean_repository(
     content = tree_from_tar(local_repo, str(whole))
     files = seed_files(local_repo, content.tree)
     assert files["a/two"].type == FILE and files["a/two"].size == 512_000
+
+
+# --- property: any bytes are an archive or one clear line -----------------------
+
+_BASE = make_tar(
+    [
+        (info("d", tarfile.DIRTYPE), None),
+        (info("d/f"), b"content" * 50),
+        (info("d/l", tarfile.SYMTYPE, linkname="f"), None),
+        (info("d/h", tarfile.LNKTYPE, linkname="d/f"), None),
+        (info("long/" + "n" * 120), b"x"),
+    ]
+)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["", "gz", "xz", "zst", "bz2"]))
+    data = bytearray(compress(_BASE, kind) if draw(st.booleans()) else _BASE)
+    for _ in range(draw(st.integers(0, 6))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "zero"]))
+        pos = draw(st.integers(0, max(0, len(data) - 1)))
+        if op == "flip" and data:
+            data[pos] ^= draw(st.integers(1, 255))
+        elif op == "cut":
+            del data[pos:]
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=40))
+        elif op == "zero":
+            data[pos : pos + 512] = bytes(len(data[pos : pos + 512]))
+    return bytes(data)
+
+
+@settings(max_examples=300)
+@given(data=st.one_of(mutated(), st.binary(max_size=3000)))
+def test_mutated_archives_are_read_or_refused_in_one_line(data: bytes) -> None:
+    repo = _property_repo()
+    try:
+        files = ingest(repo, data)["files"]
+    except SourceError as err:
+        assert "\n" not in str(err) and str(err).startswith("t.tar")
+        return
+    assert isinstance(files, dict)
+    for path, node in files.items():
+        assert ".." not in path.split("/") and not path.startswith("/")
+        assert node.type != FILE or sum(node.chunk_sizes) == node.size
+
+
+_REPOS: list[Repository] = []
+
+
+def _property_repo() -> Repository:
+    """One repository for all examples (a failed ingest abandons its session and
+    leaves the repository usable, which every example after it relies on)."""
+    if not _REPOS:
+        _REPOS.append(Repository.init(MemoryBackend(), PASSWORD.encode()))
+    return _REPOS[0]

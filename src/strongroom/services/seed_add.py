@@ -79,6 +79,10 @@ def detect_source(path: str) -> str:
         return SourceKind.DEB
     if _looks_like_tar(head):
         return SourceKind.TAR
+    if path.endswith(".deb"):
+        # Not an ar archive, so not a package: the package reader says so in
+        # one line (a name never makes bytes acceptable, it only picks the error).
+        return SourceKind.DEB
     return SourceKind.IMAGE
 
 

@@ -136,7 +136,11 @@ def seed_show(app: App, name: str) -> None:
         ("content", str(s.content)),
     ]
     for key, value in s.summary.items():
-        shown = human_bytes(value) if key in ("bytes", "size", "data_added") else str(value)
+        shown = (
+            human_bytes(value)
+            if key in ("bytes", "size", "data_added", "data_added_stored")
+            else str(value)
+        )
         rows.append((key.replace("_", " "), shown))
     rows.append(("chunks", str(details.chunks)))
     if s.packages:
