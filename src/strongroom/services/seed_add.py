@@ -197,10 +197,15 @@ def tree_from_debs(
     (a path two packages give is the later one's, with a warning). Every
     package's container and control file are checked before any is read."""
     notes: list[str] = []
+
+    def note(message: str) -> None:
+        if len(notes) < 100:
+            notes.append(message)
+
     packages: list[DebPackage] = []
     for path in paths:
         with opened(path) as f:
-            packages.append(read_deb(f, path, notes.append))
+            packages.append(read_deb(f, path, note))
     with ArchiveTree(repo, progress, cancel) as tree:
         for message in notes:
             tree.note(message)

@@ -33,6 +33,7 @@ _HEADER = 60
 MAX_AR_MEMBERS = 64
 MAX_BINARY = 64  # debian-binary
 MAX_CONTROL = 1 << 20  # the control file
+MAX_CONTROL_ARCHIVE = 64 << 20  # control.tar.* (real ones are a few KiB)
 _NAME = re.compile(rb"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,15}")
 _CONTROL_TARS = ("control.tar", "control.tar.gz", "control.tar.xz", "control.tar.zst")
 _DATA_TARS = ("data.tar", "data.tar.gz", "data.tar.xz", "data.tar.zst", "data.tar.bz2")
@@ -159,6 +160,8 @@ def read_deb(f: IO[bytes], label: str, warn: Callable[[str], None]) -> DebPackag
         raise SourceError(f"{label}: damaged: no control archive after debian-binary")
     if len(members) < 3 or names[2] not in _DATA_TARS:
         raise SourceError(f"{label}: damaged: no data archive (data.tar.*) after the control one")
+    if members[1].size > MAX_CONTROL_ARCHIVE:
+        raise SourceError(f"{label}: {names[1]} is {members[1].size} bytes; refused")
     fields = _control_fields(f, members[1], f"{label} ({names[1]})", warn)
     return DebPackage(
         path=label,

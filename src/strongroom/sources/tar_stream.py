@@ -44,7 +44,9 @@ from strongroom.model.names import printable
 from strongroom.model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK
 from strongroom.sources.zstd_stream import ZstdError, ZstdReader
 
-MAX_MEMBERS = 10_000_000
+# Members of one archive: each becomes a node held in memory until the trees
+# are stored (a full desktop OS has well under a million files).
+MAX_MEMBERS = 2_000_000
 MAX_PATH = 4096
 MAX_COMPONENT = 255
 MAX_DEPTH = 256
