@@ -62,6 +62,8 @@ def test_seed_from_a_tar_then_the_same_tree_adds_no_data(
     assert text.rc == 0 and "12.8" in text.out and str(archive) in text.out
     listed = cli("seed", "list")
     assert listed.rc == 0 and "debian" in listed.out and "from-dir" in listed.out
+    check = cli("check", "--read-data")  # the tar seed's trees (hard links too) and data
+    assert check.rc == 0, check.err
 
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")

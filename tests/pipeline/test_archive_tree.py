@@ -186,6 +186,17 @@ def test_hard_link_keeps_content_when_its_target_is_replaced(memory_repo: Reposi
     assert files["l"].nlink == files["f"].nlink == 1 and files["l"].inode == 0
 
 
+def test_unsupported_member_types_are_skipped_with_a_warning(memory_repo: Repository) -> None:
+    label = info("volume", b"V")  # a GNU volume label
+    warnings: list[str] = []
+    with ArchiveTree(memory_repo) as tree:
+        data = make_tar([(label, None), (info("kept"), b"1")], fmt=tarfile.GNU_FORMAT)
+        tree.add(read_tar(io.BytesIO(data), "t.tar", warnings.append), "t.tar")
+        files = seed_files(memory_repo, tree.finish().tree)
+    assert sorted(files) == ["kept"]
+    assert warnings == ["t.tar: volume: unsupported member type b'V', skipped"]
+
+
 def test_hard_link_to_a_missing_target_is_refused(memory_repo: Repository) -> None:
     data = make_tar([(info("l", tarfile.LNKTYPE, linkname="nowhere"), None)])
     with pytest.raises(SourceError, match="hard link l names nowhere"):
