@@ -127,15 +127,16 @@ class ArchiveTree:
         parts = member.path.split(b"/")
         parent = self._directory(parts[:-1], source)
         name = parts[-1]
-        old = parent.children.get(name) if parent.children is not None else None
-        assert parent.children is not None
+        children = parent.children
+        assert children is not None  # _directory returns directories
+        old = children.get(name)
         if member.type == DIR:
             node = self._node(member, name)
             if old is not None and old.children is not None:
                 old.node, old.source = node, source  # directories merge
                 return
             self._replacing(member.path, old, source)
-            parent.children[name] = _Entry(node, source, {})
+            children[name] = _Entry(node, source, {})
             return
         if member.hardlink is not None:
             node = self._hard_link(member, name, source)
@@ -144,7 +145,7 @@ class ArchiveTree:
             if member.type == FILE:
                 self._content(member, node)
         self._replacing(member.path, old, source)
-        parent.children[name] = _Entry(node, source)
+        children[name] = _Entry(node, source)
         self._emit()
 
     def _directory(self, parts: list[bytes], source: str) -> _Entry:

@@ -257,9 +257,9 @@ def read_tar(raw: IO[bytes], label: str, warn: Callable[[str], None]) -> Iterato
         return f"{label}: the archive is damaged or truncated: {text.splitlines()[0][:200]}"
 
     state = _State()
-    stream = decompressed(raw)
     count = 0
     try:
+        stream = decompressed(raw)
         tar = tarfile.open(  # noqa: SIM115 - a stream read to its end here
             fileobj=stream,
             mode="r|",
