@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from strongroom.errors import IntegrityError, SourceError, UsageError
@@ -18,10 +19,13 @@ from strongroom.model.kinds import PointKind
 from strongroom.model.point import now
 from strongroom.model.seed import Seed, SeedKind
 from strongroom.model.tree import DIR
+from strongroom.pipeline.archive_tree import ArchiveResult, ArchiveTree
 from strongroom.pipeline.backup import BackupOptions, FileBackup
 from strongroom.repository.repo import Repository
 from strongroom.services.seeds import check_new_name, record_seed
 from strongroom.services.walk import load_tree
+from strongroom.sources.deb import DebPackage, data_members, read_deb
+from strongroom.sources.tar_stream import opened, read_tar
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -51,6 +55,13 @@ class SeedContent:
     tree: str
     summary: dict[str, int] = field(default_factory=dict)
     packages: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown, not recorded
+
+    @classmethod
+    def of_archive(
+        cls, result: ArchiveResult, packages: list[dict[str, str]] | None = None
+    ) -> SeedContent:
+        return cls(PointKind.FILES, result.tree, result.summary, packages or [], result.warnings)
 
 
 def detect_source(path: str) -> str:
@@ -68,6 +79,10 @@ def detect_source(path: str) -> str:
         return SourceKind.DEB
     if _looks_like_tar(head):
         return SourceKind.TAR
+    if path.endswith(".deb"):
+        # Not an ar archive, so not a package: the package reader says so in
+        # one line (a name never makes bytes acceptable, it only picks the error).
+        return SourceKind.DEB
     return SourceKind.IMAGE
 
 
@@ -85,9 +100,12 @@ def add_seed(
     req: SeedRequest,
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Seed:
     """Store the sources' content and record the seed (the name is checked first:
-    an existing name costs no work)."""
+    an existing name costs no work). `warn` hears what was skipped or replaced
+    (a path two packages give); a damaged source raises SourceError and records
+    nothing."""
     check_new_name(repo, req.name)
     if not req.sources:
         raise UsageError("give SOURCE: a directory, a tar archive, .deb files or an image")
@@ -98,8 +116,15 @@ def add_seed(
     started = now()
     if kind == SourceKind.TREE:
         content = tree_from_directory(repo, req.sources[0], progress, cancel)
+    elif kind == SourceKind.TAR:
+        content = tree_from_tar(repo, req.sources[0], progress, cancel)
+    elif kind == SourceKind.DEB:
+        content = tree_from_debs(repo, req.sources, progress, cancel)
     else:
         raise UsageError(f"{req.sources[0]}: a {kind} seed source is not supported yet")
+    for message in content.warnings:
+        if warn is not None:
+            warn(message)
     seed = Seed(
         name=req.name,
         kind=req.kind,
@@ -148,3 +173,44 @@ def tree_from_directory(
             "data_added_stored": summary.data_added_stored,
         },
     )
+
+
+def tree_from_tar(
+    repo: Repository,
+    path: str,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> SeedContent:
+    """A tar archive (plain or compressed), streamed into a file tree."""
+    with opened(path) as f, ArchiveTree(repo, progress, cancel) as tree:
+        tree.add(read_tar(f, path, tree.note), path)
+        return SeedContent.of_archive(tree.finish())
+
+
+def tree_from_debs(
+    repo: Repository,
+    paths: list[str],
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> SeedContent:
+    """Debian packages' data archives merged into one tree, in the order given
+    (a path two packages give is the later one's, with a warning). Every
+    package's container and control file are checked before any is read."""
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        if len(notes) < 100:
+            notes.append(message)
+
+    packages: list[DebPackage] = []
+    for path in paths:
+        with opened(path) as f:
+            packages.append(read_deb(f, path, note))
+    with ArchiveTree(repo, progress, cancel) as tree:
+        for message in notes:
+            tree.note(message)
+        for package in packages:
+            with opened(package.path) as f:
+                tree.add(data_members(f, package, tree.note), package.name)
+        result = tree.finish()
+    return SeedContent.of_archive(result, [p.as_dict() for p in packages])

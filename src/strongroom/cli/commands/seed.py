@@ -73,7 +73,7 @@ def seed_add(
         allow_backing=allow_backing,
     )
     with app.repository(LockMode.SHARED) as repo, out.progress("seed add") as progress:
-        added = add_seed(repo, request, progress)
+        added = add_seed(repo, request, progress, warn=out.warn)
     if out.json:
         out.document(service.seed_dict(added))
         return
@@ -137,7 +137,11 @@ def seed_show(app: App, name: str) -> None:
         ("content", str(s.content)),
     ]
     for key, value in s.summary.items():
-        shown = human_bytes(value) if key in ("bytes", "size", "data_added") else str(value)
+        shown = (
+            human_bytes(value)
+            if key in ("bytes", "size", "data_added", "data_added_stored")
+            else str(value)
+        )
         rows.append((key.replace("_", " "), shown))
     rows.append(("chunks", str(details.chunks)))
     if s.packages:
