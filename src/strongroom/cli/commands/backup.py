@@ -11,6 +11,7 @@ from strongroom.cli.commands.init import create_repository
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode
+from strongroom.model.names import printable
 from strongroom.services.backup import (
     IMAGE_FORMATS,
     BackupRequest,
@@ -22,6 +23,7 @@ from strongroom.services.backup import (
 from strongroom.services.session import LockMode
 
 if TYPE_CHECKING:
+    from strongroom.model.origin import PointSeeds
     from strongroom.services.image_backup import ImageBackupRequest
 
 # Image and VM backups import their services when asked for: a short file
@@ -86,6 +88,14 @@ if TYPE_CHECKING:
     type=int,
     help="With --image: block size of a first backup (power of two; default: the repository's).",
 )
+@click.option(
+    "--seed",
+    "seeds",
+    metavar="NAME",
+    multiple=True,
+    help="Build on seed NAME (a golden image; default: chosen automatically).",
+)
+@click.option("--no-seeds", is_flag=True, help="Build on no seed.")
 @click.option("--exclude", "-e", multiple=True, help="Exclude a pattern (repeatable).")
 @click.option(
     "--exclude-file",
@@ -122,6 +132,8 @@ def backup(
     vms: tuple[str, ...],
     image_format: str | None,
     allow_backing: bool,
+    seeds: tuple[str, ...],
+    no_seeds: bool,
 ) -> None:
     """Back up PATHS (or a disk image, with --image; a VM, with --vm) into a new recovery point."""
     out = app.out
@@ -166,6 +178,8 @@ def backup(
                 block_size=block_size,
                 image_format=image_format,
                 allow_backing=allow_backing,
+                seeds=list(seeds),
+                no_seeds=no_seeds,
             ),
         )
         return
@@ -225,14 +239,17 @@ def backup_image_cmd(app: App, request: ImageBackupRequest) -> None:
     if s.tracker_note:
         out.notice(s.tracker_note)
     rate = s.bytes_read / result.seconds if result.seconds else 0
+    seeds = result.point.seeds
     out.summary(
         {
             **s.as_dict(),
             "point_id": result.point.id,
             "parent": result.parent,
             "seconds": round(result.seconds, 3),
+            "seeds": seeds.to_doc() if seeds is not None else None,
         },
         [
+            *_image_seed_lines(seeds),
             f"changed blocks found by: {s.tracker}",
             f"Disk: {human_bytes(s.size)} in {s.blocks} blocks of {human_bytes(s.block_size)}; "
             f"{s.holes} holes",
@@ -244,3 +261,14 @@ def backup_image_cmd(app: App, request: ImageBackupRequest) -> None:
             f"point {result.point.short_id} saved",
         ],
     )
+
+
+def _image_seed_lines(seeds: PointSeeds | None) -> list[str]:
+    if seeds is None or not seeds.used:
+        return []
+    same, own = seeds.classes.get("identical", {}), seeds.classes.get("own", {})
+    return [
+        f"builds on seed {printable(seeds.used[0].name)}: {same.get('blocks', 0)} blocks "
+        f"identical ({human_bytes(same.get('bytes', 0))}), {own.get('blocks', 0)} own "
+        f"({human_bytes(own.get('bytes', 0))})"
+    ]
