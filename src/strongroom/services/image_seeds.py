@@ -41,6 +41,7 @@ from strongroom.services.seed_add import SeedContent
 from strongroom.services.seeds import list_seeds, load_seed
 from strongroom.sources.block import BlockSource
 from strongroom.sources.images import OpenRules, open_image, probe_image
+from strongroom.sources.qemu_img import check_consistency
 from strongroom.trackers.changes import Mask
 from strongroom.types import ProgressCallback, no_progress
 
@@ -71,6 +72,11 @@ def add_image_seed(
         image_format=image_format,
         allow_backing=allow_backing,
     )
+    # A golden image is read once and shared by every machine built on it: a
+    # qcow2's own metadata is checked first (qemu reads a truncated one as zeros).
+    info = probe_image(source, rules=req.rules) if "://" not in source else None
+    if info is not None and info.format == "qcow2":
+        check_consistency(info.path, "qcow2", info.follow)
     summary = store_image(repo, req, repo.config.block_size, progress, cancel)
     return SeedContent(
         PointKind.BLOCK,
