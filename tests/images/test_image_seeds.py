@@ -371,7 +371,7 @@ def test_suggest_image_measures_each_block_seed_on_a_sample(
     expected = (data_blocks - diff.new_contents) / data_blocks
     assert by_name["golden"][0] == pytest.approx(expected, abs=1 / data_blocks)
     assert by_name["unrelated"][0] == 0.0
-    assert [seed.name for seed, _, _ in found][0] == "golden"
+    assert found[0][0].name == "golden"
 
 
 def test_point_record_lists_the_seed_for_stats(
