@@ -30,7 +30,7 @@ def test_export_summary_calls_kind_type() -> None:
     doc = ExportSummary("p", "/x.vhd", "dynamic", 1, 2, 3, 4, "u").as_dict()
     assert list(doc) == [
         "point_id", "path", "type", "size", "file_size", "blocks_written",
-        "bytes_written", "uuid", "parent", "base_point_id",
+        "bytes_written", "uuid", "parent", "base_point_id", "base_seed",
     ]  # fmt: skip
     assert doc["type"] == "dynamic"
 

@@ -3,7 +3,9 @@
 Chunks load (fetch, authenticate, decompress) on worker threads in address
 order; a target that takes parallel writes (a file) is written by the
 workers, any other (an NBD connection) from this thread in pipelined batches.
-Holes are skipped on a target that already reads zeros, zeroed otherwise. A
+Holes are skipped on a target that already reads zeros, zeroed otherwise.
+With `only`, just those blocks are written (an overlay on a golden image:
+the blocks that differ from it, its holes as explicit zeros). A
 damaged chunk is reported with its offset; the rest of the disk is restored
 and the block is left zero.
 """
@@ -12,7 +14,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from strongroom.errors import Interrupted, StrongroomError
 from strongroom.model.blockmap import BlockMap
@@ -21,6 +26,7 @@ from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.sources.block import Data
 from strongroom.sources.block_targets import BlockTarget
+from strongroom.trackers.changes import Mask
 from strongroom.types import Progress, ProgressCallback, no_progress
 
 _PROGRESS_INTERVAL = 0.2
@@ -47,22 +53,26 @@ class ImageRestore:
         progress: ProgressCallback = no_progress,
         cancel: threading.Event | None = None,
         workers: int = 4,
+        only: Mask | None = None,
     ) -> None:
         self.repo = repo
         self.map = block_map
+        self.only = only
         self.target = target
         self.report = progress
         self.cancel = cancel or threading.Event()
         self.workers = workers
         self.summary = ImageRestoreSummary(size=block_map.size)
         self.progress = Progress(job="restore", bytes_total=block_map.data_bytes())
+        if only is not None:
+            self.progress.bytes_total = int(only.sum()) * block_map.block_size
         self._last_report = 0.0
         self._pending: list[tuple[int, Data]] = []
 
     def run(self) -> ImageRestoreSummary:
         m, target = self.map, self.target
         with OrderedWork(self.workers, depth=2 * self.workers + 4) as work:
-            for first, count, is_hole in m.iter_runs():
+            for first, count, is_hole in self._runs():
                 if is_hole:
                     self.summary.holes += count
                     if not target.zeroed:
@@ -83,6 +93,24 @@ class ImageRestore:
         target.close()
         self._emit(force=True)
         return self.summary
+
+    def _runs(self) -> Iterator[tuple[int, int, bool]]:
+        """(first block, count, is_hole) of the blocks to write, in order."""
+        if self.only is None:
+            yield from self.map.iter_runs()
+            return
+        hole = self.map.hole_mask()
+        run: list[int] = []  # [first, count, is_hole]
+        for block in np.flatnonzero(self.only).tolist():
+            h = bool(hole[block])
+            if run and run[0] + run[1] == block and bool(run[2]) == h:
+                run[1] += 1
+                continue
+            if run:
+                yield run[0], run[1], bool(run[2])
+            run = [block, 1, int(h)]
+        if run:
+            yield run[0], run[1], bool(run[2])
 
     def _job(self, cid: bytes, offset: int, length: int):  # type: ignore[no-untyped-def]
         repo, target = self.repo, self.target

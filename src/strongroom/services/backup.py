@@ -57,7 +57,7 @@ def check_options(
     if (image_format or allow_backing) and not image:
         raise UsageError("--format and --allow-backing go with --image FILE")
     if file_seed_options and not paths:
-        raise UsageError("--no-seeds, --trust-seed-metadata and --seed-root go with PATHS")
+        raise UsageError("--trust-seed-metadata and --seed-root go with PATHS")
     if seeds and vms:
         raise UsageError("--seed goes with PATHS or --image, not with --vm")
     if vms:

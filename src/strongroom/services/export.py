@@ -49,10 +49,13 @@ from strongroom.formats.vhd import (
 from strongroom.model.blockmap import BlockMap
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
+from strongroom.model.seed import Seed
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.services.image_restore import point_map
+from strongroom.services.image_seeds import seed_map, verify_golden
 from strongroom.services.points import list_points
+from strongroom.sources.vhd import VhdSource
 from strongroom.types import Progress, ProgressCallback, no_progress
 
 VhdType = Literal["fixed", "dynamic"]
@@ -77,6 +80,7 @@ class ExportSummary:
     uuid: str
     parent: str | None = None  # the parent VHD's path (differencing)
     base_point_id: str | None = None
+    base_seed: str | None = None  # the seed's name, when the parent is a golden image
 
     def as_dict(self) -> dict[str, object]:
         """The fields, `kind` as "type" (the JSON name since the first release)."""
@@ -287,7 +291,24 @@ def export_vhd_incremental(
         )
     parent_path = Path(parent_vhd)
     _check_parent(parent_path, base_point, new_map.size)
-    path = Path(out_path)
+    return _write_differencing(
+        repo, point, new_map, base_map, parent_path, Path(out_path), base_point.id, progress
+    )
+
+
+def _write_differencing(
+    repo: Repository,
+    point: RecoveryPoint,
+    new_map: BlockMap,
+    base_map: BlockMap,
+    parent_path: Path,
+    path: Path,
+    base_id: str | None,
+    progress: ProgressCallback,
+    base_seed: str | None = None,
+) -> ExportSummary:
+    """The differencing VHD at `path` over the checked parent `parent_path`:
+    the blocks whose entry differs between `base_map` and `new_map`."""
     if path.resolve() == parent_path.resolve():
         raise UsageError(f"{path} is the parent VHD: write the child to another file")
     blocks = changed_blocks(base_map, new_map)
@@ -315,7 +336,57 @@ def export_vhd_incremental(
         bytes_written=state.bytes_done,
         uuid=str(ident),
         parent=str(parent_path),
-        base_point_id=base_point.id,
+        base_point_id=base_id,
+        base_seed=base_seed,
+    )
+
+
+def export_vhd_from_seed(
+    repo: Repository,
+    point: RecoveryPoint,
+    seed: Seed,
+    parent_vhd: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    verify_full: bool = False,
+    progress: ProgressCallback = no_progress,
+) -> ExportSummary:
+    """Write a differencing VHD at `out_path` (atomic) whose parent is
+    `parent_vhd`, a VHD of `seed`'s golden image (made by any tool: its own
+    unique id goes into the child). The parent is checked by its virtual size
+    and its content against the seed's map (a sample, or every block); the
+    child holds the blocks where the point differs from the seed, holes where
+    the seed has data as explicit zeros. The point need not build on `seed`
+    (any BLOCK seed of its geometry is a valid base), only match its geometry.
+    """
+    new_map = point_map(repo, point)
+    _check_geometry(point, new_map)
+    base_map = seed_map(repo, seed)
+    if base_map.size != new_map.size or base_map.block_size != new_map.block_size:
+        raise UsageError(
+            f"point {point.short_id} ({new_map.size} bytes in blocks of {new_map.block_size})"
+            f" and seed {seed.name} ({base_map.size} bytes in blocks of {base_map.block_size})"
+            " differ in geometry: export the point as a whole disk instead"
+        )
+    parent_path = Path(parent_vhd)
+    if not parent_path.is_file():
+        raise UsageError(f"parent VHD {parent_path} does not exist")
+    try:
+        footer = read_footer(parent_path)
+        golden = VhdSource(parent_path)
+    except VhdError as err:
+        raise UsageError(f"parent {parent_path} is not a valid VHD: {err}") from None
+    try:
+        if footer.current_size != base_map.size or golden.size != base_map.size:
+            raise UsageError(
+                f"parent {parent_path} is a disk of {footer.current_size} bytes, but seed"
+                f" {seed.name} is {base_map.size} bytes: it is not that seed's image"
+            )
+        verify_golden(repo, golden, seed, base_map, full=verify_full, what=str(parent_path))
+    finally:
+        golden.close()
+    return _write_differencing(
+        repo, point, new_map, base_map, parent_path, Path(out_path), None, progress, seed.name
     )
 
 

@@ -30,13 +30,23 @@ from strongroom.errors import SourceError, StrongroomError, UsageError
 from strongroom.model.blockmap import BlockMap, check_geometry
 from strongroom.model.kinds import PointKind
 from strongroom.model.lineage import BlockLineage
+from strongroom.model.origin import PointSeeds
 from strongroom.model.point import RecoveryPoint, now
+from strongroom.model.seed import Seed
 from strongroom.nbd.uri import parse_nbd_uri
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup, ImageBackupSummary
 from strongroom.repository.repo import Repository
+from strongroom.services.image_seeds import (
+    check_seed_geometry,
+    choose_seed,
+    inherited_seeds,
+    point_seeds,
+    seed_map,
+)
 from strongroom.services.points import PointFilter, find_point, list_points
 from strongroom.services.recording import record_point
+from strongroom.services.seeds import find_seeds
 from strongroom.sources.block import BlockSource, NbdSource
 from strongroom.sources.images import OpenRules, open_image, probe_image
 from strongroom.sources.live import LiveDisk
@@ -70,6 +80,8 @@ class ImageBackupRequest:
     block_size: int | None = None
     image_format: str | None = None  # --format: the file's format, never probed
     allow_backing: bool = False  # --allow-backing: read the files the image names
+    seeds: list[str] = field(default_factory=list)  # --seed NAME: the golden image it builds on
+    no_seeds: bool = False  # --no-seeds: no automatic choice of a seed
 
     @property
     def rules(self) -> OpenRules:
@@ -366,6 +378,49 @@ def _export_name(uri: str) -> str:
     return parse_nbd_uri(uri).export
 
 
+def _pinned_seed(
+    repo: Repository, req: ImageBackupRequest, parent: RecoveryPoint | None
+) -> tuple[Seed, BlockMap] | None:
+    """The seed named by --seed (one at most for an image), with its map; None
+    when none was named or the parent already builds on it (the parent's map is
+    the closer base then)."""
+    if not req.seeds:
+        return None
+    if req.no_seeds:
+        raise UsageError("--seed and --no-seeds contradict each other")
+    named = find_seeds(repo, req.seeds)
+    if len(named) > 1:
+        raise UsageError("a disk image builds on one seed: give --seed once")
+    seed = named[0]
+    base = seed_map(repo, seed)
+    used = parent.seeds.used if parent is not None and parent.seeds is not None else []
+    if any(u.id == seed.id for u in used):
+        return None
+    if req.block_size and req.block_size != base.block_size:
+        raise UsageError(
+            f"--block-size {req.block_size}: seed {seed.name} is stored in blocks of"
+            f" {base.block_size} bytes, and a seeded backup uses the seed's"
+        )
+    return seed, base
+
+
+def store_image(
+    repo: Repository,
+    req: ImageBackupRequest,
+    block_size: int,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> ImageBackupSummary:
+    """Read the image as `backup --image` reads it and store its blocks and map,
+    recording no point (`seed add` records a seed instead)."""
+    with ExitStack() as stack:
+        job = _ImageJob(repo, req, stack)
+        source, changes = job.open(None, None, block_size)
+        pipeline = ImageBackup(repo, source, block_size, None, changes, progress, cancel)
+        pipeline.run()
+        return pipeline.summary
+
+
 def backup_image(
     repo: Repository,
     req: ImageBackupRequest,
@@ -386,7 +441,19 @@ def backup_image(
                 "reading the whole disk (run 'strongroom check')"
             )
             parent = None
-    block_size = parent_map.block_size if parent_map else (req.block_size or repo.config.block_size)
+    seeded = _pinned_seed(repo, req, parent)
+    if seeded is not None and parent is not None:
+        warnings.append(
+            f"parent point {parent.short_id} does not build on seed {seeded[0].name}:"
+            " comparing with the seed instead"
+        )
+        parent, parent_map = None, None
+    if seeded is not None:
+        block_size = seeded[1].block_size
+    elif parent_map is not None:
+        block_size = parent_map.block_size
+    else:
+        block_size = req.block_size or repo.config.block_size
     try:
         check_geometry(0, block_size)
     except ValueError as err:
@@ -396,12 +463,29 @@ def backup_image(
     with ExitStack() as stack:
         job = _ImageJob(repo, req, stack)
         source, changes = job.open(parent, parent_map, block_size)
+        if parent is None:
+            # A first backup: the seed's map plays the parent's part (every
+            # block is read and compared with it: the "compare" tracker).
+            if seeded is not None:
+                check_seed_geometry(seeded[0], seeded[1], source.size, req.source)
+            elif not req.no_seeds:
+                seeded = choose_seed(repo, source, block_size)
+            if seeded is not None:
+                parent_map = seeded[1]
+                changes = ChangeSet("compare", None, f"compared with seed {seeded[0].name}")
         pipeline = ImageBackup(
             repo, source, block_size, parent_map, changes, progress=progress, cancel=cancel
         )
-        pipeline.run()
+        new_map = pipeline.run()
         summary = pipeline.summary
         summary.warnings[:0] = warnings
+        seeds: PointSeeds | None = None
+        if seeded is not None:
+            seeds = point_seeds(seeded[0], new_map, seeded[1])
+        elif parent is not None and parent.seeds is not None:
+            seeds, why = inherited_seeds(repo, parent.seeds, new_map)
+            if why:
+                summary.warnings.append(f"{why}: this point builds on no seed")
         # Retire superseded bitmaps before the point: a crash in between only
         # costs the next backup a comparison (its parent's bitmap is gone).
         summary.warnings += job.after_point()
@@ -422,5 +506,6 @@ def backup_image(
                 "seconds": round(seconds, 3),
             },
             lineage=lineage,
+            seeds=seeds,
         )
     return ImageBackupResult(point, summary, point.parent, seconds, job.notices)

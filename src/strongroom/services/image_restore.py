@@ -1,7 +1,13 @@
-"""Use cases on block points: restore, serve over NBD, browse the files inside."""
+"""Use cases on block points: restore, serve over NBD, browse the files inside.
+
+`restore_overlay` is the scoped restore of a point that builds on a golden
+image (a BLOCK seed): a qcow2 overlay whose backing file is the golden image
+and which holds only the point's own blocks (services/image_seeds.py).
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +26,14 @@ from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
 from strongroom.pipeline.image_reader import PointReader
 from strongroom.pipeline.image_restore import ImageRestore, ImageRestoreSummary
 from strongroom.repository.repo import Repository
-from strongroom.sources.block_targets import open_target
+from strongroom.services.image_seeds import (
+    differing_blocks,
+    seed_map,
+    seed_of_point,
+    verify_golden,
+)
+from strongroom.sources.block_targets import Qcow2Target, open_target
+from strongroom.sources.images import open_image, probe_image
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -59,6 +72,47 @@ def restore_map(
         return ImageRestore(repo, block_map, out, progress=progress, cancel=cancel).run()
     except BaseException:
         try:  # release it (a qemu-nbd child, a descriptor); the error is what matters
+            out.close()
+        except Exception:
+            pass
+        raise
+
+
+def restore_overlay(
+    repo: Repository,
+    point: RecoveryPoint,
+    backing: str,
+    target: str,
+    *,
+    verify_full: bool = False,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> ImageRestoreSummary:
+    """Write `target` as a qcow2 overlay on `backing` (the golden image of the
+    seed the point builds on: checked first, by size and content, on a sample
+    or fully) holding only the blocks where the point differs from the seed:
+    its own data, and explicit zeros where it has a hole and the seed data."""
+    block_map = point_map(repo, point)
+    seed = seed_of_point(repo, point.seeds, f"point {point.short_id}")
+    base = seed_map(repo, seed)
+    only = differing_blocks(block_map, base)
+    info = probe_image(backing)  # strongroom's sniff; the files it names are not read
+    if info.format not in ("raw", "qcow2"):
+        raise UsageError(f"--backing {backing} is a {info.format} image: give a raw or qcow2 image")
+    if os.path.abspath(target) == info.path or (
+        os.path.exists(target) and os.path.samefile(target, info.path)
+    ):
+        raise UsageError(f"--target {target} is the golden image: write the overlay elsewhere")
+    golden = open_image(info)
+    try:
+        verify_golden(repo, golden, seed, base, full=verify_full, what=backing)
+    finally:
+        golden.close()
+    out = Qcow2Target(target, block_map.size, backing=(info.path, info.format))
+    try:
+        return ImageRestore(repo, block_map, out, progress=progress, cancel=cancel, only=only).run()
+    except BaseException:
+        try:
             out.close()
         except Exception:
             pass

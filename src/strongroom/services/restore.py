@@ -19,7 +19,7 @@ from strongroom.pipeline.image_restore import ImageRestoreSummary
 from strongroom.pipeline.restore import FileRestore, RestoreSummary
 from strongroom.repository.repo import Repository
 from strongroom.services.image_files import extract, open_image_filesystem
-from strongroom.services.image_restore import restore_image
+from strongroom.services.image_restore import restore_image, restore_overlay
 from strongroom.services.points import PointFilter, find_point, require_files
 from strongroom.services.vm_restore import restore_vm
 from strongroom.services.vms import vm_path
@@ -57,6 +57,9 @@ class RestoreRequest:
     partition: int | None = None  # image points with `include`: None means auto
     vm: str | None = None  # `point` is one of this VM's points
     disks: list[str] = field(default_factory=list)  # VM points: only these disks
+    scope: str = "full"  # user | os | app:NAME | full
+    backing: str | None = None  # image points, --scope user: the golden image under the overlay
+    verify_backing: bool = False  # check every block of `backing`, not a sample
 
 
 @dataclass
@@ -69,6 +72,7 @@ class FilesRestored:
 class ImageRestored:
     point: RecoveryPoint
     summary: ImageRestoreSummary
+    backing: str | None = None  # an overlay on this golden image (--scope user)
 
 
 @dataclass
@@ -111,6 +115,8 @@ def restore_point(
     if req.vm or req.disks:
         raise UsageError(f"point {p.short_id} is a {printable(p.kind)} point, not a VM point")
     if p.kind == PointKind.BLOCK:
+        if req.scope != "full" or req.backing:
+            return _restore_image_scoped(repo, p, req, progress, cancel)
         if not req.include:
             return ImageRestored(p, restore_image(repo, p, req.target, req.fmt, progress, cancel))
         with open_image_filesystem(repo, p, req.partition) as fs:
@@ -118,3 +124,37 @@ def restore_point(
         return ImageFilesRestored(p, fs.kind, req.include, total)
     require_files(p)
     return FilesRestored(p, restore_files(repo, p, req.target, req.include, progress, cancel))
+
+
+def _restore_image_scoped(
+    repo: Repository,
+    p: RecoveryPoint,
+    req: RestoreRequest,
+    progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> ImageRestored:
+    """`--scope user` of an image point: only its own blocks, as a qcow2
+    overlay on the golden image (--backing) of the seed it builds on."""
+    if req.scope not in ("user", "full"):
+        raise UsageError(f"point {p.short_id} is a disk image: its scopes are user and full")
+    if req.scope != "user":
+        raise UsageError("--backing goes with --scope user (the point's own blocks on GOLDEN)")
+    if req.include or req.partition is not None:
+        raise UsageError("--scope user of an image point writes an overlay: drop --include")
+    if not req.backing:
+        raise UsageError(
+            f"--scope user of image point {p.short_id} writes only its own blocks on top of"
+            " its seed's golden image: give --backing GOLDEN (and --format qcow2)"
+        )
+    if req.fmt != "qcow2":
+        raise UsageError("--scope user writes a qcow2 overlay on --backing: add --format qcow2")
+    summary = restore_overlay(
+        repo,
+        p,
+        req.backing,
+        req.target,
+        verify_full=req.verify_backing,
+        progress=progress,
+        cancel=cancel,
+    )
+    return ImageRestored(p, summary, req.backing)

@@ -113,6 +113,10 @@ def add_seed(
     if len(req.sources) > 1 and kinds != {SourceKind.DEB}:
         raise UsageError("several sources are accepted only as Debian packages (.deb)")
     kind = kinds.pop()
+    if req.image_format and len(req.sources) == 1 and kind in (SourceKind.TAR, SourceKind.DEB):
+        kind = SourceKind.IMAGE  # the user says what the file is (a raw disk may start like one)
+    if (req.image_format or req.allow_backing) and kind != SourceKind.IMAGE:
+        raise UsageError("--format and --allow-backing apply to a disk image source")
     started = now()
     if kind == SourceKind.TREE:
         content = tree_from_directory(repo, req.sources[0], progress, cancel)
@@ -120,8 +124,14 @@ def add_seed(
         content = tree_from_tar(repo, req.sources[0], progress, cancel)
     elif kind == SourceKind.DEB:
         content = tree_from_debs(repo, req.sources, progress, cancel)
+    elif kind == SourceKind.IMAGE:
+        from strongroom.services.image_seeds import add_image_seed  # numpy, qemu: when asked
+
+        content = add_image_seed(
+            repo, req.sources[0], req.image_format, req.allow_backing, progress, cancel
+        )
     else:
-        raise UsageError(f"{req.sources[0]}: a {kind} seed source is not supported yet")
+        raise UsageError(f"{req.sources[0]}: not a seed source")
     for message in content.warnings:
         if warn is not None:
             warn(message)

@@ -168,20 +168,26 @@ class NbdTarget:
 
 
 class Qcow2Target(NbdTarget):
-    """A new qcow2 file, written through a private qemu-nbd."""
+    """A new qcow2 file, written through a private qemu-nbd; with `backing`
+    ((absolute path, format)), an overlay on that image: unwritten ranges read
+    from it (so it is not `zeroed`), and its format is written into the
+    overlay's header, never left for qemu to probe."""
 
-    def __init__(self, path: str, size: int) -> None:
+    def __init__(self, path: str, size: int, backing: tuple[str, str] | None = None) -> None:
+        args = [need_tool(QEMU_IMG), "create", "-q", "-f", "qcow2"]
+        if backing is not None:
+            args += ["-b", backing[0], "-F", backing[1]]
         done = subprocess.run(
-            [need_tool(QEMU_IMG), "create", "-q", "-f", "qcow2", path, str(size)],
+            [*args, path, str(size)],
             capture_output=True,
             text=True,
             env=child_environment(),
         )
         if done.returncode != 0:
             raise SourceError(f"{path}: cannot create: {done.stderr.strip()}")
-        self.child = QemuNbdChild(path, "qcow2", writable=True)
+        self.child = QemuNbdChild(path, "qcow2", writable=True, follow=backing is not None)
         try:
-            super().__init__(self.child.uri, size, zeroed=True)
+            super().__init__(self.child.uri, size, zeroed=backing is None)
         except BaseException:
             self.child.close()
             raise

@@ -24,6 +24,7 @@ from strongroom.services.backup import (
 from strongroom.services.session import LockMode
 
 if TYPE_CHECKING:
+    from strongroom.model.origin import PointSeeds
     from strongroom.services.image_backup import ImageBackupRequest
 
 # Image and VM backups import their services when asked for: a short file
@@ -161,8 +162,8 @@ def backup(
         force=force,
         image_format=image_format,
         allow_backing=allow_backing,
-        seeds=bool(seed_names),
-        file_seed_options=no_seeds or trust_seed_metadata or seed_root is not None,
+        seeds=bool(seed_names) or no_seeds,
+        file_seed_options=trust_seed_metadata or seed_root is not None,
     )
     if needs_default_repository(app.settings):
         out.notice(
@@ -195,6 +196,8 @@ def backup(
                 block_size=block_size,
                 image_format=image_format,
                 allow_backing=allow_backing,
+                seeds=list(seed_names),
+                no_seeds=no_seeds,
             ),
         )
         return
@@ -281,14 +284,17 @@ def backup_image_cmd(app: App, request: ImageBackupRequest) -> None:
     if s.tracker_note:
         out.notice(s.tracker_note)
     rate = s.bytes_read / result.seconds if result.seconds else 0
+    seeds = result.point.seeds
     out.summary(
         {
             **s.as_dict(),
             "point_id": result.point.id,
             "parent": result.parent,
             "seconds": round(result.seconds, 3),
+            "seeds": seeds.to_doc() if seeds is not None else None,
         },
         [
+            *_image_seed_lines(seeds),
             f"changed blocks found by: {s.tracker}",
             f"Disk: {human_bytes(s.size)} in {s.blocks} blocks of {human_bytes(s.block_size)}; "
             f"{s.holes} holes",
@@ -300,3 +306,14 @@ def backup_image_cmd(app: App, request: ImageBackupRequest) -> None:
             f"point {result.point.short_id} saved",
         ],
     )
+
+
+def _image_seed_lines(seeds: PointSeeds | None) -> list[str]:
+    if seeds is None or not seeds.used:
+        return []
+    same, own = seeds.classes.get("identical", {}), seeds.classes.get("own", {})
+    return [
+        f"builds on seed {printable(seeds.used[0].name)}: {same.get('blocks', 0)} blocks "
+        f"identical ({human_bytes(same.get('bytes', 0))}), {own.get('blocks', 0)} own "
+        f"({human_bytes(own.get('bytes', 0))})"
+    ]

@@ -13,9 +13,11 @@ from strongroom.services.export import (
     check_format,
     export_chain,
     export_vhd,
+    export_vhd_from_seed,
     export_vhd_incremental,
 )
 from strongroom.services.points import find_point
+from strongroom.services.seeds import find_seed
 from strongroom.services.session import LockMode
 
 
@@ -41,12 +43,20 @@ from strongroom.services.session import LockMode
     "--incremental-from",
     "base",
     metavar="BASE_POINT",
-    help="Write a differencing VHD holding only the blocks changed since BASE_POINT.",
+    help="Write a differencing VHD holding only the blocks changed since BASE_POINT, or, "
+    "with seed:NAME, only the blocks that differ from seed NAME's golden image.",
 )
 @click.option(
     "--parent",
     type=click.Path(dir_okay=False),
-    help="With --incremental-from: the VHD export of BASE_POINT, the new file's parent.",
+    help="With --incremental-from: the VHD export of BASE_POINT (or, for seed:NAME, a VHD "
+    "of the golden image), the new file's parent.",
+)
+@click.option(
+    "--verify-parent",
+    is_flag=True,
+    help="With --incremental-from seed:NAME: check every block of the parent against the "
+    "seed (default: a sample).",
 )
 @click.option(
     "--chain",
@@ -64,6 +74,7 @@ def export(
     base: str | None,
     parent: str | None,
     chain: bool,
+    verify_parent: bool,
 ) -> None:
     """Export image POINT (an id prefix or 'latest') as a VHD file OUT.vhd.
 
@@ -88,7 +99,17 @@ def export(
         else:
             p = find_point(repo, what)
             with out.progress("export") as progress:
-                if base is not None and parent is not None:
+                if base is not None and parent is not None and base.startswith("seed:"):
+                    summary = export_vhd_from_seed(
+                        repo,
+                        p,
+                        find_seed(repo, base.removeprefix("seed:")),
+                        parent,
+                        dest,
+                        verify_full=verify_parent,
+                        progress=progress,
+                    )
+                elif base is not None and parent is not None:
                     b = find_point(repo, base)
                     summary = export_vhd_incremental(repo, p, b, parent, dest, progress=progress)
                 else:
@@ -115,4 +136,6 @@ def _describe(s: ExportSummary) -> str:
     )
     if s.parent:
         text += f", parent {s.parent}"
+    if s.base_seed:
+        text += f" (seed {s.base_seed})"
     return text

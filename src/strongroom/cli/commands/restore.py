@@ -49,6 +49,25 @@ from strongroom.services.session import LockMode
     help="VM points: restore only this disk (repeatable); one disk may go to a file, a device "
     "or an NBD URI (back into the block layer).",
 )
+@click.option(
+    "--scope",
+    default="full",
+    show_default=True,
+    metavar="SCOPE",
+    help="What to restore of a point built on seeds: user, os, app:NAME or full.",
+)
+@click.option(
+    "--backing",
+    metavar="GOLDEN",
+    type=click.Path(dir_okay=False),
+    help="Image points with --scope user: the seed's golden image; TARGET becomes a qcow2 "
+    "overlay on it holding only the point's own blocks (--format qcow2).",
+)
+@click.option(
+    "--verify-backing",
+    is_flag=True,
+    help="With --backing: check every block of GOLDEN against the seed (default: a sample).",
+)
 @pass_app
 def restore(
     app: App,
@@ -59,6 +78,9 @@ def restore(
     partition: int | None,
     vm: str | None,
     disks: tuple[str, ...],
+    scope: str,
+    backing: str | None,
+    verify_backing: bool,
 ) -> None:
     """Restore POINT (an id prefix or 'latest') into TARGET.
 
@@ -66,6 +88,7 @@ def restore(
     """
     out = app.out
     request = RestoreRequest(point, target, list(include), fmt, partition, vm, list(disks))
+    request.scope, request.backing, request.verify_backing = scope, backing, verify_backing
     with app.repository(LockMode.SHARED) as repo, out.progress("restore") as progress:
         restored = restore_point(repo, request, progress)
     match restored:
@@ -102,10 +125,11 @@ def _files_restored(out: Output, r: FilesRestored, target: str) -> None:
 
 def _image_restored(out: Output, r: ImageRestored, target: str) -> None:
     summary = r.summary
+    overlay = f" as a qcow2 overlay on {r.backing}" if r.backing else ""
     out.summary(
-        {"point_id": r.point.id, **summary.as_dict()},
+        {"point_id": r.point.id, **summary.as_dict(), "backing": r.backing},
         [
-            f"restored image point {r.point.short_id} to {target}: "
+            f"restored image point {r.point.short_id} to {target}{overlay}: "
             f"{human_bytes(summary.size)} disk, {human_bytes(summary.bytes_written)} written, "
             f"{summary.holes} hole blocks"
         ],
