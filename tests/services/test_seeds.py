@@ -60,7 +60,7 @@ def test_a_directory_seed_is_rooted_at_the_directory(
 
 
 def test_detect_source_reads_magic_not_names(tmp_path: Path) -> None:
-    fake = tmp_path / "x.deb"
+    fake = tmp_path / "x.tar"
     fake.write_bytes(b"\0" * 1024)
     assert detect_source(str(fake)) == "image"
     assert detect_source(str(tmp_path)) == "tree"
