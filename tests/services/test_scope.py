@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from strongroom.errors import IntegrityError, PathNotFound, UsageError
 from strongroom.model.origin import FileClass, Origin, PointSeeds
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.scope import Scope, ScopeKind, ScopeSpec, bind
-from strongroom.model.tree import Node
+from strongroom.model.tree import Node, encode_tree
+from strongroom.pipeline.restore import FileRestore
+from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.services.backup import BackupRequest, backup_files
 from strongroom.services.browse import diff_scoped
@@ -244,6 +247,8 @@ def test_full_scope_equals_the_machine(
 ) -> None:
     summary = restore_files(local_repo, point, str(tmp_path / "out"), scope=ScopeSpec.parse("full"))
     assert rsync_differences(machine.root, _restored(tmp_path / "out", machine)) == []
+    restore_files(local_repo, point, str(tmp_path / "plain"))  # no scope at all
+    assert rsync_differences(tmp_path / "plain", tmp_path / "out") == []
     assert not (tmp_path / "out/.strongroom-lacks").exists()
     assert summary.classes == {"identical": 8, "modified": 4, "moved": 1, "own": 9}
 
@@ -434,3 +439,63 @@ def test_default_lacks_file_clash_is_refused(tmp_path: Path, local_repo: Reposit
     )
     assert (tmp_path / "out/.strongroom-lacks").read_bytes() == b""  # the point's own file
     assert (tmp_path / "lacks.txt").read_bytes() == os.fsencode(root.resolve()) + b"/gone\n"
+
+
+# --- agreement on arbitrary trees ----------------------------------------------------
+
+_ORIGINS = st.sampled_from(
+    [None, i(0), i(1), i(0, 1), m(0), m(1), Origin(FileClass.MOVED, (1,), b"x/y")]
+)
+
+
+@st.composite
+def _trees(draw: st.DrawFn, depth: int = 0) -> list[tuple[bytes, str, Origin | None, object]]:
+    names = draw(st.lists(st.sampled_from([b"a", b"b", b"c", b"d"]), unique=True, max_size=4))
+    out = []
+    for name in sorted(names):
+        kind = draw(st.sampled_from(["f", "l", "d"] if depth < 3 else ["f", "l"]))
+        children = draw(_trees(depth + 1)) if kind == "d" else None
+        out.append((name, kind, draw(_ORIGINS), children))
+    return out
+
+
+def _store(repo: Repository, entries: list[tuple[bytes, str, Origin | None, object]]) -> bytes:
+    nodes = []
+    for name, kind, origin, children in entries:
+        node = Node(name, kind, mode=0o755 if kind == "d" else 0o644, origin=origin)
+        if kind == "l":
+            node.link_target = b"target"
+        if kind == "d":
+            node.subtree = _store(repo, children)  # type: ignore[arg-type]
+        nodes.append(node)
+    return repo.put_chunk(BlobType.TREE, encode_tree(nodes))
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # trees only add chunks
+@given(
+    tree=_trees(),
+    scope=st.sampled_from(["full", "user", "os", "app:app"]),
+    root=st.sampled_from(["/", "/a", "/a/b"]),
+    include=st.sampled_from([None, "/a", "/b/c"]),
+)
+def test_scoped_walk_and_restore_agree_on_any_tree(
+    memory_repo: Repository,
+    tree: list[tuple[bytes, str, Origin | None, object]],
+    scope: str,
+    root: str,
+    include: str | None,
+) -> None:
+    tree_id = _store(memory_repo, tree)
+    memory_repo.flush()
+    seeds = PointSeeds([used_seed("debian", "os"), used_seed("app")], root)
+    bound = bind(ScopeSpec.parse(scope), seeds, "p")
+    try:
+        listed = [p for p, _ in iter_scoped(memory_repo, tree_id, bound, include or "/")]
+    except PathNotFound:
+        return
+    with tempfile.TemporaryDirectory() as target:
+        job = FileRestore(memory_repo, tree_id, target, [include] if include else [], scope=bound)
+        job.run()
+        written = [b"/" + rel for rel, _, _ in walk(target)]
+    event(f"entries written: {min(len(written), 5)}+")
+    assert listed == written
