@@ -207,14 +207,14 @@ def test_diff_scope(
     changes = {
         (d["modifier"], d["path"][len(base) :])
         for d in user.lines()
-        if d["message_type"] == "change"
+        if d["message_type"] == "change" and d["path"].startswith(base + "/")
     }
     assert changes == {("+", "/home/ann/new.txt"), ("U", "/home/ann"), ("+", "/usr/bin/ls")}
     os_ = cli("diff", point.id, later.id, "--scope", "os", "--json")
     changes = {
         (d["modifier"], d["path"][len(base) :])
         for d in os_.lines()
-        if d["message_type"] == "change"
+        if d["message_type"] == "change" and d["path"].startswith(base + "/")
     }
     assert changes == {("M", "/usr/bin/ls")}
     refused = cli("diff", point.id, later.id, "--scope", "app:nope")
