@@ -14,7 +14,7 @@ from strongroom.services.scope import unescape_line
 from tests.conftest import CliRunner, open_local_repository
 from tests.helpers.cli import assert_one_line_error
 from tests.helpers.compare import rsync_differences, walk
-from tests.helpers.seeded import OS, Machine, m, seeded_point
+from tests.helpers.seeded import OS, Machine, i, m, seeded_point
 
 
 @pytest.fixture
@@ -274,3 +274,44 @@ def test_hostile_lacks_through_the_cli(
     assert not (tmp_path / "out").exists()
     full = cli("restore", bad.id, "-t", str(tmp_path / "out"))  # full reads no lacks list
     assert full.rc == 0, full.err
+
+
+def test_lacks_file_in_a_missing_folder_writes_nothing(
+    tmp_path: Path, cli: CliRunner, point: RecoveryPoint
+) -> None:
+    missing = tmp_path / "nope" / "lacks.txt"
+    result = cli(
+        "restore",
+        point.id,
+        "-t",
+        str(tmp_path / "out"),
+        "--scope",
+        "user",
+        "--lacks-file",
+        str(missing),
+    )
+    assert result.rc == 2
+    assert_one_line_error(result, "no such folder", only=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_origin_naming_an_unused_seed_through_the_cli(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path, machine: Machine
+) -> None:
+    machine.origins["srv/old.conf"] = i(5)
+    repo = open_local_repository(initialized_repo)
+    try:
+        bad = machine.point(repo)
+    finally:
+        repo.close()
+    for command in (
+        ["restore", bad.id, "-t", str(tmp_path / "out"), "--scope", "user"],
+        ["ls", bad.id, "--json"],
+        ["ls", bad.id, "--scope", "user"],
+        ["dump", bad.id, str(machine.root.resolve() / "srv/old.conf"), "--scope", "user"],
+    ):
+        result = cli(*command)
+        assert result.rc == 1, (command, result.err)
+        assert_one_line_error(result, "names a seed the point does not build on", only=True)
+    restored = {p.name for p in (tmp_path / "out").iterdir()}
+    assert restored == {tmp_path.parts[1]}  # inside the target only, and no lacks list

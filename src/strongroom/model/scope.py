@@ -120,6 +120,14 @@ class Scope:
         return path == self.root or self.root.startswith(path + b"/")
 
 
+def root_path(seeds: PointSeeds) -> bytes:
+    """The seeds' root as a tree path ("/" -> b""); IntegrityError if it cannot be one."""
+    try:
+        return seeds.root.rstrip("/").encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise IntegrityError("the point's seed root is not a path") from None
+
+
 def bind(spec: ScopeSpec, seeds: PointSeeds | None, point: str, *, strict: bool = True) -> Scope:
     """`spec` for a point with seed record `seeds` (`point` names it in messages).
 
@@ -133,7 +141,7 @@ def bind(spec: ScopeSpec, seeds: PointSeeds | None, point: str, *, strict: bool 
                 f"point {point} was not made against seeds: --scope {spec} selects nothing in it"
             )
         return Scope(spec)
-    root = seeds.root.rstrip("/").encode("utf-8", "surrogateescape")
+    root = root_path(seeds)
     if spec.kind is ScopeKind.APP:
         wanted = frozenset(i for i, s in enumerate(seeds.used) if s.name == spec.app)
     elif spec.kind is ScopeKind.OS:

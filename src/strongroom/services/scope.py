@@ -20,7 +20,7 @@ from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.origin import decode_lacks
 from strongroom.model.point import RecoveryPoint
-from strongroom.model.scope import Scope, ScopeKind, ScopeSpec, bind, class_of
+from strongroom.model.scope import Scope, ScopeKind, ScopeSpec, bind, class_of, root_path
 from strongroom.model.tree import DIR, Node, TreePath
 from strongroom.pipeline.restore import Selection
 from strongroom.repository.format import BlobType
@@ -88,7 +88,7 @@ def lacking_paths(repo: Repository, point: RecoveryPoint) -> list[bytes]:
             f"point {point.short_id}: the list of lacking seed files holds {len(pairs)} "
             f"entries, the point counts {seeds.lacks_count}"
         )
-    root = seeds.root.rstrip("/").encode("utf-8", "surrogateescape")
+    root = root_path(seeds)
     return sorted({root + b"/" + path for _, path in pairs})
 
 
@@ -131,6 +131,9 @@ def check_lacks_file(repo: Repository, point: RecoveryPoint, target: str, lacks_
         )
     if os.path.isdir(lacks_file):
         raise UsageError(f"--lacks-file {printable(lacks_file)} is a directory")
+    folder = os.path.dirname(os.path.abspath(lacks_file))
+    if folder != os.path.abspath(target) and not os.path.isdir(folder):
+        raise UsageError(f"--lacks-file {printable(lacks_file)}: no such folder")
 
 
 def write_lacks_file(lacks_file: str, paths: list[bytes]) -> None:
