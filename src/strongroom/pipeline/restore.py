@@ -166,6 +166,12 @@ class FileRestore:
     link is made only to a file this restore created, without following
     symlinks, and is checked to be that file. Names were checked when the tree
     was decoded; nesting is bounded and a tree containing itself is damage.
+
+    A `scope` (model/scope.py) restores part of a seeded point: entries it does
+    not select are skipped, and a directory it does not select is created (by
+    the same calls, with its metadata) only once an entry below it is written.
+    A hard-linked name whose first name was skipped is restored as a whole
+    file: links are still made only to files this restore created.
     """
 
     def __init__(
