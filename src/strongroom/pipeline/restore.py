@@ -31,6 +31,7 @@ from strongroom.errors import (
     StrongroomError,
 )
 from strongroom.model.names import name_problem, printable
+from strongroom.model.scope import FULL, Scope, class_of
 from strongroom.model.tree import (
     BLOCKDEV,
     CHARDEV,
@@ -61,6 +62,10 @@ class RestoreSummary:
     bytes_written: int = 0
     damaged: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    scope: str = "full"
+    # Restored non-directories (files, symlinks, other entries) per class of a
+    # seeded point (identical, modified, moved, own; model/origin.py).
+    classes: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -109,7 +114,7 @@ def _create(make: Callable[[], _T], dir_fd: int, name: bytes) -> _T:
         return make()
 
 
-class _Selection:
+class Selection:
     """Which paths to restore: all, or those under/leading to `--include` paths."""
 
     def __init__(self, includes: list[str]) -> None:
@@ -130,7 +135,10 @@ class _Selection:
 
 @dataclass
 class _Frame:
-    """A directory being restored: its descriptor, where it is, and what is left of it."""
+    """A directory being restored: its descriptor, where it is, and what is left of it.
+
+    A directory the scope does not select itself is *pending* (`fd` -1): it is
+    created, with its metadata, only when an entry below it is written."""
 
     fd: int
     path: bytes  # as backed up, for messages and --include
@@ -139,6 +147,10 @@ class _Frame:
     nodes: Iterator[Node]
     node: Node | None  # the directory's own entry; None for the target itself
     entered: bool = False  # its tree is on `FileRestore._trees`
+
+    @property
+    def pending(self) -> bool:
+        return self.fd < 0
 
 
 class FileRestore:
@@ -154,6 +166,12 @@ class FileRestore:
     link is made only to a file this restore created, without following
     symlinks, and is checked to be that file. Names were checked when the tree
     was decoded; nesting is bounded and a tree containing itself is damage.
+
+    A `scope` (model/scope.py) restores part of a seeded point: entries it does
+    not select are skipped, and a directory it does not select is created (by
+    the same calls, with its metadata) only once an entry below it is written.
+    A hard-linked name whose first name was skipped is restored as a whole
+    file: links are still made only to files this restore created.
     """
 
     def __init__(
@@ -165,14 +183,16 @@ class FileRestore:
         progress: ProgressCallback = no_progress,
         workers: int = 4,
         cancel: threading.Event | None = None,
+        scope: Scope | None = None,
     ) -> None:
         self.repo = repo
         self.tree_id = tree_id
         self.target = target
-        self.selection = _Selection(includes or [])
+        self.selection = Selection(includes or [])
+        self.scope = scope or Scope(FULL)
         self.report = progress
         self.cancel = cancel or threading.Event()
-        self.summary = RestoreSummary()
+        self.summary = RestoreSummary(scope=str(self.scope.spec))
         self.progress = Progress(job="restore")
         self._work = OrderedWork(workers, depth=4 * workers + 4)
         # First restored name of each hard-linked inode, once created: the (device,
@@ -202,7 +222,8 @@ class FileRestore:
         missing = [
             os.fsdecode(i) for i in self.selection.includes if i not in self._matched_include
         ]
-        if missing and not self.summary.files and not self.summary.dirs:
+        # A scope may leave an include unvisited (outside it): nothing to restore there.
+        if missing and not self.summary.files and not self.summary.dirs and self.scope.is_full:
             raise PathNotFound(f"not in the point: {', '.join(missing)}")
         self._emit(force=True)
         return self.summary
@@ -221,7 +242,7 @@ class FileRestore:
                 stack.pop()
                 if frame.entered:
                     self._trees.leave()
-                if frame.node is not None:
+                if frame.node is not None and not frame.pending:
                     self._finish_dir(frame)
                 continue
             if self.cancel.is_set():
@@ -236,21 +257,45 @@ class FileRestore:
                 self._matched_include.add(path)
             if not covered and not (node.type == DIR and self.selection.leads_to(path)):
                 continue
+            selected = covered and self.scope.selects(node)
+            if node.type == DIR:
+                if not selected and not self.scope.enters(path, node):
+                    continue
+            elif not selected:
+                continue
             try:
+                if selected and not self._materialize(stack):
+                    continue
                 if node.type == DIR:
-                    child = self._enter_dir(node, frame.fd, path, rel, covered)
-                    if child is not None:
-                        stack.append(child)
-                elif covered:
+                    stack.append(self._enter_dir(node, frame.fd, path, rel, covered, selected))
+                else:
                     self._restore_leaf(node, frame.fd, path, rel)
             except StrongroomError:
                 raise
             except (OSError, ValueError, OverflowError) as err:
                 self._warn(f"{printable(path)}: {_reason(err)}")
 
-    def _enter_dir(
-        self, node: Node, dir_fd: int, path: bytes, rel: bytes, full: bool
-    ) -> _Frame | None:
+    def _materialize(self, stack: list[_Frame]) -> bool:
+        """Create the pending directories on the way to an entry about to be
+        written, outermost first (the target itself is never pending). False if
+        one cannot be made: it was warned about, and what is below it skipped,
+        as for a directory that cannot be created when entered."""
+        first = len(stack)
+        while first > 0 and stack[first - 1].pending:
+            first -= 1
+        for i in range(first, len(stack)):
+            frame = stack[i]
+            assert frame.node is not None
+            try:
+                frame.fd = self._make_dir(frame.node, stack[i - 1].fd)
+            except (OSError, ValueError, OverflowError) as err:
+                self._warn(f"{printable(frame.path)}: {_reason(err)}")
+                for skipped in stack[i:]:
+                    skipped.nodes = iter(())
+                return False
+        return True
+
+    def _make_dir(self, node: Node, dir_fd: int) -> int:
         name = node.name
         try:
             os.mkdir(name, 0o700, dir_fd=dir_fd)
@@ -261,6 +306,13 @@ class FileRestore:
         sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)  # a symlink raced in: ELOOP
         self._fds.add(sub_fd)
         self.summary.dirs += 1
+        return sub_fd
+
+    def _enter_dir(
+        self, node: Node, dir_fd: int, path: bytes, rel: bytes, full: bool, selected: bool
+    ) -> _Frame:
+        """The frame of a directory: created now if the scope selects it, else pending."""
+        sub_fd = self._make_dir(node, dir_fd) if selected else -1
         nodes: list[Node] = []
         entered = False
         if node.subtree is not None:
@@ -291,6 +343,7 @@ class FileRestore:
     def _restore_leaf(self, node: Node, dir_fd: int, path: bytes, rel: bytes) -> None:
         if node.type == FILE:
             self._restore_file(node, dir_fd, path, rel)
+            self._count_class(node)
             return
         name = node.name
         if node.type in (CHARDEV, BLOCKDEV) and not IS_ROOT:
@@ -302,6 +355,7 @@ class FileRestore:
             kind = _KINDS[node.type] | 0o600
             _create(lambda: os.mknod(name, kind, node.rdev, dir_fd=dir_fd), dir_fd, name)
         self.summary.other_entries += 1
+        self._count_class(node)
         handle = os.open(name, _HANDLE_FLAGS, dir_fd=dir_fd)
         try:
             if stat.S_IFMT(os.fstat(handle).st_mode) != _KINDS[node.type]:
@@ -309,6 +363,10 @@ class FileRestore:
             self._apply_handle_meta(handle, node, path)
         finally:
             os.close(handle)
+
+    def _count_class(self, node: Node) -> None:
+        word = class_of(node).word
+        self.summary.classes[word] = self.summary.classes.get(word, 0) + 1
 
     def _close(self, fd: int) -> None:
         self._fds.discard(fd)

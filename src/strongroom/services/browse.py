@@ -16,11 +16,20 @@ from strongroom.errors import IntegrityError, PathNotFound, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
+from strongroom.model.scope import Scope, ScopeSpec
 from strongroom.model.tree import DIR, FILE, MAX_TREE_DEPTH, Node
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.services.image_files import open_image_filesystem
 from strongroom.services.points import require_files
+from strongroom.services.scope import (
+    BoundScope,
+    bind_point,
+    iter_scoped,
+    refuse_on_image,
+    scoped_listing,
+    scoped_node,
+)
 from strongroom.services.walk import find_node, iter_tree, load_tree
 from strongroom.sources.image_files import ImageEntry, ImageFileSystem
 
@@ -43,9 +52,15 @@ def list_point(
     path: str = "/",
     recursive: bool = True,
     partition: int | None = None,
+    scope: BoundScope | None = None,
 ) -> Iterator[FileListing | ImageListing]:
     """What `ls` shows of `point` under `path`; an image's file system stays
-    open until the block ends."""
+    open until the block ends. With a scope other than `full` (bound to this
+    point by `scope_for`), exactly what `restore --scope` writes there."""
+    if scope is not None and not scope.scope.is_full:
+        require_files(point)
+        yield scoped_listing(repo, bytes.fromhex(point.tree), scope.scope, path, recursive)
+        return
     _refuse_vm(point)
     if point.kind == PointKind.BLOCK:
         with open_image_filesystem(repo, point, partition) as fs:
@@ -53,6 +68,15 @@ def list_point(
         return
     require_files(point)
     yield list_entries(repo, bytes.fromhex(point.tree), path, recursive)
+
+
+def scope_for(
+    point: RecoveryPoint, spec: ScopeSpec, command: str, *, strict: bool = True
+) -> BoundScope:
+    """`spec` bound to `point` for `command` (ls, diff, dump): refused on image
+    and VM points, UsageError for a seed the point does not build on."""
+    refuse_on_image(point, spec, command)
+    return bind_point(point, spec, strict=strict)
 
 
 def _image_entries(fs: ImageFileSystem, path: str, recursive: bool) -> Iterator[ImageEntry]:
@@ -66,9 +90,20 @@ def _image_entries(fs: ImageFileSystem, path: str, recursive: bool) -> Iterator[
 
 
 def dump_point(
-    repo: Repository, point: RecoveryPoint, path: str, out: BinaryIO, partition: int | None = None
+    repo: Repository,
+    point: RecoveryPoint,
+    path: str,
+    out: BinaryIO,
+    partition: int | None = None,
+    scope: BoundScope | None = None,
 ) -> None:
-    """Write one file of `point` (or of the file system inside a block point) to `out`."""
+    """Write one file of `point` (or of the file system inside a block point) to
+    `out`; with a scope, only a file that `restore --scope` writes."""
+    if scope is not None and not scope.scope.is_full:
+        require_files(point)
+        node = scoped_node(repo, bytes.fromhex(point.tree), scope.scope, path)
+        if node.type != FILE:
+            raise PathNotFound(f"{printable(path)}: not a regular file in the point")
     _refuse_vm(point)
     if point.kind == PointKind.BLOCK:
         with open_image_filesystem(repo, point, partition) as fs, fs.open(path) as f:
@@ -203,6 +238,39 @@ def _diff_level(repo: Repository, pair: _Pair) -> Iterator[Change | _Pair]:
                 yield _Pair(o.subtree, n.subtree, path)
             elif _meta(o) != _meta(n):
                 yield Change("U", path, n)
+
+
+def diff_scoped(
+    repo: Repository, a: RecoveryPoint, sa: Scope, b: RecoveryPoint, sb: Scope
+) -> Iterator[Change]:
+    """Differences between what `restore --scope` writes of `a` and of `b`:
+    both scoped walks merged by path (depth first by name on both sides, so
+    comparing component lists keeps them in step). An entry that only enters
+    or leaves the scope (its class changed) is added or removed."""
+    left = iter_scoped(repo, bytes.fromhex(a.tree), sa)
+    right = iter_scoped(repo, bytes.fromhex(b.tree), sb)
+    old, new = next(left, None), next(right, None)
+    while old is not None or new is not None:
+        ko = old[0].split(b"/") if old is not None else None
+        kn = new[0].split(b"/") if new is not None else None
+        if kn is None or (ko is not None and ko < kn):
+            assert old is not None
+            yield Change("-", old[0], old[1])
+            old = next(left, None)
+        elif ko is None or kn < ko:
+            assert new is not None
+            yield Change("+", new[0], new[1])
+            new = next(right, None)
+        else:
+            assert old is not None and new is not None
+            o, n = old[1], new[1]
+            if o.type != n.type:
+                yield Change("T", new[0], n)
+            elif n.type == FILE and o.chunks != n.chunks:
+                yield Change("M", new[0], n)
+            elif _meta(o) != _meta(n):
+                yield Change("U", new[0], n)
+            old, new = next(left, None), next(right, None)
 
 
 def dump_file(repo: Repository, tree_id: bytes, path: str, out: BinaryIO) -> int:

@@ -15,16 +15,34 @@ from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
+from strongroom.model.scope import FULL, ScopeKind, ScopeSpec
 from strongroom.pipeline.image_restore import ImageRestoreSummary
-from strongroom.pipeline.restore import FileRestore, RestoreSummary
+from strongroom.pipeline.restore import FileRestore, RestoreSummary, Selection
 from strongroom.repository.repo import Repository
 from strongroom.services.image_files import extract, open_image_filesystem
 from strongroom.services.image_restore import restore_image, restore_overlay
 from strongroom.services.points import PointFilter, find_point, require_files
+from strongroom.services.scope import (
+    bind_point,
+    check_lacks_file,
+    default_lacks_file,
+    lacking_paths,
+    write_lacks_file,
+)
 from strongroom.services.vm_restore import restore_vm
 from strongroom.services.vms import vm_path
 from strongroom.services.walk import find_node
 from strongroom.types import ProgressCallback, no_progress
+
+
+@dataclass
+class ScopedRestore:
+    """What a scoped restore adds to the summary: the notice a user must see,
+    and for `--scope user` the seed files the point lacks and where they went."""
+
+    notice: str | None = None
+    lacks: list[bytes] | None = None  # None: no list written (not --scope user)
+    lacks_file: str | None = None
 
 
 def restore_files(
@@ -34,9 +52,29 @@ def restore_files(
     includes: list[str] | None = None,
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
+    scope: ScopeSpec = FULL,
+    lacks_file: str | None = None,
+    scoped: ScopedRestore | None = None,
 ) -> RestoreSummary:
+    """Restore a files point; with a scope other than `full`, only that part of
+    it (docs/seeds.md, "Scoped recovery"), and for `user` the list of seed
+    files it lacks into `lacks_file` (default TARGET/.strongroom-lacks).
+
+    Every question is settled before anything is written: the scope against
+    the point's seeds, the includes, the lacks list (decoded and checked) and
+    where it goes. `scoped`, if given, receives what the caller reports."""
+    scoped = scoped if scoped is not None else ScopedRestore()
+    if lacks_file is not None and scope.kind is not ScopeKind.USER:
+        raise UsageError("--lacks-file goes with --scope user")
+    bound = bind_point(point, scope)
+    scoped.notice = bound.notice
     for include in includes or []:
         find_node(repo, bytes.fromhex(point.tree), include)  # PathNotFound before any write
+    if scope.kind is ScopeKind.USER:
+        selection = Selection(includes or [])
+        scoped.lacks = [p for p in lacking_paths(repo, point) if selection.covers(p)]
+        scoped.lacks_file = lacks_file or default_lacks_file(target)
+        check_lacks_file(repo, point, target, scoped.lacks_file)
     job = FileRestore(
         repo,
         bytes.fromhex(point.tree),
@@ -44,8 +82,12 @@ def restore_files(
         includes=includes,
         progress=progress,
         cancel=cancel,
+        scope=bound.scope,
     )
-    return job.run()
+    summary = job.run()
+    if scoped.lacks is not None and scoped.lacks_file is not None:
+        write_lacks_file(scoped.lacks_file, scoped.lacks)
+    return summary
 
 
 @dataclass
@@ -57,7 +99,8 @@ class RestoreRequest:
     partition: int | None = None  # image points with `include`: None means auto
     vm: str | None = None  # `point` is one of this VM's points
     disks: list[str] = field(default_factory=list)  # VM points: only these disks
-    scope: str = "full"  # user | os | app:NAME | full
+    scope: ScopeSpec = FULL  # which part (docs/seeds.md, "Scoped recovery", "Images")
+    lacks_file: str | None = None  # --scope user: where the lacking seed files are listed
     backing: str | None = None  # image points, --scope user: the golden image under the overlay
     verify_backing: bool = False  # check every block of `backing`, not a sample
 
@@ -66,6 +109,7 @@ class RestoreRequest:
 class FilesRestored:
     point: RecoveryPoint
     summary: RestoreSummary
+    scoped: ScopedRestore = field(default_factory=ScopedRestore)
 
 
 @dataclass
@@ -107,6 +151,10 @@ def restore_point(
     p = find_point(repo, req.point, PointFilter(paths=[vm]) if vm else None)
     if vm and p.paths != [vm]:
         raise UsageError(f"point {p.short_id} is not a point of VM {req.vm}")
+    if p.kind == PointKind.VM and not req.scope.is_full:
+        raise UsageError(f"--scope {req.scope}: point {p.short_id} is a VM point (scopes: full)")
+    if p.kind in (PointKind.VM, PointKind.BLOCK) and req.lacks_file is not None:
+        raise UsageError(f"--lacks-file: point {p.short_id} is an image point")
     if p.kind == PointKind.VM:
         if req.include or req.partition is not None:
             raise UsageError("--include/--partition browse an image: restore a --disk first")
@@ -115,7 +163,7 @@ def restore_point(
     if req.vm or req.disks:
         raise UsageError(f"point {p.short_id} is a {printable(p.kind)} point, not a VM point")
     if p.kind == PointKind.BLOCK:
-        if req.scope != "full" or req.backing:
+        if not req.scope.is_full or req.backing:
             return _restore_image_scoped(repo, p, req, progress, cancel)
         if not req.include:
             return ImageRestored(p, restore_image(repo, p, req.target, req.fmt, progress, cancel))
@@ -123,7 +171,13 @@ def restore_point(
             total = sum(extract(fs, path, req.target) for path in req.include)
         return ImageFilesRestored(p, fs.kind, req.include, total)
     require_files(p)
-    return FilesRestored(p, restore_files(repo, p, req.target, req.include, progress, cancel))
+    if req.backing or req.verify_backing:
+        raise UsageError("--backing goes with image points (--scope user of a disk image)")
+    scoped = ScopedRestore()
+    summary = restore_files(
+        repo, p, req.target, req.include, progress, cancel, req.scope, req.lacks_file, scoped
+    )
+    return FilesRestored(p, summary, scoped)
 
 
 def _restore_image_scoped(
@@ -135,9 +189,9 @@ def _restore_image_scoped(
 ) -> ImageRestored:
     """`--scope user` of an image point: only its own blocks, as a qcow2
     overlay on the golden image (--backing) of the seed it builds on."""
-    if req.scope not in ("user", "full"):
+    if req.scope.kind not in (ScopeKind.USER, ScopeKind.FULL):
         raise UsageError(f"point {p.short_id} is a disk image: its scopes are user and full")
-    if req.scope != "user":
+    if req.scope.kind is not ScopeKind.USER:
         raise UsageError("--backing goes with --scope user (the point's own blocks on GOLDEN)")
     if req.include or req.partition is not None:
         raise UsageError("--scope user of an image point writes an overlay: drop --include")

@@ -12,17 +12,28 @@ from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
+from strongroom.model.origin import FileClass, PointSeeds
+from strongroom.model.scope import ScopeKind, ScopeSpec, class_of
 from strongroom.model.tree import Node
-from strongroom.services.browse import ImageListing, diff_trees, dump_point, list_point
+from strongroom.services.browse import (
+    ImageListing,
+    diff_scoped,
+    diff_trees,
+    dump_point,
+    list_point,
+    scope_for,
+)
 from strongroom.services.points import find_point
 from strongroom.services.session import LockMode
 
 _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "p": "p", "c": "c", "b": "b", "s": "s"}
 
 
-def _node_doc(path: bytes, node: Node) -> dict[str, object]:
-    """JSON escapes every character itself; bytes that are not UTF-8 become `\\xNN`."""
-    return {
+def _node_doc(path: bytes, node: Node, seeds: PointSeeds | None) -> dict[str, object]:
+    """JSON escapes every character itself; bytes that are not UTF-8 become `\\xNN`.
+    A seeded point's entries carry their class, the seeds that have their path
+    and, for a moved file, its path in the seed."""
+    doc: dict[str, object] = {
         "path": _decoded(path),
         "type": node.type,
         "mode": oct(node.mode),
@@ -32,6 +43,23 @@ def _node_doc(path: bytes, node: Node) -> dict[str, object]:
         "mtime": datetime.fromtimestamp(node.mtime_ns / 1e9).astimezone().isoformat(),
         "link_target": _decoded(node.link_target) or None,
     }
+    if seeds is not None:
+        doc["class"] = class_of(node).word
+        origin = node.origin
+        doc["seeds"] = [] if origin is None else [s.name for s in seeds.origin_seeds(origin)]
+        if origin is not None and origin.cls is FileClass.MOVED:
+            doc["seed_path"] = _decoded(origin.seed_path)
+    return doc
+
+
+_SCOPE_OPTION = click.option(
+    "--scope",
+    "scope_text",
+    default="full",
+    show_default=True,
+    metavar="full|user|os|app:NAME",
+    help="Points made against seeds: only what 'restore --scope' writes.",
+)
 
 
 def _decoded(path: bytes) -> str:
@@ -46,45 +74,77 @@ def _decoded(path: bytes) -> str:
 @click.option(
     "--partition", type=int, help="Image points: partition number (default: the first readable)."
 )
+@_SCOPE_OPTION
 @pass_app
 def ls(
-    app: App, point: str, path: str, long_: bool, recursive: bool, partition: int | None
+    app: App,
+    point: str,
+    path: str,
+    long_: bool,
+    recursive: bool,
+    partition: int | None,
+    scope_text: str,
 ) -> None:
     """List the entries of a point (under PATH); for an image point, its files inside."""
+    spec = ScopeSpec.parse(scope_text)
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
-        with list_point(repo, p, path, recursive, partition) as listing:
+        bound = scope_for(p, spec, "ls")
+        if bound.notice:
+            app.out.notice(bound.notice)
+        with list_point(repo, p, path, recursive, partition, bound) as listing:
             if isinstance(listing, ImageListing):
                 _ls_image(app, listing, long_)
                 return
             for entry_path, node in listing:
                 if app.out.json:
-                    app.out.emit(_node_doc(entry_path, node))
+                    app.out.emit(_node_doc(entry_path, node, p.seeds))
                 elif long_:
                     mode = _TYPE_CHAR.get(node.type, "?") + statmod.filemode(node.mode)[1:]
                     when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
                     owner = printable(f"{node.user or node.uid}/{node.group or node.gid}")
                     link = f" -> {printable(node.link_target)}" if node.link_target else ""
+                    cls = f"{_class_column(node, p.seeds):<9} " if p.seeds is not None else ""
                     app.out.info(
-                        f"{mode} {owner:>15} {node.size:>12} {when} {printable(entry_path)}{link}"
+                        f"{mode} {owner:>15} {node.size:>12} {when} {cls}"
+                        f"{printable(entry_path)}{link}"
                     )
                 else:
                     app.out.info(printable(entry_path))
 
 
+def _class_column(node: Node, seeds: PointSeeds) -> str:
+    """`ls -l` of a seeded point: the entry's class (checked against the point's seeds)."""
+    if node.origin is not None:
+        seeds.origin_seeds(node.origin)  # IntegrityError for a seed the point lacks
+    return class_of(node).word
+
+
 @click.command()
 @click.argument("point_a")
 @click.argument("point_b")
+@_SCOPE_OPTION
 @pass_app
-def diff(app: App, point_a: str, point_b: str) -> None:
+def diff(app: App, point_a: str, point_b: str, scope_text: str) -> None:
     """Show what changed between two points (+ added, - removed, M modified, U metadata, T type)."""
     counts = {"+": 0, "-": 0, "M": 0, "U": 0, "T": 0}
+    spec = ScopeSpec.parse(scope_text)
     with app.repository(LockMode.NONE) as repo:
         a = find_point(repo, point_a)
         b = find_point(repo, point_b)
+        sa = scope_for(a, spec, "diff", strict=False)
+        sb = scope_for(b, spec, "diff", strict=False)
         if {a.kind, b.kind} != {PointKind.FILES}:
             raise UsageError("diff compares file points; for image points see 'snapshots'")
-        for change in diff_trees(repo, bytes.fromhex(a.tree), bytes.fromhex(b.tree)):
+        if spec.kind in (ScopeKind.APP, ScopeKind.OS) and not (sa.scope.seeds or sb.scope.seeds):
+            scope_for(b, spec, "diff")  # neither builds on it: b's one-line refusal
+        for notice in dict.fromkeys(n for n in (sa.notice, sb.notice) if n):
+            app.out.notice(notice)
+        if spec.is_full:
+            changes = diff_trees(repo, bytes.fromhex(a.tree), bytes.fromhex(b.tree))
+        else:
+            changes = diff_scoped(repo, a, sa.scope, b, sb.scope)
+        for change in changes:
             counts[change.kind] += 1
             if app.out.json:
                 app.out.emit(
@@ -120,12 +180,14 @@ def diff(app: App, point_a: str, point_b: str) -> None:
 @click.option(
     "--partition", type=int, help="Image points: partition number (default: the first readable)."
 )
+@_SCOPE_OPTION
 @pass_app
-def dump(app: App, point: str, path: str, partition: int | None) -> None:
+def dump(app: App, point: str, path: str, partition: int | None, scope_text: str) -> None:
     """Write one file of a point (or of the file system inside an image point) to stdout."""
+    spec = ScopeSpec.parse(scope_text)
     with app.repository(LockMode.NONE) as repo:
         p = find_point(repo, point)
-        dump_point(repo, p, path, sys.stdout.buffer, partition)
+        dump_point(repo, p, path, sys.stdout.buffer, partition, scope_for(p, spec, "dump"))
         sys.stdout.buffer.flush()
 
 

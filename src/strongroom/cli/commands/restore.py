@@ -7,6 +7,8 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import Output, human_bytes
 from strongroom.errors import ExitCode
+from strongroom.model.names import printable
+from strongroom.model.scope import ScopeSpec
 from strongroom.services.restore import (
     FilesRestored,
     ImageFilesRestored,
@@ -51,10 +53,13 @@ from strongroom.services.session import LockMode
 )
 @click.option(
     "--scope",
+    "scope_text",
     default="full",
     show_default=True,
-    metavar="SCOPE",
-    help="What to restore of a point built on seeds: user, os, app:NAME or full.",
+    metavar="full|user|os|app:NAME",
+    help="Points made against seeds: restore only this part (user: the machine's own "
+    "files; app:NAME, os: those seeds' files as they are in the point; image points: "
+    "user with --backing).",
 )
 @click.option(
     "--backing",
@@ -68,6 +73,12 @@ from strongroom.services.session import LockMode
     is_flag=True,
     help="With --backing: check every block of GOLDEN against the seed (default: a sample).",
 )
+@click.option(
+    "--lacks-file",
+    metavar="FILE",
+    help="--scope user: where to list the seed files the machine lacks "
+    "(default: TARGET/.strongroom-lacks).",
+)
 @pass_app
 def restore(
     app: App,
@@ -78,9 +89,10 @@ def restore(
     partition: int | None,
     vm: str | None,
     disks: tuple[str, ...],
-    scope: str,
+    scope_text: str,
     backing: str | None,
     verify_backing: bool,
+    lacks_file: str | None,
 ) -> None:
     """Restore POINT (an id prefix or 'latest') into TARGET.
 
@@ -88,7 +100,9 @@ def restore(
     """
     out = app.out
     request = RestoreRequest(point, target, list(include), fmt, partition, vm, list(disks))
-    request.scope, request.backing, request.verify_backing = scope, backing, verify_backing
+    request.scope = ScopeSpec.parse(scope_text)
+    request.lacks_file = lacks_file
+    request.backing, request.verify_backing = backing, verify_backing
     with app.repository(LockMode.SHARED) as repo, out.progress("restore") as progress:
         restored = restore_point(repo, request, progress)
     match restored:
@@ -103,17 +117,32 @@ def restore(
 
 
 def _files_restored(out: Output, r: FilesRestored, target: str) -> None:
-    summary = r.summary
+    summary, scoped = r.summary, r.scoped
+    if scoped.notice:
+        out.notice(scoped.notice)
     for w in summary.warnings:
         out.warn(w)
-    out.summary(
-        {"point_id": r.point.id, **summary.as_dict()},
-        [
-            f"restored point {r.point.short_id} to {target}: {summary.files} files, "
-            f"{summary.dirs} dirs, {summary.other_entries} other entries, "
-            f"{human_bytes(summary.bytes_written)}"
-        ],
-    )
+    doc: dict[str, object] = {"point_id": r.point.id, **summary.as_dict()}
+    scope = "" if summary.scope == "full" else f" (scope {summary.scope})"
+    lines = [
+        f"restored point {r.point.short_id}{scope} to {target}: {summary.files} files, "
+        f"{summary.dirs} dirs, {summary.other_entries} other entries, "
+        f"{human_bytes(summary.bytes_written)}"
+    ]
+    if r.point.seeds is not None or summary.scope != "full":
+        lines.append(
+            "by class: " + ", ".join(f"{summary.classes.get(w, 0)} {w}" for w in _CLASS_WORDS)
+        )
+    if scoped.lacks is not None:
+        # Exactly: names that are not UTF-8 carry their bytes as \udcNN (surrogateescape).
+        doc["lacks"] = [p.decode("utf-8", "surrogateescape") for p in scoped.lacks]
+        doc["lacks_count"] = len(scoped.lacks)
+        doc["lacks_file"] = scoped.lacks_file
+        lines.append(
+            f"{len(scoped.lacks)} seed files the machine lacks, listed in "
+            f"{printable(scoped.lacks_file or '')}"
+        )
+    out.summary(doc, lines)
     if summary.damaged:
         out.error(f"{len(summary.damaged)} files could not be fully restored (damaged data):")
         for path in summary.damaged:
@@ -121,6 +150,9 @@ def _files_restored(out: Output, r: FilesRestored, target: str) -> None:
         raise SystemExit(ExitCode.FAILED)
     if summary.warnings:
         raise SystemExit(ExitCode.PARTIAL)
+
+
+_CLASS_WORDS = ("own", "modified", "moved", "identical")
 
 
 def _image_restored(out: Output, r: ImageRestored, target: str) -> None:
