@@ -137,8 +137,9 @@ def test_a_seeded_backup_stores_only_own_and_modified_data(
     added = summary.data_added - before
     budget = 1.1 * (m.own_bytes + m.modified_bytes) + METADATA_ALLOWANCE
     assert added <= budget, (added, budget)
-    # The own data is stored (it is new); the seeds' 15 MB of it are not.
-    assert m.own_bytes <= added and 3 * added < summary.total_bytes
+    # The own data is stored (it is new); the seeds' 15 MB of it are not. (The
+    # modified binary's changed chunk is up to cdc_max, 4 MiB, long: hence 2x.)
+    assert m.own_bytes <= added and 2 * added < summary.total_bytes
 
 
 def test_incrementals_with_a_parent_and_a_changed_seed_set(
