@@ -1,4 +1,4 @@
-"""A point's logical representation against seeds (docs/format.md §12a).
+"""A point's logical representation against seeds (docs/format.md §12b).
 
 A file backup made against seeds records, besides the file tree it always
 records, where each entry came from:
@@ -32,7 +32,7 @@ import msgpack
 from strongroom.errors import IntegrityError
 from strongroom.model.names import name_problem
 
-ORIGIN_KEY = "sd"  # the tree node key (docs/format.md §10, §12a)
+ORIGIN_KEY = "sd"  # the tree node key (docs/format.md §10, §12b)
 LACKS_VERSION = 1
 MAX_SEEDS_PER_POINT = 1024
 _MAX_PATH = 65_536

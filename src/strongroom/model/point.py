@@ -102,7 +102,7 @@ class RecoveryPoint:
     program: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     lineage: BlockLineage | None = None
-    seeds: PointSeeds | None = None  # points made against seeds (§12a)
+    seeds: PointSeeds | None = None  # points made against seeds (§12b)
     id: str = ""
 
     def block_lineage(self) -> BlockLineage:

@@ -1,7 +1,7 @@
 """Seeds (golden images): OS or application content preloaded into a repository.
 
 A seed is stored like a point (an encrypted JSON document under `seeds/`,
-docs/format.md §12) and names its content the way a point does: `tree` is the
+docs/format.md §11a) and names its content the way a point does: `tree` is the
 root of a file tree (§10) when `content` is `files`, or of a block map (§10a)
 when it is `block`. So everything that walks, checks, prunes or restores a
 point's manifests does the same for a seed through `as_point()`, and a seed's

@@ -850,7 +850,7 @@ class Repository:
             raise IntegrityError(f"{point_hex!r} is not a point id")
         self.backend.delete(fmt.point_name(point_hex))
 
-    # --- seeds (docs/format.md §12) ----------------------------------------------
+    # --- seeds (docs/format.md §11a) ---------------------------------------------
 
     def save_seed(self, doc: dict[str, Any]) -> str:
         """Store a seed object (after `flush`); returns its hex id. Like a point,

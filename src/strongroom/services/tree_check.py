@@ -131,7 +131,7 @@ class ManifestChecker:
         return info[0]
 
     def _check_lacks(self, chunk_id: bytes, seeds: int, where: str) -> None:
-        """The list of seed files a seeded point lacks (docs/format.md §12a)."""
+        """The list of seed files a seeded point lacks (docs/format.md §12b)."""
         blob = self._first_visit(chunk_id, where)
         if blob is None:
             return

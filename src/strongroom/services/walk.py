@@ -73,7 +73,7 @@ def referenced_by_points(
     for point in points:
         root = bytes.fromhex(point.tree)
         if point.seeds is not None and point.seeds.lacks is not None:
-            used.add(bytes.fromhex(point.seeds.lacks))  # the seed files it lacks (§12a)
+            used.add(bytes.fromhex(point.seeds.lacks))  # the seed files it lacks (§12b)
         if point.kind == PointKind.BLOCK:
             try:
                 used |= referenced_by_map(repo, root)
