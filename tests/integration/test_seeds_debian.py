@@ -36,7 +36,13 @@ from strongroom.services.walk import iter_tree
 from tests.conftest import _CLEARED, init_local_repository, open_local_repository
 from tests.helpers.cli import FAST_KDF, PASSWORD, CliResult, run_cli
 from tests.helpers.compare import rsync_differences, walk
-from tests.helpers.debian import DebianData, DebianUnavailable, debian_data, required
+from tests.helpers.debian import (
+    DebianData,
+    DebianUnavailable,
+    debian_data,
+    required,
+    resolve_in,
+)
 from tests.helpers.inotify import IN_ACCESS, IN_ISDIR, IN_OPEN, FileReads
 from tests.helpers.libvhdi import open_chain
 from tests.helpers.marks import ROOT
@@ -236,6 +242,67 @@ def described_one(root: Path, rel: str) -> dict[str, object]:
         os.close(parent)
     info.pop("atime_ns")
     return info
+
+
+# ------------------------------------------- the data itself (no strongroom)
+
+
+def test_the_debian_data_is_what_the_checks_need(debian: DebianData) -> None:
+    """The fixture against independent evidence: dpkg's own md5sums of the installed
+    packages, the packages' control data, what the build did, e2fsck."""
+    expected = debian.expected()
+    entries, mutations = expected["entries"], expected["mutations"]
+    machine = debian.machine_dir
+    # dpkg's record of every application package's files agrees with the classification
+    # (paths as the packages ship them, resolved through the merged /usr).
+    checked = 0
+    for app in ("nginx-light", "sqlite3"):
+        for deb in debian.debs(app):
+            package = deb.name.split("_", 1)[0]
+            control = subprocess.run(
+                ["dpkg-deb", "--field", str(deb), "Package"], capture_output=True, check=True
+            )
+            assert control.stdout.decode().strip() == package
+            info = machine / "var/lib/dpkg/info"
+            sums = next(iter(info.glob(f"{package}.md5sums")), None) or next(
+                iter(info.glob(f"{package}:*.md5sums")), None
+            )
+            for line in sums.read_text().splitlines() if sums else []:
+                md5, rel = line.split(None, 1)
+                where = resolve_in(machine, rel)
+                if where in mutations["deleted_app"]:
+                    continue
+                digest = hashlib.md5((machine / where).read_bytes()).hexdigest()
+                e = entries[where]
+                wanted = "identical" if digest == md5 else "modified"
+                assert (e["class"], app in e["seeds"]) == (wanted, True), (package, rel, e)
+                checked += 1
+    assert checked > 150
+    for rel in mutations["edited_config"] + mutations["modified_package_files"]:
+        assert entries[rel]["class"] == "modified", rel
+    for rel, source in mutations["moved_copies"].items():
+        assert entries[rel]["class"] == "moved"
+        assert any(p.endswith(f":{source}") for p in entries[rel]["seed_paths"])
+    assert {p for _, p, _ in expected["lacks"]} == {
+        *mutations["deleted_os"],
+        *mutations["deleted_app"],
+    }
+    home = [e for rel, e in entries.items() if rel.startswith("home/alice/docs/")]
+    assert home and all(e["class"] == "own" for e in home)
+    # The file changed behind its mtime: other bytes, the seed's size, mode and mtime.
+    kept = mutations["mtime_kept"]
+    a, b = os.stat(debian.golden_dir / kept), os.stat(machine / kept)
+    assert (a.st_size, a.st_mode, a.st_mtime_ns) == (b.st_size, b.st_mode, b.st_mtime_ns)
+    assert sha256(debian.golden_dir / kept) != sha256(machine / kept)
+    assert entries[kept]["class"] == "modified"
+    # Most seed-identical files keep the package's metadata (what --trust-seed-metadata uses).
+    identical = [e for e in entries.values() if e["class"] == "identical" and e["type"] == "f"]
+    assert sum(e["meta_equal"] for e in identical) > 0.95 * len(identical)
+    totals = expected["totals"]
+    assert totals["own"]["bytes"] > 15e6 and totals["identical"]["bytes"] > 150e6
+    for image in (debian.golden_img, debian.machine_img):
+        fsck = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, check=False)
+        assert fsck.returncode == 0, fsck.stdout
 
 
 # ------------------------------------------------------------------ checks
