@@ -4,6 +4,7 @@ suggest`, the option rules, and `seed remove` of a seed in use followed by
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -194,3 +195,40 @@ def test_removing_a_seed_in_use_then_pruning_keeps_every_point_restorable(
         assert result.rc == 0, result.err
         assert rsync_differences(m.machine, target / str(m.machine).lstrip("/")) == []
     assert cli("check", "--read-data").rc == 0
+
+
+def test_a_merged_usr_machine_matches_package_paths_through_its_links(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    """Debian packages ship `lib/...`; a merged-/usr machine holds those files in
+    `usr/lib/...` through `lib -> usr/lib`. They are the package's files
+    (identical), not moved ones. A link that leaves the machine's root, or an
+    absolute one, is resolved inside the root, never on this host."""
+    app = tmp_path / "app"
+    (app / "lib" / "x").mkdir(parents=True)
+    (app / "lib" / "x" / "libz.so").write_bytes(b"z" * 5000)
+    (app / "bin").mkdir()
+    (app / "bin" / "tool").write_bytes(b"t" * 5000)
+    (app / "sbin").mkdir()
+    (app / "sbin" / "daemon").write_bytes(b"d" * 5000)
+    machine = tmp_path / "machine"
+    (machine / "usr" / "lib" / "x").mkdir(parents=True)
+    (machine / "usr" / "lib" / "x" / "libz.so").write_bytes(b"z" * 5000)
+    (machine / "usr" / "bin").mkdir()
+    (machine / "usr" / "bin" / "tool").write_bytes(b"t" * 5000)
+    os.symlink("usr/lib", machine / "lib")
+    os.symlink("/usr/bin", machine / "bin")  # absolute: relative to the machine's root
+    os.symlink("../../../..", machine / "sbin")  # escapes the root: not followed
+    assert cli("seed", "add", "app", str(app), "--kind", "app").rc == 0
+    result = cli("backup", str(machine), "--seed", "app", "--json")
+    assert result.rc == 0, result.err
+    listing = cli("ls", "latest", "--json")
+    assert listing.rc == 0, listing.err
+    classes = {
+        e["path"].split("/machine/", 1)[-1]: e.get("class")
+        for e in (json.loads(line) for line in listing.out.splitlines() if line.strip())
+        if isinstance(e, dict) and "path" in e
+    }
+    assert classes["usr/lib/x/libz.so"] == "identical"
+    assert classes["usr/bin/tool"] == "identical"
+    assert result.summary()["seeds"]["lacks_count"] == 1  # sbin/daemon: its link leads nowhere

@@ -29,6 +29,7 @@ nothing here needs a lock.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -219,6 +220,61 @@ def fits(seed: SeedFiles, root: bytes, scope: list[bytes], sample: int = PROBE_S
     return 2 * found >= count
 
 
+def alias_through_symlinks(seed: SeedFiles, root: bytes) -> None:
+    """Index a seed's entries also where the machine holds them when a seed
+    directory is a symlink on the machine: a merged /usr (Debian packages ship
+    `lib/x/libz.so.1`; dpkg put it in `usr/lib/x/libz.so.1` through
+    `lib -> usr/lib`). The link is resolved as the machine would, inside
+    `root` (an absolute target is relative to `root`, never to this host),
+    one level, and only to a real directory; an entry the seed has at the
+    resolved path wins."""
+    aliases: list[tuple[bytes, bytes]] = []
+    for rel, entry in seed.entries.items():
+        if entry.type != DIR:
+            continue
+        resolved = _resolve_dir_link(root, rel)
+        if resolved is not None and resolved != rel:
+            aliases.append((rel + b"/", resolved + b"/"))
+    for prefix, resolved in aliases:
+        moved = {
+            resolved + p[len(prefix) :]: e for p, e in seed.entries.items() if p.startswith(prefix)
+        }
+        for p, e in moved.items():
+            seed.entries.setdefault(p, e)
+
+
+def _resolve_dir_link(root: bytes, rel: bytes) -> bytes | None:
+    """The root-relative directory that the symlink at `rel` on the machine
+    names, or None (not a link, escapes the root, or not a directory)."""
+    where = machine_path(root, rel)
+    try:
+        if not stat.S_ISLNK(os.lstat(where).st_mode):
+            return None
+        target = os.readlink(where)
+    except OSError:
+        return None
+    base = [] if target.startswith(b"/") else rel.split(b"/")[:-1]
+    parts: list[bytes] = list(base)
+    for part in target.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if not parts:
+                return None  # above the machine's root
+            parts.pop()
+        else:
+            parts.append(part)
+    if not parts:
+        return None
+    resolved = b"/".join(parts)
+    try:
+        if not stat.S_ISDIR(os.lstat(machine_path(root, resolved)).st_mode):
+            return None  # a chain of links, or not a directory: not followed
+    except OSError:
+        return None
+    return resolved
+
+
 def choose_root(seeds: list[SeedFiles], paths: list[bytes]) -> bytes:
     """The machine path seed paths are relative to, when the user gave none:
     with one backed-up directory P, "/" if a seed has P's own path as a
@@ -261,6 +317,7 @@ class SeedMatcher:
         self.trust_metadata = trust_metadata
         for seed in seeds:
             seed.index_content()
+            alias_through_symlinks(seed, root)
         self.counts = {c: _Counts() for c in FileClass}
         self.seed_bytes = [0] * len(seeds)
         self.trusted_files = 0
