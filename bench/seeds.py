@@ -48,7 +48,7 @@ from harness.spawn import log, run_measured, tail
 from harness.stats import Spread, median_index
 from harness.strongroom import FAST_KDF, strongroom_cmd, strongroom_env, summary_json
 from harness.tables import sentences, table_for
-from harness.workspace import fresh_dir, prepare, tree_bytes, warm
+from harness.workspace import evict, fresh_dir, prepare, tree_bytes, warm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("empty", "seeded", "trusted")
@@ -147,6 +147,7 @@ class Ctx:
     notes: list[str] = field(default_factory=list)
     seeded_repo: Path | None = None  # prepared once, copied per round
     seed_seconds: dict[str, float] = field(default_factory=dict)
+    cold: bool = False  # evict the machine's files from the page cache before each run
 
 
 def io_counters(path: Path) -> dict[str, int]:
@@ -168,8 +169,12 @@ def measure(
     cwd: Path,
     ok: frozenset[int] = frozenset({0}),
 ) -> Run | None:
-    """Run ``cmd`` timed on a warm page cache; None (and a failure) if it failed."""
-    warm([ctx.data.machine])
+    """Run ``cmd`` timed on a warm page cache (or, with ``--cold``, with the machine's
+    files evicted from it); None (and a failure) if it failed."""
+    if ctx.cold:
+        evict([ctx.data.machine])
+    else:
+        warm([ctx.data.machine])
     io_file = stem.with_suffix(".io")
     wrapped = [sys.executable, "-I", "-S", "-c", IO_WRAPPER, str(io_file), *cmd]
     m = run_measured(wrapped, env, cwd, stem)
@@ -439,6 +444,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--peers", default="restic,borg", help="peers to run: restic,borg or none")
     p.add_argument(
+        "--cold",
+        action="store_true",
+        help="evict the machine's files from the page cache before each timed run "
+        "(posix_fadvise DONTNEED): reads come from disk, as on a machine just booted",
+    )
+    p.add_argument(
         "--no-install", action="store_true", help="skip missing peers (no apt-get install)"
     )
     cli.add_common(p, keep_help="keep the repositories", runs=True)
@@ -463,7 +474,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_data()
     peers, skipped = available([PEERS[n]() for n in args.peers], not args.no_install)
     logs, run_dir = fresh_dir(base / "logs"), fresh_dir(base / "run")
-    ctx = Ctx(data, run_dir, logs, args.modes, peers, args.keep)
+    ctx = Ctx(data, run_dir, logs, args.modes, peers, args.keep, cold=args.cold)
+    ctx.notes.append(
+        "page cache: cold (machine evicted before each run)"
+        if args.cold
+        else "page cache: warm (machine read before each run)"
+    )
     ctx.notes += [f"skipped: {s}" for s in skipped]
     versions = {"strongroom": " ".join(strongroom_cmd())} | {t.name: t.version() for t in peers}
     env = machine(base, versions)
