@@ -155,17 +155,22 @@ def test_seed_suggest_measures_coverage_and_guesses_the_root(
     assert human.rc == 0 and "best: os covers" in human.out
 
 
-def test_seed_suggest_on_an_image_defers_to_the_image_helper(
+def test_seed_suggest_on_an_image_reports_each_image_seed(
     tmp_path: Path, cli: CliRunner, initialized_repo: Path
 ) -> None:
     image = tmp_path / "disk.img"
-    image.write_bytes(b"\0" * 65536)
-    result = cli("seed", "suggest", str(image))
-    assert result.rc in (0, 1, 2), result.err
-    try:
-        import strongroom.services.image_seeds  # noqa: F401
-    except ImportError:
-        assert "image sources: not yet" in result.out
+    with image.open("wb") as f:
+        f.truncate(4 << 20)
+        f.write(os.urandom(1 << 20))  # one data block of the repository's 1 MiB blocks
+    assert cli("seed", "add", "gold", str(image), "--format", "raw").rc == 0
+    result = cli("seed", "suggest", str(image), "--json")
+    assert result.rc == 0, result.err
+    doc = result.json()
+    assert doc["image"] == [{"seed": "gold", "kind": "os", "percent": 100.0, "sampled": 1}]
+    human = cli("seed", "suggest", str(image))
+    assert human.rc == 0, human.err
+    assert "Seed(" not in human.out
+    assert "best: gold holds 100.0% of the sample" in human.out
 
 
 def test_removing_a_seed_in_use_then_pruning_keeps_every_point_restorable(

@@ -181,6 +181,8 @@ def test_point_seeds_round_trip_in_a_point() -> None:
         {"used": [{"id": 1}]},
         {"used": [], "root": "relative"},
         {"used": [], "lacks": "short"},
+        {"used": [], "lacks": "zz" * 32},  # prune and check would crash in bytes.fromhex
+        {"used": [], "lacks": "EF" * 32},
         {"used": [], "lacks_count": -1},
         {"used": [{"id": "a", "name": "b", "kind": "os"}] * 2000},
     ],

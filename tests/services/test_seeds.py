@@ -142,3 +142,35 @@ def test_prune_in_the_session_that_wrote_the_data_keeps_what_it_repacks(
     assert plan.as_dict()["packs_repack"] >= 1
     assert maintenance.check(local_repo, read_data=True).report.ok
     assert sum(1 for _ in iter_tree(local_repo, bytes.fromhex(seed.tree))) == 6
+
+
+def test_two_seed_adds_of_one_name_record_one_seed(
+    local_repo: Repository, repo_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `seed add` of one name at once (shared locks): each checks the name
+    before it saves, so both checks can pass; the one that finds the other's
+    seed after saving its own withdraws it."""
+    from strongroom.model.seed import Seed
+    from strongroom.services.seeds import record_seed
+    from tests.conftest import open_local_repository
+
+    tree = make_tree(tmp_path / "tree")
+    first = add_seed(local_repo, SeedRequest("base", [str(tree)], SeedKind.OS))
+    local_repo.delete_seed(first.id)  # its content stays: only the record matters here
+
+    other = open_local_repository(repo_path)
+    try:
+        real_save = local_repo.save_seed
+
+        def save_after_the_other(doc: dict[str, object]) -> str:
+            # The other adder checks, saves and re-checks between our check and our save.
+            record_seed(other, Seed.from_doc({**first.to_doc(), "description": "theirs"}))
+            return real_save(doc)
+
+        monkeypatch.setattr(local_repo, "save_seed", save_after_the_other)
+        with pytest.raises(SeedExists):
+            record_seed(local_repo, Seed.from_doc({**first.to_doc(), "description": "ours"}))
+    finally:
+        other.close()
+    named = [s for s in list_seeds(local_repo) if s.name == "base"]
+    assert [s.description for s in named] == ["theirs"]

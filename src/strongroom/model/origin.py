@@ -36,6 +36,7 @@ ORIGIN_KEY = "sd"  # the tree node key (docs/format.md §10, §12b)
 LACKS_VERSION = 1
 MAX_SEEDS_PER_POINT = 1024
 _MAX_PATH = 65_536
+_HEX = frozenset("0123456789abcdef")
 
 
 class FileClass(StrEnum):
@@ -171,7 +172,9 @@ class PointSeeds:
         count = doc.get("lacks_count", 0)
         if not isinstance(root, str) or not root.startswith("/"):
             raise TypeError("seeds root is not an absolute path")
-        if lacks is not None and not (isinstance(lacks, str) and len(lacks) == 64):
+        if lacks is not None and not (
+            isinstance(lacks, str) and len(lacks) == 64 and all(c in _HEX for c in lacks)
+        ):
             raise TypeError("seeds lacks is not an id")
         if type(count) is not int or count < 0:
             raise TypeError("seeds lacks_count is not a count")

@@ -146,6 +146,7 @@ def backup_files(
     parent_warnings: list[str] = []
     parent = _choose_parent(repo, req, paths, parent_warnings)
     selection = select_seeds(repo, req.seed_choice(), paths)
+    parent_warnings += selection.warnings
     skip = [repo.backend.location] if os.path.isdir(repo.backend.location) else []
     options = BackupOptions(
         paths=paths,

@@ -158,8 +158,10 @@ def tree_from_directory(
 ) -> SeedContent:
     """Back up `path` with the file pipeline and keep the tree of `path` itself
     (the trees of the directories above it are stored too, and pruned later):
-    a seed's paths are relative to its root."""
-    absolute = os.path.abspath(path)
+    a seed's paths are relative to its root. A symlink to the directory, or a
+    path through a symlinked parent, names the directory it leads to (the
+    walk never follows symlinks, so it starts from the real path)."""
+    absolute = os.path.realpath(path)
     skip = [repo.backend.location] if os.path.isdir(repo.backend.location) else []
     pipeline = FileBackup(
         repo, BackupOptions(paths=[absolute], skip_dirs=skip), progress=progress, cancel=cancel

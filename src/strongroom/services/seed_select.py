@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from strongroom.errors import UsageError
+from strongroom.errors import IntegrityError, StrongroomError, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.origin import MAX_SEEDS_PER_POINT, UsedSeed
@@ -48,6 +48,7 @@ class SeedChoice:
 class Selection:
     matcher: SeedMatcher | None
     skipped: list[str] = field(default_factory=list)  # auto candidates that did not fit
+    warnings: list[str] = field(default_factory=list)  # auto candidates that cannot be read
 
 
 def check_choice(choice: SeedChoice) -> None:
@@ -81,7 +82,18 @@ def select_seeds(repo: Repository, choice: SeedChoice, paths: list[str]) -> Sele
         return Selection(None)
     if len(candidates) > MAX_SEEDS_PER_POINT:
         raise UsageError(f"a point builds on at most {MAX_SEEDS_PER_POINT} seeds; pin some")
-    loaded = [(s, load_seed_files(repo, s.name, s.tree)) for s in candidates]
+    loaded = []
+    warnings = []
+    for seed in candidates:
+        try:
+            loaded.append((seed, load_seed_files(repo, seed.name, seed.tree)))
+        except StrongroomError as err:
+            if pinned:
+                raise IntegrityError(f"seed {printable(seed.name)} cannot be read: {err}") from None
+            # One damaged candidate must not stop every backup; `check` reports it.
+            warnings.append(f"seed {printable(seed.name)} cannot be read, not used: {err}")
+    if not loaded:
+        return Selection(None, warnings=warnings)
     scope = [os.fsencode(p) for p in paths]
     if choice.root is not None:
         root = os.fsencode(os.path.normpath(choice.root))
@@ -95,7 +107,7 @@ def select_seeds(repo: Repository, choice: SeedChoice, paths: list[str]) -> Sele
         else:
             skipped.append(seed.name)
     if not kept:
-        return Selection(None, skipped)
+        return Selection(None, skipped, warnings)
     matcher = SeedMatcher(
         [files for _, files in kept],
         [UsedSeed(s.id, s.name, str(s.kind), s.version) for s, _ in kept],
@@ -103,4 +115,4 @@ def select_seeds(repo: Repository, choice: SeedChoice, paths: list[str]) -> Sele
         scope,
         trust_metadata=choice.trust_metadata,
     )
-    return Selection(matcher, skipped)
+    return Selection(matcher, skipped, warnings)

@@ -22,7 +22,6 @@ import importlib
 import os
 import stat
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from strongroom.chunking import CdcChunker
 from strongroom.errors import SourceError, UsageError
@@ -49,19 +48,26 @@ class Coverage:
 
 
 @dataclass
+class ImageCoverage:
+    """How much of an image PATH one image seed holds, on a sample of blocks."""
+
+    seed: str
+    kind: str
+    percent: float  # of the sampled data blocks: found anywhere in the seed's map
+    sampled: int  # data blocks sampled
+
+
+@dataclass
 class Suggestion:
     path: str
     files: int
     bytes: int
     seeds: list[Coverage] = field(default_factory=list)  # best first
-    image: Any = None  # the image helper's answer, for an image PATH
+    image: list[ImageCoverage] | None = None  # an image PATH: per image seed, best first
     note: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        doc = asdict(self)
-        if self.image is not None and hasattr(self.image, "as_dict"):
-            doc["image"] = self.image.as_dict()
-        return doc
+        return asdict(self)
 
 
 def suggest(repo: Repository, path: str, sample: int = DEFAULT_SAMPLE) -> Suggestion:
@@ -174,6 +180,9 @@ def _suggest_image(repo: Repository, path: str) -> Suggestion:
         module = importlib.import_module("strongroom.services.image_seeds")
     except ImportError:
         return Suggestion(path, 0, 0, note="image sources: not yet")
-    suggest_image = module.suggest_image
-    seeds = list_seeds(repo)
-    return Suggestion(path, 0, 0, image=suggest_image(repo, seeds, path))
+    found = module.suggest_image(repo, list_seeds(repo), path)
+    image = [
+        ImageCoverage(seed.name, str(seed.kind), round(100 * share, 1), sampled)
+        for seed, share, sampled in found
+    ]
+    return Suggestion(path, 0, 0, image=image)

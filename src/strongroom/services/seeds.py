@@ -101,9 +101,18 @@ def check_new_name(repo: Repository, name: str) -> None:
 def record_seed(repo: Repository, seed: Seed) -> Seed:
     """Store `seed` (its content is flushed already) and return it with its id.
     The name is checked again just before: another `seed add` may have taken it
-    meanwhile; then nothing is recorded (the stored chunks are pruned later)."""
+    meanwhile; then nothing is recorded (the stored chunks are pruned later).
+    Two adds of one name hold shared locks and may both pass that check, so the
+    name is checked once more after saving: an add that finds another seed of
+    its name withdraws its own (at worst both withdraw; never two survive)."""
     check_new_name(repo, seed.name)
-    seed.id = repo.save_seed(seed.to_doc())
+    seed_id = repo.save_seed(seed.to_doc())
+    if any(s.name == seed.name and s.id != seed_id for s in list_seeds(repo)):
+        repo.delete_seed(seed_id)
+        raise SeedExists(
+            f"a seed named {seed.name} was added by another 'seed add' meanwhile; nothing recorded"
+        )
+    seed.id = seed_id
     return seed
 
 

@@ -11,7 +11,8 @@ What is refused, with one line naming the archive and the member:
   `/` or `./` is stripped; names and link targets longer than `MAX_PATH`;
   a component longer than `MAX_COMPONENT`; nesting deeper than `MAX_DEPTH`;
   more than `MAX_MEMBERS` members; extended headers (PAX, GNU long names)
-  larger than `MAX_EXTENDED` or chained more than `MAX_CHAIN` deep;
+  larger than `MAX_EXTENDED` or chained more than `MAX_CHAIN` deep; more
+  than `MAX_GLOBAL_RECORDS` records in global PAX headers;
 - damage: a compressed stream that is corrupt or ends early, a tar that ends
   without its end-of-archive block (a truncation at a member boundary looks
   like a short archive otherwise), a malformed header anywhere.
@@ -52,6 +53,11 @@ MAX_COMPONENT = 255
 MAX_DEPTH = 256
 MAX_EXTENDED = 1 << 20  # one PAX header or GNU long name, bytes
 MAX_CHAIN = 8  # extended headers before one member
+# Records of global PAX headers (`g`): tarfile keeps them for the rest of the
+# archive and copies them into every later member, so their number bounds the
+# memory and time a hostile archive costs; real archives hold a few (`git
+# archive`: one).
+MAX_GLOBAL_RECORDS = 1024
 MAX_XATTRS = 1024
 MAX_XATTR_VALUE = 64 * 1024  # Linux's limit for one attribute
 MAX_TRAILER = 16 << 20  # bytes read after the end-of-archive block to check compression
@@ -216,6 +222,10 @@ def _info_class(state: _State) -> type[tarfile.TarInfo]:
             if state.chain >= MAX_CHAIN:
                 raise _SubsequentHeaderError(
                     f"more than {MAX_CHAIN} extended headers before one member"
+                )
+            if len(tarfile_.pax_headers) > MAX_GLOBAL_RECORDS:
+                raise _SubsequentHeaderError(
+                    f"more than {MAX_GLOBAL_RECORDS} global extended header records"
                 )
             state.chain += 1
             try:

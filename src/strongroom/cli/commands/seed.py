@@ -206,7 +206,15 @@ def seed_suggest(app: App, path: str, sample: int) -> None:
         out.info(found.note)
         return
     if found.image is not None:
-        out.info(str(found.image))
+        image_rows = [
+            (printable(c.seed), c.kind, f"{c.percent:.1f}%", str(c.sampled)) for c in found.image
+        ]
+        out.table(["seed", "kind", "of sampled blocks", "data blocks sampled"], image_rows)
+        if found.image and found.image[0].percent:
+            top = found.image[0]
+            out.info(f"best: {printable(top.seed)} holds {top.percent:.1f}% of the sample")
+        else:
+            out.info("no image seed holds any of it")
         return
     out.info(f"{printable(found.path)}: {found.files} files, {human_bytes(found.bytes)}")
     rows = [
