@@ -216,6 +216,8 @@ def test_a_merged_usr_machine_matches_package_paths_through_its_links(
     (app / "bin" / "tool").write_bytes(b"t" * 5000)
     (app / "sbin").mkdir()
     (app / "sbin" / "daemon").write_bytes(b"d" * 5000)
+    (app / "conf").mkdir()
+    (app / "conf" / "passwd").write_bytes(b"p" * 5000)
     machine = tmp_path / "machine"
     (machine / "usr" / "lib" / "x").mkdir(parents=True)
     (machine / "usr" / "lib" / "x" / "libz.so").write_bytes(b"z" * 5000)
@@ -223,7 +225,8 @@ def test_a_merged_usr_machine_matches_package_paths_through_its_links(
     (machine / "usr" / "bin" / "tool").write_bytes(b"t" * 5000)
     os.symlink("usr/lib", machine / "lib")
     os.symlink("/usr/bin", machine / "bin")  # absolute: relative to the machine's root
-    os.symlink("../../../..", machine / "sbin")  # escapes the root: not followed
+    os.symlink("../../../..", machine / "sbin")  # `..` stops at the machine's root
+    os.symlink("/etc", machine / "conf")  # the machine's /etc (absent), not this host's
     assert cli("seed", "add", "app", str(app), "--kind", "app").rc == 0
     result = cli("backup", str(machine), "--seed", "app", "--json")
     assert result.rc == 0, result.err
@@ -236,4 +239,6 @@ def test_a_merged_usr_machine_matches_package_paths_through_its_links(
     }
     assert classes["usr/lib/x/libz.so"] == "identical"
     assert classes["usr/bin/tool"] == "identical"
-    assert result.summary()["seeds"]["lacks_count"] == 1  # sbin/daemon: its link leads nowhere
+    # sbin/daemon and conf/passwd: resolved inside the machine's root, where
+    # they are not (this host's /etc/passwd does not count).
+    assert result.summary()["seeds"]["lacks_count"] == 2

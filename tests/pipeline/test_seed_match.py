@@ -207,6 +207,11 @@ def test_seed_root_rules(seeded: SeededMachine, local_repo: Repository) -> None:
     assert choose_root([os_files], [b"/"]) == b"/"
     assert choose_root([os_files], [os.fsencode(m.machine)]) == os.fsencode(m.machine)
     assert choose_root([os_files], [b"/a", b"/b"]) == b"/"
+    # A user's folder is a part of this machine, not a machine's root: "/", so a
+    # backup of /home/ann pinned to the OS seed does not lack the whole OS.
+    home = m.machine.parent / "home-ann"
+    (home / "Documents").mkdir(parents=True)
+    assert choose_root([os_files], [os.fsencode(home)]) == b"/"
     # Backing up a subdirectory with --seed-root: same classes below it.
     result = backup_files(
         local_repo,

@@ -194,16 +194,59 @@ def in_scope(path: bytes, scope: Iterable[bytes]) -> bool:
     return any(p == b"/" or path == p or path.startswith(p + b"/") for p in scope)
 
 
-def lacking(path: bytes) -> bool:
-    """True only if `path` certainly does not exist: a path that cannot be
-    examined (permission denied) is not counted as lacking."""
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError:
-        return False
+def lacking(root: bytes, rel: bytes) -> bool:
+    """True only if seed path `rel` certainly does not exist on the machine
+    whose root is `root`. Directory links on the way are followed as the
+    machine would follow them, inside `root` (`..` stops at the root, an
+    absolute target starts there), never into this host's own files; a path
+    that cannot be examined (permission denied, too many links) is not lacking."""
+    todo = rel.split(b"/")
+    done: list[bytes] = []
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        here = machine_path(root, b"/".join([*done, part]))
+        try:
+            st = os.lstat(here)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:
+            return False
+        if not todo:
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            try:
+                target = os.readlink(here)
+            except OSError:
+                return False
+            if hops > _MAX_LINKS:
+                return False
+            done = _within_root(done, target)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            return True
+        done.append(part)
     return False
+
+
+_MAX_LINKS = 40  # as the kernel's ELOOP limit
+
+
+def _within_root(base: list[bytes], target: bytes) -> list[bytes]:
+    """The components of link `target` met in directory `base` (components
+    below the root), resolved as inside a chroot: an absolute target starts
+    at the root and `..` never leaves it."""
+    parts = [] if target.startswith(b"/") else list(base)
+    for part in target.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if parts:
+                parts.pop()
+        else:
+            parts.append(part)
+    return parts
 
 
 def fits(seed: SeedFiles, root: bytes, scope: list[bytes], sample: int = PROBE_SAMPLE) -> bool:
@@ -216,7 +259,7 @@ def fits(seed: SeedFiles, root: bytes, scope: list[bytes], sample: int = PROBE_S
         return False
     count = min(sample, len(paths))
     picked = [paths[i * len(paths) // count] for i in range(count)]
-    found = sum(not lacking(machine_path(root, p)) for p in picked)
+    found = sum(not lacking(root, p) for p in picked)
     return 2 * found >= count
 
 
@@ -253,19 +296,9 @@ def _resolve_dir_link(root: bytes, rel: bytes) -> bytes | None:
         target = os.readlink(where)
     except OSError:
         return None
-    base = [] if target.startswith(b"/") else rel.split(b"/")[:-1]
-    parts: list[bytes] = list(base)
-    for part in target.split(b"/"):
-        if part in (b"", b"."):
-            continue
-        if part == b"..":
-            if not parts:
-                return None  # above the machine's root
-            parts.pop()
-        else:
-            parts.append(part)
+    parts = _within_root(rel.split(b"/")[:-1], target)
     if not parts:
-        return None
+        return None  # the root itself: its entries are the seed's already
     resolved = b"/".join(parts)
     try:
         if not stat.S_ISDIR(os.lstat(machine_path(root, resolved)).st_mode):
@@ -277,16 +310,21 @@ def _resolve_dir_link(root: bytes, rel: bytes) -> bytes | None:
 
 def choose_root(seeds: list[SeedFiles], paths: list[bytes]) -> bytes:
     """The machine path seed paths are relative to, when the user gave none:
-    with one backed-up directory P, "/" if a seed has P's own path as a
-    directory (P is a part of a machine: /usr/share, or / itself), else P (P
-    holds a machine's root file system: an extracted image, a snapshot
-    mount); with several paths, "/"."""
+    with one backed-up directory P that holds a machine's root file system (an
+    extracted image, a snapshot mount: at least half of some seed's top-level
+    directories are in it), P; otherwise "/" (P is a part of this machine:
+    /usr/share, /home/ann, or / itself; or several paths were given)."""
     if len(paths) != 1 or paths[0] == b"/":
         return b"/"
-    rel = paths[0].strip(b"/")
-    if any(s.has_dir(rel) for s in seeds):
+    try:
+        names = set(os.listdir(paths[0]))
+    except OSError:
         return b"/"
-    return paths[0]
+    for seed in seeds:
+        tops = {rel for rel, e in seed.entries.items() if b"/" not in rel and e.type == DIR}
+        if tops and 2 * len(tops & names) >= len(tops):
+            return paths[0]
+    return b"/"
 
 
 class _Counts:
@@ -450,7 +488,7 @@ class SeedMatcher:
                 if e.type == DIR or seen[e.num]:
                     continue
                 path = machine_path(self.root, rel)
-                if in_scope(path, self.scope) and lacking(path):
+                if in_scope(path, self.scope) and lacking(self.root, rel):
                     found.append((i, rel))
         return sorted(found)
 

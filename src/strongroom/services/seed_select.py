@@ -11,8 +11,9 @@ Rules (docs/seeds.md, "Backups against seeds"):
 * `--no-seeds` turns matching off.
 
 Seed paths are relative; `root` is the machine path they are relative to:
-`--seed-root DIR`, else `choose_root` (one backed-up directory P: "/" when
-a seed has P's own path as a directory, else P; several paths: "/").
+`--seed-root DIR`, else `choose_root` (one backed-up directory P: P when it
+holds a machine's root file system, i.e. half a seed's top-level directories;
+else "/"; several paths: "/").
 """
 
 from __future__ import annotations
