@@ -174,3 +174,17 @@ def test_two_seed_adds_of_one_name_record_one_seed(
         other.close()
     named = [s for s in list_seeds(local_repo) if s.name == "base"]
     assert [s.description for s in named] == ["theirs"]
+
+
+def test_check_names_an_origin_pointing_past_the_points_seeds(
+    local_repo: Repository, tmp_path: Path
+) -> None:
+    """format.md §12b: an `sd` index outside the point's seeds makes it damaged."""
+    from tests.helpers.seeded import i, seeded_point, used_seed
+
+    machine = make_tree(tmp_path / "machine")
+    seeded_point(local_repo, machine, [used_seed("os", "os")], {"etc/motd": i(0)})
+    assert maintenance.check(local_repo).report.ok
+    seeded_point(local_repo, machine, [used_seed("os", "os")], {"usr/bin/tool": i(0, 3)})
+    errors = maintenance.check(local_repo).report.errors
+    assert any("names seeds [0, 3] of the 1" in e for e in errors), errors

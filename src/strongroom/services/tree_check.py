@@ -63,6 +63,7 @@ class ManifestChecker:
         self.chunk_info = chunk_info
         self.found = ManifestFindings()
         self._done: set[bytes] = set()  # manifests already inspected
+        self._seeds = 0  # how many seeds the point being walked builds on (`sd` indexes)
 
     def check_points(
         self, points: list[RecoveryPoint], labels: dict[str, str] | None = None
@@ -78,6 +79,7 @@ class ManifestChecker:
             elif point.kind != PointKind.FILES:
                 self._error(f"{where} is of unknown kind {point.kind!r}")
             else:
+                self._seeds = len(point.seeds.used) if point.seeds is not None else 0
                 self._check_tree_root(root, where)
             if point.seeds is not None and point.seeds.lacks is not None:
                 self._check_lacks(bytes.fromhex(point.seeds.lacks), len(point.seeds.used), where)
@@ -201,6 +203,14 @@ class ManifestChecker:
             found.append(f"entry {shown!r} is not a file but names chunks")
         if node.type != SYMLINK and node.link_target:
             found.append(f"entry {shown!r} is not a symlink but has a target")
+        if node.origin is not None and (
+            max(node.origin.seeds) >= self._seeds
+            or len(set(node.origin.seeds)) != len(node.origin.seeds)
+        ):
+            found.append(
+                f"entry {shown!r} names seeds {list(node.origin.seeds)[:8]} of the "
+                f"{self._seeds} its point builds on (docs/format.md §12b)"
+            )
         if node.type == FILE:
             if sum(node.chunk_sizes) != node.size:
                 found.append(
