@@ -62,3 +62,43 @@ def test_a_global_header_of_a_few_records_is_read() -> None:
     names = [m.path for m in read_tar(io.BytesIO(blob), "git.tar", lambda _: None)]
     assert names == [b"a"]
     assert MAX_GLOBAL_RECORDS >= 64
+
+
+def _old_gnu_sparse(extension_blocks: int) -> bytes:
+    """An old-GNU sparse member ('S') whose header chains `extension_blocks`
+    extension blocks of 21 regions each (the bomb: tarfile keeps them all)."""
+    info = tarfile.TarInfo("sparse")
+    info.type = tarfile.GNUTYPE_SPARSE
+    info.size = 0
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[482] = 1 if extension_blocks else 0  # isextended
+    header[483:495] = b"%011o\0" % 0  # realsize
+    header[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    header[148:155] = b"%06o\0" % sum(header)
+    block = bytearray(512)
+    for i in range(21):
+        block[i * 24 : i * 24 + 12] = b"%011o\0" % (i + 1)
+        block[i * 24 + 12 : i * 24 + 24] = b"%011o\0" % 1
+    chain = bytearray()
+    for n in range(extension_blocks):
+        block[504] = 1 if n < extension_blocks - 1 else 0
+        chain += block
+    return bytes(header + chain + b"\0" * 1024)
+
+
+def test_a_sparse_header_chain_is_bounded() -> None:
+    data = gzip.compress(_old_gnu_sparse(20_000))
+    tracemalloc.start()
+    try:
+        with pytest.raises(SourceError, match="extension headers"):
+            for _ in read_tar(io.BytesIO(data), "bomb.tar.gz", lambda _: None):
+                pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+
+
+def test_a_modest_sparse_header_chain_still_reads() -> None:
+    names = [m.path for m in read_tar(io.BytesIO(_old_gnu_sparse(3)), "ok.tar", lambda _: None)]
+    assert names == [b"sparse"]

@@ -52,6 +52,9 @@ MAX_PATH = 4096
 MAX_COMPONENT = 255
 MAX_DEPTH = 256
 MAX_EXTENDED = 1 << 20  # one PAX header or GNU long name, bytes
+# Extension headers of one old-GNU sparse file (21 regions each): 86,000
+# regions, far more than any real sparse file carries.
+MAX_SPARSE_BLOCKS = 4096
 MAX_CHAIN = 8  # extended headers before one member
 # Records of global PAX headers (`g`): tarfile keeps them for the rest of the
 # archive and copies them into every later member, so their number bounds the
@@ -211,6 +214,9 @@ class _State:
     chain: int = 0
 
 
+_nti: Callable[[bytes], int] = tarfile.nti  # type: ignore[attr-defined]
+
+
 def _info_class(state: _State) -> type[tarfile.TarInfo]:
     """A TarInfo that notes why iteration ended (tarfile ends quietly on a
     truncated or garbled header past the first) and bounds extended headers
@@ -250,6 +256,38 @@ def _info_class(state: _State) -> type[tarfile.TarInfo]:
                 raise
             finally:
                 state.chain -= 1
+
+        def _proc_sparse(self, tarfile_: tarfile.TarFile) -> Self:
+            """tarfile's own, with the count of extension blocks bounded: an
+            old GNU sparse header may chain them without end, and tarfile keeps
+            every region of them in memory."""
+            structs, isextended, origsize = self._sparse_structs  # type: ignore[attr-defined]
+            del self._sparse_structs  # type: ignore[attr-defined]
+            fileobj = cast(Any, tarfile_.fileobj)
+            blocks = 0
+            while isextended:
+                blocks += 1
+                if blocks > MAX_SPARSE_BLOCKS:
+                    raise _SubsequentHeaderError(
+                        f"a sparse file with more than {MAX_SPARSE_BLOCKS} extension headers"
+                    )
+                buf = fileobj.read(tarfile.BLOCKSIZE)
+                if len(buf) != tarfile.BLOCKSIZE:
+                    raise _SubsequentHeaderError("a sparse file's extension header is cut short")
+                for pos in range(0, 21 * 24, 24):
+                    try:
+                        offset = _nti(buf[pos : pos + 12])
+                        numbytes = _nti(buf[pos + 12 : pos + 24])
+                    except ValueError:
+                        break
+                    if offset and numbytes:
+                        structs.append((offset, numbytes))
+                isextended = bool(buf[504])
+            self.sparse = structs
+            self.offset_data = fileobj.tell()
+            tarfile_.offset = self.offset_data + self._block(self.size)  # type: ignore[attr-defined]
+            self.size = origsize
+            return self
 
     return Info
 
