@@ -127,6 +127,9 @@ def test_pinned_seed_no_seeds_and_incrementals_keep_the_record(
     own = first["seeds"]["classes"]["own"]["blocks"]
     assert second["seeds"]["classes"]["own"]["blocks"] in (own, own + 1)
     assert second["blocks_new"] == 1
+    # --no-seeds on an incremental: the new point builds on no seed either.
+    third = backup(cli, pair.machine, "--no-seeds")
+    assert third["parent"] == second["point_id"] and third["seeds"] is None
 
 
 def test_a_seed_of_another_size_is_not_chosen_and_is_refused_when_pinned(

@@ -482,7 +482,7 @@ def backup_image(
         seeds: PointSeeds | None = None
         if seeded is not None:
             seeds = point_seeds(seeded[0], new_map, seeded[1])
-        elif parent is not None and parent.seeds is not None:
+        elif parent is not None and parent.seeds is not None and not req.no_seeds:
             seeds, why = inherited_seeds(repo, parent.seeds, new_map)
             if why:
                 summary.warnings.append(f"{why}: this point builds on no seed")
