@@ -221,6 +221,16 @@ def test_a_wrong_or_missing_backing_image_is_refused_in_one_line(
         "restore", point, "--scope", "user", "--backing", str(pair.golden), "--target", str(target)
     )
     assert_one_line_error(raw, "--format qcow2")
+    # A golden qcow2 with a backing file of its own: refused without advice
+    # meant for backup (--allow-backing, --format raw mean nothing here).
+    base = tmp_path / "base.qcow2"
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", pair.golden, base)
+    top = tmp_path / "top.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+    chained = restore_overlay(cli, point, top, target)
+    assert chained.rc == 2
+    assert_one_line_error(chained, "give the golden image as one raw or qcow2 file")
+    assert "--allow-backing" not in chained.err
     assert not target.exists()
     # --scope full is today's restore: the whole disk.
     full = tmp_path / "full.raw"

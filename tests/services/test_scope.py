@@ -442,6 +442,36 @@ def test_default_lacks_file_clash_is_refused(tmp_path: Path, local_repo: Reposit
     assert (tmp_path / "lacks.txt").read_bytes() == os.fsencode(root.resolve()) + b"/gone\n"
 
 
+def test_lacks_file_naming_a_restored_path_is_refused(
+    tmp_path: Path, local_repo: Repository
+) -> None:
+    """--lacks-file inside the target at a path the point holds would clobber
+    the restored file (or fail on a restored directory after the restore):
+    refused before anything is written, as the default name is."""
+    root = tmp_path / "m"
+    (root / "sub").mkdir(parents=True)
+    (root / "f").write_bytes(b"own data")
+    point = seeded_point(local_repo, root, [used_seed("debian", "os")], {}, [(0, b"gone")])
+    out = tmp_path / "out"
+    base = out / str(root.resolve()).lstrip("/")
+    base.mkdir(parents=True)
+    for name in ("f", "sub"):
+        with pytest.raises(UsageError, match=r"holds .*/m/" + name + " itself.*--lacks-file"):
+            restore_files(
+                local_repo,
+                point,
+                str(out),
+                scope=ScopeSpec.parse("user"),
+                lacks_file=str(base / name),
+            )
+        assert list(base.iterdir()) == []
+    restore_files(
+        local_repo, point, str(out), scope=ScopeSpec.parse("user"), lacks_file=str(base / "l")
+    )
+    assert (base / "f").read_bytes() == b"own data"
+    assert (base / "l").read_bytes() == os.fsencode(root.resolve()) + b"/gone\n"
+
+
 # --- agreement on arbitrary trees ----------------------------------------------------
 
 _ORIGINS = st.sampled_from(

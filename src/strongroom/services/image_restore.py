@@ -33,6 +33,7 @@ from strongroom.services.image_seeds import (
     verify_golden,
 )
 from strongroom.sources.block_targets import Qcow2Target, open_target
+from strongroom.sources.image_refs import ImageReferenceError
 from strongroom.sources.images import open_image, probe_image
 from strongroom.types import ProgressCallback, no_progress
 
@@ -96,7 +97,13 @@ def restore_overlay(
     seed = seed_of_point(repo, point.seeds, f"point {point.short_id}")
     base = seed_map(repo, seed)
     only = differing_blocks(block_map, base)
-    info = probe_image(backing)  # strongroom's sniff; the files it names are not read
+    try:  # strongroom's sniff; the files it names are not read
+        info = probe_image(backing)
+    except ImageReferenceError:  # its advice (--allow-backing) is backup's, not restore's
+        raise UsageError(
+            f"--backing {backing} names other files (a backing file or parent): give the"
+            " golden image as one raw or qcow2 file (qemu-img convert flattens a chain)"
+        ) from None
     if info.format not in ("raw", "qcow2"):
         raise UsageError(f"--backing {backing} is a {info.format} image: give a raw or qcow2 image")
     if os.path.abspath(target) == info.path or (

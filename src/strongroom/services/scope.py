@@ -120,20 +120,37 @@ def default_lacks_file(target: str) -> str:
 
 def check_lacks_file(repo: Repository, point: RecoveryPoint, target: str, lacks_file: str) -> None:
     """Refuse, before anything is written, a lacks file the restore would also
-    write: the default name is taken when the point itself holds `/.strongroom-lacks`
-    (restored paths are absolute below the target), and a directory cannot be replaced."""
-    if os.path.abspath(lacks_file) == os.path.abspath(default_lacks_file(target)) and any(
-        n.name == LACKS_NAME.encode() for n in load_tree(repo, bytes.fromhex(point.tree))
-    ):
-        raise UsageError(
-            f"point {point.short_id} holds /{LACKS_NAME} itself: name another place "
-            "for the list of lacking seed files with --lacks-file"
-        )
+    write: a name inside the target is a path of the point there (restored
+    paths are absolute below the target), so it is taken when the point holds
+    that path (the default name: a point holding `/.strongroom-lacks`); and a
+    directory cannot be replaced."""
+    inside = _point_path_of(target, lacks_file)
+    if inside is not None:
+        try:
+            find_node(repo, bytes.fromhex(point.tree), inside)
+        except PathNotFound:
+            pass
+        else:
+            raise UsageError(
+                f"point {point.short_id} holds {printable(inside)} itself: name another place "
+                "for the list of lacking seed files with --lacks-file"
+            )
     if os.path.isdir(lacks_file):
         raise UsageError(f"--lacks-file {printable(lacks_file)} is a directory")
     folder = os.path.dirname(os.path.abspath(lacks_file))
     if folder != os.path.abspath(target) and not os.path.isdir(folder):
         raise UsageError(f"--lacks-file {printable(lacks_file)}: no such folder")
+
+
+def _point_path_of(target: str, lacks_file: str) -> str | None:
+    """The path of the point a restore into `target` writes at `lacks_file`
+    (its folder resolved as the restore will find it); None outside the target."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(lacks_file)))
+    real = os.path.join(folder, os.path.basename(lacks_file))
+    rel = os.path.relpath(real, os.path.realpath(target))
+    if rel in (".", "..") or rel.startswith("../"):
+        return None
+    return "/" + rel
 
 
 def write_lacks_file(lacks_file: str, paths: list[bytes]) -> None:
