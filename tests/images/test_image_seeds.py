@@ -397,3 +397,36 @@ def test_point_record_lists_the_seed_for_stats(
     assert set(record["classes"]) == {"identical", "own", "zeroed"}
     assert all(set(v) == {"blocks", "bytes"} for v in record["classes"].values())
     assert json.dumps(record)  # plain JSON for `stats POINT --json`
+
+
+def test_an_interrupted_overlay_restore_leaves_no_overlay(
+    cli: CliRunner, initialized_repo: Path, pair: Pair, tmp_path: Path
+) -> None:
+    """A half-written overlay reads its missing blocks from the golden image: a
+    wrong disk that looks right. It is written under a temporary name and
+    renamed when complete, so an interruption leaves nothing at the target."""
+    import threading
+
+    from strongroom.errors import Interrupted
+    from strongroom.services import image_restore
+    from strongroom.services.points import find_point
+
+    seed_add(cli, "golden", pair.golden)
+    point_id = backup(cli, pair.machine)["point_id"]
+    overlay = tmp_path / "out" / "machine.qcow2"
+    overlay.parent.mkdir()
+    cancel = threading.Event()
+    cancel.set()
+    repo = open_local_repository(initialized_repo)
+    try:
+        with pytest.raises(Interrupted):
+            image_restore.restore_overlay(
+                repo, find_point(repo, point_id), str(pair.golden), str(overlay), cancel=cancel
+            )
+    finally:
+        repo.close()
+    assert list(overlay.parent.iterdir()) == []
+    done = restore_overlay(cli, point_id, pair.golden, overlay)
+    assert done.rc == 0, done.err
+    assert_same_image(pair.machine, overlay, "raw", "qcow2")
+    assert sorted(p.name for p in overlay.parent.iterdir()) == ["machine.qcow2"]

@@ -7,6 +7,7 @@ and which holds only the point's own blocks (services/image_seeds.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -115,15 +116,26 @@ def restore_overlay(
         verify_golden(repo, golden, seed, base, full=verify_full, what=backing)
     finally:
         golden.close()
-    out = Qcow2Target(target, block_map.size, backing=(info.path, info.format))
+    # Written under a temporary name and renamed when complete: a half-written
+    # overlay is a valid qcow2 whose missing blocks read from the golden image,
+    # a wrong disk that looks right, so it must never stand under `target`.
+    folder, name = os.path.split(os.path.abspath(target))
+    partial = os.path.join(folder, f".{name}.partial-{os.getpid()}")
+    out = Qcow2Target(partial, block_map.size, backing=(info.path, info.format))
     try:
-        return ImageRestore(repo, block_map, out, progress=progress, cancel=cancel, only=only).run()
+        summary = ImageRestore(
+            repo, block_map, out, progress=progress, cancel=cancel, only=only
+        ).run()
+        os.replace(partial, target)
     except BaseException:
         try:
             out.close()
         except Exception:
             pass
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
         raise
+    return summary
 
 
 @dataclass
