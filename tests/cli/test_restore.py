@@ -145,3 +145,21 @@ def test_include_and_dump_with_non_utf8_names(
         "dump", "latest", os.fsdecode(os.path.join(src, b"dir\xff", b"f\xfe")), binary=True
     )
     assert dumped.rc == 0 and dumped.out == b"bytes names\n"
+
+
+def test_include_paths_are_the_points_paths_normalised(
+    tmp_path: Path, cli: CliRunner, backed_up: BackedUp
+) -> None:
+    """`/a//b/./c` is `/a/b/c`; a relative path or one with `..` is refused in
+    one line (they used to be accepted and then match nothing)."""
+    target = tmp_path / "t"
+    messy = str(backed_up.src).replace("/", "//") + "/./sub/"
+    result = cli("restore", "latest", "--target", str(target), "--include", messy)
+    assert result.rc == 0, result.err
+    restored = target / str(backed_up.src).lstrip("/")
+    assert files_below(restored) == {"sub/b.bin", "sub/deeper/c.txt", "sub/deeper/d.bin"}
+    for bad in ("sub", str(backed_up.src / "sub" / ".." / "sub")):
+        refused = cli("restore", "latest", "--target", str(tmp_path / "u"), "--include", bad)
+        assert refused.rc == 2, refused.err
+        assert len(refused.err.strip().splitlines()) == 1
+        assert not (tmp_path / "u").exists()

@@ -68,7 +68,8 @@ def restore_files(
         raise UsageError("--lacks-file goes with --scope user")
     bound = bind_point(point, scope)
     scoped.notice = bound.notice
-    for include in includes or []:
+    includes = [point_path(include) for include in includes or []]
+    for include in includes:
         find_node(repo, bytes.fromhex(point.tree), include)  # PathNotFound before any write
     if scope.kind is ScopeKind.USER:
         selection = Selection(includes or [])
@@ -88,6 +89,18 @@ def restore_files(
     if scoped.lacks is not None and scoped.lacks_file is not None:
         write_lacks_file(scoped.lacks_file, scoped.lacks)
     return summary
+
+
+def point_path(text: str) -> str:
+    """An `--include` as the point names its paths: absolute, with no empty,
+    `.` or `..` components (`/a//b/./c` is `/a/b/c`); a relative path or one
+    with `..` is a usage error (it used to match nothing, silently)."""
+    if not text.startswith("/"):
+        raise UsageError(f"--include {printable(text)}: give the path as the point has it, from /")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UsageError(f"--include {printable(text)}: a path of the point has no '..'")
+    return "/" + "/".join(parts)
 
 
 @dataclass
