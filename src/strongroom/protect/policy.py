@@ -202,7 +202,7 @@ def format_duration(seconds: float) -> str:
     for suffix, unit in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= unit and seconds % unit == 0:
             return f"{int(seconds // unit)}{suffix}"
-    return f"{seconds:g}s"
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds}s"
 
 
 def check_policy_name(name: str, at: str) -> str:
