@@ -26,10 +26,32 @@ def test_add_show_list_remove(cli: CliRunner, config: Path, tmp_path: Path) -> N
     env = {"STRONGROOM_CONFIG": str(config)}
     tree = tmp_path / "data"
     tree.mkdir()
-    added = cli("policy", "add", "db", "--source", str(tree), "--source", "vm:web",
-                "--cycle", "5m", "--keep-last", "96", "--daily", "7", "--keep-within", "2d",
-                "--hook", "pre=sync", "--hook", "post=echo done", "--hook", "sqlite=/srv/a.db",
-                "--freeze-timeout", "3s", env=env)  # fmt: skip
+    added = cli(
+        "policy",
+        "add",
+        "db",
+        "--source",
+        str(tree),
+        "--source",
+        "vm:web",
+        "--cycle",
+        "5m",
+        "--keep-last",
+        "96",
+        "--daily",
+        "7",
+        "--keep-within",
+        "2d",
+        "--hook",
+        "pre=sync",
+        "--hook",
+        "post=echo done",
+        "--hook",
+        "sqlite=/srv/a.db",
+        "--freeze-timeout",
+        "3s",
+        env=env,
+    )
     assert added.rc == 0, added.err
     text = config.read_text()
     assert text.startswith(HEAD)  # the user's comments and layout stay
@@ -42,8 +64,13 @@ def test_add_show_list_remove(cli: CliRunner, config: Path, tmp_path: Path) -> N
         ("db.web", "vm"),
     ]
     assert doc["cycle_seconds"] == 300 and doc["freeze_timeout_seconds"] == 3
-    assert doc["retention"] == {"keep_last": 96, "keep_within_seconds": 172800, "hourly": 0,
-                                "daily": 7, "weekly": 0}  # fmt: skip
+    assert doc["retention"] == {
+        "keep_last": 96,
+        "keep_within_seconds": 172800,
+        "hourly": 0,
+        "daily": 7,
+        "weekly": 0,
+    }
     assert doc["hooks"][0]["pre"] == "sync" and doc["hooks"][0]["post"] == "echo done"
     assert doc["hooks"][1]["type"] == "sqlite"
     listed = cli("policy", "list", "--json", env=env)
@@ -81,8 +108,13 @@ def test_add_refuses_and_leaves_the_file(
 def test_timeline_and_restore_at(cli: CliRunner, initialized_repo: Path, tmp_path: Path) -> None:
     repo = open_local_repository(initialized_repo)
     try:
-        ours = store_points(repo, "db", every(timedelta(minutes=15), 4), consistency="crash-consistent",
-                            reason="pre hook failed: exit 3")  # fmt: skip
+        ours = store_points(
+            repo,
+            "db",
+            every(timedelta(minutes=15), 4),
+            consistency="crash-consistent",
+            reason="pre hook failed: exit 3",
+        )
         store_points(repo, "other", every(timedelta(minutes=1), 2))
     finally:
         repo.close()
@@ -92,16 +124,32 @@ def test_timeline_and_restore_at(cli: CliRunner, initialized_repo: Path, tmp_pat
     assert listed.json()[0]["reason"] == "pre hook failed: exit 3"
 
     # 00:29 UTC is 01:29 at +01:00: the point of 00:15 is the latest at or before it
-    picked = cli("restore", "db", "--at", "2026-11-02T01:29+01:00", "--target", str(tmp_path / "t"),
-                 "--json")  # fmt: skip
+    picked = cli(
+        "restore", "db", "--at", "2026-11-02T01:29+01:00", "--target", str(tmp_path / "t"), "--json"
+    )
     assert picked.rc == 0, picked.err
     assert picked.summary()["point_id"] == ours[1].id
-    local = cli("restore", "db", "--at", "2026-11-02 00:30", "--target", str(tmp_path / "u"),
-                "--json", env={"TZ": "UTC"})  # fmt: skip
+    local = cli(
+        "restore",
+        "db",
+        "--at",
+        "2026-11-02 00:30",
+        "--target",
+        str(tmp_path / "u"),
+        "--json",
+        env={"TZ": "UTC"},
+    )
     assert local.summary()["point_id"] == ours[2].id  # a point exactly at the instant counts
 
-    early = cli("restore", "db", "--at", "2026-11-01 23:59", "--target", str(tmp_path / "v"),
-                env={"TZ": "UTC"})  # fmt: skip
+    early = cli(
+        "restore",
+        "db",
+        "--at",
+        "2026-11-01 23:59",
+        "--target",
+        str(tmp_path / "v"),
+        env={"TZ": "UTC"},
+    )
     assert early.rc != 0 and len(early.err.strip().splitlines()) == 1
     assert "db has no point at or before 2026-11-01 23:59:00" in early.err
     assert f"its first is at {START:%Y-%m-%d %H:%M:%S}" in early.err

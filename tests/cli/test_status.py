@@ -47,21 +47,39 @@ def test_status_per_source(cli: CliRunner, initialized_repo: Path, tmp_path: Pat
     repo = open_local_repository(initialized_repo)
     try:
         store_points(repo, "db", [now - timedelta(minutes=10)])
-        (newest,) = store_points(repo, "db", [now - timedelta(minutes=4)],
-                                 consistency="application-consistent")  # fmt: skip
+        (newest,) = store_points(
+            repo, "db", [now - timedelta(minutes=4)], consistency="application-consistent"
+        )
     finally:
         repo.close()
     home = Path(os.environ["HOME"])
     db_state = str(state_folder(home, "db"))
     for i, shipped in enumerate((1000, 2000)):
         started = now - timedelta(minutes=10 - 6 * i)
-        record_cycle(db_state, "db", CycleStatus(started, started + timedelta(seconds=5),
-                     bytes_shipped=shipped))  # fmt: skip
-    record_cycle(db_state, "db", CycleStatus(now, now, ok=False, error="freeze timed out"),
-                 in_sync=False, sync_reason="journal overflow")  # fmt: skip
+        record_cycle(
+            db_state,
+            "db",
+            CycleStatus(started, started + timedelta(seconds=5), bytes_shipped=shipped),
+        )
+    record_cycle(
+        db_state,
+        "db",
+        CycleStatus(now, now, ok=False, error="freeze timed out"),
+        in_sync=False,
+        sync_reason="journal overflow",
+    )
     files_state = str(state_folder(home, "files"))
-    record_cycle(files_state, "files", CycleStatus(now - timedelta(minutes=1), now,
-                 bytes_shipped=77, consistency="crash-consistent", reason="no hooks"))  # fmt: skip
+    record_cycle(
+        files_state,
+        "files",
+        CycleStatus(
+            now - timedelta(minutes=1),
+            now,
+            bytes_shipped=77,
+            consistency="crash-consistent",
+            reason="no hooks",
+        ),
+    )
 
     env = {"STRONGROOM_CONFIG": str(config)}
     result = cli("status", "--json", env=env)
@@ -112,21 +130,21 @@ def test_a_bad_status_record_is_a_problem_not_a_failure(
             "updated": "2026-01-01T00:00:00",
             "tracker": {"in_sync": True},
             "cycles": [],
-        },  # fmt: skip
+        },
         {
             "version": 1,
             "source": "db",
             "updated": "2026-01-01T00:00:00+00:00",
             "tracker": {"in_sync": "yes"},
             "cycles": [],
-        },  # fmt: skip
+        },
         {
             "version": 1,
             "source": "db",
             "updated": "2026-01-01T00:00:00+00:00",
             "tracker": {"in_sync": True},
             "cycles": [{"started": "x"}],
-        },  # fmt: skip
+        },
         [1, 2],
     ],
 )

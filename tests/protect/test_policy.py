@@ -118,7 +118,7 @@ def test_two_sources_with_one_derived_name_must_be_named(tmp_path: Path) -> None
     (tmp_path / "a" / "data").mkdir(parents=True)
     (tmp_path / "b" / "data").mkdir(parents=True)
     sources = [str(tmp_path / "a" / "data"), str(tmp_path / "b" / "data")]
-    with pytest.raises(ConfigError, match="both get the name db.data"):
+    with pytest.raises(ConfigError, match=r"both get the name db\.data"):
         policy(tmp_path, sources=sources)
     sources[1] = {"path": sources[1], "name": "other"}  # type: ignore[call-overload]
     assert [s.name for s in policy(tmp_path, sources=sources).sources] == ["db.data", "other"]
@@ -140,7 +140,9 @@ def test_durations_round_trip(seconds: int) -> None:
     assert parse_duration(format_duration(seconds), "at", "k") == seconds
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("15m", 900), ("1h", 3600),
-                                               ("7d", 604800), ("2w", 1209600), (45, 45)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("1h", 3600), ("7d", 604800), ("2w", 1209600), (45, 45)],
+)
 def test_duration_forms(text: str | int, seconds: float) -> None:
     assert parse_duration(text, "at", "k") == seconds
