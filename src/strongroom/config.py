@@ -2,8 +2,10 @@
 
 File: `$STRONGROOM_CONFIG`, else `$XDG_CONFIG_HOME/strongroom/config.toml`
 (`~/.config/strongroom/config.toml`). Keys: `repo`, `password_file`,
-`compression`, `exclude` (list), `exclude_file`, and the cluster's VMs as
-`[vm.NAME]` tables (see `VmSpec`). Environment:
+`compression`, `exclude` (list), `exclude_file`, the cluster's VMs as
+`[vm.NAME]` tables (see `VmSpec`), and protection policies as
+`[protect.NAME]` tables (kept here as read; protect/policy.py checks them
+when a command uses policies). Environment:
 `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`, `STRONGROOM_PASSWORD_FILE`,
 `STRONGROOM_COMPRESSION`. The password itself is never read from the file.
 """
@@ -65,6 +67,9 @@ class Settings:
     exclude: list[str] = field(default_factory=list)
     exclude_file: str | None = None
     vms: dict[str, VmSpec] = field(default_factory=dict)
+    # [protect.NAME] tables as read (protect/policy.py validates them on use)
+    protect: dict[str, dict[str, object]] = field(default_factory=dict)
+    config_file: str | None = None  # the file read, if any
     source: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
 
     @property
@@ -92,6 +97,7 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"config file {path}: {err}") from None
         _apply_file(settings, doc, str(path))
+        settings.config_file = str(path)
     if env.get("STRONGROOM_REPO"):
         settings.repo = env["STRONGROOM_REPO"]
         settings.source["repo"] = "STRONGROOM_REPO"
@@ -106,7 +112,7 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
 def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
     if "password" in doc:
         raise ConfigError(f"config file {where}: put the password in a password_file, not here")
-    known = {"repo", "password_file", "compression", "exclude", "exclude_file", "vm"}
+    known = {"repo", "password_file", "compression", "exclude", "exclude_file", "vm", "protect"}
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"config file {where}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -127,6 +133,10 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
         raise ConfigError(f"config file {where}: vm must be a table of [vm.NAME] tables")
     for name, table in vms.items():
         settings.vms[name] = _vm(name, table, where)
+    policies = doc.get("protect", {})
+    if not isinstance(policies, dict) or not all(isinstance(t, dict) for t in policies.values()):
+        raise ConfigError(f"config file {where}: protect must be a table of [protect.NAME] tables")
+    settings.protect = {str(n): dict(t) for n, t in policies.items()}
     seen: dict[tuple[str, str], str] = {}
     for spec in settings.vms.values():
         for disk in spec.disks:

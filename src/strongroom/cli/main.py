@@ -35,6 +35,8 @@ COMMANDS: dict[str, str] = {
     "export": "export:export",
     "vhd": "vhd:vhd",
     "protect": "protect:protect",
+    "policy": "policy:policy",
+    "status": "status:status",
     "vm": "vm:vm",
     "dump": "browse:dump",
     "forget": "maintenance:forget",

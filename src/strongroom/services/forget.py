@@ -3,7 +3,9 @@
 Semantics follow restic's `forget`: points are grouped (by host and paths by
 default); within a group, newest first, each keep-rule keeps the newest point
 of each of its last N buckets (hours, days, ISO weeks, months, years); a
-point is kept if any rule keeps it.
+point is kept if any rule keeps it. `within` (seconds) keeps every point
+taken within that long of the group's newest point, as restic's
+`--keep-within` (a series that stopped keeps its history).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from strongroom.model.kinds import PointKind
@@ -30,10 +32,20 @@ class KeepPolicy:
     monthly: int = 0
     yearly: int = 0
     tags: list[str] = field(default_factory=list)  # points with any of these tags are kept
+    within: float = 0.0  # seconds back from the group's newest point
 
     def empty(self) -> bool:
         return not any(
-            (self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly, self.tags)
+            (
+                self.last,
+                self.hourly,
+                self.daily,
+                self.weekly,
+                self.monthly,
+                self.yearly,
+                self.tags,
+                self.within,
+            )
         )
 
 
@@ -57,9 +69,12 @@ def apply_policy(points: list[RecoveryPoint], policy: KeepPolicy) -> list[Decisi
     """Decide for one group of points (any order); returns newest first."""
     ordered = sorted(points, key=lambda p: p.time, reverse=True)
     reasons: dict[str, list[str]] = defaultdict(list)
+    since = _since(ordered[0].time, policy.within) if ordered else None
     for i, point in enumerate(ordered):
         if i < policy.last:
             reasons[point.id].append("last")
+        if policy.within and since is not None and point.time >= since:
+            reasons[point.id].append("within")
         if policy.tags and set(policy.tags) & set(point.tags):
             reasons[point.id].append("tag")
     for rule, bucket_of in _BUCKETS.items():
@@ -73,6 +88,13 @@ def apply_policy(points: list[RecoveryPoint], policy: KeepPolicy) -> list[Decisi
                 seen.add(bucket)
                 reasons[point.id].append(rule)
     return [Decision(p, bool(reasons[p.id]), reasons[p.id]) for p in ordered]
+
+
+def _since(newest: datetime, seconds: float) -> datetime:
+    try:
+        return newest - timedelta(seconds=seconds)
+    except OverflowError:  # before year 1: every point is within
+        return datetime.min.replace(tzinfo=newest.tzinfo)
 
 
 def group_points(points: list[RecoveryPoint], group_by: str) -> dict[str, list[RecoveryPoint]]:

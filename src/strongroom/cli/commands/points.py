@@ -13,6 +13,7 @@ from strongroom.model.kinds import IMAGE_KINDS
 from strongroom.model.names import printable
 from strongroom.services.points import PointFilter, list_points
 from strongroom.services.session import LockMode
+from strongroom.services.timeline import timeline
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,11 +29,21 @@ def point_filter_options(f: F) -> F:
 
 @click.command()
 @point_filter_options
+@click.option("--source", metavar="NAME", help="Only this protected source's points: its timeline.")
 @pass_app
 def snapshots(
-    app: App, hosts: tuple[str, ...], tags: tuple[str, ...], paths: tuple[str, ...]
+    app: App,
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
+    source: str | None,
 ) -> None:
     """List recovery points."""
+    if source is not None:
+        if hosts or tags or paths:
+            raise click.UsageError("--source lists one source's timeline: no --host/--tag/--path")
+        _timeline(app, source)
+        return
     with app.repository(LockMode.NONE) as repo:
         points = list_points(repo, PointFilter(list(hosts), list(tags), list(paths)))
     if app.out.json:
@@ -58,3 +69,26 @@ def snapshots(
         rows,
     )
     app.out.info(f"{len(points)} points")
+
+
+def _timeline(app: App, source: str) -> None:
+    with app.repository(LockMode.NONE) as repo:
+        entries = timeline(repo, source)
+    if app.out.json:
+        app.out.document([e.as_dict() for e in entries])
+        return
+    rows = [
+        (
+            e.point.short_id,
+            e.point.time.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            e.point.kind,
+            e.consistency,
+            printable(e.reason),
+            human_bytes(int(e.point.summary["bytes_changed"]))
+            if "bytes_changed" in e.point.summary
+            else "",
+        )
+        for e in entries
+    ]
+    app.out.table(["ID", "Time", "Kind", "Consistency", "Reason", "Changed"], rows)
+    app.out.info(f"{len(entries)} points of {printable(source)}")

@@ -18,6 +18,7 @@ from strongroom.services.restore import (
     restore_point,
 )
 from strongroom.services.session import LockMode
+from strongroom.services.timeline import parse_instant, point_at
 
 
 @click.command()
@@ -79,6 +80,13 @@ from strongroom.services.session import LockMode
     help="--scope user: where to list the seed files the machine lacks "
     "(default: TARGET/.strongroom-lacks).",
 )
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="POINT is a protected source's name: restore its latest point at or before TIME "
+    "('2026-11-25 14:05' in local time, or with an offset).",
+)
 @pass_app
 def restore(
     app: App,
@@ -93,8 +101,9 @@ def restore(
     backing: str | None,
     verify_backing: bool,
     lacks_file: str | None,
+    at: str | None,
 ) -> None:
-    """Restore POINT (an id prefix or 'latest') into TARGET.
+    """Restore POINT (an id prefix or 'latest'; with --at, a protected source) into TARGET.
 
     A VM point restores every disk into the folder TARGET as DISK.raw (or .qcow2).
     """
@@ -103,7 +112,12 @@ def restore(
     request.scope = ScopeSpec.parse(scope_text)
     request.lacks_file = lacks_file
     request.backing, request.verify_backing = backing, verify_backing
+    instant = parse_instant(at) if at is not None else None
+    if instant is not None and vm:
+        raise click.UsageError("--at names a protected source: no --vm")
     with app.repository(LockMode.SHARED) as repo, out.progress("restore") as progress:
+        if instant is not None:
+            request.point = point_at(repo, point, instant).id
         restored = restore_point(repo, request, progress)
     match restored:
         case FilesRestored():
