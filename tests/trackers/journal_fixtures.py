@@ -25,8 +25,16 @@ class Tracker:
     def start(self) -> None:
         before = self.journal.read().last if self.journal.path.exists() else 0
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "strongroom", "journal", "run", str(self.tree)]
-            + ["--state", str(self.state)],
+            [
+                sys.executable,
+                "-m",
+                "strongroom",
+                "journal",
+                "run",
+                str(self.tree),
+                "--state",
+                str(self.state),
+            ],
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
         deadline = time.monotonic() + 20
@@ -80,7 +88,7 @@ def write_some(tree: Path, rng: random.Random, ops: int) -> set[str]:
         return sorted(p for p in tree.rglob("*") if p.is_file())
 
     def dirs() -> list[Path]:
-        return [tree] + sorted(p for p in tree.rglob("*") if p.is_dir())
+        return [tree, *sorted(p for p in tree.rglob("*") if p.is_dir())]
 
     def rel(p: Path) -> str:
         return str(p.relative_to(tree))
