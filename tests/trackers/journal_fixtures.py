@@ -93,7 +93,8 @@ def write_some(tree: Path, rng: random.Random, ops: int) -> set[str]:
     def rel(p: Path) -> str:
         return str(p.relative_to(tree))
 
-    for i in range(ops):
+    for _ in range(ops):
+        i = rng.randrange(10**9)  # unique across calls
         op = rng.choice(["create", "modify", "delete", "rename", "chmod", "mkdir", "append"])
         existing = files()
         if op in ("modify", "delete", "rename", "chmod", "append") and not existing:
