@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "repair": "repair:repair",
     "key": "key:key",
     "seed": "seed:seed",
+    "journal": "journal:journal",
 }
 ALIASES = {"points": "snapshots", "cat": "dump"}
 

@@ -12,6 +12,15 @@ child's chunk list is final; entries passed through from the parent point are
 classified too (the seed set may differ from the parent's). With
 `--trust-seed-metadata` a file whose path, size, mode and mtime equal a
 seed's takes the seed's chunk list without being opened.
+
+With `changed_paths` (paths relative to the one backed-up tree, from the change
+journal, trackers/journal.py) and a parent point, only those paths and the
+directories on their way are looked at: each directory on the way is stat'ed
+and starts from the parent's entries; each changed name is lstat'ed (gone:
+dropped) and backed up as a full walk would (a changed directory is walked
+whole, with the usual comparison against the parent). Every other entry is
+the parent's, as it was. The point equals a full walk's for the same tree
+state, except the atime of entries not looked at (docs/protect.md).
 """
 
 from __future__ import annotations
@@ -68,6 +77,8 @@ class BackupOptions:
     skip_dirs: list[str] = field(default_factory=list)  # e.g. the repository itself
     workers: int = 2
     scan_totals: bool = False  # count the tree first (for an ETA)
+    # The change journal's paths, relative to the one tree in `paths` (None: walk all).
+    changed_paths: set[bytes] | None = None
 
 
 @dataclass
@@ -135,6 +146,30 @@ class _Virtual:
 
     def __init__(self) -> None:
         self.children: dict[bytes, _Virtual | None] = {}  # None marks a backed-up path
+
+
+_WHOLE = None  # in a change trie: this entry itself changed (walk it whole)
+ChangeTrie = dict[bytes, "ChangeTrie | None"]
+
+
+def change_trie(paths: set[bytes]) -> ChangeTrie:
+    """The changed relative paths as nested dicts by name; None marks a changed
+    entry (what is below it is walked anyway, so deeper paths are dropped).
+    Empty, '.' and '..' parts are skipped (the journal never writes them)."""
+    root: ChangeTrie = {}
+    for path in sorted(paths, key=len):
+        parts = [p for p in path.split(b"/") if p not in (b"", b".", b"..")]
+        node: ChangeTrie | None = root
+        for i, part in enumerate(parts):
+            assert node is not None
+            if i == len(parts) - 1:
+                node[part] = _WHOLE
+                break
+            child = node.setdefault(part, {})
+            if child is None:
+                break  # an ancestor changed: walked whole
+            node = child
+    return root
 
 
 def _virtual_root(paths: list[bytes]) -> _Virtual:
@@ -252,8 +287,20 @@ class FileBackup:
                     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 except OSError as err:
                     raise SourceError(f"{os.fsdecode(child_path)}: {err.strerror}") from None
-                if child_virtual is None:
-                    node = self._entry(dir_fd, name, st, child_path, old.get(name), top=True)
+                changed = self.options.changed_paths
+                prev = old.get(name)
+                if (
+                    child_virtual is None
+                    and changed is not None
+                    and prev is not None
+                    and prev.type == DIR
+                    and stat.S_ISDIR(st.st_mode)
+                ):
+                    node = node_from_stat(name, st)
+                    assert node is not None
+                    self._dir_changed(dir_fd, name, child_path, node, prev, change_trie(changed))
+                elif child_virtual is None:
+                    node = self._entry(dir_fd, name, st, child_path, prev, top=True)
                 else:
                     node = node_from_stat(name, st)
                     if node is None or node.type != DIR:
@@ -358,6 +405,52 @@ class FileBackup:
             self._forget_dir_fd(sub_fd)
             os.close(sub_fd)
         self._finish_dir(node, children, previous, path)
+
+    def _dir_changed(
+        self, dir_fd: int, name: bytes, path: bytes, node: Node, old: Node, trie: ChangeTrie
+    ) -> None:
+        """A directory on the way to changed paths: the parent's entries, with
+        each changed name looked at again (see the module docstring)."""
+        self.summary.dirs += 1
+        same_meta = old.ctime_ns == node.ctime_ns
+        sub_fd = open_dir(dir_fd, name)
+        try:
+            node.xattrs = old.xattrs if same_meta else read_xattrs_of(sub_fd)
+            old_wires, old_blob = self._parent_wires(old.subtree)
+            previous = (old.subtree, old_blob) if old.subtree is not None and old_blob else None
+            children: dict[bytes, Node | dict[str, Any]] = dict(old_wires)
+            for child_name in sorted(trie):
+                child_path = path + b"/" + child_name
+                children.pop(child_name, None)
+                try:
+                    st = os.stat(child_name, dir_fd=sub_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted or renamed away
+                if self.excluder and self.excluder.excluded(child_path, child_name):
+                    continue
+                prev = self._old_node(old_wires.get(child_name), child_path)
+                sub = trie[child_name]
+                if (
+                    sub is not None
+                    and prev is not None
+                    and prev.type == DIR
+                    and stat.S_ISDIR(st.st_mode)
+                ):
+                    child = node_from_stat(child_name, st)
+                    assert child is not None
+                    self._dir_changed(sub_fd, child_name, child_path, child, prev, sub)
+                else:
+                    child = self._entry(sub_fd, child_name, st, child_path, prev)
+                if child is not None:
+                    children[child_name] = child
+            for wire in children.values():
+                if isinstance(wire, dict) and wire.get("t") != DIR:
+                    self._count_unchanged(wire)
+        finally:
+            self._forget_dir_fd(sub_fd)
+            os.close(sub_fd)
+        ordered = [children[k] for k in sorted(children)]
+        self._finish_dir(node, ordered, previous, path)
 
     def _root_dev(self, dir_fd: int) -> int:
         return os.fstat(dir_fd).st_dev

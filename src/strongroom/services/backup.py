@@ -100,6 +100,10 @@ class BackupRequest:
     no_seeds: bool = False
     trust_seed_metadata: bool = False
     seed_root: str | None = None
+    # From the change journal (trackers/journal.py): the paths, relative to the
+    # one tree in `paths`, changed since the parent point; None walks everything.
+    changed_paths: set[str] | None = None
+    journal_sequence: int | None = None  # recorded in the point's summary
 
     def seed_choice(self) -> SeedChoice:
         return SeedChoice(self.seeds, self.no_seeds, self.trust_seed_metadata, self.seed_root)
@@ -143,6 +147,8 @@ def backup_files(
     req.host = req.host or socket.gethostname()
     paths = sorted({os.path.abspath(p) for p in req.paths})
     check_choice(req.seed_choice())
+    if req.changed_paths is not None and len(paths) != 1:
+        raise UsageError("changed paths from a change journal go with exactly one tree")
     parent_warnings: list[str] = []
     parent = _choose_parent(repo, req, paths, parent_warnings)
     selection = select_seeds(repo, req.seed_choice(), paths)
@@ -155,6 +161,9 @@ def backup_files(
         dry_run=req.dry_run,
         skip_dirs=skip,
         scan_totals=req.scan_totals,
+        changed_paths=None
+        if req.changed_paths is None
+        else {os.fsencode(p) for p in req.changed_paths},
     )
     started = now()
     pipeline = FileBackup(
@@ -169,6 +178,7 @@ def backup_files(
     summary.warnings[:0] = parent_warnings
     seconds = (now() - started).total_seconds()
     record = pipeline.seed_record
+    journal = {} if req.journal_sequence is None else {"journal_sequence": req.journal_sequence}
     if req.dry_run:
         return BackupResult(
             None, summary, parent.id if parent else None, seconds, record, selection.skipped
@@ -182,7 +192,7 @@ def backup_files(
         tree=summary.tree_id,
         parent=parent,
         tags=req.tags,
-        summary={**summary.as_dict(), "seconds": round(seconds, 3)},
+        summary={**summary.as_dict(), "seconds": round(seconds, 3), **journal},
         seeds=record,
     )
     return BackupResult(point, summary, point.parent, seconds, record, selection.skipped)
