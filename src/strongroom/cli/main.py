@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "vhd": "vhd:vhd",
     "protect": "protect:protect",
     "vm": "vm:vm",
+    "volume": "volume:volume",
     "dump": "browse:dump",
     "forget": "maintenance:forget",
     "prune": "maintenance:prune",
