@@ -229,3 +229,25 @@ def test_a_failed_freeze_gives_a_crash_consistent_point(vol: Vol, local_repo: Re
     assert result.consistency == "crash-consistent"
     assert "hook refused" in result.summary["consistency_note"]
     assert result.held_ms is None
+
+
+def test_a_quiesce_may_hold_writers_yet_say_the_point_is_crash_consistent(
+    vol: Vol, local_repo: Repository
+) -> None:
+    """The hooks engine plugs in as `quiesce`: its value, a reason, is recorded."""
+    from contextlib import contextmanager
+
+    from strongroom.sources.volume import fsfreeze
+
+    calls = []
+
+    @contextmanager
+    def hooks(mount: str) -> Iterator[str]:
+        calls.append(mount)
+        with fsfreeze(mount):
+            yield "post hook failed"
+
+    result = volume_cycle(local_repo, vol.state, quiesce=hooks)
+    assert calls == [str(vol.mount)]
+    assert result.consistency == "crash-consistent" and result.held_ms is not None
+    assert result.point.summary["consistency_note"] == "post hook failed"

@@ -60,7 +60,10 @@ from strongroom.types import ProgressCallback, no_progress
 
 # What holds the writers: called with the mount folder, entered around the
 # transaction, exited (thawed) at once. The hooks engine (pre/post commands,
-# a watchdog) plugs in here; a failure to enter means "not quiesced".
+# a watchdog) plugs in here. A StrongroomError on entering means "not
+# quiesced" (the snapshot is taken anyway, crash-consistent); a non-empty
+# string as the context's value is why the point is only crash-consistent
+# although writers were held (a hook failed, the freeze held).
 Quiesce = Callable[[str], AbstractContextManager[object]]
 
 
@@ -119,6 +122,7 @@ def volume_cycle(
             raise UsageError(f"{image}: the volume is not attached")
         try:
             cycle = _Cycle(repo, state, mode, tags, block_size, progress, cancel)
+            cycle.freeze_timeout = freeze_timeout
             if daemon_alive(state):
                 result = cycle.live(quiesce or (lambda m: fsfreeze(m, freeze_timeout)))
             else:
@@ -152,6 +156,7 @@ class _Cycle:
         self.progress = progress
         self.cancel = cancel
         self.warnings: list[str] = []
+        self.freeze_timeout = 10.0
         self.started = now()
         self.t0 = time.monotonic()
         self.prefix = volume_bitmap_prefix(repo, state)
@@ -179,7 +184,9 @@ class _Cycle:
     def live(self, quiesce: Quiesce) -> VolumeCycleResult:
         state = self.state
         with ExitStack() as stack:
-            qmp = stack.enter_context(QmpClient(state.qmp))
+            # Bounded like the freeze: a block layer that stops answering
+            # during the transaction ends it, and the thaw follows at once.
+            qmp = stack.enter_context(QmpClient(state.qmp, timeout=max(self.freeze_timeout, 5.0)))
             disk = LiveDisk(qmp, NODE, state.nbd_uri, state.scratch)
             stack.callback(disk.close_view)  # also undoes a view half opened
             if self.parent_map is not None and self.parent_map.size != disk.size:
@@ -224,9 +231,14 @@ class _Cycle:
         entered = False
         frozen_at, t_start = time.time(), time.monotonic()
         try:
-            with quiesce(self.state.mount):
+            with quiesce(self.state.mount) as value:
                 entered = True
+                t_frozen = time.monotonic()
                 held.instant = freeze_together(qmp, actions)
+                held.transaction_ms = (time.monotonic() - t_frozen) * 1000
+                held.freeze_ms = (t_frozen - t_start) * 1000
+            if isinstance(value, str) and value:
+                held.reason = value
         except StrongroomError as err:
             if not entered:
                 # Not quiesced (no mount, a hook failed): the snapshot is still
@@ -291,6 +303,10 @@ class _Cycle:
             "volume": self.state.image,
             "instant": held.instant,
             "held_ms": None if held.ms is None else round(held.ms, 3),
+            "freeze_ms": None if held.freeze_ms is None else round(held.freeze_ms, 3),
+            "transaction_ms": None
+            if held.transaction_ms is None
+            else round(held.transaction_ms, 3),
             "seconds": round(time.monotonic() - self.t0, 3),
         }
         if held.reason:
@@ -329,6 +345,8 @@ class _Held:
     frozen_at: float | None = None
     thawed_at: float | None = None
     reason: str = ""  # why the point is only crash-consistent
+    freeze_ms: float | None = None  # of `ms`: until the file system was frozen
+    transaction_ms: float | None = None  # of `ms`: the QMP transaction
 
 
 def _dirty_bytes(qmp: QmpClient, names: list[str]) -> int:

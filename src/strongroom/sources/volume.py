@@ -21,9 +21,11 @@ zombie is not the daemon).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -244,13 +246,61 @@ def make_fs(loop: str, fs: str) -> None:
 # --- freezing ------------------------------------------------------------------
 
 
+FIFREEZE = 0xC0045877  # _IOWR('X', 119, int): what fsfreeze(8) calls
+FITHAW = 0xC0045878  # _IOWR('X', 120, int)
+
+
 @contextlib.contextmanager
 def fsfreeze(mount: str, timeout: float = 10.0) -> Iterator[None]:
-    """Hold the file system's writers (`fsfreeze -f`) for the body; thawed in
-    every case, even when the body fails. The plain quiesce a volume cycle
-    uses when no engine is plugged in."""
-    run(["fsfreeze", "-f", mount], f"cannot freeze {mount}", timeout)
+    """Hold the file system's writers for the body (the FIFREEZE ioctl that
+    `fsfreeze -f` makes, without starting a process: tens of milliseconds
+    less held); thawed in every case, even when the body fails. The plain
+    quiesce a volume cycle uses when no engine is plugged in; `timeout` bounds
+    the freeze (the kernel flushes dirty data first): past it the file system
+    is thawed and SourceError raised."""
     try:
-        yield
+        fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise SourceError(f"cannot freeze {mount}: {err.strerror}") from None
+    try:
+        _freeze(fd, mount, timeout)
+        try:
+            yield
+        finally:
+            try:
+                fcntl.ioctl(fd, FITHAW, 0)
+            except OSError as err:
+                raise SourceError(f"cannot thaw {mount}: {err.strerror}") from None
     finally:
-        run(["fsfreeze", "-u", mount], f"cannot thaw {mount}", timeout)
+        os.close(fd)
+
+
+def _freeze(fd: int, mount: str, timeout: float) -> None:
+    """FIFREEZE in a thread, waited for `timeout`: a freeze that does not end in
+    time (a device that stopped answering) is thawed as soon as it ends."""
+    done = threading.Event()
+    failure: list[OSError] = []
+
+    def freeze() -> None:
+        try:
+            fcntl.ioctl(fd, FIFREEZE, 0)
+        except OSError as err:
+            failure.append(err)
+        done.set()
+
+    worker = threading.Thread(target=freeze, name="fsfreeze", daemon=True)
+    worker.start()
+    if not done.wait(timeout):
+        late = os.dup(fd)
+
+        def thaw_when_frozen() -> None:
+            worker.join()
+            with contextlib.suppress(OSError):
+                if not failure:
+                    fcntl.ioctl(late, FITHAW, 0)
+            os.close(late)
+
+        threading.Thread(target=thaw_when_frozen, name="fsthaw", daemon=True).start()
+        raise SourceError(f"cannot freeze {mount}: not frozen within {timeout:.0f} s")
+    if failure:
+        raise SourceError(f"cannot freeze {mount}: {failure[0].strerror}")
