@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "policy": "policy:policy",
     "status": "status:status",
     "vm": "vm:vm",
+    "volume": "volume:volume",
     "dump": "browse:dump",
     "forget": "maintenance:forget",
     "prune": "maintenance:prune",
