@@ -86,6 +86,24 @@ def test_add_show_list_remove(cli: CliRunner, config: Path, tmp_path: Path) -> N
     assert empty.rc == 0 and "no protection policy is defined" in empty.err + empty.out
 
 
+def test_a_dsn_password_is_never_printed(cli: CliRunner, config: Path, tmp_path: Path) -> None:
+    """docs/protect.md: the password in a DSN is never logged or recorded; the
+    config file keeps it (the hook needs it), add/show/list print `***`."""
+    env = {"STRONGROOM_CONFIG": str(config)}
+    dsns = ["host=/run/pg user=b password=s3cret dbname=a", "postgresql://b:s3cret@h/a"]
+    args = [a for d in dsns for a in ("--hook", f"postgresql={d}")]
+    added = cli("policy", "add", "db", "--source", str(tmp_path), *args, env=env)
+    assert added.rc == 0, added.err
+    assert "s3cret" in config.read_text()
+    outputs = [added.out + added.err]
+    for command in (["show", "db"], ["show", "db", "--json"], ["list"], ["list", "--json"]):
+        shown = cli("policy", *command, env=env)
+        assert shown.rc == 0, shown.err
+        outputs.append(shown.out + shown.err)
+    assert all("s3cret" not in output for output in outputs)
+    assert all("***" in outputs[i] for i in (0, 1, 2, 4))  # text `list` shows no hooks
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -102,6 +102,22 @@ class Hook:
             doc["timeout"] = format_duration(self.timeout)
         return doc
 
+    def shown(self) -> dict[str, Any]:
+        """`as_table` for printing: a DSN's password replaced by `***`."""
+        doc = self.as_table()
+        if "dsn" in doc:
+            doc["dsn"] = redact_dsn(doc["dsn"])
+        return doc
+
+
+_DSN_PASSWORD = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)""", re.IGNORECASE)
+_URI_PASSWORD = re.compile(r"(://[^:/@?#\s]*:)[^@/?#\s]*@")
+
+
+def redact_dsn(dsn: str) -> str:
+    """A libpq connection string (key=value or URI) without its password."""
+    return _URI_PASSWORD.sub(r"\1***@", _DSN_PASSWORD.sub(r"\1***", dsn))
+
 
 @dataclass(frozen=True)
 class Retention:
@@ -165,7 +181,7 @@ class Policy:
             ],
             "destination": self.destination or "repository",
             "cycle_seconds": self.cycle,
-            "hooks": [h.as_table() | {"timeout_seconds": h.timeout} for h in self.hooks],
+            "hooks": [h.shown() | {"timeout_seconds": h.timeout} for h in self.hooks],
             "freeze_timeout_seconds": self.freeze_timeout,
             "retention": {
                 "keep_last": self.retention.keep_last,

@@ -6,11 +6,17 @@ tracker's barrier), read the changes up to S, back up only those paths against
 the parent point (or, when the journal is out of sync or there is no parent,
 the full metadata comparison that repairs it), and commit S only once the point
 is recorded. A cycle that fails commits nothing: its changes stay for the next.
+
+A changed path that is a hard link (a non-directory with more than one link)
+also makes the cycle a full comparison: the kernel reports a write under the
+name it went through, and the file's other names, not journaled, would keep
+the parent point's bytes.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 
 from strongroom.repository.repo import Repository
@@ -41,6 +47,8 @@ def journal_cycle(
     journal = Journal(journal_folder(state))
     seq = journal.take_sequence(wait)
     changes = journal.changes_up_to(seq)
+    if changes is not OUT_OF_SYNC and _hard_linked(tree, changes):  # type: ignore[arg-type]
+        changes = OUT_OF_SYNC
     request = req or BackupRequest(paths=[tree])
     request.paths = [tree]
     request.journal_sequence = seq
@@ -49,3 +57,15 @@ def journal_cycle(
     if result.point is not None:
         journal.commit(seq)
     return result, request.changed_paths is not None
+
+
+def _hard_linked(tree: str, paths: set[str]) -> bool:
+    """Whether a changed path is now a non-directory with other names."""
+    for rel in paths:
+        try:
+            st = os.lstat(os.path.join(tree, rel))
+        except OSError:
+            continue  # gone: dropped by the backup
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            return True
+    return False

@@ -138,6 +138,8 @@ def _read_document(path: Path) -> tomlkit.TOMLDocument:
 
 
 def _write_document(path: Path, doc: tomlkit.TOMLDocument) -> None:
+    # Through a symlink: replace the file it names, never the link itself.
+    path = Path(os.path.realpath(path))
     data = tomlkit.dumps(doc).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o600

@@ -142,7 +142,7 @@ def _describe(p: Policy) -> list[str]:
     lines.append(f"  cycle: {table['cycle']}")
     lines.append(f"  freeze timeout: {p.freeze_timeout:g} s")
     for h in p.hooks:
-        what = ", ".join(f"{k}={printable(str(v))}" for k, v in h.as_table().items() if k != "type")
+        what = ", ".join(f"{k}={printable(str(v))}" for k, v in h.shown().items() if k != "type")
         lines.append(f"  hook {h.type}: {what} (timeout {h.timeout:g} s)")
     lines.append(f"  retention: {_retention(p)}")
     return lines
