@@ -36,3 +36,37 @@ def test_a_file_written_through_one_of_its_hard_links_is_new_under_every_name(
     restored = tmp_path / "r" / str(tree).lstrip("/")
     assert (restored / "a" / "f").read_text() == "new bytes"
     assert (restored / "b" / "g").read_text() == "new bytes"
+
+
+def test_a_cycle_whose_parent_is_not_the_journals_last_point_compares_everything(
+    tmp_path: Path, memory_repo: Repository
+) -> None:
+    """The journal's changes are relative to the point that committed its base.
+    With that point forgotten (or a manual backup made since), the newest point
+    is another one, and the journal's changes alone would lose what changed in
+    between: the cycle runs the full comparison instead."""
+    from strongroom.services.backup import BackupRequest, backup_files
+
+    tree, state = tmp_path / "tree", tmp_path / "state"
+    tree.mkdir()
+    (tree / "a").write_text("one")
+    (tree / "b").write_text("one")
+    with tracker(tree, state):
+        journal_cycle(memory_repo, str(tree), str(state))
+        (tree / "a").write_text("two")
+        second, driven = journal_cycle(memory_repo, str(tree), str(state))
+        assert driven and second.point is not None
+        memory_repo.delete_point(second.point.id)  # forgotten: `first` is newest again
+        (tree / "b").write_text("two")
+        _, driven = journal_cycle(memory_repo, str(tree), str(state))
+        assert not driven
+        # A manual backup in between (with an exclude) is no base for the journal either.
+        backup_files(memory_repo, BackupRequest(paths=[str(tree)], excludes=["b"]))
+        (tree / "a").write_text("three")
+        fourth, driven = journal_cycle(memory_repo, str(tree), str(state))
+        assert not driven
+    assert fourth.point is not None
+    restore_files(memory_repo, fourth.point, str(tmp_path / "r"))
+    restored = tmp_path / "r" / str(tree).lstrip("/")
+    assert (restored / "a").read_text() == "three"
+    assert (restored / "b").read_text() == "two"

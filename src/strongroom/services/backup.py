@@ -104,6 +104,7 @@ class BackupRequest:
     # one tree in `paths`, changed since the parent point; None walks everything.
     changed_paths: set[str] | None = None
     journal_sequence: int | None = None  # recorded in the point's summary
+    journal_base: int | None = None  # the journal's committed sequence: the parent must hold it
 
     def seed_choice(self) -> SeedChoice:
         return SeedChoice(self.seeds, self.no_seeds, self.trust_seed_metadata, self.seed_root)
@@ -138,6 +139,14 @@ def _choose_parent(
     return candidates[-1] if candidates else None
 
 
+def _continues_journal(parent: RecoveryPoint | None, base: int | None) -> bool:
+    """Whether a journal's changes after `base` are exactly what `parent` misses
+    (`base` None: the caller vouches for its parent, as a test or a tool may)."""
+    if parent is None:
+        return False
+    return base is None or parent.summary.get("journal_sequence") == base
+
+
 def backup_files(
     repo: Repository,
     req: BackupRequest,
@@ -151,6 +160,15 @@ def backup_files(
         raise UsageError("changed paths from a change journal go with exactly one tree")
     parent_warnings: list[str] = []
     parent = _choose_parent(repo, req, paths, parent_warnings)
+    if req.changed_paths is not None and not _continues_journal(parent, req.journal_base):
+        # The changes are relative to the point that committed the journal's
+        # base; any other parent (forgotten, damaged, a manual backup since)
+        # would silently lose what changed in between: compare everything.
+        parent_warnings.append(
+            "the parent point is not the one the change journal continues: "
+            "full comparison instead of the journal's changes"
+        )
+        req.changed_paths = None
     selection = select_seeds(repo, req.seed_choice(), paths)
     parent_warnings += selection.warnings
     skip = [repo.backend.location] if os.path.isdir(repo.backend.location) else []

@@ -52,6 +52,7 @@ def journal_cycle(
     request = req or BackupRequest(paths=[tree])
     request.paths = [tree]
     request.journal_sequence = seq
+    request.journal_base = journal.read().base
     request.changed_paths = None if changes is OUT_OF_SYNC else set(changes)  # type: ignore[arg-type]
     result = backup_files(repo, request)
     if result.point is not None:
