@@ -29,6 +29,7 @@ trackers are stopped (SIGTERM, then SIGKILL after 10 s).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -60,12 +61,13 @@ from strongroom.services.session import LockMode, open_repository
 from strongroom.services.vm_backup import backup_vm
 from strongroom.services.volume_cycle import volume_cycle
 from strongroom.sources.volume_state import load_state
-from strongroom.trackers.journal import Journal
+from strongroom.trackers.journal import INFO, Journal
 
 log = logging.getLogger("strongroom.protect.service")
 
 OpenRepository = Callable[[], AbstractContextManager[Repository]]
 TRACKER_STOP_WAIT = 10.0  # seconds a tracker gets to stop cleanly before SIGKILL
+TRACKER_READY_WAIT = 10.0  # seconds a starting tracker gets to set its watches
 _TICK = 0.5  # how often a waiting source checks its tracker and the stop event
 
 
@@ -162,7 +164,7 @@ class TrackerChild:
                 self.tree,
                 self.proc.returncode,
             )
-        os.makedirs(self.state, exist_ok=True)
+        Journal(journal_folder(self.state)).create()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -177,6 +179,21 @@ class TrackerChild:
             stdin=subprocess.DEVNULL,
             start_new_session=False,  # one control group with the service (systemd stops both)
         )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        """Until the tracker watches the tree (it then records its pid), so the
+        first cycle's barrier is answered at once instead of during a freeze."""
+        info = os.path.join(journal_folder(self.state), INFO)
+        deadline = time.monotonic() + TRACKER_READY_WAIT
+        while time.monotonic() < deadline and self.proc is not None and self.proc.poll() is None:
+            try:
+                with open(info, encoding="utf-8") as f:
+                    if json.load(f).get("pid") == self.proc.pid:
+                        return
+            except (OSError, ValueError, AttributeError):
+                pass
+            time.sleep(0.02)
 
     def stop(self) -> None:
         proc = self.proc
