@@ -14,7 +14,9 @@ import itertools
 import json
 import os
 import signal
+import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +26,11 @@ import pytest
 
 from strongroom.model.point import RecoveryPoint
 from strongroom.services.points import find_point
+from strongroom.services.volumes import attach_volume, create_volume
+from strongroom.sources.volume_state import volumes_dir
 from tests.conftest import open_local_repository
 from tests.helpers.cli import strongroom_command
-from tests.helpers.volumes import Writer, check_writes
+from tests.helpers.volumes import MiB, Writer, check_writes, clean_everything, needs_volumes
 from tests.protect.loopfs import ROOT, loop_ext4
 
 pytestmark = ROOT
@@ -231,3 +235,99 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][:1]
     except (OSError, IndexError):
         return "X"
+
+
+@needs_volumes
+def test_volume_with_sqlite_hook_points_pass_integrity_check_and_hold_the_commits(
+    env: dict[str, str], repo_path: Path, tmp_path: Path
+) -> None:
+    """(b): SQLite in WAL mode on a protected volume under an inserting writer, the
+    `sqlite` hook: every point, restored, passes integrity_check and holds every
+    commit made before its freeze and none begun after its thaw."""
+    image, mount = tmp_path / "vol.qcow2", tmp_path / "vmnt"
+    mount.mkdir()
+    try:
+        create_volume(str(image), 64 * MiB)
+        attach_volume(str(image), str(mount))
+        db = mount / "app.db"
+        writer = SqliteWriter(db).start()
+        write_policy(
+            env,
+            "v",
+            f'sources = ["{image}"]\ncycle = "{CYCLE}s"\n'
+            f'hooks = [{{type = "sqlite", path = "{db}"}}]',
+        )
+        try:
+            done = outcomes(start_service(env, "--policy", "v", "--cycles", "3"))
+        finally:
+            writer.stop()
+        assert [o["error"] for o in done] == [""] * 3, done
+        assert {o["consistency"] for o in done} == {"application-consistent"}, done
+        for p in points(repo_path, done):
+            record = p.summary["protect"]
+            rows = restored_rows(env, p.id, tmp_path / p.short_id)
+            for seq, (_started, committed) in writer.log.items():
+                if committed is not None and committed < record["frozen_at"]:
+                    assert seq in rows, f"commit {seq} before the freeze is missing"
+            for seq in rows:
+                assert writer.log[seq][0] < record["thawed_at"], f"row {seq} after the thaw"
+    finally:
+        clean_everything(volumes_dir(), [mount])
+
+
+class SqliteWriter:
+    """Inserts rows 0, 1, 2, ... one transaction each, logging (started, committed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.log: dict[int, tuple[float, float | None]] = {}
+        self._stop = threading.Event()
+        con = sqlite3.connect(path)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, payload BLOB)")
+        con.commit()
+        con.close()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> SqliteWriter:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        con = sqlite3.connect(self.path, timeout=30)
+        seq = 0
+        while not self._stop.is_set():
+            started = time.time()
+            self.log[seq] = (started, None)
+            con.execute("INSERT INTO t VALUES (?, ?)", (seq, os.urandom(512)))
+            con.commit()
+            self.log[seq] = (started, time.time())
+            seq += 1
+            time.sleep(0.005)
+        con.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def restored_rows(env: dict[str, str], point: str, tmp: Path) -> set[int]:
+    tmp.mkdir()
+    raw = tmp / "vol.raw"
+    proc = subprocess.run(
+        [*strongroom_command(), "restore", point, "--target", str(raw)],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    for name in ("app.db", "app.db-wal"):
+        subprocess.run(
+            ["debugfs", "-R", f"dump /{name} {tmp / name}", str(raw)], capture_output=True
+        )
+    con = sqlite3.connect(tmp / "app.db")
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        return {row[0] for row in con.execute("SELECT seq FROM t")}
+    finally:
+        con.close()
