@@ -34,6 +34,7 @@ from typing import Any
 from strongroom.errors import ConfigError
 
 MIN_CYCLE = 60.0
+TEST_MIN_CYCLE_ENV = "STRONGROOM_TEST_MIN_CYCLE"  # tests only: see min_cycle()
 MAX_CYCLE = 86400.0
 DEFAULT_CYCLE = 900.0
 DEFAULT_FREEZE_TIMEOUT = 10.0
@@ -213,6 +214,19 @@ def parse_duration(value: object, at: str, key: str) -> float:
     return seconds
 
 
+def min_cycle() -> float:
+    """The shortest cycle a policy may ask: 60 s. For tests only, the
+    environment variable STRONGROOM_TEST_MIN_CYCLE (seconds, at least 1)
+    lowers it, so that a test's service runs cycles of a few seconds."""
+    value = os.environ.get(TEST_MIN_CYCLE_ENV)
+    if not value:
+        return MIN_CYCLE
+    try:
+        return min(MIN_CYCLE, max(1.0, float(value)))
+    except ValueError:
+        return MIN_CYCLE
+
+
 def format_duration(seconds: float) -> str:
     """The shortest exact form: 900 -> 15m, 90 -> 90s, 604800 -> 1w."""
     for suffix, unit in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
@@ -265,7 +279,7 @@ def parse_policy(
         destination = _destination(destination, at, sources)
     assert destination is None or isinstance(destination, str)
     cycle = parse_duration(table.get("cycle", DEFAULT_CYCLE), at, "cycle")
-    if not MIN_CYCLE <= cycle <= MAX_CYCLE:
+    if not min_cycle() <= cycle <= MAX_CYCLE:
         raise ConfigError(f"{at}: cycle must be from 1 minute to 24 hours (got {cycle:g} s)")
     freeze = parse_duration(
         table.get("freeze_timeout", DEFAULT_FREEZE_TIMEOUT), at, "freeze_timeout"

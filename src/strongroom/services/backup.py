@@ -12,6 +12,8 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from strongroom.config import Settings
 from strongroom.errors import UsageError
@@ -105,6 +107,12 @@ class BackupRequest:
     changed_paths: set[str] | None = None
     journal_sequence: int | None = None  # recorded in the point's summary
     journal_base: int | None = None  # the journal's committed sequence: the parent must hold it
+    # Continuous protection (services/protect_service.py): the point's
+    # consistency, its time (the quiesced instant) and extra summary fields
+    # (`protect`: protect/source_points.py).
+    consistency: str = "crash-consistent"
+    point_time: datetime | None = None
+    summary_extra: dict[str, Any] = field(default_factory=dict)
 
     def seed_choice(self) -> SeedChoice:
         return SeedChoice(self.seeds, self.no_seeds, self.trust_seed_metadata, self.seed_root)
@@ -204,13 +212,19 @@ def backup_files(
     point = record_point(
         repo,
         kind=PointKind.FILES,
-        time=started,
+        time=req.point_time or started,
         host=req.host,
         paths=paths,
         tree=summary.tree_id,
         parent=parent,
         tags=req.tags,
-        summary={**summary.as_dict(), "seconds": round(seconds, 3), **journal},
+        summary={
+            **summary.as_dict(),
+            "seconds": round(seconds, 3),
+            **journal,
+            **req.summary_extra,
+        },
+        consistency=req.consistency,
         seeds=record,
     )
     return BackupResult(point, summary, point.parent, seconds, record, selection.skipped)

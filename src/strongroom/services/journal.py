@@ -39,13 +39,28 @@ def journal_status(state: str) -> dict[str, object]:
     return Journal(journal_folder(state)).status()
 
 
+def take_sequence(state: str, wait: float = 10.0) -> int:
+    """The cycle's S (the tracker's barrier): the protection service takes it
+    inside the quiesced instant and passes it to `journal_cycle`."""
+    return Journal(journal_folder(state)).take_sequence(wait)
+
+
 def journal_cycle(
-    repo: Repository, tree: str, state: str, req: BackupRequest | None = None, wait: float = 10.0
+    repo: Repository,
+    tree: str,
+    state: str,
+    req: BackupRequest | None = None,
+    wait: float = 10.0,
+    *,
+    seq: int | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[BackupResult, bool]:
     """One cycle of `tree`; returns the backup and whether it was journal-driven
-    (False: the full comparison ran). The point's summary has `journal_sequence`."""
+    (False: the full comparison ran). The point's summary has `journal_sequence`.
+    `seq`: S taken already (at the quiesced instant); else it is taken now."""
     journal = Journal(journal_folder(state))
-    seq = journal.take_sequence(wait)
+    if seq is None:
+        seq = journal.take_sequence(wait)
     changes = journal.changes_up_to(seq)
     if changes is not OUT_OF_SYNC and _hard_linked(tree, changes):  # type: ignore[arg-type]
         changes = OUT_OF_SYNC
@@ -54,7 +69,7 @@ def journal_cycle(
     request.journal_sequence = seq
     request.journal_base = journal.read().base
     request.changed_paths = None if changes is OUT_OF_SYNC else set(changes)  # type: ignore[arg-type]
-    result = backup_files(repo, request)
+    result = backup_files(repo, request, cancel=cancel)
     if result.point is not None:
         journal.commit(seq)
     return result, request.changed_paths is not None

@@ -36,6 +36,7 @@ from strongroom.model.point import RecoveryPoint, now
 from strongroom.model.vm import VmDisk, VmManifest
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest, save_vm_manifest
 from strongroom.pipeline.image_backup import ImageBackup
+from strongroom.protect.source_points import PROTECT_TAG, protect_summary
 from strongroom.repository.repo import Repository
 from strongroom.services.recording import record_point
 from strongroom.services.vms import vm_lease, vm_path, vm_points
@@ -75,6 +76,7 @@ def backup_vm(
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
     on_frozen: Any = None,  # test hook: called with the instant (time.time()) it froze
+    protect_name: str | None = None,  # a protected source's point (protect/source_points.py)
 ) -> VmBackupResult:
     mode, _ = parse_mode(changed_since)
     host = socket.gethostname()
@@ -180,6 +182,13 @@ def backup_vm(
         lease.verify()  # never commit a point under a lease that passed on
         consistency = "application-consistent" if frozen else "crash-consistent"
         seconds = time.monotonic() - t0
+        extra: dict[str, Any] = {}
+        if protect_name is not None:
+            tags = [*(tags or []), PROTECT_TAG]
+            why = (
+                "" if frozen else (note or "the guest is not quiesced (no guest agent or commands)")
+            )
+            extra["protect"] = protect_summary(protect_name, why)
         point = record_point(
             repo,
             kind=PointKind.VM,
@@ -196,6 +205,7 @@ def backup_vm(
                 "instant": instant,
                 "quiesce": note,
                 "seconds": round(seconds, 3),
+                **extra,
             },
         )
         # Retire what the point superseded: views first (an exported bitmap is busy).

@@ -44,6 +44,8 @@ from strongroom.model.lineage import BlockLineage
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup, ImageBackupSummary
+from strongroom.protect.quiesce import Quiescing
+from strongroom.protect.source_points import PROTECT_TAG, protect_summary
 from strongroom.repository.repo import Repository
 from strongroom.services.points import PointFilter, list_points
 from strongroom.services.recording import record_point
@@ -106,8 +108,12 @@ def volume_cycle(
     freeze_timeout: float = 10.0,
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
+    protect_name: str | None = None,
 ) -> VolumeCycleResult:
     """Take one point of the attached volume (its record, or its image path).
+
+    `protect_name`: the point is one of that protected source (the `protect`
+    tag and summary map, protect/source_points.py), for the protection service.
 
     `quiesce` defaults to a plain `fsfreeze` of the mount bounded by
     `freeze_timeout`. The volume's record is updated either way: the point,
@@ -123,6 +129,7 @@ def volume_cycle(
         try:
             cycle = _Cycle(repo, state, mode, tags, block_size, progress, cancel)
             cycle.freeze_timeout = freeze_timeout
+            cycle.protect_name = protect_name
             if daemon_alive(state):
                 result = cycle.live(quiesce or (lambda m: fsfreeze(m, freeze_timeout)))
             else:
@@ -157,6 +164,7 @@ class _Cycle:
         self.cancel = cancel
         self.warnings: list[str] = []
         self.freeze_timeout = 10.0
+        self.protect_name: str | None = None
         self.started = now()
         self.t0 = time.monotonic()
         self.prefix = volume_bitmap_prefix(repo, state)
@@ -237,7 +245,10 @@ class _Cycle:
                 held.instant = freeze_together(qmp, actions)
                 held.transaction_ms = (time.monotonic() - t_frozen) * 1000
                 held.freeze_ms = (t_frozen - t_start) * 1000
-            if isinstance(value, str) and value:
+            if isinstance(value, Quiescing):  # the quiesce engine: hooks and freeze
+                held.reason = value.result.reason or ""
+                held.quiesce = value.result.summary()
+            elif isinstance(value, str) and value:
                 held.reason = value
         except StrongroomError as err:
             if not entered:
@@ -311,6 +322,16 @@ class _Cycle:
         }
         if held.reason:
             doc["consistency_note"] = held.reason
+        tags = self.tags
+        if self.protect_name is not None:
+            tags = [*(tags or []), PROTECT_TAG]
+            doc["protect"] = protect_summary(
+                self.protect_name,
+                held.reason,
+                frozen_at=held.frozen_at,
+                thawed_at=held.thawed_at,
+                quiesce=held.quiesce,
+            )
         point = record_point(
             self.repo,
             kind=PointKind.BLOCK,
@@ -319,7 +340,7 @@ class _Cycle:
             paths=[volume_identity(self.state)],
             tree=summary.map_root,
             parent=self.parent,
-            tags=self.tags,
+            tags=tags,
             summary=doc,
             consistency=consistency,
             lineage=BlockLineage(
@@ -347,6 +368,7 @@ class _Held:
     reason: str = ""  # why the point is only crash-consistent
     freeze_ms: float | None = None  # of `ms`: until the file system was frozen
     transaction_ms: float | None = None  # of `ms`: the QMP transaction
+    quiesce: dict[str, Any] | None = None  # the quiesce engine's summary, when it ran
 
 
 def _dirty_bytes(qmp: QmpClient, names: list[str]) -> int:

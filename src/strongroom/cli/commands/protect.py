@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from contextlib import ExitStack
+from types import FrameType
 
 import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.cli.units import parse_duration, parse_size
+from strongroom.errors import SourceError, UsageError
 from strongroom.services.backup import IMAGE_FORMATS
 from strongroom.services.protect import (
     CycleResult,
@@ -18,11 +21,26 @@ from strongroom.services.protect import (
     protect_once,
     protect_options,
 )
+from strongroom.services.protect_service import (
+    CycleOutcome,
+    repository_opener,
+    run_service,
+    select_policies,
+)
 from strongroom.services.session import LockMode
 
 
 @click.command()
-@click.argument("source", type=click.Path(exists=True))
+@click.argument("source", type=click.Path(exists=True), required=False)
+@click.option(
+    "--policy",
+    "policy_names",
+    metavar="NAME",
+    multiple=True,
+    help="Run the protection service for policy NAME ([protect.NAME]; repeatable) in the "
+    "foreground until SIGTERM/SIGINT. Without SOURCE or --policy: every policy.",
+)
+@click.option("--all-policies", is_flag=True, help="Run the protection service for every policy.")
 @click.option(
     "--mode",
     type=click.Choice(["vhd"]),
@@ -68,7 +86,11 @@ from strongroom.services.session import LockMode
     callback=parse_duration,
     help="Repeat: start a cycle every DURATION (e.g. 5m).",
 )
-@click.option("--cycles", type=click.IntRange(min=1), help="With --every: stop after N cycles.")
+@click.option(
+    "--cycles",
+    type=click.IntRange(min=1),
+    help="With --every: stop after N cycles. With --policy: each source stops after N cycles.",
+)
 @click.option(
     "--verify", is_flag=True, help="Run e2fsck -fn on the metadata disk after each cycle."
 )
@@ -88,7 +110,9 @@ from strongroom.services.session import LockMode
 @pass_app
 def protect(
     app: App,
-    source: str,
+    source: str | None,
+    policy_names: tuple[str, ...],
+    all_policies: bool,
     mode: str,
     dest: str | None,
     to_repository: bool,
@@ -111,7 +135,21 @@ def protect(
     parent is the previous cycle's disk. For a disk, the state folder keeps a
     hash per 64 KiB and each cycle ships the pieces whose hash changed. DEST
     then holds a VHD chain that any VHD reader opens.
+
+    With --policy NAME (or --all-policies, or no SOURCE): the protection
+    service. Every source of the policies is protected on the policy's cycle
+    (a tree through its change journal, an attached volume through its dirty
+    bitmap, a VM through its bitmaps), each cycle quiesced by the policy's
+    hooks and a freeze; runs until SIGTERM/SIGINT (docs/protect.md, "The
+    service").
     """
+    if source is None or policy_names or all_policies:
+        if source is not None:
+            raise UsageError("give SOURCE or --policy/--all-policies, not both")
+        if all_policies and policy_names:
+            raise UsageError("--all-policies runs every policy: leave out --policy")
+        run_policies(app, list(policy_names), cycles)
+        return
     options = protect_options(
         source,
         to=dest,
@@ -145,6 +183,51 @@ def protect(
             report(one())
         else:
             protect_every(every, one, report, threading.Event(), cycles)
+
+
+def run_policies(app: App, names: list[str], cycles: int | None) -> None:
+    """The protection service in the foreground: a line per cycle (a JSON
+    document per cycle with --json), until SIGTERM/SIGINT."""
+    out = app.out
+    policies = select_policies(app.settings, names)
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    open_repo = repository_opener(app.settings.repository, app.password())
+    printing = threading.Lock()
+
+    def report(o: CycleOutcome) -> None:
+        with printing:
+            if out.json:
+                out.emit(o.as_dict())
+            elif o.error:
+                out.warn(f"{o.source}: cycle failed: {o.error}")
+            else:
+                out.info(_describe_cycle(o))
+
+    sources = ", ".join(s.name for p in policies for s in p.sources)
+    out.notice(f"protecting {sources} (policies {', '.join(p.name for p in policies)})")
+    runners = run_service(app.settings, policies, open_repo, stop, report, max_cycles=cycles)
+    failed = [r for r in runners if r.outcomes and r.outcomes[-1].error and not stop.is_set()]
+    if failed and cycles is not None:
+        raise SourceError(
+            f"{failed[0].source.name}: the last cycle failed: {failed[0].outcomes[-1].error}"
+        )
+
+
+def _describe_cycle(o: CycleOutcome) -> str:
+    point = o.point.short_id if o.point else "-"
+    how = "full comparison" if o.full else "changes only"
+    why = f" ({o.reason})" if o.reason else ""
+    seconds = (o.finished - o.started).total_seconds()
+    return (
+        f"{o.source}: point {point}, {o.consistency}{why}; {how}; "
+        f"shipped {human_bytes(o.bytes_shipped)} in {seconds:.1f} s"
+    )
 
 
 def _describe(r: CycleResult) -> str:

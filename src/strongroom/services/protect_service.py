@@ -1,0 +1,459 @@
+"""The protection service: `strongroom protect --policy NAME` in the foreground.
+
+Every source of the chosen policies runs in its own thread, on the policy's
+cycle (start to start), so a slow source never delays another's cycle:
+
+- a **tree** has its tracker as a child process (`strongroom journal run TREE
+  --state DIR`), restarted whenever it is found dead (a restart marks the
+  journal out of sync, as designed: the next cycle compares in full). A cycle
+  takes the journal's sequence S inside the quiesced instant (pre hooks, the
+  freeze of the tree's file system, S, thaw, post hooks) and then reads the
+  changed files while writers run (`journal_cycle`, with its re-check);
+- a **volume** (`volume attach`ed) runs `volume_cycle` with the quiesce
+  engine plugged in around its QMP transaction;
+- a **VM** runs `backup_vm` (its own guest freeze and bitmaps).
+
+The first cycle of a source is its first instant (a full point: no parent,
+or the tracker just started). After a point is committed: retention
+(`apply_retention`), then the status record (`record_cycle`). A cycle that
+fails records no point: its error goes to the status record and the log, and
+the next cycle sends what is missing (the journal keeps its records, the
+bitmaps stay).
+
+Stopping (`stop` set: SIGTERM/SIGINT in the CLI): each source ends after its
+current step (a running backup is cancelled and recorded as failed, nothing
+committed; a freeze always ends, the quiesce engine guarantees it); the
+trackers are stopped (SIGTERM, then SIGKILL after 10 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from strongroom.config import Settings, VmSpec
+from strongroom.errors import StrongroomError, UsageError
+from strongroom.model.point import RecoveryPoint, now
+from strongroom.protect.freeze import FsFreeze, mount_of
+from strongroom.protect.hooks import Hook, build_hook
+from strongroom.protect.policy import Policy, PolicySource, SourceKind
+from strongroom.protect.quiesce import Quiescing, quiesce
+from strongroom.protect.source_points import PROTECT_TAG, protect_summary
+from strongroom.protect.status_record import CycleStatus, record_cycle
+from strongroom.repository.repo import Repository
+from strongroom.services.backup import BackupRequest
+from strongroom.services.journal import journal_cycle, journal_folder, take_sequence
+from strongroom.services.policies import load_policies
+from strongroom.services.protect import default_state_folder
+from strongroom.services.retention import apply_retention
+from strongroom.services.session import LockMode, open_repository
+from strongroom.services.vm_backup import backup_vm
+from strongroom.services.volume_cycle import volume_cycle
+from strongroom.sources.volume_state import load_state
+from strongroom.trackers.journal import INFO, Journal
+
+log = logging.getLogger("strongroom.protect.service")
+
+OpenRepository = Callable[[], AbstractContextManager[Repository]]
+TRACKER_STOP_WAIT = 10.0  # seconds a tracker gets to stop cleanly before SIGKILL
+TRACKER_READY_WAIT = 10.0  # seconds a starting tracker gets to set its watches
+_TICK = 0.5  # how often a waiting source checks its tracker and the stop event
+
+
+@dataclass
+class CycleOutcome:
+    """What one cycle did, for the log and the CLI's line per cycle."""
+
+    source: str
+    started: datetime
+    finished: datetime
+    point: RecoveryPoint | None = None
+    consistency: str = ""
+    reason: str = ""
+    error: str = ""
+    full: bool = False  # the full comparison ran (first instant, out of sync)
+    bytes_shipped: int = 0
+    bytes_changed: int = 0
+    forgotten: list[str] = field(default_factory=list)
+    in_sync: bool = True
+    sync_reason: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "point": self.point.id if self.point else None,
+            "consistency": self.consistency,
+            "reason": self.reason,
+            "error": self.error,
+            "full": self.full,
+            "bytes_shipped": self.bytes_shipped,
+            "bytes_changed": self.bytes_changed,
+            "forgotten": self.forgotten,
+            "tracker_in_sync": self.in_sync,
+        }
+
+
+Report = Callable[[CycleOutcome], None]
+
+
+def repository_opener(location: str, password: bytes) -> OpenRepository:
+    """Each cycle opens the repository for itself (a SHARED lock held for the
+    cycle only: `prune` may run between cycles)."""
+    return lambda: open_repository(location, password, lock=LockMode.SHARED)
+
+
+def select_policies(settings: Settings, names: list[str]) -> list[Policy]:
+    """The policies to run (every one when `names` is empty), checked with
+    their sources present now. UsageError for an unknown name or none at all."""
+    policies = load_policies(settings, check_paths=True)
+    if not names:
+        if not policies:
+            raise UsageError("no [protect.NAME] policy in the config file: 'strongroom policy add'")
+        return list(policies.values())
+    missing = [n for n in names if n not in policies]
+    if missing:
+        raise UsageError(f"no policy {missing[0]} in the config file ('strongroom policy list')")
+    return [policies[n] for n in dict.fromkeys(names)]
+
+
+def check_runnable(policies: list[Policy], settings: Settings) -> None:
+    """Refuse what the service cannot run (before anything starts)."""
+    for policy in policies:
+        if policy.destination is not None:
+            raise UsageError(
+                f"policy {policy.name}: the service ships into the repository; a VHD chain "
+                "destination runs with 'strongroom protect SOURCE --to DEST --every ...'"
+            )
+        for source in policy.sources:
+            if source.kind == SourceKind.VOLUME and load_state(source.path) is None:
+                log.warning(
+                    "%s: %s is not attached: its cycles fail until it is", source.name, source.path
+                )
+            if source.kind == SourceKind.VM and source.path not in settings.vms:
+                raise UsageError(f"policy {policy.name}: no [vm.{source.path}] table")
+
+
+class TrackerChild:
+    """A tree's tracker process: started, restarted when found dead, stopped."""
+
+    def __init__(self, tree: str, state: str) -> None:
+        self.tree, self.state = tree, state
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def ensure(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        if self.proc is not None:
+            self.restarts += 1
+            log.warning(
+                "%s: the journal tracker exited (%s): restarting it (next cycle: full comparison)",
+                self.tree,
+                self.proc.returncode,
+            )
+        Journal(journal_folder(self.state)).create()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "strongroom",
+                "journal",
+                "run",
+                self.tree,
+                "--state",
+                self.state,
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=False,  # one control group with the service (systemd stops both)
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        """Until the tracker watches the tree (it then records its pid), so the
+        first cycle's barrier is answered at once instead of during a freeze."""
+        info = os.path.join(journal_folder(self.state), INFO)
+        deadline = time.monotonic() + TRACKER_READY_WAIT
+        while time.monotonic() < deadline and self.proc is not None and self.proc.poll() is None:
+            try:
+                with open(info, encoding="utf-8") as f:
+                    if json.load(f).get("pid") == self.proc.pid:
+                        return
+            except (OSError, ValueError, AttributeError):
+                pass
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(TRACKER_STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class SourceRunner:
+    """One source's loop: a cycle every `cycle` seconds until `stop`."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        source: PolicySource,
+        settings: Settings,
+        open_repo: OpenRepository,
+        stop: threading.Event,
+        report: Report,
+        state_folder: Callable[[str], str] = default_state_folder,
+        max_cycles: int | None = None,
+    ) -> None:
+        self.policy, self.source, self.settings = policy, source, settings
+        self.open_repo, self.stop, self.report = open_repo, stop, report
+        self.state = str(state_folder(source.name))
+        self.max_cycles = max_cycles
+        self.tracker = (
+            TrackerChild(source.path, self.state) if source.kind == SourceKind.TREE else None
+        )
+        self.outcomes: list[CycleOutcome] = []
+
+    def run(self) -> None:
+        os.makedirs(self.state, exist_ok=True)
+        try:
+            self._loop()
+        finally:
+            if self.tracker is not None:
+                self.tracker.stop()
+
+    def _loop(self) -> None:
+        cycle = self.policy.cycle
+        next_start = time.monotonic()
+        if self.tracker is not None:
+            self.tracker.ensure()
+        while not self.stop.is_set():
+            outcome = self.cycle_once()
+            self.outcomes.append(outcome)
+            self.report(outcome)
+            if self.max_cycles is not None and len(self.outcomes) >= self.max_cycles:
+                return
+            next_start += cycle
+            if next_start < time.monotonic():  # late: start the next one now, skip the missed
+                next_start = time.monotonic()
+            while not self.stop.is_set():
+                left = next_start - time.monotonic()
+                if left <= 0:
+                    break
+                if self.tracker is not None:
+                    self.tracker.ensure()
+                self.stop.wait(min(_TICK, left))
+            if self.tracker is not None and not self.stop.is_set():
+                self.tracker.ensure()
+
+    def cycle_once(self) -> CycleOutcome:
+        outcome = CycleOutcome(self.source.name, now(), now())
+        try:
+            with self.open_repo() as repo:
+                self._run_kind(repo, outcome)
+                if outcome.point is not None:
+                    result = apply_retention(repo, self.source.name, self.policy.retention)
+                    outcome.forgotten = result.forgotten
+        except Exception as err:  # the service outlives a cycle's failure, any failure
+            if not isinstance(err, StrongroomError | OSError):
+                log.exception("%s: the cycle failed", self.source.name)
+            outcome.point = None
+            outcome.error = _line(err)
+            if self.stop.is_set():
+                outcome.error = f"the service stopped during the cycle ({outcome.error})"
+            log.error("%s: cycle failed: %s", self.source.name, outcome.error)
+        outcome.finished = now()
+        self._sync_state(outcome)
+        record_cycle(
+            self.state,
+            self.source.name,
+            CycleStatus(
+                started=outcome.started,
+                finished=outcome.finished,
+                ok=not outcome.error,
+                point=outcome.point.id if outcome.point is not None else None,
+                bytes_shipped=outcome.bytes_shipped,
+                bytes_changed=outcome.bytes_changed,
+                consistency=outcome.consistency,
+                reason=outcome.reason[:1000],
+                error=outcome.error[:1000],
+            ),
+            in_sync=outcome.in_sync,
+            sync_reason=outcome.sync_reason[:1000],
+        )
+        return outcome
+
+    def _run_kind(self, repo: Repository, outcome: CycleOutcome) -> None:
+        kind = self.source.kind
+        if kind == SourceKind.TREE:
+            self._tree(repo, outcome)
+        elif kind == SourceKind.VOLUME:
+            self._volume(repo, outcome)
+        else:
+            self._vm(repo, outcome)
+
+    def _hooks(self) -> list[Hook]:
+        return [build_hook(h) for h in self.policy.hooks]
+
+    # --- a directory tree: the change journal ------------------------------------
+
+    def _tree(self, repo: Repository, outcome: CycleOutcome) -> None:
+        tree, state = self.source.path, self.state
+        target: FsFreeze | None = FsFreeze(tree)
+        note = ""
+        if mount_of(state).mount_point == mount_of(tree).mount_point != "/":
+            # The journal's barrier is written in the state folder: frozen with
+            # the tree, the tracker could not answer it.
+            target, note = (
+                None,
+                f"not frozen: the state folder {state} is on the tree's file system",
+            )
+        frozen_at = time.time()
+        with quiesce(self._hooks(), target, self.policy.freeze_timeout) as q:
+            seq = take_sequence(state)
+        thawed_at = time.time()
+        result = q.result
+        reasons = [r for r in (note, result.reason or "") if r]
+        consistency = result.consistency if not note else "crash-consistent"
+        reason = "; ".join(reasons)
+        instant = datetime.fromtimestamp(result.instant or frozen_at).astimezone()
+        request = BackupRequest(
+            paths=[tree],
+            tags=[PROTECT_TAG],
+            consistency=str(consistency),
+            point_time=instant,
+            summary_extra={
+                "protect": protect_summary(
+                    self.source.name,
+                    reason,
+                    policy=self.policy.name,
+                    frozen_at=frozen_at,
+                    thawed_at=thawed_at,
+                    quiesce=result.summary(),
+                )
+            },
+        )
+        backup, driven = journal_cycle(repo, tree, state, request, seq=seq, cancel=self.stop)
+        outcome.point = backup.point
+        outcome.consistency, outcome.reason = str(consistency), reason
+        outcome.full = not driven
+        outcome.bytes_shipped = backup.summary.data_added_stored
+        outcome.bytes_changed = backup.summary.bytes_read
+
+    # --- a protected volume --------------------------------------------------------
+
+    def _volume(self, repo: Repository, outcome: CycleOutcome) -> None:
+        hooks, timeout = self._hooks(), self.policy.freeze_timeout
+
+        def engine(mount: str) -> AbstractContextManager[Quiescing]:
+            return quiesce(hooks, FsFreeze(mount), timeout)
+
+        result = volume_cycle(
+            repo,
+            self.source.path,
+            quiesce=engine,
+            freeze_timeout=timeout,
+            cancel=self.stop,
+            protect_name=self.source.name,
+        )
+        outcome.point = result.point
+        outcome.consistency = result.consistency
+        outcome.reason = str(result.summary.get("consistency_note") or "")
+        outcome.full = result.tracker != "bitmap"
+        outcome.bytes_shipped = int(result.summary.get("data_added_stored") or 0)
+        outcome.bytes_changed = int(result.summary.get("bytes_changed") or 0)
+
+    # --- a VM ------------------------------------------------------------------------
+
+    def _vm(self, repo: Repository, outcome: CycleOutcome) -> None:
+        spec = self.settings.vms[self.source.path]
+        if self.source.disk:
+            spec = _one_disk(spec, self.source.disk)
+        result = backup_vm(repo, spec, cancel=self.stop, protect_name=self.source.name)
+        outcome.point = result.point
+        outcome.consistency = result.consistency
+        outcome.reason = (
+            "" if result.consistency == "application-consistent" else result.quiesce_note
+        )
+        outcome.bytes_shipped = sum(int(d.get("data_added_stored", 0)) for d in result.disks)
+        outcome.bytes_changed = sum(int(d.get("bytes_changed", 0)) for d in result.disks)
+
+    def _sync_state(self, outcome: CycleOutcome) -> None:
+        """Whether the tracker has every change since the last point, after the cycle."""
+        try:
+            if self.source.kind == SourceKind.TREE:
+                doc = Journal(journal_folder(self.state)).status()
+                outcome.in_sync = bool(doc["in_sync"])
+                outcome.sync_reason = str(doc["reason"] or "")
+            elif self.source.kind == SourceKind.VOLUME:
+                state = load_state(self.source.path)
+                if state is None:
+                    outcome.in_sync, outcome.sync_reason = False, "the volume is not attached"
+                else:
+                    outcome.in_sync, outcome.sync_reason = state.in_sync, state.sync_note
+        except (StrongroomError, OSError, ValueError) as err:
+            outcome.in_sync, outcome.sync_reason = False, _line(err)
+
+
+def _one_disk(spec: VmSpec, disk: str) -> VmSpec:
+    return replace(spec, disks=[disk])
+
+
+def run_service(
+    settings: Settings,
+    policies: list[Policy],
+    open_repo: OpenRepository,
+    stop: threading.Event,
+    report: Report,
+    *,
+    state_folder: Callable[[str], str] = default_state_folder,
+    max_cycles: int | None = None,
+) -> list[SourceRunner]:
+    """Run every source of `policies` until `stop` (or `max_cycles` each)."""
+    check_runnable(policies, settings)
+    runners = [
+        SourceRunner(p, s, settings, open_repo, stop, report, state_folder, max_cycles)
+        for p in policies
+        for s in p.sources
+    ]
+    threads = [
+        threading.Thread(target=r.run, name=f"protect-{r.source.name}", daemon=True)
+        for r in runners
+    ]
+    for thread in threads:
+        thread.start()
+    with _joined(threads):
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(_TICK)
+    return runners
+
+
+@contextlib.contextmanager
+def _joined(threads: list[threading.Thread]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for thread in threads:
+            thread.join()
+
+
+def _line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return " ".join(text[0].split()) if text else type(err).__name__
