@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import struct
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from strongroom.trackers.journal import (
     encode,
     header,
     parse,
+    path_ok,
 )
 from tests.trackers.journal_fixtures import BACKENDS, make_tree, tracker, write_some
 
@@ -232,3 +234,61 @@ def test_a_second_tracker_on_the_same_journal_is_refused(tmp_path: Path) -> None
     tree.mkdir()
     with tracker(tree, tmp_path / "state"), pytest.raises(SourceError, match="another tracker"):
         run_tracker(tree, tmp_path / "state" / "journal", threading.Event())
+
+
+@root_only
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_a_mount_below_the_tree_rules_fanotify_out(tmp_path: Path, backend: str) -> None:
+    """One mark covers one file system: with a mount below the tree, auto takes
+    inotify (saying why) and a running fanotify watch reports it at the barrier."""
+    import subprocess
+
+    from strongroom.errors import SourceError
+    from strongroom.trackers.journal_tracker import open_watch
+
+    (tmp_path / "m").mkdir()
+    watch, why = open_watch(tmp_path, "auto")
+    assert (watch.backend, why, watch.problem()) == ("fanotify", None, None)
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(tmp_path / "m")], check=True)
+    try:
+        assert "mounted below the tree" in str(watch.problem())
+        watch.close()
+        watch, why = open_watch(tmp_path, "auto")
+        watch.close()
+        assert watch.backend == "inotify" and "mounted below the tree" in str(why)
+        with pytest.raises(SourceError, match="mounted below the tree"):
+            open_watch(tmp_path, "fanotify")
+    finally:
+        subprocess.run(["umount", str(tmp_path / "m")], check=True)
+
+
+_info_record = st.builds(
+    lambda kind, size, handle, name, length: (
+        struct.pack("=BBH", kind, 0, length if length is not None else 20 + len(handle + name))
+        + struct.pack("=iiIi", 0, 0, size if size is not None else len(handle), 1)
+        + handle
+        + name
+    ),
+    st.sampled_from([1, 2, 3, 4, 200]),
+    st.none() | st.integers(0, 300),
+    st.binary(min_size=1, max_size=12),
+    st.binary(max_size=12),
+    st.none() | st.integers(0, 300),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(_info_record, max_size=3), st.binary(max_size=20))
+def test_fanotify_event_decoder_on_hostile_bytes(
+    mask: int, records: list[bytes], garbage: bytes
+) -> None:
+    """Info records of any shape: bounded, never raises, paths only below the root."""
+    from strongroom.trackers.fanotify import FsWatch
+
+    watch = FsWatch.__new__(FsWatch)
+    watch.root, watch.prefix, watch.lost = b"/r", b"/r/", None
+    watch._resolve = lambda handle: b"/r/d" if handle[0] % 2 else b"/x"  # type: ignore[method-assign]
+    out: list[tuple[Kind, bytes]] = []
+    watch._event(mask, b"".join(records) + garbage, {}, out)
+    for kind, path in out:
+        assert kind == Kind.OUT_OF_SYNC or (path.startswith(b"d") and path_ok(path))

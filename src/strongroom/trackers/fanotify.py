@@ -34,7 +34,7 @@ import os
 import struct
 
 from strongroom.errors import SourceError
-from strongroom.trackers.journal import Kind
+from strongroom.trackers.journal import Kind, path_ok
 
 FAN_CLASS_NOTIF = 0x00000000
 FAN_CLOEXEC = 0x00000001
@@ -285,6 +285,9 @@ class FsWatch:
         if not path.startswith(self.prefix):
             return
         rel = path[len(self.prefix) :]
+        if not path_ok(rel):  # a kernel name never holds '/' or NUL: bounded anyway
+            out.append((Kind.OUT_OF_SYNC, b"fanotify: an event with an invalid name"))
+            return
         for bit, kind in _KINDS:
             if mask & bit:
                 out.append((kind, rel))
