@@ -9,6 +9,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from strongroom.model.tree import decode_wires
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
@@ -17,7 +19,7 @@ from strongroom.services.journal import journal_cycle
 from strongroom.services.restore import restore_files
 from tests.helpers.compare import walk_differences
 from tests.helpers.inotify import FileReads
-from tests.trackers.journal_fixtures import make_tree, tracker, write_some
+from tests.trackers.journal_fixtures import BACKENDS, make_tree, tracker, write_some
 
 
 def _tree(repo: Repository, tree_id: bytes) -> list[dict[str, Any]]:
@@ -64,8 +66,9 @@ def test_random_change_sets_equal_a_full_walk_and_read_only_changed_files(
         parent = journaled.point
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_cycles_with_a_tracker_killed_between_and_during_cycles(
-    tmp_path: Path, memory_repo: Repository
+    tmp_path: Path, memory_repo: Repository, backend: str
 ) -> None:
     tree, state, rng = tmp_path / "tree", tmp_path / "state", random.Random(3)
     make_tree(tree, rng, files=20)
@@ -76,7 +79,7 @@ def test_cycles_with_a_tracker_killed_between_and_during_cycles(
         restored = target / str(tree).lstrip("/")
         assert walk_differences(tree, restored, check_atime=False, check_root=False) == []
 
-    with tracker(tree, state) as t:
+    with tracker(tree, state, backend) as t:
         result, driven = journal_cycle(memory_repo, str(tree), str(state))
         assert not driven  # the tracker's start: full comparison (the first point)
         check_restores(result, 0)

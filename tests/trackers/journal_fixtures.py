@@ -8,17 +8,41 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+from strongroom.errors import SourceError
+from strongroom.trackers.fanotify import FsWatch
 from strongroom.trackers.journal import MARKER, Journal
 
 
+def _fanotify_unavailable() -> str | None:
+    try:
+        with tempfile.TemporaryDirectory() as probe:
+            FsWatch(probe).close()
+    except (SourceError, OSError) as err:
+        return str(err)
+    return None
+
+
+_WHY = _fanotify_unavailable()
+BACKENDS = [
+    "inotify",
+    pytest.param(
+        "fanotify", marks=pytest.mark.skipif(_WHY is not None, reason=f"fanotify: {_WHY}")
+    ),
+]
+"""Parametrize a tracker test with this: it runs against both backends."""
+
+
 class Tracker:
-    def __init__(self, tree: Path, state: Path) -> None:
-        self.tree, self.state = tree, state
+    def __init__(self, tree: Path, state: Path, backend: str = "inotify") -> None:
+        self.tree, self.state, self.backend = tree, state, backend
         self.journal = Journal(state / "journal")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -34,6 +58,8 @@ class Tracker:
                 str(self.tree),
                 "--state",
                 str(self.state),
+                "--backend",
+                self.backend,
             ],
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
@@ -69,8 +95,8 @@ class Tracker:
 
 
 @contextmanager
-def tracker(tree: Path, state: Path) -> Iterator[Tracker]:
-    t = Tracker(tree, state)
+def tracker(tree: Path, state: Path, backend: str = "inotify") -> Iterator[Tracker]:
+    t = Tracker(tree, state, backend)
     t.start()
     try:
         yield t

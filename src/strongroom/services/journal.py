@@ -30,9 +30,10 @@ def journal_folder(state: str | os.PathLike[str]) -> str:
     return os.path.join(os.fspath(state), "journal")
 
 
-def run_journal(tree: str, state: str, stop: threading.Event) -> None:
-    """Track `tree` into `state`'s journal until `stop` is set (foreground)."""
-    run_tracker(tree, journal_folder(state), stop)
+def run_journal(tree: str, state: str, stop: threading.Event, backend: str = "auto") -> None:
+    """Track `tree` into `state`'s journal until `stop` is set (foreground), with
+    `backend` (auto: fanotify where it works, inotify otherwise)."""
+    run_tracker(tree, journal_folder(state), stop, backend=backend)
 
 
 def journal_status(state: str) -> dict[str, object]:

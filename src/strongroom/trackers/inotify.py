@@ -92,6 +92,7 @@ class TreeWatch:
             raise SourceError(f"inotify_init1: {os.strerror(err)}")
         self.paths: dict[int, bytes] = {}  # watch descriptor -> relative path
         self.unwatched = False
+        self.root_lost: str | None = None
         self.pending: list[Change] = []
         self._add_tree(b"", record=False)
 
@@ -100,6 +101,12 @@ class TreeWatch:
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def problem(self) -> str | None:
+        """Why changes may be missed from now on (at each cycle's barrier), or None."""
+        if not self.unwatched:
+            return None
+        return self.root_lost or "some directories are not watched"
 
     def _add(self, rel: bytes) -> bool:
         path = _join(self.root, rel) if rel else self.root
@@ -179,7 +186,8 @@ class TreeWatch:
         if not name:
             if parent == b"" and mask & (IN_DELETE_SELF | IN_MOVE_SELF):
                 self.unwatched = True
-                out.append((Kind.OUT_OF_SYNC, b"the tree's root was moved or deleted"))
+                self.root_lost = "the tree's root was moved or deleted"
+                out.append((Kind.OUT_OF_SYNC, self.root_lost.encode()))
             return  # a directory's own events also reach its parent, with a name
         rel = _join(parent, name)
         for bit, kind in _KINDS:

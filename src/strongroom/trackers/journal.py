@@ -366,6 +366,7 @@ class Journal:
             "last": parsed.last,
             "pending": len(parsed.records),
             "backend": info.get("backend"),
+            **{k: v for k, v in info.items() if k == "fanotify_unavailable"},
             "tracker_running": (self.folder / MARKER).exists(),
         }
 

@@ -13,6 +13,11 @@ fsync'd in one batch (duplicates within a batch dropped). A barrier (a cycle's
 `take_sequence`) is answered only after the kernel queue was drained *after*
 the barrier file appeared and the batch was fsync'd: every change made before
 the barrier is then at or below the sequence answered.
+
+Backend (`backend="auto"`): fanotify (trackers/fanotify.py: one mark on the
+whole file system) when it works here, inotify (trackers/inotify.py: a watch
+per directory) otherwise; `tracker.json` records which, and why fanotify was
+not used.
 """
 
 from __future__ import annotations
@@ -27,10 +32,29 @@ from pathlib import Path
 
 from strongroom.atomic import atomic_write
 from strongroom.errors import SourceError
+from strongroom.trackers.fanotify import FsWatch
 from strongroom.trackers.inotify import Change, TreeWatch
 from strongroom.trackers.journal import BARRIER, BARRIER_DONE, INFO, MARKER, Journal, Kind
 
 TRACKER_LOCK = "tracker.lock"
+BACKENDS = ("auto", "fanotify", "inotify")
+
+Watch = FsWatch | TreeWatch
+
+
+def open_watch(tree: str | os.PathLike[str], backend: str = "auto") -> tuple[Watch, str | None]:
+    """The watch of `tree` with `backend`, and (for "auto") why fanotify was not
+    usable. An explicit backend that does not work raises SourceError."""
+    if backend not in BACKENDS:
+        raise SourceError(f"unknown tracker backend {backend!r} (auto, fanotify, inotify)")
+    if backend == "inotify":
+        return TreeWatch(tree), None
+    try:
+        return FsWatch(tree), None
+    except SourceError as err:
+        if backend == "fanotify":
+            raise
+        return TreeWatch(tree), str(err)
 
 
 def run_tracker(
@@ -41,6 +65,7 @@ def run_tracker(
     poll: float = 0.05,
     flush_every: float = 0.5,
     ready: threading.Event | None = None,
+    backend: str = "auto",
 ) -> None:
     """Track `tree` into the journal in `folder` until `stop` is set."""
     journal = Journal(folder)
@@ -53,12 +78,17 @@ def run_tracker(
             raise SourceError(f"{folder}: another tracker is running on this journal") from None
         marker = Path(folder) / MARKER
         unclean = marker.exists()
-        watch = TreeWatch(tree)
+        watch, fallback = open_watch(tree, backend)
         try:
             _write_json(marker, {"pid": os.getpid(), "started": time.time()})
             _write_json(
                 Path(folder) / INFO,
-                {"backend": watch.backend, "tree": os.path.abspath(tree), "pid": os.getpid()},
+                {
+                    "backend": watch.backend,
+                    "tree": os.path.abspath(tree),
+                    "pid": os.getpid(),
+                    **({"fanotify_unavailable": fallback} if fallback else {}),
+                },
             )
             reason = (
                 "previous tracker run did not end cleanly"
@@ -78,7 +108,7 @@ def run_tracker(
 
 
 def _loop(
-    journal: Journal, watch: TreeWatch, stop: threading.Event, poll: float, flush_every: float
+    journal: Journal, watch: Watch, stop: threading.Event, poll: float, flush_every: float
 ) -> None:
     buffered: list[Change] = []
     last_flush = time.monotonic()
@@ -92,8 +122,9 @@ def _loop(
         now = time.monotonic()
         if token is None and now - last_flush < flush_every:
             continue
-        if token is not None and watch.unwatched:
-            buffered.append((Kind.OUT_OF_SYNC, b"some directories are not watched"))
+        problem = watch.problem() if token is not None else None
+        if problem is not None:
+            buffered.append((Kind.OUT_OF_SYNC, problem.encode()))
         seq = journal.append(_dedupe(buffered))
         buffered, last_flush = [], now
         if token is not None:

@@ -20,8 +20,15 @@ def journal() -> None:
 @journal.command("run")
 @click.argument("tree", type=click.Path(exists=True, file_okay=False))
 @click.option("--state", required=True, type=click.Path(file_okay=False), help="State folder.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "fanotify", "inotify"]),
+    default="auto",
+    show_default=True,
+    help="fanotify (one mark per file system; root, Linux 5.9+) or inotify.",
+)
 @pass_app
-def run(app: App, tree: str, state: str) -> None:
+def run(app: App, tree: str, state: str, backend: str) -> None:
     """Track TREE in the foreground until SIGTERM/SIGINT (e.g. as a systemd service)."""
     stop = threading.Event()
 
@@ -30,7 +37,7 @@ def run(app: App, tree: str, state: str) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    run_journal(tree, state, stop)
+    run_journal(tree, state, stop, backend)
 
 
 @journal.command("status")
