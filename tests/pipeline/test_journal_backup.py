@@ -21,6 +21,11 @@ from tests.helpers.compare import walk_differences
 from tests.helpers.inotify import FileReads
 from tests.trackers.journal_fixtures import BACKENDS, make_tree, tracker, write_some
 
+# Trackers size their kernel queues from sysctls that the overflow tests lower for
+# a moment, and a fanotify mark sees the whole file system: every test that runs
+# a tracker runs in one xdist worker, one after the other (CI: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("journal-trackers")
+
 
 def _tree(repo: Repository, tree_id: bytes) -> list[dict[str, Any]]:
     """A tree, recursively, without atimes (a full walk sees the atime of entries

@@ -33,7 +33,10 @@ from tests.helpers.cli import strongroom_command
 from tests.helpers.volumes import MiB, Writer, check_writes, clean_everything, needs_volumes
 from tests.protect.loopfs import ROOT, loop_ext4
 
-pytestmark = ROOT
+# Trackers size their kernel queues from sysctls that the overflow tests lower for
+# a moment, and a fanotify mark sees the whole file system: every test that runs
+# a tracker runs in one xdist worker, one after the other (CI: --dist loadgroup).
+pytestmark = [ROOT, pytest.mark.xdist_group("journal-trackers")]
 
 CYCLE = 3  # seconds
 

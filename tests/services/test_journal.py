@@ -7,10 +7,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from strongroom.repository.repo import Repository
 from strongroom.services.journal import journal_cycle
 from strongroom.services.restore import restore_files
 from tests.trackers.journal_fixtures import tracker
+
+# Trackers size their kernel queues from sysctls that the overflow tests lower for
+# a moment, and a fanotify mark sees the whole file system: every test that runs
+# a tracker runs in one xdist worker, one after the other (CI: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("journal-trackers")
 
 
 def test_a_file_written_through_one_of_its_hard_links_is_new_under_every_name(

@@ -25,6 +25,11 @@ from strongroom.trackers.journal import (
 )
 from tests.trackers.journal_fixtures import BACKENDS, make_tree, tracker, write_some
 
+# Trackers size their kernel queues from sysctls that the overflow tests lower for
+# a moment, and a fanotify mark sees the whole file system: every test that runs
+# a tracker runs in one xdist worker, one after the other (CI: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("journal-trackers")
+
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (sysctl)")
 
 
