@@ -173,8 +173,9 @@ def check_point(
     raw.unlink()
     (work / "data" / "postmaster.pid").unlink()  # the live server's, in the snapshot
     assert not (work / "data" / "backup_label").exists()
-    copy = Cluster(bin_dir() or Path(), work / "data", work / "socket", work / "server.log")
-    copy.durable = False
+    bindir = bin_dir()
+    assert bindir is not None
+    copy = Cluster(bindir, work / "data", work / "socket", work / "server.log", durable=False)
     # Crash recovery starts at (or after) the checkpoint pg_backup_start made.
     redo = copy.controldata()["Latest checkpoint's REDO location"]
     assert lsn(redo) >= lsn(pre["details"]["start_lsn"]), (redo, pre["details"])
