@@ -42,7 +42,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from strongroom.config import Settings, VmSpec
+from strongroom.config import Settings, VmSpec, child_environment
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.protect.freeze import FsFreeze, mount_of
@@ -146,6 +146,11 @@ def check_runnable(policies: list[Policy], settings: Settings) -> None:
                 raise UsageError(f"policy {policy.name}: no [vm.{source.path}] table")
 
 
+def _config_env() -> dict[str, str]:
+    config = os.environ.get("STRONGROOM_CONFIG")
+    return {"STRONGROOM_CONFIG": config} if config else {}
+
+
 class TrackerChild:
     """A tree's tracker process: started, restarted when found dead, stopped."""
 
@@ -177,6 +182,9 @@ class TrackerChild:
                 self.state,
             ],
             stdin=subprocess.DEVNULL,
+            # No secrets (the tracker needs none), but the same config file:
+            # the CLI reads it at start and a default one might not parse.
+            env=child_environment(_config_env()),
             start_new_session=False,  # one control group with the service (systemd stops both)
         )
         self._wait_ready()
