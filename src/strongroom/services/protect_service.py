@@ -288,6 +288,13 @@ class SourceRunner:
             log.error("%s: cycle failed: %s", self.source.name, outcome.error)
         outcome.finished = now()
         self._sync_state(outcome)
+        try:
+            self._record(outcome)
+        except (StrongroomError, OSError) as err:  # a report: never the end of the source
+            log.error("%s: cannot write the status record: %s", self.source.name, _line(err))
+        return outcome
+
+    def _record(self, outcome: CycleOutcome) -> None:
         record_cycle(
             self.state,
             self.source.name,
@@ -305,7 +312,6 @@ class SourceRunner:
             in_sync=outcome.in_sync,
             sync_reason=outcome.sync_reason[:1000],
         )
-        return outcome
 
     def _run_kind(self, repo: Repository, outcome: CycleOutcome) -> None:
         kind = self.source.kind
