@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +91,19 @@ def test_a_status_record_that_cannot_be_written_does_not_end_the_source(
     assert not thread.is_alive()
     assert len(seen) == 2 and calls == ["v", "v"]
     assert all("not attached" in o.error for o in seen)
+
+
+def test_a_tracker_that_cannot_start_is_not_respawned_every_half_second(tmp_path: Path) -> None:
+    """The tree is gone (unmounted, removed): `journal run` exits at once. The
+    service respawned a Python process every tick (0.5 s), each logging a
+    warning, for as long as the tree stayed away."""
+    child = TrackerChild(str(tmp_path / "gone"), str(tmp_path / "state"))
+    deadline = time.monotonic() + 3.0
+    starts = 0
+    while time.monotonic() < deadline:
+        before = child.proc
+        child.ensure()
+        starts += child.proc is not before
+        time.sleep(0.5)
+    assert child.proc is not None and child.proc.poll() is not None
+    assert 1 <= starts <= 2

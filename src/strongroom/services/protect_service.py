@@ -68,6 +68,7 @@ log = logging.getLogger("strongroom.protect.service")
 OpenRepository = Callable[[], AbstractContextManager[Repository]]
 TRACKER_STOP_WAIT = 10.0  # seconds a tracker gets to stop cleanly before SIGKILL
 TRACKER_READY_WAIT = 10.0  # seconds a starting tracker gets to set its watches
+TRACKER_RESTART_MAX = 60.0  # longest wait before starting again a tracker that failed to start
 _TICK = 0.5  # how often a waiting source checks its tracker and the stop event
 
 
@@ -158,10 +159,27 @@ class TrackerChild:
         self.tree, self.state = tree, state
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self._backoff = 0.0  # after a start that failed: seconds before the next one
+        self._not_before = 0.0
 
     def ensure(self) -> None:
+        """Start the tracker unless it runs. One that ended before it watched
+        the tree (the tree is gone, another tracker holds the journal) is
+        started again after a delay doubling up to TRACKER_RESTART_MAX, not at
+        every check (the cycles meanwhile find no tracker of ours: see take_sequence)."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        if time.monotonic() < self._not_before:
+            return
+        try:
+            ready = self._start()
+        except (StrongroomError, OSError) as err:
+            log.error("%s: cannot start the journal tracker: %s", self.tree, _line(err))
+            ready = False
+        self._backoff = 0.0 if ready else min(max(1.0, 2 * self._backoff), TRACKER_RESTART_MAX)
+        self._not_before = time.monotonic() + self._backoff
+
+    def _start(self) -> bool:
         if self.proc is not None:
             self.restarts += 1
             log.warning(
@@ -187,21 +205,23 @@ class TrackerChild:
             env=child_environment(_config_env()),
             start_new_session=False,  # one control group with the service (systemd stops both)
         )
-        self._wait_ready()
+        return self._wait_ready()
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self) -> bool:
         """Until the tracker watches the tree (it then records its pid), so the
-        first cycle's barrier is answered at once instead of during a freeze."""
+        first cycle's barrier is answered at once instead of during a freeze.
+        False when it ended first."""
         info = os.path.join(journal_folder(self.state), INFO)
         deadline = time.monotonic() + TRACKER_READY_WAIT
         while time.monotonic() < deadline and self.proc is not None and self.proc.poll() is None:
             try:
                 with open(info, encoding="utf-8") as f:
                     if json.load(f).get("pid") == self.proc.pid:
-                        return
+                        return True
             except (OSError, ValueError, AttributeError):
                 pass
             time.sleep(0.02)
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         proc = self.proc
