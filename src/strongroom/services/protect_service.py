@@ -42,7 +42,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from strongroom.config import Settings, VmSpec
+from strongroom.config import Settings, VmSpec, child_environment
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.protect.freeze import FsFreeze, mount_of
@@ -68,6 +68,7 @@ log = logging.getLogger("strongroom.protect.service")
 OpenRepository = Callable[[], AbstractContextManager[Repository]]
 TRACKER_STOP_WAIT = 10.0  # seconds a tracker gets to stop cleanly before SIGKILL
 TRACKER_READY_WAIT = 10.0  # seconds a starting tracker gets to set its watches
+TRACKER_RESTART_MAX = 60.0  # longest wait before starting again a tracker that failed to start
 _TICK = 0.5  # how often a waiting source checks its tracker and the stop event
 
 
@@ -146,6 +147,11 @@ def check_runnable(policies: list[Policy], settings: Settings) -> None:
                 raise UsageError(f"policy {policy.name}: no [vm.{source.path}] table")
 
 
+def _config_env() -> dict[str, str]:
+    config = os.environ.get("STRONGROOM_CONFIG")
+    return {"STRONGROOM_CONFIG": config} if config else {}
+
+
 class TrackerChild:
     """A tree's tracker process: started, restarted when found dead, stopped."""
 
@@ -153,10 +159,27 @@ class TrackerChild:
         self.tree, self.state = tree, state
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self._backoff = 0.0  # after a start that failed: seconds before the next one
+        self._not_before = 0.0
 
     def ensure(self) -> None:
+        """Start the tracker unless it runs. One that ended before it watched
+        the tree (the tree is gone, another tracker holds the journal) is
+        started again after a delay doubling up to TRACKER_RESTART_MAX, not at
+        every check (the cycles meanwhile find no tracker of ours: see take_sequence)."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        if time.monotonic() < self._not_before:
+            return
+        try:
+            ready = self._start()
+        except (StrongroomError, OSError) as err:
+            log.error("%s: cannot start the journal tracker: %s", self.tree, _line(err))
+            ready = False
+        self._backoff = 0.0 if ready else min(max(1.0, 2 * self._backoff), TRACKER_RESTART_MAX)
+        self._not_before = time.monotonic() + self._backoff
+
+    def _start(self) -> bool:
         if self.proc is not None:
             self.restarts += 1
             log.warning(
@@ -177,23 +200,28 @@ class TrackerChild:
                 self.state,
             ],
             stdin=subprocess.DEVNULL,
+            # No secrets (the tracker needs none), but the same config file:
+            # the CLI reads it at start and a default one might not parse.
+            env=child_environment(_config_env()),
             start_new_session=False,  # one control group with the service (systemd stops both)
         )
-        self._wait_ready()
+        return self._wait_ready()
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self) -> bool:
         """Until the tracker watches the tree (it then records its pid), so the
-        first cycle's barrier is answered at once instead of during a freeze."""
+        first cycle's barrier is answered at once instead of during a freeze.
+        False when it ended first."""
         info = os.path.join(journal_folder(self.state), INFO)
         deadline = time.monotonic() + TRACKER_READY_WAIT
         while time.monotonic() < deadline and self.proc is not None and self.proc.poll() is None:
             try:
                 with open(info, encoding="utf-8") as f:
                     if json.load(f).get("pid") == self.proc.pid:
-                        return
+                        return True
             except (OSError, ValueError, AttributeError):
                 pass
             time.sleep(0.02)
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         proc = self.proc
@@ -280,6 +308,13 @@ class SourceRunner:
             log.error("%s: cycle failed: %s", self.source.name, outcome.error)
         outcome.finished = now()
         self._sync_state(outcome)
+        try:
+            self._record(outcome)
+        except (StrongroomError, OSError) as err:  # a report: never the end of the source
+            log.error("%s: cannot write the status record: %s", self.source.name, _line(err))
+        return outcome
+
+    def _record(self, outcome: CycleOutcome) -> None:
         record_cycle(
             self.state,
             self.source.name,
@@ -297,7 +332,6 @@ class SourceRunner:
             in_sync=outcome.in_sync,
             sync_reason=outcome.sync_reason[:1000],
         )
-        return outcome
 
     def _run_kind(self, repo: Repository, outcome: CycleOutcome) -> None:
         kind = self.source.kind
