@@ -90,6 +90,8 @@ def test_cycles_under_a_writer_hold_exactly_the_acknowledged_writes(
         assert r.held_ms is not None and r.held_ms < 2000
         assert r.point.summary["held_ms"] == pytest.approx(r.held_ms, abs=0.01)
         assert r.frozen_at is not None and r.thawed_at is not None
+        # Dated at the frozen instant (what `restore --at` compares with).
+        assert r.frozen_at <= r.point.time.timestamp() <= r.thawed_at
     for r in results:
         raw = restored(local_repo, r, vol.tmp)
         fsck = run("e2fsck", "-fn", raw)

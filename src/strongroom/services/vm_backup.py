@@ -25,6 +25,7 @@ import threading
 import time
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from strongroom.config import VmSpec, data_home
@@ -192,7 +193,7 @@ def backup_vm(
         point = record_point(
             repo,
             kind=PointKind.VM,
-            time=started,
+            time=_point_time(instant, started),
             host=host,
             paths=[vm_path(spec.name)],
             tree=manifest_id.hex(),
@@ -275,3 +276,12 @@ def _totals(disks: list[dict[str, Any]]) -> dict[str, Any]:
     if notes:
         totals["tracker_note"] = "; ".join(notes)
     return totals
+
+
+def _point_time(instant: float | None, started: datetime) -> datetime:
+    """A point is dated at its frozen instant (what `restore --at` compares
+    with), not when the command started: writes made between the two are
+    in the point."""
+    if instant is None:
+        return started
+    return datetime.fromtimestamp(instant, UTC).astimezone()
