@@ -49,11 +49,12 @@ from strongroom.protect.freeze import FsFreeze, mount_of
 from strongroom.protect.hooks import Hook, build_hook
 from strongroom.protect.policy import Policy, PolicySource, SourceKind
 from strongroom.protect.quiesce import Quiescing, quiesce
-from strongroom.protect.source_points import PROTECT_TAG, protect_summary
+from strongroom.protect.source_points import PROTECT_TAG, protect_summary, source_points
 from strongroom.protect.status_record import CycleStatus, record_cycle
 from strongroom.repository.repo import Repository
 from strongroom.services.backup import BackupRequest
 from strongroom.services.journal import journal_cycle, journal_folder, take_sequence
+from strongroom.services.points import list_points
 from strongroom.services.policies import load_policies
 from strongroom.services.protect import default_state_folder
 from strongroom.services.retention import apply_retention
@@ -367,8 +368,13 @@ class SourceRunner:
         consistency = result.consistency if not note else "crash-consistent"
         reason = "; ".join(reasons)
         instant = datetime.fromtimestamp(result.instant or frozen_at).astimezone()
+        # The parent is this source's own newest point: with two policies on one
+        # tree, the newest point of the tree may be the other source's, which
+        # its journal does not continue (a full comparison every cycle).
+        own = source_points(list_points(repo), self.source.name)
         request = BackupRequest(
             paths=[tree],
+            parent=own[-1].id if own else None,
             tags=[PROTECT_TAG],
             consistency=str(consistency),
             point_time=instant,
