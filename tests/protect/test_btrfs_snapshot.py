@@ -12,6 +12,7 @@ a point or the journal.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ from strongroom.trackers.fanotify import FsWatch
 from strongroom.trackers.inotify import TreeWatch
 from strongroom.trackers.journal import Journal
 from tests.conftest import open_local_repository
+from tests.helpers.cli import strongroom_command
 from tests.helpers.volumes import Writer, check_writes
 from tests.protect.loopfs import ROOT
 from tests.protect.test_service import (
@@ -66,20 +68,17 @@ def btrfs(tmp_path: Path) -> Iterator[Path]:
     with open(image, "wb") as f:
         f.truncate(128 << 20)
     _run("mkfs.btrfs", "-q", "-f", str(image))
-    try:
-        device = _run("losetup", "-f", "--show", str(image))
-    except subprocess.CalledProcessError as err:
-        pytest.skip(f"no loop device: {err.stderr.strip()}")
     mount.mkdir()
+    # mount -o loop: the loop device is set up and freed (autoclear) by mount
+    # itself, with no race against other tests taking loop devices.
+    proc = subprocess.run(["mount", "-o", "loop", str(image), str(mount)], capture_output=True)
+    if proc.returncode:
+        pytest.skip(f"cannot loop-mount a btrfs: {proc.stderr.decode().strip()}")
     try:
-        _run("mount", device, str(mount))
-        try:
-            yield mount
-        finally:
-            if subprocess.run(["umount", str(mount)], capture_output=True).returncode:
-                subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+        yield mount
     finally:
-        subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -163,13 +162,11 @@ def test_reading_from_a_snapshot_records_the_tree_and_rereads_nothing_unchanged(
         repo.close()
     assert summaries[0].bytes_read == sum(5000 * (i + 1) for i in range(5))
     assert summaries[1].bytes_read == 0 and summaries[1].files_unmodified == 5
-    env = {**os.environ, "STRONGROOM_REPO": str(initialized_repo)}
-    from tests.helpers.cli import strongroom_command
-
+    cli = {**os.environ, "STRONGROOM_REPO": str(initialized_repo)}
     target = tmp_path / "restored"
     proc = subprocess.run(
         [*strongroom_command(), "restore", result.point.id, "--target", str(target)],
-        env=env,
+        env=cli,
         capture_output=True,
         check=False,
     )
@@ -251,7 +248,7 @@ def test_service_points_hold_exactly_the_writes_before_each_snapshot(
         assert value >= before, f"counter {value}: write {before} finished before the snapshot"
         (started,) = [s for v, s, _a in counter.log if v == value]
         assert started < snap["ended"], f"counter {value} was written after the snapshot"
-    assert all(len(a) < len(b) for a, b in zip(present, present[1:], strict=False))
+    assert all(len(a) < len(b) for a, b in itertools.pairwise(present))
     # Nothing of the snapshot folder ever entered the journal.
     journal = Journal(Path(env["XDG_DATA_HOME"]) / "strongroom/protect/b/journal")
     records = journal.read().records

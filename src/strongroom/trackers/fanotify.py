@@ -143,6 +143,7 @@ class FsWatch:
     root, an old kernel, a file system without file handles, mounts below)."""
 
     backend = "fanotify"
+    ignored: bytes | None = None  # the btrfs snapshot folder inside the tree (sources/btrfs.py)
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.fsencode(os.path.realpath(root))
