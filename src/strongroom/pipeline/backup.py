@@ -21,6 +21,14 @@ dropped) and backed up as a full walk would (a changed directory is walked
 whole, with the usual comparison against the parent). Every other entry is
 the parent's, as it was. The point equals a full walk's for the same tree
 state, except the atime of entries not looked at (docs/protect.md).
+
+With `read_from` (a snapshot of the one tree, sources/btrfs.py) the tree's
+entries are read below that folder but recorded under the tree's own path, so
+restore, the timeline and the journal's parent work as for a live read. The
+snapshot's device number is recorded as the tree's (a snapshot has its own,
+new each cycle; inode numbers and times are the tree's): unchanged entries
+still match the parent point's and are not read again. `omit` names recorded
+paths left out of the point (the snapshot folder when it is inside the tree).
 """
 
 from __future__ import annotations
@@ -79,6 +87,9 @@ class BackupOptions:
     scan_totals: bool = False  # count the tree first (for an ETA)
     # The change journal's paths, relative to the one tree in `paths` (None: walk all).
     changed_paths: set[bytes] | None = None
+    # Read the one tree in `paths` from this folder (a snapshot of it) instead.
+    read_from: str | None = None
+    omit: set[bytes] = field(default_factory=set)  # absolute recorded paths left out
 
 
 @dataclass
@@ -107,11 +118,12 @@ class BackupSummary:
         return doc
 
 
-def _wire_matches_stat(wire: dict[str, Any], st: os.stat_result) -> bool:
+def _wire_matches_stat(wire: dict[str, Any], st: os.stat_result, dev: int | None = None) -> bool:
     """True if a non-directory's entry in the parent tree is exactly what a fresh
     walk would record: same type, mode, owner, times, inode, links, size (so its
     content, xattrs and link target are unchanged too: all of those move ctime).
-    Directories always return False: what is below them must be walked."""
+    Directories always return False: what is below them must be walked.
+    `dev`: the device number to record instead of st_dev (a snapshot's)."""
     kind = wire.get("t")
     if kind == DIR or kind != node_type(st.st_mode):
         return False
@@ -123,7 +135,7 @@ def _wire_matches_stat(wire: dict[str, Any], st: os.stat_result) -> bool:
         or wire.get("at") != st.st_atime_ns
         or wire.get("ct") != st.st_ctime_ns
         or wire.get("ino", 0) != st.st_ino
-        or wire.get("dev", 0) != st.st_dev
+        or wire.get("dev", 0) != (st.st_dev if dev is None else dev)
         or wire.get("nl", 1) != st.st_nlink
     ):
         return False
@@ -228,6 +240,15 @@ class FileBackup:
         self._dry_seen: set[bytes] = set()
         self._dropped: set[int] = set()  # id() of nodes whose file turned out unreadable
         self._batch = SmallFileBatch()
+        self._alias: tuple[bytes, bytes] | None = None  # (recorded path, read path)
+        self._devs: dict[int, int] = {}  # a snapshot's device -> the tree's
+        if options.read_from is not None:
+            if len(options.paths) != 1:
+                raise SourceError("reading from a snapshot goes with exactly one tree")
+            tree = os.path.abspath(options.paths[0])
+            alias = os.path.abspath(options.read_from)
+            self._alias = (os.fsencode(tree), os.fsencode(alias))
+            self._devs[os.stat(alias).st_dev] = os.stat(tree).st_dev
 
     # --- entry point ---------------------------------------------------------
 
@@ -279,12 +300,17 @@ class FileBackup:
         old = self._parent_nodes(parent_tree)
         nodes: list[Node] = []
         dir_fd = open_dir(None, path or b"/")
+        alias_fd: int | None = None
         try:
             for name in sorted(virtual.children):
                 child_virtual = virtual.children[name]
                 child_path = path + b"/" + name
+                read_fd, read_name = dir_fd, name
+                if child_virtual is None and self._alias and child_path == self._alias[0]:
+                    alias_fd = open_dir(None, os.path.dirname(self._alias[1]) or b"/")
+                    read_fd, read_name = alias_fd, os.path.basename(self._alias[1])
                 try:
-                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    st = os.stat(read_name, dir_fd=read_fd, follow_symlinks=False)
                 except OSError as err:
                     raise SourceError(f"{os.fsdecode(child_path)}: {err.strerror}") from None
                 changed = self.options.changed_paths
@@ -296,11 +322,14 @@ class FileBackup:
                     and prev.type == DIR
                     and stat.S_ISDIR(st.st_mode)
                 ):
-                    node = node_from_stat(name, st)
+                    node = self._node(name, st)
                     assert node is not None
-                    self._dir_changed(dir_fd, name, child_path, node, prev, change_trie(changed))
+                    trie = change_trie(changed)
+                    self._dir_changed(read_fd, read_name, child_path, node, prev, trie)
                 elif child_virtual is None:
-                    node = self._entry(dir_fd, name, st, child_path, prev, top=True)
+                    node = self._entry(read_fd, read_name, st, child_path, prev, top=True)
+                    if node is not None:
+                        node.name = name  # read from the alias, recorded as the tree
                 else:
                     node = node_from_stat(name, st)
                     if node is None or node.type != DIR:
@@ -314,8 +343,10 @@ class FileBackup:
                 if node is not None:
                     nodes.append(node)
         finally:
-            self._forget_dir_fd(dir_fd)
-            os.close(dir_fd)
+            for fd in (dir_fd, alias_fd):
+                if fd is not None:
+                    self._forget_dir_fd(fd)
+                    os.close(fd)
         return nodes
 
     def _entry(
@@ -332,7 +363,9 @@ class FileBackup:
             raise Interrupted("interrupted")
         if not top and self.excluder and self.excluder.excluded(path, name):
             return None
-        node = node_from_stat(name, st)
+        if path in self.options.omit:
+            return None
+        node = self._node(name, st)
         if node is None:
             self._warn(f"{os.fsdecode(path)}: unsupported file type, skipped")
             return None
@@ -386,8 +419,9 @@ class FileBackup:
                     wire = old_wires.get(child_name)
                     if (
                         wire is not None
-                        and _wire_matches_stat(wire, child_st)
+                        and _wire_matches_stat(wire, child_st, self._devs.get(child_st.st_dev))
                         and not (excluder and excluder.excluded(child_path, child_name))
+                        and child_path not in self.options.omit
                     ):
                         children.append(wire)  # unchanged: passed through as it was
                         self._count_unchanged(wire)
@@ -436,7 +470,7 @@ class FileBackup:
                     and prev.type == DIR
                     and stat.S_ISDIR(st.st_mode)
                 ):
-                    child = node_from_stat(child_name, st)
+                    child = self._node(child_name, st)
                     assert child is not None
                     self._dir_changed(sub_fd, child_name, child_path, child, prev, sub)
                 else:
@@ -451,6 +485,13 @@ class FileBackup:
             os.close(sub_fd)
         ordered = [children[k] for k in sorted(children)]
         self._finish_dir(node, ordered, previous, path)
+
+    def _node(self, name: bytes, st: os.stat_result) -> Node | None:
+        """`node_from_stat`, with a snapshot's device number recorded as the tree's."""
+        node = node_from_stat(name, st)
+        if node is not None and st.st_dev in self._devs:
+            node.device = self._devs[st.st_dev]
+        return node
 
     def _root_dev(self, dir_fd: int) -> int:
         return os.fstat(dir_fd).st_dev

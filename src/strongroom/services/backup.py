@@ -113,6 +113,10 @@ class BackupRequest:
     consistency: str = "crash-consistent"
     point_time: datetime | None = None
     summary_extra: dict[str, Any] = field(default_factory=dict)
+    # A snapshot of the one tree in `paths` to read it from (recorded under the
+    # tree's path; sources/btrfs.py), and recorded paths to leave out of the point.
+    read_from: str | None = None
+    omit: list[str] = field(default_factory=list)
 
     def seed_choice(self) -> SeedChoice:
         return SeedChoice(self.seeds, self.no_seeds, self.trust_seed_metadata, self.seed_root)
@@ -190,6 +194,8 @@ def backup_files(
         changed_paths=None
         if req.changed_paths is None
         else {os.fsencode(p) for p in req.changed_paths},
+        read_from=req.read_from,
+        omit={os.fsencode(os.path.abspath(p)) for p in req.omit},
     )
     started = now()
     pipeline = FileBackup(

@@ -54,16 +54,24 @@ def journal_cycle(
     wait: float = 10.0,
     *,
     seq: int | None = None,
+    read_seq: int | None = None,
     cancel: threading.Event | None = None,
 ) -> tuple[BackupResult, bool]:
     """One cycle of `tree`; returns the backup and whether it was journal-driven
     (False: the full comparison ran). The point's summary has `journal_sequence`.
-    `seq`: S taken already (at the quiesced instant); else it is taken now."""
+    `seq`: S taken already (at the quiesced instant); else it is taken now.
+
+    `read_seq` (>= S, with `req.read_from` a snapshot taken after S): the paths
+    changed up to it are read, and S only is committed. A change between S and
+    the snapshot is then in the point as the snapshot has it (the point is the
+    snapshot's instant exactly), and one after the snapshot, read from the
+    snapshot as it was before, stays in the journal for the next cycle."""
     journal = Journal(journal_folder(state))
     if seq is None:
         seq = journal.take_sequence(wait)
-    changes = journal.changes_up_to(seq)
-    if changes is not OUT_OF_SYNC and _hard_linked(tree, changes):  # type: ignore[arg-type]
+    changes = journal.changes_up_to(max(seq, read_seq or seq))
+    read_root = req.read_from if req is not None and req.read_from else tree
+    if changes is not OUT_OF_SYNC and _hard_linked(read_root, changes):  # type: ignore[arg-type]
         changes = OUT_OF_SYNC
     request = req or BackupRequest(paths=[tree])
     request.paths = [tree]

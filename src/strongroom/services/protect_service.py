@@ -8,7 +8,10 @@ cycle (start to start), so a slow source never delays another's cycle:
   journal out of sync, as designed: the next cycle compares in full). A cycle
   takes the journal's sequence S inside the quiesced instant (pre hooks, the
   freeze of the tree's file system, S, thaw, post hooks) and then reads the
-  changed files while writers run (`journal_cycle`, with its re-check);
+  changed files while writers run (`journal_cycle`, with its re-check). On a
+  btrfs subvolume the instant is a read-only snapshot instead of the freeze
+  (pre hooks, S, snapshot, post hooks); the changed files are read from it and
+  it is deleted after the cycle, whatever happened (sources/btrfs.py);
 - a **volume** (`volume attach`ed) runs `volume_cycle` with the quiesce
   engine plugged in around its QMP transaction;
 - a **VM** runs `backup_vm` (its own guest freeze and bitmaps).
@@ -61,6 +64,7 @@ from strongroom.services.retention import apply_retention
 from strongroom.services.session import LockMode, open_repository
 from strongroom.services.vm_backup import backup_vm
 from strongroom.services.volume_cycle import volume_cycle
+from strongroom.sources.btrfs import TreeSnapshot, ignored_folder, nested_subvolumes, plan_snapshot
 from strongroom.sources.volume_state import load_state
 from strongroom.trackers.journal import INFO, Journal
 
@@ -349,23 +353,56 @@ class SourceRunner:
     # --- a directory tree: the change journal ------------------------------------
 
     def _tree(self, repo: Repository, outcome: CycleOutcome) -> None:
+        snap, note = self._snapshot_plan()
+        if snap is None:
+            self._tree_cycle(repo, outcome, None, note)
+            return
+        try:
+            snap.delete()  # what a killed cycle of this source left behind
+            self._tree_cycle(repo, outcome, snap, note)
+        finally:
+            snap.delete()
+
+    def _snapshot_plan(self) -> tuple[TreeSnapshot | None, str]:
+        """The btrfs snapshot this cycle reads from (None: the live tree), and
+        why a tree on btrfs is read live."""
+        tree = self.source.path
+        snap = plan_snapshot(tree, self.source.name)
+        if snap is None:
+            return None, ""
+        try:
+            if nested_subvolumes(tree):
+                return None, "read live: a btrfs subvolume below the tree is not in its snapshot"
+        except StrongroomError as err:
+            return None, f"read live: {_line(err)}"
+        return snap, ""
+
+    def _tree_cycle(
+        self, repo: Repository, outcome: CycleOutcome, snap: TreeSnapshot | None, note: str
+    ) -> None:
         tree, state = self.source.path, self.state
-        target: FsFreeze | None = FsFreeze(tree)
-        note = ""
-        if mount_of(state).mount_point == mount_of(tree).mount_point != "/":
+        target: FsFreeze | None = FsFreeze(tree) if snap is None else None
+        notes: list[str] = []  # why the point is crash-consistent anyway
+        if snap is None and mount_of(state).mount_point == mount_of(tree).mount_point != "/":
             # The journal's barrier is written in the state folder: frozen with
             # the tree, the tracker could not answer it.
-            target, note = (
-                None,
-                f"not frozen: the state folder {state} is on the tree's file system",
-            )
+            target = None
+            notes.append(f"not frozen: the state folder {state} is on the tree's file system")
         frozen_at = time.time()
+        taken: dict[str, object] = {}
         with quiesce(self._hooks(), target, self.policy.freeze_timeout) as q:
             seq = take_sequence(state)
+            if snap is not None:  # the instant: atomic by itself, no fsfreeze (it would hang)
+                began = time.time()
+                snap.take()
+                taken = {"kind": "btrfs", "began": began, "ended": time.time()}
         thawed_at = time.time()
+        # Every change made before the snapshot is at or below this one: read up
+        # to it, commit S (journal_cycle).
+        read_seq = take_sequence(state) if snap is not None else None
         result = q.result
-        reasons = [r for r in (note, result.reason or "") if r]
-        consistency = result.consistency if not note else "crash-consistent"
+        reasons = [r for r in (note, *notes, result.reason or "") if r]
+        consistency = result.consistency if not notes else "crash-consistent"
         reason = "; ".join(reasons)
         instant = datetime.fromtimestamp(result.instant or frozen_at).astimezone()
         # The parent is this source's own newest point: with two policies on one
@@ -386,10 +423,17 @@ class SourceRunner:
                     frozen_at=frozen_at,
                     thawed_at=thawed_at,
                     quiesce=result.summary(),
+                    **({"snapshot": taken} if taken else {}),
                 )
             },
         )
-        backup, driven = journal_cycle(repo, tree, state, request, seq=seq, cancel=self.stop)
+        if snap is not None:
+            request.read_from = snap.read_root
+            inside = ignored_folder(tree)
+            request.omit = [os.path.join(tree, os.fsdecode(inside))] if inside else []
+        backup, driven = journal_cycle(
+            repo, tree, state, request, seq=seq, read_seq=read_seq, cancel=self.stop
+        )
         outcome.point = backup.point
         outcome.consistency, outcome.reason = str(consistency), reason
         outcome.full = not driven

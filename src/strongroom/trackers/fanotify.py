@@ -34,6 +34,7 @@ import os
 import struct
 
 from strongroom.errors import SourceError
+from strongroom.sources.btrfs import ignored_folder, is_ignored
 from strongroom.trackers.journal import Kind, path_ok
 
 FAN_CLASS_NOTIF = 0x00000000
@@ -142,6 +143,7 @@ class FsWatch:
     root, an old kernel, a file system without file handles, mounts below)."""
 
     backend = "fanotify"
+    ignored: bytes | None = None  # the btrfs snapshot folder inside the tree (sources/btrfs.py)
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.fsencode(os.path.realpath(root))
@@ -169,6 +171,7 @@ class FsWatch:
             self.close()
             raise
         self.lost: str | None = None  # a lasting reason changes are missed
+        self.ignored = ignored_folder(os.fsdecode(self.root))  # btrfs snapshots of the cycles
 
     def fileno(self) -> int:
         return int(self.fd)
@@ -287,6 +290,8 @@ class FsWatch:
         rel = path[len(self.prefix) :]
         if not path_ok(rel):  # a kernel name never holds '/' or NUL: bounded anyway
             out.append((Kind.OUT_OF_SYNC, b"fanotify: an event with an invalid name"))
+            return
+        if is_ignored(rel, self.ignored):
             return
         for bit, kind in _KINDS:
             if mask & bit:

@@ -26,6 +26,7 @@ import stat
 import struct
 
 from strongroom.errors import SourceError
+from strongroom.sources.btrfs import ignored_folder, is_ignored
 from strongroom.trackers.journal import Kind
 
 IN_MODIFY = 0x00000002
@@ -94,6 +95,9 @@ class TreeWatch:
         self.unwatched = False
         self.root_lost: str | None = None
         self.pending: list[Change] = []
+        self.ignored = ignored_folder(
+            os.fsdecode(self.root)
+        )  # btrfs snapshots of the cycles: never watched
         self._add_tree(b"", record=False)
 
     def fileno(self) -> int:
@@ -129,12 +133,14 @@ class TreeWatch:
         stack = [rel]
         while stack:
             current = stack.pop()
-            if not self._add(current):
+            if is_ignored(current, self.ignored) or not self._add(current):
                 continue
             try:
                 with os.scandir(_join(self.root, current) if current else self.root) as it:
                     for entry in it:
                         child = _join(current, os.fsencode(entry.name))
+                        if is_ignored(child, self.ignored):
+                            continue
                         if record:
                             self.pending.append((Kind.CREATED, child))
                         try:
@@ -190,6 +196,8 @@ class TreeWatch:
                 out.append((Kind.OUT_OF_SYNC, self.root_lost.encode()))
             return  # a directory's own events also reach its parent, with a name
         rel = _join(parent, name)
+        if is_ignored(rel, self.ignored):
+            return
         for bit, kind in _KINDS:
             if mask & bit:
                 out.append((kind, rel))
