@@ -64,9 +64,10 @@ TICK = 0.1  # the writers' pace: a budget of bytes every tick
 # --- the load: writer processes (``cdp.py writer-volume|writer-tree``) -----------------------
 
 
-def _pace(rate: float, log_path: Path, one: Callable[[int], list[tuple[int, str]]]) -> int:
-    """Call ``one(budget)`` every tick with the bytes due (open loop at ``rate`` B/s) until
-    SIGTERM; each write is logged as ``time bytes [path]``."""
+def _pace(rate: float, log_path: Path, one: Callable[[int], list[tuple[float, int, str]]]) -> int:
+    """Call ``one(budget)`` every tick with the bytes due (open loop at ``rate`` B/s, at most
+    two ticks' worth a call) until SIGTERM; each write is logged as ``time bytes path``, the
+    time taken when the write returned (a writer that falls behind shows it in the log)."""
     stop = False
 
     def halt(signum: int, frame: object) -> None:
@@ -74,14 +75,14 @@ def _pace(rate: float, log_path: Path, one: Callable[[int], list[tuple[int, str]
         stop = True
 
     signal.signal(signal.SIGTERM, halt)
-    t0, done = time.time(), 0
+    t0, done, most = time.time(), 0, max(1, int(2 * rate * TICK))
     with open(log_path, "a") as out:
         while not stop:
             due = int(rate * (time.time() - t0)) - done
             if due > 0:
-                for size, path in one(due):
+                for when, size, path in one(min(due, most)):
                     done += size
-                    out.write(f"{time.time():.4f} {size} {path}\n")
+                    out.write(f"{when:.4f} {size} {path}\n")
                 out.flush()
             time.sleep(TICK)
     return 0
@@ -94,7 +95,7 @@ def writer_volume_main(argv: list[str]) -> int:
     rng = random.Random(int(seed))
     fd = os.open(target, os.O_RDWR)
 
-    def one(budget: int) -> list[tuple[int, str]]:
+    def one(budget: int) -> list[tuple[float, int, str]]:
         out = []
         while budget > 0:
             offset = rng.randrange(size // chunk) * chunk
@@ -102,7 +103,8 @@ def writer_volume_main(argv: list[str]) -> int:
             out.append((chunk, str(offset)))
             budget -= chunk
         os.fdatasync(fd)
-        return out
+        now = time.time()  # acknowledged: the fdatasync returned
+        return [(now, n, where) for n, where in out]
 
     return _pace(float(rate), Path(log_path), one)
 
@@ -116,15 +118,15 @@ def writer_tree_main(argv: list[str]) -> int:
     dirs = sorted({os.path.dirname(f) for f in files})
     made = 0
 
-    def one(budget: int) -> list[tuple[int, str]]:
+    def one(budget: int) -> list[tuple[float, int, str]]:
         nonlocal made
-        out = []
+        out: list[tuple[float, int, str]] = []
         while budget > 0:
             roll = rng.random()
             if roll < 0.02 and len(files) > 1:
                 rel = files.pop(rng.randrange(len(files)))
                 os.unlink(os.path.join(root, rel))
-                out.append((0, rel))
+                out.append((time.time(), 0, rel))
                 continue
             if roll < 0.04:
                 made += 1
@@ -135,7 +137,7 @@ def writer_tree_main(argv: list[str]) -> int:
             size = rng.randint(1, 2 * TREE_BLOCK)
             with open(os.path.join(root, rel), "wb") as f:
                 f.write(os.urandom(size))
-            out.append((size, rel))
+            out.append((time.time(), size, rel))
             budget -= size
         return out
 
@@ -751,6 +753,7 @@ def report(b: Bench, env: dict[str, object], checks: list[Check], markdown: bool
         f"a cycle every {a.interval:g} s, {a.cycles} measured after a warm-up, "
         f"{a.runs} round(s); medians of the rounds",
     ]
+    setup = [line for line in setup if line.split()[0] in ("a", *(f"{s}s" for s in a.sources))]
     if markdown:
         parts = [
             head_markdown(env) + " " + sentences(setup),
