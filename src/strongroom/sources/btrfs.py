@@ -34,6 +34,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 
+from strongroom.config import child_environment
 from strongroom.errors import SourceError
 
 SNAPSHOT_FOLDER = ".strongroom-snapshots"
@@ -128,6 +129,7 @@ def _btrfs(*args: str) -> str:
             text=True,
             timeout=BTRFS_TIMEOUT,
             check=False,
+            env=child_environment(),
         )
     except FileNotFoundError:
         raise SourceError("btrfs: the btrfs command is not installed (btrfs-progs)") from None
