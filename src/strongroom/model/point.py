@@ -166,3 +166,11 @@ class RecoveryPoint:
 
 def now() -> datetime:
     return datetime.now(UTC).astimezone()
+
+
+def at_instant(instant: float | None, fallback: datetime) -> datetime:
+    """A point's time from the wall-clock instant its source was frozen at
+    (what `restore --at` compares with), or `fallback` when none was taken."""
+    if instant is None:
+        return fallback
+    return datetime.fromtimestamp(instant, UTC).astimezone()

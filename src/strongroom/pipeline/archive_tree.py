@@ -258,10 +258,7 @@ class ArchiveTree:
                 if not content:
                     out.append(None)
                     continue
-                cid = repo.chunk_id(content)
-                sealed = (
-                    None if repo.has_chunk(cid) else repo.seal_chunk(cid, BlobType.DATA, content)
-                )
+                cid, sealed = repo.seal_new(content)
                 out.append((cid, len(content), sealed))
             return out
 
@@ -276,10 +273,8 @@ class ArchiveTree:
         repo = self.repo
 
         def job() -> tuple[bytes, int, Sealed | None]:
-            cid = repo.chunk_id(data)
-            if repo.has_chunk(cid):
-                return cid, len(data), None
-            return cid, len(data), repo.seal_chunk(cid, BlobType.DATA, data)
+            cid, sealed = repo.seal_new(data)
+            return cid, len(data), sealed
 
         def sink(result: tuple[bytes, int, Sealed | None]) -> None:
             self._sink_chunk(node, *result)

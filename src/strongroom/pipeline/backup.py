@@ -730,10 +730,8 @@ class FileBackup:
         dry = self.options.dry_run
 
         def job() -> tuple[bytes, int, Sealed | None]:
-            cid = repo.chunk_id(data)
-            if dry or repo.has_chunk(cid):
-                return cid, len(data), None
-            return cid, len(data), repo.seal_chunk(cid, BlobType.DATA, data)
+            cid, sealed = repo.seal_new(data, dry_run=dry)
+            return cid, len(data), sealed
 
         def sink(result: tuple[bytes, int, Sealed | None]) -> None:
             self._sink_chunk(node, *result)

@@ -172,10 +172,7 @@ class ImageBackup:
         def job() -> tuple[bytes | None, Sealed | None]:
             if data == zero[: len(data)]:
                 return None, None
-            cid = repo.chunk_id(data)
-            if dry or repo.has_chunk(cid):
-                return cid, None
-            return cid, repo.seal_chunk(cid, BlobType.DATA, memoryview(data))
+            return repo.seal_new(memoryview(data), dry_run=dry)
 
         return job
 

@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 from strongroom.chunking import CdcChunker
 from strongroom.model.tree import Node
-from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.sources.files import open_file, read_xattrs_of
 
@@ -104,9 +103,6 @@ def read_small_file(
     for piece in pieces:
         if not piece:
             continue
-        cid = repo.chunk_id(piece)
-        sealed = None
-        if not dry_run and not repo.has_chunk(cid):
-            sealed = repo.seal_chunk(cid, BlobType.DATA, piece)
+        cid, sealed = repo.seal_new(piece, dry_run=dry_run)
         out.append((cid, len(piece), sealed))
     return SmallFile(out, xattrs, len(data), after)

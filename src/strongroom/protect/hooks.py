@@ -58,6 +58,21 @@ class HookReport:
     output: str = ""
     details: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def timed(
+        cls,
+        hook: str,
+        phase: str,
+        ok: bool,
+        started: float,
+        message: str,
+        details: dict[str, str] | None = None,
+    ) -> HookReport:
+        """A step's report, timed from `started` (time.monotonic()), its message
+        prefixed by the phase."""
+        seconds = time.monotonic() - started
+        return cls(hook, phase, ok, seconds, f"{phase}: {message}", "", details or {})
+
     def as_dict(self) -> dict[str, object]:
         doc: dict[str, object] = {
             "hook": self.hook,

@@ -72,7 +72,9 @@ class PostgresqlHook:
                 application_name="strongroom",
             )
         except psycopg.Error as err:
-            return self._report("pre", False, started, f"cannot connect: {_line(err)}")
+            return HookReport.timed(
+                self.name, "pre", False, started, f"cannot connect: {_line(err)}"
+            )
         label = f"strongroom {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
         try:
             # Bounds every statement of this session, pg_backup_stop's too.
@@ -89,19 +91,23 @@ class PostgresqlHook:
             row = conn.execute(sql, (label,)).fetchone()
         except psycopg.Error as err:
             conn.close()
-            return self._report("pre", False, started, f"pg_backup_start: {_line(err)}")
+            return HookReport.timed(
+                self.name, "pre", False, started, f"pg_backup_start: {_line(err)}"
+            )
         start_lsn = str(row[0]) if row else "?"
         with self._lock:
             self._conn = conn
         details = {"label": label, "start_lsn": start_lsn}
-        return self._report("pre", True, started, f"backup started at {start_lsn}", details)
+        return HookReport.timed(
+            self.name, "pre", True, started, f"backup started at {start_lsn}", details
+        )
 
     def post(self, snapshot_ok: bool) -> HookReport:
         started = time.monotonic()
         with self._lock:
             conn = self._conn
         if conn is None:
-            return self._report("post", True, started, "no backup to stop")
+            return HookReport.timed(self.name, "post", True, started, "no backup to stop")
         sql = (
             "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive := false)"
             if self._modern
@@ -111,17 +117,25 @@ class PostgresqlHook:
             row = conn.execute(sql).fetchone()
         except psycopg.Error as err:
             self.release()
-            return self._report("post", False, started, f"pg_backup_stop: {_line(err)}")
+            return HookReport.timed(
+                self.name, "post", False, started, f"pg_backup_stop: {_line(err)}"
+            )
         self.release()
         if row is None:
-            return self._report("post", False, started, "pg_backup_stop returned nothing")
+            return HookReport.timed(
+                self.name, "post", False, started, "pg_backup_stop returned nothing"
+            )
         stop_lsn, label, spcmap = (str(v) if v is not None else "" for v in row)
         if len(label) > MAX_LABEL or len(spcmap) > MAX_LABEL:
-            return self._report("post", False, started, "pg_backup_stop: oversized backup_label")
+            return HookReport.timed(
+                self.name, "post", False, started, "pg_backup_stop: oversized backup_label"
+            )
         details = {"stop_lsn": stop_lsn, "backup_label": label}
         if spcmap:
             details["tablespace_map"] = spcmap
-        return self._report("post", True, started, f"backup stopped at {stop_lsn}", details)
+        return HookReport.timed(
+            self.name, "post", True, started, f"backup stopped at {stop_lsn}", details
+        )
 
     def release(self) -> None:
         """Close the session (the server then ends the backup). Idempotent."""
@@ -129,17 +143,6 @@ class PostgresqlHook:
             conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-
-    def _report(
-        self,
-        phase: str,
-        ok: bool,
-        started: float,
-        message: str,
-        details: dict[str, str] | None = None,
-    ) -> HookReport:
-        seconds = time.monotonic() - started
-        return HookReport(self.name, phase, ok, seconds, f"{phase}: {message}", "", details or {})
 
 
 def _line(err: BaseException) -> str:

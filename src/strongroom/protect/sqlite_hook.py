@@ -54,7 +54,7 @@ class SqliteHook:
                 check_same_thread=False,  # release() may come from the engine's timer
             )
         except sqlite3.Error as err:
-            return self._report("pre", False, started, f"cannot open: {_line(err)}")
+            return HookReport.timed(self.name, "pre", False, started, f"cannot open: {_line(err)}")
         try:
             mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             details["journal_mode"] = mode
@@ -66,18 +66,22 @@ class SqliteHook:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
             conn.close()
-            return self._report("pre", False, started, f"{_line(err)}", details)
+            return HookReport.timed(self.name, "pre", False, started, f"{_line(err)}", details)
         with self._lock:
             self._conn = conn
-        return self._report("pre", True, started, f"{note}; writers held", details)
+        return HookReport.timed(self.name, "pre", True, started, f"{note}; writers held", details)
 
     def post(self, snapshot_ok: bool) -> HookReport:
         started = time.monotonic()
         with self._lock:
             held = self._conn is not None
         self.release()
-        return self._report(
-            "post", True, started, "writers let go" if held else "nothing held (any more)"
+        return HookReport.timed(
+            self.name,
+            "post",
+            True,
+            started,
+            "writers let go" if held else "nothing held (any more)",
         )
 
     def release(self) -> None:
@@ -93,17 +97,6 @@ class SqliteHook:
                 pass  # closing drops the lock anyway
             finally:
                 conn.close()
-
-    def _report(
-        self,
-        phase: str,
-        ok: bool,
-        started: float,
-        message: str,
-        details: dict[str, str] | None = None,
-    ) -> HookReport:
-        seconds = time.monotonic() - started
-        return HookReport(self.name, phase, ok, seconds, f"{phase}: {message}", "", details or {})
 
 
 def _line(err: BaseException) -> str:

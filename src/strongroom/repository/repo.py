@@ -548,6 +548,17 @@ class Repository:
         """Compress and encrypt one chunk (thread-safe, releases the GIL in native code)."""
         return self.sealer.seal(self.compressor.pack(data), blob_ad(chunk_id, blob_type))
 
+    def seal_new(
+        self, data: bytes | memoryview, *, dry_run: bool = False
+    ) -> tuple[bytes, bytes | bytearray | None]:
+        """A data chunk's id, and its sealed form unless the repository has it
+        already (or `dry_run`): the worker half of storing a chunk, whose other
+        half (`add_sealed`) runs in order on the writing thread."""
+        cid = self.chunk_id(data)
+        if dry_run or self.has_chunk(cid):
+            return cid, None
+        return cid, self.seal_chunk(cid, BlobType.DATA, data)
+
     def add_sealed(
         self, chunk_id: bytes, blob_type: BlobType, sealed: bytes | bytearray, raw_length: int
     ) -> bool:

@@ -47,7 +47,7 @@ from datetime import datetime
 
 from strongroom.config import Settings, VmSpec, child_environment
 from strongroom.errors import StrongroomError, UsageError
-from strongroom.model.point import RecoveryPoint, now
+from strongroom.model.point import RecoveryPoint, at_instant, now
 from strongroom.protect.freeze import FsFreeze, mount_of
 from strongroom.protect.hooks import Hook, build_hook
 from strongroom.protect.policy import Policy, PolicySource, SourceKind
@@ -404,7 +404,7 @@ class SourceRunner:
         reasons = [r for r in (note, *notes, result.reason or "") if r]
         consistency = result.consistency if not notes else "crash-consistent"
         reason = "; ".join(reasons)
-        instant = datetime.fromtimestamp(result.instant or frozen_at).astimezone()
+        instant = at_instant(result.instant or frozen_at, now())
         # The parent is this source's own newest point: with two policies on one
         # tree, the newest point of the tree may be the other source's, which
         # its journal does not continue (a full comparison every cycle).

@@ -25,7 +25,6 @@ import threading
 import time
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from strongroom.config import VmSpec, data_home
@@ -33,7 +32,7 @@ from strongroom.errors import StrongroomError
 from strongroom.model.blockmap import BlockMap
 from strongroom.model.kinds import PointKind
 from strongroom.model.lineage import BlockLineage
-from strongroom.model.point import RecoveryPoint, now
+from strongroom.model.point import RecoveryPoint, at_instant, now
 from strongroom.model.vm import VmDisk, VmManifest
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest, save_vm_manifest
 from strongroom.pipeline.image_backup import ImageBackup
@@ -193,7 +192,7 @@ def backup_vm(
         point = record_point(
             repo,
             kind=PointKind.VM,
-            time=_point_time(instant, started),
+            time=at_instant(instant, started),
             host=host,
             paths=[vm_path(spec.name)],
             tree=manifest_id.hex(),
@@ -276,12 +275,3 @@ def _totals(disks: list[dict[str, Any]]) -> dict[str, Any]:
     if notes:
         totals["tracker_note"] = "; ".join(notes)
     return totals
-
-
-def _point_time(instant: float | None, started: datetime) -> datetime:
-    """A point is dated at its frozen instant (what `restore --at` compares
-    with), not when the command started: writes made between the two are
-    in the point."""
-    if instant is None:
-        return started
-    return datetime.fromtimestamp(instant, UTC).astimezone()

@@ -35,14 +35,13 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from strongroom.errors import SourceError, StrongroomError, UsageError
 from strongroom.model.blockmap import BlockMap
 from strongroom.model.kinds import PointKind
 from strongroom.model.lineage import BlockLineage
-from strongroom.model.point import RecoveryPoint, now
+from strongroom.model.point import RecoveryPoint, at_instant, now
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup, ImageBackupSummary
 from strongroom.protect.quiesce import Quiescing
@@ -336,7 +335,7 @@ class _Cycle:
         point = record_point(
             self.repo,
             kind=PointKind.BLOCK,
-            time=_point_time(held.instant, self.started),
+            time=at_instant(held.instant, self.started),
             host=socket.gethostname(),
             paths=[volume_identity(self.state)],
             tree=summary.map_root,
@@ -387,11 +386,3 @@ def _dirty_bytes(qmp: QmpClient, names: list[str]) -> int:
                 if b.get("name") in names:
                     total += int(b.get("count", 0))
     return total
-
-
-def _point_time(instant: float | None, started: datetime) -> datetime:
-    """A point is dated at its frozen instant (what `restore --at` compares
-    with), not when the cycle started: writes made between the two are in it."""
-    if instant is None:
-        return started
-    return datetime.fromtimestamp(instant, UTC).astimezone()
