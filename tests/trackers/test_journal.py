@@ -117,6 +117,19 @@ def test_parser_on_random_bytes_and_consumer_never_fails(data: bytes) -> None:
     parse(header(0) + data)
 
 
+def assert_journal_matches(journal: object, log: set[str], tree: Path) -> None:
+    """The journal lists exactly the writer's paths, but for one race it may lose
+    without harm: a file made in a new directory and gone again (deleted or
+    renamed away) before the tracker's batch listed that directory. It is absent
+    at the cycle's instant, and the directory itself is in the journal."""
+    assert isinstance(journal, set)
+    assert journal <= log
+    for path in log - journal:
+        assert not (tree / path).exists(), path
+        parents = [str(p) for p in Path(path).parents if str(p) != "."]
+        assert any(p in journal for p in parents), path
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tracker_lists_exactly_what_the_writer_changed(tmp_path: Path, backend: str) -> None:
     tree, rng = tmp_path / "tree", random.Random(1)
@@ -126,7 +139,7 @@ def test_tracker_lists_exactly_what_the_writer_changed(tmp_path: Path, backend: 
         for _ in range(3):
             log = write_some(tree, rng, 30)
             seq = t.journal.take_sequence()
-            assert t.journal.changes_up_to(seq) == log
+            assert_journal_matches(t.journal.changes_up_to(seq), log, tree)
             t.journal.commit(seq)
         info = t.journal.status()
         assert info["backend"] == backend and info["tracker_running"] is True

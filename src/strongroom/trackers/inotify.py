@@ -78,6 +78,35 @@ def _join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
 
+class FolderBell:
+    """An inotify watch on one folder that becomes readable when a file is
+    written or renamed into it: how a cycle's barrier wakes a tracker that
+    otherwise drains its tree's events only once per batch."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.fd: int = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise SourceError(f"inotify_init1: {os.strerror(ctypes.get_errno())}")
+        mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR | IN_DONT_FOLLOW
+        if _libc.inotify_add_watch(self.fd, os.fsencode(folder), mask) < 0:
+            err = ctypes.get_errno()
+            os.close(self.fd)
+            raise SourceError(f"inotify: {os.fsdecode(os.fsencode(folder))}: {os.strerror(err)}")
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 1 << 12):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class TreeWatch:
     """Watches every directory below `root`; `read()` returns the changes queued."""
 
