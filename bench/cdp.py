@@ -111,11 +111,17 @@ def writer_volume_main(argv: list[str]) -> int:
 
 def writer_tree_main(argv: list[str]) -> int:
     """Whole files of the tree rewritten with new content; one operation in 50 creates a file
-    and one in 50 deletes one (the count stays steady)."""
-    root, rate, seed, log_path = argv
+    and one in 50 deletes one (the count stays steady). With ``hot`` > 0 the writes go to the
+    files of that many folders only (the same number at every tree size: a working set, as
+    real trees have); 0 scatters them over the whole tree."""
+    root, rate, seed, log_path, hot = argv
     rng = random.Random(int(seed))
     files = sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
     dirs = sorted({os.path.dirname(f) for f in files})
+    if int(hot) > 0:
+        dirs = sorted(rng.sample(dirs, min(int(hot), len(dirs))))
+        keep = set(dirs)
+        files = [f for f in files if os.path.dirname(f) in keep]
     made = 0
 
     def one(budget: int) -> list[tuple[float, int, str]]:
@@ -495,7 +501,14 @@ class Bench:
             wlog = self.logs / f"tree-{scale}-writes.log"
             writer = self.start(
                 f"tree-{scale}-writer",
-                self.helper("writer-tree", str(root), str(a.rate * 1e6), str(a.seed), str(wlog)),
+                self.helper(
+                    "writer-tree",
+                    str(root),
+                    str(a.rate * 1e6),
+                    str(a.seed),
+                    str(wlog),
+                    str(a.hot_dirs),
+                ),
                 repo_j,
             )
             for r in range(1, a.runs + 1):
@@ -749,7 +762,8 @@ def report(b: Bench, env: dict[str, object], checks: list[Check], markdown: bool
         f"{FILL:.0%} filled with random data), the load rewriting random {a.write_kib} KiB "
         f"blocks of a {a.hot_mib} MiB file at {a.rate:g} MB/s (fdatasync every {TICK:g} s)",
         f"trees of {' and '.join(str(n) for n in a.tree_files)} files (1 B-8 KiB), the load "
-        f"rewriting whole files at {a.rate:g} MB/s (2 % creates, 2 % deletes)",
+        f"rewriting whole files at {a.rate:g} MB/s (2 % creates, 2 % deletes) "
+        + (f"in {a.hot_dirs} folders" if a.hot_dirs else "all over the tree"),
         f"a cycle every {a.interval:g} s, {a.cycles} measured after a warm-up, "
         f"{a.runs} round(s); medians of the rounds",
     ]
@@ -821,6 +835,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cycles", type=int, default=None, help="measured cycles a round (default 3)")
     p.add_argument("--hot-mib", type=int, default=None, help="the volume load's file (512 MiB)")
     p.add_argument("--write-kib", type=int, default=64, help="the volume load's write size (64)")
+    p.add_argument(
+        "--hot-dirs",
+        type=int,
+        default=20,
+        help="folders the tree load writes in, the same at both sizes (20; 0: the whole tree)",
+    )
     p.add_argument("--sources", default="volume,tree", help="volume,tree (default both)")
     cli.add_common(p, seed_help="data and load seed", keep_help="keep the run directory")
     p.add_argument("--runs", type=int, default=3, help="rounds; medians reported (default 3)")

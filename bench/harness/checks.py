@@ -34,6 +34,8 @@ class Check:
             value = "n/a"
         elif self.unit == "x":
             value = f"{self.value:.2f}x"
+        elif self.unit == "%":
+            value = f"{self.value:.2f} %"
         else:
             value = f"{self.value:.0f} {self.unit}"
         return [
