@@ -124,3 +124,35 @@ class SourceError(StrongroomError):
 
 class Interrupted(StrongroomError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class MediaError(StrongroomError):
+    """A media library, a drive or a cartridge refused or failed."""
+
+
+class ChangerError(MediaError):
+    """The changer refused a move or could not report its status."""
+
+
+class DriveError(MediaError):
+    """A drive failed to read, write or position."""
+
+
+class NoMedium(DriveError):
+    """No cartridge is loaded in the drive."""
+
+
+class EndOfMedium(DriveError):
+    """The cartridge is full: the record was not written."""
+
+
+class EndOfData(DriveError):
+    """Reading went past the last record written on the cartridge."""
+
+
+class MediaNotFound(MediaError, FileNotFoundError):
+    """No medium with that barcode (or media id) is known or present."""
+
+
+class CatalogError(StrongroomError):
+    """The catalog database cannot be opened, migrated or written."""

@@ -1,0 +1,5 @@
+"""The catalog database (SQLAlchemy 2, Alembic migrations): media, slots,
+drives, pools, media contents and events; SQLite in the data folder by
+default, PostgreSQL with a `postgresql://` URL. The repository stays the
+source of truth for points: everything here can be rebuilt from the
+repository and from the media."""
