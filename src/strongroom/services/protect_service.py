@@ -14,7 +14,11 @@ cycle (start to start), so a slow source never delays another's cycle:
   it is deleted after the cycle, whatever happened (sources/btrfs.py);
 - a **volume** (`volume attach`ed) runs `volume_cycle` with the quiesce
   engine plugged in around its QMP transaction;
-- a **VM** runs `backup_vm` (its own guest freeze and bitmaps).
+- a **VM** runs `backup_vm` (its bitmaps, one QMP transaction for all its
+  disks) with the quiesce engine plugged in around that transaction: the
+  policy's pre hooks, the guest freeze (its `[vm.NAME]` guest agent or
+  commands, under the engine's watchdog), the transaction, the thaw, the
+  post hooks.
 
 The first cycle of a source is its first instant (a full point: no parent,
 or the tracker just started). After a point is committed: retention
@@ -48,7 +52,7 @@ from datetime import datetime
 from strongroom.config import Settings, VmSpec, child_environment
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.model.point import RecoveryPoint, at_instant, now
-from strongroom.protect.freeze import FsFreeze, mount_of
+from strongroom.protect.freeze import FsFreeze, GuestFreeze, mount_of
 from strongroom.protect.hooks import Hook, build_hook
 from strongroom.protect.policy import Policy, PolicySource, SourceKind
 from strongroom.protect.quiesce import Quiescing, quiesce
@@ -469,12 +473,18 @@ class SourceRunner:
         spec = self.settings.vms[self.source.path]
         if self.source.disk:
             spec = _one_disk(spec, self.source.disk)
-        result = backup_vm(repo, spec, cancel=self.stop, protect_name=self.source.name)
+        hooks, timeout = self._hooks(), self.policy.freeze_timeout
+
+        def engine(guest: GuestFreeze) -> AbstractContextManager[Quiescing]:
+            return quiesce(hooks, guest, timeout)
+
+        result = backup_vm(
+            repo, spec, cancel=self.stop, protect_name=self.source.name, quiesce=engine
+        )
         outcome.point = result.point
         outcome.consistency = result.consistency
-        outcome.reason = (
-            "" if result.consistency == "application-consistent" else result.quiesce_note
-        )
+        outcome.reason = result.reason
+        outcome.full = any(d.get("tracker") != "bitmap" for d in result.disks)
         outcome.bytes_shipped = sum(int(d.get("data_added_stored", 0)) for d in result.disks)
         outcome.bytes_changed = sum(int(d.get("bytes_changed", 0)) for d in result.disks)
 

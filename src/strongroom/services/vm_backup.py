@@ -4,7 +4,10 @@ Steps, from any host of the cluster:
 1. take the VM's lease in the repository (`repository/leases.py`): a second
    host gets "busy", a dead holder's lease expires;
 2. prepare a fleece node per disk on the VM's block layer (QMP);
-3. quiesce the guest if configured (guest agent or commands, bounded);
+3. quiesce the guest if configured (guest agent or commands, bounded), or,
+   for the protection service, run its quiesce engine around the next step
+   (`quiesce=`: the policy's pre hooks, the guest freeze under the engine's
+   watchdog, ... thaw, post hooks; protect/quiesce.py);
 4. one QMP `transaction`: for every disk, the dirty bitmap rotates and a
    copy-before-write job starts, so all disks freeze between the same two
    guest writes; thaw at once;
@@ -23,7 +26,8 @@ import os
 import socket
 import threading
 import time
-from contextlib import ExitStack, closing
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +40,8 @@ from strongroom.model.point import RecoveryPoint, at_instant, now
 from strongroom.model.vm import VmDisk, VmManifest
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest, save_vm_manifest
 from strongroom.pipeline.image_backup import ImageBackup
+from strongroom.protect.freeze import GuestFreeze
+from strongroom.protect.quiesce import Quiescing
 from strongroom.protect.source_points import PROTECT_TAG, protect_summary
 from strongroom.repository.repo import Repository
 from strongroom.services.recording import record_point
@@ -47,6 +53,13 @@ from strongroom.trackers.bitmaps import BitmapPlan, BitmapTracker, is_ours, plan
 from strongroom.trackers.choose import TrackerMode, choose_changes, parse_mode
 from strongroom.types import ProgressCallback, no_progress
 
+# The protection service's quiesce engine for one VM: called with what
+# freezes the guest (its `[vm.NAME]` agent or commands; a target that
+# answers "not configured" when neither is), entered around the freezing
+# transaction (pre hooks, guest freeze, ... guest thaw, post hooks), with
+# the guest frozen at most the engine's timeout whatever hangs.
+VmQuiesce = Callable[[GuestFreeze], AbstractContextManager[Quiescing]]
+
 
 @dataclass
 class VmBackupResult:
@@ -56,6 +69,7 @@ class VmBackupResult:
     quiesce_note: str
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    reason: str = ""  # why the point is only crash-consistent ("" when it is not)
 
 
 @dataclass
@@ -77,7 +91,13 @@ def backup_vm(
     cancel: threading.Event | None = None,
     on_frozen: Any = None,  # test hook: called with the instant (time.time()) it froze
     protect_name: str | None = None,  # a protected source's point (protect/source_points.py)
+    quiesce: VmQuiesce | None = None,  # hooks + guest freeze (replaces the plain guest freeze)
 ) -> VmBackupResult:
+    """Take one point of the VM (the module docstring says the steps).
+
+    With `quiesce`, the point is application-consistent only when every hook
+    and the guest freeze succeeded (the engine's verdict); without, when the
+    guest freeze succeeded."""
     mode, _ = parse_mode(changed_since)
     host = socket.gethostname()
     prefix = vm_bitmap_prefix(repo, spec.name)
@@ -118,26 +138,13 @@ def backup_vm(
         lease.annotate(views=[d.live.reserve_token() for d in disks])
         for disk in disks:
             disk.live.prepare_view()
-        quiesce = Quiesce(
-            spec.name, spec.guest_agent, spec.freeze_command, spec.thaw_command, spec.freeze_timeout
-        )
-        frozen, note = False, ""
         lease.verify()  # another holder may have taken over while we prepared
-        try:
-            if quiesce.configured:
-                frozen, note = quiesce.freeze()
-            instant = freeze_together(
-                qmp,
-                [(d.live, ViewPlan(d.plan.add, d.block_size, d.plan.disable)) for d in disks],
-            )
-        finally:
-            if quiesce.configured:
-                problem = quiesce.thaw()
-                if problem:
-                    warnings.append(problem)
-                    frozen = False  # the freeze may not have held until the snapshot
-        if quiesce.configured and not frozen:
-            warnings.append(f"guest not quiesced ({note}): the point is crash-consistent")
+        actions = [(d.live, ViewPlan(d.plan.add, d.block_size, d.plan.disable)) for d in disks]
+        if quiesce is not None:
+            held = _engine_instant(quiesce, spec, qmp, actions)
+        else:
+            held = _guest_instant(spec, qmp, actions, warnings)
+        instant, note = held.instant, held.note
         if on_frozen is not None:
             on_frozen(instant)
         for disk in disks:
@@ -180,15 +187,12 @@ def backup_vm(
         manifest_id = save_vm_manifest(repo, VmManifest(spec.name, results))
         repo.flush()
         lease.verify()  # never commit a point under a lease that passed on
-        consistency = "application-consistent" if frozen else "crash-consistent"
+        consistency = "crash-consistent" if held.reason else "application-consistent"
         seconds = time.monotonic() - t0
         extra: dict[str, Any] = {}
         if protect_name is not None:
             tags = [*(tags or []), PROTECT_TAG]
-            why = (
-                "" if frozen else (note or "the guest is not quiesced (no guest agent or commands)")
-            )
-            extra["protect"] = protect_summary(protect_name, why)
+            extra["protect"] = protect_summary(protect_name, held.reason, **held.record)
         point = record_point(
             repo,
             kind=PointKind.VM,
@@ -213,7 +217,68 @@ def backup_vm(
             view.close()
             disk.live.close_view()
             disk.live.remove_bitmaps(disk.plan.retire)
-    return VmBackupResult(point, summaries, consistency, note, seconds, warnings)
+    return VmBackupResult(point, summaries, consistency, note, seconds, warnings, held.reason)
+
+
+@dataclass
+class _Instant:
+    """The freezing transaction and what held the guest around it. `reason`:
+    why the point is only crash-consistent ("" when it is application-
+    consistent); `record`: the `protect` summary's fields of the instant."""
+
+    instant: float
+    note: str  # the guest freeze's own words (the summary's `quiesce`)
+    reason: str
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _guest_instant(
+    spec: VmSpec, qmp: QmpClient, actions: list[tuple[LiveDisk, ViewPlan]], warnings: list[str]
+) -> _Instant:
+    """`backup --vm`: the VM's own guest freeze (agent or commands) around the transaction."""
+    quiesce = Quiesce(
+        spec.name, spec.guest_agent, spec.freeze_command, spec.thaw_command, spec.freeze_timeout
+    )
+    frozen, note, problem = False, "", None
+    try:
+        if quiesce.configured:
+            frozen, note = quiesce.freeze()
+        instant = freeze_together(qmp, actions)
+    finally:
+        if quiesce.configured:
+            problem = quiesce.thaw()
+            if problem:
+                warnings.append(problem)
+    if quiesce.configured and not frozen:
+        warnings.append(f"guest not quiesced ({note}): the point is crash-consistent")
+    if frozen and problem:  # the freeze may not have held until the snapshot
+        return _Instant(instant, note, problem)
+    why = "" if frozen else (note or "the guest is not quiesced (no guest agent or commands)")
+    return _Instant(instant, note, why)
+
+
+def _engine_instant(
+    engine: VmQuiesce, spec: VmSpec, qmp: QmpClient, actions: list[tuple[LiveDisk, ViewPlan]]
+) -> _Instant:
+    """The protection service's instant: the engine's hooks and guest freeze
+    around the transaction. A transaction that fails still thaws and runs the
+    post hooks (the engine's contract), then the backup fails."""
+    target = GuestFreeze(
+        spec.name, spec.guest_agent, spec.freeze_command, spec.thaw_command, spec.freeze_timeout
+    )
+    frozen_at = time.time()
+    with engine(target) as q:
+        sent = time.time()
+        instant = freeze_together(qmp, actions)
+    thawed_at = time.time()
+    result = q.result
+    record = {
+        "frozen_at": frozen_at,
+        "thawed_at": thawed_at,
+        "transaction": {"sent": sent, "returned": instant},
+        "quiesce": result.summary(),
+    }
+    return _Instant(instant, result.freeze_note, result.reason or "", record)
 
 
 def _parent(
