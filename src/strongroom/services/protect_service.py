@@ -14,7 +14,10 @@ cycle (start to start), so a slow source never delays another's cycle:
   it is deleted after the cycle, whatever happened (sources/btrfs.py);
 - a **volume** (`volume attach`ed) runs `volume_cycle` with the quiesce
   engine plugged in around its QMP transaction;
-- a **VM** runs `backup_vm` (its own guest freeze and bitmaps).
+- a **VM** runs `backup_vm` (its own guest freeze and bitmaps);
+- a volume of a policy with a VHD chain `destination` runs `chain_cycle`:
+  today's `protect VOLUME --to DEST` cycle on a quiesced view of the volume,
+  no repository (no point, no retention: the status record is its history).
 
 The first cycle of a source is its first instant (a full point: no parent,
 or the tracker just started). After a point is committed: retention
