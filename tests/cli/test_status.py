@@ -34,9 +34,9 @@ def test_status_without_policies(cli: CliRunner, tmp_path: Path) -> None:
 
 
 def test_status_per_source(cli: CliRunner, initialized_repo: Path, tmp_path: Path) -> None:
-    tree, chain = tmp_path / "db", tmp_path / "files"
+    tree, chain = tmp_path / "db", tmp_path / "files.img"  # a VHD chain takes volumes only
     tree.mkdir()
-    chain.mkdir()
+    chain.write_bytes(bytes(4096))
     config = tmp_path / "config.toml"
     config.write_text(
         f'[protect.db]\nsources = ["{tree}"]\ncycle = "1m"\n'

@@ -84,6 +84,7 @@ def test_every_setting(tmp_path: Path) -> None:
         ({"sources": ["vm:web", "vm:web"]}, r"source vm:web is listed twice"),
         ({"destination": "relative"}, r"destination must be an absolute folder"),
         ({"sources": ["vm:web"], "destination": "/chain"}, r"VM sources go to the repository"),
+        ({"destination": "/chain"}, r"destination: a VHD chain takes volumes; the tree /"),
         ({"hooks": [{"type": "shell"}]}, r"\[protect.db\] hooks\[0\]: a hook is a table"),
         ({"hooks": [{"type": "command"}]}, r"hooks\[0\]: a command hook needs pre, post"),
         ({"hooks": [{"type": "postgresql"}]}, r"hooks\[0\]: a postgresql hook needs dsn"),
@@ -103,6 +104,15 @@ def test_refused_with_one_line_naming_table_and_key(
         policy(tmp_path, **table)
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith("config file F, [protect.db]")
+
+
+def test_a_chain_destination_takes_volumes_and_no_retention(tmp_path: Path) -> None:
+    image = tmp_path / "vol.img"
+    image.write_bytes(bytes(4096))
+    p = policy(tmp_path, sources=[str(image)], destination="/chain")
+    assert p.destination == "/chain" and p.sources[0].kind == SourceKind.VOLUME
+    with pytest.raises(ConfigError, match=r"\[protect.db\]: retention applies to repository"):
+        policy(tmp_path, sources=[str(image)], destination="/c", retention={"keep_last": 3})
 
 
 def test_source_names_are_unique_across_policies(tmp_path: Path) -> None:

@@ -291,6 +291,10 @@ def parse_policy(
         raise ConfigError(f"{at}: hooks must be a list of tables ({{type = ...}})")
     hooks = [_hook(h, f"{at} hooks[{i}]") for i, h in enumerate(hooks_doc)]
     retention = _retention(table.get("retention"), at)
+    if destination is not None and "retention" in table:
+        raise ConfigError(
+            f"{at}: retention applies to repository points; a VHD chain keeps every cycle"
+        )
     return Policy(name, sources, destination, cycle, hooks, freeze, retention)
 
 
@@ -385,6 +389,13 @@ def _destination(value: object, at: str, sources: list[PolicySource]) -> str | N
         raise ConfigError(f"{at}: destination must be an absolute folder path or s3:... location")
     if any(s.kind == SourceKind.VM for s in sources):
         raise ConfigError(f"{at}: destination: VM sources go to the repository (leave it out)")
+    # A tree's kind is known only when it exists (check_paths off: a missing path).
+    tree = next((s for s in sources if s.kind == SourceKind.TREE and os.path.isdir(s.path)), None)
+    if tree is not None:
+        raise ConfigError(
+            f"{at}: destination: a VHD chain takes volumes; the tree {tree.path} goes to "
+            "the repository (leave it out) or to 'strongroom protect TREE --to DEST --every'"
+        )
     return os.path.expanduser(value) if not value.startswith("s3:") else value
 
 

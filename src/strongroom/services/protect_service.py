@@ -18,7 +18,10 @@ cycle (start to start), so a slow source never delays another's cycle:
   disks) with the quiesce engine plugged in around that transaction: the
   policy's pre hooks, the guest freeze (its `[vm.NAME]` guest agent or
   commands, under the engine's watchdog), the transaction, the thaw, the
-  post hooks.
+  post hooks;
+- a volume of a policy with a VHD chain `destination` runs `chain_cycle`:
+  today's `protect VOLUME --to DEST` cycle on a quiesced view of the volume,
+  no repository (no point, no retention: the status record is its history).
 
 The first cycle of a source is its first instant (a full point: no parent,
 or the tracker just started). After a point is committed: retention
@@ -52,6 +55,7 @@ from datetime import datetime
 from strongroom.config import Settings, VmSpec, child_environment
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.model.point import RecoveryPoint, at_instant, now
+from strongroom.protect.cycles import ProtectOptions
 from strongroom.protect.freeze import FsFreeze, GuestFreeze, mount_of
 from strongroom.protect.hooks import Hook, build_hook
 from strongroom.protect.policy import Policy, PolicySource, SourceKind
@@ -60,10 +64,11 @@ from strongroom.protect.source_points import PROTECT_TAG, protect_summary, sourc
 from strongroom.protect.status_record import CycleStatus, record_cycle
 from strongroom.repository.repo import Repository
 from strongroom.services.backup import BackupRequest
+from strongroom.services.chain_cycle import chain_cycle
 from strongroom.services.journal import journal_cycle, journal_folder, take_sequence
 from strongroom.services.points import list_points
 from strongroom.services.policies import load_policies
-from strongroom.services.protect import default_state_folder
+from strongroom.services.protect import chain_destination, default_state_folder
 from strongroom.services.retention import apply_retention
 from strongroom.services.session import LockMode, open_repository
 from strongroom.services.vm_backup import backup_vm
@@ -78,6 +83,7 @@ OpenRepository = Callable[[], AbstractContextManager[Repository]]
 TRACKER_STOP_WAIT = 10.0  # seconds a tracker gets to stop cleanly before SIGKILL
 TRACKER_READY_WAIT = 10.0  # seconds a starting tracker gets to set its watches
 TRACKER_RESTART_MAX = 60.0  # longest wait before starting again a tracker that failed to start
+CHAIN_STATE = "chain"  # the VHD mode's state folder, inside the source's
 _TICK = 0.5  # how often a waiting source checks its tracker and the stop event
 
 
@@ -98,6 +104,7 @@ class CycleOutcome:
     forgotten: list[str] = field(default_factory=list)
     in_sync: bool = True
     sync_reason: str = ""
+    shipped_to: str = ""  # a VHD chain destination: the cycle's VHD ("": none, no change)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -113,6 +120,7 @@ class CycleOutcome:
             "bytes_changed": self.bytes_changed,
             "forgotten": self.forgotten,
             "tracker_in_sync": self.in_sync,
+            "shipped_to": self.shipped_to,
         }
 
 
@@ -142,12 +150,12 @@ def select_policies(settings: Settings, names: list[str]) -> list[Policy]:
 def check_runnable(policies: list[Policy], settings: Settings) -> None:
     """Refuse what the service cannot run (before anything starts)."""
     for policy in policies:
-        if policy.destination is not None:
-            raise UsageError(
-                f"policy {policy.name}: the service ships into the repository; a VHD chain "
-                "destination runs with 'strongroom protect SOURCE --to DEST --every ...'"
-            )
         for source in policy.sources:
+            if policy.destination is not None and source.kind != SourceKind.VOLUME:
+                raise UsageError(
+                    f"policy {policy.name}: {source.spec}: a VHD chain destination takes "
+                    "volumes only (trees and VMs go to the repository)"
+                )
             if source.kind == SourceKind.VOLUME and load_state(source.path) is None:
                 log.warning(
                     "%s: %s is not attached: its cycles fail until it is", source.name, source.path
@@ -302,11 +310,10 @@ class SourceRunner:
     def cycle_once(self) -> CycleOutcome:
         outcome = CycleOutcome(self.source.name, now(), now())
         try:
-            with self.open_repo() as repo:
-                self._run_kind(repo, outcome)
-                if outcome.point is not None:
-                    result = apply_retention(repo, self.source.name, self.policy.retention)
-                    outcome.forgotten = result.forgotten
+            if self.policy.destination is not None:
+                self._chain(self.policy.destination, outcome)
+            else:
+                self._into_repository(outcome)
         except Exception as err:  # the service outlives a cycle's failure, any failure
             if not isinstance(err, StrongroomError | OSError):
                 log.exception("%s: the cycle failed", self.source.name)
@@ -322,6 +329,13 @@ class SourceRunner:
         except (StrongroomError, OSError) as err:  # a report: never the end of the source
             log.error("%s: cannot write the status record: %s", self.source.name, _line(err))
         return outcome
+
+    def _into_repository(self, outcome: CycleOutcome) -> None:
+        with self.open_repo() as repo:
+            self._run_kind(repo, outcome)
+            if outcome.point is not None:
+                result = apply_retention(repo, self.source.name, self.policy.retention)
+                outcome.forgotten = result.forgotten
 
     def _record(self, outcome: CycleOutcome) -> None:
         record_cycle(
@@ -467,6 +481,38 @@ class SourceRunner:
         outcome.bytes_shipped = int(result.summary.get("data_added_stored") or 0)
         outcome.bytes_changed = int(result.summary.get("bytes_changed") or 0)
 
+    # --- a volume into a VHD chain ------------------------------------------------------
+
+    def _chain(self, location: str, outcome: CycleOutcome) -> None:
+        """Today's `protect VOLUME --to DEST` cycle, in a `chain` folder of the
+        source's state folder, its instant quiesced (services/chain_cycle.py)."""
+        hooks, timeout = self._hooks(), self.policy.freeze_timeout
+
+        def engine(mount: str) -> AbstractContextManager[Quiescing]:
+            return quiesce(hooks, FsFreeze(mount) if mount else None, timeout)
+
+        options = ProtectOptions(name=self.source.name)
+        dest = chain_destination(location)
+        try:
+            done = chain_cycle(
+                self.source.path,
+                dest,
+                options,
+                os.path.join(self.state, CHAIN_STATE),
+                engine,
+                timeout,
+            )
+        finally:
+            dest.close()
+        result = done.result
+        outcome.consistency, outcome.reason = done.consistency, done.reason
+        outcome.full = True  # every piece of the view is read and hashed
+        outcome.shipped_to = result.location
+        outcome.bytes_shipped = result.vhd_bytes
+        outcome.bytes_changed = result.bytes_changed
+        if result.recovered:
+            log.warning("%s: %s", self.source.name, result.recovered)
+
     # --- a VM ------------------------------------------------------------------------
 
     def _vm(self, repo: Repository, outcome: CycleOutcome) -> None:
@@ -489,7 +535,10 @@ class SourceRunner:
         outcome.bytes_changed = sum(int(d.get("bytes_changed", 0)) for d in result.disks)
 
     def _sync_state(self, outcome: CycleOutcome) -> None:
-        """Whether the tracker has every change since the last point, after the cycle."""
+        """Whether the tracker has every change since the last point, after the cycle.
+        A chain's cycle compares every piece's hash: never out of sync."""
+        if self.policy.destination is not None:
+            return
         try:
             if self.source.kind == SourceKind.TREE:
                 doc = Journal(journal_folder(self.state)).status()

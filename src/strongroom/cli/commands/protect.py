@@ -197,7 +197,10 @@ def run_policies(app: App, names: list[str], cycles: int | None) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    open_repo = repository_opener(app.settings.repository, app.password())
+    if any(p.destination is None for p in policies):
+        open_repo = repository_opener(app.settings.repository, app.password())
+    else:  # VHD chains only: no repository, no password
+        open_repo = repository_opener(app.settings.repository, b"")
     printing = threading.Lock()
 
     def report(o: CycleOutcome) -> None:
@@ -220,7 +223,7 @@ def run_policies(app: App, names: list[str], cycles: int | None) -> None:
 
 
 def _describe_cycle(o: CycleOutcome) -> str:
-    point = o.point.short_id if o.point else "-"
+    point = o.point.short_id if o.point else (o.shipped_to or "-")
     how = "full comparison" if o.full else "changes only"
     why = f" ({o.reason})" if o.reason else ""
     seconds = (o.finished - o.started).total_seconds()
