@@ -29,6 +29,11 @@ snapshot's device number is recorded as the tree's (a snapshot has its own,
 new each cycle; inode numbers and times are the tree's): unchanged entries
 still match the parent point's and are not read again. `omit` names recorded
 paths left out of the point (the snapshot folder when it is inside the tree).
+
+With `copies` (reflink copies of changed files, sources/reflink.py) a regular
+file found at a copied path, still the copied inode, is recorded with the stat
+and xattrs it had when copied and its bytes are read from the copy (private:
+no re-check); every other entry is read live.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from strongroom.sources.files import (
     read_xattrs,
     read_xattrs_of,
 )
+from strongroom.sources.reflink import CopiedFile
 from strongroom.types import Progress, ProgressCallback, no_progress
 
 _PROGRESS_INTERVAL = 0.2
@@ -90,6 +96,9 @@ class BackupOptions:
     # Read the one tree in `paths` from this folder (a snapshot of it) instead.
     read_from: str | None = None
     omit: set[bytes] = field(default_factory=set)  # absolute recorded paths left out
+    # Reflink copies of changed files by absolute recorded path, in `copy_folder`.
+    copies: dict[bytes, CopiedFile] = field(default_factory=dict)
+    copy_folder: str | None = None
 
 
 @dataclass
@@ -249,6 +258,8 @@ class FileBackup:
             alias = os.path.abspath(options.read_from)
             self._alias = (os.fsencode(tree), os.fsencode(alias))
             self._devs[os.stat(alias).st_dev] = os.stat(tree).st_dev
+        self._copy_fd: int | None = None
+        self._copied: set[bytes] = set()  # recorded paths read from their copy
 
     # --- entry point ---------------------------------------------------------
 
@@ -259,6 +270,9 @@ class FileBackup:
                 raise SourceError(f"{os.fsdecode(p)}: no such file or directory")
         if self.options.scan_totals:
             threading.Thread(target=self._scan_totals, args=(paths,), daemon=True).start()
+        if self.options.copies and self.options.copy_folder:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._copy_fd = os.open(self.options.copy_folder, flags)
         try:
             with self._work:
                 nodes = self._backup_virtual(b"", _virtual_root(paths), self.parent_tree)
@@ -274,6 +288,10 @@ class FileBackup:
             if not self.options.dry_run:
                 self.repo.abandon()
             raise
+        finally:
+            if self._copy_fd is not None:
+                os.close(self._copy_fd)
+                self._copy_fd = None
         stats = self.repo.stats
         self.summary.chunks_new = stats.chunks_added
         self.summary.data_added = stats.bytes_added_raw
@@ -365,6 +383,18 @@ class FileBackup:
             return None
         if path in self.options.omit:
             return None
+        copy = self.options.copies.get(path)
+        if (
+            copy is not None
+            and self._copy_fd is not None
+            and stat.S_ISREG(st.st_mode)
+            and (st.st_dev, st.st_ino) == (copy.stat.st_dev, copy.stat.st_ino)
+        ):
+            try:
+                return self._copied_file(name, path, copy, old)
+            except OSError as err:
+                self._unreadable(path, err)
+                return None
         node = self._node(name, st)
         if node is None:
             self._warn(f"{os.fsdecode(path)}: unsupported file type, skipped")
@@ -388,6 +418,24 @@ class FileBackup:
         except OSError as err:
             self._unreadable(path, err)
             return None
+        return node
+
+    def _copied_file(self, name: bytes, path: bytes, copy: CopiedFile, old: Node | None) -> Node:
+        """A changed file recorded as it was copied, its bytes read from the copy."""
+        assert self._copy_fd is not None
+        node = self._node(name, copy.stat)
+        assert node is not None and node.type == FILE
+        same_meta = old is not None and old.type == FILE and old.ctime_ns == node.ctime_ns
+        self.summary.total_files += 1
+        self.progress.files_done += 1
+        self._copied.add(path)
+        reuse = old if same_meta else None
+        self._file(self._copy_fd, copy.name, path, node, reuse, old is not None)
+
+        def settle() -> None:  # after the read: the copy has no xattrs of its own
+            node.xattrs = copy.xattrs
+
+        self._then(settle)
         return node
 
     def _dir(
@@ -667,12 +715,12 @@ class FileBackup:
     def _file_read(self, path: bytes, node: Node, size: int, after: os.stat_result) -> None:
         """Account for a file just read; warn if it changed since the walk saw it
         (`node` still holds the walk's stat, `after` is fstat after reading)."""
-        changed = (node.size, node.mtime_ns, node.ctime_ns, node.inode) != (
-            after.st_size,
-            after.st_mtime_ns,
-            after.st_ctime_ns,
-            after.st_ino,
-        )
+        changed = path not in self._copied and (
+            node.size,
+            node.mtime_ns,
+            node.ctime_ns,
+            node.inode,
+        ) != (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino)
         self.summary.total_bytes += size - node.size
         self.summary.bytes_read += size
         node.size = size

@@ -28,6 +28,7 @@ from strongroom.services.seed_select import SeedChoice, check_choice, select_see
 from strongroom.services.session import repository_exists
 from strongroom.sources.exclude import Excluder
 from strongroom.sources.image_refs import FORMATS
+from strongroom.sources.reflink import CopiedFile
 from strongroom.types import ProgressCallback, no_progress
 
 IMAGE_FORMATS: tuple[str, ...] = FORMATS  # what `--format` of an image file may name
@@ -117,6 +118,11 @@ class BackupRequest:
     # tree's path; sources/btrfs.py), and recorded paths to leave out of the point.
     read_from: str | None = None
     omit: list[str] = field(default_factory=list)
+    # Reflink copies of the journal's changed files (sources/reflink.py), by
+    # absolute recorded path; used only with `changed_paths` (a full comparison
+    # reads live).
+    copies: dict[bytes, CopiedFile] = field(default_factory=dict)
+    copy_folder: str | None = None
 
     def seed_choice(self) -> SeedChoice:
         return SeedChoice(self.seeds, self.no_seeds, self.trust_seed_metadata, self.seed_root)
@@ -196,6 +202,8 @@ def backup_files(
         else {os.fsencode(p) for p in req.changed_paths},
         read_from=req.read_from,
         omit={os.fsencode(os.path.abspath(p)) for p in req.omit},
+        copies={} if req.changed_paths is None else req.copies,
+        copy_folder=req.copy_folder,
     )
     started = now()
     pipeline = FileBackup(

@@ -11,7 +11,11 @@ cycle (start to start), so a slow source never delays another's cycle:
   changed files while writers run (`journal_cycle`, with its re-check). On a
   btrfs subvolume the instant is a read-only snapshot instead of the freeze
   (pre hooks, S, snapshot, post hooks); the changed files are read from it and
-  it is deleted after the cycle, whatever happened (sources/btrfs.py);
+  it is deleted after the cycle, whatever happened (sources/btrfs.py). On a
+  file system with reflinks (XFS, or btrfs where no snapshot fits) a
+  journal-driven cycle makes reflink copies of the changed files inside the
+  hooks' hold instead (no fsfreeze: it would block them) and reads those
+  files from the copies (sources/reflink.py);
 - a **volume** (`volume attach`ed) runs `volume_cycle` with the quiesce
   engine plugged in around its QMP transaction;
 - a **VM** runs `backup_vm` (its bitmaps, one QMP transaction for all its
@@ -74,8 +78,9 @@ from strongroom.services.session import LockMode, open_repository
 from strongroom.services.vm_backup import backup_vm
 from strongroom.services.volume_cycle import volume_cycle
 from strongroom.sources.btrfs import TreeSnapshot, ignored_folder, nested_subvolumes, plan_snapshot
+from strongroom.sources.reflink import ReflinkCopies, plan_copies
 from strongroom.sources.volume_state import load_state
-from strongroom.trackers.journal import INFO, Journal
+from strongroom.trackers.journal import INFO, OUT_OF_SYNC, Journal
 
 log = logging.getLogger("strongroom.protect.service")
 
@@ -274,6 +279,7 @@ class SourceRunner:
             TrackerChild(source.path, self.state) if source.kind == SourceKind.TREE else None
         )
         self.outcomes: list[CycleOutcome] = []
+        self.no_reflink = ""  # why the tree's file system makes no reflink copies (once known)
 
     def run(self) -> None:
         os.makedirs(self.state, exist_ok=True)
@@ -371,15 +377,43 @@ class SourceRunner:
     # --- a directory tree: the change journal ------------------------------------
 
     def _tree(self, repo: Repository, outcome: CycleOutcome) -> None:
+        # The parent is this source's own newest point: with two policies on one
+        # tree, the newest point of the tree may be the other source's, which
+        # its journal does not continue (a full comparison every cycle).
+        own = source_points(list_points(repo), self.source.name)
         snap, note = self._snapshot_plan()
-        if snap is None:
-            self._tree_cycle(repo, outcome, None, note)
+        if snap is not None:
+            try:
+                snap.delete()  # what a killed cycle of this source left behind
+                self._tree_cycle(repo, outcome, own, snap, note)
+            finally:
+                snap.delete()
             return
+        copies = self._copies_plan(own)
         try:
-            snap.delete()  # what a killed cycle of this source left behind
-            self._tree_cycle(repo, outcome, snap, note)
+            self._tree_cycle(repo, outcome, own, None, note if copies is None else "", copies)
         finally:
-            snap.delete()
+            if copies is not None:
+                copies.delete()
+
+    def _copies_plan(self, own: list[RecoveryPoint]) -> ReflinkCopies | None:
+        """This cycle's reflink copies, prepared (None: the tree is read live).
+        Only a journal-driven cycle makes them: a full comparison has no list
+        of files to copy. What a killed cycle left is deleted either way."""
+        copies = None if self.no_reflink else plan_copies(self.source.path, self.source.name)
+        if copies is None:
+            return None
+        journal = Journal(journal_folder(self.state))
+        base = journal.read().base
+        if journal.flag() is not None or not own or own[-1].summary.get("journal_sequence") != base:
+            copies.delete()
+            return None
+        why = copies.prepare()
+        if why:
+            self.no_reflink = why
+            log.info("%s: read live: %s", self.source.name, why)
+            return None
+        return copies
 
     def _snapshot_plan(self) -> tuple[TreeSnapshot | None, str]:
         """The btrfs snapshot this cycle reads from (None: the live tree), and
@@ -396,12 +430,19 @@ class SourceRunner:
         return snap, ""
 
     def _tree_cycle(
-        self, repo: Repository, outcome: CycleOutcome, snap: TreeSnapshot | None, note: str
+        self,
+        repo: Repository,
+        outcome: CycleOutcome,
+        own: list[RecoveryPoint],
+        snap: TreeSnapshot | None,
+        note: str,
+        copies: ReflinkCopies | None = None,
     ) -> None:
         tree, state = self.source.path, self.state
-        target: FsFreeze | None = FsFreeze(tree) if snap is None else None
+        live = snap is None and copies is None
+        target: FsFreeze | None = FsFreeze(tree) if live else None
         notes: list[str] = []  # why the point is crash-consistent anyway
-        if snap is None and mount_of(state).mount_point == mount_of(tree).mount_point != "/":
+        if live and mount_of(state).mount_point == mount_of(tree).mount_point != "/":
             # The journal's barrier is written in the state folder: frozen with
             # the tree, the tracker could not answer it.
             target = None
@@ -414,19 +455,22 @@ class SourceRunner:
                 began = time.time()
                 snap.take()
                 taken = {"kind": "btrfs", "began": began, "ended": time.time()}
+            if copies is not None:  # inside the hooks' hold: see sources/reflink.py
+                taken, fallback = self._copy_changed(copies, seq)
+                if fallback:
+                    notes.append(fallback)
+                    copies = None
         thawed_at = time.time()
         # Every change made before the snapshot is at or below this one: read up
         # to it, commit S (journal_cycle).
         read_seq = take_sequence(state) if snap is not None else None
         result = q.result
+        if copies is not None and result.consistency != "application-consistent":
+            notes.append("reflink copies: each file is its own instant (no hook held the writers)")
         reasons = [r for r in (note, *notes, result.reason or "") if r]
         consistency = result.consistency if not notes else "crash-consistent"
         reason = "; ".join(reasons)
         instant = at_instant(result.instant or frozen_at, now())
-        # The parent is this source's own newest point: with two policies on one
-        # tree, the newest point of the tree may be the other source's, which
-        # its journal does not continue (a full comparison every cycle).
-        own = source_points(list_points(repo), self.source.name)
         request = BackupRequest(
             paths=[tree],
             parent=own[-1].id if own else None,
@@ -445,10 +489,12 @@ class SourceRunner:
                 )
             },
         )
+        inside = ignored_folder(tree)  # the snapshots' and copies' folder
+        request.omit = [os.path.join(tree, os.fsdecode(inside))] if inside else []
         if snap is not None:
             request.read_from = snap.read_root
-            inside = ignored_folder(tree)
-            request.omit = [os.path.join(tree, os.fsdecode(inside))] if inside else []
+        if copies is not None:
+            request.copies, request.copy_folder = copies.recorded(tree), copies.path
         backup, driven = journal_cycle(
             repo, tree, state, request, seq=seq, read_seq=read_seq, cancel=self.stop
         )
@@ -457,6 +503,26 @@ class SourceRunner:
         outcome.full = not driven
         outcome.bytes_shipped = backup.summary.data_added_stored
         outcome.bytes_changed = backup.summary.bytes_read
+
+    def _copy_changed(self, copies: ReflinkCopies, seq: int) -> tuple[dict[str, object], str]:
+        """Reflink the files changed up to `seq`, within the freeze timeout:
+        the summary's `snapshot` record, and why the cycle reads live instead."""
+        began = time.time()
+        changes = Journal(journal_folder(self.state)).changes_up_to(seq)
+        if changes is OUT_OF_SYNC:
+            copies.delete()
+            fallback = "read live: the journal is out of sync (full comparison)"
+        else:
+            deadline = time.monotonic() + self.policy.freeze_timeout
+            fallback = copies.copy(changes, deadline) or ""  # type: ignore[arg-type]
+        taken: dict[str, object] = {
+            "kind": "reflink",
+            "began": began,
+            "ended": time.time(),
+            "files": len(copies.files),
+            "read_live": copies.not_copied,
+        }
+        return taken, fallback
 
     # --- a protected volume --------------------------------------------------------
 

@@ -58,27 +58,36 @@ def is_btrfs(path: str | os.PathLike[str]) -> bool:
 def subvolume_root(path: str | os.PathLike[str]) -> str | None:
     """The root of the btrfs subvolume holding `path` (resolved), or None when it
     is not on btrfs or the subvolume's root is not reachable from here."""
-    here = os.path.realpath(path)
-    if not is_btrfs(here):
+    if not is_btrfs(path):
         return None
+    here = device_top(path)
+    return here if os.stat(here).st_ino == SUBVOLUME_ROOT_INODE else None
+
+
+def device_top(path: str | os.PathLike[str]) -> str:
+    """The highest directory above `path` (resolved) on the same device number:
+    a file system's mount point, a btrfs subvolume's root (each has its own)."""
+    here = os.path.realpath(path)
     dev = os.stat(here).st_dev
     while here != "/":
         parent = os.path.dirname(here)
         if os.stat(parent).st_dev != dev:
             break
         here = parent
-    return here if os.stat(here).st_ino == SUBVOLUME_ROOT_INODE else None
+    return here
 
 
 def ignored_folder(tree: str | os.PathLike[str]) -> bytes | None:
-    """The snapshot folder's path relative to `tree` when it lies inside the tree
-    (the tree is its subvolume's root), else None. The trackers drop every
-    change at or below it."""
+    """The cycles' folder (btrfs snapshots here, reflink copies in
+    sources/reflink.py: both at the top of the tree's device) relative to
+    `tree` when it lies inside the tree (the tree is that top: a subvolume's
+    root, a mount point), else None. The trackers drop every change at or
+    below it and the cycles leave it out of their points."""
     try:
-        root = subvolume_root(tree)
+        top = device_top(tree)
     except OSError:
         return None
-    if root is None or root != os.path.realpath(tree):
+    if top != os.path.realpath(tree):
         return None
     return os.fsencode(SNAPSHOT_FOLDER)
 
