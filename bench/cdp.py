@@ -178,14 +178,17 @@ def cycle_volume_main(argv: list[str]) -> int:
 def cycle_tree_main(argv: list[str]) -> int:
     """One journal cycle of TREE (state folder STATE); prints what it did."""
     from strongroom.services.backup import BackupRequest
-    from strongroom.services.journal import journal_cycle
+    from strongroom.services.journal import journal_cycle, take_sequence
 
     tree, state = argv
     with _open_repo() as repo:
         cut = time.time()
+        seq = take_sequence(state)
+        asked = time.time()
         request = BackupRequest(paths=[tree], host=socket.gethostname())
-        result, journal = journal_cycle(repo, tree, state, request)
+        result, journal = journal_cycle(repo, tree, state, request, seq=seq)
     doc: dict[str, object] = {"cut": cut, "journal": journal}
+    doc["barrier_s"], doc["backup_s"] = asked - cut, time.time() - asked
     doc["point"] = result.point.id if result.point else None
     doc["summary"] = result.summary.as_dict()
     print(json.dumps(doc, default=str))
@@ -238,6 +241,8 @@ class Cycle:
     transaction_ms: float | None = None
     tracker: str = ""
     read: int | None = None
+    barrier_s: float | None = None  # the tree: waiting for the tracker's answer (S)
+    backup_s: float | None = None  # the tree: the journal cycle's own work after S
 
 
 @dataclass
@@ -363,6 +368,7 @@ class Bench:
             c.transaction_ms = summary.get("transaction_ms")
             c.tracker = str(doc.get("tracker") or ("journal" if doc.get("journal") else "walk"))
             c.read = summary.get("bytes_read")
+            c.barrier_s, c.backup_s = doc.get("barrier_s"), doc.get("backup_s")
             if phase.source == "volume":
                 c.changed = int(summary.get("dirty_bytes") or 0)
                 if phase.mode == "rescan":  # compare reads no bitmap: its changed blocks
@@ -624,6 +630,7 @@ def tracker_pct(cs: list[Cycle]) -> float | None:
 FIGURES: list[tuple[str, str, Callable[[list[Cycle]], float | None]]] = [
     ("cycle s", "2", lambda cs: med([c.seconds for c in cs])),
     ("CPU s", "2", lambda cs: med([c.cpu_seconds for c in cs])),
+    ("work s", "2", lambda cs: med([c.backup_s for c in cs])),
     ("RSS MiB", "0", lambda cs: med([c.peak_rss_kib / 1024 for c in cs])),
     ("written MB", "1", lambda cs: med([c.written / 1e6 for c in cs])),
     ("changed MB", "1", lambda cs: med([c.changed / 1e6 for c in cs])),
@@ -723,6 +730,15 @@ def compute_checks(b: Bench) -> list[Check]:
                 None if ratio is None else ratio <= 1.5,
             )
         )
+        if source == "tree":
+            for figure, what in (("CPU s", "CPU"), ("work s", "work after S")):
+                v = [value(b, source, s, "tracked", figure) for s in both]
+                checks.append(
+                    info(
+                        f"tree: tracked cycle's {what}, large / small size",
+                        v[1] / v[0] if v[0] and v[1] else None,
+                    )
+                )
         checks.append(
             info(
                 f"{source}: rescanning cycle, large / small size",
