@@ -64,7 +64,9 @@ class Refused(Exception):
 
 def status(device: str, state: dict[str, Any]) -> str:
     drives, slots, ie = state["drives"], state["slots"], state["import_export"]
-    out = [f"  Storage Changer {device}:{len(drives)} Drives, {len(slots)} Slots ( {ie} Import/Export )\n"]
+    out = [
+        f"  Storage Changer {device}:{len(drives)} Drives, {len(slots)} Slots ( {ie} Import/Export )\n"
+    ]
     for n, d in enumerate(drives):
         line = f"Data Transfer Element {n}:"
         if d is None:
