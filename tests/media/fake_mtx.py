@@ -64,9 +64,8 @@ class Refused(Exception):
 
 def status(device: str, state: dict[str, Any]) -> str:
     drives, slots, ie = state["drives"], state["slots"], state["import_export"]
-    out = [
-        f"  Storage Changer {device}:{len(drives)} Drives, {len(slots)} Slots ( {ie} Import/Export )\n"
-    ]
+    header = f"{len(drives)} Drives, {len(slots)} Slots ( {ie} Import/Export )"
+    out = [f"  Storage Changer {device}:{header}\n"]
     for n, d in enumerate(drives):
         line = f"Data Transfer Element {n}:"
         if d is None:

@@ -90,7 +90,7 @@ def test_full_drive_and_full_slot_refused(library: Library) -> None:
     changer = library.changer
     changer.load(1, 0)
     loaded = layout(changer.status())
-    with pytest.raises(ChangerError, match="0|[Ff]ull|loaded"):
+    with pytest.raises(ChangerError, match=r"0|[Ff]ull|loaded"):
         changer.load(2, 0)
     with pytest.raises(ChangerError, match="2"):
         changer.unload(0, 2)

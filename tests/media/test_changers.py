@@ -63,7 +63,7 @@ def test_mtx_missing_program_device_and_timeout(tmp_path: Path) -> None:
     slow = tmp_path / "slow"
     slow.write_text("#!/bin/sh\nexec sleep 5\n")
     slow.chmod(0o755)
-    with pytest.raises(ChangerError, match="no answer within 0.2 s"):
+    with pytest.raises(ChangerError, match=r"no answer within 0\.2 s"):
         MtxChanger("t", "/dev/sg9", mtx=str(slow), timeout=0.2).status()
 
 

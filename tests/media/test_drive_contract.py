@@ -156,11 +156,13 @@ def test_a_damaged_cartridge_is_a_clear_drive_error(tmp_path: Path, damage, mess
     with VirtualDrive(path, capacity=1 << 20, record_size=RECORD) as d:
         write_files(d, [2])
     path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(DriveError, match=message) as caught:
-        with VirtualDrive(path, capacity=1 << 20, record_size=RECORD) as d:
-            d.space_to_end_of_data()
-            d.rewind()
-            while True:
-                d.read_record()
+    with (
+        pytest.raises(DriveError, match=message) as caught,
+        VirtualDrive(path, capacity=1 << 20, record_size=RECORD) as d,
+    ):
+        d.space_to_end_of_data()
+        d.rewind()
+        while True:
+            d.read_record()
     assert not isinstance(caught.value, EndOfData)
     assert "\n" not in str(caught.value)
