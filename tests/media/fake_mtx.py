@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
     except OSError as err:
-        print(f"mtx: cannot open SCSI device '{path}' - {err.strerror}", file=sys.stderr)
+        print(f"cannot open SCSI device '{path}' - {err.strerror}", file=sys.stderr)
         return 1
     if command == "eepos":
         command, args = args[1], args[2:]
@@ -46,10 +46,10 @@ def main(argv: list[str]) -> int:
         elif command == "transfer":
             transfer(state, int(args[0]), int(args[1]))
         else:
-            print(f"mtx: unrecognized command '{command}'", file=sys.stderr)
+            print(f"unrecognized command '{command}'", file=sys.stderr)
             return 1
     except Refused as err:
-        print(f"mtx: {err}", file=sys.stderr)
+        print(str(err), file=sys.stderr)
         return 1
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -4,6 +4,7 @@ and failures, the script interface's other commands, hostile listall."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,15 @@ def test_the_file_changer_script_is_in_the_interface(tmp_path: Path) -> None:
         "5:",
         "7:A00007L8",
     ]
+
+
+@pytest.mark.skipif(shutil.which("mtx") is None, reason="Debian's mtx is not installed")
+def test_real_mtx_on_a_file_that_is_not_a_changer(tmp_path: Path) -> None:
+    """The real program's failure is its own one line, not a parse error."""
+    plain = tmp_path / "sg0"
+    plain.write_bytes(b"")
+    with pytest.raises(ChangerError, match="is not an sg device") as caught:
+        MtxChanger("t", str(plain), timeout=30).status()
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ChangerError, match="cannot open SCSI device"):
+        MtxChanger("t", str(tmp_path / "missing"), timeout=30).load(1, 0)
