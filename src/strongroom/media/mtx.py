@@ -2,9 +2,9 @@
 
 Every call runs `mtx -f DEVICE ...` with a timeout (a robot that hangs must
 not hang a backup) and no shell. mtx reports a refused move on stderr as one
-line (`mtx: Storage Element 3 is Already Full`) and exits non-zero: that
-line, without the program-name prefix, is the ChangerError's message, so the
-user reads mtx's own reason.
+line (`Storage Element 3 is Already Full`) and exits 1: that line (without a
+`mtx: ` prefix, should a build add one) is the ChangerError's message, so
+the user reads mtx's own reason.
 
 `status` is `mtx status` (parsed by mtx_status.py): it reads the element
 status the changer already holds and moves nothing. `scan` is
