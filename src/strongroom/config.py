@@ -5,7 +5,8 @@ File: `$STRONGROOM_CONFIG`, else `$XDG_CONFIG_HOME/strongroom/config.toml`
 `compression`, `exclude` (list), `exclude_file`, the cluster's VMs as
 `[vm.NAME]` tables (see `VmSpec`), and protection policies as
 `[protect.NAME]` tables (kept here as read; protect/policy.py checks them
-when a command uses policies). Environment:
+when a command uses policies), and media libraries as `[library.NAME]`
+tables (see `LibrarySpec`; a virtual library needs none). Environment:
 `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`, `STRONGROOM_PASSWORD_FILE`,
 `STRONGROOM_COMPRESSION`. The password itself is never read from the file.
 """
@@ -59,6 +60,32 @@ class VmSpec:
     lease_ttl: float = 60.0
 
 
+LIBRARY_KINDS = ("mtx", "script", "virtual")
+
+
+@dataclass
+class LibrarySpec:
+    """A media library of the config (`[library.NAME]`).
+
+    `kind`: mtx (a SCSI changer through the `mtx` program at `mtx`), script (a
+    Bareos/Bacula changer script `script`) or virtual (the folder library;
+    `path` overrides where it lives). `device`: the changer's control device
+    (/dev/sg*, or the script's CTRL-DEVICE). `drives`: the drives' devices by
+    drive number (/dev/nst*). `cleaning_prefix`: barcodes of cleaning
+    cartridges. `timeout`: seconds for any one changer command.
+    """
+
+    name: str
+    kind: str
+    device: str | None = None
+    drives: list[str] = field(default_factory=list)
+    script: str | None = None
+    mtx: str = "mtx"
+    path: str | None = None
+    cleaning_prefix: str = "CLN"
+    timeout: float = 600.0
+
+
 @dataclass
 class Settings:
     repo: str | None = None
@@ -69,6 +96,7 @@ class Settings:
     vms: dict[str, VmSpec] = field(default_factory=dict)
     # [protect.NAME] tables as read (protect/policy.py validates them on use)
     protect: dict[str, dict[str, object]] = field(default_factory=dict)
+    libraries: dict[str, LibrarySpec] = field(default_factory=dict)
     config_file: str | None = None  # the file read, if any
     source: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
 
@@ -112,7 +140,16 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
 def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
     if "password" in doc:
         raise ConfigError(f"config file {where}: put the password in a password_file, not here")
-    known = {"repo", "password_file", "compression", "exclude", "exclude_file", "vm", "protect"}
+    known = {
+        "repo",
+        "password_file",
+        "compression",
+        "exclude",
+        "exclude_file",
+        "vm",
+        "protect",
+        "library",
+    }
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"config file {where}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -137,6 +174,11 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
     if not isinstance(policies, dict) or not all(isinstance(t, dict) for t in policies.values()):
         raise ConfigError(f"config file {where}: protect must be a table of [protect.NAME] tables")
     settings.protect = {str(n): dict(t) for n, t in policies.items()}
+    libraries = doc.get("library", {})
+    if not isinstance(libraries, dict):
+        raise ConfigError(f"config file {where}: library must be a table of [library.NAME] tables")
+    for name, table in libraries.items():
+        settings.libraries[name] = _library(name, table, where)
     seen: dict[tuple[str, str], str] = {}
     for spec in settings.vms.values():
         for disk in spec.disks:
@@ -207,6 +249,49 @@ def _vm(name: str, table: object, where: str) -> VmSpec:
         thaw_command=optional["thaw_command"],
         freeze_timeout=numbers["freeze_timeout"],
         lease_ttl=numbers["lease_ttl"],
+    )
+
+
+_LIBRARY_KEYS = {"kind", "device", "drives", "script", "mtx", "path", "cleaning_prefix", "timeout"}
+
+
+def _library(name: str, table: object, where: str) -> LibrarySpec:
+    at = f"config file {where}, [library.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{at}: not a table")
+    unknown = set(table) - _LIBRARY_KEYS
+    if unknown:
+        raise ConfigError(f"{at}: unknown setting(s) {', '.join(sorted(unknown))}")
+    kind = table.get("kind", "virtual")
+    if kind not in LIBRARY_KINDS:
+        raise ConfigError(f"{at}: kind must be one of {', '.join(LIBRARY_KINDS)}")
+    text: dict[str, str | None] = {}
+    for key in ("device", "script", "mtx", "path", "cleaning_prefix"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{at}: {key} must be a non-empty string")
+        text[key] = value
+    drives = table.get("drives", [])
+    if not isinstance(drives, list) or not all(isinstance(d, str) and d for d in drives):
+        raise ConfigError(f"{at}: drives must be a list of device paths, by drive number")
+    if kind in ("mtx", "script") and not text["device"]:
+        raise ConfigError(f"{at}: device (the changer's control device) is required")
+    if kind == "script" and not text["script"]:
+        raise ConfigError(f"{at}: script (the changer script to run) is required")
+    timeout = table.get("timeout", 600.0)
+    if not isinstance(timeout, int | float) or not 1 <= timeout <= 86400:
+        raise ConfigError(f"{at}: timeout must be 1-86400 seconds")
+    expand = os.path.expanduser
+    return LibrarySpec(
+        name=name,
+        kind=str(kind),
+        device=text["device"],
+        drives=[str(d) for d in drives],
+        script=expand(text["script"]) if text["script"] else None,
+        mtx=text["mtx"] or "mtx",
+        path=expand(text["path"]) if text["path"] else None,
+        cleaning_prefix=text["cleaning_prefix"] or "CLN",
+        timeout=float(timeout),
     )
 
 

@@ -49,6 +49,7 @@ COMMANDS: dict[str, str] = {
     "key": "key:key",
     "seed": "seed:seed",
     "journal": "journal:journal",
+    "library": "library:library",
 }
 ALIASES = {"points": "snapshots", "cat": "dump"}
 

@@ -1,0 +1,140 @@
+"""strongroom library: media libraries (virtual, mtx, changer scripts)."""
+
+from __future__ import annotations
+
+import click
+
+from strongroom.cli.context import App, pass_app
+from strongroom.cli.output import human_bytes
+from strongroom.cli.units import parse_size
+from strongroom.services.libraries import (
+    create_virtual_library,
+    export_cartridges,
+    import_cartridges,
+    library_status,
+    move,
+)
+
+
+@click.group()
+def library() -> None:
+    """Media libraries: a virtual one here, SCSI changers through mtx, changer scripts."""
+
+
+@library.command("create")
+@click.argument("name")
+@click.option("--slots", type=click.IntRange(1, 10_000), required=True, help="Storage slots.")
+@click.option("--drives", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--import-export", type=click.IntRange(0, 1024), default=0, show_default=True)
+@click.option("--capacity", callback=parse_size, help="Bytes per cartridge (e.g. 64M; 16G).")
+@click.option(
+    "--cartridges", type=click.IntRange(0), default=0, help="Blank cartridges in the first slots."
+)
+@pass_app
+def create(
+    app: App,
+    name: str,
+    slots: int,
+    drives: int,
+    import_export: int,
+    capacity: int | None,
+    cartridges: int,
+) -> None:
+    """Make the virtual library NAME (a folder in your data dir)."""
+    rows = create_virtual_library(
+        name,
+        slots=slots,
+        drives=drives,
+        import_export=import_export,
+        capacity=capacity,
+        cartridges=cartridges,
+    )
+    size = f", {human_bytes(capacity)} cartridges" if capacity else ""
+    app.out.summary(
+        {"name": name, "elements": [r.as_dict() for r in rows]},
+        [
+            f"created library {name}: {slots} slots, {import_export} import/export, "
+            f"{drives} drives{size}, {cartridges} cartridges"
+        ],
+    )
+
+
+@library.command("status")
+@click.argument("name")
+@pass_app
+def status(app: App, name: str) -> None:
+    """What is in every slot and drive (no cartridge moves)."""
+    rows = library_status(name, app.settings)
+    if app.out.json:
+        app.out.emit({"name": name, "elements": [r.as_dict() for r in rows]})
+        return
+    table = []
+    for r in rows:
+        content = "empty"
+        if r.full:
+            content = r.barcode or "(no barcode)"
+        origin = "" if r.loaded_from is None else f"slot {r.loaded_from}"
+        table.append((r.kind, r.address, content, origin))
+    app.out.table(["element", "address", "cartridge", "loaded from"], table, title=name)
+
+
+@library.command("load")
+@click.argument("name")
+@click.argument("slot", type=click.IntRange(1))
+@click.argument("drive", type=click.IntRange(0))
+@pass_app
+def load(app: App, name: str, slot: int, drive: int) -> None:
+    """Load the cartridge in SLOT into DRIVE."""
+    move(name, app.settings, "load", slot, drive)
+    app.out.summary({"loaded": slot, "drive": drive}, [f"loaded slot {slot} into drive {drive}"])
+
+
+@library.command("unload")
+@click.argument("name")
+@click.argument("drive", type=click.IntRange(0))
+@click.argument("slot", type=click.IntRange(1), required=False)
+@pass_app
+def unload(app: App, name: str, drive: int, slot: int | None) -> None:
+    """Put DRIVE's cartridge into SLOT (default: where it came from)."""
+    move(name, app.settings, "unload", drive, slot)
+    into = f"slot {slot}" if slot else "its slot"
+    app.out.summary({"unloaded": drive, "slot": slot}, [f"unloaded drive {drive} into {into}"])
+
+
+@library.command("transfer")
+@click.argument("name")
+@click.argument("source", type=click.IntRange(1))
+@click.argument("destination", type=click.IntRange(1))
+@pass_app
+def transfer(app: App, name: str, source: int, destination: int) -> None:
+    """Move the cartridge in slot SOURCE to slot DESTINATION."""
+    move(name, app.settings, "transfer", source, destination)
+    app.out.summary(
+        {"source": source, "destination": destination},
+        [f"moved slot {source} to slot {destination}"],
+    )
+
+
+@library.command("import")
+@click.argument("name")
+@click.argument("barcodes", nargs=-1)
+@click.option("--unlabelled", type=click.IntRange(0), default=0, help="Cartridges with no barcode.")
+@pass_app
+def import_(app: App, name: str, barcodes: tuple[str, ...], unlabelled: int) -> None:
+    """Put cartridges in the virtual library's import/export slots (new
+    blank ones, or ones exported before with their data)."""
+    slots = import_cartridges(name, app.settings, list(barcodes), unlabelled)
+    app.out.summary(
+        {"slots": slots},
+        [f"put {len(slots)} cartridges in import/export slots {', '.join(map(str, slots))}"],
+    )
+
+
+@library.command("export")
+@click.argument("name")
+@click.argument("barcodes", nargs=-1, required=True)
+@pass_app
+def export(app: App, name: str, barcodes: tuple[str, ...]) -> None:
+    """Take cartridges out of the virtual library (kept outside for a later import)."""
+    export_cartridges(name, app.settings, list(barcodes))
+    app.out.summary({"exported": list(barcodes)}, [f"exported {', '.join(barcodes)}"])
