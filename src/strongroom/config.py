@@ -5,9 +5,11 @@ File: `$STRONGROOM_CONFIG`, else `$XDG_CONFIG_HOME/strongroom/config.toml`
 `compression`, `exclude` (list), `exclude_file`, the cluster's VMs as
 `[vm.NAME]` tables (see `VmSpec`), and protection policies as
 `[protect.NAME]` tables (kept here as read; protect/policy.py checks them
-when a command uses policies). Environment:
-`STRONGROOM_REPO`, `STRONGROOM_PASSWORD`, `STRONGROOM_PASSWORD_FILE`,
-`STRONGROOM_COMPRESSION`. The password itself is never read from the file.
+when a command uses policies), and `catalog` (the media catalog's database:
+a SQLite path or a `postgresql://` URL; catalog/engine.py reads it).
+Environment: `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`,
+`STRONGROOM_PASSWORD_FILE`, `STRONGROOM_COMPRESSION`, `STRONGROOM_CATALOG`.
+The password itself is never read from the file.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class Settings:
     vms: dict[str, VmSpec] = field(default_factory=dict)
     # [protect.NAME] tables as read (protect/policy.py validates them on use)
     protect: dict[str, dict[str, object]] = field(default_factory=dict)
+    catalog: str | None = None  # None: SQLite in the data folder
     config_file: str | None = None  # the file read, if any
     source: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
 
@@ -106,19 +109,30 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
         settings.source["password_file"] = "STRONGROOM_PASSWORD_FILE"
     if env.get("STRONGROOM_COMPRESSION"):
         settings.compression = _level(env["STRONGROOM_COMPRESSION"], "STRONGROOM_COMPRESSION")
+    if env.get("STRONGROOM_CATALOG"):
+        settings.catalog = env["STRONGROOM_CATALOG"]
+        settings.source["catalog"] = "STRONGROOM_CATALOG"
     return settings
 
 
 def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
     if "password" in doc:
         raise ConfigError(f"config file {where}: put the password in a password_file, not here")
-    known = {"repo", "password_file", "compression", "exclude", "exclude_file", "vm", "protect"}
+    known = {
+        "repo", "password_file", "compression", "exclude", "exclude_file", "vm", "protect",
+        "catalog",
+    }  # fmt: skip
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"config file {where}: unknown setting(s) {', '.join(sorted(unknown))}")
     if isinstance(doc.get("repo"), str):
         settings.repo = os.path.expanduser(str(doc["repo"]))
         settings.source["repo"] = where
+    if "catalog" in doc:
+        if not isinstance(doc["catalog"], str) or not doc["catalog"]:
+            raise ConfigError(f"config file {where}: catalog must be a path or a postgresql:// URL")
+        settings.catalog = doc["catalog"]
+        settings.source["catalog"] = where
     if isinstance(doc.get("password_file"), str):
         settings.password_file = os.path.expanduser(str(doc["password_file"]))
     if "compression" in doc:
