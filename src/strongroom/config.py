@@ -5,10 +5,12 @@ File: `$STRONGROOM_CONFIG`, else `$XDG_CONFIG_HOME/strongroom/config.toml`
 `compression`, `exclude` (list), `exclude_file`, the cluster's VMs as
 `[vm.NAME]` tables (see `VmSpec`), and protection policies as
 `[protect.NAME]` tables (kept here as read; protect/policy.py checks them
-when a command uses policies), and media libraries as `[library.NAME]`
-tables (see `LibrarySpec`; a virtual library needs none). Environment:
-`STRONGROOM_REPO`, `STRONGROOM_PASSWORD`, `STRONGROOM_PASSWORD_FILE`,
-`STRONGROOM_COMPRESSION`. The password itself is never read from the file.
+when a command uses policies), media libraries as `[library.NAME]` tables
+(see `LibrarySpec`; a virtual library needs none), and `catalog` (the media
+catalog's database: a SQLite path or a `postgresql://` URL; catalog/engine.py
+reads it). Environment: `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`,
+`STRONGROOM_PASSWORD_FILE`, `STRONGROOM_COMPRESSION`, `STRONGROOM_CATALOG`.
+The password itself is never read from the file.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class Settings:
     # [protect.NAME] tables as read (protect/policy.py validates them on use)
     protect: dict[str, dict[str, object]] = field(default_factory=dict)
     libraries: dict[str, LibrarySpec] = field(default_factory=dict)
+    catalog: str | None = None  # None: SQLite in the data folder
     config_file: str | None = None  # the file read, if any
     source: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
 
@@ -134,6 +137,9 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
         settings.source["password_file"] = "STRONGROOM_PASSWORD_FILE"
     if env.get("STRONGROOM_COMPRESSION"):
         settings.compression = _level(env["STRONGROOM_COMPRESSION"], "STRONGROOM_COMPRESSION")
+    if env.get("STRONGROOM_CATALOG"):
+        settings.catalog = env["STRONGROOM_CATALOG"]
+        settings.source["catalog"] = "STRONGROOM_CATALOG"
     return settings
 
 
@@ -149,6 +155,7 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
         "vm",
         "protect",
         "library",
+        "catalog",
     }
     unknown = set(doc) - known
     if unknown:
@@ -156,6 +163,11 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
     if isinstance(doc.get("repo"), str):
         settings.repo = os.path.expanduser(str(doc["repo"]))
         settings.source["repo"] = where
+    if "catalog" in doc:
+        if not isinstance(doc["catalog"], str) or not doc["catalog"]:
+            raise ConfigError(f"config file {where}: catalog must be a path or a postgresql:// URL")
+        settings.catalog = doc["catalog"]
+        settings.source["catalog"] = where
     if isinstance(doc.get("password_file"), str):
         settings.password_file = os.path.expanduser(str(doc["password_file"]))
     if "compression" in doc:

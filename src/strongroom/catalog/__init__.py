@@ -3,3 +3,39 @@ drives, pools, media contents and events; SQLite in the data folder by
 default, PostgreSQL with a `postgresql://` URL. The repository stays the
 source of truth for points: everything here can be rebuilt from the
 repository and from the media."""
+
+from strongroom.catalog.catalog import Catalog
+from strongroom.catalog.records import (
+    ContentEntry,
+    Drive,
+    Event,
+    Library,
+    LibraryKind,
+    LocationChanges,
+    Medium,
+    MediumKey,
+    MediumState,
+    Placement,
+    Pool,
+    SessionRecord,
+    Severity,
+    Sighting,
+)
+
+__all__ = [
+    "Catalog",
+    "ContentEntry",
+    "Drive",
+    "Event",
+    "Library",
+    "LibraryKind",
+    "LocationChanges",
+    "Medium",
+    "MediumKey",
+    "MediumState",
+    "Placement",
+    "Pool",
+    "SessionRecord",
+    "Severity",
+    "Sighting",
+]

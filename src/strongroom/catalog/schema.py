@@ -1,0 +1,188 @@
+"""The catalog's tables (SQLAlchemy Core), as the newest migration leaves them.
+
+The migrations in `migrations/versions` create and change the real tables;
+this module is what the queries are written against, and a test compares the
+two on both backends. Names of constraints and indexes follow one naming
+convention, so a later migration can name what it alters on SQLite and on
+PostgreSQL alike.
+
+Design notes:
+- media are keyed by an integer id; the media id (label) and the barcode are
+  unique alternate keys. A barcode is optional (a cartridge without a tag
+  can still be labelled and written): NULLs never collide.
+- a medium's place is (library, slot, drive); one slot of a library holds one
+  medium at most. An offline medium keeps the library it was last seen in.
+- contents, sessions cascade with their medium (wiping a medium for a
+  relabel is one DELETE); events name libraries and barcodes as text, so the
+  history survives the deletion of what it speaks of.
+- enumerations are strings with CHECK constraints (portable; readable in a
+  plain `sqlite3` or `psql` session).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+from strongroom.catalog.records import MAX_BARCODE, MAX_NAME, LibraryKind, MediumState, Severity
+
+VERSION_TABLE = "catalog_version"  # alembic's, named so a shared database stays clear
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """An aware UTC datetime on every backend: `timestamptz` on PostgreSQL,
+    naive UTC text on SQLite (which has no zones), aware UTC when read."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("catalog times must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def json_type() -> sa.types.TypeEngine[Any]:
+    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def _one_of(column: str, values: type[Any]) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+metadata = sa.MetaData(naming_convention=NAMING)
+
+libraries = sa.Table(
+    "libraries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(MAX_NAME), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("settings", json_type(), nullable=False),
+    sa.CheckConstraint(_one_of("kind", LibraryKind), name="kind"),
+)
+
+pools = sa.Table(
+    "pools",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(MAX_NAME), nullable=False, unique=True),
+    sa.Column("retention_seconds", sa.BigInteger, nullable=False),
+    sa.Column("media_type", sa.String(64)),
+    sa.Column("cleaning_prefix", sa.String(MAX_BARCODE), nullable=False),
+    sa.Column("notes", sa.Text, nullable=False),
+    sa.CheckConstraint("retention_seconds >= 0", name="retention"),
+)
+
+media = sa.Table(
+    "media",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("media_id", sa.Uuid, nullable=False, unique=True),
+    sa.Column("barcode", sa.String(MAX_BARCODE), unique=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("online", sa.Boolean, nullable=False),
+    sa.Column("library_id", sa.Integer, sa.ForeignKey("libraries.id", ondelete="SET NULL")),
+    sa.Column("slot", sa.Integer),
+    sa.Column("drive", sa.Integer),
+    sa.Column("pool_id", sa.Integer, sa.ForeignKey("pools.id", ondelete="RESTRICT")),
+    sa.Column("label_sequence", sa.Integer),
+    sa.Column("labelled_at", UtcDateTime),
+    sa.Column("first_written", UtcDateTime),
+    sa.Column("last_written", UtcDateTime),
+    sa.Column("bytes_written", sa.BigInteger, nullable=False),
+    sa.Column("sessions", sa.Integer, nullable=False),
+    sa.Column("expires_at", UtcDateTime),
+    sa.Column("repository_id", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.CheckConstraint(_one_of("state", MediumState), name="state"),
+    sa.UniqueConstraint("library_id", "slot"),
+    sa.Index(None, "pool_id", "state"),
+    sa.Index(None, "library_id", "online", "expires_at"),
+)
+
+drives = sa.Table(
+    "drives",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "library_id",
+        sa.Integer,
+        sa.ForeignKey("libraries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("address", sa.Integer, nullable=False),
+    sa.Column("device", sa.String(4096)),
+    sa.Column("loaded_barcode", sa.String(MAX_BARCODE)),
+    sa.UniqueConstraint("library_id", "address"),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "medium_id", sa.Integer, sa.ForeignKey("media.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("written_at", UtcDateTime, nullable=False),
+    sa.Column("points", json_type(), nullable=False),
+    sa.Column("catalog_file", sa.Integer),
+    sa.Column("bytes_written", sa.BigInteger, nullable=False),
+    sa.Column("continued_from", sa.Uuid),  # media ids: the other medium may be unknown
+    sa.Column("continues_on", sa.Uuid),
+    sa.UniqueConstraint("medium_id", "number"),
+)
+
+media_contents = sa.Table(
+    "media_contents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "medium_id", sa.Integer, sa.ForeignKey("media.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("session", sa.Integer, nullable=False),
+    sa.Column("point_id", sa.String(64), index=True),
+    sa.Column("pack_id", sa.String(64), index=True),
+    sa.Column("file_number", sa.Integer, nullable=False),
+    sa.Column("first_record", sa.BigInteger, nullable=False),
+    sa.Column("record_count", sa.BigInteger, nullable=False),
+    sa.Column("byte_count", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("(point_id IS NULL) <> (pack_id IS NULL)", name="one_object"),
+    sa.Index(None, "medium_id", "session"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", UtcDateTime, nullable=False, index=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("library", sa.String(MAX_NAME)),
+    sa.Column("barcode", sa.String(MAX_BARCODE), index=True),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", json_type(), nullable=False),
+    sa.CheckConstraint(_one_of("severity", Severity), name="severity"),
+)
