@@ -212,7 +212,9 @@ def read_cartridge(
     not verify is listed with its problem; the others stay readable."""
     found = scan(drive)
     if found.reading.state is not None:
-        raise MediaError(f"not a strongroom cartridge ({found.reading.state}): {found.reading.reason}")
+        raise MediaError(
+            f"not a strongroom cartridge ({found.reading.state}): {found.reading.reason}"
+        )
     if master is None:
         if password is None:
             raise ValueError("read_cartridge needs the master key or the password")
@@ -244,7 +246,7 @@ def read_cartridge(
 class Materialized:
     """What `materialize` left in the target folder."""
 
-    points: list[str]  # complete: every pack they need is in the folder
+    points: list[str]  # requested and whole in the folder (this call or an earlier one)
     incomplete: dict[str, list[bytes]]  # point -> packs on other cartridges
     packs_copied: int = 0
     bytes_copied: int = 0
@@ -300,7 +302,8 @@ def materialize(
             if missing:
                 result.incomplete[point_id] = missing
                 continue
-            backend.put(fmt.point_name(point_id), point.sealed)  # last: §2's write order
+            if not backend.exists(fmt.point_name(point_id)):
+                backend.put(fmt.point_name(point_id), point.sealed)  # last: §2's write order
             result.points.append(point_id)
     finally:
         backend.close()
@@ -338,11 +341,10 @@ def _copy_pack(drive: Drive, place: PackPlace, backend: LocalBackend) -> int:
     where = f"pack {place.pack_id.hex()[:16]} (file {place.file}, records {place.record}-{last})"
     drive.locate(start)
     reader = RecordReader(drive, start, where)
-    pack_id, length = parse_frame(reader.read(FRAME_SIZE), f"file {place.file}, record {place.record}")
+    at = f"file {place.file}, record {place.record}"
+    pack_id, length = parse_frame(reader.read(FRAME_SIZE), at)
     if pack_id != place.pack_id or length != place.length:
-        raise IntegrityError(
-            f"file {place.file}, record {place.record}: the frame names another pack than the catalog"
-        )
+        raise IntegrityError(f"{at}: the frame names another pack than the catalog")
     temp = backend.open_temp()
     try:
 

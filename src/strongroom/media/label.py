@@ -62,7 +62,10 @@ class Label:
 
     def header(self) -> bytes:
         """The plaintext part, exactly as recorded (and authenticated)."""
-        barcode, pool = _text(self.barcode, MAX_BARCODE, "barcode"), _text(self.pool, MAX_POOL, "pool")
+        barcode, pool = (
+            _text(self.barcode, MAX_BARCODE, "barcode"),
+            _text(self.pool, MAX_POOL, "pool"),
+        )
         return (
             _FIXED.pack(
                 LABEL_MAGIC,

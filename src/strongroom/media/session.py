@@ -173,7 +173,9 @@ class SessionCatalog:
         packs = []
         for entry in _list(doc["packs"]):
             pack_id, file, record, records, length = _list(entry, 5)
-            place = PackPlace(_bin(pack_id, 32), _int(file), _int(record), _int(records), _int(length))
+            place = PackPlace(
+                _bin(pack_id, 32), _int(file), _int(record), _int(records), _int(length)
+            )
             if place.file != data_file or place.length > MAX_PACK_LENGTH:
                 raise ValueError(f"pack {place.pack_id.hex()[:16]} is not in the data file")
             if place.records != -(-(FRAME_SIZE + place.length) // record_size) or not place.record:

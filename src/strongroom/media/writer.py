@@ -29,9 +29,9 @@ from strongroom.media.drive import Drive, Position
 from strongroom.media.format import scan
 from strongroom.media.label import MediaClass, classify
 from strongroom.media.session import (
+    FRAME_SIZE,
     MAX_KEY_FILES,
     MAX_PACK_LENGTH,
-    FRAME_SIZE,
     CatalogPoint,
     PackPlace,
     SessionCatalog,
@@ -91,7 +91,9 @@ class _Full(Exception):
     """The early warning came while a pack was being written."""
 
 
-def point_packs(repo: Repository, point_ids: Sequence[str], reach: Reach) -> dict[str, tuple[bytes, ...]]:
+def point_packs(
+    repo: Repository, point_ids: Sequence[str], reach: Reach
+) -> dict[str, tuple[bytes, ...]]:
     """Every pack each point needs (manifests and data), from the index."""
     out = {}
     for point_id in point_ids:
