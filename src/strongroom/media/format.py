@@ -278,8 +278,18 @@ def materialize(
     if catalog is None:
         raise MediaError("the cartridge has no readable session")
     backend = LocalBackend(target)
+    try:
+        return _materialize(drive, cartridge, backend, catalog.config, wanted)
+    finally:
+        backend.close()
+
+
+def _materialize(
+    drive: Drive, cartridge: Cartridge, backend: LocalBackend, config_blob: bytes, wanted: list[str]
+) -> Materialized:
+    held = cartridge.points()
     sealer = Sealer(cartridge.master.encryption_key)
-    config = _put_config(backend, catalog.config, sealer, cartridge.label.repository_id)
+    config = _put_config(backend, config_blob, sealer, cartridge.label.repository_id)
     key_name = _put_keys(backend, [s.raw.key_files for s in cartridge.sessions if s.catalog])
     repo = Repository(backend, cartridge.master, config, key_name)
     places = cartridge.places()
@@ -294,19 +304,18 @@ def materialize(
             result.bytes_copied += _copy_pack(drive, place, backend)
             result.packs_copied += 1
             indexed[pack_id] = _pack_entries(backend, name, place.length, sealer)
+    finally:  # packs copied before a failure are indexed: a retry skips them
         if indexed:
             repo.write_index_file(indexed)
-        for point_id in wanted:
-            point = held[point_id]
-            missing = [p for p in point.packs if not backend.exists(fmt.pack_name(p.hex()))]
-            if missing:
-                result.incomplete[point_id] = missing
-                continue
-            if not backend.exists(fmt.point_name(point_id)):
-                backend.put(fmt.point_name(point_id), point.sealed)  # last: §2's write order
-            result.points.append(point_id)
-    finally:
-        backend.close()
+    for point_id in wanted:
+        point = held[point_id]
+        missing = [p for p in point.packs if not backend.exists(fmt.pack_name(p.hex()))]
+        if missing:
+            result.incomplete[point_id] = missing
+            continue
+        if not backend.exists(fmt.point_name(point_id)):
+            backend.put(fmt.point_name(point_id), point.sealed)  # last: §2's write order
+        result.points.append(point_id)
     return result
 
 
