@@ -47,8 +47,8 @@ from strongroom.media.format import scan
 from strongroom.media.label import MediaClass, classify, write_label
 from strongroom.media.libraries import open_library
 from strongroom.media.mtx import MtxChanger
-from strongroom.media.virtual import libraries_home
 from strongroom.media.script_changer import ScriptChanger
+from strongroom.media.virtual import libraries_home
 from strongroom.repository.repo import Repository
 
 # Retention units: months and years as Bareos counts them (30 and 365 days);
@@ -82,8 +82,8 @@ def parse_retention(text: str) -> int:
 
 
 def format_retention(seconds: int) -> str:
-    """The shortest exact form: 220752000 -> 7y, 1555200 -> 18d."""
-    for suffix, unit in (("y", 365 * 86400), ("m", 30 * 86400), ("d", 86400), ("h", 3600)):
+    """Years, else days, else hours, exactly: 7y, 540d (18m), 12h."""
+    for suffix, unit in (("y", 365 * 86400), ("d", 86400), ("h", 3600)):
         if seconds >= unit and seconds % unit == 0:
             return f"{seconds // unit}{suffix}"
     return f"{seconds}s"
