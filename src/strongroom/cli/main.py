@@ -50,6 +50,9 @@ COMMANDS: dict[str, str] = {
     "seed": "seed:seed",
     "journal": "journal:journal",
     "library": "library:library",
+    "media": "media:media",
+    "pool": "pool:pool",
+    "copy-to-media": "copy_to_media:copy_to_media",
 }
 ALIASES = {"points": "snapshots", "cat": "dump"}
 
