@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cdp import fill_file, proc_cpu, tree_cache
 from harness import cli
+from harness.cdp_load import fill_file, proc_cpu, tree_cache
 from harness.checks import CHECK_ALIGN, CHECK_HEADER, Check, Failures, check_rows
 from harness.environment import head_markdown, head_text
 from harness.environment import machine as machine_record
@@ -253,6 +253,11 @@ HEADER = [
 
 def parse_args(argv: Sequence[str] | None) -> Any:
     p = cli.parser(__doc__)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 0.75 min, 10 s cycles, 0.25 GiB, 2,000 files, 2 MB/s",
+    )
     p.add_argument("--minutes", type=float, default=6.0, help="how long the service runs (6)")
     p.add_argument("--interval", type=float, default=60.0, help="the policy's cycle, s (60)")
     p.add_argument("--volume-gib", type=float, default=1.0, help="the volume's size (1)")
@@ -261,7 +266,11 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--hot-mib", type=int, default=256, help="the volume load's file (256)")
     p.add_argument("--hot-dirs", type=int, default=20, help="folders the tree load writes in")
     cli.add_common(p, seed_help="data and load seed", keep_help="keep the run directory")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.minutes, args.interval, args.volume_gib = 0.75, 10.0, 0.25
+        args.tree_files, args.rate, args.hot_mib = 2000, 2.0, 32
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,8 +25,11 @@ def _preload() -> None:
     import strongroom
 
     for info in pkgutil.walk_packages(strongroom.__path__, "strongroom."):
-        if not info.name.endswith("__main__"):  # that one would run the program
-            importlib.import_module(info.name)
+        if info.name.endswith("__main__"):  # that one would run the program
+            continue
+        if info.name.startswith("strongroom.catalog.migrations"):
+            continue  # Alembic's scripts: loaded by Alembic, by path, inside a migration
+        importlib.import_module(info.name)
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
