@@ -50,6 +50,7 @@ COMMANDS: dict[str, str] = {
     "seed": "seed:seed",
     "journal": "journal:journal",
     "library": "library:library",
+    "media": "media:media",
 }
 ALIASES = {"points": "snapshots", "cat": "dump"}
 
