@@ -428,7 +428,7 @@ def test_inventory_workflow(
     def snapshot(c: Catalog) -> dict[str, object]:
         # a label's media id comes back; the others (blank, suspect...) get new ones
         media = {
-            m.name: (m.media_id if m.state in labelled else None, m.state, m.slot, m.pool, m.sessions)
+            m.name: (m.state in labelled and m.media_id, m.state, m.slot, m.pool, m.sessions)
             for m in c.list_media()
         }
         contents = {m.name: c.contents(m.media_id) for m in c.list_media()}

@@ -31,7 +31,8 @@ class MtxChanger:
     """The changer at `device` (a /dev/sg* or /dev/tape/by-id path) through mtx.
 
     `drives`: the tape devices (/dev/nst*) of the changer's drives, by drive
-    number, for `drive()`; `mtx`: the program to run."""
+    number, for `drive()` (a regular file or a symlink to one opens as a
+    cartridge file: media/device.py); `mtx`: the program to run."""
 
     def __init__(
         self,

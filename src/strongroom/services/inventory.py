@@ -123,7 +123,12 @@ class Report:
 
     @property
     def detailed(self) -> list[Line]:
-        return [line for line in self.lines if line.media_class is not None]
+        """The cartridges read in a drive (a cleaning cartridge never is)."""
+        return [
+            line
+            for line in self.lines
+            if line.media_class is not None and line.status is not Status.CLEANING
+        ]
 
     @property
     def new_media(self) -> list[Line]:

@@ -101,20 +101,18 @@ def _command(spec: NotifySpec, notice: Notice) -> None:
     if not argv:
         raise ValueError("the notify command is empty")
     barcodes = " ".join(m.get("barcode") or "-" for m in notice.media)
-    env = child_environment(
-        {
-            "STRONGROOM_NOTIFY_KIND": notice.kind,
-            "STRONGROOM_NOTIFY_LIBRARY": notice.library,
-            "STRONGROOM_NOTIFY_SUBJECT": notice.subject,
-            "STRONGROOM_NOTIFY_COUNT": str(len(notice.media)),
-            "STRONGROOM_NOTIFY_BARCODES": barcodes,
-            "STRONGROOM_NOTIFY_JSON": json.dumps(notice.as_dict()),
-        }
-    )
+    details = {
+        "STRONGROOM_NOTIFY_KIND": notice.kind,
+        "STRONGROOM_NOTIFY_LIBRARY": notice.library,
+        "STRONGROOM_NOTIFY_SUBJECT": notice.subject,
+        "STRONGROOM_NOTIFY_COUNT": str(len(notice.media)),
+        "STRONGROOM_NOTIFY_BARCODES": barcodes,
+        "STRONGROOM_NOTIFY_JSON": json.dumps(notice.as_dict()),
+    }
     try:
         done = subprocess.run(
             argv,
-            env=env,
+            env=child_environment(details),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=spec.timeout,
