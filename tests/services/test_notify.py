@@ -144,3 +144,27 @@ def test_failing_notifiers_are_reported_never_raised(
     failing.chmod(0o755)
     [result] = notify(NotifySpec(command=str(failing)), NOTICE)
     assert (result.ok, result.message) == (False, f"{failing}: mailbox full")
+
+
+def test_notify_settings(tmp_path: Path) -> None:
+    from strongroom.config import load_settings
+    from strongroom.errors import ConfigError
+
+    path = tmp_path / "config.toml"
+    path.write_text('[notify]\nwebhook = "https://h/x"\nemail_to = "a@b"\nsmtp_port = 2525\n')
+    spec = load_settings({}, path).notify
+    assert (spec.webhook, spec.email_to, spec.smtp_port, spec.timeout) == (
+        "https://h/x",
+        ["a@b"],
+        2525,
+        10.0,
+    )
+    for bad, needle in (
+        ('webhook = "ftp://h"', "http:// or https://"),
+        ("smtp_port = 0", "smtp_port"),
+        ('email_to = ["nobody"]', "email_to"),
+        ('pager = "x"', "unknown setting(s) pager"),
+    ):
+        path.write_text(f"[notify]\n{bad}\n")
+        with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            load_settings({}, path)
