@@ -8,8 +8,9 @@ File: `$STRONGROOM_CONFIG`, else `$XDG_CONFIG_HOME/strongroom/config.toml`
 when a command uses policies), media libraries as `[library.NAME]` tables
 (see `LibrarySpec`; a virtual library needs none), and `catalog` (the media
 catalog's database: a SQLite path or a `postgresql://` URL; catalog/engine.py
-reads it). Environment: `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`,
-`STRONGROOM_PASSWORD_FILE`, `STRONGROOM_COMPRESSION`, `STRONGROOM_CATALOG`.
+reads it), and `[notify]` (who hears of new media: see `NotifySpec`).
+Environment: `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`, `STRONGROOM_PASSWORD_FILE`,
+`STRONGROOM_COMPRESSION`, `STRONGROOM_CATALOG`.
 The password itself is never read from the file.
 """
 
@@ -89,6 +90,25 @@ class LibrarySpec:
 
 
 @dataclass
+class NotifySpec:
+    """Where an inventory reports new media (`[notify]`; services/notify.py).
+
+    `command`: run (no shell; split like a shell would) with the details in
+    STRONGROOM_NOTIFY_* variables. `webhook`: an http(s) URL that receives a
+    JSON POST. `email_to`: addresses mailed through the SMTP server at
+    `smtp_host`:`smtp_port` from `email_from` (plain SMTP, e.g. the local
+    MTA). `timeout`: seconds for each notifier."""
+
+    command: str | None = None
+    webhook: str | None = None
+    email_to: list[str] = field(default_factory=list)
+    email_from: str = "strongroom@localhost"
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    timeout: float = 10.0
+
+
+@dataclass
 class Settings:
     repo: str | None = None
     password_file: str | None = None
@@ -100,6 +120,7 @@ class Settings:
     protect: dict[str, dict[str, object]] = field(default_factory=dict)
     libraries: dict[str, LibrarySpec] = field(default_factory=dict)
     catalog: str | None = None  # None: SQLite in the data folder
+    notify: NotifySpec = field(default_factory=NotifySpec)
     config_file: str | None = None  # the file read, if any
     source: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
 
@@ -156,6 +177,7 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
         "protect",
         "library",
         "catalog",
+        "notify",
     }
     unknown = set(doc) - known
     if unknown:
@@ -191,6 +213,8 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
         raise ConfigError(f"config file {where}: library must be a table of [library.NAME] tables")
     for name, table in libraries.items():
         settings.libraries[name] = _library(name, table, where)
+    if "notify" in doc:
+        settings.notify = _notify(doc["notify"], where)
     seen: dict[tuple[str, str], str] = {}
     for spec in settings.vms.values():
         for disk in spec.disks:
@@ -305,6 +329,42 @@ def _library(name: str, table: object, where: str) -> LibrarySpec:
         cleaning_prefix=text["cleaning_prefix"] or "CLN",
         timeout=float(timeout),
     )
+
+
+_NOTIFY_KEYS = {"command", "webhook", "email_to", "email_from", "smtp_host", "smtp_port", "timeout"}
+
+
+def _notify(table: object, where: str) -> NotifySpec:
+    at = f"config file {where}, [notify]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{at}: not a table")
+    unknown = set(table) - _NOTIFY_KEYS
+    if unknown:
+        raise ConfigError(f"{at}: unknown setting(s) {', '.join(sorted(unknown))}")
+    spec = NotifySpec()
+    for key in ("command", "webhook", "email_from", "smtp_host"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{at}: {key} must be a non-empty string")
+        if value is not None:
+            setattr(spec, key, value)
+    if spec.webhook is not None and not spec.webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"{at}: webhook must be an http:// or https:// URL")
+    to = table.get("email_to", [])
+    if isinstance(to, str):
+        to = [to]
+    if not isinstance(to, list) or not all(isinstance(a, str) and "@" in a for a in to):
+        raise ConfigError(f"{at}: email_to must be an address or a list of addresses")
+    spec.email_to = list(to)
+    port = table.get("smtp_port", 25)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{at}: smtp_port must be 1-65535")
+    spec.smtp_port = port
+    timeout = table.get("timeout", 10.0)
+    if not isinstance(timeout, int | float) or not 0.1 <= timeout <= 3600:
+        raise ConfigError(f"{at}: timeout must be 0.1-3600 seconds")
+    spec.timeout = float(timeout)
+    return spec
 
 
 def _level(text: str, where: str) -> int:

@@ -6,6 +6,10 @@ messages, and its exit status (1 on a refused move).
 State: {"drives": [null | {"tag": str|null, "from": int|null}],
         "slots": [null | {"tag": str|null}], "import_export": K,
         "moves": 0, "inventories": 0}; the last K slots are import/export.
+A cartridge may carry "file" (its cartridge file) and the state
+"drive_files" (one path per drive): loading then points that drive's path
+at the cartridge's file (a symlink, as a disk changer does) and unloading
+removes the link, so the drives can be read end to end.
 `moves` counts every cartridge moved, so tests can assert that a status or
 an inventory moved nothing. Standard library only: it runs as a program.
 """
@@ -112,6 +116,7 @@ def load(state: dict[str, Any], slot: int, drive: int) -> None:
     print(f"Loading media from Storage Element {slot} into drive {drive}...", end="")
     state["drives"][drive] = {**cartridge, "from": slot}
     state["slots"][slot - 1] = None
+    _link(state, drive, cartridge.get("file"))
     state["moves"] += 1
     print("done")
 
@@ -131,8 +136,19 @@ def unload(state: dict[str, Any], slot: int | None, drive: int) -> None:
     print(f"Unloading drive {drive} into Storage Element {slot}...", end="")
     state["slots"][slot - 1] = {k: v for k, v in loaded.items() if k != "from"}
     state["drives"][drive] = None
+    _link(state, drive, None)
     state["moves"] += 1
     print("done")
+
+
+def _link(state: dict[str, Any], drive: int, target: str | None) -> None:
+    paths = state.get("drive_files") or []
+    if drive >= len(paths):
+        return
+    if os.path.lexists(paths[drive]):
+        os.unlink(paths[drive])
+    if target is not None:
+        os.symlink(target, paths[drive])
 
 
 def transfer(state: dict[str, Any], source: int, destination: int) -> None:

@@ -7,6 +7,9 @@
 # CTRL-DEVICE is a folder holding `inventory` (the robot's state, in listall
 # format: D:0:E, D:0:F:2:VOL, S:1:F:VOL, S:1:E, I:7:E) and `moves` (the count
 # of cartridges moved, so tests can assert that listall moved nothing).
+# Optionally, as Bareos's disk-changer: `slotN` files are the cartridges'
+# files by slot; load points ARCHIVE-DEVICE at the slot's file (a symlink),
+# unload removes the link (and moves the file when the slot changes).
 # Slots from 1, drives from 0, transfer's destination in ARCHIVE-DEVICE's
 # place; a refused move prints its reason on stderr and exits 1.
 set -u
@@ -43,6 +46,9 @@ load)
   rewrite -v s="$slot" -v d="$drive" -v v="$vol" \
     '($1=="S"||$1=="I") && $2==s {print $1,$2,"E"; next}
      $1=="D" && $2==d {print "D",d,"F",s,v; next} {print}'
+  if [ -n "$archive" ] && [ -e "$ctl/slot$slot" ]; then
+    if [ -L "$archive" ]; then rm -f "$archive"; fi; ln -s "$ctl/slot$slot" "$archive"
+  fi
   moved ;;
 unload)
   dstate=$(drive_field "$drive" 3)
@@ -52,6 +58,11 @@ unload)
   [ -n "$state" ] || fail "slot $slot does not exist"
   [ "$state" = E ] || fail "slot $slot is already occupied"
   vol=$(drive_field "$drive" 5)
+  from=$(drive_field "$drive" 4)
+  if [ -e "$ctl/slot$from" ] && [ "$from" != "$slot" ]; then
+    mv "$ctl/slot$from" "$ctl/slot$slot"
+  fi
+  if [ -L "$archive" ]; then rm -f "$archive"; fi
   rewrite -v s="$slot" -v d="$drive" -v v="$vol" \
     '($1=="S"||$1=="I") && $2==s {print $1,$2,"F",v; next}
      $1=="D" && $2==d {print "D",d,"E"; next} {print}'
@@ -65,6 +76,7 @@ transfer)
   [ -n "$dstate" ] || fail "slot $dest does not exist"
   [ "$dstate" = E ] || fail "slot $dest is already occupied"
   vol=$(slot_vol "$slot")
+  [ ! -e "$ctl/slot$slot" ] || mv "$ctl/slot$slot" "$ctl/slot$dest"
   rewrite -v s="$slot" -v t="$dest" -v v="$vol" \
     '($1=="S"||$1=="I") && $2==s {print $1,$2,"E"; next}
      ($1=="S"||$1=="I") && $2==t {print $1,$2,"F",v; next} {print}'

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from strongroom.config import child_environment
 from strongroom.errors import ChangerError
 from strongroom.media.changer import ChangerStatus
+from strongroom.media.device import open_device
 from strongroom.media.drive import DEFAULT_RECORD_SIZE, Drive
 from strongroom.media.mtx_status import parse_status
 
@@ -30,7 +31,8 @@ class MtxChanger:
     """The changer at `device` (a /dev/sg* or /dev/tape/by-id path) through mtx.
 
     `drives`: the tape devices (/dev/nst*) of the changer's drives, by drive
-    number, for `drive()`; `mtx`: the program to run."""
+    number, for `drive()` (a regular file or a symlink to one opens as a
+    cartridge file: media/device.py); `mtx`: the program to run."""
 
     def __init__(
         self,
@@ -87,9 +89,7 @@ class MtxChanger:
                 f"{self.name}: no tape device configured for drive {address} "
                 f"(the library's `drives` list has {len(self.drives)})"
             )
-        from strongroom.media.st_drive import StDrive
-
-        return StDrive(self.drives[address], record_size=self.record_size)
+        return open_device(self.drives[address], self.record_size)
 
     def _run(self, *args: str) -> str:
         command = [self.mtx, "-f", self.device, *args]

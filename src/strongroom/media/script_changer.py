@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from strongroom.config import child_environment
 from strongroom.errors import ChangerError
 from strongroom.media.changer import MAX_BARCODE, ChangerStatus, Element, ElementKind
+from strongroom.media.device import open_device
 from strongroom.media.drive import DEFAULT_RECORD_SIZE, Drive
 
 DEFAULT_TIMEOUT = 600.0
@@ -105,9 +106,7 @@ class ScriptChanger:
                 f"{self.name}: no archive device configured for drive {address} "
                 f"(the library's `drives` list has {len(self.drives)})"
             )
-        from strongroom.media.st_drive import StDrive
-
-        return StDrive(self.drives[address], record_size=self.record_size)
+        return open_device(self.drives[address], self.record_size)
 
     def _run(self, command: str, slot: int, drive: int, archive: str | None = None) -> str:
         if archive is None:

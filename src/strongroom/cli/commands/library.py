@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 
+from strongroom.catalog import Catalog
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.cli.units import parse_size
+from strongroom.errors import RepositoryNotFound
+from strongroom.services.inventory import Detailed, Keys, Line, Report, Status, inventory_library
 from strongroom.services.libraries import (
     create_virtual_library,
     export_cartridges,
@@ -138,3 +146,106 @@ def export(app: App, name: str, barcodes: tuple[str, ...]) -> None:
     """Take cartridges out of the virtual library (kept outside for a later import)."""
     export_cartridges(name, app.settings, list(barcodes))
     app.out.summary({"exported": list(barcodes)}, [f"exported {', '.join(barcodes)}"])
+
+
+@contextmanager
+def _keys(app: App, label_only: bool) -> Iterator[Keys | None]:
+    """The open repository's keys, or None (label only): with --label-only,
+    when no password can be had without a prompt, or with no repository."""
+    if label_only:
+        yield None
+        return
+    has_password = bool(
+        os.environ.get("STRONGROOM_PASSWORD") or app.password_file or app.settings.password_file
+    )
+    if not has_password and not sys.stdin.isatty():
+        app.out.notice("no repository password: cartridges are classified by their label only")
+        yield None
+        return
+    try:
+        with app.repository() as repo:
+            yield Keys(repo.config.id, repo.master)
+    except RepositoryNotFound:
+        app.out.notice(
+            f"no repository at {app.settings.repository}: cartridges are classified by label only"
+        )
+        yield None
+
+
+def _run_inventory(
+    app: App, name: str, detailed: Detailed, label_only: bool, wait: float, rebuild: bool
+) -> None:
+    with _keys(app, label_only) as keys, Catalog.open(app.settings.catalog) as catalog:
+        report = inventory_library(
+            name, app.settings, catalog, detailed=detailed, keys=keys, wait=wait, rebuild=rebuild
+        )
+    for failure in (d for d in report.notifications if not d.ok):
+        app.out.notice(f"notifier {failure.notifier} failed: {failure.message}")
+    if app.out.json:
+        app.out.emit(report.as_dict())
+        return
+    for line in report.lines:
+        app.out.info(_line_text(line))
+    app.out.info(_summary(report))
+
+
+def _line_text(line: Line) -> str:
+    where = "-"
+    if line.drive is not None:
+        where = f"drive {line.drive}"
+    elif line.slot is not None:
+        where = f"slot {line.slot}"
+    text = f"{where:>9}  {line.barcode or '(no barcode)':<12}  {line.status.value}"
+    if line.media_class is not None and line.status is not Status.CLEANING:
+        text += f": {line.media_class}"
+        if line.sessions:
+            text += f", {line.sessions} sessions imported"
+        if line.reason:
+            text += f" ({line.reason})"
+    if line.new_medium:
+        text += "  [new medium]"
+    return text
+
+
+def _summary(report: Report) -> str:
+    counts = [
+        f"{len(report.having(Status.KNOWN)) + len(report.having(Status.BACK_ONLINE))} known",
+        f"{len(report.having(Status.BACK_ONLINE))} back online",
+        f"{len(report.having(Status.WENT_OFFLINE))} went offline",
+        f"{len(report.having(Status.NEW))} new",
+        f"{len(report.having(Status.NO_BARCODE))} without barcode",
+        f"{len(report.having(Status.CLEANING))} cleaning",
+    ]
+    text = f"library {report.library}: {', '.join(counts)}"
+    text += f"; {len(report.detailed)} read in detail, {len(report.new_media)} new media"
+    if report.forgotten:
+        text += f" ({report.forgotten} media forgotten first)"
+    return text
+
+
+@library.command("inventory")
+@click.argument("name")
+@click.option("--detailed", "mode", flag_value="all", help="Read every cartridge (not cleaning).")
+@click.option("--no-detailed", "mode", flag_value="none", help="Barcodes only: read no cartridge.")
+@click.option("--label-only", is_flag=True, help="Do not open the repository: no import.")
+@click.option(
+    "--wait", type=click.FloatRange(0), default=0.0, help="Seconds to wait for a busy library."
+)
+@pass_app
+def inventory_command(app: App, name: str, mode: str | None, label_only: bool, wait: float) -> None:
+    """Barcodes of every slot (no cartridge moves), then a detailed read of the
+    new cartridges and those without a barcode."""
+    _run_inventory(app, name, Detailed(mode or "auto"), label_only, wait, rebuild=False)
+
+
+@library.command("rebuild-catalog")
+@click.argument("name")
+@click.option("--label-only", is_flag=True, help="Do not open the repository: no import.")
+@click.option(
+    "--wait", type=click.FloatRange(0), default=0.0, help="Seconds to wait for a busy library."
+)
+@pass_app
+def rebuild_catalog(app: App, name: str, label_only: bool, wait: float) -> None:
+    """Forget the library's media, then read every cartridge: the media
+    catalog rebuilt from the media alone."""
+    _run_inventory(app, name, Detailed.ALL, label_only, wait, rebuild=True)
