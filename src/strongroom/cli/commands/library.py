@@ -9,7 +9,6 @@ from contextlib import contextmanager
 
 import click
 
-from strongroom.catalog import Catalog
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.cli.units import parse_size
@@ -22,6 +21,7 @@ from strongroom.services.libraries import (
     library_status,
     move,
 )
+from strongroom.services.media_pools import open_catalog
 
 
 @click.group()
@@ -175,7 +175,7 @@ def _keys(app: App, label_only: bool) -> Iterator[Keys | None]:
 def _run_inventory(
     app: App, name: str, detailed: Detailed, label_only: bool, wait: float, rebuild: bool
 ) -> None:
-    with _keys(app, label_only) as keys, Catalog.open(app.settings.catalog) as catalog:
+    with _keys(app, label_only) as keys, open_catalog(app.settings) as catalog:
         report = inventory_library(
             name, app.settings, catalog, detailed=detailed, keys=keys, wait=wait, rebuild=rebuild
         )

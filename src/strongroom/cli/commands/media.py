@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import click
 
-from strongroom.catalog import Catalog
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import MediaError, UsageError
@@ -36,7 +35,7 @@ def list_command(
     app: App, offline: bool, free: bool, pool: str | None, library: str | None
 ) -> None:
     """Every medium: barcode, state, where it is, pool, contents."""
-    with Catalog.open(app.settings.catalog) as catalog:
+    with open_catalog(app.settings) as catalog:
         found = list_media(catalog, offline=offline, free=free, pool=pool, library=library)
     if app.out.json:
         app.out.emit({"media": [medium_doc(m) for m in found]})
@@ -65,7 +64,7 @@ def list_command(
 @pass_app
 def show_command(app: App, barcode: str) -> None:
     """One medium: state, location, pool, sessions and points, recent events."""
-    with Catalog.open(app.settings.catalog) as catalog:
+    with open_catalog(app.settings) as catalog:
         doc = show_medium(catalog, barcode)
     if app.out.json:
         app.out.emit(doc)
