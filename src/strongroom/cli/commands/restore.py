@@ -9,6 +9,12 @@ from strongroom.cli.output import Output, human_bytes
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
 from strongroom.model.scope import ScopeSpec
+from strongroom.services.media_restore import (
+    MediaOptions,
+    MediaRestored,
+    restore_anywhere,
+    restore_from_cartridges,
+)
 from strongroom.services.restore import (
     FilesRestored,
     ImageFilesRestored,
@@ -16,12 +22,6 @@ from strongroom.services.restore import (
     RestoreRequest,
     VmRestored,
     restore_point,
-)
-from strongroom.services.media_restore import (
-    MediaOptions,
-    MediaRestored,
-    restore_anywhere,
-    restore_from_cartridges,
 )
 from strongroom.services.session import LockMode
 from strongroom.services.timeline import parse_instant, point_at
