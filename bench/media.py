@@ -14,7 +14,8 @@
    cartridge against ``dd`` of the same byte count to a file on the same disk with
    ``conv=fsync`` (the virtual drive fsyncs at its file marks and at close).
 
-Medians of ``--runs`` rounds (3). In process (strongroom's modules on ``sys.path``) except
+Medians of ``--runs`` rounds (3). In process (strongroom importable: ``pip install -e .`` or
+``PYTHONPATH=src``) except
 the stand-in mtx, ``dd`` and the one backup that makes the repository.
 """
 
@@ -40,11 +41,7 @@ from harness.spawn import log
 from harness.strongroom import strongroom_cmd, strongroom_env
 from harness.tables import table_for
 from harness.workspace import GIB, MIB, fresh_dir, prepare
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-from strongroom.catalog import (  # noqa: E402
+from strongroom.catalog import (
     Catalog,
     ContentEntry,
     Library,
@@ -54,17 +51,18 @@ from strongroom.catalog import (  # noqa: E402
     SessionRecord,
     Sighting,
 )
-from strongroom.media.format import read_cartridge  # noqa: E402
-from strongroom.media.label import read_label, write_label  # noqa: E402
-from strongroom.media.mtx import MtxChanger  # noqa: E402
-from strongroom.media.virtual import Layout, VirtualLibrary  # noqa: E402
-from strongroom.media.virtual_drive import VirtualDrive  # noqa: E402
-from strongroom.media.writer import write_session  # noqa: E402
-from strongroom.repository.keys import KdfParams  # noqa: E402
-from strongroom.repository.repo import Repository  # noqa: E402
-from strongroom.services.walk import referenced_by_points  # noqa: E402
-from strongroom.storage.local import LocalBackend  # noqa: E402
+from strongroom.media.format import read_cartridge
+from strongroom.media.label import read_label, write_label
+from strongroom.media.mtx import MtxChanger
+from strongroom.media.virtual import Layout, VirtualLibrary
+from strongroom.media.virtual_drive import VirtualDrive
+from strongroom.media.writer import write_session
+from strongroom.repository.keys import KdfParams
+from strongroom.repository.repo import Repository
+from strongroom.services.walk import referenced_by_points
+from strongroom.storage.local import LocalBackend
 
+ROOT = Path(__file__).resolve().parent.parent
 FAKE_MTX = ROOT / "tests" / "media" / "fake_mtx.py"
 PASSWORD = "bench media password"
 RECORD = 256 << 10
@@ -378,14 +376,18 @@ def report(results: dict[str, Any], markdown: bool) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="64 MiB copied instead of 512 MiB")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     work = prepare(args.workdir, "media", need=(2.5 if not args.quick else 0.5) * GIB)
     size = (64 if args.quick else 512) * MIB
     results: dict[str, Any] = {"runs": args.runs, "environment": machine(work, {})}
