@@ -11,7 +11,17 @@ import pytest
 
 from tests.bench.conftest import BENCH
 
-BENCHMARKS = ("cdp", "cdp_service", "files", "images", "protect", "seeds", "vhd", "vms")
+BENCHMARKS = (
+    "cdp",
+    "cdp_service",
+    "files",
+    "images",
+    "media",
+    "protect",
+    "seeds",
+    "vhd",
+    "vms",
+)
 
 
 def test_the_benchmarks_are_the_files_in_bench() -> None:

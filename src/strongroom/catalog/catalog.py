@@ -18,6 +18,7 @@ not meant to be shared across fork().
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -61,6 +62,7 @@ from strongroom.catalog.schema import (
 from strongroom.errors import CatalogError, MediaNotFound
 
 _CHUNK = 500  # bound parameters per IN (...): far below SQLite's and psycopg's limits
+_HEX_PREFIX = re.compile(r"[0-9a-f]{1,64}")
 _MEDIUM_FIELDS = {f.name for f in dataclasses.fields(Medium)} - {"media_id"}
 
 
@@ -445,6 +447,22 @@ class Catalog:
         """Where a point's session-catalog entries are: online media first."""
         column = media_contents.c.point_id
         return self._placements(column == hex_id(point_id, "point"))
+
+    def match_points(self, prefix: str, limit: int = 2) -> list[str]:
+        """Point ids on media that start with `prefix` (lowercase hex), at
+        most `limit` of them: a restore resolves a short id with it."""
+        if not _HEX_PREFIX.fullmatch(prefix):
+            return []
+        column = media_contents.c.point_id
+        query = (
+            sa.select(column)
+            .where(column >= prefix, column < prefix + "g")  # hex sorts below "g"
+            .distinct()
+            .order_by(column)
+            .limit(limit)
+        )
+        with self.transaction() as c:
+            return [str(r) for r in c.scalars(query)]
 
     def find_pack(self, pack_id: str | bytes) -> list[Placement]:
         """Every copy of a pack on media, with its file and first record."""

@@ -9,6 +9,12 @@ from strongroom.cli.output import Output, human_bytes
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
 from strongroom.model.scope import ScopeSpec
+from strongroom.services.media_restore import (
+    MediaOptions,
+    MediaRestored,
+    restore_anywhere,
+    restore_from_cartridges,
+)
 from strongroom.services.restore import (
     FilesRestored,
     ImageFilesRestored,
@@ -87,6 +93,25 @@ from strongroom.services.timeline import parse_instant, point_at
     help="POINT is a protected source's name: restore its latest point at or before TIME "
     "('2026-11-25 14:05' in local time, or with an offset).",
 )
+@click.option(
+    "--from-media",
+    "from_media",
+    multiple=True,
+    metavar="BARCODE",
+    help="Read POINT from this cartridge, with no catalog and no repository (repeatable: "
+    "every cartridge of a spanning copy, in order).",
+)
+@click.option("--library", metavar="NAME", help="With --from-media: the library holding it.")
+@click.option(
+    "--wait-for-media",
+    is_flag=True,
+    help="A point on offline cartridges: wait until they are put in the library.",
+)
+@click.option(
+    "--keep-staging",
+    is_flag=True,
+    help="A point from media: keep the staging folder the cartridges were read into.",
+)
 @pass_app
 def restore(
     app: App,
@@ -102,6 +127,10 @@ def restore(
     verify_backing: bool,
     lacks_file: str | None,
     at: str | None,
+    from_media: tuple[str, ...],
+    library: str | None,
+    wait_for_media: bool,
+    keep_staging: bool,
 ) -> None:
     """Restore POINT (an id prefix or 'latest'; with --at, a protected source) into TARGET.
 
@@ -115,10 +144,28 @@ def restore(
     instant = parse_instant(at) if at is not None else None
     if instant is not None and vm:
         raise click.UsageError("--at names a protected source: no --vm")
-    with app.repository(LockMode.SHARED) as repo, out.progress("restore") as progress:
+    media = MediaOptions(wait_for_media, keep_staging, library, say=out.notice)
+    if library and not from_media:
+        raise click.UsageError("--library goes with --from-media")
+    restored: object
+    if from_media:  # media alone: no catalog, no disk repository
         if instant is not None:
-            request.point = point_at(repo, point, instant).id
-        restored = restore_point(repo, request, progress)
+            raise click.UsageError("--at needs the repository: no --from-media")
+        with out.progress("restore") as progress:
+            restored = restore_from_cartridges(
+                from_media, request, app.settings, app.password(), media, progress
+            )
+    else:
+        with app.repository(LockMode.SHARED) as repo, out.progress("restore") as progress:
+            if instant is not None:
+                request.point = point_at(repo, point, instant).id
+                restored = restore_point(repo, request, progress)
+            else:
+                restored = restore_anywhere(
+                    repo, request, app.settings, app.password, media, progress
+                )
+    if isinstance(restored, MediaRestored):
+        restored = restored.restored
     match restored:
         case FilesRestored():
             _files_restored(out, restored, target)
