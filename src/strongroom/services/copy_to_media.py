@@ -46,6 +46,7 @@ from strongroom.media.drive import Drive, Position
 from strongroom.media.writer import SessionWritten, point_packs, write_session
 from strongroom.repository import format as fmt
 from strongroom.repository.repo import Repository
+from strongroom.services.library_lock import LOCK_WAIT, library_lock
 from strongroom.services.media_pools import (
     ensure_library,
     expiry,
@@ -146,65 +147,66 @@ def copy_to_media(
     now: Callable[[], datetime] = now_utc,
 ) -> CopyResult:
     """Write the points (full ids) to the pool's media; see the module."""
-    pool = get_pool(catalog, pool_name)
-    ensure_library(catalog, changer)
-    result = CopyResult(pool.name, changer.name)
-    needs = point_packs(repo, list(dict.fromkeys(point_ids)), referenced_by_points)
-    on_points, on_packs = (set(), set()) if again else pool_holdings(catalog, pool.name)
-    for point_id, packs in needs.items():
-        if point_id in on_points and all(p.hex() in on_packs for p in packs):
-            result.skipped.append(point_id)
-        else:
-            result.written.append(point_id)
-    if not result.written:
-        return result
-    todo = sorted({p for pid in result.written for p in needs[pid] if p.hex() not in on_packs})
-    job = uuid.uuid4().bytes
-    result.job = job.hex()
-    report = Progress(job="copy-to-media", bytes_total=_stored_size(repo, todo))
-    remaining: list[bytes] = todo
-    continued_from: bytes | None = None
-    tried: set[uuid.UUID] = set()
-    while True:
-        medium, recycled = _writable(catalog, changer, repo, pool, now(), tried, wait)
-        written = _write_one(
-            catalog,
-            changer,
-            repo,
-            pool,
-            medium,
-            result.written,
-            remaining,
-            job,
-            continued_from,
-            report,
-            progress,
-            now,
-        )
-        if written is None:  # not even the session catalog fitted: try the next medium
-            tried.add(medium.media_id)
-            if medium.state is MediumState.FREE:
-                raise MediaError(
-                    f"{medium.name} filled before one pack fitted: cartridges too small"
-                )
-            continue
-        stored, session = written
-        result.damaged.extend(p.hex() for p in session.damaged)
-        result.cartridges.append(
-            CartridgeWritten(
-                medium.name,
-                str(medium.media_id),
-                session.session,
-                len(session.packs),
-                session.bytes_written,
-                str(stored.state),
-                recycled,
-            )
-        )
-        if not session.deferred:
+    with library_lock(changer, wait=max(wait, LOCK_WAIT)):
+        pool = get_pool(catalog, pool_name)
+        ensure_library(catalog, changer)
+        result = CopyResult(pool.name, changer.name)
+        needs = point_packs(repo, list(dict.fromkeys(point_ids)), referenced_by_points)
+        on_points, on_packs = (set(), set()) if again else pool_holdings(catalog, pool.name)
+        for point_id, packs in needs.items():
+            if point_id in on_points and all(p.hex() in on_packs for p in packs):
+                result.skipped.append(point_id)
+            else:
+                result.written.append(point_id)
+        if not result.written:
             return result
-        remaining, continued_from = session.deferred, session.media_id
-        tried.add(medium.media_id)
+        todo = sorted({p for pid in result.written for p in needs[pid] if p.hex() not in on_packs})
+        job = uuid.uuid4().bytes
+        result.job = job.hex()
+        report = Progress(job="copy-to-media", bytes_total=_stored_size(repo, todo))
+        remaining: list[bytes] = todo
+        continued_from: bytes | None = None
+        tried: set[uuid.UUID] = set()
+        while True:
+            medium, recycled = _writable(catalog, changer, repo, pool, now(), tried, wait)
+            written = _write_one(
+                catalog,
+                changer,
+                repo,
+                pool,
+                medium,
+                result.written,
+                remaining,
+                job,
+                continued_from,
+                report,
+                progress,
+                now,
+            )
+            if written is None:  # not even the session catalog fitted: try the next medium
+                tried.add(medium.media_id)
+                if medium.state is MediumState.FREE:
+                    raise MediaError(
+                        f"{medium.name} filled before one pack fitted: cartridges too small"
+                    )
+                continue
+            stored, session = written
+            result.damaged.extend(p.hex() for p in session.damaged)
+            result.cartridges.append(
+                CartridgeWritten(
+                    medium.name,
+                    str(medium.media_id),
+                    session.session,
+                    len(session.packs),
+                    session.bytes_written,
+                    str(stored.state),
+                    recycled,
+                )
+            )
+            if not session.deferred:
+                return result
+            remaining, continued_from = session.deferred, session.media_id
+            tried.add(medium.media_id)
 
 
 def _stored_size(repo: Repository, packs: Sequence[bytes]) -> int:

@@ -23,15 +23,10 @@ a library's cartridges. Copy-to-media and restore take the same lock.
 from __future__ import annotations
 
 import enum
-import fcntl
-import os
-import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from strongroom.catalog import (
@@ -45,15 +40,15 @@ from strongroom.catalog import (
     Sighting,
 )
 from strongroom.catalog.records import MAX_BARCODE
-from strongroom.config import NotifySpec, Settings, data_home
-from strongroom.errors import CatalogError, ChangerError, DriveError, IntegrityError, MediaError
+from strongroom.config import NotifySpec, Settings
+from strongroom.errors import CatalogError, ChangerError, DriveError, IntegrityError
 from strongroom.media.changer import Changer
 from strongroom.media.drive import Drive
 from strongroom.media.format import read_cartridge
 from strongroom.media.label import LabelReading, MediaClass, classify, read_label
 from strongroom.media.libraries import open_library
-from strongroom.media.virtual import VirtualLibrary
 from strongroom.repository.keys import MasterKey
+from strongroom.services.library_lock import library_lock
 from strongroom.services.media_import import ERROR, Examined, import_cartridge
 from strongroom.services.notify import Delivery, Notice, configured, notify
 
@@ -155,42 +150,6 @@ class Report:
             ],
             "forgotten": self.forgotten,
         }
-
-
-# --- the library's lock ------------------------------------------------------
-
-
-def lock_path(changer: Changer) -> Path:
-    """The virtual library's folder, else the data folder."""
-    if isinstance(changer, VirtualLibrary):
-        return changer.root / "jobs.lock"
-    return data_home() / "strongroom" / "libraries" / f"{changer.name}.lock"
-
-
-@contextmanager
-def library_lock(changer: Changer, wait: float = 0.0) -> Iterator[None]:
-    """Exclusive use of the library's cartridges for one job (an inventory,
-    a copy to media, a restore): waits up to `wait` seconds, then fails with
-    one line."""
-    path = lock_path(changer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise MediaError(
-                        f"library {changer.name} is busy: another job (inventory, copy, "
-                        "restore) is using it; try again later or give --wait SECONDS"
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
 
 
 # --- entry points ------------------------------------------------------------

@@ -50,6 +50,7 @@ from strongroom.media.mtx import MtxChanger
 from strongroom.media.script_changer import ScriptChanger
 from strongroom.media.virtual import libraries_home
 from strongroom.repository.repo import Repository
+from strongroom.services.library_lock import LOCK_WAIT, library_lock
 
 # Retention units: months and years as Bareos counts them (30 and 365 days);
 # `m` is a month here, never a minute (nobody keeps tapes for minutes).
@@ -330,23 +331,30 @@ def label_media(
     explicit barcodes, a barcode the library does not hold or a cleaning
     cartridge raises before any cartridge moves; a cartridge that carries
     data is refused in its result (the others go on)."""
-    pool = get_pool(catalog, pool_name)
-    ensure_library(catalog, changer)
-    status = changer.status()
-    if all_new:
-        barcodes = [
-            *barcodes,
-            *(b for b in new_barcodes(catalog, status, pool) if b not in barcodes),
-        ]
-    for barcode in barcodes:
-        if status.where(barcode) is None:
-            raise MediaNotFound(f"no cartridge with barcode {barcode} in library {changer.name}")
-        if is_cleaning(barcode, pool, catalog.find_medium(barcode)):
-            raise MediaError(f"{barcode} is a cleaning cartridge: it is never labelled for data")
-    results = []
-    for barcode in barcodes:
-        results.append(_label_one(catalog, changer, repo, pool, barcode, force, now or now_utc()))
-    return results
+    with library_lock(changer, wait=LOCK_WAIT):
+        pool = get_pool(catalog, pool_name)
+        ensure_library(catalog, changer)
+        status = changer.status()
+        if all_new:
+            barcodes = [
+                *barcodes,
+                *(b for b in new_barcodes(catalog, status, pool) if b not in barcodes),
+            ]
+        for barcode in barcodes:
+            if status.where(barcode) is None:
+                raise MediaNotFound(
+                    f"no cartridge with barcode {barcode} in library {changer.name}"
+                )
+            if is_cleaning(barcode, pool, catalog.find_medium(barcode)):
+                raise MediaError(
+                    f"{barcode} is a cleaning cartridge: it is never labelled for data"
+                )
+        results = []
+        for barcode in barcodes:
+            results.append(
+                _label_one(catalog, changer, repo, pool, barcode, force, now or now_utc())
+            )
+        return results
 
 
 def next_sequence(catalog: Catalog, pool: str) -> int:

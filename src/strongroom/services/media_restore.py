@@ -33,8 +33,6 @@ last saw.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
 import tempfile
 import threading
@@ -66,6 +64,7 @@ from strongroom.repository import format as fmt
 from strongroom.repository.crypto import Sealer
 from strongroom.repository.keys import MasterKey
 from strongroom.repository.repo import MAX_CONFIG_SIZE, RepoConfig, Repository
+from strongroom.services.library_lock import library_lock
 from strongroom.services.points import PointFilter, find_point
 from strongroom.services.restore import Restored, RestoreRequest, restore_point
 from strongroom.services.vms import vm_path
@@ -418,35 +417,11 @@ def _replace_online(n: Needed, status: ChangerStatus | None) -> Needed:
 
 
 @contextmanager
-def library_lock(name: str, timeout: float = LOCK_SECONDS) -> Iterator[None]:
-    """The library's lock: one command at a time moves its cartridges and
-    uses its drives (inventory, copy-to-media, restore)."""
-    folder = data_home() / "strongroom" / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / f"library-{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ChangerError(
-                        f"library {name} is busy (another command holds it)"
-                    ) from None
-                time.sleep(0.2)
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextmanager
 def _loaded(changer: Changer, barcode: str) -> Iterator[tuple[Drive, int]]:
     """The cartridge in a drive (loaded into a free one, or where it already
     is), under the library's lock; unloaded to where it came from afterwards
     (a cartridge found in a drive stays there)."""
-    with library_lock(changer.name):
+    with library_lock(changer, wait=LOCK_SECONDS):
         status = changer.status()
         element = status.where(barcode)
         if element is None:
