@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import strongroom.media.virtual as virtual
-from strongroom.errors import ChangerError, DriveError, MediaError
+from strongroom.errors import DriveError, MediaError
 from strongroom.media.virtual import Layout, VirtualLibrary
 
 RECORD = 4096
@@ -108,11 +108,22 @@ def test_a_symlink_planted_for_a_cartridge_is_refused(tmp_path: Path) -> None:
 _VALUES = st.none() | st.booleans() | st.integers(-3, 2**70) | st.text(max_size=40)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     st.sampled_from(
-        ["format", "capacity", "record_size", "storage_slots", "drives", "slots", "cartridges",
-         "outside", "moves"]
+        [
+            "format",
+            "capacity",
+            "record_size",
+            "storage_slots",
+            "drives",
+            "slots",
+            "cartridges",
+            "outside",
+            "moves",
+        ]
     ),
     _VALUES | st.lists(_VALUES, max_size=4) | st.dictionaries(st.text(max_size=33), _VALUES),
 )

@@ -21,6 +21,7 @@ from strongroom.catalog import Catalog, MediumState
 from strongroom.config import NotifySpec
 from strongroom.errors import MediaError
 from strongroom.media.label import Label
+from strongroom.media.session import SessionHeader
 from strongroom.media.virtual import Layout, VirtualLibrary
 from strongroom.repository.keys import KdfParams, MasterKey
 from strongroom.repository.repo import Repository
@@ -191,3 +192,21 @@ def test_recycling_never_erases_another_cartridge(
     with pytest.raises(MediaError):
         recycle(catalog, library, repo, first, datetime.now(UTC))
     assert _tape_bytes(library) == before
+
+
+def test_a_session_header_claiming_the_last_session_number_is_refused(
+    library: VirtualLibrary, catalog: Catalog, repo: Repository, small_repo: tuple[Path, str]
+) -> None:
+    """Session headers are not authenticated: one claiming session 2**32-1
+    made the next session number overflow its 32-bit field (struct.error)."""
+    create_pool(catalog, "p", "30d", None)
+    [done] = label_media(catalog, library, repo, "p", ["A00001L8"])
+    library.load(1, 0)
+    with library.drive(0) as drive:
+        drive.space_to_end_of_data()
+        header = SessionHeader(uuid.UUID(done.media_id).bytes, 2**32 - 1, bytes(16), 0)
+        drive.write_record(header.encode() + bytes(RECORD - len(header.encode())))
+        drive.write_filemark()
+    library.unload(0)
+    with pytest.raises(MediaError, match="session"):
+        copy_to_media(catalog, library, repo, [small_repo[1]], "p")

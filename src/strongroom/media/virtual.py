@@ -197,7 +197,9 @@ class VirtualLibrary:
             if path.is_symlink():
                 raise DriveError(f"{path} is a symbolic link, not one of the library's cartridges")
             return VirtualDrive(
-                path, capacity=state["cartridges"][cid]["capacity"], record_size=state["record_size"]
+                path,
+                capacity=state["cartridges"][cid]["capacity"],
+                record_size=state["record_size"],
             )
 
     # -- the operator at the import/export slots ------------------------------
