@@ -33,6 +33,9 @@ MAX_POOL = 64
 # magic, version, media id, repository id, labelled (Unix seconds), sequence in the pool
 _FIXED = struct.Struct("<8sH16s16sQI")
 MAX_LABEL_SIZE = _FIXED.size + 2 + MAX_BARCODE + MAX_POOL + OVERHEAD
+# The last second of year 9999: a time on a cartridge beyond it is no date
+# Python (or the catalog) can hold, so it marks the label damaged.
+MAX_TIME = 253_402_300_799
 
 
 class MediaClass(enum.StrEnum):
@@ -117,6 +120,8 @@ def parse_label(record: bytes) -> LabelReading:
     _magic, version, media_id, repo_id, labelled, sequence = _FIXED.unpack_from(record)
     if version != LABEL_VERSION:
         return LabelReading(MediaClass.DAMAGED, f"label format {version} is not {LABEL_VERSION}")
+    if labelled > MAX_TIME:
+        return LabelReading(MediaClass.DAMAGED, f"the label's time {labelled} is past year 9999")
     pos = _FIXED.size
     fields: list[str] = []
     for limit, what in ((MAX_BARCODE, "barcode"), (MAX_POOL, "pool")):
@@ -209,6 +214,8 @@ def write_label(
     file mark. Tape semantics make this erase everything that followed."""
     if not 0 <= sequence < 1 << 32:
         raise ValueError(f"sequence {sequence} is out of range")
+    if not 0 <= (now if now is not None else 0) <= MAX_TIME:
+        raise ValueError(f"time {now} is out of range")
     label = Label(
         media_id=media_id or uuid.uuid4().bytes,
         repository_id=repository_id,

@@ -32,19 +32,22 @@ MAX_ADDRESS = 65_535  # SCSI element addresses are 16 bits
 
 _HEADER = re.compile(
     r"\s*Storage Changer (?P<device>.{1,256}):(?P<drives>\d{1,6}) Drives, "
-    r"(?P<slots>\d{1,6}) Slots \( (?P<ie>\d{1,6}) Import/Export \)\s*"
+    r"(?P<slots>\d{1,6}) Slots \( (?P<ie>\d{1,6}) Import/Export \)\s*",
+    re.ASCII,  # \d and \s: mtx prints ASCII ("٣" is no element number)
 )
 _DRIVE = re.compile(
     r"Data Transfer Element (?P<address>\d{1,6}):"
     r"(?P<state>Empty|Full \(Storage Element (?P<origin>\d{1,6}) Loaded\)"
     r"|Full \(Unknown Storage Element Loaded\))"
     r"(?::VolumeTag = (?P<tag>[^:]*))?"
-    r"(?::AlternateVolumeTag = (?P<alt>[^:]*))?"
+    r"(?::AlternateVolumeTag = (?P<alt>[^:]*))?",
+    re.ASCII,
 )
 _SLOT = re.compile(
     r"\s*Storage Element (?P<address>\d{1,6})(?P<ie> IMPORT/EXPORT)?:(?P<state>Full |Empty)"
     r"(?::VolumeTag=(?P<tag>[^:]*))?"
-    r"(?::AlternateVolumeTag=(?P<alt>[^:]*))?"
+    r"(?::AlternateVolumeTag=(?P<alt>[^:]*))?",
+    re.ASCII,
 )
 
 

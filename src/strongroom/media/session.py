@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 
 from strongroom.errors import IntegrityError
+from strongroom.media.label import MAX_TIME
 from strongroom.repository.crypto import Sealer, content_hash
 from strongroom.repository.keys import MAX_KEY_FILE_SIZE
 from strongroom.repository.repo import MAX_CONFIG_SIZE, MAX_POINT_SIZE, is_object_hex
@@ -170,6 +171,8 @@ class SessionCatalog:
         if not 512 <= record_size <= 1 << 26:
             raise ValueError(f"record size {record_size}")
         data_file = _int(doc["data_file"])
+        if _int(doc["time"]) > MAX_TIME:
+            raise ValueError(f"the session's time {doc['time']} is past year 9999")
         packs = []
         for entry in _list(doc["packs"]):
             pack_id, file, record, records, length = _list(entry, 5)

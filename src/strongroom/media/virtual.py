@@ -40,7 +40,7 @@ from typing import Any
 
 from strongroom.atomic import atomic_write
 from strongroom.config import data_home
-from strongroom.errors import ChangerError, MediaNotFound, NoMedium
+from strongroom.errors import ChangerError, DriveError, MediaNotFound, NoMedium
 from strongroom.media.changer import MAX_BARCODE, ChangerStatus, Element, ElementKind
 from strongroom.media.drive import DEFAULT_RECORD_SIZE, Drive
 from strongroom.media.virtual_drive import MAX_RECORD, VirtualDrive, create_cartridge
@@ -190,10 +190,15 @@ class VirtualLibrary:
             loaded = state["drives"][address]
             if loaded is None:
                 raise NoMedium(f"{self.name}: drive {address} is empty")
-            info = state["cartridges"][loaded["id"]]
+            cid = loaded["id"]
+            path = self.root / "cartridges" / f"{cid}.tape"
+            if not os.path.lexists(path):  # an export killed before its state was written
+                _move_file(self.root, cid, "outside", "cartridges")
+            if path.is_symlink():
+                raise DriveError(f"{path} is a symbolic link, not one of the library's cartridges")
             return VirtualDrive(
-                self.root / "cartridges" / f"{loaded['id']}.tape",
-                capacity=info["capacity"],
+                path,
+                capacity=state["cartridges"][cid]["capacity"],
                 record_size=state["record_size"],
             )
 
@@ -224,10 +229,7 @@ class VirtualLibrary:
             for label, slot in zip(labels, free, strict=False):
                 if label is not None and label in shelf:
                     cid = shelf[label]
-                    os.replace(
-                        self.root / "outside" / f"{cid}.tape",
-                        self.root / "cartridges" / f"{cid}.tape",
-                    )
+                    _move_file(self.root, cid, "outside", "cartridges")
                     state["cartridges"][cid] = state["outside"].pop(cid)
                 else:
                     cid = _new_cartridge(self.root, state, label)
@@ -261,10 +263,7 @@ class VirtualLibrary:
                 if source != mailslot:
                     state["moves"] += 1  # the robot's move to the mail slot
                 state["slots"][source - 1] = None
-                os.replace(
-                    self.root / "cartridges" / f"{cid}.tape",
-                    self.root / "outside" / f"{cid}.tape",
-                )
+                _move_file(self.root, cid, "cartridges", "outside")
                 state["outside"][cid] = state["cartridges"].pop(cid)
 
     @property
@@ -301,6 +300,25 @@ def _check_layout(layout: Layout) -> None:
         raise ChangerError(f"the record size must be 4 KiB to {MAX_RECORD >> 20} MiB")
     if layout.capacity < 8 * layout.record_size:
         raise ChangerError("the capacity must hold at least 8 records")
+
+
+def _move_file(root: Path, cid: str, source: str, target: str) -> None:
+    """Move a cartridge's file between cartridges/ and outside/ (an import or
+    an export). The move comes before state.json is rewritten, so a process
+    killed between the two leaves the file where the state does not say: a
+    file already at `target` is that, and is left there (the state, still
+    the old one, is what the next move rewrites)."""
+    src = root / source / f"{cid}.tape"
+    dst = root / target / f"{cid}.tape"
+    try:
+        os.replace(src, dst)
+    except FileNotFoundError:
+        if not os.path.lexists(dst):
+            raise NoMedium(
+                f"cartridge file {cid}.tape is missing from {root / source} (and {target}/)"
+            ) from None
+    except OSError as err:
+        raise ChangerError(f"cannot move {src} to {target}/: {err.strerror}") from None
 
 
 def _new_cartridge(folder: Path, state: dict[str, Any], barcode: str | None) -> str:
@@ -386,6 +404,11 @@ def _check_state(state: Any) -> None:
             raise ValueError(f"bad cartridge {cid[:40]!r}")
         if not isinstance(info["capacity"], int) or info["capacity"] <= 0:
             raise ValueError(f"bad capacity for {cid}")
+    for key, least in (("capacity", 8), ("record_size", 512)):
+        if type(state[key]) is not int or not least <= state[key] <= 1 << 62:
+            raise ValueError(f"bad {key}")
+    if not 512 <= state["record_size"] <= MAX_RECORD:
+        raise ValueError("bad record_size")
     slots, drives = state["slots"], state["drives"]
     if not isinstance(slots, list) or not isinstance(drives, list) or len(slots) > MAX_ELEMENTS:
         raise ValueError("bad element lists")

@@ -145,6 +145,11 @@ def write_session(
         drive.write_filemark()
         end = Position(end.file + 1, 0)
     number = max((s.number for s in found.sessions), default=0) + 1
+    if number > 0xFFFFFFFF:  # session headers are unauthenticated: bound before encoding
+        raise MediaError(
+            f"cartridge {label.barcode} claims session {number - 1}, the last a cartridge "
+            "can hold: nothing written; relabel it"
+        )
     job = job or uuid.uuid4().bytes
     started = int(time.time() if now is None else now)
     out = SessionWritten(label.media_id, number, end.file, end.file + 1, job, needs)

@@ -55,6 +55,7 @@ from strongroom.services.media_pools import (
     mark_expired,
     now_utc,
     recycle,
+    same_medium,
 )
 from strongroom.services.walk import referenced_by_points
 from strongroom.types import Progress, ProgressCallback
@@ -276,6 +277,7 @@ def _write_one(
     try:
         started = now()
         try:
+            same_medium(loaded.drive, medium, repo)
             session = write_session(
                 drive,
                 repo,

@@ -44,7 +44,7 @@ from strongroom.errors import CatalogError, ChangerError, MediaError, MediaNotFo
 from strongroom.media.changer import Changer, ChangerStatus
 from strongroom.media.drive import Drive
 from strongroom.media.format import scan
-from strongroom.media.label import MediaClass, classify, write_label
+from strongroom.media.label import MediaClass, classify, read_label, write_label
 from strongroom.media.libraries import open_library
 from strongroom.media.mtx import MtxChanger
 from strongroom.media.script_changer import ScriptChanger
@@ -265,6 +265,27 @@ def load(changer: Changer, barcode: str) -> Loaded:
     return Loaded(changer, barcode, address, slot, drive)
 
 
+def same_medium(drive: Drive, medium: Medium, repo: Repository) -> None:
+    """The cartridge in `drive` is `medium`: its label verifies with our key
+    and names the medium's id and barcode. A copy appends to it and a
+    recycle erases it only then; a cartridge found under the medium's
+    barcode that is another (stickers swapped, a relabel the catalog missed)
+    is a MediaError before anything is written."""
+    verdict = classify(read_label(drive), repo.config.id, repo.master, medium.barcode)
+    label = verdict.label
+    if verdict.media_class is not MediaClass.OURS or label is None:
+        raise MediaError(
+            f"{medium.name}: the cartridge under this barcode is {verdict.media_class}"
+            f"{f' ({verdict.reason})' if verdict.reason else ''}, not the catalog's medium: "
+            "nothing written; run a detailed inventory"
+        )
+    if label.media_uuid != str(medium.media_id):
+        raise MediaError(
+            f"{medium.name}: the cartridge under this barcode is media {label.media_uuid}, "
+            f"not the catalog's {medium.media_id}: nothing written; run a detailed inventory"
+        )
+
+
 def _quietly_unload(changer: Changer, address: int, slot: int | None) -> None:
     try:
         changer.unload(address, slot)
@@ -456,6 +477,7 @@ def recycle(
         raise MediaError(f"{medium.name} is offline: only media in the library are recycled")
     loaded = load(changer, medium.barcode)
     try:
+        same_medium(loaded.drive, medium, repo)
         label = write_label(
             loaded.drive,
             repo.master,

@@ -14,7 +14,8 @@ the news.
   separated, `-` for a cartridge without one) and _JSON (the whole notice);
   a non-zero exit is a failure whose reason is its last line on stderr.
 - webhook: an HTTP POST of the notice as JSON (urllib); any status other
-  than 2xx is a failure.
+  than 2xx is a failure. Its URL often is the credential (a token in the
+  path or query, or user:password@): failures name only scheme://host:port.
 - email: one message to `email_to` through the SMTP server (smtplib).
 """
 
@@ -26,6 +27,7 @@ import shlex
 import smtplib
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -128,21 +130,49 @@ def _command(spec: NotifySpec, notice: Notice) -> None:
         raise subprocess.SubprocessError(f"{argv[0]}: {why}")
 
 
+def webhook_site(url: str) -> str:
+    """The URL as messages may show it: scheme and host[:port], nothing that
+    can hold a secret (user info, path, query)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "the webhook"
+    return f"{parts.scheme}://{host}{port}"
+
+
 def _webhook(spec: NotifySpec, notice: Notice) -> None:
     assert spec.webhook is not None
+    site = webhook_site(spec.webhook)
+    try:
+        _post(spec.webhook, notice, spec.timeout)
+    except urllib.error.HTTPError as err:
+        raise OSError(f"{site}: HTTP {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        raise OSError(f"{site}: {_scrub(str(err.reason), spec.webhook)}") from None
+    except (OSError, ValueError) as err:
+        raise OSError(f"{site}: {_scrub(str(err), spec.webhook)}") from None
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` without the URL or any of its secret-bearing parts."""
+    parts = urllib.parse.urlsplit(url)
+    for secret in (url, parts.password, parts.username, parts.path, parts.query):
+        if secret and len(secret) > 1:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _post(url: str, notice: Notice, timeout: float) -> None:
     request = urllib.request.Request(
-        spec.webhook,
+        url,
         data=json.dumps(notice.as_dict()).encode(),
         headers={"Content-Type": "application/json", "User-Agent": "strongroom"},
         method="POST",
     )
-    try:
-        with urllib.request.urlopen(request, timeout=spec.timeout) as response:
-            response.read(65536)
-    except urllib.error.HTTPError as err:
-        raise OSError(f"{spec.webhook}: HTTP {err.code} {err.reason}") from None
-    except urllib.error.URLError as err:
-        raise OSError(f"{spec.webhook}: {err.reason}") from None
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        response.read(65536)
 
 
 def _email(spec: NotifySpec, notice: Notice) -> None:
