@@ -36,14 +36,33 @@ class RecordWriter:
         return self.records * self.size
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf += data
-        self.accepted += len(data)
-        while len(self._buf) >= self.size:
-            self.drive.write_record(bytes(self._buf[: self.size]))
-            del self._buf[: self.size]
-            self.records += 1
-            if self.after_record is not None:
-                self.after_record()
+        """Append `data`; every record it completes goes to the drive now.
+
+        Each byte is copied once into the record that carries it (a slice of
+        `data`, or the partial record buffered from the last call): no
+        buffer grows with `data` and none is shifted, so the cost per byte
+        does not depend on how large the pieces handed in are."""
+        view = memoryview(data).cast("B")
+        self.accepted += len(view)
+        size, pos = self.size, 0
+        if self._buf:
+            pos = min(size - len(self._buf), len(view))
+            self._buf += view[:pos]
+            if len(self._buf) < size:
+                return
+            record = bytes(self._buf)
+            self._buf.clear()
+            self._emit(record)
+        while len(view) - pos >= size:
+            self._emit(bytes(view[pos : pos + size]))
+            pos += size
+        self._buf += view[pos:]
+
+    def _emit(self, record: bytes) -> None:
+        self.drive.write_record(record)
+        self.records += 1
+        if self.after_record is not None:
+            self.after_record()
 
     def pad(self) -> None:
         if self._buf:

@@ -21,6 +21,7 @@ end of data.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -30,6 +31,8 @@ from strongroom.media.drive import DEFAULT_RECORD_SIZE, Position
 
 MAGIC = b"SRVTAPE1"
 MAX_RECORD = 16 << 20
+# Written bytes handed to the kernel's writeback at a time (see _write).
+WRITEBACK = 16 << 20
 _LENGTH = struct.Struct("<I")
 
 
@@ -78,6 +81,7 @@ class VirtualDrive:
         self._file_number = 0
         self._record = 0
         self._dirty = False
+        self._run_start = self._run_end = 0  # contiguous writes not yet sent to writeback
 
     @property
     def near_end(self) -> bool:
@@ -117,7 +121,7 @@ class VirtualDrive:
             )
         if self._offset + _LENGTH.size + len(data) > self.capacity:
             raise EndOfMedium(f"{self.path}: the cartridge is full")
-        self._write(_LENGTH.pack(len(data)) + data)
+        self._write(_LENGTH.pack(len(data)), data)  # one pwritev: the record is not copied
         self._record += 1
 
     def write_filemark(self, count: int = 1) -> None:
@@ -163,17 +167,40 @@ class VirtualDrive:
     def _size(self) -> int:
         return os.fstat(self._file.fileno()).st_size
 
-    def _write(self, blob: bytes) -> None:
+    def _write(self, *parts: bytes) -> None:
+        """Write `parts` at the position (cutting the cartridge there first).
+
+        Every WRITEBACK bytes of a contiguous run, the run is handed to the
+        kernel's writeback (POSIX_FADV_DONTNEED starts writing dirty pages
+        back without waiting, and drops the clean ones): the disk writes
+        while the writer goes on, the fsync at the next file mark finds
+        little left to do, and a copy of terabytes does not fill the page
+        cache. Durability is unchanged: only the fsync promises anything."""
+        length = sum(len(p) for p in parts)
+        if self._offset != self._run_end:
+            self._run_start = self._offset
         try:
             if self._size() > self._offset:
                 self._file.truncate(self._offset)  # tape semantics: cut here
-            os.pwrite(self._file.fileno(), blob, self._offset)
+            written = os.pwritev(self._file.fileno(), parts, self._offset)
+            if written != length:  # a regular file writes all but on a full disk
+                os.pwrite(self._file.fileno(), b"".join(parts)[written:], self._offset + written)
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 raise EndOfMedium(f"{self.path}: the disk under the cartridge is full") from None
             raise DriveError(f"cartridge file {self.path}: {err.strerror}") from None
-        self._offset += len(blob)
+        self._offset += length
         self._dirty = True
+        self._run_end = self._offset
+        if self._run_end - self._run_start >= WRITEBACK:
+            with contextlib.suppress(OSError):  # advice: a file system may not take it
+                os.posix_fadvise(
+                    self._file.fileno(),
+                    self._run_start,
+                    self._run_end - self._run_start,
+                    os.POSIX_FADV_DONTNEED,
+                )
+            self._run_start = self._run_end
 
     def _flush(self) -> None:
         if self._dirty:
