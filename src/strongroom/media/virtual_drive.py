@@ -21,6 +21,7 @@ end of data.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -167,8 +168,14 @@ class VirtualDrive:
         try:
             if self._size() > self._offset:
                 self._file.truncate(self._offset)  # tape semantics: cut here
-            os.pwrite(self._file.fileno(), blob, self._offset)
+            done = 0
+            while done < len(blob):  # a short write: the next one says why (EFBIG, ENOSPC)
+                done += os.pwrite(self._file.fileno(), blob[done:], self._offset + done)
         except OSError as err:
+            # As a drive: nothing of a failed write is on the tape (a record cut
+            # short would make the cartridge unreadable past it).
+            with contextlib.suppress(OSError):
+                self._file.truncate(self._offset)
             if err.errno == errno.ENOSPC:
                 raise EndOfMedium(f"{self.path}: the disk under the cartridge is full") from None
             raise DriveError(f"cartridge file {self.path}: {err.strerror}") from None
