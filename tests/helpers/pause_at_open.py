@@ -29,7 +29,7 @@ def main() -> int:
             return
         seen[0] += 1
         if seen[0] == count:
-            with open(ready + ".tmp", "w") as f:  # noqa: PTH123 (re-enters the hook: harmless)
+            with open(ready + ".tmp", "w") as f:  # re-enters the hook: harmless
                 f.write(str(os.getpid()))
             os.rename(ready + ".tmp", ready)
             while True:

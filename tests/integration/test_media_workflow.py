@@ -243,9 +243,8 @@ def _comparable(media: dict[str, dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
     keeps whole seconds), the expiry (the pool's retention is not on tape) nor
     bytes_written (a rebuild counts the packs' records only: the records of
     a pack cut short by the end of the cartridge are not listed anywhere)."""
-    keys = ("media_id", "state", "online", "library", "slot", "pool", "label_sequence")
-    keys += ("sessions", "repository_id")
-    return {b: tuple(m[k] for k in keys) for b, m in media.items()}
+    keys = "media_id state online library slot pool label_sequence sessions repository_id"
+    return {b: tuple(m[k] for k in keys.split()) for b, m in media.items()}
 
 
 def _sessions(world: World, barcode: str) -> list[tuple[int, list[str], str | None]]:
@@ -374,3 +373,165 @@ def test_spanning_copy_killed_copy_drive_error_rebuild_and_restore_from_tape_alo
     status = world.ok("--json", "library", "status", "vlib").json()
     where = {e["barcode"]: (e["kind"], e["address"]) for e in status["elements"] if e["full"]}
     assert where == {f"VT000{n}L8": ("slot", n) for n in range(1, 6)}  # drives empty
+
+
+# --- 2. the inventory with the stand-in mtx and with a changer script ---------
+
+
+@dataclass
+class Changer:
+    """A configured library (`[library.tape]`) whose cartridges are files,
+    and the operator's hands on it."""
+
+    kind: str
+    root: Path
+    carts: dict[int, tuple[str | None, Path]]  # slot -> (barcode, cartridge file)
+
+    SLOTS = 4
+    IE = 2
+
+    def config(self) -> str:
+        drive = self.root / "drive0"
+        if self.kind == "mtx":
+            wrapper = self.root / "mtx"
+            wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_MTX}" "$@"\n')
+            wrapper.chmod(0o755)
+            return (
+                f'[library.tape]\nkind = "mtx"\ndevice = "{self.root / "sg3.json"}"\n'
+                f'drives = ["{drive}"]\nmtx = "{wrapper}"\ntimeout = 60\n'
+            )
+        return (
+            f'[library.tape]\nkind = "script"\nscript = "{FILE_CHANGER}"\n'
+            f'device = "{self.root}"\ndrives = ["{drive}"]\ntimeout = 60\n'
+        )
+
+    def save(self) -> None:
+        """Write the robot's state (slots 5 and 6 are import/export)."""
+        total = self.SLOTS + self.IE
+        if self.kind == "mtx":
+            state_path = self.root / "sg3.json"
+            moves = json.loads(state_path.read_text())["moves"] if state_path.exists() else 0
+            slots = [
+                None
+                if n not in self.carts
+                else {"tag": self.carts[n][0], "file": str(self.carts[n][1])}
+                for n in range(1, total + 1)
+            ]
+            state = {"drives": [None], "slots": slots, "import_export": self.IE, "moves": moves}
+            state["drive_files"] = [str(self.root / "drive0")]
+            state_path.write_text(json.dumps(state))
+            return
+        lines = ["D:0:E"]
+        for n in range(1, total + 1):
+            kind = "S" if n <= self.SLOTS else "I"
+            if n in self.carts:
+                barcode, path = self.carts[n]
+                if path != self.root / f"slot{n}":
+                    os.replace(path, self.root / f"slot{n}")
+                    self.carts[n] = (barcode, self.root / f"slot{n}")
+                lines.append(f"{kind}:{n}:F:{barcode or ''}")
+            else:
+                lines.append(f"{kind}:{n}:E")
+        (self.root / "inventory").write_text("\n".join(lines) + "\n")
+
+    def moves(self) -> int:
+        if self.kind == "mtx":
+            return int(json.loads((self.root / "sg3.json").read_text())["moves"])
+        path = self.root / "moves"
+        return int(path.read_text()) if path.exists() else 0
+
+    def drive(self, slot: int) -> VirtualDrive:
+        return VirtualDrive(self.carts[slot][1], capacity=64 * MiB, record_size=RECORD)
+
+
+@pytest.mark.parametrize(
+    ("kind", "catalog_db"),
+    [("mtx", "sqlite"), ("script", "postgresql")],
+    indirect=["catalog_db"],
+)
+def test_inventory_through_the_cli(world: World, kind: str) -> None:
+    src = world.source
+    root = world.base / "changer"
+    root.mkdir()
+    carts: dict[int, tuple[str | None, Path]] = {}
+    for slot, barcode in [
+        (1, "A00001L8"), (2, "A00002L8"), (3, "CLN001L1"), (4, "A00004L8"),
+        (5, "NEW005L8"), (6, None),
+    ]:  # fmt: skip
+        path = world.base / f"cart{slot}.tape"
+        create_cartridge(path)
+        carts[slot] = (barcode, path)
+    lib = Changer(kind, root, carts)
+
+    repo = Repository.open(LocalBackend(world.repo), PASSWORD.encode())
+    try:
+        with lib.drive(1) as d:  # ours, with a point: written elsewhere, unknown here
+            write_label(d, repo.master, repo.config.id, "A00001L8", "offsite", 1)
+            write_session(d, repo, [src.block], reach=referenced_by_points)
+        with lib.drive(4) as d:  # labelled under another barcode: swapped labels
+            write_label(d, repo.master, repo.config.id, "B00004L8", "offsite", 2)
+        with lib.drive(5) as d:  # our magic, a label that does not parse: damaged
+            d.write_record(LABEL_MAGIC + b"\x07\x00" + bytes(RECORD - 10))
+            d.write_filemark()
+        with lib.drive(6) as d:  # no barcode: known by its label's media id
+            write_label(d, repo.master, repo.config.id, "NOBAR1", "offsite", 3)
+    finally:
+        repo.close()
+    lib.save()
+    hook_out = world.base / "hook.env"
+    hook = world.base / "hook.sh"
+    hook.write_text(f'#!/bin/sh\nenv | grep ^STRONGROOM_NOTIFY_ | sort > "{hook_out}"\n')
+    hook.chmod(0o755)
+    world.config(lib.config() + f'\n[notify]\ncommand = "{hook}"\ntimeout = 20\n')
+
+    # unknown cartridges (two through the import/export slots): a detailed
+    # inventory loads each once, never the cleaning one, and classifies them
+    doc = world.ok("--json", "library", "inventory", "tape").json()
+    assert doc["new"] == ["A00001L8", "A00002L8", "A00004L8", "NEW005L8"]
+    assert doc["no_barcode"] == [6] and doc["cleaning"] == ["CLN001L1"]
+    classes = {(d["barcode"], d["slot"]): (d["class"], d["sessions"]) for d in doc["detailed"]}
+    assert classes == {
+        ("A00001L8", 1): ("ours", 1),
+        ("A00002L8", 2): ("blank", 0),
+        ("A00004L8", 4): ("suspect", 0),
+        ("NEW005L8", 5): ("damaged", 0),
+        (None, 6): ("ours", 0),
+    }
+    assert lib.moves() == 2 * 5  # each loaded and put back; CLN001L1 never
+    assert [n["ok"] for n in doc["notifications"]] == [True]
+    notified = dict(line.split("=", 1) for line in hook_out.read_text().splitlines())
+    # one notice for the six new media (the cleaning cartridge is new too)
+    assert notified["STRONGROOM_NOTIFY_BARCODES"].split() == [
+        "A00001L8", "A00002L8", "CLN001L1", "A00004L8", "NEW005L8", "-"
+    ]  # fmt: skip
+    assert len(doc["new_media"]) == 6
+    media = world.media()
+    states = {b: (m["state"], m["slot"], m["online"]) for b, m in media.items()}
+    nobar = next(b for b in states if b not in {c[0] for c in carts.values()})
+    assert states == {
+        "A00001L8": ("appending", 1, True),
+        "A00002L8": ("blank", 2, True),
+        "CLN001L1": ("cleaning", 3, True),
+        "A00004L8": ("suspect", 4, True),
+        "NEW005L8": ("error", 5, True),
+        nobar: ("free", 6, True),
+    }
+    assert _sessions(world, "A00001L8") == [(1, [src.block], None)]
+
+    # a known cartridge taken out: offline, without a move
+    taken = lib.carts.pop(2)
+    lib.save()
+    gone = world.ok("--json", "library", "inventory", "tape", "--no-detailed").json()
+    assert gone["went_offline"] == ["A00002L8"] and gone["new"] == []
+    # a cartridge without a barcode is placed by a detailed read only
+    # (docs/media.md): a fast-only inventory takes it offline as well
+    assert set(world.media("--offline")) == {"A00002L8", nobar}
+    # ... and put back: online again, an event in `media show`
+    lib.carts[2] = taken
+    lib.save()
+    back = world.ok("--json", "library", "inventory", "tape", "--no-detailed").json()
+    assert back["back_online"] == ["A00002L8"] and back["went_offline"] == []
+    assert lib.moves() == 2 * 5
+    shown = world.ok("--json", "media", "show", "A00002L8").json()
+    assert (shown["online"], shown["slot"]) == (True, 2)
+    assert [e["kind"] for e in shown["events"]][:2] == ["online", "offline"]
