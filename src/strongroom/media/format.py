@@ -78,6 +78,7 @@ class Scan:
     reading: LabelReading
     sessions: list[RawSession]
     other_files: list[int]  # files that are neither a session's data nor its catalog
+    near_end: bool = False  # the data ends past the early warning (a full cartridge)
 
 
 def scan(drive: Drive) -> Scan:
@@ -120,7 +121,7 @@ def scan(drive: Drive) -> Scan:
         file += 1
     if pending is not None:
         sessions.append(_truncated(pending))
-    return Scan(reading, sessions, others)
+    return Scan(reading, sessions, others, near_end=drive.near_end)
 
 
 def _truncated(session: RawSession) -> RawSession:
@@ -177,6 +178,7 @@ class Cartridge:
     master: MasterKey
     sessions: list[Session]
     other_files: list[int]
+    near_end: bool = False  # as Scan.near_end: the writer would change cartridges here
 
     @property
     def good(self) -> list[SessionCatalog]:
@@ -239,7 +241,7 @@ def read_cartridge(
             sessions.append(Session(raw, None, str(err)))
             continue
         sessions.append(Session(raw, catalog))
-    return Cartridge(label, master, sessions, found.other_files)
+    return Cartridge(label, master, sessions, found.other_files, found.near_end)
 
 
 @dataclass

@@ -182,10 +182,17 @@ class VirtualDrive:
         try:
             if self._size() > self._offset:
                 self._file.truncate(self._offset)  # tape semantics: cut here
-            written = os.pwritev(self._file.fileno(), parts, self._offset)
-            if written != length:  # a regular file writes all but on a full disk
-                os.pwrite(self._file.fileno(), b"".join(parts)[written:], self._offset + written)
+            fd = self._file.fileno()
+            done = os.pwritev(fd, parts, self._offset)
+            if done != length:  # a short write: the next one says why (EFBIG, ENOSPC)
+                rest = b"".join(parts)
+                while done < length:
+                    done += os.pwrite(fd, rest[done:], self._offset + done)
         except OSError as err:
+            # As a drive: nothing of a failed write is on the tape (a record cut
+            # short would make the cartridge unreadable past it).
+            with contextlib.suppress(OSError):
+                self._file.truncate(self._offset)
             if err.errno == errno.ENOSPC:
                 raise EndOfMedium(f"{self.path}: the disk under the cartridge is full") from None
             raise DriveError(f"cartridge file {self.path}: {err.strerror}") from None

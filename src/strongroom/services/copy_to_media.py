@@ -291,6 +291,10 @@ def _write_one(
         except EndOfMedium as err:
             _full_without_session(catalog, medium, str(err), started)
             return None
+        except MediaError as err:
+            _failed(catalog, medium, err, started)
+            # a drive names a device or a file: say which cartridge it was
+            raise type(err)(f"writing cartridge {medium.name}: {err}") from err
         except BaseException as err:
             _failed(catalog, medium, err, started)
             raise

@@ -184,7 +184,10 @@ def _ours(catalog: Catalog, cartridge: Cartridge) -> dict[str, object]:
     good = cartridge.good
     state = MediumState.FREE
     if good:
-        state = MediumState.FULL if any(s.deferred for s in good) else MediumState.APPENDING
+        # As copy-to-media decides it: a copy ran out of room on it, or its
+        # data ends past the early warning (the next write would change media).
+        full = cartridge.near_end or any(s.deferred for s in good)
+        state = MediumState.FULL if full else MediumState.APPENDING
     pool = cartridge.label.pool
     try:
         catalog.get_pool(pool)
