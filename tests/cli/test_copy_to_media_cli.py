@@ -48,7 +48,7 @@ def test_pools_labels_and_copy_to_media(cli: CliRunner, backed_up: BackedUp) -> 
     assert [(c["barcode"], c["session"], c["state"]) for c in doc["cartridges"]] == [
         ("VT0001L8", 1, "appending")
     ]
-    again = cli("copy-to-media", backed_up.point_id, "--pool", "offsite")
+    again = cli("copy-to-media", "latest", "--pool", "offsite")  # 'latest' as elsewhere
     assert again.rc == 0 and "already on media of pool offsite (skipped)" in again.out
 
     # A cartridge with data is not relabelled without --force.

@@ -9,11 +9,11 @@ from strongroom.cli.output import human_bytes
 from strongroom.cli.units import parse_duration
 from strongroom.services.copy_to_media import copy_to_media as copy_points
 from strongroom.services.media_pools import library_name, open_catalog, open_changer
-from strongroom.services.points import resolve_point_id
+from strongroom.services.points import find_point
 
 
 @click.command("copy-to-media")
-@click.argument("points", nargs=-1, required=True)
+@click.argument("points", nargs=-1, required=True, metavar="POINT...")
 @click.option("--pool", "pool_name", required=True, help="The pool whose media are written.")
 @click.option("--library", help="The library (default: the one the pool's media are in).")
 @click.option("--again", is_flag=True, help="Write points already on media of the pool again.")
@@ -37,7 +37,7 @@ def copy_to_media(
         name = library_name(app.settings, catalog, library, pool_name)
         changer = open_changer(app.settings, name)
         with app.repository() as repo:
-            ids = [resolve_point_id(repo, p) for p in points]
+            ids = [find_point(repo, p).id for p in points]
             with app.out.progress("copying to media") as progress:
                 result = copy_points(
                     catalog,
