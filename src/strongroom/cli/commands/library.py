@@ -195,7 +195,8 @@ def _line_text(line: Line) -> str:
         where = f"drive {line.drive}"
     elif line.slot is not None:
         where = f"slot {line.slot}"
-    text = f"{where:>9}  {line.barcode or '(no barcode)':<12}  {line.status.value}"
+    name = line.barcode or (f"media {line.media_id}" if line.media_id else "(no barcode)")
+    text = f"{where:>9}  {name:<12}  {line.status.value}"
     if line.media_class is not None and line.status is not Status.CLEANING:
         text += f": {line.media_class}"
         if line.sessions:
