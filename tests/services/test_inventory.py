@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import uuid
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path

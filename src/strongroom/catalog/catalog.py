@@ -431,6 +431,32 @@ class Catalog:
             ).all()
         return [convert.session(r) for r in rows]
 
+    def set_continues_on(self, key: MediumKey, number: int, continues_on: uuid.UUID | None) -> None:
+        """Link session `number` of a medium to the medium a spanning copy
+        continues on (the next cartridge's media id; it may be unknown)."""
+        with self.transaction() as c:
+            medium_id = self._medium_id(c, key)
+            done = c.execute(
+                sessions.update()
+                .where(sessions.c.medium_id == medium_id, sessions.c.number == number)
+                .values(continues_on=continues_on)
+            )
+            if not done.rowcount:
+                raise CatalogError(f"catalog: medium {key} has no session {number}")
+
+    def continued_by(self, media_id: uuid.UUID) -> list[uuid.UUID]:
+        """The media (known to the catalog) with a session that continues
+        from `media_id`: the next cartridges of spanning copies."""
+        query = (
+            sa.select(media.c.media_id)
+            .join(sessions, sessions.c.medium_id == media.c.id)
+            .where(sessions.c.continued_from == media_id)
+            .distinct()
+            .order_by(media.c.media_id)
+        )
+        with self.transaction() as c:
+            return [convert.as_uuid(r) for r in c.scalars(query)]
+
     def contents(self, key: MediumKey) -> list[ContentEntry]:
         with self.transaction() as c:
             medium_id = self._medium_id(c, key)

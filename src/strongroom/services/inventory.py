@@ -210,7 +210,8 @@ def inventory(
         report = Report(name)
         status = changer.status()
         if rebuild:  # the media present now; offline ones keep their records
-            present = [e.barcode for e in status.elements() if e.full and _usable(e.barcode)]
+            codes = (e.barcode for e in status.elements() if e.full)
+            present = [b for b in codes if b is not None and _usable(b)]
             report.forgotten = catalog.forget_media(name, only=present)
         prefixes = tuple({*cleaning, *(p.cleaning_prefix for p in catalog.list_pools())} - {""})
         queue = _fast(catalog, status, report, prefixes, detailed)
@@ -368,7 +369,9 @@ def _back_by_label(report: Report) -> None:
     report.lines = [
         line
         for line in report.lines
-        if not (line.status is Status.WENT_OFFLINE and line.barcode is None and line.media_id in read)
+        if not (
+            line.status is Status.WENT_OFFLINE and line.barcode is None and line.media_id in read
+        )
     ]
 
 
