@@ -531,9 +531,9 @@ def test_inventory_through_the_cli(world: World, kind: str) -> None:
     taken = lib.carts.pop(2)
     lib.save()
     gone = world.ok("--json", "library", "inventory", "tape", "--no-detailed").json()
-    assert gone["went_offline"] == ["A00002L8"] and gone["new"] == []
     # a cartridge without a barcode is placed by a detailed read only
-    # (docs/media.md): a fast-only inventory takes it offline as well
+    # (docs/media.md): a fast-only inventory takes it offline as well, named by its media id
+    assert gone["went_offline"] == ["A00002L8", nobar] and gone["new"] == []
     assert set(world.media("--offline")) == {"A00002L8", nobar}
     # ... and put back: online again, an event in `media show`
     lib.carts[2] = taken

@@ -247,6 +247,6 @@ def inventory_command(app: App, name: str, mode: str | None, label_only: bool, w
 )
 @pass_app
 def rebuild_catalog(app: App, name: str, label_only: bool, wait: float) -> None:
-    """Forget the library's media, then read every cartridge: the media
-    catalog rebuilt from the media alone."""
+    """Forget the media in the library now, then read every cartridge: the
+    media catalog rebuilt from the media alone (offline media are kept)."""
     _run_inventory(app, name, Detailed.ALL, label_only, wait, rebuild=True)
