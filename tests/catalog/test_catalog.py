@@ -395,3 +395,23 @@ def test_forgetting_media_for_a_rebuild(catalog: Catalog) -> None:
     assert catalog.forget_media() == 1 and catalog.list_media() == []
     assert [p.name for p in catalog.list_pools()] == ["p"]
     assert len(catalog.list_libraries()) == 2 and len(catalog.list_events()) == 1
+
+
+def test_forgetting_only_some_media_and_linking_spanning_sessions(catalog: Catalog) -> None:
+    lib = _library(catalog)
+    first, second, vaulted = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    catalog.add_medium(Medium(media_id=first, barcode="SP01L8", library=lib, slot=1))
+    catalog.add_medium(Medium(media_id=second, library=lib, slot=2))  # no barcode
+    catalog.add_medium(Medium(media_id=vaulted, barcode="SP03L8", library=lib))
+    _session(catalog, "SP01L8", 1, points=[1], packs=[10])
+    catalog.record_session(second, SessionRecord(1, T0, (_hex(1),), 2, 0, continued_from=first), [])
+    catalog.set_continues_on("SP01L8", 1, second)
+    assert catalog.sessions(first)[0].continues_on == second
+    assert catalog.continued_by(first) == [second] and catalog.continued_by(second) == []
+    with pytest.raises(CatalogError, match="no session 2"):
+        catalog.set_continues_on(first, 2, second)
+
+    # a rebuild forgets what is in the library (a barcode, a media id; unknown keys skipped)
+    assert catalog.forget_media(lib, only=["SP01L8", second, "NOPE01L8", uuid.uuid4()]) == 2
+    assert [m.barcode for m in catalog.list_media()] == ["SP03L8"]
+    assert catalog.find_point(_hex(1)) == []

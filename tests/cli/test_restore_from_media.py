@@ -121,9 +121,17 @@ class World:
     def cli(self, *args: str) -> CliResult:
         return run_cli(list(args), self.env)
 
-    def write(self, points: list[str], barcodes: list[str], *, label_as: str | None = None) -> None:
+    def write(
+        self,
+        points: list[str],
+        barcodes: list[str],
+        *,
+        label_as: str | None = None,
+        parts: list[list[bytes]] | None = None,
+    ) -> None:
         """Write `points` as one copy over `barcodes` (their packs split evenly
-        over them, a spanning copy) and record it in the catalog."""
+        over them, or as `parts` says: a spanning copy) and record it in the
+        catalog."""
         repo = Repository.open(LocalBackend(self.repo), PASSWORD.encode())
         catalog = Catalog.open(self.catalog_url)
         library = self.library
@@ -141,7 +149,11 @@ class World:
                 label = write_label(
                     drive, repo.master, repo.config.id, label_as or barcode, "offsite", sequence
                 )
-                part = packs[(sequence - 1) * share : sequence * share]
+                part = (
+                    parts[sequence - 1]
+                    if parts is not None
+                    else packs[(sequence - 1) * share : sequence * share]
+                )
                 written = write_session(
                     drive,
                     repo,
@@ -286,6 +298,36 @@ def test_a_spanning_copy_reads_both_cartridges_in_order(world: World) -> None:
     assert f"staging folder kept: {kept}" in result.err
     assert (kept / "points" / src.files).exists()
     assert oct(kept.stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_spanning_copy_skips_the_cartridges_holding_none_of_the_points_packs(
+    world: World,
+) -> None:
+    src = world.source
+    repo = Repository.open(LocalBackend(world.repo), PASSWORD.encode())
+    try:
+        needs = point_packs(repo, [src.files, src.block], referenced_by_points)
+    finally:
+        repo.close()
+    # the point with two packs or more spans the first and the last cartridge;
+    # the middle one holds only the other point's packs
+    wanted, other = sorted(needs, key=lambda p: -len(needs[p]))
+    mine = sorted(needs[wanted])
+    theirs = sorted(set(needs[other]) - set(mine))
+    assert len(mine) >= 2 and theirs
+    world.write([src.files, src.block], BARCODES, parts=[mine[:1], theirs, mine[1:]])
+    world.prune(src.files, src.block)
+    target = world.base / ("files" if wanted == src.files else "disk.raw")
+    result = world.restore(wanted, target)
+    assert result.rc == 0, result.err
+    reads = [line.split(":")[0] for line in result.err.splitlines() if line.startswith("read ")]
+    assert reads == ["read A00001L8", "read A00003L8"]
+    if wanted == src.files:
+        _same_tree(src, target)
+    else:
+        assert _sha(target) == _sha(src.image)
+    with Catalog.open(world.catalog_url) as catalog:
+        assert catalog.list_events(barcode="A00002L8", kind="restore-read") == []
 
 
 def test_an_offline_cartridge_is_named_then_restored_once_imported(world: World) -> None:

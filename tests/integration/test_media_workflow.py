@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -358,12 +359,20 @@ def test_spanning_copy_killed_copy_drive_error_rebuild_and_restore_from_tape_alo
 
     # the catalog lost, rebuilt from the cartridges alone
     world.db.drop()
+    # the retention is not on tape: a pool created again before the rebuild gives
+    # its media their expiry; one the rebuild makes from a label has none
+    world.ok("pool", "create", "offsite", "--retention", "7y")
     rebuilt = world.ok("--json", "library", "rebuild-catalog", "vlib").json()
     assert {(c["barcode"], c["class"]) for c in rebuilt["cartridges"]} == {
         (f"VT000{n}L8", "ours") for n in range(1, 6)
     }
     after = world.media()
     assert _comparable(after) == _comparable(before)
+    seven_years = timedelta(days=7 * 365)
+    for barcode in ("VT0001L8", "VT0002L8", "VT0003L8"):
+        written = datetime.fromisoformat(after[barcode]["last_written"])
+        assert datetime.fromisoformat(after[barcode]["expires_at"]) == written + seven_years
+    assert after["VT0004L8"]["expires_at"] is None  # pool vault made from its label
     assert _sessions(world, "VT0003L8") == [(1, src.points, ids[1])]
     assert _sessions(world, "VT0004L8") == before_vault
 
@@ -522,9 +531,9 @@ def test_inventory_through_the_cli(world: World, kind: str) -> None:
     taken = lib.carts.pop(2)
     lib.save()
     gone = world.ok("--json", "library", "inventory", "tape", "--no-detailed").json()
-    assert gone["went_offline"] == ["A00002L8"] and gone["new"] == []
     # a cartridge without a barcode is placed by a detailed read only
-    # (docs/media.md): a fast-only inventory takes it offline as well
+    # (docs/media.md): a fast-only inventory takes it offline as well, named by its media id
+    assert gone["went_offline"] == ["A00002L8", nobar] and gone["new"] == []
     assert set(world.media("--offline")) == {"A00002L8", nobar}
     # ... and put back: online again, an event in `media show`
     lib.carts[2] = taken

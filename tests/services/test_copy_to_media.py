@@ -27,6 +27,7 @@ from strongroom.repository import format as fmt
 from strongroom.repository.keys import KdfParams
 from strongroom.repository.repo import Repository
 from strongroom.services.copy_to_media import copy_to_media
+from strongroom.services.inventory import Detailed, Keys, inventory
 from strongroom.services.media_pools import create_pool, label_media
 from strongroom.services.walk import referenced_by_points
 from strongroom.storage.local import LocalBackend
@@ -224,6 +225,22 @@ def test_points_span_three_cartridges_and_restore_from_them(
     first, second = catalog.sessions(BARCODES[1])[0], catalog.sessions(BARCODES[2])[0]
     assert first.continued_from == media[BARCODES[0]].media_id
     assert second.continued_from == media[BARCODES[1]].media_id
+    links = [(s.continued_from, s.continues_on) for b in BARCODES[:3] for s in catalog.sessions(b)]
+    ids = [media[b].media_id for b in BARCODES[:3]]
+    assert links == [(None, ids[1]), (ids[0], ids[2]), (ids[1], None)]
+    # an inventory's import sets the same links, whichever cartridge it reads first
+    keys = Keys(repo.config.id, repo.master)
+    for rebuild in (True, False):
+        inventory(catalog, library, detailed=Detailed.ALL, keys=keys, rebuild=rebuild)
+        again = [
+            (s.continued_from, s.continues_on) for b in BARCODES[:3] for s in catalog.sessions(b)
+        ]
+        assert again == links
+    # the pool survives a rebuild: its retention gives the imported media their expiry
+    keep = timedelta(seconds=catalog.get_pool("offsite").retention_seconds)
+    for medium in catalog.list_media(pool="offsite"):
+        if medium.last_written is not None:
+            assert medium.expires_at == medium.last_written + keep
     _restore_and_compare(source, target, tmp_path)
 
     # The same points again: skipped, nothing loaded or written.

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -415,6 +416,9 @@ def test_inventory_workflow(
         Status.WENT_OFFLINE,
         Status.CLEANING,
     }
+    # the cartridge without a barcode is not seen by a status either: named by its media id
+    assert gone.as_dict()["went_offline"] == ["A00004L8", nobar]
+    assert not catalog.get_medium(uuid.UUID(nobar)).online
     back_slot = lib.insert("A00004L8")
     back = inventory(catalog, lib.changer, detailed=Detailed.NONE, keys=keys)
     assert lib.moves() == before
@@ -444,8 +448,47 @@ def test_inventory_workflow(
     with Catalog.open(str(tmp_path / "catalog.sqlite")) as fresh:
         rebuilt = inventory(fresh, lib.changer, keys=keys, rebuild=True)
         assert rebuilt.forgotten == 0
+        assert rebuilt.as_dict()["went_offline"] == []
         assert snapshot(fresh) == expected
         assert [(p.barcode, p.slot) for p in fresh.find_point(repos.point)] == [("A00001L8", 1)]
+
+
+def test_rebuild_forgets_only_the_media_present_and_keeps_offline_ones(
+    tmp_path: Path,
+    catalog: Catalog,
+    repo: Repository,
+    repos: Repo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    (tmp_path / "library").mkdir()
+    lib = _virtual(tmp_path / "library")
+    for n, barcode in enumerate(["A00001L8", "A00002L8", None], 1):
+        _fill(lib, barcode, n)
+    for slot, name in ((1, "A00001L8"), (2, "A00002L8"), (3, "NOBAR1")):
+
+        def ours(drive: Drive, name: str = name, slot: int = slot) -> None:
+            write_label(drive, repo.master, repo.config.id, name, "offsite", slot)
+            write_session(drive, repo, [repos.point], reach=referenced_by_points)
+
+        _with_drive(lib, slot, ours)
+    keys = Keys(repo.config.id, repo.master)
+    first = inventory(catalog, lib.changer, keys=keys)
+    nobar = next(x.media_id for x in first.lines if x.barcode is None)
+    assert nobar is not None
+    catalog.update_medium("A00001L8", error="stale")
+    lib.remove("A00002L8")  # to the vault
+
+    rebuilt = inventory(catalog, lib.changer, keys=keys, rebuild=True)
+    assert rebuilt.forgotten == 2  # A00001L8 and the one without a barcode, read again
+    assert catalog.get_medium("A00001L8").error is None
+    vaulted = catalog.get_medium("A00002L8")
+    assert (vaulted.online, vaulted.sessions, vaulted.pool) == (False, 1, "offsite")
+    assert sorted(p.barcode or str(p.media_id) for p in catalog.find_point(repos.point)) == sorted(
+        ["A00001L8", "A00002L8", nobar]
+    )
+    assert rebuilt.as_dict()["went_offline"] == ["A00002L8"]
+    assert {m.name for m in catalog.list_media()} == {"A00001L8", "A00002L8", nobar}
 
 
 def test_a_second_inventory_fails_with_one_line_while_the_library_is_busy(

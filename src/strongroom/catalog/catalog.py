@@ -346,11 +346,12 @@ class Catalog:
                 for row in c.execute(query.where(media.c.barcode.in_(chunk))):
                     found[row.barcode] = (row.id, bool(row.online))
             here = c.execute(
-                sa.select(media.c.id, media.c.barcode).where(
+                sa.select(media.c.id, media.c.barcode, media.c.media_id).where(
                     media.c.library_id == library_id, media.c.online.is_(True)
                 )
             ).all()
             gone = [(r.id, r.barcode) for r in here if r.barcode not in sightings]
+            gone_ids = sorted(r.media_id for r in here if r.barcode is None)
             c.execute(
                 media.update().where(media.c.library_id == library_id).values(slot=None, drive=None)
             )
@@ -376,6 +377,7 @@ class Catalog:
                 back_online=tuple(sorted(b for b, (_, was) in found.items() if not was)),
                 went_offline=tuple(sorted(b for _, b in gone if b is not None)),
                 unknown=tuple(sorted(set(sightings) - set(found))),
+                went_offline_ids=tuple(gone_ids),
             )
             self.add_events(_location_events(library, changes, sightings, at))
             if drives_loaded is not None:
@@ -428,6 +430,32 @@ class Catalog:
                 .order_by(sessions.c.number)
             ).all()
         return [convert.session(r) for r in rows]
+
+    def set_continues_on(self, key: MediumKey, number: int, continues_on: uuid.UUID | None) -> None:
+        """Link session `number` of a medium to the medium a spanning copy
+        continues on (the next cartridge's media id; it may be unknown)."""
+        with self.transaction() as c:
+            medium_id = self._medium_id(c, key)
+            done = c.execute(
+                sessions.update()
+                .where(sessions.c.medium_id == medium_id, sessions.c.number == number)
+                .values(continues_on=continues_on)
+            )
+            if not done.rowcount:
+                raise CatalogError(f"catalog: medium {key} has no session {number}")
+
+    def continued_by(self, media_id: uuid.UUID) -> list[uuid.UUID]:
+        """The media (known to the catalog) with a session that continues
+        from `media_id`: the next cartridges of spanning copies."""
+        query = (
+            sa.select(media.c.media_id)
+            .join(sessions, sessions.c.medium_id == media.c.id)
+            .where(sessions.c.continued_from == media_id)
+            .distinct()
+            .order_by(media.c.media_id)
+        )
+        with self.transaction() as c:
+            return [convert.as_uuid(r) for r in c.scalars(query)]
 
     def contents(self, key: MediumKey) -> list[ContentEntry]:
         with self.transaction() as c:
@@ -522,19 +550,34 @@ class Catalog:
 
     # --- rebuilding ----------------------------------------------------------
 
-    def forget_media(self, library: str | None = None) -> int:
-        """Delete every medium (of `library`, or all) with its sessions and
-        contents, and the drives' loaded barcodes, so that an inventory can
-        rebuild them from the media. Libraries, pools and events stay.
+    def forget_media(
+        self, library: str | None = None, *, only: Iterable[MediumKey] | None = None
+    ) -> int:
+        """Delete media with their sessions and contents, and the drives'
+        loaded barcodes (of `library`), so that an inventory can rebuild them
+        from the media. `only`: just these (barcodes or media ids; a key not
+        in the catalog is skipped), wherever they are recorded; else every
+        medium of `library` (or all). Libraries, pools and events stay.
         Returns the media deleted."""
         with self.transaction() as c:
-            which = media.delete()
             clear = drives.update()
             if library is not None:
                 library_id = self._library_id(c, library)
-                which = which.where(media.c.library_id == library_id)
                 clear = clear.where(drives.c.library_id == library_id)
-            removed = c.execute(which).rowcount
+            if only is not None:
+                keys = list(only)
+                barcodes = [k for k in keys if isinstance(k, str)]
+                ids = [k for k in keys if isinstance(k, uuid.UUID)]
+                removed = 0
+                for chunk in _chunks(barcodes):
+                    removed += c.execute(media.delete().where(media.c.barcode.in_(chunk))).rowcount
+                for chunk in _chunks(ids):
+                    removed += c.execute(media.delete().where(media.c.media_id.in_(chunk))).rowcount
+            else:
+                which = media.delete()
+                if library is not None:
+                    which = which.where(media.c.library_id == library_id)
+                removed = c.execute(which).rowcount
             c.execute(clear.values(loaded_barcode=None))
         return int(removed)
 

@@ -176,3 +176,6 @@ def event(row: sa.Row[Any]) -> Event:
 
 def _uuid(value: Any) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+as_uuid = _uuid  # for Catalog's queries that return bare ids

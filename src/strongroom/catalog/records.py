@@ -132,6 +132,9 @@ class LocationChanges:
     back_online: tuple[str, ...]  # of those, the ones that had been offline
     went_offline: tuple[str, ...]  # in this library before, not seen now
     unknown: tuple[str, ...]  # seen, not in the catalog: for a detailed inventory
+    # media without a barcode that were in this library: a status cannot see
+    # them, so they went offline too (a detailed read brings them back)
+    went_offline_ids: tuple[uuid.UUID, ...] = ()
 
 
 @dataclass(frozen=True)

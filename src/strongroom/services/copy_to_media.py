@@ -167,6 +167,7 @@ def copy_to_media(
         report = Progress(job="copy-to-media", bytes_total=_stored_size(repo, todo))
         remaining: list[bytes] = todo
         continued_from: bytes | None = None
+        previous: tuple[uuid.UUID, int] | None = None  # the session this copy continues
         tried: set[uuid.UUID] = set()
         while True:
             medium, recycled = _writable(catalog, changer, repo, pool, now(), tried, wait)
@@ -180,6 +181,7 @@ def copy_to_media(
                 remaining,
                 job,
                 continued_from,
+                previous,
                 report,
                 progress,
                 now,
@@ -207,6 +209,7 @@ def copy_to_media(
             if not session.deferred:
                 return result
             remaining, continued_from = session.deferred, session.media_id
+            previous = (medium.media_id, session.session)
             tried.add(medium.media_id)
 
 
@@ -265,6 +268,7 @@ def _write_one(
     packs: list[bytes],
     job: bytes,
     continued_from: bytes | None,
+    previous: tuple[uuid.UUID, int] | None,
     report: Progress,
     progress: ProgressCallback | None,
     now: Callable[[], datetime],
@@ -299,7 +303,9 @@ def _write_one(
             _failed(catalog, medium, err, started)
             raise
         state = MediumState.FULL if session.ended_early or drive.near_end else MediumState.APPENDING
-        stored = _record(catalog, pool, medium, session, state, now(), loaded.slot, continued_from)
+        stored = _record(
+            catalog, pool, medium, session, state, now(), loaded.slot, continued_from, previous
+        )
     finally:
         try:
             loaded.unload()
@@ -318,8 +324,11 @@ def _record(
     at: datetime,
     slot: int | None,
     continued_from: bytes | None,
+    previous: tuple[uuid.UUID, int] | None = None,
 ) -> Medium:
-    """The session's rows, counters, state and expiry, and an event: one transaction."""
+    """The session's rows, counters, state and expiry, the previous
+    cartridge's session linked to this one (`continues_on`), and an event:
+    one transaction."""
     entries = [
         ContentEntry(session.session, session.catalog_file, 0, 0, 0, point_id=pid)
         for pid in session.points
@@ -340,6 +349,8 @@ def _record(
     )
     with catalog.transaction():
         catalog.record_session(medium.media_id, record, entries)
+        if previous is not None:
+            catalog.set_continues_on(previous[0], previous[1], medium.media_id)
         stored = catalog.update_medium(
             medium.media_id,
             state=state,

@@ -42,7 +42,7 @@ from strongroom.catalog import (
 from strongroom.catalog.records import MAX_BARCODE
 from strongroom.config import NotifySpec, Settings
 from strongroom.errors import CatalogError, ChangerError, DriveError, IntegrityError
-from strongroom.media.changer import Changer
+from strongroom.media.changer import Changer, ChangerStatus
 from strongroom.media.drive import Drive
 from strongroom.media.format import read_cartridge
 from strongroom.media.label import LabelReading, MediaClass, classify, read_label
@@ -138,7 +138,9 @@ class Report:
             "cartridges": [line.as_dict() for line in self.lines],
             "known": codes(Status.KNOWN) + codes(Status.BACK_ONLINE),
             "back_online": codes(Status.BACK_ONLINE),
-            "went_offline": codes(Status.WENT_OFFLINE),
+            "went_offline": [  # without a barcode: the media id
+                line.barcode or line.media_id for line in self.having(Status.WENT_OFFLINE)
+            ],
             "new": codes(Status.NEW),
             "no_barcode": [line.slot for line in self.having(Status.NO_BARCODE)],
             "cleaning": codes(Status.CLEANING),
@@ -196,7 +198,9 @@ def inventory(
     rebuild: bool = False,
 ) -> Report:
     """Fast inventory, then the detailed one (`detailed`); with `rebuild` the
-    library's media are forgotten first and every cartridge is read."""
+    media present in the library are forgotten first (those with a barcode
+    before the fast inventory, those without one as their label is read) and
+    every cartridge is read; offline media keep their records."""
     name = changer.name
     with library_lock(changer, wait):
         try:
@@ -204,12 +208,16 @@ def inventory(
         except CatalogError:  # not there yet
             catalog.add_library(Library(name, kind))
         report = Report(name)
-        if rebuild:
-            report.forgotten = catalog.forget_media(name)
+        status = changer.status()
+        if rebuild:  # the media present now; offline ones keep their records
+            codes = (e.barcode for e in status.elements() if e.full)
+            present = [b for b in codes if b is not None and _usable(b)]
+            report.forgotten = catalog.forget_media(name, only=present)
         prefixes = tuple({*cleaning, *(p.cleaning_prefix for p in catalog.list_pools())} - {""})
-        queue = _fast(catalog, changer, report, prefixes, detailed)
+        queue = _fast(catalog, status, report, prefixes, detailed)
         if detailed is not Detailed.NONE:
-            _detailed(catalog, changer, report, queue, keys)
+            _detailed(catalog, changer, report, queue, keys, rebuild)
+            _back_by_label(report)
     _tell(catalog, report, notifiers)
     return report
 
@@ -219,13 +227,12 @@ def inventory(
 
 def _fast(
     catalog: Catalog,
-    changer: Changer,
+    status: ChangerStatus,
     report: Report,
     prefixes: tuple[str, ...],
     detailed: Detailed,
 ) -> list[Line]:
     name = report.library
-    status = changer.status()
     seen: list[Sighting] = []
     lines: dict[str, Line] = {}
     for element in status.elements():
@@ -266,6 +273,8 @@ def _fast(
             line.status = Status.BACK_ONLINE if barcode in back else Status.KNOWN
     for barcode in changes.went_offline:
         report.lines.append(Line(barcode, None, None, Status.WENT_OFFLINE))
+    for media_id in changes.went_offline_ids:  # no barcode: named by the label's media id
+        report.lines.append(Line(None, None, None, Status.WENT_OFFLINE, media_id=str(media_id)))
     wanted = {Status.NEW, Status.NO_BARCODE}
     if detailed is Detailed.ALL:
         wanted |= {Status.KNOWN, Status.BACK_ONLINE}
@@ -312,11 +321,21 @@ def _add_cleaning(catalog: Catalog, library: str, line: Line, at: datetime) -> N
 
 
 def _detailed(
-    catalog: Catalog, changer: Changer, report: Report, queue: list[Line], keys: Keys | None
+    catalog: Catalog,
+    changer: Changer,
+    report: Report,
+    queue: list[Line],
+    keys: Keys | None,
+    rebuild: bool = False,
 ) -> None:
     failed: set[int] = set()  # drives that failed to unload: not used again
     for line in queue:
         found = _examine(changer, line, keys, failed)
+        if rebuild and line.barcode is None and found.label is not None:
+            # a cartridge without a barcode is known by its label's media id only
+            report.forgotten += catalog.forget_media(
+                report.library, only=[uuid.UUID(bytes=found.label.media_id)]
+            )
         imported = import_cartridge(
             catalog, report.library, line.barcode, line.slot, line.drive, found
         )
@@ -341,6 +360,19 @@ def _detailed(
                     data={"class": found.media_class, "slot": line.slot},
                 )
             )
+
+
+def _back_by_label(report: Report) -> None:
+    """A medium without a barcode that the fast part took offline and the
+    detailed part read back in the library is not reported as gone."""
+    read = {line.media_id for line in report.detailed if line.media_id is not None}
+    report.lines = [
+        line
+        for line in report.lines
+        if not (
+            line.status is Status.WENT_OFFLINE and line.barcode is None and line.media_id in read
+        )
+    ]
 
 
 def _examine(changer: Changer, line: Line, keys: Keys | None, failed: set[int]) -> Examined:

@@ -124,6 +124,7 @@ def import_cartridge(
                     record, entries = session_rows(good.catalog, good.raw.catalog_file)
                     medium = catalog.record_session(key, record, entries)
                     sessions += 1
+            _link_spanning(catalog, medium.media_id)
             medium = _expiry(catalog, medium)
         events = [_event(library, medium, found, sessions, at)]
         catalog.add_events(events)
@@ -194,6 +195,24 @@ def _ours(catalog: Catalog, cartridge: Cartridge) -> dict[str, object]:
     except CatalogError:
         catalog.add_pool(Pool(pool, notes="made by an inventory from a cartridge's label"))
     return {**_label_fields(cartridge.label), "state": state, "pool": pool, "error": None}
+
+
+def _link_spanning(catalog: Catalog, media_id: uuid.UUID) -> None:
+    """`continues_on` as copy-to-media recorded it: a cartridge's session
+    catalog names only the cartridge it continues from, so the link is set on
+    that one's last session (a cartridge a copy ran out of room on takes no
+    later session), whichever of the two is read first."""
+    recorded = catalog.sessions(media_id)
+    for session in recorded:
+        before = session.continued_from
+        if before is not None and before != media_id and catalog.find_medium(before) is not None:
+            earlier = catalog.sessions(before)
+            if earlier:
+                catalog.set_continues_on(before, earlier[-1].number, media_id)
+    if recorded:
+        for after in catalog.continued_by(media_id):
+            if after != media_id:
+                catalog.set_continues_on(media_id, recorded[-1].number, after)
 
 
 def _expiry(catalog: Catalog, medium: Medium) -> Medium:

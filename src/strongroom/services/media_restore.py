@@ -333,6 +333,9 @@ def _restore_planned(
             )
             packs, read = packs + done.packs_copied, read + done.bytes_copied
             done_point = point_id in done.points
+            if not done_point:
+                # The point's entry is read: load only the cartridges that hold its missing packs.
+                todo = _holding(catalog, done.incomplete.get(point_id, []), todo)
             if not done_point and not todo:
                 # The catalog did not link the copy's cartridges: find the rest by pack.
                 more = _holders(catalog, done.incomplete.get(point_id, []), used, settings)
@@ -346,6 +349,14 @@ def _restore_planned(
         restored = _restore_staged(staging, master, point_id, req, progress, cancel)
         kept = str(staging) if options.keep_staging else None
         return MediaRestored(restored, point_id, used, kept, packs, read)
+
+
+def _holding(catalog: Catalog, missing: list[bytes], todo: list[Needed]) -> list[Needed]:
+    """The cartridges of `todo` (in their order) whose placements hold one
+    of the `missing` packs: the point's entry is on every cartridge of its
+    copy, so one read says which packs it needs and the others are skipped."""
+    holders = {p.media_id for pack in missing for p in catalog.find_pack(pack)}
+    return [n for n in todo if n.media_id in holders]
 
 
 def _holders(

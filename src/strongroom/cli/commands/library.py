@@ -195,7 +195,8 @@ def _line_text(line: Line) -> str:
         where = f"drive {line.drive}"
     elif line.slot is not None:
         where = f"slot {line.slot}"
-    text = f"{where:>9}  {line.barcode or '(no barcode)':<12}  {line.status.value}"
+    name = line.barcode or (f"media {line.media_id}" if line.media_id else "(no barcode)")
+    text = f"{where:>9}  {name:<12}  {line.status.value}"
     if line.media_class is not None and line.status is not Status.CLEANING:
         text += f": {line.media_class}"
         if line.sessions:
@@ -246,6 +247,6 @@ def inventory_command(app: App, name: str, mode: str | None, label_only: bool, w
 )
 @pass_app
 def rebuild_catalog(app: App, name: str, label_only: bool, wait: float) -> None:
-    """Forget the library's media, then read every cartridge: the media
-    catalog rebuilt from the media alone."""
+    """Forget the media in the library now, then read every cartridge: the
+    media catalog rebuilt from the media alone (offline media are kept)."""
     _run_inventory(app, name, Detailed.ALL, label_only, wait, rebuild=True)
