@@ -134,7 +134,10 @@ def import_(app: App, name: str, barcodes: tuple[str, ...], unlabelled: int) -> 
     slots = import_cartridges(name, app.settings, list(barcodes), unlabelled)
     app.out.summary(
         {"slots": slots},
-        [f"put {len(slots)} cartridges in import/export slots {', '.join(map(str, slots))}"],
+        [
+            f"put {len(slots)} cartridge{'s' if len(slots) != 1 else ''} in import/export "
+            f"slot{'s' if len(slots) != 1 else ''} {', '.join(map(str, slots))}"
+        ],
     )
 
 
