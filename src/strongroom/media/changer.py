@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from strongroom.errors import ChangerError
 from strongroom.media.drive import Drive
 
 MAX_BARCODE = 32  # the SCSI volume tag field's length
@@ -82,6 +83,20 @@ class ChangerStatus:
 
     def free_slots(self, kind: ElementKind = ElementKind.SLOT) -> list[int]:
         return [e.address for e in self.slots if e.kind is kind and not e.full]
+
+    def origin(self, drive: int, changer: str) -> int:
+        """The slot the drive's cartridge came from (where `unload` puts it
+        back), refused with mtx's own words when the drive is empty or the
+        changer does not know."""
+        try:
+            element = self.drive(drive)
+        except KeyError:
+            raise ChangerError(f"{changer}: no drive {drive}") from None
+        if not element.full:
+            raise ChangerError(f"Data Transfer Element {drive} is Empty")
+        if element.loaded_from is None:
+            raise ChangerError(f"No Source for tape in drive {drive}!")
+        return element.loaded_from
 
 
 class Changer(Protocol):

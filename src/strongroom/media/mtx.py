@@ -62,15 +62,7 @@ class MtxChanger:
 
     def unload(self, drive: int, slot: int | None = None) -> None:
         if slot is None:
-            try:
-                element = self.status().drive(drive)
-            except KeyError:
-                raise ChangerError(f"{self.name}: no drive {drive}") from None
-            if not element.full:
-                raise ChangerError(f"Data Transfer Element {drive} is Empty")
-            if element.loaded_from is None:
-                raise ChangerError(f"No Source for tape in drive {drive}!")
-            slot = element.loaded_from
+            slot = self.status().origin(drive, self.name)
         self._run("unload", str(slot), str(drive))
 
     def transfer(self, source: int, destination: int) -> None:
