@@ -1,0 +1,107 @@
+"""`strongroom server` for real: a repository made with `strongroom init` and
+`backup`, the server started on a free loopback port with no terminal (so it
+generates the first administrator's password and prints it once), then
+signed in to over HTTP. SQLite catalog: the catalog's backends are the
+in-process tests' business."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import CliRunner
+from tests.helpers.cli import strongroom_command
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*strongroom_command(), "server", "--listen", f"127.0.0.1:{port}"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_up(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited {proc.returncode}: {log.read_text()}")
+        try:
+            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"server did not answer: {log.read_text()}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=20)
+
+
+def test_the_server_serves_the_repositorys_points_to_its_first_administrator(
+    cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert cli("init").rc == 0
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("hello server\n")
+    assert cli("backup", str(src), "--tag", "web").rc == 0
+    point_id = cli("snapshots", "--json").json()[0]["id"]
+
+    env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    proc = _start(env, port, log)
+    try:
+        _wait_up(proc, base, log)
+        printed = [ln for ln in log.read_text().splitlines() if "shown only now" in ln]
+        assert len(printed) == 1 and printed[0].startswith("administrator admin created")
+        password = printed[0].rsplit(" ", 1)[1]
+        with httpx.Client(base_url=base) as http:
+            wrong = http.post("/api/v1/session", json={"name": "admin", "password": "x" * 12})
+            assert wrong.status_code == 401
+            signed = http.post("/api/v1/session", json={"name": "admin", "password": password})
+            assert signed.status_code == 200, signed.text
+            points = http.get("/api/v1/points").json()
+            assert [p["id"] for p in points] == [point_id]
+            assert points[0]["tags"] == ["web"]
+            csrf = {"X-CSRF-Token": signed.json()["csrf_token"]}
+            assert http.delete("/api/v1/session", headers=csrf).status_code == 204
+    finally:
+        assert _stop(proc) == 0, log.read_text()
+    assert password not in log.read_text().replace(printed[0], "")  # printed once, no more
+
+    # a second start finds the administrator: no new password printed
+    log2 = tmp_path / "server2.log"
+    proc = _start(env, port, log2)
+    try:
+        _wait_up(proc, base, log2)
+    finally:
+        _stop(proc)
+    assert "shown only now" not in log2.read_text()
+
+
+def test_a_bad_listen_address_or_half_tls_is_one_line(cli: CliRunner) -> None:
+    bad = cli("server", "--listen", "nowhere")
+    assert bad.rc == 2 and "ADDRESS:PORT" in bad.err and "Traceback" not in bad.err
+    cert = os.devnull
+    half = cli("server", "--tls-cert", cert)
+    assert half.rc == 2 and "--tls-key" in half.err
