@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from fastapi.testclient import TestClient
 
@@ -168,3 +169,51 @@ def test_points_come_from_the_lister_and_are_audited(
     sign_in(client, "admin", ADMIN_PASSWORD)
     assert client.get("/api/v1/points").json() == [{"id": "ab" * 32, "host": "h"}]
     assert accounts.catalog.list_audit(action="points.list")[0].outcome == "ok"
+
+
+def test_sessions_expire_and_end_when_idle(accounts: Accounts) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from strongroom.services.accounts import SESSION_IDLE, SESSION_LIFETIME
+    from tests.server.conftest import FAST_HASHER
+
+    now = [datetime(2026, 12, 7, 9, 0, tzinfo=UTC)]
+    timed = Accounts(accounts.catalog, hasher=FAST_HASHER, clock=lambda: now[0])
+    timed.create_user("ivy", "ivy's password", Role.OPERATOR)
+    signed = timed.sign_in("ivy", "ivy's password")
+    assert signed is not None
+    now[0] += SESSION_IDLE - timedelta(seconds=1)
+    assert timed.session(signed.token) is not None  # and refreshed
+    now[0] += SESSION_IDLE - timedelta(seconds=1)
+    assert timed.session(signed.token) is not None
+    now[0] += SESSION_IDLE + timedelta(seconds=1)
+    assert timed.session(signed.token) is None  # idle too long: gone
+    again = timed.sign_in("ivy", "ivy's password")
+    assert again is not None
+    for _ in range(int(SESSION_LIFETIME / SESSION_IDLE) + 1):
+        now[0] += SESSION_IDLE - timedelta(minutes=1)
+        timed.session(again.token)
+    assert timed.session(again.token) is None  # past its lifetime
+    assert timed.session("x" * 500) is None
+
+
+def test_a_chunked_body_is_bounded_too(client: TestClient) -> None:
+    def parts() -> Iterator[bytes]:
+        yield b'{"name": "admin", "password": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'"}'
+
+    answer = client.post(
+        "/api/v1/session", content=parts(), headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 413
+
+
+def test_a_failing_catalog_is_a_one_line_503(client: TestClient, accounts: Accounts) -> None:
+    csrf = sign_in(client, "admin", ADMIN_PASSWORD)
+    with accounts.catalog.transaction() as c:
+        c.exec_driver_sql("DROP TABLE audit_log")
+    answer = client.get("/api/v1/points", headers={"X-CSRF-Token": csrf})
+    assert answer.status_code == 503 and answer.json()["error"].startswith("catalog ")
+    assert "\n" not in answer.json()["error"] and "Traceback" not in answer.text

@@ -87,6 +87,11 @@ def create_app(accounts: Accounts, points: Points, *, secure_cookies: bool = Fal
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
+    @app.exception_handler(StrongroomError)
+    async def unavailable(_request: Request, exc: StrongroomError) -> JSONResponse:
+        # the catalog (or the repository) failed: its one line, passwords masked
+        return JSONResponse({"error": str(exc).splitlines()[0][:500]}, status_code=503)
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # name the fields, never echo their values (a password may be one)
@@ -165,11 +170,13 @@ def create_app(accounts: Accounts, points: Points, *, secure_cookies: bool = Fal
         return found
 
     @app.get("/api/v1/users")
-    def list_users(_who: Admin) -> list[dict[str, Any]]:
+    def list_users(who: Admin, request: Request) -> list[dict[str, Any]]:
+        audit(request, "users.list", "users", "ok", who.user.name)
         return [_user_doc(u) for u in accounts.catalog.list_users()]
 
     @app.get("/api/v1/users/{name}")
-    def get_user(name: str, _who: Admin) -> dict[str, Any]:
+    def get_user(name: str, who: Admin, request: Request) -> dict[str, Any]:
+        audit(request, "user.show", name[:64], "ok", who.user.name)
         return _user_doc(_find(accounts, name))
 
     @app.post("/api/v1/users", status_code=201)
