@@ -6,10 +6,14 @@ in-process tests' business."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import select
 import signal
 import socket
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -41,13 +45,17 @@ def _wait_up(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"server exited {proc.returncode}: {log.read_text()}")
+            pytest.fail(f"server exited {proc.returncode}: {_text(log)}")
         try:
             if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.1)
-    pytest.fail(f"server did not answer: {log.read_text()}")
+    pytest.fail(f"server did not answer: {_text(log)}")
+
+
+def _text(log: Path) -> str:
+    return log.read_text() if log.exists() else "(on the terminal)"
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
@@ -105,3 +113,58 @@ def test_a_bad_listen_address_or_half_tls_is_one_line(cli: CliRunner) -> None:
     cert = os.devnull
     half = cli("server", "--tls-cert", cert)
     assert half.rc == 2 and "--tls-key" in half.err
+
+
+def _read_until(fd: int, needle: bytes, seconds: float = 30) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while needle not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            pytest.fail(f"no {needle!r} on the terminal: {seen!r}")
+        seen += os.read(fd, 4096)
+    return seen
+
+
+def test_on_a_terminal_the_first_administrators_password_is_asked_for(
+    cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert cli("init").rc == 0
+    env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
+    port = _free_port()
+    master, slave = pty.openpty()
+
+    def controlling_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [*strongroom_command(), "server", "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+        preexec_fn=controlling_terminal,
+    )
+    os.close(slave)
+    try:
+        _read_until(master, b"generate one)")
+        os.write(master, b"typed admin password\n")
+        _read_until(master, b"epeat")
+        os.write(master, b"typed admin password\n")
+        shown = _read_until(master, b"starting on")
+        assert b"typed admin password" not in shown and b"shown only now" not in shown
+        base = f"http://127.0.0.1:{port}"
+        _wait_up(proc, base, tmp_path / "no-log")
+        body = {"name": "admin", "password": "typed admin password"}
+        assert httpx.post(f"{base}/api/v1/session", json=body, timeout=10).status_code == 200
+    finally:
+        code = _stop(proc)
+        rest = b""
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                rest += os.read(master, 4096)
+            except OSError:
+                break
+        os.close(master)
+    assert code == 0, rest

@@ -44,7 +44,7 @@ def server(app: App, listen: str, tls_cert: str | None, tls_key: str | None) -> 
                 click.echo(f"administrator {name} created; its password (shown only now): "
                            f"{generated}")  # fmt: skip
         scheme = "https" if tls_cert else "http"
-        app.out.notice(f"strongroom server listening on {scheme}://{where}/api/v1/")
+        app.out.notice(f"strongroom server starting on {scheme}://{where}/api/v1/")
         run(
             create_app(accounts, points, secure_cookies=tls_cert is not None),
             where,
