@@ -12,6 +12,7 @@ import pty
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import termios
 import time
@@ -168,3 +169,81 @@ def test_on_a_terminal_the_first_administrators_password_is_asked_for(
                 break
         os.close(master)
     assert code == 0, rest
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    from datetime import UTC, datetime, timedelta
+    from ipaddress import IPv4Address
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_with_tls_the_server_speaks_https_and_the_cookie_is_secure(
+    cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert cli("init").rc == 0
+    cert, key = _self_signed(tmp_path)
+    env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
+    port = _free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*strongroom_command(), "server", "--listen", f"127.0.0.1:{port}",
+             "--tls-cert", str(cert), "--tls-key", str(key)],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"https://127.0.0.1:{port}"
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                httpx.get(f"{base}/api/v1/health", verify=trust, timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        password = next(ln for ln in log.read_text().splitlines() if "shown only now" in ln).rsplit(
+            " ", 1
+        )[1]
+        with httpx.Client(base_url=base, verify=trust) as http:
+            signed = http.post("/api/v1/session", json={"name": "admin", "password": password})
+            assert signed.status_code == 200
+            assert "secure" in signed.headers["set-cookie"].lower()
+            assert http.get("/api/v1/me").json()["name"] == "admin"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5)  # no plain HTTP
+    finally:
+        assert _stop(proc) == 0, log.read_text()
