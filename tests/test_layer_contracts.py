@@ -28,6 +28,8 @@ LAYERS = "Layers go downward only"
 SOURCES = "Sources never import the repository"
 STORAGE = "Storage knows nothing of chunks or keys"
 CLI = "The CLI is wiring only"
+SERVER = "The server is wiring only"
+WEB = "The web framework only in the server"
 BOTO3 = "boto3 only in the S3 backend"
 CLICK = "click and rich only in the CLI"
 CRYPTO = "Encryption, key derivation and compression only in the repository"
@@ -72,10 +74,18 @@ INJECTIONS = [
     ("protect/injected.py", "blake3", BLAKE3),
     ("pipeline/injected.py", "pyfastcdc", CDC),
     ("services/injected.py", "pyfsext", GUEST_FS),
+    # the backup server: wiring over services, below the CLI, owning the web framework
+    ("server/injected.py", "strongroom.cli.output", LAYERS),
+    ("services/injected.py", "strongroom.server.app", LAYERS),
+    ("server/injected.py", "strongroom.repository.locks", SERVER),
+    ("server/injected.py", "strongroom.catalog.schema", SERVER),
+    ("services/injected.py", "fastapi", WEB),
+    ("catalog/injected.py", "uvicorn", WEB),
+    ("server/injected.py", "argon2", CRYPTO),
 ]
 
 # What the CLI may import besides itself (the rest is in the contract's forbidden list).
-CLI_MAY_IMPORT = {"services", "model", "types", "errors", "config"}
+CLI_MAY_IMPORT = {"services", "server", "model", "types", "errors", "config"}
 
 
 def _contracts() -> dict[str, dict[str, Any]]:
@@ -165,3 +175,18 @@ def test_the_cli_contract_names_every_package_it_may_not_import() -> None:
         if str(m).startswith("strongroom.")
     }
     assert packages - {"cli"} == CLI_MAY_IMPORT | forbidden
+
+
+def test_the_server_contract_names_every_package_it_may_not_import() -> None:
+    """Like the CLI's: the server may import services and plain values only."""
+    packages = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" or (p / "__init__.py").exists()) and not p.name.startswith("__")
+    }
+    forbidden = {
+        str(m).removeprefix("strongroom.")
+        for m in _contracts()[SERVER]["forbidden_modules"]
+        if str(m).startswith("strongroom.")
+    }
+    assert packages - {"server"} == (CLI_MAY_IMPORT - {"server"}) | forbidden

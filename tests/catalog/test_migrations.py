@@ -20,7 +20,10 @@ from strongroom.catalog.migrate import current_revisions, head_revision, upgrade
 from strongroom.catalog.schema import VERSION_TABLE, metadata
 from strongroom.errors import CatalogError
 
-TABLES = {"libraries", "pools", "media", "drives", "sessions", "media_contents", "events"}
+TABLES = {
+    "libraries", "pools", "media", "drives", "sessions", "media_contents", "events",
+    "users", "login_sessions", "audit_log",
+}  # fmt: skip
 
 
 def _engine(url: str) -> sa.Engine:

@@ -6,23 +6,28 @@ repository and from the media."""
 
 from strongroom.catalog.catalog import Catalog
 from strongroom.catalog.records import (
+    AuditEntry,
     ContentEntry,
     Drive,
     Event,
     Library,
     LibraryKind,
     LocationChanges,
+    LoginSession,
     Medium,
     MediumKey,
     MediumState,
     Placement,
     Pool,
+    Role,
     SessionRecord,
     Severity,
     Sighting,
+    User,
 )
 
 __all__ = [
+    "AuditEntry",
     "Catalog",
     "ContentEntry",
     "Drive",
@@ -30,12 +35,15 @@ __all__ = [
     "Library",
     "LibraryKind",
     "LocationChanges",
+    "LoginSession",
     "Medium",
     "MediumKey",
     "MediumState",
     "Placement",
     "Pool",
+    "Role",
     "SessionRecord",
     "Severity",
     "Sighting",
+    "User",
 ]

@@ -214,3 +214,57 @@ def check_name(name: str, what: str) -> str:
     if not 0 < len(name) <= MAX_NAME or not name.isprintable() or name.strip() != name:
         raise CatalogError(f"catalog: {what} name {name[:40]!r} is not 1-{MAX_NAME} printable")
     return name
+
+
+# --- the backup server's users (revision 0002) -----------------------------------
+
+MAX_USER_NAME = 64
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+class Role(enum.StrEnum):
+    """What a user of the server may do (each includes the ones below)."""
+
+    ADMINISTRATOR = "administrator"  # users, settings, everything
+    OPERATOR = "operator"  # runs and restores
+    READ_ONLY = "read-only"  # looks
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password_hash: str  # argon2id, PHC string; never a password
+    role: Role
+    created: datetime
+    disabled: bool = False
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class LoginSession:
+    """A signed-in browser or client: the token itself is never stored."""
+
+    token_digest: str  # hex of a digest of the random token
+    user: str
+    created: datetime
+    expires: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    action: str  # "session.create", "user.create", ...
+    target: str
+    outcome: str  # "ok", "denied", "failed"
+    user: str | None = None
+    address: str | None = None
+    id: int | None = None
+
+
+def check_user_name(name: str) -> str:
+    if not _USER_NAME.fullmatch(name):
+        raise CatalogError(
+            f"catalog: user name {name[:40]!r} is not 1-{MAX_USER_NAME} letters, digits, . _ @ -"
+        )
+    return name

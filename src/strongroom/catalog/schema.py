@@ -28,7 +28,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
-from strongroom.catalog.records import MAX_BARCODE, MAX_NAME, LibraryKind, MediumState, Severity
+from strongroom.catalog.records import (
+    MAX_BARCODE,
+    MAX_NAME,
+    MAX_USER_NAME,
+    LibraryKind,
+    MediumState,
+    Role,
+    Severity,
+)
 
 VERSION_TABLE = "catalog_version"  # alembic's, named so a shared database stays clear
 
@@ -185,4 +193,41 @@ events = sa.Table(
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("data", json_type(), nullable=False),
     sa.CheckConstraint(_one_of("severity", Severity), name="severity"),
+)
+
+# --- the backup server (revision 0002) -----------------------------------------
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(MAX_USER_NAME), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(256), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created", UtcDateTime, nullable=False),
+    sa.Column("disabled", sa.Boolean, nullable=False),
+    sa.CheckConstraint(_one_of("role", Role), name="role"),
+)
+
+login_sessions = sa.Table(
+    "login_sessions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("token_digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("created", UtcDateTime, nullable=False),
+    sa.Column("expires", UtcDateTime, nullable=False, index=True),
+    sa.Column("last_seen", UtcDateTime, nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", UtcDateTime, nullable=False, index=True),
+    sa.Column("user_name", sa.String(MAX_USER_NAME)),  # text: survives the user's removal
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(256), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(64)),
 )

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "diff": "browse:diff",
     "restore": "restore:restore",
     "serve": "serve:serve",
+    "server": "server:server",
     "export": "export:export",
     "vhd": "vhd:vhd",
     "protect": "protect:protect",

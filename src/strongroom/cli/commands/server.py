@@ -1,0 +1,70 @@
+"""strongroom server: the backup server's HTTP API (docs/server.md)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from strongroom.cli.context import App, pass_app
+from strongroom.errors import UsageError
+from strongroom.server import create_app, parse_listen, run
+from strongroom.server.run import DEFAULT_LISTEN
+from strongroom.services.accounts import Accounts, check_password
+from strongroom.services.server_points import point_lister
+
+
+@click.command()
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    metavar="ADDRESS:PORT",
+    help="Where to listen ([::1]:8420 for IPv6).",
+)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@pass_app
+def server(app: App, listen: str, tls_cert: str | None, tls_key: str | None) -> None:
+    """Serve the HTTP API over the repository and the catalog of the settings."""
+    where = parse_listen(listen)
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    points = point_lister(app.settings.repository, app.password())
+    points()  # the repository opens with this password, or the server does not start
+    accounts = Accounts.open(app.settings.catalog)
+    try:
+        created = accounts.ensure_administrator(_ask_administrator_password)
+        if created is not None:
+            name, generated = created
+            if generated is None:
+                app.out.notice(f"administrator {name} created")
+            else:
+                # shown once, here, to whoever started the server: never logged
+                click.echo(f"administrator {name} created; its password (shown only now): "
+                           f"{generated}")  # fmt: skip
+        scheme = "https" if tls_cert else "http"
+        app.out.notice(f"strongroom server starting on {scheme}://{where}/api/v1/")
+        run(
+            create_app(accounts, points, secure_cookies=tls_cert is not None),
+            where,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+    finally:
+        accounts.close()
+
+
+def _ask_administrator_password() -> str | None:
+    """From the terminal when there is one; None: generate one."""
+    if not sys.stdin.isatty():
+        return None
+    value: str = click.prompt(
+        "Password for the first administrator (empty: generate one)",
+        hide_input=True,
+        confirmation_prompt=True,
+        default="",
+        show_default=False,
+        err=True,
+    )
+    return check_password(value) if value else None
