@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -28,8 +28,11 @@ MAX_AUDIT_TARGET = 256
 
 
 class AccountsMixin:
-    def transaction(self) -> AbstractContextManager[sa.Connection]:  # Catalog's
-        raise NotImplementedError
+    """The users, sign-in sessions and audit log of `Catalog` (mixed into it)."""
+
+    if TYPE_CHECKING:  # provided by Catalog; declared here for the type checker only
+
+        def transaction(self) -> AbstractContextManager[sa.Connection]: ...
 
     # --- users ---------------------------------------------------------------
 
