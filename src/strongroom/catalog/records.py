@@ -189,6 +189,19 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
     id: int | None = None  # set when read back
 
+    @classmethod
+    def about(
+        cls,
+        medium: Medium,
+        at: datetime,
+        kind: str,
+        message: str,
+        severity: Severity = Severity.INFO,
+        library: str | None = None,
+    ) -> Event:
+        """An event naming a medium (its library, or `library`, and barcode)."""
+        return cls(at, kind, message, severity, library or medium.library, medium.barcode)
+
 
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")  # a barcode: printable ASCII, no spaces

@@ -380,14 +380,7 @@ def _full_without_session(catalog: Catalog, medium: Medium, why: str, at: dateti
     with catalog.transaction():
         catalog.update_medium(medium.media_id, state=MediumState.FULL)
         catalog.add_event(
-            Event(
-                at=at,
-                kind="full",
-                message=f"{medium.name} is full: {why}",
-                severity=Severity.WARNING,
-                library=medium.library,
-                barcode=medium.barcode,
-            )
+            Event.about(medium, at, "full", f"{medium.name} is full: {why}", Severity.WARNING)
         )
 
 
@@ -399,13 +392,12 @@ def _failed(catalog: Catalog, medium: Medium, err: BaseException, at: datetime) 
         with catalog.transaction():
             catalog.update_medium(medium.media_id, error=why[:500])
             catalog.add_event(
-                Event(
-                    at=at,
-                    kind="write-failed",
-                    message=f"{medium.name}: copy-to-media stopped: {why}",
-                    severity=Severity.ERROR,
-                    library=medium.library,
-                    barcode=medium.barcode,
+                Event.about(
+                    medium,
+                    at,
+                    "write-failed",
+                    f"{medium.name}: copy-to-media stopped: {why}",
+                    Severity.ERROR,
                 )
             )
     except Exception:  # the catalog's own failure must not hide the first one

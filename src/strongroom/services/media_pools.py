@@ -187,12 +187,11 @@ def mark_expired(catalog: Catalog, now: datetime | None = None) -> list[Medium]:
                 with catalog.transaction():
                     out.append(catalog.update_medium(medium.media_id, state=MediumState.EXPIRED))
                     catalog.add_event(
-                        Event(
-                            at=now,
-                            kind="expired",
-                            message=f"{medium.name}: retention of pool {medium.pool} is over",
-                            library=medium.library,
-                            barcode=medium.barcode,
+                        Event.about(
+                            medium,
+                            now,
+                            "expired",
+                            f"{medium.name}: retention of pool {medium.pool} is over",
                         )
                     )
     return out
@@ -502,13 +501,13 @@ def recycle(
             drive=None,
         )
         catalog.add_event(
-            Event(
-                at=now,
-                kind="recycled",
-                message=f"{medium.name} recycled for pool {medium.pool} ({removed} entries gone)",
-                severity=Severity.INFO,
+            Event.about(
+                medium,
+                now,
+                "recycled",
+                f"{medium.name} recycled for pool {medium.pool} ({removed} entries gone)",
+                Severity.INFO,
                 library=changer.name,
-                barcode=medium.barcode,
             )
         )
     return fresh
