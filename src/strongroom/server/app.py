@@ -18,11 +18,10 @@ Contract:
 # No `from __future__ import annotations`: FastAPI reads the endpoints'
 # annotations at definition time, and some name aliases local to create_app.
 
-import hmac
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -30,14 +29,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from strongroom import __version__
 from strongroom.errors import StrongroomError
+from strongroom.server.guards import COOKIE, CSRF_HEADER, Admin, Caller, Guards
 from strongroom.server.limits import BodyLimit
 from strongroom.services.accounts import MAX_PASSWORD, Accounts, Role, SignedIn, User
 
-COOKIE = "strongroom_session"
-CSRF_HEADER = "X-CSRF-Token"
-_CHANGES = {"POST", "PUT", "PATCH", "DELETE"}
+__all__ = ["COOKIE", "CSRF_HEADER", "AddRoutes", "create_app"]
 
 Points = Callable[[], list[dict[str, Any]]]
+AddRoutes = Callable[[FastAPI, Guards], None]
 RoleName = Literal["administrator", "operator", "read-only"]
 
 
@@ -67,13 +66,17 @@ def _user_doc(user: User) -> dict[str, Any]:
     }
 
 
-def _address(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-def create_app(accounts: Accounts, points: Points, *, secure_cookies: bool = False) -> FastAPI:
+def create_app(
+    accounts: Accounts,
+    points: Points,
+    *,
+    secure_cookies: bool = False,
+    routers: Sequence[AddRoutes] = (),
+) -> FastAPI:
     """The application; `points` lists the repository's points (services/
-    server_points.py), `secure_cookies` when served over TLS."""
+    server_points.py), `secure_cookies` when served over TLS; each of
+    `routers` adds its endpoints (`add_..._routes(app, guards)`, bound to
+    its services by the caller)."""
     app = FastAPI(
         title="strongroom",
         version=__version__,
@@ -103,29 +106,8 @@ def create_app(accounts: Accounts, points: Points, *, secure_cookies: bool = Fal
             status_code=422,
         )
 
-    def audit(request: Request, action: str, target: str, outcome: str, user: str | None) -> None:
-        accounts.audit(action, target, outcome, user, _address(request))
-
-    def caller(request: Request) -> SignedIn:
-        token = request.cookies.get(COOKIE)
-        signed = accounts.session(token) if token else None
-        if signed is None:
-            raise HTTPException(401, "not signed in")
-        if request.method in _CHANGES:
-            given = request.headers.get(CSRF_HEADER, "")
-            if not hmac.compare_digest(given.encode(), signed.csrf.encode()):
-                audit(request, "csrf", request.url.path, "denied", signed.user.name)
-                raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header")
-        return signed
-
-    def administrator(request: Request, who: Annotated[SignedIn, Depends(caller)]) -> SignedIn:
-        if who.user.role is not Role.ADMINISTRATOR:
-            audit(request, f"{request.method} {request.url.path}", "-", "denied", who.user.name)
-            raise HTTPException(403, "administrators only")
-        return who
-
-    Caller = Annotated[SignedIn, Depends(caller)]
-    Admin = Annotated[SignedIn, Depends(administrator)]
+    guards = app.state.guards = Guards(accounts)
+    audit = guards.audit
 
     @app.get("/api/v1/health")
     def health() -> dict[str, str]:
@@ -222,6 +204,8 @@ def create_app(accounts: Accounts, points: Points, *, secure_cookies: bool = Fal
         accounts.catalog.remove_user(name)
         audit(request, "user.remove", name, "ok", who.user.name)
 
+    for add_routes in routers:
+        add_routes(app, guards)
     return app
 
 
