@@ -164,6 +164,7 @@ class RepositoryView:
         self._damaged: set[str] = set()
         self._sorted: list[RecoveryPoint] = []
         self._checked: float | None = None
+        self._sources: tuple[list[RecoveryPoint], list[Source]] | None = None
 
     def _open(self) -> Repository:
         if self._repo is None:
@@ -224,7 +225,12 @@ class RepositoryView:
         return found
 
     def sources(self) -> list[Source]:
-        return sources_of(self.points())
+        """The points' sources, grouped again only when the points changed."""
+        points = self.points()
+        cached = self._sources
+        if cached is None or cached[0] is not points:
+            cached = self._sources = (points, sources_of(points))
+        return cached[1]
 
     def folder(self, point_id: str, path: str) -> Folder:
         """One folder of a files point (UsageError for other kinds and for a
