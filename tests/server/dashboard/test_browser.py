@@ -117,8 +117,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _cli(env, "backup", str(source), "--tag", "first")
     (source / "a.txt").write_bytes(b"changed for the second point\n")
     files["a.txt"] = b"changed for the second point\n"
-    _cli(env, "backup", str(source), "--tag", "second")
-    point = _cli(env, "snapshots", "--json").json()[-1]["id"]
+    point = _cli(env, "backup", str(source), "--tag", "second", "--json").summary()["point_id"]
     library.join()
     assert (home / "data" / "strongroom" / "libraries" / "lib1" / "moved").exists()
 
