@@ -10,8 +10,10 @@ import zipfile
 
 import pytest
 
+from strongroom.catalog import Library, LibraryKind
 from strongroom.errors import UsageError
 from strongroom.services.dashboard import checked_path
+from strongroom.services.libraries import create_virtual_library
 from tests.server.dashboard.conftest import (
     ADMIN_PASSWORD,
     OPERATOR_PASSWORD,
@@ -167,3 +169,24 @@ def test_sign_out_ends_the_session(site: Site) -> None:
     out = site.client.post("/signout", data={"csrf_token": csrf})
     assert out.status_code == 303 and out.headers["location"] == "/signin"
     assert site.client.get("/").status_code == 303
+
+
+def test_the_inventory_needs_an_operator_and_a_known_library(site: Site) -> None:
+    create_virtual_library("v1", slots=3, drives=1, import_export=0, cartridges=2)
+    site.accounts.catalog.add_library(Library("v1", LibraryKind.VIRTUAL))
+    reader = sign_in(site.client, "rita", READER_PASSWORD)
+    hx = {"HX-Request": "true"}
+    url = "/libraries/v1/inventory"
+    assert site.client.post(url, data={"csrf_token": reader}, headers=hx).status_code == 403
+    operator = sign_in(site.client, "olga", OPERATOR_PASSWORD)
+    done = site.client.post(url, data={"csrf_token": operator}, headers=hx)
+    assert done.status_code == 200 and 'id="library-v1"' in done.text
+    assert "2 new (VT0001L8, VT0002L8" in done.text  # fast: new barcodes are listed
+    plain = site.client.post(url, data={"csrf_token": operator})
+    assert plain.status_code == 303 and plain.headers["location"] == "/libraries"
+    unknown = site.client.post(
+        "/libraries/nope/inventory", data={"csrf_token": operator}, headers=hx
+    )
+    assert unknown.status_code == 404 and unknown.text.startswith('<p class="error"')
+    assert ("library.inventory", "ok", "olga") in _audit(site)
+    assert ("library.inventory", "failed", "olga") in _audit(site)

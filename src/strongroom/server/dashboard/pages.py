@@ -161,6 +161,8 @@ def add_dashboard_routes(
 
     @app.exception_handler(PageError)
     async def page_error(request: Request, exc: PageError) -> Response:
+        if request.headers.get("HX-Request"):  # swapped in place of the part asked for
+            return render("_error.html", request, None, exc.status, message=exc.message)
         return render("error.html", request, None, exc.status, message=exc.message)
 
     # --- signing in and out ----------------------------------------------------
