@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
@@ -9,8 +10,10 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.server import create_app, parse_listen, run
+from strongroom.server.dashboard import add_dashboard_routes
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
+from strongroom.services.dashboard import RepositoryView
 from strongroom.services.server_points import point_lister
 
 
@@ -44,9 +47,16 @@ def server(app: App, listen: str, tls_cert: str | None, tls_key: str | None) -> 
                 click.echo(f"administrator {name} created; its password (shown only now): "
                            f"{generated}")  # fmt: skip
         scheme = "https" if tls_cert else "http"
-        app.out.notice(f"strongroom server starting on {scheme}://{where}/api/v1/")
+        app.out.notice(f"strongroom server starting on {scheme}://{where}/ (API: /api/v1/)")
+        secure = tls_cert is not None
+        dashboard = functools.partial(
+            add_dashboard_routes,
+            view=RepositoryView(app.settings.repository, app.password()),
+            settings=app.settings,
+            secure_cookies=secure,
+        )
         run(
-            create_app(accounts, points, secure_cookies=tls_cert is not None),
+            create_app(accounts, points, secure_cookies=secure, routers=[dashboard]),
             where,
             tls_cert=tls_cert,
             tls_key=tls_key,

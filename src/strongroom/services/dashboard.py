@@ -1,0 +1,322 @@
+"""What the web dashboard shows of the server's repository: its points
+(cached), the sources they make, one folder of a point, and the picked files
+of a point as a tar or zip stream.
+
+Contract:
+- one repository handle for the server's life, opened once (the key
+  derivation is paid once); reading never locks (reading points never
+  conflicts with a backup), and `Repository.load_chunk` is thread safe;
+- the point list is refreshed at most every `ttl` seconds and
+  incrementally: a refresh lists the point ids and reads only the new ones,
+  so a page over 10,000 points costs one listing, not 10,000 reads. When
+  points appear, a fresh handle with the same key is used from then on, so
+  its chunk index (read on first use) knows their packs;
+- a damaged point is left out (`check` names it) and not read again;
+- paths from a request are hostile: `checked_path` refuses NUL, relative
+  paths, `..` and overlong text (UsageError) before anything is looked up;
+- an archive is planned (every picked path found, or PathNotFound) before
+  its first byte, then streamed member by member, chunk by chunk: nothing is
+  built in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from strongroom.errors import IntegrityError, ObjectNotFound, PointNotFound, UsageError
+from strongroom.model.kinds import PointKind
+from strongroom.model.names import printable
+from strongroom.model.point import RecoveryPoint as RecoveryPoint
+from strongroom.model.tree import DIR, FILE, SYMLINK, Node
+from strongroom.repository.repo import Repository
+from strongroom.services.browse import list_entries
+from strongroom.services.dashboard_archive import Member, tar_stream, zip_stream
+from strongroom.services.points import load_point, require_files
+from strongroom.services.restore import point_path
+from strongroom.services.walk import find_node, iter_tree
+from strongroom.storage import open_backend
+
+MAX_PATH = 4096
+MAX_PICKS = 1000
+MAX_FOLDER = 5000  # entries one folder page shows
+STALE_AFTER = timedelta(hours=26)  # a daily source one run late
+FAILING_AFTER = timedelta(hours=72)
+
+
+class Health:
+    OK = "ok"
+    STALE = "stale"
+    FAILING = "failing"
+
+
+def health_of(lag: timedelta) -> str:
+    """ok up to STALE_AFTER since the last point, stale up to FAILING_AFTER,
+    failing beyond."""
+    if lag <= STALE_AFTER:
+        return Health.OK
+    return Health.STALE if lag <= FAILING_AFTER else Health.FAILING
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a series of points protects: one host's paths of one kind."""
+
+    host: str
+    paths: tuple[str, ...]
+    kind: str
+    points: tuple[RecoveryPoint, ...]  # oldest first
+
+    @property
+    def key(self) -> str:
+        """A short stable name for links and anchors."""
+        text = "\0".join([self.host, self.kind, *self.paths])
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+    @property
+    def last(self) -> RecoveryPoint:
+        return self.points[-1]
+
+    def lag(self, now: datetime) -> timedelta:
+        return max(timedelta(0), now - self.last.time)
+
+    def health(self, now: datetime) -> str:
+        return health_of(self.lag(now))
+
+
+def sources_of(points: Sequence[RecoveryPoint]) -> list[Source]:
+    """Points grouped by (host, paths, kind), sorted by host then paths."""
+    groups: dict[tuple[str, tuple[str, ...], str], list[RecoveryPoint]] = {}
+    for p in points:
+        groups.setdefault((p.host, tuple(sorted(p.paths)), str(p.kind)), []).append(p)
+    return [
+        Source(host, paths, kind, tuple(sorted(found, key=lambda p: (p.time, p.id))))
+        for (host, paths, kind), found in sorted(groups.items())
+    ]
+
+
+def point_bytes(point: RecoveryPoint) -> int:
+    """The size of what the point holds (files: their bytes; images: the disk)."""
+    for name in ("total_bytes", "size"):
+        value = point.summary.get(name)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def added_bytes(point: RecoveryPoint) -> int:
+    value = point.summary.get("data_added")
+    return value if isinstance(value, int) else 0
+
+
+def checked_path(text: str) -> str:
+    """A path of a point as a request gives it: absolute, without NUL or
+    `..`, at most MAX_PATH characters; `/a//b/./c` is `/a/b/c`."""
+    if len(text) > MAX_PATH or "\0" in text:
+        raise UsageError("a path of the point must be under 4096 characters without NUL")
+    try:
+        return point_path(text)
+    except UsageError:
+        raise UsageError("give a path of the point from /, without '..'") from None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a folder of a point."""
+
+    name: str  # printable
+    path: str  # the point's path (surrogateescape text)
+    type: str  # file, folder, link or other
+    size: int
+    mtime: datetime | None
+
+
+@dataclass(frozen=True)
+class Folder:
+    path: str
+    parent: str | None  # None at the root
+    entries: list[Entry]
+    more: int  # entries not shown (over MAX_FOLDER)
+
+
+class RepositoryView:
+    """The dashboard's reading of one repository (see the module's contract)."""
+
+    def __init__(
+        self,
+        location: str,
+        password: bytes,
+        *,
+        ttl: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._location = location
+        self._password = password
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._repo: Repository | None = None
+        self._points: dict[str, RecoveryPoint] = {}
+        self._damaged: set[str] = set()
+        self._sorted: list[RecoveryPoint] = []
+        self._checked: float | None = None
+        self._sources: tuple[list[RecoveryPoint], list[Source]] | None = None
+
+    def _open(self) -> Repository:
+        if self._repo is None:
+            backend = open_backend(self._location)
+            try:
+                self._repo = Repository.open(backend, self._password)
+            except BaseException:
+                backend.close()
+                raise
+        return self._repo
+
+    def _fresh_handle(self) -> Repository:
+        """A handle with the same key whose index is read anew on first use."""
+        old = self._open()
+        self._repo = Repository(open_backend(self._location), old.master, old.config,
+                                old.key_name)  # fmt: skip
+        return self._repo
+
+    def repository(self) -> Repository:
+        with self._lock:
+            return self._open()
+
+    def points(self) -> list[RecoveryPoint]:
+        """Every readable point, oldest first (at most `ttl` seconds old)."""
+        with self._lock:
+            now = self._clock()
+            if self._checked is not None and now - self._checked < self._ttl:
+                return self._sorted
+            repo = self._open()
+            ids = set(repo.list_point_ids())
+            new = ids - self._points.keys() - self._damaged
+            gone = self._points.keys() - ids
+            for pid in gone:
+                del self._points[pid]
+            self._damaged &= ids
+            if new:
+                repo = self._fresh_handle()
+                for pid in new:
+                    try:
+                        self._points[pid] = load_point(repo, pid)
+                    except ObjectNotFound:
+                        continue  # forgotten meanwhile
+                    except IntegrityError:
+                        self._damaged.add(pid)
+            if new or gone or self._checked is None:
+                self._sorted = sorted(self._points.values(), key=lambda p: (p.time, p.id))
+            self._checked = now
+            return self._sorted
+
+    def point(self, point_id: str) -> RecoveryPoint:
+        """One point by its full id (PointNotFound otherwise)."""
+        if len(point_id) != 64 or any(c not in "0123456789abcdef" for c in point_id):
+            raise PointNotFound("no such recovery point")
+        self.points()
+        found = self._points.get(point_id)
+        if found is None:
+            raise PointNotFound(f"no recovery point {point_id[:16]}")
+        return found
+
+    def sources(self) -> list[Source]:
+        """The points' sources, grouped again only when the points changed."""
+        points = self.points()
+        cached = self._sources
+        if cached is None or cached[0] is not points:
+            cached = self._sources = (points, sources_of(points))
+        return cached[1]
+
+    def folder(self, point_id: str, path: str) -> Folder:
+        """One folder of a files point (UsageError for other kinds and for a
+        path that is a file; PathNotFound when absent)."""
+        point = self.point(point_id)
+        _require_browsable(point)
+        path = checked_path(path)
+        repo = self.repository()
+        entries: list[Entry] = []
+        more = 0
+        for full, node in list_entries(repo, bytes.fromhex(point.tree), path, recursive=False):
+            if path != "/" and full == path.encode("utf-8", "surrogateescape"):
+                if node.type != DIR:
+                    raise UsageError(f"{printable(path)} is not a folder")
+                continue
+            if len(entries) >= MAX_FOLDER:
+                more += 1
+                continue
+            entries.append(_entry(full, node))
+        entries.sort(key=lambda e: (e.type != "folder", e.name))
+        parent = None if path == "/" else (path.rsplit("/", 1)[0] or "/")
+        return Folder(path, parent, entries, more)
+
+    def archive(self, point_id: str, paths: Sequence[str], fmt: str) -> Iterator[bytes]:
+        """The picked paths of a files point (folders with what they hold) as a
+        `tar` or `zip` stream. Every path is checked and found before this
+        returns; the stream then reads chunk by chunk."""
+        if fmt not in ("tar", "zip"):
+            raise UsageError("the archive format is tar or zip")
+        if not paths:
+            raise UsageError("pick at least one file or folder")
+        if len(paths) > MAX_PICKS:
+            raise UsageError(f"pick at most {MAX_PICKS} files or folders")
+        point = self.point(point_id)
+        _require_browsable(point)
+        repo = self.repository()
+        tree = bytes.fromhex(point.tree)
+        picked: list[tuple[bytes, Node]] = []
+        for text in dict.fromkeys(checked_path(p) for p in paths):
+            _, node = find_node(repo, tree, text)  # PathNotFound now, not mid-stream
+            if node is None:
+                raise UsageError("pick files or folders, not the whole point")
+            picked.append((text.encode("utf-8", "surrogateescape"), node))
+        members = _members(repo, picked)
+        return tar_stream(members) if fmt == "tar" else zip_stream(members)
+
+
+def _require_browsable(point: RecoveryPoint) -> None:
+    if point.kind != PointKind.FILES:
+        raise UsageError(
+            f"point {point.short_id} is a {printable(str(point.kind))} point: "
+            "browse it with 'strongroom ls' (files points only here)"
+        )
+    require_files(point)
+
+
+_KINDS = {FILE: "file", DIR: "folder", SYMLINK: "link"}
+
+
+def _entry(full: bytes, node: Node) -> Entry:
+    mtime = datetime.fromtimestamp(node.mtime_ns / 1e9, UTC) if node.mtime_ns else None
+    return Entry(
+        name=printable(node.name.decode("utf-8", "surrogateescape")),
+        path=full.decode("utf-8", "surrogateescape"),
+        type=_KINDS.get(node.type, "other"),
+        size=sum(node.chunk_sizes) if node.type == FILE else node.size,
+        mtime=mtime,
+    )
+
+
+def _members(repo: Repository, picked: list[tuple[bytes, Node]]) -> Iterator[Member]:
+    """Each picked entry, and what a picked folder holds, once each."""
+    seen: set[bytes] = set()
+    for base, node in picked:
+        walk: Iterator[tuple[bytes, Node]] = iter([(base, node)])
+        if node.type == DIR and node.subtree is not None:
+            walk = _chain(base, node, iter_tree(repo, node.subtree, base))
+        for path, entry in walk:
+            if path in seen or entry.type not in (FILE, DIR, SYMLINK):
+                continue
+            seen.add(path)
+            yield Member(repo, path.lstrip(b"/"), entry)
+
+
+def _chain(
+    base: bytes, node: Node, rest: Iterator[tuple[bytes, Node]]
+) -> Iterator[tuple[bytes, Node]]:
+    yield base, node
+    yield from rest

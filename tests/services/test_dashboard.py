@@ -1,0 +1,130 @@
+"""services/dashboard.py: the cached, incremental point list (a new point
+is seen after the cache's time and its files are readable: a fresh handle
+reads the new index), sources and health, the path checks, and archives
+that are planned before their first byte."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from strongroom.errors import PathNotFound, PointNotFound, UsageError
+from strongroom.services.backup import BackupRequest, backup_files
+from strongroom.services.dashboard import (
+    FAILING_AFTER,
+    STALE_AFTER,
+    RepositoryView,
+    checked_path,
+    health_of,
+)
+from tests.conftest import init_local_repository, open_local_repository
+from tests.helpers.cli import PASSWORD
+
+
+def _backup(repo_path: Path, tree: Path, host: str = "h1") -> str:
+    repo = open_local_repository(repo_path)
+    try:
+        result = backup_files(repo, BackupRequest(paths=[str(tree)], host=host))
+        assert result.point is not None
+        return result.point.id
+    finally:
+        repo.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_new_points_appear_after_the_cache_time_and_their_files_read(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    init_local_repository(repo_path)
+    tree = tmp_path / "src"
+    tree.mkdir()
+    (tree / "one.txt").write_bytes(b"one")
+    first = _backup(repo_path, tree)
+    clock = Clock()
+    view = RepositoryView(str(repo_path), PASSWORD.encode(), ttl=2.0, clock=clock)
+    assert [p.id for p in view.points()] == [first]
+    assert [e.name for e in view.folder(first, str(tree)).entries] == ["one.txt"]
+
+    (tree / "two.bin").write_bytes(os.urandom(50_000))  # a new pack the index must know
+    second = _backup(repo_path, tree)
+    assert [p.id for p in view.points()] == [first]  # cached
+    clock.now = 2.5
+    assert [p.id for p in view.points()] == [first, second]
+    data = b"".join(view.archive(second, [f"{tree}/two.bin"], "tar"))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.getmembers()[0]
+        assert tar.extractfile(member).read() == (tree / "two.bin").read_bytes()  # type: ignore[union-attr]
+
+    repo = open_local_repository(repo_path)
+    repo.delete_point(first)
+    repo.close()
+    clock.now = 5.0
+    assert [p.id for p in view.points()] == [second]
+    with pytest.raises(PointNotFound):
+        view.point(first)
+    with pytest.raises(PointNotFound):
+        view.point("../" + "0" * 61)
+    source = view.sources()[0]
+    assert source.host == "h1" and source.paths == (str(tree),) and source.last.id == second
+    assert source.health(datetime.now(UTC)) == "ok"
+
+
+def test_archives_are_planned_before_their_first_byte(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    init_local_repository(repo_path)
+    tree = tmp_path / "src"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "f").write_bytes(b"x")
+    os.symlink("d/f", tree / "link")
+    point = _backup(repo_path, tree)
+    view = RepositoryView(str(repo_path), PASSWORD.encode())
+    with pytest.raises(PathNotFound):
+        view.archive(point, [f"{tree}/d/f", f"{tree}/missing"], "tar")
+    with pytest.raises(UsageError):
+        view.archive(point, ["/"], "tar")
+    with pytest.raises(UsageError):
+        view.archive(point, [], "tar")
+    with pytest.raises(UsageError):
+        view.archive(point, [f"{tree}/d/f"], "rar")
+    with pytest.raises(UsageError):
+        view.archive(point, [f"{tree}/d/f"] * 1001, "zip")
+    data = b"".join(view.archive(point, [str(tree)], "tar"))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        base = str(tree).lstrip("/")
+        link = tar.getmember(f"{base}/link")
+        assert link.issym() and link.linkname == "d/f"
+        assert tar.getmember(f"{base}/d").isdir()
+        assert tar.extractfile(f"{base}/d/f").read() == b"x"  # type: ignore[union-attr]
+
+
+def test_health_by_the_age_of_the_last_point() -> None:
+    assert health_of(timedelta(0)) == "ok"
+    assert health_of(STALE_AFTER) == "ok"
+    assert health_of(STALE_AFTER + timedelta(seconds=1)) == "stale"
+    assert health_of(FAILING_AFTER) == "stale"
+    assert health_of(FAILING_AFTER + timedelta(seconds=1)) == "failing"
+
+
+@given(st.text(max_size=300))
+def test_checked_paths_are_absolute_and_clean_or_refused(text: str) -> None:
+    try:
+        path = checked_path(text)
+    except UsageError:
+        return
+    parts = path.split("/")
+    assert path.startswith("/") and "\0" not in path and len(path) <= 4096
+    assert ".." not in parts and "." not in parts and "" not in parts[1:-1]
+    assert path == "/" or not path.endswith("/")
