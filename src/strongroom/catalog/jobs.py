@@ -35,8 +35,17 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from strongroom.catalog import convert
 from strongroom.catalog.engine import one_line
-from strongroom.catalog.schema import jobs, maintenance_locks, schedules, sign_in_limits
+from strongroom.catalog.records import AuditEntry, Event
+from strongroom.catalog.schema import (
+    audit_log,
+    events,
+    jobs,
+    maintenance_locks,
+    schedules,
+    sign_in_limits,
+)
 from strongroom.errors import CatalogError
 
 MAX_OUTCOME = 2000
@@ -295,6 +304,29 @@ class JobsMixin:
             )
         return bool(done.rowcount == 1)
 
+    def release_job(
+        self, job_id: int, worker: str, due: datetime, outcome: str, now: datetime
+    ) -> bool:
+        """The worker gives its job back to the queue, due again at `due`
+        (a lock was busy); False when it was not the worker's."""
+        with self.transaction() as c:
+            done = c.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.claimed_by == worker,
+                    jobs.c.state == str(JobState.RUNNING),
+                )
+                .values(
+                    state=str(JobState.QUEUED),
+                    claimed_by=None,
+                    heartbeat=None,
+                    due=due,
+                    outcome=outcome[:MAX_OUTCOME],
+                )
+            )
+        return bool(done.rowcount == 1)
+
     def cancel_job(self, job_id: int, now: datetime) -> bool:
         """A queued job only (a running one belongs to its worker)."""
         with self.transaction() as c:
@@ -465,6 +497,33 @@ class JobsMixin:
                     maintenance_locks.c.name == name, maintenance_locks.c.holder == holder
                 )
             )
+
+    # --- pages of the audit log and the events, for the API ----------------
+
+    def audit_page(self, *, limit: int, before: int | None = None) -> list[AuditEntry]:
+        """Newest first (by id); `before`: only rows with a smaller id."""
+        query = sa.select(audit_log)
+        if before is not None:
+            query = query.where(audit_log.c.id < before)
+        with self.transaction() as c:
+            rows = c.execute(query.order_by(audit_log.c.id.desc()).limit(limit)).all()
+        return [
+            AuditEntry(r.at, r.action, r.target, r.outcome, r.user_name, r.address, r.id)
+            for r in rows
+        ]
+
+    def events_page(
+        self, *, limit: int, before: int | None = None, kind: str | None = None
+    ) -> list[Event]:
+        """Newest first (by id); `before`: only events with a smaller id."""
+        query = sa.select(events)
+        if before is not None:
+            query = query.where(events.c.id < before)
+        if kind is not None:
+            query = query.where(events.c.kind == kind)
+        with self.transaction() as c:
+            rows = c.execute(query.order_by(events.c.id.desc()).limit(limit)).all()
+        return [convert.event(r) for r in rows]
 
     # --- sign-in limits ------------------------------------------------------
 

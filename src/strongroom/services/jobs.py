@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from strongroom.catalog import Catalog, Event, Job, JobState, Severity
+from strongroom.catalog import AuditEntry, Catalog, Event, Job, JobState, Severity
 from strongroom.errors import StrongroomError
 
 __all__ = ["Job", "JobState", "Jobs", "Progress"]
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=60)
 MAX_TRIES = 3
+RETRY_DELAY = timedelta(seconds=60)
 MAX_SPEC_BYTES = 16 * 1024
 
 Progress = Callable[[dict[str, Any]], None]
@@ -81,11 +82,21 @@ class Jobs:
         now = self.clock()
         with self.catalog.transaction():
             mine = self.catalog.finish_job(job.id, worker, state, outcome, now)
+            if mine and job.machine is None:  # the server's own work: in the audit log
+                self.catalog.add_audit(
+                    AuditEntry(now, f"job.{job.kind}", f"job {job.id}", "ok" if ok else "failed")
+                )
             if mine and not ok:
                 self.catalog.add_event(
                     _alert(job, now, f"job {job.id} ({job.kind}) failed: {outcome}")
                 )
         return mine
+
+    def retry_later(self, job: Job, worker: str, why: str) -> bool:
+        """Back to the queue, due after `RETRY_DELAY` (a lock was busy)."""
+        assert job.id is not None
+        now = self.clock()
+        return self.catalog.release_job(job.id, worker, now + RETRY_DELAY, f"retrying: {why}", now)
 
     def cancel(self, job_id: int) -> bool:
         return self.catalog.cancel_job(job_id, self.clock())
@@ -142,6 +153,11 @@ class Jobs:
             outcome = self.handlers[job.kind](job, report)
         except StrongroomError as err:
             ok, outcome = False, str(err).splitlines()[0] if str(err) else type(err).__name__
+            if err.retryable and job.tries < self.max_tries:
+                stop.set()
+                beating.join()
+                self.retry_later(job, worker, outcome)
+                return
         except Exception as err:  # a bug must not kill the runner: recorded, logged
             log.exception("job %s (%s) crashed", job.id, job.kind)
             ok, outcome = False, f"internal error: {type(err).__name__}"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.server import create_app, parse_listen, run
+from strongroom.server.ops_api import add_ops_routes
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
+from strongroom.services.operations import server_operations
 from strongroom.services.server_points import point_lister
 
 
@@ -24,8 +27,15 @@ from strongroom.services.server_points import point_lister
 )
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Run no schedules and no server-side jobs in this process (API only).",
+)
 @pass_app
-def server(app: App, listen: str, tls_cert: str | None, tls_key: str | None) -> None:
+def server(
+    app: App, listen: str, tls_cert: str | None, tls_key: str | None, no_scheduler: bool
+) -> None:
     """Serve the HTTP API over the repository and the catalog of the settings."""
     where = parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
@@ -43,14 +53,21 @@ def server(app: App, listen: str, tls_cert: str | None, tls_key: str | None) -> 
                 # shown once, here, to whoever started the server: never logged
                 click.echo(f"administrator {name} created; its password (shown only now): "
                            f"{generated}")  # fmt: skip
+        ops, loops = server_operations(accounts.catalog, app.settings.repository, app.password())
+        routers = [partial(add_ops_routes, ops=ops)]
         scheme = "https" if tls_cert else "http"
         app.out.notice(f"strongroom server starting on {scheme}://{where}/api/v1/")
-        run(
-            create_app(accounts, points, secure_cookies=tls_cert is not None),
-            where,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-        )
+        if not no_scheduler:
+            loops.start()
+        try:
+            run(
+                create_app(accounts, points, secure_cookies=tls_cert is not None, routers=routers),
+                where,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+            )
+        finally:
+            loops.stop()  # a job in flight runs to its end first
     finally:
         accounts.close()
 
