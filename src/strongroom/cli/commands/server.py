@@ -10,9 +10,11 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.server import create_app, parse_listen, run
+from strongroom.server.metrics import add_metrics_routes
 from strongroom.server.ops_api import add_ops_routes
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
+from strongroom.services.metrics import Metrics
 from strongroom.services.operations import server_operations
 from strongroom.services.server_points import point_lister
 
@@ -54,7 +56,11 @@ def server(
                 click.echo(f"administrator {name} created; its password (shown only now): "
                            f"{generated}")  # fmt: skip
         ops, loops = server_operations(accounts.catalog, app.settings.repository, app.password())
-        routers = [partial(add_ops_routes, ops=ops)]
+        metrics = Metrics(accounts.catalog, app.settings.repository, app.password())
+        routers = [
+            partial(add_ops_routes, ops=ops),
+            partial(add_metrics_routes, snapshot=metrics.snapshot),
+        ]
         scheme = "https" if tls_cert else "http"
         app.out.notice(f"strongroom server starting on {scheme}://{where}/api/v1/")
         if not no_scheduler:
