@@ -12,10 +12,12 @@ from strongroom.errors import UsageError
 from strongroom.server import create_app, parse_listen, run
 from strongroom.server.metrics import add_metrics_routes
 from strongroom.server.ops_api import add_ops_routes
+from strongroom.server.ratelimit import add_ratelimit_routes
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
 from strongroom.services.metrics import Metrics
 from strongroom.services.operations import server_operations
+from strongroom.services.ratelimit import SignInLimiter
 from strongroom.services.server_points import point_lister
 
 
@@ -60,6 +62,7 @@ def server(
         routers = [
             partial(add_ops_routes, ops=ops),
             partial(add_metrics_routes, snapshot=metrics.snapshot),
+            partial(add_ratelimit_routes, limiter=SignInLimiter(accounts.catalog)),
         ]
         scheme = "https" if tls_cert else "http"
         app.out.notice(f"strongroom server starting on {scheme}://{where}/api/v1/")
