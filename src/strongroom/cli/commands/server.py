@@ -10,11 +10,13 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.server import create_app, parse_listen, run
+from strongroom.server.media_api import add_media_routes
 from strongroom.server.metrics import add_metrics_routes
 from strongroom.server.ops_api import add_ops_routes
 from strongroom.server.ratelimit import add_ratelimit_routes
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
+from strongroom.services.media_views import MediaViews
 from strongroom.services.metrics import Metrics
 from strongroom.services.operations import server_operations
 from strongroom.services.ratelimit import SignInLimiter
@@ -63,6 +65,12 @@ def server(
             partial(add_ops_routes, ops=ops),
             partial(add_metrics_routes, snapshot=metrics.snapshot),
             partial(add_ratelimit_routes, limiter=SignInLimiter(accounts.catalog)),
+            partial(
+                add_media_routes,
+                views=MediaViews(
+                    accounts.catalog, app.settings, app.settings.repository, app.password()
+                ),
+            ),
         ]
         scheme = "https" if tls_cert else "http"
         app.out.notice(f"strongroom server starting on {scheme}://{where}/api/v1/")
