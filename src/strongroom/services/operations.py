@@ -31,6 +31,8 @@ from strongroom.services.server_jobs import SERVER_KINDS, check_spec, maintenanc
 
 MAX_PAGE = 500
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_EVENT_KIND = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 def _when(value: datetime | None) -> str | None:
@@ -96,6 +98,8 @@ class Operations:
     def list_jobs(
         self, *, state: str | None, kind: str | None, limit: int, before: int | None
     ) -> list[dict[str, Any]]:
+        if kind is not None and not _KIND.fullmatch(kind):
+            return []  # no job has such a kind
         found = self.catalog.list_jobs(
             state=JobState(state) if state is not None else None,
             kind=kind,
@@ -190,6 +194,8 @@ class Operations:
     def events_page(
         self, *, limit: int, before: int | None, kind: str | None
     ) -> list[dict[str, Any]]:
+        if kind is not None and not _EVENT_KIND.fullmatch(kind):
+            return []  # no event has such a kind
         found = self.catalog.events_page(limit=min(limit, MAX_PAGE), before=before, kind=kind)
         return [event_doc(e) for e in found]
 
