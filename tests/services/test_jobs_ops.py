@@ -179,3 +179,23 @@ def test_the_maintenance_lock_is_refused_while_held_and_lost_by_a_killed_holder(
         assert waited < 1.0  # the connection dropped: at once
     else:
         assert 0.2 < waited < 2.5  # the 1.5 s lease had to expire
+
+
+def test_a_busy_lock_sends_the_job_back_for_later_not_to_failure(
+    catalog: Catalog,  # noqa: F811
+    clock: Clock,
+) -> None:
+    def busy(job: object, progress: object) -> str:
+        raise MaintenanceLocked("maintenance lock repository is held by another server")
+
+    jobs = Jobs(catalog, clock=clock, handlers={"prune": busy}, max_tries=2)
+    job = jobs.enqueue("prune")
+    jobs.run_one("w", beat=0.01)
+    assert job.id is not None
+    back = catalog.get_job(job.id)
+    assert back.state is JobState.QUEUED and back.due > T0 and back.claimed_by is None
+    assert jobs.run_one("w") is None  # not due yet
+    clock.now = back.due
+    jobs.run_one("w", beat=0.01)  # tried twice: now it fails, with an alert
+    assert catalog.get_job(job.id).state is JobState.FAILED
+    assert len(catalog.list_events(kind="job.failed")) == 1
