@@ -199,3 +199,46 @@ def test_a_busy_lock_sends_the_job_back_for_later_not_to_failure(
     jobs.run_one("w", beat=0.01)  # tried twice: now it fails, with an alert
     assert catalog.get_job(job.id).state is JobState.FAILED
     assert len(catalog.list_events(kind="job.failed")) == 1
+
+
+_WORKER = """
+import sys, time
+from datetime import timedelta
+from strongroom.catalog import Catalog
+from strongroom.services.jobs import Jobs
+def forever(job, progress):
+    print("running", flush=True)
+    time.sleep(600)
+    return "never"
+jobs = Jobs(Catalog.open(sys.argv[1]), handlers={"prune": forever})
+jobs.run_one("doomed", beat=0.1)
+"""
+
+
+def test_a_killed_worker_process_loses_its_job_to_another(
+    catalog: Catalog,  # noqa: F811
+    catalog_url: str,  # noqa: F811
+) -> None:
+    jobs = Jobs(catalog, heartbeat_timeout=timedelta(seconds=0.6))
+    job = jobs.enqueue("prune")
+    assert job.id is not None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, catalog_url], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "running"
+        first = catalog.get_job(job.id).heartbeat
+        deadline = time.monotonic() + 10
+        while catalog.get_job(job.id).heartbeat == first:  # it beats while alive
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert jobs.recover() == [] and catalog.get_job(job.id).claimed_by == "doomed"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    while not jobs.recover():  # its heartbeat stopped: taken back after the timeout
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    taken = jobs.claim("survivor", ["prune"])
+    assert taken is not None and taken.id == job.id and taken.tries == 2
