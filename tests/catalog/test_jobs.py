@@ -10,6 +10,8 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from strongroom.catalog import Catalog, Job, JobState, Schedule
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -57,6 +59,12 @@ print(json.dumps(got), flush=True)
 """
 
 
+# SQLite serialises every writer (threads above show it): the processes race where it matters
+@pytest.mark.parametrize(
+    "catalog_url",
+    [pytest.param("postgresql", marks=pytest.mark.xdist_group("postgresql"))],
+    indirect=True,
+)
 def test_two_processes_claim_every_job_exactly_once(catalog: Catalog, catalog_url: str) -> None:
     _queue(catalog)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -74,3 +74,12 @@ def test_failures_outside_the_window_do_not_add_up(accounts: Accounts) -> None:
     assert limiter.retry_after("alice", "10.0.0.9") == 0
     limiter.succeeded("bob")
     assert limiter.retry_after("bob", "10.0.0.9") == 0
+
+
+def test_loopback_addresses_are_not_limited_but_names_are(accounts: Accounts) -> None:
+    limiter = SignInLimiter(accounts.catalog, max_failures=2)
+    for name in ("a", "b", "c"):
+        limiter.failed(name, "127.0.0.1")
+        limiter.failed(name, "::1")
+    assert limiter.retry_after("d", "127.0.0.1") == 0  # a proxy's clients are not one
+    assert limiter.retry_after("a", "127.0.0.1") > 0

@@ -154,7 +154,8 @@ class Operations:
 
     def change_schedule(self, name: str, changes: Mapping[str, Any]) -> dict[str, Any] | None:
         """`changes`: any of spec, every, calendar, enabled (giving `every`
-        drops `calendar` and the reverse; a new time restarts `next_due`).
+        drops `calendar` and the reverse; a new time, or enabling it again,
+        restarts `next_due` from now).
         None when there is no such schedule."""
         current = self.catalog.find_schedule(name) if _NAME.fullmatch(name) else None
         if current is None:
@@ -168,10 +169,11 @@ class Operations:
         spec = current.spec
         if changes.get("spec") is not None:
             spec = check_spec(current.kind, changes["spec"])
-        next_due = current.next_due
-        if (every, calendar) != (current.every_seconds, current.calendar):
-            next_due = first_run(every, calendar, self.clock())
         enabled = current.enabled if changes.get("enabled") is None else bool(changes["enabled"])
+        next_due = current.next_due
+        retimed = (every, calendar) != (current.every_seconds, current.calendar)
+        if retimed or (enabled and not current.enabled):  # no "missed" runs while it was off
+            next_due = first_run(every, calendar, self.clock())
         changed = dataclasses.replace(
             current,
             spec=spec,

@@ -7,7 +7,9 @@ that key for `block`: sign-ins for that name, or from that address, are
 answered 429 (with Retry-After) without looking at the password, so a
 blocked guesser costs no argon2 work. A successful sign-in clears its
 name's count (not its address's: one good account must not reset a
-guesser's address).
+guesser's address). Loopback addresses are not limited (a reverse proxy
+on the same host, which the server does not take forwarded addresses
+from, would make every client one address): names still are.
 
 The price of limiting by name: someone who knows a user's name can keep
 it blocked. The block is short (minutes) and every refusal is in the
@@ -16,6 +18,7 @@ audit log (`session.create`, outcome `limited`).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +31,18 @@ MAX_KEY = 160
 
 def _keys(name: str, address: str | None) -> list[str]:
     keys = [f"name:{name.lower()[:64]}"]
-    if address:
+    if address and not _loopback(address):
         keys.append(f"address:{address[:64]}")
     return keys
+
+
+def _loopback(address: str) -> bool:
+    """A reverse proxy on the same host makes every client loopback: an
+    address limit there would lock everyone out, so only names count."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
