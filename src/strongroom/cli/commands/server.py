@@ -10,6 +10,7 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.server import create_app, parse_listen, run
+from strongroom.server.app import AddRoutes
 from strongroom.server.media_api import add_media_routes
 from strongroom.server.metrics import add_metrics_routes
 from strongroom.server.ops_api import add_ops_routes
@@ -18,7 +19,7 @@ from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
 from strongroom.services.media_views import MediaViews
 from strongroom.services.metrics import Metrics
-from strongroom.services.operations import server_operations
+from strongroom.services.operations import ServerLoops, server_operations
 from strongroom.services.ratelimit import SignInLimiter
 from strongroom.services.server_points import point_lister
 
@@ -46,7 +47,8 @@ def server(
     where = parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
-    points = point_lister(app.settings.repository, app.password())
+    password = app.password()  # once: a terminal prompt is not repeated
+    points = point_lister(app.settings.repository, password)
     points()  # the repository opens with this password, or the server does not start
     accounts = Accounts.open(app.settings.catalog)
     try:
@@ -59,19 +61,7 @@ def server(
                 # shown once, here, to whoever started the server: never logged
                 click.echo(f"administrator {name} created; its password (shown only now): "
                            f"{generated}")  # fmt: skip
-        ops, loops = server_operations(accounts.catalog, app.settings.repository, app.password())
-        metrics = Metrics(accounts.catalog, app.settings.repository, app.password())
-        routers = [
-            partial(add_ops_routes, ops=ops),
-            partial(add_metrics_routes, snapshot=metrics.snapshot),
-            partial(add_ratelimit_routes, limiter=SignInLimiter(accounts.catalog)),
-            partial(
-                add_media_routes,
-                views=MediaViews(
-                    accounts.catalog, app.settings, app.settings.repository, app.password()
-                ),
-            ),
-        ]
+        routers, loops = _operations(app, accounts, password)
         scheme = "https" if tls_cert else "http"
         app.out.notice(f"strongroom server starting on {scheme}://{where}/api/v1/")
         if not no_scheduler:
@@ -87,6 +77,25 @@ def server(
             loops.stop()  # a job in flight runs to its end first
     finally:
         accounts.close()
+
+
+def _operations(
+    app: App, accounts: Accounts, password: bytes
+) -> tuple[list[AddRoutes], ServerLoops]:
+    """The routers beyond the core API (jobs, schedules, audit, events,
+    metrics, sign-in limits, media) and this process's scheduler and job
+    runner (not started)."""
+    catalog, repository = accounts.catalog, app.settings.repository
+    ops, loops = server_operations(catalog, repository, password)
+    metrics = Metrics(catalog, repository, password)
+    views = MediaViews(catalog, app.settings, repository, password)
+    routers: list[AddRoutes] = [
+        partial(add_ops_routes, ops=ops),
+        partial(add_metrics_routes, snapshot=metrics.snapshot),
+        partial(add_ratelimit_routes, limiter=SignInLimiter(catalog)),
+        partial(add_media_routes, views=views),
+    ]
+    return routers, loops
 
 
 def _ask_administrator_password() -> str | None:
