@@ -72,7 +72,7 @@ def check_spec(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
                 raise UsageError(f"forget: each of {name} must be 1-{MAX_ITEM} characters")
         out[name] = list(items)
     group_by = spec.get("group_by", "host,paths")
-    if group_by not in _GROUPS:
+    if not isinstance(group_by, str) or group_by not in _GROUPS:
         raise UsageError("forget: group_by is a comma list of host, paths, tags")
     out["group_by"] = group_by
     out["prune"] = spec.get("prune", False) is True
