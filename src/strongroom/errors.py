@@ -156,3 +156,10 @@ class MediaNotFound(MediaError, FileNotFoundError):
 
 class CatalogError(StrongroomError):
     """The catalog database cannot be opened, migrated or written."""
+
+
+class MaintenanceLocked(StrongroomError):
+    """Another server process holds an exclusive maintenance lock (prune, ...)."""
+
+    exit_code = ExitCode.REPO_LOCKED
+    retryable = True

@@ -23,6 +23,7 @@ from strongroom.errors import CatalogError
 TABLES = {
     "libraries", "pools", "media", "drives", "sessions", "media_contents", "events",
     "users", "login_sessions", "audit_log",
+    "jobs", "schedules", "maintenance_locks", "sign_in_limits",
 }  # fmt: skip
 
 

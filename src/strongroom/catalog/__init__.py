@@ -5,6 +5,7 @@ source of truth for points: everything here can be rebuilt from the
 repository and from the media."""
 
 from strongroom.catalog.catalog import Catalog
+from strongroom.catalog.jobs import Job, JobState, Schedule, SignInLimit
 from strongroom.catalog.records import (
     AuditEntry,
     ContentEntry,
@@ -32,6 +33,8 @@ __all__ = [
     "ContentEntry",
     "Drive",
     "Event",
+    "Job",
+    "JobState",
     "Library",
     "LibraryKind",
     "LocationChanges",
@@ -42,8 +45,10 @@ __all__ = [
     "Placement",
     "Pool",
     "Role",
+    "Schedule",
     "SessionRecord",
     "Severity",
     "Sighting",
+    "SignInLimit",
     "User",
 ]

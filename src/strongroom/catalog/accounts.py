@@ -20,6 +20,7 @@ from strongroom.catalog.records import (
     Role,
     User,
     check_user_name,
+    valid_user_name,
 )
 from strongroom.catalog.schema import audit_log, login_sessions, users
 from strongroom.errors import CatalogError
@@ -56,6 +57,8 @@ class AccountsMixin:
         )  # fmt: skip
 
     def find_user(self, name: str) -> User | None:
+        if not valid_user_name(name):  # no such user can exist (and PostgreSQL refuses NUL)
+            return None
         with self.transaction() as c:
             row = c.execute(sa.select(users).where(users.c.name == name)).first()
         return None if row is None else _user(row)
@@ -182,8 +185,8 @@ class AccountsMixin:
                 audit_log.insert().values(
                     at=entry.at,
                     user_name=entry.user,
-                    action=entry.action[:64],
-                    target=entry.target[:MAX_AUDIT_TARGET],
+                    action=_printable(entry.action)[:64],
+                    target=_printable(entry.target)[:MAX_AUDIT_TARGET],
                     outcome=entry.outcome[:16],
                     address=None if entry.address is None else entry.address[:64],
                 )
@@ -214,6 +217,13 @@ class AccountsMixin:
         if found is None:
             raise CatalogError(f"catalog: no user {name[:64]}")
         return int(found)
+
+
+def _printable(text: str) -> str:
+    """An audit field as stored: what a request sent (a name tried, a path)
+    may hold NUL or control characters (PostgreSQL refuses NUL in text;
+    nobody wants a terminal escape in a log viewer): each becomes '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _user(row: sa.Row[Any]) -> User:

@@ -275,6 +275,10 @@ class AuditEntry:
     id: int | None = None
 
 
+def valid_user_name(name: str) -> bool:
+    return _USER_NAME.fullmatch(name) is not None
+
+
 def check_user_name(name: str) -> str:
     if not _USER_NAME.fullmatch(name):
         raise CatalogError(

@@ -231,3 +231,64 @@ audit_log = sa.Table(
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("address", sa.String(64)),
 )
+
+# --- the server's operations (revision 0004): jobs, schedules, locks, limits ----
+
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(MAX_NAME), nullable=False, unique=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("machine", sa.String(MAX_NAME)),  # NULL: a job of the server itself
+    sa.Column("spec", json_type(), nullable=False),
+    sa.Column("every_seconds", sa.Integer),  # one of every_seconds / calendar
+    sa.Column("calendar", sa.String(64)),
+    sa.Column("next_due", UtcDateTime, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.CheckConstraint("(every_seconds IS NULL) <> (calendar IS NULL)", name="when"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("machine", sa.String(MAX_NAME)),  # NULL: run by a server process
+    sa.Column("spec", json_type(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created", UtcDateTime, nullable=False),
+    sa.Column("due", UtcDateTime, nullable=False),
+    sa.Column("claimed_by", sa.String(MAX_NAME)),
+    sa.Column("claimed_at", UtcDateTime),
+    sa.Column("heartbeat", UtcDateTime),
+    sa.Column("finished", UtcDateTime),
+    sa.Column("outcome", sa.Text),
+    sa.Column("progress", json_type()),
+    sa.Column("tries", sa.Integer, nullable=False),
+    sa.Column("schedule_id", sa.Integer, sa.ForeignKey("schedules.id", ondelete="SET NULL")),
+    sa.CheckConstraint(f"state IN ({', '.join(repr(s) for s in JOB_STATES)})", name="state"),
+    # a schedule's run at one due time is one job, whichever process saw it
+    sa.UniqueConstraint("schedule_id", "due"),
+    sa.Index(None, "state", "due"),
+    sa.Index(None, "state", "heartbeat"),
+)
+
+maintenance_locks = sa.Table(
+    "maintenance_locks",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(MAX_NAME), nullable=False),
+    sa.Column("expires", UtcDateTime, nullable=False),
+)
+
+sign_in_limits = sa.Table(
+    "sign_in_limits",
+    metadata,
+    sa.Column("key", sa.String(160), primary_key=True),  # "name:..." or "address:..."
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("window_start", UtcDateTime, nullable=False),
+    sa.Column("blocked_until", UtcDateTime),
+)

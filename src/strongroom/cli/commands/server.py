@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-import functools
 import sys
+from functools import partial
 
 import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.server import create_app, parse_listen, run
+from strongroom.server.app import AddRoutes
 from strongroom.server.dashboard import add_dashboard_routes
+from strongroom.server.media_api import add_media_routes
+from strongroom.server.metrics import add_metrics_routes
+from strongroom.server.ops_api import add_ops_routes
+from strongroom.server.ratelimit import add_ratelimit_routes
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
 from strongroom.services.dashboard import RepositoryView
+from strongroom.services.media_views import MediaViews
+from strongroom.services.metrics import Metrics
+from strongroom.services.operations import ServerLoops, server_operations
+from strongroom.services.ratelimit import SignInLimiter
 from strongroom.services.server_points import point_lister
 
 
@@ -27,13 +36,21 @@ from strongroom.services.server_points import point_lister
 )
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Run no schedules and no server-side jobs in this process (API only).",
+)
 @pass_app
-def server(app: App, listen: str, tls_cert: str | None, tls_key: str | None) -> None:
+def server(
+    app: App, listen: str, tls_cert: str | None, tls_key: str | None, no_scheduler: bool
+) -> None:
     """Serve the HTTP API over the repository and the catalog of the settings."""
     where = parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
-    points = point_lister(app.settings.repository, app.password())
+    password = app.password()  # once: a terminal prompt is not repeated
+    points = point_lister(app.settings.repository, password)
     points()  # the repository opens with this password, or the server does not start
     accounts = Accounts.open(app.settings.catalog)
     try:
@@ -46,23 +63,48 @@ def server(app: App, listen: str, tls_cert: str | None, tls_key: str | None) -> 
                 # shown once, here, to whoever started the server: never logged
                 click.echo(f"administrator {name} created; its password (shown only now): "
                            f"{generated}")  # fmt: skip
+        routers, loops = _operations(app, accounts, password)
         scheme = "https" if tls_cert else "http"
         app.out.notice(f"strongroom server starting on {scheme}://{where}/ (API: /api/v1/)")
         secure = tls_cert is not None
-        dashboard = functools.partial(
+        dashboard = partial(
             add_dashboard_routes,
-            view=RepositoryView(app.settings.repository, app.password()),
+            view=RepositoryView(app.settings.repository, password),
             settings=app.settings,
             secure_cookies=secure,
         )
-        run(
-            create_app(accounts, points, secure_cookies=secure, routers=[dashboard]),
-            where,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-        )
+        if not no_scheduler:
+            loops.start()
+        try:
+            run(
+                create_app(accounts, points, secure_cookies=secure, routers=[*routers, dashboard]),
+                where,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+            )
+        finally:
+            loops.stop()  # a job in flight runs to its end first
     finally:
         accounts.close()
+
+
+def _operations(
+    app: App, accounts: Accounts, password: bytes
+) -> tuple[list[AddRoutes], ServerLoops]:
+    """The routers beyond the core API (jobs, schedules, audit, events,
+    metrics, sign-in limits, media) and this process's scheduler and job
+    runner (not started)."""
+    catalog, repository = accounts.catalog, app.settings.repository
+    ops, loops = server_operations(catalog, repository, password)
+    metrics = Metrics(catalog, repository, password)
+    views = MediaViews(catalog, app.settings, repository, password)
+    routers: list[AddRoutes] = [
+        partial(add_ops_routes, ops=ops),
+        partial(add_metrics_routes, snapshot=metrics.snapshot),
+        partial(add_ratelimit_routes, limiter=SignInLimiter(catalog)),
+        partial(add_media_routes, views=views),
+    ]
+    return routers, loops
 
 
 def _ask_administrator_password() -> str | None:
