@@ -156,3 +156,13 @@ class MediaNotFound(MediaError, FileNotFoundError):
 
 class CatalogError(StrongroomError):
     """The catalog database cannot be opened, migrated or written."""
+
+
+class RemoteError(StrongroomError):
+    """An agent's backup server refused a request, or none of its addresses answers."""
+
+
+class RemoteUnavailable(RemoteError):
+    """No address of the backup server answers (yet): trying again may help."""
+
+    retryable = True

@@ -5,6 +5,7 @@ source of truth for points: everything here can be rebuilt from the
 repository and from the media."""
 
 from strongroom.catalog.catalog import Catalog
+from strongroom.catalog.machines import Enrollment, Machine
 from strongroom.catalog.records import (
     AuditEntry,
     ContentEntry,
@@ -31,11 +32,13 @@ __all__ = [
     "Catalog",
     "ContentEntry",
     "Drive",
+    "Enrollment",
     "Event",
     "Library",
     "LibraryKind",
     "LocationChanges",
     "LoginSession",
+    "Machine",
     "Medium",
     "MediumKey",
     "MediumState",

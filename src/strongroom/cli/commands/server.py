@@ -9,8 +9,11 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.server import create_app, parse_listen, run
+from strongroom.server.agent_api import agent_routes
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
+from strongroom.services.agent_intake import Intake
+from strongroom.services.agents import Agents
 from strongroom.services.server_points import point_lister
 
 
@@ -30,9 +33,15 @@ def server(app: App, listen: str, tls_cert: str | None, tls_key: str | None) -> 
     where = parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
-    points = point_lister(app.settings.repository, app.password())
+    password = app.password()
+    points = point_lister(app.settings.repository, password)
     points()  # the repository opens with this password, or the server does not start
-    accounts = Accounts.open(app.settings.catalog)
+    intake = Intake(app.settings.repository, password)  # agents' uploads: one session
+    try:
+        accounts = Accounts.open(app.settings.catalog)
+    except BaseException:
+        intake.close()
+        raise
     try:
         created = accounts.ensure_administrator(_ask_administrator_password)
         if created is not None:
@@ -46,13 +55,19 @@ def server(app: App, listen: str, tls_cert: str | None, tls_key: str | None) -> 
         scheme = "https" if tls_cert else "http"
         app.out.notice(f"strongroom server starting on {scheme}://{where}/api/v1/")
         run(
-            create_app(accounts, points, secure_cookies=tls_cert is not None),
+            create_app(
+                accounts,
+                points,
+                secure_cookies=tls_cert is not None,
+                routers=[agent_routes(Agents(accounts.catalog), intake)],
+            ),
             where,
             tls_cert=tls_cert,
             tls_key=tls_key,
         )
     finally:
         accounts.close()
+        intake.close()
 
 
 def _ask_administrator_password() -> str | None:
