@@ -1,0 +1,120 @@
+"""Agents for real: `strongroom server` processes over one repository and
+catalog, and the `strongroom` CLI as the agent (no repository password in
+its environment): enroll, back up a tree with hard links, symlinks, xattrs
+and a sparse file, restore it exactly; a second backup sends almost
+nothing; one server killed mid-backup, the agent finishes through the other."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import CliRunner
+from tests.helpers.cli import strongroom_command
+from tests.helpers.compare import walk_differences
+from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
+
+
+def _tree(root: Path) -> None:
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "big.bin").write_bytes(os.urandom(3 << 20))
+    (root / "small.txt").write_text("hello agent\n" * 50)
+    os.link(root / "small.txt", root / "d" / "hard.txt")
+    os.symlink("../small.txt", root / "d" / "link")
+    os.setxattr(root / "small.txt", "user.note", b"kept")
+    with open(root / "sparse.img", "wb") as f:
+        f.truncate(8 << 20)
+        f.seek(4 << 20)
+        f.write(os.urandom(4096))
+
+
+def _agent(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*strongroom_command(), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def _admin(base: str, log: Path) -> httpx.Client:
+    line = next(ln for ln in log.read_text().splitlines() if "shown only now" in ln)
+    http = httpx.Client(base_url=base)
+    signed = http.post("/api/v1/session", json={"name": "admin", "password": line.split()[-1]})
+    http.headers["X-CSRF-Token"] = signed.json()["csrf_token"]
+    return http
+
+
+def test_an_agent_backs_up_and_restores_through_two_servers(
+    cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert cli("init").rc == 0
+    env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
+    ports = [_free_port(), _free_port()]
+    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    logs = [tmp_path / "s1.log", tmp_path / "s2.log"]
+    procs = [_start(env, ports[0], logs[0])]
+    try:
+        _wait_up(procs[0], bases[0], logs[0])
+        procs.append(_start(env, ports[1], logs[1]))
+        _wait_up(procs[1], bases[1], logs[1])
+        http = _admin(bases[0], logs[0])
+        token = http.post("/api/v1/enrollments", json={"machine": "laptop"}).json()["token"]
+
+        agent_env = {k: v for k, v in os.environ.items()
+                     if k not in ("STRONGROOM_PASSWORD", "STRONGROOM_REPO")}  # fmt: skip
+        enrolled = _agent(agent_env, "agent", "enroll", "--server", bases[0], "--token", token)
+        assert enrolled.returncode == 0, enrolled.stderr
+        assert "laptop" in enrolled.stdout
+        config = Path(os.environ["XDG_CONFIG_HOME"]) / "strongroom" / "agent.json"
+        assert config.stat().st_mode & 0o777 == 0o600
+        assert config.parent.stat().st_mode & 0o777 == 0o700
+        replay = _agent(agent_env, "agent", "enroll", "--server", bases[0], "--token", token,
+                        "--config", str(tmp_path / "other.json"))  # fmt: skip
+        assert replay.returncode != 0 and "401" in replay.stderr and token not in replay.stderr
+
+        src = tmp_path / "src"
+        _tree(src)
+        servers = f"{bases[0]},{bases[1]}"
+        first = _agent(agent_env, "--json", "backup", str(src), "--server", servers)
+        assert first.returncode == 0, first.stderr
+        summary = json.loads(first.stdout.splitlines()[-1])
+        assert summary["chunks_new"] >= 3
+
+        second = _agent(agent_env, "--json", "backup", str(src), "--server", servers)
+        assert second.returncode == 0, second.stderr
+        again = json.loads(second.stdout.splitlines()[-1])
+        assert again["data_added"] < 64 << 10, again  # new trees (atimes) at most
+        assert again["parent"] == summary["point_id"]
+
+        # one server dies: the agent goes on through the other
+        (src / "d" / "new.bin").write_bytes(os.urandom(1 << 20))
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        third = _agent(agent_env, "--json", "backup", str(src), "--server", servers)
+        assert third.returncode == 0, third.stderr
+        point = json.loads(third.stdout.splitlines()[-1])["point_id"]
+
+        listed = _agent(agent_env, "--json", "snapshots", "--server", servers)
+        assert listed.returncode == 0, listed.stderr
+        ids = [p["id"] for p in json.loads(listed.stdout)]
+        assert len(ids) == 3 and ids[-1] == point
+
+        target = tmp_path / "restored"
+        restored = _agent(
+            agent_env, "restore", point[:12], "--target", str(target), "--server", servers
+        )
+        assert restored.returncode == 0, restored.stderr
+        assert walk_differences(src, target / str(src).lstrip("/"), check_root=False,
+                                 check_atime=False) == []  # fmt: skip
+        # the agent's secret is in no server's log
+        secret = json.loads(config.read_text())["secret"]
+        for log in logs:
+            text = log.read_text()
+            assert secret not in text and token not in text
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                _stop(proc)
