@@ -48,8 +48,8 @@ def test_lies_about_content_or_size_are_refused() -> None:
     header = bundle.MAGIC + struct.pack(">I", bundle.MAX_RECORDS + 1)
     with pytest.raises(IntegrityError, match="records"):
         bundle.parse(header)
-    huge_raw = bundle.MAGIC + struct.pack(">I", 1) + struct.pack(">32sBII", b"i" * 32, 0,
-                                                                  (64 << 20) + 1, 1) + b"\0"  # fmt: skip
+    record = struct.pack(">32sBII", b"i" * 32, 0, (64 << 20) + 1, 1)
+    huge_raw = bundle.MAGIC + struct.pack(">I", 1) + record + b"\0"
     with pytest.raises(IntegrityError, match="raw length"):
         bundle.parse(huge_raw)
 

@@ -16,7 +16,8 @@ from strongroom.server.agent_api import agent_routes
 from strongroom.services.accounts import Accounts
 from strongroom.services.agent_intake import Intake
 from strongroom.services.agents import Agents
-from tests.conftest import PASSWORD, init_local_repository
+from tests.conftest import init_local_repository
+from tests.helpers.cli import PASSWORD
 from tests.server.conftest import ADMIN_PASSWORD, sign_in
 
 

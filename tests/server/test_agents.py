@@ -9,8 +9,6 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
-
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository import bundle
@@ -38,8 +36,8 @@ def _point(host: str, tree: bytes, parent: str | None = None) -> dict[str, Any]:
     ).to_doc()  # fmt: skip
 
 
-def _missing(site: Site, creds: dict[str, Any], ids: list[bytes]) -> list[str]:
-    answer = site.client.post(
+def _missing(where: Site, creds: dict[str, Any], ids: list[bytes]) -> list[str]:
+    answer = where.client.post(
         "/api/v1/agent/chunks/missing", json={"ids": [i.hex() for i in ids]}, headers=bearer(creds)
     )
     assert answer.status_code == 200, answer.text
@@ -115,7 +113,7 @@ def test_uploads_are_verified_durable_and_committed_once(site: Site) -> None:  #
     assert _missing(site, creds, [good.chunk_id, tree.chunk_id]) == []
     # durable: a fresh session over the repository finds them
     from strongroom.services.session import LockMode, open_repository
-    from tests.conftest import PASSWORD
+    from tests.helpers.cli import PASSWORD
 
     with open_repository(str(site.repo_path), PASSWORD.encode(), lock=LockMode.NONE) as repo:
         assert repo.load_chunk(good.chunk_id) == b"good data " * 1000
@@ -152,7 +150,7 @@ def test_uploads_are_verified_durable_and_committed_once(site: Site) -> None:  #
             back, Compressor(3), ChunkHasher(bytes.fromhex(creds["repository"]["id_key"]))
         )
         == b"good data " * 1000
-    )  # noqa: E501
+    )
 
 
 AGENT_PATHS = [
@@ -183,5 +181,6 @@ def test_agents_cannot_delete_rewrite_or_reach_user_endpoints(site: Site) -> Non
     assert site.client.get("/api/v1/agent/points", headers={"Authorization": "Bearer x.y"}
                            ).status_code == 401  # fmt: skip
     # no secret in the audit log
-    rows = site.client.app.state.guards.accounts.catalog.list_audit(limit=1000)
+    app: Any = site.client.app
+    rows = app.state.guards.accounts.catalog.list_audit(limit=1000)
     assert creds["secret"] not in str(rows)

@@ -529,10 +529,24 @@ class Repository:
             self._index_names.add(name)
         if files:
             self._index.add_files(files)
+            # their packs were written before them (write order), and exist
+            # unless a prune ran: the caller holds a lock that keeps it out
+            with self._present_lock:
+                if self._present is not None:
+                    self._present = self._present | {p for f in files for p in f.packs}
+        return len(new)
+
+    def forget_session(self) -> None:
+        """After a gap without a lock (a prune may have run in it): forget
+        which chunks and packs this session wrote or relied on and the packs
+        listed, so nothing is taken as stored on their word. The index stays:
+        its entries count only for packs that are listed again."""
+        self._session_ids = set()
+        self.packs_written = set()
+        self.packs_relied_on = set()
         with self._present_lock:
             self._present = None
         self.missing_packs_seen = set()
-        return len(new)
 
     # --- chunks: writing -----------------------------------------------------
 

@@ -18,7 +18,13 @@ Contract:
   lineage, a root tree that is not stored and a parent that is not one of
   the machine's own points; a commit id seen before answers the point it
   made (a retried commit never makes a second point);
-- nothing here deletes, forgets or rewrites a point or a chunk.
+- nothing here deletes, forgets or rewrites a point or a chunk;
+- while agents write (asking, uploading, committing) the session holds a
+  shared repository lock, as a local backup does, so a prune cannot delete
+  chunks acknowledged but not yet in a point; it is released after
+  `IDLE_SECONDS` without a write, so a prune can run between backups. After
+  such a gap the session forgets what it wrote and listed (a prune may have
+  removed it) and asks the storage again;
 Thread safety: one lock serialises the repository session; verification
 (decompression, hashing) runs outside it.
 """
@@ -47,7 +53,8 @@ from strongroom.repository.repo import is_object_hex
 from strongroom.services.points import list_points
 from strongroom.services.session import LockMode, open_repository
 
-REFRESH_SECONDS = 5.0
+REFRESH_SECONDS = 1.0  # at most one listing of index/ per second, on a miss
+IDLE_SECONDS = 600.0  # the shared lock is released after this long without a write
 MAX_IDS = 8192  # ids of one `missing` question
 MAX_READ = 256  # chunks of one `read`
 _COMMIT_ID_LENGTH = range(16, 65)
@@ -70,12 +77,43 @@ class Intake:
         self.repo = self._session.__enter__()
         self._lock = threading.Lock()
         self._refreshed = time.monotonic()
+        self._last_write = time.monotonic()
+        self._gap = False  # the shared lock was released since the index was read
+        self._stop = threading.Event()
         with self._lock:
             self.repo.load_index()
+        self._idler = threading.Thread(target=self._release_when_idle, daemon=True)
+        self._idler.start()
 
     def close(self) -> None:
+        self._stop.set()
+        self._idler.join()
         with self._lock:
+            self._release()
             self._session.__exit__(None, None, None)
+
+    def _writing(self) -> None:
+        """Before a write (under `_lock`): hold the shared lock."""
+        self._last_write = time.monotonic()
+        if self.repo.held_lock is not None:
+            return
+        self.repo.held_lock = self.repo.lock()
+        if self._gap:
+            self.repo.forget_session()
+            self.repo.refresh_index()
+            self._gap = False
+
+    def _release(self) -> None:
+        if self.repo.held_lock is not None:
+            self.repo.held_lock.release()
+            self.repo.held_lock = None
+            self._gap = True
+
+    def _release_when_idle(self) -> None:
+        while not self._stop.wait(min(IDLE_SECONDS / 4, 30.0)):
+            with self._lock:
+                if time.monotonic() - self._last_write >= IDLE_SECONDS:
+                    self._release()
 
     def info(self) -> dict[str, Any]:
         """What an agent needs to cut and name chunks as a local backup does:
@@ -99,6 +137,7 @@ class Intake:
         if len(ids) > MAX_IDS:
             raise UsageError(f"at most {MAX_IDS} ids per question")
         with self._lock:
+            self._writing()
             absent = [c for c in ids if not self.repo.has_chunk(c)]
             if absent and time.monotonic() - self._refreshed >= REFRESH_SECONDS:
                 self.repo.refresh_index()
@@ -112,6 +151,7 @@ class Intake:
             bundle.verify(record, self.repo.compressor, self.repo.chunk_id)
         added = added_bytes = 0
         with self._lock:
+            self._writing()
             try:
                 for r in records:
                     if self.repo.add_compressed(r.chunk_id, r.blob_type, r.payload, r.raw_length):
@@ -165,6 +205,7 @@ class Intake:
             return made
         point = _check_document(doc, machine.name)
         with self._lock:
+            self._writing()
             if not self._holds(bytes.fromhex(point.tree)):
                 raise UsageError("the point's root tree is not stored: upload it first")
             if point.parent is not None:
