@@ -108,6 +108,8 @@ def test_a_server_dies_mid_backup_and_the_other_finishes_it(
     reader = _store(Router({"a": a.client, "b": b}), creds)
     point, summary = restore_through_server(reader, result.point.id[:10], str(target))
     assert point.id == result.point.id and not summary.damaged
+    assert reader.traffic.chunks_read >= 6 + 1
+    assert reader.client.requests < reader.traffic.chunks_read - 4  # data read ahead in batches
     restored = target / str(src).lstrip("/")
     assert walk_differences(src, restored, check_root=False, check_atime=False) == []
 

@@ -12,7 +12,10 @@ Contract:
 - resume is the same negotiation: after an interruption, what the server
   acknowledged is reported present and not sent again;
 - `load_chunk` reads through `/agent/chunks/read` and verifies what comes
-  back (size and keyed id) as a local read does;
+  back (size and keyed id) as a local read does. Reads are batched: each
+  tree loaded adds its files' chunk ids to a plan, and a data chunk missed
+  is fetched with up to `PREFETCH` chunks that follow it in the plan (at
+  most `PREFETCH_BYTES`), kept in a bounded cache until asked for;
 - `save_point` commits the point with a random commit id, retried with the
   same id, so a lost answer never makes two points.
 """
@@ -25,7 +28,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from strongroom.errors import IntegrityError, RemoteError
+from strongroom.errors import IntegrityError, RemoteError, StrongroomError
+from strongroom.model.tree import decode_tree
 from strongroom.remote.client import Client
 from strongroom.remote.config import RepositoryInfo
 from strongroom.repository import bundle
@@ -35,6 +39,10 @@ from strongroom.repository.format import BlobType
 from strongroom.repository.repo import MAX_CHUNK_SIZE, RepoConfig, WriteStats
 
 BATCH_BYTES = 8 << 20  # compressed bytes queued before a batch is negotiated
+PREFETCH = 64  # chunks of one read
+PREFETCH_BYTES = 16 << 20
+CACHE_BYTES = 64 << 20  # chunks fetched ahead and not asked for yet
+MAX_PLAN = 1 << 20  # chunk ids planned ahead (beyond: no read-ahead)
 MAX_IDS = 8192
 BUNDLE_TYPE = "application/vnd.strongroom.bundle"
 
@@ -81,6 +89,11 @@ class RemoteStore:
         self._error: BaseException | None = None
         self._dropping = False
         self._sender: threading.Thread | None = None
+        self._read_lock = threading.Lock()
+        self._plan: list[tuple[bytes, int]] = []  # data chunks in tree order, sizes
+        self._planned: dict[bytes, int] = {}  # id -> first place in the plan
+        self._cache: dict[bytes, bytes] = {}
+        self._cache_bytes = 0
 
     # --- ChunkStore: naming and queueing -----------------------------------------
 
@@ -209,20 +222,86 @@ class RemoteStore:
     def load_chunk(
         self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None
     ) -> bytes:
+        bound = MAX_CHUNK_SIZE[blob_type] if raw_length is None else raw_length
+        with self._read_lock:
+            cached = self._cache.pop(chunk_id, None)
+            if cached is None:
+                wanted = self._batch_from(chunk_id, blob_type)
+            else:
+                self._cache_bytes -= len(cached)
+        if cached is not None:
+            if len(cached) > bound:
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: larger than its tree says")
+            return cached
+        data = self._fetch(wanted, blob_type, bound)
+        if blob_type is BlobType.TREE:
+            self._plan_tree(data)
+        return data
+
+    def _batch_from(self, chunk_id: bytes, blob_type: BlobType) -> list[bytes]:
+        """`chunk_id` and the planned data chunks after it, not cached yet."""
+        wanted = [chunk_id]
+        at = self._planned.get(chunk_id) if blob_type is BlobType.DATA else None
+        if at is None:
+            return wanted
+        size = 0
+        for cid, length in self._plan[at + 1 :]:
+            if len(wanted) >= PREFETCH or size + length > PREFETCH_BYTES:
+                break
+            if cid not in self._cache and cid not in wanted:
+                wanted.append(cid)
+                size += length
+        return wanted
+
+    def _fetch(self, wanted: list[bytes], blob_type: BlobType, bound: int) -> bytes:
+        chunk_type = int(blob_type)
         answer = self.client.request(
             "POST",
             "/api/v1/agent/chunks/read",
-            json={"chunks": [{"id": chunk_id.hex(), "type": int(blob_type)}]},
+            json={"chunks": [{"id": c.hex(), "type": chunk_type} for c in wanted]},
         )
         records = bundle.parse(answer.content)
-        if len(records) != 1 or records[0].chunk_id != chunk_id:
-            raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: the server sent another")
-        record = records[0]
-        bound = MAX_CHUNK_SIZE[blob_type] if raw_length is None else raw_length
-        if record.raw_length > bound or record.blob_type is not blob_type:
-            raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: not the chunk asked for")
-        self.traffic.chunks_read += 1
-        return bundle.verify(record, self.compressor, self.chunk_id)
+        first = wanted[0]
+        if not records or records[0].chunk_id != first or len(records) > len(wanted):
+            raise IntegrityError(f"chunk {first.hex()[:16]}: the server sent another")
+        found: bytes | None = None
+        for record, cid in zip(records, wanted, strict=False):
+            limit = bound if cid == first else MAX_CHUNK_SIZE[blob_type]
+            if record.chunk_id != cid or record.blob_type is not blob_type:
+                raise IntegrityError(f"chunk {cid.hex()[:16]}: the server sent another")
+            if record.raw_length > limit:
+                raise IntegrityError(f"chunk {cid.hex()[:16]}: larger than its tree says")
+            data = bundle.verify(record, self.compressor, self.chunk_id)
+            self.traffic.chunks_read += 1
+            if cid == first:
+                found = data
+            else:
+                self._keep(cid, data)
+        assert found is not None
+        return found
+
+    def _keep(self, chunk_id: bytes, data: bytes) -> None:
+        with self._read_lock:
+            if chunk_id in self._cache or self._cache_bytes + len(data) > CACHE_BYTES:
+                return
+            self._cache[chunk_id] = data
+            self._cache_bytes += len(data)
+
+    def _plan_tree(self, blob: bytes) -> None:
+        """Best effort: a tree that does not decode plans nothing (the
+        pipeline that asked for it reports it)."""
+        try:
+            nodes = decode_tree(blob)
+        except (StrongroomError, ValueError, TypeError, KeyError):
+            return
+        with self._read_lock:
+            for node in nodes:
+                for cid, size in zip(node.chunks, node.chunk_sizes, strict=False):
+                    if len(self._plan) >= MAX_PLAN:
+                        return
+                    if cid not in self._planned:
+                        self._planned[cid] = len(self._plan)
+                        self._plan.append((cid, size))
 
     # --- points ------------------------------------------------------------------
 
