@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -47,8 +50,76 @@ def _admin(base: str, log: Path) -> httpx.Client:
     return http
 
 
-def test_an_agent_backs_up_and_restores_through_two_servers(
+def test_an_agent_enrolls_backs_up_and_restores_through_the_server(
     cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert cli("init").rc == 0
+    env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    proc = _start(env, port, log)
+    try:
+        _wait_up(proc, base, log)
+        http = _admin(base, log)
+        token = http.post("/api/v1/enrollments", json={"machine": "laptop"}).json()["token"]
+
+        agent_env = {k: v for k, v in os.environ.items()
+                     if k not in ("STRONGROOM_PASSWORD", "STRONGROOM_REPO")}  # fmt: skip
+        enrolled = _agent(agent_env, "agent", "enroll", "--server", base, "--token", token)
+        assert enrolled.returncode == 0, enrolled.stderr
+        assert "laptop" in enrolled.stdout
+        config = Path(os.environ["XDG_CONFIG_HOME"]) / "strongroom" / "agent.json"
+        assert config.stat().st_mode & 0o777 == 0o600
+        assert config.parent.stat().st_mode & 0o777 == 0o700
+        replay = _agent(agent_env, "agent", "enroll", "--server", base, "--token", token,
+                        "--config", str(tmp_path / "other.json"))  # fmt: skip
+        assert replay.returncode != 0 and "401" in replay.stderr and token not in replay.stderr
+
+        src = tmp_path / "src"
+        _tree(src)
+        first = _agent(agent_env, "--json", "backup", str(src), "--server", base)
+        assert first.returncode == 0, first.stderr
+        summary = json.loads(first.stdout.splitlines()[-1])
+        assert summary["chunks_new"] >= 3
+
+        second = _agent(agent_env, "--json", "backup", str(src), "--server", base)
+        assert second.returncode == 0, second.stderr
+        again = json.loads(second.stdout.splitlines()[-1])
+        assert again["data_added"] < 64 << 10, again  # new trees (atimes) at most
+        assert again["parent"] == summary["point_id"]
+        sent = re.search(r"(\d+) chunk ids asked, (\d+) missing", second.stderr)
+        assert sent is not None, second.stderr
+        assert int(sent[2]) == again["chunks_new"] < int(sent[1])  # trees of changed dirs only
+
+        listed = _agent(agent_env, "--json", "snapshots", "--server", base)
+        assert listed.returncode == 0, listed.stderr
+        ids = [p["id"] for p in json.loads(listed.stdout)]
+        assert ids == [summary["point_id"], again["point_id"]]
+
+        target = tmp_path / "restored"
+        restored = _agent(agent_env, "restore", ids[-1][:12], "--target", str(target),
+                          "--server", base)  # fmt: skip
+        assert restored.returncode == 0, restored.stderr
+        assert walk_differences(src, target / str(src).lstrip("/"), check_root=False,
+                                check_atime=False) == []  # fmt: skip
+        # the agent's secret and the token are in no log of the server
+        secret = json.loads(config.read_text())["secret"]
+        text = log.read_text()
+        assert secret not in text and token not in text
+    finally:
+        _stop(proc)
+
+
+PAUSE = Path(__file__).parent / "agent_pause.py"
+
+
+def _packs(repo: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(repo / "data"))
+
+
+def test_a_server_killed_mid_backup_the_agent_finishes_through_the_other(
+    cli: CliRunner, cli_env: dict[str, str], tmp_path: Path, repo_path: Path
 ) -> None:
     assert cli("init").rc == 0
     env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
@@ -56,65 +127,50 @@ def test_an_agent_backs_up_and_restores_through_two_servers(
     bases = [f"http://127.0.0.1:{p}" for p in ports]
     logs = [tmp_path / "s1.log", tmp_path / "s2.log"]
     procs = [_start(env, ports[0], logs[0])]
+    agent: subprocess.Popen[bytes] | None = None
     try:
         _wait_up(procs[0], bases[0], logs[0])
         procs.append(_start(env, ports[1], logs[1]))
         _wait_up(procs[1], bases[1], logs[1])
-        http = _admin(bases[0], logs[0])
-        token = http.post("/api/v1/enrollments", json={"machine": "laptop"}).json()["token"]
-
+        token = _admin(bases[0], logs[0]).post("/api/v1/enrollments",
+                                               json={"machine": "m"}).json()["token"]  # fmt: skip
         agent_env = {k: v for k, v in os.environ.items()
                      if k not in ("STRONGROOM_PASSWORD", "STRONGROOM_REPO")}  # fmt: skip
-        enrolled = _agent(agent_env, "agent", "enroll", "--server", bases[0], "--token", token)
-        assert enrolled.returncode == 0, enrolled.stderr
-        assert "laptop" in enrolled.stdout
-        config = Path(os.environ["XDG_CONFIG_HOME"]) / "strongroom" / "agent.json"
-        assert config.stat().st_mode & 0o777 == 0o600
-        assert config.parent.stat().st_mode & 0o777 == 0o700
-        replay = _agent(agent_env, "agent", "enroll", "--server", bases[0], "--token", token,
-                        "--config", str(tmp_path / "other.json"))  # fmt: skip
-        assert replay.returncode != 0 and "401" in replay.stderr and token not in replay.stderr
-
+        assert _agent(agent_env, "agent", "enroll", "--server", bases[0], "--token", token
+                      ).returncode == 0  # fmt: skip
         src = tmp_path / "src"
-        _tree(src)
-        servers = f"{bases[0]},{bases[1]}"
-        first = _agent(agent_env, "--json", "backup", str(src), "--server", servers)
-        assert first.returncode == 0, first.stderr
-        summary = json.loads(first.stdout.splitlines()[-1])
-        assert summary["chunks_new"] >= 3
-
-        second = _agent(agent_env, "--json", "backup", str(src), "--server", servers)
-        assert second.returncode == 0, second.stderr
-        again = json.loads(second.stdout.splitlines()[-1])
-        assert again["data_added"] < 64 << 10, again  # new trees (atimes) at most
-        assert again["parent"] == summary["point_id"]
-
-        # one server dies: the agent goes on through the other
-        (src / "d" / "new.bin").write_bytes(os.urandom(1 << 20))
+        src.mkdir()
+        for i in range(6):  # 3 files fill the first 8 MiB batch
+            (src / f"big{i}.bin").write_bytes(os.urandom(3 << 20))
+        before = _packs(repo_path)
+        ready, go = tmp_path / "ready", tmp_path / "go"
+        agent = subprocess.Popen(
+            [sys.executable, str(PAUSE), "big5", str(ready), str(go), "--json", "backup",
+             str(src), "--server", f"{bases[0]},{bases[1]}"],
+            env=agent_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not (ready.exists() and _packs(repo_path) > before):  # first batch stored
+            assert time.monotonic() < deadline and agent.poll() is None, "agent never paused"
+            time.sleep(0.05)
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
-        third = _agent(agent_env, "--json", "backup", str(src), "--server", servers)
-        assert third.returncode == 0, third.stderr
-        point = json.loads(third.stdout.splitlines()[-1])["point_id"]
-
-        listed = _agent(agent_env, "--json", "snapshots", "--server", servers)
-        assert listed.returncode == 0, listed.stderr
-        ids = [p["id"] for p in json.loads(listed.stdout)]
-        assert len(ids) == 3 and ids[-1] == point
-
+        go.touch()
+        out, err = agent.communicate(timeout=120)
+        assert agent.returncode == 0, err.decode()
+        point = json.loads(out.decode().splitlines()[-1])["point_id"]
+        listed = _agent(agent_env, "--json", "snapshots", "--server", bases[1])
+        assert [p["id"] for p in json.loads(listed.stdout)] == [point]  # no half point
         target = tmp_path / "restored"
-        restored = _agent(
-            agent_env, "restore", point[:12], "--target", str(target), "--server", servers
-        )
+        restored = _agent(agent_env, "restore", point, "--target", str(target),
+                          "--server", bases[1])  # fmt: skip
         assert restored.returncode == 0, restored.stderr
         assert walk_differences(src, target / str(src).lstrip("/"), check_root=False,
-                                 check_atime=False) == []  # fmt: skip
-        # the agent's secret is in no server's log
-        secret = json.loads(config.read_text())["secret"]
-        for log in logs:
-            text = log.read_text()
-            assert secret not in text and token not in text
+                                check_atime=False) == []  # fmt: skip
     finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+            agent.wait()
         for proc in procs:
             if proc.poll() is None:
                 _stop(proc)
