@@ -67,6 +67,11 @@ def test_enrollment_is_one_time_expires_and_gives_only_chunking_keys(site: Site)
         assert answer.status_code == 401
         assert answer.json() == {"error": "invalid, used or expired enrollment token"}
     assert token not in replay.text and expiring not in expired.text
+    for bad in ("../etc", "a/b", "x\u0000y", ".hidden", "x" * 65):
+        refused = site.client.post("/api/v1/enrollments", json={"machine": bad},
+                                   headers={"X-CSRF-Token": site.csrf})  # fmt: skip
+        assert refused.status_code in (400, 422) and "error" in refused.json()
+    assert site.client.post("/api/v1/enrollments", json={"machine": "nocsrf"}).status_code == 403
     # machines: listed and disabled by administrators; a disabled agent is refused
     names = [m["name"] for m in site.client.get("/api/v1/machines").json()]
     assert names == ["web-1", "web-2"]
@@ -180,6 +185,11 @@ def test_agents_cannot_delete_rewrite_or_reach_user_endpoints(site: Site) -> Non
     assert signed_in.status_code == 401
     assert site.client.get("/api/v1/agent/points", headers={"Authorization": "Bearer x.y"}
                            ).status_code == 401  # fmt: skip
+    # the schema documents the agents' endpoints
+    schema = site.client.get("/api/v1/openapi.json").json()
+    assert {"/api/v1/agent/chunks", "/api/v1/agent/points", "/api/v1/enrollments"} <= set(
+        schema["paths"]
+    )
     # no secret in the audit log
     app: Any = site.client.app
     rows = app.state.guards.accounts.catalog.list_audit(limit=1000)

@@ -12,10 +12,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 MAX_BODY = 64 * 1024  # the API's bodies are a few small JSON fields
 # The exceptions, by exact path: an agent's bundle of chunks (repository/
 # bundle.py MAX_BUNDLE; a test checks they agree) and its batched question
-# of which chunk ids are missing (8192 ids of 64 hex digits, quoted).
+# of which chunk ids are missing (8192 ids of 64 hex digits, quoted), and
+# its point document (its summary lists the backup's warnings).
 LARGER_BODIES = {
     "/api/v1/agent/chunks": 32 << 20,
     "/api/v1/agent/chunks/missing": 1 << 20,
+    "/api/v1/agent/points": 4 << 20,
 }
 
 
