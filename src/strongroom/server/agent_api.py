@@ -103,7 +103,8 @@ def _add_admin_routes(app: FastAPI, guards: Guards, agents: Agents) -> None:
                 body.machine, timedelta(seconds=body.expires_in)
             )
         except UsageError as err:
-            audit(request, "enrollment.create", body.machine, "failed", who.user.name)
+            # not the name: it may hold what a database refuses (NUL)
+            audit(request, "enrollment.create", "(invalid name)", "failed", who.user.name)
             raise HTTPException(400, str(err)) from None
         audit(request, "enrollment.create", body.machine, "ok", who.user.name)
         return {"token": token, "machine": body.machine, "expires": expires.isoformat()}
@@ -117,9 +118,10 @@ def _add_admin_routes(app: FastAPI, guards: Guards, agents: Agents) -> None:
     def change_machine(
         name: str, body: MachineChange, who: Admin, request: Request
     ) -> dict[str, Any]:
-        changed = agents.set_disabled(name, body.disabled) if len(name) <= 64 else None
+        known = len(name) <= 64 and name.isprintable()
+        changed = agents.set_disabled(name, body.disabled) if known else None
         if changed is None:
-            raise HTTPException(404, f"no machine {name[:64]}")
+            raise HTTPException(404, "no such machine")
         audit(request, "machine.change", name, "ok", who.user.name)
         return _machine_doc(changed)
 

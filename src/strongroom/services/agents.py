@@ -62,7 +62,7 @@ def check_machine_name(name: str) -> str:
         return check_user_name(name)
     except CatalogError:
         raise UsageError(
-            f"machine name {name[:40]!r} is not 1-64 letters, digits, . _ @ -"
+            "a machine name is 1-64 letters, digits, . _ @ - (first: a letter or digit)"
         ) from None
 
 
