@@ -1,8 +1,9 @@
-"""Agents for real: `strongroom server` processes over one repository and
-catalog, and the `strongroom` CLI as the agent (no repository password in
-its environment): enroll, back up a tree with hard links, symlinks, xattrs
-and a sparse file, restore it exactly; a second backup sends almost
-nothing; one server killed mid-backup, the agent finishes through the other."""
+"""Agents for real: two `strongroom server` processes over one repository
+and catalog, and the `strongroom` CLI as the agent (no repository password
+in its environment): enroll (a replayed token refused); back up a tree with
+hard links, symlinks, xattrs and a sparse file while one server is SIGKILLed
+mid-backup (the agent finishes through the other); a second backup sends no
+data; the machine's points listed, one restored exactly; no secret logged."""
 
 from __future__ import annotations
 
@@ -50,67 +51,6 @@ def _admin(base: str, log: Path) -> httpx.Client:
     return http
 
 
-def test_an_agent_enrolls_backs_up_and_restores_through_the_server(
-    cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
-) -> None:
-    assert cli("init").rc == 0
-    env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    proc = _start(env, port, log)
-    try:
-        _wait_up(proc, base, log)
-        http = _admin(base, log)
-        token = http.post("/api/v1/enrollments", json={"machine": "laptop"}).json()["token"]
-
-        agent_env = {k: v for k, v in os.environ.items()
-                     if k not in ("STRONGROOM_PASSWORD", "STRONGROOM_REPO")}  # fmt: skip
-        enrolled = _agent(agent_env, "agent", "enroll", "--server", base, "--token", token)
-        assert enrolled.returncode == 0, enrolled.stderr
-        assert "laptop" in enrolled.stdout
-        config = Path(os.environ["XDG_CONFIG_HOME"]) / "strongroom" / "agent.json"
-        assert config.stat().st_mode & 0o777 == 0o600
-        assert config.parent.stat().st_mode & 0o777 == 0o700
-        replay = _agent(agent_env, "agent", "enroll", "--server", base, "--token", token,
-                        "--config", str(tmp_path / "other.json"))  # fmt: skip
-        assert replay.returncode != 0 and "401" in replay.stderr and token not in replay.stderr
-
-        src = tmp_path / "src"
-        _tree(src)
-        first = _agent(agent_env, "--json", "backup", str(src), "--server", base)
-        assert first.returncode == 0, first.stderr
-        summary = json.loads(first.stdout.splitlines()[-1])
-        assert summary["chunks_new"] >= 3
-
-        second = _agent(agent_env, "--json", "backup", str(src), "--server", base)
-        assert second.returncode == 0, second.stderr
-        again = json.loads(second.stdout.splitlines()[-1])
-        assert again["data_added"] < 64 << 10, again  # new trees (atimes) at most
-        assert again["parent"] == summary["point_id"]
-        sent = re.search(r"(\d+) chunk ids asked, (\d+) missing", second.stderr)
-        assert sent is not None, second.stderr
-        assert int(sent[2]) == again["chunks_new"] == int(sent[1]) <= 10  # new trees, no data
-
-        listed = _agent(agent_env, "--json", "snapshots", "--server", base)
-        assert listed.returncode == 0, listed.stderr
-        ids = [p["id"] for p in json.loads(listed.stdout)]
-        assert ids == [summary["point_id"], again["point_id"]]
-
-        target = tmp_path / "restored"
-        restored = _agent(agent_env, "restore", ids[-1][:12], "--target", str(target),
-                          "--server", base)  # fmt: skip
-        assert restored.returncode == 0, restored.stderr
-        assert walk_differences(src, target / str(src).lstrip("/"), check_root=False,
-                                check_atime=False) == []  # fmt: skip
-        # the agent's secret and the token are in no log of the server
-        secret = json.loads(config.read_text())["secret"]
-        text = log.read_text()
-        assert secret not in text and token not in text
-    finally:
-        _stop(proc)
-
-
 PAUSE = Path(__file__).parent / "agent_pause.py"
 
 
@@ -118,13 +58,14 @@ def _packs(repo: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(repo / "data"))
 
 
-def test_a_server_killed_mid_backup_the_agent_finishes_through_the_other(
+def test_an_agent_backs_up_through_a_server_killed_mid_backup_and_restores(
     cli: CliRunner, cli_env: dict[str, str], tmp_path: Path, repo_path: Path
 ) -> None:
     assert cli("init").rc == 0
     env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
     ports = [_free_port(), _free_port()]
     bases = [f"http://127.0.0.1:{p}" for p in ports]
+    servers = f"{bases[0]},{bases[1]}"
     logs = [tmp_path / "s1.log", tmp_path / "s2.log"]
     procs = [_start(env, ports[0], logs[0])]
     agent: subprocess.Popen[bytes] | None = None
@@ -132,21 +73,29 @@ def test_a_server_killed_mid_backup_the_agent_finishes_through_the_other(
         _wait_up(procs[0], bases[0], logs[0])
         procs.append(_start(env, ports[1], logs[1]))
         _wait_up(procs[1], bases[1], logs[1])
-        token = _admin(bases[0], logs[0]).post("/api/v1/enrollments",
-                                               json={"machine": "m"}).json()["token"]  # fmt: skip
+        http = _admin(bases[0], logs[0])
+        token = http.post("/api/v1/enrollments", json={"machine": "laptop"}).json()["token"]
         agent_env = {k: v for k, v in os.environ.items()
                      if k not in ("STRONGROOM_PASSWORD", "STRONGROOM_REPO")}  # fmt: skip
-        assert _agent(agent_env, "agent", "enroll", "--server", bases[0], "--token", token
-                      ).returncode == 0  # fmt: skip
+        enrolled = _agent(agent_env, "agent", "enroll", "--server", servers, "--token", token)
+        assert enrolled.returncode == 0, enrolled.stderr
+        assert "laptop" in enrolled.stdout
+        config = Path(os.environ["XDG_CONFIG_HOME"]) / "strongroom" / "agent.json"
+        assert config.stat().st_mode & 0o777 == 0o600
+        assert config.parent.stat().st_mode & 0o777 == 0o700
+        replay = _agent(agent_env, "agent", "enroll", "--server", bases[0], "--token", token,
+                        "--config", str(tmp_path / "other.json"))  # fmt: skip
+        assert replay.returncode != 0 and "401" in replay.stderr and token not in replay.stderr
+
         src = tmp_path / "src"
-        src.mkdir()
-        for i in range(6):  # 3 files fill the first 8 MiB batch
+        _tree(src)
+        for i in range(6):  # 3 of them fill the first 8 MiB batch
             (src / f"big{i}.bin").write_bytes(os.urandom(3 << 20))
         before = _packs(repo_path)
         ready, go = tmp_path / "ready", tmp_path / "go"
         agent = subprocess.Popen(
             [sys.executable, str(PAUSE), "big5", str(ready), str(go), "--json", "backup",
-             str(src), "--server", f"{bases[0]},{bases[1]}"],
+             str(src), "--server", servers],
             env=agent_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -158,15 +107,34 @@ def test_a_server_killed_mid_backup_the_agent_finishes_through_the_other(
         go.touch()
         out, err = agent.communicate(timeout=120)
         assert agent.returncode == 0, err.decode()
-        point = json.loads(out.decode().splitlines()[-1])["point_id"]
-        listed = _agent(agent_env, "--json", "snapshots", "--server", bases[1])
-        assert [p["id"] for p in json.loads(listed.stdout)] == [point]  # no half point
+        first = json.loads(out.decode().splitlines()[-1])
+        assert first["chunks_new"] >= 20
+
+        second = _agent(agent_env, "--json", "backup", str(src), "--server", servers)
+        assert second.returncode == 0, second.stderr
+        again = json.loads(second.stdout.splitlines()[-1])
+        assert again["data_added"] < 64 << 10, again  # new trees (atimes) at most
+        assert again["parent"] == first["point_id"]
+        sent = re.search(r"(\d+) chunk ids asked, (\d+) missing", second.stderr)
+        assert sent is not None, second.stderr
+        assert int(sent[2]) == again["chunks_new"] == int(sent[1]) <= 10  # new trees, no data
+
+        listed = _agent(agent_env, "--json", "snapshots", "--server", servers)
+        assert listed.returncode == 0, listed.stderr
+        ids = [p["id"] for p in json.loads(listed.stdout)]
+        assert ids == [first["point_id"], again["point_id"]]  # no half point
+
         target = tmp_path / "restored"
-        restored = _agent(agent_env, "restore", point, "--target", str(target),
-                          "--server", bases[1])  # fmt: skip
+        restored = _agent(agent_env, "restore", ids[0][:12], "--target", str(target),
+                          "--server", servers)  # fmt: skip
         assert restored.returncode == 0, restored.stderr
         assert walk_differences(src, target / str(src).lstrip("/"), check_root=False,
                                 check_atime=False) == []  # fmt: skip
+        # the agent's secret and the token are in no log of the servers
+        secret = json.loads(config.read_text())["secret"]
+        for log in logs:
+            text = log.read_text()
+            assert secret not in text and token not in text
     finally:
         if agent is not None and agent.poll() is None:
             agent.kill()
