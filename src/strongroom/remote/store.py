@@ -6,7 +6,7 @@ Contract:
   id key and chunker seed), so they deduplicate with the whole repository;
 - `seal_new` compresses (the server only encrypts); `add_sealed` queues;
   a background thread sends each batch: first which of its ids the server
-  lacks (`/agent/chunks/missing`, at most `MAX_IDS` per question), then
+  lacks (`/agent/chunks/missing`, at most `bundle.MAX_IDS` per question), then
   bundles of only those. `flush` returns once the server acknowledged every
   queued chunk as durable (it raises the first failure);
 - resume is the same negotiation: after an interruption, what the server
@@ -43,8 +43,6 @@ PREFETCH = 64  # chunks of one read
 PREFETCH_BYTES = 16 << 20
 CACHE_BYTES = 64 << 20  # chunks fetched ahead and not asked for yet
 MAX_PLAN = 1 << 20  # chunk ids planned ahead (beyond: no read-ahead)
-MAX_IDS = 8192
-BUNDLE_TYPE = "application/vnd.strongroom.bundle"
 
 
 @dataclass(frozen=True)
@@ -184,8 +182,8 @@ class RemoteStore:
 
     def _send_batch(self, batch: list[bundle.Record]) -> None:
         lacking: set[bytes] = set()
-        for start in range(0, len(batch), MAX_IDS):
-            ids = [r.chunk_id.hex() for r in batch[start : start + MAX_IDS]]
+        for start in range(0, len(batch), bundle.MAX_IDS):
+            ids = [r.chunk_id.hex() for r in batch[start : start + bundle.MAX_IDS]]
             answer = self.client.post_json("/api/v1/agent/chunks/missing", {"ids": ids})
             lacking.update(bytes.fromhex(h) for h in answer["missing"])
             self.traffic.asked += len(ids)
@@ -209,7 +207,7 @@ class RemoteStore:
             return
         blob = bundle.encode(records)
         answer = self.client.request(
-            "PUT", "/api/v1/agent/chunks", content=blob, content_type=BUNDLE_TYPE
+            "PUT", "/api/v1/agent/chunks", content=blob, content_type=bundle.MEDIA_TYPE
         ).json()
         self.traffic.bundles += 1
         self.traffic.bytes_sent += len(blob)

@@ -28,16 +28,19 @@ from dataclasses import dataclass
 from strongroom.errors import IntegrityError
 from strongroom.repository.compress import Compressor
 from strongroom.repository.format import BlobType
+from strongroom.repository.repo import MAX_CHUNK_SIZE
 
 MAGIC = b"SRBNDL1\n"
+MEDIA_TYPE = "application/vnd.strongroom.bundle"  # its HTTP Content-Type
 MAX_BUNDLE = 32 << 20  # bytes of one bundle, header included
 MAX_RECORDS = 16384
+MAX_IDS = 8192  # chunk ids of one "which are missing?" question
 ID_SIZE = 32
 _COUNT = struct.Struct(">I")
 _RECORD = struct.Struct(">32sBII")  # id, type, raw length, payload length
 # A bundle's chunk may be at most this large once decompressed: the
 # repository's own bounds (a data chunk is a CDC maximum or a block).
-MAX_RAW = {BlobType.DATA: 64 << 20, BlobType.TREE: 512 << 20}
+MAX_RAW = MAX_CHUNK_SIZE
 
 
 @dataclass(frozen=True)

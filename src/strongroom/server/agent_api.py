@@ -29,12 +29,11 @@ from starlette.concurrency import run_in_threadpool
 
 from strongroom.errors import ChunkNotFound, IntegrityError, StrongroomError, UsageError
 from strongroom.server.guards import Admin, Guards
-from strongroom.services.agent_intake import MAX_IDS, MAX_READ, Intake, chunk_type
+from strongroom.services.agent_intake import BUNDLE_TYPE, MAX_IDS, MAX_READ, Intake, chunk_type
 from strongroom.services.agents import DEFAULT_ENROLLMENT, MAX_ENROLLMENT, Agents, Machine
 
 __all__ = ["BUNDLE_TYPE", "agent_routes"]
 
-BUNDLE_TYPE = "application/vnd.strongroom.bundle"
 ChunkHex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 _BAD_CREDENTIALS = "missing or wrong agent credentials"
 

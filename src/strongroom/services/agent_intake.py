@@ -55,7 +55,7 @@ from strongroom.services.session import LockMode, open_repository
 
 REFRESH_SECONDS = 1.0  # at most one listing of index/ per second, on a miss
 IDLE_SECONDS = 600.0  # the shared lock is released after this long without a write
-MAX_IDS = 8192  # ids of one `missing` question
+MAX_IDS = bundle.MAX_IDS  # ids of one `missing` question
 MAX_READ = 256  # chunks of one `read`
 _COMMIT_ID_LENGTH = range(16, 65)
 
@@ -255,3 +255,6 @@ def chunk_type(code: int) -> BlobType:
     if code not in (BlobType.DATA, BlobType.TREE):
         raise UsageError("a chunk type is 0 (data) or 1 (tree)")
     return BlobType(code)
+
+
+BUNDLE_TYPE = bundle.MEDIA_TYPE
