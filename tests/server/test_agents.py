@@ -116,6 +116,8 @@ def test_uploads_are_verified_durable_and_committed_once(site: Site) -> None:  #
     ok = site.client.put(BUNDLE, content=bundle.encode([good, tree]), headers=bearer(creds))
     assert ok.status_code == 200 and ok.json()["added"] == 2, ok.text
     assert _missing(site, creds, [good.chunk_id, tree.chunk_id]) == []
+    resent = site.client.put(BUNDLE, content=bundle.encode([good]), headers=bearer(creds))
+    assert resent.json()["added"] == 0  # stored once (a retry after a lost answer)
     # durable: a fresh session over the repository finds them
     from strongroom.services.session import LockMode, open_repository
     from tests.helpers.cli import PASSWORD

@@ -536,6 +536,14 @@ class Repository:
                     self._present = self._present | {p for f in files for p in f.packs}
         return len(new)
 
+    def settle(self) -> None:
+        """After `flush`, for a long-lived writer (the backup server's
+        intake): drop the per-chunk set of what this session queued. Its
+        chunks are found through the index and `packs_written` from now on,
+        so memory stays bounded by packs, not chunks."""
+        if not self._builders and not self._uploads and not self._unindexed:
+            self._session_ids = set()
+
     def forget_session(self) -> None:
         """After a gap without a lock (a prune may have run in it): forget
         which chunks and packs this session wrote or relied on and the packs

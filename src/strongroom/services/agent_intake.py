@@ -158,6 +158,7 @@ class Intake:
                         added += 1
                         added_bytes += r.raw_length
                 self.repo.flush()
+                self.repo.settle()
             except BaseException:
                 self.repo.abandon()
                 raise
