@@ -1,4 +1,5 @@
-"""Agents for real: two `strongroom server` processes over one repository
+"""Agents for real: two `strongroom server` processes (HTTPS, a
+self-signed certificate the agent trusts with --ca-cert) over one repository
 and catalog, and the `strongroom` CLI as the agent (no repository password
 in its environment): enroll (a replayed token refused); back up a tree with
 hard links, symlinks, xattrs and a sparse file while one server is SIGKILLed
@@ -11,6 +12,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ import httpx
 from tests.conftest import CliRunner
 from tests.helpers.cli import strongroom_command
 from tests.helpers.compare import walk_differences
-from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
+from tests.server.test_server_process import _free_port, _self_signed, _stop
 
 
 def _tree(root: Path) -> None:
@@ -43,9 +45,32 @@ def _agent(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _admin(base: str, log: Path) -> httpx.Client:
+def _start(env: dict[str, str], port: int, log: Path, tls: tuple[Path, Path]
+           ) -> subprocess.Popen[bytes]:  # fmt: skip
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*strongroom_command(), "server", "--listen", f"127.0.0.1:{port}",
+             "--tls-cert", str(tls[0]), "--tls-key", str(tls[1])],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _wait_up(proc: subprocess.Popen[bytes], base: str, log: Path, trust: ssl.SSLContext) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{base}/api/v1/health", verify=trust, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def _admin(base: str, log: Path, trust: ssl.SSLContext) -> httpx.Client:
     line = next(ln for ln in log.read_text().splitlines() if "shown only now" in ln)
-    http = httpx.Client(base_url=base)
+    http = httpx.Client(base_url=base, verify=trust)
     signed = http.post("/api/v1/session", json={"name": "admin", "password": line.split()[-1]})
     http.headers["X-CSRF-Token"] = signed.json()["csrf_token"]
     return http
@@ -63,28 +88,33 @@ def test_an_agent_backs_up_through_a_server_killed_mid_backup_and_restores(
 ) -> None:
     assert cli("init").rc == 0
     env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
+    tls = _self_signed(tmp_path)
+    trust = ssl.create_default_context(cafile=str(tls[0]))
     ports = [_free_port(), _free_port()]
-    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    bases = [f"https://127.0.0.1:{p}" for p in ports]
     servers = f"{bases[0]},{bases[1]}"
     logs = [tmp_path / "s1.log", tmp_path / "s2.log"]
-    procs = [_start(env, ports[0], logs[0])]
+    procs = [_start(env, ports[0], logs[0], tls)]
     agent: subprocess.Popen[bytes] | None = None
     try:
-        _wait_up(procs[0], bases[0], logs[0])
-        procs.append(_start(env, ports[1], logs[1]))
-        _wait_up(procs[1], bases[1], logs[1])
-        http = _admin(bases[0], logs[0])
+        _wait_up(procs[0], bases[0], logs[0], trust)
+        procs.append(_start(env, ports[1], logs[1], tls))
+        _wait_up(procs[1], bases[1], logs[1], trust)
+        http = _admin(bases[0], logs[0], trust)
         token = http.post("/api/v1/enrollments", json={"machine": "laptop"}).json()["token"]
         agent_env = {k: v for k, v in os.environ.items()
                      if k not in ("STRONGROOM_PASSWORD", "STRONGROOM_REPO")}  # fmt: skip
-        enrolled = _agent(agent_env, "agent", "enroll", "--server", servers, "--token", token)
+        untrusted = _agent(agent_env, "agent", "enroll", "--server", bases[0], "--token", token)
+        assert untrusted.returncode == 1 and "not trusted" in untrusted.stderr  # token not sent
+        enrolled = _agent(agent_env, "agent", "enroll", "--server", servers, "--token", token,
+                          "--ca-cert", str(tls[0]))  # fmt: skip
         assert enrolled.returncode == 0, enrolled.stderr
         assert "laptop" in enrolled.stdout
         config = Path(os.environ["XDG_CONFIG_HOME"]) / "strongroom" / "agent.json"
         assert config.stat().st_mode & 0o777 == 0o600
         assert config.parent.stat().st_mode & 0o777 == 0o700
         replay = _agent(agent_env, "agent", "enroll", "--server", bases[0], "--token", token,
-                        "--config", str(tmp_path / "other.json"))  # fmt: skip
+                        "--ca-cert", str(tls[0]), "--config", str(tmp_path / "x.json"))  # fmt: skip
         assert replay.returncode != 0 and "401" in replay.stderr and token not in replay.stderr
 
         src = tmp_path / "src"

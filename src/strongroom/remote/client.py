@@ -9,12 +9,14 @@ Contract:
   through another server process when one dies;
 - `idempotent=False` requests (enrollment: a lost answer would burn the
   token) are retried only when the connection was never made;
+- a server whose TLS certificate does not verify is RemoteError at once;
 - a 4xx answer is RemoteError with the server's one-line `error`, never
   retried; the credentials never appear in a message.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from typing import Any
@@ -55,8 +57,7 @@ class Client:
         self._rounds = rounds
         self._current = 0
         self._lock = threading.Lock()
-        verify: Any = ca_cert if ca_cert else True
-        self._http = http or httpx.Client(timeout=TIMEOUT, verify=verify)
+        self._http = http or httpx.Client(timeout=TIMEOUT, verify=_trust(ca_cert))
         self.requests = 0  # answered requests, for statistics
 
     def close(self) -> None:
@@ -88,6 +89,10 @@ class Client:
                         method, base + path, json=json, content=content, headers=headers
                     )
                 except httpx.ConnectError as err:
+                    if _untrusted(err):  # permanent, and maybe not the server at all
+                        raise RemoteError(
+                            f"{base}: its TLS certificate is not trusted (--ca-cert?)"
+                        ) from None
                     last = f"{base}: {type(err).__name__}"
                 except httpx.TransportError as err:
                     if not idempotent:
@@ -120,6 +125,25 @@ class Client:
 
     def post_json(self, path: str, doc: Any, *, idempotent: bool = True) -> Any:
         return self.request("POST", path, json=doc, idempotent=idempotent).json()
+
+
+def _untrusted(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(err)
+
+
+def _trust(ca_cert: str | None) -> ssl.SSLContext | bool:
+    """The system's trusted authorities, or only the certificates of `ca_cert`."""
+    if not ca_cert:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_cert)
+    except (OSError, ssl.SSLError) as err:
+        raise RemoteError(f"--ca-cert {ca_cert}: {err}") from None
 
 
 def _error_line(answer: httpx.Response) -> str:
