@@ -36,6 +36,7 @@ CRYPTO = "Encryption, key derivation and compression only in the repository"
 BLAKE3 = "blake3 only in the repository and protect's piece digests"
 CDC = "Chunk boundaries only in chunking"
 GUEST_FS = "Guest file system readers only in sources/image_files"
+HTTPX = "The HTTP client only in the agent's remote package"
 
 # (module written into the copy, what it imports, the contract that must break)
 INJECTIONS = [
@@ -82,6 +83,9 @@ INJECTIONS = [
     ("services/injected.py", "fastapi", WEB),
     ("catalog/injected.py", "uvicorn", WEB),
     ("server/injected.py", "argon2", CRYPTO),
+    # the agent's side: its HTTP client stays in remote/, reached through services
+    ("services/injected.py", "httpx", HTTPX),
+    ("cli/injected.py", "strongroom.remote.store", CLI),
 ]
 
 # What the CLI may import besides itself (the rest is in the contract's forbidden list).

@@ -162,4 +162,13 @@ class MaintenanceLocked(StrongroomError):
     """Another server process holds an exclusive maintenance lock (prune, ...)."""
 
     exit_code = ExitCode.REPO_LOCKED
+
+
+class RemoteError(StrongroomError):
+    """An agent's backup server refused a request, or none of its addresses answers."""
+
+
+class RemoteUnavailable(RemoteError):
+    """No address of the backup server answers (yet): trying again may help."""
+
     retryable = True

@@ -6,6 +6,7 @@ repository and from the media."""
 
 from strongroom.catalog.catalog import Catalog
 from strongroom.catalog.jobs import Job, JobState, Schedule, SignInLimit
+from strongroom.catalog.machines import Enrollment, Machine
 from strongroom.catalog.records import (
     AuditEntry,
     ContentEntry,
@@ -32,6 +33,7 @@ __all__ = [
     "Catalog",
     "ContentEntry",
     "Drive",
+    "Enrollment",
     "Event",
     "Job",
     "JobState",
@@ -39,6 +41,7 @@ __all__ = [
     "LibraryKind",
     "LocationChanges",
     "LoginSession",
+    "Machine",
     "Medium",
     "MediumKey",
     "MediumState",

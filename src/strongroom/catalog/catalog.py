@@ -33,6 +33,7 @@ from strongroom.catalog import convert
 from strongroom.catalog.accounts import AccountsMixin
 from strongroom.catalog.engine import create_engine, masked, one_line, parse_url
 from strongroom.catalog.jobs import JobsMixin
+from strongroom.catalog.machines import MachinesMixin
 from strongroom.catalog.migrate import upgrade
 from strongroom.catalog.records import (
     ContentEntry,
@@ -77,7 +78,7 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start : start + _CHUNK]
 
 
-class Catalog(AccountsMixin, JobsMixin):
+class Catalog(AccountsMixin, MachinesMixin, JobsMixin):
     def __init__(self, engine: sa.Engine, url: sa.URL) -> None:
         self._engine = engine
         self._url = url

@@ -292,3 +292,41 @@ sign_in_limits = sa.Table(
     sa.Column("window_start", UtcDateTime, nullable=False),
     sa.Column("blocked_until", UtcDateTime),
 )
+
+# --- the backup server's agents (revision 0003) --------------------------------
+
+machines = sa.Table(
+    "machines",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(MAX_USER_NAME), nullable=False, unique=True),
+    sa.Column("agent_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("secret_digest", sa.String(64), nullable=False),  # SHA-256, never the secret
+    sa.Column("created", UtcDateTime, nullable=False),
+    sa.Column("last_seen", UtcDateTime),
+    sa.Column("disabled", sa.Boolean, nullable=False),
+)
+
+enrollment_tokens = sa.Table(
+    "enrollment_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("token_digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("machine", sa.String(MAX_USER_NAME), nullable=False),
+    sa.Column("created", UtcDateTime, nullable=False),
+    sa.Column("expires", UtcDateTime, nullable=False, index=True),
+    sa.Column("used", UtcDateTime),  # set once, by the one enrollment that consumed it
+)
+
+agent_commits = sa.Table(
+    "agent_commits",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "machine_id", sa.Integer, sa.ForeignKey("machines.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("commit_id", sa.String(64), nullable=False),
+    sa.Column("point_id", sa.String(64), nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("machine_id", "commit_id"),
+)

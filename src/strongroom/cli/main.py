@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "restore": "restore:restore",
     "serve": "serve:serve",
     "server": "server:server",
+    "agent": "agent:agent",
     "export": "export:export",
     "vhd": "vhd:vhd",
     "protect": "protect:protect",

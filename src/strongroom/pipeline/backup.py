@@ -64,7 +64,7 @@ from strongroom.pipeline.ordered import OrderedWork
 from strongroom.pipeline.seed_match import SeedMatcher
 from strongroom.pipeline.small_files import Sealed, SmallFile, SmallFileBatch
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.sources.exclude import Excluder
 from strongroom.sources.files import (
     list_dir,
@@ -216,7 +216,7 @@ class FileBackup:
 
     def __init__(
         self,
-        repo: Repository,
+        repo: ChunkStore,
         options: BackupOptions,
         parent_tree: bytes | None = None,
         progress: ProgressCallback = no_progress,

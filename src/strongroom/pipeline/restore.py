@@ -46,7 +46,7 @@ from strongroom.model.tree import (
 )
 from strongroom.pipeline.ordered import OrderedWork
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.sources.block_targets import pwrite_all
 from strongroom.types import Progress, ProgressCallback, no_progress
 
@@ -176,7 +176,7 @@ class FileRestore:
 
     def __init__(
         self,
-        repo: Repository,
+        repo: ChunkStore,
         tree_id: bytes,
         target: str,
         includes: list[str] | None = None,

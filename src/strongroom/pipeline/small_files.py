@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from strongroom.chunking import CdcChunker
 from strongroom.model.tree import Node
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.sources.files import open_file, read_xattrs_of
 
 Sealed = bytes | bytearray
@@ -61,7 +61,7 @@ class SmallFileBatch:
         self.fds.pop(dir_fd, None)
 
     def reader(
-        self, repo: Repository, limit: int, dry_run: bool
+        self, repo: ChunkStore, limit: int, dry_run: bool
     ) -> Callable[[], list[SmallFile | OSError]]:
         """The worker job: every file read (or its OSError), in order; closes the dups."""
 
@@ -79,7 +79,7 @@ class SmallFileBatch:
 
 
 def read_small_file(
-    repo: Repository, dir_fd: int, name: bytes, limit: int, dry_run: bool
+    repo: ChunkStore, dir_fd: int, name: bytes, limit: int, dry_run: bool
 ) -> SmallFile | OSError:
     """Read `name` whole, id its chunk(s) and seal the new ones (not in a dry run).
 

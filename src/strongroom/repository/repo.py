@@ -233,6 +233,7 @@ class Repository:
         self.compressor = Compressor(config.compression_level)
         self._index: ChunkIndex | None = None
         self._index_lock = threading.Lock()
+        self._index_names: set[str] = set()  # index files read into `_index` or written
         self.stats = WriteStats()
         self._session_ids: set[bytes] = set()
         self._copied_ids: set[bytes] = set()  # chunks copied by a repacking (prune)
@@ -472,7 +473,9 @@ class Repository:
         from strongroom.repository.index import ChunkIndex
 
         index = ChunkIndex()
-        index.add_files(list(self.current_index_files().values()))
+        files = self.read_index_files()
+        self._index_names = set(files)
+        index.add_files(list(self.current_index_files(files).values()))
         with self._unindexed_lock:  # written by this session, index file not yet
             for pack_id, entries in self._unindexed.items():
                 for cid, off, length, _raw, _t in entries:
@@ -501,8 +504,57 @@ class Repository:
         sealed = self.sealer.seal(IndexFile.build(packs, supersedes).encode(), _INDEX_AD)
         name = fmt.index_name(content_hash(sealed).hex())
         self.backend.put(name, sealed)
+        self._index_names.add(name)
         self.stats.index_files_written += 1
         return name
+
+    def refresh_index(self) -> int:
+        """Read into the loaded index the index files other writers added
+        since (a long-lived session: the backup server's intake), and list
+        the packs again; returns how many index files were new. Call it from
+        the writing thread, with nothing queued (after `flush`). Entries of
+        index files a prune superseded stay, harmlessly: `has_chunk` counts
+        only chunks in packs that exist."""
+        if self._index is None:
+            return 0
+        new = sorted(set(self.list_index_files()) - self._index_names)
+        files = []
+        for name in new:
+            try:
+                files.append(self.read_index_file(name))
+            except ObjectNotFound:
+                pass  # superseded and removed meanwhile
+            except (IntegrityError, InvalidObjectName) as err:
+                self.damage.report(name, str(err))
+            self._index_names.add(name)
+        if files:
+            self._index.add_files(files)
+            # their packs were written before them (write order), and exist
+            # unless a prune ran: the caller holds a lock that keeps it out
+            with self._present_lock:
+                if self._present is not None:
+                    self._present = self._present | {p for f in files for p in f.packs}
+        return len(new)
+
+    def settle(self) -> None:
+        """After `flush`, for a long-lived writer (the backup server's
+        intake): drop the per-chunk set of what this session queued. Its
+        chunks are found through the index and `packs_written` from now on,
+        so memory stays bounded by packs, not chunks."""
+        if not self._builders and not self._uploads and not self._unindexed:
+            self._session_ids = set()
+
+    def forget_session(self) -> None:
+        """After a gap without a lock (a prune may have run in it): forget
+        which chunks and packs this session wrote or relied on and the packs
+        listed, so nothing is taken as stored on their word. The index stays:
+        its entries count only for packs that are listed again."""
+        self._session_ids = set()
+        self.packs_written = set()
+        self.packs_relied_on = set()
+        with self._present_lock:
+            self._present = None
+        self.missing_packs_seen = set()
 
     # --- chunks: writing -----------------------------------------------------
 
@@ -595,6 +647,19 @@ class Repository:
         if chunk_id in self._copied_ids:
             return False
         self._copied_ids.add(chunk_id)
+        self._queue_sealed(chunk_id, blob_type, sealed, raw_length)
+        return True
+
+    def add_compressed(
+        self, chunk_id: bytes, blob_type: BlobType, payload: bytes, raw_length: int
+    ) -> bool:
+        """Queue a chunk that arrives compressed (`Compressor.pack`'s format)
+        and whose id the caller has verified against its content (an agent's
+        upload, repository/bundle.py `verify`): encrypt only. False if the
+        chunk is stored already (see `has_chunk`)."""
+        if self.has_chunk(chunk_id):
+            return False
+        sealed = self.sealer.seal(payload, blob_ad(chunk_id, blob_type))
         self._queue_sealed(chunk_id, blob_type, sealed, raw_length)
         return True
 

@@ -10,17 +10,30 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY = 64 * 1024  # the API's bodies are a few small JSON fields
+# The exceptions, by exact path: an agent's bundle of chunks (repository/
+# bundle.py MAX_BUNDLE; a test checks they agree) and its batched question
+# of which chunk ids are missing (8192 ids of 64 hex digits, quoted), and
+# its point document (its summary lists the backup's warnings).
+LARGER_BODIES = {
+    "/api/v1/agent/chunks": 32 << 20,
+    "/api/v1/agent/chunks/missing": 1 << 20,
+    "/api/v1/agent/points": 4 << 20,
+}
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_BODY, larger: dict[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.limit = limit
+        self.default = limit
+        self.larger = LARGER_BODIES if larger is None else larger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope.get("path", ""), self.default)
         for key, value in scope.get("headers", []):
             if key == b"content-length":
                 try:
@@ -28,8 +41,8 @@ class BodyLimit:
                 except ValueError:
                     await _error(send, 400, "bad Content-Length")
                     return
-                if declared > self.limit:
-                    await _error(send, 413, f"request body over {self.limit} bytes")
+                if declared > limit:
+                    await _error(send, 413, f"request body over {limit} bytes")
                     return
         # read it all (bounded), then hand it to the app in one piece
         body = bytearray()
@@ -40,8 +53,8 @@ class BodyLimit:
                 return
             body += message.get("body", b"")
             more = bool(message.get("more_body", False))
-            if len(body) > self.limit:
-                await _error(send, 413, f"request body over {self.limit} bytes")
+            if len(body) > limit:
+                await _error(send, 413, f"request body over {limit} bytes")
                 return
         sent = False
 

@@ -17,11 +17,11 @@ from strongroom.model.kinds import PointKind
 from strongroom.model.lineage import BlockLineage
 from strongroom.model.origin import PointSeeds
 from strongroom.model.point import RecoveryPoint
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 
 
 def record_point(
-    repo: Repository,
+    repo: ChunkStore,
     *,
     kind: PointKind,
     time: datetime,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.commands.init import create_repository
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
@@ -16,6 +17,7 @@ from strongroom.model.origin import PointSeeds
 from strongroom.services.backup import (
     IMAGE_FORMATS,
     BackupRequest,
+    BackupResult,
     backup_files,
     check_options,
     exclude_patterns,
@@ -125,6 +127,7 @@ if TYPE_CHECKING:
 )
 @click.option("--force", is_flag=True, help="Read every file, ignoring the parent point.")
 @click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
+@server_options
 @pass_app
 def backup(
     app: App,
@@ -150,6 +153,8 @@ def backup(
     no_seeds: bool,
     trust_seed_metadata: bool,
     seed_root: str | None,
+    servers: tuple[str, ...],
+    agent_config: str | None,
 ) -> None:
     """Back up PATHS (or a disk image, with --image; a VM, with --vm) into a new recovery point."""
     out = app.out
@@ -165,6 +170,15 @@ def backup(
         seeds=bool(seed_names) or no_seeds,
         file_seed_options=trust_seed_metadata or seed_root is not None,
     )
+    if through_server(servers, agent_config):
+        if image or vms or dry_run or host or seed_names or no_seeds or trust_seed_metadata:
+            raise click.UsageError(
+                "through a server: files only; no --image, --vm, --dry-run, --host or seeds"
+            )
+        _backup_through_server(app, servers, agent_config, list(paths), list(tag), parent, force,
+                               exclude_patterns(app.settings, list(exclude), list(exclude_file)),
+                               one_file_system)  # fmt: skip
+        return
     if needs_default_repository(app.settings):
         out.notice(
             f"no repository configured: creating the default one at {app.settings.repository}"
@@ -219,6 +233,44 @@ def backup(
     )
     with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
         result = backup_files(repo, request, progress)
+    _report(app, result, dry_run)
+
+
+def _backup_through_server(
+    app: App,
+    servers: tuple[str, ...],
+    agent_config: str | None,
+    paths: list[str],
+    tags: list[str],
+    parent: str | None,
+    force: bool,
+    patterns: list[str],
+    one_file_system: bool,
+) -> None:
+    from strongroom.services.agent_backup import backup_through_server, open_agent
+
+    request = BackupRequest(
+        paths=paths,
+        excludes=patterns,
+        one_file_system=one_file_system,
+        tags=tags,
+        parent=parent,
+        force_full=force,
+        scan_totals=app.out.interactive,
+    )
+    with open_agent(agent_config, list(servers)) as (config, store):
+        with app.out.progress("backup") as progress:
+            result = backup_through_server(store, config.machine, request, progress)
+        traffic = store.traffic
+    app.out.notice(
+        f"through the server: {traffic.asked} chunk ids asked, {traffic.missing} missing, "
+        f"{traffic.bundles} bundles ({human_bytes(traffic.bytes_sent)}) sent"
+    )
+    _report(app, result, False)
+
+
+def _report(app: App, result: BackupResult, dry_run: bool) -> None:
+    out = app.out
     s = result.summary
     for w in s.warnings:
         out.warn(w)

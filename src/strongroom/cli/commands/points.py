@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.model.kinds import IMAGE_KINDS
@@ -30,6 +31,7 @@ def point_filter_options(f: F) -> F:
 @click.command()
 @point_filter_options
 @click.option("--source", metavar="NAME", help="Only this protected source's points: its timeline.")
+@server_options
 @pass_app
 def snapshots(
     app: App,
@@ -37,15 +39,26 @@ def snapshots(
     tags: tuple[str, ...],
     paths: tuple[str, ...],
     source: str | None,
+    servers: tuple[str, ...],
+    agent_config: str | None,
 ) -> None:
-    """List recovery points."""
+    """List recovery points (through a server: this machine's own)."""
     if source is not None:
         if hosts or tags or paths:
             raise click.UsageError("--source lists one source's timeline: no --host/--tag/--path")
         _timeline(app, source)
         return
-    with app.repository(LockMode.NONE) as repo:
-        points = list_points(repo, PointFilter(list(hosts), list(tags), list(paths)))
+    if through_server(servers, agent_config):
+        from strongroom.services.agent_backup import agent_points, open_agent
+
+        if hosts or source:
+            raise click.UsageError("through a server: this machine's points; no --host/--source")
+        with open_agent(agent_config, list(servers)) as (_config, store):
+            flt = PointFilter([], list(tags), list(paths))
+            points = [p for p in agent_points(store) if flt.matches(p)]
+    else:
+        with app.repository(LockMode.NONE) as repo:
+            points = list_points(repo, PointFilter(list(hosts), list(tags), list(paths)))
     if app.out.json:
         app.out.document([{"id": p.id, **p.to_doc()} for p in points])
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import Output, human_bytes
 from strongroom.errors import ExitCode
@@ -112,6 +113,7 @@ from strongroom.services.timeline import parse_instant, point_at
     is_flag=True,
     help="A point from media: keep the staging folder the cartridges were read into.",
 )
+@server_options
 @pass_app
 def restore(
     app: App,
@@ -131,12 +133,26 @@ def restore(
     library: str | None,
     wait_for_media: bool,
     keep_staging: bool,
+    servers: tuple[str, ...],
+    agent_config: str | None,
 ) -> None:
     """Restore POINT (an id prefix or 'latest'; with --at, a protected source) into TARGET.
 
     A VM point restores every disk into the folder TARGET as DISK.raw (or .qcow2).
     """
     out = app.out
+    if through_server(servers, agent_config):
+        from strongroom.services.agent_backup import open_agent, restore_through_server
+
+        if include or vm or disks or at or from_media or backing or scope_text != "full":
+            raise click.UsageError("through a server: a whole files point; no other options")
+        with (
+            open_agent(agent_config, list(servers)) as (_config, store),
+            out.progress("restore") as progress,
+        ):
+            found, summary = restore_through_server(store, point, target, progress)
+        _files_restored(out, FilesRestored(found, summary), target)
+        return
     request = RestoreRequest(point, target, list(include), fmt, partition, vm, list(disks))
     request.scope = ScopeSpec.parse(scope_text)
     request.lacks_file = lacks_file

@@ -10,6 +10,7 @@ import click
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.server import create_app, parse_listen, run
+from strongroom.server.agent_api import agent_routes
 from strongroom.server.app import AddRoutes
 from strongroom.server.dashboard import add_dashboard_routes
 from strongroom.server.media_api import add_media_routes
@@ -18,6 +19,8 @@ from strongroom.server.ops_api import add_ops_routes
 from strongroom.server.ratelimit import add_ratelimit_routes
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
+from strongroom.services.agent_intake import Intake
+from strongroom.services.agents import Agents
 from strongroom.services.dashboard import RepositoryView
 from strongroom.services.media_views import MediaViews
 from strongroom.services.metrics import Metrics
@@ -52,7 +55,12 @@ def server(
     password = app.password()  # once: a terminal prompt is not repeated
     points = point_lister(app.settings.repository, password)
     points()  # the repository opens with this password, or the server does not start
-    accounts = Accounts.open(app.settings.catalog)
+    intake = Intake(app.settings.repository, password)  # agents' uploads: one session
+    try:
+        accounts = Accounts.open(app.settings.catalog)
+    except BaseException:
+        intake.close()
+        raise
     try:
         created = accounts.ensure_administrator(_ask_administrator_password)
         if created is not None:
@@ -77,7 +85,12 @@ def server(
             loops.start()
         try:
             run(
-                create_app(accounts, points, secure_cookies=secure, routers=[*routers, dashboard]),
+                create_app(
+                    accounts,
+                    points,
+                    secure_cookies=secure,
+                    routers=[*routers, agent_routes(Agents(accounts.catalog), intake), dashboard],
+                ),
                 where,
                 tls_cert=tls_cert,
                 tls_key=tls_key,
@@ -86,6 +99,7 @@ def server(
             loops.stop()  # a job in flight runs to its end first
     finally:
         accounts.close()
+        intake.close()
 
 
 def _operations(

@@ -1,0 +1,322 @@
+"""`RemoteStore`: a `ChunkStore` (repository/store.py) whose chunks live in
+the backup server's repository, for the unchanged file pipelines.
+
+Contract:
+- chunks are cut and named exactly as a local backup does (the enrolled
+  id key and chunker seed), so they deduplicate with the whole repository;
+- `seal_new` compresses (the server only encrypts); `add_sealed` queues;
+  a background thread sends each batch: first which of its ids the server
+  lacks (`/agent/chunks/missing`, at most `bundle.MAX_IDS` per question), then
+  bundles of only those. `flush` returns once the server acknowledged every
+  queued chunk as durable (it raises the first failure);
+- resume is the same negotiation: after an interruption, what the server
+  acknowledged is reported present and not sent again;
+- `load_chunk` reads through `/agent/chunks/read` and verifies what comes
+  back (size and keyed id) as a local read does. Reads are batched: each
+  tree loaded adds its files' chunk ids to a plan, and a data chunk missed
+  is fetched with up to `PREFETCH` chunks that follow it in the plan (at
+  most `PREFETCH_BYTES`), kept in a bounded cache until asked for;
+- `save_point` commits the point with a random commit id, retried with the
+  same id, so a lost answer never makes two points.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from strongroom.errors import IntegrityError, RemoteError, StrongroomError
+from strongroom.model.tree import decode_tree
+from strongroom.remote.client import Client
+from strongroom.remote.config import RepositoryInfo
+from strongroom.repository import bundle
+from strongroom.repository.compress import Compressor
+from strongroom.repository.crypto import ChunkHasher
+from strongroom.repository.format import BlobType
+from strongroom.repository.repo import MAX_CHUNK_SIZE, RepoConfig, WriteStats
+
+BATCH_BYTES = 8 << 20  # compressed bytes queued before a batch is negotiated
+PREFETCH = 64  # chunks of one read
+PREFETCH_BYTES = 16 << 20
+CACHE_BYTES = 64 << 20  # chunks fetched ahead and not asked for yet
+MAX_PLAN = 1 << 20  # chunk ids planned ahead (beyond: no read-ahead)
+
+
+@dataclass(frozen=True)
+class _Keys:
+    chunker_seed: int
+
+
+@dataclass
+class Traffic:
+    """What went over the wire (tests and `--json` summaries)."""
+
+    asked: int = 0  # ids asked about
+    missing: int = 0  # of those, missing on the server
+    bundles: int = 0
+    bytes_sent: int = 0  # bundle bytes uploaded
+    chunks_read: int = 0
+
+
+class RemoteStore:
+    def __init__(
+        self, client: Client, info: RepositoryInfo, *, batch_bytes: int = BATCH_BYTES
+    ) -> None:
+        self.client = client
+        self.config = RepoConfig(
+            id=info.id,
+            cdc_min=info.cdc_min,
+            cdc_avg=info.cdc_avg,
+            cdc_max=info.cdc_max,
+            compression_level=info.compression_level,
+        )
+        self.master = _Keys(info.chunker_seed)
+        self.stats = WriteStats()
+        self.traffic = Traffic()
+        self.chunk_id = ChunkHasher(bytes.fromhex(info.id_key))
+        self.compressor = Compressor(info.compression_level)
+        self._batch_bytes = batch_bytes
+        self._known: set[bytes] = set()  # queued in this session, or acknowledged
+        self._known_lock = threading.Lock()
+        self._pending: list[bundle.Record] = []
+        self._pending_size = 0
+        self._batches: queue.Queue[list[bundle.Record] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._dropping = False
+        self._sender: threading.Thread | None = None
+        self._read_lock = threading.Lock()
+        self._plan: list[tuple[bytes, int]] = []  # data chunks in tree order, sizes
+        self._planned: dict[bytes, int] = {}  # id -> first place in the plan
+        self._cache: dict[bytes, bytes] = {}
+        self._cache_bytes = 0
+
+    # --- ChunkStore: naming and queueing -----------------------------------------
+
+    def has_chunk(self, chunk_id: bytes) -> bool:
+        """Queued or acknowledged in this session (no question to the server:
+        the batched negotiation asks for many ids at once)."""
+        with self._known_lock:
+            return chunk_id in self._known
+
+    def seal_new(
+        self, data: bytes | memoryview, *, dry_run: bool = False
+    ) -> tuple[bytes, bytes | bytearray | None]:
+        cid = self.chunk_id(data)
+        if dry_run or self.has_chunk(cid):
+            return cid, None
+        return cid, self.compressor.pack(data)
+
+    def add_sealed(
+        self, chunk_id: bytes, blob_type: BlobType, sealed: bytes | bytearray, raw_length: int
+    ) -> bool:
+        with self._known_lock:
+            if chunk_id in self._known:
+                return False
+            self._known.add(chunk_id)
+        record = bundle.Record(chunk_id, blob_type, raw_length, bytes(sealed))
+        self._pending.append(record)
+        self._pending_size += record.size
+        if self._pending_size >= self._batch_bytes:
+            self._send_pending()
+        return True
+
+    def put_chunk(self, blob_type: BlobType, data: bytes) -> bytes:
+        cid = self.chunk_id(data)
+        if not self.has_chunk(cid):
+            self.add_sealed(cid, blob_type, self.compressor.pack(data), len(data))
+        return cid
+
+    def flush(self) -> None:
+        self._send_pending()
+        self._batches.join()
+        self._raise_failure()
+
+    def abandon(self) -> None:
+        self._pending, self._pending_size = [], 0
+        self._dropping = True
+        try:
+            self._batches.join()
+        finally:
+            self._dropping = False
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._batches.put(None)
+            self._sender.join()
+            self._sender = None
+
+    # --- sending -----------------------------------------------------------------
+
+    def _send_pending(self) -> None:
+        self._raise_failure()
+        if not self._pending:
+            return
+        batch, self._pending, self._pending_size = self._pending, [], 0
+        if self._sender is None:
+            self._sender = threading.Thread(
+                target=self._send_loop, name="agent-upload", daemon=True
+            )
+            self._sender.start()
+        self._batches.put(batch)
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def _send_loop(self) -> None:
+        while True:
+            batch = self._batches.get()
+            try:
+                if batch is None:
+                    return
+                if self._error is None and not self._dropping:
+                    self._send_batch(batch)
+            except BaseException as err:  # handed to the writer at its next call
+                self._error = err
+            finally:
+                self._batches.task_done()
+
+    def _send_batch(self, batch: list[bundle.Record]) -> None:
+        lacking: set[bytes] = set()
+        for start in range(0, len(batch), bundle.MAX_IDS):
+            ids = [r.chunk_id.hex() for r in batch[start : start + bundle.MAX_IDS]]
+            answer = self.client.post_json("/api/v1/agent/chunks/missing", {"ids": ids})
+            lacking.update(bytes.fromhex(h) for h in answer["missing"])
+            self.traffic.asked += len(ids)
+        self.traffic.missing += len(lacking)
+        group: list[bundle.Record] = []
+        size = bundle.empty_size()
+        for record in batch:
+            if record.chunk_id not in lacking:
+                continue
+            full = len(group) >= bundle.MAX_RECORDS
+            if group and (full or size + record.size > bundle.MAX_BUNDLE):
+                self._upload(group)
+                group, size = [], bundle.empty_size()
+            group.append(record)
+            size += record.size
+        if group:
+            self._upload(group)
+
+    def _upload(self, records: list[bundle.Record]) -> None:
+        if self._dropping:
+            return
+        blob = bundle.encode(records)
+        answer = self.client.request(
+            "PUT", "/api/v1/agent/chunks", content=blob, content_type=bundle.MEDIA_TYPE
+        ).json()
+        self.traffic.bundles += 1
+        self.traffic.bytes_sent += len(blob)
+        self.stats.chunks_added += int(answer["added"])
+        self.stats.bytes_added_raw += int(answer["bytes"])
+        self.stats.bytes_added_stored += sum(len(r.payload) for r in records)
+
+    # --- reading -----------------------------------------------------------------
+
+    def load_chunk(
+        self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None
+    ) -> bytes:
+        bound = MAX_CHUNK_SIZE[blob_type] if raw_length is None else raw_length
+        with self._read_lock:
+            cached = self._cache.pop(chunk_id, None)
+            if cached is None:
+                wanted = self._batch_from(chunk_id, blob_type)
+            else:
+                self._cache_bytes -= len(cached)
+        if cached is not None:
+            if len(cached) > bound:
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: larger than its tree says")
+            return cached
+        data = self._fetch(wanted, blob_type, bound)
+        if blob_type is BlobType.TREE:
+            self._plan_tree(data)
+        return data
+
+    def _batch_from(self, chunk_id: bytes, blob_type: BlobType) -> list[bytes]:
+        """`chunk_id` and the planned data chunks after it, not cached yet."""
+        wanted = [chunk_id]
+        at = self._planned.get(chunk_id) if blob_type is BlobType.DATA else None
+        if at is None:
+            return wanted
+        size = 0
+        for cid, length in self._plan[at + 1 :]:
+            if len(wanted) >= PREFETCH or size + length > PREFETCH_BYTES:
+                break
+            if cid not in self._cache and cid not in wanted:
+                wanted.append(cid)
+                size += length
+        return wanted
+
+    def _fetch(self, wanted: list[bytes], blob_type: BlobType, bound: int) -> bytes:
+        chunk_type = int(blob_type)
+        answer = self.client.request(
+            "POST",
+            "/api/v1/agent/chunks/read",
+            json={"chunks": [{"id": c.hex(), "type": chunk_type} for c in wanted]},
+        )
+        records = bundle.parse(answer.content)
+        first = wanted[0]
+        if not records or records[0].chunk_id != first or len(records) > len(wanted):
+            raise IntegrityError(f"chunk {first.hex()[:16]}: the server sent another")
+        found: bytes | None = None
+        for record, cid in zip(records, wanted, strict=False):
+            limit = bound if cid == first else MAX_CHUNK_SIZE[blob_type]
+            if record.chunk_id != cid or record.blob_type is not blob_type:
+                raise IntegrityError(f"chunk {cid.hex()[:16]}: the server sent another")
+            if record.raw_length > limit:
+                raise IntegrityError(f"chunk {cid.hex()[:16]}: larger than its tree says")
+            data = bundle.verify(record, self.compressor, self.chunk_id)
+            self.traffic.chunks_read += 1
+            if cid == first:
+                found = data
+            else:
+                self._keep(cid, data)
+        assert found is not None
+        return found
+
+    def _keep(self, chunk_id: bytes, data: bytes) -> None:
+        with self._read_lock:
+            if chunk_id in self._cache or self._cache_bytes + len(data) > CACHE_BYTES:
+                return
+            self._cache[chunk_id] = data
+            self._cache_bytes += len(data)
+
+    def _plan_tree(self, blob: bytes) -> None:
+        """Best effort: a tree that does not decode plans nothing (the
+        pipeline that asked for it reports it)."""
+        try:
+            nodes = decode_tree(blob)
+        except (StrongroomError, ValueError, TypeError, KeyError):
+            return
+        with self._read_lock:
+            for node in nodes:
+                for cid, size in zip(node.chunks, node.chunk_sizes, strict=False):
+                    if len(self._plan) >= MAX_PLAN:
+                        return
+                    if cid not in self._planned:
+                        self._planned[cid] = len(self._plan)
+                        self._plan.append((cid, size))
+
+    # --- points ------------------------------------------------------------------
+
+    def save_point(self, doc: dict[str, Any]) -> str:
+        """Commit the point (after `flush`); its id."""
+        commit_id = secrets.token_hex(16)
+        answer = self.client.post_json(
+            "/api/v1/agent/points", {"point": doc, "commit_id": commit_id}
+        )
+        point_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(point_id, str):
+            raise RemoteError("the server's answer to a commit names no point")
+        return point_id
+
+    def points(self) -> list[dict[str, Any]]:
+        """This machine's points, oldest first, as the server lists them."""
+        found = self.client.get_json("/api/v1/agent/points")
+        if not isinstance(found, list):
+            raise RemoteError("the server's list of points is not a list")
+        return [p for p in found if isinstance(p, dict)]

@@ -1,0 +1,171 @@
+"""An agent's use cases through its backup server: enrollment, backing up
+files, listing and restoring its own points (docs/server.md, "Agents").
+
+The file pipelines run unchanged over a `RemoteStore` (remote/store.py):
+points made through the server are the same as local ones. The point's
+host is the enrolled machine's name (the server forces it); the parent is
+the machine's latest files point of the same paths, as a local backup
+chooses. No repository password is needed or asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from strongroom.errors import PointNotFound, RemoteError, UsageError
+from strongroom.model.kinds import PointKind
+from strongroom.model.point import RecoveryPoint, now
+from strongroom.pipeline.backup import BackupOptions, FileBackup
+from strongroom.pipeline.restore import FileRestore, RestoreSummary
+from strongroom.remote.client import Client, split_servers
+from strongroom.remote.config import AgentConfig, RepositoryInfo, default_config_path
+from strongroom.remote.store import RemoteStore
+from strongroom.services.backup import BackupRequest, BackupResult
+from strongroom.services.recording import record_point
+from strongroom.types import ProgressCallback, no_progress
+
+__all__ = [
+    "AgentConfig",
+    "RemoteStore",
+    "agent_points",
+    "backup_through_server",
+    "default_config_path",
+    "enroll",
+    "open_agent",
+    "restore_through_server",
+]
+
+
+def enroll(servers: list[str], token: str, ca_cert: str | None, path: str) -> AgentConfig:
+    """Consume the enrollment token at the first server that answers and
+    write the machine's credentials to `path` (0600 in a 0700 folder)."""
+    urls = split_servers(servers)
+    client = Client(urls, ca_cert=ca_cert)
+    try:
+        doc = client.post_json("/api/v1/agent/enroll", {"token": token}, idempotent=False)
+    finally:
+        client.close()
+    try:
+        config = AgentConfig(
+            servers=urls,
+            machine=str(doc["machine"]),
+            agent_id=str(doc["agent_id"]),
+            secret=str(doc["secret"]),
+            repository=RepositoryInfo.from_doc(doc["repository"]),
+            ca_cert=os.path.abspath(ca_cert) if ca_cert else None,
+        )
+    except (KeyError, TypeError) as err:
+        raise RemoteError(f"the server's enrollment answer is malformed: {err}") from None
+    config.save(path)
+    return config
+
+
+@contextmanager
+def open_agent(
+    config_path: str | None, servers: list[str] | None = None, *, ca_cert: str | None = None
+) -> Iterator[tuple[AgentConfig, RemoteStore]]:
+    """The agent's config and a store over its server(s); `servers` (the
+    command line's) replace the config's addresses."""
+    config = AgentConfig.load(config_path or default_config_path())
+    urls = split_servers(servers) if servers else config.servers
+    client = Client(urls, config.bearer, ca_cert=ca_cert or config.ca_cert)
+    store = RemoteStore(client, config.repository)
+    try:
+        yield config, store
+    finally:
+        store.close()
+        client.close()
+
+
+def agent_points(store: RemoteStore) -> list[RecoveryPoint]:
+    """The machine's own points, oldest first (malformed ones left out)."""
+    found = []
+    for doc in store.points():
+        try:
+            point = RecoveryPoint.from_doc(doc)
+        except (ValueError, TypeError, KeyError):
+            continue
+        found.append(point)
+    return found
+
+
+def _find(points: list[RecoveryPoint], ref: str) -> RecoveryPoint:
+    if ref == "latest":
+        if not points:
+            raise PointNotFound("this machine has no recovery point yet")
+        return points[-1]
+    matches = [p for p in points if p.id.startswith(ref)] if ref else []
+    if len(matches) != 1:
+        raise PointNotFound(
+            f"{len(matches)} points of this machine match {ref[:64]!r}"
+            + ("; give a longer id" if matches else "")
+        )
+    return matches[0]
+
+
+def backup_through_server(
+    store: RemoteStore,
+    machine: str,
+    req: BackupRequest,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> BackupResult:
+    """Back up `req.paths` as a files point of `machine` through the server."""
+    if req.dry_run or req.seeds or req.changed_paths is not None:
+        raise UsageError("through a server: no --dry-run, seeds or change journal (yet)")
+    paths = sorted({os.path.abspath(p) for p in req.paths})
+    parent: RecoveryPoint | None = None
+    if req.parent:
+        parent = _find(agent_points(store), req.parent)
+    elif not req.force_full:
+        same = [
+            p
+            for p in agent_points(store)
+            if p.kind == PointKind.FILES and sorted(p.paths) == paths and p.host == machine
+        ]
+        parent = same[-1] if same else None
+    options = BackupOptions(
+        paths=paths,
+        excludes=req.excludes,
+        one_file_system=req.one_file_system,
+        scan_totals=req.scan_totals,
+    )
+    started = now()
+    pipeline = FileBackup(
+        store,
+        options,
+        parent_tree=bytes.fromhex(parent.tree) if parent else None,
+        progress=progress,
+        cancel=cancel,
+    )
+    summary = pipeline.run()
+    seconds = (now() - started).total_seconds()
+    point = record_point(
+        store,
+        kind=PointKind.FILES,
+        time=started,
+        host=machine,
+        paths=paths,
+        tree=summary.tree_id,
+        parent=parent,
+        tags=req.tags,
+        summary={**summary.as_dict(), "seconds": round(seconds, 3)},
+    )
+    return BackupResult(point, summary, point.parent, seconds)
+
+
+def restore_through_server(
+    store: RemoteStore,
+    ref: str,
+    target: str,
+    progress: ProgressCallback = no_progress,
+) -> tuple[RecoveryPoint, RestoreSummary]:
+    """Restore one of the machine's files points (all of it) into `target`."""
+    point = _find(agent_points(store), ref)
+    if point.kind != PointKind.FILES:
+        raise UsageError(f"point {point.short_id} is a {point.kind} point, not a files point")
+    job = FileRestore(store, bytes.fromhex(point.tree), target, progress=progress)
+    return point, job.run()

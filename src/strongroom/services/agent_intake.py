@@ -1,0 +1,261 @@
+"""The server's side of agents' backups: one long-lived repository session
+that answers which chunks are missing, stores verified uploads, commits
+agents' points and serves their chunks and points (docs/server.md, "Agents";
+docs/design.md, "Agents write through the server").
+
+Contract:
+- `missing` answers from the loaded index; when it finds any chunk
+  missing and the index was last refreshed over `REFRESH_SECONDS` ago, it
+  first reads the index files other writers (another server process, a
+  local backup) added since, so it rarely asks for what is stored;
+- `store` verifies every record of a bundle (its payload decompresses to
+  its declared size and hashes, keyed, to its id) before it stores any: one
+  bad record refuses the bundle (IntegrityError naming it). It returns only
+  once the new chunks are durable (packs and index written): an
+  acknowledged chunk survives a crash of the server;
+- `commit` validates a point document (the model's codec), forces its host
+  to the machine, refuses another host, a kind other than files, seeds or a
+  lineage, a root tree that is not stored and a parent that is not one of
+  the machine's own points; a commit id seen before answers the point it
+  made (a retried commit never makes a second point);
+- nothing here deletes, forgets or rewrites a point or a chunk;
+- while agents write (asking, uploading, committing) the session holds a
+  shared repository lock, as a local backup does, so a prune cannot delete
+  chunks acknowledged but not yet in a point; it is released after
+  `IDLE_SECONDS` without a write, so a prune can run between backups. After
+  such a gap the session forgets what it wrote and listed (a prune may have
+  removed it) and asks the storage again;
+Thread safety: one lock serialises the repository session; verification
+(decompression, hashing) runs outside it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from strongroom.catalog import Catalog, Machine
+from strongroom.errors import (
+    ChunkNotFound,
+    IntegrityError,
+    PointNotFound,
+    RepositoryError,
+    UsageError,
+)
+from strongroom.model.kinds import PointKind
+from strongroom.model.point import RecoveryPoint
+from strongroom.repository import bundle
+from strongroom.repository.format import BlobType
+from strongroom.repository.repo import is_object_hex
+from strongroom.services.points import list_points
+from strongroom.services.session import LockMode, open_repository
+
+REFRESH_SECONDS = 1.0  # at most one listing of index/ per second, on a miss
+IDLE_SECONDS = 600.0  # the shared lock is released after this long without a write
+MAX_IDS = bundle.MAX_IDS  # ids of one `missing` question
+MAX_READ = 256  # chunks of one `read`
+_COMMIT_ID_LENGTH = range(16, 65)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What one bundle added: chunks and bytes new to the repository."""
+
+    received: int
+    added: int
+    bytes_added: int
+
+
+class Intake:
+    """Open on the repository at `location` for the life of the server."""
+
+    def __init__(self, location: str, password: bytes) -> None:
+        self._session = open_repository(location, password, lock=LockMode.NONE)
+        self.repo = self._session.__enter__()
+        self._lock = threading.Lock()
+        self._refreshed = time.monotonic()
+        self._last_write = time.monotonic()
+        self._gap = False  # the shared lock was released since the index was read
+        self._stop = threading.Event()
+        with self._lock:
+            self.repo.load_index()
+        self._idler = threading.Thread(target=self._release_when_idle, daemon=True)
+        self._idler.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._idler.join()
+        with self._lock:
+            self._release()
+            self._session.__exit__(None, None, None)
+
+    def _writing(self) -> None:
+        """Before a write (under `_lock`): hold the shared lock."""
+        self._last_write = time.monotonic()
+        if self.repo.held_lock is not None:
+            return
+        self.repo.held_lock = self.repo.lock()
+        if self._gap:
+            self.repo.forget_session()
+            self.repo.refresh_index()
+            self._gap = False
+
+    def _release(self) -> None:
+        if self.repo.held_lock is not None:
+            self.repo.held_lock.release()
+            self.repo.held_lock = None
+            self._gap = True
+
+    def _release_when_idle(self) -> None:
+        while not self._stop.wait(min(IDLE_SECONDS / 4, 30.0)):
+            with self._lock:
+                if time.monotonic() - self._last_write >= IDLE_SECONDS:
+                    self._release()
+
+    def info(self) -> dict[str, Any]:
+        """What an agent needs to cut and name chunks as a local backup does:
+        the chunk-id key and the chunker's seed and sizes (never the master or
+        the encryption key)."""
+        cfg = self.repo.config
+        return {
+            "id": cfg.id,
+            "id_key": self.repo.master.id_key.hex(),
+            "chunker_seed": self.repo.master.chunker_seed,
+            "cdc_min": cfg.cdc_min,
+            "cdc_avg": cfg.cdc_avg,
+            "cdc_max": cfg.cdc_max,
+            "compression_level": cfg.compression_level,
+        }
+
+    # --- chunks --------------------------------------------------------------
+
+    def missing(self, ids: list[bytes]) -> list[bytes]:
+        """The ids of `ids` the repository does not hold, in their order."""
+        if len(ids) > MAX_IDS:
+            raise UsageError(f"at most {MAX_IDS} ids per question")
+        with self._lock:
+            self._writing()
+            absent = [c for c in ids if not self.repo.has_chunk(c)]
+            if absent and time.monotonic() - self._refreshed >= REFRESH_SECONDS:
+                self.repo.refresh_index()
+                self._refreshed = time.monotonic()
+                absent = [c for c in absent if not self.repo.has_chunk(c)]
+        return absent
+
+    def store(self, blob: bytes) -> Stored:
+        records = bundle.parse(blob)
+        for record in records:  # all proven before any is stored
+            bundle.verify(record, self.repo.compressor, self.repo.chunk_id)
+        added = added_bytes = 0
+        with self._lock:
+            self._writing()
+            try:
+                for r in records:
+                    if self.repo.add_compressed(r.chunk_id, r.blob_type, r.payload, r.raw_length):
+                        added += 1
+                        added_bytes += r.raw_length
+                self.repo.flush()
+                self.repo.settle()
+            except BaseException:
+                self.repo.abandon()
+                raise
+        return Stored(len(records), added, added_bytes)
+
+    def read(self, wanted: list[tuple[bytes, BlobType]]) -> bytes:
+        """A bundle of the named chunks, each authenticated and verified
+        (`load_chunk`), in order, as many as fit in one bundle (the caller
+        asks again for the rest). ChunkNotFound names the first absent one."""
+        if len(wanted) > MAX_READ:
+            raise UsageError(f"at most {MAX_READ} chunks per read")
+        records: list[bundle.Record] = []
+        size = bundle.empty_size()
+        for cid, blob_type in wanted:
+            with self._lock:
+                try:
+                    data = self.repo.load_chunk(cid, blob_type)
+                except ChunkNotFound:
+                    self.repo.refresh_index()
+                    data = self.repo.load_chunk(cid, blob_type)
+            record = bundle.Record(cid, blob_type, len(data), self.repo.compressor.pack(data))
+            if records and size + record.size > bundle.MAX_BUNDLE:
+                break
+            records.append(record)
+            size += record.size
+        return bundle.encode(records)
+
+    # --- points --------------------------------------------------------------
+
+    def points(self, machine: str) -> list[dict[str, Any]]:
+        """The points whose host is `machine`, oldest first, as documents."""
+        with self._lock:
+            found = list_points(self.repo, on_damaged=lambda _p, _e: None)
+        return [{"id": p.id, **p.to_doc()} for p in found if p.host == machine]
+
+    def commit(self, catalog: Catalog, machine: Machine, doc: Any, commit_id: str) -> str:
+        """Save the point `doc` for `machine` (see the module's contract);
+        returns its id. UsageError for a document refused."""
+        if machine.id is None:
+            raise UsageError("unknown machine")
+        if len(commit_id) not in _COMMIT_ID_LENGTH or not commit_id.isalnum():
+            raise UsageError("commit_id is 16-64 letters and digits")
+        made = catalog.find_agent_commit(machine.id, commit_id)
+        if made is not None:
+            return made
+        point = _check_document(doc, machine.name)
+        with self._lock:
+            self._writing()
+            if not self._holds(bytes.fromhex(point.tree)):
+                raise UsageError("the point's root tree is not stored: upload it first")
+            if point.parent is not None:
+                self._check_parent(point.parent, machine.name)
+            point_id = self.repo.save_point(point.to_doc())
+        return catalog.add_agent_commit(machine.id, commit_id, point_id, datetime.now(UTC))
+
+    def _holds(self, cid: bytes) -> bool:
+        if self.repo.has_chunk(cid):
+            return True
+        self.repo.refresh_index()
+        self._refreshed = time.monotonic()
+        return self.repo.has_chunk(cid)
+
+    def _check_parent(self, parent: str, machine: str) -> None:
+        if not is_object_hex(parent):
+            raise UsageError("the parent is not a point id")
+        try:
+            host = self.repo.load_point(parent).get("host")
+        except (PointNotFound, FileNotFoundError, IntegrityError):
+            host = None
+        if host != machine:
+            raise UsageError("the parent is not a point of this machine")
+
+
+def _check_document(doc: Any, machine: str) -> RecoveryPoint:
+    if not isinstance(doc, dict):
+        raise UsageError("the point is not a JSON object")
+    try:
+        point = RecoveryPoint.from_doc(doc)
+    except (ValueError, TypeError, KeyError, RepositoryError) as err:
+        raise UsageError(f"the point document is malformed: {str(err)[:100]}") from None
+    if point.host != machine:
+        raise UsageError("the point's host is not this machine")
+    if point.kind != PointKind.FILES:
+        raise UsageError("agents commit files points only")
+    if point.lineage is not None or point.seeds is not None:
+        raise UsageError("an agent's point names no lineage and no seeds")
+    if not is_object_hex(point.tree):
+        raise UsageError("the point's tree is not a chunk id")
+    point.id = ""
+    return point
+
+
+def chunk_type(code: int) -> BlobType:
+    """The blob type of a wire code (0 data, 1 tree); UsageError otherwise."""
+    if code not in (BlobType.DATA, BlobType.TREE):
+        raise UsageError("a chunk type is 0 (data) or 1 (tree)")
+    return BlobType(code)
+
+
+BUNDLE_TYPE = bundle.MEDIA_TYPE
