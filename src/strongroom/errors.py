@@ -162,6 +162,7 @@ class MaintenanceLocked(StrongroomError):
     """Another server process holds an exclusive maintenance lock (prune, ...)."""
 
     exit_code = ExitCode.REPO_LOCKED
+    retryable = True
 
 
 class RemoteError(StrongroomError):
