@@ -86,6 +86,7 @@ def server(
             view=view,
             settings=app.settings,
             secure_cookies=secure,
+            agent_jobs=agent_jobs,
         )
         if not no_scheduler:
             loops.start()
