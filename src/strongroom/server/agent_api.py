@@ -32,7 +32,7 @@ from strongroom.server.guards import Admin, Guards
 from strongroom.services.agent_intake import BUNDLE_TYPE, MAX_IDS, MAX_READ, Intake, chunk_type
 from strongroom.services.agents import DEFAULT_ENROLLMENT, MAX_ENROLLMENT, Agents, Machine
 
-__all__ = ["BUNDLE_TYPE", "agent_routes"]
+__all__ = ["BUNDLE_TYPE", "agent_dependency", "agent_routes"]
 
 ChunkHex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 _BAD_CREDENTIALS = "missing or wrong agent credentials"
@@ -125,8 +125,10 @@ def _add_admin_routes(app: FastAPI, guards: Guards, agents: Agents) -> None:
         return _machine_doc(changed)
 
 
-def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Intake) -> None:
-    audit = guards.audit
+def agent_dependency(agents: Agents) -> Callable[[Request], Machine]:
+    """The FastAPI dependency of every `/api/v1/agent/*` endpoint (here and
+    in server/agent_jobs_api.py): the enabled machine whose bearer
+    credentials the request carries, or 401 (one line, never why)."""
 
     def agent(request: Request) -> Machine:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -135,7 +137,12 @@ def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Inta
             raise HTTPException(401, _BAD_CREDENTIALS, headers={"WWW-Authenticate": "Bearer"})
         return machine
 
-    Agent = Annotated[Machine, Depends(agent)]
+    return agent
+
+
+def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Intake) -> None:
+    audit = guards.audit
+    Agent = Annotated[Machine, Depends(agent_dependency(agents))]
 
     @app.post("/api/v1/agent/enroll")
     def enroll(body: EnrollRequest, request: Request) -> dict[str, Any]:

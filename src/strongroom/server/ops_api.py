@@ -3,7 +3,8 @@
 | endpoint | who |
 | --- | --- |
 | `GET /api/v1/jobs`, `GET /api/v1/jobs/{id}` | signed in |
-| `POST /api/v1/jobs` (a forget or prune job now), `DELETE /api/v1/jobs/{id}` | operator |
+| `POST /api/v1/jobs` (forget, prune; backup, restore on a machine) | operator |
+| `DELETE /api/v1/jobs/{id}` | operator |
 | `GET/POST /api/v1/schedules`, `GET/PATCH/DELETE /api/v1/schedules/{name}` | administrator |
 | `GET /api/v1/audit` | administrator |
 | `GET /api/v1/events` | signed in |
@@ -25,7 +26,8 @@ from strongroom.services.operations import MAX_PAGE, Operations
 from strongroom.services.scheduler import MAX_EVERY, MIN_EVERY
 
 MAX_ID = 2**31 - 1  # the catalog's integer keys
-JobKind = Literal["forget", "prune"]
+JobKind = Literal["forget", "prune", "backup", "restore"]
+Machine = Annotated[str | None, Field(default=None, min_length=1, max_length=64)]
 JobStateName = Literal["queued", "running", "done", "failed", "cancelled"]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 Before = Annotated[int | None, Query(ge=1, le=MAX_ID)]
@@ -38,12 +40,14 @@ Calendar = Annotated[str | None, Field(default=None, min_length=1, max_length=64
 class NewJob(BaseModel):
     kind: JobKind
     spec: dict[str, Any] = Field(default_factory=dict)
+    machine: Machine = None  # backup and restore: the enrolled machine that runs it
 
 
 class NewSchedule(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     kind: JobKind
     spec: dict[str, Any] = Field(default_factory=dict)
+    machine: Machine = None
     every: Every = None
     calendar: Calendar = None
     enabled: bool = True
@@ -85,7 +89,7 @@ def add_ops_routes(app: FastAPI, guards: Guards, ops: Operations) -> None:
     @app.post("/api/v1/jobs", status_code=201)
     def create_job(body: NewJob, who: Operator, request: Request) -> dict[str, Any]:
         try:
-            job = ops.submit(body.kind, body.spec)
+            job = ops.submit(body.kind, body.spec, body.machine)
         except UsageError as err:
             bad(request, "job.create", body.kind, who.user.name, err)
         audit(request, "job.create", f"{body.kind} job {job['id']}", "ok", who.user.name)
@@ -122,6 +126,7 @@ def add_ops_routes(app: FastAPI, guards: Guards, ops: Operations) -> None:
                 every=body.every,
                 calendar=body.calendar,
                 enabled=body.enabled,
+                machine=body.machine,
             )
         except UsageError as err:
             bad(request, "schedule.create", body.name, who.user.name, err)

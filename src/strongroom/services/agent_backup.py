@@ -162,10 +162,14 @@ def restore_through_server(
     ref: str,
     target: str,
     progress: ProgressCallback = no_progress,
+    includes: list[str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[RecoveryPoint, RestoreSummary]:
-    """Restore one of the machine's files points (all of it) into `target`."""
+    """Restore one of the machine's files points (all of it, or the paths
+    `includes` of it) into `target`."""
     point = _find(agent_points(store), ref)
     if point.kind != PointKind.FILES:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a files point")
-    job = FileRestore(store, bytes.fromhex(point.tree), target, progress=progress)
+    job = FileRestore(store, bytes.fromhex(point.tree), target, includes=includes,
+                      progress=progress, cancel=cancel)  # fmt: skip
     return point, job.run()

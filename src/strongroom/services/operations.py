@@ -83,17 +83,40 @@ def check_schedule_name(name: str) -> str:
     return name
 
 
+# Checks the spec of a job an agent runs (services/agent_jobs.py):
+# (kind, machine, spec, scheduled=...) -> the checked spec, or UsageError.
+AgentSpecs = Callable[..., dict[str, Any]]
+
+
+def _no_agents(*_args: Any, **_kw: Any) -> dict[str, Any]:
+    raise UsageError("this server runs no agent jobs")
+
+
 @dataclass
 class Operations:
     catalog: Catalog
     jobs: Jobs
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    agent_specs: AgentSpecs = _no_agents
+
+    def _checked(
+        self, kind: str, machine: str | None, spec: Mapping[str, Any], scheduled: bool = False
+    ) -> dict[str, Any]:
+        if kind in SERVER_KINDS:
+            if machine is not None:
+                raise UsageError(f"a {kind} job runs on the server: no machine")
+            return check_spec(kind, spec)
+        return self.agent_specs(kind, machine, spec, scheduled=scheduled)
 
     # --- jobs ----------------------------------------------------------------
 
-    def submit(self, kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        """Queue a server job (forget, prune) to run now."""
-        return job_doc(self.jobs.enqueue(kind, check_spec(kind, spec)))
+    def submit(
+        self, kind: str, spec: Mapping[str, Any], machine: str | None = None
+    ) -> dict[str, Any]:
+        """Queue a job to run now: a server job (forget, prune), or a job of
+        an enrolled machine's agent (backup, restore)."""
+        checked = self._checked(kind, machine, spec)
+        return job_doc(self.jobs.enqueue(kind, checked, machine=machine))
 
     def list_jobs(
         self, *, state: str | None, kind: str | None, limit: int, before: int | None
@@ -134,11 +157,13 @@ class Operations:
         every: int | None = None,
         calendar: str | None = None,
         enabled: bool = True,
+        machine: str | None = None,
     ) -> dict[str, Any] | None:
-        """None when the name is taken."""
+        """None when the name is taken. With `machine`: a backup that
+        machine's agent runs."""
         check_schedule_name(name)
         check_when(every, calendar)
-        checked = check_spec(kind, spec)
+        checked = self._checked(kind, machine, spec, scheduled=True)
         if self.catalog.find_schedule(name) is not None:
             return None
         schedule = Schedule(
@@ -146,6 +171,7 @@ class Operations:
             kind=kind,
             next_due=first_run(every, calendar, self.clock()),
             spec=checked,
+            machine=machine,
             every_seconds=every,
             calendar=calendar,
             enabled=enabled,
@@ -168,7 +194,7 @@ class Operations:
         check_when(every, calendar)
         spec = current.spec
         if changes.get("spec") is not None:
-            spec = check_spec(current.kind, changes["spec"])
+            spec = self._checked(current.kind, current.machine, changes["spec"], True)
         enabled = current.enabled if changes.get("enabled") is None else bool(changes["enabled"])
         next_due = current.next_due
         retimed = (every, calendar) != (current.every_seconds, current.calendar)
@@ -203,15 +229,20 @@ class Operations:
 
 
 def server_operations(
-    catalog: Catalog, location: str, password: bytes, *, worker: str | None = None
+    catalog: Catalog,
+    location: str,
+    password: bytes,
+    *,
+    worker: str | None = None,
+    agent_specs: AgentSpecs = _no_agents,
 ) -> tuple[Operations, ServerLoops]:
     """The operations of one server process over its catalog and
     repository: the API's service, and the scheduler and job runner loops
-    (not started)."""
+    (not started). `agent_specs` checks the jobs of agents."""
     name = worker or worker_name()
     jobs = Jobs(catalog, handlers=maintenance_handlers(catalog, location, password, name))
     loops = ServerLoops(Scheduler(catalog), jobs, worker=name)
-    return Operations(catalog, jobs), loops
+    return Operations(catalog, jobs, agent_specs=agent_specs), loops
 
 
 __all__ = ["SERVER_KINDS", "Operations", "ServerLoops", "server_operations"]

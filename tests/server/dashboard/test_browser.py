@@ -335,3 +335,17 @@ def test_an_administrator_manages_users_reads_the_audit_log_and_signs_out(tab: T
     page.wait_for_url(server.base + "/signin")
     tab.go("/")
     assert page.url == server.base + "/signin"
+
+
+def test_the_jobs_page_follows_a_job_to_its_end(tab: Tab) -> None:
+    page = tab.page
+    tab.sign_in("olga", OPERATOR_PASSWORD)
+    page.wait_for_url(tab.server.base + "/")
+    tab.go("/jobs")
+    csrf = page.request.get(tab.server.base + "/api/v1/me").json()["csrf_token"]
+    made = page.request.post(tab.server.base + "/api/v1/jobs", data={"kind": "prune"},
+                             headers={"X-CSRF-Token": csrf})  # fmt: skip
+    assert made.status == 201
+    state = page.locator(f"tr.job[data-job='{made.json()['id']}'] td.state")
+    expect(state).to_have_text("done", timeout=20_000)  # the rows refresh every 2 s
+    tab.shot("jobs")

@@ -1,15 +1,19 @@
 """strongroom agent: this machine as an agent of a backup server
-(docs/server.md, "Agents"); and the `--server`/`--agent-config` options that
-send `backup`, `snapshots` and `restore` through it."""
+(docs/server.md, "Agents"), its job loop `agent run`; and the
+`--server`/`--agent-config` options that send `backup`, `snapshots` and
+`restore` through it."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import TypeVar
 
 import click
 
 from strongroom.cli.context import App, pass_app
+from strongroom.errors import ExitCode
 from strongroom.services.agent_backup import default_config_path, enroll
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -68,3 +72,48 @@ def enroll_cmd(
         {"machine": config.machine, "config": path, "servers": config.servers},
         [f"enrolled as machine {config.machine}; credentials in {path}"],
     )
+
+
+@agent.command("run")
+@click.option("--once", is_flag=True, help="Run the jobs due now, then exit (cron, tests).")
+@click.option("--server", "servers", multiple=True, metavar="URL",
+              help="The server's address instead of the config's (repeatable).")  # fmt: skip
+@click.option("--config", "config_path", metavar="PATH",
+              help="The agent config (default: $XDG_CONFIG_HOME/strongroom/agent.json).",
+              )  # fmt: skip
+@pass_app
+def run_cmd(app: App, once: bool, servers: tuple[str, ...], config_path: str | None) -> None:
+    """Run the jobs the server gives this machine (backups, restores), until stopped.
+
+    SIGTERM or Ctrl-C stops the loop; a job in flight is finished as failed
+    ("agent stopped"). With --once the exit code is 1 when a job failed.
+    """
+    from strongroom.services.agent_runner import open_runner
+
+    runner = open_runner(config_path or default_config_path(), list(servers) or None)
+    runner.say = app.out.notice
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop(_signum: int, _frame: object) -> None:
+        runner.stop.set()
+
+    for sig in previous:
+        signal.signal(sig, stop)
+    try:
+        if once:
+            results = runner.run_once()
+        else:
+            app.out.notice(f"agent of machine {runner.config.machine}: waiting for jobs")
+            runner.run_forever()
+            results = []
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        runner.client.close()
+    if once:
+        app.out.summary(
+            {"jobs": [asdict(r) for r in results]},
+            [f"{len(results)} job(s) run"],
+        )
+        if any(not r.ok for r in results):
+            raise SystemExit(ExitCode.FAILED)

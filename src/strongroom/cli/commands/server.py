@@ -11,6 +11,7 @@ from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.server import create_app, parse_listen, run
 from strongroom.server.agent_api import agent_routes
+from strongroom.server.agent_jobs_api import agent_jobs_routes
 from strongroom.server.app import AddRoutes
 from strongroom.server.dashboard import add_dashboard_routes
 from strongroom.server.media_api import add_media_routes
@@ -20,6 +21,7 @@ from strongroom.server.ratelimit import add_ratelimit_routes
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
 from strongroom.services.agent_intake import Intake
+from strongroom.services.agent_jobs import AgentJobs
 from strongroom.services.agents import Agents
 from strongroom.services.dashboard import RepositoryView
 from strongroom.services.media_views import MediaViews
@@ -71,15 +73,20 @@ def server(
                 # shown once, here, to whoever started the server: never logged
                 click.echo(f"administrator {name} created; its password (shown only now): "
                            f"{generated}")  # fmt: skip
-        routers, loops = _operations(app, accounts, password)
+        view = RepositoryView(app.settings.repository, password)
+        agents = Agents(accounts.catalog)
+        agent_jobs = AgentJobs.over(accounts.catalog, view)
+        routers, loops = _operations(app, accounts, password, agent_jobs)
+        routers.append(agent_jobs_routes(agents, agent_jobs))
         scheme = "https" if tls_cert else "http"
         app.out.notice(f"strongroom server starting on {scheme}://{where}/ (API: /api/v1/)")
         secure = tls_cert is not None
         dashboard = partial(
             add_dashboard_routes,
-            view=RepositoryView(app.settings.repository, password),
+            view=view,
             settings=app.settings,
             secure_cookies=secure,
+            agent_jobs=agent_jobs,
         )
         if not no_scheduler:
             loops.start()
@@ -89,7 +96,7 @@ def server(
                     accounts,
                     points,
                     secure_cookies=secure,
-                    routers=[*routers, agent_routes(Agents(accounts.catalog), intake), dashboard],
+                    routers=[*routers, agent_routes(agents, intake), dashboard],
                 ),
                 where,
                 tls_cert=tls_cert,
@@ -103,13 +110,13 @@ def server(
 
 
 def _operations(
-    app: App, accounts: Accounts, password: bytes
+    app: App, accounts: Accounts, password: bytes, agent_jobs: AgentJobs
 ) -> tuple[list[AddRoutes], ServerLoops]:
     """The routers beyond the core API (jobs, schedules, audit, events,
     metrics, sign-in limits, media) and this process's scheduler and job
     runner (not started)."""
     catalog, repository = accounts.catalog, app.settings.repository
-    ops, loops = server_operations(catalog, repository, password)
+    ops, loops = server_operations(catalog, repository, password, agent_specs=agent_jobs.check_spec)
     metrics = Metrics(catalog, repository, password)
     views = MediaViews(catalog, app.settings, repository, password)
     routers: list[AddRoutes] = [

@@ -49,11 +49,14 @@ from strongroom.server.dashboard.auth import (
 )
 from strongroom.server.dashboard.chart import timeline_svg
 from strongroom.server.dashboard.headers import SecurityHeaders
+from strongroom.server.dashboard.machines import add_machine_pages
 from strongroom.server.guards import COOKIE, Guards
 from strongroom.services import dashboard_admin as admin
 from strongroom.services.accounts import Role, SignedIn
+from strongroom.services.agent_jobs import AgentJobs
 from strongroom.services.dashboard import RepositoryView, point_bytes
 from strongroom.services.dashboard_admin import Conflict
+from strongroom.services.dashboard_machines import enrolled
 
 STATIC = Path(__file__).parent / "static"
 POINTS_PAGE = 100
@@ -131,9 +134,11 @@ def add_dashboard_routes(
     settings: Settings,
     secure_cookies: bool = False,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    agent_jobs: AgentJobs | None = None,
 ) -> None:
     """The dashboard's pages under `/` over `view` (the repository) and the
-    catalog of `guards.accounts`; `settings` names the libraries."""
+    catalog of `guards.accounts`; `settings` names the libraries; with
+    `agent_jobs`, the Machines and Jobs pages and restores to agents."""
     env = environment()
     accounts = guards.accounts
     audit = guards.audit
@@ -273,6 +278,7 @@ def add_dashboard_routes(
             if err.status != 400 or path != "/":
                 raise
             values["browse_error"] = err.message  # an image or VM point: no folders here
+        values["restorable"] = agent_jobs is not None and enrolled(accounts.catalog, point.host)
         return render("point.html", request, who, **values)
 
     @app.get("/points/{point_id}/folder", response_class=HTMLResponse, include_in_schema=False)
@@ -402,3 +408,7 @@ def add_dashboard_routes(
             who = done.pop("who")
             return render("_library.html", request, who, **done)
         return RedirectResponse("/libraries", status_code=303)
+
+    if agent_jobs is not None:
+        add_machine_pages(app, guards, render=render, answers=_answers, view=view,
+                          agent_jobs=agent_jobs, clock=clock)  # fmt: skip

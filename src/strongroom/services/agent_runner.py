@@ -1,0 +1,244 @@
+"""`strongroom agent run`: the agent's job loop. It claims the jobs of its
+machine from the server, runs each with the SAME code as `backup --server`
+and `restore --server` (services/agent_backup.py), reports progress as its
+heartbeat and finishes the job with the point made or the error's one line
+(docs/server.md, "Schedules and jobs on agents").
+
+Contract:
+- one job at a time; a `RemoteStore` of its own per job over one client
+  (failover across the server's addresses is the client's);
+- progress (files, bytes, rate) goes to the server every `beat` seconds
+  while the job runs; the server answering that the job is no longer this
+  agent's (cancelled, or taken back after a lost heartbeat) cancels it here;
+- the server unreachable: the loop waits with a doubling backoff (to
+  `MAX_BACKOFF`) and asks again; it never exits for that;
+- `stop` (SIGTERM, SIGINT) ends the loop; a job in flight is cancelled at
+  once (the pipelines check the event between entries) and FINISHED AS
+  FAILED with the outcome `agent stopped`, so the server and its alerts know
+  now rather than after the heartbeat timeout. The next scheduled run or an
+  operator runs it again;
+- a restore with `overwrite: refuse` fails before writing anything when its
+  target folder exists and is not empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from strongroom.errors import Interrupted, RemoteError, StrongroomError, UsageError
+from strongroom.remote.client import Client
+from strongroom.remote.config import AgentConfig
+from strongroom.remote.jobs import ClaimedJob, JobsClient
+from strongroom.remote.store import RemoteStore
+from strongroom.services.agent_backup import backup_through_server, restore_through_server
+from strongroom.services.backup import BackupRequest
+from strongroom.types import Progress
+
+log = logging.getLogger(__name__)
+
+BEAT = 5.0  # seconds between progress reports (the server's timeout is 60 s)
+WAIT = 15.0  # seconds a claim waits on the server for a job (long poll)
+BACKOFF = 1.0
+MAX_BACKOFF = 60.0
+STOPPED = "agent stopped"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    id: int
+    kind: str
+    ok: bool
+    outcome: str
+    point: str | None = None
+
+
+class _Lost(StrongroomError):
+    """The server says the job is no longer this agent's."""
+
+
+@dataclass
+class AgentRunner:
+    config: AgentConfig
+    client: Client
+    stop: threading.Event = field(default_factory=threading.Event)
+    beat: float = BEAT
+    say: Callable[[str], None] = lambda _line: None
+
+    def __post_init__(self) -> None:
+        self.jobs = JobsClient(self.client)
+
+    # --- the loops ---------------------------------------------------------------
+
+    def run_once(self) -> list[JobResult]:
+        """Run every job of this machine that is due now, then return."""
+        done: list[JobResult] = []
+        while not self.stop.is_set():
+            job = self.jobs.claim(0.0)
+            if job is None:
+                break
+            done.append(self.run(job))
+        return done
+
+    def run_forever(self, wait: float = WAIT) -> None:
+        """Claim and run jobs until `stop` is set."""
+        delay = BACKOFF
+        while not self.stop.is_set():
+            try:
+                job = self.jobs.claim(wait)
+            except RemoteError as err:  # unreachable, or refusing for now
+                self.say(f"the server does not answer ({str(err)[:200]}); again in {delay:.0f} s")
+                self.stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            delay = BACKOFF
+            if job is not None:
+                self.run(job)
+
+    # --- one job -----------------------------------------------------------------
+
+    def run(self, job: ClaimedJob) -> JobResult:
+        """Run one claimed job to its end and tell the server how it ended."""
+        self.say(f"job {job.id}: {job.kind} started")
+        latest: dict[str, Any] = {}
+        cancel = threading.Event()
+        done = threading.Event()
+        lost = threading.Event()
+
+        def report(progress: Progress) -> None:
+            latest.update(_progress_doc(progress))
+
+        def pulse() -> None:
+            waited = 0.0
+            while not done.wait(0.2):
+                if self.stop.is_set():
+                    cancel.set()
+                waited += 0.2
+                if waited < self.beat:
+                    continue
+                waited = 0.0
+                try:
+                    if not self.jobs.progress(job.id, dict(latest)):
+                        lost.set()
+                        cancel.set()
+                except StrongroomError as err:
+                    log.warning("job %s: progress not sent: %s", job.id, err)
+
+        beating = threading.Thread(target=pulse, name=f"job-{job.id}-progress", daemon=True)
+        beating.start()
+        point: str | None = None
+        try:
+            point, outcome = self._body(job, report, cancel)
+            ok = True
+        except Interrupted:
+            ok, outcome = False, STOPPED if self.stop.is_set() else "cancelled by the server"
+        except StrongroomError as err:
+            ok, outcome = False, _line(err)
+        except OSError as err:
+            ok, outcome = False, _line(err)
+        except Exception as err:  # a bug: the server still hears of the job's end
+            log.exception("job %s (%s) crashed", job.id, job.kind)
+            ok, outcome = False, f"internal error: {type(err).__name__}"
+        finally:
+            done.set()
+            beating.join()
+        if self.stop.is_set() and not ok:
+            outcome = STOPPED
+        if not lost.is_set():
+            self.jobs.finish(job.id, ok, outcome, point)
+        self.say(f"job {job.id}: {job.kind} {'done' if ok else 'failed'}: {outcome}")
+        return JobResult(job.id, job.kind, ok, outcome, point)
+
+    def _body(
+        self, job: ClaimedJob, report: Callable[[Progress], None], cancel: threading.Event
+    ) -> tuple[str | None, str]:
+        store = RemoteStore(self.client, self.config.repository)
+        try:
+            if job.kind == "backup":
+                return self._backup(store, job.spec, report, cancel)
+            return None, self._restore(store, job.spec, report, cancel)
+        finally:
+            store.close()
+
+    def _backup(
+        self,
+        store: RemoteStore,
+        spec: dict[str, Any],
+        report: Callable[[Progress], None],
+        cancel: threading.Event,
+    ) -> tuple[str | None, str]:
+        request = BackupRequest(
+            paths=_strings(spec.get("paths")),
+            excludes=_strings(spec.get("excludes")),
+            one_file_system=spec.get("one_file_system") is True,
+            tags=_strings(spec.get("tags")),
+        )
+        if not request.paths:
+            raise UsageError("the job names no path to back up")
+        result = backup_through_server(store, self.config.machine, request, report, cancel)
+        s = result.summary
+        point = result.point.id if result.point is not None else None
+        text = (
+            f"{s.total_files} files, {s.total_bytes} bytes; {s.data_added} bytes added "
+            f"in {result.seconds:.1f} s"
+        )
+        if s.unreadable:
+            text += f"; {s.unreadable} files could not be read"
+        return point, text
+
+    def _restore(
+        self,
+        store: RemoteStore,
+        spec: dict[str, Any],
+        report: Callable[[Progress], None],
+        cancel: threading.Event,
+    ) -> str:
+        point, target = str(spec.get("point", "")), str(spec.get("target", ""))
+        if len(point) != 64 or not os.path.isabs(target):
+            raise UsageError("the restore job is malformed (point, target)")
+        if spec.get("overwrite") == "refuse" and os.path.isdir(target) and os.listdir(target):
+            raise UsageError("the target folder is not empty (overwrite: refuse)")
+        includes = _strings(spec.get("paths")) or None
+        found, s = restore_through_server(store, point, target, report, includes, cancel)
+        if s.damaged:
+            raise UsageError(f"{len(s.damaged)} files could not be fully restored (damaged data)")
+        return (
+            f"restored {s.files} files, {s.dirs} folders, {s.bytes_written} bytes of point "
+            f"{found.short_id} to {target}"
+        )
+
+
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, str)]
+
+
+def _line(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:1000]
+
+
+def _progress_doc(p: Progress) -> dict[str, Any]:
+    return {
+        "files": p.files_done,
+        "files_total": p.files_total,
+        "bytes": p.bytes_done,
+        "bytes_total": p.bytes_total,
+        "bytes_added": p.bytes_added,
+        "rate": int(p.rate),
+        "errors": p.errors,
+    }
+
+
+def open_runner(config_path: str, servers: list[str] | None = None) -> AgentRunner:
+    """A runner over the agent config at `config_path` (its servers, or
+    `servers`); close its `client` when done."""
+    from strongroom.remote.client import split_servers
+
+    config = AgentConfig.load(config_path)
+    urls = split_servers(servers) if servers else config.servers
+    return AgentRunner(config, Client(urls, config.bearer, ca_cert=config.ca_cert))

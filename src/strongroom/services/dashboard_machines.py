@@ -1,0 +1,89 @@
+"""What the dashboard's Machines and Jobs pages show: each enrolled machine
+with its last point, lag, health and schedules, and the jobs with their
+progress (docs/server.md, "Dashboard").
+
+Health of a machine is its newest point's (services/dashboard.py's rule),
+or `never` when it has made none yet. "Back up now" backs up what the
+machine's first backup schedule names, else the paths of its newest files
+point: nothing is typed in a browser for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from strongroom.catalog import Catalog, Job, Machine, Schedule
+from strongroom.model.kinds import PointKind
+from strongroom.model.point import RecoveryPoint
+from strongroom.services.dashboard import RepositoryView, health_of
+
+JOBS_PAGE = 100
+
+
+@dataclass(frozen=True)
+class MachineRow:
+    machine: Machine
+    last_point: RecoveryPoint | None
+    schedules: list[Schedule]
+    backup_paths: list[str]  # what "Back up now" backs up (empty: nothing known)
+
+    def lag(self, now: datetime) -> timedelta | None:
+        return None if self.last_point is None else max(timedelta(0), now - self.last_point.time)
+
+    def health(self, now: datetime) -> str:
+        lag = self.lag(now)
+        return "never" if lag is None else health_of(lag)
+
+
+def machine_rows(catalog: Catalog, view: RepositoryView) -> list[MachineRow]:
+    points = view.points()  # oldest first
+    newest: dict[str, RecoveryPoint] = {}
+    newest_files: dict[str, RecoveryPoint] = {}
+    for p in points:
+        newest[p.host] = p
+        if p.kind == PointKind.FILES:
+            newest_files[p.host] = p
+    schedules: dict[str, list[Schedule]] = {}
+    for s in catalog.list_schedules():
+        if s.machine is not None:
+            schedules.setdefault(s.machine, []).append(s)
+    rows = []
+    for m in catalog.list_machines():
+        own = schedules.get(m.name, [])
+        paths = next((list(s.spec.get("paths", [])) for s in own if s.kind == "backup"), [])
+        if not paths and m.name in newest_files:
+            paths = list(newest_files[m.name].paths)
+        rows.append(MachineRow(m, newest.get(m.name), own, paths))
+    return rows
+
+
+def enrolled(catalog: Catalog, host: str) -> bool:
+    """Whether `host` is an enrolled, enabled machine (a point's host)."""
+    found = catalog.find_machine(host) if 0 < len(host) <= 64 else None
+    return found is not None and not found.disabled
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job: Job
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        return self.job.progress or {}
+
+    @property
+    def done(self) -> int:
+        value = self.progress.get("bytes", 0)
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    @property
+    def total(self) -> int | None:
+        """The progress bar's maximum, when the agent knows it."""
+        value = self.progress.get("bytes_total")
+        return value if isinstance(value, int) and value > 0 else None
+
+
+def job_rows(catalog: Catalog) -> list[JobRow]:
+    return [JobRow(j) for j in catalog.list_jobs(limit=JOBS_PAGE)]
