@@ -53,7 +53,7 @@ from tests.helpers.cli import PASSWORD, strongroom_command
 from tests.helpers.hostile import put_tree, wire
 
 # More (and random) examples for a longer search: STRONGROOM_HOSTILE_EXAMPLES=200.
-EXAMPLES = int(os.environ.get("STRONGROOM_HOSTILE_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("STRONGROOM_HOSTILE_EXAMPLES", "3"))
 DERANDOMIZE = "STRONGROOM_HOSTILE_EXAMPLES" not in os.environ
 MEMORY_CAP = 1536 << 20  # bytes of address space per command
 TIMEOUT = 90.0  # seconds per command; a normal one takes about one
