@@ -85,6 +85,7 @@ def _run(app: Any) -> None:
         "POST /api/v1/agent/chunks/missing",  # agents
         "POST /api/v1/agent/jobs/claim",  # agents' jobs
         "PUT /api/v1/agent/chunks",
+        "POST /api/v1/tokens",  # API tokens
         "POST /api/v1/agent/chunks",
     ):
         assert expected in checked, expected

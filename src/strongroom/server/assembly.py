@@ -1,6 +1,7 @@
 """The whole server as `strongroom server` runs it: the core API and every
 router (operations, metrics, sign-in limits, media, agents, agents' jobs,
-the dashboard) bound to their services over one catalog and one repository.
+the dashboard, API tokens) bound to their services over one catalog and
+one repository.
 
 One function builds it, so the command and the tests (schemathesis over
 the whole API, tests/server/test_schemathesis_all.py) cannot drift apart.
@@ -27,6 +28,7 @@ from strongroom.server.media_api import add_media_routes
 from strongroom.server.metrics import add_metrics_routes
 from strongroom.server.ops_api import add_ops_routes
 from strongroom.server.ratelimit import add_ratelimit_routes
+from strongroom.server.tokens_api import add_token_routes
 from strongroom.services.accounts import Accounts
 from strongroom.services.agent_intake import Intake
 from strongroom.services.agent_jobs import AgentJobs
@@ -79,6 +81,7 @@ def assemble(
         partial(add_metrics_routes, snapshot=metrics.snapshot),
         partial(add_ratelimit_routes, limiter=SignInLimiter(catalog)),
         partial(add_media_routes, views=MediaViews(catalog, settings, location, password)),
+        add_token_routes,
         agent_jobs_routes(agents, agent_jobs),
         agent_routes(agents, intake),
         partial(
