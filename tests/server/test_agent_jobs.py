@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from strongroom.catalog import JobState
 from strongroom.server import create_app
 from strongroom.server.agent_api import agent_routes
 from strongroom.server.agent_jobs_api import agent_jobs_routes
@@ -104,6 +105,35 @@ def _backup(machine: str, *paths: str) -> dict[str, Any]:
     return {"kind": "backup", "machine": machine, "spec": {"paths": list(paths)}}
 
 
+def test_a_finish_names_only_a_point_of_its_own_machine(jsite: JobSite) -> None:
+    web, db = jsite.enroll("web-1"), jsite.enroll("db-1")
+    csrf = jsite.session(*OPERATOR)
+    job = jsite.job(_backup("db-1", "/var/lib/db"), csrf).json()
+    jsite.app_client.cookies.clear()
+    c = jsite.app_client
+    assert c.post("/api/v1/agent/jobs/claim", headers=db).json()["id"] == job["id"]
+    finish = f"/api/v1/agent/jobs/{job['id']}/finish"
+    # web-1's point, and a point that does not exist: refused alike
+    for point in (jsite.point, "cd" * 32):
+        answer = c.post(finish, json={"ok": True, "point": point}, headers=db)
+        assert answer.status_code == 400
+        assert answer.json() == {"error": "finish: no such point of this machine"}
+    assert jsite.accounts.catalog.get_job(job["id"]).state == JobState.RUNNING  # still its
+    # the job is still the agent's to finish properly
+    done = c.post(finish, json={"ok": False, "outcome": "gave up"}, headers=db)
+    assert done.json() == {"id": job["id"], "state": "failed"}
+    # web-1 may name its own point
+    csrf = jsite.session(*OPERATOR)
+    mine = jsite.job(_backup("web-1", "/srv/www"), csrf).json()
+    c.cookies.clear()
+    assert c.post("/api/v1/agent/jobs/claim", headers=web).json()["id"] == mine["id"]
+    ok = c.post(f"/api/v1/agent/jobs/{mine['id']}/finish",
+                json={"ok": True, "point": jsite.point}, headers=web)  # fmt: skip
+    assert ok.json() == {"id": mine["id"], "state": "done"}
+    denied = [a for a in jsite.accounts.catalog.list_audit(limit=50) if a.outcome == "denied"]
+    assert len(denied) == 2 and all(a.action == "agent.job" for a in denied)
+
+
 def test_an_agent_claims_beats_and_finishes_only_its_machines_jobs(jsite: JobSite) -> None:
     web, db = jsite.enroll("web-1"), jsite.enroll("db-1")
     csrf = jsite.session(*OPERATOR)
@@ -137,7 +167,7 @@ def test_an_agent_claims_beats_and_finishes_only_its_machines_jobs(jsite: JobSit
     c.cookies.clear()
     done = c.post(
         f"/api/v1/agent/jobs/{mine['id']}/finish",
-        json={"ok": True, "outcome": "3 files\nsecond line", "point": "ab" * 32},
+        json={"ok": True, "outcome": "3 files\nsecond line", "point": jsite.point},
         headers=web,
     )
     assert done.json() == {"id": mine["id"], "state": "done"}
@@ -149,7 +179,7 @@ def test_an_agent_claims_beats_and_finishes_only_its_machines_jobs(jsite: JobSit
     )
     assert failed.json()["state"] == "failed"
     jsite.session(*READER)
-    assert c.get(f"/api/v1/jobs/{mine['id']}").json()["outcome"] == f"point {'ab' * 32}: 3 files"
+    assert c.get(f"/api/v1/jobs/{mine['id']}").json()["outcome"] == f"point {jsite.point}: 3 files"
     alerts = c.get("/api/v1/events", params={"kind": "job.failed"}).json()
     assert len(alerts) == 1 and alerts[0]["severity"] == "error"
     assert alerts[0]["data"] == {"job": other["id"], "kind": "backup", "machine": "db-1"}

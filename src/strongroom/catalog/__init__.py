@@ -8,6 +8,7 @@ from strongroom.catalog.catalog import Catalog
 from strongroom.catalog.jobs import Job, JobState, Schedule, SignInLimit
 from strongroom.catalog.machines import Enrollment, Machine
 from strongroom.catalog.records import (
+    ApiToken,
     AuditEntry,
     ContentEntry,
     Drive,
@@ -29,6 +30,7 @@ from strongroom.catalog.records import (
 )
 
 __all__ = [
+    "ApiToken",
     "AuditEntry",
     "Catalog",
     "ContentEntry",

@@ -1,6 +1,7 @@
 """The catalog's part for the backup server: users, sign-in sessions and the
-audit log (revision 0002). Mixed into `Catalog`: same transactions, same
-contract (records in and out, CatalogError on failure).
+audit log (revision 0002), users' API tokens (revision 0005). Mixed into
+`Catalog`: same transactions, same contract (records in and out,
+CatalogError on failure).
 
 No hashing here: the caller hands in an argon2id hash and a token digest
 (services/accounts.py makes them); the catalog only stores and finds them.
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from strongroom.catalog.records import (
+    ApiToken,
     AuditEntry,
     LoginSession,
     Role,
@@ -22,7 +24,7 @@ from strongroom.catalog.records import (
     check_user_name,
     valid_user_name,
 )
-from strongroom.catalog.schema import audit_log, login_sessions, users
+from strongroom.catalog.schema import api_tokens, audit_log, login_sessions, users
 from strongroom.errors import CatalogError
 
 MAX_AUDIT_TARGET = 256
@@ -177,6 +179,73 @@ class AccountsMixin:
                 login_sessions.delete().where(login_sessions.c.expires <= now)
             ).rowcount
 
+    # --- API tokens ------------------------------------------------------------
+
+    def add_api_token(self, token: ApiToken, token_digest: str) -> ApiToken:
+        """Store a user's token by its digest; CatalogError when the user has
+        a token of that name already."""
+        with self.transaction() as c:
+            user_id = self._user_id(c, token.user)
+            taken = c.scalar(
+                sa.select(sa.func.count())
+                .select_from(api_tokens)
+                .where(api_tokens.c.user_id == user_id, api_tokens.c.name == token.name)
+            )
+            if taken:
+                raise CatalogError(f"catalog: a token named {token.name} exists already")
+            c.execute(
+                api_tokens.insert().values(
+                    name=token.name,
+                    token_digest=token_digest,
+                    user_id=user_id,
+                    created=token.created,
+                    expires=token.expires,
+                    last_used=None,
+                )
+            )
+        return token
+
+    def find_api_token(self, token_digest: str) -> tuple[ApiToken, User] | None:
+        """The token and its user, whatever their state (the caller checks
+        expiry and `disabled`)."""
+        query = (
+            sa.select(api_tokens, users)
+            .join(users, users.c.id == api_tokens.c.user_id)
+            .where(api_tokens.c.token_digest == token_digest)
+        )
+        with self.transaction() as c:
+            row = c.execute(query).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return _api_token(m), _user_of(m)
+
+    def list_api_tokens(self, user: str) -> list[ApiToken]:
+        query = (
+            sa.select(api_tokens, users.c.name.label("user_name"))
+            .join(users, users.c.id == api_tokens.c.user_id)
+            .where(users.c.name == user)
+            .order_by(api_tokens.c.name)
+        )
+        with self.transaction() as c:
+            return [_api_token(r._mapping) for r in c.execute(query)]
+
+    def touch_api_token(self, token_digest: str, used: datetime) -> None:
+        with self.transaction() as c:
+            c.execute(
+                api_tokens.update()
+                .where(api_tokens.c.token_digest == token_digest)
+                .values(last_used=used)
+            )
+
+    def remove_api_token(self, user: str, name: str) -> bool:
+        with self.transaction() as c:
+            owner = sa.select(users.c.id).where(users.c.name == user).scalar_subquery()
+            done = c.execute(
+                api_tokens.delete().where(api_tokens.c.user_id == owner, api_tokens.c.name == name)
+            )
+        return done.rowcount > 0
+
     # --- audit log -----------------------------------------------------------
 
     def add_audit(self, entry: AuditEntry) -> None:
@@ -234,4 +303,26 @@ def _user(row: sa.Row[Any]) -> User:
         created=row.created,
         disabled=bool(row.disabled),
         id=row.id,
+    )
+
+
+def _api_token(m: Any) -> ApiToken:
+    user = m["user_name"] if "user_name" in m else m[users.c.name]
+    return ApiToken(
+        name=m[api_tokens.c.name],
+        user=user,
+        created=m[api_tokens.c.created],
+        expires=m[api_tokens.c.expires],
+        last_used=m[api_tokens.c.last_used],
+    )
+
+
+def _user_of(m: Any) -> User:
+    return User(
+        name=m[users.c.name],
+        password_hash=m[users.c.password_hash],
+        role=Role(m[users.c.role]),
+        created=m[users.c.created],
+        disabled=bool(m[users.c.disabled]),
+        id=int(m[users.c.id]),
     )

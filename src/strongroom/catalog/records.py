@@ -265,6 +265,17 @@ class LoginSession:
 
 
 @dataclass(frozen=True)
+class ApiToken:
+    """A user's named bearer token for scripts: the token is never stored."""
+
+    name: str
+    user: str
+    created: datetime
+    expires: datetime | None = None  # None: until removed
+    last_used: datetime | None = None
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     at: datetime
     action: str  # "session.create", "user.create", ...

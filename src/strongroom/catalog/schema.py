@@ -220,6 +220,19 @@ login_sessions = sa.Table(
     sa.Column("last_seen", UtcDateTime, nullable=False),
 )
 
+api_tokens = sa.Table(  # revision 0005
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("token_digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("created", UtcDateTime, nullable=False),
+    sa.Column("expires", UtcDateTime),
+    sa.Column("last_used", UtcDateTime),
+    sa.UniqueConstraint("user_id", "name", name="api_token_name"),
+)
+
 audit_log = sa.Table(
     "audit_log",
     metadata,

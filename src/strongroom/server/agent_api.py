@@ -167,7 +167,6 @@ def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Inta
         absent = intake.missing([bytes.fromhex(h) for h in body.ids])
         return {"missing": [c.hex() for c in absent]}
 
-    @app.api_route("/api/v1/agent/chunks", methods=["PUT", "POST"])
     async def upload(request: Request, who: Agent) -> dict[str, int]:
         blob = await request.body()
         try:
@@ -176,6 +175,14 @@ def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Inta
             await run_in_threadpool(audit, request, "agent.upload", who.name, "refused", None)
             raise HTTPException(422, f"bundle refused: {str(err)[:200]}") from None
         return {"received": stored.received, "added": stored.added, "bytes": stored.bytes_added}
+
+    # one operation per method: each its own operationId in the schema
+    bundle = {"requestBody": {"required": True, "content": {"application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"}}}}}  # fmt: skip
+    for method in ("PUT", "POST"):
+        app.add_api_route("/api/v1/agent/chunks", upload, methods=[method],
+                          operation_id=f"agent_chunks_{method.lower()}",
+                          openapi_extra=bundle)  # fmt: skip
 
     @app.post("/api/v1/agent/chunks/read")
     def read(body: ReadRequest, who: Agent) -> Response:

@@ -7,7 +7,8 @@ ITS machine, reports progress (its heartbeat) and finishes them
 - `POST /api/v1/agent/jobs/{id}/progress {"progress": {...}}`: heartbeat;
   `{"running": false}` once the job is no longer this agent's;
 - `POST /api/v1/agent/jobs/{id}/finish {"ok", "outcome", "point"?}`: done or
-  failed (a failure raises the alert `job.failed`).
+  failed (a failure raises the alert `job.failed`); a `point` that is not
+  one of this machine's is refused (400) and the job stays the agent's.
 
 Contract: the agent's bearer credentials exactly as server/agent_api.py
 checks them (its dependency, reused); a job of another machine answers the
@@ -98,6 +99,7 @@ def _add_routes(app: FastAPI, guards: Guards, agents: Agents, jobs: AgentJobs) -
         try:
             job = jobs.finish(who.name, job_id, body.ok, body.outcome, body.point)
         except UsageError as err:
+            audit(request, "agent.job", f"{who.name} job {job_id}", "denied", None)
             raise HTTPException(400, str(err)) from None
         if job is None:
             raise HTTPException(404, _NO_JOB)

@@ -210,7 +210,8 @@ def create_app(
 
 
 def _me(who: SignedIn) -> dict[str, Any]:
-    return {"name": who.user.name, "role": str(who.user.role), "expires": who.expires.isoformat()}
+    expires = who.expires.isoformat() if who.expires is not None else None
+    return {"name": who.user.name, "role": str(who.user.role), "expires": expires}
 
 
 def _find(accounts: Accounts, name: str) -> User:

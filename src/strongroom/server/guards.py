@@ -1,6 +1,7 @@
 """Who may call an endpoint: the FastAPI dependencies every router of the
-API shares (the session cookie, the CSRF header, the roles) and the audit
-log's one way to write a row.
+API shares (the session cookie and the CSRF header, or a user's API token
+as `Authorization: Bearer srt_...`; the roles) and the audit log's one way
+to write a row.
 
 Routers live in their own modules (`add_..._routes(app, guards, ...)`) and
 name their callers with this module's `Caller`, `Operator` and `Admin`, so
@@ -16,7 +17,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from strongroom.services.accounts import Accounts, Role, SignedIn
+from strongroom.services.accounts import TOKEN_PREFIX, Accounts, Role, SignedIn
 
 COOKIE = "strongroom_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -42,6 +43,13 @@ class Guards:
 
     def caller(self, request: Request) -> SignedIn:
         token = request.cookies.get(COOKIE)
+        if not token:
+            scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and secret.startswith(TOKEN_PREFIX):
+                found = self.accounts.api_token(secret.strip())
+                if found is None:
+                    raise HTTPException(401, "unknown or expired API token")
+                return found  # a bearer, not a cookie: no CSRF to forge
         signed = self.accounts.session(token) if token else None
         if signed is None:
             raise HTTPException(401, "not signed in")

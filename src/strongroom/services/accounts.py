@@ -13,6 +13,11 @@ Contract:
   nobody in. Sessions expire (`SESSION_LIFETIME`, idle `SESSION_IDLE`);
 - the CSRF token of a session is HMAC-SHA256(token, label): nothing to
   store, and it cannot be derived without the cookie the browser guards;
+- an API token (for scripts) is `srt_` and 32 random bytes, shown once; the
+  catalog keeps its SHA-256 and its name. It acts as its user with the
+  user's role of the moment, until it expires, is removed, or the user is
+  disabled or removed; it is a bearer credential, so no CSRF token goes with
+  it (`SignedIn.by_token`), and it cannot make other tokens;
 - `ensure_administrator` creates the first administrator when the catalog
   has no enabled one: with the password the caller asks for, or a generated
   one that is returned once (the caller prints it; nobody logs it).
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +36,10 @@ from datetime import UTC, datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from strongroom.catalog import AuditEntry, Catalog, LoginSession, Role, User
+from strongroom.catalog import ApiToken, AuditEntry, Catalog, LoginSession, Role, User
 from strongroom.errors import UsageError
 
-__all__ = ["Accounts", "AuditEntry", "Role", "SignedIn", "User"]
+__all__ = ["Accounts", "ApiToken", "AuditEntry", "Role", "SignedIn", "User"]
 
 SESSION_LIFETIME = timedelta(hours=12)
 SESSION_IDLE = timedelta(hours=1)
@@ -41,6 +47,9 @@ MIN_PASSWORD = 12
 MAX_PASSWORD = 1024  # argon2 takes any length: bound the work a request can ask for
 FIRST_ADMINISTRATOR = "admin"
 _CSRF_LABEL = b"strongroom csrf v1"
+TOKEN_PREFIX = "srt_"
+MAX_TOKEN_DAYS = 3650
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,8 @@ class SignedIn:
 
     user: User
     token: str  # the client's token (the catalog has only its digest)
-    expires: datetime
+    expires: datetime | None  # None: an API token without an end
+    by_token: bool = False  # an API token (a bearer): no CSRF, no new tokens
 
     @property
     def csrf(self) -> str:
@@ -164,6 +174,38 @@ class Accounts:
 
     def sign_out(self, token: str) -> bool:
         return self.catalog.remove_login_session(token_digest(token))
+
+    # --- API tokens ------------------------------------------------------------
+
+    def create_api_token(self, user: str, name: str, days: int | None) -> tuple[ApiToken, str]:
+        """A new token of `user` named `name`, valid `days` days (None: until
+        removed); returns it and its secret, which nobody sees again.
+        UsageError for a bad name or lifetime; CatalogError for a name the
+        user has already."""
+        if not _TOKEN_NAME.fullmatch(name):
+            raise UsageError("a token's name is 1-64 letters, digits, '.', '_' or '-'")
+        if days is not None and not 0 < days <= MAX_TOKEN_DAYS:
+            raise UsageError(f"a token lasts 1 to {MAX_TOKEN_DAYS} days (or until removed)")
+        now = self._clock()
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = ApiToken(name, user, now, None if days is None else now + timedelta(days=days))
+        return self.catalog.add_api_token(token, token_digest(secret)), secret
+
+    def api_token(self, secret: str) -> SignedIn | None:
+        """The caller of a bearer API token, or None (unknown, expired, or
+        its user disabled). Records when it was last used."""
+        if not secret.startswith(TOKEN_PREFIX) or len(secret) > 128:
+            return None
+        digest = token_digest(secret)
+        found = self.catalog.find_api_token(digest)
+        if found is None:
+            return None
+        token, user = found
+        now = self._clock()
+        if user.disabled or (token.expires is not None and now >= token.expires):
+            return None
+        self.catalog.touch_api_token(digest, now)
+        return SignedIn(user, secret, token.expires, by_token=True)
 
     # --- audit ---------------------------------------------------------------
 

@@ -14,12 +14,16 @@ Contract:
   `agent:NAME`, so only that machine's agent can beat or finish them, and
   a job of another machine is the same "no such job" as one that does not
   exist (the API's 404): an agent learns nothing of other machines;
+- a finish that names a point names one of ITS machine (it exists, its host
+  is the machine), or it is refused (UsageError) and the job stays running
+  for the agent to finish properly;
 - a failed job raises the alert event `job.failed` (services/jobs.py), as
   the server's own jobs do.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -169,7 +173,7 @@ class AgentJobs:
         def find_path(point: RecoveryPoint, path: str) -> None:
             find_node(view.repository(), bytes.fromhex(point.tree), path)
 
-        return cls(catalog, view.point, find_path)
+        return cls(catalog, functools.partial(view.point, fresh=True), find_path)
 
     # --- queueing (operators, schedules) -----------------------------------------
 
@@ -238,12 +242,25 @@ class AgentJobs:
             return None
         line = (outcome.splitlines() or [""])[0][:MAX_OUTCOME] or ("done" if ok else "failed")
         if point is not None:
-            if not _POINT.fullmatch(point):
-                raise UsageError("finish: point must be a full point id")
+            self._check_own_point(machine, point)  # before anything is recorded
             line = f"point {point}: {line}"
         if job.state is JobState.RUNNING:
             self.jobs.finish(job, worker_of(machine), ok, line)
         return self.catalog.get_job(job_id)
+
+    def _check_own_point(self, machine: str, point_id: str) -> None:
+        """A point an agent reports must exist and be its machine's (its host
+        is the machine's name): an agent cannot have a job claim another
+        machine's point, or one that was never made (UsageError, the same
+        line for both, so nothing is learnt of other machines)."""
+        if not _POINT.fullmatch(point_id):
+            raise UsageError("finish: point must be a full point id")
+        try:
+            point = self.find_point(point_id)
+        except PointNotFound:
+            raise UsageError("finish: no such point of this machine") from None
+        if point.host != machine:
+            raise UsageError("finish: no such point of this machine")
 
 
 def agent_job_doc(job: Job) -> dict[str, Any]:

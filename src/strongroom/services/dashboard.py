@@ -214,12 +214,19 @@ class RepositoryView:
             self._checked = now
             return self._sorted
 
-    def point(self, point_id: str) -> RecoveryPoint:
-        """One point by its full id (PointNotFound otherwise)."""
+    def point(self, point_id: str, *, fresh: bool = False) -> RecoveryPoint:
+        """One point by its full id (PointNotFound otherwise). `fresh`: a
+        point missing from the cached list is looked for again in the
+        repository (one listing), for a point committed a moment ago."""
         if len(point_id) != 64 or any(c not in "0123456789abcdef" for c in point_id):
             raise PointNotFound("no such recovery point")
         self.points()
         found = self._points.get(point_id)
+        if found is None and fresh:
+            with self._lock:
+                self._checked = None
+            self.points()
+            found = self._points.get(point_id)
         if found is None:
             raise PointNotFound(f"no recovery point {point_id[:16]}")
         return found

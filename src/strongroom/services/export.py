@@ -160,6 +160,15 @@ def _load_blocks(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def load_blocks(repo: Repository, block_map: BlockMap) -> Iterator[Extent]:
+    """Every block of `block_map` in address order, `(offset, data)` with
+    holes as `Zeros`, loaded ahead on worker threads (at most a few chunks
+    in flight): what a streamed export (the dashboard's disk download)
+    reads. Close the iterator to stop the loaders early."""
+    state = Progress(job="export", files_total=block_map.blocks)
+    return _load_blocks(repo, block_map, range(block_map.blocks), state, no_progress)
+
+
 def _throttled(report: ProgressCallback) -> ProgressCallback:
     """Report at most every 256 blocks (the CLI throttles further)."""
     count = [0]

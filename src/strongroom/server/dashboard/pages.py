@@ -3,9 +3,10 @@ parts that change in place (a point's folders, a library's inventory).
 
 Wiring only: every page asks services/dashboard.py (the repository's points,
 sources, folders, archives) or services/dashboard_admin.py (users, audit,
-events, libraries, inventory) and renders. Who may do what is auth.py's;
-every action (sign-in, sign-out, download, inventory, user changes, refusals)
-is a row of the audit log.
+events, libraries, inventory) and renders; images.py adds an image point's
+disk download and the Seeds page, machines.py the Machines and Jobs pages.
+Who may do what is auth.py's; every action (sign-in, sign-out, download,
+inventory, user changes, refusals) is a row of the audit log.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from strongroom.server.dashboard.auth import (
 )
 from strongroom.server.dashboard.chart import timeline_svg
 from strongroom.server.dashboard.headers import SecurityHeaders
+from strongroom.server.dashboard.images import add_image_pages
 from strongroom.server.dashboard.machines import add_machine_pages
 from strongroom.server.guards import COOKIE, Guards
 from strongroom.services import dashboard_admin as admin
@@ -409,6 +411,7 @@ def add_dashboard_routes(
             return render("_library.html", request, who, **done)
         return RedirectResponse("/libraries", status_code=303)
 
+    add_image_pages(app, guards, render=render, answers=_answers, view=view)
     if agent_jobs is not None:
         add_machine_pages(app, guards, render=render, answers=_answers, view=view,
                           agent_jobs=agent_jobs, clock=clock)  # fmt: skip
