@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import CliRunner
-from tests.helpers.cli import strongroom_command
+from tests.helpers.cli import assert_one_line_error, strongroom_command
 from tests.helpers.images import BS, QEMU, MiB, qemu_io, run
 from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
 
@@ -69,7 +68,6 @@ def test_a_qcow2_image_through_a_real_server_with_its_dirty_bitmap(
         assert first["tracker"] == "full" and first["bytes_read"] == 3 * MiB + 64 * 1024
         asked, missing = _sent(first)
         assert missing == asked  # a first backup: every distinct block is new
-        v1 = shutil.copy(disk, tmp_path / "v1.qcow2")
 
         qemu_io(disk, "write -P 0x33 1M 64k", "write -P 0x44 9M 4k")
         second = _agent(agent_env, "backup", "--image", str(disk), "--server", base)
@@ -77,13 +75,24 @@ def test_a_qcow2_image_through_a_real_server_with_its_dirty_bitmap(
         assert second["blocks_read"] == 2 and second["blocks_changed"] == 2
         assert _sent(second) == (2 + 2, 2 + 2)  # the two blocks, a map segment, the root
 
-        for point, source in ((first, v1), (second, disk)):
-            out = tmp_path / f"{point['point_id']}.raw"
-            _agent(agent_env, "restore", str(point["point_id"])[:12], "--target", str(out),
-                   "--server", base)  # fmt: skip
-            run("qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", source, out)
+        out = tmp_path / "restored.raw"
+        _agent(agent_env, "restore", str(second["point_id"])[:12], "--target", str(out),
+               "--server", base)  # fmt: skip
+        run("qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", disk, out)
         vhd = tmp_path / "disk.vhd"
         _agent(agent_env, "export", "latest", str(vhd), "--server", base)
         run("qemu-img", "compare", "-q", "-f", "qcow2", "-F", "vpc", disk, vhd)
     finally:
         _stop(server)
+
+
+def test_what_does_not_go_through_a_server_is_refused_in_one_line(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    url = "http://127.0.0.1:9"  # refused before anything is sent
+    protect = cli("protect", "--policy", "p", "--server", url)
+    assert protect.rc != 0
+    assert_one_line_error(protect, "protect --server: not supported yet")
+    seeded = cli("backup", "--image", str(tmp_path), "--seed", "gold", "--server", url)
+    assert seeded.rc == 2 and "through a server: files or --image;" in seeded.err
+    assert "Traceback" not in seeded.err
