@@ -16,6 +16,8 @@ import httpx
 import msgpack
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from strongroom.model.blockmap import SEGMENT_BLOCKS
 from strongroom.model.point import RecoveryPoint
@@ -182,3 +184,37 @@ def test_forged_image_points_are_refused(agent: Agent, tmp_path: Path) -> None:
     listed = agent.a.client.get("/api/v1/agent/points", headers=bearer(agent.creds)).json()
     assert [p["id"] for p in listed] == [mine.point.id]  # nothing forged was saved
     assert RecoveryPoint.from_doc(listed[0]).lineage is not None  # the agent's lineage kept
+
+
+def test_any_block_map_root_gets_a_clear_answer(agent: Agent, tmp_path: Path) -> None:
+    """Hostile roots (any version, geometry, segment list) are refused with
+    422 or, when they are a well-formed map of holes, committed: never a 5xx."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(BS))
+    mine, _ = agent.backup(image)
+    base = {**mine.point.to_doc(), "parent": None}
+    store = agent.store()
+    roots = st.fixed_dictionaries(
+        {
+            "v": st.integers(-1, 3),
+            "size": st.one_of(st.integers(-5, 3 * BS), st.integers(0, 1 << 62)),
+            "block_size": st.one_of(
+                st.sampled_from([0, 3000, BS, 1 << 27]), st.integers(-(1 << 63), (1 << 64) - 1)
+            ),
+            "segment_blocks": st.sampled_from([0, 1, SEGMENT_BLOCKS, 1 << 25]),
+            "segments": st.lists(st.one_of(st.none(), st.binary(max_size=40)), max_size=3),
+        }
+    )
+
+    @settings(max_examples=25, deadline=None, database=None)
+    @given(doc=roots)
+    def commit_root(doc: dict[str, Any]) -> None:
+        root = store.put_chunk(BlobType.TREE, msgpack.packb(doc, use_bin_type=True))
+        store.flush()
+        answer = agent.commit({**base, "tree": root.hex()})
+        assert answer.status_code in (201, 422), answer.text
+
+    try:
+        commit_root()
+    finally:
+        store.close()
