@@ -109,7 +109,9 @@ def test_a_server_dies_mid_backup_and_the_other_finishes_it(
     point, summary = restore_through_server(reader, result.point.id[:10], str(target))
     assert point.id == result.point.id and not summary.damaged
     assert reader.traffic.chunks_read >= 6 + 1
-    assert reader.client.requests < reader.traffic.chunks_read - 4  # data read ahead in batches
+    # the 6 data chunks in one read (the listing and each tree: one request each);
+    # a chunk another restore thread is fetching is waited for, not read twice
+    assert reader.client.requests <= reader.traffic.chunks_read - 4
     restored = target / str(src).lstrip("/")
     assert walk_differences(src, restored, check_root=False, check_atime=False) == []
 

@@ -9,10 +9,10 @@ from strongroom.errors import IntegrityError
 from strongroom.model.blockmap import BlockMap, MapRoot, decode_root, decode_segment
 from strongroom.model.vm import VmManifest
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 
 
-def save_block_map(repo: Repository, block_map: BlockMap) -> bytes:
+def save_block_map(repo: ChunkStore, block_map: BlockMap) -> bytes:
     """Queue the map's segments and root; returns the root id (flush after!).
 
     Segments equal to the parent's hash to the same id and are not stored again."""
@@ -22,11 +22,11 @@ def save_block_map(repo: Repository, block_map: BlockMap) -> bytes:
     return repo.put_chunk(BlobType.TREE, block_map.encode_root(segment_ids))
 
 
-def load_block_map(repo: Repository, root_id: bytes) -> BlockMap:
+def load_block_map(repo: ChunkStore, root_id: bytes) -> BlockMap:
     return _load(repo, decode_root(repo.load_chunk(root_id, BlobType.TREE)))
 
 
-def _load(repo: Repository, root: MapRoot) -> BlockMap:
+def _load(repo: ChunkStore, root: MapRoot) -> BlockMap:
     out = BlockMap.empty(root.size, root.block_size)
     for i, seg_id in enumerate(root.segments):
         if seg_id is None:
@@ -38,7 +38,7 @@ def _load(repo: Repository, root: MapRoot) -> BlockMap:
     return out
 
 
-def referenced_by_map(repo: Repository, root_id: bytes) -> set[bytes]:
+def referenced_by_map(repo: ChunkStore, root_id: bytes) -> set[bytes]:
     """Every chunk a block point needs: root, segments and data."""
     root = decode_root(repo.load_chunk(root_id, BlobType.TREE))
     block_map = _load(repo, root)
@@ -49,12 +49,12 @@ def referenced_by_map(repo: Repository, root_id: bytes) -> set[bytes]:
     return used
 
 
-def save_vm_manifest(repo: Repository, manifest: VmManifest) -> bytes:
+def save_vm_manifest(repo: ChunkStore, manifest: VmManifest) -> bytes:
     """Queue a VM point's manifest; returns its id (flush after!)."""
     return repo.put_chunk(BlobType.TREE, manifest.encode())
 
 
-def load_vm_manifest(repo: Repository, manifest_id: bytes) -> VmManifest:
+def load_vm_manifest(repo: ChunkStore, manifest_id: bytes) -> VmManifest:
     data = repo.load_chunk(manifest_id, BlobType.TREE)
     try:
         return VmManifest.decode(data)
@@ -62,7 +62,7 @@ def load_vm_manifest(repo: Repository, manifest_id: bytes) -> VmManifest:
         raise IntegrityError(f"VM manifest {manifest_id.hex()[:16]}: {err}") from None
 
 
-def referenced_by_vm(repo: Repository, manifest_id: bytes) -> set[bytes]:
+def referenced_by_vm(repo: ChunkStore, manifest_id: bytes) -> set[bytes]:
     """Every chunk a VM point needs: its manifest and each disk's map and data."""
     used = {manifest_id}
     for disk in load_vm_manifest(repo, manifest_id).disks:

@@ -24,7 +24,7 @@ from strongroom.model.blockmap import BlockMap
 from strongroom.pipeline.blockmaps import save_block_map
 from strongroom.pipeline.ordered import OrderedWork
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.sources.block import BlockSource, Data
 from strongroom.trackers.changes import ChangeSet, Mask
 from strongroom.types import Progress, ProgressCallback, no_progress
@@ -79,7 +79,7 @@ class ImageBackup:
 
     def __init__(
         self,
-        repo: Repository,
+        repo: ChunkStore,
         source: BlockSource,
         block_size: int,
         parent: BlockMap | None,

@@ -19,14 +19,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from strongroom.model.blockmap import BlockMap
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.sources.image_files.view import seek_position
 
 
 class PointReader:
     def __init__(
         self,
-        repo: Repository,
+        repo: ChunkStore,
         block_map: BlockMap,
         cache_bytes: int = 64 << 20,
         readahead: int = 8,

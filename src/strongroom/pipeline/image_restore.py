@@ -23,7 +23,7 @@ from strongroom.errors import Interrupted, StrongroomError
 from strongroom.model.blockmap import BlockMap
 from strongroom.pipeline.ordered import OrderedWork
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.sources.block import Data
 from strongroom.sources.block_targets import BlockTarget
 from strongroom.trackers.changes import Mask
@@ -47,7 +47,7 @@ class ImageRestoreSummary:
 class ImageRestore:
     def __init__(
         self,
-        repo: Repository,
+        repo: ChunkStore,
         block_map: BlockMap,
         target: BlockTarget,
         progress: ProgressCallback = no_progress,

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from strongroom.errors import ConfigError
+from strongroom.repository.format import DEFAULT_BLOCK_SIZE
 
 MAX_CONFIG = 64 << 10
 
@@ -31,6 +32,7 @@ class RepositoryInfo:
     cdc_avg: int
     cdc_max: int
     compression_level: int = 3
+    block_size: int = DEFAULT_BLOCK_SIZE  # a first image backup's (servers before it: the default)
 
     @classmethod
     def from_doc(cls, doc: Any) -> RepositoryInfo:
@@ -43,7 +45,10 @@ class RepositoryInfo:
                 cdc_avg=int(doc["cdc_avg"]),
                 cdc_max=int(doc["cdc_max"]),
                 compression_level=int(doc.get("compression_level", 3)),
+                block_size=int(doc.get("block_size", DEFAULT_BLOCK_SIZE)),
             )
+            if info.block_size <= 0 or info.block_size & (info.block_size - 1):
+                raise ValueError("block_size is not a power of two")
             if len(bytes.fromhex(info.id_key)) != 32:
                 raise ValueError("id_key is not 32 bytes")
         except (KeyError, TypeError, ValueError) as err:

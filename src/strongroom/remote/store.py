@@ -25,6 +25,7 @@ from __future__ import annotations
 import queue
 import secrets
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,7 @@ class RemoteStore:
         self._planned: dict[bytes, int] = {}  # id -> first place in the plan
         self._cache: dict[bytes, bytes] = {}
         self._cache_bytes = 0
+        self._inflight: dict[bytes, threading.Event] = {}  # being fetched by some thread
 
     # --- ChunkStore: naming and queueing -----------------------------------------
 
@@ -100,6 +102,11 @@ class RemoteStore:
         the batched negotiation asks for many ids at once)."""
         with self._known_lock:
             return chunk_id in self._known
+
+    def assume_stored(self, chunk_ids: Iterable[bytes]) -> None:
+        """Count `chunk_ids` as held by the server (see the module's contract)."""
+        with self._known_lock:
+            self._known.update(chunk_ids)
 
     def seal_new(
         self, data: bytes | memoryview, *, dry_run: bool = False
@@ -221,20 +228,47 @@ class RemoteStore:
         self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None
     ) -> bytes:
         bound = MAX_CHUNK_SIZE[blob_type] if raw_length is None else raw_length
-        with self._read_lock:
-            cached = self._cache.pop(chunk_id, None)
-            if cached is None:
-                wanted = self._batch_from(chunk_id, blob_type)
-            else:
-                self._cache_bytes -= len(cached)
+        waited = False
+        while True:
+            with self._read_lock:
+                cached = self._cache.pop(chunk_id, None)
+                busy = self._inflight.get(chunk_id) if cached is None and not waited else None
+                if cached is not None:
+                    self._cache_bytes -= len(cached)
+                elif busy is None:
+                    wanted = self._batch_from(chunk_id, blob_type)
+                    for cid in wanted:
+                        self._inflight.setdefault(cid, threading.Event())
+            if busy is None:
+                break
+            busy.wait()  # another thread fetches it: take it from the cache
+            waited = True
         if cached is not None:
             if len(cached) > bound:
                 raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: larger than its tree says")
             return cached
-        data = self._fetch(wanted, blob_type, bound)
+        try:
+            data = self._fetch(wanted, blob_type, bound)
+        finally:
+            with self._read_lock:
+                for cid in wanted:
+                    done = self._inflight.pop(cid, None)
+                    if done is not None:
+                        done.set()
         if blob_type is BlobType.TREE:
             self._plan_tree(data)
         return data
+
+    def plan_reads(self, chunks: Iterable[tuple[bytes, int]]) -> None:
+        """Data chunks (id, size) in the order they will be loaded: a load of
+        one also fetches those after it (an image's blocks in address order)."""
+        with self._read_lock:
+            for cid, size in chunks:
+                if len(self._plan) >= MAX_PLAN:
+                    return
+                if cid not in self._planned:
+                    self._planned[cid] = len(self._plan)
+                    self._plan.append((cid, size))
 
     def _batch_from(self, chunk_id: bytes, blob_type: BlobType) -> list[bytes]:
         """`chunk_id` and the planned data chunks after it, not cached yet."""
@@ -246,7 +280,7 @@ class RemoteStore:
         for cid, length in self._plan[at + 1 :]:
             if len(wanted) >= PREFETCH or size + length > PREFETCH_BYTES:
                 break
-            if cid not in self._cache and cid not in wanted:
+            if cid not in self._cache and cid not in self._inflight and cid not in wanted:
                 wanted.append(cid)
                 size += length
         return wanted

@@ -34,6 +34,7 @@ __all__ = [
     "backup_through_server",
     "default_config_path",
     "enroll",
+    "find_own",
     "open_agent",
     "restore_through_server",
 ]
@@ -92,7 +93,8 @@ def agent_points(store: RemoteStore) -> list[RecoveryPoint]:
     return found
 
 
-def _find(points: list[RecoveryPoint], ref: str) -> RecoveryPoint:
+def find_own(points: list[RecoveryPoint], ref: str) -> RecoveryPoint:
+    """The point `ref` (an id prefix or 'latest') among the machine's own."""
     if ref == "latest":
         if not points:
             raise PointNotFound("this machine has no recovery point yet")
@@ -119,7 +121,7 @@ def backup_through_server(
     paths = sorted({os.path.abspath(p) for p in req.paths})
     parent: RecoveryPoint | None = None
     if req.parent:
-        parent = _find(agent_points(store), req.parent)
+        parent = find_own(agent_points(store), req.parent)
     elif not req.force_full:
         same = [
             p
@@ -167,7 +169,7 @@ def restore_through_server(
 ) -> tuple[RecoveryPoint, RestoreSummary]:
     """Restore one of the machine's files points (all of it, or the paths
     `includes` of it) into `target`."""
-    point = _find(agent_points(store), ref)
+    point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a files point")
     job = FileRestore(store, bytes.fromhex(point.tree), target, includes=includes,

@@ -14,10 +14,18 @@ Contract:
   once the new chunks are durable (packs and index written): an
   acknowledged chunk survives a crash of the server;
 - `commit` validates a point document (the model's codec), forces its host
-  to the machine, refuses another host, a kind other than files, seeds or a
-  lineage, a root tree that is not stored and a parent that is not one of
-  the machine's own points; a commit id seen before answers the point it
-  made (a retried commit never makes a second point);
+  to the machine, refuses another host, a kind other than files or block,
+  seeds (the server's repository state: no agent claims them), a lineage on
+  a files point, a root that is not stored and a parent that is not one of
+  the machine's own points of the same kind and paths. A block point's map
+  is checked whole: its root decodes (the model's codec: geometry, segment
+  count; segments of `SEGMENT_BLOCKS` entries, a disk of at most
+  `MAX_AGENT_DISK` bytes), every segment is stored and decodes, and every
+  data chunk it names is stored (a point never names a chunk the repository
+  lacks). Its `lineage` (bitmap names, image identities: facts about the
+  agent's own source, which the server never acts on) is kept as the codec
+  reads it. A commit id seen before answers the point it made (a retried
+  commit never makes a second point);
 - nothing here deletes, forgets or rewrites a point or a chunk;
 - while agents write (asking, uploading, committing) the session holds a
   shared repository lock, as a local backup does, so a prune cannot delete
@@ -37,14 +45,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from strongroom.catalog import Catalog, Machine
 from strongroom.errors import (
     ChunkNotFound,
     IntegrityError,
     PointNotFound,
     RepositoryError,
+    UnsupportedVersion,
     UsageError,
 )
+from strongroom.model.blockmap import SEGMENT_BLOCKS, decode_root, decode_segment
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.repository import bundle
@@ -58,6 +70,7 @@ IDLE_SECONDS = 600.0  # the shared lock is released after this long without a wr
 MAX_IDS = bundle.MAX_IDS  # ids of one `missing` question
 MAX_READ = 256  # chunks of one `read`
 _COMMIT_ID_LENGTH = range(16, 65)
+MAX_AGENT_DISK = 1 << 50  # 1 PiB: a block point's virtual disk, at most
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,7 @@ class Intake:
             "cdc_avg": cfg.cdc_avg,
             "cdc_max": cfg.cdc_max,
             "compression_level": cfg.compression_level,
+            "block_size": cfg.block_size,
         }
 
     # --- chunks --------------------------------------------------------------
@@ -207,10 +221,12 @@ class Intake:
         point = _check_document(doc, machine.name)
         with self._lock:
             self._writing()
-            if not self._holds(bytes.fromhex(point.tree)):
+            if point.kind == PointKind.BLOCK:
+                self._check_block_map(bytes.fromhex(point.tree))
+            elif not self._holds(bytes.fromhex(point.tree)):
                 raise UsageError("the point's root tree is not stored: upload it first")
             if point.parent is not None:
-                self._check_parent(point.parent, machine.name)
+                self._check_parent(point, machine.name)
             point_id = self.repo.save_point(point.to_doc())
         return catalog.add_agent_commit(machine.id, commit_id, point_id, datetime.now(UTC))
 
@@ -221,15 +237,56 @@ class Intake:
         self._refreshed = time.monotonic()
         return self.repo.has_chunk(cid)
 
-    def _check_parent(self, parent: str, machine: str) -> None:
+    def _check_parent(self, point: RecoveryPoint, machine: str) -> None:
+        parent = point.parent or ""
         if not is_object_hex(parent):
             raise UsageError("the parent is not a point id")
         try:
-            host = self.repo.load_point(parent).get("host")
+            doc = self.repo.load_point(parent)
         except (PointNotFound, FileNotFoundError, IntegrityError):
-            host = None
-        if host != machine:
+            doc = {}
+        if doc.get("host") != machine:
             raise UsageError("the parent is not a point of this machine")
+        if point.kind == PointKind.BLOCK and (
+            doc.get("kind") != PointKind.BLOCK.value or doc.get("paths") != point.paths
+        ):
+            raise UsageError("the parent is not this machine's image point of the same source")
+
+    def _check_block_map(self, root_id: bytes) -> None:
+        """Under `_lock`: the map is well formed and all it names is stored
+        (see the module's contract); UsageError naming what is wrong."""
+        if not self._holds(root_id):
+            raise UsageError("the point's block map is not stored: upload it first")
+        try:
+            root = decode_root(self.repo.load_chunk(root_id, BlobType.TREE))
+        except (IntegrityError, UnsupportedVersion) as err:
+            raise UsageError(f"the point's block map is malformed: {str(err)[:100]}") from None
+        if root.segment_blocks != SEGMENT_BLOCKS or root.size > MAX_AGENT_DISK:
+            raise UsageError("the point's block map has a geometry strongroom does not write")
+        refreshed = False
+        for index, seg_id in enumerate(root.segments):
+            if seg_id is None:
+                continue
+            if not self._holds(seg_id):
+                raise UsageError("a segment of the point's block map is not stored")
+            try:
+                seg = self.repo.load_chunk(seg_id, BlobType.TREE)
+                ids = decode_segment(seg, root.segment_length(index))
+            except ChunkNotFound:
+                raise UsageError("a segment of the point's block map is not stored") from None
+            except IntegrityError as err:
+                raise UsageError(f"the point's block map is malformed: {str(err)[:100]}") from None
+            for row in np.unique(ids[ids.any(axis=1)], axis=0):
+                cid = row.tobytes()
+                if self.repo.has_chunk(cid):
+                    continue
+                if not refreshed:  # another server process may have stored it
+                    self.repo.refresh_index()
+                    self._refreshed = time.monotonic()
+                    refreshed = True
+                    if self.repo.has_chunk(cid):
+                        continue
+                raise UsageError("the point's block map names a chunk that is not stored")
 
 
 def _check_document(doc: Any, machine: str) -> RecoveryPoint:
@@ -241,10 +298,14 @@ def _check_document(doc: Any, machine: str) -> RecoveryPoint:
         raise UsageError(f"the point document is malformed: {str(err)[:100]}") from None
     if point.host != machine:
         raise UsageError("the point's host is not this machine")
-    if point.kind != PointKind.FILES:
-        raise UsageError("agents commit files points only")
-    if point.lineage is not None or point.seeds is not None:
-        raise UsageError("an agent's point names no lineage and no seeds")
+    if point.kind not in (PointKind.FILES, PointKind.BLOCK):
+        raise UsageError("agents commit files and block image points only")
+    if point.seeds is not None:
+        raise UsageError("an agent's point names no seeds")
+    if point.lineage is not None and point.kind != PointKind.BLOCK:
+        raise UsageError("an agent's files point names no lineage")
+    if point.kind == PointKind.BLOCK and len(point.paths) != 1:
+        raise UsageError("a block image point names one source")
     if not is_object_hex(point.tree):
         raise UsageError("the point's tree is not a chunk id")
     point.id = ""

@@ -52,6 +52,7 @@ from strongroom.model.point import RecoveryPoint
 from strongroom.model.seed import Seed
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.image_restore import point_map
 from strongroom.services.image_seeds import seed_map, verify_golden
 from strongroom.services.points import list_points
@@ -110,7 +111,7 @@ def _check_geometry(point: RecoveryPoint, block_map: BlockMap) -> None:
 
 
 def _load_blocks(
-    repo: Repository,
+    repo: ChunkStore,
     block_map: BlockMap,
     blocks: Iterable[int],
     progress: Progress,
@@ -203,7 +204,7 @@ def _write(
 
 
 def export_vhd(
-    repo: Repository,
+    repo: ChunkStore,
     point: RecoveryPoint,
     out_path: str | os.PathLike[str],
     *,

@@ -37,6 +37,7 @@ from strongroom.nbd.uri import parse_nbd_uri
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup, ImageBackupSummary
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.image_seeds import (
     check_seed_geometry,
     choose_seed,
@@ -123,11 +124,19 @@ def _choose_parent(
         if parent.kind != PointKind.BLOCK:
             raise UsageError(f"point {parent.short_id} is not a block image point")
         return parent
-    blocks = [p for p in list_points(repo, on_damaged=lambda *_: None) if p.kind == PointKind.BLOCK]
+    return parent_among(list_points(repo, on_damaged=lambda *_: None), req, identity)
+
+
+def parent_among(
+    points: list[RecoveryPoint], req: ImageBackupRequest, identity: str
+) -> RecoveryPoint | None:
+    """The parent of a backup of `identity` among `points` (oldest first): the
+    latest block point of the same host and source, else (a new overlay on
+    an image backed up before) the latest point of its backing image."""
+    blocks = [p for p in points if p.kind == PointKind.BLOCK]
     same = [p for p in blocks if PointFilter(hosts=[req.host], paths=[identity]).matches(p)]
     if same:
         return same[-1]
-    # A new overlay on top of an image backed up before: that image's point.
     backing = _backing_identity(req)
     if backing is not None:
         mine = [p for p in blocks if p.block_lineage().image_identity == backing]
@@ -152,7 +161,7 @@ def _backing_identity(req: ImageBackupRequest) -> str | None:
 class _ImageJob:
     """The resources of one image backup, released in reverse by an ExitStack."""
 
-    def __init__(self, repo: Repository, req: ImageBackupRequest, stack: ExitStack) -> None:
+    def __init__(self, repo: ChunkStore, req: ImageBackupRequest, stack: ExitStack) -> None:
         self.repo = repo
         self.req = req
         self.stack = stack
@@ -427,21 +436,40 @@ def backup_image(
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
 ) -> ImageBackupResult:
+    """Back up `req.source` into a block point of the local repository."""
     req.host = req.host or socket.gethostname()
     identity = source_identity(req)
     parent = _choose_parent(repo, req, identity)
-    parent_map = None
+    return run_image_backup(repo, req, identity, parent, repo, progress, cancel)
+
+
+def run_image_backup(
+    store: ChunkStore,
+    req: ImageBackupRequest,
+    identity: str,
+    parent: RecoveryPoint | None,
+    seeds_repo: Repository | None,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+    parent_map: BlockMap | None = None,
+) -> ImageBackupResult:
+    """The backup once its parent is chosen, into `store` (a local repository,
+    or an agent's RemoteStore: then `seeds_repo` is None and no seed is
+    matched, pinned or inherited: seeds are the server's repository state).
+    `parent_map`: the parent's map when the caller loaded it already."""
     warnings: list[str] = []
-    if parent is not None:
+    if parent is None:
+        parent_map = None
+    elif parent_map is None:
         try:
-            parent_map = load_block_map(repo, bytes.fromhex(parent.tree))
+            parent_map = load_block_map(store, bytes.fromhex(parent.tree))
         except StrongroomError as err:
             warnings.append(
                 f"parent point {parent.short_id} has an unreadable block map ({err}); "
                 "reading the whole disk (run 'strongroom check')"
             )
             parent = None
-    seeded = _pinned_seed(repo, req, parent)
+    seeded = _pinned_seed(seeds_repo, req, parent) if seeds_repo is not None else None
     if seeded is not None and parent is not None:
         warnings.append(
             f"parent point {parent.short_id} does not build on seed {seeded[0].name}:"
@@ -453,7 +481,7 @@ def backup_image(
     elif parent_map is not None:
         block_size = parent_map.block_size
     else:
-        block_size = req.block_size or repo.config.block_size
+        block_size = req.block_size or store.config.block_size
     try:
         check_geometry(0, block_size)
     except ValueError as err:
@@ -461,20 +489,20 @@ def backup_image(
     started = now()
     t0 = time.monotonic()
     with ExitStack() as stack:
-        job = _ImageJob(repo, req, stack)
+        job = _ImageJob(store, req, stack)
         source, changes = job.open(parent, parent_map, block_size)
-        if parent is None:
+        if parent is None and seeds_repo is not None:
             # A first backup: the seed's map plays the parent's part (every
             # block is read and compared with it: the "compare" tracker).
             if seeded is not None:
                 check_seed_geometry(seeded[0], seeded[1], source.size, req.source)
             elif not req.no_seeds:
-                seeded = choose_seed(repo, source, block_size)
+                seeded = choose_seed(seeds_repo, source, block_size)
             if seeded is not None:
                 parent_map = seeded[1]
                 changes = ChangeSet("compare", None, f"compared with seed {seeded[0].name}")
         pipeline = ImageBackup(
-            repo, source, block_size, parent_map, changes, progress=progress, cancel=cancel
+            store, source, block_size, parent_map, changes, progress=progress, cancel=cancel
         )
         new_map = pipeline.run()
         summary = pipeline.summary
@@ -482,8 +510,13 @@ def backup_image(
         seeds: PointSeeds | None = None
         if seeded is not None:
             seeds = point_seeds(seeded[0], new_map, seeded[1])
-        elif parent is not None and parent.seeds is not None and not req.no_seeds:
-            seeds, why = inherited_seeds(repo, parent.seeds, new_map)
+        elif (
+            seeds_repo is not None
+            and parent is not None
+            and parent.seeds is not None
+            and not req.no_seeds
+        ):
+            seeds, why = inherited_seeds(seeds_repo, parent.seeds, new_map)
             if why:
                 summary.warnings.append(f"{why}: this point builds on no seed")
         # Retire superseded bitmaps before the point: a crash in between only
@@ -492,7 +525,7 @@ def backup_image(
         lineage = job.lineage(summary.tracker)
         seconds = time.monotonic() - t0
         point = record_point(
-            repo,
+            store,
             kind=PointKind.BLOCK,
             time=started,
             host=req.host,

@@ -27,6 +27,7 @@ from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
 from strongroom.pipeline.image_reader import PointReader
 from strongroom.pipeline.image_restore import ImageRestore, ImageRestoreSummary
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.image_seeds import (
     differing_blocks,
     seed_map,
@@ -44,13 +45,13 @@ def require_block(point: RecoveryPoint) -> None:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a block image")
 
 
-def point_map(repo: Repository, point: RecoveryPoint) -> BlockMap:
+def point_map(repo: ChunkStore, point: RecoveryPoint) -> BlockMap:
     require_block(point)
     return load_block_map(repo, bytes.fromhex(point.tree))
 
 
 def restore_image(
-    repo: Repository,
+    repo: ChunkStore,
     point: RecoveryPoint,
     target: str,
     fmt: str = "raw",
@@ -61,7 +62,7 @@ def restore_image(
 
 
 def restore_map(
-    repo: Repository,
+    repo: ChunkStore,
     block_map: BlockMap,
     target: str,
     fmt: str = "raw",

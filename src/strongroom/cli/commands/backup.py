@@ -171,10 +171,19 @@ def backup(
         file_seed_options=trust_seed_metadata or seed_root is not None,
     )
     if through_server(servers, agent_config):
-        if image or vms or dry_run or host or seed_names or no_seeds or trust_seed_metadata:
+        if vms or dry_run or host or seed_names or trust_seed_metadata or seed_root:
             raise click.UsageError(
-                "through a server: files only; no --image, --vm, --dry-run, --host or seeds"
+                "through a server: files or --image; no --vm, --dry-run, --host or seeds"
             )
+        if image:
+            from strongroom.services.image_backup import ImageBackupRequest
+
+            req = ImageBackupRequest(source=image, changed_since=tracker, qmp=qmp, node=node,
+                                     scratch=scratch, tags=list(tag), parent=parent,
+                                     block_size=block_size, image_format=image_format,
+                                     allow_backing=allow_backing, no_seeds=True)  # fmt: skip
+            backup_image_cmd(app, req, (servers, agent_config))
+            return
         _backup_through_server(app, servers, agent_config, list(paths), list(tag), parent, force,
                                exclude_patterns(app.settings, list(exclude), list(exclude_file)),
                                one_file_system)  # fmt: skip
@@ -322,12 +331,33 @@ def seed_lines(seeds: PointSeeds | None, unread: int) -> list[str]:
     return lines
 
 
-def backup_image_cmd(app: App, request: ImageBackupRequest) -> None:
+def backup_image_cmd(
+    app: App,
+    request: ImageBackupRequest,
+    server: tuple[tuple[str, ...], str | None] | None = None,
+) -> None:
+    """`backup --image`, into the repository or (`server`: the `--server`
+    URLs and `--agent-config`) through the backup server as its agent."""
     from strongroom.services.image_backup import backup_image
 
     out = app.out
-    with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
-        result = backup_image(repo, request, progress)
+    if server is not None:
+        from strongroom.services.agent_backup import open_agent
+        from strongroom.services.agent_images import backup_image_through_server
+
+        with (
+            open_agent(server[1], list(server[0])) as (config, store),
+            out.progress("backup") as progress,
+        ):
+            result = backup_image_through_server(store, config.machine, request, progress)
+            traffic = store.traffic
+        out.notice(
+            f"through the server: {traffic.asked} chunk ids asked, {traffic.missing} missing, "
+            f"{traffic.bundles} bundles ({human_bytes(traffic.bytes_sent)}) sent"
+        )
+    else:
+        with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
+            result = backup_image(repo, request, progress)
     s = result.summary
     for w in s.warnings:
         out.warn(w)

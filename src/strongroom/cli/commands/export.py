@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import click
 
+from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import UsageError
 from strongroom.services.export import (
     ExportSummary,
+    VhdType,
     chain_points,
     check_format,
     export_chain,
@@ -64,6 +66,7 @@ from strongroom.services.session import LockMode
     help="Export every block point of SOURCE (a backed-up image path) into DIR as a "
     "chain: one dynamic VHD, then one differencing VHD per later point.",
 )
+@server_options
 @pass_app
 def export(
     app: App,
@@ -75,6 +78,8 @@ def export(
     parent: str | None,
     chain: bool,
     verify_parent: bool,
+    servers: tuple[str, ...],
+    agent_config: str | None,
 ) -> None:
     """Export image POINT (an id prefix or 'latest') as a VHD file OUT.vhd.
 
@@ -91,6 +96,20 @@ def export(
     if base is not None and vhd_type != "dynamic":
         raise UsageError("an incremental export is a differencing VHD: drop --type")
     out = app.out
+    if through_server(servers, agent_config):
+        if chain or base or verify_parent:
+            raise UsageError("through a server: one whole image point; no --chain or incremental")
+        from strongroom.services.agent_backup import open_agent
+        from strongroom.services.agent_images import export_image_through_server
+
+        kind: VhdType = "fixed" if vhd_type == "fixed" else "dynamic"
+        with (
+            open_agent(agent_config, list(servers)) as (_config, store),
+            out.progress("export") as progress,
+        ):
+            one = export_image_through_server(store, what, dest, kind, progress)
+        out.summary({"format": "vhd", **one.as_dict()}, [_describe(one)])
+        return
     with app.repository(LockMode.SHARED) as repo:
         if chain:
             points = chain_points(repo, what)

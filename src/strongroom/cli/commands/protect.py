@@ -9,6 +9,7 @@ from types import FrameType
 
 import click
 
+from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.cli.units import parse_duration, parse_size
@@ -107,6 +108,7 @@ from strongroom.services.session import LockMode
     help="For a disk image: also read the files it names (qcow2 backing or data file, "
     "a VHD parent outside its folder, VMDK extents).",
 )
+@server_options
 @pass_app
 def protect(
     app: App,
@@ -125,6 +127,8 @@ def protect(
     verify: bool,
     image_format: str | None,
     allow_backing: bool,
+    servers: tuple[str, ...],
+    agent_config: str | None,
 ) -> None:
     """Protect SOURCE (a directory, or a disk: device, raw file, any image) in
     VHD backup mode.
@@ -143,6 +147,10 @@ def protect(
     hooks and a freeze; runs until SIGTERM/SIGINT (docs/protect.md, "The
     service").
     """
+    if through_server(servers, agent_config):
+        # Its cycles forget points by retention (an agent never deletes) and
+        # read the repository's points and locks: see docs/server.md, "Agents".
+        raise UsageError("protect --server: not supported yet")
     if source is None or policy_names or all_policies:
         if source is not None:
             raise UsageError("give SOURCE or --policy/--all-policies, not both")

@@ -142,16 +142,22 @@ def restore(
     """
     out = app.out
     if through_server(servers, agent_config):
-        from strongroom.services.agent_backup import open_agent, restore_through_server
+        from strongroom.services.agent_backup import open_agent
+        from strongroom.services.agent_images import restore_own_point
 
         if include or vm or disks or at or from_media or backing or scope_text != "full":
-            raise click.UsageError("through a server: a whole files point; no other options")
+            raise click.UsageError(
+                "through a server: a whole files or image point; no other options but --format"
+            )
         with (
             open_agent(agent_config, list(servers)) as (_config, store),
             out.progress("restore") as progress,
         ):
-            found, summary = restore_through_server(store, point, target, progress)
-        _files_restored(out, FilesRestored(found, summary), target)
+            done = restore_own_point(store, point, target, fmt, progress)
+        if isinstance(done, ImageRestored):
+            _image_restored(out, done, target)
+        else:
+            _files_restored(out, done, target)
         return
     request = RestoreRequest(point, target, list(include), fmt, partition, vm, list(disks))
     request.scope = ScopeSpec.parse(scope_text)

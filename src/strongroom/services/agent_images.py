@@ -1,0 +1,136 @@
+"""An agent's block image points through its backup server: backup,
+restore and VHD export (docs/server.md, "Agents"; docs/design.md §9i).
+
+The image pipelines run unchanged over a `RemoteStore`: the source is read,
+and its changes tracked, on the agent as a local backup does (`--changed-since`
+compare, a QEMU dirty bitmap, an overlay); the tracker's state lives with the
+source (a bitmap in the image or the block layer), its lineage in the point.
+The parent is the machine's own latest block point of the same source, read
+from the server (`/agent/points` lists only the machine's own points); its
+map is loaded through the server and its chunks are assumed stored (the
+server verified them when it committed the parent), so an incremental asks
+about and sends only the blocks whose content is new. Seeds are the server's
+repository state: no seed is matched, pinned or inherited through a server.
+A restore or export plans the map's blocks in address order, so the store
+fetches them ahead in batches.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from strongroom.errors import UsageError
+from strongroom.model.blockmap import BlockMap, decode_root
+from strongroom.model.kinds import PointKind
+from strongroom.model.point import RecoveryPoint
+from strongroom.pipeline.blockmaps import load_block_map
+from strongroom.pipeline.image_restore import ImageRestoreSummary
+from strongroom.remote.store import RemoteStore
+from strongroom.repository.format import BlobType
+from strongroom.services.agent_backup import agent_points, find_own, restore_through_server
+from strongroom.services.export import ExportSummary, VhdType, export_vhd
+from strongroom.services.image_backup import (
+    ImageBackupRequest,
+    ImageBackupResult,
+    parent_among,
+    run_image_backup,
+    source_identity,
+)
+from strongroom.services.image_restore import restore_map
+from strongroom.services.restore import FilesRestored, ImageRestored
+from strongroom.types import ProgressCallback, no_progress
+
+
+def backup_image_through_server(
+    store: RemoteStore,
+    machine: str,
+    req: ImageBackupRequest,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> ImageBackupResult:
+    """Back up `req.source` as a block point of `machine` through the server."""
+    if req.seeds:
+        raise UsageError("through a server: no --seed (seeds are the server's)")
+    req.host = machine
+    req.no_seeds = True
+    identity = source_identity(req)
+    points = agent_points(store)
+    if req.parent:
+        parent: RecoveryPoint | None = find_own(points, req.parent)
+        if parent is not None and parent.kind != PointKind.BLOCK:
+            raise UsageError(f"point {parent.short_id} is not a block image point")
+    else:
+        parent = parent_among(points, req, identity)
+    parent_map = None
+    if parent is not None:
+        root_id = bytes.fromhex(parent.tree)
+        parent_map = load_block_map(store, root_id)
+        root = decode_root(store.load_chunk(root_id, BlobType.TREE))
+        store.assume_stored([root_id, *(s for s in root.segments if s is not None)])
+        store.assume_stored(_data_ids(parent_map))
+    return run_image_backup(store, req, identity, parent, None, progress, cancel, parent_map)
+
+
+def _data_ids(block_map: BlockMap) -> list[bytes]:
+    rows = block_map.ids[~block_map.hole_mask()]
+    return [r.tobytes() for r in np.unique(rows, axis=0)] if len(rows) else []
+
+
+def own_image_point(store: RemoteStore, ref: str) -> tuple[RecoveryPoint, BlockMap]:
+    """One of the machine's block points and its map, its blocks planned for
+    reading in address order."""
+    point = find_own(agent_points(store), ref)
+    if point.kind != PointKind.BLOCK:
+        raise UsageError(f"point {point.short_id} is a {point.kind} point, not a block image")
+    block_map = load_block_map(store, bytes.fromhex(point.tree))
+    data = np.flatnonzero(~block_map.hole_mask()).tolist()
+    store.plan_reads((block_map.ids[b].tobytes(), block_map.extent(b)[1]) for b in data)
+    return point, block_map
+
+
+def restore_image_through_server(
+    store: RemoteStore,
+    ref: str,
+    target: str,
+    fmt: str = "raw",
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> tuple[RecoveryPoint, ImageRestoreSummary]:
+    """Write one of the machine's block points to `target` (a file, a block
+    device or an NBD URI), holes as holes."""
+    point, block_map = own_image_point(store, ref)
+    return point, restore_map(store, block_map, target, fmt, progress, cancel)
+
+
+def restore_own_point(
+    store: RemoteStore,
+    ref: str,
+    target: str,
+    fmt: str = "raw",
+    progress: ProgressCallback = no_progress,
+) -> FilesRestored | ImageRestored:
+    """`restore --server`: a whole files point into the folder `target`, or
+    a block point onto the file, device or NBD URI `target`."""
+    point = find_own(agent_points(store), ref)
+    if point.kind == PointKind.BLOCK:
+        found, summary = restore_image_through_server(store, point.id, target, fmt, progress)
+        return ImageRestored(found, summary)
+    if fmt != "raw":
+        raise UsageError("--format applies to image points")
+    found, files = restore_through_server(store, point.id, target, progress)
+    return FilesRestored(found, files)
+
+
+def export_image_through_server(
+    store: RemoteStore,
+    ref: str,
+    dest: str | os.PathLike[str],
+    kind: VhdType = "dynamic",
+    progress: ProgressCallback = no_progress,
+) -> ExportSummary:
+    """One of the machine's block points as a fixed or dynamic VHD (atomic)."""
+    point, _ = own_image_point(store, ref)
+    return export_vhd(store, point, dest, kind=kind, progress=progress)
