@@ -26,7 +26,7 @@ from strongroom.services.operations import MAX_PAGE, Operations
 from strongroom.services.scheduler import MAX_EVERY, MIN_EVERY
 
 MAX_ID = 2**31 - 1  # the catalog's integer keys
-JobKind = Literal["forget", "prune", "backup", "restore"]
+JobKind = Literal["forget", "prune", "copy-to-media", "restore-from-media", "backup", "restore"]
 Machine = Annotated[str | None, Field(default=None, min_length=1, max_length=64)]
 JobStateName = Literal["queued", "running", "done", "failed", "cancelled"]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
