@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from strongroom.repository.pack import read_stored_header
 from strongroom.repository.repo import Repository
 from strongroom.services.copy_to_media import copy_to_media
 from strongroom.services.forget import group_points
-from strongroom.services.jobs import Handler, Progress
+from strongroom.services.jobs import Handler, Jobs, Progress
 from strongroom.services.media_pools import library_name, open_changer
 from strongroom.services.media_restore import (
     MediaOptions,
@@ -57,6 +58,7 @@ from strongroom.types import Progress as Totals
 
 MEDIA_KINDS = ("copy-to-media", "restore-from-media")
 MAX_POINTS = 256
+MAX_LISTED = 100  # points on media only, shown on the dashboard
 MAX_ITEMS = 64
 MAX_ITEM = 4096
 _HEX = re.compile(r"[0-9a-f]{8,64}")
@@ -122,6 +124,38 @@ def check_media_spec(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         "hosts": _texts(kind, "hosts", spec.get("hosts", [])),
         "paths": _texts(kind, "paths", spec.get("paths", [])),
     }
+
+
+def queue_media_job(catalog: Catalog, kind: str, spec: Mapping[str, Any]) -> Job:
+    """Queue a media job with a checked spec (the dashboard's forms; the
+    API goes through services/operations.py, which checks the same way)."""
+    return Jobs(catalog).enqueue(kind, check_media_spec(kind, spec))
+
+
+@dataclass(frozen=True)
+class OnMediaOnly:
+    """A point the media catalog lists and the repository does not hold."""
+
+    point_id: str
+    barcodes: list[str]
+    online: bool  # one of its cartridges is in a library
+
+
+def points_on_media_only(
+    catalog: Catalog, present: set[str], limit: int = MAX_LISTED
+) -> list[OnMediaOnly]:
+    """At most `limit` points on media (by id) that are not in `present`."""
+    found: list[OnMediaOnly] = []
+    for first in "0123456789abcdef":
+        for point_id in catalog.match_points(first, limit=limit + len(present)):
+            if point_id in present:
+                continue
+            placed = catalog.find_point(point_id)
+            names = sorted({p.barcode or str(p.media_id) for p in placed})
+            found.append(OnMediaOnly(point_id, names, any(p.online for p in placed)))
+            if len(found) >= limit:
+                return found
+    return found
 
 
 def media_handlers(
