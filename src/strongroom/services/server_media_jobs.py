@@ -103,7 +103,8 @@ def check_media_spec(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         raise UsageError(f"the server runs only {', '.join(MEDIA_KINDS)} media jobs")
     unknown = set(spec) - allowed
     if unknown:
-        raise UsageError(f"{kind}: unknown field(s) {', '.join(sorted(unknown))[:200]}")
+        # the fields it takes, not the ones given: a request's text is never echoed
+        raise UsageError(f"{kind}: unknown field(s); it takes {', '.join(sorted(allowed))}")
     library = _name(kind, "library", spec.get("library"), False)
     if kind == "restore-from-media":
         return {"point": _point(kind, spec.get("point")), "library": library}
