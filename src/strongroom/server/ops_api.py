@@ -3,7 +3,8 @@
 | endpoint | who |
 | --- | --- |
 | `GET /api/v1/jobs`, `GET /api/v1/jobs/{id}` | signed in |
-| `POST /api/v1/jobs` (forget, prune, copy-to-media, restore-from-media; backup, restore on a machine) | operator |
+| `POST /api/v1/jobs` (forget, prune, copy-to-media, restore-from-media; backup, restore on
+  a machine) | operator |
 | `DELETE /api/v1/jobs/{id}` | operator |
 | `GET/POST /api/v1/schedules`, `GET/PATCH/DELETE /api/v1/schedules/{name}` | administrator |
 | `GET /api/v1/audit` | administrator |
