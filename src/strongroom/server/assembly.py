@@ -72,7 +72,12 @@ def assemble(
     agents = Agents(catalog)
     agent_jobs = AgentJobs.over(catalog, view)
     ops, loops = server_operations(
-        catalog, location, password, worker=worker, agent_specs=agent_jobs.check_spec
+        catalog,
+        location,
+        password,
+        worker=worker,
+        agent_specs=agent_jobs.check_spec,
+        settings=settings,
     )
     metrics = Metrics(catalog, location, password)
     intake = Intake(location, password)  # agents' uploads: one session

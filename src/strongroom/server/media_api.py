@@ -7,7 +7,10 @@
 
 An inventory runs in the request (a fast one reads the changer's status,
 seconds); a library busy with another job answers 409, one that does not
-exist 404, a changer that fails 502 with its one line.
+exist 404, a changer that fails 502 with its one line. Copying points to
+media and bringing a point back from media are jobs (`POST /api/v1/jobs`
+with `copy-to-media` or `restore-from-media`: server/ops_api.py,
+services/server_media_jobs.py): they move cartridges for minutes.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the annotations.

@@ -3,7 +3,8 @@
 | endpoint | who |
 | --- | --- |
 | `GET /api/v1/jobs`, `GET /api/v1/jobs/{id}` | signed in |
-| `POST /api/v1/jobs` (forget, prune; backup, restore on a machine) | operator |
+| `POST /api/v1/jobs` (forget, prune, copy-to-media, restore-from-media; backup, restore on
+  a machine) | operator |
 | `DELETE /api/v1/jobs/{id}` | operator |
 | `GET/POST /api/v1/schedules`, `GET/PATCH/DELETE /api/v1/schedules/{name}` | administrator |
 | `GET /api/v1/audit` | administrator |
@@ -26,7 +27,7 @@ from strongroom.services.operations import MAX_PAGE, Operations
 from strongroom.services.scheduler import MAX_EVERY, MIN_EVERY
 
 MAX_ID = 2**31 - 1  # the catalog's integer keys
-JobKind = Literal["forget", "prune", "backup", "restore"]
+JobKind = Literal["forget", "prune", "copy-to-media", "restore-from-media", "backup", "restore"]
 Machine = Annotated[str | None, Field(default=None, min_length=1, max_length=64)]
 JobStateName = Literal["queued", "running", "done", "failed", "cancelled"]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]

@@ -167,8 +167,8 @@ def restore_from_cartridges(
         Needed(b, None, None, None, name, status.where(b) is not None)
         for b in dict.fromkeys(barcodes)
     ]
-    plan = _wait_or_refuse(plan, "the cartridges", settings, options)
-    with _staging(options) as staging:
+    plan = wait_or_refuse(plan, "the cartridges", settings, options)
+    with staging_folder(options) as staging:
         master: MasterKey | None = None
         point_id: str | None = None
         packs = read = 0
@@ -303,52 +303,80 @@ def _restore_planned(
     options.say(f"point {point_id[:8]} is not in the repository; it is on media:")
     for needed in plan:
         options.say(f"  {needed.describe()}")
-    plan = _wait_or_refuse(plan, f"point {point_id[:8]}", settings, options)
-    with _staging(options) as staging:
-        master: MasterKey | None = None
-        done_point = False
-        packs = read = 0
-        todo = list(plan)
-        used: list[Needed] = []
-        while todo and not done_point:
-            needed = todo.pop(0)
-            changer = open_library(_library_of(needed), settings)
-            with _loaded(changer, needed.barcode) as (drive, _):
-                mine = master or (repo.master if _ours(catalog, needed, repo) else None)
-                secret = password() if mine is None else b""
-                cartridge = _read(drive, needed, master=mine, password=secret)
-                master = cartridge.master
-                done = _materialize(drive, cartridge, staging, point_id, needed.barcode)
-            used.append(needed)
-            options.say(_read_line(needed, done.packs_copied, done.bytes_copied))
-            catalog.add_event(
-                Event(
-                    at=_now(),
-                    kind="restore-read",
-                    message=f"{needed.barcode} read to restore point {point_id[:8]}",
-                    library=needed.library,
-                    barcode=needed.barcode,
-                    data={"point": point_id, "packs": done.packs_copied},
-                )
-            )
-            packs, read = packs + done.packs_copied, read + done.bytes_copied
-            done_point = point_id in done.points
-            if not done_point:
-                # The point's entry is read: load only the cartridges that hold its missing packs.
-                todo = _holding(catalog, done.incomplete.get(point_id, []), todo)
-            if not done_point and not todo:
-                # The catalog did not link the copy's cartridges: find the rest by pack.
-                more = _holders(catalog, done.incomplete.get(point_id, []), used, settings)
-                more = _wait_or_refuse(more, f"point {point_id[:8]}", settings, options)
-                todo.extend(more)
-        if not done_point:
-            raise MediaNotFound(
-                f"point {point_id[:8]}: no cartridge in the catalog holds the rest of its packs"
-            )
-        assert master is not None
-        restored = _restore_staged(staging, master, point_id, req, progress, cancel)
+    plan = wait_or_refuse(plan, f"point {point_id[:8]}", settings, options)
+    with staging_folder(options) as staging:
+        staged = stage_point(catalog, plan, point_id, repo, staging, password, options, settings)
+        restored = _restore_staged(staging, staged.master, point_id, req, progress, cancel)
         kept = str(staging) if options.keep_staging else None
-        return MediaRestored(restored, point_id, used, kept, packs, read)
+        return MediaRestored(restored, point_id, staged.used, kept, staged.packs, staged.read)
+
+
+@dataclass
+class Staged:
+    """What `stage_point` read: the key that opens the staged repository,
+    the cartridges used, packs and bytes copied off them."""
+
+    master: MasterKey
+    used: list[Needed]
+    packs: int
+    read: int
+
+
+def stage_point(
+    catalog: Catalog,
+    plan: list[Needed],
+    point_id: str,
+    repo: Repository,
+    staging: Path,
+    password: Callable[[], bytes],
+    options: MediaOptions,
+    settings: Settings,
+) -> Staged:
+    """Read the planned cartridges (all online: `wait_or_refuse` first)
+    until `staging` holds the point with every pack it needs, an ordinary
+    repository; MediaNotFound when no cartridge holds the rest."""
+    master: MasterKey | None = None
+    done_point = False
+    packs = read = 0
+    todo = list(plan)
+    used: list[Needed] = []
+    while todo and not done_point:
+        needed = todo.pop(0)
+        changer = open_library(_library_of(needed), settings)
+        with _loaded(changer, needed.barcode) as (drive, _):
+            mine = master or (repo.master if _ours(catalog, needed, repo) else None)
+            secret = password() if mine is None else b""
+            cartridge = _read(drive, needed, master=mine, password=secret)
+            master = cartridge.master
+            done = _materialize(drive, cartridge, staging, point_id, needed.barcode)
+        used.append(needed)
+        options.say(_read_line(needed, done.packs_copied, done.bytes_copied))
+        catalog.add_event(
+            Event(
+                at=_now(),
+                kind="restore-read",
+                message=f"{needed.barcode} read to restore point {point_id[:8]}",
+                library=needed.library,
+                barcode=needed.barcode,
+                data={"point": point_id, "packs": done.packs_copied},
+            )
+        )
+        packs, read = packs + done.packs_copied, read + done.bytes_copied
+        done_point = point_id in done.points
+        if not done_point:
+            # The point's entry is read: load only the cartridges that hold its missing packs.
+            todo = _holding(catalog, done.incomplete.get(point_id, []), todo)
+        if not done_point and not todo:
+            # The catalog did not link the copy's cartridges: find the rest by pack.
+            more = _holders(catalog, done.incomplete.get(point_id, []), used, settings)
+            more = wait_or_refuse(more, f"point {point_id[:8]}", settings, options)
+            todo.extend(more)
+    if not done_point:
+        raise MediaNotFound(
+            f"point {point_id[:8]}: no cartridge in the catalog holds the rest of its packs"
+        )
+    assert master is not None
+    return Staged(master, used, packs, read)
 
 
 def _holding(catalog: Catalog, missing: list[bytes], todo: list[Needed]) -> list[Needed]:
@@ -396,7 +424,7 @@ def _now() -> datetime:
 # --- offline cartridges ----------------------------------------------------------
 
 
-def _wait_or_refuse(
+def wait_or_refuse(
     plan: list[Needed], what: str, settings: Settings, options: MediaOptions
 ) -> list[Needed]:
     """The plan once every cartridge is online: MediaNotFound naming the
@@ -511,7 +539,7 @@ def _read_line(needed: Needed, packs: int, size: int) -> str:
 
 
 @contextmanager
-def _staging(options: MediaOptions) -> Iterator[Path]:
+def staging_folder(options: MediaOptions) -> Iterator[Path]:
     """A private folder under the data folder, removed afterwards unless kept."""
     home = data_home() / "strongroom" / "staging"
     home.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from strongroom.catalog import AuditEntry, Catalog, Event, JobState, Schedule
+from strongroom.config import Settings
 from strongroom.errors import UsageError
 from strongroom.services.jobs import Jobs, job_doc
 from strongroom.services.scheduler import (
@@ -28,6 +29,7 @@ from strongroom.services.scheduler import (
     worker_name,
 )
 from strongroom.services.server_jobs import SERVER_KINDS, check_spec, maintenance_handlers
+from strongroom.services.server_media_jobs import MEDIA_KINDS, check_media_spec, media_handlers
 
 MAX_PAGE = 500
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -106,6 +108,10 @@ class Operations:
             if machine is not None:
                 raise UsageError(f"a {kind} job runs on the server: no machine")
             return check_spec(kind, spec)
+        if kind in MEDIA_KINDS:
+            if machine is not None:
+                raise UsageError(f"a {kind} job runs on the server: no machine")
+            return check_media_spec(kind, spec)
         return self.agent_specs(kind, machine, spec, scheduled=scheduled)
 
     # --- jobs ----------------------------------------------------------------
@@ -113,7 +119,8 @@ class Operations:
     def submit(
         self, kind: str, spec: Mapping[str, Any], machine: str | None = None
     ) -> dict[str, Any]:
-        """Queue a job to run now: a server job (forget, prune), or a job of
+        """Queue a job to run now: a server job (forget, prune,
+        copy-to-media, restore-from-media), or a job of
         an enrolled machine's agent (backup, restore)."""
         checked = self._checked(kind, machine, spec)
         return job_doc(self.jobs.enqueue(kind, checked, machine=machine))
@@ -235,14 +242,18 @@ def server_operations(
     *,
     worker: str | None = None,
     agent_specs: AgentSpecs = _no_agents,
+    settings: Settings | None = None,
 ) -> tuple[Operations, ServerLoops]:
     """The operations of one server process over its catalog and
     repository: the API's service, and the scheduler and job runner loops
-    (not started). `agent_specs` checks the jobs of agents."""
+    (not started). `agent_specs` checks the jobs of agents; `settings`
+    name the media libraries of the media jobs (default: the environment's)."""
     name = worker or worker_name()
-    jobs = Jobs(catalog, handlers=maintenance_handlers(catalog, location, password, name))
+    handlers = maintenance_handlers(catalog, location, password, name)
+    handlers.update(media_handlers(catalog, location, password, settings or Settings()))
+    jobs = Jobs(catalog, handlers=handlers)
     loops = ServerLoops(Scheduler(catalog), jobs, worker=name)
     return Operations(catalog, jobs, agent_specs=agent_specs), loops
 
 
-__all__ = ["SERVER_KINDS", "Operations", "ServerLoops", "server_operations"]
+__all__ = ["MEDIA_KINDS", "SERVER_KINDS", "Operations", "ServerLoops", "server_operations"]

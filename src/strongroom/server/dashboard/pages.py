@@ -4,7 +4,8 @@ parts that change in place (a point's folders, a library's inventory).
 Wiring only: every page asks services/dashboard.py (the repository's points,
 sources, folders, archives) or services/dashboard_admin.py (users, audit,
 events, libraries, inventory) and renders; images.py adds an image point's
-disk download and the Seeds page, machines.py the Machines and Jobs pages.
+disk download and the Seeds page, machines.py the Machines and Jobs pages,
+media_jobs.py "Copy to media" and "Bring back from media".
 Who may do what is auth.py's; every action (sign-in, sign-out, download,
 inventory, user changes, refusals) is a row of the audit log.
 """
@@ -52,6 +53,7 @@ from strongroom.server.dashboard.chart import timeline_svg
 from strongroom.server.dashboard.headers import SecurityHeaders
 from strongroom.server.dashboard.images import add_image_pages
 from strongroom.server.dashboard.machines import add_machine_pages
+from strongroom.server.dashboard.media_jobs import add_media_job_pages
 from strongroom.server.guards import COOKIE, Guards
 from strongroom.services import dashboard_admin as admin
 from strongroom.services.accounts import Role, SignedIn
@@ -59,6 +61,7 @@ from strongroom.services.agent_jobs import AgentJobs
 from strongroom.services.dashboard import RepositoryView, point_bytes
 from strongroom.services.dashboard_admin import Conflict
 from strongroom.services.dashboard_machines import enrolled
+from strongroom.services.server_media_jobs import points_on_media_only
 
 STATIC = Path(__file__).parent / "static"
 POINTS_PAGE = 100
@@ -281,6 +284,8 @@ def add_dashboard_routes(
                 raise
             values["browse_error"] = err.message  # an image or VM point: no folders here
         values["restorable"] = agent_jobs is not None and enrolled(accounts.catalog, point.host)
+        with _answers():
+            values["pools"] = [p.name for p in accounts.catalog.list_pools()]
         return render("point.html", request, who, **values)
 
     @app.get("/points/{point_id}/folder", response_class=HTMLResponse, include_in_schema=False)
@@ -388,7 +393,10 @@ def add_dashboard_routes(
         who = viewer(guards, request)
         with _answers():
             found = admin.libraries(accounts)
-        return render("libraries.html", request, who, libraries=found, report=None)
+            pools = [p.name for p in accounts.catalog.list_pools()]
+            only = points_on_media_only(accounts.catalog, {p.id for p in view.points()})
+        return render("libraries.html", request, who, libraries=found, report=None,
+                      pools=pools, media_only=only)  # fmt: skip
 
     def run_inventory(request: Request, form: Form, name: str) -> dict[str, Any]:
         who = actor(guards, request, form, Role.OPERATOR)
@@ -412,6 +420,8 @@ def add_dashboard_routes(
         return RedirectResponse("/libraries", status_code=303)
 
     add_image_pages(app, guards, render=render, answers=_answers, view=view)
+    done = "/jobs" if agent_jobs is not None else "/libraries"  # the Jobs page needs agent_jobs
+    add_media_job_pages(app, guards, answers=_answers, done=done)
     if agent_jobs is not None:
         add_machine_pages(app, guards, render=render, answers=_answers, view=view,
                           agent_jobs=agent_jobs, clock=clock)  # fmt: skip
