@@ -48,7 +48,10 @@ def _wait_job(http: httpx.Client, job_id: int) -> dict[str, Any]:
 
 
 def test_protect_through_a_server_points_exact_retention_by_the_servers_forget(
-    cli: CliRunner, cli_env: dict[str, str], tree: Path, tmp_path: Path  # noqa: F811
+    cli: CliRunner,
+    cli_env: dict[str, str],
+    tree: Path,
+    tmp_path: Path,  # noqa: F811
 ) -> None:
     assert cli("init").rc == 0
     env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}

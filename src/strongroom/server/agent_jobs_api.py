@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from strongroom.errors import UsageError
@@ -66,6 +66,8 @@ class FinishRequest(BaseModel):
 
 
 class RetentionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # keep rules of a policy only
+
     source: str = Field(min_length=1, max_length=128)
     path: str = Field(min_length=1, max_length=4096)
     every: int = Field(default=3600, ge=0, le=2**31 - 1)
