@@ -9,7 +9,6 @@ applies; the agent's credentials cannot forget."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -50,8 +49,8 @@ def _wait_job(http: httpx.Client, job_id: int) -> dict[str, Any]:
 def test_protect_through_a_server_points_exact_retention_by_the_servers_forget(
     cli: CliRunner,
     cli_env: dict[str, str],
-    tree: Path,
-    tmp_path: Path,  # noqa: F811
+    tree: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     assert cli("init").rc == 0
     env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
@@ -86,6 +85,10 @@ def test_protect_through_a_server_points_exact_retention_by_the_servers_forget(
         assert [o["error"] for o in done] == [""] * 3, done
         assert done[0]["full"] and not any(o["full"] for o in done[1:]), done
         assert all(o["forgotten"] == [] for o in done)  # the agent forgets nothing
+        (doc,) = _agent(agent_env, "status", "--server", base, "--agent-config", creds)
+        (source,) = doc["sources"]
+        assert source["last_point"]["id"] == done[-1]["point"] and source["points"] == 3
+        assert source["lag_seconds"] < 2 * CYCLE and source["tracker_in_sync"], source
 
         own = _agent(agent_env, "snapshots", "--server", base, "--agent-config", creds)[-1]
         ids = [p["id"] for p in (own if isinstance(own, list) else own["points"])]
@@ -124,6 +127,3 @@ def _bearer(path: str) -> dict[str, str]:
     with open(path) as f:
         doc = json.load(f)
     return {"Authorization": f"Bearer {doc['agent_id']}.{doc['secret']}"}
-
-
-assert os.sep == "/"
