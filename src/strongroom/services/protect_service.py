@@ -27,6 +27,14 @@ cycle (start to start), so a slow source never delays another's cycle:
   today's `protect VOLUME --to DEST` cycle on a quiesced view of the volume,
   no repository (no point, no retention: the status record is its history).
 
+Through a backup server (`agent`, `strongroom protect --policy NAME --server
+URL`): trees only (`check_through_server`); each cycle opens the agent's
+store, takes its parent among the machine's own points and backs up through
+the server (services/agent_backup.py); it applies no retention: the
+source's retention is registered with the server once per run, before its
+first point, as a forget schedule of the machine's points (a refused or
+failed registration fails the cycle: no point without its retention).
+
 The first cycle of a source is its first instant (a full point: no parent,
 or the tracker just started). After a point is committed: retention
 (`apply_retention`), then the status record (`record_cycle`). A cycle that
@@ -45,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -203,7 +212,7 @@ def register_source_retention(store: RemoteStore, policy: Policy, source: Policy
             "path": os.path.abspath(source.path),
             "every": max(1, round(policy.cycle)),
             "keep_last": r.keep_last,
-            "keep_within": round(r.keep_within),
+            "keep_within": math.ceil(r.keep_within),  # a fraction never becomes 0
             "hourly": r.hourly,
             "daily": r.daily,
             "weekly": r.weekly,
