@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
+from strongroom.errors import UsageError
+from strongroom.protect.policy import Policy, PolicySource, SourceKind
 from strongroom.services.agent_retention import schedule_name
+from strongroom.services.protect_service import check_through_server
 from tests.server.conftest import ADMIN_PASSWORD
 from tests.server.test_agent_jobs import JobSite, jsite  # noqa: F401
 
@@ -75,3 +78,21 @@ def test_agent_credentials_cannot_forget_or_see_schedules(jsite: JobSite) -> Non
     assert jsite.app_client.get("/api/v1/schedules", headers=agent).status_code in (401, 403)
     unsigned = jsite.app_client.post("/api/v1/agent/retention", json=GOOD)
     assert unsigned.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("source", "destination", "line"),
+    [
+        (PolicySource("v", SourceKind.VOLUME, "/srv/vol.qcow2"), None, "tree sources only"),
+        (PolicySource("m", SourceKind.VM, "web"), None, "tree sources only"),
+        (PolicySource("c", SourceKind.VOLUME, "/srv/v"), "/mnt/chain", "no VHD chain"),
+    ],
+)
+def test_what_protect_cannot_run_through_a_server_is_refused_before_it_starts(
+    source: PolicySource, destination: str | None, line: str
+) -> None:
+    trees = Policy("ok", [PolicySource("t", SourceKind.TREE, "/srv/data")])
+    check_through_server([trees])
+    with pytest.raises(UsageError, match=line) as err:
+        check_through_server([trees, Policy("p", [source], destination)])
+    assert "\n" not in str(err.value)
