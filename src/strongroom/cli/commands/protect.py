@@ -15,7 +15,7 @@ from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.cli.units import parse_duration, parse_size
 from strongroom.errors import SourceError, UsageError
-from strongroom.services.agent_backup import open_agent
+from strongroom.services.agent_backup import AgentConfig, default_config_path, open_agent
 from strongroom.services.backup import IMAGE_FORMATS
 from strongroom.services.protect import (
     CycleResult,
@@ -158,6 +158,7 @@ def protect(
             raise UsageError("--all-policies runs every policy: leave out --policy")
         agent = None
         if remote:  # the service as the enrolled agent: docs/server.md, "Agents"
+            AgentConfig.load(agent_config or default_config_path())  # not enrolled: fail now
             agent = AgentTarget(functools.partial(open_agent, agent_config, list(servers) or None))
         run_policies(app, list(policy_names), cycles, agent)
         return
