@@ -9,17 +9,23 @@ applies; the agent's credentials cannot forget."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from strongroom.services.agent_retention import schedule_name
+from strongroom.services.volumes import attach_volume, create_volume
+from strongroom.sources.volume_state import volumes_dir
 from tests.conftest import CliRunner
 from tests.helpers.cli import strongroom_command
-from tests.helpers.volumes import Writer, check_writes
+from tests.helpers.volumes import MiB, Writer, check_writes, clean_everything, needs_volumes
 from tests.protect.test_service import CYCLE, pytestmark, tree, write_policy  # noqa: F401
 from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
 
@@ -46,12 +52,20 @@ def _wait_job(http: httpx.Client, job_id: int) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not end")
 
 
-def test_protect_through_a_server_points_exact_retention_by_the_servers_forget(
-    cli: CliRunner,
-    cli_env: dict[str, str],
-    tree: Path,  # noqa: F811
-    tmp_path: Path,
-) -> None:
+@dataclass
+class Served:
+    http: httpx.Client  # the administrator's session
+    base: str
+    env: dict[str, str]  # the agent's: no repository password
+    creds: str  # the agent's config
+
+    def agent(self, *args: str) -> list[dict[str, Any]]:
+        return _agent(self.env, *args, "--server", self.base, "--agent-config", self.creds)
+
+
+@contextmanager
+def served(cli: CliRunner, cli_env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
+    """A real server process over a new repository, machine `web1` enrolled."""
     assert cli("init").rc == 0
     env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}
     port = _free_port()
@@ -72,6 +86,19 @@ def test_protect_through_a_server_points_exact_retention_by_the_servers_forget(
         creds = str(tmp_path / "agent" / "agent.json")
         _agent(agent_env, "agent", "enroll", "--server", base, "--token", token,
                "--config", creds)  # fmt: skip
+        yield Served(http, base, agent_env, creds)
+    finally:
+        _stop(server)
+
+
+def test_protect_through_a_server_points_exact_retention_by_the_servers_forget(
+    cli: CliRunner,
+    cli_env: dict[str, str],
+    tree: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    with served(cli, cli_env, tmp_path) as site:
+        http, base, agent_env, creds = site.http, site.base, site.env, site.creds
         write_policy(agent_env, "t", f'sources = ["{tree}"]\ncycle = "{CYCLE}s"\n'
                      'freeze_timeout = "5s"\nretention = { keep_last = 1 }')  # fmt: skip
 
@@ -119,8 +146,34 @@ def test_protect_through_a_server_points_exact_retention_by_the_servers_forget(
         left = _agent(agent_env, "snapshots", "--server", base, "--agent-config", creds)[-1]
         kept = [p["id"] for p in (left if isinstance(left, list) else left["points"])]
         assert kept == [done[-1]["point"]]
+
+
+@needs_volumes
+def test_a_protected_volume_through_a_server_bitmap_incrementals_restore(
+    cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    image, mount = tmp_path / "vol.qcow2", tmp_path / "vmnt"
+    mount.mkdir()
+    try:
+        create_volume(str(image), 32 * MiB)
+        attach_volume(str(image), str(mount))
+        with served(cli, cli_env, tmp_path) as site:
+            write_policy(site.env, "v", f'sources = ["{image}"]\ncycle = "{CYCLE}s"\n'
+                         "retention = { keep_last = 5 }")  # fmt: skip
+            (mount / "a.bin").write_bytes(os.urandom(300_000))
+            done = site.agent("protect", "--policy", "v", "--cycles", "2")
+            assert [o["error"] for o in done] == [""] * 2, done
+            assert done[1]["full"] is False, done  # the second cycle read the bitmap only
+            spec = site.http.get(f"/api/v1/schedules/{schedule_name('web1', 'v')}").json()["spec"]
+            assert spec["paths"] == [f"volume:{os.path.realpath(image)}"]
+            raw = tmp_path / "r.raw"
+            site.agent("restore", done[-1]["point"], "--target", str(raw))
+            got = tmp_path / "a.out"
+            subprocess.run(["debugfs", "-R", f"dump /a.bin {got}", str(raw)],
+                           capture_output=True, check=True)  # fmt: skip
+            assert got.read_bytes() == (mount / "a.bin").read_bytes()
     finally:
-        _stop(server)
+        clean_everything(volumes_dir(), [mount])
 
 
 def _bearer(path: str) -> dict[str, str]:

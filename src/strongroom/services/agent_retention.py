@@ -11,7 +11,8 @@ and the `protect` tag, grouped by host and paths.
 Contract (everything is checked; UsageError with one line that never echoes
 a value):
 - the source name is a policy source name (1-128 of a-z, 0-9, `_.:-`), the
-  path absolute, at most 4096 bytes, without NUL;
+  path absolute (a tree's) or `volume:` and an absolute path (a volume's, as
+  its points name it), at most 4096 bytes, without NUL;
 - keep rules only, each bounded as a policy's are (at most `MAX_POINTS`
   points per rule, keep_within at most 100 years), and at least one of them
   (never "keep nothing");
@@ -42,6 +43,7 @@ from strongroom.services.server_jobs import check_spec
 MAX_PER_MACHINE = 64
 MAX_WITHIN = 100 * 366 * 86400
 MAX_PATH = 4096
+VOLUME = "volume:"  # a protected volume's points name `volume:IMAGE` (services/volume_cycle.py)
 MIN_EVERY, MAX_EVERY = 60, 86400
 KEEP_FIELDS = ("keep_last", "hourly", "daily", "weekly")
 _SOURCE = re.compile(r"[a-z0-9_][a-z0-9_.:-]{0,127}")
@@ -78,11 +80,11 @@ def forget_spec(machine: str, doc: Mapping[str, Any]) -> tuple[str, dict[str, An
         raise UsageError("retention: source is 1-128 of a-z, 0-9, '_', '.', ':', '-'")
     if (
         not isinstance(path, str)
-        or not path.startswith("/")
+        or not path.removeprefix(VOLUME).startswith("/")
         or "\0" in path
         or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH
     ):
-        raise UsageError(f"retention: path must be absolute, at most {MAX_PATH} bytes, no NUL")
+        raise UsageError(f"retention: path must be absolute (or volume:PATH), at most {MAX_PATH} bytes, no NUL")
     keep = {name: _whole(doc, name, MAX_POINTS) for name in KEEP_FIELDS}
     within = _whole(doc, "keep_within", MAX_WITHIN)
     if not any(keep.values()) and not within:

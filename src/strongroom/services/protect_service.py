@@ -67,6 +67,8 @@ from datetime import datetime
 
 from strongroom.config import Settings, VmSpec, child_environment
 from strongroom.errors import StrongroomError, UsageError
+from strongroom.model.blockmap import BlockMap
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint, at_instant, now
 from strongroom.protect.cycles import ProtectOptions
 from strongroom.protect.freeze import FsFreeze, GuestFreeze, mount_of
@@ -82,6 +84,7 @@ from strongroom.services.agent_backup import (
     agent_points,
     backup_through_server,
 )
+from strongroom.services.agent_images import adopt_parent
 from strongroom.services.backup import BackupRequest, BackupResult, backup_files
 from strongroom.services.chain_cycle import chain_cycle
 from strongroom.services.journal import BackupRun, journal_cycle, journal_folder, take_sequence
@@ -91,7 +94,7 @@ from strongroom.services.protect import chain_destination, default_state_folder
 from strongroom.services.retention import apply_retention
 from strongroom.services.session import LockMode, open_repository
 from strongroom.services.vm_backup import backup_vm
-from strongroom.services.volume_cycle import volume_cycle
+from strongroom.services.volume_cycle import VolumeTarget, volume_cycle
 from strongroom.sources.btrfs import TreeSnapshot, ignored_folder, nested_subvolumes, plan_snapshot
 from strongroom.sources.reflink import ReflinkCopies, plan_copies
 from strongroom.sources.volume_state import load_state
@@ -193,10 +196,10 @@ def check_through_server(policies: list[Policy]) -> None:
                 "(its VHDs are written by this machine, not the server)"
             )
         for source in policy.sources:
-            if source.kind != SourceKind.TREE:
+            if source.kind == SourceKind.VM:
                 raise UsageError(
-                    f"policy {policy.name}: {source.spec}: through a server: tree sources "
-                    "only (volumes and VMs are not taken from agents yet)"
+                    f"policy {policy.name}: {source.spec}: through a server: trees and "
+                    "volumes only (VM points are not taken from agents yet)"
                 )
 
 
@@ -205,11 +208,14 @@ def register_source_retention(store: RemoteStore, policy: Policy, source: Policy
     it keeps it as a forget schedule of this machine's points of the tree
     (services/agent_retention.py), run every cycle (at least every minute)."""
     r = policy.retention
+    path = os.path.abspath(source.path)
+    if source.kind == SourceKind.VOLUME:  # its points' `paths`: services/volume_cycle.py
+        path = f"volume:{os.path.realpath(source.path)}"
     store.client.post_json(
         "/api/v1/agent/retention",
         {
             "source": source.name,
-            "path": os.path.abspath(source.path),
+            "path": path,
             "every": max(1, round(policy.cycle)),
             "keep_last": r.keep_last,
             "keep_within": math.ceil(r.keep_within),  # a fraction never becomes 0
@@ -416,6 +422,9 @@ class SourceRunner:
             if not self.retention_registered:
                 register_source_retention(store, self.policy, self.source)
                 self.retention_registered = True
+            if self.source.kind == SourceKind.VOLUME:
+                self._volume(_volume_target(store, config), outcome)
+                return
             own = source_points(agent_points(store), self.source.name)
 
             def run(req: BackupRequest, cancel: threading.Event | None) -> BackupResult:
@@ -610,7 +619,7 @@ class SourceRunner:
 
     # --- a protected volume --------------------------------------------------------
 
-    def _volume(self, repo: Repository, outcome: CycleOutcome) -> None:
+    def _volume(self, repo: Repository | VolumeTarget, outcome: CycleOutcome) -> None:
         hooks, timeout = self._hooks(), self.policy.freeze_timeout
 
         def engine(mount: str) -> AbstractContextManager[Quiescing]:
@@ -702,6 +711,22 @@ class SourceRunner:
                     outcome.in_sync, outcome.sync_reason = state.in_sync, state.sync_note
         except (StrongroomError, OSError, ValueError) as err:
             outcome.in_sync, outcome.sync_reason = False, _line(err)
+
+
+def _volume_target(store: RemoteStore, config: AgentConfig) -> VolumeTarget:
+    """A volume's points through the server: the machine's own block points
+    of the volume, its parent's chunks known stored (services/agent_images.py)."""
+
+    def points(identity: str) -> list[RecoveryPoint]:
+        return [
+            p for p in agent_points(store) if p.kind == PointKind.BLOCK and p.paths == [identity]
+        ]
+
+    def adopt(parent: RecoveryPoint, block_map: BlockMap) -> None:
+        adopt_parent(store, parent, block_map)
+
+    info = config.repository
+    return VolumeTarget(store, info.id, info.block_size, config.machine, points, adopt)
 
 
 def _one_disk(spec: VmSpec, disk: str) -> VmSpec:
