@@ -2,9 +2,11 @@
 an enrolled agent of a real `strongroom server` (no repository password in
 the agent's environment). A writer runs during three tree cycles; every
 point, restored through the server, holds exactly the journal's instant;
-the source's retention is registered with the server as a forget schedule
-of the machine's points, which the server's forget job (not the agent)
-applies; the agent's credentials cannot forget."""
+`status --server` shows the lag from the machine's points; the source's
+retention is registered with the server as a forget schedule of the
+machine's points, which the server's forget job (not the agent) applies;
+the agent's credentials cannot forget. A protected volume's cycles go
+through the server too (the second from its dirty bitmap) and restore."""
 
 from __future__ import annotations
 

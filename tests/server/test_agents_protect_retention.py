@@ -49,6 +49,7 @@ def test_registration_is_an_upserted_forget_schedule_of_the_machine(
     [
         {"keep_last": 0, "hourly": 0, "keep_within": 0},  # keeps nothing
         {"path": "relative/../x"},
+        {"path": "volume:relative"},
         {"path": "/a\0b"},
         {"source": "../x"},
         {"keep_last": 10**6},
@@ -83,15 +84,18 @@ def test_agent_credentials_cannot_forget_or_see_schedules(jsite: JobSite) -> Non
 @pytest.mark.parametrize(
     ("source", "destination", "line"),
     [
-        (PolicySource("v", SourceKind.VOLUME, "/srv/vol.qcow2"), None, "tree sources only"),
-        (PolicySource("m", SourceKind.VM, "web"), None, "tree sources only"),
+        (PolicySource("m", SourceKind.VM, "web"), None, "trees and volumes only"),
         (PolicySource("c", SourceKind.VOLUME, "/srv/v"), "/mnt/chain", "no VHD chain"),
     ],
 )
 def test_what_protect_cannot_run_through_a_server_is_refused_before_it_starts(
     source: PolicySource, destination: str | None, line: str
 ) -> None:
-    trees = Policy("ok", [PolicySource("t", SourceKind.TREE, "/srv/data")])
+    trees = Policy(
+        "ok",
+        [PolicySource("t", SourceKind.TREE, "/srv/data"),
+         PolicySource("v", SourceKind.VOLUME, "/srv/vol.qcow2")],
+    )  # fmt: skip
     check_through_server([trees])
     with pytest.raises(UsageError, match=line) as err:
         check_through_server([trees, Policy("p", [source], destination)])

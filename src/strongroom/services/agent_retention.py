@@ -84,7 +84,9 @@ def forget_spec(machine: str, doc: Mapping[str, Any]) -> tuple[str, dict[str, An
         or "\0" in path
         or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH
     ):
-        raise UsageError(f"retention: path must be absolute (or volume:PATH), at most {MAX_PATH} bytes, no NUL")
+        raise UsageError(
+            f"retention: path must be absolute (or volume:PATH), at most {MAX_PATH} bytes, no NUL"
+        )
     keep = {name: _whole(doc, name, MAX_POINTS) for name in KEEP_FIELDS}
     within = _whole(doc, "keep_within", MAX_WITHIN)
     if not any(keep.values()) and not within:

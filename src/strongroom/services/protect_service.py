@@ -28,9 +28,10 @@ cycle (start to start), so a slow source never delays another's cycle:
   no repository (no point, no retention: the status record is its history).
 
 Through a backup server (`agent`, `strongroom protect --policy NAME --server
-URL`): trees only (`check_through_server`); each cycle opens the agent's
-store, takes its parent among the machine's own points and backs up through
-the server (services/agent_backup.py); it applies no retention: the
+URL`): trees and volumes (`check_through_server`); each cycle opens the
+agent's store, takes its parent among the machine's own points and backs up
+through the server (services/agent_backup.py; a volume's cycle over a
+`VolumeTarget` of the agent's store); it applies no retention: the
 source's retention is registered with the server once per run, before its
 first point, as a forget schedule of the machine's points (a refused or
 failed registration fails the cycle: no point without its retention).
@@ -188,7 +189,7 @@ def check_runnable(policies: list[Policy], settings: Settings) -> None:
 
 
 def check_through_server(policies: list[Policy]) -> None:
-    """Through a server the service protects trees only (UsageError, one line)."""
+    """Through a server the service protects trees and volumes (UsageError, one line)."""
     for policy in policies:
         if policy.destination is not None:
             raise UsageError(
@@ -415,7 +416,7 @@ class SourceRunner:
                 outcome.forgotten = result.forgotten
 
     def _through_server(self, agent: AgentTarget, outcome: CycleOutcome) -> None:
-        """A tree's cycle as the enrolled agent: the machine's own points on
+        """A tree's or a volume's cycle as the enrolled agent: the machine's own points on
         the server, chunks and the point sent to it, no retention here (the
         server's forget schedule registered for this source applies it)."""
         with agent.open() as (config, store):
@@ -745,7 +746,7 @@ def run_service(
     agent: AgentTarget | None = None,
 ) -> list[SourceRunner]:
     """Run every source of `policies` until `stop` (or `max_cycles` each);
-    with `agent`, through the backup server (tree sources only)."""
+    with `agent`, through the backup server (trees and volumes)."""
     check_runnable(policies, settings)
     if agent is not None:
         check_through_server(policies)
