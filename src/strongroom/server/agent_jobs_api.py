@@ -8,7 +8,11 @@ ITS machine, reports progress (its heartbeat) and finishes them
   `{"running": false}` once the job is no longer this agent's;
 - `POST /api/v1/agent/jobs/{id}/finish {"ok", "outcome", "point"?}`: done or
   failed (a failure raises the alert `job.failed`); a `point` that is not
-  one of this machine's is refused (400) and the job stays the agent's.
+  one of this machine's is refused (400) and the job stays the agent's;
+- `POST /api/v1/agent/retention {"source", "path", "keep_last", ...}`: the
+  retention of one of its protected sources, kept by the server as a
+  `forget` schedule of this machine's points (services/agent_retention.py;
+  an agent never deletes: the server's forget job does).
 
 Contract: the agent's bearer credentials exactly as server/agent_api.py
 checks them (its dependency, reused); a job of another machine answers the
@@ -24,7 +28,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from strongroom.errors import UsageError
@@ -38,7 +42,9 @@ from strongroom.services.agent_jobs import (
     AgentJobs,
     agent_job_doc,
 )
+from strongroom.services.agent_retention import register_retention
 from strongroom.services.agents import Agents, Machine
+from strongroom.services.operations import schedule_doc
 
 MAX_ID = 2**31 - 1
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -57,6 +63,19 @@ class FinishRequest(BaseModel):
     ok: bool
     outcome: str = Field(default="", max_length=MAX_OUTCOME)
     point: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class RetentionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # keep rules of a policy only
+
+    source: str = Field(min_length=1, max_length=128)
+    path: str = Field(min_length=1, max_length=4096)
+    every: int = Field(default=3600, ge=0, le=2**31 - 1)
+    keep_last: int = Field(default=0, ge=0, le=2**31 - 1)
+    keep_within: int = Field(default=0, ge=0, le=2**31 - 1)
+    hourly: int = Field(default=0, ge=0, le=2**31 - 1)
+    daily: int = Field(default=0, ge=0, le=2**31 - 1)
+    weekly: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
 def agent_jobs_routes(agents: Agents, jobs: AgentJobs) -> Callable[[FastAPI, Guards], None]:
@@ -106,3 +125,13 @@ def _add_routes(app: FastAPI, guards: Guards, agents: Agents, jobs: AgentJobs) -
         outcome = "ok" if body.ok else "failed"
         audit(request, "agent.job", f"{who.name} job {job_id} ({job.kind})", outcome, None)
         return {"id": job.id, "state": str(job.state)}
+
+    @app.post("/api/v1/agent/retention")
+    def retention(body: RetentionRequest, who: Agent, request: Request) -> dict[str, Any]:
+        try:
+            schedule = register_retention(jobs.catalog, who.name, body.model_dump())
+        except UsageError as err:
+            audit(request, "agent.retention", who.name, "denied", None)
+            raise HTTPException(400, str(err)) from None
+        audit(request, "agent.retention", f"{who.name} schedule {schedule.name}", "ok", None)
+        return schedule_doc(schedule)

@@ -23,7 +23,7 @@ from strongroom.pipeline.restore import FileRestore, RestoreSummary
 from strongroom.remote.client import Client, split_servers
 from strongroom.remote.config import AgentConfig, RepositoryInfo, default_config_path
 from strongroom.remote.store import RemoteStore
-from strongroom.services.backup import BackupRequest, BackupResult
+from strongroom.services.backup import BackupRequest, BackupResult, continues_journal
 from strongroom.services.recording import record_point
 from strongroom.types import ProgressCallback, no_progress
 
@@ -115,25 +115,51 @@ def backup_through_server(
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
 ) -> BackupResult:
-    """Back up `req.paths` as a files point of `machine` through the server."""
-    if req.dry_run or req.seeds or req.changed_paths is not None:
-        raise UsageError("through a server: no --dry-run, seeds or change journal (yet)")
+    """Back up `req.paths` as a files point of `machine` through the server.
+
+    From a change journal (`req.changed_paths`, the protection service's tree
+    cycles): only those paths are read, on the parent `req.parent` (one of the
+    machine's own points), and only when that parent is the point the
+    journal continues (`req.journal_base`); otherwise every file is compared,
+    as a local backup does. The journal itself stays on the agent."""
+    if req.dry_run or req.seeds:
+        raise UsageError("through a server: no --dry-run or seeds")
     paths = sorted({os.path.abspath(p) for p in req.paths})
+    if req.changed_paths is not None and len(paths) != 1:
+        raise UsageError("changed paths from a change journal go with exactly one tree")
     parent: RecoveryPoint | None = None
-    if req.parent:
+    if req.force_full:
+        parent = None
+    elif req.parent:
         parent = find_own(agent_points(store), req.parent)
-    elif not req.force_full:
+        if parent.kind != PointKind.FILES:
+            raise UsageError(f"point {parent.short_id} is a {parent.kind} point, not a files point")
+    else:
         same = [
             p
             for p in agent_points(store)
             if p.kind == PointKind.FILES and sorted(p.paths) == paths and p.host == machine
         ]
         parent = same[-1] if same else None
+    changed = req.changed_paths
+    warnings: list[str] = []
+    if changed is not None and not continues_journal(parent, req.journal_base):
+        warnings.append(
+            "the parent point is not the one the change journal continues: "
+            "full comparison instead of the journal's changes"
+        )
+        changed = None
+    req.changed_paths = changed
     options = BackupOptions(
         paths=paths,
         excludes=req.excludes,
         one_file_system=req.one_file_system,
         scan_totals=req.scan_totals,
+        changed_paths=None if changed is None else {os.fsencode(p) for p in changed},
+        read_from=req.read_from,
+        omit={os.fsencode(os.path.abspath(p)) for p in req.omit},
+        copies={} if changed is None else req.copies,
+        copy_folder=req.copy_folder,
     )
     started = now()
     pipeline = FileBackup(
@@ -144,17 +170,25 @@ def backup_through_server(
         cancel=cancel,
     )
     summary = pipeline.run()
+    summary.warnings[:0] = warnings
     seconds = (now() - started).total_seconds()
+    journal = {} if req.journal_sequence is None else {"journal_sequence": req.journal_sequence}
     point = record_point(
         store,
         kind=PointKind.FILES,
-        time=started,
+        time=req.point_time or started,
         host=machine,
         paths=paths,
         tree=summary.tree_id,
         parent=parent,
         tags=req.tags,
-        summary={**summary.as_dict(), "seconds": round(seconds, 3)},
+        summary={
+            **summary.as_dict(),
+            "seconds": round(seconds, 3),
+            **journal,
+            **req.summary_extra,
+        },
+        consistency=req.consistency,
     )
     return BackupResult(point, summary, point.parent, seconds)
 

@@ -66,12 +66,18 @@ def backup_image_through_server(
         parent = parent_among(points, req, identity)
     parent_map = None
     if parent is not None:
-        root_id = bytes.fromhex(parent.tree)
-        parent_map = load_block_map(store, root_id)
-        root = decode_root(store.load_chunk(root_id, BlobType.TREE))
-        store.assume_stored([root_id, *(s for s in root.segments if s is not None)])
-        store.assume_stored(_data_ids(parent_map))
+        parent_map = load_block_map(store, bytes.fromhex(parent.tree))
+        adopt_parent(store, parent, parent_map)
     return run_image_backup(store, req, identity, parent, None, progress, cancel, parent_map)
+
+
+def adopt_parent(store: RemoteStore, parent: RecoveryPoint, parent_map: BlockMap) -> None:
+    """The parent's map and data chunks, known stored (the server checked
+    them at its commit): an incremental sends only what is new."""
+    root_id = bytes.fromhex(parent.tree)
+    root = decode_root(store.load_chunk(root_id, BlobType.TREE))
+    store.assume_stored([root_id, *(s for s in root.segments if s is not None)])
+    store.assume_stored(_data_ids(parent_map))
 
 
 def _data_ids(block_map: BlockMap) -> list[bytes]:

@@ -157,7 +157,7 @@ def _choose_parent(
     return candidates[-1] if candidates else None
 
 
-def _continues_journal(parent: RecoveryPoint | None, base: int | None) -> bool:
+def continues_journal(parent: RecoveryPoint | None, base: int | None) -> bool:
     """Whether a journal's changes after `base` are exactly what `parent` misses
     (`base` None: the caller vouches for its parent, as a test or a tool may)."""
     if parent is None:
@@ -178,7 +178,7 @@ def backup_files(
         raise UsageError("changed paths from a change journal go with exactly one tree")
     parent_warnings: list[str] = []
     parent = _choose_parent(repo, req, paths, parent_warnings)
-    if req.changed_paths is not None and not _continues_journal(parent, req.journal_base):
+    if req.changed_paths is not None and not continues_journal(parent, req.journal_base):
         # The changes are relative to the point that committed the journal's
         # base; any other parent (forgotten, damaged, a manual backup since)
         # would silently lose what changed in between: compare everything.

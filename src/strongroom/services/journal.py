@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Callable
 
 from strongroom.repository.repo import Repository
 from strongroom.services.backup import BackupRequest, BackupResult, backup_files
@@ -46,8 +47,11 @@ def take_sequence(state: str, wait: float = 10.0) -> int:
     return Journal(journal_folder(state)).take_sequence(wait)
 
 
+BackupRun = Callable[[BackupRequest, threading.Event | None], BackupResult]
+
+
 def journal_cycle(
-    repo: Repository,
+    repo: Repository | None,
     tree: str,
     state: str,
     req: BackupRequest | None = None,
@@ -56,6 +60,7 @@ def journal_cycle(
     seq: int | None = None,
     read_seq: int | None = None,
     cancel: threading.Event | None = None,
+    backup: BackupRun | None = None,
 ) -> tuple[BackupResult, bool]:
     """One cycle of `tree`; returns the backup and whether it was journal-driven
     (False: the full comparison ran). The point's summary has `journal_sequence`.
@@ -65,7 +70,10 @@ def journal_cycle(
     changed up to it are read, and S only is committed. A change between S and
     the snapshot is then in the point as the snapshot has it (the point is the
     snapshot's instant exactly), and one after the snapshot, read from the
-    snapshot as it was before, stays in the journal for the next cycle."""
+    snapshot as it was before, stays in the journal for the next cycle.
+
+    `backup` runs the request instead of `backup_files(repo, ...)` (the agent's
+    backup through its server: services/agent_backup.py); `repo` is then None."""
     journal = Journal(journal_folder(state))
     if seq is None:
         seq = journal.take_sequence(wait)
@@ -78,7 +86,12 @@ def journal_cycle(
     request.journal_sequence = seq
     request.journal_base = journal.read().base
     request.changed_paths = None if changes is OUT_OF_SYNC else set(changes)  # type: ignore[arg-type]
-    result = backup_files(repo, request, cancel=cancel)
+    if backup is not None:
+        result = backup(request, cancel)
+    elif repo is not None:
+        result = backup_files(repo, request, cancel=cancel)
+    else:
+        raise ValueError("journal_cycle: a repository or a backup to run")
     if result.point is not None:
         journal.commit(seq)
     return result, request.changed_paths is not None

@@ -27,6 +27,15 @@ cycle (start to start), so a slow source never delays another's cycle:
   today's `protect VOLUME --to DEST` cycle on a quiesced view of the volume,
   no repository (no point, no retention: the status record is its history).
 
+Through a backup server (`agent`, `strongroom protect --policy NAME --server
+URL`): trees and volumes (`check_through_server`); each cycle opens the
+agent's store, takes its parent among the machine's own points and backs up
+through the server (services/agent_backup.py; a volume's cycle over a
+`VolumeTarget` of the agent's store); it applies no retention: the
+source's retention is registered with the server once per run, before its
+first point, as a forget schedule of the machine's points (a refused or
+failed registration fails the cycle: no point without its retention).
+
 The first cycle of a source is its first instant (a full point: no parent,
 or the tracker just started). After a point is committed: retention
 (`apply_retention`), then the status record (`record_cycle`). A cycle that
@@ -45,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -58,6 +68,8 @@ from datetime import datetime
 
 from strongroom.config import Settings, VmSpec, child_environment
 from strongroom.errors import StrongroomError, UsageError
+from strongroom.model.blockmap import BlockMap
+from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint, at_instant, now
 from strongroom.protect.cycles import ProtectOptions
 from strongroom.protect.freeze import FsFreeze, GuestFreeze, mount_of
@@ -67,16 +79,23 @@ from strongroom.protect.quiesce import Quiescing, quiesce
 from strongroom.protect.source_points import PROTECT_TAG, protect_summary, source_points
 from strongroom.protect.status_record import CycleStatus, record_cycle
 from strongroom.repository.repo import Repository
-from strongroom.services.backup import BackupRequest
+from strongroom.services.agent_backup import (
+    AgentConfig,
+    RemoteStore,
+    agent_points,
+    backup_through_server,
+)
+from strongroom.services.agent_images import adopt_parent
+from strongroom.services.backup import BackupRequest, BackupResult, backup_files
 from strongroom.services.chain_cycle import chain_cycle
-from strongroom.services.journal import journal_cycle, journal_folder, take_sequence
+from strongroom.services.journal import BackupRun, journal_cycle, journal_folder, take_sequence
 from strongroom.services.points import list_points
 from strongroom.services.policies import load_policies
 from strongroom.services.protect import chain_destination, default_state_folder
 from strongroom.services.retention import apply_retention
 from strongroom.services.session import LockMode, open_repository
 from strongroom.services.vm_backup import backup_vm
-from strongroom.services.volume_cycle import volume_cycle
+from strongroom.services.volume_cycle import VolumeTarget, volume_cycle
 from strongroom.sources.btrfs import TreeSnapshot, ignored_folder, nested_subvolumes, plan_snapshot
 from strongroom.sources.reflink import ReflinkCopies, plan_copies
 from strongroom.sources.volume_state import load_state
@@ -167,6 +186,53 @@ def check_runnable(policies: list[Policy], settings: Settings) -> None:
                 )
             if source.kind == SourceKind.VM and source.path not in settings.vms:
                 raise UsageError(f"policy {policy.name}: no [vm.{source.path}] table")
+
+
+def check_through_server(policies: list[Policy]) -> None:
+    """Through a server the service protects trees and volumes (UsageError, one line)."""
+    for policy in policies:
+        if policy.destination is not None:
+            raise UsageError(
+                f"policy {policy.name}: through a server: no VHD chain destination "
+                "(its VHDs are written by this machine, not the server)"
+            )
+        for source in policy.sources:
+            if source.kind == SourceKind.VM:
+                raise UsageError(
+                    f"policy {policy.name}: {source.spec}: through a server: trees and "
+                    "volumes only (VM points are not taken from agents yet)"
+                )
+
+
+def register_source_retention(store: RemoteStore, policy: Policy, source: PolicySource) -> None:
+    """Hand the source's retention to the server (an agent never deletes):
+    it keeps it as a forget schedule of this machine's points of the tree
+    (services/agent_retention.py), run every cycle (at least every minute)."""
+    r = policy.retention
+    path = os.path.abspath(source.path)
+    if source.kind == SourceKind.VOLUME:  # its points' `paths`: services/volume_cycle.py
+        path = f"volume:{os.path.realpath(source.path)}"
+    store.client.post_json(
+        "/api/v1/agent/retention",
+        {
+            "source": source.name,
+            "path": path,
+            "every": max(1, round(policy.cycle)),
+            "keep_last": r.keep_last,
+            "keep_within": math.ceil(r.keep_within),  # a fraction never becomes 0
+            "hourly": r.hourly,
+            "daily": r.daily,
+            "weekly": r.weekly,
+        },
+    )
+
+
+@dataclass
+class AgentTarget:
+    """The service as an enrolled agent: `open` gives the agent's config and
+    a store over its server(s) for one cycle (services/agent_backup.py)."""
+
+    open: Callable[[], AbstractContextManager[tuple[AgentConfig, RemoteStore]]]
 
 
 def _config_env() -> dict[str, str]:
@@ -270,8 +336,11 @@ class SourceRunner:
         report: Report,
         state_folder: Callable[[str], str] = default_state_folder,
         max_cycles: int | None = None,
+        agent: AgentTarget | None = None,
     ) -> None:
         self.policy, self.source, self.settings = policy, source, settings
+        self.agent = agent  # through a backup server, as its enrolled agent
+        self.retention_registered = False
         self.open_repo, self.stop, self.report = open_repo, stop, report
         self.state = str(state_folder(source.name))
         self.max_cycles = max_cycles
@@ -337,11 +406,32 @@ class SourceRunner:
         return outcome
 
     def _into_repository(self, outcome: CycleOutcome) -> None:
+        if self.agent is not None:
+            self._through_server(self.agent, outcome)
+            return
         with self.open_repo() as repo:
             self._run_kind(repo, outcome)
             if outcome.point is not None:
                 result = apply_retention(repo, self.source.name, self.policy.retention)
                 outcome.forgotten = result.forgotten
+
+    def _through_server(self, agent: AgentTarget, outcome: CycleOutcome) -> None:
+        """A tree's or a volume's cycle as the enrolled agent: the machine's own points on
+        the server, chunks and the point sent to it, no retention here (the
+        server's forget schedule registered for this source applies it)."""
+        with agent.open() as (config, store):
+            if not self.retention_registered:
+                register_source_retention(store, self.policy, self.source)
+                self.retention_registered = True
+            if self.source.kind == SourceKind.VOLUME:
+                self._volume(_volume_target(store, config), outcome)
+                return
+            own = source_points(agent_points(store), self.source.name)
+
+            def run(req: BackupRequest, cancel: threading.Event | None) -> BackupResult:
+                return backup_through_server(store, config.machine, req, cancel=cancel)
+
+            self._tree(own, run, outcome)
 
     def _record(self, outcome: CycleOutcome) -> None:
         record_cycle(
@@ -365,7 +455,15 @@ class SourceRunner:
     def _run_kind(self, repo: Repository, outcome: CycleOutcome) -> None:
         kind = self.source.kind
         if kind == SourceKind.TREE:
-            self._tree(repo, outcome)
+            # The parent is this source's own newest point: with two policies on
+            # one tree, the newest point of the tree may be the other source's,
+            # which its journal does not continue (a full comparison every cycle).
+            own = source_points(list_points(repo), self.source.name)
+
+            def run(req: BackupRequest, cancel: threading.Event | None) -> BackupResult:
+                return backup_files(repo, req, cancel=cancel)
+
+            self._tree(own, run, outcome)
         elif kind == SourceKind.VOLUME:
             self._volume(repo, outcome)
         else:
@@ -376,22 +474,18 @@ class SourceRunner:
 
     # --- a directory tree: the change journal ------------------------------------
 
-    def _tree(self, repo: Repository, outcome: CycleOutcome) -> None:
-        # The parent is this source's own newest point: with two policies on one
-        # tree, the newest point of the tree may be the other source's, which
-        # its journal does not continue (a full comparison every cycle).
-        own = source_points(list_points(repo), self.source.name)
+    def _tree(self, own: list[RecoveryPoint], run: BackupRun, outcome: CycleOutcome) -> None:
         snap, note = self._snapshot_plan()
         if snap is not None:
             try:
                 snap.delete()  # what a killed cycle of this source left behind
-                self._tree_cycle(repo, outcome, own, snap, note)
+                self._tree_cycle(run, outcome, own, snap, note)
             finally:
                 snap.delete()
             return
         copies = self._copies_plan(own)
         try:
-            self._tree_cycle(repo, outcome, own, None, note if copies is None else "", copies)
+            self._tree_cycle(run, outcome, own, None, note if copies is None else "", copies)
         finally:
             if copies is not None:
                 copies.delete()
@@ -431,7 +525,7 @@ class SourceRunner:
 
     def _tree_cycle(
         self,
-        repo: Repository,
+        run: BackupRun,
         outcome: CycleOutcome,
         own: list[RecoveryPoint],
         snap: TreeSnapshot | None,
@@ -496,7 +590,7 @@ class SourceRunner:
         if copies is not None:
             request.copies, request.copy_folder = copies.recorded(tree), copies.path
         backup, driven = journal_cycle(
-            repo, tree, state, request, seq=seq, read_seq=read_seq, cancel=self.stop
+            None, tree, state, request, seq=seq, read_seq=read_seq, cancel=self.stop, backup=run
         )
         outcome.point = backup.point
         outcome.consistency, outcome.reason = str(consistency), reason
@@ -526,7 +620,7 @@ class SourceRunner:
 
     # --- a protected volume --------------------------------------------------------
 
-    def _volume(self, repo: Repository, outcome: CycleOutcome) -> None:
+    def _volume(self, repo: Repository | VolumeTarget, outcome: CycleOutcome) -> None:
         hooks, timeout = self._hooks(), self.policy.freeze_timeout
 
         def engine(mount: str) -> AbstractContextManager[Quiescing]:
@@ -620,6 +714,22 @@ class SourceRunner:
             outcome.in_sync, outcome.sync_reason = False, _line(err)
 
 
+def _volume_target(store: RemoteStore, config: AgentConfig) -> VolumeTarget:
+    """A volume's points through the server: the machine's own block points
+    of the volume, its parent's chunks known stored (services/agent_images.py)."""
+
+    def points(identity: str) -> list[RecoveryPoint]:
+        return [
+            p for p in agent_points(store) if p.kind == PointKind.BLOCK and p.paths == [identity]
+        ]
+
+    def adopt(parent: RecoveryPoint, block_map: BlockMap) -> None:
+        adopt_parent(store, parent, block_map)
+
+    info = config.repository
+    return VolumeTarget(store, info.id, info.block_size, config.machine, points, adopt)
+
+
 def _one_disk(spec: VmSpec, disk: str) -> VmSpec:
     return replace(spec, disks=[disk])
 
@@ -633,11 +743,15 @@ def run_service(
     *,
     state_folder: Callable[[str], str] = default_state_folder,
     max_cycles: int | None = None,
+    agent: AgentTarget | None = None,
 ) -> list[SourceRunner]:
-    """Run every source of `policies` until `stop` (or `max_cycles` each)."""
+    """Run every source of `policies` until `stop` (or `max_cycles` each);
+    with `agent`, through the backup server (trees and volumes)."""
     check_runnable(policies, settings)
+    if agent is not None:
+        check_through_server(policies)
     runners = [
-        SourceRunner(p, s, settings, open_repo, stop, report, state_folder, max_cycles)
+        SourceRunner(p, s, settings, open_repo, stop, report, state_folder, max_cycles, agent)
         for p in policies
         for s in p.sources
     ]

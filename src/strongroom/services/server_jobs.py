@@ -37,6 +37,7 @@ _GROUPS = frozenset({"", "host", "paths", "tags", "host,paths", "host,tags", "pa
 MAX_KEEP = 100_000
 MAX_ITEMS = 64
 MAX_ITEM = 4096
+MAX_WITHIN = 100 * 366 * 86400  # keep_within (seconds): as a protection policy's bound
 
 
 def check_spec(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def check_spec(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         return {"max_unused": float(fraction)}
     if kind != "forget":
         raise UsageError(f"the server runs only {', '.join(SERVER_KINDS)} jobs")
-    unknown = set(spec) - set(_KEEP) - set(_LISTS) - {"group_by", "prune"}
+    unknown = set(spec) - set(_KEEP) - set(_LISTS) - {"group_by", "prune", "keep_within"}
     if unknown:
         raise UsageError(f"forget: unknown field(s) {', '.join(sorted(unknown))[:200]}")
     out: dict[str, Any] = {}
@@ -63,6 +64,10 @@ def check_spec(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_KEEP:
             raise UsageError(f"forget: {name} must be a whole number from 0 to {MAX_KEEP}")
         out[name] = value
+    within = spec.get("keep_within", 0)
+    if isinstance(within, bool) or not isinstance(within, int) or not 0 <= within <= MAX_WITHIN:
+        raise UsageError(f"forget: keep_within must be whole seconds from 0 to {MAX_WITHIN}")
+    out["keep_within"] = within
     for name in _LISTS:
         items = spec.get(name, [])
         if not isinstance(items, list) or len(items) > MAX_ITEMS:
@@ -76,7 +81,7 @@ def check_spec(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         raise UsageError("forget: group_by is a comma list of host, paths, tags")
     out["group_by"] = group_by
     out["prune"] = spec.get("prune", False) is True
-    if not any(out[k] for k in _KEEP) and not out["keep_tags"]:
+    if not any(out[k] for k in (*_KEEP, "keep_within")) and not out["keep_tags"]:
         raise UsageError("forget: give at least one keep_* rule (refusing to forget everything)")
     return out
 
@@ -96,6 +101,7 @@ def maintenance_handlers(
             monthly=spec["keep_monthly"],
             yearly=spec["keep_yearly"],
             tags=spec["keep_tags"],
+            within=float(spec["keep_within"]),
         )
         flt = PointFilter(spec["hosts"], spec["tags"], spec["paths"])
         lock = LockMode.EXCLUSIVE if spec["prune"] else LockMode.SHARED

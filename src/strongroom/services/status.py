@@ -126,17 +126,22 @@ def protection_status(
     *,
     repo_problem: str = "",
     state_folder: Callable[[str], str] = default_state_folder,
+    points: list[RecoveryPoint] | None = None,
 ) -> StatusReport:
     """The status of every source of every policy at `now`. `repo` may be
-    None (not needed, or unreachable: `repo_problem` says why)."""
+    None (not needed, or unreachable: `repo_problem` says why). `points`
+    (the machine's own points from its backup server, `status --server`)
+    replace the repository's."""
     policies = load_policies(settings)
-    points = list_points(repo, on_damaged=lambda *_: None) if repo is not None else []
+    have_points = repo is not None or points is not None
+    if points is None:
+        points = list_points(repo, on_damaged=lambda *_: None) if repo is not None else []
     sources = []
     for policy in policies.values():
         for source in policy.sources:
             status = _source_status(policy, source, str(state_folder(source.name)))
             if policy.destination is None:
-                if repo is None:
+                if not have_points:
                     status.problems.append(f"repository: {repo_problem or 'not opened'}")
                 else:
                     _from_points(status, source_points(points, source.name), now)

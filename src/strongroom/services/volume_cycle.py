@@ -47,6 +47,7 @@ from strongroom.pipeline.image_backup import ImageBackup, ImageBackupSummary
 from strongroom.protect.quiesce import Quiescing
 from strongroom.protect.source_points import PROTECT_TAG, protect_summary
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.points import PointFilter, list_points
 from strongroom.services.recording import record_point
 from strongroom.sources.block import BlockSource
@@ -97,8 +98,31 @@ def volume_points(repo: Repository, state: VolumeState) -> list[RecoveryPoint]:
     return [p for p in list_points(repo, flt) if p.kind == PointKind.BLOCK]
 
 
+@dataclass
+class VolumeTarget:
+    """Where a volume's points go: a repository, or the agent's server
+    (services/protect_service.py). `points(identity)`: the volume's block
+    points, oldest first; `adopt_parent`: the parent's chunks known stored
+    (a RemoteStore then never asks about them)."""
+
+    store: ChunkStore
+    repository_id: str
+    block_size: int
+    host: str
+    points: Callable[[str], list[RecoveryPoint]]
+    adopt_parent: Callable[[RecoveryPoint, BlockMap], None] = lambda _p, _m: None
+
+    @classmethod
+    def local(cls, repo: Repository) -> VolumeTarget:
+        def points(identity: str) -> list[RecoveryPoint]:
+            flt = PointFilter(paths=[identity])
+            return [p for p in list_points(repo, flt) if p.kind == PointKind.BLOCK]
+
+        return cls(repo, repo.config.id, repo.config.block_size, socket.gethostname(), points)
+
+
 def volume_cycle(
-    repo: Repository,
+    repo: Repository | VolumeTarget,
     volume: VolumeState | str,
     *,
     quiesce: Quiesce | None = None,
@@ -127,7 +151,8 @@ def volume_cycle(
         if state is None:
             raise UsageError(f"{image}: the volume is not attached")
         try:
-            cycle = _Cycle(repo, state, mode, tags, block_size, progress, cancel)
+            target = repo if isinstance(repo, VolumeTarget) else VolumeTarget.local(repo)
+            cycle = _Cycle(target, state, mode, tags, block_size, progress, cancel)
             cycle.freeze_timeout = freeze_timeout
             cycle.protect_name = protect_name
             if daemon_alive(state):
@@ -148,7 +173,7 @@ def volume_cycle(
 class _Cycle:
     def __init__(
         self,
-        repo: Repository,
+        target: VolumeTarget,
         state: VolumeState,
         mode: TrackerMode,
         tags: list[str] | None,
@@ -156,7 +181,8 @@ class _Cycle:
         progress: ProgressCallback,
         cancel: threading.Event | None,
     ) -> None:
-        self.repo = repo
+        self.target = target
+        self.repo = target.store
         self.state = state
         self.mode = mode
         self.tags = tags
@@ -167,20 +193,22 @@ class _Cycle:
         self.protect_name: str | None = None
         self.started = now()
         self.t0 = time.monotonic()
-        self.prefix = volume_bitmap_prefix(repo, state)
+        self.prefix = f"strongroom-{target.repository_id[:8]}-vol{state.id[:8]}"
         self.parent, self.parent_map = self._parent()
         if self.parent_map is not None:
             self.block_size = self.parent_map.block_size
         else:
-            self.block_size = block_size or repo.config.block_size
+            self.block_size = block_size or target.block_size
 
     def _parent(self) -> tuple[RecoveryPoint | None, BlockMap | None]:
-        points = volume_points(self.repo, self.state)
+        points = self.target.points(volume_identity(self.state))
         if not points:
             return None, None
         parent = points[-1]
         try:
-            return parent, load_block_map(self.repo, bytes.fromhex(parent.tree))
+            block_map = load_block_map(self.repo, bytes.fromhex(parent.tree))
+            self.target.adopt_parent(parent, block_map)
+            return parent, block_map
         except StrongroomError as err:
             self.warnings.append(
                 f"last point {parent.short_id} is unreadable ({err}): reading the whole volume"
@@ -336,7 +364,7 @@ class _Cycle:
             self.repo,
             kind=PointKind.BLOCK,
             time=at_instant(held.instant, self.started),
-            host=socket.gethostname(),
+            host=self.target.host,
             paths=[volume_identity(self.state)],
             tree=summary.map_root,
             parent=self.parent,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from contextlib import ExitStack
@@ -14,6 +15,7 @@ from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.cli.units import parse_duration, parse_size
 from strongroom.errors import SourceError, UsageError
+from strongroom.services.agent_backup import AgentConfig, default_config_path, open_agent
 from strongroom.services.backup import IMAGE_FORMATS
 from strongroom.services.protect import (
     CycleResult,
@@ -23,6 +25,7 @@ from strongroom.services.protect import (
     protect_options,
 )
 from strongroom.services.protect_service import (
+    AgentTarget,
     CycleOutcome,
     repository_opener,
     run_service,
@@ -147,17 +150,22 @@ def protect(
     hooks and a freeze; runs until SIGTERM/SIGINT (docs/protect.md, "The
     service").
     """
-    if through_server(servers, agent_config):
-        # Its cycles forget points by retention (an agent never deletes) and
-        # read the repository's points and locks: see docs/server.md, "Agents".
-        raise UsageError("protect --server: not supported yet")
+    remote = through_server(servers, agent_config)
     if source is None or policy_names or all_policies:
         if source is not None:
             raise UsageError("give SOURCE or --policy/--all-policies, not both")
         if all_policies and policy_names:
             raise UsageError("--all-policies runs every policy: leave out --policy")
-        run_policies(app, list(policy_names), cycles)
+        agent = None
+        if remote:  # the service as the enrolled agent: docs/server.md, "Agents"
+            AgentConfig.load(agent_config or default_config_path())  # not enrolled: fail now
+            agent = AgentTarget(functools.partial(open_agent, agent_config, list(servers) or None))
+        run_policies(app, list(policy_names), cycles, agent)
         return
+    if remote:
+        # VHD backup mode writes its chain here; --to-repository would read the
+        # repository's points and locks: see docs/server.md, "Agents".
+        raise UsageError("protect --server: with --policy NAME only (the protection service)")
     options = protect_options(
         source,
         to=dest,
@@ -193,7 +201,9 @@ def protect(
             protect_every(every, one, report, threading.Event(), cycles)
 
 
-def run_policies(app: App, names: list[str], cycles: int | None) -> None:
+def run_policies(
+    app: App, names: list[str], cycles: int | None, agent: AgentTarget | None = None
+) -> None:
     """The protection service in the foreground: a line per cycle (a JSON
     document per cycle with --json), until SIGTERM/SIGINT."""
     out = app.out
@@ -205,7 +215,9 @@ def run_policies(app: App, names: list[str], cycles: int | None) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    if any(p.destination is None for p in policies):
+    if agent is not None:  # through the server: no repository, no password
+        open_repo = repository_opener(app.settings.repository, b"")
+    elif any(p.destination is None for p in policies):
         open_repo = repository_opener(app.settings.repository, app.password())
     else:  # VHD chains only: no repository, no password
         open_repo = repository_opener(app.settings.repository, b"")
@@ -222,7 +234,9 @@ def run_policies(app: App, names: list[str], cycles: int | None) -> None:
 
     sources = ", ".join(s.name for p in policies for s in p.sources)
     out.notice(f"protecting {sources} (policies {', '.join(p.name for p in policies)})")
-    runners = run_service(app.settings, policies, open_repo, stop, report, max_cycles=cycles)
+    runners = run_service(
+        app.settings, policies, open_repo, stop, report, max_cycles=cycles, agent=agent
+    )
     failed = [r for r in runners if r.outcomes and r.outcomes[-1].error and not stop.is_set()]
     if failed and cycles is not None:
         raise SourceError(

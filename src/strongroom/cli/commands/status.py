@@ -7,29 +7,47 @@ from datetime import UTC, datetime
 
 import click
 
+from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import StrongroomError
 from strongroom.model.names import printable
+from strongroom.model.point import RecoveryPoint
+from strongroom.services.agent_backup import agent_points, open_agent
 from strongroom.services.session import LockMode, Repository
 from strongroom.services.status import SourceStatus, needs_repository, protection_status
 
 
 @click.command()
+@server_options
 @pass_app
-def status(app: App) -> None:
-    """Show each protected source's last point, lag, tracker and last error."""
+def status(app: App, servers: tuple[str, ...], agent_config: str | None) -> None:
+    """Show each protected source's last point, lag, tracker and last error
+    (with --server: from this machine's own points on the backup server)."""
     out = app.out
     with ExitStack() as stack:
         repo: Repository | None = None
         problem = ""
-        if needs_repository(app.settings):
+        points: list[RecoveryPoint] | None = None
+        if through_server(servers, agent_config):
+            try:
+                _config, store = stack.enter_context(
+                    open_agent(agent_config, list(servers) or None)
+                )
+                points = agent_points(store)
+            except StrongroomError as err:
+                problem = str(err)
+        elif needs_repository(app.settings):
             try:
                 repo = stack.enter_context(app.repository(LockMode.NONE))
             except StrongroomError as err:
                 problem = str(err)
         report = protection_status(
-            app.settings, repo, datetime.now(UTC).astimezone(), repo_problem=problem
+            app.settings,
+            repo,
+            datetime.now(UTC).astimezone(),
+            repo_problem=problem,
+            points=points,
         )
     if out.json:
         out.document(report.as_dict())

@@ -1,0 +1,102 @@
+"""The retention an agent registers for a protected source
+(POST /api/v1/agent/retention, services/agent_retention.py), in process over
+a real catalog: it becomes ONE forget schedule of the machine's points
+(upserted), hostile or empty rules are refused in one line, and the agent's
+credentials can neither queue a forget nor reach the schedules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from strongroom.errors import UsageError
+from strongroom.protect.policy import Policy, PolicySource, SourceKind
+from strongroom.services.agent_retention import schedule_name
+from strongroom.services.protect_service import check_through_server
+from tests.server.conftest import ADMIN_PASSWORD
+from tests.server.test_agent_jobs import JobSite, jsite  # noqa: F401
+
+GOOD: dict[str, Any] = {"source": "t", "path": "/srv/data", "every": 5, "keep_last": 3,
+                        "hourly": 24, "keep_within": 3600}  # fmt: skip
+
+
+def test_registration_is_an_upserted_forget_schedule_of_the_machine(
+    jsite: JobSite,  # noqa: F811
+) -> None:
+    agent = jsite.enroll("web-1")
+    first = jsite.app_client.post("/api/v1/agent/retention", json=GOOD, headers=agent)
+    assert first.status_code == 200, first.text
+    doc = first.json()
+    assert doc["name"] == schedule_name("web-1", "t") and doc["kind"] == "forget"
+    assert doc["machine"] is None and doc["every"] == 60  # clamped to the scheduler's minimum
+    spec = doc["spec"]
+    assert spec["hosts"] == ["web-1"] and spec["paths"] == ["/srv/data"]
+    assert spec["tags"] == ["protect"] and spec["group_by"] == "host,paths"
+    assert (spec["keep_last"], spec["keep_hourly"], spec["keep_within"]) == (3, 24, 3600)
+    again = jsite.app_client.post(
+        "/api/v1/agent/retention", json={**GOOD, "keep_last": 7, "hourly": 0}, headers=agent
+    )
+    assert again.status_code == 200 and again.json()["spec"]["keep_last"] == 7
+    csrf = jsite.session("admin", ADMIN_PASSWORD)
+    listed = jsite.app_client.get("/api/v1/schedules", headers=csrf).json()
+    names = [s["name"] for s in (listed if isinstance(listed, list) else listed["schedules"])]
+    assert names.count(doc["name"]) == 1 and len(names) == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"keep_last": 0, "hourly": 0, "keep_within": 0},  # keeps nothing
+        {"path": "relative/../x"},
+        {"path": "volume:relative"},
+        {"path": "/a\0b"},
+        {"source": "../x"},
+        {"keep_last": 10**6},
+        {"keep_tags": ["x"]},  # keep rules of a policy only
+    ],
+)
+def test_hostile_or_empty_rules_are_refused_in_one_line(
+    jsite: JobSite,  # noqa: F811
+    change: dict[str, Any],
+) -> None:
+    agent = jsite.enroll("web-1")
+    answer = jsite.app_client.post(
+        "/api/v1/agent/retention", json={**GOOD, **change}, headers=agent
+    )
+    assert answer.status_code in (400, 422), answer.text
+    assert "Traceback" not in answer.text and "\0" not in answer.text
+    if answer.status_code == 400:
+        assert "\n" not in answer.json()["error"]
+
+
+def test_agent_credentials_cannot_forget_or_see_schedules(jsite: JobSite) -> None:  # noqa: F811
+    agent = jsite.enroll("web-1")
+    spec = {"keep_last": 1, "hosts": ["web-1"]}
+    assert jsite.app_client.post(
+        "/api/v1/jobs", json={"kind": "forget", "spec": spec}, headers=agent
+    ).status_code in (401, 403)
+    assert jsite.app_client.get("/api/v1/schedules", headers=agent).status_code in (401, 403)
+    unsigned = jsite.app_client.post("/api/v1/agent/retention", json=GOOD)
+    assert unsigned.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("source", "destination", "line"),
+    [
+        (PolicySource("m", SourceKind.VM, "web"), None, "trees and volumes only"),
+        (PolicySource("c", SourceKind.VOLUME, "/srv/v"), "/mnt/chain", "no VHD chain"),
+    ],
+)
+def test_what_protect_cannot_run_through_a_server_is_refused_before_it_starts(
+    source: PolicySource, destination: str | None, line: str
+) -> None:
+    trees = Policy(
+        "ok",
+        [PolicySource("t", SourceKind.TREE, "/srv/data"),
+         PolicySource("v", SourceKind.VOLUME, "/srv/vol.qcow2")],
+    )  # fmt: skip
+    check_through_server([trees])
+    with pytest.raises(UsageError, match=line) as err:
+        check_through_server([trees, Policy("p", [source], destination)])
+    assert "\n" not in str(err.value)
