@@ -229,6 +229,11 @@ def test_four_agents_two_servers_one_killed_s3_and_postgresql(
         assert results["alpha"]["data_added"] >= own["alpha"] + SHARED
         for name in MACHINES[1:]:  # the shared file was alpha's: not sent again
             assert own[name] <= results[name]["data_added"] < own[name] + (256 << 10), name
+        for result in results.values():  # the negotiation's cost, as bench/server.py reads it
+            traffic = result["traffic"]
+            assert traffic["questions"] >= 1 and traffic["requests"] > traffic["questions"]
+            assert traffic["question_bytes"] >= 64 * traffic["asked"] + 9 * traffic["questions"]
+            assert 0 < traffic["answer_bytes"] <= traffic["question_bytes"] + 64
 
         # through the survivor (server 1 is still named first: the agents move on)
         listing = {n: _spawn(agent_env, "--json", "snapshots", "--agent-config", paths[n])
