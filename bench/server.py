@@ -135,10 +135,19 @@ class Server:
         self.stem = stem
         cmd = [*strongroom_cmd(), "server", "--listen", f"127.0.0.1:{port}", "--no-scheduler"]
         self.spawned = Spawned(cmd, env, ctx.work, stem)
+        try:
+            self._wait()
+        except BaseException:
+            self.spawned.signal(9)  # a server that never answered is not left behind
+            self.spawned.finish(timeout=30)
+            raise
+        self.pid = children(self.spawned.proc.pid)[0]
+
+    def _wait(self) -> None:
         deadline = time.monotonic() + 900  # a start lists the points (10,000 on S3: minutes)
         while True:
             if not self.spawned.running:
-                raise RuntimeError(f"the server stopped: {tail(stem.with_suffix('.err'))}")
+                raise RuntimeError(f"the server stopped: {tail(self.stem.with_suffix('.err'))}")
             try:
                 if httpx.get(f"{self.base}/api/v1/health", timeout=2).status_code == 200:
                     break
@@ -147,7 +156,6 @@ class Server:
             if time.monotonic() > deadline:
                 raise RuntimeError("the server did not answer in 900 s")
             time.sleep(0.1)
-        self.pid = children(self.spawned.proc.pid)[0]
 
     def admin(self, password: str) -> httpx.Client:
         http = httpx.Client(base_url=self.base, timeout=900)
