@@ -19,6 +19,7 @@ BENCHMARKS = (
     "media",
     "protect",
     "seeds",
+    "server",
     "vhd",
     "vms",
 )
@@ -54,3 +55,12 @@ def test_the_readme_covers_every_benchmark() -> None:
     readme = (BENCH / "README.md").read_text()
     for name in BENCHMARKS:
         assert f"## `{name}.py`" in readme
+
+
+def test_the_server_benchmark_parses_its_scenarios(tmp_path: Path) -> None:
+    module = importlib.import_module("server")
+    args = module.parse_args(["--quick", "--agents", "8,1,2", "--runs", "3", "--points", "0"])
+    assert (args.size, args.agents, args.runs, args.points) == (64, [1, 2, 8], 3, 0)
+    assert args.tools == ["strongroom", "restic"] and not args.two_servers
+    with pytest.raises(SystemExit):
+        module.parse_args(["--tools", "borg"])

@@ -22,6 +22,7 @@ Contract:
 
 from __future__ import annotations
 
+import json
 import queue
 import secrets
 import threading
@@ -53,10 +54,14 @@ class _Keys:
 
 @dataclass
 class Traffic:
-    """What went over the wire (tests and `--json` summaries)."""
+    """What went over the wire (tests, `--json` summaries and bench/server.py's
+    negotiation overhead: bodies only, without HTTP headers)."""
 
     asked: int = 0  # ids asked about
     missing: int = 0  # of those, missing on the server
+    questions: int = 0  # `missing` round trips
+    question_bytes: int = 0  # their request bodies
+    answer_bytes: int = 0  # and the answers' bodies
     bundles: int = 0
     bytes_sent: int = 0  # bundle bytes uploaded
     chunks_read: int = 0
@@ -191,9 +196,18 @@ class RemoteStore:
         lacking: set[bytes] = set()
         for start in range(0, len(batch), bundle.MAX_IDS):
             ids = [r.chunk_id.hex() for r in batch[start : start + bundle.MAX_IDS]]
-            answer = self.client.post_json("/api/v1/agent/chunks/missing", {"ids": ids})
-            lacking.update(bytes.fromhex(h) for h in answer["missing"])
+            question = json.dumps({"ids": ids}, separators=(",", ":")).encode()
+            reply = self.client.request(
+                "POST",
+                "/api/v1/agent/chunks/missing",
+                content=question,
+                content_type="application/json",
+            )
+            lacking.update(bytes.fromhex(h) for h in reply.json()["missing"])
             self.traffic.asked += len(ids)
+            self.traffic.questions += 1
+            self.traffic.question_bytes += len(question)
+            self.traffic.answer_bytes += len(reply.content)
         self.traffic.missing += len(lacking)
         group: list[bundle.Record] = []
         size = bundle.empty_size()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import click
@@ -271,14 +272,17 @@ def _backup_through_server(
         with app.out.progress("backup") as progress:
             result = backup_through_server(store, config.machine, request, progress)
         traffic = store.traffic
+        requests = store.client.requests
     app.out.notice(
         f"through the server: {traffic.asked} chunk ids asked, {traffic.missing} missing, "
         f"{traffic.bundles} bundles ({human_bytes(traffic.bytes_sent)}) sent"
     )
-    _report(app, result, False)
+    _report(app, result, False, {"traffic": {**asdict(traffic), "requests": requests}})
 
 
-def _report(app: App, result: BackupResult, dry_run: bool) -> None:
+def _report(
+    app: App, result: BackupResult, dry_run: bool, extra: dict[str, object] | None = None
+) -> None:
     out = app.out
     s = result.summary
     for w in s.warnings:
@@ -295,6 +299,7 @@ def _report(app: App, result: BackupResult, dry_run: bool) -> None:
             "seconds": round(result.seconds, 3),
             "seeds": seeds.to_doc() if seeds is not None else None,
             "seeds_skipped": result.seeds_skipped,
+            **(extra or {}),
         },
         [
             f"Files: {s.files_new} new, {s.files_changed} changed, {s.files_unmodified} unmodified",
