@@ -140,3 +140,30 @@ def test_an_interrupted_backup_resumes_without_resending(
     assert result.point is not None
     assert again.traffic.missing == again.traffic.asked - 2  # the two acknowledged: not sent
     assert again.traffic.bundles == again.traffic.missing
+
+
+def test_a_no_change_backup_reads_the_parents_folders_in_batches(
+    pair: tuple[Site, TestClient, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The walk over the parent point loads every folder's tree: each folder's
+    loading also fetches its siblings' trees, so requests follow the depth of
+    the tree, not its folder count."""
+    a, b, creds = pair
+    src = tmp_path / "src"
+    for i in range(12):
+        for j in range(10):
+            leaf = src / f"d{i}" / f"e{j}"
+            leaf.mkdir(parents=True)
+            (leaf / "f").write_bytes(b"%d %d\n" % (i, j))
+    first = backup_through_server(
+        _store(Router({"a": a.client, "b": b}), creds), "fleet-1", BackupRequest(paths=[str(src)])
+    )
+    assert first.point is not None
+    store = _store(Router({"a": a.client, "b": b}), creds)
+    again = backup_through_server(store, "fleet-1", BackupRequest(paths=[str(src)]))
+    store.close()
+    assert again.point is not None
+    folders = 1 + 12 + 12 * 10  # src and below (and the path's own folders above it)
+    assert store.traffic.chunks_read >= folders
+    reads = store.client.requests - store.traffic.questions - store.traffic.bundles
+    assert reads < folders // 4, (reads, folders)  # one read per folder before

@@ -43,6 +43,7 @@ from strongroom.repository.repo import MAX_CHUNK_SIZE, RepoConfig, WriteStats
 BATCH_BYTES = 8 << 20  # compressed bytes queued before a batch is negotiated
 PREFETCH = 64  # chunks of one read
 PREFETCH_BYTES = 16 << 20
+TREE_PREFETCH = 32  # trees of one read (a tree is at most a few MiB; the server splits)
 CACHE_BYTES = 64 << 20  # chunks fetched ahead and not asked for yet
 MAX_PLAN = 1 << 20  # chunk ids planned ahead (beyond: no read-ahead)
 
@@ -96,6 +97,11 @@ class RemoteStore:
         self._read_lock = threading.Lock()
         self._plan: list[tuple[bytes, int]] = []  # data chunks in tree order, sizes
         self._planned: dict[bytes, int] = {}  # id -> first place in the plan
+        # Subtrees of the trees loaded, in tree order: a folder's loading also
+        # fetches its siblings' trees (a walk over a parent point reads them
+        # all, one request per folder otherwise).
+        self._tree_plan: list[bytes] = []
+        self._tree_planned: dict[bytes, int] = {}
         self._cache: dict[bytes, bytes] = {}
         self._cache_bytes = 0
         self._inflight: dict[bytes, threading.Event] = {}  # being fetched by some thread
@@ -260,6 +266,8 @@ class RemoteStore:
         if cached is not None:
             if len(cached) > bound:
                 raise IntegrityError(f"chunk {chunk_id.hex()[:16]}: larger than its tree says")
+            if blob_type is BlobType.TREE:
+                self._plan_tree(cached)  # its subtrees come next
             return cached
         try:
             data = self._fetch(wanted, blob_type, bound)
@@ -285,8 +293,17 @@ class RemoteStore:
                     self._plan.append((cid, size))
 
     def _batch_from(self, chunk_id: bytes, blob_type: BlobType) -> list[bytes]:
-        """`chunk_id` and the planned data chunks after it, not cached yet."""
+        """`chunk_id` and the planned chunks of its type after it, not cached yet."""
         wanted = [chunk_id]
+        if blob_type is BlobType.TREE:
+            at_tree = self._tree_planned.get(chunk_id)
+            if at_tree is not None:
+                for cid in self._tree_plan[at_tree + 1 :]:
+                    if len(wanted) >= TREE_PREFETCH:
+                        break
+                    if cid not in self._cache and cid not in self._inflight and cid not in wanted:
+                        wanted.append(cid)
+            return wanted
         at = self._planned.get(chunk_id) if blob_type is BlobType.DATA else None
         if at is None:
             return wanted
@@ -342,6 +359,11 @@ class RemoteStore:
             return
         with self._read_lock:
             for node in nodes:
+                subtree = node.subtree
+                fresh = subtree is not None and subtree not in self._tree_planned
+                if fresh and subtree is not None and len(self._tree_plan) < MAX_PLAN:
+                    self._tree_planned[subtree] = len(self._tree_plan)
+                    self._tree_plan.append(subtree)
                 for cid, size in zip(node.chunks, node.chunk_sizes, strict=False):
                     if len(self._plan) >= MAX_PLAN:
                         return
