@@ -38,7 +38,6 @@ from strongroom.services.media_views import MediaViews
 from strongroom.services.metrics import Metrics
 from strongroom.services.operations import ServerLoops, server_operations
 from strongroom.services.ratelimit import SignInLimiter
-from strongroom.services.server_points import point_lister
 
 
 @dataclass
@@ -67,8 +66,8 @@ def assemble(
     services/server_points.py's lister); `worker` names this process's job
     runner (default: host and process id)."""
     location, catalog = settings.repository, accounts.catalog
-    listed = points or point_lister(location, password)
-    view = RepositoryView(location, password)
+    view = RepositoryView(location, password)  # one cached point list for all readers
+    listed = points or (lambda: [{"id": p.id, **p.to_doc()} for p in view.points()])
     agents = Agents(catalog)
     agent_jobs = AgentJobs.over(catalog, view)
     ops, loops = server_operations(
@@ -79,7 +78,7 @@ def assemble(
         agent_specs=agent_jobs.check_spec,
         settings=settings,
     )
-    metrics = Metrics(catalog, location, password)
+    metrics = Metrics(catalog, location, password, points=view.points)
     intake = Intake(location, password)  # agents' uploads: one session
     routers: list[AddRoutes] = [
         partial(add_ops_routes, ops=ops),

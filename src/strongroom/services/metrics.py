@@ -74,6 +74,9 @@ class Metrics:
     password: bytes
     cache_seconds: float = 15.0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # The server passes its shared, incrementally refreshed point list (the
+    # dashboard's RepositoryView): a scrape then reads only new points.
+    points: Callable[[], list[RecoveryPoint]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sources: tuple[float, dict[str, SourceFigures], bool] | None = None
 
@@ -92,8 +95,11 @@ class Metrics:
             if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
                 return cached[1], cached[2]
             try:
-                with open_repository(self.location, self.password, lock=LockMode.NONE) as repo:
-                    figures = source_figures(list_points(repo, on_damaged=lambda *_: None))
+                if self.points is not None:
+                    figures = source_figures(self.points())
+                else:
+                    with open_repository(self.location, self.password, lock=LockMode.NONE) as repo:
+                        figures = source_figures(list_points(repo, on_damaged=lambda *_: None))
                 up = True
             except StrongroomError as err:
                 log.warning("metrics: repository: %s", err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from strongroom.errors import (
@@ -72,22 +73,35 @@ def list_points(
     listing, restoring another point or a backup. With `strict` it raises
     instead, naming the point and the way out (prune must know every point).
     """
-    points = []
-    for point_hex in repo.list_point_ids():
+
+    def read(point_hex: str) -> RecoveryPoint | IntegrityError | None:
         try:
-            points.append(load_point(repo, point_hex))
+            return load_point(repo, point_hex)
         except ObjectNotFound:
-            continue  # forgotten meanwhile
+            return None  # forgotten meanwhile
         except IntegrityError as err:
+            return err
+
+    # In parallel as the backend allows (one GET per point: on S3 10,000
+    # points are minutes one at a time); reported in id order as before.
+    ids = repo.list_point_ids()
+    workers = max(1, min(repo.backend.capabilities.parallel_requests, len(ids)))
+    with ThreadPoolExecutor(workers) as pool:
+        loaded = list(pool.map(read, ids))
+    points = []
+    for point_hex, found in zip(ids, loaded, strict=True):
+        if isinstance(found, RecoveryPoint):
+            points.append(found)
+        elif isinstance(found, IntegrityError):
             if strict:
                 raise IntegrityError(
-                    f"{err}: cannot tell what this point uses, so nothing can be pruned; "
+                    f"{found}: cannot tell what this point uses, so nothing can be pruned; "
                     f"'strongroom forget {point_hex[:16]}' drops it"
                 ) from None
             if on_damaged is not None:
-                on_damaged(point_hex, err)
+                on_damaged(point_hex, found)
             else:
-                repo.damage.report(repo_point_name(point_hex), str(err))
+                repo.damage.report(repo_point_name(point_hex), str(found))
     if flt is not None:
         points = [p for p in points if flt.matches(p)]
     return sorted(points, key=lambda p: (p.time, p.id))

@@ -25,3 +25,11 @@ def point_lister(location: str, password: bytes) -> Callable[[], list[dict[str, 
 
 def _skip(_point: str, _err: Exception) -> None:
     """A damaged point is left out of the list (`check` names it)."""
+
+
+def check_repository(location: str, password: bytes) -> None:
+    """Open the repository at `location` and close it: a wrong password or
+    location stops the server before it listens. Cheap: it reads the config
+    and the key, not the points (on S3 thousands of GETs)."""
+    with open_repository(location, password, lock=LockMode.NONE):
+        pass

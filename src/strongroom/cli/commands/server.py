@@ -12,7 +12,7 @@ from strongroom.server import parse_listen, run
 from strongroom.server.assembly import assemble
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
-from strongroom.services.server_points import point_lister
+from strongroom.services.server_points import check_repository, point_lister
 
 
 @click.command()
@@ -40,7 +40,7 @@ def server(
         raise UsageError("--tls-cert and --tls-key go together")
     password = app.password()  # once: a terminal prompt is not repeated
     points = point_lister(app.settings.repository, password)
-    points()  # the repository opens with this password, or the server does not start
+    check_repository(app.settings.repository, password)  # or the server does not start
     accounts = Accounts.open(app.settings.catalog)
     try:
         created = accounts.ensure_administrator(_ask_administrator_password)
