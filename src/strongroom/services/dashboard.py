@@ -25,6 +25,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -202,13 +203,24 @@ class RepositoryView:
             self._damaged &= ids
             if new:
                 repo = self._fresh_handle()
-                for pid in new:
+
+                def read(pid: str) -> RecoveryPoint | bool | None:
                     try:
-                        self._points[pid] = load_point(repo, pid)
+                        return load_point(repo, pid)
                     except ObjectNotFound:
-                        continue  # forgotten meanwhile
+                        return None  # forgotten meanwhile
                     except IntegrityError:
-                        self._damaged.add(pid)
+                        return False
+
+                # in parallel as the backend allows: one GET per point (S3)
+                order = sorted(new)
+                workers = max(1, min(repo.backend.capabilities.parallel_requests, len(order)))
+                with ThreadPoolExecutor(workers) as pool:
+                    for pid, found in zip(order, pool.map(read, order), strict=True):
+                        if isinstance(found, RecoveryPoint):
+                            self._points[pid] = found
+                        elif found is False:
+                            self._damaged.add(pid)
             if new or gone or self._checked is None:
                 self._sorted = sorted(self._points.values(), key=lambda p: (p.time, p.id))
             self._checked = now
