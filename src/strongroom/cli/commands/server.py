@@ -12,7 +12,7 @@ from strongroom.server import parse_listen, run
 from strongroom.server.assembly import assemble
 from strongroom.server.run import DEFAULT_LISTEN
 from strongroom.services.accounts import Accounts, check_password
-from strongroom.services.server_points import check_repository, point_lister
+from strongroom.services.server_points import check_repository
 
 
 @click.command()
@@ -39,7 +39,6 @@ def server(
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     password = app.password()  # once: a terminal prompt is not repeated
-    points = point_lister(app.settings.repository, password)
     check_repository(app.settings.repository, password)  # or the server does not start
     accounts = Accounts.open(app.settings.catalog)
     try:
@@ -53,7 +52,7 @@ def server(
                 click.echo(f"administrator {name} created; its password (shown only now): "
                            f"{generated}")  # fmt: skip
         secure = tls_cert is not None
-        built = assemble(accounts, app.settings, password, secure_cookies=secure, points=points)
+        built = assemble(accounts, app.settings, password, secure_cookies=secure)
         try:
             scheme = "https" if secure else "http"
             app.out.notice(f"strongroom server starting on {scheme}://{where}/ (API: /api/v1/)")
