@@ -1,30 +1,10 @@
-"""The points of the server's repository as plain JSON documents: what
-`GET /api/v1/points` answers. Opens the repository for each call without a
-lock (reading points never conflicts with a backup), so the server holds
-nothing open between requests."""
+"""The server's start-up check of its repository. (`GET /api/v1/points`
+answers from the point list the server's parts share: services/dashboard.py's
+RepositoryView, wired in server/assembly.py.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from strongroom.services.points import list_points
 from strongroom.services.session import LockMode, open_repository
-
-
-def point_lister(location: str, password: bytes) -> Callable[[], list[dict[str, Any]]]:
-    """A function listing the points of the repository at `location`,
-    oldest first, each `{"id": ..., **point.to_doc()}` (as `snapshots --json`)."""
-
-    def points() -> list[dict[str, Any]]:
-        with open_repository(location, password, lock=LockMode.NONE) as repo:
-            return [{"id": p.id, **p.to_doc()} for p in list_points(repo, on_damaged=_skip)]
-
-    return points
-
-
-def _skip(_point: str, _err: Exception) -> None:
-    """A damaged point is left out of the list (`check` names it)."""
 
 
 def check_repository(location: str, password: bytes) -> None:
