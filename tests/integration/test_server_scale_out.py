@@ -39,7 +39,7 @@ from tests.helpers.cli import PASSWORD, run_cli, strongroom_command
 from tests.helpers.compare import walk_differences
 from tests.helpers.pg_cluster import PORT, Cluster
 from tests.helpers.s3 import Gateway, cluster_dir, start_gateway, stop_gateway
-from tests.server.test_server_process import _free_port, _stop
+from tests.server.test_server_process import _free_port, _stop, _wait_up
 
 MiB = 1 << 20
 PAUSE = Path(__file__).parents[1] / "server" / "agent_pause.py"
@@ -98,19 +98,6 @@ def _start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen
             [*strongroom_command(), "server", "--listen", f"127.0.0.1:{port}"],
             env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
-
-
-def _wait_up(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
 
 
 def _stored(base: str, config: AgentConfig, path: Path) -> bool:
@@ -192,7 +179,7 @@ def test_four_agents_two_servers_one_killed_s3_and_postgresql(
     agents: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for proc, base, log in zip(procs, bases, logs, strict=True):
-            _wait_up(proc, base, log)
+            _wait_up(proc, base, log, timeout=60)
         admin = httpx.Client(base_url=bases[1], timeout=30)
         signed = admin.post("/api/v1/session", json={"name": "admin", "password": ADMIN})
         admin.headers["X-CSRF-Token"] = signed.json()["csrf_token"]

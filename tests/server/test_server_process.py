@@ -42,8 +42,8 @@ def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]
         )
 
 
-def _wait_up(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + 30
+def _wait_up(proc: subprocess.Popen[bytes], base: str, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"server exited {proc.returncode}: {_text(log)}")

@@ -14,11 +14,9 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import tarfile
 import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ import pytest
 
 from tests.helpers.cli import FAST_KDF, PASSWORD, run_cli, strongroom_command
 from tests.server.dashboard.conftest import OPERATOR_PASSWORD, READER_PASSWORD, make_tree
+from tests.server.test_server_process import _free_port, _wait_up
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
@@ -57,25 +56,6 @@ class Server:
     source: Path
     files: dict[str, bytes]
     artifacts: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_up(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited {proc.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    pytest.fail(f"server did not answer: {log.read_text()}")
 
 
 def _cli(env: dict[str, str], *args: str) -> Any:
