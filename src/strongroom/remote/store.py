@@ -16,6 +16,13 @@ Contract:
   tree loaded adds its files' chunk ids to a plan, and a data chunk missed
   is fetched with up to `PREFETCH` chunks that follow it in the plan (at
   most `PREFETCH_BYTES`), kept in a bounded cache until asked for;
+- with a tree cache (repository/blob_cache.py; `open_agent` makes one per
+  repository id), every tree the agent stores or reads is kept on disk as
+  its compressed payload, and a tree is looked up there before the server
+  is asked. A cached tree is verified as a server's answer is (it
+  decompresses within the bound and hashes, keyed, to its id); one that
+  fails is dropped and fetched again. So a backup of an unchanged tree
+  reads no tree from the server;
 - `save_point` commits the point with a random commit id, retried with the
   same id, so a lost answer never makes two points.
 """
@@ -35,6 +42,7 @@ from strongroom.model.tree import decode_tree
 from strongroom.remote.client import Client
 from strongroom.remote.config import RepositoryInfo
 from strongroom.repository import bundle
+from strongroom.repository.blob_cache import BlobCache
 from strongroom.repository.compress import Compressor
 from strongroom.repository.crypto import ChunkHasher
 from strongroom.repository.format import BlobType
@@ -65,14 +73,21 @@ class Traffic:
     answer_bytes: int = 0  # and the answers' bodies
     bundles: int = 0
     bytes_sent: int = 0  # bundle bytes uploaded
-    chunks_read: int = 0
+    chunks_read: int = 0  # from the server
+    trees_cached: int = 0  # trees read from the local tree cache instead
 
 
 class RemoteStore:
     def __init__(
-        self, client: Client, info: RepositoryInfo, *, batch_bytes: int = BATCH_BYTES
+        self,
+        client: Client,
+        info: RepositoryInfo,
+        *,
+        batch_bytes: int = BATCH_BYTES,
+        tree_cache: BlobCache | None = None,
     ) -> None:
         self.client = client
+        self.tree_cache = tree_cache
         self.config = RepoConfig(
             id=info.id,
             cdc_min=info.cdc_min,
@@ -143,8 +158,15 @@ class RemoteStore:
 
     def put_chunk(self, blob_type: BlobType, data: bytes) -> bytes:
         cid = self.chunk_id(data)
-        if not self.has_chunk(cid):
-            self.add_sealed(cid, blob_type, self.compressor.pack(data), len(data))
+        cache = self.tree_cache if blob_type is BlobType.TREE else None
+        known = self.has_chunk(cid)
+        if known and (cache is None or cache.has(cid)):
+            return cid
+        payload = self.compressor.pack(data)
+        if cache is not None:
+            cache.put(cid, payload)
+        if not known:
+            self.add_sealed(cid, blob_type, payload, len(data))
         return cid
 
     def flush(self) -> None:
@@ -248,6 +270,11 @@ class RemoteStore:
         self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None
     ) -> bytes:
         bound = MAX_CHUNK_SIZE[blob_type] if raw_length is None else raw_length
+        if blob_type is BlobType.TREE and self.tree_cache is not None:
+            kept = self._cached_tree(chunk_id, bound)
+            if kept is not None:
+                self._plan_tree(kept)
+                return kept
         waited = False
         while True:
             with self._read_lock:
@@ -281,6 +308,24 @@ class RemoteStore:
             self._plan_tree(data)
         return data
 
+    def _cached_tree(self, chunk_id: bytes, bound: int) -> bytes | None:
+        """The tree from the local cache, verified; None (the entry dropped if
+        it was there) when it is absent or fails verification."""
+        assert self.tree_cache is not None
+        payload = self.tree_cache.get(chunk_id)
+        if payload is None:
+            return None
+        try:
+            data = self.compressor.unpack(payload, bound)
+        except IntegrityError:
+            data = None
+        if data is None or self.chunk_id(data) != chunk_id:
+            self.tree_cache.drop(chunk_id)
+            return None
+        with self._read_lock:
+            self.traffic.trees_cached += 1
+        return data
+
     def plan_reads(self, chunks: Iterable[tuple[bytes, int]]) -> None:
         """Data chunks (id, size) in the order they will be loaded: a load of
         one also fetches those after it (an image's blocks in address order)."""
@@ -298,10 +343,14 @@ class RemoteStore:
         if blob_type is BlobType.TREE:
             at_tree = self._tree_planned.get(chunk_id)
             if at_tree is not None:
-                for cid in self._tree_plan[at_tree + 1 :]:
+                # a bounded look ahead: cached siblings are skipped, not asked for
+                ahead = self._tree_plan[at_tree + 1 : at_tree + 1 + 8 * TREE_PREFETCH]
+                for cid in ahead:
                     if len(wanted) >= TREE_PREFETCH:
                         break
-                    if cid not in self._cache and cid not in self._inflight and cid not in wanted:
+                    if cid in self._cache or cid in self._inflight or cid in wanted:
+                        continue
+                    if self.tree_cache is None or not self.tree_cache.has(cid):
                         wanted.append(cid)
             return wanted
         at = self._planned.get(chunk_id) if blob_type is BlobType.DATA else None
@@ -336,6 +385,8 @@ class RemoteStore:
                 raise IntegrityError(f"chunk {cid.hex()[:16]}: larger than its tree says")
             data = bundle.verify(record, self.compressor, self.chunk_id)
             self.traffic.chunks_read += 1
+            if blob_type is BlobType.TREE and self.tree_cache is not None:
+                self.tree_cache.put(cid, record.payload)
             if cid == first:
                 found = data
             else:
