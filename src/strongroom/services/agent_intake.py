@@ -33,14 +33,16 @@ Contract:
   `IDLE_SECONDS` without a write, so a prune can run between backups. After
   such a gap the session forgets what it wrote and listed (a prune may have
   removed it) and asks the storage again;
-Thread safety: one lock serialises the repository session; verification
-(decompression, hashing) runs outside it.
+Thread safety: one lock serialises the repository session's writes and
+index refreshes; verification (decompression, hashing) and reads for agents
+(`read`: the index is safe for readers) run outside it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,6 +95,8 @@ class Intake:
         self._last_write = time.monotonic()
         self._gap = False  # the shared lock was released since the index was read
         self._stop = threading.Event()
+        workers = max(1, self.repo.backend.capabilities.parallel_requests)
+        self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="intake-read")
         with self._lock:
             self.repo.load_index()
         self._idler = threading.Thread(target=self._release_when_idle, daemon=True)
@@ -101,6 +105,7 @@ class Intake:
     def close(self) -> None:
         self._stop.set()
         self._idler.join()
+        self._readers.shutdown(wait=True)
         with self._lock:
             self._release()
             self._session.__exit__(None, None, None)
@@ -179,26 +184,38 @@ class Intake:
         return Stored(len(records), added, added_bytes)
 
     def read(self, wanted: list[tuple[bytes, BlobType]]) -> bytes:
-        """A bundle of the named chunks, each authenticated and verified
-        (`load_chunk`), in order, as many as fit in one bundle (the caller
-        asks again for the rest). ChunkNotFound names the first absent one."""
+        """A bundle of the named chunks, in order, as many as fit in one
+        bundle (the caller asks again for the rest; the first always comes).
+        Each is authenticated (the pack's AEAD) and sent as stored,
+        compressed, with the size it declares: the agent decompresses within
+        its bound and checks the keyed id, as for any answer. The chunks are
+        read outside the session's lock (the index is safe for readers), in
+        parallel (`parallel_requests` of the backend), neighbours in one pack
+        with one ranged GET. ChunkNotFound names the first absent one."""
         if len(wanted) > MAX_READ:
             raise UsageError(f"at most {MAX_READ} chunks per read")
-        records: list[bundle.Record] = []
+        try:
+            fitting = self._fitting(wanted)
+        except ChunkNotFound:
+            with self._lock:  # stored by another writer since the index was read?
+                self.repo.refresh_index()
+                self._refreshed = time.monotonic()
+            fitting = self._fitting(wanted)
+        found = self.repo.load_payloads(fitting, self._readers)
+        return bundle.encode(
+            bundle.Record(cid, blob_type, raw_length, payload)
+            for (cid, blob_type), (payload, raw_length) in zip(fitting, found, strict=True)
+        )
+
+    def _fitting(self, wanted: list[tuple[bytes, BlobType]]) -> list[tuple[bytes, BlobType]]:
+        """The first of `wanted` whose records fit in one bundle (by their
+        sealed sizes, which bound their payloads); at least one."""
         size = bundle.empty_size()
-        for cid, blob_type in wanted:
-            with self._lock:
-                try:
-                    data = self.repo.load_chunk(cid, blob_type)
-                except ChunkNotFound:
-                    self.repo.refresh_index()
-                    data = self.repo.load_chunk(cid, blob_type)
-            record = bundle.Record(cid, blob_type, len(data), self.repo.compressor.pack(data))
-            if records and size + record.size > bundle.MAX_BUNDLE:
-                break
-            records.append(record)
-            size += record.size
-        return bundle.encode(records)
+        for n, (cid, _blob_type) in enumerate(wanted):
+            size += bundle.record_overhead() + self.repo.locate(cid).length
+            if n and size > bundle.MAX_BUNDLE:
+                return wanted[:n]
+        return wanted
 
     # --- points --------------------------------------------------------------
 
