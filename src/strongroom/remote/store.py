@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.errors import IntegrityError, RemoteError, StrongroomError
-from strongroom.model.tree import decode_tree
+from strongroom.model.tree import ID_SIZE, decode_wires
 from strongroom.remote.client import Client
 from strongroom.remote.config import RepositoryInfo
 from strongroom.repository import bundle
@@ -402,23 +402,35 @@ class RemoteStore:
             self._cache_bytes += len(data)
 
     def _plan_tree(self, blob: bytes) -> None:
-        """Best effort: a tree that does not decode plans nothing (the
-        pipeline that asked for it reports it)."""
+        """Best effort, from the raw node maps (a walk decodes each tree
+        anyway; building nodes twice costs more than the walk): a tree that
+        does not decode plans nothing, a malformed field is skipped (the
+        pipeline that asked for the tree reports it)."""
         try:
-            nodes = decode_tree(blob)
+            wires = decode_wires(blob)
         except (StrongroomError, ValueError, TypeError, KeyError):
             return
         with self._read_lock:
-            for node in nodes:
-                subtree = node.subtree
-                fresh = subtree is not None and subtree not in self._tree_planned
-                if fresh and subtree is not None and len(self._tree_plan) < MAX_PLAN:
+            for wire in wires:
+                subtree = wire.get("st")
+                if (
+                    type(subtree) is bytes
+                    and len(subtree) == ID_SIZE
+                    and subtree not in self._tree_planned
+                    and len(self._tree_plan) < MAX_PLAN
+                ):
                     self._tree_planned[subtree] = len(self._tree_plan)
                     self._tree_plan.append(subtree)
-                for cid, size in zip(node.chunks, node.chunk_sizes, strict=False):
+                content, sizes = wire.get("c"), wire.get("cs")
+                if type(content) is not bytes or type(sizes) is not list:
+                    continue
+                if len(content) != ID_SIZE * len(sizes):
+                    continue
+                for n, size in enumerate(sizes):
                     if len(self._plan) >= MAX_PLAN:
                         return
-                    if cid not in self._planned:
+                    cid = content[n * ID_SIZE : (n + 1) * ID_SIZE]
+                    if type(size) is int and cid not in self._planned:
                         self._planned[cid] = len(self._plan)
                         self._plan.append((cid, size))
 

@@ -71,10 +71,10 @@ class BlobCache:
         self._made: set[str] = set()  # sub-folders known to exist
 
     def _path(self, blob_id: bytes) -> str:
-        name = blob_id.hex()
-        if not _NAME.match(name):
+        if len(blob_id) != 32:
             raise ValueError("a cached blob's id is 32 bytes")
-        return os.path.join(self.folder, name[:2], name)
+        name = blob_id.hex()
+        return f"{self.folder}/{name[:2]}/{name}"
 
     def has(self, blob_id: bytes) -> bool:
         return os.path.isfile(self._path(blob_id))
@@ -88,11 +88,13 @@ class BlobCache:
         except OSError:
             return None
         try:
-            with os.fdopen(fd, "rb") as f:
-                data = f.read(self.max_blob + 1)
+            size = os.fstat(fd).st_size
+            data = os.read(fd, size + 1) if 0 < size <= self.max_blob else b""
         except OSError:
             return None
-        if len(data) > self.max_blob or not data:
+        finally:
+            os.close(fd)
+        if not 0 < len(data) <= min(size, self.max_blob):  # oversized, empty or growing
             self.drop(blob_id)
             return None
         try:
