@@ -32,6 +32,10 @@ def test_put_get_and_the_files_are_private(tmp_path: Path) -> None:
     path.write_bytes(b"y" * 101)  # grown on disk beyond the bound: a miss, dropped
     assert cache.get(_id(1)) is None and not path.exists()
     cache.drop(_id(3))  # absent: no error
+    for n in range(10, 20):  # handed to the background writer
+        cache.put_soon(_id(n), b"soon %d" % n)
+    cache.wait()
+    assert [cache.get(_id(n)) for n in range(10, 20)] == [b"soon %d" % n for n in range(10, 20)]
     with pytest.raises(ValueError):
         cache.get(b"short")
 

@@ -164,7 +164,7 @@ class RemoteStore:
             return cid
         payload = self.compressor.pack(data)
         if cache is not None:
-            cache.put(cid, payload)
+            cache.put_soon(cid, payload)
         if not known:
             self.add_sealed(cid, blob_type, payload, len(data))
         return cid
@@ -187,6 +187,8 @@ class RemoteStore:
             self._batches.put(None)
             self._sender.join()
             self._sender = None
+        if self.tree_cache is not None:
+            self.tree_cache.wait()  # the trees handed to it are on disk
 
     # --- sending -----------------------------------------------------------------
 
@@ -386,7 +388,7 @@ class RemoteStore:
             data = bundle.verify(record, self.compressor, self.chunk_id)
             self.traffic.chunks_read += 1
             if blob_type is BlobType.TREE and self.tree_cache is not None:
-                self.tree_cache.put(cid, record.payload)
+                self.tree_cache.put_soon(cid, record.payload)
             if cid == first:
                 found = data
             else:

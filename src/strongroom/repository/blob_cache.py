@@ -22,12 +22,17 @@ Contract:
   folder at the first write, so two processes sharing a cache may overshoot
   briefly; each evicts on its own writes.
 
+- `put_soon` hands the write to one background thread (a file create costs
+  about as much as a small network answer on a busy disk, and a first backup
+  stores thousands of trees); `wait` returns once every handed write is done.
+
 Thread safety: any thread may call any method.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
 import threading
@@ -36,6 +41,7 @@ import time
 from strongroom.atomic import atomic_write
 
 DEFAULT_LIMIT = 256 << 20
+QUEUED = 4096  # writes handed to the background thread, at most (then `put_soon` waits)
 _KINDS = frozenset({"agent", "repository"})
 _REPOSITORY_ID = re.compile(r"[0-9a-f]{16,128}\Z")
 _NAME = re.compile(r"[0-9a-f]{64}\Z")
@@ -69,6 +75,8 @@ class BlobCache:
         self._sizes: dict[str, tuple[int, float]] | None = None  # name -> size, mtime
         self._total = 0
         self._made: set[str] = set()  # sub-folders known to exist
+        self._queue: queue.Queue[tuple[bytes, bytes]] = queue.Queue(maxsize=QUEUED)
+        self._writer: threading.Thread | None = None
 
     def _path(self, blob_id: bytes) -> str:
         if len(blob_id) != 32:
@@ -127,6 +135,32 @@ class BlobCache:
             sizes[os.path.basename(path)] = (len(data), time.time())
             if self._total > self.limit:
                 self._evict(sizes)
+
+    def put_soon(self, blob_id: bytes, data: bytes) -> None:
+        """`put`, on the background thread (see the module's contract)."""
+        if self._writer is None:
+            with self._lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(
+                        target=self._write_loop, name="blob-cache", daemon=True
+                    )
+                    self._writer.start()
+        self._queue.put((blob_id, data))
+
+    def wait(self) -> None:
+        """Return once every write handed to `put_soon` is done."""
+        if self._writer is not None:
+            self._queue.join()
+
+    def _write_loop(self) -> None:
+        while True:
+            blob_id, data = self._queue.get()
+            try:
+                self.put(blob_id, data)
+            except (OSError, ValueError):
+                pass  # best effort, as `put`
+            finally:
+                self._queue.task_done()
 
     def drop(self, blob_id: bytes) -> None:
         """Forget `blob_id` (a corrupt or unwanted entry)."""
