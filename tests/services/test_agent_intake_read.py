@@ -90,3 +90,34 @@ def test_read_stops_at_a_full_bundle_and_names_an_absent_or_damaged_chunk(
     pack.write_bytes(bytes(raw))
     with pytest.raises(IntegrityError):
         intake.read([(cid, blob_type)])
+
+
+def test_points_reads_each_point_object_once(
+    stored: tuple[Intake, list[tuple[bytes, BlobType]], dict[bytes, bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    intake, wanted, _plain = stored
+    tree = next(cid for cid, t in wanted if t is BlobType.TREE)
+
+    def point(host: str, hour: int) -> str:
+        return intake.repo.save_point(
+            {"version": 1, "kind": "files", "time": f"2026-01-01T{hour:02}:00:00+00:00",
+             "host": host, "paths": ["/src"], "tree": tree.hex()}
+        )  # fmt: skip
+
+    a1, _b, a2 = point("a", 2), point("b", 1), point("a", 1)
+    reads: list[str] = []
+    real_load = intake.repo.load_point
+
+    def counting(point_hex: str) -> dict[str, object]:
+        reads.append(point_hex)
+        return real_load(point_hex)
+
+    monkeypatch.setattr(intake.repo, "load_point", counting)
+    assert [p["id"] for p in intake.points("a")] == [a2, a1]  # oldest first, a's only
+    assert len(reads) == 3
+    a3 = point("a", 3)
+    assert [p["id"] for p in intake.points("a")] == [a2, a1, a3]
+    assert len(reads) == 4  # only the new one read
+    intake.repo.delete_point(a1)  # forgotten: gone from the answer
+    assert [p["id"] for p in intake.points("a")] == [a2, a3] and len(reads) == 4

@@ -53,6 +53,7 @@ from strongroom.catalog import Catalog, Machine
 from strongroom.errors import (
     ChunkNotFound,
     IntegrityError,
+    ObjectNotFound,
     PointNotFound,
     RepositoryError,
     UnsupportedVersion,
@@ -64,7 +65,7 @@ from strongroom.model.point import RecoveryPoint
 from strongroom.repository import bundle
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import is_object_hex
-from strongroom.services.points import list_points
+from strongroom.services.points import load_point
 from strongroom.services.session import LockMode, open_repository
 
 REFRESH_SECONDS = 1.0  # at most one listing of index/ per second, on a miss
@@ -95,6 +96,8 @@ class Intake:
         self._last_write = time.monotonic()
         self._gap = False  # the shared lock was released since the index was read
         self._stop = threading.Event()
+        self._points: dict[str, RecoveryPoint] = {}  # decoded points by id (immutable)
+        self._points_lock = threading.Lock()
         workers = max(1, self.repo.backend.capabilities.parallel_requests)
         self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="intake-read")
         with self._lock:
@@ -220,10 +223,33 @@ class Intake:
     # --- points --------------------------------------------------------------
 
     def points(self, machine: str) -> list[dict[str, Any]]:
-        """The points whose host is `machine`, oldest first, as documents."""
-        with self._lock:
-            found = list_points(self.repo, on_damaged=lambda _p, _e: None)
+        """The points whose host is `machine`, oldest first, as documents.
+
+        Every agent's backup asks this first (to find its parent): a point's
+        id is the hash of its object, so decoded points are kept by id and
+        each call lists `points/` once and reads only the points new since
+        (in parallel); forgotten ones drop out of the listing. Damaged points
+        are left out (and read again next time)."""
+        with self._points_lock:
+            ids = self.repo.list_point_ids()
+            new = [i for i in ids if i not in self._points]
+            if new:
+                workers = max(1, min(self.repo.backend.capabilities.parallel_requests, len(new)))
+                with ThreadPoolExecutor(workers) as pool:
+                    for point_hex, point in zip(new, pool.map(self._read_point, new), strict=True):
+                        if point is not None:
+                            self._points[point_hex] = point
+            listed = set(ids)
+            for gone in [i for i in self._points if i not in listed]:
+                del self._points[gone]
+            found = sorted(self._points.values(), key=lambda p: (p.time, p.id))
         return [{"id": p.id, **p.to_doc()} for p in found if p.host == machine]
+
+    def _read_point(self, point_hex: str) -> RecoveryPoint | None:
+        try:
+            return load_point(self.repo, point_hex)
+        except (ObjectNotFound, IntegrityError):
+            return None  # forgotten meanwhile, or damaged (left out, as listing does)
 
     def commit(self, catalog: Catalog, machine: Machine, doc: Any, commit_id: str) -> str:
         """Save the point `doc` for `machine` (see the module's contract);
