@@ -14,12 +14,12 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from strongroom.errors import PointNotFound, RemoteError, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.pipeline.backup import BackupOptions, FileBackup
-from strongroom.pipeline.restore import FileRestore, RestoreSummary
 from strongroom.remote.client import Client, split_servers
 from strongroom.remote.config import AgentConfig, RepositoryInfo, default_config_path
 from strongroom.remote.store import RemoteStore
@@ -27,6 +27,9 @@ from strongroom.remote.tree_cache import open_tree_cache
 from strongroom.services.backup import BackupRequest, BackupResult, continues_journal
 from strongroom.services.recording import record_point
 from strongroom.types import ProgressCallback, no_progress
+
+if TYPE_CHECKING:  # the restore pipeline is imported by restores only (a backup's start)
+    from strongroom.pipeline.restore import RestoreSummary
 
 __all__ = [
     "AgentConfig",
@@ -205,6 +208,8 @@ def restore_through_server(
 ) -> tuple[RecoveryPoint, RestoreSummary]:
     """Restore one of the machine's files points (all of it, or the paths
     `includes` of it) into `target`."""
+    from strongroom.pipeline.restore import FileRestore
+
     point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a files point")
