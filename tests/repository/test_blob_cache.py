@@ -36,6 +36,10 @@ def test_put_get_and_the_files_are_private(tmp_path: Path) -> None:
         cache.put_soon(_id(n), b"soon %d" % n)
     cache.wait()
     assert [cache.get(_id(n)) for n in range(10, 20)] == [b"soon %d" % n for n in range(10, 20)]
+    writer = cache._writer
+    cache.put_soon(_id(20), b"last")
+    cache.close()  # written, and the thread is gone (a later put_soon starts another)
+    assert cache.get(_id(20)) == b"last" and writer is not None and not writer.is_alive()
     with pytest.raises(ValueError):
         cache.get(b"short")
 

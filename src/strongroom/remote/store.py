@@ -188,7 +188,7 @@ class RemoteStore:
             self._sender.join()
             self._sender = None
         if self.tree_cache is not None:
-            self.tree_cache.wait()  # the trees handed to it are on disk
+            self.tree_cache.close()  # the trees handed to it are on disk
 
     # --- sending -----------------------------------------------------------------
 

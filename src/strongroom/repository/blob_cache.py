@@ -24,7 +24,8 @@ Contract:
 
 - `put_soon` hands the write to one background thread (a file create costs
   about as much as a small network answer on a busy disk, and a first backup
-  stores thousands of trees); `wait` returns once every handed write is done.
+  stores thousands of trees); `wait` returns once every handed write is done,
+  `close` also stops the thread.
 
 Thread safety: any thread may call any method.
 """
@@ -75,7 +76,7 @@ class BlobCache:
         self._sizes: dict[str, tuple[int, float]] | None = None  # name -> size, mtime
         self._total = 0
         self._made: set[str] = set()  # sub-folders known to exist
-        self._queue: queue.Queue[tuple[bytes, bytes]] = queue.Queue(maxsize=QUEUED)
+        self._queue: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize=QUEUED)
         self._writer: threading.Thread | None = None
 
     def _path(self, blob_id: bytes) -> str:
@@ -152,9 +153,22 @@ class BlobCache:
         if self._writer is not None:
             self._queue.join()
 
+    def close(self) -> None:
+        """`wait`, then stop the background thread (a later `put_soon`
+        starts another): a long-lived process opens a cache per job."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._queue.put(None)
+            writer.join()
+
     def _write_loop(self) -> None:
         while True:
-            blob_id, data = self._queue.get()
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            blob_id, data = item
             try:
                 self.put(blob_id, data)
             except (OSError, ValueError):
