@@ -355,7 +355,7 @@ def verify_restore(ctx: Context, env: dict[str, str], config: Path, name: str) -
         problems = ["not found"] if restored is None else compare_trees(tree, restored)[0]
         if problems:
             ctx.failures.fail(f"{name}: {tree.name} restored differs: {problems[:3]}")
-    log(f"  {name}: restore through the server verified")
+    log(f"  {name}: restore through the server verified ({m.seconds:.1f} s)")
 
 
 # --------------------------------------------------------------------------- restic
