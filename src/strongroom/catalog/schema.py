@@ -343,3 +343,13 @@ agent_commits = sa.Table(
     sa.Column("at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("machine_id", "commit_id"),
 )
+
+# --- the server's memory of point documents (revision 0006) ---------------------
+
+point_memos = sa.Table(
+    "point_memos",
+    metadata,
+    sa.Column("repository", sa.String(64), primary_key=True),  # the repository's id
+    sa.Column("point_id", sa.String(64), primary_key=True),
+    sa.Column("doc", sa.Text, nullable=False),  # the point's document, as JSON
+)
