@@ -83,16 +83,14 @@ def test_image_jobs_and_schedule_through_agent_run_once(
         assert listed[first]["kind"] == "block" and listed[first]["host"] == "web1"
         assert listed[first]["tags"] == ["asked"]
 
-        target = tmp_path / "restored.img"
-        restore = _job(http, "restore", {"point": first, "target": str(target)})
-        assert http.get(f"/api/v1/jobs/{restore}").json()["spec"]["kind"] == "image"
-        rc, ran, err = _run_once(site)
-        assert rc == 0 and [(r["id"], r["ok"]) for r in ran] == [(restore, True)], (ran, err)
-        assert _sha(target) == _sha(disk)
         # an image point is restored whole: no paths
+        target = tmp_path / "restored.img"
         picked = http.post("/api/v1/jobs", json={"kind": "restore", "machine": "web1", "spec": {
             "point": first, "target": str(target), "paths": ["/x"]}})  # fmt: skip
         assert picked.status_code == 400, picked.text
+        restore = _job(http, "restore", {"point": first, "target": str(target)})
+        assert http.get(f"/api/v1/jobs/{restore}").json()["spec"]["kind"] == "image"
+        before = _sha(disk)
 
         # a schedule of image backups, once due, makes an incremental point
         with open(disk, "r+b") as f:
@@ -111,10 +109,12 @@ def test_image_jobs_and_schedule_through_agent_run_once(
             assert len(Scheduler(catalog).tick()) <= 1
         finally:
             catalog.close()
-        rc, ran, err = _run_once(site)
-        assert rc == 0 and len(ran) == 1 and ran[0]["ok"], (ran, err)
-        second = ran[0]["point"]
-        shown = http.get(f"/api/v1/jobs/{ran[0]['id']}").json()
+        rc, ran, err = _run_once(site)  # the restore and the scheduled backup
+        assert rc == 0 and len(ran) == 2 and all(r["ok"] for r in ran), (ran, err)
+        assert _sha(target) == before
+        (scheduled,) = [r for r in ran if r["id"] != restore]
+        second = scheduled["point"]
+        shown = http.get(f"/api/v1/jobs/{scheduled['id']}").json()
         assert shown["schedule"] is not None and shown["machine"] == "web1"
         points = {p["id"]: p for p in http.get("/api/v1/points").json()}
         assert points[second]["parent"] == first
@@ -124,11 +124,9 @@ def test_image_jobs_and_schedule_through_agent_run_once(
         # refuse: the target holds the first disk; replace: it becomes the second
         refused = _job(http, "restore", {"point": second, "target": str(target),
                                          "overwrite": "refuse"})  # fmt: skip
+        replaced = _job(http, "restore", {"point": second, "target": str(target),
+                                          "overwrite": "replace"})  # fmt: skip
         rc, ran, _ = _run_once(site)
-        assert rc == 1 and "not an empty file" in http.get(f"/api/v1/jobs/{refused}").json()[
-            "outcome"]  # fmt: skip
-        assert _sha(target) != _sha(disk)
-        _job(http, "restore", {"point": second, "target": str(target), "overwrite": "replace"})
-        rc, ran, err = _run_once(site)
-        assert rc == 0 and ran[0]["ok"], err
+        assert rc == 1 and [(r["id"], r["ok"]) for r in ran] == [(refused, False), (replaced, True)]
+        assert "not an empty file" in http.get(f"/api/v1/jobs/{refused}").json()["outcome"]
         assert _sha(target) == _sha(disk)
