@@ -4,7 +4,8 @@ password: an operator's image backup job (spec `kind: image`) makes a block
 point of the machine's file, its restore job writes it back byte for byte; a
 machine's image schedule, once due, makes an incremental point (the first as
 its parent, only the changed blocks read); `overwrite: refuse` fails the job
-when the target holds something; hostile image specs are refused with 400."""
+when the target holds something; hostile image specs are refused with 400;
+a block point's dashboard page queues the restore of its disk to the agent."""
 
 from __future__ import annotations
 
@@ -88,8 +89,15 @@ def test_image_jobs_and_schedule_through_agent_run_once(
         picked = http.post("/api/v1/jobs", json={"kind": "restore", "machine": "web1", "spec": {
             "point": first, "target": str(target), "paths": ["/x"]}})  # fmt: skip
         assert picked.status_code == 400, picked.text
-        restore = _job(http, "restore", {"point": first, "target": str(target)})
-        assert http.get(f"/api/v1/jobs/{restore}").json()["spec"]["kind"] == "image"
+        # the point's dashboard page queues the restore of its disk to the agent
+        assert 'id="restore-disk-to-agent"' in http.get(f"/points/{first}").text
+        form = {"csrf_token": http.headers["X-CSRF-Token"], "target": str(target)}
+        queued = http.post(f"/points/{first}/restore", data=form)
+        assert queued.status_code == 303, queued.text
+        (restore,) = [j["id"] for j in http.get("/api/v1/jobs").json() if j["kind"] == "restore"]
+        spec = http.get(f"/api/v1/jobs/{restore}").json()["spec"]
+        assert spec == {"point": first, "paths": [], "target": str(target),
+                        "overwrite": "refuse", "kind": "image"}  # fmt: skip
         before = _sha(disk)
 
         # a schedule of image backups, once due, makes an incremental point

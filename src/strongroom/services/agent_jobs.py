@@ -144,7 +144,7 @@ def check_restore(spec: Mapping[str, Any]) -> dict[str, Any]:
     paths inside it (none: all of it), target (an absolute folder on the
     machine), overwrite (`replace` what is in the way, as `restore` does; or
     `refuse` unless the target is absent or empty), kind (`files` or
-    `image`: what the point is; `check_spec` sets it from the point). Of an
+    `image`: what the point is; `check_spec` sets `image` from the point). Of an
     image point, the target is the file or block device the disk is written
     to, and no paths are picked."""
     _unknown(spec, {"point", "paths", "target", "overwrite", "kind"}, "restore")
@@ -239,12 +239,12 @@ class AgentJobs:
         if point.kind not in (PointKind.FILES, PointKind.BLOCK):
             raise UsageError("restore: agents restore files and block image points only")
         kind = "image" if point.kind == PointKind.BLOCK else "files"
-        if checked.setdefault("kind", kind) != kind:
+        if checked.get("kind", kind) != kind:
             raise UsageError(f"restore: the point is a {kind} point")
-        if kind == "image":
+        if kind == "image":  # the agent is told (a files restore's spec is as it was)
             if checked["paths"]:
                 raise UsageError("restore: an image point is restored whole (no paths)")
-            return checked
+            return checked | {"kind": "image"}
         for path in checked["paths"]:
             try:
                 self.find_path(point, path)
