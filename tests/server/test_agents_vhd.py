@@ -8,9 +8,10 @@
   and the tree; the dashboard's VHD download of the last point reads back
   through libvhdi as the same disk;
 - `protect DIR --to FOLDER --server URL`: the chain is shipped to the folder
-  as without a server (libvhdi reads it as the tree), nothing is sent;
-- a policy whose volume has a VHD chain destination is no longer refused
-  through a server (its cycle is the local one: services/chain_cycle.py).
+  as without a server (libvhdi reads it as the tree), nothing is sent.
+
+(A policy's VHD chain destination, no longer refused through a server, is
+checked in test_agents_protect_retention.py: its cycle is the local one.)
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from strongroom.errors import UsageError
-from strongroom.protect.policy import Policy, PolicySource, SourceKind
-from strongroom.services.protect_service import check_through_server
 from tests.conftest import CliRunner
 from tests.helpers.tree import random_bytes, write_file
 from tests.protect.mirror import (
@@ -100,13 +98,3 @@ def test_vhd_mode_into_the_servers_repository_and_a_folder(
         assert tree_differences(src, flat2, tmp_path / "compare2") == []
         after = [p for p in site.http.get("/api/v1/points").json() if p["kind"] == "block"]
         assert len(after) == 2  # nothing went to the server
-
-
-def test_through_a_server_a_chain_destination_runs_only_vms_are_refused() -> None:
-    """A policy's VHD chain destination is the machine's to write: through a
-    server it ships as it does locally (it was refused); a VM source still is."""
-    chain = Policy("c", [PolicySource("v", SourceKind.VOLUME, "/v.qcow2")], destination="/chain")
-    check_through_server([chain])
-    vm = Policy("m", [PolicySource("vm", SourceKind.VM, "guest")])
-    with pytest.raises(UsageError, match="trees and volumes only"):
-        check_through_server([chain, vm])
