@@ -88,7 +88,9 @@ def _absolute(items: list[str], what: str, name: str) -> list[str]:
 def _unknown(spec: Mapping[str, Any], known: set[str], what: str) -> None:
     unknown = set(spec) - known
     if unknown:
-        names = ", ".join(sorted(str(u)[:32] for u in unknown))
+        # names only, cut and printable (a NUL or a newline is not echoed)
+        names = ", ".join(sorted("".join(c for c in str(u)[:32] if c.isprintable())
+                                 for u in unknown))  # fmt: skip
         raise UsageError(f"{what}: unknown field(s) {names[:200]}")
 
 
