@@ -1,6 +1,7 @@
 """`strongroom agent run`: the agent's job loop. It claims the jobs of its
 machine from the server, runs each with the SAME code as `backup --server`
-and `restore --server` (services/agent_backup.py), reports progress as its
+(files or `--image`) and `restore --server` (services/agent_backup.py,
+services/agent_images.py), reports progress as its
 heartbeat and finishes the job with the point made or the error's one line
 (docs/server.md, "Schedules and jobs on agents").
 
@@ -18,13 +19,15 @@ Contract:
   now rather than after the heartbeat timeout. The next scheduled run or an
   operator runs it again;
 - a restore with `overwrite: refuse` fails before writing anything when its
-  target folder exists and is not empty.
+  target folder exists and is not empty; of an image point, when its target
+  exists and is anything but an empty regular file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +39,12 @@ from strongroom.remote.config import AgentConfig
 from strongroom.remote.jobs import ClaimedJob, JobsClient
 from strongroom.remote.store import RemoteStore
 from strongroom.services.agent_backup import backup_through_server, restore_through_server
+from strongroom.services.agent_images import (
+    backup_image_through_server,
+    restore_image_through_server,
+)
 from strongroom.services.backup import BackupRequest
+from strongroom.services.image_backup import ImageBackupRequest
 from strongroom.types import Progress
 
 log = logging.getLogger(__name__)
@@ -158,8 +166,12 @@ class AgentRunner:
     ) -> tuple[str | None, str]:
         store = RemoteStore(self.client, self.config.repository)
         try:
+            if job.kind == "backup" and job.spec.get("kind") == "image":
+                return self._backup_image(store, job.spec, report, cancel)
             if job.kind == "backup":
                 return self._backup(store, job.spec, report, cancel)
+            if job.spec.get("kind") == "image":
+                return None, self._restore_image(store, job.spec, report, cancel)
             return None, self._restore(store, job.spec, report, cancel)
         finally:
             store.close()
@@ -190,6 +202,51 @@ class AgentRunner:
             text += f"; {s.unreadable} files could not be read"
         return point, text
 
+    def _backup_image(
+        self,
+        store: RemoteStore,
+        spec: dict[str, Any],
+        report: Callable[[Progress], None],
+        cancel: threading.Event,
+    ) -> tuple[str | None, str]:
+        source = spec.get("source")
+        if not isinstance(source, str) or not os.path.isabs(source):
+            raise UsageError("the image backup job is malformed (source)")
+        request = ImageBackupRequest(
+            source=source,
+            changed_since=str(spec.get("changed_since", "auto")),
+            tags=_strings(spec.get("tags")),
+        )
+        if request.changed_since not in ("auto", "compare", "none"):
+            raise UsageError("the image backup job is malformed (changed_since)")
+        result = backup_image_through_server(store, self.config.machine, request, report, cancel)
+        s = result.summary
+        text = (
+            f"image of {s.size} bytes: {s.bytes_changed} bytes changed, {s.data_added} bytes "
+            f"added in {result.seconds:.1f} s ({s.tracker or 'full'})"
+        )
+        return result.point.id, text
+
+    def _restore_image(
+        self,
+        store: RemoteStore,
+        spec: dict[str, Any],
+        report: Callable[[Progress], None],
+        cancel: threading.Event,
+    ) -> str:
+        point, target = str(spec.get("point", "")), str(spec.get("target", ""))
+        if len(point) != 64 or not os.path.isabs(target):
+            raise UsageError("the restore job is malformed (point, target)")
+        if spec.get("overwrite") == "refuse" and _occupied(target):
+            raise UsageError("the target exists and is not an empty file (overwrite: refuse)")
+        found, s = restore_image_through_server(store, point, target, "raw", report, cancel)
+        if s.damaged:
+            raise UsageError(f"{len(s.damaged)} blocks could not be restored (damaged data)")
+        return (
+            f"restored {s.size} bytes ({s.bytes_written} written) of point {found.short_id} "
+            f"to {target}"
+        )
+
     def _restore(
         self,
         store: RemoteStore,
@@ -210,6 +267,16 @@ class AgentRunner:
             f"restored {s.files} files, {s.dirs} folders, {s.bytes_written} bytes of point "
             f"{found.short_id} to {target}"
         )
+
+
+def _occupied(target: str) -> bool:
+    """Whether an image restore would overwrite something: the target exists
+    and is not an empty regular file (a device always holds something)."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return False
+    return not (stat.S_ISREG(st.st_mode) and st.st_size == 0)
 
 
 def _strings(value: object) -> list[str]:
