@@ -318,6 +318,7 @@ machines = sa.Table(
     sa.Column("created", UtcDateTime, nullable=False),
     sa.Column("last_seen", UtcDateTime),
     sa.Column("disabled", sa.Boolean, nullable=False),
+    sa.Column("cluster", sa.String(MAX_USER_NAME)),  # revision 0006: the VM cluster, or NULL
 )
 
 enrollment_tokens = sa.Table(
