@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import click
 
@@ -14,6 +15,7 @@ from strongroom.model.names import printable
 from strongroom.services.session import LockMode
 from strongroom.services.vm_backup import VmBackupResult, backup_vm
 from strongroom.services.vms import vm_status
+from strongroom.types import ProgressCallback
 
 
 def vm_spec(app: App, name: str) -> VmSpec:
@@ -27,10 +29,18 @@ def vm_spec(app: App, name: str) -> VmSpec:
     return spec
 
 
-def backup_vm_cmd(app: App, names: list[str], changed_since: str, tags: list[str]) -> None:
+def backup_vm_cmd(
+    app: App,
+    names: list[str],
+    changed_since: str,
+    tags: list[str],
+    server: tuple[tuple[str, ...], str | None] | None = None,
+) -> None:
     """Back up each VM in turn in one repository session (one start-up for a
-    cluster). A VM that fails (busy, unreachable) is reported and the others
-    still run; the exit code is then that of the last failure."""
+    cluster), or (`server`: the `--server` URLs and `--agent-config`) through
+    the backup server as a node of the machine's cluster. A VM that fails
+    (busy, unreachable) is reported and the others still run; the exit code
+    is then that of the last failure."""
     out = app.out
     if names == ["all"]:
         names = sorted(app.settings.vms)
@@ -38,13 +48,34 @@ def backup_vm_cmd(app: App, names: list[str], changed_since: str, tags: list[str
             raise UsageError("no VM is configured: describe them in [vm.NAME] tables")
     specs = [vm_spec(app, name) for name in names]  # all known before any runs
     failed: StrongroomError | None = None
-    with app.repository(LockMode.SHARED) as repo:
+    with ExitStack() as stack:
+        if server is None:
+            repo = stack.enter_context(app.repository(LockMode.SHARED))
+
+            def run(spec: VmSpec, progress: ProgressCallback) -> VmBackupResult:
+                return backup_vm(
+                    repo, spec, changed_since=changed_since, tags=tags, progress=progress
+                )
+        else:
+            from strongroom.services.agent_backup import open_agent
+            from strongroom.services.agent_vms import backup_vm_through_server
+
+            config, store = stack.enter_context(open_agent(server[1], list(server[0])))
+
+            def run(spec: VmSpec, progress: ProgressCallback) -> VmBackupResult:
+                return backup_vm_through_server(
+                    store,
+                    spec,
+                    block_size=config.repository.block_size,
+                    changed_since=changed_since,
+                    tags=tags,
+                    progress=progress,
+                )
+
         for spec in specs:
             try:
                 with out.progress("backup") as progress:
-                    result = backup_vm(
-                        repo, spec, changed_since=changed_since, tags=tags, progress=progress
-                    )
+                    result = run(spec, progress)
             except StrongroomError as err:
                 if len(specs) == 1:
                     raise
