@@ -70,7 +70,7 @@ class LeaseTake(BaseModel):
 
 
 class LeaseHeld(BaseModel):
-    holder: str = Field(pattern=r"^[0-9a-f]{32}$")
+    holder: str = Field(pattern=r"^[0-9a-f]{16}$")
 
 
 class LeaseRenew(LeaseHeld):

@@ -45,7 +45,7 @@ __all__ = ["LeaseBusy", "LeaseLost", "NotInCluster", "VmLeases", "cluster_lease_
 MIN_TTL = 2.0
 MAX_TTL = 3600.0
 MAX_NOTES = 64 << 10  # the JSON of a holder's notes
-_HOLDER_LENGTH = 32
+_HOLDER_LENGTH = 16  # Lease: 8 random bytes as hex
 
 
 class NotInCluster(UsageError):

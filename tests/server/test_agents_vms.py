@@ -1,0 +1,191 @@
+"""VM points through the server, in process (a real block layer: a
+qemu-storage-daemon with two disks; two server apps over one repository and
+catalog): node A of cluster `prod` takes the first point, node B the next
+incremental with A's point as parent (only changed blocks sent), restored
+byte-exact; node C, outside the cluster, neither sees the points nor takes
+the lease; a lease held by A makes B busy; a VM commit whose disk map is not
+stored, or whose parent is another VM's, is refused."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from strongroom.config import VmSpec
+from strongroom.errors import PointNotFound
+from strongroom.model.kinds import PointKind
+from strongroom.model.vm import VmDisk, VmManifest
+from strongroom.pipeline.blockmaps import save_vm_manifest
+from strongroom.remote.client import Client
+from strongroom.remote.config import RepositoryInfo
+from strongroom.remote.store import RemoteStore
+from strongroom.repository.leases import LeaseBusy
+from strongroom.services.agent_backup import agent_points
+from strongroom.services.agent_images import restore_own_point
+from strongroom.services.agent_vms import RemoteLease, backup_vm_through_server
+from strongroom.services.restore import VmRestored
+from strongroom.services.vm_backup import VmBackupResult
+from tests.helpers.images import KiB, MiB, touched
+from tests.server.agent_fixtures import Site, bearer, site  # noqa: F401 (fixture)
+from tests.server.test_agents_resume import Router, pair  # noqa: F401 (fixture)
+from tests.vms.conftest import QEMU, VmDaemon, run_dir  # noqa: F401 (fixture)
+
+pytestmark = QEMU
+
+VM = "vm1"
+BS = 64 * KiB
+SIZE = 4 * MiB
+# (offset, length, pattern): four blocks, each of its own new content
+CHANGES = {
+    "disk0": [(1 * MiB, 64 * KiB, 0x22), (3 * MiB + 100, 10, 0x23)],
+    "disk1": [(2 * MiB, 64 * KiB, 0x24), (2 * MiB + 64 * KiB, 64 * KiB, 0x25)],
+}
+
+
+@pytest.fixture
+def catalog_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """SQLite only: the catalog's part (migration 0006) is tested on both in tests/catalog."""
+    monkeypatch.delenv("STRONGROOM_CATALOG", raising=False)
+    return str(tmp_path / "catalog.sqlite")
+
+
+@dataclass
+class Nodes:
+    site: Site
+    router: Router
+    creds: dict[str, dict[str, Any]]
+    spec: VmSpec
+    daemon: VmDaemon
+
+    def store(self, node: str) -> RemoteStore:
+        creds = self.creds[node]
+        text = f"{creds['agent_id']}.{creds['secret']}"
+        client = Client(["http://a", "http://b"], text, http=httpx.Client(transport=self.router))
+        return RemoteStore(client, RepositoryInfo.from_doc(creds["repository"]))
+
+    def backup(self, node: str) -> tuple[VmBackupResult, RemoteStore]:
+        store = self.store(node)
+        try:
+            return backup_vm_through_server(store, self.spec, block_size=BS), store
+        finally:
+            store.close()
+
+    def api(self, node: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.site.client.request(method, path, headers=bearer(self.creds[node]), **kwargs)
+
+
+@pytest.fixture
+def nodes(
+    pair: tuple[Site, TestClient, dict[str, Any]],  # noqa: F811
+    tmp_path: Path,
+    run_dir: Path,  # noqa: F811
+) -> Iterator[Nodes]:
+    a, b, first = pair
+    creds = {"node-a": a.enroll("node-a"), "node-b": a.enroll("node-b"), "node-c": first}
+    for name in ("node-a", "node-b"):
+        answer = a.client.put(
+            f"/api/v1/machines/{name}/cluster",
+            json={"cluster": "prod"},
+            headers={"X-CSRF-Token": a.csrf},
+        )
+        assert answer.status_code == 200 and answer.json()["cluster"] == "prod", answer.text
+    daemon = VmDaemon(tmp_path / "shared", run_dir / "qsd").create(SIZE, fill=0x11).start()
+    spec = VmSpec(VM, daemon.qmp, daemon.nbd, list(daemon.disks), scratch=str(tmp_path / "scr"))
+    try:
+        yield Nodes(a, Router({"a": a.client, "b": b}), creds, spec, daemon)
+    finally:
+        daemon.stop()
+
+
+def test_two_nodes_of_a_cluster_take_turns_and_others_see_nothing(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    first, store = nodes.backup("node-a")
+    assert first.point.host == "prod" and first.point.kind == PointKind.VM
+    assert store.traffic.missing > 0
+
+    for disk, extents in CHANGES.items():
+        nodes.daemon.write(disk, *(f"write -P {p} {o} {n}" for o, n, p in extents))
+    second, store = nodes.backup("node-b")
+    assert second.point.parent == first.point.id and second.point.host == "prod"
+    changed = {disk: touched([(o, n) for o, n, _ in ext], BS) for disk, ext in CHANGES.items()}
+    for d in second.disks:
+        assert d["tracker"] == "bitmap" and d["blocks_changed"] == len(changed[d["disk"]]), d
+    # only the changed blocks, one map segment and root per disk, the manifest
+    assert store.traffic.missing == sum(map(len, changed.values())) + 2 * 2 + 1
+    assert store.stats.chunks_added == store.traffic.missing
+    assert nodes.daemon.leftovers() == []  # views torn down, as locally
+    assert all(len(nodes.daemon.our_bitmaps(d)) == 1 for d in nodes.daemon.disks)
+
+    reader = nodes.store("node-b")
+    done = restore_own_point(reader, second.point.id[:12], str(tmp_path / "restored"))
+    assert isinstance(done, VmRestored)
+    assert sorted(d for d, _, _ in done.disks) == sorted(nodes.daemon.disks)
+    for disk, where, summary in done.disks:
+        assert not summary.damaged
+        assert nodes.daemon.difference(disk, Path(where)) is None
+
+    # node-c, outside the cluster: no VM point listed or read, no lease
+    outsider = nodes.store("node-c")
+    assert [p for p in agent_points(outsider) if p.kind == PointKind.VM] == []
+    with pytest.raises(PointNotFound):
+        restore_own_point(outsider, second.point.id[:12], str(tmp_path / "nope"))
+    took = nodes.api("node-c", "POST", f"/api/v1/agent/vms/{VM}/lease", json={"ttl": 30})
+    assert took.status_code == 403 and "no cluster" in took.json()["error"]
+    listed = nodes.api("node-a", "GET", "/api/v1/agent/points").json()
+    assert [p["id"] for p in listed] == [first.point.id, second.point.id]
+
+
+def test_the_lease_held_by_one_node_makes_another_busy(nodes: Nodes) -> None:
+    store_a = nodes.store("node-a")
+    lease = RemoteLease(store_a.client, VM, 30.0).acquire()
+    try:
+        lease.annotate(views=["sr-left-behind"])
+        lease.verify()
+        with pytest.raises(LeaseBusy, match="busy: held by node-a"):
+            nodes.backup("node-b")
+        forged = nodes.api(
+            "node-b",
+            "POST",
+            f"/api/v1/agent/vms/{VM}/lease/renew",
+            json={"holder": lease.holder, "ttl": 30},
+        )
+        assert forged.status_code == 409  # B cannot renew A's lease with A's holder id
+    finally:
+        lease.release()
+    taken = nodes.api("node-b", "POST", f"/api/v1/agent/vms/{VM}/lease", json={"ttl": 30})
+    assert taken.status_code == 201, taken.text
+    assert taken.json()["inherited"]["notes"] == {"views": ["sr-left-behind"]}
+    assert taken.json()["inherited"]["host"] == "node-a"
+    bad = nodes.api("node-b", "POST", "/api/v1/agent/vms/..%2Fx/lease", json={"ttl": 30})
+    assert bad.status_code in (400, 404)
+
+
+def test_vm_commits_with_a_missing_map_or_a_foreign_parent_are_refused(nodes: Nodes) -> None:
+    first, _ = nodes.backup("node-a")
+    store = nodes.store("node-a")
+    manifest = VmManifest(VM, [VmDisk("disk0", SIZE, BS, os.urandom(32).hex())])
+    unstored_map = save_vm_manifest(store, manifest)
+    store.flush()
+    store.close()
+    base = first.point.to_doc()
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("node-a", {**base, "tree": unstored_map.hex()}, "block map is not stored"),
+        ("node-a", {**base, "paths": ["vm:other"]}, "of another VM"),
+        ("node-a", {**base, "host": "node-a"}, "host is this machine's cluster"),
+        ("node-c", {**base, "parent": None}, "in no cluster"),
+    ]
+    for node, doc, why in cases:
+        answer = nodes.api(
+            node, "POST", "/api/v1/agent/points", json={"point": doc, "commit_id": "c" * 32}
+        )
+        assert answer.status_code == 422 and why in answer.json()["error"], (why, answer.text)
+    listed = nodes.api("node-b", "GET", "/api/v1/agent/points").json()
+    assert [p["id"] for p in listed] == [first.point.id]  # nothing forged was saved
