@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from strongroom.config import VmSpec
-from strongroom.errors import PointNotFound
+from strongroom.errors import PointNotFound, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.vm import VmDisk, VmManifest
 from strongroom.pipeline.blockmaps import save_vm_manifest
@@ -78,7 +78,10 @@ class Nodes:
             store.close()
 
     def api(self, node: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self.site.client.request(method, path, headers=bearer(self.creds[node]), **kwargs)
+        answer: httpx.Response = self.site.client.request(
+            method, path, headers=bearer(self.creds[node]), **kwargs
+        )
+        return answer
 
 
 @pytest.fixture
@@ -139,6 +142,8 @@ def test_two_nodes_of_a_cluster_take_turns_and_others_see_nothing(
         restore_own_point(outsider, second.point.id[:12], str(tmp_path / "nope"))
     took = nodes.api("node-c", "POST", f"/api/v1/agent/vms/{VM}/lease", json={"ttl": 30})
     assert took.status_code == 403 and "no cluster" in took.json()["error"]
+    with pytest.raises(UsageError, match=r"^this machine is in no cluster: an administrator"):
+        nodes.backup("node-c")
     listed = nodes.api("node-a", "GET", "/api/v1/agent/points").json()
     assert [p["id"] for p in listed] == [first.point.id, second.point.id]
 

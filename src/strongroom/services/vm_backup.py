@@ -76,6 +76,7 @@ class VmBackupResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     reason: str = ""  # why the point is only crash-consistent ("" when it is not)
+    traffic: dict[str, int] | None = None  # through a server: what went over the wire
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import asdict
 
 import click
 
@@ -63,7 +64,8 @@ def backup_vm_cmd(
             config, store = stack.enter_context(open_agent(server[1], list(server[0])))
 
             def run(spec: VmSpec, progress: ProgressCallback) -> VmBackupResult:
-                return backup_vm_through_server(
+                before = asdict(store.traffic)
+                result = backup_vm_through_server(
                     store,
                     spec,
                     block_size=config.repository.block_size,
@@ -71,6 +73,13 @@ def backup_vm_cmd(
                     tags=tags,
                     progress=progress,
                 )
+                t = {k: v - before[k] for k, v in asdict(store.traffic).items()}
+                result.traffic = t
+                out.notice(
+                    f"through the server: {t['asked']} chunk ids asked, {t['missing']} missing, "
+                    f"{t['bundles']} bundles ({human_bytes(t['bytes_sent'])}) sent"
+                )
+                return result
 
         for spec in specs:
             try:
@@ -105,6 +114,7 @@ def _report(app: App, name: str, result: VmBackupResult) -> None:
             **{k: point.summary.get(k) for k in ("bytes_read", "bytes_changed")},
             "data_added_stored": point.summary.get("data_added_stored"),
             "seconds": round(result.seconds, 3),
+            **({"traffic": result.traffic} if result.traffic is not None else {}),
         },
         _describe(name, result),
     )
