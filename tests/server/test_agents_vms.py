@@ -3,14 +3,16 @@ qemu-storage-daemon with two disks; two server apps over one repository and
 catalog): node A of cluster `prod` takes the first point, node B the next
 incremental with A's point as parent (only changed blocks sent), restored
 byte-exact; node C, outside the cluster, neither sees the points nor takes
-the lease; a lease held by A makes B busy; a VM commit whose disk map is not
-stored, or whose parent is another VM's, is refused."""
+the lease; a lease held by A makes B busy, a dead A's lease expires and its
+views' names pass to B; a VM commit whose disk map is not stored, of
+another VM, host or parent, or from a machine in no cluster, is refused."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,10 @@ from strongroom.pipeline.blockmaps import save_vm_manifest
 from strongroom.remote.client import Client
 from strongroom.remote.config import RepositoryInfo
 from strongroom.remote.store import RemoteStore
-from strongroom.repository.leases import LeaseBusy
+from strongroom.repository.leases import LeaseBusy, LeaseRecord
 from strongroom.services.agent_backup import agent_points
 from strongroom.services.agent_images import restore_own_point
+from strongroom.services.agent_vm_leases import cluster_lease_key
 from strongroom.services.agent_vms import RemoteLease, backup_vm_through_server
 from strongroom.services.restore import VmRestored
 from strongroom.services.vm_backup import VmBackupResult
@@ -173,6 +176,25 @@ def test_the_lease_held_by_one_node_makes_another_busy(nodes: Nodes) -> None:
     assert bad.status_code in (400, 404)
 
 
+def test_a_dead_nodes_lease_expires_and_its_views_are_handed_over(nodes: Nodes) -> None:
+    repo = nodes.site.intake.repo
+    lease_id = repo.lease_id(cluster_lease_key("prod", VM))
+    record = LeaseRecord(0, "0123456789abcdef", "node-a", 0, time.time() + 60, time.time(),
+                         f"VM {VM}", {"views": ["sr-dead"]}, "agent:node-a")  # fmt: skip
+    repo.leases().write(lease_id, record)  # node-a holds it, then dies
+    busy = nodes.api("node-b", "POST", f"/api/v1/agent/vms/{VM}/lease", json={"ttl": 30})
+    assert busy.status_code == 409 and "held by node-a" in busy.json()["error"]
+    expired = replace(record, generation=1, expires=time.time() - 1)  # its TTL passed
+    repo.leases().write(lease_id, expired)
+    taken = nodes.api("node-b", "POST", f"/api/v1/agent/vms/{VM}/lease", json={"ttl": 30})
+    assert taken.status_code == 201, taken.text
+    assert taken.json()["inherited"] == {
+        "host": "node-a", "taken": record.taken, "notes": {"views": ["sr-dead"]}}  # fmt: skip
+    stale = nodes.api("node-a", "POST", f"/api/v1/agent/vms/{VM}/lease/verify",
+                      json={"holder": record.holder})  # fmt: skip
+    assert stale.status_code == 409  # the dead node's holder id holds nothing now
+
+
 def test_vm_commits_with_a_missing_map_or_a_foreign_parent_are_refused(nodes: Nodes) -> None:
     first, _ = nodes.backup("node-a")
     store = nodes.store("node-a")
@@ -186,6 +208,7 @@ def test_vm_commits_with_a_missing_map_or_a_foreign_parent_are_refused(nodes: No
         ("node-a", {**base, "paths": ["vm:other"]}, "of another VM"),
         ("node-a", {**base, "host": "node-a"}, "host is this machine's cluster"),
         ("node-c", {**base, "parent": None}, "in no cluster"),
+        ("node-a", {**base, "parent": "ab" * 32}, "the parent is not a point of this"),
     ]
     for node, doc, why in cases:
         answer = nodes.api(
