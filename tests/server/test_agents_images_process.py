@@ -94,5 +94,5 @@ def test_what_does_not_go_through_a_server_is_refused_in_one_line(
     assert protect.rc != 0
     assert_one_line_error(protect, "protect --server: with --policy NAME only")
     seeded = cli("backup", "--image", str(tmp_path), "--seed", "gold", "--server", url)
-    assert seeded.rc == 2 and "through a server: files, --image or --vm;" in seeded.err
+    assert seeded.rc == 2 and "through a server: files or --image;" in seeded.err
     assert "Traceback" not in seeded.err

@@ -174,7 +174,7 @@ def backup(
     if through_server(servers, agent_config):
         if dry_run or host or seed_names or trust_seed_metadata or seed_root:
             raise click.UsageError(
-                "through a server: files, --image or --vm; no --dry-run, --host or seeds"
+                "through a server: files or --image; VMs with --vm; no --dry-run, --host or seeds"
             )
         if vms:
             from strongroom.cli.commands.vm import backup_vm_cmd
