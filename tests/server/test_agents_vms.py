@@ -206,6 +206,7 @@ def test_vm_commits_with_a_missing_map_or_a_foreign_parent_are_refused(nodes: No
     cases: list[tuple[str, dict[str, Any], str]] = [
         ("node-a", {**base, "tree": unstored_map.hex()}, "block map is not stored"),
         ("node-a", {**base, "paths": ["vm:other"]}, "of another VM"),
+        ("node-a", {**base, "paths": ["vm:../x"]}, "a VM name is 1-64"),
         ("node-a", {**base, "host": "node-a"}, "host is this machine's cluster"),
         ("node-c", {**base, "parent": None}, "in no cluster"),
         ("node-a", {**base, "parent": "ab" * 32}, "the parent is not a point of this"),

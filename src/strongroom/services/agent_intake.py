@@ -28,10 +28,11 @@ Contract:
   commit never makes a second point);
 - a VM point belongs to the machine's cluster: its host must be the
   cluster's name (a machine in no cluster commits none), it names one VM
-  (`vm:NAME`), its manifest is stored and decodes (the model's codec: disk
-  names; at most `MAX_VM_DISKS` disks; the VM of its path), every disk's
-  map is checked whole as a block point's is and has the disk's geometry,
-  and its parent is a VM point of the same VM and cluster;
+  (`vm:NAME`, NAME under the machine name rules), its manifest is stored
+  and decodes (the model's codec: disk names; at most `MAX_VM_DISKS` disks;
+  the VM of its path), every disk's map is checked whole as a block point's
+  is and has the disk's geometry, and its parent is a VM point of the same
+  VM and cluster;
 - a machine lists (and so restores from) its own points, VM points aside,
   and the VM points of its cluster (`visible`), nothing else;
 - nothing here deletes, forgets or rewrites a point or a chunk;
@@ -71,6 +72,7 @@ from strongroom.model.vm import VmManifest
 from strongroom.repository import bundle
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import is_object_hex
+from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.points import list_points
 from strongroom.services.session import LockMode, open_repository
 from strongroom.services.vms import vm_path
@@ -354,6 +356,7 @@ def _check_document(doc: Any, machine: str, cluster: str | None = None) -> Recov
             raise UsageError("a VM point's host is this machine's cluster")
         if len(point.paths) != 1 or not point.paths[0].startswith("vm:"):
             raise UsageError("a VM point names one VM")
+        check_vm_name(point.paths[0].removeprefix("vm:"))  # as its lease's
     elif point.host != machine:
         raise UsageError("the point's host is not this machine")
     if point.kind not in (PointKind.FILES, PointKind.BLOCK, PointKind.VM):
