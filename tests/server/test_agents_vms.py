@@ -127,6 +127,8 @@ def test_two_nodes_of_a_cluster_take_turns_and_others_see_nothing(
     # only the changed blocks, one map segment and root per disk, the manifest
     assert store.traffic.missing == sum(map(len, changed.values())) + 2 * 2 + 1
     assert store.stats.chunks_added == store.traffic.missing
+    # the parent's manifest, then each disk's root (twice) and segment: maps read once
+    assert store.traffic.chunks_read == 1 + 2 * 3
     assert nodes.daemon.leftovers() == []  # views torn down, as locally
     assert all(len(nodes.daemon.our_bitmaps(d)) == 1 for d in nodes.daemon.disks)
 

@@ -189,14 +189,18 @@ def cluster_vm_points(store: RemoteStore, cluster: str, vm: str) -> list[Recover
     ]
 
 
-def adopt_vm(store: RemoteStore, manifest: VmManifest) -> None:
+def adopt_vm(store: RemoteStore, manifest: VmManifest) -> dict[str, BlockMap]:
     """The parent's maps and data chunks, known stored (the server checked
-    them at its commit): an incremental sends only what is new."""
+    them at its commit): an incremental sends only what is new. Returns the
+    maps loaded (by root id, hex), so they are read once."""
+    maps = {}
     for disk in manifest.disks:
         root_id = bytes.fromhex(disk.map_root)
         root = decode_root(store.load_chunk(root_id, BlobType.TREE))
         store.assume_stored([root_id, *(s for s in root.segments if s is not None)])
-        store.assume_stored(_data_ids(load_block_map(store, root_id)))
+        maps[disk.map_root] = block_map = load_block_map(store, root_id)
+        store.assume_stored(_data_ids(block_map))
+    return maps
 
 
 def _data_ids(block_map: BlockMap) -> list[bytes]:

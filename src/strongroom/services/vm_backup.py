@@ -112,7 +112,8 @@ class VmTarget:
     block_size: int  # a first backup's
     points: Callable[[], list[RecoveryPoint]]  # the VM's, oldest first
     lease: Callable[[], AbstractContextManager[VmLeaseHandle]]
-    adopt: Callable[[VmManifest], None] = lambda _manifest: None
+    # the parent's disk maps it loaded, by root id (hex): not loaded again
+    adopt: Callable[[VmManifest], dict[str, BlockMap]] = lambda _manifest: {}
 
 
 def local_target(repo: Repository, spec: VmSpec) -> VmTarget:
@@ -176,7 +177,7 @@ def backup_vm_to(
     started = now()
     t0 = time.monotonic()
     with target.lease() as lease, ExitStack() as stack:
-        parent, parent_disks = _parent(target, warnings)
+        parent, parent_disks, parent_maps = _parent(target, warnings)
         qmp = stack.enter_context(QmpClient(spec.qmp))
         disks: list[_Disk] = []
         scratch = spec.scratch or str(data_home() / "strongroom" / "scratch")
@@ -184,9 +185,11 @@ def backup_vm_to(
             live = LiveDisk(qmp, node, spec.nbd, scratch)
             stack.callback(live.close_view)  # also undoes a view half opened
             before = parent_disks.get(node)
-            parent_map = (
-                load_block_map(repo, bytes.fromhex(before.map_root)) if before is not None else None
-            )
+            parent_map = None
+            if before is not None:
+                parent_map = parent_maps.get(before.map_root)
+                if parent_map is None:
+                    parent_map = load_block_map(repo, bytes.fromhex(before.map_root))
             if parent_map is not None and parent_map.size != live.size:
                 warnings.append(f"disk {node} changed size: reading it whole")
                 parent_map = None
@@ -354,18 +357,18 @@ def _engine_instant(
 
 def _parent(
     target: VmTarget, warnings: list[str]
-) -> tuple[RecoveryPoint | None, dict[str, VmDisk]]:
+) -> tuple[RecoveryPoint | None, dict[str, VmDisk], dict[str, BlockMap]]:
     points = target.points()
     if not points:
-        return None, {}
+        return None, {}, {}
     parent = points[-1]
     try:
         manifest = load_vm_manifest(target.store, bytes.fromhex(parent.tree))
-        target.adopt(manifest)
+        maps = target.adopt(manifest)
     except StrongroomError as err:
         warnings.append(f"last point {parent.short_id} is unreadable ({err}): reading all disks")
-        return None, {}
-    return parent, {d.name: d for d in manifest.disks}
+        return None, {}, {}
+    return parent, {d.name: d for d in manifest.disks}, maps
 
 
 def _scratch_room(scratch: str, disks: int) -> list[str]:
