@@ -5,10 +5,13 @@ incremental with A's point as parent (only changed blocks sent), restored
 byte-exact; node C, outside the cluster, neither sees the points nor takes
 the lease; a lease held by A makes B busy, a dead A's lease expires and its
 views' names pass to B; a VM commit whose disk map is not stored, of
-another VM, host or parent, or from a machine in no cluster, is refused."""
+another VM, host or parent, or from a machine in no cluster, is refused;
+`backup --vm --agent-config` and `restore` of the VM point through the CLI
+(in process: the real server's wiring is schemathesis's, test_schemathesis_all)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -16,19 +19,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import click.testing
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from strongroom.cli.main import cli
 from strongroom.config import VmSpec
 from strongroom.errors import PointNotFound, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.vm import VmDisk, VmManifest
 from strongroom.pipeline.blockmaps import save_vm_manifest
 from strongroom.remote.client import Client
-from strongroom.remote.config import RepositoryInfo
+from strongroom.remote.config import AgentConfig, RepositoryInfo
 from strongroom.remote.store import RemoteStore
 from strongroom.repository.leases import LeaseBusy, LeaseRecord
+from strongroom.services import agent_backup
 from strongroom.services.agent_backup import agent_points
 from strongroom.services.agent_images import restore_own_point
 from strongroom.services.agent_vm_leases import cluster_lease_key
@@ -38,7 +44,7 @@ from strongroom.services.vm_backup import VmBackupResult
 from tests.helpers.images import KiB, MiB, touched
 from tests.server.agent_fixtures import Site, bearer, site  # noqa: F401 (fixture)
 from tests.server.test_agents_resume import Router, pair  # noqa: F401 (fixture)
-from tests.vms.conftest import QEMU, VmDaemon, run_dir  # noqa: F401 (fixture)
+from tests.vms.conftest import QEMU, VmDaemon, run_dir, write_config  # noqa: F401 (fixture)
 
 pytestmark = QEMU
 
@@ -220,3 +226,47 @@ def test_vm_commits_with_a_missing_map_or_a_foreign_parent_are_refused(nodes: No
         assert answer.status_code == 422 and why in answer.json()["error"], (why, answer.text)
     listed = nodes.api("node-b", "GET", "/api/v1/agent/points").json()
     assert [p["id"] for p in listed] == [first.point.id]  # nothing forged was saved
+
+
+def test_backup_vm_and_restore_through_the_cli(
+    nodes: Nodes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`strongroom backup --vm NAME --agent-config` and `restore --server`
+    (the CLI in process, its HTTP to the in-process servers)."""
+    config = write_config(tmp_path / "vms.toml", {VM: {
+        "qmp": nodes.spec.qmp, "nbd": nodes.spec.nbd, "disks": nodes.spec.disks,
+        "scratch": str(tmp_path / "scr")}})  # fmt: skip
+    monkeypatch.setenv("STRONGROOM_CONFIG", str(config))
+    monkeypatch.delenv("STRONGROOM_REPO", raising=False)
+    router = nodes.router
+
+    def client(urls: list[str], bearer_text: str, *, ca_cert: str | None = None) -> Client:
+        return Client(urls, bearer_text, http=httpx.Client(transport=router))
+
+    monkeypatch.setattr(agent_backup, "Client", client)
+    paths = {}
+    for node in ("node-a", "node-b"):
+        creds = nodes.creds[node]
+        paths[node] = str(tmp_path / f"{node}.json")
+        AgentConfig(["http://a", "http://b"], node, creds["agent_id"], creds["secret"],
+                    RepositoryInfo.from_doc(creds["repository"])).save(paths[node])  # fmt: skip
+
+    def run(*args: str) -> dict[str, Any]:
+        done = click.testing.CliRunner().invoke(cli, ["--json", *args])
+        assert done.exit_code == 0, (done.output, done.exception)
+        doc: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+        return doc
+
+    first = run("backup", "--vm", VM, "--agent-config", paths["node-a"])
+    assert first["host"] == "prod" and first["traffic"]["missing"] > 0
+    nodes.daemon.write("disk1", "write -P 0x44 0 4k")
+    second = run("backup", "--vm", VM, "--agent-config", paths["node-b"])
+    assert second["parent"] == first["point_id"]
+    assert [d["blocks_changed"] for d in second["disks"]] == [0, 1]
+    assert second["traffic"]["missing"] == 1 + 2 + 1  # the block, disk1's map, the manifest
+    out = tmp_path / "restored"
+    restored = run("restore", second["point_id"][:12], "--target", str(out),
+                   "--agent-config", paths["node-a"])  # fmt: skip
+    assert [d["disk"] for d in restored["disks"]] == list(nodes.daemon.disks)
+    for disk in nodes.daemon.disks:
+        assert nodes.daemon.difference(disk, out / f"{disk}.raw") is None
