@@ -80,7 +80,8 @@ class RemoteLease:
         """Take the lease or raise LeaseBusy naming its holder."""
         asked = time.monotonic()
         try:
-            doc = self.client.post_json(self.path, {"ttl": self.ttl})
+            # not retried once sent: a lost answer would leave our own lease busy
+            doc = self.client.post_json(self.path, {"ttl": self.ttl}, idempotent=False)
         except RemoteError as err:
             if _status(err, 409):
                 raise LeaseBusy(str(err).split(": 409 ", 1)[-1]) from None
