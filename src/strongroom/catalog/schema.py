@@ -318,6 +318,7 @@ machines = sa.Table(
     sa.Column("created", UtcDateTime, nullable=False),
     sa.Column("last_seen", UtcDateTime),
     sa.Column("disabled", sa.Boolean, nullable=False),
+    sa.Column("cluster", sa.String(MAX_USER_NAME)),  # revision 0006: the VM cluster, or NULL
 )
 
 enrollment_tokens = sa.Table(
@@ -344,7 +345,7 @@ agent_commits = sa.Table(
     sa.UniqueConstraint("machine_id", "commit_id"),
 )
 
-# --- the server's memory of point documents (revision 0006) ---------------------
+# --- the server's memory of point documents (revision 0007) ---------------------
 
 point_memos = sa.Table(
     "point_memos",
