@@ -1,5 +1,5 @@
 """The catalog's part for the server's memory of point documents (revision
-0006). Mixed into `Catalog`: same transactions, same contract.
+0007). Mixed into `Catalog`: same transactions, same contract.
 
 Why: a server over object storage would otherwise read every point object
 (one GET each) after each start before its first page, about 100 s at 10,000
