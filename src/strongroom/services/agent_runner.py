@@ -280,7 +280,7 @@ class AgentRunner:
         )
         s = result.point.summary
         text = (
-            f"VM {name}: {len(result.disks)} disks of {s.get('size', 0)} bytes: "
+            f"VM {name}: {len(result.disks)} disks, {s.get('size', 0)} bytes: "
             f"{s.get('bytes_changed', 0)} bytes changed, {s.get('data_added', 0)} bytes added "
             f"in {result.seconds:.1f} s ({s.get('tracker') or 'full'}, {result.consistency})"
         )
