@@ -7,12 +7,17 @@ Contract:
   line that never echoes a value): bounded lists of absolute paths without
   NUL, known fields only. A backup is of files (`paths`) or, with `kind:
   image`, of one block source of the machine (`source`: a file, a qcow2 or
-  a block device, an absolute path; `changed_since` auto, compare or none).
+  a block device, an absolute path; `changed_since` auto, compare or none)
+  or, with `kind: vm`, of one VM of the machine's cluster (`vm`: its name,
+  the machine name rules; the agent's own `[vm.NAME]` table says where its
+  disks are), queued only for a machine that is in a cluster.
   A restore names a point of THAT machine (its host is the machine's name:
-  agents' points always are); of a files point, paths found in it, checked
-  against the repository before the job is queued, into a folder; of a
-  block image point, the whole disk onto a target file or device (the spec
-  says which with its `kind`, set from the point's);
+  agents' points always are) or a VM point of its cluster (its host is the
+  cluster's name); of a files point, paths found in it, checked against
+  the repository before the job is queued, into a folder; of a block image
+  point, the whole disk onto a target file or device; of a VM point, every
+  disk into a folder as DISK.raw (the spec says which with its `kind`, set
+  from the point's);
 - the machine must be enrolled and enabled;
 - an agent claims only its own machine's jobs (`claim` with
   `machine=NAME`, through the catalog's one claim); its worker name is
@@ -20,7 +25,8 @@ Contract:
   a job of another machine is the same "no such job" as one that does not
   exist (the API's 404): an agent learns nothing of other machines;
 - a finish that names a point names one of ITS machine (it exists, its host
-  is the machine), or it is refused (UsageError) and the job stays running
+  is the machine) or a VM point of its cluster (the host is the cluster's
+  name: a VM job's point), or it is refused (UsageError) and the job stays running
   for the agent to finish properly;
 - a failed job raises the alert event `job.failed` (services/jobs.py), as
   the server's own jobs do.
@@ -39,6 +45,8 @@ from strongroom.catalog import Catalog, Job, JobState
 from strongroom.errors import PathNotFound, PointNotFound, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
+from strongroom.services.agent_intake import visible
+from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.agents import check_machine_name
 from strongroom.services.dashboard import RepositoryView
 from strongroom.services.jobs import Jobs, job_doc
@@ -97,13 +105,15 @@ def _unknown(spec: Mapping[str, Any], known: set[str], what: str) -> None:
 def check_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A backup job's spec with its defaults: paths (1-64 absolute),
     excludes, tags, one_file_system, kind (`files`; `image`: see
-    `check_image_backup`)."""
+    `check_image_backup`; `vm`: see `check_vm_backup`)."""
     if spec.get("kind") == "image":
         return check_image_backup(spec)
+    if spec.get("kind") == "vm":
+        return check_vm_backup(spec)
     _unknown(spec, {"paths", "excludes", "tags", "one_file_system", "kind"}, "backup")
     kind = spec.get("kind", "files")
     if kind != "files":
-        raise UsageError("backup: kind must be 'files' or 'image'")
+        raise UsageError("backup: kind must be 'files', 'image' or 'vm'")
     paths = _absolute(_texts(spec, "paths", MAX_PATHS, MAX_PATH, "backup"), "backup", "paths")
     if not paths:
         raise UsageError("backup: give at least one path")
@@ -140,19 +150,42 @@ def check_image_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_vm_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A VM backup job's spec with its defaults: vm (the VM's name, the
+    machine name rules: the agent looks it up in its own config's
+    `[vm.NAME]` tables, as `backup --vm` does), changed_since (`auto`: the
+    VM's dirty bitmaps, `compare` or `none`, as `backup --vm` takes them),
+    tags. Whether the machine is in a cluster is `AgentJobs.check_spec`'s."""
+    _unknown(spec, {"kind", "vm", "changed_since", "tags"}, "backup")
+    vm = spec.get("vm")
+    if not isinstance(vm, str):
+        raise UsageError("backup: vm must be the VM's name")
+    check_vm_name(vm)
+    changed = spec.get("changed_since", "auto")
+    if changed not in IMAGE_CHANGED_SINCE:
+        raise UsageError("backup: changed_since is 'auto', 'compare' or 'none'")
+    return {
+        "kind": "vm",
+        "vm": vm,
+        "changed_since": changed,
+        "tags": _texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
+    }
+
+
 def check_restore(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A restore job's spec, on its own (the point and its paths are checked
     against the repository by `AgentJobs.check_spec`): point (a full id),
     paths inside it (none: all of it), target (an absolute folder on the
     machine), overwrite (`replace` what is in the way, as `restore` does; or
-    `refuse` unless the target is absent or empty), kind (`files` or
-    `image`: what the point is; `check_spec` sets `image` from the point). Of an
-    image point, the target is the file or block device the disk is written
-    to, and no paths are picked."""
+    `refuse` unless the target is absent or empty), kind (`files`, `image`
+    or `vm`: what the point is; `check_spec` sets `image` or `vm` from the
+    point). Of an image point, the target is the file or block device the
+    disk is written to; of a VM point, the folder its disks are written to
+    (DISK.raw); no paths are picked of either."""
     _unknown(spec, {"point", "paths", "target", "overwrite", "kind"}, "restore")
     kind = spec.get("kind")
-    if kind not in (None, "files", "image"):
-        raise UsageError("restore: kind is 'files' or 'image' (the point's)")
+    if kind not in (None, "files", "image", "vm"):
+        raise UsageError("restore: kind is 'files', 'image' or 'vm' (the point's)")
     point = spec.get("point")
     if not isinstance(point, str) or not _POINT.fullmatch(point):
         raise UsageError("restore: point must be a full point id (64 hex digits)")
@@ -230,23 +263,30 @@ class AgentJobs:
         if found is None or found.disabled:
             raise UsageError("no such enrolled (and enabled) machine")
         if kind == "backup":
-            return check_backup(spec)
+            checked = check_backup(spec)
+            if checked["kind"] == "vm" and not found.cluster:
+                raise UsageError(
+                    "backup: the machine is in no VM cluster (an administrator puts it in one: "
+                    "PUT /api/v1/machines/NAME/cluster)"
+                )
+            return checked
         checked = check_restore(spec)
         try:
             point = self.find_point(checked["point"])
         except PointNotFound:
             raise UsageError("restore: no such point of that machine") from None
-        if point.host != machine:
+        if not visible(point, machine, found.cluster):
             raise UsageError("restore: no such point of that machine")
-        if point.kind not in (PointKind.FILES, PointKind.BLOCK):
-            raise UsageError("restore: agents restore files and block image points only")
-        kind = "image" if point.kind == PointKind.BLOCK else "files"
+        if point.kind not in (PointKind.FILES, PointKind.BLOCK, PointKind.VM):
+            raise UsageError("restore: agents restore files, block image and VM points only")
+        kinds: dict[str, str] = {PointKind.BLOCK: "image", PointKind.VM: "vm"}
+        kind = kinds.get(point.kind, "files")
         if checked.get("kind", kind) != kind:
             raise UsageError(f"restore: the point is a {kind} point")
-        if kind == "image":  # the agent is told (a files restore's spec is as it was)
+        if kind != "files":  # the agent is told (a files restore's spec is as it was)
             if checked["paths"]:
-                raise UsageError("restore: an image point is restored whole (no paths)")
-            return checked | {"kind": "image"}
+                raise UsageError(f"restore: an {kind} point is restored whole (no paths)")
+            return checked | {"kind": kind}
         for path in checked["paths"]:
             try:
                 self.find_path(point, path)
@@ -298,14 +338,17 @@ class AgentJobs:
         """A point an agent reports must exist and be its machine's (its host
         is the machine's name): an agent cannot have a job claim another
         machine's point, or one that was never made (UsageError, the same
-        line for both, so nothing is learnt of other machines)."""
+        line for both, so nothing is learnt of other machines). A VM point
+        of the machine's cluster (its host is the cluster's name) is also
+        the machine's to report: a VM job makes one."""
         if not _POINT.fullmatch(point_id):
             raise UsageError("finish: point must be a full point id")
         try:
             point = self.find_point(point_id)
         except PointNotFound:
             raise UsageError("finish: no such point of this machine") from None
-        if point.host != machine:
+        found = self.catalog.find_machine(machine)
+        if not visible(point, machine, found.cluster if found is not None else None):
             raise UsageError("finish: no such point of this machine")
 
 
@@ -315,4 +358,4 @@ def agent_job_doc(job: Job) -> dict[str, Any]:
 
 
 __all__ = ["AGENT_KINDS", "AgentJobs", "agent_job_doc", "check_backup", "check_image_backup",
-           "check_restore", "job_doc"]  # fmt: skip
+           "check_restore", "check_vm_backup", "job_doc"]  # fmt: skip
