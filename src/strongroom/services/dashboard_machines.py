@@ -52,7 +52,9 @@ def machine_rows(catalog: Catalog, view: RepositoryView) -> list[MachineRow]:
     rows = []
     for m in catalog.list_machines():
         own = schedules.get(m.name, [])
-        files_backups = (s for s in own if s.kind == "backup" and s.spec.get("kind") != "image")
+        files_backups = (
+            s for s in own if s.kind == "backup" and s.spec.get("kind", "files") == "files"
+        )
         paths = next((list(s.spec.get("paths", [])) for s in files_backups), [])
         if not paths and m.name in newest_files:
             paths = list(newest_files[m.name].paths)
