@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 
 from strongroom.catalog import Catalog, Enrollment, Machine, Role, User
 from strongroom.catalog.engine import create_engine, parse_url
 from strongroom.catalog.migrate import alembic_config, current_revisions, head_revision
+from strongroom.errors import CatalogError
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
@@ -48,3 +50,32 @@ def test_0003_upgrades_from_0002_and_tokens_are_consumed_once(catalog_url: str) 
             assert current_revisions(conn) == (head_revision(),)
     finally:
         engine.dispose()
+
+
+def test_0006_upgrades_from_0005_keeping_machines_and_sets_clusters(catalog_url: str) -> None:
+    engine = create_engine(parse_url(catalog_url))
+    try:
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0005")
+            conn.execute(
+                sa.text(
+                    "INSERT INTO machines (name, agent_id, secret_digest, created, disabled)"
+                    " VALUES ('node-a', :a, :s, :t, false)"
+                ),
+                {"a": "a" * 32, "s": "s" * 64, "t": NOW},
+            )
+    finally:
+        engine.dispose()
+    with Catalog.open(catalog_url) as cat:
+        (kept,) = cat.list_machines()
+        assert kept.name == "node-a" and kept.cluster is None
+        assert cat.set_machine_cluster("node-a", "prod").cluster == "prod"
+        again = cat.enroll_machine(Machine("node-a", "b" * 32, "t" * 64, NOW))
+        assert again.cluster == "prod"  # re-enrolling keeps the cluster
+        assert cat.set_machine_cluster("node-a", None).cluster is None
+        with pytest.raises(CatalogError):
+            cat.set_machine_cluster("nobody", "prod")
+        with pytest.raises(CatalogError):
+            cat.set_machine_cluster("node-a", "../x")

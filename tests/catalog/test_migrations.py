@@ -23,7 +23,7 @@ from strongroom.errors import CatalogError
 TABLES = {
     "libraries", "pools", "media", "drives", "sessions", "media_contents", "events",
     "users", "login_sessions", "audit_log", "machines", "enrollment_tokens", "agent_commits",
-    "jobs", "schedules", "maintenance_locks", "sign_in_limits", "api_tokens",
+    "jobs", "schedules", "maintenance_locks", "sign_in_limits", "api_tokens", "point_memos",
 }  # fmt: skip
 
 

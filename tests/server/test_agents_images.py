@@ -176,7 +176,7 @@ def test_forged_image_points_are_refused(agent: Agent, tmp_path: Path) -> None:
         ({**base, "seeds": {"used": [], "classes": {}, "root": "/", "lacks": None}}, "no seeds"),
         ({**base, "paths": ["/a", "/b"]}, "names one source"),
         ({**base, "kind": "files", "paths": ["/x"]}, "files point names no lineage"),
-        ({**base, "kind": "vm"}, "files and block image points only"),
+        ({**base, "kind": "vm"}, "in no cluster: it commits no VM point"),
     ]
     for doc, why in cases:
         answer = agent.commit(doc)

@@ -90,9 +90,10 @@ def test_what_does_not_go_through_a_server_is_refused_in_one_line(
     cli: CliRunner, tmp_path: Path
 ) -> None:
     url = "http://127.0.0.1:9"  # refused before anything is sent
-    protect = cli("protect", str(tmp_path), "--server", url)
-    assert protect.rc != 0
-    assert_one_line_error(protect, "protect --server: with --policy NAME only")
+    protect = cli("protect", str(tmp_path), "--to-repository", "--server", url,
+                  "--agent-config", str(tmp_path / "none.json"))  # fmt: skip
+    assert protect.rc != 0  # the VHD mode goes through the server as an enrolled agent only
+    assert_one_line_error(protect, "none.json: No such file or directory")
     seeded = cli("backup", "--image", str(tmp_path), "--seed", "gold", "--server", url)
     assert seeded.rc == 2 and "through a server: files or --image;" in seeded.err
     assert "Traceback" not in seeded.err

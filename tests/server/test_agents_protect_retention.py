@@ -85,7 +85,7 @@ def test_agent_credentials_cannot_forget_or_see_schedules(jsite: JobSite) -> Non
     ("source", "destination", "line"),
     [
         (PolicySource("m", SourceKind.VM, "web"), None, "trees and volumes only"),
-        (PolicySource("c", SourceKind.VOLUME, "/srv/v"), "/mnt/chain", "no VHD chain"),
+        (PolicySource("mc", SourceKind.VM, "web"), "/mnt/chain", "trees and volumes only"),
     ],
 )
 def test_what_protect_cannot_run_through_a_server_is_refused_before_it_starts(
@@ -96,7 +96,8 @@ def test_what_protect_cannot_run_through_a_server_is_refused_before_it_starts(
         [PolicySource("t", SourceKind.TREE, "/srv/data"),
          PolicySource("v", SourceKind.VOLUME, "/srv/vol.qcow2")],
     )  # fmt: skip
-    check_through_server([trees])
+    chain = Policy("c", [PolicySource("c", SourceKind.VOLUME, "/srv/v")], "/mnt/chain")
+    check_through_server([trees, chain])  # a VHD chain is the machine's to write
     with pytest.raises(UsageError, match=line) as err:
         check_through_server([trees, Policy("p", [source], destination)])
     assert "\n" not in str(err.value)

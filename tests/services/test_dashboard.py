@@ -15,7 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from strongroom.catalog import Catalog
 from strongroom.errors import PathNotFound, PointNotFound, UsageError
+from strongroom.model.point import RecoveryPoint
+from strongroom.repository.repo import Repository
+from strongroom.services import points as points_module
 from strongroom.services.backup import BackupRequest, backup_files
 from strongroom.services.dashboard import (
     FAILING_AFTER,
@@ -24,6 +28,7 @@ from strongroom.services.dashboard import (
     checked_path,
     health_of,
 )
+from tests.catalog.conftest import catalog, catalog_url, pg_cluster  # noqa: F401 (fixtures)
 from tests.conftest import init_local_repository, open_local_repository
 from tests.helpers.cli import PASSWORD
 
@@ -128,3 +133,50 @@ def test_checked_paths_are_absolute_and_clean_or_refused(text: str) -> None:
     assert path.startswith("/") and "\0" not in path and len(path) <= 4096
     assert ".." not in parts and "." not in parts and "" not in parts[1:-1]
     assert path == "/" or not path.endswith("/")
+
+
+def test_the_catalog_remembers_points_across_starts(tmp_path: Path, catalog: Catalog) -> None:  # noqa: F811
+    """A second server start reads no point object the first one read: the
+    documents come from the catalog; a forgotten point leaves it; a row that
+    does not decode is read again from the repository."""
+    repo_path = tmp_path / "repo"
+    init_local_repository(repo_path)
+    tree = tmp_path / "src"
+    tree.mkdir()
+    (tree / "a").write_bytes(b"a")
+    first = _backup(repo_path, tree)
+    (tree / "b").write_bytes(b"b")
+    second = _backup(repo_path, tree, host="h2")
+    view = RepositoryView(str(repo_path), PASSWORD.encode(), memo=catalog)
+    before = view.points()
+    repo_id = view.repository().config.id
+    assert set(catalog.recall_points(repo_id, [first, second])) == {first, second}
+
+    reads: list[str] = []
+    real = points_module.load_point
+
+    def counting(repo: Repository, pid: str) -> RecoveryPoint:
+        reads.append(pid)
+        return real(repo, pid)
+
+    again = RepositoryView(str(repo_path), PASSWORD.encode(), memo=catalog)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("strongroom.services.dashboard.load_point", counting)
+        after = again.points()
+        assert reads == []
+        assert [p.to_doc() | {"id": p.id} for p in after] == [
+            p.to_doc() | {"id": p.id} for p in before
+        ]
+        # a kept row that does not decode is ignored and read again
+        catalog.forget_point_memos(repo_id, [second])
+        catalog.remember_points(repo_id, {second: {"kind": "files"}})
+        third = RepositoryView(str(repo_path), PASSWORD.encode(), memo=catalog)
+        assert [p.id for p in third.points()] == [first, second]
+        assert reads == [second]
+
+    repo = open_local_repository(repo_path)
+    repo.delete_point(first)
+    repo.close()
+    third._checked = None  # the next call lists again
+    assert [p.id for p in third.points()] == [second]
+    assert set(catalog.recall_points(repo_id, [first, second])) == {second}

@@ -35,6 +35,7 @@ from strongroom.catalog.engine import create_engine, masked, one_line, parse_url
 from strongroom.catalog.jobs import JobsMixin
 from strongroom.catalog.machines import MachinesMixin
 from strongroom.catalog.migrate import upgrade
+from strongroom.catalog.point_memos import PointMemosMixin
 from strongroom.catalog.records import (
     ContentEntry,
     Drive,
@@ -78,7 +79,7 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start : start + _CHUNK]
 
 
-class Catalog(AccountsMixin, MachinesMixin, JobsMixin):
+class Catalog(AccountsMixin, MachinesMixin, JobsMixin, PointMemosMixin):
     def __init__(self, engine: sa.Engine, url: sa.URL) -> None:
         self._engine = engine
         self._url = url

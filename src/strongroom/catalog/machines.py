@@ -1,5 +1,6 @@
 """The catalog's part for the backup server's agents (revision 0003):
-machines, one-time enrollment tokens and the commits agents made. Mixed into
+machines, one-time enrollment tokens and the commits agents made; the
+machines' VM clusters (revision 0006). Mixed into
 `Catalog`: same transactions, same contract (records in and out,
 CatalogError on failure).
 
@@ -38,6 +39,7 @@ class Machine:
     last_seen: datetime | None = None
     disabled: bool = False
     id: int | None = None
+    cluster: str | None = None  # the VM cluster it is a node of (revision 0006)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,19 @@ class MachinesMixin:
                 raise CatalogError(f"catalog: no machine {name[:64]}")
         return self.get_machine(name)
 
+    def set_machine_cluster(self, name: str, cluster: str | None) -> Machine:
+        """Put the machine in the cluster `cluster` (a name under the user
+        name rules), or in none (None)."""
+        if cluster is not None:
+            check_user_name(cluster)
+        with self.transaction() as c:
+            done = c.execute(
+                machines.update().where(machines.c.name == name).values(cluster=cluster)
+            )
+            if done.rowcount != 1:
+                raise CatalogError(f"catalog: no machine {name[:64]}")
+        return self.get_machine(name)
+
     def touch_machine(self, machine_id: int, last_seen: datetime) -> None:
         with self.transaction() as c:
             c.execute(
@@ -205,4 +220,5 @@ def _machine(row: sa.Row[Any]) -> Machine:
         last_seen=row.last_seen,
         disabled=bool(row.disabled),
         id=row.id,
+        cluster=row.cluster,
     )

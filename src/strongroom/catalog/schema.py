@@ -318,6 +318,7 @@ machines = sa.Table(
     sa.Column("created", UtcDateTime, nullable=False),
     sa.Column("last_seen", UtcDateTime),
     sa.Column("disabled", sa.Boolean, nullable=False),
+    sa.Column("cluster", sa.String(MAX_USER_NAME)),  # revision 0006: the VM cluster, or NULL
 )
 
 enrollment_tokens = sa.Table(
@@ -342,4 +343,14 @@ agent_commits = sa.Table(
     sa.Column("point_id", sa.String(64), nullable=False),
     sa.Column("at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("machine_id", "commit_id"),
+)
+
+# --- the server's memory of point documents (revision 0007) ---------------------
+
+point_memos = sa.Table(
+    "point_memos",
+    metadata,
+    sa.Column("repository", sa.String(64), primary_key=True),  # the repository's id
+    sa.Column("point_id", sa.String(64), primary_key=True),
+    sa.Column("doc", sa.Text, nullable=False),  # the point's document, as JSON
 )

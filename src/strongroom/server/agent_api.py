@@ -8,9 +8,11 @@ Contract:
   only a session (an agent's bearer is ignored there: 401). `enroll` is the
   one agent endpoint without credentials: its one-time token is them;
 - append-only: an agent can ask which chunks are missing, upload verified
-  chunks, commit a point of its own machine, list its own points and read
-  chunks by id. No agent endpoint deletes, forgets, prunes or rewrites
-  anything (other methods answer 405);
+  chunks, commit a point of its own machine (a VM point: of its cluster),
+  list its own points and its cluster's VM points, read chunks by id, and
+  take, renew, verify and hand back a VM's lease of its cluster. No agent
+  endpoint deletes, forgets, prunes or rewrites anything (other methods
+  answer 405);
 - a bad, used or expired enrollment token, and bad agent credentials, get
   one 401 line each that says nothing of which; no token or secret is ever
   logged, audited or echoed.
@@ -30,6 +32,14 @@ from starlette.concurrency import run_in_threadpool
 from strongroom.errors import ChunkNotFound, IntegrityError, StrongroomError, UsageError
 from strongroom.server.guards import Admin, Guards
 from strongroom.services.agent_intake import BUNDLE_TYPE, MAX_IDS, MAX_READ, Intake, chunk_type
+from strongroom.services.agent_vm_leases import (
+    MAX_TTL,
+    MIN_TTL,
+    LeaseBusy,
+    LeaseLost,
+    NotInCluster,
+    VmLeases,
+)
 from strongroom.services.agents import DEFAULT_ENROLLMENT, MAX_ENROLLMENT, Agents, Machine
 
 __all__ = ["BUNDLE_TYPE", "agent_dependency", "agent_routes"]
@@ -49,6 +59,23 @@ class NewEnrollment(BaseModel):
 
 class MachineChange(BaseModel):
     disabled: bool
+
+
+class ClusterChange(BaseModel):
+    cluster: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class LeaseTake(BaseModel):
+    ttl: float = Field(default=60.0, ge=MIN_TTL, le=MAX_TTL)
+
+
+class LeaseHeld(BaseModel):
+    holder: str = Field(pattern=r"^[0-9a-f]{16}$")
+
+
+class LeaseRenew(LeaseHeld):
+    ttl: float = Field(default=60.0, ge=MIN_TTL, le=MAX_TTL)
+    notes: dict[str, Any] | None = None
 
 
 class EnrollRequest(BaseModel):
@@ -79,6 +106,7 @@ def _machine_doc(m: Machine) -> dict[str, Any]:
         "created": m.created.isoformat(),
         "last_seen": m.last_seen.isoformat() if m.last_seen else None,
         "disabled": m.disabled,
+        "cluster": m.cluster,
     }
 
 
@@ -88,6 +116,7 @@ def agent_routes(agents: Agents, intake: Intake) -> Callable[[FastAPI, Guards], 
     def add(app: FastAPI, guards: Guards) -> None:
         _add_admin_routes(app, guards, agents)
         _add_agent_routes(app, guards, agents, intake)
+        _add_vm_lease_routes(app, guards, agents, VmLeases(intake.repo))
 
     return add
 
@@ -122,6 +151,19 @@ def _add_admin_routes(app: FastAPI, guards: Guards, agents: Agents) -> None:
         if changed is None:
             raise HTTPException(404, "no such machine")
         audit(request, "machine.change", name, "ok", who.user.name)
+        return _machine_doc(changed)
+
+    @app.put("/api/v1/machines/{name}/cluster")
+    def set_cluster(name: str, body: ClusterChange, who: Admin, request: Request) -> dict[str, Any]:
+        known = len(name) <= 64 and name.isprintable()
+        try:
+            changed = agents.set_cluster(name, body.cluster) if known else None
+        except UsageError as err:
+            audit(request, "machine.cluster", name, "failed", who.user.name)
+            raise HTTPException(400, str(err)) from None
+        if changed is None:
+            raise HTTPException(404, "no such machine")
+        audit(request, "machine.cluster", f"{name} {body.cluster or '-'}", "ok", who.user.name)
         return _machine_doc(changed)
 
 
@@ -160,7 +202,7 @@ def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Inta
 
     @app.get("/api/v1/agent/me")
     def me(who: Agent) -> dict[str, Any]:
-        return {"machine": who.name, "repository": intake.info()}
+        return {"machine": who.name, "cluster": who.cluster, "repository": intake.info()}
 
     @app.post("/api/v1/agent/chunks/missing")
     def missing(body: MissingRequest, who: Agent) -> dict[str, list[str]]:
@@ -196,7 +238,7 @@ def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Inta
 
     @app.get("/api/v1/agent/points")
     def points(who: Agent) -> list[dict[str, Any]]:
-        return intake.points(who.name)
+        return intake.points(who.name, who.cluster)
 
     @app.post("/api/v1/agent/points", status_code=201)
     def commit(body: CommitRequest, who: Agent, request: Request) -> dict[str, str]:
@@ -210,3 +252,59 @@ def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Inta
             raise
         audit(request, "agent.commit", f"{who.name} {point_id[:16]}", "ok", None)
         return {"id": point_id}
+
+
+def _add_vm_lease_routes(app: FastAPI, guards: Guards, agents: Agents, leases: VmLeases) -> None:
+    """A VM's lease for the nodes of its cluster (services/agent_vm_leases.py):
+    403 for a machine in no cluster, 409 when busy (taking) or not held
+    (renewing, verifying), 400 for a VM name the rules refuse."""
+    audit = guards.audit
+    Agent = Annotated[Machine, Depends(agent_dependency(agents))]
+    base = "/api/v1/agent/vms/{vm}/lease"
+
+    def _refused(err: StrongroomError) -> HTTPException:
+        if isinstance(err, NotInCluster):
+            return HTTPException(403, str(err))
+        if isinstance(err, LeaseBusy | LeaseLost):
+            return HTTPException(409, str(err)[:300])
+        return HTTPException(400, str(err)[:300])
+
+    @app.post(base, status_code=201)
+    def take(vm: str, body: LeaseTake, who: Agent, request: Request) -> dict[str, Any]:
+        try:
+            taken = leases.acquire(who, vm, body.ttl)
+        except (UsageError, LeaseBusy) as err:
+            audit(request, "agent.vm_lease", who.name, "refused", None)
+            raise _refused(err) from None
+        audit(request, "agent.vm_lease", f"{who.name} {vm}", "ok", None)
+        inherited = taken.inherited
+        return {
+            "holder": taken.holder,
+            "expires": taken.expires,
+            "cluster": who.cluster,
+            "inherited": None
+            if inherited is None
+            else {"host": inherited.host, "taken": inherited.taken, "notes": inherited.data},
+        }
+
+    @app.post(base + "/renew")
+    def renew(vm: str, body: LeaseRenew, who: Agent) -> dict[str, float]:
+        try:
+            return {"expires": leases.renew(who, vm, body.holder, body.ttl, body.notes)}
+        except (UsageError, LeaseLost) as err:
+            raise _refused(err) from None
+
+    @app.post(base + "/verify")
+    def verify(vm: str, body: LeaseHeld, who: Agent) -> dict[str, float]:
+        try:
+            return {"expires": leases.verify(who, vm, body.holder)}
+        except (UsageError, LeaseLost) as err:
+            raise _refused(err) from None
+
+    @app.post(base + "/release")
+    def release(vm: str, body: LeaseHeld, who: Agent) -> dict[str, bool]:
+        try:
+            leases.release(who, vm, body.holder)
+        except UsageError as err:
+            raise _refused(err) from None
+        return {"released": True}

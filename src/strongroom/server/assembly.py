@@ -12,6 +12,8 @@ open (the agents' upload session), once the app has stopped serving.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +22,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from strongroom.config import Settings
+from strongroom.errors import StrongroomError
 from strongroom.server.agent_api import agent_routes
 from strongroom.server.agent_jobs_api import agent_jobs_routes
 from strongroom.server.app import AddRoutes, create_app
@@ -39,6 +42,8 @@ from strongroom.services.metrics import Metrics
 from strongroom.services.operations import ServerLoops, server_operations
 from strongroom.services.ratelimit import SignInLimiter
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Assembled:
@@ -47,6 +52,24 @@ class Assembled:
     app: FastAPI
     loops: ServerLoops
     intake: Intake
+    view: RepositoryView
+
+    def warm(self) -> threading.Thread:
+        """Read the point list in the background, so that the first page after
+        a start does not wait for it (from the catalog's memory when another
+        start read it; from the repository once otherwise)."""
+
+        def read() -> None:
+            try:
+                count = len(self.view.points())
+            except StrongroomError as err:
+                log.warning("reading the point list at start failed: %s", err)
+            else:
+                log.info("point list ready: %d points", count)
+
+        thread = threading.Thread(target=read, name="strongroom-warm", daemon=True)
+        thread.start()
+        return thread
 
     def close(self) -> None:
         self.intake.close()
@@ -66,7 +89,8 @@ def assemble(
     services/server_points.py's lister); `worker` names this process's job
     runner (default: host and process id)."""
     location, catalog = settings.repository, accounts.catalog
-    view = RepositoryView(location, password)  # one cached point list for all readers
+    # one cached point list for all readers, remembered in the catalog across starts
+    view = RepositoryView(location, password, memo=catalog)
     listed = points or (lambda: [{"id": p.id, **p.to_doc()} for p in view.points()])
     agents = Agents(catalog)
     agent_jobs = AgentJobs.over(catalog, view)
@@ -101,7 +125,7 @@ def assemble(
     except BaseException:
         intake.close()
         raise
-    return Assembled(app, loops, intake)
+    return Assembled(app, loops, intake, view)
 
 
 __all__ = ["Assembled", "assemble"]

@@ -40,7 +40,7 @@ from strongroom.services.image_backup import (
     source_identity,
 )
 from strongroom.services.image_restore import restore_map
-from strongroom.services.restore import FilesRestored, ImageRestored
+from strongroom.services.restore import FilesRestored, ImageRestored, VmRestored
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -117,10 +117,15 @@ def restore_own_point(
     target: str,
     fmt: str = "raw",
     progress: ProgressCallback = no_progress,
-) -> FilesRestored | ImageRestored:
-    """`restore --server`: a whole files point into the folder `target`, or
-    a block point onto the file, device or NBD URI `target`."""
+) -> FilesRestored | ImageRestored | VmRestored:
+    """`restore --server`: a whole files point into the folder `target`, a
+    block point onto the file, device or NBD URI `target`, or a VM point of
+    the machine's cluster into the folder `target` (DISK.raw)."""
     point = find_own(agent_points(store), ref)
+    if point.kind == PointKind.VM:  # one of the cluster's: every disk into the folder
+        from strongroom.services.agent_vms import restore_vm_through_server
+
+        return VmRestored(point, restore_vm_through_server(store, point, target, fmt, progress))
     if point.kind == PointKind.BLOCK:
         found, summary = restore_image_through_server(store, point.id, target, fmt, progress)
         return ImageRestored(found, summary)

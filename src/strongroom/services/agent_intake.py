@@ -14,7 +14,7 @@ Contract:
   once the new chunks are durable (packs and index written): an
   acknowledged chunk survives a crash of the server;
 - `commit` validates a point document (the model's codec), forces its host
-  to the machine, refuses another host, a kind other than files or block,
+  to the machine, refuses another host, a kind other than files, block or VM,
   seeds (the server's repository state: no agent claims them), a lineage on
   a files point, a root that is not stored and a parent that is not one of
   the machine's own points of the same kind and paths. A block point's map
@@ -26,6 +26,15 @@ Contract:
   agent's own source, which the server never acts on) is kept as the codec
   reads it. A commit id seen before answers the point it made (a retried
   commit never makes a second point);
+- a VM point belongs to the machine's cluster: its host must be the
+  cluster's name (a machine in no cluster commits none), it names one VM
+  (`vm:NAME`, NAME under the machine name rules), its manifest is stored
+  and decodes (the model's codec: disk names; at most `MAX_VM_DISKS` disks;
+  the VM of its path), every disk's map is checked whole as a block point's
+  is and has the disk's geometry, and its parent is a VM point of the same
+  VM and cluster;
+- a machine lists (and so restores from) its own points, VM points aside,
+  and the VM points of its cluster (`visible`), nothing else;
 - nothing here deletes, forgets or rewrites a point or a chunk;
 - while agents write (asking, uploading, committing) the session holds a
   shared repository lock, as a local backup does, so a prune cannot delete
@@ -62,11 +71,14 @@ from strongroom.errors import (
 from strongroom.model.blockmap import SEGMENT_BLOCKS, decode_root, decode_segment
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
+from strongroom.model.vm import VmManifest
 from strongroom.repository import bundle
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import is_object_hex
+from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.points import load_point
 from strongroom.services.session import LockMode, open_repository
+from strongroom.services.vms import vm_path
 
 REFRESH_SECONDS = 1.0  # at most one listing of index/ per second, on a miss
 IDLE_SECONDS = 600.0  # the shared lock is released after this long without a write
@@ -74,6 +86,7 @@ MAX_IDS = bundle.MAX_IDS  # ids of one `missing` question
 MAX_READ = 256  # chunks of one `read`
 _COMMIT_ID_LENGTH = range(16, 65)
 MAX_AGENT_DISK = 1 << 50  # 1 PiB: a block point's virtual disk, at most
+MAX_VM_DISKS = 64  # disks of one VM point an agent commits
 
 
 @dataclass(frozen=True)
@@ -222,8 +235,10 @@ class Intake:
 
     # --- points --------------------------------------------------------------
 
-    def points(self, machine: str) -> list[dict[str, Any]]:
-        """The points whose host is `machine`, oldest first, as documents.
+    def points(self, machine: str, cluster: str | None = None) -> list[dict[str, Any]]:
+        """What a machine may see, oldest first, as documents: its own points
+        (host `machine`, VM points aside) and its cluster's VM points (host
+        `cluster`).
 
         Every agent's backup asks this first (to find its parent): a point's
         id is the hash of its object, so decoded points are kept by id and
@@ -243,7 +258,7 @@ class Intake:
             for gone in [i for i in self._points if i not in listed]:
                 del self._points[gone]
             found = sorted(self._points.values(), key=lambda p: (p.time, p.id))
-        return [{"id": p.id, **p.to_doc()} for p in found if p.host == machine]
+        return [{"id": p.id, **p.to_doc()} for p in found if visible(p, machine, cluster)]
 
     def _read_point(self, point_hex: str) -> RecoveryPoint | None:
         try:
@@ -261,15 +276,17 @@ class Intake:
         made = catalog.find_agent_commit(machine.id, commit_id)
         if made is not None:
             return made
-        point = _check_document(doc, machine.name)
+        point = _check_document(doc, machine.name, machine.cluster)
         with self._lock:
             self._writing()
             if point.kind == PointKind.BLOCK:
                 self._check_block_map(bytes.fromhex(point.tree))
+            elif point.kind == PointKind.VM:
+                self._check_vm_manifest(point)
             elif not self._holds(bytes.fromhex(point.tree)):
                 raise UsageError("the point's root tree is not stored: upload it first")
             if point.parent is not None:
-                self._check_parent(point, machine.name)
+                self._check_parent(point, point.host)
             point_id = self.repo.save_point(point.to_doc())
         return catalog.add_agent_commit(machine.id, commit_id, point_id, datetime.now(UTC))
 
@@ -294,6 +311,34 @@ class Intake:
             doc.get("kind") != PointKind.BLOCK.value or doc.get("paths") != point.paths
         ):
             raise UsageError("the parent is not this machine's image point of the same source")
+        if point.kind == PointKind.VM and (
+            doc.get("kind") != PointKind.VM.value or doc.get("paths") != point.paths
+        ):
+            raise UsageError("the parent is not a point of the same VM of this cluster")
+        if point.kind != PointKind.VM and doc.get("kind") == PointKind.VM.value:
+            raise UsageError("the parent is not a point of this machine")
+
+    def _check_vm_manifest(self, point: RecoveryPoint) -> None:
+        """Under `_lock`: the manifest is stored and decodes, names the VM of
+        the point's path and at most `MAX_VM_DISKS` disks, and every disk's
+        block map is whole (`_check_block_map`) and of the disk's geometry."""
+        manifest_id = bytes.fromhex(point.tree)
+        if not self._holds(manifest_id):
+            raise UsageError("the point's VM manifest is not stored: upload it first")
+        try:
+            manifest = VmManifest.decode(self.repo.load_chunk(manifest_id, BlobType.TREE))
+        except (IntegrityError, ValueError) as err:
+            raise UsageError(f"the point's VM manifest is malformed: {str(err)[:100]}") from None
+        if point.paths != [vm_path(manifest.vm)]:
+            raise UsageError("the point's VM manifest is of another VM")
+        if not 1 <= len(manifest.disks) <= MAX_VM_DISKS:
+            raise UsageError(f"a VM point has 1 to {MAX_VM_DISKS} disks")
+        for disk in manifest.disks:
+            root_id = bytes.fromhex(disk.map_root)
+            self._check_block_map(root_id)
+            root = decode_root(self.repo.load_chunk(root_id, BlobType.TREE))
+            if (root.size, root.block_size) != (disk.size, disk.block_size):
+                raise UsageError("a disk's block map does not match the VM manifest")
 
     def _check_block_map(self, root_id: bytes) -> None:
         """Under `_lock`: the map is well formed and all it names is stored
@@ -332,17 +377,33 @@ class Intake:
                 raise UsageError("the point's block map names a chunk that is not stored")
 
 
-def _check_document(doc: Any, machine: str) -> RecoveryPoint:
+def visible(point: RecoveryPoint, machine: str, cluster: str | None) -> bool:
+    """Whether `machine` (of `cluster`) may list and read `point`: its own
+    points but VM points, and the VM points of its cluster."""
+    if point.kind == PointKind.VM:
+        return cluster is not None and point.host == cluster
+    return point.host == machine
+
+
+def _check_document(doc: Any, machine: str, cluster: str | None = None) -> RecoveryPoint:
     if not isinstance(doc, dict):
         raise UsageError("the point is not a JSON object")
     try:
         point = RecoveryPoint.from_doc(doc)
     except (ValueError, TypeError, KeyError, RepositoryError) as err:
         raise UsageError(f"the point document is malformed: {str(err)[:100]}") from None
-    if point.host != machine:
+    if point.kind == PointKind.VM:
+        if cluster is None:
+            raise UsageError("this machine is in no cluster: it commits no VM point")
+        if point.host != cluster:
+            raise UsageError("a VM point's host is this machine's cluster")
+        if len(point.paths) != 1 or not point.paths[0].startswith("vm:"):
+            raise UsageError("a VM point names one VM")
+        check_vm_name(point.paths[0].removeprefix("vm:"))  # as its lease's
+    elif point.host != machine:
         raise UsageError("the point's host is not this machine")
-    if point.kind not in (PointKind.FILES, PointKind.BLOCK):
-        raise UsageError("agents commit files and block image points only")
+    if point.kind not in (PointKind.FILES, PointKind.BLOCK, PointKind.VM):
+        raise UsageError("agents commit files, block image and VM points only")
     if point.seeds is not None:
         raise UsageError("an agent's point names no seeds")
     if point.lineage is not None and point.kind != PointKind.BLOCK:

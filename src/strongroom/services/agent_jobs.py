@@ -5,9 +5,19 @@ of an enrolled machine, their specs, and what an agent may do with them
 Contract:
 - a spec is checked when it is queued (`check_spec`; UsageError with one
   line that never echoes a value): bounded lists of absolute paths without
-  NUL, known fields only. A restore names a files point of THAT machine
-  (its host is the machine's name: agents' points always are) and paths
-  found in it, checked against the repository before the job is queued;
+  NUL, known fields only. A backup is of files (`paths`) or, with `kind:
+  image`, of one block source of the machine (`source`: a file, a qcow2 or
+  a block device, an absolute path; `changed_since` auto, compare or none)
+  or, with `kind: vm`, of one VM of the machine's cluster (`vm`: its name,
+  the machine name rules; the agent's own `[vm.NAME]` table says where its
+  disks are), queued only for a machine that is in a cluster.
+  A restore names a point of THAT machine (its host is the machine's name:
+  agents' points always are) or a VM point of its cluster (its host is the
+  cluster's name); of a files point, paths found in it, checked against
+  the repository before the job is queued, into a folder; of a block image
+  point, the whole disk onto a target file or device; of a VM point, every
+  disk into a folder as DISK.raw (the spec says which with its `kind`, set
+  from the point's);
 - the machine must be enrolled and enabled;
 - an agent claims only its own machine's jobs (`claim` with
   `machine=NAME`, through the catalog's one claim); its worker name is
@@ -15,7 +25,8 @@ Contract:
   a job of another machine is the same "no such job" as one that does not
   exist (the API's 404): an agent learns nothing of other machines;
 - a finish that names a point names one of ITS machine (it exists, its host
-  is the machine), or it is refused (UsageError) and the job stays running
+  is the machine) or a VM point of its cluster (the host is the cluster's
+  name: a VM job's point), or it is refused (UsageError) and the job stays running
   for the agent to finish properly;
 - a failed job raises the alert event `job.failed` (services/jobs.py), as
   the server's own jobs do.
@@ -34,6 +45,8 @@ from strongroom.catalog import Catalog, Job, JobState
 from strongroom.errors import PathNotFound, PointNotFound, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
+from strongroom.services.agent_intake import visible
+from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.agents import check_machine_name
 from strongroom.services.dashboard import RepositoryView
 from strongroom.services.jobs import Jobs, job_doc
@@ -54,6 +67,7 @@ MAX_PROGRESS = 4096  # bytes of a progress document (JSON)
 MAX_PROGRESS_KEYS = 32
 MAX_OUTCOME = 1000
 OVERWRITE = ("replace", "refuse")
+IMAGE_CHANGED_SINCE = ("auto", "compare", "none")  # as `backup --image` takes them; no bitmap
 _POINT = re.compile(r"[0-9a-f]{64}")
 
 
@@ -82,17 +96,24 @@ def _absolute(items: list[str], what: str, name: str) -> list[str]:
 def _unknown(spec: Mapping[str, Any], known: set[str], what: str) -> None:
     unknown = set(spec) - known
     if unknown:
-        names = ", ".join(sorted(str(u)[:32] for u in unknown))
+        # names only, cut and printable (a NUL or a newline is not echoed)
+        names = ", ".join(sorted("".join(c for c in str(u)[:32] if c.isprintable())
+                                 for u in unknown))  # fmt: skip
         raise UsageError(f"{what}: unknown field(s) {names[:200]}")
 
 
 def check_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A backup job's spec with its defaults: paths (1-64 absolute),
-    excludes, tags, one_file_system, kind (`files`, for now the only one)."""
+    excludes, tags, one_file_system, kind (`files`; `image`: see
+    `check_image_backup`; `vm`: see `check_vm_backup`)."""
+    if spec.get("kind") == "image":
+        return check_image_backup(spec)
+    if spec.get("kind") == "vm":
+        return check_vm_backup(spec)
     _unknown(spec, {"paths", "excludes", "tags", "one_file_system", "kind"}, "backup")
     kind = spec.get("kind", "files")
     if kind != "files":
-        raise UsageError("backup: kind must be 'files' (images and VMs come later)")
+        raise UsageError("backup: kind must be 'files', 'image' or 'vm'")
     paths = _absolute(_texts(spec, "paths", MAX_PATHS, MAX_PATH, "backup"), "backup", "paths")
     if not paths:
         raise UsageError("backup: give at least one path")
@@ -108,13 +129,63 @@ def check_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_image_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """An image backup job's spec with its defaults: source (an absolute
+    path on the machine: a file, a qcow2 or another image, a block device),
+    changed_since (`auto`, `compare` or `none`: the agent has no QEMU of the
+    server's to name a bitmap of), tags. No seeds: they are the server's."""
+    _unknown(spec, {"kind", "source", "changed_since", "tags"}, "backup")
+    source = spec.get("source")
+    if not isinstance(source, str) or not 1 < len(source) <= MAX_PATH or "\0" in source:
+        raise UsageError("backup: source must be an absolute path of 2-4096 characters")
+    _absolute([source], "backup", "source")
+    changed = spec.get("changed_since", "auto")
+    if changed not in IMAGE_CHANGED_SINCE:
+        raise UsageError("backup: changed_since is 'auto', 'compare' or 'none'")
+    return {
+        "kind": "image",
+        "source": source,
+        "changed_since": changed,
+        "tags": _texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
+    }
+
+
+def check_vm_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A VM backup job's spec with its defaults: vm (the VM's name, the
+    machine name rules: the agent looks it up in its own config's
+    `[vm.NAME]` tables, as `backup --vm` does), changed_since (`auto`: the
+    VM's dirty bitmaps, `compare` or `none`, as `backup --vm` takes them),
+    tags. Whether the machine is in a cluster is `AgentJobs.check_spec`'s."""
+    _unknown(spec, {"kind", "vm", "changed_since", "tags"}, "backup")
+    vm = spec.get("vm")
+    if not isinstance(vm, str):
+        raise UsageError("backup: vm must be the VM's name")
+    check_vm_name(vm)
+    changed = spec.get("changed_since", "auto")
+    if changed not in IMAGE_CHANGED_SINCE:
+        raise UsageError("backup: changed_since is 'auto', 'compare' or 'none'")
+    return {
+        "kind": "vm",
+        "vm": vm,
+        "changed_since": changed,
+        "tags": _texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
+    }
+
+
 def check_restore(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A restore job's spec, on its own (the point and its paths are checked
     against the repository by `AgentJobs.check_spec`): point (a full id),
     paths inside it (none: all of it), target (an absolute folder on the
     machine), overwrite (`replace` what is in the way, as `restore` does; or
-    `refuse` unless the target is absent or empty)."""
-    _unknown(spec, {"point", "paths", "target", "overwrite"}, "restore")
+    `refuse` unless the target is absent or empty), kind (`files`, `image`
+    or `vm`: what the point is; `check_spec` sets `image` or `vm` from the
+    point). Of an image point, the target is the file or block device the
+    disk is written to; of a VM point, the folder its disks are written to
+    (DISK.raw); no paths are picked of either."""
+    _unknown(spec, {"point", "paths", "target", "overwrite", "kind"}, "restore")
+    kind = spec.get("kind")
+    if kind not in (None, "files", "image", "vm"):
+        raise UsageError("restore: kind is 'files', 'image' or 'vm' (the point's)")
     point = spec.get("point")
     if not isinstance(point, str) or not _POINT.fullmatch(point):
         raise UsageError("restore: point must be a full point id (64 hex digits)")
@@ -125,12 +196,13 @@ def check_restore(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise UsageError("restore: each of paths must be a path of the point, from /") from None
     target = spec.get("target")
     if not isinstance(target, str) or not 1 < len(target) <= MAX_PATH or "\0" in target:
-        raise UsageError("restore: target must be an absolute folder of 2-4096 characters")
+        raise UsageError("restore: target must be an absolute path of 2-4096 characters")
     _absolute([target], "restore", "target")
     overwrite = spec.get("overwrite", "replace")
     if overwrite not in OVERWRITE:
         raise UsageError("restore: overwrite is 'replace' or 'refuse'")
-    return {"point": point, "paths": paths, "target": target, "overwrite": overwrite}
+    checked = {"point": point, "paths": paths, "target": target, "overwrite": overwrite}
+    return checked | ({"kind": kind} if kind else {})
 
 
 def check_progress(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,16 +263,30 @@ class AgentJobs:
         if found is None or found.disabled:
             raise UsageError("no such enrolled (and enabled) machine")
         if kind == "backup":
-            return check_backup(spec)
+            checked = check_backup(spec)
+            if checked["kind"] == "vm" and not found.cluster:
+                raise UsageError(
+                    "backup: the machine is in no VM cluster (an administrator puts it in one: "
+                    "PUT /api/v1/machines/NAME/cluster)"
+                )
+            return checked
         checked = check_restore(spec)
         try:
             point = self.find_point(checked["point"])
         except PointNotFound:
             raise UsageError("restore: no such point of that machine") from None
-        if point.host != machine:
+        if not visible(point, machine, found.cluster):
             raise UsageError("restore: no such point of that machine")
-        if point.kind != PointKind.FILES:
-            raise UsageError("restore: agents restore files points only (for now)")
+        if point.kind not in (PointKind.FILES, PointKind.BLOCK, PointKind.VM):
+            raise UsageError("restore: agents restore files, block image and VM points only")
+        kinds: dict[str, str] = {PointKind.BLOCK: "image", PointKind.VM: "vm"}
+        kind = kinds.get(point.kind, "files")
+        if checked.get("kind", kind) != kind:
+            raise UsageError(f"restore: the point is a {kind} point")
+        if kind != "files":  # the agent is told (a files restore's spec is as it was)
+            if checked["paths"]:
+                raise UsageError(f"restore: an {kind} point is restored whole (no paths)")
+            return checked | {"kind": kind}
         for path in checked["paths"]:
             try:
                 self.find_path(point, path)
@@ -252,14 +338,17 @@ class AgentJobs:
         """A point an agent reports must exist and be its machine's (its host
         is the machine's name): an agent cannot have a job claim another
         machine's point, or one that was never made (UsageError, the same
-        line for both, so nothing is learnt of other machines)."""
+        line for both, so nothing is learnt of other machines). A VM point
+        of the machine's cluster (its host is the cluster's name) is also
+        the machine's to report: a VM job makes one."""
         if not _POINT.fullmatch(point_id):
             raise UsageError("finish: point must be a full point id")
         try:
             point = self.find_point(point_id)
         except PointNotFound:
             raise UsageError("finish: no such point of this machine") from None
-        if point.host != machine:
+        found = self.catalog.find_machine(machine)
+        if not visible(point, machine, found.cluster if found is not None else None):
             raise UsageError("finish: no such point of this machine")
 
 
@@ -268,5 +357,5 @@ def agent_job_doc(job: Job) -> dict[str, Any]:
     return {"id": job.id, "kind": job.kind, "spec": job.spec, "tries": job.tries}
 
 
-__all__ = ["AGENT_KINDS", "AgentJobs", "agent_job_doc", "check_backup", "check_restore",
-           "job_doc"]  # fmt: skip
+__all__ = ["AGENT_KINDS", "AgentJobs", "agent_job_doc", "check_backup", "check_image_backup",
+           "check_restore", "check_vm_backup", "job_doc"]  # fmt: skip

@@ -1,6 +1,7 @@
 """`strongroom agent run`: the agent's job loop. It claims the jobs of its
 machine from the server, runs each with the SAME code as `backup --server`
-and `restore --server` (services/agent_backup.py), reports progress as its
+(files, `--image` or `--vm`) and `restore --server` (services/agent_backup.py,
+services/agent_images.py, services/agent_vms.py), reports progress as its
 heartbeat and finishes the job with the point made or the error's one line
 (docs/server.md, "Schedules and jobs on agents").
 
@@ -17,26 +18,44 @@ Contract:
   FAILED with the outcome `agent stopped`, so the server and its alerts know
   now rather than after the heartbeat timeout. The next scheduled run or an
   operator runs it again;
+- a VM backup job names the VM; its block layer and disks are the agent's
+  own `[vm.NAME]` table of its config file (read when the job runs, as
+  `backup --vm` reads it), never the server's to say;
 - a restore with `overwrite: refuse` fails before writing anything when its
-  target folder exists and is not empty.
+  target folder exists and is not empty (a files or VM point); of an image
+  point, when its target exists and is anything but an empty regular file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from strongroom.config import VmSpec, load_settings
 from strongroom.errors import Interrupted, RemoteError, StrongroomError, UsageError
+from strongroom.model.kinds import PointKind
 from strongroom.remote.client import Client
 from strongroom.remote.config import AgentConfig
 from strongroom.remote.jobs import ClaimedJob, JobsClient
 from strongroom.remote.store import RemoteStore
-from strongroom.services.agent_backup import backup_through_server, restore_through_server
+from strongroom.services.agent_backup import (
+    agent_points,
+    backup_through_server,
+    find_own,
+    restore_through_server,
+)
+from strongroom.services.agent_images import (
+    backup_image_through_server,
+    restore_image_through_server,
+)
+from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.backup import BackupRequest
+from strongroom.services.image_backup import ImageBackupRequest
 from strongroom.types import Progress
 
 log = logging.getLogger(__name__)
@@ -57,6 +76,12 @@ class JobResult:
     point: str | None = None
 
 
+def configured_vms() -> Mapping[str, VmSpec]:
+    """The `[vm.NAME]` tables of the config file, as the CLI reads it
+    (STRONGROOM_CONFIG or the default path), read anew for each VM job."""
+    return load_settings().vms
+
+
 class _Lost(StrongroomError):
     """The server says the job is no longer this agent's."""
 
@@ -68,6 +93,7 @@ class AgentRunner:
     stop: threading.Event = field(default_factory=threading.Event)
     beat: float = BEAT
     say: Callable[[str], None] = lambda _line: None
+    vms: Callable[[], Mapping[str, VmSpec]] = configured_vms
 
     def __post_init__(self) -> None:
         self.jobs = JobsClient(self.client)
@@ -158,8 +184,16 @@ class AgentRunner:
     ) -> tuple[str | None, str]:
         store = RemoteStore(self.client, self.config.repository)
         try:
+            if job.kind == "backup" and job.spec.get("kind") == "image":
+                return self._backup_image(store, job.spec, report, cancel)
+            if job.kind == "backup" and job.spec.get("kind") == "vm":
+                return self._backup_vm(store, job.spec, report, cancel)
             if job.kind == "backup":
                 return self._backup(store, job.spec, report, cancel)
+            if job.spec.get("kind") == "image":
+                return None, self._restore_image(store, job.spec, report, cancel)
+            if job.spec.get("kind") == "vm":
+                return None, self._restore_vm(store, job.spec, report, cancel)
             return None, self._restore(store, job.spec, report, cancel)
         finally:
             store.close()
@@ -190,6 +224,115 @@ class AgentRunner:
             text += f"; {s.unreadable} files could not be read"
         return point, text
 
+    def _backup_image(
+        self,
+        store: RemoteStore,
+        spec: dict[str, Any],
+        report: Callable[[Progress], None],
+        cancel: threading.Event,
+    ) -> tuple[str | None, str]:
+        source = spec.get("source")
+        if not isinstance(source, str) or not os.path.isabs(source):
+            raise UsageError("the image backup job is malformed (source)")
+        request = ImageBackupRequest(
+            source=source,
+            changed_since=str(spec.get("changed_since", "auto")),
+            tags=_strings(spec.get("tags")),
+        )
+        if request.changed_since not in ("auto", "compare", "none"):
+            raise UsageError("the image backup job is malformed (changed_since)")
+        result = backup_image_through_server(store, self.config.machine, request, report, cancel)
+        s = result.summary
+        text = (
+            f"image of {s.size} bytes: {s.bytes_changed} bytes changed, {s.data_added} bytes "
+            f"added in {result.seconds:.1f} s ({s.tracker or 'full'})"
+        )
+        return result.point.id, text
+
+    def _backup_vm(
+        self,
+        store: RemoteStore,
+        spec: dict[str, Any],
+        report: Callable[[Progress], None],
+        cancel: threading.Event,
+    ) -> tuple[str | None, str]:
+        from strongroom.services.agent_vms import backup_vm_through_server
+
+        name = spec.get("vm")
+        changed_since = spec.get("changed_since", "auto")
+        if not isinstance(name, str) or changed_since not in ("auto", "compare", "none"):
+            raise UsageError("the VM backup job is malformed (vm, changed_since)")
+        check_vm_name(name)
+        vm = self.vms().get(name)
+        if vm is None:
+            raise UsageError(
+                f"no VM {name} in this machine's configuration: describe it in a [vm.{name}] "
+                "table of the config file"
+            )
+        result = backup_vm_through_server(
+            store,
+            vm,
+            block_size=self.config.repository.block_size,
+            changed_since=str(changed_since),
+            tags=_strings(spec.get("tags")),
+            progress=report,
+            cancel=cancel,
+        )
+        s = result.point.summary
+        text = (
+            f"VM {name}: {len(result.disks)} disks, {s.get('size', 0)} bytes: "
+            f"{s.get('bytes_changed', 0)} bytes changed, {s.get('data_added', 0)} bytes added "
+            f"in {result.seconds:.1f} s ({s.get('tracker') or 'full'}, {result.consistency})"
+        )
+        return result.point.id, text
+
+    def _restore_vm(
+        self,
+        store: RemoteStore,
+        spec: dict[str, Any],
+        report: Callable[[Progress], None],
+        cancel: threading.Event,
+    ) -> str:
+        from strongroom.services.agent_vms import restore_vm_through_server
+
+        ref, target = str(spec.get("point", "")), str(spec.get("target", ""))
+        if len(ref) != 64 or not os.path.isabs(target):
+            raise UsageError("the restore job is malformed (point, target)")
+        if spec.get("overwrite") == "refuse" and os.path.isdir(target) and os.listdir(target):
+            raise UsageError("the target folder is not empty (overwrite: refuse)")
+        point = find_own(agent_points(store), ref)
+        if point.kind != PointKind.VM:
+            raise UsageError(f"point {point.short_id} is not a VM point")
+        disks = restore_vm_through_server(store, point, target, "raw", report, cancel)
+        damaged = sum(len(s.damaged) for _, _, s in disks)
+        if damaged:
+            raise UsageError(f"{damaged} blocks could not be restored (damaged data)")
+        size = sum(s.size for _, _, s in disks)
+        return (
+            f"restored {len(disks)} disks, {size} bytes, of VM point {point.short_id} to "
+            f"{target} (DISK.raw)"
+        )
+
+    def _restore_image(
+        self,
+        store: RemoteStore,
+        spec: dict[str, Any],
+        report: Callable[[Progress], None],
+        cancel: threading.Event,
+    ) -> str:
+        point, target = str(spec.get("point", "")), str(spec.get("target", ""))
+        if len(point) != 64 or not os.path.isabs(target):
+            raise UsageError("the restore job is malformed (point, target)")
+        if spec.get("overwrite") == "refuse" and _occupied(target):
+            raise UsageError("the target exists and is not an empty file (overwrite: refuse)")
+        found, s = restore_image_through_server(store, point, target, "raw", report, cancel)
+        if s.damaged:
+            raise UsageError(f"{len(s.damaged)} blocks could not be restored (damaged data)")
+        return (
+            f"restored {s.size} bytes ({s.bytes_written} written) of point {found.short_id} "
+            f"to {target}"
+        )
+
     def _restore(
         self,
         store: RemoteStore,
@@ -210,6 +353,16 @@ class AgentRunner:
             f"restored {s.files} files, {s.dirs} folders, {s.bytes_written} bytes of point "
             f"{found.short_id} to {target}"
         )
+
+
+def _occupied(target: str) -> bool:
+    """Whether an image restore would overwrite something: the target exists
+    and is not an empty regular file (a device always holds something)."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return False
+    return not (stat.S_ISREG(st.st_mode) and st.st_size == 0)
 
 
 def _strings(value: object) -> list[str]:

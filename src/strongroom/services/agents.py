@@ -10,6 +10,9 @@ Contract:
   and a secret (32 random bytes): the agent presents `<agent_id>.<secret>`
   as a bearer token; the catalog keeps the secret's SHA-256 only (a 256-bit
   random secret needs no slow hash), compared in constant time;
+- an administrator puts a machine in a VM cluster (a name under the
+  machine name rules) or in none: its agent then takes the cluster's VM
+  leases and points (services/agent_vm_leases.py, agent_intake.py);
 - `authenticate` answers None for anything wrong (malformed, unknown,
   wrong secret, disabled machine), never why.
 """
@@ -119,6 +122,15 @@ class Agents:
 
     def list_machines(self) -> list[Machine]:
         return self.catalog.list_machines()
+
+    def set_cluster(self, name: str, cluster: str | None) -> Machine | None:
+        """Put the machine in the VM cluster `cluster` (machine name rules) or
+        in none; None for an unknown machine."""
+        if cluster is not None:
+            check_machine_name(cluster)
+        if self.catalog.find_machine(name) is None:
+            return None
+        return self.catalog.set_machine_cluster(name, cluster)
 
     def set_disabled(self, name: str, disabled: bool) -> Machine | None:
         if self.catalog.find_machine(name) is None:

@@ -12,6 +12,11 @@ Contract:
   points appear, a fresh handle with the same key is used from then on, so
   its chunk index (read on first use) knows their packs;
 - a damaged point is left out (`check` names it) and not read again;
+- with a `memo` (the server's catalog), a point's document is read from the
+  repository once per catalog, not once per process start: ids new to the
+  view are looked up there first, and what had to be read is kept there. A
+  point's id is the hash of its sealed object, so a kept document is never
+  stale; the memo is best effort (a catalog failure costs reads, never a page);
 - paths from a request are hostile: `checked_path` refuses NUL, relative
   paths, `..` and overlong text (UsageError) before anything is looked up;
 - an archive is planned (every picked path found, or PathNotFound) before
@@ -22,25 +27,36 @@ Contract:
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
-from strongroom.errors import IntegrityError, ObjectNotFound, PointNotFound, UsageError
+from strongroom.errors import (
+    CatalogError,
+    IntegrityError,
+    ObjectNotFound,
+    PointNotFound,
+    UnsupportedVersion,
+    UsageError,
+)
 from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint as RecoveryPoint
 from strongroom.model.tree import DIR, FILE, SYMLINK, Node
-from strongroom.repository.repo import Repository
+from strongroom.repository.repo import Repository, is_object_hex
 from strongroom.services.browse import list_entries
 from strongroom.services.dashboard_archive import Member, tar_stream, zip_stream
 from strongroom.services.points import load_point, require_files
 from strongroom.services.restore import point_path
 from strongroom.services.walk import find_node, iter_tree
 from strongroom.storage import open_backend
+
+log = logging.getLogger(__name__)
 
 MAX_PATH = 4096
 MAX_PICKS = 1000
@@ -61,6 +77,21 @@ def health_of(lag: timedelta) -> str:
     if lag <= STALE_AFTER:
         return Health.OK
     return Health.STALE if lag <= FAILING_AFTER else Health.FAILING
+
+
+def _recalled(point_id: str, doc: dict[str, Any] | None) -> RecoveryPoint | None:
+    """A remembered document as a point; None when absent or unusable (read
+    it again from the repository)."""
+    if doc is None:
+        return None
+    try:
+        point = RecoveryPoint.from_doc(doc)
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, UnsupportedVersion):
+        return None  # the repository's copy decides
+    if not is_object_hex(point.tree):
+        return None
+    point.id = point_id
+    return point
 
 
 @dataclass(frozen=True)
@@ -144,6 +175,16 @@ class Folder:
     more: int  # entries not shown (over MAX_FOLDER)
 
 
+class PointMemo(Protocol):
+    """Where point documents read once are kept (catalog/point_memos.py)."""
+
+    def recall_points(self, repository: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]: ...
+
+    def remember_points(self, repository: str, docs: Mapping[str, Mapping[str, Any]]) -> None: ...
+
+    def forget_point_memos(self, repository: str, ids: Iterable[str]) -> None: ...
+
+
 class RepositoryView:
     """The dashboard's reading of one repository (see the module's contract)."""
 
@@ -154,8 +195,10 @@ class RepositoryView:
         *,
         ttl: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        memo: PointMemo | None = None,
     ) -> None:
         self._location = location
+        self._memo = memo
         self._password = password
         self._ttl = ttl
         self._clock = clock
@@ -201,30 +244,59 @@ class RepositoryView:
             for pid in gone:
                 del self._points[pid]
             self._damaged &= ids
+            if gone:
+                self._memo_call("forget_point_memos", repo.config.id, sorted(gone))
             if new:
                 repo = self._fresh_handle()
-
-                def read(pid: str) -> RecoveryPoint | bool | None:
-                    try:
-                        return load_point(repo, pid)
-                    except ObjectNotFound:
-                        return None  # forgotten meanwhile
-                    except IntegrityError:
-                        return False
-
-                # in parallel as the backend allows: one GET per point (S3)
-                order = sorted(new)
-                workers = max(1, min(repo.backend.capabilities.parallel_requests, len(order)))
-                with ThreadPoolExecutor(workers) as pool:
-                    for pid, found in zip(order, pool.map(read, order), strict=True):
-                        if isinstance(found, RecoveryPoint):
-                            self._points[pid] = found
-                        elif found is False:
-                            self._damaged.add(pid)
+                self._add(repo, new)
             if new or gone or self._checked is None:
                 self._sorted = sorted(self._points.values(), key=lambda p: (p.time, p.id))
             self._checked = now
             return self._sorted
+
+    def _add(self, repo: Repository, new: set[str]) -> None:
+        """Take `new` points from the memo, read the rest (in parallel as the
+        backend allows: one GET per point on S3) and keep them there."""
+        order = sorted(new)
+        recalled = self._memo_call("recall_points", repo.config.id, order) or {}
+        unread = []
+        for pid in order:
+            point = _recalled(pid, recalled.get(pid))
+            if point is None:
+                unread.append(pid)
+            else:
+                self._points[pid] = point
+
+        def read(pid: str) -> RecoveryPoint | bool | None:
+            try:
+                return load_point(repo, pid)
+            except ObjectNotFound:
+                return None  # forgotten meanwhile
+            except IntegrityError:
+                return False
+
+        read_now: dict[str, dict[str, Any]] = {}
+        if unread:
+            workers = max(1, min(repo.backend.capabilities.parallel_requests, len(unread)))
+            with ThreadPoolExecutor(workers) as pool:
+                for pid, found in zip(unread, pool.map(read, unread), strict=True):
+                    if isinstance(found, RecoveryPoint):
+                        self._points[pid] = found
+                        read_now[pid] = found.to_doc()
+                    elif found is False:
+                        self._damaged.add(pid)
+        if read_now:
+            self._memo_call("remember_points", repo.config.id, read_now)
+
+    def _memo_call(self, name: str, *args: Any) -> Any:
+        """Best effort: a catalog that fails costs reads, never a page."""
+        if self._memo is None:
+            return None
+        try:
+            return getattr(self._memo, name)(*args)
+        except CatalogError as err:
+            log.warning("the catalog's memory of points: %s", err)
+            return None
 
     def point(self, point_id: str, *, fresh: bool = False) -> RecoveryPoint:
         """One point by its full id (PointNotFound otherwise). `fresh`: a

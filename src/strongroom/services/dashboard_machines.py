@@ -4,7 +4,7 @@ progress (docs/server.md, "Dashboard").
 
 Health of a machine is its newest point's (services/dashboard.py's rule),
 or `never` when it has made none yet. "Back up now" backs up what the
-machine's first backup schedule names, else the paths of its newest files
+machine's first files backup schedule names, else the paths of its newest files
 point: nothing is typed in a browser for it.
 """
 
@@ -52,7 +52,10 @@ def machine_rows(catalog: Catalog, view: RepositoryView) -> list[MachineRow]:
     rows = []
     for m in catalog.list_machines():
         own = schedules.get(m.name, [])
-        paths = next((list(s.spec.get("paths", [])) for s in own if s.kind == "backup"), [])
+        files_backups = (
+            s for s in own if s.kind == "backup" and s.spec.get("kind", "files") == "files"
+        )
+        paths = next((list(s.spec.get("paths", [])) for s in files_backups), [])
         if not paths and m.name in newest_files:
             paths = list(newest_files[m.name].paths)
         rows.append(MachineRow(m, newest.get(m.name), own, paths))

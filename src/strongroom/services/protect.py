@@ -8,7 +8,11 @@ back and the data is deduplicated and encrypted like any other point.
 
 A front end builds the options with `protect_options` (which also refuses a
 combination that means nothing), opens the destination with `destination`,
-and runs `protect_once` or `protect_every`.
+and runs `protect_once` or `protect_every`. Through a backup server (the
+machine enrolled as its agent) the repository destination is the server's
+repository: `RepositoryDestination` over the agent's store
+(protect_service.agent_block_target); a folder or S3 chain never involves
+the server.
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ from strongroom.pipeline.image_backup import ImageBackup
 from strongroom.protect.block_mode import BlockProtection
 from strongroom.protect.cycles import CycleResult as CycleResult  # what a cycle reports
 from strongroom.protect.cycles import ProtectOptions, StateFolder, check_name, default_name
-from strongroom.protect.destinations import Destination, Shipment, VhdChain
+from strongroom.protect.destinations import Destination as Destination  # the front ends' type
+from strongroom.protect.destinations import Shipment, VhdChain
 from strongroom.protect.vhd_mode import VhdProtection
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.points import list_points
 from strongroom.services.recording import record_point
+from strongroom.services.volume_cycle import VolumeTarget
 from strongroom.sources.block import RawSource
 from strongroom.storage import open_backend
 from strongroom.trackers.changes import ChangeSet, blocks_touched
@@ -51,13 +58,30 @@ def default_state_folder(name: str) -> str:
 class RepositoryDestination:
     """Cycles as block points: `protect:NAME` in the point's paths, the cycle's
     VHD identity in its summary (so a crash between storing the point and
-    committing the local state is settled by finding the point)."""
+    committing the local state is settled by finding the point).
+
+    The points go where `target` says (services/volume_cycle.py's
+    `VolumeTarget`, as a protected volume's): a repository, or the agent's
+    backup server (the machine's own block points; the parent's chunks taken
+    as stored, so a cycle sends only the blocks whose content is new). A
+    `Repository` given directly is the local one."""
 
     wants_vhd = False
 
-    def __init__(self, repo: Repository, progress: ProgressCallback = no_progress) -> None:
-        self.repo = repo
-        self.description = repo.backend.location
+    def __init__(
+        self,
+        repo: Repository | VolumeTarget,
+        progress: ProgressCallback = no_progress,
+        *,
+        description: str | None = None,
+    ) -> None:
+        if isinstance(repo, VolumeTarget):
+            self.target = repo
+            self.description = description or "the backup server"
+        else:
+            self.target = _local_target(repo)
+            self.description = description or repo.backend.location
+        self.store: ChunkStore = self.target.store
         self.report = progress
 
     def object_name(self, name: str, cycle: int) -> str:
@@ -67,11 +91,7 @@ class RepositoryDestination:
         return f"{self.description}#{self.object_name(name, cycle)}"
 
     def _points(self, name: str) -> list[RecoveryPoint]:
-        return [
-            p
-            for p in list_points(self.repo, on_damaged=lambda *_: None)
-            if p.kind == PointKind.BLOCK and p.paths == [f"protect:{name}"]
-        ]
+        return self.target.points(f"protect:{name}")
 
     def arrived(self, name: str, cycle: int, uuid: str) -> str | None:
         for point in self._points(name):
@@ -91,8 +111,11 @@ class RepositoryDestination:
                 if (p.summary.get("protect") or {}).get("uuid") == parent_uuid
             ]
             parent = found[-1] if found else None
-        parent_map = load_block_map(self.repo, bytes.fromhex(parent.tree)) if parent else None
-        block_size = parent_map.block_size if parent_map else self.repo.config.block_size
+        parent_map = None
+        if parent is not None:
+            parent_map = load_block_map(self.store, bytes.fromhex(parent.tree))
+            self.target.adopt_parent(parent, parent_map)
+        block_size = parent_map.block_size if parent_map else self.target.block_size
         blocks = -(-shipment.disk_size // block_size)
         if parent_map is not None and shipment.changed is not None:
             changes = ChangeSet("e2undo", blocks_touched(shipment.changed, block_size, blocks))
@@ -102,15 +125,15 @@ class RepositoryDestination:
         t0 = time.monotonic()
         with contextlib.closing(RawSource(shipment.disk_path, shipment.disk_size)) as source:
             pipeline = ImageBackup(
-                self.repo, source, block_size, parent_map, changes, progress=self.report
+                self.store, source, block_size, parent_map, changes, progress=self.report
             )
             pipeline.run()
         summary = pipeline.summary
         point = record_point(
-            self.repo,
+            self.store,
             kind=PointKind.BLOCK,
             time=started,
-            host=socket.gethostname(),
+            host=self.target.host,
             paths=[f"protect:{shipment.name}"],
             tree=summary.map_root,
             parent=parent,
@@ -124,7 +147,21 @@ class RepositoryDestination:
         return point.id
 
     def close(self) -> None:
-        """The caller owns the repository."""
+        """The caller owns the repository (or the agent's store)."""
+
+
+def _local_target(repo: Repository) -> VolumeTarget:
+    """The repository's own points (a damaged one is left out, unreported:
+    it is not this source's to judge)."""
+
+    def points(identity: str) -> list[RecoveryPoint]:
+        return [
+            p
+            for p in list_points(repo, on_damaged=lambda *_: None)
+            if p.kind == PointKind.BLOCK and p.paths == [identity]
+        ]
+
+    return VolumeTarget(repo, repo.config.id, repo.config.block_size, socket.gethostname(), points)
 
 
 def protect_options(

@@ -28,7 +28,9 @@ cycle (start to start), so a slow source never delays another's cycle:
   no repository (no point, no retention: the status record is its history).
 
 Through a backup server (`agent`, `strongroom protect --policy NAME --server
-URL`): trees and volumes (`check_through_server`); each cycle opens the
+URL`): trees and volumes (`check_through_server`); a volume of a policy with
+a VHD chain destination ships there exactly as without a server (the chain is
+the machine's to write; nothing goes to the server). Else each cycle opens the
 agent's store, takes its parent among the machine's own points and backs up
 through the server (services/agent_backup.py; a volume's cycle over a
 `VolumeTarget` of the agent's store); it applies no retention: the
@@ -189,13 +191,11 @@ def check_runnable(policies: list[Policy], settings: Settings) -> None:
 
 
 def check_through_server(policies: list[Policy]) -> None:
-    """Through a server the service protects trees and volumes (UsageError, one line)."""
+    """Through a server the service protects trees and volumes into the
+    server's repository, and volumes into a VHD chain destination (a folder
+    or S3 location: the machine writes it itself, the server is not
+    involved). A VM source is refused (UsageError, one line)."""
     for policy in policies:
-        if policy.destination is not None:
-            raise UsageError(
-                f"policy {policy.name}: through a server: no VHD chain destination "
-                "(its VHDs are written by this machine, not the server)"
-            )
         for source in policy.sources:
             if source.kind == SourceKind.VM:
                 raise UsageError(
@@ -424,7 +424,7 @@ class SourceRunner:
                 register_source_retention(store, self.policy, self.source)
                 self.retention_registered = True
             if self.source.kind == SourceKind.VOLUME:
-                self._volume(_volume_target(store, config), outcome)
+                self._volume(agent_block_target(store, config), outcome)
                 return
             own = source_points(agent_points(store), self.source.name)
 
@@ -714,9 +714,10 @@ class SourceRunner:
             outcome.in_sync, outcome.sync_reason = False, _line(err)
 
 
-def _volume_target(store: RemoteStore, config: AgentConfig) -> VolumeTarget:
-    """A volume's points through the server: the machine's own block points
-    of the volume, its parent's chunks known stored (services/agent_images.py)."""
+def agent_block_target(store: RemoteStore, config: AgentConfig) -> VolumeTarget:
+    """Block points through the server (a protected volume's, the VHD mode's
+    `--to-repository` cycles): the machine's own block points of one source,
+    the parent's chunks known stored (services/agent_images.py)."""
 
     def points(identity: str) -> list[RecoveryPoint]:
         return [

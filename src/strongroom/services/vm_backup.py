@@ -17,6 +17,10 @@ Steps, from any host of the cluster:
 6. store every disk's map, one manifest, one `vm` point; then retire the
    bitmaps the point superseded and tear the views down.
 Nothing is committed if the lease was lost meanwhile.
+
+The steps run over a `VmTarget`: the repository (`local_target`: its lease,
+its points, this host) or the backup server (services/agent_vms.py: the
+server's lease for the cluster, the cluster's points, the cluster as host).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from strongroom.config import VmSpec, data_home
 from strongroom.errors import StrongroomError
@@ -43,7 +47,9 @@ from strongroom.pipeline.image_backup import ImageBackup
 from strongroom.protect.freeze import GuestFreeze
 from strongroom.protect.quiesce import Quiescing
 from strongroom.protect.source_points import PROTECT_TAG, protect_summary
+from strongroom.repository.leases import LeaseRecord
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.recording import record_point
 from strongroom.services.vms import vm_lease, vm_path, vm_points
 from strongroom.sources.guest import Quiesce
@@ -70,6 +76,7 @@ class VmBackupResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     reason: str = ""  # why the point is only crash-consistent ("" when it is not)
+    traffic: dict[str, int] | None = None  # through a server: what went over the wire
 
 
 @dataclass
@@ -81,8 +88,73 @@ class _Disk:
     block_size: int
 
 
+class VmLeaseHandle(Protocol):
+    """A held VM lease: the repository's (`Lease`) or the server's
+    (services/agent_vms.py `RemoteLease`)."""
+
+    @property
+    def inherited(self) -> LeaseRecord | None: ...
+
+    def annotate(self, **notes: object) -> None: ...
+
+    def verify(self) -> None: ...
+
+
+@dataclass
+class VmTarget:
+    """Where a VM's points go: a chunk store, the host the point names, the
+    VM's earlier points (its parent's source), its lease, and what to do
+    with the parent's manifest before reading (an agent counts its chunks
+    as stored). `local_target` for a repository; agent_vms.py for a server."""
+
+    store: ChunkStore
+    host: str
+    block_size: int  # a first backup's
+    points: Callable[[], list[RecoveryPoint]]  # the VM's, oldest first
+    lease: Callable[[], AbstractContextManager[VmLeaseHandle]]
+    # the parent's disk maps it loaded, by root id (hex): not loaded again
+    adopt: Callable[[VmManifest], dict[str, BlockMap]] = lambda _manifest: {}
+
+
+def local_target(repo: Repository, spec: VmSpec) -> VmTarget:
+    """The repository itself, under its own lease, as this host."""
+    return VmTarget(
+        store=repo,
+        host=socket.gethostname(),
+        block_size=repo.config.block_size,
+        points=lambda: vm_points(repo, spec.name),
+        lease=lambda: vm_lease(repo, spec).acquire(),
+    )
+
+
 def backup_vm(
     repo: Repository,
+    spec: VmSpec,
+    *,
+    changed_since: str = "auto",
+    tags: list[str] | None = None,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+    on_frozen: Any = None,
+    protect_name: str | None = None,
+    quiesce: VmQuiesce | None = None,
+) -> VmBackupResult:
+    """`backup_vm_to` the repository (the module docstring says the steps)."""
+    return backup_vm_to(
+        local_target(repo, spec),
+        spec,
+        changed_since=changed_since,
+        tags=tags,
+        progress=progress,
+        cancel=cancel,
+        on_frozen=on_frozen,
+        protect_name=protect_name,
+        quiesce=quiesce,
+    )
+
+
+def backup_vm_to(
+    target: VmTarget,
     spec: VmSpec,
     *,
     changed_since: str = "auto",  # auto | compare | none
@@ -99,13 +171,13 @@ def backup_vm(
     and the guest freeze succeeded (the engine's verdict); without, when the
     guest freeze succeeded."""
     mode, _ = parse_mode(changed_since)
-    host = socket.gethostname()
+    repo = target.store
     prefix = vm_bitmap_prefix(repo, spec.name)
     warnings: list[str] = []
     started = now()
     t0 = time.monotonic()
-    with vm_lease(repo, spec).acquire() as lease, ExitStack() as stack:
-        parent, parent_disks = _parent(repo, spec, warnings)
+    with target.lease() as lease, ExitStack() as stack:
+        parent, parent_disks, parent_maps = _parent(target, warnings)
         qmp = stack.enter_context(QmpClient(spec.qmp))
         disks: list[_Disk] = []
         scratch = spec.scratch or str(data_home() / "strongroom" / "scratch")
@@ -113,13 +185,15 @@ def backup_vm(
             live = LiveDisk(qmp, node, spec.nbd, scratch)
             stack.callback(live.close_view)  # also undoes a view half opened
             before = parent_disks.get(node)
-            parent_map = (
-                load_block_map(repo, bytes.fromhex(before.map_root)) if before is not None else None
-            )
+            parent_map = None
+            if before is not None:
+                parent_map = parent_maps.get(before.map_root)
+                if parent_map is None:
+                    parent_map = load_block_map(repo, bytes.fromhex(before.map_root))
             if parent_map is not None and parent_map.size != live.size:
                 warnings.append(f"disk {node} changed size: reading it whole")
                 parent_map = None
-            block_size = parent_map.block_size if parent_map else repo.config.block_size
+            block_size = parent_map.block_size if parent_map else target.block_size
             parent_bitmap = before.block_lineage().parent_bitmap(prefix) if before else None
             plan = plan_bitmaps(live.bitmaps(), prefix, parent_bitmap)
             disks.append(_Disk(live, plan, parent_map, parent_bitmap, block_size))
@@ -197,7 +271,7 @@ def backup_vm(
             repo,
             kind=PointKind.VM,
             time=at_instant(instant, started),
-            host=host,
+            host=target.host,
             paths=[vm_path(spec.name)],
             tree=manifest_id.hex(),
             parent=parent,
@@ -282,18 +356,19 @@ def _engine_instant(
 
 
 def _parent(
-    repo: Repository, spec: VmSpec, warnings: list[str]
-) -> tuple[RecoveryPoint | None, dict[str, VmDisk]]:
-    points = vm_points(repo, spec.name)
+    target: VmTarget, warnings: list[str]
+) -> tuple[RecoveryPoint | None, dict[str, VmDisk], dict[str, BlockMap]]:
+    points = target.points()
     if not points:
-        return None, {}
+        return None, {}, {}
     parent = points[-1]
     try:
-        manifest = load_vm_manifest(repo, bytes.fromhex(parent.tree))
+        manifest = load_vm_manifest(target.store, bytes.fromhex(parent.tree))
+        maps = target.adopt(manifest)
     except StrongroomError as err:
         warnings.append(f"last point {parent.short_id} is unreadable ({err}): reading all disks")
-        return None, {}
-    return parent, {d.name: d for d in manifest.disks}
+        return None, {}, {}
+    return parent, {d.name: d for d in manifest.disks}, maps
 
 
 def _scratch_room(scratch: str, disks: int) -> list[str]:
@@ -310,7 +385,7 @@ def _scratch_room(scratch: str, disks: int) -> list[str]:
     ]
 
 
-def vm_bitmap_prefix(repo: Repository, name: str) -> str:
+def vm_bitmap_prefix(repo: ChunkStore, name: str) -> str:
     """Each VM its own bitmap lineage, apart from `backup --image --qmp`'s
     (`strongroom-<repo>`): one never retires or rotates the other's bitmaps."""
     tag = hashlib.blake2s(name.encode(), digest_size=4).hexdigest()

@@ -13,6 +13,7 @@ from strongroom.model.vm import VmManifest
 from strongroom.pipeline.blockmaps import load_vm_manifest
 from strongroom.repository.leases import Lease, LeaseRecord
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.points import list_points
 
 
@@ -35,7 +36,7 @@ def vm_lease(repo: Repository, spec: VmSpec) -> Lease:
     return Lease(repo.leases(), key, f"VM {spec.name}", spec.lease_ttl)
 
 
-def manifest_of(repo: Repository, point: RecoveryPoint) -> VmManifest:
+def manifest_of(repo: ChunkStore, point: RecoveryPoint) -> VmManifest:
     if point.kind != PointKind.VM:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a VM point")
     return load_vm_manifest(repo, bytes.fromhex(point.tree))

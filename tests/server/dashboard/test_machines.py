@@ -150,3 +150,10 @@ def test_restore_to_the_agent_from_a_points_page(msite: Site) -> None:
     assert "Restore to the agent" not in c.get(f"/points/{msite.point}").text
     assert c.post(url, data={"csrf_token": csrf, "target": "/r"}).status_code == 409
     assert [j.id for j in msite.accounts.catalog.list_jobs()] == [job.id]
+
+
+def test_machines_page_shows_a_machine_s_vm_cluster(msite: Site) -> None:
+    msite.accounts.catalog.set_machine_cluster("web1", "prod")
+    sign_in(msite.client, "rita", READER_PASSWORD)
+    page = msite.client.get("/machines")
+    assert '<span class="note cluster">(cluster prod)</span>' in page.text

@@ -172,10 +172,15 @@ def backup(
         file_seed_options=trust_seed_metadata or seed_root is not None,
     )
     if through_server(servers, agent_config):
-        if vms or dry_run or host or seed_names or trust_seed_metadata or seed_root:
+        if dry_run or host or seed_names or trust_seed_metadata or seed_root:
             raise click.UsageError(
-                "through a server: files or --image; no --vm, --dry-run, --host or seeds"
+                "through a server: files or --image; VMs with --vm; no --dry-run, --host or seeds"
             )
+        if vms:
+            from strongroom.cli.commands.vm import backup_vm_cmd
+
+            backup_vm_cmd(app, list(vms), tracker, list(tag), (servers, agent_config))
+            return
         if image:
             from strongroom.services.image_backup import ImageBackupRequest
 

@@ -19,6 +19,8 @@ from strongroom.services.agent_backup import AgentConfig, default_config_path, o
 from strongroom.services.backup import IMAGE_FORMATS
 from strongroom.services.protect import (
     CycleResult,
+    Destination,
+    RepositoryDestination,
     destination,
     protect_every,
     protect_once,
@@ -27,6 +29,7 @@ from strongroom.services.protect import (
 from strongroom.services.protect_service import (
     AgentTarget,
     CycleOutcome,
+    agent_block_target,
     repository_opener,
     run_service,
     select_policies,
@@ -162,10 +165,6 @@ def protect(
             agent = AgentTarget(functools.partial(open_agent, agent_config, list(servers) or None))
         run_policies(app, list(policy_names), cycles, agent)
         return
-    if remote:
-        # VHD backup mode writes its chain here; --to-repository would read the
-        # repository's points and locks: see docs/server.md, "Agents".
-        raise UsageError("protect --server: with --policy NAME only (the protection service)")
     options = protect_options(
         source,
         to=dest,
@@ -180,13 +179,30 @@ def protect(
         allow_backing=allow_backing,
     )
     out = app.out
+    # Through a server (as its agent) --to-repository means the server's
+    # repository: each cycle opens the agent's store (no password here). A
+    # --to chain is this machine's to write, server or not.
+    through_agent = remote and to_repository
+    if through_agent:
+        AgentConfig.load(agent_config or default_config_path())  # not enrolled: fail now
     with ExitStack() as stack:
-        repo = stack.enter_context(app.repository(LockMode.SHARED)) if to_repository else None
-        shipping = stack.enter_context(destination(dest, repo))
+        shipping: Destination | None = None
+        if not through_agent:
+            repo = stack.enter_context(app.repository(LockMode.SHARED)) if to_repository else None
+            shipping = stack.enter_context(destination(dest, repo))
 
         def one() -> CycleResult:
-            with out.progress("protect") as progress:
-                return protect_once(source, shipping, options, state_dir, progress)
+            with ExitStack() as cycle, out.progress("protect") as progress:
+                target = shipping
+                if target is None:  # the server's repository, through the agent's store
+                    config, store = cycle.enter_context(
+                        open_agent(agent_config, list(servers) or None)
+                    )
+                    target = RepositoryDestination(
+                        agent_block_target(store, config),
+                        description=f"server {store.client.servers[0]}",
+                    )
+                return protect_once(source, target, options, state_dir, progress)
 
         def report(result: CycleResult) -> None:
             for warning in result.warnings:

@@ -154,7 +154,9 @@ def restore(
             out.progress("restore") as progress,
         ):
             done = restore_own_point(store, point, target, fmt, progress)
-        if isinstance(done, ImageRestored):
+        if isinstance(done, VmRestored):
+            _vm_restored(out, done)
+        elif isinstance(done, ImageRestored):
             _image_restored(out, done, target)
         else:
             _files_restored(out, done, target)

@@ -56,6 +56,7 @@ def server(
         try:
             scheme = "https" if secure else "http"
             app.out.notice(f"strongroom server starting on {scheme}://{where}/ (API: /api/v1/)")
+            built.warm()
             if not no_scheduler:
                 built.loops.start()
             try:

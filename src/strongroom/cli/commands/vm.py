@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import asdict
 
 import click
 
@@ -14,6 +16,7 @@ from strongroom.model.names import printable
 from strongroom.services.session import LockMode
 from strongroom.services.vm_backup import VmBackupResult, backup_vm
 from strongroom.services.vms import vm_status
+from strongroom.types import ProgressCallback
 
 
 def vm_spec(app: App, name: str) -> VmSpec:
@@ -27,10 +30,18 @@ def vm_spec(app: App, name: str) -> VmSpec:
     return spec
 
 
-def backup_vm_cmd(app: App, names: list[str], changed_since: str, tags: list[str]) -> None:
+def backup_vm_cmd(
+    app: App,
+    names: list[str],
+    changed_since: str,
+    tags: list[str],
+    server: tuple[tuple[str, ...], str | None] | None = None,
+) -> None:
     """Back up each VM in turn in one repository session (one start-up for a
-    cluster). A VM that fails (busy, unreachable) is reported and the others
-    still run; the exit code is then that of the last failure."""
+    cluster), or (`server`: the `--server` URLs and `--agent-config`) through
+    the backup server as a node of the machine's cluster. A VM that fails
+    (busy, unreachable) is reported and the others still run; the exit code
+    is then that of the last failure."""
     out = app.out
     if names == ["all"]:
         names = sorted(app.settings.vms)
@@ -38,13 +49,42 @@ def backup_vm_cmd(app: App, names: list[str], changed_since: str, tags: list[str
             raise UsageError("no VM is configured: describe them in [vm.NAME] tables")
     specs = [vm_spec(app, name) for name in names]  # all known before any runs
     failed: StrongroomError | None = None
-    with app.repository(LockMode.SHARED) as repo:
+    with ExitStack() as stack:
+        if server is None:
+            repo = stack.enter_context(app.repository(LockMode.SHARED))
+
+            def run(spec: VmSpec, progress: ProgressCallback) -> VmBackupResult:
+                return backup_vm(
+                    repo, spec, changed_since=changed_since, tags=tags, progress=progress
+                )
+        else:
+            from strongroom.services.agent_backup import open_agent
+            from strongroom.services.agent_vms import backup_vm_through_server
+
+            config, store = stack.enter_context(open_agent(server[1], list(server[0])))
+
+            def run(spec: VmSpec, progress: ProgressCallback) -> VmBackupResult:
+                before = asdict(store.traffic)
+                result = backup_vm_through_server(
+                    store,
+                    spec,
+                    block_size=config.repository.block_size,
+                    changed_since=changed_since,
+                    tags=tags,
+                    progress=progress,
+                )
+                t = {k: v - before[k] for k, v in asdict(store.traffic).items()}
+                result.traffic = t
+                out.notice(
+                    f"through the server: {t['asked']} chunk ids asked, {t['missing']} missing, "
+                    f"{t['bundles']} bundles ({human_bytes(t['bytes_sent'])}) sent"
+                )
+                return result
+
         for spec in specs:
             try:
                 with out.progress("backup") as progress:
-                    result = backup_vm(
-                        repo, spec, changed_since=changed_since, tags=tags, progress=progress
-                    )
+                    result = run(spec, progress)
             except StrongroomError as err:
                 if len(specs) == 1:
                     raise
@@ -74,6 +114,7 @@ def _report(app: App, name: str, result: VmBackupResult) -> None:
             **{k: point.summary.get(k) for k in ("bytes_read", "bytes_changed")},
             "data_added_stored": point.summary.get("data_added_stored"),
             "seconds": round(result.seconds, 3),
+            **({"traffic": result.traffic} if result.traffic is not None else {}),
         },
         _describe(name, result),
     )
