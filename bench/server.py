@@ -98,6 +98,7 @@ class Round:
     second_server_cpu: float = 0.0
     cpu_busy_pct: float = 0.0
     traffic: dict[str, int] = field(default_factory=dict)
+    second_traffic: dict[str, int] = field(default_factory=dict)  # the no-change round's
     ok: bool = True
 
 
@@ -215,6 +216,8 @@ def strongroom_round(ctx: Context, n: int, run: int) -> Round:
         admin = servers[0].admin(admin_password(servers[0].stem))
         folder = fresh_dir(ctx.work / "agents")
         configs = enroll(ctx, admin, servers, n, folder, agent_env, name)
+        # each agent its own tree cache (XDG_CACHE_HOME), as each restic agent its cache
+        caches = [fresh_dir(ctx.work / "agent-cache" / f"agent{i}") for i in range(n)]
         for label, second in (("first", False), ("second", True))[: 1 if ctx.first_only else 2]:
             warm([*ctx.trees[:n], ctx.shared])
             before = [cpu_seconds(s.pid) for s in servers]
@@ -232,7 +235,7 @@ def strongroom_round(ctx: Context, n: int, run: int) -> Round:
                         "--agent-config",
                         str(configs[i]),
                     ],
-                    agent_env,
+                    {**agent_env, "XDG_CACHE_HOME": str(caches[i])},
                     ctx.work,
                     ctx.logs / f"{name}-{label}-agent{i}",
                 )
@@ -247,19 +250,20 @@ def strongroom_round(ctx: Context, n: int, run: int) -> Round:
                     result.ok = False
             if second:
                 result.second_seconds, result.second_server_cpu = seconds, server_cpu
+                result.second_traffic = negotiation(ctx, name, n, label)
                 continue
             result.seconds, result.server_cpu = seconds, server_cpu
             result.server_rss_kib = max(peak_rss_kib(s.pid) for s in servers)
             result.agents_cpu = sum(m.cpu_seconds for m in done)
             result.agents_rss_kib = max(m.peak_rss_kib for m in done)
             result.cpu_busy_pct = ctx.sampler.window(began, time.time()).get("cpu_busy_pct", 0)
-            result.traffic = negotiation(ctx, name, n)
+            result.traffic = negotiation(ctx, name, n, label)
         points = admin.get("/api/v1/points").json()
         if len(points) != (1 if ctx.first_only else 2) * n:
             ctx.failures.fail(f"{name}: the server lists {len(points)} points")
             result.ok = False
         if n == 1 and result.ok and not ctx.first_only:
-            verify_restore(ctx, agent_env, configs[0], name)
+            verify_restore(ctx, {**agent_env, "XDG_CACHE_HOME": str(caches[0])}, configs[0], name)
     finally:
         for s in servers:
             s.stop()
@@ -267,7 +271,9 @@ def strongroom_round(ctx: Context, n: int, run: int) -> Round:
     log(
         f"  strongroom {n} agent(s): {result.seconds:.1f} s "
         f"({result.source_bytes / 1e6 / result.seconds:.1f} MB/s), no change "
-        f"{result.second_seconds:.1f} s; server {result.server_cpu:.1f} s CPU, "
+        f"{result.second_seconds:.1f} s ({result.second_traffic.get('requests', 0)} requests, "
+        f"{result.second_traffic.get('chunks_read', 0)} chunks read); "
+        f"server {result.server_cpu:.1f} s CPU, "
         f"{result.server_rss_kib / 1024:.0f} MiB"
     )
     return result
@@ -315,11 +321,11 @@ def enroll(
     return configs
 
 
-def negotiation(ctx: Context, name: str, n: int) -> dict[str, int]:
-    """The agents' ``traffic`` summed (remote/store.py's counters)."""
+def negotiation(ctx: Context, name: str, n: int, label: str = "first") -> dict[str, int]:
+    """The agents' ``traffic`` summed (remote/store.py's counters) in round `label`."""
     total: dict[str, int] = {}
     for i in range(n):
-        doc = summary_json(ctx.logs / f"{name}-first-agent{i}")
+        doc = summary_json(ctx.logs / f"{name}-{label}-agent{i}")
         for key, value in (doc.get("traffic") or {}).items():
             total[key] = total.get(key, 0) + int(value)
     return total
@@ -349,7 +355,7 @@ def verify_restore(ctx: Context, env: dict[str, str], config: Path, name: str) -
         problems = ["not found"] if restored is None else compare_trees(tree, restored)[0]
         if problems:
             ctx.failures.fail(f"{name}: {tree.name} restored differs: {problems[:3]}")
-    log(f"  {name}: restore through the server verified")
+    log(f"  {name}: restore through the server verified ({m.seconds:.1f} s)")
 
 
 # --------------------------------------------------------------------------- restic
@@ -544,12 +550,17 @@ def medians(rounds: list[Round]) -> dict[tuple[str, int], dict[str, Any]]:
             )
         }
         traffic = {k: statistics.median(r.traffic.get(k, 0) for r in mine) for k in mine[0].traffic}
+        second_traffic = {
+            k: statistics.median(r.second_traffic.get(k, 0) for r in mine)
+            for k in mine[0].second_traffic
+        }
         source = mine[0].source_bytes
         found[key] = {
             "seconds": spread,
             "mb_s": source / 1e6 / spread.median,
             "source_bytes": source,
             "traffic": traffic,
+            "second_traffic": second_traffic,
             **med,
         }
     return found
@@ -657,6 +668,9 @@ def report(
                 str(n),
                 f"{sr['second_seconds']:.1f}" if sr else "-",
                 f"{sr['second_server_cpu']:.1f}" if sr else "-",
+                f"{sr['second_traffic'].get('requests', 0):.0f}" if sr else "-",
+                f"{sr['second_traffic'].get('chunks_read', 0):.0f}" if sr else "-",
+                f"{sr['second_traffic'].get('trees_cached', 0):.0f}" if sr else "-",
                 f"{rs['second_seconds']:.1f}" if rs else "-",
                 f"{rs['second_seconds'] / sr['second_seconds']:.2f}x" if sr and rs else "n/a",
             ]
@@ -665,6 +679,9 @@ def report(
         "agents",
         "no-change round: strongroom s",
         "server CPU s",
+        "requests",
+        "chunks read",
+        "trees from cache",
         "restic s",
         "strongroom speed / restic",
     ]

@@ -42,6 +42,7 @@ _CLEARED = (
     "STRONGROOM_CONFIG",
     "STRONGROOM_COMPRESSION",
     "STRONGROOM_INDEX_FLUSH_SECONDS",
+    "STRONGROOM_NO_CACHE",
 )
 
 
@@ -52,6 +53,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
     monkeypatch.setenv("STRONGROOM_KDF", FAST_KDF)
     monkeypatch.setenv("STRONGROOM_PASSWORD", PASSWORD)
     for name in _CLEARED:

@@ -60,22 +60,31 @@ class PendingFile:
         self.file.seek(length, os.SEEK_CUR)
         self._hole_at_end = True
 
-    def commit(self, dest: str | os.PathLike[str], *, exclusive: bool = False) -> None:
+    def commit(
+        self, dest: str | os.PathLike[str], *, exclusive: bool = False, durable: bool = True
+    ) -> None:
         """fsync, then rename over `dest`; with `exclusive`, hard-link instead,
-        which raises FileExistsError if `dest` exists (and changes nothing)."""
+        which raises FileExistsError if `dest` exists (and changes nothing).
+        `durable=False` skips both fsyncs: still atomic for readers (a name
+        holds the old or the new content), but a crash may leave it empty or
+        torn; only for caches whose reader verifies every entry."""
         try:
             if self._hole_at_end:
                 self.file.truncate()  # extends the file over the trailing hole
             self.file.flush()
-            os.fsync(self.file.fileno())
+            if durable:
+                os.fsync(self.file.fileno())
             self.file.close()
             self._open = False
             if exclusive:
                 os.link(self.path, dest)
                 _unlink_quietly(self.path)
-                sync_dir(os.path.dirname(os.path.abspath(dest)))
-            else:
+                if durable:
+                    sync_dir(os.path.dirname(os.path.abspath(dest)))
+            elif durable:
                 durable_replace(self.path, dest)
+            else:
+                os.replace(self.path, dest)
         except BaseException:
             self.abort()
             raise
@@ -97,10 +106,12 @@ def atomic_write(
     *,
     temp_dir: str | os.PathLike[str] | None = None,
     exclusive: bool = False,
+    durable: bool = True,
 ) -> None:
     """Replace the file at `path` by what `writer` writes to the file it is given,
     atomically and durably (see the module docstring). With `exclusive`, refuse
-    (FileExistsError) if `path` exists instead of replacing it."""
+    (FileExistsError) if `path` exists instead of replacing it; `durable=False`:
+    see `PendingFile.commit`."""
     path = os.fspath(path)
     if temp_dir is None:
         folder = os.path.dirname(os.path.abspath(path))
@@ -113,7 +124,7 @@ def atomic_write(
     except BaseException:
         pending.abort()
         raise
-    pending.commit(path, exclusive=exclusive)
+    pending.commit(path, exclusive=exclusive, durable=durable)
 
 
 def _unlink_quietly(path: str) -> None:

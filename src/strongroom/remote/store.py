@@ -16,6 +16,13 @@ Contract:
   tree loaded adds its files' chunk ids to a plan, and a data chunk missed
   is fetched with up to `PREFETCH` chunks that follow it in the plan (at
   most `PREFETCH_BYTES`), kept in a bounded cache until asked for;
+- with a tree cache (repository/blob_cache.py; `open_agent` makes one per
+  repository id), every tree the agent stores or reads is kept on disk as
+  its compressed payload, and a tree is looked up there before the server
+  is asked. A cached tree is verified as a server's answer is (it
+  decompresses within the bound and hashes, keyed, to its id); one that
+  fails is dropped and fetched again. So a backup of an unchanged tree
+  reads no tree from the server;
 - `save_point` commits the point with a random commit id, retried with the
   same id, so a lost answer never makes two points.
 """
@@ -31,10 +38,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.errors import IntegrityError, RemoteError, StrongroomError
-from strongroom.model.tree import decode_tree
+from strongroom.model.tree import ID_SIZE, decode_wires
 from strongroom.remote.client import Client
 from strongroom.remote.config import RepositoryInfo
 from strongroom.repository import bundle
+from strongroom.repository.blob_cache import BlobCache
 from strongroom.repository.compress import Compressor
 from strongroom.repository.crypto import ChunkHasher
 from strongroom.repository.format import BlobType
@@ -65,14 +73,21 @@ class Traffic:
     answer_bytes: int = 0  # and the answers' bodies
     bundles: int = 0
     bytes_sent: int = 0  # bundle bytes uploaded
-    chunks_read: int = 0
+    chunks_read: int = 0  # from the server
+    trees_cached: int = 0  # trees read from the local tree cache instead
 
 
 class RemoteStore:
     def __init__(
-        self, client: Client, info: RepositoryInfo, *, batch_bytes: int = BATCH_BYTES
+        self,
+        client: Client,
+        info: RepositoryInfo,
+        *,
+        batch_bytes: int = BATCH_BYTES,
+        tree_cache: BlobCache | None = None,
     ) -> None:
         self.client = client
+        self.tree_cache = tree_cache
         self.config = RepoConfig(
             id=info.id,
             cdc_min=info.cdc_min,
@@ -143,8 +158,15 @@ class RemoteStore:
 
     def put_chunk(self, blob_type: BlobType, data: bytes) -> bytes:
         cid = self.chunk_id(data)
-        if not self.has_chunk(cid):
-            self.add_sealed(cid, blob_type, self.compressor.pack(data), len(data))
+        cache = self.tree_cache if blob_type is BlobType.TREE else None
+        known = self.has_chunk(cid)
+        if known and (cache is None or cache.has(cid)):
+            return cid
+        payload = self.compressor.pack(data)
+        if cache is not None:
+            cache.put_soon(cid, payload)
+        if not known:
+            self.add_sealed(cid, blob_type, payload, len(data))
         return cid
 
     def flush(self) -> None:
@@ -165,6 +187,8 @@ class RemoteStore:
             self._batches.put(None)
             self._sender.join()
             self._sender = None
+        if self.tree_cache is not None:
+            self.tree_cache.close()  # the trees handed to it are on disk
 
     # --- sending -----------------------------------------------------------------
 
@@ -248,6 +272,11 @@ class RemoteStore:
         self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None
     ) -> bytes:
         bound = MAX_CHUNK_SIZE[blob_type] if raw_length is None else raw_length
+        if blob_type is BlobType.TREE and self.tree_cache is not None:
+            kept = self._cached_tree(chunk_id, bound)
+            if kept is not None:
+                self._plan_tree(kept)
+                return kept
         waited = False
         while True:
             with self._read_lock:
@@ -281,6 +310,24 @@ class RemoteStore:
             self._plan_tree(data)
         return data
 
+    def _cached_tree(self, chunk_id: bytes, bound: int) -> bytes | None:
+        """The tree from the local cache, verified; None (the entry dropped if
+        it was there) when it is absent or fails verification."""
+        assert self.tree_cache is not None
+        payload = self.tree_cache.get(chunk_id)
+        if payload is None:
+            return None
+        try:
+            data = self.compressor.unpack(payload, bound)
+        except IntegrityError:
+            data = None
+        if data is None or self.chunk_id(data) != chunk_id:
+            self.tree_cache.drop(chunk_id)
+            return None
+        with self._read_lock:
+            self.traffic.trees_cached += 1
+        return data
+
     def plan_reads(self, chunks: Iterable[tuple[bytes, int]]) -> None:
         """Data chunks (id, size) in the order they will be loaded: a load of
         one also fetches those after it (an image's blocks in address order)."""
@@ -298,10 +345,14 @@ class RemoteStore:
         if blob_type is BlobType.TREE:
             at_tree = self._tree_planned.get(chunk_id)
             if at_tree is not None:
-                for cid in self._tree_plan[at_tree + 1 :]:
+                # a bounded look ahead: cached siblings are skipped, not asked for
+                ahead = self._tree_plan[at_tree + 1 : at_tree + 1 + 8 * TREE_PREFETCH]
+                for cid in ahead:
                     if len(wanted) >= TREE_PREFETCH:
                         break
-                    if cid not in self._cache and cid not in self._inflight and cid not in wanted:
+                    if cid in self._cache or cid in self._inflight or cid in wanted:
+                        continue
+                    if self.tree_cache is None or not self.tree_cache.has(cid):
                         wanted.append(cid)
             return wanted
         at = self._planned.get(chunk_id) if blob_type is BlobType.DATA else None
@@ -336,6 +387,8 @@ class RemoteStore:
                 raise IntegrityError(f"chunk {cid.hex()[:16]}: larger than its tree says")
             data = bundle.verify(record, self.compressor, self.chunk_id)
             self.traffic.chunks_read += 1
+            if blob_type is BlobType.TREE and self.tree_cache is not None:
+                self.tree_cache.put_soon(cid, record.payload)
             if cid == first:
                 found = data
             else:
@@ -351,23 +404,35 @@ class RemoteStore:
             self._cache_bytes += len(data)
 
     def _plan_tree(self, blob: bytes) -> None:
-        """Best effort: a tree that does not decode plans nothing (the
-        pipeline that asked for it reports it)."""
+        """Best effort, from the raw node maps (a walk decodes each tree
+        anyway; building nodes twice costs more than the walk): a tree that
+        does not decode plans nothing, a malformed field is skipped (the
+        pipeline that asked for the tree reports it)."""
         try:
-            nodes = decode_tree(blob)
+            wires = decode_wires(blob)
         except (StrongroomError, ValueError, TypeError, KeyError):
             return
         with self._read_lock:
-            for node in nodes:
-                subtree = node.subtree
-                fresh = subtree is not None and subtree not in self._tree_planned
-                if fresh and subtree is not None and len(self._tree_plan) < MAX_PLAN:
+            for wire in wires:
+                subtree = wire.get("st")
+                if (
+                    type(subtree) is bytes
+                    and len(subtree) == ID_SIZE
+                    and subtree not in self._tree_planned
+                    and len(self._tree_plan) < MAX_PLAN
+                ):
                     self._tree_planned[subtree] = len(self._tree_plan)
                     self._tree_plan.append(subtree)
-                for cid, size in zip(node.chunks, node.chunk_sizes, strict=False):
+                content, sizes = wire.get("c"), wire.get("cs")
+                if type(content) is not bytes or type(sizes) is not list:
+                    continue
+                if len(content) != ID_SIZE * len(sizes):
+                    continue
+                for n, size in enumerate(sizes):
                     if len(self._plan) >= MAX_PLAN:
                         return
-                    if cid not in self._planned:
+                    cid = content[n * ID_SIZE : (n + 1) * ID_SIZE]
+                    if type(size) is int and cid not in self._planned:
                         self._planned[cid] = len(self._plan)
                         self._plan.append((cid, size))
 

@@ -58,6 +58,11 @@ class Record:
         return _RECORD.size + len(self.payload)
 
 
+def record_overhead() -> int:
+    """Bytes a record takes in a bundle beyond its payload."""
+    return _RECORD.size
+
+
 def empty_size() -> int:
     """Bytes of a bundle with no record."""
     return len(MAGIC) + _COUNT.size

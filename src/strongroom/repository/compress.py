@@ -81,3 +81,27 @@ class Compressor:
         if len(data) != declared:
             raise IntegrityError(f"chunk decompresses to {len(data)} bytes, not {declared}")
         return data
+
+
+def declared_size(payload: bytes, max_size: int) -> int:
+    """The plaintext size a flagged payload declares (a zstd frame's content
+    size, or a raw body's length), without decompressing it; IntegrityError
+    when it declares nothing or more than `max_size`. The reader that
+    decompresses still checks the size it gets (`Compressor.unpack`)."""
+    if not payload:
+        raise IntegrityError("empty chunk payload")
+    flag = payload[0]
+    if flag == RAW:
+        size = len(payload) - 1
+    elif flag == ZSTD:
+        try:
+            size = zstandard.frame_content_size(memoryview(payload)[1:])
+        except zstandard.ZstdError:
+            raise IntegrityError("chunk is not a zstd frame") from None
+        if size < 0:
+            raise IntegrityError("chunk's zstd frame does not declare its size")
+    else:
+        raise IntegrityError(f"unknown chunk payload flag {flag}")
+    if size > max_size:
+        raise IntegrityError(f"chunk declares {size} bytes, more than {max_size}")
+    return size

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ from strongroom.errors import (
     WrongPassword,
 )
 from strongroom.repository import format as fmt
-from strongroom.repository.compress import Compressor
+from strongroom.repository.compress import Compressor, declared_size
 from strongroom.repository.crypto import ChunkHasher, Sealer, content_hash
 from strongroom.repository.damage import DamageLog
 from strongroom.repository.entries import PackedChunk
@@ -74,6 +74,8 @@ MAX_CONFIG_SIZE = 64 << 10  # the config is a JSON document of a few hundred byt
 # manifests) or any chunk at all: data chunks are at most a CDC maximum or a
 # block (blockmap.MAX_BLOCK_SIZE); a tree is one directory's listing.
 MAX_CHUNK_SIZE = {BlobType.DATA: 64 << 20, BlobType.TREE: 512 << 20}
+COALESCE_GAP = 256 << 10  # chunks of one pack this close share one ranged read
+COALESCE_MAX = 16 << 20  # bytes of one such read, at most
 _OBJECT_HEX = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -799,6 +801,64 @@ class Repository:
         if self.chunk_id(data) != chunk_id:
             raise IntegrityError(f"{what}: content does not hash to its id")
         return data
+
+    def load_payloads(
+        self, wanted: list[tuple[bytes, BlobType]], pool: Executor | None = None
+    ) -> list[tuple[bytes, int]]:
+        """Each chunk of `wanted` as (its compressed payload, the size it
+        declares), in order: authenticated (the pack's AEAD under the chunk's
+        id and type) but not decompressed nor hashed, for a reader that
+        verifies anyway (an agent through the backup server). Chunks of one
+        pack that lie close are read with one ranged GET (`COALESCE_GAP`,
+        `COALESCE_MAX`), the reads run on `pool` when given. Every chunk is
+        located first: ChunkNotFound names the first absent one before anything
+        is read. Thread-safe as `load_chunk`."""
+        located = [(self.locate(cid), cid, blob_type) for cid, blob_type in wanted]
+        order = sorted(
+            range(len(located)), key=lambda i: (located[i][0].pack, located[i][0].offset)
+        )
+        runs: list[list[int]] = []
+        for i in order:
+            loc = located[i][0]
+            if runs:
+                first = located[runs[-1][0]][0]
+                last = located[runs[-1][-1]][0]
+                end = max(last.offset + last.length, loc.offset + loc.length)
+                if (
+                    loc.pack == first.pack
+                    and loc.offset <= last.offset + last.length + COALESCE_GAP
+                    and end - first.offset <= COALESCE_MAX
+                ):
+                    runs[-1].append(i)
+                    continue
+            runs.append([i])
+
+        def read(run: list[int]) -> list[tuple[int, bytes, int]]:
+            start = located[run[0]][0].offset
+            end = max(located[i][0].offset + located[i][0].length for i in run)
+            pack_hex = located[run[0]][0].pack.hex()
+            blob = self.backend.get_range(fmt.pack_name(pack_hex), start, end - start)
+            out = []
+            for i in run:
+                loc, cid, blob_type = located[i]
+                what = f"chunk {cid.hex()[:16]} in pack {pack_hex[:16]}"
+                sealed = blob[loc.offset - start : loc.offset - start + loc.length]
+                if len(sealed) != loc.length:
+                    raise IntegrityError(f"{what} is truncated")
+                payload = self.sealer.open(sealed, blob_ad(cid, blob_type), what)
+                try:
+                    size = declared_size(payload, MAX_CHUNK_SIZE[blob_type])
+                except IntegrityError as err:
+                    raise IntegrityError(f"{what}: {err}") from None
+                out.append((i, payload, size))
+            return out
+
+        found: list[tuple[bytes, int]] = [(b"", 0)] * len(located)
+        results = pool.map(read, runs) if pool is not None and len(runs) > 1 else map(read, runs)
+        for part in results:
+            for i, payload, size in part:
+                found[i] = (payload, size)
+        return found
 
     # --- points --------------------------------------------------------------
 

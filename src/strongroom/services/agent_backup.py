@@ -14,18 +14,22 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from strongroom.errors import PointNotFound, RemoteError, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.pipeline.backup import BackupOptions, FileBackup
-from strongroom.pipeline.restore import FileRestore, RestoreSummary
 from strongroom.remote.client import Client, split_servers
 from strongroom.remote.config import AgentConfig, RepositoryInfo, default_config_path
 from strongroom.remote.store import RemoteStore
+from strongroom.remote.tree_cache import open_tree_cache
 from strongroom.services.backup import BackupRequest, BackupResult, continues_journal
 from strongroom.services.recording import record_point
 from strongroom.types import ProgressCallback, no_progress
+
+if TYPE_CHECKING:  # the restore pipeline is imported by restores only (a backup's start)
+    from strongroom.pipeline.restore import RestoreSummary
 
 __all__ = [
     "AgentConfig",
@@ -69,11 +73,12 @@ def open_agent(
     config_path: str | None, servers: list[str] | None = None, *, ca_cert: str | None = None
 ) -> Iterator[tuple[AgentConfig, RemoteStore]]:
     """The agent's config and a store over its server(s); `servers` (the
-    command line's) replace the config's addresses."""
+    command line's) replace the config's addresses. The store keeps trees in
+    the agent's tree cache (remote/tree_cache.py) unless STRONGROOM_NO_CACHE."""
     config = AgentConfig.load(config_path or default_config_path())
     urls = split_servers(servers) if servers else config.servers
     client = Client(urls, config.bearer, ca_cert=ca_cert or config.ca_cert)
-    store = RemoteStore(client, config.repository)
+    store = RemoteStore(client, config.repository, tree_cache=open_tree_cache(config.repository.id))
     try:
         yield config, store
     finally:
@@ -203,6 +208,8 @@ def restore_through_server(
 ) -> tuple[RecoveryPoint, RestoreSummary]:
     """Restore one of the machine's files points (all of it, or the paths
     `includes` of it) into `target`."""
+    from strongroom.pipeline.restore import FileRestore
+
     point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a files point")

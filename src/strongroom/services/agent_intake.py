@@ -42,14 +42,16 @@ Contract:
   `IDLE_SECONDS` without a write, so a prune can run between backups. After
   such a gap the session forgets what it wrote and listed (a prune may have
   removed it) and asks the storage again;
-Thread safety: one lock serialises the repository session; verification
-(decompression, hashing) runs outside it.
+Thread safety: one lock serialises the repository session's writes and
+index refreshes; verification (decompression, hashing) and reads for agents
+(`read`: the index is safe for readers) run outside it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +62,7 @@ from strongroom.catalog import Catalog, Machine
 from strongroom.errors import (
     ChunkNotFound,
     IntegrityError,
+    ObjectNotFound,
     PointNotFound,
     RepositoryError,
     UnsupportedVersion,
@@ -73,7 +76,7 @@ from strongroom.repository import bundle
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import is_object_hex
 from strongroom.services.agent_vm_leases import check_vm_name
-from strongroom.services.points import list_points
+from strongroom.services.points import load_point
 from strongroom.services.session import LockMode, open_repository
 from strongroom.services.vms import vm_path
 
@@ -106,6 +109,10 @@ class Intake:
         self._last_write = time.monotonic()
         self._gap = False  # the shared lock was released since the index was read
         self._stop = threading.Event()
+        self._points: dict[str, RecoveryPoint] = {}  # decoded points by id (immutable)
+        self._points_lock = threading.Lock()
+        workers = max(1, self.repo.backend.capabilities.parallel_requests)
+        self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="intake-read")
         with self._lock:
             self.repo.load_index()
         self._idler = threading.Thread(target=self._release_when_idle, daemon=True)
@@ -114,6 +121,7 @@ class Intake:
     def close(self) -> None:
         self._stop.set()
         self._idler.join()
+        self._readers.shutdown(wait=True)
         with self._lock:
             self._release()
             self._session.__exit__(None, None, None)
@@ -192,36 +200,71 @@ class Intake:
         return Stored(len(records), added, added_bytes)
 
     def read(self, wanted: list[tuple[bytes, BlobType]]) -> bytes:
-        """A bundle of the named chunks, each authenticated and verified
-        (`load_chunk`), in order, as many as fit in one bundle (the caller
-        asks again for the rest). ChunkNotFound names the first absent one."""
+        """A bundle of the named chunks, in order, as many as fit in one
+        bundle (the caller asks again for the rest; the first always comes).
+        Each is authenticated (the pack's AEAD) and sent as stored,
+        compressed, with the size it declares: the agent decompresses within
+        its bound and checks the keyed id, as for any answer. The chunks are
+        read outside the session's lock (the index is safe for readers), in
+        parallel (`parallel_requests` of the backend), neighbours in one pack
+        with one ranged GET. ChunkNotFound names the first absent one."""
         if len(wanted) > MAX_READ:
             raise UsageError(f"at most {MAX_READ} chunks per read")
-        records: list[bundle.Record] = []
+        try:
+            fitting = self._fitting(wanted)
+        except ChunkNotFound:
+            with self._lock:  # stored by another writer since the index was read?
+                self.repo.refresh_index()
+                self._refreshed = time.monotonic()
+            fitting = self._fitting(wanted)
+        found = self.repo.load_payloads(fitting, self._readers)
+        return bundle.encode(
+            bundle.Record(cid, blob_type, raw_length, payload)
+            for (cid, blob_type), (payload, raw_length) in zip(fitting, found, strict=True)
+        )
+
+    def _fitting(self, wanted: list[tuple[bytes, BlobType]]) -> list[tuple[bytes, BlobType]]:
+        """The first of `wanted` whose records fit in one bundle (by their
+        sealed sizes, which bound their payloads); at least one."""
         size = bundle.empty_size()
-        for cid, blob_type in wanted:
-            with self._lock:
-                try:
-                    data = self.repo.load_chunk(cid, blob_type)
-                except ChunkNotFound:
-                    self.repo.refresh_index()
-                    data = self.repo.load_chunk(cid, blob_type)
-            record = bundle.Record(cid, blob_type, len(data), self.repo.compressor.pack(data))
-            if records and size + record.size > bundle.MAX_BUNDLE:
-                break
-            records.append(record)
-            size += record.size
-        return bundle.encode(records)
+        for n, (cid, _blob_type) in enumerate(wanted):
+            size += bundle.record_overhead() + self.repo.locate(cid).length
+            if n and size > bundle.MAX_BUNDLE:
+                return wanted[:n]
+        return wanted
 
     # --- points --------------------------------------------------------------
 
     def points(self, machine: str, cluster: str | None = None) -> list[dict[str, Any]]:
         """What a machine may see, oldest first, as documents: its own points
         (host `machine`, VM points aside) and its cluster's VM points (host
-        `cluster`)."""
-        with self._lock:
-            found = list_points(self.repo, on_damaged=lambda _p, _e: None)
+        `cluster`).
+
+        Every agent's backup asks this first (to find its parent): a point's
+        id is the hash of its object, so decoded points are kept by id and
+        each call lists `points/` once and reads only the points new since
+        (in parallel); forgotten ones drop out of the listing. Damaged points
+        are left out (and read again next time)."""
+        with self._points_lock:
+            ids = self.repo.list_point_ids()
+            new = [i for i in ids if i not in self._points]
+            if new:
+                workers = max(1, min(self.repo.backend.capabilities.parallel_requests, len(new)))
+                with ThreadPoolExecutor(workers) as pool:
+                    for point_hex, point in zip(new, pool.map(self._read_point, new), strict=True):
+                        if point is not None:
+                            self._points[point_hex] = point
+            listed = set(ids)
+            for gone in [i for i in self._points if i not in listed]:
+                del self._points[gone]
+            found = sorted(self._points.values(), key=lambda p: (p.time, p.id))
         return [{"id": p.id, **p.to_doc()} for p in found if visible(p, machine, cluster)]
+
+    def _read_point(self, point_hex: str) -> RecoveryPoint | None:
+        try:
+            return load_point(self.repo, point_hex)
+        except (ObjectNotFound, IntegrityError):
+            return None  # forgotten meanwhile, or damaged (left out, as listing does)
 
     def commit(self, catalog: Catalog, machine: Machine, doc: Any, commit_id: str) -> str:
         """Save the point `doc` for `machine` (see the module's contract);
