@@ -81,23 +81,54 @@ def test_agent_credentials_cannot_forget_or_see_schedules(jsite: JobSite) -> Non
     assert unsigned.status_code == 401
 
 
-@pytest.mark.parametrize(
-    ("source", "destination", "line"),
-    [
-        (PolicySource("m", SourceKind.VM, "web"), None, "trees and volumes only"),
-        (PolicySource("mc", SourceKind.VM, "web"), "/mnt/chain", "trees and volumes only"),
-    ],
-)
-def test_what_protect_cannot_run_through_a_server_is_refused_before_it_starts(
-    source: PolicySource, destination: str | None, line: str
+def test_a_vm_source_s_retention_is_its_cluster_s_schedule(
+    jsite: JobSite,  # noqa: F811
 ) -> None:
+    """A VM's points are its cluster's: the schedule thins hosts = [cluster],
+    is named after the cluster and shared by its nodes; a machine in no
+    cluster, or a VM name that is no name, is refused in one line."""
+    a, b = jsite.enroll("node-a"), jsite.enroll("node-b")
+    vm = {**GOOD, "source": "vm-one", "path": "vm:vm1"}
+    refused = jsite.app_client.post("/api/v1/agent/retention", json=vm, headers=a)
+    assert refused.status_code == 400 and "VM cluster" in refused.json()["error"]
+    csrf = jsite.session("admin", ADMIN_PASSWORD)
+    for node in ("node-a", "node-b"):
+        put = jsite.app_client.put(
+            f"/api/v1/machines/{node}/cluster", json={"cluster": "prod"}, headers=csrf
+        )
+        assert put.status_code == 200, put.text
+    first = jsite.app_client.post("/api/v1/agent/retention", json=vm, headers=a)
+    assert first.status_code == 200, first.text
+    doc = first.json()
+    assert doc["name"] == schedule_name("cluster:prod", "vm-one")
+    assert doc["spec"]["hosts"] == ["prod"] and doc["spec"]["paths"] == ["vm:vm1"]
+    second = jsite.app_client.post(
+        "/api/v1/agent/retention", json={**vm, "keep_last": 9}, headers=b
+    )
+    assert second.status_code == 200 and second.json()["name"] == doc["name"]
+    assert second.json()["spec"]["keep_last"] == 9  # one schedule, the last rules
+    for path in ("vm:", "vm:../x", "vm:a/b", "vm:" + "x" * 65):
+        bad = jsite.app_client.post("/api/v1/agent/retention", json={**vm, "path": path}, headers=a)
+        assert bad.status_code == 400 and "\n" not in bad.json()["error"], path
+
+
+def test_a_vm_source_needs_the_machine_in_a_cluster_before_anything_starts() -> None:
     trees = Policy(
         "ok",
         [PolicySource("t", SourceKind.TREE, "/srv/data"),
          PolicySource("v", SourceKind.VOLUME, "/srv/vol.qcow2")],
     )  # fmt: skip
     chain = Policy("c", [PolicySource("c", SourceKind.VOLUME, "/srv/v")], "/mnt/chain")
-    check_through_server([trees, chain])  # a VHD chain is the machine's to write
-    with pytest.raises(UsageError, match=line) as err:
-        check_through_server([trees, Policy("p", [source], destination)])
+    asked: list[str] = []
+
+    def no_cluster() -> str:
+        asked.append("?")
+        raise UsageError("this machine is in no cluster")
+
+    check_through_server([trees, chain], no_cluster)  # a VHD chain is the machine's to write
+    assert asked == []  # no VM source: the server is not asked
+    vm = Policy("p", [PolicySource("m", SourceKind.VM, "web")])
+    with pytest.raises(UsageError, match="policy p: vm:web: this machine is in no cluster") as err:
+        check_through_server([trees, vm], no_cluster)
     assert "\n" not in str(err.value)
+    check_through_server([trees, vm], lambda: "prod")

@@ -45,7 +45,7 @@ from strongroom.repository.format import BlobType
 from strongroom.repository.leases import LeaseBusy, LeaseLost, LeaseRecord
 from strongroom.services.agent_backup import agent_points
 from strongroom.services.image_restore import restore_map
-from strongroom.services.vm_backup import VmBackupResult, VmTarget, backup_vm_to
+from strongroom.services.vm_backup import VmBackupResult, VmQuiesce, VmTarget, backup_vm_to
 from strongroom.services.vms import manifest_of, vm_path
 from strongroom.types import ProgressCallback, no_progress
 
@@ -218,10 +218,13 @@ def backup_vm_through_server(
     tags: list[str] | None = None,
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
+    protect_name: str | None = None,
+    quiesce: VmQuiesce | None = None,
 ) -> VmBackupResult:
     """One point of the VM `spec`, of this machine's cluster, through the
     server (the module's contract); `block_size`: the repository's, for a
-    first point."""
+    first point; `protect_name`, `quiesce`: a protected source's cycle, as
+    `backup_vm` takes them."""
     cluster = machine_cluster(store)
     target = VmTarget(
         store=store,
@@ -232,7 +235,14 @@ def backup_vm_through_server(
         adopt=lambda manifest: adopt_vm(store, manifest),
     )
     return backup_vm_to(
-        target, spec, changed_since=changed_since, tags=tags, progress=progress, cancel=cancel
+        target,
+        spec,
+        changed_since=changed_since,
+        tags=tags,
+        progress=progress,
+        cancel=cancel,
+        protect_name=protect_name,
+        quiesce=quiesce,
     )
 
 

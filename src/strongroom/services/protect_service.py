@@ -28,7 +28,9 @@ cycle (start to start), so a slow source never delays another's cycle:
   no repository (no point, no retention: the status record is its history).
 
 Through a backup server (`agent`, `strongroom protect --policy NAME --server
-URL`): trees and volumes (`check_through_server`); a volume of a policy with
+URL`): trees, volumes and VMs (a VM's points are its cluster's:
+`check_through_server` refuses a VM source on a machine in no cluster before
+anything starts); a volume of a policy with
 a VHD chain destination ships there exactly as without a server (the chain is
 the machine's to write; nothing goes to the server). Else each cycle opens the
 agent's store, takes its parent among the machine's own points and backs up
@@ -67,6 +69,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 
 from strongroom.config import Settings, VmSpec, child_environment
 from strongroom.errors import StrongroomError, UsageError
@@ -96,7 +99,8 @@ from strongroom.services.policies import load_policies
 from strongroom.services.protect import chain_destination, default_state_folder
 from strongroom.services.retention import apply_retention
 from strongroom.services.session import LockMode, open_repository
-from strongroom.services.vm_backup import backup_vm
+from strongroom.services.vm_backup import VmBackupResult, VmQuiesce, backup_vm
+from strongroom.services.vms import vm_path
 from strongroom.services.volume_cycle import VolumeTarget, volume_cycle
 from strongroom.sources.btrfs import TreeSnapshot, ignored_folder, nested_subvolumes, plan_snapshot
 from strongroom.sources.reflink import ReflinkCopies, plan_copies
@@ -190,18 +194,21 @@ def check_runnable(policies: list[Policy], settings: Settings) -> None:
                 raise UsageError(f"policy {policy.name}: no [vm.{source.path}] table")
 
 
-def check_through_server(policies: list[Policy]) -> None:
-    """Through a server the service protects trees and volumes into the
+def check_through_server(policies: list[Policy], cluster: Callable[[], str]) -> None:
+    """Through a server the service protects trees, volumes and VMs into the
     server's repository, and volumes into a VHD chain destination (a folder
     or S3 location: the machine writes it itself, the server is not
-    involved). A VM source is refused (UsageError, one line)."""
+    involved). A VM source needs the machine in a VM cluster (its points are
+    the cluster's): `cluster` names it or raises UsageError, asked once and
+    only when a policy has a VM source."""
     for policy in policies:
         for source in policy.sources:
             if source.kind == SourceKind.VM:
-                raise UsageError(
-                    f"policy {policy.name}: {source.spec}: through a server: trees and "
-                    "volumes only (VM points are not taken from agents yet)"
-                )
+                try:
+                    cluster()
+                except UsageError as err:
+                    raise UsageError(f"policy {policy.name}: {source.spec}: {err}") from None
+                return
 
 
 def register_source_retention(store: RemoteStore, policy: Policy, source: PolicySource) -> None:
@@ -212,6 +219,8 @@ def register_source_retention(store: RemoteStore, policy: Policy, source: Policy
     path = os.path.abspath(source.path)
     if source.kind == SourceKind.VOLUME:  # its points' `paths`: services/volume_cycle.py
         path = f"volume:{os.path.realpath(source.path)}"
+    elif source.kind == SourceKind.VM:  # the cluster's points of the VM (services/vms.py)
+        path = vm_path(source.path)
     store.client.post_json(
         "/api/v1/agent/retention",
         {
@@ -416,15 +425,19 @@ class SourceRunner:
                 outcome.forgotten = result.forgotten
 
     def _through_server(self, agent: AgentTarget, outcome: CycleOutcome) -> None:
-        """A tree's or a volume's cycle as the enrolled agent: the machine's own points on
-        the server, chunks and the point sent to it, no retention here (the
-        server's forget schedule registered for this source applies it)."""
+        """A tree's, a volume's or a VM's cycle as the enrolled agent: the
+        machine's own points (a VM's: its cluster's) on the server, chunks and
+        the point sent to it, no retention here (the server's forget schedule
+        registered for this source applies it)."""
         with agent.open() as (config, store):
             if not self.retention_registered:
                 register_source_retention(store, self.policy, self.source)
                 self.retention_registered = True
             if self.source.kind == SourceKind.VOLUME:
                 self._volume(agent_block_target(store, config), outcome)
+                return
+            if self.source.kind == SourceKind.VM:
+                self._vm_through_server(store, config, outcome)
                 return
             own = source_points(agent_points(store), self.source.name)
 
@@ -676,6 +689,31 @@ class SourceRunner:
     # --- a VM ------------------------------------------------------------------------
 
     def _vm(self, repo: Repository, outcome: CycleOutcome) -> None:
+        spec, engine = self._vm_plan()
+        result = backup_vm(
+            repo, spec, cancel=self.stop, protect_name=self.source.name, quiesce=engine
+        )
+        self._vm_outcome(result, outcome)
+
+    def _vm_through_server(
+        self, store: RemoteStore, config: AgentConfig, outcome: CycleOutcome
+    ) -> None:
+        """The same cycle into the server: the VM's point is its cluster's, the
+        lease is taken through the server (services/agent_vms.py)."""
+        from strongroom.services.agent_vms import backup_vm_through_server
+
+        spec, engine = self._vm_plan()
+        result = backup_vm_through_server(
+            store,
+            spec,
+            block_size=config.repository.block_size,
+            cancel=self.stop,
+            protect_name=self.source.name,
+            quiesce=engine,
+        )
+        self._vm_outcome(result, outcome)
+
+    def _vm_plan(self) -> tuple[VmSpec, VmQuiesce]:
         spec = self.settings.vms[self.source.path]
         if self.source.disk:
             spec = _one_disk(spec, self.source.disk)
@@ -684,9 +722,10 @@ class SourceRunner:
         def engine(guest: GuestFreeze) -> AbstractContextManager[Quiescing]:
             return quiesce(hooks, guest, timeout)
 
-        result = backup_vm(
-            repo, spec, cancel=self.stop, protect_name=self.source.name, quiesce=engine
-        )
+        return spec, engine
+
+    @staticmethod
+    def _vm_outcome(result: VmBackupResult, outcome: CycleOutcome) -> None:
         outcome.point = result.point
         outcome.consistency = result.consistency
         outcome.reason = result.reason
@@ -747,10 +786,10 @@ def run_service(
     agent: AgentTarget | None = None,
 ) -> list[SourceRunner]:
     """Run every source of `policies` until `stop` (or `max_cycles` each);
-    with `agent`, through the backup server (trees and volumes)."""
+    with `agent`, through the backup server."""
     check_runnable(policies, settings)
     if agent is not None:
-        check_through_server(policies)
+        check_through_server(policies, partial(_agent_cluster, agent))
     runners = [
         SourceRunner(p, s, settings, open_repo, stop, report, state_folder, max_cycles, agent)
         for p in policies
@@ -767,6 +806,13 @@ def run_service(
             while thread.is_alive():
                 thread.join(_TICK)
     return runners
+
+
+def _agent_cluster(agent: AgentTarget) -> str:
+    from strongroom.services.agent_vms import machine_cluster
+
+    with agent.open() as (_, store):
+        return machine_cluster(store)
 
 
 @contextlib.contextmanager
