@@ -762,8 +762,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--first-only",
         action="store_true",
-        help="no no-change round and no restore check (both read every tree through the "
-        "server, one request each: minutes)",
+        help="first backups only: no no-change round and no restore check",
     )
     p.add_argument("--points", type=int, default=10_000, help="dashboard points (0: skip)")
     cli.add_common(p, keep_help="keep the run folder", runs=True)
