@@ -90,7 +90,7 @@ def assemble(
     runner (default: host and process id)."""
     location, catalog = settings.repository, accounts.catalog
     # one cached point list for all readers, remembered in the catalog across starts
-    view = RepositoryView(location, password, memo=catalog)
+    view = RepositoryView(location, password, memo=catalog, background=True)
     listed = points or (lambda: [{"id": p.id, **p.to_doc()} for p in view.points()])
     agents = Agents(catalog)
     agent_jobs = AgentJobs.over(catalog, view)

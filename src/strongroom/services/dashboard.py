@@ -41,6 +41,7 @@ from strongroom.errors import (
     IntegrityError,
     ObjectNotFound,
     PointNotFound,
+    StrongroomError,
     UnsupportedVersion,
     UsageError,
 )
@@ -196,13 +197,17 @@ class RepositoryView:
         ttl: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         memo: PointMemo | None = None,
+        background: bool = False,
     ) -> None:
         self._location = location
         self._memo = memo
         self._password = password
         self._ttl = ttl
         self._clock = clock
-        self._lock = threading.Lock()
+        self._background = background
+        self._lock = threading.Lock()  # the state below; never held across storage I/O
+        self._refresh_lock = threading.Lock()  # one refresh at a time
+        self._refreshing = False
         self._repo: Repository | None = None
         self._points: dict[str, RecoveryPoint] = {}
         self._damaged: set[str] = set()
@@ -222,41 +227,88 @@ class RepositoryView:
 
     def _fresh_handle(self) -> Repository:
         """A handle with the same key whose index is read anew on first use."""
-        old = self._open()
-        self._repo = Repository(open_backend(self._location), old.master, old.config,
-                                old.key_name)  # fmt: skip
-        return self._repo
+        with self._lock:
+            old = self._open()
+        fresh = Repository(open_backend(self._location), old.master, old.config, old.key_name)
+        with self._lock:
+            self._repo = fresh
+        return fresh
 
     def repository(self) -> Repository:
         with self._lock:
             return self._open()
 
     def points(self) -> list[RecoveryPoint]:
-        """Every readable point, oldest first (at most `ttl` seconds old)."""
+        """Every readable point, oldest first (at most `ttl` seconds old; in
+        `background` mode, a stale list is answered at once while one refresh
+        runs behind it, so no page waits for a listing of the storage)."""
+        now = self._clock()
         with self._lock:
-            now = self._clock()
-            if self._checked is not None and now - self._checked < self._ttl:
+            checked = self._checked
+            if checked is not None and now - checked < self._ttl:
                 return self._sorted
-            repo = self._open()
+            if checked is not None and self._background:
+                if not self._refreshing:
+                    self._refreshing = True
+                    threading.Thread(
+                        target=self._refresh_behind, name="strongroom-points", daemon=True
+                    ).start()
+                return self._sorted
+        self._refresh(now)
+        with self._lock:
+            return self._sorted
+
+    def _refresh_behind(self) -> None:
+        try:
+            self._refresh(self._clock())
+        except (StrongroomError, OSError) as err:
+            log.warning("refreshing the point list: %s", err)
+        finally:
+            with self._lock:
+                self._refreshing = False
+
+    def _refresh(self, now: float) -> None:
+        """List the point ids, read the new points (the memo first), drop the
+        gone ones; the storage I/O runs outside `_lock`, readers keep the old
+        list until the new one is swapped in."""
+        with self._refresh_lock:
+            with self._lock:
+                if self._checked is not None and self._checked >= now:
+                    return  # a refresh that began after `now` just ended
+                repo = self._open()
+                points, damaged = dict(self._points), set(self._damaged)
             ids = set(repo.list_point_ids())
-            new = ids - self._points.keys() - self._damaged
-            gone = self._points.keys() - ids
+            new = ids - points.keys() - damaged
+            gone = points.keys() - ids
             for pid in gone:
-                del self._points[pid]
-            self._damaged &= ids
+                del points[pid]
+            damaged &= ids
             if gone:
                 self._memo_call("forget_point_memos", repo.config.id, sorted(gone))
             if new:
                 repo = self._fresh_handle()
-                self._add(repo, new)
-            if new or gone or self._checked is None:
-                self._sorted = sorted(self._points.values(), key=lambda p: (p.time, p.id))
-            self._checked = now
-            return self._sorted
+                self._add(repo, new, points, damaged)
+            ordered = (
+                sorted(points.values(), key=lambda p: (p.time, p.id))
+                if new or gone or self._checked is None
+                else None
+            )
+            with self._lock:
+                self._points, self._damaged = points, damaged
+                if ordered is not None:
+                    self._sorted = ordered
+                self._checked = now
 
-    def _add(self, repo: Repository, new: set[str]) -> None:
+    def _add(
+        self,
+        repo: Repository,
+        new: set[str],
+        points: dict[str, RecoveryPoint],
+        damaged: set[str],
+    ) -> None:
         """Take `new` points from the memo, read the rest (in parallel as the
-        backend allows: one GET per point on S3) and keep them there."""
+        backend allows: one GET per point on S3) into `points` (`damaged`: the
+        ones that do not authenticate), and keep them in the memo."""
         order = sorted(new)
         recalled = self._memo_call("recall_points", repo.config.id, order) or {}
         unread = []
@@ -265,7 +317,7 @@ class RepositoryView:
             if point is None:
                 unread.append(pid)
             else:
-                self._points[pid] = point
+                points[pid] = point
 
         def read(pid: str) -> RecoveryPoint | bool | None:
             try:
@@ -281,10 +333,10 @@ class RepositoryView:
             with ThreadPoolExecutor(workers) as pool:
                 for pid, found in zip(unread, pool.map(read, unread), strict=True):
                     if isinstance(found, RecoveryPoint):
-                        self._points[pid] = found
+                        points[pid] = found
                         read_now[pid] = found.to_doc()
                     elif found is False:
-                        self._damaged.add(pid)
+                        damaged.add(pid)
         if read_now:
             self._memo_call("remember_points", repo.config.id, read_now)
 
