@@ -5,9 +5,11 @@ that are planned before their first byte."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import tarfile
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -180,3 +182,51 @@ def test_the_catalog_remembers_points_across_starts(tmp_path: Path, catalog: Cat
     third._checked = None  # the next call lists again
     assert [p.id for p in third.points()] == [second]
     assert set(catalog.recall_points(repo_id, [first, second])) == {second}
+
+
+def test_background_refresh_answers_at_once_and_noted_points_list_at_once(
+    tmp_path: Path,
+) -> None:
+    """In background mode a stale list is answered at once while one refresh
+    runs behind it; a point the server commits (`note`) is listed at once and
+    its files read (the handle's index knows its packs); a refresh whose
+    listing began before the note keeps it."""
+    repo_path = tmp_path / "repo"
+    init_local_repository(repo_path)
+    tree = tmp_path / "src"
+    tree.mkdir()
+    (tree / "a").write_bytes(b"a")
+    first = _backup(repo_path, tree)
+    clock = Clock()
+    view = RepositoryView(str(repo_path), PASSWORD.encode(), clock=clock, background=True)
+    assert [p.id for p in view.points()] == [first]  # the first list is waited for
+
+    (tree / "b").write_bytes(os.urandom(20_000))
+    second = _backup(repo_path, tree)
+    clock.now = 2.5
+    assert [p.id for p in view.points()] == [first]  # stale, at once; a refresh started
+    deadline = time.monotonic() + 30
+    while [p.id for p in view.points()] != [first, second]:
+        assert time.monotonic() < deadline, "the refresh behind never ended"
+        time.sleep(0.01)
+
+    (tree / "c").write_bytes(os.urandom(20_000))
+    repo = open_local_repository(repo_path)
+    try:
+        made = backup_files(repo, BackupRequest(paths=[str(tree)], host="h1")).point
+    finally:
+        repo.close()
+    assert made is not None
+    view._refresh_lock.acquire()  # a refresh "in flight" whose listing began earlier
+    view.note(made)
+    assert [p.id for p in view.points()] == [first, second, made.id]  # no refresh needed
+    view._refresh_lock.release()
+    names = [e.name for e in view.folder(made.id, str(tree)).entries]
+    assert names == ["a", "b", "c"]
+    ghost = dataclasses.replace(made, id="f" * 64)  # committed, not listed yet
+    clock.now = 5.0
+    view.note(ghost)
+    view._refresh(4.0)  # a listing that began before the note: the note stays
+    assert ghost.id in [p.id for p in view.points()]
+    view._refresh(6.0)  # the first listing after it decides: it is not there
+    assert [p.id for p in view.points()] == [first, second, made.id]

@@ -90,7 +90,8 @@ def assemble(
     runner (default: host and process id)."""
     location, catalog = settings.repository, accounts.catalog
     # one cached point list for all readers, remembered in the catalog across starts
-    view = RepositoryView(location, password, memo=catalog, background=True)
+    # refreshed behind the pages every 10 s; what agents commit here is listed at once
+    view = RepositoryView(location, password, ttl=10.0, memo=catalog, background=True)
     listed = points or (lambda: [{"id": p.id, **p.to_doc()} for p in view.points()])
     agents = Agents(catalog)
     agent_jobs = AgentJobs.over(catalog, view)
@@ -103,7 +104,7 @@ def assemble(
         settings=settings,
     )
     metrics = Metrics(catalog, location, password, points=view.points)
-    intake = Intake(location, password)  # agents' uploads: one session
+    intake = Intake(location, password, on_commit=view.note)  # agents' uploads: one session
     routers: list[AddRoutes] = [
         partial(add_ops_routes, ops=ops),
         partial(add_metrics_routes, snapshot=metrics.snapshot),

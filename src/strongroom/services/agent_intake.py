@@ -54,6 +54,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -101,7 +102,13 @@ class Stored:
 class Intake:
     """Open on the repository at `location` for the life of the server."""
 
-    def __init__(self, location: str, password: bytes) -> None:
+    def __init__(
+        self,
+        location: str,
+        password: bytes,
+        on_commit: Callable[[RecoveryPoint], None] | None = None,
+    ) -> None:
+        self._on_commit = on_commit  # the server's point list (the dashboard's view)
         self._session = open_repository(location, password, lock=LockMode.NONE)
         self.repo = self._session.__enter__()
         self._lock = threading.Lock()
@@ -288,7 +295,11 @@ class Intake:
             if point.parent is not None:
                 self._check_parent(point, point.host)
             point_id = self.repo.save_point(point.to_doc())
-        return catalog.add_agent_commit(machine.id, commit_id, point_id, datetime.now(UTC))
+        made = catalog.add_agent_commit(machine.id, commit_id, point_id, datetime.now(UTC))
+        if self._on_commit is not None:
+            point.id = point_id
+            self._on_commit(point)  # listed at once, not after the next refresh
+        return made
 
     def _holds(self, cid: bytes) -> bool:
         if self.repo.has_chunk(cid):

@@ -208,6 +208,8 @@ class RepositoryView:
         self._lock = threading.Lock()  # the state below; never held across storage I/O
         self._refresh_lock = threading.Lock()  # one refresh at a time
         self._refreshing = False
+        self._noted: dict[str, tuple[RecoveryPoint, float]] = {}  # committed here, when
+        self._index_stale = False  # a noted point's packs: the next reader takes a fresh handle
         self._repo: Repository | None = None
         self._points: dict[str, RecoveryPoint] = {}
         self._damaged: set[str] = set()
@@ -236,7 +238,26 @@ class RepositoryView:
 
     def repository(self) -> Repository:
         with self._lock:
-            return self._open()
+            stale, self._index_stale = self._index_stale, False
+            if not stale:
+                return self._open()
+        return self._fresh_handle()
+
+    def note(self, point: RecoveryPoint) -> None:
+        """A point this process just committed (the agents' intake): listed at
+        once rather than after the next refresh, and read with a handle whose
+        index knows its packs. A refresh whose listing began before the note
+        keeps it; the first listing after it decides (a point forgotten since
+        goes)."""
+        with self._lock:
+            self._noted[point.id] = (point, self._clock())
+            if point.id not in self._points:
+                self._points = {**self._points, point.id: point}
+                self._sorted = sorted(self._points.values(), key=lambda p: (p.time, p.id))
+            self._index_stale = True
+            repo_id = self._repo.config.id if self._repo is not None else None
+        if repo_id is not None:
+            self._memo_call("remember_points", repo_id, {point.id: point.to_doc()})
 
     def points(self) -> list[RecoveryPoint]:
         """Every readable point, oldest first (at most `ttl` seconds old; in
@@ -294,6 +315,15 @@ class RepositoryView:
                 else None
             )
             with self._lock:
+                for pid, (point, when) in list(self._noted.items()):
+                    if when >= now:  # noted after this listing began: keep it
+                        if pid not in points:
+                            points[pid] = point
+                            ordered = None
+                    else:
+                        del self._noted[pid]
+                if ordered is None and (new or gone or self._checked is None or self._noted):
+                    ordered = sorted(points.values(), key=lambda p: (p.time, p.id))
                 self._points, self._damaged = points, damaged
                 if ordered is not None:
                     self._sorted = ordered
