@@ -126,7 +126,8 @@ def test_an_image_and_its_incremental_go_through_the_server(agent: Agent, tmp_pa
     restore_image_through_server(reader, "latest", str(again))
     assert again.read_bytes() == image.read_bytes()
     vhd = tmp_path / "disk.vhd"
-    export_image_through_server(agent.store(), "latest", vhd)
+    _, (exported,) = export_image_through_server(agent.store(), "latest", vhd)
+    assert exported.path == str(vhd)
     exported = VhdSource(str(vhd))
     try:
         assert b"".join(bytes(d) for _, d in exported.read_blocks([(0, exported.size)])) == (

@@ -36,15 +36,16 @@ from strongroom.remote.store import RemoteStore
 from strongroom.repository.leases import LeaseBusy, LeaseRecord
 from strongroom.services import agent_backup
 from strongroom.services.agent_backup import agent_points
-from strongroom.services.agent_images import restore_own_point
+from strongroom.services.agent_images import export_image_through_server, restore_own_point
 from strongroom.services.agent_vm_leases import cluster_lease_key
 from strongroom.services.agent_vms import RemoteLease, backup_vm_through_server
 from strongroom.services.restore import VmRestored
 from strongroom.services.vm_backup import VmBackupResult
+from tests.export.conftest import libvhdi_read
 from tests.helpers.images import KiB, MiB, touched
 from tests.server.agent_fixtures import Site, bearer, site  # noqa: F401 (fixture)
 from tests.server.test_agents_resume import Router, pair  # noqa: F401 (fixture)
-from tests.vms.conftest import QEMU, VmDaemon, run_dir, write_config  # noqa: F401 (fixture)
+from tests.vms.conftest import DISKS, QEMU, VmDaemon, run_dir, write_config  # noqa: F401 (fixture)
 
 pytestmark = QEMU
 
@@ -145,6 +146,14 @@ def test_two_nodes_of_a_cluster_take_turns_and_others_see_nothing(
     for disk, where, summary in done.disks:
         assert not summary.damaged
         assert nodes.daemon.difference(disk, Path(where)) is None
+    # the same point as one VHD per disk, read back by libvhdi
+    found, exported = export_image_through_server(reader, second.point.id, tmp_path / "vhds")
+    assert found.id == second.point.id
+    assert sorted(Path(e.path).name for e in exported) == sorted(f"{d}.vhd" for d in DISKS)
+    assert len({e.uuid for e in exported}) == len(exported)  # each disk its own id
+    for e in exported:
+        raw = tmp_path / "restored" / Path(e.path).name.replace(".vhd", ".raw")
+        assert libvhdi_read([Path(e.path)]) == raw.read_bytes()
 
     # node-c, outside the cluster: no VM point listed or read, no lease
     outsider = nodes.store("node-c")

@@ -11,6 +11,7 @@ import pytest
 
 from strongroom.errors import ExitCode
 from tests.helpers.cli import assert_one_line_error
+from tests.helpers.images import run
 from tests.vms.conftest import DISKS, QEMU, SIZE, VM, Cluster
 
 pytestmark = QEMU
@@ -96,6 +97,17 @@ def test_status_restore_forget_and_check_across_hosts(
     assert sorted(p.name for p in folder.iterdir()) == ["disk0.raw", "disk1.raw"]
     assert cluster.daemon.difference("disk0", folder / "disk0.raw") is None
     assert cluster.daemon.difference("disk1", folder / "disk1.raw") is not None  # older
+    # The same older point as one VHD per disk (`export`), read back by qemu-img.
+    vhds = tmp_path / "vhds"
+    exported = cluster.cli("--json", "export", first.point.id[:10], str(vhds))
+    assert exported.rc == 0, exported.err
+    doc = exported.values()[-1]  # after the progress lines
+    assert doc["directory"] == str(vhds) and len(doc["files"]) == 2
+    assert sorted(p.name for p in vhds.iterdir()) == ["disk0.vhd", "disk1.vhd"]
+    for disk in ("disk0", "disk1"):
+        same = run("qemu-img", "compare", "-f", "vpc", "-F", "raw",
+                   vhds / f"{disk}.vhd", folder / f"{disk}.raw", check=False)  # fmt: skip
+        assert same.returncode == 0, same.stdout + same.stderr
 
     # The VM's points form one group whichever host took them.
     forget = cluster.cli("forget", "--keep-last", "1", "--prune", "--json")

@@ -31,7 +31,7 @@ from strongroom.pipeline.image_restore import ImageRestoreSummary
 from strongroom.remote.store import RemoteStore
 from strongroom.repository.format import BlobType
 from strongroom.services.agent_backup import agent_points, find_own, restore_through_server
-from strongroom.services.export import ExportSummary, VhdType, export_vhd
+from strongroom.services.export import ExportSummary, VhdType, export_vhd, export_vm_vhds
 from strongroom.services.image_backup import (
     ImageBackupRequest,
     ImageBackupResult,
@@ -141,7 +141,12 @@ def export_image_through_server(
     dest: str | os.PathLike[str],
     kind: VhdType = "dynamic",
     progress: ProgressCallback = no_progress,
-) -> ExportSummary:
-    """One of the machine's block points as a fixed or dynamic VHD (atomic)."""
-    point, _ = own_image_point(store, ref)
-    return export_vhd(store, point, dest, kind=kind, progress=progress)
+) -> tuple[RecoveryPoint, list[ExportSummary]]:
+    """One of the machine's block points as a fixed or dynamic VHD `dest`
+    (atomic), or a VM point of its cluster as one VHD per disk in the folder
+    `dest`; the point and what was written."""
+    point = find_own(agent_points(store), ref)
+    if point.kind == PointKind.VM:
+        return point, export_vm_vhds(store, point, dest, kind=kind, progress=progress)
+    point, _ = own_image_point(store, point.id)
+    return point, [export_vhd(store, point, dest, kind=kind, progress=progress)]

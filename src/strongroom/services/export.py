@@ -50,12 +50,14 @@ from strongroom.model.blockmap import BlockMap
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.seed import Seed
+from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.repository.store import ChunkStore
 from strongroom.services.image_restore import point_map
 from strongroom.services.image_seeds import seed_map, verify_golden
 from strongroom.services.points import list_points
+from strongroom.services.vms import manifest_of
 from strongroom.sources.vhd import VhdSource
 from strongroom.types import Progress, ProgressCallback, no_progress
 
@@ -220,13 +222,59 @@ def export_vhd(
     if kind not in ("fixed", "dynamic"):
         raise UsageError(f"VHD type {kind!r}: use fixed or dynamic")
     block_map = point_map(repo, point)
+    return _export_map(repo, point, block_map, Path(out_path), kind, point_uuid(point), progress)
+
+
+def export_vm_vhds(
+    repo: ChunkStore,
+    point: RecoveryPoint,
+    out_dir: str | os.PathLike[str],
+    *,
+    kind: VhdType = "dynamic",
+    progress: ProgressCallback = no_progress,
+) -> list[ExportSummary]:
+    """Every disk of VM point `point` as a fixed or dynamic VHD `DISK.vhd` in
+    `out_dir` (each file atomic), in the manifest's order. Each file's unique
+    id derives from the point and the disk, so the disks of one point never
+    share one. A disk name that is not one plain path component (a forged
+    manifest) is refused before anything is written."""
+    if kind not in ("fixed", "dynamic"):
+        raise UsageError(f"VHD type {kind!r}: use fixed or dynamic")
+    manifest = manifest_of(repo, point)
+    for disk in manifest.disks:
+        name = disk.name
+        if not name or name in (".", "..") or "/" in name or "\0" in name:
+            raise IntegrityError(f"point {point.short_id}: a disk name is not a file name")
+    folder = Path(out_dir)
+    return [
+        _export_map(
+            repo,
+            point,
+            load_block_map(repo, bytes.fromhex(disk.map_root)),
+            folder / f"{disk.name}.vhd",
+            kind,
+            uuidlib.uuid5(_NAMESPACE, f"{point.id}/{disk.name}"),
+            progress,
+        )
+        for disk in manifest.disks
+    ]
+
+
+def _export_map(
+    repo: ChunkStore,
+    point: RecoveryPoint,
+    block_map: BlockMap,
+    path: Path,
+    kind: VhdType,
+    ident: uuidlib.UUID,
+    progress: ProgressCallback,
+) -> ExportSummary:
     _check_geometry(point, block_map)
     data_blocks = np.flatnonzero(~block_map.hole_mask()).tolist()
     state = Progress(job="export", files_total=len(data_blocks), bytes_total=block_map.data_bytes())
     extents = _load_blocks(repo, block_map, data_blocks, state, _throttled(progress))
-    path = Path(out_path)
     file_size, ident = _write(
-        path, block_map.size, extents, kind=kind, uuid=point_uuid(point), timestamp=point.time
+        path, block_map.size, extents, kind=kind, uuid=ident, timestamp=point.time
     )
     progress(state)
     return ExportSummary(

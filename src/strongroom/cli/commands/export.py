@@ -8,6 +8,7 @@ from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import UsageError
+from strongroom.model.kinds import PointKind
 from strongroom.services.export import (
     ExportSummary,
     VhdType,
@@ -17,6 +18,7 @@ from strongroom.services.export import (
     export_vhd,
     export_vhd_from_seed,
     export_vhd_incremental,
+    export_vm_vhds,
 )
 from strongroom.services.points import find_point
 from strongroom.services.seeds import find_seed
@@ -98,7 +100,9 @@ def export(
     out = app.out
     if through_server(servers, agent_config):
         if chain or base or verify_parent:
-            raise UsageError("through a server: one whole image point; no --chain or incremental")
+            raise UsageError(
+                "through a server: one whole image or VM point; no --chain or incremental"
+            )
         from strongroom.services.agent_backup import open_agent
         from strongroom.services.agent_images import export_image_through_server
 
@@ -107,8 +111,9 @@ def export(
             open_agent(agent_config, list(servers)) as (_config, store),
             out.progress("export") as progress,
         ):
-            one = export_image_through_server(store, what, dest, kind, progress)
-        out.summary({"format": "vhd", **one.as_dict()}, [_describe(one)])
+            found, made = export_image_through_server(store, what, dest, kind, progress)
+        vm = found.kind == PointKind.VM
+        out.summary(_doc(made, dest, vm=vm), (_describe(s) for s in made))
         return
     with app.repository(LockMode.SHARED) as repo:
         if chain:
@@ -117,6 +122,14 @@ def export(
                 summaries = export_chain(repo, points, dest, progress=progress)
         else:
             p = find_point(repo, what)
+            if p.kind == PointKind.VM:  # every disk as DEST/DISK.vhd
+                if base is not None:
+                    raise UsageError("a VM point exports whole disks: drop --incremental-from")
+                kind_vm: VhdType = "fixed" if vhd_type == "fixed" else "dynamic"
+                with out.progress("export") as progress:
+                    made = export_vm_vhds(repo, p, dest, kind=kind_vm, progress=progress)
+                out.summary(_doc(made, dest, vm=True), (_describe(s) for s in made))
+                return
             with out.progress("export") as progress:
                 if base is not None and parent is not None and base.startswith("seed:"):
                     summary = export_vhd_from_seed(
@@ -140,12 +153,15 @@ def export(
                         progress=progress,
                     )
             summaries = [summary]
-    doc: dict[str, object]
-    if chain:
-        doc = {"format": "vhd", "directory": dest, "files": [s.as_dict() for s in summaries]}
-    else:
-        doc = {"format": "vhd", **summaries[0].as_dict()}
-    out.summary(doc, (_describe(s) for s in summaries))
+    out.summary(_doc(summaries, dest, vm=chain), (_describe(s) for s in summaries))
+
+
+def _doc(summaries: list[ExportSummary], dest: str, *, vm: bool) -> dict[str, object]:
+    """The `--json` document: one file's fields, or a folder and its files
+    (a chain, a VM point's disks)."""
+    if vm:
+        return {"format": "vhd", "directory": dest, "files": [s.as_dict() for s in summaries]}
+    return {"format": "vhd", **summaries[0].as_dict()}
 
 
 def _describe(s: ExportSummary) -> str:
