@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -128,11 +129,16 @@ class _Zygote:
         return import_time_env(env) == import_time_env(self.env)
 
     def run(
-        self, args: list[str], env: dict[str, str], input: bytes | None, timeout: float, cwd: str
+        self,
+        args: list[str],
+        env: dict[str, str],
+        input: bytes | None,
+        timeout: float,
+        cwd: str,
+        address_space: int | None,
     ) -> tuple[int, bytes, bytes]:
-        request = json.dumps(
-            {"args": args, "env": env, "cwd": cwd, "argv0": strongroom_command()[0]}
-        ).encode()
+        fields = {"args": args, "env": env, "cwd": cwd, "argv0": strongroom_command()[0]}
+        request = json.dumps({**fields, "address_space": address_space}).encode()
         with contextlib.ExitStack() as stack:
             files = [stack.enter_context(tempfile.TemporaryFile()) for _ in range(3)]
             if input is not None:
@@ -177,6 +183,10 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
 _zygote: _Zygote | None = None
 
 
+def _cap(address_space: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+
 def _forked(env: dict[str, str]) -> _Zygote | None:
     """The fork server, if it can serve a run with `env` (STRONGROOM_TEST_FORK_CLI=0:
     never; every run is then a fresh subprocess)."""
@@ -197,8 +207,10 @@ def run_cli(
     timeout: float = 180,
     cwd: str | os.PathLike[str] | None = None,
     command: list[str] | None = None,
+    address_space: int | None = None,
 ) -> CliResult:
-    """Run strongroom (or `command`, e.g. `nobody_command()`) with `args`.
+    """Run strongroom (or `command`, e.g. `nobody_command()`) with `args`, its
+    address space capped at `address_space` bytes if given (RLIMIT_AS).
 
     strongroom itself runs as a fork of the fork server (tests/helpers/cli_zygote.py:
     a process of its own, without paying the imports again) unless its environment
@@ -206,9 +218,8 @@ def run_cli(
     """
     zygote = _forked(env) if command is None else None
     if zygote is not None:
-        rc, stdout, stderr = zygote.run(
-            list(args), env, input, timeout, os.fspath(cwd) if cwd is not None else os.getcwd()
-        )
+        where = os.fspath(cwd) if cwd is not None else os.getcwd()
+        rc, stdout, stderr = zygote.run(list(args), env, input, timeout, where, address_space)
     else:
         proc = subprocess.run(
             [*(command or strongroom_command()), *args],
@@ -218,6 +229,7 @@ def run_cli(
             capture_output=True,
             timeout=timeout,
             cwd=cwd,
+            preexec_fn=None if address_space is None else functools.partial(_cap, address_space),
         )
         rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     out = stdout if binary else stdout.decode("utf-8", "replace")

@@ -16,10 +16,10 @@ from the server's in one of them, or in a PYTHON* variable, runs as a real
 subprocess instead (tests/helpers/cli.py decides).
 
 Protocol (one connection per run): the client sends an 8-byte length with three
-descriptors (stdin, stdout, stderr), then that many bytes of JSON
-{"args", "env", "cwd"}. A runner forked for the connection forks the program,
-sends its pid (8 bytes), waits for it and sends its return code (8 bytes,
-signed). The server exits when its stdin (a pipe from the client) closes.
+descriptors (stdin, stdout, stderr), then that many bytes of JSON {"args", "env",
+"cwd", "argv0", "address_space"}. A runner forked for the connection forks the
+program, sends its pid (8 bytes), waits for it and sends its return code (8
+bytes, signed). The server exits when its stdin (a pipe from the client) closes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import gc
 import importlib
 import json
 import os
+import resource
 import selectors
 import socket
 import struct
@@ -83,6 +84,9 @@ def _run_program(
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    if request.get("address_space") is not None:  # as a subprocess's preexec_fn would
+        cap = request["address_space"]
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     sys.argv = [request["argv0"], *request["args"]]
     from strongroom.cli.main import main
 
