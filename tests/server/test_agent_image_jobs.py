@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import httpx
 from strongroom.catalog import Catalog
 from strongroom.services.scheduler import Scheduler
 from tests.conftest import CliRunner
-from tests.helpers.cli import strongroom_command
+from tests.helpers.cli import run_cli
 from tests.helpers.tree import random_bytes
 from tests.server.test_agents_protect import Served, served
 
@@ -30,12 +29,11 @@ MiB = 1 << 20
 
 
 def _run_once(site: Served) -> tuple[int, list[dict[str, Any]], str]:
-    done = subprocess.run(
-        [*strongroom_command(), "--json", "agent", "run", "--once", "--config", site.creds],
-        env=site.env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    jobs = json.loads(done.stdout.splitlines()[-1])["jobs"] if done.stdout.strip() else []
-    return done.returncode, jobs, done.stderr
+    done = run_cli(
+        ["--json", "agent", "run", "--once", "--config", str(site.creds)], site.env, timeout=120
+    )
+    jobs = json.loads(done.out.splitlines()[-1])["jobs"] if done.out.strip() else []
+    return done.rc, jobs, done.err
 
 
 def _job(http: httpx.Client, kind: str, spec: dict[str, Any]) -> int:
