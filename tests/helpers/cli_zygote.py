@@ -10,10 +10,11 @@ and thread shutdown, and `main()` entered exactly as the console script does.
 
 What a fork cannot give is an import under the run's own environment: values
 read at import time are the server's. `IMPORT_TIME_ENV` names them (a test,
-tests/test_cli_zygote.py, finds every module-level read of a STRONGROOM_
+tests/test_cli_fork_server.py, finds every module-level read of a STRONGROOM_
 variable in src and checks it is named there); a run whose environment differs
-from the server's in one of them, or in a PYTHON* variable, runs as a real
-subprocess instead (tests/helpers/cli.py decides).
+from the server's in one of them, in a PYTHON* variable or in the locale (LANG,
+LC_*: the encoding of stdio) runs as a real subprocess instead (tests/helpers/
+cli.py decides). TZ is re-read (time.tzset) in every run.
 
 Protocol (one connection per run): the client sends an 8-byte length with three
 descriptors (stdin, stdout, stderr), then that many bytes of JSON {"args", "env",
@@ -34,6 +35,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from typing import Any
 
 IMPORT_TIME_ENV = frozenset(
@@ -49,7 +51,11 @@ _STATUS = struct.Struct("!q")
 
 def import_time_env(env: dict[str, str]) -> dict[str, str]:
     """The part of `env` a forked run would see as the server's, not its own."""
-    return {k: v for k, v in env.items() if k in IMPORT_TIME_ENV or k.startswith("PYTHON")}
+    return {
+        k: v
+        for k, v in env.items()
+        if k in IMPORT_TIME_ENV or k.startswith(("PYTHON", "LC_")) or k in ("LANG", "LANGUAGE")
+    }
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes:
@@ -84,6 +90,7 @@ def _run_program(
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    time.tzset()  # TZ as the run's environment has it (the time module read the server's)
     if request.get("address_space") is not None:  # as a subprocess's preexec_fn would
         cap = request["address_space"]
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
