@@ -91,7 +91,7 @@ def restore(env: dict[str, str], point: str, target: Path) -> Path:
 def status(env: dict[str, str]) -> dict[str, Any]:
     proc = run_cli(["--json", "status"], env)
     assert proc.rc == 0, proc.err
-    doc: dict[str, Any] = json.loads(proc.stdout)
+    doc: dict[str, Any] = json.loads(proc.out)
     return doc
 
 

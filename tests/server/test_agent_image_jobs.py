@@ -22,6 +22,7 @@ from strongroom.catalog import Catalog
 from strongroom.services.scheduler import Scheduler
 from tests.conftest import CliRunner
 from tests.helpers.cli import run_cli
+from tests.helpers.listing import points_listing
 from tests.helpers.tree import random_bytes
 from tests.server.test_agents_protect import Served, served
 
@@ -78,7 +79,11 @@ def test_image_jobs_and_schedule_through_agent_run_once(
         done = http.get(f"/api/v1/jobs/{backup}").json()
         assert done["state"] == "done"
         assert done["outcome"].startswith(f"point {first}: image of {6 * MiB} bytes")
-        listed = {p["id"]: p for p in http.get("/api/v1/points").json()}
+        got = points_listing(
+            lambda: http.get("/api/v1/points").json(),
+            lambda found: first in {p["id"] for p in found},
+        )
+        listed = {p["id"]: p for p in got}
         assert listed[first]["kind"] == "block" and listed[first]["host"] == "web1"
         assert listed[first]["tags"] == ["asked"]
 
@@ -122,7 +127,11 @@ def test_image_jobs_and_schedule_through_agent_run_once(
         second = scheduled["point"]
         shown = http.get(f"/api/v1/jobs/{scheduled['id']}").json()
         assert shown["schedule"] is not None and shown["machine"] == "web1"
-        points = {p["id"]: p for p in http.get("/api/v1/points").json()}
+        got = points_listing(
+            lambda: http.get("/api/v1/points").json(),
+            lambda found: second in {p["id"] for p in found},
+        )
+        points = {p["id"]: p for p in got}
         assert points[second]["parent"] == first
         summary = points[second]["summary"]
         assert summary["tracker"] == "compare" and summary["blocks_changed"] == 1, summary
