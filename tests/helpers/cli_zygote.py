@@ -72,7 +72,10 @@ def _preload() -> None:
     from strongroom.cli import main
 
     for target in main.COMMANDS.values():
-        importlib.import_module(f"strongroom.cli.commands.{target.split(':')[0]}")
+        try:
+            importlib.import_module(f"strongroom.cli.commands.{target.split(':')[0]}")
+        except ImportError:
+            pass  # an optional dependency missing: each run imports it (and fails) itself
 
 
 def _run_program(
