@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -181,6 +182,7 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
 
 
 _zygote: _Zygote | None = None
+_zygote_lock = threading.Lock()
 
 
 def _cap(address_space: int) -> None:
@@ -193,9 +195,11 @@ def _forked(env: dict[str, str]) -> _Zygote | None:
     global _zygote
     if os.environ.get("STRONGROOM_TEST_FORK_CLI", "1") == "0":
         return None
-    if _zygote is None or _zygote.proc.poll() is not None:
-        _zygote = _Zygote()
-    return _zygote if _zygote.serves(env) else None
+    with _zygote_lock:  # tests may run the program from several threads
+        if _zygote is None or _zygote.proc.poll() is not None:
+            _zygote = _Zygote()
+        zygote = _zygote
+    return zygote if zygote.serves(env) else None
 
 
 def run_cli(
