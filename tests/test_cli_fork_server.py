@@ -69,6 +69,8 @@ def test_an_import_time_setting_sends_the_run_to_a_subprocess(cli_env: dict[str,
     assert cli_helpers._forked(cli_env) is not None
     assert cli_helpers._forked({**cli_env, "STRONGROOM_INDEX_FLUSH_SECONDS": "0.5"}) is None
     assert cli_helpers._forked({**cli_env, "PYTHONPATH": os.devnull}) is None
+    assert cli_helpers._forked({**cli_env, "LD_PRELOAD": os.devnull}) is None
+    assert cli_helpers._forked({**cli_env, "LC_CTYPE": "xx_XX.test"}) is None
 
 
 def test_a_run_past_its_timeout_is_killed(cli_env: dict[str, str], tmp_path: Path) -> None:

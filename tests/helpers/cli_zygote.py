@@ -12,8 +12,9 @@ What a fork cannot give is an import under the run's own environment: values
 read at import time are the server's. `IMPORT_TIME_ENV` names them (a test,
 tests/test_cli_fork_server.py, finds every module-level read of a STRONGROOM_
 variable in src and checks it is named there); a run whose environment differs
-from the server's in one of them, in a PYTHON* variable or in the locale (LANG,
-LC_*: the encoding of stdio) runs as a real subprocess instead (tests/helpers/
+from the server's in one of them, in a PYTHON* variable, in the locale (LANG,
+LC_*: the encoding of stdio) or in what the loader and libc read at exec (LD_*,
+MALLOC_*, GLIBC_TUNABLES) runs as a real subprocess instead (tests/helpers/
 cli.py decides). TZ is re-read (time.tzset) in every run.
 
 Protocol (one connection per run): the client sends an 8-byte length with three
@@ -54,7 +55,9 @@ def import_time_env(env: dict[str, str]) -> dict[str, str]:
     return {
         k: v
         for k, v in env.items()
-        if k in IMPORT_TIME_ENV or k.startswith(("PYTHON", "LC_")) or k in ("LANG", "LANGUAGE")
+        if k in IMPORT_TIME_ENV
+        or k.startswith(("PYTHON", "LC_", "LD_", "MALLOC_"))
+        or k in ("LANG", "LANGUAGE", "GLIBC_TUNABLES")
     }
 
 
