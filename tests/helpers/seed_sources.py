@@ -99,7 +99,9 @@ def build_deb(
 
 
 def seed_files(repo: Repository, tree_hex: str) -> dict[str, Node]:
-    """Every entry of a seed's tree by relative path."""
+    """Every entry of a seed's tree by relative path (names that are not UTF-8,
+    as a mutated archive may hold, with their bytes kept as surrogates)."""
     return {
-        path.decode().lstrip("/"): node for path, node in iter_tree(repo, bytes.fromhex(tree_hex))
+        path.decode("utf-8", "surrogateescape").lstrip("/"): node
+        for path, node in iter_tree(repo, bytes.fromhex(tree_hex))
     }

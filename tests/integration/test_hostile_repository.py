@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import secrets
 import shutil
 import socket
@@ -49,7 +48,7 @@ from strongroom.repository.crypto import content_hash
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.storage.local import LocalBackend
-from tests.helpers.cli import PASSWORD, strongroom_command
+from tests.helpers.cli import PASSWORD, run_cli
 from tests.helpers.hostile import put_tree, wire
 
 # More (and random) examples for a longer search: STRONGROOM_HOSTILE_EXAMPLES=200.
@@ -394,10 +393,6 @@ def save(repo: Repository, doc: dict[str, Any]) -> str:
 # --- running the program ---------------------------------------------------------
 
 
-def _cap() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-
-
 @dataclass
 class Run:
     args: list[str]
@@ -413,18 +408,12 @@ def run(world: World, *args: str) -> Run:
     env = dict(os.environ)
     env["STRONGROOM_REPO"] = str(world.root / "repo")
     try:
-        proc = subprocess.run(
-            [*strongroom_command(), *args],
-            env=env,
-            cwd=world.work,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=TIMEOUT,
-            preexec_fn=_cap,
+        proc = run_cli(
+            list(args), env, binary=True, timeout=TIMEOUT, cwd=world.work, address_space=MEMORY_CAP
         )
     except subprocess.TimeoutExpired:
         raise AssertionError(f"strongroom {' '.join(args)} hung (over {TIMEOUT} s)") from None
-    result = Run(list(args), proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
+    result = Run(list(args), proc.rc, proc.out, proc.err)
     assert result.rc in EXIT_CODES, str(result)
     assert "internal error" not in result.err, str(result)
     assert "Traceback" not in result.err, str(result)

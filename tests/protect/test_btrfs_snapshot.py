@@ -36,7 +36,7 @@ from strongroom.trackers.fanotify import FsWatch
 from strongroom.trackers.inotify import TreeWatch
 from strongroom.trackers.journal import Journal
 from tests.conftest import open_local_repository
-from tests.helpers.cli import strongroom_command
+from tests.helpers.cli import run_cli
 from tests.helpers.volumes import Writer, check_writes
 from tests.protect.loopfs import ROOT
 from tests.protect.test_service import (
@@ -164,13 +164,8 @@ def test_reading_from_a_snapshot_records_the_tree_and_rereads_nothing_unchanged(
     assert summaries[1].bytes_read == 0 and summaries[1].files_unmodified == 5
     cli = {**os.environ, "STRONGROOM_REPO": str(initialized_repo)}
     target = tmp_path / "restored"
-    proc = subprocess.run(
-        [*strongroom_command(), "restore", result.point.id, "--target", str(target)],
-        env=cli,
-        capture_output=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
+    proc = run_cli(["restore", result.point.id, "--target", str(target)], cli)
+    assert proc.rc == 0, proc.err
     (root,) = [p for p in target.rglob("data") if p.is_dir()]
     assert sorted(os.listdir(root)) == [f"f{i}" for i in range(5)]  # no folder, no `later`
 

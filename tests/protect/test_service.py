@@ -29,7 +29,7 @@ from strongroom.services.points import find_point
 from strongroom.services.volumes import attach_volume, create_volume
 from strongroom.sources.volume_state import volumes_dir
 from tests.conftest import open_local_repository
-from tests.helpers.cli import strongroom_command
+from tests.helpers.cli import run_cli, strongroom_command
 from tests.helpers.volumes import MiB, Writer, check_writes, clean_everything, needs_volumes
 from tests.protect.loopfs import ROOT, loop_ext4
 
@@ -81,24 +81,17 @@ def outcomes(proc: subprocess.Popen[bytes], timeout: float = 60) -> list[dict[st
 
 
 def restore(env: dict[str, str], point: str, target: Path) -> Path:
-    proc = subprocess.run(
-        [*strongroom_command(), "restore", point, "--target", str(target)],
-        env=env,
-        capture_output=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
+    proc = run_cli(["restore", point, "--target", str(target)], env)
+    assert proc.rc == 0, proc.err
     found = [p for p in target.rglob("data") if p.is_dir()]
     assert len(found) == 1, found
     return found[0]
 
 
 def status(env: dict[str, str]) -> dict[str, Any]:
-    proc = subprocess.run(
-        [*strongroom_command(), "--json", "status"], env=env, capture_output=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    doc: dict[str, Any] = json.loads(proc.stdout)
+    proc = run_cli(["--json", "status"], env)
+    assert proc.rc == 0, proc.err
+    doc: dict[str, Any] = json.loads(proc.out)
     return doc
 
 
@@ -318,13 +311,8 @@ class SqliteWriter:
 def restored_rows(env: dict[str, str], point: str, tmp: Path) -> set[int]:
     tmp.mkdir()
     raw = tmp / "vol.raw"
-    proc = subprocess.run(
-        [*strongroom_command(), "restore", point, "--target", str(raw)],
-        env=env,
-        capture_output=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
+    proc = run_cli(["restore", point, "--target", str(raw)], env)
+    assert proc.rc == 0, proc.err
     for name in ("app.db", "app.db-wal"):
         subprocess.run(
             ["debugfs", "-R", f"dump /{name} {tmp / name}", str(raw)], capture_output=True

@@ -30,7 +30,7 @@ import pytest
 
 from strongroom.services.volumes import attach_volume, create_volume
 from strongroom.sources.volume_state import volumes_dir
-from tests.helpers.cli import strongroom_command
+from tests.helpers.cli import run_cli
 from tests.helpers.volumes import MiB, clean_everything, mounted_ro, needs_volumes
 from tests.protect.loopfs import ROOT
 from tests.protect.pg_cluster import Cluster, available, bin_dir, lsn, owned_by_nobody
@@ -161,13 +161,8 @@ def check_point(
 
     work = owned_by_nobody(base / point[:12], 0o755)
     raw = work / "vol.raw"
-    proc = subprocess.run(
-        [*strongroom_command(), "restore", point, "--target", str(raw)],
-        env=env,
-        capture_output=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
+    proc = run_cli(["restore", point, "--target", str(raw)], env)
+    assert proc.rc == 0, proc.err
     with mounted_ro(raw, work / "ro") as ro:
         subprocess.run(["cp", "-a", str(ro / "pg" / "data"), str(work / "data")], check=True)
     raw.unlink()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import httpx
 from strongroom.catalog import Catalog
 from strongroom.services.scheduler import Scheduler
 from tests.conftest import CliRunner
-from tests.helpers.cli import strongroom_command
+from tests.helpers.cli import run_cli
+from tests.helpers.listing import points_listing
 from tests.helpers.tree import random_bytes
 from tests.server.test_agents_protect import Served, served
 
@@ -30,12 +30,11 @@ MiB = 1 << 20
 
 
 def _run_once(site: Served) -> tuple[int, list[dict[str, Any]], str]:
-    done = subprocess.run(
-        [*strongroom_command(), "--json", "agent", "run", "--once", "--config", site.creds],
-        env=site.env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    jobs = json.loads(done.stdout.splitlines()[-1])["jobs"] if done.stdout.strip() else []
-    return done.returncode, jobs, done.stderr
+    done = run_cli(
+        ["--json", "agent", "run", "--once", "--config", str(site.creds)], site.env, timeout=120
+    )
+    jobs = json.loads(done.out.splitlines()[-1])["jobs"] if done.out.strip() else []
+    return done.rc, jobs, done.err
 
 
 def _job(http: httpx.Client, kind: str, spec: dict[str, Any]) -> int:
@@ -80,7 +79,11 @@ def test_image_jobs_and_schedule_through_agent_run_once(
         done = http.get(f"/api/v1/jobs/{backup}").json()
         assert done["state"] == "done"
         assert done["outcome"].startswith(f"point {first}: image of {6 * MiB} bytes")
-        listed = {p["id"]: p for p in http.get("/api/v1/points").json()}
+        got = points_listing(
+            lambda: http.get("/api/v1/points").json(),
+            lambda found: first in {p["id"] for p in found},
+        )
+        listed = {p["id"]: p for p in got}
         assert listed[first]["kind"] == "block" and listed[first]["host"] == "web1"
         assert listed[first]["tags"] == ["asked"]
 
@@ -124,7 +127,11 @@ def test_image_jobs_and_schedule_through_agent_run_once(
         second = scheduled["point"]
         shown = http.get(f"/api/v1/jobs/{scheduled['id']}").json()
         assert shown["schedule"] is not None and shown["machine"] == "web1"
-        points = {p["id"]: p for p in http.get("/api/v1/points").json()}
+        got = points_listing(
+            lambda: http.get("/api/v1/points").json(),
+            lambda found: second in {p["id"] for p in found},
+        )
+        points = {p["id"]: p for p in got}
         assert points[second]["parent"] == first
         summary = points[second]["summary"]
         assert summary["tracker"] == "compare" and summary["blocks_changed"] == 1, summary

@@ -39,6 +39,7 @@ from strongroom.services.scheduler import Scheduler
 from tests.conftest import init_local_repository
 from tests.helpers.cli import PASSWORD
 from tests.helpers.images import KiB, MiB
+from tests.helpers.listing import points_listing
 from tests.server.agent_fixtures import bearer
 from tests.server.conftest import ADMIN_PASSWORD, sign_in
 from tests.server.test_agents_resume import Router
@@ -158,7 +159,11 @@ def test_vm_jobs_and_schedule_run_by_the_agent(vsite: VmJobSite, tmp_path: Path)
     shown = vsite.api("GET", f"/api/v1/jobs/{done.id}").json()
     assert shown["state"] == "done"
     assert shown["outcome"].startswith(f"point {first}: VM {VM}: 2 disks, {2 * SIZE} bytes: ")
-    points = {p["id"]: p for p in vsite.api("GET", "/api/v1/points").json()}
+    got = points_listing(
+        lambda: vsite.api("GET", "/api/v1/points").json(),
+        lambda found: first in {p["id"] for p in found},
+    )
+    points = {p["id"]: p for p in got}
     assert points[first]["kind"] == "vm" and points[first]["host"] == "prod"
     assert points[first]["tags"] == ["asked"]
 
@@ -191,7 +196,11 @@ def test_vm_jobs_and_schedule_run_by_the_agent(vsite: VmJobSite, tmp_path: Path)
     (scheduled,) = vsite.run_once(vsite.runner("node-a", creds))
     assert scheduled.ok, scheduled
     assert vsite.api("GET", f"/api/v1/jobs/{scheduled.id}").json()["schedule"] is not None
-    points = {p["id"]: p for p in vsite.api("GET", "/api/v1/points").json()}
+    got = points_listing(
+        lambda: vsite.api("GET", "/api/v1/points").json(),
+        lambda found: scheduled.point in {p["id"] for p in found},
+    )
+    points = {p["id"]: p for p in got}
     second = points[scheduled.point]
     assert second["parent"] == first and second["host"] == "prod"
     summary = second["summary"]

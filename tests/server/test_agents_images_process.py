@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import CliRunner
-from tests.helpers.cli import assert_one_line_error, strongroom_command
+from tests.helpers.cli import assert_one_line_error, run_cli
 from tests.helpers.images import BS, QEMU, MiB, qemu_io, run
 from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
 
@@ -24,13 +23,10 @@ pytestmark = QEMU
 
 
 def _agent(env: dict[str, str], *args: str) -> dict[str, object]:
-    done = subprocess.run(
-        [*strongroom_command(), "--json", *args], env=env, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    doc: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
-    doc["stderr"] = done.stderr
+    done = run_cli(["--json", *args], env, timeout=120)
+    assert done.rc == 0, done.err
+    doc: dict[str, object] = json.loads(done.out.splitlines()[-1])
+    doc["stderr"] = done.err
     return doc
 
 

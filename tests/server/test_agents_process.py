@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import CliRunner
-from tests.helpers.cli import strongroom_command
+from tests.helpers.cli import run_cli, strongroom_command
 from tests.helpers.compare import walk_differences
 from tests.server.test_server_process import _free_port, _self_signed, _stop
 
@@ -40,9 +40,8 @@ def _tree(root: Path) -> None:
 
 
 def _agent(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*strongroom_command(), *args], env=env, capture_output=True, text=True, timeout=300
-    )
+    done = run_cli(list(args), env, timeout=300)
+    return subprocess.CompletedProcess(list(args), done.rc, done.out, done.err)
 
 
 def _start(env: dict[str, str], port: int, log: Path, tls: tuple[Path, Path]

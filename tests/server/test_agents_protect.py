@@ -26,22 +26,19 @@ from strongroom.services.agent_retention import schedule_name
 from strongroom.services.volumes import attach_volume, create_volume
 from strongroom.sources.volume_state import volumes_dir
 from tests.conftest import CliRunner
-from tests.helpers.cli import strongroom_command
+from tests.helpers.cli import run_cli
 from tests.helpers.volumes import MiB, Writer, check_writes, clean_everything, needs_volumes
 from tests.protect.test_service import CYCLE, pytestmark, tree, write_policy  # noqa: F401
 from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
 
 
 def _agent(env: dict[str, str], *args: str, timeout: float = 120) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [*strongroom_command(), "--json", *args], env=env, capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    done = run_cli(["--json", *args], env, timeout=timeout)
+    assert done.rc == 0, done.err
     try:
-        return [json.loads(done.stdout)]  # one document (maybe over several lines)
+        return [json.loads(done.out)]  # one document (maybe over several lines)
     except json.JSONDecodeError:
-        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        return [json.loads(line) for line in done.out.splitlines() if line.strip()]
 
 
 def _wait_job(http: httpx.Client, job_id: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CliRunner
+from tests.helpers.listing import points_listing
 from tests.helpers.tree import random_bytes, write_file
 from tests.protect.mirror import (
     KiB,
@@ -60,7 +61,11 @@ def test_vhd_mode_into_the_servers_repository_and_a_folder(
             assert doc["cycle"] == cycle and doc["kind"] == ("base", "differencing")[cycle], doc
             done.append(doc)
 
-        points = [p for p in site.http.get("/api/v1/points").json() if p["kind"] == "block"]
+        listed = points_listing(
+            lambda: site.http.get("/api/v1/points").json(),
+            lambda found: sum(p["kind"] == "block" for p in found) >= 2,
+        )
+        points = [p for p in listed if p["kind"] == "block"]
         assert [p["paths"] for p in points] == [["protect:data"]] * 2
         assert {p["host"] for p in points} == {"web1"}
         assert points[1]["parent"] == points[0]["id"] and points[0]["parent"] is None

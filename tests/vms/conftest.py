@@ -392,7 +392,10 @@ class Cluster:
 
     def cli(self, *args: str, prefix: Sequence[str] = (), timeout: float = 120) -> CliResult:
         return run_cli(
-            list(args), self.env, timeout=timeout, command=[*prefix, *strongroom_command()]
+            list(args),
+            self.env,
+            timeout=timeout,
+            command=[*prefix, *strongroom_command()] if prefix else None,
         )
 
     def start(self, *args: str, prefix: Sequence[str] = ()) -> Job:
