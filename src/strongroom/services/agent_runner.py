@@ -295,11 +295,7 @@ class AgentRunner:
     ) -> str:
         from strongroom.services.agent_vms import restore_vm_through_server
 
-        ref, target = str(spec.get("point", "")), str(spec.get("target", ""))
-        if len(ref) != 64 or not os.path.isabs(target):
-            raise UsageError("the restore job is malformed (point, target)")
-        if spec.get("overwrite") == "refuse" and os.path.isdir(target) and os.listdir(target):
-            raise UsageError("the target folder is not empty (overwrite: refuse)")
+        ref, target = _restore_target(spec, _full_folder, _FULL_FOLDER)
         point = find_own(agent_points(store), ref)
         if point.kind != PointKind.VM:
             raise UsageError(f"point {point.short_id} is not a VM point")
@@ -320,11 +316,9 @@ class AgentRunner:
         report: Callable[[Progress], None],
         cancel: threading.Event,
     ) -> str:
-        point, target = str(spec.get("point", "")), str(spec.get("target", ""))
-        if len(point) != 64 or not os.path.isabs(target):
-            raise UsageError("the restore job is malformed (point, target)")
-        if spec.get("overwrite") == "refuse" and _occupied(target):
-            raise UsageError("the target exists and is not an empty file (overwrite: refuse)")
+        point, target = _restore_target(
+            spec, _occupied, "the target exists and is not an empty file (overwrite: refuse)"
+        )
         found, s = restore_image_through_server(store, point, target, "raw", report, cancel)
         if s.damaged:
             raise UsageError(f"{len(s.damaged)} blocks could not be restored (damaged data)")
@@ -340,11 +334,7 @@ class AgentRunner:
         report: Callable[[Progress], None],
         cancel: threading.Event,
     ) -> str:
-        point, target = str(spec.get("point", "")), str(spec.get("target", ""))
-        if len(point) != 64 or not os.path.isabs(target):
-            raise UsageError("the restore job is malformed (point, target)")
-        if spec.get("overwrite") == "refuse" and os.path.isdir(target) and os.listdir(target):
-            raise UsageError("the target folder is not empty (overwrite: refuse)")
+        point, target = _restore_target(spec, _full_folder, _FULL_FOLDER)
         includes = _strings(spec.get("paths")) or None
         found, s = restore_through_server(store, point, target, report, includes, cancel)
         if s.damaged:
@@ -363,6 +353,26 @@ def _occupied(target: str) -> bool:
     except FileNotFoundError:
         return False
     return not (stat.S_ISREG(st.st_mode) and st.st_size == 0)
+
+
+_FULL_FOLDER = "the target folder is not empty (overwrite: refuse)"
+
+
+def _restore_target(
+    spec: dict[str, Any], occupied: Callable[[str], bool], refusal: str
+) -> tuple[str, str]:
+    """A restore job's (point, target), checked: a full point id and an
+    absolute target, which `overwrite: refuse` wants unoccupied."""
+    point, target = str(spec.get("point", "")), str(spec.get("target", ""))
+    if len(point) != 64 or not os.path.isabs(target):
+        raise UsageError("the restore job is malformed (point, target)")
+    if spec.get("overwrite") == "refuse" and occupied(target):
+        raise UsageError(refusal)
+    return point, target
+
+
+def _full_folder(path: str) -> bool:
+    return os.path.isdir(path) and bool(os.listdir(path))
 
 
 def _strings(value: object) -> list[str]:
