@@ -39,6 +39,7 @@ Why it is done this way
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -47,8 +48,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import cli as common_cli
 from harness.peers import Borg, Restic, Space, Tool, available, tool_env
@@ -198,14 +197,22 @@ def _ms(values: list[float]) -> str:
     return Spread.of(v * 1000 for v in values).text(0) if values else "—"
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = common_cli.parser(__doc__)
     common_cli.add_common(p, runs=True)
     p.set_defaults(runs=3)
     p.add_argument("--reps", type=int, default=10, help="runs per command in a round (median)")
     p.add_argument("--no-peers", action="store_true", help="strongroom only")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true", help="one round of 3 runs, strongroom only")
+    args = p.parse_args(argv)
     common_cli.check_runs(p, args)
+    if args.quick:
+        args.runs, args.reps, args.no_peers = 1, 3, True
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     root = fresh_dir(prepare(args.workdir, "startup"))
     tree, image = _make_data(root, args.seed)
     figures = _strongroom_figures(root, tree, image, args)
