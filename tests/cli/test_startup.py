@@ -74,7 +74,13 @@ FILES_BACKUP_FREE = NEVER_LOCAL | {
     "strongroom.nbd",
     "strongroom.trackers",
 }
-IMAGE_BACKUP_FREE = NEVER_LOCAL | {"rich"}
+# An image backup: no file pipeline (seed_add and its tar/.deb readers, the chunker).
+IMAGE_BACKUP_FREE = NEVER_LOCAL | {
+    "rich",
+    "pyfastcdc",
+    "strongroom.pipeline.backup",
+    "strongroom.services.seed_add",
+}
 
 
 def loaded(tmp_path: Path, env: dict[str, str], *args: str) -> set[str]:
