@@ -10,17 +10,20 @@ mostly start-up (issue #16, "Start-up"):
   (it includes the site-packages ``.pth`` hooks the machine has);
 * ``strongroom --version`` and ``strongroom backup --help``;
 * a no-change ``strongroom backup`` of a small tree (50 files of 3 KB) and of a small image
-  (a 64 MiB sparse raw file with 4 MiB of data), into a local repository. For these the
-  backup's own in-process ``seconds`` (from its ``--json`` summary) is subtracted from the
-  wall time to give the **fixed cost**: interpreter, imports, settings, opening the
-  repository, the lock, and exiting;
+  (a 64 MiB sparse raw file with 4 MiB of data), into a local repository. Their work is a
+  few milliseconds, so their wall time is the **fixed cost** of a backup: interpreter,
+  imports, settings, opening the repository, the lock, recording the point, exiting. The
+  backup's own in-process ``seconds`` (its ``--json`` summary) is shown too; it is not
+  subtracted, because what a backup imports late (numpy with the chunk index) lands in it;
 * ``restic version`` / ``borg --version`` and their no-change backups of the same tree and
   image file (restic and borg back up the image as a file), when they are installed.
 
 Each command runs ``--reps`` times in a row (default 10) and the median is kept; that is one
 round. ``--runs`` rounds (default 3) and the median of the rounds' medians is reported with
-its range. Targets (issue #16): ``--version`` under 100 ms, a backup's fixed cost under
-150 ms.
+its range, and each command's time over ``python -c pass``. ``--baseline SRC`` also runs
+every strongroom command from another checkout's ``src`` folder, right after the same
+command in each round (before/after under the same load). Targets (issue #16):
+``--version`` under 100 ms, a backup's fixed cost under 150 ms.
 
 Why it is done this way
 -----------------------
@@ -63,6 +66,8 @@ TREE_FILES = 50
 TREE_FILE_BYTES = 3000
 IMAGE_BYTES = 64 << 20
 IMAGE_DATA = 4 << 20
+TREE_LABEL = "strongroom backup TREE (no change)"
+IMAGE_LABEL = "strongroom backup --image (no change)"
 
 
 @dataclass
@@ -73,9 +78,6 @@ class Figure:
     label: str
     walls: list[float] = field(default_factory=list)
     inner: list[float] = field(default_factory=list)
-
-    def fixed(self) -> list[float]:
-        return [w - i for w, i in zip(self.walls, self.inner, strict=True)]
 
 
 def _time(cmd: list[str], env: dict[str, str], reps: int) -> tuple[float, float | None]:
@@ -127,24 +129,31 @@ def _compile_strongroom(env: dict[str, str]) -> None:
 
 
 def _strongroom_figures(root: Path, tree: Path, image: Path, args: object) -> list[Figure]:
+    """The strongroom commands; with ``--baseline SRC`` each also runs with that checkout's
+    ``src`` first on ``PYTHONPATH``, right after it in every round (same load, same
+    repository), labelled "(baseline)"."""
     sr = strongroom_cmd()
     env = strongroom_env(root / "sr-repo", root / "sr-cache")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    _compile_strongroom(env)
+    envs = [("", env)]
+    baseline: Path | None = getattr(args, "baseline", None)
+    if baseline is not None:
+        old = dict(env)
+        old["PYTHONPATH"] = os.pathsep.join([str(baseline.resolve()), env.get("PYTHONPATH", "")])
+        envs.append((" (baseline)", old))
+    for _, each in envs:
+        _compile_strongroom(each)
     subprocess.run([*sr, "init"], env=env, capture_output=True, check=True)
     for target in (["backup", str(tree)], ["backup", "--image", str(image)]):
         subprocess.run([*sr, *target], env=env, capture_output=True, check=True)
-    commands = [
-        ("python -c pass", [sys.executable, "-c", "pass"], env),
-        ("strongroom --version", [*sr, "--version"], env),
-        ("strongroom backup --help", [*sr, "backup", "--help"], env),
-        ("strongroom backup TREE (no change)", [*sr, "backup", "--json", str(tree)], env),
-        (
-            "strongroom backup --image (no change)",
-            [*sr, "backup", "--json", "--image", str(image)],
-            env,
-        ),
-    ]
+    commands = [("python -c pass", [sys.executable, "-c", "pass"], env)]
+    for label, argv in (
+        ("strongroom --version", ["--version"]),
+        ("strongroom backup --help", ["backup", "--help"]),
+        (TREE_LABEL, ["backup", "--json", str(tree)]),
+        (IMAGE_LABEL, ["backup", "--json", "--image", str(image)]),
+    ):
+        commands += [(label + suffix, [*sr, *argv], each) for suffix, each in envs]
     return _rounds(commands, args)
 
 
@@ -203,6 +212,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.set_defaults(runs=3)
     p.add_argument("--reps", type=int, default=10, help="runs per command in a round (median)")
     p.add_argument("--no-peers", action="store_true", help="strongroom only")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="SRC",
+        help="also run strongroom from this src folder (another checkout), interleaved",
+    )
     p.add_argument("--quick", action="store_true", help="one round of 3 runs, strongroom only")
     args = p.parse_args(argv)
     common_cli.check_runs(p, args)
@@ -219,28 +234,37 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_peers:
         figures += _peer_figures(root, tree, image, args)
     table = table_for(args.markdown)
+    python = statistics.median(figures[0].walls)
     rows = [
-        [f"`{f.label}`", _ms(f.walls), _ms(f.inner), _ms(f.fixed()) if f.inner else "—"]
+        [
+            f"`{f.label}`",
+            _ms(f.walls),
+            _ms(f.inner),
+            _ms([w - python for w in f.walls]) if f is not figures[0] else "—",
+        ]
         for f in figures
     ]
-    print(table(["command", "wall ms", "in-process ms", "fixed cost ms"], rows, "lrrr"))
+    header = ["command", "wall ms", "in-process ms", "over `python -c pass` ms"]
+    print(table(header, rows, "lrrr"))
     by_label = {f.label: f for f in figures}
     version = statistics.median(by_label["strongroom --version"].walls)
-    fixed = max(
-        statistics.median(by_label[k].fixed())
-        for k in ("strongroom backup TREE (no change)", "strongroom backup --image (no change)")
-    )
+    # The fixed cost is judged on the whole wall time: the work of these backups is a few
+    # milliseconds, and what a backup imports late (numpy with the chunk index) lands in
+    # its in-process seconds, so subtracting those would flatter it.
+    fixed = max(statistics.median(by_label[k].walls) for k in (TREE_LABEL, IMAGE_LABEL))
     verdicts = [
         ["`--version`", f"{version * 1000:.0f} ms", "< 100 ms", _pass(version < VERSION_TARGET)],
-        ["backup fixed cost", f"{fixed * 1000:.0f} ms", "< 150 ms", _pass(fixed < FIXED_TARGET)],
+        [
+            "backup fixed cost (no-change wall time)",
+            f"{fixed * 1000:.0f} ms",
+            "< 150 ms",
+            _pass(fixed < FIXED_TARGET),
+        ],
     ]
     print()
     print(table(["target", "measured (median)", "wanted", "result"], verdicts, "lrll"))
     if args.json:
-        doc = {
-            f.label: {"walls": f.walls, "inner": f.inner, "fixed": f.fixed() if f.inner else []}
-            for f in figures
-        }
+        doc = {f.label: {"walls": f.walls, "inner": f.inner} for f in figures}
         args.json.write_text(json.dumps(doc, indent=2))
     if not args.keep:
         import shutil
