@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             f"`{f.label}`",
             _ms(f.walls),
             _ms(f.inner),
-            _ms([w - python for w in f.walls]) if f is not figures[0] else "—",
+            _ms([w - python for w in f.walls]) if f.label.startswith("strongroom") else "—",
         ]
         for f in figures
     ]
