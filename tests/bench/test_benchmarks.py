@@ -20,6 +20,7 @@ BENCHMARKS = (
     "protect",
     "seeds",
     "server",
+    "startup",
     "vhd",
     "vms",
 )

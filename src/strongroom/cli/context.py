@@ -7,13 +7,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
 
 from strongroom.cli.output import Output
-from strongroom.config import Settings
 from strongroom.errors import UsageError
-from strongroom.services.session import LockMode, Repository, open_repository
+
+if TYPE_CHECKING:  # the repository code loads when a command opens one, not for --version
+    from strongroom.config import Settings
+    from strongroom.services.session import LockMode, Repository
 
 
 @dataclass
@@ -54,11 +57,15 @@ class App:
 
     @contextmanager
     def repository(
-        self, lock: LockMode = LockMode.SHARED, *, show_damage: bool = True
+        self, lock: LockMode | None = None, *, show_damage: bool = True
     ) -> Iterator[Repository]:
-        """Open for one command; damaged or foreign objects the command meets (and
-        skips) are shown once each on stderr, unless the command reports them itself."""
-        with open_repository(self.settings.repository, self.password(), lock=lock) as repo:
+        """Open for one command (``lock`` None: shared); damaged or foreign objects the
+        command meets (and skips) are shown once each on stderr, unless the command
+        reports them itself."""
+        from strongroom.services.session import LockMode, open_repository
+
+        mode = LockMode.SHARED if lock is None else lock
+        with open_repository(self.settings.repository, self.password(), lock=mode) as repo:
             if show_damage:
                 repo.damage.listen(lambda message: self.out.notice(f"warning: {message} (skipped)"))
             yield repo

@@ -8,7 +8,6 @@ unreadable, 10 repository not found, 11 repository locked, 12 wrong password,
 from __future__ import annotations
 
 import importlib
-import logging
 import resource
 import signal
 import sys
@@ -18,7 +17,6 @@ import click
 from strongroom import __version__
 from strongroom.cli.context import App
 from strongroom.cli.output import Output
-from strongroom.config import load_settings
 from strongroom.errors import ExitCode, StrongroomError
 
 # name -> "module:attribute", in the order `--help` lists them. Modules load only
@@ -96,6 +94,10 @@ def cli(
     verbose: int,
 ) -> None:
     """strongroom: deduplicated, encrypted backups of files and disk images."""
+    import logging  # here, not at the top: `--version` and `--help` never need it
+
+    from strongroom.config import load_settings
+
     settings = load_settings()
     if repo:
         settings.repo = repo
@@ -114,6 +116,8 @@ def _apply_output_option(ctx: click.Context, param: click.Parameter, value: obje
     if app is None or not value:
         return
     if param.name == "verbose":
+        import logging
+
         app.out.verbose += int(value)  # type: ignore[call-overload]
         logging.getLogger().setLevel(logging.DEBUG if app.out.verbose > 1 else logging.INFO)
     else:

@@ -13,23 +13,23 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from strongroom.config import Settings
 from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.origin import PointSeeds
 from strongroom.model.point import RecoveryPoint, now
-from strongroom.pipeline.backup import BackupOptions, BackupSummary, FileBackup
-from strongroom.repository.repo import Repository
-from strongroom.services.points import PointFilter, find_point, list_points
-from strongroom.services.recording import record_point
-from strongroom.services.seed_select import SeedChoice, check_choice, select_seeds
-from strongroom.services.session import repository_exists
-from strongroom.sources.exclude import Excluder
 from strongroom.sources.image_refs import FORMATS
-from strongroom.sources.reflink import CopiedFile
 from strongroom.types import ProgressCallback, no_progress
+
+if TYPE_CHECKING:
+    # The pipeline, the repository and the seeds load when a backup runs (in the
+    # functions below), not when a front end only checks options or shows --help.
+    from strongroom.config import Settings
+    from strongroom.pipeline.backup import BackupSummary
+    from strongroom.repository.repo import Repository
+    from strongroom.services.seed_select import SeedChoice
+    from strongroom.sources.reflink import CopiedFile
 
 IMAGE_FORMATS: tuple[str, ...] = FORMATS  # what `--format` of an image file may name
 VM_TRACKERS = ("auto", "compare", "none")  # a VM's disks: no bitmap/overlay choice
@@ -76,12 +76,16 @@ def check_options(
 def needs_default_repository(settings: Settings) -> bool:
     """No repository was configured and the default one does not exist yet:
     a backup creates it (a first `strongroom backup DIR` just works)."""
+    from strongroom.services.session import repository_exists
+
     return settings.uses_default_repository and not repository_exists(settings.repository)
 
 
 def exclude_patterns(settings: Settings, patterns: list[str], files: list[str]) -> list[str]:
     """The configured patterns, then `patterns`, then those of the exclude files
     (given, then configured), read before the repository is opened."""
+    from strongroom.sources.exclude import Excluder
+
     found = list(settings.exclude) + patterns
     for path in files + ([settings.exclude_file] if settings.exclude_file else []):
         found += Excluder.read_file(path)
@@ -125,6 +129,8 @@ class BackupRequest:
     copy_folder: str | None = None
 
     def seed_choice(self) -> SeedChoice:
+        from strongroom.services.seed_select import SeedChoice
+
         return SeedChoice(self.seeds, self.no_seeds, self.trust_seed_metadata, self.seed_root)
 
 
@@ -141,6 +147,8 @@ class BackupResult:
 def _choose_parent(
     repo: Repository, req: BackupRequest, paths: list[str], warnings: list[str]
 ) -> RecoveryPoint | None:
+    from strongroom.services.points import PointFilter, find_point, list_points
+
     if req.force_full:
         return None
     if req.parent:
@@ -171,6 +179,10 @@ def backup_files(
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
 ) -> BackupResult:
+    from strongroom.pipeline.backup import BackupOptions, FileBackup
+    from strongroom.services.recording import record_point
+    from strongroom.services.seed_select import check_choice, select_seeds
+
     req.host = req.host or socket.gethostname()
     paths = sorted({os.path.abspath(p) for p in req.paths})
     check_choice(req.seed_choice())

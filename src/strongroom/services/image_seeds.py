@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,13 +38,15 @@ from strongroom.model.origin import PointSeeds, UsedSeed
 from strongroom.model.seed import Seed
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.repository.repo import Repository
-from strongroom.services.seed_add import SeedContent
 from strongroom.services.seeds import list_seeds, load_seed
 from strongroom.sources.block import BlockSource
 from strongroom.sources.images import OpenRules, open_image, probe_image
 from strongroom.sources.qemu_img import check_consistency
 from strongroom.trackers.changes import Mask
 from strongroom.types import ProgressCallback, no_progress
+
+if TYPE_CHECKING:  # seed_add pulls in the file pipeline: loaded when a seed is added
+    from strongroom.services.seed_add import SeedContent
 
 SAMPLE_BLOCKS = 256  # suggest and the check of a golden image: blocks read at most
 CHOICE_BLOCKS = 64  # the automatic choice among seeds, on every first backup
@@ -65,6 +68,7 @@ def add_image_seed(
     blocks of the repository's block size); nothing is recorded on error (the
     caller records the seed only after this returns)."""
     from strongroom.services.image_backup import ImageBackupRequest, store_image
+    from strongroom.services.seed_add import SeedContent
 
     req = ImageBackupRequest(
         source=source,

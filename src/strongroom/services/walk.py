@@ -9,7 +9,6 @@ from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import DIR, Node, TreePath, decode_tree
-from strongroom.pipeline.blockmaps import referenced_by_map, referenced_by_vm
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 
@@ -75,11 +74,17 @@ def referenced_by_points(
         if point.seeds is not None and point.seeds.lacks is not None:
             used.add(bytes.fromhex(point.seeds.lacks))  # the seed files it lacks (§12b)
         if point.kind == PointKind.BLOCK:
+            # numpy (block maps) loads only when a block point is walked: file
+            # backups pass through this module and should not pay for it.
+            from strongroom.pipeline.blockmaps import referenced_by_map
+
             try:
                 used |= referenced_by_map(repo, root)
             except Exception as err:
                 errors.append(f"block map {root.hex()[:16]}: {err}")
         elif point.kind == PointKind.VM:
+            from strongroom.pipeline.blockmaps import referenced_by_vm
+
             try:
                 used |= referenced_by_vm(repo, root)
             except Exception as err:

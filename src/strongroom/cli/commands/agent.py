@@ -14,7 +14,6 @@ import click
 
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import ExitCode
-from strongroom.services.agent_backup import default_config_path, enroll
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -66,6 +65,8 @@ def enroll_cmd(
     config_path: str | None,
 ) -> None:
     """Enroll this machine with a one-time token from the server's administrator."""
+    from strongroom.services.agent_backup import default_config_path, enroll
+
     path = config_path or default_config_path()
     config = enroll(list(servers), token, ca_cert, path)
     app.out.summary(
@@ -88,6 +89,7 @@ def run_cmd(app: App, once: bool, servers: tuple[str, ...], config_path: str | N
     SIGTERM or Ctrl-C stops the loop; a job in flight is finished as failed
     ("agent stopped"). With --once the exit code is 1 when a job failed.
     """
+    from strongroom.services.agent_backup import default_config_path
     from strongroom.services.agent_runner import open_runner
 
     runner = open_runner(config_path or default_config_path(), list(servers) or None)

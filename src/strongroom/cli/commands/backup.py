@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import click
 
 from strongroom.cli.commands.agent import server_options, through_server
-from strongroom.cli.commands.init import create_repository
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode
@@ -24,14 +23,14 @@ from strongroom.services.backup import (
     exclude_patterns,
     needs_default_repository,
 )
-from strongroom.services.session import LockMode
 
 if TYPE_CHECKING:
     from strongroom.model.origin import PointSeeds
     from strongroom.services.image_backup import ImageBackupRequest
 
 # Image and VM backups import their services when asked for: a short file
-# incremental should not pay for numpy, NBD, QMP and the image pipeline.
+# incremental should not pay for numpy, NBD, QMP and the image pipeline. The
+# repository code (services.session) loads when a backup runs, not for --help.
 
 
 @click.command()
@@ -198,6 +197,8 @@ def backup(
         out.notice(
             f"no repository configured: creating the default one at {app.settings.repository}"
         )
+        from strongroom.cli.commands.init import create_repository
+
         key = create_repository(app)
         out.notice(
             f"Its key is stored in the repository ({key}), protected by your password.\n"
@@ -246,6 +247,8 @@ def backup(
         trust_seed_metadata=trust_seed_metadata,
         seed_root=seed_root,
     )
+    from strongroom.services.session import LockMode
+
     with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
         result = backup_files(repo, request, progress)
     _report(app, result, dry_run)
@@ -366,6 +369,8 @@ def backup_image_cmd(
             f"{traffic.bundles} bundles ({human_bytes(traffic.bytes_sent)}) sent"
         )
     else:
+        from strongroom.services.session import LockMode
+
         with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
             result = backup_image(repo, request, progress)
     s = result.summary
