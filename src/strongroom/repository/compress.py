@@ -11,7 +11,7 @@ writer chooses is its own business (readers only read the flag):
   (head and tail included) are compressed together at TRIAL_LEVEL; if they
   do not save MIN_SAVING the chunk is stored raw without compressing it
   whole, else it is compressed as in `always`. Like borg's `auto`, but the
-  trial reads 16 KiB of the chunk instead of all of it;
+  trial reads 32 KiB of the chunk instead of all of it;
 - level 0: never compress.
 """
 
@@ -33,12 +33,14 @@ MIN_SAVING = 0.03
 AUTO = "auto"
 ALWAYS = "always"
 MODES = (AUTO, ALWAYS)
-# The trial (`auto`): 8 x 2 KiB at zstd-1 costs ~0.02 ms per chunk, a tenth of
-# zstd-1 on 1 MiB of random data and under 3 % of it on 1 MiB of text
-# (docs/performance.md, "Adaptive compression"). Smaller chunks are compressed
-# whole: the trial would read too large a share of them.
+# The trial (`auto`): 8 x 4 KiB at zstd-1 costs ~0.02 CPU-ms per chunk, an
+# eighth of zstd-1 alone on 1 MiB of random data (and ~2 % of it on 1 MiB of
+# text), and it misses 0.06 % of the saving on the benchmark data: fewer or
+# smaller samples missed more for no less CPU (docs/performance.md, "Adaptive
+# compression"). Smaller chunks are compressed whole: the trial would read too
+# large a share of them.
 SAMPLES = 8
-SAMPLE_SIZE = 2048
+SAMPLE_SIZE = 4096
 TRIAL_LEVEL = 1
 TRIAL_MIN_SIZE = 64 << 10
 
