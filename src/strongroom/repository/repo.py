@@ -208,6 +208,9 @@ _BLOCK_SIZE = (4096, 64 << 20)
 _PACK_SIZE = (64 << 10, 256 << 20)
 
 
+_mode_of = compression_mode  # Repository.init's parameter shadows the name
+
+
 def _no_constant(name: str) -> Any:
     """NaN and Infinity are not JSON: a point holding them would be printed as
     invalid JSON by `--json` (strongroom never writes them)."""
@@ -286,7 +289,7 @@ class Repository:
         config = RepoConfig(
             id=uuid.uuid4().hex,
             compression_level=compression_level,
-            compression_mode=compression_mode,
+            compression_mode=_mode_of(compression_mode),
         )
         key_blob = wrap_master_key(master, password, kdf)
         key_obj = fmt.key_name(content_hash(key_blob).hex())
