@@ -207,6 +207,8 @@ def test_the_mode_is_kept_in_the_repository_config() -> None:
     repo = Repository.open(backend, b"password")
     assert repo.config.compression_mode == ALWAYS and repo.compressor.mode == ALWAYS
     assert Repository.init(MemoryBackend(), b"password").compressor.mode == AUTO
+    # auto, the default, is not written: a config reads as those written before modes
+    assert "mode" not in json.loads(RepoConfig(id="ab" * 16).encode())["compression"]
 
 
 @pytest.mark.parametrize(

@@ -133,6 +133,9 @@ class RepoConfig:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def encode(self) -> bytes:
+        compression: dict[str, Any] = {"algorithm": "zstd", "level": self.compression_level}
+        if self.compression_mode != AUTO:  # absent means auto: configs before modes read alike
+            compression["mode"] = self.compression_mode
         doc = {
             "version": self.version,
             "id": self.id,
@@ -145,11 +148,7 @@ class RepoConfig:
             },
             "block_size": self.block_size,
             "pack_size": self.pack_size,
-            "compression": {
-                "algorithm": "zstd",
-                "level": self.compression_level,
-                "mode": self.compression_mode,
-            },
+            "compression": compression,
             "cipher": "aes-256-gcm",
             "chunk_id": "blake3-keyed",
         }
