@@ -46,12 +46,18 @@ Usage::
     nice -n 10 python bench/files.py [--size 2.0] [--quick] [--tools strongroom,restic,borg]
                                      [--no-install] [--runs 1] [--warmup 0] [--seed N]
                                      [--workdir DIR] [--keep] [--json FILE] [--markdown]
+                                     [--compression auto|auto,N|N]
+
+``--compression`` sets strongroom's ``STRONGROOM_COMPRESSION`` for its repository (its
+default: ``auto``, adaptive; ``1`` compresses every chunk at zstd-1, the behaviour before
+adaptive compression), to compare the modes (docs/performance.md, "Adaptive compression").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -551,6 +557,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-install", action="store_true", help="skip missing peers (no apt-get install)"
     )
+    p.add_argument(
+        "--compression",
+        help="strongroom's compression setting (auto, auto,N, N; default: its own default)",
+    )
     cli.add_common(
         p, seed_help="data set seed", keep_help="keep repositories, restores and data", runs=True
     )
@@ -569,6 +579,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compression:  # read by strongroom's init; the peers ignore it
+        os.environ["STRONGROOM_COMPRESSION"] = args.compression
     size = int(args.size * GIB)
     workdir = prepare(args.workdir, "", 5 * size, "data set, working copy, repository, restore")
     tools, skipped = available([TOOLS[name]() for name in args.tools], not args.no_install)

@@ -112,7 +112,8 @@ class NotifySpec:
 class Settings:
     repo: str | None = None
     password_file: str | None = None
-    compression: int | None = None
+    compression: int | None = None  # zstd level for new repositories (None: the default)
+    compression_mode: str = "auto"  # new repositories' writers: "auto" or "always"
     exclude: list[str] = field(default_factory=list)
     exclude_file: str | None = None
     vms: dict[str, VmSpec] = field(default_factory=dict)
@@ -157,7 +158,9 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
         settings.password_file = env["STRONGROOM_PASSWORD_FILE"]
         settings.source["password_file"] = "STRONGROOM_PASSWORD_FILE"
     if env.get("STRONGROOM_COMPRESSION"):
-        settings.compression = _level(env["STRONGROOM_COMPRESSION"], "STRONGROOM_COMPRESSION")
+        settings.compression_mode, settings.compression = _compression(
+            env["STRONGROOM_COMPRESSION"], "STRONGROOM_COMPRESSION"
+        )
     if env.get("STRONGROOM_CATALOG"):
         settings.catalog = env["STRONGROOM_CATALOG"]
         settings.source["catalog"] = "STRONGROOM_CATALOG"
@@ -193,7 +196,9 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
     if isinstance(doc.get("password_file"), str):
         settings.password_file = os.path.expanduser(str(doc["password_file"]))
     if "compression" in doc:
-        settings.compression = _level(str(doc["compression"]), where)
+        settings.compression_mode, settings.compression = _compression(
+            str(doc["compression"]), where
+        )
     excludes = doc.get("exclude")
     if isinstance(excludes, list):
         settings.exclude = [str(x) for x in excludes]
@@ -367,14 +372,22 @@ def _notify(table: object, where: str) -> NotifySpec:
     return spec
 
 
-def _level(text: str, where: str) -> int:
+def _compression(text: str, where: str) -> tuple[str, int | None]:
+    """(mode, level) of a compression setting: `auto` (adaptive at the default
+    level), `auto,N` (adaptive at level N), `N` (always compress at level N;
+    0 = off). repository/compress.py describes the modes."""
+    mode, _, level_text = text.strip().lower().rpartition(",")
+    if text.strip().lower() == "auto":
+        return "auto", None
+    if mode not in ("", "auto"):
+        raise ConfigError(f"{where}: compression must be auto, auto,N or a level N 0-19")
     try:
-        level = int(text)
+        level = int(level_text)
     except ValueError:
-        raise ConfigError(f"{where}: compression must be a number 0-19 (0 = off)") from None
+        raise ConfigError(f"{where}: compression must be auto, auto,N or a level N 0-19") from None
     if not 0 <= level <= 19:
-        raise ConfigError(f"{where}: compression must be 0-19")
-    return level
+        raise ConfigError(f"{where}: compression level must be 0-19")
+    return (mode or "always"), level
 
 
 # Names a child process (qemu-img, qemu-nbd, e2fsprogs, a user's freeze/thaw

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from strongroom.config import load_settings
+from strongroom.errors import ConfigError
 from tests.conftest import CliRunner
 from tests.helpers.cli import PASSWORD, assert_one_line_error, run_cli
 from tests.helpers.tree import compressible_bytes, write_file
@@ -82,7 +84,7 @@ def test_password_file_option_beats_the_environment(
     assert cli("-p", str(bad), "snapshots").rc == 12
 
 
-@pytest.mark.parametrize(("level", "compressed"), [("0", False), ("3", True)])
+@pytest.mark.parametrize(("level", "compressed"), [("0", False), ("3", True), ("auto", True)])
 def test_compression_level_for_new_repositories(
     tmp_path: Path, cli: CliRunner, level: str, compressed: bool
 ) -> None:
@@ -93,6 +95,26 @@ def test_compression_level_for_new_repositories(
     assert cli("init", env=env).rc == 0
     summary = cli("backup", str(src), "--json", env=env).summary()
     assert (summary["data_added_stored"] < len(data) / 2) is compressed
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "level"),
+    [("auto", "auto", None), ("AUTO,3", "auto", 3), ("3", "always", 3), ("0", "always", 0)],
+)
+def test_compression_setting_names_a_mode_and_a_level(
+    tmp_path: Path, text: str, mode: str, level: int | None
+) -> None:
+    settings = load_settings({"STRONGROOM_COMPRESSION": text}, tmp_path / "none.toml")
+    assert (settings.compression_mode, settings.compression) == (mode, level)
+    (tmp_path / "c.toml").write_text(f'compression = "{text}"\n')
+    settings = load_settings({}, tmp_path / "c.toml")
+    assert (settings.compression_mode, settings.compression) == (mode, level)
+
+
+@pytest.mark.parametrize("text", ["max", "auto,", "fast,3", "auto,20", "-1", "auto,x"])
+def test_malformed_compression_values(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="compression"):
+        load_settings({"STRONGROOM_COMPRESSION": text}, tmp_path / "none.toml")
 
 
 def test_malformed_compression_setting(cli: CliRunner) -> None:

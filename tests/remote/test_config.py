@@ -42,3 +42,14 @@ def test_server_lists_split_on_commas_and_need_http() -> None:
     for bad in (["ftp://x"], [""], ["a.example:8420"]):
         with pytest.raises(RemoteError):
             split_servers(bad)
+
+
+def test_the_compression_mode_comes_from_the_server_and_defaults_to_auto() -> None:
+    """A server from before compression modes sends none: the agent writes as
+    every writer now does by default (`auto`)."""
+    doc = {"id": "r", "id_key": "ab" * 32, "chunker_seed": 7, "cdc_min": 256,
+           "cdc_avg": 1024, "cdc_max": 4096, "compression_level": 1}  # fmt: skip
+    assert RepositoryInfo.from_doc(doc).compression_mode == "auto"
+    assert RepositoryInfo.from_doc({**doc, "compression_mode": "always"}).compression_mode == (
+        "always"
+    )

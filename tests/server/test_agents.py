@@ -50,7 +50,7 @@ def test_enrollment_is_one_time_expires_and_gives_only_chunking_keys(site: Site)
     info: dict[str, Any] = creds["repository"]  # type: ignore[assignment]
     assert set(info) == {
         "id", "id_key", "chunker_seed", "cdc_min", "cdc_avg", "cdc_max", "compression_level",
-        "block_size",
+        "compression_mode", "block_size",
     }  # fmt: skip
     repo = site.intake.repo
     assert info["id_key"] == repo.master.id_key.hex()

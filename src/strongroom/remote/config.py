@@ -32,6 +32,7 @@ class RepositoryInfo:
     cdc_avg: int
     cdc_max: int
     compression_level: int = 3
+    compression_mode: str = "auto"  # servers before modes send none: the writers' default
     block_size: int = DEFAULT_BLOCK_SIZE  # a first image backup's (servers before it: the default)
 
     @classmethod
@@ -45,6 +46,7 @@ class RepositoryInfo:
                 cdc_avg=int(doc["cdc_avg"]),
                 cdc_max=int(doc["cdc_max"]),
                 compression_level=int(doc.get("compression_level", 3)),
+                compression_mode=str(doc.get("compression_mode", "auto")),
                 block_size=int(doc.get("block_size", DEFAULT_BLOCK_SIZE)),
             )
             if info.block_size <= 0 or info.block_size & (info.block_size - 1):

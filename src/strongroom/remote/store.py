@@ -94,12 +94,13 @@ class RemoteStore:
             cdc_avg=info.cdc_avg,
             cdc_max=info.cdc_max,
             compression_level=info.compression_level,
+            compression_mode=info.compression_mode,
         )
         self.master = _Keys(info.chunker_seed)
         self.stats = WriteStats()
         self.traffic = Traffic()
         self.chunk_id = ChunkHasher(bytes.fromhex(info.id_key))
-        self.compressor = Compressor(info.compression_level)
+        self.compressor = Compressor(info.compression_level, info.compression_mode)
         self._batch_bytes = batch_bytes
         self._known: set[bytes] = set()  # queued in this session, or acknowledged
         self._known_lock = threading.Lock()

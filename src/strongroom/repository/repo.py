@@ -34,7 +34,7 @@ from strongroom.errors import (
     WrongPassword,
 )
 from strongroom.repository import format as fmt
-from strongroom.repository.compress import Compressor, declared_size
+from strongroom.repository.compress import AUTO, Compressor, compression_mode, declared_size
 from strongroom.repository.crypto import ChunkHasher, Sealer, content_hash
 from strongroom.repository.damage import DamageLog
 from strongroom.repository.entries import PackedChunk
@@ -129,9 +129,13 @@ class RepoConfig:
     block_size: int = fmt.DEFAULT_BLOCK_SIZE
     pack_size: int = fmt.DEFAULT_PACK_SIZE
     compression_level: int = fmt.DEFAULT_COMPRESSION_LEVEL
+    compression_mode: str = AUTO  # how writers choose per chunk (compress.py)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def encode(self) -> bytes:
+        compression: dict[str, Any] = {"algorithm": "zstd", "level": self.compression_level}
+        if self.compression_mode != AUTO:  # absent means auto: configs before modes read alike
+            compression["mode"] = self.compression_mode
         doc = {
             "version": self.version,
             "id": self.id,
@@ -144,7 +148,7 @@ class RepoConfig:
             },
             "block_size": self.block_size,
             "pack_size": self.pack_size,
-            "compression": {"algorithm": "zstd", "level": self.compression_level},
+            "compression": compression,
             "cipher": "aes-256-gcm",
             "chunk_id": "blake3-keyed",
         }
@@ -175,9 +179,17 @@ class RepoConfig:
                 block_size=_bounded(doc["block_size"], *_BLOCK_SIZE, "block_size"),
                 pack_size=_bounded(doc["pack_size"], *_PACK_SIZE, "pack_size"),
                 compression_level=_bounded(doc["compression"]["level"], 0, 22, "level"),
+                compression_mode=compression_mode(doc["compression"].get("mode")),
                 created=str(doc["created"]),
             )
-        except (ValueError, KeyError, TypeError, RecursionError, UnicodeDecodeError) as err:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            RecursionError,
+            UnicodeDecodeError,
+        ) as err:
             raise IntegrityError(f"the repository's config object is malformed: {err}") from None
         if not config.cdc_min <= config.cdc_avg <= config.cdc_max:
             raise IntegrityError("the repository's config object has chunker min > avg > max")
@@ -193,6 +205,9 @@ _CDC_AVG = (256, 4 << 20)
 _CDC_MAX = (1024, 16 << 20)
 _BLOCK_SIZE = (4096, 64 << 20)
 _PACK_SIZE = (64 << 10, 256 << 20)
+
+
+_mode_of = compression_mode  # Repository.init's parameter shadows the name
 
 
 def _no_constant(name: str) -> Any:
@@ -232,7 +247,7 @@ class Repository:
         self.key_name = key_name
         self.sealer = Sealer(master.encryption_key)
         self.chunk_id = ChunkHasher(master.id_key)
-        self.compressor = Compressor(config.compression_level)
+        self.compressor = Compressor(config.compression_level, config.compression_mode)
         self._index: ChunkIndex | None = None
         self._index_lock = threading.Lock()
         self._index_names: set[str] = set()  # index files read into `_index` or written
@@ -264,12 +279,17 @@ class Repository:
         password: bytes,
         *,
         compression_level: int = fmt.DEFAULT_COMPRESSION_LEVEL,
+        compression_mode: str = AUTO,
         kdf: KdfParams | None = None,
     ) -> Repository:
         if backend.exists(fmt.CONFIG_NAME):
             raise RepositoryExists(f"a repository already exists at {backend.location}")
         master = MasterKey.generate()
-        config = RepoConfig(id=uuid.uuid4().hex, compression_level=compression_level)
+        config = RepoConfig(
+            id=uuid.uuid4().hex,
+            compression_level=compression_level,
+            compression_mode=_mode_of(compression_mode),
+        )
         key_blob = wrap_master_key(master, password, kdf)
         key_obj = fmt.key_name(content_hash(key_blob).hex())
         backend.create(key_obj, key_blob)

@@ -169,6 +169,7 @@ class Intake:
             "cdc_avg": cfg.cdc_avg,
             "cdc_max": cfg.cdc_max,
             "compression_level": cfg.compression_level,
+            "compression_mode": cfg.compression_mode,
             "block_size": cfg.block_size,
         }
 

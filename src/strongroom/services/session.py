@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from enum import Enum
 
 from strongroom.errors import UsageError
+from strongroom.repository.compress import AUTO
+from strongroom.repository.format import DEFAULT_COMPRESSION_LEVEL
 from strongroom.repository.keys import MIN_PASSWORD_LENGTH as MIN_PASSWORD_LENGTH
 from strongroom.repository.keys import KdfParams
 from strongroom.repository.repo import Repository as Repository
@@ -56,12 +58,20 @@ def init_repository(
     password: bytes,
     compression_level: int | None = None,
     kdf: KdfParams | None = None,
+    compression_mode: str = AUTO,
 ) -> Repository:
+    """A new repository; `compression_level` None: the format's default level."""
     backend = open_backend(location)
     try:
         if compression_level is None:
-            return Repository.init(backend, password, kdf=kdf)
-        return Repository.init(backend, password, compression_level=compression_level, kdf=kdf)
+            compression_level = DEFAULT_COMPRESSION_LEVEL
+        return Repository.init(
+            backend,
+            password,
+            compression_level=compression_level,
+            compression_mode=compression_mode,
+            kdf=kdf,
+        )
     except BaseException:
         backend.close()
         raise
@@ -82,6 +92,7 @@ def create_repository(
     password: bytes,
     compression_level: int | None = None,
     *,
+    compression_mode: str = AUTO,
     insecure_password: bool = False,
 ) -> str:
     """Create a repository and close it; returns its key object's name. A password shorter than
@@ -90,7 +101,7 @@ def create_repository(
     weak = password_warning(password)
     if weak and not insecure_password:
         raise UsageError(f"{weak}; choose a longer one, or pass --insecure-password")
-    repo = init_repository(location, password, compression_level)
+    repo = init_repository(location, password, compression_level, compression_mode=compression_mode)
     try:
         return repo.key_name
     finally:

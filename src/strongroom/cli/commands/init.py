@@ -21,6 +21,7 @@ def create_repository(app: App, insecure_password: bool = False) -> str:
         app.settings.repository,
         password,
         app.settings.compression,
+        compression_mode=app.settings.compression_mode,
         insecure_password=insecure_password,
     )
 
