@@ -131,6 +131,17 @@ def test_the_kdf_floor(monkeypatch: pytest.MonkeyPatch) -> None:
     assert KdfParams.from_env().memory_kib == 8192
 
 
+def _threads(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def test_sigterm_ends_a_command_during_key_derivation(
     local_repo: Repository, repo_path: Path, tmp_path: Path
 ) -> None:
@@ -146,7 +157,13 @@ def test_sigterm_ends_a_command_during_key_derivation(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    time.sleep(1.0)
+    # Signal once the derivation's thread runs (start-up is a few hundred ms
+    # and varies with the machine's load; a fixed sleep could land after it).
+    deadline = time.monotonic() + 20
+    while _threads(proc.pid) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "no derivation began"
+        time.sleep(0.01)
+    time.sleep(0.05)
     assert proc.poll() is None, "derivation should still be running"
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)

@@ -146,7 +146,9 @@ def test_a_corrupt_or_foreign_cache_entry_is_dropped_and_fetched_again(
     again, store, _ = _backup(creds, site, src, cache)
     assert again.point is not None
     assert _subtree(site, again.point.tree, src) == _subtree(site, first.point.tree, src)
-    assert store.traffic.chunks_read == 3  # those three, from the server
+    # Those three from the server; a read-ahead of siblings may bring one more
+    # when it plans while a re-fetched tree's cache write is still queued.
+    assert 3 <= store.traffic.chunks_read <= 4, store.traffic
     fresh = RemoteStore(
         Client(["http://testserver"]), RepositoryInfo.from_doc(creds["repository"]),
         tree_cache=cache,

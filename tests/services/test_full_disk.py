@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,12 @@ def make_source(root: Path) -> None:
         write_file(root / f"big{i}.bin", random_bytes(9 * MiB, i))  # > 2 packs of 16 MiB
 
 
-def bytes_a_backup_writes(tmp_path: Path, src: Path) -> int:
-    init_local_repository(tmp_path / "measure")
+def bytes_a_backup_writes(tmp_path: Path, src: Path, repo_path: Path) -> int:
+    """What a backup of `src` writes into a copy of the repository at
+    `repo_path`: same keys, same chunker seed, so the same chunks and the same
+    per-chunk compression choices (adaptive compression decides on samples, so
+    another repository's cut points could store a chunk differently)."""
+    shutil.copytree(repo_path, tmp_path / "measure")
     faulty = FaultyBackend(LocalBackend(tmp_path / "measure"), space=1 << 40)
     repo = Repository.open(faulty, PW)
     backup_files(repo, BackupRequest(paths=[str(src)]))
@@ -42,9 +47,9 @@ def bytes_a_backup_writes(tmp_path: Path, src: Path) -> int:
 def test_backup_on_a_full_disk(tmp_path: Path, fraction: float) -> None:
     src = tmp_path / "src"
     make_source(src)
-    needed = bytes_a_backup_writes(tmp_path, src)
     repo_path = tmp_path / "repo"
     init_local_repository(repo_path)
+    needed = bytes_a_backup_writes(tmp_path, src, repo_path)
 
     faulty = FaultyBackend(LocalBackend(repo_path), space=int(needed * fraction))
     repo = Repository.open(faulty, PW)
