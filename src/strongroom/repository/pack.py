@@ -218,6 +218,9 @@ class PackScan:
                 self._buf_start = off
             while self._pos < off + length and self._fetch(keep_from=off):
                 pass
+            if off + length > self._pos:  # the object ended first (even an empty range)
+                yield off, length, None
+                continue
             start = off - self._buf_start
             chunk = bytes(self._buf[start : start + length])
             yield off, length, chunk if len(chunk) == length else None
