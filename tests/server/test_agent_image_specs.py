@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from strongroom.errors import UsageError
 from strongroom.services.agent_jobs import (
-    IMAGE_CHANGED_SINCE,
+    JOB_CHANGED_SINCE,
     MAX_PATH,
     MAX_TAG,
     MAX_TAGS,
@@ -58,7 +58,7 @@ def test_an_image_backup_spec_is_refused_in_one_line_or_bounded(spec: dict[str, 
     source = checked["source"]
     assert source.startswith("/") and "\0" not in source and len(source) <= MAX_PATH
     assert ".." not in source.split("/")
-    assert checked["changed_since"] in IMAGE_CHANGED_SINCE
+    assert checked["changed_since"] in JOB_CHANGED_SINCE
     assert len(checked["tags"]) <= MAX_TAGS
     assert all(0 < len(t) <= MAX_TAG and "\0" not in t for t in checked["tags"])
 
@@ -75,7 +75,7 @@ def test_a_vm_backup_spec_is_refused_in_one_line_or_bounded(spec: dict[str, Any]
     assert checked == check_vm_backup(spec)
     assert set(checked) == {"kind", "vm", "changed_since", "tags"}
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", checked["vm"]), checked
-    assert checked["changed_since"] in IMAGE_CHANGED_SINCE
+    assert checked["changed_since"] in JOB_CHANGED_SINCE
     assert len(checked["tags"]) <= MAX_TAGS
     assert all(0 < len(t) <= MAX_TAG and "\0" not in t for t in checked["tags"])
 

@@ -49,6 +49,7 @@ from strongroom.services.agent_intake import visible
 from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.agents import check_machine_name
 from strongroom.services.dashboard import RepositoryView
+from strongroom.services.image_backup import JOB_CHANGED_SINCE
 from strongroom.services.jobs import Jobs, job_doc
 from strongroom.services.restore import point_path
 from strongroom.services.walk import find_node
@@ -67,7 +68,6 @@ MAX_PROGRESS = 4096  # bytes of a progress document (JSON)
 MAX_PROGRESS_KEYS = 32
 MAX_OUTCOME = 1000
 OVERWRITE = ("replace", "refuse")
-IMAGE_CHANGED_SINCE = ("auto", "compare", "none")  # as `backup --image` takes them; no bitmap
 _POINT = re.compile(r"[0-9a-f]{64}")
 
 
@@ -139,15 +139,20 @@ def check_image_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(source, str) or not 1 < len(source) <= MAX_PATH or "\0" in source:
         raise UsageError("backup: source must be an absolute path of 2-4096 characters")
     _absolute([source], "backup", "source")
-    changed = spec.get("changed_since", "auto")
-    if changed not in IMAGE_CHANGED_SINCE:
-        raise UsageError("backup: changed_since is 'auto', 'compare' or 'none'")
+    changed = _changed_since(spec)
     return {
         "kind": "image",
         "source": source,
         "changed_since": changed,
         "tags": _texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
     }
+
+
+def _changed_since(spec: Mapping[str, Any]) -> str:
+    changed = spec.get("changed_since", "auto")
+    if changed not in JOB_CHANGED_SINCE:
+        raise UsageError("backup: changed_since is 'auto', 'compare' or 'none'")
+    return str(changed)
 
 
 def check_vm_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,9 +166,7 @@ def check_vm_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(vm, str):
         raise UsageError("backup: vm must be the VM's name")
     check_vm_name(vm)
-    changed = spec.get("changed_since", "auto")
-    if changed not in IMAGE_CHANGED_SINCE:
-        raise UsageError("backup: changed_since is 'auto', 'compare' or 'none'")
+    changed = _changed_since(spec)
     return {
         "kind": "vm",
         "vm": vm,

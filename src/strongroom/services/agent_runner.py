@@ -55,7 +55,7 @@ from strongroom.services.agent_images import (
 )
 from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.backup import BackupRequest
-from strongroom.services.image_backup import ImageBackupRequest
+from strongroom.services.image_backup import JOB_CHANGED_SINCE, ImageBackupRequest
 from strongroom.types import Progress
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ class AgentRunner:
             changed_since=str(spec.get("changed_since", "auto")),
             tags=_strings(spec.get("tags")),
         )
-        if request.changed_since not in ("auto", "compare", "none"):
+        if request.changed_since not in JOB_CHANGED_SINCE:
             raise UsageError("the image backup job is malformed (changed_since)")
         result = backup_image_through_server(store, self.config.machine, request, report, cancel)
         s = result.summary
@@ -260,7 +260,7 @@ class AgentRunner:
 
         name = spec.get("vm")
         changed_since = spec.get("changed_since", "auto")
-        if not isinstance(name, str) or changed_since not in ("auto", "compare", "none"):
+        if not isinstance(name, str) or changed_since not in JOB_CHANGED_SINCE:
             raise UsageError("the VM backup job is malformed (vm, changed_since)")
         check_vm_name(name)
         vm = self.vms().get(name)
