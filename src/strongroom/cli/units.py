@@ -7,8 +7,12 @@ plain string type and the message names the option on a bad value.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
@@ -44,3 +48,19 @@ def parse_duration(ctx: click.Context, param: click.Parameter, value: str | None
         return None if value is None else duration_seconds(value)
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
+
+
+def jobs_option(func: F) -> F:
+    """`--jobs N` (or STRONGROOM_JOBS): the workers a command's CPU work uses.
+
+    None when not given: the service takes `strongroom.cpu.default_jobs()`."""
+    option = click.option(
+        "--jobs",
+        type=click.IntRange(1, 64),
+        default=None,
+        envvar="STRONGROOM_JOBS",
+        metavar="N",
+        help="Workers for hashing, compression and encryption "
+        "[default: the CPUs this process may use, at most 8; env STRONGROOM_JOBS].",
+    )
+    return option(func)
