@@ -97,3 +97,31 @@ def test_truncated_zstd_frame_is_integrity_error(data: bytes, cut: int) -> None:
     assume(payload[0] == ZSTD)  # stored raw when it does not compress: nothing to cut
     with pytest.raises(IntegrityError):
         comp.unpack(payload[:-cut], len(data) * 5)
+
+
+def test_a_forked_child_never_reuses_the_parents_nonces() -> None:
+    """Both sides of a fork keep sealing under one key: their nonces must differ
+    (a batch drawn before the fork would otherwise be used twice)."""
+    import os
+
+    from strongroom.repository.crypto import NONCE_SIZE, Sealer
+
+    sealer = Sealer(bytes(32))
+    sealer.seal(b"x", b"")  # draws this thread's batch of nonces
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ten nonces, to the parent
+        try:
+            os.write(
+                write_end, b"".join(bytes(sealer.seal(b"x", b""))[:NONCE_SIZE] for _ in range(10))
+            )
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    mine = b"".join(bytes(sealer.seal(b"x", b""))[:NONCE_SIZE] for _ in range(10))
+    theirs = {child[i : i + NONCE_SIZE] for i in range(0, len(child), NONCE_SIZE)}
+    assert len(theirs) == 10
+    assert not theirs & {mine[i : i + NONCE_SIZE] for i in range(0, len(mine), NONCE_SIZE)}

@@ -23,6 +23,19 @@ TAG_SIZE = 16
 OVERHEAD = NONCE_SIZE + TAG_SIZE
 KEY_SIZE = 32
 
+# Bumped in a forked child: a nonce pool drawn before a fork exists in both
+# processes, and using it on both sides would repeat nonces under one key
+# (fatal for GCM). Every pool records the generation it was drawn in.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class Sealer:
     """AES-256-GCM with random nonces; thread-safe (one cipher object per thread)."""
@@ -41,12 +54,14 @@ class Sealer:
         return cipher
 
     def _nonce(self) -> bytes:
-        """A fresh random nonce; drawn from the OS in batches (one syscall per 256)."""
+        """A fresh random nonce; drawn from the OS in batches (one syscall per 256),
+        never from a batch drawn before this process was forked."""
         local = self._local
         pool: bytes | None = getattr(local, "nonces", None)
         pos: int = getattr(local, "pos", 0)
-        if pool is None or pos >= len(pool):
+        if pool is None or pos >= len(pool) or local.generation != _fork_generation:
             pool = local.nonces = os.urandom(NONCE_SIZE * 256)
+            local.generation = _fork_generation
             pos = 0
         local.pos = pos + NONCE_SIZE
         return pool[pos : pos + NONCE_SIZE]
