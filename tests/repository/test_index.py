@@ -6,7 +6,6 @@ import os
 import random
 from unittest import mock
 
-import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -191,8 +190,8 @@ def test_duplicate_entries_resolve_to_one_of_their_locations() -> None:
 
 
 def test_entry_dtype_is_the_documented_49_bytes() -> None:
-    assert index_module.ENTRY_DTYPE.itemsize == 49
-    assert np.dtype(index_module.ENTRY_DTYPE).names == (
+    assert index_module.entry_dtype().itemsize == 49
+    assert index_module.entry_dtype().names == (
         "id",
         "pack",
         "offset",
@@ -200,3 +199,85 @@ def test_entry_dtype_is_the_documented_49_bytes() -> None:
         "raw",
         "type",
     )
+
+
+# --- dicts for a small repository, columns past the threshold ------------------
+
+index_files = st.lists(
+    st.dictionaries(
+        st.sampled_from([b"p" * 32, b"q" * 32, b"r" * 32]),
+        st.lists(st.tuples(chunk_ids, U32, U32, U32, st.sampled_from([0, 1])), max_size=8),
+        max_size=3,
+    ),
+    max_size=4,
+)
+
+
+@given(files=index_files, session=operations)
+def test_small_index_answers_as_the_columns_do(
+    files: list[dict[bytes, list[tuple[bytes, int, int, int, int]]]],
+    session: list[tuple[bytes, bytes, int, int]],
+) -> None:
+    """Held in dicts (no numpy) or in columns, the same loads and additions give
+    the same lookups, the same duplicates in the same order and the same listing."""
+    built = [IndexFile.build(f) for f in files]
+    small, columns = ChunkIndex(), ChunkIndex()
+    small.add_files(built)
+    with mock.patch.object(index_module, "_MERGE_THRESHOLD", 0):
+        columns.add_files(built)
+    for cid, pack, off, length in session:
+        small.add(cid, pack, off, length)
+        columns.add(cid, pack, off, length)
+    assert not small.columnar
+    assert columns.columnar == any(len(f) for f in built)
+    probes = {cid for f in files for es in f.values() for cid, *_ in es}
+    probes |= {op[0] for op in session} | {os.urandom(32)}
+    for cid in probes:
+        assert small.lookup(cid) == columns.lookup(cid)
+        assert small.lookup_all(cid) == columns.lookup_all(cid)
+    assert len(small) == len(columns)
+    assert sorted(small.iter_chunks(), key=repr) == sorted(columns.iter_chunks(), key=repr)
+
+
+def test_growing_past_the_threshold_keeps_every_location() -> None:
+    """Loads that cross the threshold move the dicts into columns: nothing is lost,
+    a duplicate keeps its first-loaded location first."""
+    rnd = random.Random(7)
+    dup = rnd.randbytes(32)
+    first = IndexFile.build({b"p" * 32: [(dup, 1, 2, 0, 0)]})
+    later = [
+        IndexFile.build({b"q" * 32: [(rnd.randbytes(32), i, 5, 0, 0) for i in range(6)]})
+        for _ in range(3)
+    ]
+    again = IndexFile.build({b"r" * 32: [(dup, 3, 4, 0, 0)]})
+    with mock.patch.object(index_module, "_MERGE_THRESHOLD", 10):
+        idx = ChunkIndex()
+        idx.add_files([first, later[0]])
+        assert not idx.columnar
+        idx.add_files([later[1], again, later[2]])
+        assert idx.columnar
+    assert len(idx) == 2 + 18
+    assert idx.lookup(dup) == Location(b"p" * 32, 1, 2)
+    assert idx.lookup_all(dup) == [Location(b"p" * 32, 1, 2), Location(b"r" * 32, 3, 4)]
+    for f in later:
+        for cid, _, off, length, *_ in f.records():
+            assert idx.lookup(cid) == Location(b"q" * 32, off, length)
+
+
+def test_a_small_index_never_imports_numpy() -> None:
+    """The point of the dicts: a short backup of a small repository does not pay
+    numpy's import (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, os\n"
+        "from strongroom.repository.index import ChunkIndex, IndexFile\n"
+        "f = IndexFile.build({b'p' * 32: [(os.urandom(32), 1, 2, 3, 0) for _ in range(500)]})\n"
+        "idx = ChunkIndex(); idx.add_files([IndexFile.decode(f.encode(), 'i')])\n"
+        "idx.add(os.urandom(32), b'q' * 32, 0, 1)\n"
+        "assert len(idx) == 501 and sum(1 for _ in idx.iter_chunks()) == 501\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
