@@ -1,7 +1,8 @@
 """Settings: a TOML file < environment variables < command-line options.
 
 File: `$STRONGROOM_CONFIG`, else `$XDG_CONFIG_HOME/strongroom/config.toml`
-(`~/.config/strongroom/config.toml`). Keys: `repo`, `password_file`,
+(`~/.config/strongroom/config.toml`). Keys: `repo`, `password_file` or
+`password_command`,
 `compression`, `exclude` (list), `exclude_file`, the cluster's VMs as
 `[vm.NAME]` tables (see `VmSpec`), and protection policies as
 `[protect.NAME]` tables (kept here as read; protect/policy.py checks them
@@ -10,7 +11,7 @@ when a command uses policies), media libraries as `[library.NAME]` tables
 catalog's database: a SQLite path or a `postgresql://` URL; catalog/engine.py
 reads it), and `[notify]` (who hears of new media: see `NotifySpec`).
 Environment: `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`, `STRONGROOM_PASSWORD_FILE`,
-`STRONGROOM_COMPRESSION`, `STRONGROOM_CATALOG`.
+`STRONGROOM_PASSWORD_COMMAND`, `STRONGROOM_COMPRESSION`, `STRONGROOM_CATALOG`.
 The password itself is never read from the file.
 """
 
@@ -112,6 +113,7 @@ class NotifySpec:
 class Settings:
     repo: str | None = None
     password_file: str | None = None
+    password_command: str | None = None  # prints the password (pass, gpg, a vault CLI)
     compression: int | None = None  # zstd level for new repositories (None: the default)
     compression_mode: str = "auto"  # new repositories' writers: "auto" or "always"
     exclude: list[str] = field(default_factory=list)
@@ -154,9 +156,16 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
     if env.get("STRONGROOM_REPO"):
         settings.repo = env["STRONGROOM_REPO"]
         settings.source["repo"] = "STRONGROOM_REPO"
+    # A password file or command from the environment replaces the file's
+    # choice of either; the environment naming both is refused when used.
+    if env.get("STRONGROOM_PASSWORD_FILE") or env.get("STRONGROOM_PASSWORD_COMMAND"):
+        settings.password_file = settings.password_command = None
     if env.get("STRONGROOM_PASSWORD_FILE"):
         settings.password_file = env["STRONGROOM_PASSWORD_FILE"]
         settings.source["password_file"] = "STRONGROOM_PASSWORD_FILE"
+    if env.get("STRONGROOM_PASSWORD_COMMAND"):
+        settings.password_command = env["STRONGROOM_PASSWORD_COMMAND"]
+        settings.source["password_command"] = "STRONGROOM_PASSWORD_COMMAND"
     if env.get("STRONGROOM_COMPRESSION"):
         settings.compression_mode, settings.compression = _compression(
             env["STRONGROOM_COMPRESSION"], "STRONGROOM_COMPRESSION"
@@ -173,6 +182,7 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
     known = {
         "repo",
         "password_file",
+        "password_command",
         "compression",
         "exclude",
         "exclude_file",
@@ -195,6 +205,16 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
         settings.source["catalog"] = where
     if isinstance(doc.get("password_file"), str):
         settings.password_file = os.path.expanduser(str(doc["password_file"]))
+        settings.source["password_file"] = where
+    if "password_command" in doc:
+        if not isinstance(doc["password_command"], str) or not doc["password_command"].strip():
+            raise ConfigError(f"config file {where}: password_command must be a command line")
+        if settings.password_file:
+            raise ConfigError(
+                f"config file {where}: password_file and password_command exclude each other"
+            )
+        settings.password_command = doc["password_command"]
+        settings.source["password_command"] = where
     if "compression" in doc:
         settings.compression_mode, settings.compression = _compression(
             str(doc["compression"]), where
@@ -412,14 +432,23 @@ def is_secret_name(name: str) -> bool:
     return upper.startswith(_CHILD_DROP_PREFIXES) or any(w in upper for w in _CHILD_DROP_WORDS)
 
 
-def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_environment(
+    extra: dict[str, str] | None = None, *, user_credentials: bool = False
+) -> dict[str, str]:
     """The environment for every process strongroom starts: this process's,
     less every secret (`is_secret_name`), plus `extra`.
 
     PATH, HOME, LANG, TMPDIR and the like stay, so tools and hooks run as
     they would from the user's shell; what a hook needs beyond that it reads
     from its own files. Every `subprocess` call in src/ passes `env=` this
-    (tests/cli/test_child_environment.py checks it)."""
-    env = {k: v for k, v in os.environ.items() if not is_secret_name(k)}
+    (tests/cli/test_child_environment.py checks it).
+
+    `user_credentials`: for the user's own password command only (`pass`,
+    `gpg`, `vault kv get`), which needs the user's agents and tokens: only
+    strongroom's own variables are dropped."""
+    if user_credentials:
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STRONGROOM_")}
+    else:
+        env = {k: v for k, v in os.environ.items() if not is_secret_name(k)}
     env.update(extra or {})
     return env

@@ -84,6 +84,84 @@ def test_password_file_option_beats_the_environment(
     assert cli("-p", str(bad), "snapshots").rc == 12
 
 
+def test_password_commands(tmp_path: Path, cli: CliRunner, initialized_repo: Path) -> None:
+    """restic's and borg's password command: no shell, the first line printed; a
+    failure or an empty answer is a one-line usage error that shows nothing it printed."""
+    secret = tmp_path / "secret dir" / "pw"
+    secret.parent.mkdir()
+    secret.write_text(PASSWORD + "\nsecond line\n")
+    good = f"cat '{secret}'"
+    no_env = {"STRONGROOM_PASSWORD": ""}
+
+    assert cli("--password-command", good, "snapshots", env=no_env).rc == 0
+    assert cli("snapshots", env={**no_env, "STRONGROOM_PASSWORD_COMMAND": good}).rc == 0
+    config = tmp_path / "config.toml"
+    config.write_text(f'password_command = "{good}"\n')
+    assert cli("snapshots", env={**no_env, "STRONGROOM_CONFIG": str(config)}).rc == 0
+    # The command line beats STRONGROOM_PASSWORD (which holds the right one here).
+    assert cli("--password-command", "echo wrong-password", "snapshots").rc == 12
+    # The command sees no STRONGROOM_PASSWORD* variable of ours.
+    leak = cli(
+        "--password-command",
+        "sh -c 'echo ${STRONGROOM_PASSWORD_FILE:-none}-${STRONGROOM_PASSWORD:-none}'",
+        "snapshots",
+        env={"STRONGROOM_PASSWORD_FILE": "/nonexistent"},
+    )
+    assert leak.rc == 12  # it printed "none-none", a wrong password
+    # ...but the user's own credentials (a vault token) do reach it.
+    vault = cli(
+        "--password-command",
+        "sh -c 'echo $VAULT_TOKEN'",
+        "snapshots",
+        env={**no_env, "VAULT_TOKEN": PASSWORD},
+    )
+    assert vault.rc == 0
+
+    failing = cli("--password-command", "sh -c 'echo hunter2; exit 3'", "snapshots", env=no_env)
+    assert failing.rc == 2
+    assert_one_line_error(failing, "failed (exit 3)")
+    assert "hunter2" not in failing.out + failing.err
+    for command, needle in [
+        ("true", "printed no password"),
+        ("/nonexistent/pass-helper", "pass-helper"),
+        ("'unclosed", "password command"),
+    ]:
+        result = cli("--password-command", command, "snapshots", env=no_env)
+        assert result.rc == 2, command
+        assert_one_line_error(result, needle)
+    both = cli("-p", str(secret), "--password-command", good, "snapshots", env=no_env)
+    assert both.rc == 2
+    assert_one_line_error(both, "exclude each other")
+    env_both = {
+        **no_env,
+        "STRONGROOM_PASSWORD_FILE": str(secret),
+        "STRONGROOM_PASSWORD_COMMAND": good,
+    }
+    assert_one_line_error(cli("snapshots", env=env_both), "keep one")
+    # The environment's file replaces the config file's command.
+    assert (
+        cli(
+            "snapshots",
+            env={
+                **no_env,
+                "STRONGROOM_CONFIG": str(config),
+                "STRONGROOM_PASSWORD_FILE": str(secret),
+            },
+        ).rc
+        == 0
+    )
+
+
+def test_config_password_file_and_command_exclude_each_other(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('password_file = "/x"\npassword_command = "pass show repo"\n')
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load_settings(env={}, path=config)
+    config.write_text("password_command = 3\n")
+    with pytest.raises(ConfigError, match="password_command"):
+        load_settings(env={}, path=config)
+
+
 @pytest.mark.parametrize(("level", "compressed"), [("0", False), ("3", True), ("auto", True)])
 def test_compression_level_for_new_repositories(
     tmp_path: Path, cli: CliRunner, level: str, compressed: bool

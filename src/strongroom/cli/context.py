@@ -23,30 +23,50 @@ if TYPE_CHECKING:  # the repository code loads when a command opens one, not for
 class App:
     settings: Settings
     out: Output
-    password_file: str | None = None
+    password_file: str | None = None  # --password-file
+    password_command: str | None = None  # --password-command
+
+    def has_password_source(self) -> bool:
+        """True when a password can be had without asking anyone."""
+        settings = self.settings
+        return bool(
+            os.environ.get("STRONGROOM_PASSWORD")
+            or self.password_file
+            or self.password_command
+            or settings.password_file
+            or settings.password_command
+        )
 
     def password(self, confirm: bool = False, prompt: str = "repository password") -> bytes:
-        """From STRONGROOM_PASSWORD, a password file, or a prompt (terminal only).
+        """From the command line's file or command, STRONGROOM_PASSWORD, the
+        settings' file or command, or a prompt (terminal only); docs/cli.md.
 
         Never logged, never echoed.
         """
+        if self.password_file and self.password_command:
+            raise UsageError("--password-file and --password-command exclude each other")
+        if self.password_file:
+            return _password_from_file(self.password_file)
+        if self.password_command:
+            return password_from_command(self.password_command)
         env = os.environ.get("STRONGROOM_PASSWORD")
-        if env and not self.password_file:  # the command line beats the environment
+        if env:
             return env.encode()
-        path = self.password_file or self.settings.password_file
-        if path:
-            try:
-                with open(os.path.expanduser(path), "rb") as f:
-                    first = f.read().splitlines()
-            except OSError as err:
-                raise UsageError(f"cannot read password file {path}: {err.strerror}") from None
-            if not first or not first[0]:
-                raise UsageError(f"password file {path} is empty")
-            return first[0]
+        settings = self.settings
+        if settings.password_file and settings.password_command:
+            raise UsageError(
+                "both a password file and a password command are set "
+                f"({settings.source.get('password_file', 'config')}, "
+                f"{settings.source.get('password_command', 'config')}): keep one"
+            )
+        if settings.password_file:
+            return _password_from_file(settings.password_file)
+        if settings.password_command:
+            return password_from_command(settings.password_command)
         if not sys.stdin.isatty():
             raise UsageError(
-                "no password given: set STRONGROOM_PASSWORD or STRONGROOM_PASSWORD_FILE, "
-                "or use --password-file"
+                "no password given: set STRONGROOM_PASSWORD, STRONGROOM_PASSWORD_FILE or "
+                "STRONGROOM_PASSWORD_COMMAND, or use --password-file or --password-command"
             )
         value: str = click.prompt(
             f"Enter {prompt}", hide_input=True, confirmation_prompt=confirm, err=True
@@ -72,3 +92,50 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def _password_from_file(path: str) -> bytes:
+    """The first line of the file, without its line end; an empty one is refused."""
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            first = f.read().splitlines()
+    except OSError as err:
+        raise UsageError(f"cannot read password file {path}: {err.strerror}") from None
+    if not first or not first[0]:
+        raise UsageError(f"password file {path} is empty")
+    return first[0]
+
+
+def password_from_command(command: str) -> bytes:
+    """Run the user's password command (as restic and borg do: no shell) and take
+    the first line of what it prints.
+
+    Its standard error and the terminal stay the user's (gpg's pinentry, `pass`
+    prompting); its output is never shown, even when it fails. strongroom's own
+    variables are not passed on; the user's credentials are (it is their command)."""
+    import shlex
+    import subprocess
+
+    try:
+        argv = shlex.split(command)
+    except ValueError as err:
+        raise UsageError(f"password command: {err}") from None
+    if not argv:
+        raise UsageError("the password command is empty")
+    from strongroom.config import child_environment
+
+    try:
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            env=child_environment(user_credentials=True),
+            check=False,
+        )
+    except OSError as err:
+        raise UsageError(f"password command {argv[0]}: {err.strerror}") from None
+    if done.returncode != 0:
+        raise UsageError(f"password command {argv[0]} failed (exit {done.returncode})")
+    lines = done.stdout.splitlines()
+    if not lines or not lines[0]:
+        raise UsageError(f"password command {argv[0]} printed no password")
+    return lines[0]

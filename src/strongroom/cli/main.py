@@ -81,6 +81,12 @@ class LazyGroup(click.Group):
     "--repo", "-r", envvar="STRONGROOM_REPO", help="Repository location (default: your data dir)."
 )
 @click.option("--password-file", "-p", type=click.Path(), help="Read the password from this file.")
+@click.option(
+    "--password-command",
+    metavar="CMD",
+    help="Run CMD (no shell; split like a shell would) and use the first line it prints "
+    "as the password [env STRONGROOM_PASSWORD_COMMAND].",
+)
 @click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and warnings.")
 @click.option("--verbose", "-v", count=True, help="Say more (repeatable).")
@@ -89,6 +95,7 @@ def cli(
     ctx: click.Context,
     repo: str | None,
     password_file: str | None,
+    password_command: str | None,
     json_mode: bool,
     quiet: bool,
     verbose: int,
@@ -106,7 +113,10 @@ def cli(
         format="%(levelname)s %(name)s: %(message)s",
     )
     ctx.obj = App(
-        settings=settings, out=Output(json_mode, quiet, verbose), password_file=password_file
+        settings=settings,
+        out=Output(json_mode, quiet, verbose),
+        password_file=password_file,
+        password_command=password_command,
     )
 
 

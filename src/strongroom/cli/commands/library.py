@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -158,10 +157,7 @@ def _keys(app: App, label_only: bool) -> Iterator[Keys | None]:
     if label_only:
         yield None
         return
-    has_password = bool(
-        os.environ.get("STRONGROOM_PASSWORD") or app.password_file or app.settings.password_file
-    )
-    if not has_password and not sys.stdin.isatty():
+    if not app.has_password_source() and not sys.stdin.isatty():
         app.out.notice("no repository password: cartridges are classified by their label only")
         yield None
         return
