@@ -53,6 +53,8 @@ COMMANDS: dict[str, str] = {
     "media": "media:media",
     "pool": "pool:pool",
     "copy-to-media": "copy_to_media:copy_to_media",
+    "version": "version:version",
+    "completion": "completion:completion",
 }
 ALIASES = {"points": "snapshots", "cat": "dump"}
 

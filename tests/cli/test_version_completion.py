@@ -1,0 +1,70 @@
+"""`strongroom version` and `strongroom completion` (issue #17)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from importlib import metadata
+
+import pytest
+
+from strongroom import __version__
+from tests.conftest import CliRunner
+
+
+def test_version_names_the_format_and_the_libraries(cli: CliRunner) -> None:
+    text = cli("version")
+    assert text.rc == 0
+    lines = text.out.splitlines()
+    assert lines[0] == f"strongroom {__version__}"
+    assert lines[1] == "repository format 1"
+    assert f"zstandard {metadata.version('zstandard')}" in lines[3]
+    doc = cli("version", "--json").summary()
+    assert doc["version"] == __version__ and doc["format_version"] == 1
+    assert doc["libraries"]["blake3"] == metadata.version("blake3")
+    assert doc["libraries"]["pyfastcdc"] == "0.3.1"  # pinned: part of the format
+
+
+def _bash_complete(script: str, words: list[str], env: dict[str, str]) -> list[str]:
+    """What bash offers after `words` (the last one being completed), through the
+    script as a user's shell loads it."""
+    program = (
+        f"{script}\n"
+        f"COMP_WORDS=({' '.join(words)}); COMP_CWORD={len(words) - 1}\n"
+        '_strongroom_completion strongroom; printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    done = subprocess.run(
+        ["bash", "-c", program], capture_output=True, text=True, env=env, check=True
+    )
+    return done.stdout.split()
+
+
+def test_bash_completion_completes_commands_options_and_choices(
+    cli: CliRunner, cli_env: dict[str, str]
+) -> None:
+    script = cli("completion", "bash")
+    assert script.rc == 0
+    subprocess.run(["bash", "-n"], input=script.out, text=True, check=True)
+    assert _bash_complete(script.out, ["strongroom", "bac"], cli_env) == ["backup"]
+    assert "--exclude-file" in _bash_complete(
+        script.out, ["strongroom", "backup", "--excl"], cli_env
+    )
+    assert _bash_complete(script.out, ["strongroom", "completion", "f"], cli_env) == ["fish"]
+
+
+@pytest.mark.parametrize(
+    ("shell", "needle"), [("zsh", "#compdef strongroom"), ("fish", "complete")]
+)
+def test_zsh_and_fish_scripts(cli: CliRunner, shell: str, needle: str) -> None:
+    script = cli("completion", shell)
+    assert script.rc == 0
+    assert needle in script.out and "_STRONGROOM_COMPLETE" in script.out
+    if shutil.which(shell):  # a syntax check where the shell is installed
+        check = ["zsh", "-n"] if shell == "zsh" else ["fish", "--no-execute"]
+        subprocess.run(check, input=script.out, text=True, check=True)
+
+
+def test_unknown_shell_is_a_usage_error(cli: CliRunner) -> None:
+    result = cli("completion", "tcsh")
+    assert result.rc == 2
+    assert "tcsh" in result.err
