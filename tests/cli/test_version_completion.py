@@ -68,3 +68,20 @@ def test_unknown_shell_is_a_usage_error(cli: CliRunner) -> None:
     result = cli("completion", "tcsh")
     assert result.rc == 2
     assert "tcsh" in result.err
+
+
+def test_counts_are_told_in_the_right_number(
+    cli: CliRunner, initialized_repo: object, small_src: tuple[object, object]
+) -> None:
+    """ "1 point", not "1 points" (issue #17), in the human output of the commands."""
+    from strongroom.cli.output import plural
+
+    assert [plural(n, "point") for n in (0, 1, 2)] == ["0 points", "1 point", "2 points"]
+    assert (
+        plural(1, "entry", "entries") == "1 entry" and plural(3, "entry", "entries") == "3 entries"
+    )
+    src, _ = small_src
+    assert cli("backup", str(src)).rc == 0
+    listing = cli("snapshots")
+    assert listing.out.rstrip().endswith("1 point") or "1 point\n" in listing.out + listing.err
+    assert "1 points" not in listing.out + listing.err

@@ -30,6 +30,11 @@ if TYPE_CHECKING:  # rich loads only when something is drawn (start-up time)
     from rich.console import Console
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """`1 point`, `2 points`, `0 points` (`many`: an irregular plural)."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

@@ -10,7 +10,7 @@ import click
 
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
-from strongroom.cli.output import human_bytes
+from strongroom.cli.output import human_bytes, plural
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
 from strongroom.model.origin import PointSeeds
@@ -315,13 +315,15 @@ def _report(
             *seed_lines(seeds, s.files_from_seed),
             f"Added to the repository: {human_bytes(s.data_added)} "
             f"({human_bytes(s.data_added_stored)} stored)",
-            f"processed {s.total_files} files, {human_bytes(s.total_bytes)} in "
+            f"processed {plural(s.total_files, 'file')}, {human_bytes(s.total_bytes)} in "
             f"{result.seconds:.2f}s ({human_bytes(rate)}/s)",
             f"point {point.short_id} saved" if point else "dry run: nothing was written",
         ],
     )
     if s.unreadable:
-        out.notice(f"{s.unreadable} files could not be read; the point does not contain them")
+        out.notice(
+            f"{plural(s.unreadable, 'file')} could not be read; the point does not contain them"
+        )
         raise SystemExit(ExitCode.PARTIAL)
 
 
@@ -340,7 +342,7 @@ def seed_lines(seeds: PointSeeds | None, unread: int) -> list[str]:
         f"Seed files the machine lacks: {seeds.lacks_count}",
     ]
     if unread:
-        lines.append(f"Taken from seeds unread (--trust-seed-metadata): {unread} files")
+        lines.append(f"Taken from seeds unread (--trust-seed-metadata): {plural(unread, 'file')}")
     return lines
 
 
@@ -393,10 +395,11 @@ def backup_image_cmd(
         [
             *_image_seed_lines(seeds),
             f"changed blocks found by: {s.tracker}",
-            f"Disk: {human_bytes(s.size)} in {s.blocks} blocks of {human_bytes(s.block_size)}; "
+            f"Disk: {human_bytes(s.size)} in {plural(s.blocks, 'block')} "
+            f"of {human_bytes(s.block_size)}; "
             f"{s.holes} holes",
-            f"Read {human_bytes(s.bytes_read)} ({s.blocks_read} blocks); "
-            f"changed {human_bytes(s.bytes_changed)} ({s.blocks_changed} blocks)",
+            f"Read {human_bytes(s.bytes_read)} ({plural(s.blocks_read, 'block')}); "
+            f"changed {human_bytes(s.bytes_changed)} ({plural(s.blocks_changed, 'block')})",
             f"Added to the repository: {human_bytes(s.data_added)} "
             f"({human_bytes(s.data_added_stored)} stored)",
             f"done in {result.seconds:.2f}s ({human_bytes(rate)}/s read)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strongroom.cli.context import App, pass_app
-from strongroom.cli.output import human_bytes
+from strongroom.cli.output import human_bytes, plural
 from strongroom.cli.units import parse_duration
 from strongroom.services.copy_to_media import copy_to_media as copy_points
 from strongroom.services.media_pools import library_name, open_catalog, open_changer
@@ -52,12 +52,12 @@ def copy_to_media(
     lines = [f"{p[:8]}: already on media of pool {pool_name} (skipped)" for p in result.skipped]
     for c in result.cartridges:
         lines.append(
-            f"{c.barcode}: session {c.session}, {c.packs} packs, "
+            f"{c.barcode}: session {c.session}, {plural(c.packs, 'pack')}, "
             f"{human_bytes(c.bytes_written)}, now {c.state}" + (" (recycled)" if c.recycled else "")
         )
     if result.written:
         lines.append(
-            f"copied {len(result.written)} points to pool {pool_name} "
+            f"copied {plural(len(result.written), 'point')} to pool {pool_name} "
             f"({human_bytes(result.bytes_written)} on {len(result.cartridges)} cartridges)"
         )
     for pack in result.damaged:

@@ -6,7 +6,7 @@ import click
 
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
-from strongroom.cli.output import human_bytes
+from strongroom.cli.output import human_bytes, plural
 from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.services.export import (
@@ -167,7 +167,7 @@ def _doc(summaries: list[ExportSummary], dest: str, *, vm: bool) -> dict[str, ob
 def _describe(s: ExportSummary) -> str:
     text = (
         f"exported point {s.point_id[:8]} to {s.path}: {s.kind} VHD of {human_bytes(s.size)},"
-        f" {s.blocks_written} blocks, file {human_bytes(s.file_size)}"
+        f" {plural(s.blocks_written, 'block')}, file {human_bytes(s.file_size)}"
     )
     if s.parent:
         text += f", parent {s.parent}"

@@ -6,7 +6,7 @@ import click
 
 from strongroom.cli.commands.points import point_filter_options
 from strongroom.cli.context import App, pass_app
-from strongroom.cli.output import human_bytes
+from strongroom.cli.output import human_bytes, plural
 from strongroom.errors import ExitCode, UsageError
 from strongroom.model.names import printable
 from strongroom.services import maintenance
@@ -103,7 +103,7 @@ def forget(
             plan = maintenance.prune(repo, report=lambda m: out.info(m) if out.verbose else None)
             plan_doc = plan.as_dict()
             out.info(
-                f"prune: removed {len(plan.delete)} packs, repacked {len(plan.repack)}, "
+                f"prune: removed {plural(len(plan.delete), 'pack')}, repacked {len(plan.repack)}, "
                 f"freed about {human_bytes(plan.unused_bytes)}"
             )
     if out.json:
@@ -141,7 +141,7 @@ def prune(app: App, max_unused: str, dry_run: bool) -> None:
         return
     verb = "would" if dry_run else "did"
     out.info(
-        f"{verb}: delete {doc['packs_delete']} packs, repack {doc['packs_repack']} "
+        f"{verb}: delete {plural(len(plan.delete), 'pack')}, repack {doc['packs_repack']} "
         f"({human_bytes(plan.repack_bytes)} still used), "
         f"remove {doc['packs_orphaned']} orphaned packs; "
         f"unused data: {human_bytes(plan.unused_bytes)}, kept: {human_bytes(plan.used_bytes)}"
@@ -175,12 +175,16 @@ def check(app: App, read_data: bool, read_data_subset: str | None) -> None:
         for e in report.errors:
             out.error(e)
         for point_id, paths in result.damaged_files.items():
-            out.notice(f"point {point_id[:8]}: {len(paths)} damaged files:")
+            out.notice(f"point {point_id[:8]}: {plural(len(paths), 'damaged file')}:")
             for path in paths[:50]:
                 out.notice(f"  {printable(path)}")
         if report.packs_read:
-            out.info(f"read {report.packs_read} packs, {report.chunks_read} chunks")
-        out.info("no errors were found" if report.ok else f"{len(report.errors)} errors found")
+            out.info(
+                f"read {plural(report.packs_read, 'pack')}, {plural(report.chunks_read, 'chunk')}"
+            )
+        out.info(
+            "no errors were found" if report.ok else f"{plural(len(report.errors), 'error')} found"
+        )
     if not report.ok:
         raise SystemExit(ExitCode.FAILED)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from strongroom.cli.context import App, pass_app
-from strongroom.cli.output import human_bytes
+from strongroom.cli.output import human_bytes, plural
 from strongroom.errors import MediaError, UsageError
 from strongroom.services.media_info import list_media, medium_doc, show_medium
 from strongroom.services.media_pools import (
@@ -80,7 +80,7 @@ def show_command(app: App, barcode: str) -> None:
         f"  pool      {doc['pool'] or '-'}"
         + (f", number {doc['label_sequence']}" if doc["label_sequence"] else ""),
         f"  written   {doc['sessions']} sessions, {human_bytes(doc['bytes_written'])}, "
-        f"{doc['packs']} packs",
+        f"{plural(doc['packs'], 'pack')}",
     ]
     if doc["expires_at"]:
         lines.append(f"  expires   {doc['expires_at']:%Y-%m-%d %H:%M}")

@@ -9,7 +9,7 @@ import click
 
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
-from strongroom.cli.output import human_bytes
+from strongroom.cli.output import human_bytes, plural
 from strongroom.model.kinds import IMAGE_KINDS
 from strongroom.model.names import printable
 from strongroom.services.points import PointFilter, list_points
@@ -81,7 +81,7 @@ def snapshots(
         ["ID", "Time", "Host", "Tags", "Kind", "Size", "Changed", "Stored", "Tracker", "Paths"],
         rows,
     )
-    app.out.info(f"{len(points)} points")
+    app.out.info(plural(len(points), "point"))
 
 
 def _timeline(app: App, source: str) -> None:
@@ -104,4 +104,4 @@ def _timeline(app: App, source: str) -> None:
         for e in entries
     ]
     app.out.table(["ID", "Time", "Kind", "Consistency", "Reason", "Changed"], rows)
-    app.out.info(f"{len(entries)} points of {printable(source)}")
+    app.out.info(f"{plural(len(entries), 'point')} of {printable(source)}")

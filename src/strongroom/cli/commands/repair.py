@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from strongroom.cli.context import App, pass_app
+from strongroom.cli.output import plural
 from strongroom.errors import ExitCode, UsageError
 from strongroom.model.names import printable
 from strongroom.services import repair as service
@@ -41,12 +42,14 @@ def repair_index(app: App, read_all_packs: bool) -> None:
         out.warn(f"pack {pack[:16]}: header unreadable ({why}); 'strongroom repair packs'")
     if result.packs_missing:
         out.warn(
-            f"{len(result.packs_missing)} packs named by the index are missing; their "
-            f"{result.entries_dropped} entries were dropped: run 'strongroom repair points'"
+            f"packs named by the index but missing: {len(result.packs_missing)}; their entries "
+            f"dropped: {result.entries_dropped}: run 'strongroom repair points'"
         )
     out.info(
-        f"indexed {result.packs_indexed} packs ({len(result.packs_added)} were in no index), "
-        f"wrote {result.index_files_written} index files, removed {result.index_files_removed}"
+        f"indexed {plural(result.packs_indexed, 'pack')} "
+        f"({len(result.packs_added)} in no index before), "
+        f"wrote {plural(result.index_files_written, 'index file')}, "
+        f"removed {result.index_files_removed}"
     )
 
 
@@ -76,12 +79,12 @@ def repair_packs(app: App, pack_ids: tuple[str, ...]) -> None:
     for pack, why in result.packs_skipped.items():
         out.warn(f"not read: {why} (pack {pack}; left in place, remove it if it is foreign)")
     if result.chunks_lost:
-        out.warn(f"{len(result.chunks_lost)} chunks are lost: run 'strongroom repair points'")
+        out.warn(f"{plural(len(result.chunks_lost), 'chunk')} lost: run 'strongroom repair points'")
         for cid in result.chunks_lost[:50]:
             out.notice(f"  lost chunk {cid}")
     out.info(
-        f"read {result.packs_read} packs: {len(result.packs_damaged)} damaged, "
-        f"{result.chunks_salvaged} chunks salvaged, {len(result.quarantined)} quarantined"
+        f"read {plural(result.packs_read, 'pack')}: {len(result.packs_damaged)} damaged, "
+        f"{plural(result.chunks_salvaged, 'chunk')} salvaged, {len(result.quarantined)} quarantined"
     )
 
 

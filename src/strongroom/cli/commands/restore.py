@@ -6,7 +6,7 @@ import click
 
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
-from strongroom.cli.output import Output, human_bytes
+from strongroom.cli.output import Output, human_bytes, plural
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
 from strongroom.model.scope import ScopeSpec
@@ -210,7 +210,7 @@ def _files_restored(out: Output, r: FilesRestored, target: str) -> None:
     doc: dict[str, object] = {"point_id": r.point.id, **summary.as_dict()}
     scope = "" if summary.scope == "full" else f" (scope {summary.scope})"
     lines = [
-        f"restored point {r.point.short_id}{scope} to {target}: {summary.files} files, "
+        f"restored point {r.point.short_id}{scope} to {target}: {plural(summary.files, 'file')}, "
         f"{summary.dirs} dirs, {summary.other_entries} other entries, "
         f"{human_bytes(summary.bytes_written)}"
     ]
@@ -229,7 +229,9 @@ def _files_restored(out: Output, r: FilesRestored, target: str) -> None:
         )
     out.summary(doc, lines)
     if summary.damaged:
-        out.error(f"{len(summary.damaged)} files could not be fully restored (damaged data):")
+        out.error(
+            f"{plural(len(summary.damaged), 'file')} could not be fully restored (damaged data):"
+        )
         for path in summary.damaged:
             out.notice(f"  {path}")
         raise SystemExit(ExitCode.FAILED)
@@ -252,7 +254,10 @@ def _image_restored(out: Output, r: ImageRestored, target: str) -> None:
         ],
     )
     if summary.damaged:
-        out.error(f"{len(summary.damaged)} blocks could not be restored (damaged data, left zero):")
+        out.error(
+            f"{plural(len(summary.damaged), 'block')} could not be restored "
+            "(damaged data, left zero):"
+        )
         for what in summary.damaged:
             out.notice(f"  {what}")
         raise SystemExit(ExitCode.FAILED)
@@ -286,5 +291,7 @@ def _vm_restored(out: Output, r: VmRestored) -> None:
     )
     damaged = sum(len(s.damaged) for _, _, s in r.disks)
     if damaged:
-        out.error(f"{damaged} blocks could not be restored (damaged data); they read as zeros")
+        out.error(
+            f"{plural(damaged, 'block')} could not be restored (damaged data); they read as zeros"
+        )
         raise SystemExit(ExitCode.FAILED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from strongroom.cli.context import App, pass_app
-from strongroom.cli.output import human_bytes
+from strongroom.cli.output import human_bytes, plural
 from strongroom.model.names import printable
 from strongroom.model.seed import SeedKind
 from strongroom.services import seeds as service
@@ -175,7 +175,7 @@ def seed_remove(app: App, name: str, force: bool) -> None:
         out.warn(f"seed {printable(removal.seed.name)} was in use: {removal.cost()}")
     out.info(
         f"removed seed {printable(removal.seed.name)}; the next prune frees "
-        f"{removal.freed_chunks} chunks ({human_bytes(removal.freed_bytes)}) only it held"
+        f"{plural(removal.freed_chunks, 'chunk')} ({human_bytes(removal.freed_bytes)}) only it held"
     )
 
 
@@ -216,7 +216,7 @@ def seed_suggest(app: App, path: str, sample: int) -> None:
         else:
             out.info("no image seed holds any of it")
         return
-    out.info(f"{printable(found.path)}: {found.files} files, {human_bytes(found.bytes)}")
+    out.info(f"{printable(found.path)}: {plural(found.files, 'file')}, {human_bytes(found.bytes)}")
     rows = [
         (
             printable(c.seed),
