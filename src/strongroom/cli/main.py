@@ -65,6 +65,25 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """An unknown command is a usage error that names the closest ones."""
+        name = args[0] if args else ""
+        if (
+            args
+            and not ctx.resilient_parsing
+            and not name.startswith("-")
+            and self.get_command(ctx, name) is None
+        ):
+            import difflib
+
+            known = [*COMMANDS, *ALIASES]
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+            raise click.UsageError(f"no such command {name!r}{hint}", ctx)
+        return super().resolve_command(ctx, args)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         name = ALIASES.get(cmd_name, cmd_name)
         if name not in COMMANDS:
@@ -189,6 +208,18 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _usage_message(err: click.UsageError) -> str:
+    """click's usage error as one line in strongroom's error format, with where
+    to look: `no such option '--exlude' (did you mean '--exclude'?); see
+    'strongroom backup --help'`."""
+    message = " ".join(err.format_message().split())
+    message = message.replace(". (Did you mean", " (did you mean").rstrip(".")
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    where = err.ctx.command_path if err.ctx is not None else "strongroom"
+    return f"{message}; see '{where} --help'"
+
+
 def main(argv: list[str] | None = None) -> int:
     _limit_malloc_arenas()
     _raise_limits()
@@ -204,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         Output().error("interrupted")
         return ExitCode.INTERRUPTED
+    except click.UsageError as err:
+        Output().error(_usage_message(err))
+        return ExitCode.USAGE
     except click.ClickException as err:
-        err.show()
+        Output().error(err.format_message())
         return ExitCode.USAGE
     except BrokenPipeError:
         return ExitCode.OK

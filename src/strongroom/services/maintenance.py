@@ -61,7 +61,12 @@ def check_subset(subset: str | None) -> None:
     try:
         select_packs([], subset)
     except ValueError as err:
-        raise UsageError(f"--read-data-subset: {err}") from None
+        if "n/m" in str(err) or "percentage" in str(err):
+            raise UsageError(f"--read-data-subset: {err}") from None
+        raise UsageError(
+            f"--read-data-subset takes n/m (the nth of m parts, e.g. 1/5) or a percentage "
+            f"(e.g. 10%), not {subset!r}"
+        ) from None
 
 
 @dataclass
