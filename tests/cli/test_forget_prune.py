@@ -130,3 +130,38 @@ def test_prune_dry_run_and_prune_without_garbage_change_nothing(
     assert cli("prune").rc == 0
     assert point_ids(cli) == ids
     assert cli("check", "--read-data").rc == 0
+
+
+def test_keep_within_through_the_cli(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    """`forget --keep-within 2d` and `--keep-within-daily 5d` against the newest
+    point's time, not the clock; a malformed duration is a usage error."""
+    src = tmp_path / "src"
+    write_file(src / "f", b"content")
+    real = cli("backup", str(src), "--json").summary()["point_id"]
+    repo = open_local_repository(initialized_repo)
+    template = RecoveryPoint.from_doc(repo.load_point(real))
+    chosen = {}
+    for stamp in ("2020-03-01T08:00", "2020-03-01T20:00", "2020-03-03T12:00", "2020-03-05T07:00",
+                  "2020-03-05T09:00", "2020-03-06T23:00"):  # fmt: skip
+        template.time = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+        chosen[stamp] = repo.save_point(template.to_doc())
+    repo.close()
+    cli("forget", real)
+    env = {"TZ": "UTC"}
+
+    bad = cli("forget", "--keep-within", "2 days", env=env)
+    assert bad.rc == 2 and "is not a duration" in bad.err
+    dry = cli("forget", "--keep-within", "2d", "--dry-run", "--json", env=env).json()
+    (group,) = dry["groups"]
+    assert {k["id"] for k in group["keep"]} == {
+        chosen[s] for s in ("2020-03-06T23:00", "2020-03-05T09:00", "2020-03-05T07:00")
+    }
+    result = cli("forget", "--keep-within-daily", "5d", "--json", env=env)
+    assert result.rc == 0, result.err
+    (group,) = result.json()["groups"]
+    assert {k["id"] for k in group["keep"]} == {
+        chosen[s] for s in ("2020-03-06T23:00", "2020-03-05T09:00", "2020-03-03T12:00")
+    }
+    assert set(point_ids(cli)) == {k["id"] for k in group["keep"]}

@@ -157,3 +157,83 @@ def test_groups_compare_values_not_labels() -> None:
     ]
     assert all("\n" not in label and "\x1b" not in label for label in groups)
     assert len(set(groups)) == 4
+
+
+# --- keep-within on the calendar (restic's --keep-within 1y6m, --keep-within-daily 7d)
+
+from strongroom.services.forget import Span  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("text", "span"),
+    [
+        ("7d", Span(days=7)),
+        ("36h", Span(hours=36)),
+        ("1y6m", Span(years=1, months=6)),
+        ("2Y3m4D5h", Span(2, 3, 4, 5)),
+        ("1d1d", Span(days=2)),
+    ],
+)
+def test_spans_parse_as_restic_writes_them(text: str, span: Span) -> None:
+    assert Span.parse(text) == span
+
+
+@pytest.mark.parametrize("text", ["", "7", "d", "7x", "1.5d", "-2d", "7d junk", "7 d", "99999999y"])
+def test_malformed_spans_get_a_sentence(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        Span.parse(text)
+
+
+def test_span_moves_back_on_the_calendar() -> None:
+    t = datetime(2026, 3, 31, 12, tzinfo=UTC)
+    assert Span(months=1).before(t) == datetime(2026, 2, 28, 12, tzinfo=UTC)  # clamped
+    assert Span(years=1, months=2).before(t) == datetime(2025, 1, 31, 12, tzinfo=UTC)
+    assert Span(days=1, hours=13).before(t) == datetime(2026, 3, 29, 23, tzinfo=UTC)
+    assert Span(years=5000).before(t) == datetime.min.replace(tzinfo=UTC)
+
+
+def test_keep_within_counts_back_from_the_newest_point() -> None:
+    """A series that stopped keeps its recent history (restic's semantics)."""
+    assert kept(POINTS, KeepPolicy(within_span=Span(days=1))) == ["d5-12", "d4-20"]
+    assert kept(POINTS, KeepPolicy(within_span=Span(days=3, hours=4))) == [
+        "d5-12",
+        "d4-20",
+        "d4-08",
+        "d2-09",
+    ]
+
+
+def test_keep_within_daily_keeps_one_per_day_inside_the_span() -> None:
+    decisions = apply_policy(POINTS, KeepPolicy(within_buckets={"daily": Span(days=3, hours=4)}))
+    assert [d.point.id for d in decisions if d.keep] == ["d5-12", "d4-20", "d2-09"]
+    assert {d.point.id: d.reasons for d in decisions if d.keep}["d2-09"] == ["within-daily"]
+
+
+@given(
+    times=st.lists(
+        st.datetimes(datetime(2020, 1, 1), datetime(2027, 1, 1), timezones=st.just(UTC)),
+        min_size=1,
+        max_size=30,
+        unique=True,
+    ),
+    days=st.integers(0, 400),
+    rule=st.sampled_from(["hourly", "daily", "weekly", "monthly", "yearly"]),
+)
+def test_keep_within_buckets_match_a_reference(times: list[datetime], days: int, rule: str) -> None:
+    """Within the span, exactly the newest point of each bucket; nothing outside."""
+    points = [point(t) for t in times]
+    newest = max(times)
+    limit = newest - timedelta(days=days)
+    key = {
+        "hourly": lambda t: (t.year, t.month, t.day, t.hour),
+        "daily": lambda t: t.date(),
+        "weekly": lambda t: t.isocalendar()[:2],
+        "monthly": lambda t: (t.year, t.month),
+        "yearly": lambda t: t.year,
+    }[rule]
+    newest_of: dict[object, datetime] = {}
+    for t in times:
+        if t >= limit and (key(t) not in newest_of or t > newest_of[key(t)]):
+            newest_of[key(t)] = t
+    expected = sorted((t.isoformat() for t in newest_of.values()), reverse=True)
+    assert kept(points, KeepPolicy(within_buckets={rule: Span(days=days)})) == expected

@@ -12,6 +12,7 @@ from strongroom.model.names import printable
 from strongroom.services import maintenance
 from strongroom.services.forget import (
     KeepPolicy,
+    Span,
     apply_policy,
     forget_by_id,
     forget_points,
@@ -19,6 +20,13 @@ from strongroom.services.forget import (
 )
 from strongroom.services.points import PointFilter, list_points
 from strongroom.services.session import LockMode
+
+
+def _span(ctx: click.Context, param: click.Parameter, value: str | None) -> Span | None:
+    try:
+        return None if value is None else Span.parse(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 @click.command()
@@ -30,6 +38,25 @@ from strongroom.services.session import LockMode
 @click.option("--keep-monthly", type=int, default=0, help="... of each of N months.")
 @click.option("--keep-yearly", type=int, default=0, help="... of each of N years.")
 @click.option("--keep-tag", multiple=True, help="Keep points with this tag.")
+@click.option(
+    "--keep-within",
+    metavar="DURATION",
+    callback=_span,
+    help="Keep every point within DURATION of the group's newest "
+    "(y, m = months, d, h: 7d, 36h, 1y6m).",
+)
+@click.option(
+    "--keep-within-hourly",
+    metavar="DURATION",
+    callback=_span,
+    help="Keep the last point of each hour within DURATION of the newest.",
+)
+@click.option("--keep-within-daily", metavar="DURATION", callback=_span, help="... of each day.")
+@click.option("--keep-within-weekly", metavar="DURATION", callback=_span, help="... of each week.")
+@click.option(
+    "--keep-within-monthly", metavar="DURATION", callback=_span, help="... of each month."
+)
+@click.option("--keep-within-yearly", metavar="DURATION", callback=_span, help="... of each year.")
 @click.option(
     "--group-by", default="host,paths", show_default=True, help="Apply the policy per group."
 )
@@ -47,6 +74,12 @@ def forget(
     keep_monthly: int,
     keep_yearly: int,
     keep_tag: tuple[str, ...],
+    keep_within: Span | None,
+    keep_within_hourly: Span | None,
+    keep_within_daily: Span | None,
+    keep_within_weekly: Span | None,
+    keep_within_monthly: Span | None,
+    keep_within_yearly: Span | None,
     group_by: str,
     hosts: tuple[str, ...],
     tags: tuple[str, ...],
@@ -55,8 +88,23 @@ def forget(
     then_prune: bool,
 ) -> None:
     """Forget points by id, or all that a keep-policy does not keep."""
+    buckets = {
+        "hourly": keep_within_hourly,
+        "daily": keep_within_daily,
+        "weekly": keep_within_weekly,
+        "monthly": keep_within_monthly,
+        "yearly": keep_within_yearly,
+    }
     policy = KeepPolicy(
-        keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, list(keep_tag)
+        keep_last,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+        list(keep_tag),
+        within_span=keep_within,
+        within_buckets={rule: span for rule, span in buckets.items() if span is not None},
     )
     if policy.empty() and not point_ids:
         raise UsageError(
