@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "snapshots": "points:snapshots",
     "ls": "browse:ls",
     "diff": "browse:diff",
+    "find": "find:find",
     "restore": "restore:restore",
     "serve": "serve:serve",
     "server": "server:server",

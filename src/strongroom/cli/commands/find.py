@@ -1,0 +1,106 @@
+"""strongroom find: which points hold files matching a pattern."""
+
+from __future__ import annotations
+
+import stat as statmod
+from datetime import datetime
+
+import click
+
+from strongroom.cli.commands.browse import _TYPE_CHAR, _node_doc
+from strongroom.cli.commands.points import point_filter_options
+from strongroom.cli.context import App, pass_app
+from strongroom.cli.output import plural
+from strongroom.model.names import printable
+from strongroom.services.find import FindRequest, find_files
+from strongroom.services.points import PointFilter
+from strongroom.services.session import LockMode
+
+
+def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """`2026-12-07`, `2026-12-07 10:00`, `2026-12-07T10:00:00+01:00` (local time if no zone)."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a date or time (examples: 2026-12-07, '2026-12-07 10:00')"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+@click.command()
+@click.argument("patterns", nargs=-1, required=True)
+@click.option(
+    "--point",
+    "points",
+    multiple=True,
+    metavar="ID",
+    help="Search only this point (repeatable; 'latest' with --host/--path/--tag).",
+)
+@point_filter_options
+@click.option("--oldest", callback=_moment, help="Only entries modified at or after this time.")
+@click.option("--newest", callback=_moment, help="Only entries modified at or before this time.")
+@click.option("--ignore-case", "-i", is_flag=True, help="Match regardless of case.")
+@click.option("--long", "-l", "long_", is_flag=True, help="Show modes, sizes and times.")
+@pass_app
+def find(
+    app: App,
+    patterns: tuple[str, ...],
+    points: tuple[str, ...],
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
+    oldest: datetime | None,
+    newest: datetime | None,
+    ignore_case: bool,
+    long_: bool,
+) -> None:
+    """Find files in points by name (`*.conf`) or path (`/etc/**/*.conf`).
+
+    A pattern without a slash matches an entry's name, one with a slash its whole
+    path (`*` stays within a folder, `**` crosses folders), as `--exclude` does.
+    Entries matching any pattern are listed, point by point, oldest point first."""
+    request = FindRequest(
+        list(patterns),
+        PointFilter(list(hosts), list(tags), list(paths)),
+        list(points),
+        ignore_case,
+        oldest,
+        newest,
+    )
+    out = app.out
+    results: list[dict[str, object]] = []
+    total = 0
+    with app.repository(LockMode.NONE) as repo:
+        for found in find_files(repo, request):
+            p = found.point
+            total += len(found.matches)
+            if out.json:
+                results.append(
+                    {
+                        "point": p.id,
+                        "time": p.time.isoformat(),
+                        "host": p.host,
+                        "paths": p.paths,
+                        "hits": len(found.matches),
+                        "matches": [_node_doc(path, node, None) for path, node in found.matches],
+                    }
+                )
+                continue
+            out.info(
+                f"found in point {p.short_id} of host {printable(p.host)}, "
+                f"{printable(':'.join(p.paths))}, {p.time.astimezone():%Y-%m-%d %H:%M:%S}"
+            )
+            for path, node in found.matches:
+                if long_:
+                    mode = _TYPE_CHAR.get(node.type, "?") + statmod.filemode(node.mode)[1:]
+                    when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+                    out.info(f"  {mode} {node.size:>12} {when} {printable(path)}")
+                else:
+                    out.info(f"  {printable(path)}")
+    if out.json:
+        out.document(results)
+    else:
+        out.notice(plural(total, "match", "matches"))

@@ -1,0 +1,97 @@
+"""`strongroom find` across points (issue #17), checked against a plain walk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from strongroom.services.find import FindRequest, find_files
+from strongroom.services.points import list_points
+from strongroom.services.walk import iter_tree
+from strongroom.sources.exclude import Excluder
+from tests.conftest import CliRunner, open_local_repository
+from tests.helpers.tree import write_file
+
+
+def _points(tmp_path: Path, cli: CliRunner) -> tuple[Path, list[str]]:
+    """Three points of one tree as it changes, one of another tree and host."""
+    src = tmp_path / "src"
+    for rel in ("etc/app.conf", "etc/sub/deep.CONF", "home/u/notes.txt", "home/u/app.conf.bak"):
+        write_file(src / rel, rel.encode())
+    ids = [cli("backup", str(src), "--json").summary()["point_id"]]
+    write_file(src / "etc/sub/new.conf", b"new")
+    os.utime(src / "etc/sub/new.conf", (1_700_000_000, 1_700_000_000))
+    ids.append(cli("backup", str(src), "--json").summary()["point_id"])
+    (src / "etc/app.conf").unlink()
+    ids.append(cli("backup", str(src), "--json").summary()["point_id"])
+    other = tmp_path / "other"
+    write_file(other / "x.conf", b"x")
+    ids.append(cli("backup", str(other), "--host", "web", "--json").summary()["point_id"])
+    return src, ids
+
+
+def _hits(doc: list[dict[str, object]]) -> dict[str, set[str]]:
+    return {str(d["point"]): {str(m["path"]) for m in d["matches"]} for d in doc}  # type: ignore[attr-defined]
+
+
+def test_find_by_name_path_case_time_and_point(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    src, ids = _points(tmp_path, cli)
+    s = str(src)
+    by_name = _hits(cli("find", "*.conf", "--json").json())
+    assert by_name == {
+        ids[0]: {f"{s}/etc/app.conf"},
+        ids[1]: {f"{s}/etc/app.conf", f"{s}/etc/sub/new.conf"},
+        ids[2]: {f"{s}/etc/sub/new.conf"},
+        ids[3]: {f"{tmp_path}/other/x.conf"},
+    }
+    nocase = _hits(cli("find", "-i", "*.conf", "--host", "vm-does-not-exist", "--json").json())
+    assert nocase == {}
+    nocase = _hits(cli("find", "--ignore-case", "deep.conf", "--json").json())
+    assert set(nocase) == set(ids[:3])
+    deep = _hits(cli("find", f"{s}/etc/**/*.conf", "--json").json())
+    assert deep == {ids[1]: {f"{s}/etc/sub/new.conf"}, ids[2]: {f"{s}/etc/sub/new.conf"}}
+    assert _hits(cli("find", "*.conf", "--host", "web", "--json").json()) == {
+        ids[3]: {f"{tmp_path}/other/x.conf"}
+    }
+    one = _hits(cli("find", "*.conf", "--point", ids[1][:8], "--json").json())
+    assert set(one) == {ids[1]}
+    old = _hits(cli("find", "*.conf", "--newest", "2023-11-15", "--json").json())
+    assert old == {ids[1]: {f"{s}/etc/sub/new.conf"}, ids[2]: {f"{s}/etc/sub/new.conf"}}
+    text = cli("find", "notes.txt")
+    assert text.rc == 0
+    assert f"found in point {ids[0][:8]}" in text.out and f"{s}/home/u/notes.txt" in text.out
+    assert "3 matches" in text.err
+    bad = cli("find", "*.conf", "--oldest", "yesterday")
+    assert bad.rc == 2 and "is not a date" in bad.err
+    assert cli("find").rc == 2
+
+
+def test_shared_subtrees_give_what_a_plain_walk_gives(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    """The search reuses a subtree's matches across points: the result must equal
+    walking every point's whole tree."""
+    _points(tmp_path, cli)
+    repo = open_local_repository(initialized_repo)
+    try:
+        for patterns in (["*.conf"], ["*"], ["/**/sub"], ["u", "*.txt"]):
+            found = {
+                m.point.id: m.matches for m in find_files(repo, FindRequest(patterns=patterns))
+            }
+            matcher = Excluder(patterns)
+            expected = {}
+            for p in list_points(repo):
+                walk = [
+                    (path, node)
+                    for path, node in iter_tree(repo, bytes.fromhex(p.tree))
+                    if matcher.excluded(path, node.name)
+                ]
+                if walk:
+                    expected[p.id] = walk
+            assert {k: [(p, n.name) for p, n in v] for k, v in found.items()} == {
+                k: [(p, n.name) for p, n in v] for k, v in expected.items()
+            }, patterns
+    finally:
+        repo.close()
