@@ -90,7 +90,7 @@ def test_diff_reports_each_kind_of_change(cli: CliRunner, backed_up: BackedUp) -
     write_file(src / "emptydir", b"now a file")  # T
     second = cli("backup", str(src), "--json").summary()["point_id"]
 
-    result = cli("diff", backed_up.point_id, second)
+    result = cli("diff", "--metadata", backed_up.point_id, second)
     assert result.rc == 0
     *lines, _blank, totals = result.out.splitlines()
     # Directories above the backed-up one (/tmp, ...) may change meanwhile
@@ -113,6 +113,21 @@ def test_diff_reports_each_kind_of_change(cli: CliRunner, backed_up: BackedUp) -
     assert changes == expected
     if len(changes) == len(lines):
         assert totals == "2 added, 1 removed, 1 modified, 3 metadata changed, 1 type changed"
+
+    # Without --metadata, folders whose only change is their own time are left out
+    # (restic's default); a file's metadata change still shows.
+    plain = cli("diff", backed_up.point_id, second)
+    plain_changes = {
+        tuple(line.split(maxsplit=1))
+        for line in plain.out.splitlines()[:-2]
+        if line.split(maxsplit=1)[1].startswith(str(src))
+    }
+    assert plain_changes == expected - {("U", str(src)), ("U", f"{src}/sub/deeper")}
+    os.chmod(src / "sub", 0o700)  # a folder's own metadata change is still one
+    third = cli("backup", str(src), "--json").summary()["point_id"]
+    assert ("U", f"{src}/sub") in {
+        tuple(line.split(maxsplit=1)) for line in cli("diff", second, third).out.splitlines()[:-2]
+    }
 
     same = cli("diff", second, second)
     assert same.rc == 0 and "0 added, 0 removed, 0 modified" in same.out

@@ -162,10 +162,27 @@ def _meta(n: Node) -> tuple[object, ...]:
     )
 
 
+def _meta_changed(o: Node, n: Node, folder_times: bool) -> bool:
+    """Metadata differs; a folder whose only difference is its modification time
+    (it changes whenever an entry is added or removed) counts only with
+    `folder_times`, as restic shows such changes only with `--metadata`."""
+    if _meta(o) == _meta(n):
+        return False
+    if folder_times or n.type != DIR or o.type != DIR:
+        return True
+    return _meta(o)[:3] + _meta(o)[4:] != _meta(n)[:3] + _meta(n)[4:]
+
+
 def diff_trees(
-    repo: Repository, a: bytes | None, b: bytes | None, base: bytes = b""
+    repo: Repository,
+    a: bytes | None,
+    b: bytes | None,
+    base: bytes = b"",
+    folder_times: bool = True,
 ) -> Iterator[Change]:
     """Differences from tree `a` to tree `b`; identical subtrees are skipped by id.
+    Without `folder_times`, a folder whose only change is its own modification
+    time is not reported (its entries' changes are).
 
     Walked with an explicit stack, by name at every level. A pair of trees met
     again on its own path (a tree containing itself) or nesting deeper than
@@ -181,7 +198,7 @@ def diff_trees(
         if len(stack) >= MAX_TREE_DEPTH:
             raise IntegrityError(f"a tree is nested deeper than {MAX_TREE_DEPTH} levels")
         on_path.add(key)
-        stack.append((key, _diff_level(repo, pair)))
+        stack.append((key, _diff_level(repo, pair, folder_times)))
 
     if a != b:
         push(_Pair(a, b, base))
@@ -207,7 +224,7 @@ class _Pair:
     base: bytes
 
 
-def _diff_level(repo: Repository, pair: _Pair) -> Iterator[Change | _Pair]:
+def _diff_level(repo: Repository, pair: _Pair, folder_times: bool) -> Iterator[Change | _Pair]:
     """One directory's changes, each directory's own pair right after its change."""
     old = {n.name: n for n in load_tree(repo, pair.a)} if pair.a else {}
     new = {n.name: n for n in load_tree(repo, pair.b)} if pair.b else {}
@@ -233,7 +250,7 @@ def _diff_level(repo: Repository, pair: _Pair) -> Iterator[Change | _Pair]:
             elif n.type == FILE and o.chunks != n.chunks:
                 yield Change("M", path, n)
             elif n.type == DIR:
-                if _meta(o) != _meta(n):
+                if _meta_changed(o, n, folder_times):
                     yield Change("U", path, n)
                 yield _Pair(o.subtree, n.subtree, path)
             elif _meta(o) != _meta(n):
@@ -241,7 +258,12 @@ def _diff_level(repo: Repository, pair: _Pair) -> Iterator[Change | _Pair]:
 
 
 def diff_scoped(
-    repo: Repository, a: RecoveryPoint, sa: Scope, b: RecoveryPoint, sb: Scope
+    repo: Repository,
+    a: RecoveryPoint,
+    sa: Scope,
+    b: RecoveryPoint,
+    sb: Scope,
+    folder_times: bool = True,
 ) -> Iterator[Change]:
     """Differences between what `restore --scope` writes of `a` and of `b`:
     both scoped walks merged by path (depth first by name on both sides, so
@@ -268,7 +290,7 @@ def diff_scoped(
                 yield Change("T", new[0], n)
             elif n.type == FILE and o.chunks != n.chunks:
                 yield Change("M", new[0], n)
-            elif _meta(o) != _meta(n):
+            elif _meta_changed(o, n, folder_times):
                 yield Change("U", new[0], n)
             old, new = next(left, None), next(right, None)
 

@@ -124,8 +124,13 @@ def _class_column(node: Node, seeds: PointSeeds) -> str:
 @click.argument("point_a")
 @click.argument("point_b")
 @_SCOPE_OPTION
+@click.option(
+    "--metadata",
+    is_flag=True,
+    help="Also list folders whose only change is their own modification time.",
+)
 @pass_app
-def diff(app: App, point_a: str, point_b: str, scope_text: str) -> None:
+def diff(app: App, point_a: str, point_b: str, scope_text: str, metadata: bool) -> None:
     """Show what changed between two points (+ added, - removed, M modified, U metadata, T type)."""
     counts = {"+": 0, "-": 0, "M": 0, "U": 0, "T": 0}
     spec = ScopeSpec.parse(scope_text)
@@ -141,9 +146,11 @@ def diff(app: App, point_a: str, point_b: str, scope_text: str) -> None:
         for notice in dict.fromkeys(n for n in (sa.notice, sb.notice) if n):
             app.out.notice(notice)
         if spec.is_full:
-            changes = diff_trees(repo, bytes.fromhex(a.tree), bytes.fromhex(b.tree))
+            changes = diff_trees(
+                repo, bytes.fromhex(a.tree), bytes.fromhex(b.tree), folder_times=metadata
+            )
         else:
-            changes = diff_scoped(repo, a, sa.scope, b, sb.scope)
+            changes = diff_scoped(repo, a, sa.scope, b, sb.scope, folder_times=metadata)
         for change in changes:
             counts[change.kind] += 1
             if app.out.json:
