@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import click
@@ -25,6 +25,7 @@ class App:
     out: Output
     password_file: str | None = None  # --password-file
     password_command: str | None = None  # --password-command
+    _password: bytes | None = field(default=None, repr=False)  # once read, for this command
 
     def has_password_source(self) -> bool:
         """True when a password can be had without asking anyone."""
@@ -41,8 +42,15 @@ class App:
         """From the command line's file or command, STRONGROOM_PASSWORD, the
         settings' file or command, or a prompt (terminal only); docs/cli.md.
 
-        Never logged, never echoed.
+        Asked for once per command: a first backup that creates the default
+        repository and then opens it asks twice (new, confirm), not three times,
+        and a password command runs once. Never logged, never echoed.
         """
+        if self._password is None:
+            self._password = self._read_password(confirm, prompt)
+        return self._password
+
+    def _read_password(self, confirm: bool, prompt: str) -> bytes:
         if self.password_file and self.password_command:
             raise UsageError("--password-file and --password-command exclude each other")
         if self.password_file:
@@ -69,10 +77,16 @@ class App:
                 "STRONGROOM_PASSWORD_COMMAND, or use --password-file or --password-command"
             )
         value: str = click.prompt(
-            f"Enter {prompt}", hide_input=True, confirmation_prompt=confirm, err=True
+            f"Enter {prompt}", hide_input=True, default="", show_default=False, err=True
         )
         if not value:
-            raise UsageError("an empty password is not allowed")
+            raise UsageError("an empty password is not allowed: anyone could open the repository")
+        if confirm:
+            again: str = click.prompt(
+                "Repeat it to confirm", hide_input=True, default="", show_default=False, err=True
+            )
+            if again != value:
+                raise UsageError("the two passwords typed differ: nothing was created")
         return value.encode()
 
     @contextmanager
