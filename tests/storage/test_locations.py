@@ -4,7 +4,7 @@
 named `sftp:user@host:` and back up into it: a user who believed the
 backups off-site had them on the same disk. Every `WORD:` location strongroom
 does not support is now refused with exit 2; `./WORD:...` reaches a local
-folder of that name.
+folder of that name. (SFTP itself is supported since: tests/storage/test_sftp.py.)
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from tests.conftest import CliRunner
 from tests.helpers.cli import assert_one_line_error
 
 UNSUPPORTED = [
-    "sftp:user@host:/srv/repo",
     "rclone:remote:path",
     "rest:http://host:8000/",
     "b2:bucket:path",
@@ -65,7 +64,7 @@ def test_an_unsupported_scheme_is_refused_and_nothing_is_created(
 )
 def test_any_word_colon_prefix_is_refused_unless_supported(scheme: str, rest: str) -> None:
     location = f"{scheme}:{rest}"
-    supported = location.startswith(("s3:", "memory://", "file://"))
+    supported = location.startswith(("s3:", "memory://", "file://", "sftp:"))
     if supported:
         return
     with pytest.raises(UsageError):
@@ -101,15 +100,17 @@ def test_supported_locations_still_open(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["init", "backup"])
-def test_cli_refuses_sftp_repo_with_exit_2(command: str, cli: CliRunner, tmp_path: Path) -> None:
+def test_cli_refuses_an_unsupported_repo_with_exit_2(
+    command: str, cli: CliRunner, tmp_path: Path
+) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (work / "data.txt").write_bytes(b"precious")
     args = [command] if command == "init" else [command, str(work / "data.txt")]
-    result = cli("--repo", "sftp:user@host:/srv/repo", *args, cwd=work)
+    result = cli("--repo", "b2:bucket:/srv/repo", *args, cwd=work)
     assert result.rc == ExitCode.USAGE, result.err
-    assert_one_line_error(result, "sftp:", "not a storage strongroom supports")
-    assert sorted(os.listdir(work)) == ["data.txt"]  # no folder "sftp:user@host:"
+    assert_one_line_error(result, "b2:", "not a storage strongroom supports")
+    assert sorted(os.listdir(work)) == ["data.txt"]  # no folder "b2:bucket:"
 
 
 def test_cli_refuses_an_unsupported_repo_from_the_environment(
@@ -129,9 +130,9 @@ def test_protect_to_refuses_an_unsupported_destination(cli: CliRunner, tmp_path:
     (work / "tree" / "f").write_bytes(b"data")
     state = tmp_path / "state"
     result = cli(
-        "protect", str(work / "tree"), "--to", "sftp:backup@far:/vhds", "--state", str(state),
+        "protect", str(work / "tree"), "--to", "b2:backup:/vhds", "--state", str(state),
         cwd=work,
     )  # fmt: skip
     assert result.rc == ExitCode.USAGE, result.err
-    assert_one_line_error(result, "--to destination", "sftp:")
+    assert_one_line_error(result, "--to destination", "b2:")
     assert sorted(os.listdir(work)) == ["tree"]

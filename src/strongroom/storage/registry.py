@@ -18,7 +18,8 @@ from strongroom.storage.base import Backend
 
 SUPPORTED = (
     "a folder path, file://PATH, s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX], "
-    "s3://BUCKET[/PREFIX] or memory://NAME"
+    "s3://BUCKET[/PREFIX], sftp:[USER@]HOST:PATH, sftp://[USER@]HOST[:PORT]//PATH "
+    "or memory://NAME"
 )
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
@@ -28,7 +29,7 @@ def check_location(location: str, what: str = "repository location") -> None:
     support, or that is empty; the message names the supported ones."""
     if not location:
         raise UsageError(f"{what} is empty: use {SUPPORTED}")
-    if location.startswith(("memory://", "s3:", "file://")):
+    if location.startswith(("memory://", "s3:", "file://", "sftp:")):
         return
     found = _SCHEME.match(location)
     if found:
@@ -40,8 +41,9 @@ def check_location(location: str, what: str = "repository location") -> None:
 
 
 def open_backend(location: str, what: str = "repository location") -> Backend:
-    """Open the backend for `location`: a path, `file://PATH`, `memory://NAME`, or
-    an S3 bucket (`s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`, `s3://BUCKET[/PREFIX]`).
+    """Open the backend for `location`: a path, `file://PATH`, `memory://NAME`, an
+    S3 bucket (`s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`, `s3://BUCKET[/PREFIX]`) or
+    a folder over SFTP (`sftp:[USER@]HOST:PATH`, `sftp://[USER@]HOST[:PORT]//PATH`).
     Anything else that looks like `SCHEME:` is refused (`check_location`).
 
     Wrappers (retry, logging) are applied here, in one place, as they arrive.
@@ -55,6 +57,10 @@ def open_backend(location: str, what: str = "repository location") -> Backend:
         from strongroom.storage.s3 import S3Backend
 
         return S3Backend(location)
+    if location.startswith("sftp:"):
+        from strongroom.storage.sftp import SftpBackend
+
+        return SftpBackend(location)
     if location.startswith("file://"):
         location = location[len("file://") :]
         if not location:
