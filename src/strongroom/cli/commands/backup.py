@@ -10,6 +10,7 @@ import click
 
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
+from strongroom.cli.impact import backup_kind, impact_options
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
@@ -129,6 +130,7 @@ if TYPE_CHECKING:
 @click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
 @server_options
 @pass_app
+@impact_options(backup_kind)
 def backup(
     app: App,
     paths: tuple[str, ...],
@@ -354,6 +356,7 @@ def backup_image_cmd(
     from strongroom.services.image_backup import backup_image
 
     out = app.out
+    request.limit_read = app.settings.limit_read  # --limit-read (cli/impact.py)
     if server is not None:
         from strongroom.services.agent_backup import open_agent
         from strongroom.services.agent_images import backup_image_through_server
