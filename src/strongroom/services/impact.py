@@ -16,7 +16,10 @@ thread it runs the job on (the threads the job starts inherit it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from strongroom.priority import Priority, apply_priority
 
@@ -26,13 +29,16 @@ if TYPE_CHECKING:
     from strongroom.sources.block import BlockSource
     from strongroom.storage.base import Backend
 
-JobKind = Literal["files", "image", "vm", "protect"]
+JobKind = Literal["files", "image", "vm", "protect", "restore"]
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_PRIORITY: dict[str, Priority] = {
     "files": Priority.NORMAL,
     "image": Priority.NORMAL,
     "vm": Priority.IDLE,
     "protect": Priority.IDLE,
+    "restore": Priority.NORMAL,
 }
 
 
@@ -77,3 +83,30 @@ def limit_uploads(repo: Repository, rate: int | None) -> None:
     (packs, indexes, maps, points, locks: every write goes through
     `repo.backend`); nothing without a rate."""
     repo.backend = limit_backend(repo.backend, rate)
+
+
+def run_at(kind: JobKind, chosen: Priority | None, body: Callable[[], T]) -> T:
+    """`body()` at the priority of a job of `kind`, without changing the
+    caller's: on a thread of its own (which the job's threads inherit from),
+    its result returned or its exception raised here. At `normal`, on the
+    calling thread. What the system refuses is logged, and the job runs."""
+    level = job_priority(kind, chosen)
+    if level is Priority.NORMAL:
+        return body()
+    done: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        for warning in apply_priority(level, scope="thread"):
+            log.warning("%s", warning)
+        try:
+            done.append(body())
+        except BaseException as err:  # handed to the caller below
+            failed.append(err)
+
+    worker = threading.Thread(target=run, name=f"{kind}-job-{level}")
+    worker.start()
+    worker.join()
+    if failed:
+        raise failed[0]
+    return done[0]
