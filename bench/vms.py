@@ -86,6 +86,7 @@ Usage::
     nice -n 10 python bench/vms.py [--size 4] [--data 1.25] [--quick] [--vms 3] [--disks 1]
                                    [--rate 200] [--write-kib 4] [--hot 0.0025] [--scatter]
                                    [--parallel] [--idle-seconds 10] [--repo-dir DIR] [--seed N]
+                                   [--priority idle|low|normal] [--limit-read RATE]
                                    [--workdir DIR] [--keep] [--json FILE] [--markdown]
 
 ``--quick``: 1 GiB disks with 256 MiB of data, 5 s idle windows.
@@ -533,6 +534,15 @@ class Bench:
         except ValueError:
             return summary_json(stem)
 
+    def impact_args(self) -> list[str]:
+        """--priority and --limit-read as asked (none: strongroom's defaults)."""
+        out = []
+        if self.args.priority:
+            out += ["--priority", self.args.priority]
+        if self.args.limit_read:
+            out += ["--limit-read", self.args.limit_read]
+        return out
+
     def write_config(self) -> None:
         lines = []
         for node in self.nodes:
@@ -555,7 +565,7 @@ class Bench:
         sr = strongroom_cmd()
         t0 = time.time()
         for node in self.nodes:
-            cmd = [*sr, "backup", "--vm", node.name, "--json"]
+            cmd = [*sr, "backup", "--vm", node.name, "--json", *self.impact_args()]
             job = Spawned(cmd, self.env(), self.run, self.logs / f"{phase}-{node.name}")
             started.append((node, job))
             if not parallel:
@@ -1213,7 +1223,8 @@ def preamble(b: Bench, env: dict[str, object]) -> list[str]:
         f"writers: one process per VM, {a.rate:g} writes/s of {a.write_kib} KiB random data "
         f"(open loop), at random aligned offsets in a hot region of {hot // MIB} MiB per disk "
         f"({100 * a.hot:g} % of it, filled with data first)",
-        f"backups: strongroom backup --vm NAME --json, {mode}, into a repository on "
+        f"backups: strongroom backup --vm NAME --json {' '.join(b.impact_args())}".rstrip()
+        + f", {mode}, into a repository on "
         f"{env.get('repository_filesystem')}"
         + (" (--repo-dir)" if a.repo_dir else " (the VM disks' file system)")
         + "; page cache warm and sync before each phase",
@@ -1319,6 +1330,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--scatter", action="store_true", help="1 %% of bytes in random 64 KiB places")
     p.add_argument("--parallel", action="store_true", help="back up all VMs at once")
+    p.add_argument(
+        "--priority",
+        choices=("idle", "low", "normal"),
+        default=None,
+        help="the backups' --priority (default: strongroom's, idle for --vm)",
+    )
+    p.add_argument(
+        "--limit-read",
+        metavar="RATE",
+        default=None,
+        help="the backups' --limit-read (e.g. 100M; default: none)",
+    )
     p.add_argument("--idle-seconds", type=float, default=None, help="idle windows (default 10)")
     p.add_argument(
         "--repo-dir",
