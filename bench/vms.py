@@ -7,7 +7,11 @@ What is measured (issue #5, "Virtual machines on a cluster", Performance)
 time of the full and the incremental (1% changed), the write latency seen by the writers during
 a backup versus without one (the overhead the backup imposes on production), and the catalogue
 of bytes read/sent. Targets: incremental at least 20x faster than the full; writer latency
-during backup within 1.5x of idle."
+during backup within 1.5x of idle." Issue #16 ("stay out of the way of running VMs") sets the
+latency targets judged here: writers' p99 during an incremental at most 2x idle and during a
+full at most 5x idle, at the default settings (the VM backup's default `--priority idle`);
+``--priority`` and ``--limit-read`` pass those options to every backup, so the same run can be
+repeated with ``--priority normal`` or a read limit to see what each buys and costs.
 
 The cluster: ``--vms`` (3) VMs, each a ``qemu-storage-daemon`` (the block layer a running VM
 uses) holding ``--disks`` (1) qcow2 disk(s) of ``--size`` GiB (4) in the VM's folder of the
@@ -142,7 +146,9 @@ QUICK = (1.0, 0.25)
 CHANGE_UNIT = 64 * KIB
 CHANGE_SHARE = 0.01
 TARGET_RATIO = 20.0
-TARGET_LATENCY = 1.5
+# Writer p99 during a backup / idle: issue #16's targets (at the default settings);
+# issue #5 asked 1.5x for both.
+TARGET_LATENCY = {"full": 5.0, "incremental": 2.0}
 WARMUP = 2.0  # seconds of writing before the idle window opens
 START_TIMEOUT = 30.0
 RECORD = 5  # doubles per logged write: due, sent, acked, disk, offset
@@ -1194,8 +1200,8 @@ def compute_checks(b: Bench, lat: dict[str, Latency]) -> list[Check]:
                 f"writer p99 latency, {phase} / idle",
                 v,
                 "x",
-                f"<= {TARGET_LATENCY:g}x",
-                None if v is None else v <= TARGET_LATENCY,
+                f"<= {TARGET_LATENCY[phase]:g}x",
+                None if v is None else v <= TARGET_LATENCY[phase],
             )
         )
         for stat in ("p50", "mean"):

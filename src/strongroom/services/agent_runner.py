@@ -87,6 +87,12 @@ def configured_vms() -> Mapping[str, VmSpec]:
     return load_settings().vms
 
 
+def job_settings() -> Settings:
+    """The config file's and environment's settings, read anew for each job:
+    its `priority` and `limit_read`."""
+    return load_settings()
+
+
 class _Lost(StrongroomError):
     """The server says the job is no longer this agent's."""
 
@@ -99,7 +105,6 @@ class AgentRunner:
     beat: float = BEAT
     say: Callable[[str], None] = lambda _line: None
     vms: Callable[[], Mapping[str, VmSpec]] = configured_vms
-    settings: Callable[[], Settings] = load_settings  # priority and limits, read per job
 
     def __post_init__(self) -> None:
         self.jobs = JobsClient(self.client)
@@ -165,7 +170,7 @@ class AgentRunner:
         beating.start()
         point: str | None = None
         try:
-            settings = self.settings()
+            settings = job_settings()
             self._limit_read = settings.limit_read
             point, outcome = run_at(
                 _job_kind(job), settings.priority, lambda: self._body(job, report, cancel)
