@@ -95,3 +95,37 @@ def test_settings_from_file_and_environment(tmp_path: Path) -> None:
     assert (s.priority, s.limit_upload) == (Priority.NORMAL, 2 * MIB)
     with pytest.raises(ConfigError, match="limit_read"):
         load_settings(env={"STRONGROOM_LIMIT_READ": "0"}, path=tmp_path / "none.toml")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux priorities")
+def test_protect_runs_idle_by_default_and_limits_its_chain(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """With no priority set, protect's process runs at SCHED_IDLE and I/O class idle;
+    --limit-upload holds the VHD chain it writes (1 MiB of data at 1 MiB/s)."""
+    from tests.protect.mirror import chain_files, flatten
+
+    disk = tmp_path / "disk.raw"
+    data = os.urandom(MIB)
+    disk.write_bytes(data)
+    env = {k: v for k, v in cli_env.items() if k != "STRONGROOM_PRIORITY"}
+    cmd = [*strongroom_command(), "protect", str(disk), "--to", str(tmp_path / "dest")]
+    cmd += ["--state", str(tmp_path / "state"), "--limit-upload", "1M"]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen: set[tuple[int, int | None]] = set()
+    while proc.poll() is None:
+        try:
+            io = ioprio_get(proc.pid)
+            seen.add((os.sched_getscheduler(proc.pid), io[0] if io else None))
+        except OSError:
+            break
+        time.sleep(0.02)
+    _out, err = proc.communicate()
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, err.decode()
+    assert (os.SCHED_IDLE, IOPRIO_CLASS_IDLE) in seen
+    assert elapsed >= 0.7
+    flat = tmp_path / "flat.raw"
+    assert flatten(chain_files(tmp_path / "dest", "disk.raw"), flat) == len(data)
+    assert flat.read_bytes() == data
