@@ -90,7 +90,7 @@ Usage::
     nice -n 10 python bench/vms.py [--size 4] [--data 1.25] [--quick] [--vms 3] [--disks 1]
                                    [--rate 200] [--write-kib 4] [--hot 0.0025] [--scatter]
                                    [--parallel] [--idle-seconds 10] [--repo-dir DIR] [--seed N]
-                                   [--priority idle|low|normal] [--limit-read RATE]
+                                   [--priority idle|low|normal] [--limit-read RATE] [--vm-nice N]
                                    [--workdir DIR] [--keep] [--json FILE] [--markdown]
 
 ``--quick``: 1 GiB disks with 256 MiB of data, 5 s idle windows.
@@ -236,10 +236,11 @@ class WriterHost:
         write_size: int,
         seed: str,
         logfile: Path,
+        nice: list[str] | None = None,
     ) -> None:
         self.vm = vm
         self.log = logfile
-        cmd = [sys.executable, str(Path(__file__).resolve()), "writer"]
+        cmd = [*(nice or []), sys.executable, str(Path(__file__).resolve()), "writer"]
         for uri, (offset, length) in zip(uris, hot, strict=True):
             cmd += ["--uri", uri, "--hot", f"{offset}:{length}"]
         cmd += ["--rate", str(rate), "--write-size", str(write_size), "--seed", seed]
@@ -312,7 +313,8 @@ class VmNode:
     """A qemu-storage-daemon running the disks of one VM: node ``diskI`` (qcow2 on file node
     ``fI``) exported writable as ``diskI``; QMP for strongroom and for the benchmark."""
 
-    def __init__(self, name: str, folder: Path, disks: int) -> None:
+    def __init__(self, name: str, folder: Path, disks: int, nice: list[str] | None = None) -> None:
+        self.nice = nice or []
         self.name = name
         self.dir = folder
         self.disks = [f"disk{i}" for i in range(disks)]
@@ -342,7 +344,7 @@ class VmNode:
     def start(self) -> None:
         for sock in (self.nbd_socket, self.qmp_socket, self.control_socket):
             sock.unlink(missing_ok=True)
-        args = ["qemu-storage-daemon"]
+        args = [*self.nice, "qemu-storage-daemon"]
         for i, disk in enumerate(self.disks):
             args += ["--blockdev", f"driver=file,node-name=f{i},filename={self.file(disk)}"]
             args += ["--blockdev", f"driver=qcow2,node-name={disk},file=f{i}"]
@@ -730,7 +732,7 @@ def setup(b: Bench) -> None:
     cache = image_cache(b.run.parent.parent)
     metas = []
     for v in range(args.vms):
-        node = VmNode(f"vm{v + 1}", b.run / f"vm{v + 1}", args.disks)
+        node = VmNode(f"vm{v + 1}", b.run / f"vm{v + 1}", args.disks, vm_nice(args))
         node.dir.mkdir(parents=True)
         node.size = b.size
         for d, disk in enumerate(node.disks):
@@ -768,10 +770,16 @@ def start_writers(b: Bench) -> None:
             args.write_kib * KIB,
             f"vms:{args.seed}:writer:{v}",
             b.logs / f"writer-{node.name}.log",
+            vm_nice(args),
         )
         b.writers.append(w)
     for w in b.writers:
         w.wait_ready()
+
+
+def vm_nice(args: argparse.Namespace) -> list[str]:
+    """The `nice -n N` prefix of the VMs' daemons and writers (``--vm-nice``), or none."""
+    return [] if args.vm_nice is None else ["nice", "-n", str(args.vm_nice)]
 
 
 def idle(b: Bench, name: str) -> None:
@@ -1277,7 +1285,8 @@ def preamble(b: Bench, env: dict[str, object]) -> list[str]:
         "latency = acknowledgement - due time of each write; a backup phase counts the writes "
         "of the VM being backed up while its backup runs; idle baseline = three idle windows "
         f"({a.idle_seconds:g} s each); targets judged on p99",
-        f"load average at start {env['load_average']}",
+        f"load average at start {env['load_average']}"
+        + (f"; the VMs' daemons and writers at nice {a.vm_nice}" if a.vm_nice is not None else ""),
     ]
 
 
@@ -1391,6 +1400,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("idle", "low", "normal"),
         default=None,
         help="the backups' --priority (default: strongroom's, idle for --vm)",
+    )
+    p.add_argument(
+        "--vm-nice",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the VMs' daemons and writers at nice N (negative: root; the VMs ahead of "
+        "other work on a shared machine, as production VMs are)",
     )
     p.add_argument(
         "--limit-read",
