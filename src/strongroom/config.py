@@ -8,14 +8,15 @@ File: `$STRONGROOM_CONFIG`, else `$XDG_CONFIG_HOME/strongroom/config.toml`
 when a command uses policies), media libraries as `[library.NAME]` tables
 (see `LibrarySpec`; a virtual library needs none), and `catalog` (the media
 catalog's database: a SQLite path or a `postgresql://` URL; catalog/engine.py
-reads it), and `[notify]` (who hears of new media: see `NotifySpec`), and
-how a backup stays out of the way: `priority` (idle, low, normal:
-strongroom/priority.py), `limit_read` and `limit_upload` (bytes per second as
-a size: `50M`; strongroom/bandwidth.py).
+reads it), and `[notify]` (who hears of new media: see `NotifySpec`).
 Environment: `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`, `STRONGROOM_PASSWORD_FILE`,
-`STRONGROOM_COMPRESSION`, `STRONGROOM_CATALOG`, `STRONGROOM_PRIORITY`,
-`STRONGROOM_LIMIT_READ`, `STRONGROOM_LIMIT_UPLOAD`.
+`STRONGROOM_COMPRESSION`, `STRONGROOM_CATALOG`.
 The password itself is never read from the file.
+
+How a backup stays out of the way: `priority` (idle, low, normal:
+strongroom/priority.py), `limit_read` and `limit_upload` (bytes per second as
+a size: `50M`; strongroom/bandwidth.py), in the file or as
+`STRONGROOM_PRIORITY`, `STRONGROOM_LIMIT_READ`, `STRONGROOM_LIMIT_UPLOAD`.
 """
 
 from __future__ import annotations

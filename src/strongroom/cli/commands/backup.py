@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from strongroom.cli import impact
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
-from strongroom.cli.impact import backup_kind, impact_options
 from strongroom.cli.output import human_bytes
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
@@ -130,7 +130,7 @@ if TYPE_CHECKING:
 @click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
 @server_options
 @pass_app
-@impact_options(backup_kind)
+@impact.impact_options(impact.backup_kind)
 def backup(
     app: App,
     paths: tuple[str, ...],
