@@ -7,7 +7,11 @@ What is measured (issue #5, "Virtual machines on a cluster", Performance)
 time of the full and the incremental (1% changed), the write latency seen by the writers during
 a backup versus without one (the overhead the backup imposes on production), and the catalogue
 of bytes read/sent. Targets: incremental at least 20x faster than the full; writer latency
-during backup within 1.5x of idle."
+during backup within 1.5x of idle." Issue #16 ("stay out of the way of running VMs") sets the
+latency targets judged here: writers' p99 during an incremental at most 2x idle and during a
+full at most 5x idle, at the default settings (the VM backup's default `--priority idle`);
+``--priority`` and ``--limit-read`` pass those options to every backup, so the same run can be
+repeated with ``--priority normal`` or a read limit to see what each buys and costs.
 
 The cluster: ``--vms`` (3) VMs, each a ``qemu-storage-daemon`` (the block layer a running VM
 uses) holding ``--disks`` (1) qcow2 disk(s) of ``--size`` GiB (4) in the VM's folder of the
@@ -86,6 +90,7 @@ Usage::
     nice -n 10 python bench/vms.py [--size 4] [--data 1.25] [--quick] [--vms 3] [--disks 1]
                                    [--rate 200] [--write-kib 4] [--hot 0.0025] [--scatter]
                                    [--parallel] [--idle-seconds 10] [--repo-dir DIR] [--seed N]
+                                   [--priority idle|low|normal] [--limit-read RATE] [--vm-nice N]
                                    [--workdir DIR] [--keep] [--json FILE] [--markdown]
 
 ``--quick``: 1 GiB disks with 256 MiB of data, 5 s idle windows.
@@ -141,7 +146,9 @@ QUICK = (1.0, 0.25)
 CHANGE_UNIT = 64 * KIB
 CHANGE_SHARE = 0.01
 TARGET_RATIO = 20.0
-TARGET_LATENCY = 1.5
+# Writer p99 during a backup / idle: issue #16's targets (at the default settings);
+# issue #5 asked 1.5x for both.
+TARGET_LATENCY = {"full": 5.0, "incremental": 2.0}
 WARMUP = 2.0  # seconds of writing before the idle window opens
 START_TIMEOUT = 30.0
 RECORD = 5  # doubles per logged write: due, sent, acked, disk, offset
@@ -229,10 +236,11 @@ class WriterHost:
         write_size: int,
         seed: str,
         logfile: Path,
+        nice: list[str] | None = None,
     ) -> None:
         self.vm = vm
         self.log = logfile
-        cmd = [sys.executable, str(Path(__file__).resolve()), "writer"]
+        cmd = [*(nice or []), sys.executable, str(Path(__file__).resolve()), "writer"]
         for uri, (offset, length) in zip(uris, hot, strict=True):
             cmd += ["--uri", uri, "--hot", f"{offset}:{length}"]
         cmd += ["--rate", str(rate), "--write-size", str(write_size), "--seed", seed]
@@ -305,7 +313,8 @@ class VmNode:
     """A qemu-storage-daemon running the disks of one VM: node ``diskI`` (qcow2 on file node
     ``fI``) exported writable as ``diskI``; QMP for strongroom and for the benchmark."""
 
-    def __init__(self, name: str, folder: Path, disks: int) -> None:
+    def __init__(self, name: str, folder: Path, disks: int, nice: list[str] | None = None) -> None:
+        self.nice = nice or []
         self.name = name
         self.dir = folder
         self.disks = [f"disk{i}" for i in range(disks)]
@@ -335,7 +344,7 @@ class VmNode:
     def start(self) -> None:
         for sock in (self.nbd_socket, self.qmp_socket, self.control_socket):
             sock.unlink(missing_ok=True)
-        args = ["qemu-storage-daemon"]
+        args = [*self.nice, "qemu-storage-daemon"]
         for i, disk in enumerate(self.disks):
             args += ["--blockdev", f"driver=file,node-name=f{i},filename={self.file(disk)}"]
             args += ["--blockdev", f"driver=qcow2,node-name={disk},file=f{i}"]
@@ -533,6 +542,15 @@ class Bench:
         except ValueError:
             return summary_json(stem)
 
+    def impact_args(self) -> list[str]:
+        """--priority and --limit-read as asked (none: strongroom's defaults)."""
+        out = []
+        if self.args.priority:
+            out += ["--priority", self.args.priority]
+        if self.args.limit_read:
+            out += ["--limit-read", self.args.limit_read]
+        return out
+
     def write_config(self) -> None:
         lines = []
         for node in self.nodes:
@@ -555,7 +573,7 @@ class Bench:
         sr = strongroom_cmd()
         t0 = time.time()
         for node in self.nodes:
-            cmd = [*sr, "backup", "--vm", node.name, "--json"]
+            cmd = [*sr, "backup", "--vm", node.name, "--json", *self.impact_args()]
             job = Spawned(cmd, self.env(), self.run, self.logs / f"{phase}-{node.name}")
             started.append((node, job))
             if not parallel:
@@ -714,7 +732,7 @@ def setup(b: Bench) -> None:
     cache = image_cache(b.run.parent.parent)
     metas = []
     for v in range(args.vms):
-        node = VmNode(f"vm{v + 1}", b.run / f"vm{v + 1}", args.disks)
+        node = VmNode(f"vm{v + 1}", b.run / f"vm{v + 1}", args.disks, vm_nice(args))
         node.dir.mkdir(parents=True)
         node.size = b.size
         for d, disk in enumerate(node.disks):
@@ -752,10 +770,16 @@ def start_writers(b: Bench) -> None:
             args.write_kib * KIB,
             f"vms:{args.seed}:writer:{v}",
             b.logs / f"writer-{node.name}.log",
+            vm_nice(args),
         )
         b.writers.append(w)
     for w in b.writers:
         w.wait_ready()
+
+
+def vm_nice(args: argparse.Namespace) -> list[str]:
+    """The `nice -n N` prefix of the VMs' daemons and writers (``--vm-nice``), or none."""
+    return [] if args.vm_nice is None else ["nice", "-n", str(args.vm_nice)]
 
 
 def idle(b: Bench, name: str) -> None:
@@ -880,6 +904,43 @@ def account(b: Bench, writes: list[Write], counts: dict[str, int]) -> list[Accou
                     "; ".join(why),
                 )
             )
+    return out
+
+
+CBW_CLUSTER = 64 * KIB  # the copy-before-write filter copies whole clusters of the overlay
+
+
+def first_writes(b: Bench, writes: list[Write]) -> dict[str, dict[str, float]]:
+    """Per phase, the writes of the VM under backup after its snapshot instant, split by
+    whether each is the first to its 64 KiB cluster since the instant (the block layer then
+    copies the old cluster to the overlay before writing: copy-before-write) or not: counts
+    and latency p50/p99 (ms) of each. Shows what the frozen view itself costs a writer,
+    whatever the backup process does."""
+    out: dict[str, dict[str, float]] = {}
+    for phase in PHASES:
+        first: list[float] = []
+        again: list[float] = []
+        for r in b.phases.get(phase, []):
+            if not r.instant:
+                continue
+            seen: set[tuple[int, int]] = set()
+            for w in sorted(
+                (w for w in writes if w.vm == r.vm and r.instant <= w.sent and w.due < r.ended),
+                key=lambda w: w.sent,
+            ):
+                key = (w.disk, w.offset // CBW_CLUSTER)
+                (again if key in seen else first).append(w.acked - w.due)
+                seen.add(key)
+        first.sort()
+        again.sort()
+        out[phase] = {
+            "first_writes": len(first),
+            "first_p50_ms": _quantile(first, 0.5) * 1000,
+            "first_p99_ms": _quantile(first, 0.99) * 1000,
+            "other_writes": len(again),
+            "other_p50_ms": _quantile(again, 0.5) * 1000,
+            "other_p99_ms": _quantile(again, 0.99) * 1000,
+        }
     return out
 
 
@@ -1011,6 +1072,7 @@ def run_all(b: Bench) -> list[Write]:
             except RuntimeError as exc:
                 b.fail(str(exc))
     point_instants(b)
+    b.notes["first_writes"] = first_writes(b, writes)
     b.notes["accounting"] = [asdict(a) for a in account(b, writes, counts)]
     for a in b.notes["accounting"]:
         if not a["ok"]:
@@ -1184,8 +1246,8 @@ def compute_checks(b: Bench, lat: dict[str, Latency]) -> list[Check]:
                 f"writer p99 latency, {phase} / idle",
                 v,
                 "x",
-                f"<= {TARGET_LATENCY:g}x",
-                None if v is None else v <= TARGET_LATENCY,
+                f"<= {TARGET_LATENCY[phase]:g}x",
+                None if v is None else v <= TARGET_LATENCY[phase],
             )
         )
         for stat in ("p50", "mean"):
@@ -1213,7 +1275,8 @@ def preamble(b: Bench, env: dict[str, object]) -> list[str]:
         f"writers: one process per VM, {a.rate:g} writes/s of {a.write_kib} KiB random data "
         f"(open loop), at random aligned offsets in a hot region of {hot // MIB} MiB per disk "
         f"({100 * a.hot:g} % of it, filled with data first)",
-        f"backups: strongroom backup --vm NAME --json, {mode}, into a repository on "
+        f"backups: strongroom backup --vm NAME --json {' '.join(b.impact_args())}".rstrip()
+        + f", {mode}, into a repository on "
         f"{env.get('repository_filesystem')}"
         + (" (--repo-dir)" if a.repo_dir else " (the VM disks' file system)")
         + "; page cache warm and sync before each phase",
@@ -1222,7 +1285,8 @@ def preamble(b: Bench, env: dict[str, object]) -> list[str]:
         "latency = acknowledgement - due time of each write; a backup phase counts the writes "
         "of the VM being backed up while its backup runs; idle baseline = three idle windows "
         f"({a.idle_seconds:g} s each); targets judged on p99",
-        f"load average at start {env['load_average']}",
+        f"load average at start {env['load_average']}"
+        + (f"; the VMs' daemons and writers at nice {a.vm_nice}" if a.vm_nice is not None else ""),
     ]
 
 
@@ -1239,6 +1303,16 @@ def report(
     verify_doc = b.notes.get("verify", {})
     verify_line = "verification (first VM, writers stopped): " + ", ".join(
         f"{k}: {v}" for k, v in verify_doc.items() if k.startswith(("incremental_", "whole_"))
+    )
+    cbw = b.notes.get("first_writes", {})
+    cbw_line = "writes of the VM under backup after its instant, first to their 64 KiB cluster " + (
+        "(copy-before-write) / later: "
+        + "; ".join(
+            f"{phase} {x['first_writes']} p50 {x['first_p50_ms']:.2f} "
+            f"p99 {x['first_p99_ms']:.2f} ms / {x['other_writes']} "
+            f"p50 {x['other_p50_ms']:.2f} p99 {x['other_p99_ms']:.2f} ms"
+            for phase, x in cbw.items()
+        )
     )
     change = b.notes.get("change", {})
     change_line = (
@@ -1271,6 +1345,8 @@ def report(
         table(ACC_HEADER, accounting_rows(acc), ACC_ALIGN),
         "",
         verify_line + ".",
+        "",
+        cbw_line + ".",
         "",
         table(CHECK_HEADER, check_rows(checks), CHECK_ALIGN),
     ]
@@ -1319,6 +1395,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--scatter", action="store_true", help="1 %% of bytes in random 64 KiB places")
     p.add_argument("--parallel", action="store_true", help="back up all VMs at once")
+    p.add_argument(
+        "--priority",
+        choices=("idle", "low", "normal"),
+        default=None,
+        help="the backups' --priority (default: strongroom's, idle for --vm)",
+    )
+    p.add_argument(
+        "--vm-nice",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the VMs' daemons and writers at nice N (negative: root; the VMs ahead of "
+        "other work on a shared machine, as production VMs are)",
+    )
+    p.add_argument(
+        "--limit-read",
+        metavar="RATE",
+        default=None,
+        help="the backups' --limit-read (e.g. 100M; default: none)",
+    )
     p.add_argument("--idle-seconds", type=float, default=None, help="idle windows (default 10)")
     p.add_argument(
         "--repo-dir",

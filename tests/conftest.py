@@ -60,6 +60,10 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
     monkeypatch.setenv("STRONGROOM_KDF", FAST_KDF)
     monkeypatch.setenv("STRONGROOM_PASSWORD", PASSWORD)
+    # VM and protect jobs default to SCHED_IDLE (services/impact.py): on a CI box
+    # whose cores the other test workers fill, they would crawl. Tests of the
+    # priority itself say --priority.
+    monkeypatch.setenv("STRONGROOM_PRIORITY", "normal")
     for name in _CLEARED:
         monkeypatch.delenv(name, raising=False)
 

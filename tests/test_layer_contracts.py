@@ -89,7 +89,7 @@ INJECTIONS = [
 ]
 
 # What the CLI may import besides itself (the rest is in the contract's forbidden list).
-CLI_MAY_IMPORT = {"services", "server", "model", "types", "errors", "config"}
+CLI_MAY_IMPORT = {"services", "server", "model", "types", "errors", "config", "priority", "cpu"}
 
 
 def _contracts() -> dict[str, dict[str, Any]]:

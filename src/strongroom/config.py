@@ -13,6 +13,11 @@ reads it), and `[notify]` (who hears of new media: see `NotifySpec`).
 Environment: `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`, `STRONGROOM_PASSWORD_FILE`,
 `STRONGROOM_PASSWORD_COMMAND`, `STRONGROOM_COMPRESSION`, `STRONGROOM_CATALOG`.
 The password itself is never read from the file.
+
+How a backup stays out of the way: `priority` (idle, low, normal:
+strongroom/priority.py), `limit_read` and `limit_upload` (bytes per second as
+a size: `50M`; strongroom/bandwidth.py), in the file or as
+`STRONGROOM_PRIORITY`, `STRONGROOM_LIMIT_READ`, `STRONGROOM_LIMIT_UPLOAD`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from strongroom.bandwidth import rate_bytes
 from strongroom.errors import ConfigError
+from strongroom.priority import Priority, parse_priority
 
 
 def data_home() -> Path:
@@ -124,6 +131,9 @@ class Settings:
     libraries: dict[str, LibrarySpec] = field(default_factory=dict)
     catalog: str | None = None  # None: SQLite in the data folder
     notify: NotifySpec = field(default_factory=NotifySpec)
+    priority: Priority | None = None  # None: the job kind's default (services/impact.py)
+    limit_read: int | None = None  # bytes/s read from sources; None: no limit
+    limit_upload: int | None = None  # bytes/s written to storage; None: no limit
     config_file: str | None = None  # the file read, if any
     source: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
 
@@ -173,7 +183,28 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
     if env.get("STRONGROOM_CATALOG"):
         settings.catalog = env["STRONGROOM_CATALOG"]
         settings.source["catalog"] = "STRONGROOM_CATALOG"
+    for key in _IMPACT_KEYS:
+        name = f"STRONGROOM_{key.upper()}"
+        if env.get(name):
+            _apply_impact(settings, key, env[name], name)
     return settings
+
+
+_IMPACT_KEYS = ("priority", "limit_read", "limit_upload")
+
+
+def _apply_impact(settings: Settings, key: str, value: object, where: str) -> None:
+    """`priority`, `limit_read` or `limit_upload` from a file or the environment."""
+    try:
+        if key == "priority":
+            settings.priority = parse_priority(str(value))
+        elif key == "limit_read":
+            settings.limit_read = rate_bytes(str(value))
+        else:
+            settings.limit_upload = rate_bytes(str(value))
+    except ValueError as err:
+        raise ConfigError(f"{where}: {key}: {err}") from None
+    settings.source[key] = where
 
 
 def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
@@ -191,6 +222,7 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
         "library",
         "catalog",
         "notify",
+        *_IMPACT_KEYS,
     }
     unknown = set(doc) - known
     if unknown:
@@ -240,6 +272,9 @@ def _apply_file(settings: Settings, doc: dict[str, object], where: str) -> None:
         settings.libraries[name] = _library(name, table, where)
     if "notify" in doc:
         settings.notify = _notify(doc["notify"], where)
+    for key in _IMPACT_KEYS:
+        if key in doc:
+            _apply_impact(settings, key, doc[key], f"config file {where}")
     seen: dict[tuple[str, str], str] = {}
     for spec in settings.vms.values():
         for disk in spec.disks:

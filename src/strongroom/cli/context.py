@@ -102,6 +102,10 @@ class App:
         with open_repository(self.settings.repository, self.password(), lock=mode) as repo:
             if show_damage:
                 repo.damage.listen(lambda message: self.out.notice(f"warning: {message} (skipped)"))
+            if self.settings.limit_upload is not None:  # --limit-upload (cli/impact.py)
+                from strongroom.services.impact import limit_uploads
+
+                limit_uploads(repo, self.settings.limit_upload)
             yield repo
 
 

@@ -24,6 +24,10 @@ Contract:
 - a restore with `overwrite: refuse` fails before writing anything when its
   target folder exists and is not empty (a files or VM point); of an image
   point, when its target exists and is anything but an empty regular file.
+- a job runs at its kind's priority (services/impact.py: VM backups idle,
+  the others normal; the config file's `priority` overrides), on a thread of
+  its own so the loop itself keeps its priority; image and VM backups read
+  their disks at most at the config file's `limit_read`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from strongroom.config import VmSpec, load_settings
+from strongroom.config import Settings, VmSpec, load_settings
 from strongroom.errors import Interrupted, RemoteError, StrongroomError, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.remote.client import Client
@@ -56,6 +60,7 @@ from strongroom.services.agent_images import (
 from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.backup import BackupRequest
 from strongroom.services.image_backup import JOB_CHANGED_SINCE, ImageBackupRequest
+from strongroom.services.impact import JobKind, run_at
 from strongroom.types import Progress
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,12 @@ def configured_vms() -> Mapping[str, VmSpec]:
     return load_settings().vms
 
 
+def job_settings() -> Settings:
+    """The config file's and environment's settings, read anew for each job:
+    its `priority` and `limit_read`."""
+    return load_settings()
+
+
 class _Lost(StrongroomError):
     """The server says the job is no longer this agent's."""
 
@@ -97,6 +108,7 @@ class AgentRunner:
 
     def __post_init__(self) -> None:
         self.jobs = JobsClient(self.client)
+        self._limit_read: int | None = None  # the running job's (config limit_read)
 
     # --- the loops ---------------------------------------------------------------
 
@@ -158,7 +170,11 @@ class AgentRunner:
         beating.start()
         point: str | None = None
         try:
-            point, outcome = self._body(job, report, cancel)
+            settings = job_settings()
+            self._limit_read = settings.limit_read
+            point, outcome = run_at(
+                _job_kind(job), settings.priority, lambda: self._body(job, report, cancel)
+            )
             ok = True
         except Interrupted:
             ok, outcome = False, STOPPED if self.stop.is_set() else "cancelled by the server"
@@ -238,6 +254,7 @@ class AgentRunner:
             source=source,
             changed_since=str(spec.get("changed_since", "auto")),
             tags=_strings(spec.get("tags")),
+            limit_read=self._limit_read,
         )
         if request.changed_since not in JOB_CHANGED_SINCE:
             raise UsageError("the image backup job is malformed (changed_since)")
@@ -277,6 +294,7 @@ class AgentRunner:
             tags=_strings(spec.get("tags")),
             progress=report,
             cancel=cancel,
+            limit_read=self._limit_read,
         )
         s = result.point.summary
         text = (
@@ -343,6 +361,14 @@ class AgentRunner:
             f"restored {s.files} files, {s.dirs} folders, {s.bytes_written} bytes of point "
             f"{found.short_id} to {target}"
         )
+
+
+def _job_kind(job: ClaimedJob) -> JobKind:
+    """The job's kind for its priority (services/impact.py)."""
+    if job.kind != "backup":
+        return "restore"
+    kind = job.spec.get("kind")
+    return "image" if kind == "image" else "vm" if kind == "vm" else "files"
 
 
 def _occupied(target: str) -> bool:

@@ -220,6 +220,7 @@ def backup_vm_through_server(
     cancel: threading.Event | None = None,
     protect_name: str | None = None,
     quiesce: VmQuiesce | None = None,
+    limit_read: int | None = None,
 ) -> VmBackupResult:
     """One point of the VM `spec`, of this machine's cluster, through the
     server (the module's contract); `block_size`: the repository's, for a
@@ -243,6 +244,7 @@ def backup_vm_through_server(
         cancel=cancel,
         protect_name=protect_name,
         quiesce=quiesce,
+        limit_read=limit_read,
     )
 
 

@@ -45,6 +45,7 @@ from strongroom.services.image_seeds import (
     point_seeds,
     seed_map,
 )
+from strongroom.services.impact import limit_reads, read_bucket
 from strongroom.services.points import PointFilter, find_point, list_points
 from strongroom.services.recording import record_point
 from strongroom.services.seeds import find_seeds
@@ -86,6 +87,7 @@ class ImageBackupRequest:
     allow_backing: bool = False  # --allow-backing: read the files the image names
     seeds: list[str] = field(default_factory=list)  # --seed NAME: the golden image it builds on
     no_seeds: bool = False  # --no-seeds: no automatic choice of a seed
+    limit_read: int | None = None  # --limit-read: bytes/s read from the source (None: no limit)
 
     @property
     def rules(self) -> OpenRules:
@@ -504,8 +506,9 @@ def run_image_backup(
             if seeded is not None:
                 parent_map = seeded[1]
                 changes = ChangeSet("compare", None, f"compared with seed {seeded[0].name}")
+        reading = limit_reads(source, read_bucket(req.limit_read))  # services/impact.py
         pipeline = ImageBackup(
-            store, source, block_size, parent_map, changes, progress=progress, cancel=cancel
+            store, reading, block_size, parent_map, changes, progress=progress, cancel=cancel
         )
         new_map = pipeline.run()
         summary = pipeline.summary

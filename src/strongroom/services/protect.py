@@ -40,6 +40,7 @@ from strongroom.protect.destinations import Shipment, VhdChain
 from strongroom.protect.vhd_mode import VhdProtection
 from strongroom.repository.repo import Repository
 from strongroom.repository.store import ChunkStore
+from strongroom.services.impact import limit_backend
 from strongroom.services.points import list_points
 from strongroom.services.recording import record_point
 from strongroom.services.volume_cycle import VolumeTarget
@@ -199,25 +200,29 @@ def protect_options(
 
 
 @contextmanager
-def destination(to: str | None, repo: Repository | None) -> Iterator[Destination]:
+def destination(
+    to: str | None, repo: Repository | None, limit_upload: int | None = None
+) -> Iterator[Destination]:
     """Where the cycles go: into `repo` as block points (the caller owns and
-    locks it), else to the folder or S3 location `to` as a VHD chain, closed
-    on leaving."""
+    locks it, and holds its writes to a limit), else to the folder or S3
+    location `to` as a VHD chain, closed on leaving, written at most at
+    `limit_upload` bytes/s (`--limit-upload`)."""
     if repo is not None:
         yield RepositoryDestination(repo)
         return
     if to is None:
         raise UsageError("say where cycles go: --to DEST or --to-repository")
-    chain = chain_destination(to)
+    chain = chain_destination(to, limit_upload)
     try:
         yield chain
     finally:
         chain.close()
 
 
-def chain_destination(location: str) -> Destination:
-    """A folder or S3 location that receives the VHD files themselves."""
-    return VhdChain(open_backend(location, "--to destination"))
+def chain_destination(location: str, limit_upload: int | None = None) -> Destination:
+    """A folder or S3 location that receives the VHD files themselves (at
+    most `limit_upload` bytes/s: services/impact.py)."""
+    return VhdChain(limit_backend(open_backend(location, "--to destination"), limit_upload))
 
 
 def check_destination(source: str, wants_vhd: bool) -> None:

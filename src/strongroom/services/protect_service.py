@@ -665,7 +665,7 @@ class SourceRunner:
             return quiesce(hooks, FsFreeze(mount) if mount else None, timeout)
 
         options = ProtectOptions(name=self.source.name)
-        dest = chain_destination(location)
+        dest = chain_destination(location, self.settings.limit_upload)
         try:
             done = chain_cycle(
                 self.source.path,

@@ -50,6 +50,7 @@ from strongroom.protect.source_points import PROTECT_TAG, protect_summary
 from strongroom.repository.leases import LeaseRecord
 from strongroom.repository.repo import Repository
 from strongroom.repository.store import ChunkStore
+from strongroom.services.impact import limit_reads, read_bucket
 from strongroom.services.recording import record_point
 from strongroom.services.vms import vm_lease, vm_path, vm_points
 from strongroom.sources.guest import Quiesce
@@ -138,6 +139,7 @@ def backup_vm(
     on_frozen: Any = None,
     protect_name: str | None = None,
     quiesce: VmQuiesce | None = None,
+    limit_read: int | None = None,
 ) -> VmBackupResult:
     """`backup_vm_to` the repository (the module docstring says the steps)."""
     return backup_vm_to(
@@ -150,6 +152,7 @@ def backup_vm(
         on_frozen=on_frozen,
         protect_name=protect_name,
         quiesce=quiesce,
+        limit_read=limit_read,
     )
 
 
@@ -164,13 +167,17 @@ def backup_vm_to(
     on_frozen: Any = None,  # test hook: called with the instant (time.time()) it froze
     protect_name: str | None = None,  # a protected source's point (protect/source_points.py)
     quiesce: VmQuiesce | None = None,  # hooks + guest freeze (replaces the plain guest freeze)
+    limit_read: int | None = None,  # bytes/s read from the frozen views, all disks together
 ) -> VmBackupResult:
     """Take one point of the VM (the module docstring says the steps).
 
     With `quiesce`, the point is application-consistent only when every hook
     and the guest freeze succeeded (the engine's verdict); without, when the
-    guest freeze succeeded."""
+    guest freeze succeeded. `limit_read`: the views are read at most at that
+    rate (services/impact.py), which also bounds the block layer's work for
+    the backup on the I/O thread the guest writes through."""
     mode, _ = parse_mode(changed_since)
+    reads = read_bucket(limit_read)
     repo = target.store
     prefix = vm_bitmap_prefix(repo, spec.name)
     warnings: list[str] = []
@@ -238,7 +245,13 @@ def backup_vm_to(
                 block_size=disk.block_size,
             )
             pipeline = ImageBackup(
-                repo, view, disk.block_size, disk.parent_map, changes, progress, cancel
+                repo,
+                limit_reads(view, reads),
+                disk.block_size,
+                disk.parent_map,
+                changes,
+                progress,
+                cancel,
             )
             pipeline.run()
             summary = {

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from strongroom.cli import impact
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes, plural
@@ -129,6 +130,7 @@ if TYPE_CHECKING:
 @click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
 @server_options
 @pass_app
+@impact.impact_options(impact.backup_kind)
 def backup(
     app: App,
     paths: tuple[str, ...],
@@ -356,6 +358,7 @@ def backup_image_cmd(
     from strongroom.services.image_backup import backup_image
 
     out = app.out
+    request.limit_read = app.settings.limit_read  # --limit-read (cli/impact.py)
     if server is not None:
         from strongroom.services.agent_backup import open_agent
         from strongroom.services.agent_images import backup_image_through_server

@@ -12,6 +12,7 @@ import click
 
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
+from strongroom.cli.impact import impact_options, protect_kind
 from strongroom.cli.output import human_bytes
 from strongroom.cli.units import parse_duration, parse_size
 from strongroom.errors import SourceError, UsageError
@@ -116,6 +117,7 @@ from strongroom.services.session import LockMode
 )
 @server_options
 @pass_app
+@impact_options(protect_kind, reads=False)
 def protect(
     app: App,
     source: str | None,
@@ -189,7 +191,7 @@ def protect(
         shipping: Destination | None = None
         if not through_agent:
             repo = stack.enter_context(app.repository(LockMode.SHARED)) if to_repository else None
-            shipping = stack.enter_context(destination(dest, repo))
+            shipping = stack.enter_context(destination(dest, repo, app.settings.limit_upload))
 
         def one() -> CycleResult:
             with ExitStack() as cycle, out.progress("protect") as progress:

@@ -55,8 +55,9 @@ def backup_vm_cmd(
 
             def run(spec: VmSpec, progress: ProgressCallback) -> VmBackupResult:
                 return backup_vm(
-                    repo, spec, changed_since=changed_since, tags=tags, progress=progress
-                )
+                    repo, spec, changed_since=changed_since, tags=tags, progress=progress,
+                    limit_read=app.settings.limit_read,
+                )  # fmt: skip
         else:
             from strongroom.services.agent_backup import open_agent
             from strongroom.services.agent_vms import backup_vm_through_server
@@ -72,6 +73,7 @@ def backup_vm_cmd(
                     changed_since=changed_since,
                     tags=tags,
                     progress=progress,
+                    limit_read=app.settings.limit_read,
                 )
                 t = {k: v - before[k] for k, v in asdict(store.traffic).items()}
                 result.traffic = t
