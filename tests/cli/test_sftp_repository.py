@@ -47,3 +47,28 @@ def test_backup_restore_check_over_sftp(tmp_path: Path, cli: CliRunner, server: 
     check = cli("check", "--read-data", env=env)
     assert check.rc == 0, check.err
     assert list((repo / "tmp").iterdir()) == []  # no temporary object left behind
+
+
+def test_backup_restore_check_through_rclone(
+    tmp_path: Path, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same round trip through `rclone serve sftp --stdio` on a local remote."""
+    import shutil
+
+    if shutil.which("rclone") is None:
+        pytest.skip("rclone not installed")
+    env = {
+        "RCLONE_CONFIG_TESTLOCAL_TYPE": "local",
+        "RCLONE_CONFIG": str(tmp_path / "no-rclone.conf"),
+        "STRONGROOM_REPO": f"rclone:testlocal:{tmp_path}/remote/repo",
+    }
+    src = tmp_path / "src"
+    write_file(src / "big.bin", random_bytes(2 << 20, 8))
+    write_file(src / "a" / "b.txt", b"b")
+    assert cli("init", env=env).rc == 0
+    assert (tmp_path / "remote" / "repo" / "config").is_file()
+    assert cli("backup", str(src), env=env).rc == 0
+    target = tmp_path / "restored"
+    assert cli("restore", "latest", "--target", str(target), env=env).rc == 0
+    assert walk_differences(src, target / str(src).lstrip("/"), check_atime=False) == []
+    assert cli("check", "--read-data", env=env).rc == 0

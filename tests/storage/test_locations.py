@@ -25,7 +25,6 @@ from tests.conftest import CliRunner
 from tests.helpers.cli import assert_one_line_error
 
 UNSUPPORTED = [
-    "rclone:remote:path",
     "rest:http://host:8000/",
     "b2:bucket:path",
     "azure:container:/",
@@ -64,7 +63,7 @@ def test_an_unsupported_scheme_is_refused_and_nothing_is_created(
 )
 def test_any_word_colon_prefix_is_refused_unless_supported(scheme: str, rest: str) -> None:
     location = f"{scheme}:{rest}"
-    supported = location.startswith(("s3:", "memory://", "file://", "sftp:"))
+    supported = location.startswith(("s3:", "memory://", "file://", "sftp:", "rclone:"))
     if supported:
         return
     with pytest.raises(UsageError):
@@ -118,9 +117,9 @@ def test_cli_refuses_an_unsupported_repo_from_the_environment(
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    result = cli("snapshots", env={"STRONGROOM_REPO": "rclone:remote:path"}, cwd=work)
+    result = cli("snapshots", env={"STRONGROOM_REPO": "azure:container:/path"}, cwd=work)
     assert result.rc == ExitCode.USAGE, result.err
-    assert_one_line_error(result, "rclone:")
+    assert_one_line_error(result, "azure:")
     assert os.listdir(work) == []
 
 

@@ -104,7 +104,11 @@ class Backend(Protocol):
     """Named immutable objects. Every method may raise StorageError subclasses."""
 
     location: str
-    capabilities: Capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What it can do beyond the core contract (an attribute or a property)."""
+        ...
 
     def put(self, name: str, data: Content) -> None:
         """Store `data` (one buffer or a list of parts) under `name` atomically and

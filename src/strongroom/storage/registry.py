@@ -1,10 +1,10 @@
 """Turn a repository location into a backend; backends import lazily.
 
 A location is never misread: anything that starts like a URL scheme
-(`WORD:`, e.g. `sftp:user@host:/srv/repo`, `rclone:remote:path`) and is not
+(`WORD:`, e.g. `b2:bucket:path`, `azure:container:/`) and is not
 one strongroom supports is refused, never taken as a local folder named
-`sftp:user@host:` that would keep the "off-site" backups on this disk. A
-local folder whose name really starts that way is reached as `./sftp:...` or
+`b2:bucket:` that would keep the "off-site" backups on this disk. A
+local folder whose name really starts that way is reached as `./b2:...` or
 by its absolute path.
 """
 
@@ -18,8 +18,8 @@ from strongroom.storage.base import Backend
 
 SUPPORTED = (
     "a folder path, file://PATH, s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX], "
-    "s3://BUCKET[/PREFIX], sftp:[USER@]HOST:PATH, sftp://[USER@]HOST[:PORT]//PATH "
-    "or memory://NAME"
+    "s3://BUCKET[/PREFIX], sftp:[USER@]HOST:PATH, sftp://[USER@]HOST[:PORT]//PATH, "
+    "rclone:REMOTE:PATH or memory://NAME"
 )
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
@@ -29,7 +29,7 @@ def check_location(location: str, what: str = "repository location") -> None:
     support, or that is empty; the message names the supported ones."""
     if not location:
         raise UsageError(f"{what} is empty: use {SUPPORTED}")
-    if location.startswith(("memory://", "s3:", "file://", "sftp:")):
+    if location.startswith(("memory://", "s3:", "file://", "sftp:", "rclone:")):
         return
     found = _SCHEME.match(location)
     if found:
@@ -43,7 +43,8 @@ def check_location(location: str, what: str = "repository location") -> None:
 def open_backend(location: str, what: str = "repository location") -> Backend:
     """Open the backend for `location`: a path, `file://PATH`, `memory://NAME`, an
     S3 bucket (`s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`, `s3://BUCKET[/PREFIX]`) or
-    a folder over SFTP (`sftp:[USER@]HOST:PATH`, `sftp://[USER@]HOST[:PORT]//PATH`).
+    a folder over SFTP (`sftp:[USER@]HOST:PATH`, `sftp://[USER@]HOST[:PORT]//PATH`)
+    or any remote rclone knows (`rclone:REMOTE:PATH`).
     Anything else that looks like `SCHEME:` is refused (`check_location`).
 
     Wrappers (retry, logging) are applied here, in one place, as they arrive.
@@ -61,6 +62,10 @@ def open_backend(location: str, what: str = "repository location") -> Backend:
         from strongroom.storage.sftp import SftpBackend
 
         return SftpBackend(location)
+    if location.startswith("rclone:"):
+        from strongroom.storage.sftp import RcloneBackend
+
+        return RcloneBackend(location)
     if location.startswith("file://"):
         location = location[len("file://") :]
         if not location:

@@ -155,27 +155,27 @@ class _SshPipe:
 class SftpBackend:
     """Objects as files below a folder on an SFTP server."""
 
-    capabilities = Capabilities(
-        atomic_create=True, ranged_get=True, listing_consistent=True, parallel_requests=1
-    )
-
     def __init__(self, location: str, ssh: str = "ssh") -> None:
-        import paramiko
-
         user, host, port, path = parse_location(location)
-        self.location = location
         argv = [ssh]
         argv += shlex.split(os.environ.get("STRONGROOM_SFTP_ARGS", ""))
         if port is not None:
             argv += ["-p", str(port)]
         argv += ["-s", "--", f"{user}@{host}" if user else host, "sftp"]
+        self._connect(location, argv, path, "over ssh")
+
+    def _connect(self, location: str, argv: list[str], path: str, how: str) -> None:
+        import paramiko
+
+        self.location = location
+        self._exclusive_rename: bool | None = None  # probed before the first create
         self._pipe = _SshPipe(argv)
         try:
             self._sftp = paramiko.SFTPClient(self._pipe)
         except (EOFError, OSError, paramiko.SSHException) as err:
             reason = self._pipe.stderr_tail() or str(err) or type(err).__name__
             self._pipe.close()
-            raise StorageError(f"cannot reach {location} over ssh: {reason}") from None
+            raise StorageError(f"cannot reach {location} {how}: {reason}") from None
         self._lock = threading.RLock()
         self._made_dirs: set[str] = set()
         try:
@@ -184,6 +184,43 @@ class SftpBackend:
             self.close()
             raise StorageError(f"{location}: {err}") from None
         self.root = path if path.startswith("/") else f"{home}/{path}"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """`atomic_create` only if this server's rename refuses an existing name
+        (OpenSSH's does; rclone's and some others replace it): probed once."""
+        return Capabilities(
+            atomic_create=self._rename_is_exclusive(),
+            ranged_get=True,
+            listing_consistent=True,
+            parallel_requests=1,
+        )
+
+    def _rename_is_exclusive(self) -> bool:
+        """Rename one temporary file onto another: refused means exclusive."""
+        with self._lock:
+            if self._exclusive_rename is None:
+                tmp_dir = f"{self.root}/{TMP_DIR}"
+                first, second = (f"{tmp_dir}/probe-{secrets.token_hex(8)}" for _ in range(2))
+                try:
+                    self._ensure_dir(tmp_dir)
+                    for name in (first, second):
+                        with self._sftp.open(name, "wb") as f:
+                            f.write(b"probe")
+                    try:
+                        self._sftp.rename(first, second)
+                        self._exclusive_rename = False
+                    except OSError:
+                        self._exclusive_rename = True
+                except OSError as err:
+                    raise self._error(err, "probing the server's rename") from None
+                finally:
+                    for name in (first, second):
+                        try:
+                            self._sftp.remove(name)
+                        except OSError:
+                            pass
+            return self._exclusive_rename
 
     # --- helpers -------------------------------------------------------------
 
@@ -297,7 +334,7 @@ class SftpBackend:
                 rel_dir = pending.pop()
                 if rel_dir == TMP_DIR:
                     continue
-                remote = f"{self.root}/{rel_dir}" if rel_dir else self.root
+                remote = f"{self.root}/{rel_dir}" if rel_dir else self.root or "/"
                 try:
                     entries = self._sftp.listdir_attr(remote)
                 except FileNotFoundError:
@@ -392,8 +429,15 @@ class _SftpTemp:
                 handle.close()
                 self._handle = None
                 backend._ensure_dir(final.rsplit("/", 1)[0])
-                if exclusive:
+                if exclusive and backend._rename_is_exclusive():
                     sftp.rename(self._path, final)  # OpenSSH: link() + unlink(): fails if it exists
+                elif exclusive:  # best effort (capabilities say so): look, then rename
+                    try:
+                        sftp.stat(final)
+                    except FileNotFoundError:
+                        sftp.posix_rename(self._path, final)
+                    else:
+                        raise OSError(errno.EEXIST, "exists")
                 else:
                     sftp.posix_rename(self._path, final)
             except OSError as err:
@@ -422,3 +466,37 @@ class _SftpTemp:
                 backend._sftp.remove(self._path)
             except (OSError, EOFError):
                 pass
+
+
+_RCLONE = re.compile(r"^rclone:(?P<remote>[^:\s-][^:\s]*:)?(?P<path>.*)$")
+
+
+def parse_rclone_location(location: str) -> str:
+    """`rclone:REMOTE:PATH` (restic's form) -> the `REMOTE:PATH` rclone serves."""
+    found = _RCLONE.match(location)
+    if found is None or found.group("remote") is None:
+        raise UsageError(
+            f"{location!r} is not an rclone location: use rclone:REMOTE:PATH "
+            "(a remote of `rclone config`, e.g. rclone:b2prod:bucket/strongroom)"
+        )
+    path = found.group("path")
+    if "\0" in path or any(part == ".." for part in path.split("/")):
+        raise UsageError(f"{location!r}: the path may not contain '..' or NUL")
+    return f"{found.group('remote')}{path}"
+
+
+class RcloneBackend(SftpBackend):
+    """A repository on any remote rclone knows, served by `rclone serve sftp
+    --stdio REMOTE:PATH` on a pipe (one process per session, as restic runs
+    `rclone serve restic --stdio`). rclone's own config, `RCLONE_*` variables
+    and `STRONGROOM_RCLONE_ARGS` (e.g. `--config FILE`) apply. rclone's SFTP
+    server replaces a name on rename, so exclusive create is best effort here
+    (`atomic_create` False): leases refuse, as on any such storage."""
+
+    def __init__(self, location: str, rclone: str = "rclone") -> None:
+        served = parse_rclone_location(location)
+        argv = [rclone, "serve", "sftp", "--stdio", "--transfers", "1"]
+        argv += shlex.split(os.environ.get("STRONGROOM_RCLONE_ARGS", ""))
+        argv += ["--", served]
+        self._connect(location, argv, "/", "through rclone")
+        self.root = ""
