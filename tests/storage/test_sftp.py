@@ -48,6 +48,7 @@ def test_create_is_exclusive_and_writes_are_atomic(sftp_env: SshServer) -> None:
     backend = open_backend(f"sftp://{HOST_ALIAS}/{folder}")  # URL form, absolute path
     try:
         backend.create("locks/a", b"first")
+        assert backend.capabilities.atomic_create  # OpenSSH's rename refused the probe
         with pytest.raises(ObjectExists):
             backend.create("locks/a", b"second")
         assert backend.get("locks/a") == b"first"

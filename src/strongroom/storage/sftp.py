@@ -188,9 +188,11 @@ class SftpBackend:
     @property
     def capabilities(self) -> Capabilities:
         """`atomic_create` only if this server's rename refuses an existing name
-        (OpenSSH's does; rclone's and some others replace it): probed once."""
+        (OpenSSH's does; rclone's and some others replace it). It is probed before
+        the first exclusive create (a read-only session never writes the probe),
+        so whoever checks after creating (the leases) reads the answer."""
         return Capabilities(
-            atomic_create=self._rename_is_exclusive(),
+            atomic_create=self._exclusive_rename is not False,
             ranged_get=True,
             listing_consistent=True,
             parallel_requests=1,
@@ -500,3 +502,4 @@ class RcloneBackend(SftpBackend):
         argv += ["--", served]
         self._connect(location, argv, "/", "through rclone")
         self.root = ""
+        self._exclusive_rename = False  # rclone's rename replaces: known, no probe
