@@ -86,6 +86,7 @@ class ImageBackupRequest:
     allow_backing: bool = False  # --allow-backing: read the files the image names
     seeds: list[str] = field(default_factory=list)  # --seed NAME: the golden image it builds on
     no_seeds: bool = False  # --no-seeds: no automatic choice of a seed
+    jobs: int | None = None  # --jobs: sealing workers (None: strongroom.cpu.default_jobs())
 
     @property
     def rules(self) -> OpenRules:
@@ -428,7 +429,9 @@ def store_image(
     with ExitStack() as stack:
         job = _ImageJob(repo, req, stack)
         source, changes = job.open(None, None, block_size)
-        pipeline = ImageBackup(repo, source, block_size, None, changes, progress, cancel)
+        pipeline = ImageBackup(
+            repo, source, block_size, None, changes, progress, cancel, workers=req.jobs
+        )
         pipeline.run()
         return pipeline.summary
 
@@ -505,7 +508,14 @@ def run_image_backup(
                 parent_map = seeded[1]
                 changes = ChangeSet("compare", None, f"compared with seed {seeded[0].name}")
         pipeline = ImageBackup(
-            store, source, block_size, parent_map, changes, progress=progress, cancel=cancel
+            store,
+            source,
+            block_size,
+            parent_map,
+            changes,
+            progress=progress,
+            cancel=cancel,
+            workers=req.jobs,
         )
         new_map = pipeline.run()
         summary = pipeline.summary
