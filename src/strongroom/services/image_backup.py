@@ -467,11 +467,12 @@ def run_image_backup(
     `parent_map`: the parent's map when the caller loaded it already.
     `begun`: when the caller started choosing the parent (`time.monotonic`).
 
-    The summary splits the fixed cost of an incremental: `parent_seconds`
-    (choosing the parent point, loading the chunk index and the parent's
-    map), `open_seconds` (the source and its tracker: bitmaps, qemu-nbd,
-    block status), within `seconds` (which also reads and stores the blocks
-    and the map)."""
+    The point's summary splits the fixed cost of an incremental:
+    `parent_seconds` (choosing the parent point, loading the chunk index and
+    the parent's map), then within `seconds`: `open_seconds` (the source and
+    its tracker: bitmaps, qemu-nbd, block status) and `store_seconds` (reading
+    and storing the blocks and the map); the rest of `seconds` is seeds and
+    retiring the superseded bitmaps."""
     begun = time.monotonic() if begun is None else begun
     warnings: list[str] = []
     if parent is None:
@@ -528,7 +529,9 @@ def run_image_backup(
             cancel=cancel,
             workers=req.jobs,
         )
+        stored = time.monotonic()
         new_map = pipeline.run()
+        stored = time.monotonic() - stored
         summary = pipeline.summary
         summary.warnings[:0] = warnings
         seeds: PointSeeds | None = None
@@ -563,6 +566,7 @@ def run_image_backup(
                 "seconds": round(seconds, 3),
                 "parent_seconds": round(t0 - begun, 3),
                 "open_seconds": round(opened - t0, 3),
+                "store_seconds": round(stored, 3),
             },
             lineage=lineage,
             seeds=seeds,
