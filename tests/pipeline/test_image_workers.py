@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from strongroom.errors import StrongroomError
+from strongroom.pipeline.chunk_writer import ChunkWriter
 from strongroom.pipeline.image_backup import ImageBackup, is_zero
 from strongroom.repository.repo import Repository
 from strongroom.sources.block import RawSource
@@ -97,6 +98,21 @@ def test_is_zero_reads_any_buffer_in_place() -> None:
     zeros[MiB + 1] = 1
     assert not is_zero(zeros) and not is_zero(memoryview(zeros))
     assert is_zero(memoryview(zeros)[:MiB])
+
+
+class _Failing:
+    def add_sealed(self, *args: object) -> bool:
+        raise OSError("disk full")
+
+
+def test_the_writer_hands_its_error_to_the_reader_and_never_hangs() -> None:
+    writer = ChunkWriter(_Failing(), depth=1)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="disk full"):
+        for _ in range(10):  # the queue fills once the writer died: put must not block
+            writer.put(bytes(32), b"sealed", 6)
+    with pytest.raises(OSError, match="disk full"):
+        writer.drain()
+    writer.close()
 
 
 class _FullDisk(Repository):

@@ -54,9 +54,13 @@ class ChunkWriter:
 
     def drain(self) -> None:
         """Wait for every chunk put so far to be queued in its pack; stop the thread."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._thread.join()
+        while self._thread.is_alive():  # a writer that fails meanwhile stops taking
+            try:
+                self._queue.put(_STOP, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
         self._raise()
 
     def close(self) -> None:
