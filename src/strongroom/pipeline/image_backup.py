@@ -3,11 +3,20 @@
 One pass in address order. For every block of the new map:
 - not named by the tracker: the parent's entry stands (no read);
 - wholly inside a zero extent the source reported: a hole (no read);
-- otherwise it is read (pipelined on this thread), then hashed, compared with
-  the parent's id and the index, and sealed on worker threads; an all-zero
-  block becomes a hole.
-The map is stored only after every chunk it names is durable (flush), and the
-caller writes the point after that: the write order of docs/design.md.
+- otherwise it is read (pipelined on this thread), then checked for zeros,
+  hashed, compared with the index, and compressed and sealed on `workers`
+  threads; an all-zero block becomes a hole. The sealed chunks go to their
+  packs on a writer thread of their own (`ChunkWriter`), so that reading never
+  waits for a pack write.
+Threads, not processes: keyed BLAKE3 and zstd release the GIL on a block
+(zstd, most of the CPU, runs on both cores), AES-GCM holds it for ~0.15 ms a
+MiB; handing 1 MiB blocks to worker processes would copy more than that
+(docs/performance.md, "Block images on both cores").
+The map, and so the point, does not depend on the number of workers: each
+block's entry is its content's id, set in address order.
+The map is stored only after every chunk it names is durable (the writer
+drained, then flush), and the caller writes the point after that: the write
+order of docs/design.md.
 """
 
 from __future__ import annotations
@@ -19,11 +28,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from strongroom.cpu import resolve_jobs
 from strongroom.errors import Interrupted
 from strongroom.model.blockmap import BlockMap
 from strongroom.pipeline.blockmaps import save_block_map
+from strongroom.pipeline.chunk_writer import ChunkWriter
 from strongroom.pipeline.ordered import OrderedWork
-from strongroom.repository.format import BlobType
 from strongroom.repository.store import ChunkStore
 from strongroom.sources.block import BlockSource, Data
 from strongroom.trackers.changes import ChangeSet, Mask
@@ -59,6 +69,14 @@ class ImageBackupSummary:
         return doc
 
 
+def is_zero(data: Data) -> bool:
+    """Whether a block is all zeros, without copying it: numpy reads the buffer
+    in place (~50 us a MiB, a memcmp's speed; comparing a memoryview with
+    bytes would go element by element, 40x slower)."""
+    wide = len(data) % 8 == 0
+    return not np.frombuffer(data, dtype=np.uint64 if wide else np.uint8).any()
+
+
 def zero_blocks(source: BlockSource, block_size: int, blocks: int) -> Mask:
     """Blocks that the source says read as zeros in their entirety."""
     zero = np.zeros(blocks, dtype=np.bool_)
@@ -86,7 +104,7 @@ class ImageBackup:
         changes: ChangeSet,
         progress: ProgressCallback = no_progress,
         cancel: threading.Event | None = None,
-        workers: int = 2,
+        workers: int | None = None,
         dry_run: bool = False,
     ) -> None:
         self.repo = repo
@@ -96,7 +114,7 @@ class ImageBackup:
         self.changes = changes
         self.report = progress
         self.cancel = cancel or threading.Event()
-        self.workers = workers
+        self.workers = resolve_jobs(workers)  # None: strongroom.cpu.default_jobs()
         self.dry_run = dry_run
         self.progress = Progress(job="backup")
         self.summary = ImageBackupSummary(
@@ -104,7 +122,6 @@ class ImageBackup:
         )
         self.summary.tracker_note = changes.note
         self._last_report = 0.0
-        self._zero = bytes(block_size)
 
     def run(self) -> BlockMap:
         src, bs = self.source, self.block_size
@@ -135,15 +152,17 @@ class ImageBackup:
         self._set_holes(new, old, zero)
         read = np.flatnonzero(todo & ~zero).tolist()
         self.progress.bytes_total = sum(new.extent(i)[1] for i in read)
+        writer = ChunkWriter(self.repo, depth=self.workers + 4, on_added=self._added)
         try:
-            with OrderedWork(self.workers, depth=2 * self.workers + 4) as work:
+            with writer, OrderedWork(self.workers, depth=2 * self.workers + 4) as work:
                 for offset, data in src.read_blocks(self._ranges(new, read)):
                     if self.cancel.is_set():
                         raise Interrupted("backup interrupted")
                     block = offset // bs
                     self.summary.blocks_read += 1
-                    work.submit(self._job(data), self._sink(new, old, block, len(data)))
+                    work.submit(self._job(data), self._sink(new, old, block, len(data), writer))
                 work.finish()
+                writer.drain()
             self.summary.bytes_read = src.bytes_read
             if not self.dry_run:
                 self.repo.flush()
@@ -167,25 +186,27 @@ class ImageBackup:
             yield new.extent(i)
 
     def _job(self, data: Data):  # type: ignore[no-untyped-def]
-        repo, zero, dry = self.repo, self._zero, self.dry_run
+        repo, dry = self.repo, self.dry_run
 
         def job() -> tuple[bytes | None, Sealed | None]:
-            if data == zero[: len(data)]:
+            if is_zero(data):
                 return None, None
             return repo.seal_new(memoryview(data), dry_run=dry)
 
         return job
 
-    def _sink(self, new: BlockMap, old: BlockMap | None, block: int, length: int):  # type: ignore[no-untyped-def]
+    def _added(self, length: int) -> None:
+        """A new chunk went into a pack (called on the writer thread, in order)."""
+        self.summary.blocks_new += 1
+        self.progress.bytes_added += length
+
+    def _sink(  # type: ignore[no-untyped-def]
+        self, new: BlockMap, old: BlockMap | None, block: int, length: int, writer: ChunkWriter
+    ):
         def sink(result: tuple[bytes | None, Sealed | None]) -> None:
             cid, sealed = result
-            if (
-                sealed is not None
-                and cid is not None
-                and self.repo.add_sealed(cid, BlobType.DATA, sealed, length)
-            ):
-                self.summary.blocks_new += 1
-                self.progress.bytes_added += length
+            if sealed is not None and cid is not None:
+                writer.put(cid, sealed, length)
             self._set(new, old, block, cid)
             self.progress.bytes_done += length
             self._emit()

@@ -88,6 +88,7 @@ class ImageBackupRequest:
     seeds: list[str] = field(default_factory=list)  # --seed NAME: the golden image it builds on
     no_seeds: bool = False  # --no-seeds: no automatic choice of a seed
     limit_read: int | None = None  # --limit-read: bytes/s read from the source (None: no limit)
+    jobs: int | None = None  # --jobs: sealing workers (None: strongroom.cpu.default_jobs())
 
     @property
     def rules(self) -> OpenRules:
@@ -430,7 +431,9 @@ def store_image(
     with ExitStack() as stack:
         job = _ImageJob(repo, req, stack)
         source, changes = job.open(None, None, block_size)
-        pipeline = ImageBackup(repo, source, block_size, None, changes, progress, cancel)
+        pipeline = ImageBackup(
+            repo, source, block_size, None, changes, progress, cancel, workers=req.jobs
+        )
         pipeline.run()
         return pipeline.summary
 
@@ -442,10 +445,11 @@ def backup_image(
     cancel: threading.Event | None = None,
 ) -> ImageBackupResult:
     """Back up `req.source` into a block point of the local repository."""
+    begun = time.monotonic()
     req.host = req.host or socket.gethostname()
     identity = source_identity(req)
     parent = _choose_parent(repo, req, identity)
-    return run_image_backup(repo, req, identity, parent, repo, progress, cancel)
+    return run_image_backup(repo, req, identity, parent, repo, progress, cancel, begun=begun)
 
 
 def run_image_backup(
@@ -457,11 +461,21 @@ def run_image_backup(
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
     parent_map: BlockMap | None = None,
+    begun: float | None = None,
 ) -> ImageBackupResult:
     """The backup once its parent is chosen, into `store` (a local repository,
     or an agent's RemoteStore: then `seeds_repo` is None and no seed is
     matched, pinned or inherited: seeds are the server's repository state).
-    `parent_map`: the parent's map when the caller loaded it already."""
+    `parent_map`: the parent's map when the caller loaded it already.
+    `begun`: when the caller started choosing the parent (`time.monotonic`).
+
+    The point's summary splits the fixed cost of an incremental:
+    `parent_seconds` (choosing the parent point, loading the chunk index and
+    the parent's map), then within `seconds`: `open_seconds` (the source and
+    its tracker: bitmaps, qemu-nbd, block status) and `store_seconds` (reading
+    and storing the blocks and the map); the rest of `seconds` is seeds and
+    retiring the superseded bitmaps."""
+    begun = time.monotonic() if begun is None else begun
     warnings: list[str] = []
     if parent is None:
         parent_map = None
@@ -496,6 +510,7 @@ def run_image_backup(
     with ExitStack() as stack:
         job = _ImageJob(store, req, stack)
         source, changes = job.open(parent, parent_map, block_size)
+        opened = time.monotonic()
         if parent is None and seeds_repo is not None:
             # A first backup: the seed's map plays the parent's part (every
             # block is read and compared with it: the "compare" tracker).
@@ -508,9 +523,18 @@ def run_image_backup(
                 changes = ChangeSet("compare", None, f"compared with seed {seeded[0].name}")
         reading = limit_reads(source, read_bucket(req.limit_read))  # services/impact.py
         pipeline = ImageBackup(
-            store, reading, block_size, parent_map, changes, progress=progress, cancel=cancel
+            store,
+            reading,
+            block_size,
+            parent_map,
+            changes,
+            progress=progress,
+            cancel=cancel,
+            workers=req.jobs,
         )
+        stored = time.monotonic()
         new_map = pipeline.run()
+        stored = time.monotonic() - stored
         summary = pipeline.summary
         summary.warnings[:0] = warnings
         seeds: PointSeeds | None = None
@@ -529,7 +553,7 @@ def run_image_backup(
         # costs the next backup a comparison (its parent's bitmap is gone).
         summary.warnings += job.after_point()
         lineage = job.lineage(summary.tracker)
-        seconds = time.monotonic() - t0
+        seconds = time.monotonic() - t0  # from the source's opening to the map stored
         point = record_point(
             store,
             kind=PointKind.BLOCK,
@@ -543,6 +567,9 @@ def run_image_backup(
                 **summary.as_dict(),
                 **summary_fields(lineage, bool(job.image_path)),
                 "seconds": round(seconds, 3),
+                "parent_seconds": round(t0 - begun, 3),
+                "open_seconds": round(opened - t0, 3),
+                "store_seconds": round(stored, 3),
             },
             lineage=lineage,
             seeds=seeds,

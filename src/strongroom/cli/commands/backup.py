@@ -230,6 +230,8 @@ def backup(
                 allow_backing=allow_backing,
                 seeds=list(seed_names),
                 no_seeds=no_seeds,
+                # files-jobs' `@jobs_option` (cli/units.py); None without it: the default
+                jobs=click.get_current_context().params.get("jobs"),
             ),
         )
         return
