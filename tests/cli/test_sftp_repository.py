@@ -72,3 +72,37 @@ def test_backup_restore_check_through_rclone(
     assert cli("restore", "latest", "--target", str(target), env=env).rc == 0
     assert walk_differences(src, target / str(src).lstrip("/"), check_atime=False) == []
     assert cli("check", "--read-data", env=env).rc == 0
+
+
+def test_the_local_cache_of_a_remote_repository(
+    tmp_path: Path, cli: CliRunner, server: SshServer
+) -> None:
+    """`snapshots` and a backup fill $XDG_CACHE_HOME/strongroom/repository/<id>/;
+    --no-cache reads past it; `cache` lists it and `cache --cleanup` removes it
+    once unused for longer than --max-unused."""
+    import os
+
+    env = {**server.env, "STRONGROOM_REPO": f"sftp://{HOST_ALIAS}/{server.folder}/cached"}
+    src = tmp_path / "src"
+    write_file(src / "a" / "f.txt", b"f")
+    assert cli("init", env=env).rc == 0
+    assert cli("backup", str(src), env=env).rc == 0
+    cache_root = Path(os.environ["XDG_CACHE_HOME"]) / "strongroom" / "repository"
+
+    assert cli("--no-cache", "snapshots", env=env).rc == 0
+    assert cli("--no-cache", "backup", str(src), env=env).rc == 0
+    assert not cache_root.exists()  # nothing cached with --no-cache
+
+    assert cli("snapshots", env=env).rc == 0
+    assert cli("backup", str(src), env=env).rc == 0
+    (folder,) = cache_root.iterdir()
+    kinds = {p.name: sum(1 for _, _, fs in os.walk(p) for _ in fs) for p in folder.iterdir()}
+    assert kinds["objects"] >= 2 and kinds["index"] >= 1 and kinds["trees"] >= 1, kinds
+    assert len(cli("snapshots", "--json", env=env).json()) == 3
+
+    listed = cli("cache", "--json").json()
+    assert [(c["kind"], c["repository_id"]) for c in listed] == [("repository", folder.name)]
+    kept = cli("cache", "--cleanup", "--json").json()
+    assert kept == {"removed": []} and folder.exists()  # used just now
+    removed = cli("cache", "--cleanup", "--max-unused", "0s", "--json").json()
+    assert [c["path"] for c in removed["removed"]] == [str(folder)] and not folder.exists()

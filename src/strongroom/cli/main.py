@@ -54,6 +54,7 @@ COMMANDS: dict[str, str] = {
     "media": "media:media",
     "pool": "pool:pool",
     "copy-to-media": "copy_to_media:copy_to_media",
+    "cache": "cache:cache",
     "version": "version:version",
     "completion": "completion:completion",
 }
@@ -109,6 +110,12 @@ class LazyGroup(click.Group):
     help="Run CMD (no shell; split like a shell would) and use the first line it prints "
     "as the password [env STRONGROOM_PASSWORD_COMMAND].",
 )
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Read every object from the repository's storage, not from the local cache "
+    "of a remote repository [env STRONGROOM_NO_CACHE=1].",
+)
 @click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and warnings.")
 @click.option("--verbose", "-v", count=True, help="Say more (repeatable).")
@@ -118,6 +125,7 @@ def cli(
     repo: str | None,
     password_file: str | None,
     password_command: str | None,
+    no_cache: bool,
     json_mode: bool,
     quiet: bool,
     verbose: int,
@@ -128,6 +136,10 @@ def cli(
     from strongroom.config import load_settings
 
     settings = load_settings()
+    if no_cache:
+        import os
+
+        os.environ["STRONGROOM_NO_CACHE"] = "1"  # read where the caches are opened
     if repo:
         settings.repo = repo
     logging.basicConfig(

@@ -5,18 +5,21 @@ off (every tree is then read from the server, as before the cache)."""
 
 from __future__ import annotations
 
-import os
-
-from strongroom.repository.blob_cache import BlobCache, repository_folder
+from strongroom.repository.blob_cache import (
+    NO_CACHE_VARIABLE,
+    BlobCache,
+    caching_disabled,
+    repository_folder,
+)
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import MAX_CHUNK_SIZE
 
 TREE_CACHE_BYTES = 256 << 20
-NO_CACHE_VARIABLE = "STRONGROOM_NO_CACHE"
+__all__ = ["NO_CACHE_VARIABLE", "TREE_CACHE_BYTES", "cache_disabled", "open_tree_cache"]
 
 
 def cache_disabled() -> bool:
-    return os.environ.get(NO_CACHE_VARIABLE, "").strip() not in ("", "0")
+    return caching_disabled()
 
 
 def open_tree_cache(repository_id: str, *, home: str | None = None) -> BlobCache | None:

@@ -42,11 +42,17 @@ import time
 from strongroom.atomic import atomic_write
 
 DEFAULT_LIMIT = 256 << 20
+NO_CACHE_VARIABLE = "STRONGROOM_NO_CACHE"  # 1: no cache at all (`--no-cache`)
 QUEUED = 4096  # writes handed to the background thread, at most (then `put_soon` waits)
 _KINDS = frozenset({"agent", "repository"})
 _REPOSITORY_ID = re.compile(r"[0-9a-f]{16,128}\Z")
 _NAME = re.compile(r"[0-9a-f]{64}\Z")
 _PREFIX = re.compile(r"[0-9a-f]{2}\Z")
+
+
+def caching_disabled() -> bool:
+    """`--no-cache` or STRONGROOM_NO_CACHE=1: every object read from storage."""
+    return os.environ.get(NO_CACHE_VARIABLE, "").strip() not in ("", "0")
 
 
 def cache_home() -> str:

@@ -35,7 +35,7 @@ from strongroom.errors import (
 )
 from strongroom.repository import format as fmt
 from strongroom.repository.compress import AUTO, Compressor, compression_mode, declared_size
-from strongroom.repository.crypto import ChunkHasher, Sealer, content_hash
+from strongroom.repository.crypto import OVERHEAD, ChunkHasher, Sealer, content_hash
 from strongroom.repository.damage import DamageLog
 from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
@@ -57,6 +57,7 @@ from strongroom.storage import Backend
 from strongroom.storage.base import ObjectInfo, StreamingPut, get_bounded
 
 if TYPE_CHECKING:  # numpy is imported only when an index is needed
+    from strongroom.repository.blob_cache import BlobCache
     from strongroom.repository.index import ChunkIndex, IndexFile, Location
 
 _CONFIG_AD = b"config"
@@ -77,6 +78,23 @@ MAX_CHUNK_SIZE = {BlobType.DATA: 64 << 20, BlobType.TREE: 512 << 20}
 COALESCE_GAP = 256 << 10  # chunks of one pack this close share one ranged read
 COALESCE_MAX = 16 << 20  # bytes of one such read, at most
 _OBJECT_HEX = re.compile(r"[0-9a-f]{64}\Z")
+# The local cache of a remote repository (`attach_cache`), per kind of object.
+CACHE_OBJECTS_BYTES = 256 << 20  # points (a few KiB each)
+CACHE_INDEX_BYTES = 1 << 30  # index files (~50 bytes per chunk)
+CACHE_TREES_BYTES = 1 << 30  # directory listings
+
+
+@dataclass
+class ObjectCache:
+    """The caches `attach_cache` opens: points, index files, trees."""
+
+    documents: BlobCache
+    indexes: BlobCache
+    trees: BlobCache
+
+    def close(self) -> None:
+        for cache in (self.documents, self.indexes, self.trees):
+            cache.close()
 
 
 def is_object_hex(text: str) -> bool:
@@ -269,6 +287,7 @@ class Repository:
         self._present_lock = threading.Lock()
         self.missing_packs_seen: set[bytes] = set()  # indexed, but not in storage
         self.damage = DamageLog()  # damaged or foreign objects met so far (reported once)
+        self.cache: ObjectCache | None = None  # remote storage: `attach_cache`
 
     # --- creating and opening ------------------------------------------------
 
@@ -348,7 +367,54 @@ class Repository:
         if self._uploader is not None:
             self._uploader.shutdown(wait=True)
             self._uploader = None
+        if self.cache is not None:
+            self.cache.close()
         self.backend.close()
+
+    # --- the local cache of a remote repository ------------------------------
+
+    def attach_cache(self, home: str | None = None) -> None:
+        """Keep index files, points and trees read from remote storage in
+        `$XDG_CACHE_HOME/strongroom/repository/<id>/` (restic's cache): they are
+        immutable and named by their content (index files and points) or id
+        (trees), and every hit is verified exactly as a read from storage is,
+        so a damaged or planted entry is dropped and read again, never used."""
+        from strongroom.repository.blob_cache import BlobCache, repository_folder
+
+        folder = repository_folder("repository", self.config.id, home)
+        if folder is None:
+            return
+        self.cache = ObjectCache(
+            documents=BlobCache(
+                f"{folder}/objects", limit=CACHE_OBJECTS_BYTES, max_blob=MAX_POINT_SIZE
+            ),
+            indexes=BlobCache(
+                f"{folder}/index", limit=CACHE_INDEX_BYTES, max_blob=CACHE_INDEX_BYTES
+            ),
+            trees=BlobCache(
+                f"{folder}/trees",
+                limit=CACHE_TREES_BYTES,
+                max_blob=MAX_CHUNK_SIZE[BlobType.TREE] + OVERHEAD,
+            ),
+        )
+
+    def _cached_object(
+        self, cache: BlobCache | None, name: str, object_hex: str, limit: int
+    ) -> bytes:
+        """The sealed object `name` (named by the hash of its bytes): from the
+        cache when its bytes still hash to the name, else from storage (bounded)
+        and kept for next time."""
+        key = bytes.fromhex(object_hex)
+        if cache is not None:
+            cached = cache.get(key)
+            if cached is not None:
+                if content_hash(cached).hex() == object_hex:
+                    return cached
+                cache.drop(key)
+        sealed = get_bounded(self.backend, name, limit)
+        if cache is not None and content_hash(sealed).hex() == object_hex:
+            cache.put_soon(key, sealed)
+        return sealed
 
     # --- keys ----------------------------------------------------------------
 
@@ -427,7 +493,8 @@ class Repository:
         index_hex = name[len(fmt.INDEX_PREFIX) :]
         if not name.startswith(fmt.INDEX_PREFIX) or not is_object_hex(index_hex):
             raise IntegrityError(f"{name} is not an index file name (foreign object)")
-        sealed = get_bounded(self.backend, name, MAX_INDEX_FILE_SIZE)
+        cache = None if self.cache is None else self.cache.indexes
+        sealed = self._cached_object(cache, name, index_hex, MAX_INDEX_FILE_SIZE)
         if content_hash(sealed).hex() != index_hex:
             raise IntegrityError(f"{name} does not match its name (damaged)")
         plain = self.sealer.open(sealed, _INDEX_AD, name)
@@ -802,12 +869,36 @@ class Repository:
         to `chunk_id` (keyed BLAKE3): authentication alone proves only that a key
         holder sealed it under that id, not that the id is the content's, so a
         tree that names itself, or any chunk sealed under a wrong id, is refused."""
+        trees = self.cache.trees if self.cache is not None and blob_type == BlobType.TREE else None
+        if trees is not None:
+            cached = trees.get(chunk_id)
+            if cached is not None:
+                try:
+                    return self._open_chunk(cached, chunk_id, blob_type, raw_length, "cached")
+                except IntegrityError:
+                    trees.drop(chunk_id)  # damaged or planted: read it from storage
         loc = self.locate(chunk_id)
         name = fmt.pack_name(loc.pack.hex())
         sealed = self.backend.get_range(name, loc.offset, loc.length)
         what = f"chunk {chunk_id.hex()[:16]} in pack {loc.pack.hex()[:16]}"
         if len(sealed) != loc.length:
             raise IntegrityError(f"{what} is truncated")
+        data = self._open_chunk(sealed, chunk_id, blob_type, raw_length, what)
+        if trees is not None:
+            trees.put_soon(chunk_id, sealed)
+        return data
+
+    def _open_chunk(
+        self,
+        sealed: bytes,
+        chunk_id: bytes,
+        blob_type: BlobType,
+        raw_length: int | None,
+        what: str,
+    ) -> bytes:
+        """Authenticate, decompress and verify a chunk's sealed bytes."""
+        if what == "cached":
+            what = f"cached chunk {chunk_id.hex()[:16]}"
         bound = MAX_CHUNK_SIZE[blob_type]
         if raw_length is not None:
             if not 0 <= raw_length <= bound:  # a tree's claim sets what zstd allocates
@@ -962,7 +1053,8 @@ class Repository:
     def _load_document(self, name: str, doc_hex: str, ad: bytes, what: str) -> dict[str, Any]:
         if not is_object_hex(doc_hex):
             raise IntegrityError(f"{name} is not a {what} name (foreign object)")
-        sealed = get_bounded(self.backend, name, MAX_POINT_SIZE)
+        cache = None if self.cache is None else self.cache.documents
+        sealed = self._cached_object(cache, name, doc_hex, MAX_POINT_SIZE)
         if content_hash(sealed).hex() != doc_hex:
             raise IntegrityError(f"{name} does not match its name (damaged or renamed)")
         try:

@@ -34,13 +34,19 @@ def open_repository(
     load_index: bool = False,
 ) -> Iterator[Repository]:
     """Open and lock; always unlock and close. The index loads on first use, or
-    at once with `load_index`."""
+    at once with `load_index`. On remote storage (S3, SFTP, rclone) the index
+    files, points and trees read are kept in the local cache
+    (`Repository.attach_cache`) unless `--no-cache`/STRONGROOM_NO_CACHE says not."""
+    from strongroom.repository.blob_cache import caching_disabled
+
     backend = open_backend(location)
     try:
         repo = Repository.open(backend, password)
     except BaseException:
         backend.close()
         raise
+    if backend.capabilities.remote and not caching_disabled():
+        repo.attach_cache()
     held = repo.lock(exclusive=lock is LockMode.EXCLUSIVE) if lock is not LockMode.NONE else None
     repo.held_lock = held
     try:

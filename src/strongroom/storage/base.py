@@ -53,12 +53,16 @@ class Capabilities:
     - ranged_get: `get_range` reads part of an object without fetching all of it.
     - listing_consistent: a `list` right after a write shows it.
     - parallel_requests: how many requests it is worth keeping in flight.
+    - remote: every read crosses a network (S3, SFTP, rclone): worth a local
+      cache of the immutable objects a command reads again (index files,
+      points, trees; repository/repo.py `attach_cache`).
     """
 
     atomic_create: bool = True
     ranged_get: bool = True
     listing_consistent: bool = True
     parallel_requests: int = 2
+    remote: bool = False
 
 
 @dataclass(frozen=True)

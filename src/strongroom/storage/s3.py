@@ -151,6 +151,7 @@ class S3Backend:
             ranged_get=True,
             listing_consistent=True,
             parallel_requests=PARALLEL_REQUESTS,
+            remote=True,
         )
         self._conditional: bool | None = None  # does the server honour If-None-Match?
         self._probe_lock = threading.Lock()

@@ -196,6 +196,7 @@ class SftpBackend:
             ranged_get=True,
             listing_consistent=True,
             parallel_requests=1,
+            remote=True,
         )
 
     def _rename_is_exclusive(self) -> bool:

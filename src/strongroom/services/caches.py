@@ -1,0 +1,80 @@
+"""The local caches under `$XDG_CACHE_HOME/strongroom/`: what they hold and
+removing those no longer used (`strongroom cache`, as restic's `cache`).
+
+A cache folder is `<kind>/<repository id>/` (repository/blob_cache.py):
+`repository` for remote repositories read directly, `agent` for the trees an
+agent reads through its server. Its last use is the newest modification time
+inside it (a hit refreshes its entry's time)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+from strongroom.repository.blob_cache import cache_home
+
+KINDS = ("repository", "agent")
+
+
+@dataclass
+class CacheFolder:
+    kind: str
+    repository_id: str
+    path: str
+    bytes: int
+    entries: int
+    last_used: float  # epoch seconds
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "repository_id": self.repository_id,
+            "path": self.path,
+            "bytes": self.bytes,
+            "entries": self.entries,
+            "last_used": self.last_used,
+        }
+
+
+def list_caches(home: str | None = None) -> list[CacheFolder]:
+    """Every cache folder, most recently used first (symlinks are not followed)."""
+    home = home or cache_home()
+    found = []
+    for kind in KINDS:
+        base = os.path.join(home, kind)
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(base, name)
+            if os.path.islink(path) or not os.path.isdir(path):
+                continue
+            size = count = 0
+            newest = os.lstat(path).st_mtime
+            for root, dirs, files in os.walk(path):
+                dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+                for file in files:
+                    try:
+                        st = os.lstat(os.path.join(root, file))
+                    except OSError:
+                        continue
+                    size += st.st_size
+                    count += 1
+                    newest = max(newest, st.st_mtime)
+            found.append(CacheFolder(kind, name, path, size, count, newest))
+    return sorted(found, key=lambda c: c.last_used, reverse=True)
+
+
+def clean_caches(max_unused: float, home: str | None = None) -> list[CacheFolder]:
+    """Remove the cache folders unused for more than `max_unused` seconds;
+    returns them. Nothing is lost: a cache only saves reads."""
+    limit = time.time() - max_unused
+    removed = []
+    for cache in list_caches(home):
+        if cache.last_used < limit:
+            shutil.rmtree(cache.path, ignore_errors=True)
+            removed.append(cache)
+    return removed
