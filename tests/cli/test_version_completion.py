@@ -85,3 +85,20 @@ def test_counts_are_told_in_the_right_number(
     listing = cli("snapshots")
     assert listing.out.rstrip().endswith("1 point") or "1 point\n" in listing.out + listing.err
     assert "1 points" not in listing.out + listing.err
+
+
+def test_progress_columns() -> None:
+    """The bar's text columns (#17): percentage and files against the totals once
+    the walk ahead has counted them, and the current file shortened from the left."""
+    from strongroom.cli.output import progress_current, progress_files, progress_percent
+    from strongroom.types import Progress
+
+    p = Progress(job="backup", files_done=1, bytes_done=0)
+    assert (progress_percent(p), progress_files(p)) == ("", "1 file")
+    p.files_total, p.bytes_total, p.bytes_done, p.files_done = 5000, 1000, 421, 120
+    assert (progress_percent(p), progress_files(p)) == (" 42%", "120/5,000 files")
+    p.current = "/srv/" + "x" * 100 + "/last.txt"
+    shown = progress_current(p, 80)
+    assert len(shown) == 20 and shown.startswith("…") and shown.endswith("/last.txt")
+    p.current = "/etc/\x1b[31mred"  # terminal escapes from a file name are not drawn
+    assert "\x1b" not in progress_current(p, 200)

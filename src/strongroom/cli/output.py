@@ -163,17 +163,47 @@ class Output:
         bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            TextColumn("{task.fields[files]} files"),
+            TextColumn("{task.fields[percent]}"),
+            TextColumn("{task.fields[files]}"),
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[current]}"),
             console=self.err,
             transient=True,
         )
-        task: TaskID = bar.add_task(title, total=None, files=0)
+        task: TaskID = bar.add_task(title, total=None, files="", percent="", current="")
 
         def bar_cb(p: JobProgress) -> None:
-            bar.update(task, completed=p.bytes_done, total=p.bytes_total, files=p.files_done)
+            bar.update(
+                task,
+                completed=p.bytes_done,
+                total=p.bytes_total,
+                percent=progress_percent(p),
+                files=progress_files(p),
+                current=progress_current(p, self.err.width),
+            )
 
         with bar:
             yield bar_cb
+
+
+def progress_percent(p: JobProgress) -> str:
+    """`42%` of the bytes once the total is known (the walk ahead has counted them)."""
+    if not p.bytes_total:
+        return ""
+    return f"{min(100, 100 * p.bytes_done // p.bytes_total):>3}%"
+
+
+def progress_files(p: JobProgress) -> str:
+    """`120/5,000 files`, or `120 files` while the total is not known yet."""
+    if p.files_total:
+        return f"{p.files_done:,}/{p.files_total:,} files"
+    return plural(p.files_done, "file")
+
+
+def progress_current(p: JobProgress, width: int) -> str:
+    """The file being read, shortened from the left to fit a quarter of the line."""
+    room = max(12, width // 4)
+    current = safe_text(p.current)
+    return current if len(current) <= room else "…" + current[-(room - 1) :]
