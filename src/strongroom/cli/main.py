@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "vm": "vm:vm",
     "volume": "volume:volume",
     "dump": "browse:dump",
+    "tag": "tag:tag",
     "forget": "maintenance:forget",
     "prune": "maintenance:prune",
     "check": "maintenance:check",
