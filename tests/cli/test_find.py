@@ -95,3 +95,21 @@ def test_shared_subtrees_give_what_a_plain_walk_gives(
             }, patterns
     finally:
         repo.close()
+
+
+def test_latest_is_scoped_by_host_path_and_tag_and_named(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    """`latest` of ls/diff/dump takes --host/--path/--tag and says which point it used."""
+    src, ids = _points(tmp_path, cli)
+    listed = cli("ls", "latest", "--host", "vm-none")
+    assert listed.rc != 0
+    web = cli("ls", "latest", "--host", "web")
+    assert web.rc == 0 and f"using point {ids[3][:8]} of host web" in web.err
+    assert f"{tmp_path}/other/x.conf" in web.out
+    mine = cli("ls", "latest", "--path", str(src))
+    assert f"using point {ids[2][:8]}" in mine.err and f"{src}/etc/sub/new.conf" in mine.out
+    dumped = cli("dump", "latest", f"{src}/home/u/notes.txt", "--path", str(src))
+    assert dumped.out == "home/u/notes.txt" and f"using point {ids[2][:8]}" in dumped.err
+    diff = cli("diff", ids[0][:8], "latest", "--path", str(src))
+    assert diff.rc == 0 and f"using point {ids[2][:8]}" in diff.err

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import click
 
+from strongroom.cli.commands.points import chosen_point, point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
@@ -23,7 +24,6 @@ from strongroom.services.browse import (
     list_point,
     scope_for,
 )
-from strongroom.services.points import find_point
 from strongroom.services.session import LockMode
 
 _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "p": "p", "c": "c", "b": "b", "s": "s"}
@@ -75,6 +75,7 @@ def _decoded(path: bytes) -> str:
     "--partition", type=int, help="Image points: partition number (default: the first readable)."
 )
 @_SCOPE_OPTION
+@point_filter_options
 @pass_app
 def ls(
     app: App,
@@ -84,11 +85,14 @@ def ls(
     recursive: bool,
     partition: int | None,
     scope_text: str,
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
 ) -> None:
     """List the entries of a point (under PATH); for an image point, its files inside."""
     spec = ScopeSpec.parse(scope_text)
     with app.repository(LockMode.NONE) as repo:
-        p = find_point(repo, point)
+        p = chosen_point(app, repo, point, hosts, tags, paths)
         bound = scope_for(p, spec, "ls")
         if bound.notice:
             app.out.notice(bound.notice)
@@ -129,14 +133,24 @@ def _class_column(node: Node, seeds: PointSeeds) -> str:
     is_flag=True,
     help="Also list folders whose only change is their own modification time.",
 )
+@point_filter_options
 @pass_app
-def diff(app: App, point_a: str, point_b: str, scope_text: str, metadata: bool) -> None:
+def diff(
+    app: App,
+    point_a: str,
+    point_b: str,
+    scope_text: str,
+    metadata: bool,
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
+) -> None:
     """Show what changed between two points (+ added, - removed, M modified, U metadata, T type)."""
     counts = {"+": 0, "-": 0, "M": 0, "U": 0, "T": 0}
     spec = ScopeSpec.parse(scope_text)
     with app.repository(LockMode.NONE) as repo:
-        a = find_point(repo, point_a)
-        b = find_point(repo, point_b)
+        a = chosen_point(app, repo, point_a, hosts, tags, paths)
+        b = chosen_point(app, repo, point_b, hosts, tags, paths)
         sa = scope_for(a, spec, "diff", strict=False)
         sb = scope_for(b, spec, "diff", strict=False)
         if {a.kind, b.kind} != {PointKind.FILES}:
@@ -188,12 +202,22 @@ def diff(app: App, point_a: str, point_b: str, scope_text: str, metadata: bool) 
     "--partition", type=int, help="Image points: partition number (default: the first readable)."
 )
 @_SCOPE_OPTION
+@point_filter_options
 @pass_app
-def dump(app: App, point: str, path: str, partition: int | None, scope_text: str) -> None:
+def dump(
+    app: App,
+    point: str,
+    path: str,
+    partition: int | None,
+    scope_text: str,
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
+) -> None:
     """Write one file of a point (or of the file system inside an image point) to stdout."""
     spec = ScopeSpec.parse(scope_text)
     with app.repository(LockMode.NONE) as repo:
-        p = find_point(repo, point)
+        p = chosen_point(app, repo, point, hosts, tags, paths)
         dump_point(repo, p, path, sys.stdout.buffer, partition, scope_for(p, spec, "dump"))
         sys.stdout.buffer.flush()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -14,9 +14,38 @@ from strongroom.model.kinds import IMAGE_KINDS
 from strongroom.model.names import printable
 from strongroom.services.points import PointFilter, list_points
 from strongroom.services.session import LockMode
+
+if TYPE_CHECKING:
+    from strongroom.model.point import RecoveryPoint
+    from strongroom.services.session import Repository
 from strongroom.services.timeline import timeline
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def chosen_point(
+    app: App,
+    repo: Repository,
+    ref: str,
+    hosts: tuple[str, ...] = (),
+    tags: tuple[str, ...] = (),
+    paths: tuple[str, ...] = (),
+) -> RecoveryPoint:
+    """The point `ref` names: an id prefix, or `latest` among the points of
+    --host/--tag/--path; for `latest` the command says which point it took."""
+    from strongroom.services.points import find_point
+
+    point = find_point(repo, ref, PointFilter(list(hosts), list(tags), list(paths)))
+    if ref == "latest":
+        app.out.notice(f"using {describe_point(point)}")
+    return point
+
+
+def describe_point(point: RecoveryPoint) -> str:
+    """`point 3f2a9c01 of host web, /srv, 2026-12-07 10:00`."""
+    where = ", ".join(printable(p) for p in point.paths) or "(no paths)"
+    when = point.time.astimezone().strftime("%Y-%m-%d %H:%M")
+    return f"point {point.short_id} of host {printable(point.host)}, {where}, {when}"
 
 
 def point_filter_options(f: F) -> F:
