@@ -12,6 +12,7 @@ from strongroom.cli import impact
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes, plural
+from strongroom.cli.stdin_option import stdin_options
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
 from strongroom.model.origin import PointSeeds
@@ -131,6 +132,7 @@ if TYPE_CHECKING:
 @server_options
 @pass_app
 @impact.impact_options(impact.backup_kind)
+@stdin_options
 def backup(
     app: App,
     paths: tuple[str, ...],
