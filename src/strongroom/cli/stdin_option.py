@@ -22,7 +22,12 @@ def stdin_options(func: F) -> F:
             if name is not None:
                 raise click.UsageError("--stdin-filename goes with --stdin")
             return func(*args, **kwargs)
-        others = [o for o in ("paths", "image", "vms", "servers", "agent_config") if kwargs.get(o)]
+        others = [
+            o
+            for o in ("paths", "image", "vms", "servers", "agent_config", "files_from")
+            if kwargs.get(o)
+        ]
+        others += [o for o in ("files_from_verbatim", "files_from_raw") if kwargs.get(o)]
         if others or kwargs.get("dry_run") or kwargs.get("parent") or kwargs.get("force"):
             raise click.UsageError(
                 "--stdin backs up standard input alone: no paths, --image, --vm, --server, "

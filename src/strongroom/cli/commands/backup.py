@@ -11,6 +11,7 @@ import click
 from strongroom.cli import impact
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
+from strongroom.cli.files_from import files_from_options
 from strongroom.cli.output import human_bytes, plural
 from strongroom.cli.stdin_option import stdin_options
 from strongroom.errors import ExitCode
@@ -133,6 +134,7 @@ if TYPE_CHECKING:
 @pass_app
 @impact.impact_options(impact.backup_kind)
 @stdin_options
+@files_from_options
 def backup(
     app: App,
     paths: tuple[str, ...],
