@@ -162,7 +162,11 @@ def backup(
     servers: tuple[str, ...],
     agent_config: str | None,
 ) -> None:
-    """Back up PATHS (or a disk image, with --image; a VM, with --vm) into a new recovery point."""
+    """Back up PATHS (or a disk image, with --image; a VM, with --vm) into a new recovery point.
+
+    What is uploaded is indexed every 15 seconds (STRONGROOM_INDEX_FLUSH_SECONDS) and
+    when the backup is interrupted (Ctrl-C, SIGTERM: exit 130), so the next run reuses
+    it instead of reading and uploading it again."""
     out = app.out
     tracker = check_options(
         paths=bool(paths),
