@@ -11,6 +11,7 @@ import click
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
+from strongroom.cli.units import jobs_option
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
 from strongroom.model.origin import PointSeeds
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
+@jobs_option
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option(
     "--image",
@@ -131,6 +133,7 @@ if TYPE_CHECKING:
 @pass_app
 def backup(
     app: App,
+    jobs: int | None,
     paths: tuple[str, ...],
     exclude: tuple[str, ...],
     exclude_file: tuple[str, ...],
@@ -234,6 +237,7 @@ def backup(
     patterns = exclude_patterns(app.settings, list(exclude), list(exclude_file))
     request = BackupRequest(
         paths=list(paths),
+        jobs=jobs,
         excludes=patterns,
         one_file_system=one_file_system,
         tags=list(tag),
