@@ -48,6 +48,7 @@ Usage::
                                      [--workdir DIR] [--keep] [--json FILE] [--markdown]
                                      [--compression auto|auto,N|N]
                                      [--jobs default,1,...] [--tiny [--tiny-files N]]
+                                     [--no-restore]
 
 ``--compression`` sets strongroom's ``STRONGROOM_COMPRESSION`` for its repository (its
 default: ``auto``, adaptive; ``1`` compresses every chunk at zstd-1, the behaviour before
@@ -195,6 +196,7 @@ class Context:
     source_bytes: int
     seed: int
     keep: bool
+    restore: bool = True
 
 
 def run_phase(
@@ -276,7 +278,8 @@ def bench_tool(tool: Tool, ctx: Context, run_index: int) -> tuple[ToolRun, Chang
             cmd = tool.backup(space, phase)
             if not run_phase(tool, space, ctx, run, phase, cmd, space.root).ok:
                 return run, change
-        run_restore(tool, space, ctx, run, BACKUP_PHASES[-1])
+        if ctx.restore:
+            run_restore(tool, space, ctx, run, BACKUP_PHASES[-1])
         return run, change
     finally:
         cleanup(space, ctx)
@@ -648,6 +651,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="default",
         help="strongroom's --jobs settings, comma-separated: default and/or numbers",
     )
+    p.add_argument("--no-restore", action="store_true", help="backup phases only")
     p.add_argument("--tiny", action="store_true", help="a data set of many tiny files instead")
     p.add_argument("--tiny-files", type=int, default=48_000, help="files of --tiny (48000)")
     cli.add_common(
@@ -694,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(logs, ignore_errors=True)
     base = workdir / ("dataset-tiny" if args.tiny else "dataset")
     ctx = Context(workdir, base, workdir / "data", logs, info.bytes, args.seed, args.keep)
+    ctx.restore = not args.no_restore
     env = environment(tools, ctx)
     change = ChangeSummary()
 
