@@ -846,10 +846,11 @@ class FileBackup:
         if sealed is not None:
             if repo.add_sealed(cid, BlobType.DATA, sealed, length):
                 self.progress.bytes_added += length
-        elif not self.options.dry_run and not repo.has_chunk(cid):
-            # A worker's "known" comes from this process's index as it was at the
-            # fork, which only grows; re-checking here records the pack relied on.
-            raise StrongroomError(f"chunk {cid.hex()[:16]} was reported stored but is not")
+        elif not self.options.dry_run:
+            # "Known" (no sealed bytes), possibly answered by a worker process from
+            # its copy of the index: asking here records the pack relied on in this
+            # process (docs/design.md §4.4, §8.5).
+            repo.has_chunk(cid)
         elif self.options.dry_run and not repo.has_chunk(cid) and cid not in self._dry_seen:
             self._dry_seen.add(cid)
             repo.stats.chunks_added += 1

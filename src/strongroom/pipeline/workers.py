@@ -129,6 +129,26 @@ def _serve(sock: socket.socket, repo: ChunkStore, limit: int, dry_run: bool) -> 
         sock.sendall(_RESPONSE.pack(len(answer)) + answer)
 
 
+_LOCK = type(threading.Lock())
+_RLOCK = type(threading.RLock())
+
+
+def _fresh_locks(obj: object, depth: int = 2) -> None:
+    """In a forked worker: replace the locks of `obj` (the store) and of the
+    project objects it holds. A thread of the parent (an upload, the remote
+    sender) may have held one at the fork, and it does not exist here."""
+    attrs = getattr(obj, "__dict__", None)
+    if attrs is None:
+        return
+    for name, value in list(attrs.items()):
+        if isinstance(value, _LOCK):
+            attrs[name] = threading.Lock()
+        elif isinstance(value, _RLOCK):
+            attrs[name] = threading.RLock()
+        elif depth > 1 and type(value).__module__.startswith("strongroom."):
+            _fresh_locks(value, depth - 1)
+
+
 def _die_with_parent(parent: int) -> None:
     """SIGKILL this process when the parent dies (Linux); exit if it already has."""
     import ctypes  # only in a worker: the backup process does not pay for it
@@ -187,13 +207,17 @@ class WorkerPool:
                 status = 0
                 try:
                     _die_with_parent(parent)
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C
+                    # The backup process handles ^C (this may not be Python's main thread).
+                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
                     mine.close()
                     for other in self.workers:
                         other.sock.close()
+                    _fresh_locks(self.repo)
                     _serve(theirs, self.repo, self.limit, self.dry_run)
-                except BaseException:
+                except BaseException as err:
                     status = 1
+                    with contextlib.suppress(OSError):
+                        os.write(2, f"strongroom: backup worker: {err!r}\n".encode())
                 finally:
                     os._exit(status)
             theirs.close()
