@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from strongroom.chunking import CdcChunker
 from strongroom.cpu import resolve_jobs
@@ -64,7 +64,6 @@ from strongroom.model.tree import (
 from strongroom.pipeline.ordered import OrderedWork
 from strongroom.pipeline.seed_match import SeedMatcher
 from strongroom.pipeline.small_files import Sealed, SmallFile, SmallFileBatch
-from strongroom.pipeline.workers import WorkerPool
 from strongroom.repository.format import BlobType
 from strongroom.repository.store import ChunkStore
 from strongroom.sources.exclude import Excluder
@@ -80,6 +79,11 @@ from strongroom.sources.files import (
 )
 from strongroom.sources.reflink import CopiedFile
 from strongroom.types import Progress, ProgressCallback, no_progress
+
+if TYPE_CHECKING:
+    # Imported when the workers start (pickle and sockets: a no-change backup
+    # does not pay for them).
+    from strongroom.pipeline.workers import WorkerPool
 
 _PROGRESS_INTERVAL = 0.2
 # Worker processes start once this much work (bytes to read and seal, plus
@@ -248,7 +252,8 @@ class FileBackup:
         self.small_file = cfg.cdc_min
         jobs = resolve_jobs(options.jobs)
         self._work = OrderedWork(options.workers, depth=2 * max(options.workers, jobs) + 2)
-        self._pool = WorkerPool(repo, jobs, self.small_file, options.dry_run) if jobs > 1 else None
+        self._jobs = jobs
+        self._pool: WorkerPool | None = None  # started by _workers()
         self._credit = 0  # work queued before the workers started
         # The threshold in bytes (tests set 0 to start the workers at once).
         self._start_after = int(os.environ.get("STRONGROOM_START_WORKERS_AFTER", "-1"))
@@ -771,16 +776,19 @@ class FileBackup:
         """The worker processes for `work` more bytes of work, started once enough
         has been queued (None: do it in this process). Before forking, this
         process's own queue is drained: no sealing thread is mid-job then."""
-        pool = self._pool
-        if pool is None:
+        if self._pool is not None:
+            return self._pool
+        if self._jobs <= 1:
             return None
-        if not pool.started:
-            self._credit += work
-            if self._credit < self._start_after:
-                return None
-            self._work.finish()
-            pool.start()
-        return pool
+        self._credit += work
+        if self._credit < self._start_after:
+            return None
+        from strongroom.pipeline.workers import WorkerPool
+
+        self._work.finish()
+        self._pool = WorkerPool(self.repo, self._jobs, self.small_file, self.options.dry_run)
+        self._pool.start()
+        return self._pool
 
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, SmallFileBatch()
