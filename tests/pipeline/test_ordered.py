@@ -77,3 +77,19 @@ def test_a_failing_job_raises_in_order() -> None:
         work.submit(lambda: 3, seen.append)
         work.finish()
     assert seen == [1]
+
+
+def test_futures_from_elsewhere_are_sunk_in_order_with_jobs_and_callbacks() -> None:
+    """`submit_future`: work running elsewhere (a worker process) keeps its place."""
+    from concurrent.futures import Future
+
+    seen: list[object] = []
+    late: Future[str] = Future()
+    with OrderedWork(2, depth=3) as work:
+        work.submit_future(late, seen.append)
+        work.submit(lambda: "job", seen.append)
+        work.then(lambda: seen.append("then"))
+        assert seen == []  # nothing passes the future that is not done
+        late.set_result("future")
+        work.finish()
+    assert seen == ["future", "job", "then"]

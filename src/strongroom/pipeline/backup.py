@@ -44,9 +44,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from strongroom.chunking import CdcChunker
+from strongroom.cpu import resolve_jobs
 from strongroom.errors import Interrupted, SourceError, StrongroomError
 from strongroom.model.origin import ORIGIN_KEY, PointSeeds, encode_lacks
 from strongroom.model.tree import (
@@ -79,7 +80,17 @@ from strongroom.sources.files import (
 from strongroom.sources.reflink import CopiedFile
 from strongroom.types import Progress, ProgressCallback, no_progress
 
+if TYPE_CHECKING:
+    # Imported when the workers start (pickle and sockets: a no-change backup
+    # does not pay for them).
+    from strongroom.pipeline.workers import WorkerPool
+
 _PROGRESS_INTERVAL = 0.2
+# Worker processes start once this much work (bytes to read and seal, plus
+# _FILE_COST per small file) has been queued: a no-change or tiny incremental
+# backup never forks them.
+_START_WORKERS_AFTER = 8 * 1024 * 1024
+_FILE_COST = 4096
 
 
 @dataclass
@@ -89,7 +100,10 @@ class BackupOptions:
     one_file_system: bool = False
     dry_run: bool = False
     skip_dirs: list[str] = field(default_factory=list)  # e.g. the repository itself
-    workers: int = 2
+    workers: int = 2  # sealing threads (before worker processes start, or with jobs 1)
+    # Worker processes (pipeline/workers.py); None: the default (strongroom/cpu.py).
+    # 1: everything in this process, on `workers` threads.
+    jobs: int | None = None
     scan_totals: bool = False  # count the tree first (for an ETA)
     # The change journal's paths, relative to the one tree in `paths` (None: walk all).
     changed_paths: set[bytes] | None = None
@@ -236,7 +250,15 @@ class FileBackup:
         cfg = repo.config
         self.chunker = CdcChunker(cfg.cdc_min, cfg.cdc_avg, cfg.cdc_max, repo.master.chunker_seed)
         self.small_file = cfg.cdc_min
-        self._work = OrderedWork(options.workers, depth=2 * options.workers + 2)
+        jobs = resolve_jobs(options.jobs)
+        self._work = OrderedWork(options.workers, depth=2 * max(options.workers, jobs) + 2)
+        self._jobs = jobs
+        self._pool: WorkerPool | None = None  # started by _workers()
+        self._credit = 0  # work queued before the workers started
+        # The threshold in bytes (tests set 0 to start the workers at once).
+        self._start_after = int(os.environ.get("STRONGROOM_START_WORKERS_AFTER", "-1"))
+        if self._start_after < 0:
+            self._start_after = _START_WORKERS_AFTER
         self._hardlinks: dict[tuple[int, int], Node] = {}
         self._skip: set[tuple[int, int]] = set()
         for path in options.skip_dirs:
@@ -280,11 +302,15 @@ class FileBackup:
                 self._then(lambda: root.update(id=self._store_wires(self._wires(b"", nodes))))
                 self._flush_batch()
                 self._work.finish()
+            if self._pool is not None:
+                self._pool.close()
             if self.matcher is not None:
                 self.seed_record = self._seed_record(self.matcher)
             if not self.options.dry_run:
                 self.repo.flush()
         except BaseException:
+            if self._pool is not None:
+                self._pool.close(kill=True)
             if not self.options.dry_run:
                 self.repo.abandon()
             raise
@@ -676,7 +702,7 @@ class FileBackup:
             size = 0
             for view in self.chunker.chunks(stream):
                 size += len(view)
-                self._submit_chunk(node, bytes(view))
+                self._submit_chunk(node, view)
             after = os.fstat(fd)
         self._file_read(path, node, size, after)
 
@@ -746,11 +772,38 @@ class FileBackup:
         else:
             self._work.then(callback)
 
+    def _workers(self, work: int) -> WorkerPool | None:
+        """The worker processes for `work` more bytes of work, started once enough
+        has been queued (None: do it in this process). Before forking, this
+        process's own queue is drained: no sealing thread is mid-job then."""
+        if self._pool is not None:
+            return self._pool
+        if self._jobs <= 1:
+            return None
+        self._credit += work
+        if self._credit < self._start_after:
+            return None
+        from strongroom.pipeline.workers import WorkerPool
+
+        self._work.finish()
+        self._pool = WorkerPool(self.repo, self._jobs, self.small_file, self.options.dry_run)
+        self._pool.start()
+        return self._pool
+
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, SmallFileBatch()
         if batch.items:
-            job = batch.reader(self.repo, self.small_file, self.options.dry_run)
-            self._work.submit(job, self._batch_sink(batch))
+            pool = self._workers(batch.total + _FILE_COST * len(batch.items))
+            if pool is None:
+                job = batch.reader(self.repo, self.small_file, self.options.dry_run)
+                self._work.submit(job, self._batch_sink(batch))
+            else:
+                try:
+                    fut = pool.read_batch([(fd, name) for fd, name, _, _ in batch.items])
+                finally:
+                    for dup in batch.dups:  # the worker has its own copies now
+                        os.close(dup)
+                self._work.submit_future(fut, self._batch_sink(batch))
         for callback in batch.after:
             self._work.then(callback)
 
@@ -771,18 +824,26 @@ class FileBackup:
 
         return sink
 
-    def _submit_chunk(self, node: Node, data: bytes) -> None:
-        if not data:
+    def _submit_chunk(self, node: Node, view: memoryview) -> None:
+        """Seal one chunk of a large file on a worker; `view` is valid only
+        until this returns (the chunker's buffer)."""
+        if not view:
             return
         repo = self.repo
         dry = self.options.dry_run
 
+        def sink(result: tuple[bytes, int, Sealed | None]) -> None:
+            self._sink_chunk(node, *result)
+
+        pool = self._workers(len(view))
+        if pool is not None:
+            self._work.submit_future(pool.seal(view), sink)
+            return
+        data = bytes(view)
+
         def job() -> tuple[bytes, int, Sealed | None]:
             cid, sealed = repo.seal_new(data, dry_run=dry)
             return cid, len(data), sealed
-
-        def sink(result: tuple[bytes, int, Sealed | None]) -> None:
-            self._sink_chunk(node, *result)
 
         self._work.submit(job, sink)
 
@@ -793,6 +854,11 @@ class FileBackup:
         if sealed is not None:
             if repo.add_sealed(cid, BlobType.DATA, sealed, length):
                 self.progress.bytes_added += length
+        elif not self.options.dry_run:
+            # "Known" (no sealed bytes), possibly answered by a worker process from
+            # its copy of the index: asking here records the pack relied on in this
+            # process (docs/design.md §4.4, §8.5).
+            repo.has_chunk(cid)
         elif self.options.dry_run and not repo.has_chunk(cid) and cid not in self._dry_seen:
             self._dry_seen.add(cid)
             repo.stats.chunks_added += 1

@@ -30,6 +30,15 @@ class OrderedWork:
         self._in_flight += 1
         self._drain_ready()
 
+    def submit_future(self, fut: Future[Any], sink: Callable[[Any], None]) -> None:
+        """Like `submit`, for work already running elsewhere (a worker process):
+        `sink(fut.result())` on this thread, in order with everything else."""
+        while self._in_flight >= self._depth:
+            self._drain_one()
+        self._queue.append((fut, sink))
+        self._in_flight += 1
+        self._drain_ready()
+
     def then(self, callback: Callable[[], None]) -> None:
         """Run `callback` on this thread once all earlier work has been sunk."""
         self._queue.append((None, lambda _: callback()))

@@ -127,6 +127,9 @@ class BackupRequest:
     # reads live).
     copies: dict[bytes, CopiedFile] = field(default_factory=dict)
     copy_folder: str | None = None
+    # Worker processes for reading and sealing (pipeline/workers.py); None: the
+    # default (strongroom/cpu.py `default_jobs`), 1: all in this process.
+    jobs: int | None = None
 
     def seed_choice(self) -> SeedChoice:
         from strongroom.services.seed_select import SeedChoice
@@ -216,6 +219,7 @@ def backup_files(
         omit={os.fsencode(os.path.abspath(p)) for p in req.omit},
         copies={} if req.changed_paths is None else req.copies,
         copy_folder=req.copy_folder,
+        jobs=req.jobs,
     )
     started = now()
     pipeline = FileBackup(

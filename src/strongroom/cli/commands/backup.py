@@ -14,6 +14,7 @@ from strongroom.cli.context import App, pass_app
 from strongroom.cli.files_from import files_from_options
 from strongroom.cli.output import human_bytes, plural
 from strongroom.cli.stdin_option import stdin_options
+from strongroom.cli.units import jobs_option
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
 from strongroom.model.origin import PointSeeds
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
+@jobs_option
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option(
     "--image",
@@ -137,6 +139,7 @@ if TYPE_CHECKING:
 @files_from_options
 def backup(
     app: App,
+    jobs: int | None,
     paths: tuple[str, ...],
     exclude: tuple[str, ...],
     exclude_file: tuple[str, ...],
@@ -246,6 +249,7 @@ def backup(
     patterns = exclude_patterns(app.settings, list(exclude), list(exclude_file))
     request = BackupRequest(
         paths=list(paths),
+        jobs=jobs,
         excludes=patterns,
         one_file_system=one_file_system,
         tags=list(tag),
