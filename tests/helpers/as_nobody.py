@@ -30,6 +30,11 @@ def _preload() -> None:
         if info.name.startswith("strongroom.catalog.migrations"):
             continue  # Alembic's scripts: loaded by Alembic, by path, inside a migration
         importlib.import_module(info.name)
+    for name in sorted(_imported_inside_functions(strongroom.__path__[0])):
+        try:  # what strongroom imports lazily (pyfastcdc, numpy, paramiko, glob, ...)
+            importlib.import_module(name)
+        except Exception:  # an optional module this machine lacks
+            pass
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
@@ -40,6 +45,24 @@ def _preload() -> None:
         bar.add_task("x", total=1)
     for name in [m for m in sys.modules if m == "strongroom" or m.startswith("strongroom.")]:
         del sys.modules[name]
+
+
+def _imported_inside_functions(root: str) -> set[str]:
+    """Every module an `import` statement anywhere in strongroom's sources names
+    (lazy imports included: start-up time keeps many inside functions)."""
+    import ast
+    from pathlib import Path
+
+    names: set[str] = set()
+    for path in Path(root).rglob("*.py"):
+        if "migrations" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+    return {n for n in names if not n.startswith("strongroom")}
 
 
 def main() -> int:

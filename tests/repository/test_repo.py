@@ -156,6 +156,24 @@ def test_abandon_indexes_uploaded_packs(tmp_path: Path) -> None:
         again.load_chunk(cid)
 
 
+def test_after_abandon_the_same_session_stores_what_was_dropped(tmp_path: Path) -> None:
+    """A long-lived session (the server, a protection service): chunks queued in a
+    pack that was aborted were never written, so the next backup in the same
+    session must store them again, not take them as stored (a point naming a
+    chunk that is nowhere)."""
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), PW, compression_level=0)
+    rnd = random.Random(4)
+    chunks = [rnd.randbytes(300_000) for _ in range(5)]  # less than a pack: all buffered
+    ids = [repo.put_chunk(BlobType.DATA, c) for c in chunks]
+    repo.abandon()
+    assert not any(repo.has_chunk(cid) for cid in ids)
+    assert [repo.put_chunk(BlobType.DATA, c) for c in chunks] == ids
+    repo.flush()
+    repo.close()
+    again = Repository.open(LocalBackend(tmp_path / "repo"), PW)
+    assert [again.load_chunk(cid) for cid in ids] == chunks
+
+
 def test_damaged_chunk_names_pack_and_chunk(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "repo")
     repo = Repository.init(backend, PW)

@@ -845,6 +845,12 @@ class Repository:
             self._flush_index()
         except Exception:
             pass
+        # The aborted builders' chunks (and a failed upload's) were never
+        # written: a later backup of this session (a server, a protection
+        # service) must not take them as stored. What was written is found
+        # through the index and `packs_written` (or, if even indexing failed,
+        # stored again: a duplicate, never a hole).
+        self._session_ids = set()
 
     # --- chunks: reading -----------------------------------------------------
 
