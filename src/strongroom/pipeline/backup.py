@@ -105,6 +105,10 @@ class BackupOptions:
     # 1: everything in this process, on `workers` threads.
     jobs: int | None = None
     scan_totals: bool = False  # count the tree first (for an ETA)
+    # Told of every regular file as the walk meets it: (status, path, reasons);
+    # status "new", "changed" (reasons: size, mtime, inode, ctime) or
+    # "unchanged" (`backup -v` / `-vv`). None: nobody asks, nothing is computed.
+    file_report: Callable[[str, bytes, list[str]], None] | None = None
     # The change journal's paths, relative to the one tree in `paths` (None: walk all).
     changed_paths: set[bytes] | None = None
     # Read the one tree in `paths` from this folder (a snapshot of it) instead.
@@ -498,7 +502,7 @@ class FileBackup:
                         and child_path not in self.options.omit
                     ):
                         children.append(wire)  # unchanged: passed through as it was
-                        self._count_unchanged(wire)
+                        self._count_unchanged(wire, child_path)
                         continue
                     child = self._entry(
                         sub_fd,
@@ -551,9 +555,9 @@ class FileBackup:
                     child = self._entry(sub_fd, child_name, st, child_path, prev)
                 if child is not None:
                     children[child_name] = child
-            for wire in children.values():
+            for wire_name, wire in children.items():
                 if isinstance(wire, dict) and wire.get("t") != DIR:
-                    self._count_unchanged(wire)
+                    self._count_unchanged(wire, path + b"/" + wire_name)
         finally:
             self._forget_dir_fd(sub_fd)
             os.close(sub_fd)
@@ -592,9 +596,11 @@ class FileBackup:
             self._warn(f"{os.fsdecode(path)}: parent entry unreadable, reading it: {err}")
             return None
 
-    def _count_unchanged(self, wire: dict[str, Any]) -> None:
+    def _count_unchanged(self, wire: dict[str, Any], path: bytes = b"") -> None:
         if wire["t"] == FILE:
             size = wire.get("sz", 0)
+            if self.options.file_report is not None:
+                self.options.file_report("unchanged", path, [])
             self.summary.total_files += 1
             self.summary.files_unmodified += 1
             self.summary.total_bytes += size
@@ -679,12 +685,18 @@ class FileBackup:
             node.chunks, node.chunk_sizes, node.xattrs = old.chunks, old.chunk_sizes, old.xattrs
             self.summary.files_unmodified += 1
             self.progress.bytes_done += node.size
+            if self.options.file_report is not None:
+                self.options.file_report("unchanged", path, [])
             self._emit()
             return
         if existed:
             self.summary.files_changed += 1
         else:
             self.summary.files_new += 1
+        self.progress.current = path.decode("utf-8", "replace")
+        if self.options.file_report is not None:
+            status, reasons = _why_read(old, node, existed)
+            self.options.file_report(status, path, reasons)
         if node.nlink > 1:
             first = self._hardlinks.get((node.device, node.inode))
             if first is not None:
@@ -909,3 +921,22 @@ class FileBackup:
                 total += st.st_size
         self.progress.files_total = files
         self.progress.bytes_total = total
+
+
+def _why_read(old: Node | None, node: Node, existed: bool) -> tuple[str, list[str]]:
+    """Why a file is read: new, or changed and by what (the parent's entry is
+    given only when its ctime matched, so without one the ctime changed)."""
+    if not existed:
+        return "new", []
+    if old is None:
+        return "changed", ["ctime"]
+    reasons = [
+        what
+        for what, a, b in (
+            ("size", old.size, node.size),
+            ("mtime", old.mtime_ns, node.mtime_ns),
+            ("inode", old.inode, node.inode),
+        )
+        if a != b
+    ]
+    return "changed", reasons or ["chunk list"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -103,6 +104,8 @@ class BackupRequest:
     parent: str | None = None  # point id, or None to pick the latest matching one
     force_full: bool = False  # ignore any parent: read everything
     scan_totals: bool = False
+    # Told of each regular file: (new|changed|unchanged, path, reasons) (`backup -v`).
+    file_report: Callable[[str, bytes, list[str]], None] | None = None
     seeds: list[str] = field(default_factory=list)  # --seed: pinned seed names
     no_seeds: bool = False
     trust_seed_metadata: bool = False
@@ -212,6 +215,7 @@ def backup_files(
         dry_run=req.dry_run,
         skip_dirs=skip,
         scan_totals=req.scan_totals,
+        file_report=req.file_report,
         changed_paths=None
         if req.changed_paths is None
         else {os.fsencode(p) for p in req.changed_paths},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -258,6 +259,7 @@ def backup(
         parent=parent,
         force_full=force,
         scan_totals=out.interactive,
+        file_report=_file_lines(app) if out.verbose and not out.json else None,
         seeds=list(seed_names),
         no_seeds=no_seeds,
         trust_seed_metadata=trust_seed_metadata,
@@ -268,6 +270,22 @@ def backup(
     with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
         result = backup_files(repo, request, progress)
     _report(app, result, dry_run)
+
+
+def _file_lines(app: App) -> Callable[[str, bytes, list[str]], None]:
+    """`-v`: a line per new and modified file as the backup meets it (restic's
+    `-v`); `-vv`: every file, with what changed (size, mtime, inode, ctime)."""
+    out = app.out
+    every = out.verbose > 1
+
+    def report(status: str, path: bytes, reasons: list[str]) -> None:
+        if status == "unchanged" and not every:
+            return
+        word = {"new": "new", "changed": "modified", "unchanged": "unchanged"}[status]
+        why = f" ({', '.join(reasons)})" if every and reasons else ""
+        out.info(f"{word:<9} {printable(path)}{why}")
+
+    return report
 
 
 def _backup_through_server(
