@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from strongroom.errors import UsageError
+from strongroom.errors import SourceError, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.origin import PointSeeds
 from strongroom.model.point import RecoveryPoint, now
@@ -179,6 +179,33 @@ def continues_journal(parent: RecoveryPoint | None, base: int | None) -> bool:
     return base is None or parent.summary.get("journal_sequence") == base
 
 
+def _usable_paths(given: list[str]) -> tuple[list[str], list[str], int]:
+    """The paths to back up (absolute, sorted, each once), the warnings about the
+    others, and how many were missing. As restic: a missing or unreadable path
+    among several is reported and the rest is backed up (the backup then ends
+    with exit code 3); a path that is a symbolic link to a folder, given here, is
+    followed, and the warnings say so. No usable path at all is an error."""
+    paths: set[str] = set()
+    warnings: list[str] = []
+    missing = 0
+    for raw in given:
+        path = os.path.abspath(raw)
+        if not os.path.lexists(path):
+            warnings.append(f"{path}: no such file or directory (not backed up)")
+            missing += 1
+            continue
+        if os.path.islink(path) and os.path.isdir(path):
+            target = os.path.realpath(path)
+            warnings.append(
+                f"{path} is a symbolic link to the folder {target}: backing up {target}"
+            )
+            path = target
+        paths.add(path)
+    if not paths:
+        raise SourceError(warnings[0].removesuffix(" (not backed up)") if warnings else "no paths")
+    return sorted(paths), warnings, missing
+
+
 def backup_files(
     repo: Repository,
     req: BackupRequest,
@@ -190,7 +217,7 @@ def backup_files(
     from strongroom.services.seed_select import check_choice, select_seeds
 
     req.host = req.host or socket.gethostname()
-    paths = sorted({os.path.abspath(p) for p in req.paths})
+    paths, path_warnings, missing = _usable_paths(req.paths)
     check_choice(req.seed_choice())
     if req.changed_paths is not None and len(paths) != 1:
         raise UsageError("changed paths from a change journal go with exactly one tree")
@@ -235,7 +262,8 @@ def backup_files(
         matcher=selection.matcher,
     )
     summary = pipeline.run()
-    summary.warnings[:0] = parent_warnings
+    summary.warnings[:0] = path_warnings + parent_warnings
+    summary.unreadable += missing
     seconds = (now() - started).total_seconds()
     record = pipeline.seed_record
     journal = {} if req.journal_sequence is None else {"journal_sequence": req.journal_sequence}
