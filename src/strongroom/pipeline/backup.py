@@ -105,6 +105,10 @@ class BackupOptions:
     # 1: everything in this process, on `workers` threads.
     jobs: int | None = None
     scan_totals: bool = False  # count the tree first (for an ETA)
+    # --exclude-if-present / --exclude-caches: (marker name, header or None); a
+    # folder holding such a marker is recorded with the marker alone.
+    exclude_if_present: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    exclude_larger_than: int | None = None  # regular files larger are left out
     # Told of every regular file as the walk meets it: (status, path, reasons);
     # status "new", "changed" (reasons: size, mtime, inode, ctime) or
     # "unchanged" (`backup -v` / `-vv`). None: nobody asks, nothing is computed.
@@ -136,6 +140,7 @@ class BackupSummary:
     warnings: list[str] = field(default_factory=list)
     unreadable: int = 0
     files_from_seed: int = 0  # --trust-seed-metadata: taken from a seed unread
+    excluded_dirs: int = 0  # folders left empty by --exclude-if-present/--exclude-caches
 
     def as_dict(self) -> dict[str, object]:
         """The fields but the tree id (the point has it); warnings as a count."""
@@ -492,7 +497,8 @@ class FileBackup:
                 if old_tree is not None and old_blob:
                     previous = (old_tree, old_blob)
                 excluder = self.excluder
-                for child_name, child_st in list_dir(sub_fd):
+                listing = self._without_excluded(sub_fd, path, list_dir(sub_fd))
+                for child_name, child_st in listing:
                     child_path = path + b"/" + child_name
                     wire = old_wires.get(child_name)
                     if (
@@ -563,6 +569,28 @@ class FileBackup:
             os.close(sub_fd)
         ordered = [children[k] for k in sorted(children)]
         self._finish_dir(node, ordered, previous, path)
+
+    def _without_excluded(
+        self, dir_fd: int, path: bytes, listing: list[tuple[bytes, os.stat_result]]
+    ) -> list[tuple[bytes, os.stat_result]]:
+        """A folder's entries less those --exclude-if-present, --exclude-caches and
+        --exclude-larger-than leave out (restic's rules: a folder holding a marker
+        keeps the marker alone)."""
+        options = self.options
+        if options.exclude_if_present:
+            names = {name for name, _ in listing}
+            for marker, header in options.exclude_if_present:
+                if marker in names and _has_header(dir_fd, marker, header):
+                    self.summary.excluded_dirs += 1
+                    return [(n, st) for n, st in listing if n == marker]
+        limit = options.exclude_larger_than
+        if limit is not None:
+            listing = [
+                (n, st)
+                for n, st in listing
+                if not (stat.S_ISREG(st.st_mode) and st.st_size > limit)
+            ]
+        return listing
 
     def _node(self, name: bytes, st: os.stat_result) -> Node | None:
         """`node_from_stat`, with a snapshot's device number recorded as the tree's."""
@@ -940,3 +968,22 @@ def _why_read(old: Node | None, node: Node, existed: bool) -> tuple[str, list[st
         if a != b
     ]
     return "changed", reasons or ["chunk list"]
+
+
+CACHEDIR_TAG = (b"CACHEDIR.TAG", b"Signature: 8a477f597d28d172789f06886806bc55")
+
+
+def _has_header(dir_fd: int, name: bytes, header: bytes | None) -> bool:
+    """Whether the marker `name` (a regular file) starts with `header` (None: any)."""
+    if header is None:
+        return True
+    try:
+        fd = open_file(dir_fd, name)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, len(header)) == header
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

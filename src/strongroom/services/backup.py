@@ -104,6 +104,9 @@ class BackupRequest:
     parent: str | None = None  # point id, or None to pick the latest matching one
     force_full: bool = False  # ignore any parent: read everything
     scan_totals: bool = False
+    # --exclude-if-present NAME[:HEADER] / --exclude-caches, --exclude-larger-than
+    exclude_if_present: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    exclude_larger_than: int | None = None
     # Told of each regular file: (new|changed|unchanged, path, reasons) (`backup -v`).
     file_report: Callable[[str, bytes, list[str]], None] | None = None
     seeds: list[str] = field(default_factory=list)  # --seed: pinned seed names
@@ -179,6 +182,22 @@ def continues_journal(parent: RecoveryPoint | None, base: int | None) -> bool:
     return base is None or parent.summary.get("journal_sequence") == base
 
 
+def exclusion_markers(names: list[str], caches: bool) -> list[tuple[bytes, bytes | None]]:
+    """`--exclude-if-present NAME[:HEADER]` (repeatable) and `--exclude-caches`
+    (CACHEDIR.TAG with its signature, bford.info/cachedir) as (name, header)."""
+    from strongroom.pipeline.backup import CACHEDIR_TAG
+
+    markers: list[tuple[bytes, bytes | None]] = []
+    for spec in names:
+        name, sep, header = spec.partition(":")
+        if not name or "/" in name or name in (".", ".."):
+            raise UsageError(f"--exclude-if-present {spec!r}: give a file name, NAME[:HEADER]")
+        markers.append((os.fsencode(name), os.fsencode(header) if sep else None))
+    if caches:
+        markers.append(CACHEDIR_TAG)
+    return markers
+
+
 def _usable_paths(given: list[str]) -> tuple[list[str], list[str], int]:
     """The paths to back up (absolute, sorted, each once), the warnings about the
     others, and how many were missing. As restic: a missing or unreadable path
@@ -243,6 +262,8 @@ def backup_files(
         skip_dirs=skip,
         scan_totals=req.scan_totals,
         file_report=req.file_report,
+        exclude_if_present=req.exclude_if_present,
+        exclude_larger_than=req.exclude_larger_than,
         changed_paths=None
         if req.changed_paths is None
         else {os.fsencode(p) for p in req.changed_paths},

@@ -15,7 +15,7 @@ from strongroom.cli.context import App, pass_app
 from strongroom.cli.files_from import files_from_options
 from strongroom.cli.output import human_bytes, plural
 from strongroom.cli.stdin_option import stdin_options
-from strongroom.cli.units import jobs_option
+from strongroom.cli.units import jobs_option, parse_size
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
 from strongroom.model.origin import PointSeeds
@@ -26,6 +26,7 @@ from strongroom.services.backup import (
     backup_files,
     check_options,
     exclude_patterns,
+    exclusion_markers,
     needs_default_repository,
 )
 
@@ -125,6 +126,23 @@ if TYPE_CHECKING:
     type=click.Path(exists=True),
     help="Read exclude patterns from a file.",
 )
+@click.option(
+    "--exclude-caches",
+    is_flag=True,
+    help="Leave out the contents of folders holding a CACHEDIR.TAG (keep the tag).",
+)
+@click.option(
+    "--exclude-if-present",
+    multiple=True,
+    metavar="NAME[:HEADER]",
+    help="Leave out the contents of folders holding file NAME (starting with HEADER).",
+)
+@click.option(
+    "--exclude-larger-than",
+    callback=parse_size,
+    metavar="SIZE",
+    help="Leave out regular files larger than SIZE (512K, 2G).",
+)
 @click.option("--one-file-system", "-x", is_flag=True, help="Do not cross filesystem boundaries.")
 @click.option("--tag", multiple=True, help="Tag the point (repeatable).")
 @click.option("--host", default="", help="Host name to record (default: this host).")
@@ -144,6 +162,9 @@ def backup(
     paths: tuple[str, ...],
     exclude: tuple[str, ...],
     exclude_file: tuple[str, ...],
+    exclude_caches: bool,
+    exclude_if_present: tuple[str, ...],
+    exclude_larger_than: int | None,
     one_file_system: bool,
     tag: tuple[str, ...],
     host: str,
@@ -185,6 +206,11 @@ def backup(
         file_seed_options=trust_seed_metadata or seed_root is not None,
     )
     if through_server(servers, agent_config):
+        if exclude_caches or exclude_if_present or exclude_larger_than is not None:
+            raise click.UsageError(
+                "through a server: --exclude-caches, --exclude-if-present and "
+                "--exclude-larger-than are not offered yet; use --exclude patterns"
+            )
         if dry_run or host or seed_names or trust_seed_metadata or seed_root:
             raise click.UsageError(
                 "through a server: files or --image; VMs with --vm; no --dry-run, --host or seeds"
@@ -260,6 +286,8 @@ def backup(
         force_full=force,
         scan_totals=out.interactive,
         file_report=_file_lines(app) if out.verbose and not out.json else None,
+        exclude_if_present=exclusion_markers(list(exclude_if_present), exclude_caches),
+        exclude_larger_than=exclude_larger_than,
         seeds=list(seed_names),
         no_seeds=no_seeds,
         trust_seed_metadata=trust_seed_metadata,
