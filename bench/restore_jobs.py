@@ -48,7 +48,7 @@ from harness.tables import md_table, plain_table
 from harness.verify import compare_trees, find_restored_root
 from harness.workspace import GIB, prepare, warm
 
-JOBS = (1, 2, 4)
+LABEL = "first"  # the one backup's label (borg's archive name)
 
 
 def make_tiny_tree(root: Path, count: int, seed: int) -> None:
@@ -105,7 +105,7 @@ class Variant:
 
     def restore_cmd(self, space: Space) -> tuple[list[str], Path]:
         if self.tool.name != "strongroom":
-            return self.tool.restore(space, "latest")
+            return self.tool.restore(space, LABEL)
         cmd = [*strongroom_cmd(), "restore", "latest", "--target", str(space.restore_target)]
         return cmd + ([f"--jobs={self.jobs}"] if self.jobs else []), space.root
 
@@ -133,7 +133,7 @@ def backup_once(tool: Tool, space: Space, logs: Path, name: str) -> None:
         if tool.name == "strongroom"
         else tool_env(tool, space)
     )
-    for step, cmd in (("init", tool.init(space)), ("backup", tool.backup(space, "first"))):
+    for step, cmd in (("init", tool.init(space)), ("backup", tool.backup(space, LABEL))):
         m = run_measured(cmd, env, space.root, logs / f"{name}-{tool.name}-{step}")
         if m.exit_code not in tool.ok_codes:
             raise SystemExit(
@@ -150,10 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [Variant(p.name, p) for p in peers]
     if args.before:
         variants.append(Variant("strongroom before", subject, None, args.before))
-    variants += [Variant(f"strongroom --jobs {j}", subject, j) for j in JOBS]
+    variants += [Variant(f"strongroom --jobs {j}", subject, j) for j in args.jobs]
     logs = workdir / "logs"
     shutil.rmtree(logs, ignore_errors=True)
-    sets: list[tuple[str, Path]] = []
+    tiny = workdir / "tiny"
+    make_tiny_tree(tiny, args.tiny, args.seed)
+    sets = [(f"tiny files ({args.tiny} files)", tiny)]
     if not args.skip_files:
         info = ensure_dataset(workdir / "dataset", size, args.seed)
         sets.append(
@@ -162,13 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir / "dataset",
             )
         )
-    tiny = workdir / "tiny"
-    make_tiny_tree(tiny, args.tiny, args.seed)
-    sets.append((f"tiny files ({args.tiny} files)", tiny))
     results: dict[tuple[str, str, str], Result] = {}
     loads: list[str] = []
     for label, data in sets:
-        key = label.split(" (")[0]
+        key = label.split(" (")[0].replace(".", "_")
         spaces = {}
         for tool in [*peers, subject]:
             space = Space(workdir / "runs" / key.replace(" ", "-") / tool.name, data, logs)
@@ -220,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r.failures.append(f"exit {m.exit_code}")
 
         run_rounds(args.runs, one_round, args.warmup)
+        print_report(results, variants, [p.name for p in peers], loads, [], args.markdown)
+        sys.stdout.flush()
     print_report(results, variants, [p.name for p in peers], loads, skipped, args.markdown)
     if not args.keep:
         shutil.rmtree(workdir / "runs", ignore_errors=True)
@@ -271,10 +272,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--peers", default="restic,borg", help="comma-separated peers ('' for none)")
     p.add_argument("--before", default=None, metavar="SRC", help="also strongroom from SRC")
     p.add_argument("--skip-files", action="store_true", help="only the tiny-files tree")
+    p.add_argument("--jobs", default="1,2,4", help="strongroom's --jobs values (default 1,2,4)")
     p.add_argument("--no-install", action="store_true", help="skip missing peers")
     cli.add_common(p, runs=True)
     args = p.parse_args(argv)
     args.peers = [x for x in args.peers.split(",") if x]
+    args.jobs = [int(x) for x in args.jobs.split(",") if x]
     cli.check_runs(p, args)
     return args
 
