@@ -62,6 +62,11 @@ _PROGRESS_INTERVAL = 0.2
 # is spread over many files, small enough that the workers stay balanced.
 _BATCH_FILES = 64
 _BATCH_BYTES = 4 << 20
+# A batch whose files are all smaller than this runs on the walking thread (in
+# order, as a callback): their work is Python and system calls under the GIL,
+# which a worker thread would only contend for; larger chunks are native work
+# (decryption, zstd, BLAKE3 release the GIL from 2 KiB) that workers overlap.
+_INLINE_BELOW = 64 << 10
 
 
 @dataclass
@@ -209,6 +214,7 @@ class FileRestore:
         self._batch_fd = -1
         self._batch: list[tuple[Node, bytes]] = []
         self._batch_bytes = 0
+        self._batch_large = False  # a file of _INLINE_BELOW bytes or more
         # First restored name of each hard-linked inode, once created: the (device,
         # inode) it got, and its path relative to the target or (beyond PATH_MAX)
         # an O_PATH descriptor of the file itself.
@@ -469,15 +475,20 @@ class FileRestore:
             self._batch_fd = dir_fd
         self._batch.append((node, path))
         self._batch_bytes += node.size
+        self._batch_large = self._batch_large or node.size >= _INLINE_BELOW
         if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
             self._flush_batch()
 
     def _flush_batch(self) -> None:
         if not self._batch:
             return
-        batch, dir_fd = self._batch, self._batch_fd
-        self._batch, self._batch_fd, self._batch_bytes = [], -1, 0
-        self._work.submit(self._whole_files_job(batch, dir_fd), self._whole_files_sink(batch))
+        batch, dir_fd, large = self._batch, self._batch_fd, self._batch_large
+        self._batch, self._batch_fd, self._batch_bytes, self._batch_large = [], -1, 0, False
+        job, sink = self._whole_files_job(batch, dir_fd), self._whole_files_sink(batch)
+        if large:
+            self._work.submit(job, sink)
+        else:  # after everything queued before it, on this thread: same order either way
+            self._work.then(lambda: sink(job()))
 
     def _whole_files_job(self, batch: list[tuple[Node, bytes]], dir_fd: int):  # type: ignore[no-untyped-def]
         """Create, write and finish files of at most one chunk, all on a worker.
