@@ -22,19 +22,20 @@ and the load average before each round (the machine is shared: read ratios, not 
 
 Usage::
 
-    nice -n 10 python bench/restore_jobs.py [--size 2.0] [--tiny 30000] [--runs 3]
-        [--before /work/main/src] [--peers restic,borg] [--skip-files] [--markdown]
+    nice -n 10 python bench/restore_jobs.py [--quick] [--size 2.0] [--tiny 30000] [--runs 3]
+        [--jobs 1,2,4] [--before OLD/src] [--peers restic,borg] [--skip-files] [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import cli
@@ -224,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_report(results, variants, [p.name for p in peers], loads, skipped, args.markdown)
     if not args.keep:
         shutil.rmtree(workdir / "runs", ignore_errors=True)
+    if args.json:
+        doc = {" / ".join(k): asdict(r) for k, r in results.items()}
+        args.json.write_text(json.dumps({"results": doc, "loads": loads}, indent=1) + "\n")
     failed = [f"{k}: {f}" for k, r in results.items() for f in r.failures]
     for line in failed:
         log(f"FAILED: {line}")
@@ -268,6 +272,7 @@ def print_report(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = cli.parser(__doc__)
     p.add_argument("--size", type=float, default=2.0, help="files.py data set, GiB (default 2)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 0.1 GiB, 2,000 tiny files")
     p.add_argument("--tiny", type=int, default=30000, help="files in the tiny-files tree")
     p.add_argument("--peers", default="restic,borg", help="comma-separated peers ('' for none)")
     p.add_argument("--before", default=None, metavar="SRC", help="also strongroom from SRC")
@@ -278,6 +283,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.peers = [x for x in args.peers.split(",") if x]
     args.jobs = [int(x) for x in args.jobs.split(",") if x]
+    if args.quick:
+        args.size, args.tiny = 0.1, 2000
     cli.check_runs(p, args)
     return args
 
