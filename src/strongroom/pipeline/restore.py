@@ -62,9 +62,10 @@ _PROGRESS_INTERVAL = 0.2
 # is spread over many files, small enough that the workers stay balanced.
 _BATCH_FILES = 64
 _BATCH_BYTES = 4 << 20
-# A batch whose files are all smaller than this runs on the walking thread (in
-# order, as a callback): their work is Python and system calls under the GIL,
-# which a worker thread would only contend for; larger chunks are native work
+# A batch whose files are all smaller than this runs on the walking thread when
+# no job is in flight (so in order, and the walk never runs ahead of the
+# bounded queue): their work is Python and system calls under the GIL, which a
+# worker thread would only contend for; larger chunks are native work
 # (decryption, zstd, BLAKE3 release the GIL from 2 KiB) that workers overlap.
 _INLINE_BELOW = 64 << 10
 
@@ -215,6 +216,7 @@ class FileRestore:
         self._batch: list[tuple[Node, bytes]] = []
         self._batch_bytes = 0
         self._batch_large = False  # a file of _INLINE_BELOW bytes or more
+        self._in_flight = 0  # jobs submitted and not yet sunk
         # First restored name of each hard-linked inode, once created: the (device,
         # inode) it got, and its path relative to the target or (beyond PATH_MAX)
         # an O_PATH descriptor of the file itself.
@@ -462,7 +464,15 @@ class FileRestore:
     def _submit(self, job: Callable[[], _T], sink: Callable[[_T], None]) -> None:
         """Queue a job after the batch waiting (results are sunk in order)."""
         self._flush_batch()
-        self._work.submit(job, sink)
+        self._queue_job(job, sink)
+
+    def _queue_job(self, job: Callable[[], _T], sink: Callable[[_T], None]) -> None:
+        def counted(result: _T) -> None:
+            self._in_flight -= 1
+            sink(result)
+
+        self._in_flight += 1
+        self._work.submit(job, counted)
 
     def _then(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything before it, the batch waiting too, is done."""
@@ -485,10 +495,10 @@ class FileRestore:
         batch, dir_fd, large = self._batch, self._batch_fd, self._batch_large
         self._batch, self._batch_fd, self._batch_bytes, self._batch_large = [], -1, 0, False
         job, sink = self._whole_files_job(batch, dir_fd), self._whole_files_sink(batch)
-        if large:
-            self._work.submit(job, sink)
-        else:  # after everything queued before it, on this thread: same order either way
-            self._work.then(lambda: sink(job()))
+        if large or self._in_flight:
+            self._queue_job(job, sink)
+        else:  # everything before it is done: here, now, is the same order
+            sink(job())
 
     def _whole_files_job(self, batch: list[tuple[Node, bytes]], dir_fd: int):  # type: ignore[no-untyped-def]
         """Create, write and finish files of at most one chunk, all on a worker.
