@@ -6,11 +6,11 @@ sparse files stay sparse. Files of at most one chunk (most files of most
 trees) are created, written and finished whole on the workers, in batches of
 one directory's files: per-file work on the walking thread is what limits a
 restore of small files (docs/performance.md, "Restore and check on both
-cores"). With one worker everything runs on the calling thread. Metadata
-is applied after content (a directory's after all its entries, or their
-creation would bump its mtime). A damaged
-chunk marks its files as damaged; everything else is restored and the caller
-gets the list, to exit non-zero.
+cores"); a batch of tiny files runs on the walking thread when no job is in
+flight. With one worker everything runs on the calling thread. Metadata is
+applied after content (a directory's after all its entries, or their
+creation would bump its mtime). A damaged chunk marks its files as damaged;
+everything else is restored and the caller gets the list, to exit non-zero.
 
 The tree is hostile until checked, and the target may hold anything (links
 to the outside placed there, or raced in): `FileRestore` states what keeps
