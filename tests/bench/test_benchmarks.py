@@ -18,6 +18,7 @@ BENCHMARKS = (
     "images",
     "media",
     "protect",
+    "restore_jobs",
     "seeds",
     "server",
     "startup",

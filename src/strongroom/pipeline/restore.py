@@ -2,10 +2,15 @@
 
 Chunks are fetched, authenticated and decompressed on a thread pool and
 written with pwrite at their known offsets; all-zero chunks are skipped, so
-sparse files stay sparse. Metadata is applied after content (a directory's
-after all its entries, or their creation would bump its mtime). A damaged
-chunk marks its files as damaged; everything else is restored and the caller
-gets the list, to exit non-zero.
+sparse files stay sparse. Files of at most one chunk (most files of most
+trees) are created, written and finished whole on the workers, in batches of
+one directory's files: per-file work on the walking thread is what limits a
+restore of small files (docs/performance.md, "Restore and check on both
+cores"); a batch of tiny files runs on the walking thread when no job is in
+flight. With one worker everything runs on the calling thread. Metadata is
+applied after content (a directory's after all its entries, or their
+creation would bump its mtime). A damaged chunk marks its files as damaged;
+everything else is restored and the caller gets the list, to exit non-zero.
 
 The tree is hostile until checked, and the target may hold anything (links
 to the outside placed there, or raced in): `FileRestore` states what keeps
@@ -44,7 +49,7 @@ from strongroom.model.tree import (
     TreePath,
     decode_tree,
 )
-from strongroom.pipeline.ordered import OrderedWork
+from strongroom.pipeline.inline_work import work_queue
 from strongroom.repository.format import BlobType
 from strongroom.repository.store import ChunkStore
 from strongroom.sources.block_targets import pwrite_all
@@ -52,6 +57,17 @@ from strongroom.types import Progress, ProgressCallback, no_progress
 
 IS_ROOT = os.geteuid() == 0
 _PROGRESS_INTERVAL = 0.2
+# A batch of whole files (one job): at most this many, or this many bytes of
+# them. Large enough that the walking thread's cost per job (a future, a sink)
+# is spread over many files, small enough that the workers stay balanced.
+_BATCH_FILES = 64
+_BATCH_BYTES = 4 << 20
+# A batch whose files are all smaller than this runs on the walking thread when
+# no job is in flight (so in order, and the walk never runs ahead of the
+# bounded queue): their work is Python and system calls under the GIL, which a
+# worker thread would only contend for; larger chunks are native work
+# (decryption, zstd, BLAKE3 release the GIL from 2 KiB) that workers overlap.
+_INLINE_BELOW = 64 << 10
 
 
 @dataclass
@@ -194,7 +210,13 @@ class FileRestore:
         self.cancel = cancel or threading.Event()
         self.summary = RestoreSummary(scope=str(self.scope.spec))
         self.progress = Progress(job="restore")
-        self._work = OrderedWork(workers, depth=4 * workers + 4)
+        self._work = work_queue(workers, depth=4 * workers + 4)
+        # Whole files waiting to be submitted as one job: (dir_fd, [(node, path)]).
+        self._batch_fd = -1
+        self._batch: list[tuple[Node, bytes]] = []
+        self._batch_bytes = 0
+        self._batch_large = False  # a file of _INLINE_BELOW bytes or more
+        self._in_flight = 0  # jobs submitted and not yet sunk
         # First restored name of each hard-linked inode, once created: the (device,
         # inode) it got, and its path relative to the target or (beyond PATH_MAX)
         # an O_PATH descriptor of the file itself.
@@ -211,6 +233,7 @@ class FileRestore:
         try:
             with self._work:
                 self._walk()
+                self._flush_batch()
                 self._work.finish()
         finally:
             os.close(self._root_fd)
@@ -338,7 +361,7 @@ class FileRestore:
             finally:
                 self._close(fd)
 
-        self._work.then(finish)
+        self._then(finish)
 
     def _restore_leaf(self, node: Node, dir_fd: int, path: bytes, rel: bytes) -> None:
         if node.type == FILE:
@@ -384,7 +407,7 @@ class FileRestore:
                 self._link(first, node.name, dir_fd)
                 return
         if len(node.chunks) <= 1 and not linked:  # later links need the file to exist now
-            self._work.submit(self._whole_file_job(node, dir_fd, path), self._whole_file_sink(path))
+            self._add_to_batch(node, dir_fd, path)
             return
         name = node.name
         fd = _create(lambda: os.open(name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd), dir_fd, name)
@@ -398,7 +421,7 @@ class FileRestore:
         damaged: list[str] = []
         offset = 0
         for cid, size in zip(node.chunks, node.chunk_sizes, strict=True):
-            self._work.submit(self._chunk_job(fd, cid, size, offset), self._chunk_sink(damaged))
+            self._submit(self._chunk_job(fd, cid, size, offset), self._chunk_sink(damaged))
             offset += size
 
         def finish_file() -> None:
@@ -413,7 +436,7 @@ class FileRestore:
             finally:
                 self._close(fd)
 
-        self._work.then(finish_file)
+        self._then(finish_file)
 
     def _link(self, first: tuple[tuple[int, int], bytes | int], name: bytes, dir_fd: int) -> None:
         """Another name of a file this restore created: linkat without following a
@@ -436,60 +459,102 @@ class FileRestore:
             os.unlink(name, dir_fd=dir_fd)
             raise OSError(errno.EXDEV, "the first name of this hard link was replaced; not linked")
 
-    def _whole_file_job(self, node: Node, dir_fd: int, path: bytes):  # type: ignore[no-untyped-def]
-        """Create, write and finish a file of at most one chunk, all on a worker.
+    # --- whole files, in batches --------------------------------------------
+
+    def _submit(self, job: Callable[[], _T], sink: Callable[[_T], None]) -> None:
+        """Queue a job after the batch waiting (results are sunk in order)."""
+        self._flush_batch()
+        self._queue_job(job, sink)
+
+    def _queue_job(self, job: Callable[[], _T], sink: Callable[[_T], None]) -> None:
+        def counted(result: _T) -> None:
+            self._in_flight -= 1
+            sink(result)
+
+        self._in_flight += 1
+        self._work.submit(job, counted)
+
+    def _then(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once everything before it, the batch waiting too, is done."""
+        self._flush_batch()
+        self._work.then(callback)
+
+    def _add_to_batch(self, node: Node, dir_fd: int, path: bytes) -> None:
+        if dir_fd != self._batch_fd:
+            self._flush_batch()
+            self._batch_fd = dir_fd
+        self._batch.append((node, path))
+        self._batch_bytes += node.size
+        self._batch_large = self._batch_large or node.size >= _INLINE_BELOW
+        if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        if not self._batch:
+            return
+        batch, dir_fd, large = self._batch, self._batch_fd, self._batch_large
+        self._batch, self._batch_fd, self._batch_bytes, self._batch_large = [], -1, 0, False
+        job, sink = self._whole_files_job(batch, dir_fd), self._whole_files_sink(batch)
+        if large or self._in_flight:
+            self._queue_job(job, sink)
+        else:  # everything before it is done: here, now, is the same order
+            sink(job())
+
+    def _whole_files_job(self, batch: list[tuple[Node, bytes]], dir_fd: int):  # type: ignore[no-untyped-def]
+        """Create, write and finish files of at most one chunk, all on a worker.
 
         File creation dominates restores of many small files, and the kernel
         creates files in parallel, so it belongs on the pool. `dir_fd` stays
         open: the directory is finished only after this job is sunk.
         """
-        repo = self.repo
-        name = node.name
 
-        def job() -> tuple[int, str | None, list[str]]:
-            data = b""
-            error = None
-            if node.chunks:
-                want = node.chunk_sizes[0]
-                try:
-                    data = repo.load_chunk(node.chunks[0], BlobType.DATA, want)
-                except StrongroomError as err:
-                    error = str(err)
-                if error is None and len(data) != want:
-                    error = (
-                        f"chunk {node.chunks[0].hex()[:16]} has {len(data)} bytes, expected {want}"
-                    )
-                if error is not None:
-                    data = b""  # nothing of a chunk that is not what the tree says
-            try:  # something in the way (a directory) is a warning, as for other entries
-                fd = _create(
-                    lambda: os.open(name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd), dir_fd, name
-                )
-            except OSError as err:
-                return 0, None, [f"{printable(path)}: {_reason(err)}"]
-            try:
-                if data and not _is_zero(data):
-                    pwrite_all(fd, data, 0)
-                os.ftruncate(fd, node.size)  # all zeros or damaged: a hole
-                warnings = self._fd_meta(fd, node, path)
-            except (OSError, ValueError, OverflowError) as err:  # against this file
-                return 0, f"cannot write: {_reason(err)}", []
-            finally:
-                os.close(fd)
-            return len(data), error, warnings
+        def job() -> list[tuple[int, str | None, list[str]]]:
+            return [self._whole_file(node, dir_fd, path) for node, path in batch]
 
         return job
 
-    def _whole_file_sink(self, path: bytes):  # type: ignore[no-untyped-def]
-        def sink(result: tuple[int, str | None, list[str]]) -> None:
-            size, error, warnings = result
-            for w in warnings:
-                self._warn(w)
+    def _whole_file(
+        self, node: Node, dir_fd: int, path: bytes
+    ) -> tuple[int, str | None, list[str]]:
+        """(bytes written, damage or None, warnings) of one whole file (thread-safe)."""
+        name = node.name
+        data = b""
+        error = None
+        if node.chunks:
+            want = node.chunk_sizes[0]
+            try:
+                data = self.repo.load_chunk(node.chunks[0], BlobType.DATA, want)
+            except StrongroomError as err:
+                error = str(err)
+            if error is None and len(data) != want:
+                error = f"chunk {node.chunks[0].hex()[:16]} has {len(data)} bytes, expected {want}"
             if error is not None:
-                self.summary.damaged.append(printable(path))
-                self._warn(f"{printable(path)}: damaged: {error}")
-            self.summary.bytes_written += size
-            self.progress.bytes_done += size
+                data = b""  # nothing of a chunk that is not what the tree says
+        try:  # something in the way (a directory) is a warning, as for other entries
+            fd = _create(lambda: os.open(name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd), dir_fd, name)
+        except OSError as err:
+            return 0, None, [f"{printable(path)}: {_reason(err)}"]
+        try:
+            if data and not _is_zero(data):
+                pwrite_all(fd, data, 0)
+            os.ftruncate(fd, node.size)  # all zeros or damaged: a hole
+            warnings = self._fd_meta(fd, node, path)
+        except (OSError, ValueError, OverflowError) as err:  # against this file
+            return 0, f"cannot write: {_reason(err)}", []
+        finally:
+            os.close(fd)
+        return len(data), error, warnings
+
+    def _whole_files_sink(self, batch: list[tuple[Node, bytes]]):  # type: ignore[no-untyped-def]
+        def sink(results: list[tuple[int, str | None, list[str]]]) -> None:
+            for (_, path), (size, error, warnings) in zip(batch, results, strict=True):
+                for w in warnings:
+                    self._warn(w)
+                if error is not None:
+                    self.summary.damaged.append(printable(path))
+                    self._warn(f"{printable(path)}: damaged: {error}")
+                self.summary.bytes_written += size
+                self.progress.bytes_done += size
             self._emit()
 
         return sink

@@ -9,12 +9,19 @@ sequentially, never whole in memory: its bytes hash to its name, its header
 (read by itself from the pack's end) authenticates and agrees with the index,
 and every chunk decrypts, decompresses within its declared size and hashes to
 its id. Findings name the object, the pack and the chunk.
+
+Packs are verified on `jobs` threads (decryption, decompression and BLAKE3
+release the GIL for the chunk sizes packs hold; docs/performance.md,
+"Restore and check on both cores"), each into its own partial report; the
+partial reports are merged in pack order, so the findings, their order and
+the counts are the same whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from strongroom.errors import IntegrityError, ObjectNotFound, StorageError, StrongroomError
@@ -116,7 +123,10 @@ def select_packs(packs: list[bytes], subset: str | None, seed: int | None = None
 def check_pack_data(
     repo: Repository, pack: bytes, entries: list[PackedChunk], report: CheckReport
 ) -> None:
-    """Read one pack in one sequential pass and verify it; record findings in `report`."""
+    """Read one pack in one sequential pass and verify it; record findings in `report`.
+
+    Reads only `report.pack_sizes` and writes only to `report`: workers give
+    each pack its own report (`_check_one`)."""
     name = fmt.pack_name(pack.hex())
     short = pack.hex()[:16]
     size = report.pack_sizes.get(pack)
@@ -170,22 +180,58 @@ def check_pack_data(
         report.errors.append(f"pack {short}: content does not match its name (damaged)")
 
 
+def _check_one(
+    repo: Repository, pack: bytes, entries: list[PackedChunk], size: int | None
+) -> CheckReport:
+    """One pack's findings in a report of their own; a retryable storage error
+    propagates (the whole check is worth retrying), any other is a finding."""
+    part = CheckReport()
+    if size is not None:
+        part.pack_sizes[pack] = size
+    try:
+        check_pack_data(repo, pack, entries, part)
+    except StrongroomError as err:
+        if isinstance(err, StorageError) and err.retryable:
+            raise
+        part.errors.append(f"pack {pack.hex()[:16]}: {err}")
+    return part
+
+
+def _merge(report: CheckReport, part: CheckReport) -> None:
+    report.errors += part.errors
+    report.damaged_chunks.update(part.damaged_chunks)
+    report.packs_read += part.packs_read
+    report.chunks_read += part.chunks_read
+
+
 def check_data(
     repo: Repository,
     report: CheckReport,
     subset: str | None = None,
     progress: Callable[[Progress], None] = no_progress,
+    jobs: int = 1,
 ) -> None:
+    """Verify the bytes of every selected pack (all, or `subset`) on `jobs`
+    threads (1: in the calling thread), and merge the findings in pack order."""
     chosen = select_packs(list(report.packs), subset)
     prog = Progress(job="check", files_total=len(chosen))
     prog.bytes_total = sum(report.pack_sizes.get(p, 0) for p in chosen)
-    for pack in chosen:
-        try:
-            check_pack_data(repo, pack, report.packs[pack], report)
-        except StrongroomError as err:
-            if isinstance(err, StorageError) and err.retryable:
-                raise
-            report.errors.append(f"pack {pack.hex()[:16]}: {err}")
-        prog.files_done += 1
-        prog.bytes_done += report.pack_sizes.get(pack, 0)
-        progress(prog)
+
+    def one(pack: bytes) -> CheckReport:
+        return _check_one(repo, pack, report.packs[pack], report.pack_sizes.get(pack))
+
+    def merged(parts: Iterator[CheckReport]) -> None:
+        for pack, part in zip(chosen, parts, strict=True):
+            _merge(report, part)
+            prog.files_done += 1
+            prog.bytes_done += report.pack_sizes.get(pack, 0)
+            progress(prog)
+
+    if jobs <= 1 or len(chosen) <= 1:
+        merged(one(pack) for pack in chosen)
+        return
+    pool = ThreadPoolExecutor(jobs, thread_name_prefix="check")
+    try:
+        merged(pool.map(one, chosen))
+    finally:  # on an error or an interrupt: nothing more starts, none is left running
+        pool.shutdown(wait=True, cancel_futures=True)

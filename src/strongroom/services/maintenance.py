@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from strongroom.cpu import resolve_jobs
 from strongroom.errors import IntegrityError, UsageError
 from strongroom.model.kinds import IMAGE_KINDS, PointKind
 from strongroom.model.point import RecoveryPoint
@@ -91,10 +92,12 @@ def check(
     read_data: bool = False,
     subset: str | None = None,
     progress: Callable[[Progress], None] = no_progress,
+    jobs: int | None = None,
 ) -> CheckResult:
     """Structure, every manifest (each distinct one once: services/tree_check.py),
-    and with `read_data`/`subset` the packs' bytes. Damaged or foreign objects met
-    anywhere are errors."""
+    and with `read_data`/`subset` the packs' bytes, on `jobs` threads (None: the
+    CPUs, `cpu.default_jobs`; the findings do not depend on it). Damaged or
+    foreign objects met anywhere are errors."""
     check_subset(subset)  # a malformed subset is a usage error before any work
     report = CheckReport()
     # Points first, index second: a backup running meanwhile writes its index
@@ -112,7 +115,7 @@ def check(
     for c in findings.missing:
         report.damaged_chunks.setdefault(c, "?")
     if read_data or subset:
-        check_data(repo, report, subset, progress)
+        check_data(repo, report, subset, progress, resolve_jobs(jobs))
     report_damage(repo, report)
     result = CheckResult(report)
     if report.damaged_chunks:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from strongroom.cpu import resolve_jobs
 from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
@@ -55,6 +56,7 @@ def restore_files(
     scope: ScopeSpec = FULL,
     lacks_file: str | None = None,
     scoped: ScopedRestore | None = None,
+    jobs: int | None = None,
 ) -> RestoreSummary:
     """Restore a files point; with a scope other than `full`, only that part of
     it (docs/seeds.md, "Scoped recovery"), and for `user` the list of seed
@@ -62,7 +64,8 @@ def restore_files(
 
     Every question is settled before anything is written: the scope against
     the point's seeds, the includes, the lacks list (decoded and checked) and
-    where it goes. `scoped`, if given, receives what the caller reports."""
+    where it goes. `scoped`, if given, receives what the caller reports.
+    `jobs`: the workers (None: `cpu.default_jobs()`; 1: the calling thread)."""
     scoped = scoped if scoped is not None else ScopedRestore()
     if lacks_file is not None and scope.kind is not ScopeKind.USER:
         raise UsageError("--lacks-file goes with --scope user")
@@ -84,6 +87,7 @@ def restore_files(
         progress=progress,
         cancel=cancel,
         scope=bound.scope,
+        workers=resolve_jobs(jobs),
     )
     summary = job.run()
     if scoped.lacks is not None and scoped.lacks_file is not None:
@@ -116,6 +120,7 @@ class RestoreRequest:
     lacks_file: str | None = None  # --scope user: where the lacking seed files are listed
     backing: str | None = None  # image points, --scope user: the golden image under the overlay
     verify_backing: bool = False  # check every block of `backing`, not a sample
+    jobs: int | None = None  # files points: workers (None: cpu.default_jobs(); 1: this thread)
 
 
 @dataclass
@@ -188,7 +193,16 @@ def restore_point(
         raise UsageError("--backing goes with image points (--scope user of a disk image)")
     scoped = ScopedRestore()
     summary = restore_files(
-        repo, p, req.target, req.include, progress, cancel, req.scope, req.lacks_file, scoped
+        repo,
+        p,
+        req.target,
+        req.include,
+        progress,
+        cancel,
+        req.scope,
+        req.lacks_file,
+        scoped,
+        req.jobs,
     )
     return FilesRestored(p, summary, scoped)
 

@@ -7,6 +7,7 @@ import click
 from strongroom.cli.commands.points import point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes, plural
+from strongroom.cli.units import jobs_option
 from strongroom.errors import ExitCode, UsageError
 from strongroom.model.names import printable
 from strongroom.services import maintenance
@@ -201,8 +202,9 @@ def prune(app: App, max_unused: str, dry_run: bool) -> None:
 @click.option(
     "--read-data-subset", default=None, help="Read a subset: n/m or a percentage like 10%."
 )
+@jobs_option
 @pass_app
-def check(app: App, read_data: bool, read_data_subset: str | None) -> None:
+def check(app: App, read_data: bool, read_data_subset: str | None, jobs: int | None) -> None:
     """Verify the repository's structure (and data with --read-data)."""
     out = app.out
     maintenance.check_subset(read_data_subset)
@@ -212,7 +214,7 @@ def check(app: App, read_data: bool, read_data_subset: str | None) -> None:
         out.progress("check") as progress,
     ):
         result = maintenance.check(
-            repo, read_data=read_data, subset=read_data_subset, progress=progress
+            repo, read_data=read_data, subset=read_data_subset, progress=progress, jobs=jobs
         )
     report = result.report
     if out.json:

@@ -7,6 +7,7 @@ import click
 from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import Output, human_bytes, plural
+from strongroom.cli.units import jobs_option
 from strongroom.errors import ExitCode
 from strongroom.model.names import printable
 from strongroom.model.scope import ScopeSpec
@@ -114,6 +115,7 @@ from strongroom.services.timeline import parse_instant, point_at
     help="A point from media: keep the staging folder the cartridges were read into.",
 )
 @server_options
+@jobs_option
 @pass_app
 def restore(
     app: App,
@@ -135,6 +137,7 @@ def restore(
     keep_staging: bool,
     servers: tuple[str, ...],
     agent_config: str | None,
+    jobs: int | None,
 ) -> None:
     """Restore POINT (an id prefix or 'latest'; with --at, a protected source) into TARGET.
 
@@ -165,6 +168,7 @@ def restore(
     request.scope = ScopeSpec.parse(scope_text)
     request.lacks_file = lacks_file
     request.backing, request.verify_backing = backing, verify_backing
+    request.jobs = jobs
     instant = parse_instant(at) if at is not None else None
     if instant is not None and vm:
         raise click.UsageError("--at names a protected source: no --vm")
