@@ -113,3 +113,16 @@ def test_latest_is_scoped_by_host_path_and_tag_and_named(
     assert dumped.out == "home/u/notes.txt" and f"using point {ids[2][:8]}" in dumped.err
     diff = cli("diff", ids[0][:8], "latest", "--path", str(src))
     assert diff.rc == 0 and f"using point {ids[2][:8]}" in diff.err
+
+
+def test_restore_latest_is_scoped_and_named(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    _, ids = _points(tmp_path, cli)
+    target = tmp_path / "restored"
+    done = cli("restore", "latest", "--host", "web", "--target", str(target))
+    assert done.rc == 0, done.err
+    assert f"using point {ids[3][:8]} of host web" in done.err
+    assert (target / str(tmp_path / "other" / "x.conf").lstrip("/")).read_bytes() == b"x"
+    plain = cli("restore", "latest", "--target", str(tmp_path / "again"))
+    assert f"restored point {ids[3][:8]} of host web, {tmp_path}/other, " in plain.out

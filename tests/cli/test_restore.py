@@ -22,7 +22,10 @@ def test_restore_recreates_the_absolute_path_below_the_target(
     assert result.rc == 0, result.err
     restored = target / str(backed_up.src).lstrip("/")
     assert walk_differences(backed_up.src, restored, check_atime=False) == []
-    assert f"restored point {backed_up.point_id[:8]} to {target}" in result.out
+    said = f"restored point {backed_up.point_id[:8]} of host "
+    assert (
+        said in result.out and f"{backed_up.src}, " in result.out and f" to {target}" in result.out
+    )
 
 
 def test_include_restores_only_that_subtree(

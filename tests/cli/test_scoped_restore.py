@@ -202,7 +202,7 @@ def test_diff_scope(
     finally:
         repo.close()
     base = str(machine.root.resolve())
-    user = cli("diff", point.id, later.id, "--scope", "user", "--json")
+    user = cli("diff", point.id, later.id, "--scope", "user", "--metadata", "--json")
     assert user.rc == 0, user.err
     changes = {
         (d["modifier"], d["path"][len(base) :])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from strongroom.cli.commands.agent import server_options, through_server
+from strongroom.cli.commands.points import chosen_point, describe_point, point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import Output, human_bytes, plural
 from strongroom.cli.units import jobs_option
@@ -116,6 +117,7 @@ from strongroom.services.timeline import parse_instant, point_at
 )
 @server_options
 @jobs_option
+@point_filter_options
 @pass_app
 def restore(
     app: App,
@@ -138,6 +140,9 @@ def restore(
     servers: tuple[str, ...],
     agent_config: str | None,
     jobs: int | None,
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
 ) -> None:
     """Restore POINT (an id prefix or 'latest'; with --at, a protected source) into TARGET.
 
@@ -148,7 +153,8 @@ def restore(
         from strongroom.services.agent_backup import open_agent
         from strongroom.services.agent_images import restore_own_point
 
-        if include or vm or disks or at or from_media or backing or scope_text != "full":
+        filters = hosts or tags or paths
+        if include or vm or disks or at or from_media or backing or filters or scope_text != "full":
             raise click.UsageError(
                 "through a server: a whole files or image point; no other options but --format"
             )
@@ -189,6 +195,8 @@ def restore(
                 request.point = point_at(repo, point, instant).id
                 restored = restore_point(repo, request, progress)
             else:
+                if point == "latest" and not vm and (hosts or tags or paths):
+                    request.point = chosen_point(app, repo, point, hosts, tags, paths).id
                 restored = restore_anywhere(
                     repo, request, app.settings, app.password, media, progress
                 )
@@ -214,7 +222,7 @@ def _files_restored(out: Output, r: FilesRestored, target: str) -> None:
     doc: dict[str, object] = {"point_id": r.point.id, **summary.as_dict()}
     scope = "" if summary.scope == "full" else f" (scope {summary.scope})"
     lines = [
-        f"restored point {r.point.short_id}{scope} to {target}: {plural(summary.files, 'file')}, "
+        f"restored {describe_point(r.point)}{scope} to {target}: {plural(summary.files, 'file')}, "
         f"{summary.dirs} dirs, {summary.other_entries} other entries, "
         f"{human_bytes(summary.bytes_written)}"
     ]
