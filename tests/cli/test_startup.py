@@ -167,3 +167,18 @@ def _summary(out: str) -> dict[str, object]:
     found = [d for d in docs if d.get("message_type") == "summary"]
     assert found, out
     return found[-1]  # type: ignore[no-any-return]
+
+
+def test_a_restore_from_the_repository_loads_no_catalog(
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    initialized_repo: Path,
+    small_src: tuple[Path, dict[str, bytes]],
+) -> None:
+    """The media catalog (SQLAlchemy, alembic) loads only when a point must come
+    from media: a restore from the repository never pays for it."""
+    src, _ = small_src
+    run_probe(tmp_path, cli_env, "backup", str(src))
+    files, _ = run_probe(tmp_path, cli_env, "restore", "latest", "--target", str(tmp_path / "t"))
+    assert "strongroom.services.restore" in files
+    assert unwanted(files, NEVER_LOCAL) == []

@@ -43,9 +43,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from strongroom.catalog import Catalog, Event, Medium
-from strongroom.catalog.engine import parse_url
 from strongroom.config import Settings, data_home
 from strongroom.errors import (
     ChangerError,
@@ -77,6 +76,9 @@ LOCK_SECONDS = 600.0  # how long to wait for a library another command holds
 _CONFIG_AD = b"config"  # as repository/repo.py seals the config object
 
 Say = Callable[[str], None]
+
+if TYPE_CHECKING:  # the catalog (SQLAlchemy, alembic) loads only when a restore needs media
+    from strongroom.catalog import Catalog, Medium
 
 
 @dataclass
@@ -205,6 +207,9 @@ def restore_from_cartridges(
 def open_catalog(settings: Settings) -> Catalog | None:
     """The configured catalog; None when it is a SQLite file that was never
     made (a restore does not create a catalog)."""
+    from strongroom.catalog import Catalog
+    from strongroom.catalog.engine import parse_url
+
     url = parse_url(settings.catalog)
     if url.drivername == "sqlite" and not Path(url.database or "").exists():
         return None
@@ -351,6 +356,8 @@ def stage_point(
             done = _materialize(drive, cartridge, staging, point_id, needed.barcode)
         used.append(needed)
         options.say(_read_line(needed, done.packs_copied, done.bytes_copied))
+        from strongroom.catalog import Event
+
         catalog.add_event(
             Event(
                 at=_now(),
