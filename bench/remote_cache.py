@@ -14,20 +14,21 @@ cache is filled once before the rounds, as it is after a first use):
 
 Prints medians and ranges, and the ratio without/with the cache.
 
-    python bench/remote_cache.py [--quick] [--runs 3]
+    python bench/remote_cache.py [--quick] [--runs 3] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from harness import cli
 from harness.services import Gateway
 from harness.stats import Spread
 from harness.strongroom import strongroom_cmd, strongroom_env
@@ -42,20 +43,25 @@ def _run(env: dict[str, str], *args: str) -> float:
     return took
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dirs", type=int, default=200)
-    parser.add_argument("--files", type=int, default=25)
-    parser.add_argument("--points", type=int, default=20)
-    parser.add_argument("--quick", action="store_true", help="small data, one round")
-    parser.add_argument("--workdir", default="/work/bench-scratch")
-    args = parser.parse_args()
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = cli.parser(__doc__)
+    p.add_argument("--dirs", type=int, default=200, help="folders in the tree (default 200)")
+    p.add_argument("--files", type=int, default=25, help="files per folder (default 25)")
+    p.add_argument("--points", type=int, default=20, help="points made first (default 20)")
+    p.add_argument("--quick", action="store_true", help="small data, one round")
+    cli.add_common(p, runs=True)
+    args = p.parse_args(argv)
     if args.quick:
         args.runs, args.dirs, args.files, args.points = 1, 20, 10, 3
+    cli.check_runs(p, args)
+    return args
 
-    Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="remote-cache-", dir=args.workdir) as tmp:
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = args.workdir or Path("/work/bench-scratch")
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="remote-cache-", dir=workdir) as tmp:
         work = Path(tmp)
         gateway = Gateway(work / "rgw")
         env = strongroom_env(Path("unused"), work)
@@ -92,12 +98,17 @@ def main() -> None:
     )
     print("| command | with cache s | without s | without / with |")
     print("| :--- | ---: | ---: | ---: |")
+    results = {}
     for name in phases:
         with_cache = Spread.of(times[(name, True)])
         without = Spread.of(times[(name, False)])
         ratio = without.median / with_cache.median
+        results[name] = {"with_cache": times[(name, True)], "without": times[(name, False)]}
         print(f"| {name} | {with_cache.text()} | {without.text()} | {ratio:.2f}x |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

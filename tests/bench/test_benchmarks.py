@@ -18,6 +18,7 @@ BENCHMARKS = (
     "images",
     "media",
     "protect",
+    "remote_cache",
     "restore_jobs",
     "seeds",
     "server",

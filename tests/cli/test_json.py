@@ -15,6 +15,7 @@ SUMMARY_KEYS |= {"total_files", "total_bytes", "bytes_read", "chunks_new", "data
 SUMMARY_KEYS |= {"data_added_stored", "warnings", "unreadable", "dry_run", "point_id"}
 SUMMARY_KEYS |= {"parent", "seconds", "message_type"}
 SUMMARY_KEYS |= {"files_from_seed", "seeds", "seeds_skipped"}  # backups against seeds
+SUMMARY_KEYS |= {"excluded_dirs"}  # --exclude-caches, --exclude-if-present
 
 
 def test_init_json(cli: CliRunner, repo_path: Path) -> None:

@@ -14,7 +14,7 @@ def test_backup_summary_counts_warnings_and_leaves_out_the_tree() -> None:
     assert list(doc) == [
         "files_new", "files_changed", "files_unmodified", "dirs", "other_entries",
         "total_files", "total_bytes", "bytes_read", "chunks_new", "data_added",
-        "data_added_stored", "warnings", "unreadable", "files_from_seed",
+        "data_added_stored", "warnings", "unreadable", "files_from_seed", "excluded_dirs",
     ]  # fmt: skip
     assert (doc["files_new"], doc["warnings"], doc["unreadable"]) == (2, 2, 1)
 

@@ -153,7 +153,7 @@ def test_a_failed_cycle_leaves_a_chain_the_next_cycle_continues(
     monkeypatch.setattr(
         protect_service,
         "chain_destination",
-        lambda where: Failing(where, next(ships, nothing), nothing),
+        lambda where, limit=None: Failing(where, next(ships, nothing), nothing),
     )
 
     def cycle() -> CycleOutcome:
