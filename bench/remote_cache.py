@@ -64,34 +64,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="remote-cache-", dir=workdir) as tmp:
         work = Path(tmp)
         gateway = Gateway(work / "rgw")
-        env = strongroom_env(Path("unused"), work)
-        env.update(gateway.env)
-        env["STRONGROOM_REPO"] = f"s3:{gateway.endpoint}/cachebench/repo"
-        src = work / "src"
-        for d in range(args.dirs):
-            folder = src / f"d{d:04d}"
-            folder.mkdir(parents=True)
-            for f in range(args.files):
-                (folder / f"f{f:03d}.txt").write_text(f"file {d}/{f}\n" * (1 + f % 7))
-        _run(env, "init")
-        for p in range(args.points):
-            (src / "changing.txt").write_text(f"version {p}\n")
-            _run(env, "--no-cache", "backup", str(src))
-        for warm in (["snapshots"], ["ls", "latest"], ["backup", str(src)]):
-            _run(env, *warm)  # fills the cache, as any earlier command would
+        try:
+            times, phases = _measure(args, work, gateway)
+        finally:
+            gateway.close()  # its daemons: never left running
+    _print(args, times, phases)
+    return 0
 
-        phases = {
-            "snapshots": ["snapshots"],
-            "ls latest": ["ls", "latest"],
-            "no-change backup": ["backup", str(src)],
-        }
-        times: dict[tuple[str, bool], list[float]] = {}
-        for _ in range(args.runs):
-            for name, command in phases.items():
-                for cached in (True, False):
-                    flags = [] if cached else ["--no-cache"]
-                    times.setdefault((name, cached), []).append(_run(env, *flags, *command))
 
+def _measure(
+    args: argparse.Namespace, work: Path, gateway: Gateway
+) -> tuple[dict[tuple[str, bool], list[float]], dict[str, list[str]]]:
+    env = strongroom_env(Path("unused"), work)
+    env.update(gateway.env)
+    env["STRONGROOM_REPO"] = f"s3:{gateway.endpoint}/cachebench/repo"
+    src = work / "src"
+    for d in range(args.dirs):
+        folder = src / f"d{d:04d}"
+        folder.mkdir(parents=True)
+        for f in range(args.files):
+            (folder / f"f{f:03d}.txt").write_text(f"file {d}/{f}\n" * (1 + f % 7))
+    _run(env, "init")
+    for p in range(args.points):
+        (src / "changing.txt").write_text(f"version {p}\n")
+        _run(env, "--no-cache", "backup", str(src))
+    for warm in (["snapshots"], ["ls", "latest"], ["backup", str(src)]):
+        _run(env, *warm)  # fills the cache, as any earlier command would
+    phases = {
+        "snapshots": ["snapshots"],
+        "ls latest": ["ls", "latest"],
+        "no-change backup": ["backup", str(src)],
+    }
+    times: dict[tuple[str, bool], list[float]] = {}
+    for _ in range(args.runs):
+        for name, command in phases.items():
+            for cached in (True, False):
+                flags = [] if cached else ["--no-cache"]
+                times.setdefault((name, cached), []).append(_run(env, *flags, *command))
+    return times, phases
+
+
+def _print(
+    args: argparse.Namespace,
+    times: dict[tuple[str, bool], list[float]],
+    phases: dict[str, list[str]],
+) -> None:
     print(
         f"\n{args.dirs * args.files + 1} files in {args.dirs} folders, {args.points} points "
         f"(+{args.runs * 2} no-change), S3 on a local RADOS Gateway; {args.runs} rounds\n"
@@ -107,7 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {name} | {with_cache.text()} | {without.text()} | {ratio:.2f}x |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    return 0
 
 
 if __name__ == "__main__":
