@@ -90,21 +90,32 @@ def test_forget_by_id_dry_run_and_with_prune(
     assert cli("check", "--read-data").rc == 0
 
 
-def test_keep_daily_on_points_with_chosen_times(
-    tmp_path: Path, cli: CliRunner, initialized_repo: Path
-) -> None:
+def points_at(
+    tmp_path: Path, cli: CliRunner, repo_path: Path, stamps: tuple[str, ...]
+) -> dict[str, str]:
+    """One point of a small tree per UTC time in `stamps` (copies of a real point
+    with the time changed), the real one forgotten: {stamp: point id}."""
     src = tmp_path / "src"
     write_file(src / "f", b"content")
     real = cli("backup", str(src), "--json").summary()["point_id"]
-    repo = open_local_repository(initialized_repo)
+    repo = open_local_repository(repo_path)
     template = RecoveryPoint.from_doc(repo.load_point(real))
     chosen = {}
-    for stamp in ("2026-03-01T08:00", "2026-03-01T20:00", "2026-03-02T12:00", "2026-03-04T07:00",
-                  "2026-03-04T09:00", "2026-03-05T23:00"):  # fmt: skip
+    for stamp in stamps:
         template.time = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
         chosen[stamp] = repo.save_point(template.to_doc())
     repo.close()
     cli("forget", real)
+    return chosen
+
+
+def test_keep_daily_on_points_with_chosen_times(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    chosen = points_at(tmp_path, cli, initialized_repo, (
+        "2026-03-01T08:00", "2026-03-01T20:00", "2026-03-02T12:00", "2026-03-04T07:00",
+        "2026-03-04T09:00", "2026-03-05T23:00",
+    ))  # fmt: skip
 
     env = {"TZ": "UTC"}
     result = cli("forget", "--keep-daily", "3", "--json", env=env)
@@ -137,18 +148,10 @@ def test_keep_within_through_the_cli(
 ) -> None:
     """`forget --keep-within 2d` and `--keep-within-daily 5d` against the newest
     point's time, not the clock; a malformed duration is a usage error."""
-    src = tmp_path / "src"
-    write_file(src / "f", b"content")
-    real = cli("backup", str(src), "--json").summary()["point_id"]
-    repo = open_local_repository(initialized_repo)
-    template = RecoveryPoint.from_doc(repo.load_point(real))
-    chosen = {}
-    for stamp in ("2020-03-01T08:00", "2020-03-01T20:00", "2020-03-03T12:00", "2020-03-05T07:00",
-                  "2020-03-05T09:00", "2020-03-06T23:00"):  # fmt: skip
-        template.time = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
-        chosen[stamp] = repo.save_point(template.to_doc())
-    repo.close()
-    cli("forget", real)
+    chosen = points_at(tmp_path, cli, initialized_repo, (
+        "2020-03-01T08:00", "2020-03-01T20:00", "2020-03-03T12:00", "2020-03-05T07:00",
+        "2020-03-05T09:00", "2020-03-06T23:00",
+    ))  # fmt: skip
     env = {"TZ": "UTC"}
 
     bad = cli("forget", "--keep-within", "2 days", env=env)

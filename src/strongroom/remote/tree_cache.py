@@ -18,8 +18,7 @@ TREE_CACHE_BYTES = 256 << 20
 __all__ = ["NO_CACHE_VARIABLE", "TREE_CACHE_BYTES", "cache_disabled", "open_tree_cache"]
 
 
-def cache_disabled() -> bool:
-    return caching_disabled()
+cache_disabled = caching_disabled  # the agent's name for it
 
 
 def open_tree_cache(repository_id: str, *, home: str | None = None) -> BlobCache | None:

@@ -398,12 +398,13 @@ class Repository:
             ),
         )
 
-    def _cached_object(
-        self, cache: BlobCache | None, name: str, object_hex: str, limit: int
+    def _named_object(
+        self, cache: BlobCache | None, name: str, object_hex: str, limit: int, damaged: str
     ) -> bytes:
-        """The sealed object `name` (named by the hash of its bytes): from the
-        cache when its bytes still hash to the name, else from storage (bounded)
-        and kept for next time."""
+        """The sealed object `name`, named by the hash of its bytes: from the cache
+        when its bytes still hash to the name, else from storage (bounded), checked
+        against the name (IntegrityError "NAME does not match its name (DAMAGED)")
+        and kept for next time. Each read is hashed once."""
         key = bytes.fromhex(object_hex)
         if cache is not None:
             cached = cache.get(key)
@@ -412,7 +413,9 @@ class Repository:
                     return cached
                 cache.drop(key)
         sealed = get_bounded(self.backend, name, limit)
-        if cache is not None and content_hash(sealed).hex() == object_hex:
+        if content_hash(sealed).hex() != object_hex:
+            raise IntegrityError(f"{name} does not match its name ({damaged})")
+        if cache is not None:
             cache.put_soon(key, sealed)
         return sealed
 
@@ -494,9 +497,7 @@ class Repository:
         if not name.startswith(fmt.INDEX_PREFIX) or not is_object_hex(index_hex):
             raise IntegrityError(f"{name} is not an index file name (foreign object)")
         cache = None if self.cache is None else self.cache.indexes
-        sealed = self._cached_object(cache, name, index_hex, MAX_INDEX_FILE_SIZE)
-        if content_hash(sealed).hex() != index_hex:
-            raise IntegrityError(f"{name} does not match its name (damaged)")
+        sealed = self._named_object(cache, name, index_hex, MAX_INDEX_FILE_SIZE, "damaged")
         plain = self.sealer.open(sealed, _INDEX_AD, name)
         return IndexFile.decode(plain, name)
 
@@ -1060,9 +1061,7 @@ class Repository:
         if not is_object_hex(doc_hex):
             raise IntegrityError(f"{name} is not a {what} name (foreign object)")
         cache = None if self.cache is None else self.cache.documents
-        sealed = self._cached_object(cache, name, doc_hex, MAX_POINT_SIZE)
-        if content_hash(sealed).hex() != doc_hex:
-            raise IntegrityError(f"{name} does not match its name (damaged or renamed)")
+        sealed = self._named_object(cache, name, doc_hex, MAX_POINT_SIZE, "damaged or renamed")
         try:
             doc = json.loads(self.sealer.open(sealed, ad, name), parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError, RecursionError):  # nesting: a forged document

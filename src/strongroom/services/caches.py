@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from strongroom.repository.blob_cache import cache_home
 
@@ -28,14 +28,7 @@ class CacheFolder:
     last_used: float  # epoch seconds
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "repository_id": self.repository_id,
-            "path": self.path,
-            "bytes": self.bytes,
-            "entries": self.entries,
-            "last_used": self.last_used,
-        }
+        return asdict(self)
 
 
 def list_caches(home: str | None = None) -> list[CacheFolder]:

@@ -155,6 +155,48 @@ class Backend(Protocol):
         ...
 
 
+class ForwardingBackend:
+    """A backend that hands every call to `inner`: the base of wrappers that change
+    a few calls (throttling, fault injection). `capabilities` is read from `inner`
+    each time, so a capability the inner backend learns later (S3's conditional
+    writes, an SFTP server's rename) shows through the wrapper too."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.location = inner.location
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.inner.capabilities
+
+    def put(self, name: str, data: Content) -> None:
+        self.inner.put(name, data)
+
+    def create(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        self.inner.create(name, data)
+
+    def get(self, name: str) -> bytes:
+        return self.inner.get(name)
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        return self.inner.get_range(name, offset, length)
+
+    def size(self, name: str) -> int:
+        return self.inner.size(name)
+
+    def exists(self, name: str) -> bool:
+        return self.inner.exists(name)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, name: str) -> None:
+        self.inner.delete(name)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 # Above this bound `get_bounded` asks for the object's size first rather than
 # requesting `limit` + 1 bytes (a local read allocates what it is asked for).
 _ASK_SIZE_ABOVE = 1 << 20

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from strongroom.errors import (
@@ -18,7 +17,13 @@ from strongroom.errors import (
     ObjectNotFound,
     StorageFull,
 )
-from strongroom.storage.base import Backend, Capabilities, Content, ObjectInfo, content_length
+from strongroom.storage.base import (
+    Backend,
+    Capabilities,
+    Content,
+    ForwardingBackend,
+    content_length,
+)
 
 
 class BackendContract:
@@ -138,7 +143,7 @@ class BackendContract:
         assert backend.capabilities.parallel_requests >= 1
 
 
-class FaultyBackend:
+class FaultyBackend(ForwardingBackend):
     """Forwards to `inner`, but fails writes once `space` bytes have been written.
 
     Simulates a full disk (ENOSPC) at an exact point, for tests that prove the
@@ -146,10 +151,8 @@ class FaultyBackend:
     """
 
     def __init__(self, inner: Backend, space: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.space = space
-        self.location = inner.location
-        self.capabilities = inner.capabilities
         self._lock = threading.Lock()
 
     def _charge(self, n: int) -> None:
@@ -165,24 +168,3 @@ class FaultyBackend:
     def create(self, name: str, data: bytes | bytearray | memoryview) -> None:
         self._charge(len(data))
         self.inner.create(name, data)
-
-    def get(self, name: str) -> bytes:
-        return self.inner.get(name)
-
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return self.inner.get_range(name, offset, length)
-
-    def size(self, name: str) -> int:
-        return self.inner.size(name)
-
-    def exists(self, name: str) -> bool:
-        return self.inner.exists(name)
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
-
-    def close(self) -> None:
-        self.inner.close()

@@ -13,15 +13,12 @@ upload) only when the backend's own temporary objects have it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from strongroom.bandwidth import TokenBucket
 from strongroom.storage.base import (
     Backend,
     Buffer,
-    Capabilities,
     Content,
-    ObjectInfo,
+    ForwardingBackend,
     SparseTemp,
     StreamingPut,
     TempObject,
@@ -29,14 +26,12 @@ from strongroom.storage.base import (
 )
 
 
-class ThrottledBackend:
+class ThrottledBackend(ForwardingBackend):
     """`inner` with its writes held to `bucket`'s rate."""
 
     def __init__(self, inner: Backend, bucket: TokenBucket) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.bucket = bucket
-        self.location = inner.location
-        self.capabilities: Capabilities = inner.capabilities
 
     def put(self, name: str, data: Content) -> None:
         self.inner.put(name, data)
@@ -45,27 +40,6 @@ class ThrottledBackend:
     def create(self, name: str, data: bytes | bytearray | memoryview) -> None:
         self.inner.create(name, data)
         self.bucket.take(len(data))
-
-    def get(self, name: str) -> bytes:
-        return self.inner.get(name)
-
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return self.inner.get_range(name, offset, length)
-
-    def size(self, name: str) -> int:
-        return self.inner.size(name)
-
-    def exists(self, name: str) -> bool:
-        return self.inner.exists(name)
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class _ThrottledTemp:
