@@ -15,9 +15,10 @@ Environment: `STRONGROOM_REPO`, `STRONGROOM_PASSWORD`, `STRONGROOM_PASSWORD_FILE
 The password itself is never read from the file.
 
 How a backup stays out of the way: `priority` (idle, low, normal:
-strongroom/priority.py), `limit_read` and `limit_upload` (bytes per second as
-a size: `50M`; strongroom/bandwidth.py), in the file or as
-`STRONGROOM_PRIORITY`, `STRONGROOM_LIMIT_READ`, `STRONGROOM_LIMIT_UPLOAD`.
+strongroom/priority.py), `limit_read`, `limit_upload` and `limit_download`
+(bytes per second as a size: `50M`; strongroom/bandwidth.py), in the file or
+as `STRONGROOM_PRIORITY`, `STRONGROOM_LIMIT_READ`, `STRONGROOM_LIMIT_UPLOAD`,
+`STRONGROOM_LIMIT_DOWNLOAD`.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class Settings:
     priority: Priority | None = None  # None: the job kind's default (services/impact.py)
     limit_read: int | None = None  # bytes/s read from sources; None: no limit
     limit_upload: int | None = None  # bytes/s written to storage; None: no limit
+    limit_download: int | None = None  # bytes/s read from storage; None: no limit
     config_file: str | None = None  # the file read, if any
     source: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
 
@@ -190,18 +192,16 @@ def load_settings(env: dict[str, str] | None = None, path: Path | None = None) -
     return settings
 
 
-_IMPACT_KEYS = ("priority", "limit_read", "limit_upload")
+_IMPACT_KEYS = ("priority", "limit_read", "limit_upload", "limit_download")
 
 
 def _apply_impact(settings: Settings, key: str, value: object, where: str) -> None:
-    """`priority`, `limit_read` or `limit_upload` from a file or the environment."""
+    """`priority` or one of the limits from a file or the environment."""
     try:
         if key == "priority":
             settings.priority = parse_priority(str(value))
-        elif key == "limit_read":
-            settings.limit_read = rate_bytes(str(value))
         else:
-            settings.limit_upload = rate_bytes(str(value))
+            setattr(settings, key, rate_bytes(str(value)))
     except ValueError as err:
         raise ConfigError(f"{where}: {key}: {err}") from None
     settings.source[key] = where

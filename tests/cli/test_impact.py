@@ -1,4 +1,5 @@
-"""`--priority`, `--limit-read`, `--limit-upload` on the command line (cli/impact.py)."""
+"""`--priority`, `--limit-read`, `--limit-upload`, `--limit-download` on the command line
+(cli/impact.py, the global options of cli/main.py)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,28 @@ def test_limit_upload_bounds_a_local_backup(
     assert cli("check", "--read-data").rc == 0
 
 
+def test_limit_download_bounds_a_restore_and_limit_upload_is_global(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    """The global options hold any command: a backup given `--limit-upload` before the
+    command, and a restore reading 3 MiB of packs at 4 MiB/s (0.75 s less the burst)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(3 * MIB)
+    (src / "random").write_bytes(data)
+    t0 = time.monotonic()
+    assert cli("--limit-upload", "4M", "backup", str(src)).rc == 0
+    assert time.monotonic() - t0 >= 0.5
+    t0 = time.monotonic()
+    done = cli("--limit-download", "4M", "restore", "latest", "--target", str(tmp_path / "out"))
+    elapsed = time.monotonic() - t0
+    assert done.rc == 0, done.err
+    assert elapsed >= 0.5
+    assert (tmp_path / "out" / src.relative_to("/") / "random").read_bytes() == data
+    bad = cli("--limit-download", "0", "snapshots")
+    assert bad.rc == 2 and "--limit-download" in bad.err
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -93,6 +116,8 @@ def test_settings_from_file_and_environment(tmp_path: Path) -> None:
     s = load_settings(env={"STRONGROOM_PRIORITY": "normal", "STRONGROOM_LIMIT_UPLOAD": "2M"},
                       path=config)  # fmt: skip
     assert (s.priority, s.limit_upload) == (Priority.NORMAL, 2 * MIB)
+    s = load_settings(env={"STRONGROOM_LIMIT_DOWNLOAD": "3M"}, path=config)
+    assert (s.limit_download, s.source["limit_download"]) == (3 * MIB, "STRONGROOM_LIMIT_DOWNLOAD")
     with pytest.raises(ConfigError, match="limit_read"):
         load_settings(env={"STRONGROOM_LIMIT_READ": "0"}, path=tmp_path / "none.toml")
 

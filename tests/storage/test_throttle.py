@@ -1,4 +1,5 @@
-"""--limit-upload's backend wrapper: the contract holds, writes are held to the rate."""
+"""--limit-upload's and --limit-download's backend wrapper: the contract holds, writes
+and reads are held to their rates."""
 
 from __future__ import annotations
 
@@ -46,3 +47,21 @@ def test_local_writes_are_held_to_the_rate(tmp_path: Path) -> None:
 
 def test_a_backend_that_does_not_stream_is_not_made_to() -> None:
     assert not isinstance(throttled(MemoryBackend(), TokenBucket(MIB)), StreamingPut)
+
+
+def test_reads_are_held_to_the_download_rate_and_writes_are_then_free(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(4 * MIB, clock=clock, sleep=clock.sleep)
+    backend = throttled(LocalBackend(tmp_path / "store"), None, bucket)
+    backend.put("data/00/a", bytes(2 * MIB))  # no upload limit: free
+    assert clock.now == 1000.0
+    assert backend.get("data/00/a") == bytes(2 * MIB)
+    assert backend.get_range("data/00/a", MIB, 4 * MIB) == bytes(MIB)  # the bytes returned
+    backend.size("data/00/a")
+    list(backend.list("data/"))  # metadata is free
+    assert clock.now - 1000.0 == pytest.approx(0.75)  # 3 MiB at 4 MiB/s
+
+
+def test_no_limit_leaves_the_backend_unwrapped(tmp_path: Path) -> None:
+    local = LocalBackend(tmp_path / "store")
+    assert throttled(local, None, None) is local

@@ -99,13 +99,16 @@ class App:
         from strongroom.services.session import LockMode, open_repository
 
         mode = LockMode.SHARED if lock is None else lock
-        with open_repository(self.settings.repository, self.password(), lock=mode) as repo:
+        settings = self.settings
+        with open_repository(
+            settings.repository,
+            self.password(),
+            lock=mode,
+            limit_upload=settings.limit_upload,  # --limit-upload, --limit-download
+            limit_download=settings.limit_download,
+        ) as repo:
             if show_damage:
                 repo.damage.listen(lambda message: self.out.notice(f"warning: {message} (skipped)"))
-            if self.settings.limit_upload is not None:  # --limit-upload (cli/impact.py)
-                from strongroom.services.impact import limit_uploads
-
-                limit_uploads(repo, self.settings.limit_upload)
             yield repo
 
 

@@ -19,23 +19,11 @@ from typing import Any, TypeVar
 
 import click
 
-from strongroom.cli.units import size_bytes
+from strongroom.cli.units import parse_rate
 from strongroom.priority import PRIORITY_NAMES, parse_priority
 
 F = TypeVar("F", bound=Callable[..., Any])
 KindOf = Callable[[dict[str, Any]], str]
-
-
-def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        rate = size_bytes(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
-    if rate <= 0:
-        raise click.BadParameter("a rate must be more than 0")
-    return rate
 
 
 def impact_options(kind_of: KindOf, reads: bool = True) -> Callable[[F], F]:
@@ -79,7 +67,7 @@ def impact_options(kind_of: KindOf, reads: bool = True) -> Callable[[F], F]:
             click.option(
                 "--limit-upload",
                 metavar="RATE",
-                callback=_rate,
+                callback=parse_rate,
                 help="At most RATE bytes per second written to the repository's storage "
                 "(50M = 50 MiB/s; config limit_upload, env STRONGROOM_LIMIT_UPLOAD).",
             ),
@@ -89,7 +77,7 @@ def impact_options(kind_of: KindOf, reads: bool = True) -> Callable[[F], F]:
                 click.option(
                     "--limit-read",
                     metavar="RATE",
-                    callback=_rate,
+                    callback=parse_rate,
                     help="With --image or --vm: read the disks at most at RATE bytes per "
                     "second (50M = 50 MiB/s; config limit_read, env STRONGROOM_LIMIT_READ).",
                 )

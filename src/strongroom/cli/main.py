@@ -17,6 +17,7 @@ import click
 from strongroom import __version__
 from strongroom.cli.context import App
 from strongroom.cli.output import Output
+from strongroom.cli.units import parse_rate
 from strongroom.errors import ExitCode, StrongroomError
 
 # name -> "module:attribute", in the order `--help` lists them. Modules load only
@@ -117,6 +118,21 @@ class LazyGroup(click.Group):
     help="Read every object from the repository's storage, not from the local cache "
     "of a remote repository [env STRONGROOM_NO_CACHE=1].",
 )
+@click.option(
+    "--limit-upload",
+    metavar="RATE",
+    callback=parse_rate,
+    help="At most RATE bytes per second written to the repository's storage, by any "
+    "command (50M = 50 MiB/s; config limit_upload, env STRONGROOM_LIMIT_UPLOAD).",
+)
+@click.option(
+    "--limit-download",
+    metavar="RATE",
+    callback=parse_rate,
+    help="At most RATE bytes per second read from the repository's storage (restore, "
+    "check --read-data, copy, ...; reads the local cache answers are free; config "
+    "limit_download, env STRONGROOM_LIMIT_DOWNLOAD).",
+)
 @click.option("--json", "json_mode", is_flag=True, help="Machine-readable output.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and warnings.")
 @click.option("--verbose", "-v", count=True, help="Say more (repeatable).")
@@ -127,6 +143,8 @@ def cli(
     password_file: str | None,
     password_command: str | None,
     no_cache: bool,
+    limit_upload: int | None,
+    limit_download: int | None,
     json_mode: bool,
     quiet: bool,
     verbose: int,
@@ -143,6 +161,12 @@ def cli(
         os.environ["STRONGROOM_NO_CACHE"] = "1"  # read where the caches are opened
     if repo:
         settings.repo = repo
+    if limit_upload is not None:
+        settings.limit_upload = limit_upload
+        settings.source["limit_upload"] = "--limit-upload"
+    if limit_download is not None:
+        settings.limit_download = limit_download
+        settings.source["limit_download"] = "--limit-download"
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

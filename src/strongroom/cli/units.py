@@ -50,6 +50,19 @@ def parse_duration(ctx: click.Context, param: click.Parameter, value: str | None
         raise click.BadParameter(str(err)) from None
 
 
+def parse_rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A bandwidth limit (`50M` = 50 MiB/s) as bytes per second; more than 0."""
+    if value is None:
+        return None
+    try:
+        rate = size_bytes(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    if rate <= 0:
+        raise click.BadParameter("a rate must be more than 0")
+    return rate
+
+
 def jobs_option(func: F) -> F:
     """`--jobs N` (or STRONGROOM_JOBS): the workers a command's CPU work uses.
 

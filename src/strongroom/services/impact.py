@@ -7,7 +7,8 @@ and image backups at `normal` (someone usually waits for them). A setting
 (`--priority`, the config file's `priority`, STRONGROOM_PRIORITY) overrides
 the default of every kind. Limits have no default: `--limit-read` holds the
 block reads of image and VM backups, `--limit-upload` the bytes written to
-the repository's storage (local or S3) or to a protect chain.
+the repository's storage (local, S3, SFTP, rclone) or to a protect chain,
+`--limit-download` the bytes read from the repository's storage.
 
 Priority is applied early, once per job (strongroom/priority.py): by the CLI
 to its whole process before the command's work starts, by the agent to the
@@ -25,7 +26,6 @@ from strongroom.priority import Priority, apply_priority
 
 if TYPE_CHECKING:
     from strongroom.bandwidth import TokenBucket
-    from strongroom.repository.repo import Repository
     from strongroom.sources.block import BlockSource
     from strongroom.storage.base import Backend
 
@@ -68,21 +68,19 @@ def limit_reads(source: BlockSource, bucket: TokenBucket | None) -> BlockSource:
     return read_limited(source, bucket)
 
 
-def limit_backend(backend: Backend, rate: int | None) -> Backend:
-    """`backend` with its writes held to `rate` bytes/s (itself when None)."""
-    if rate is None:
+def limit_backend(backend: Backend, upload: int | None, download: int | None = None) -> Backend:
+    """`backend` with its writes held to `upload` bytes/s and its reads to
+    `download` (itself when both are None)."""
+    if upload is None and download is None:
         return backend
     from strongroom.bandwidth import TokenBucket
     from strongroom.storage.throttle import throttled
 
-    return throttled(backend, TokenBucket(rate))
-
-
-def limit_uploads(repo: Repository, rate: int | None) -> None:
-    """Hold what `repo` writes to its storage to `rate` bytes/s from now on
-    (packs, indexes, maps, points, locks: every write goes through
-    `repo.backend`); nothing without a rate."""
-    repo.backend = limit_backend(repo.backend, rate)
+    return throttled(
+        backend,
+        None if upload is None else TokenBucket(upload),
+        None if download is None else TokenBucket(download),
+    )
 
 
 def run_at(kind: JobKind, chosen: Priority | None, body: Callable[[], T]) -> T:

@@ -32,14 +32,20 @@ def open_repository(
     *,
     lock: LockMode = LockMode.SHARED,
     load_index: bool = False,
+    limit_upload: int | None = None,
+    limit_download: int | None = None,
 ) -> Iterator[Repository]:
     """Open and lock; always unlock and close. The index loads on first use, or
     at once with `load_index`. On remote storage (S3, SFTP, rclone) the index
     files, points and trees read are kept in the local cache
-    (`Repository.attach_cache`) unless `--no-cache`/STRONGROOM_NO_CACHE says not."""
+    (`Repository.attach_cache`) unless `--no-cache`/STRONGROOM_NO_CACHE says not.
+    `limit_upload`/`limit_download` (bytes/s) hold every write and read of the
+    storage from the first (the key file, the index) to the last; reads the
+    local cache answers are not held."""
     from strongroom.repository.blob_cache import caching_disabled
+    from strongroom.services.impact import limit_backend
 
-    backend = open_backend(location)
+    backend = limit_backend(open_backend(location), limit_upload, limit_download)
     try:
         repo = Repository.open(backend, password)
     except BaseException:

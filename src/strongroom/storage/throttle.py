@@ -1,10 +1,14 @@
-"""`--limit-upload`: a backend wrapper that holds the bytes written to storage
-to a rate.
+"""`--limit-upload` and `--limit-download`: a backend wrapper that holds the
+bytes written to storage, and those read from it, to a rate each.
 
 Every byte a `put`, `create` or streamed temporary object writes is taken
-from one `TokenBucket` after it was handed to the backend (the bucket is
+from the upload `TokenBucket` after it was handed to the backend; every byte
+a `get` or `get_range` returns, from the download bucket (each bucket is
 shared by all the threads of the job, and its sleeps hold no lock of ours or
-the backend's). Reads, listings and deletes pass unthrottled. The wrapper
+the backend's). A direction without a bucket passes unthrottled, as do
+listings, sizes and deletes (a few bytes each). Reads the local cache of a
+remote repository answers never reach the backend, so they cost no download
+rate. The wrapper
 forwards everything else, and has the optional abilities of what it wraps and
 no others: `throttled` returns a streaming wrapper only over a backend that
 streams (`StreamingPut`), and a streamed object keeps `skip` (holes cost no
@@ -27,19 +31,36 @@ from strongroom.storage.base import (
 
 
 class ThrottledBackend(ForwardingBackend):
-    """`inner` with its writes held to `bucket`'s rate."""
+    """`inner` with its writes held to `upload`'s rate and its reads to `download`'s."""
 
-    def __init__(self, inner: Backend, bucket: TokenBucket) -> None:
+    def __init__(
+        self, inner: Backend, upload: TokenBucket | None, download: TokenBucket | None = None
+    ) -> None:
         super().__init__(inner)
-        self.bucket = bucket
+        self.upload = upload
+        self.download = download
 
     def put(self, name: str, data: Content) -> None:
         self.inner.put(name, data)
-        self.bucket.take(content_length(data))
+        if self.upload is not None:
+            self.upload.take(content_length(data))
 
     def create(self, name: str, data: bytes | bytearray | memoryview) -> None:
         self.inner.create(name, data)
-        self.bucket.take(len(data))
+        if self.upload is not None:
+            self.upload.take(len(data))
+
+    def get(self, name: str) -> bytes:
+        data = self.inner.get(name)
+        if self.download is not None:
+            self.download.take(len(data))
+        return data
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        data = self.inner.get_range(name, offset, length)
+        if self.download is not None:
+            self.download.take(len(data))
+        return data
 
 
 class _ThrottledTemp:
@@ -70,13 +91,20 @@ class ThrottledStreamingBackend(ThrottledBackend):
     def open_temp(self) -> TempObject:
         assert isinstance(self.inner, StreamingPut)
         temp = self.inner.open_temp()
+        if self.upload is None:
+            return temp
         if isinstance(temp, SparseTemp):
-            return _ThrottledSparseTemp(temp, self.bucket)
-        return _ThrottledTemp(temp, self.bucket)
+            return _ThrottledSparseTemp(temp, self.upload)
+        return _ThrottledTemp(temp, self.upload)
 
 
-def throttled(backend: Backend, bucket: TokenBucket) -> Backend:
-    """`backend` with its writes held to `bucket` (the module docstring)."""
+def throttled(
+    backend: Backend, upload: TokenBucket | None, download: TokenBucket | None = None
+) -> Backend:
+    """`backend` with its writes held to `upload` and its reads to `download`
+    (the module docstring); `backend` itself when both are None."""
+    if upload is None and download is None:
+        return backend
     if isinstance(backend, StreamingPut):
-        return ThrottledStreamingBackend(backend, bucket)
-    return ThrottledBackend(backend, bucket)
+        return ThrottledStreamingBackend(backend, upload, download)
+    return ThrottledBackend(backend, upload, download)
