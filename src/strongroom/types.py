@@ -73,6 +73,7 @@ class Progress:
     errors: int = 0
     current: str = ""
     started: float = field(default_factory=time.monotonic)
+    unit: str = "file"  # what files_done counts: "file", or "pack" for check --read-data
 
     @property
     def elapsed(self) -> float:
@@ -103,6 +104,7 @@ class Progress:
             "seconds_elapsed": round(self.elapsed, 3),
             "seconds_remaining": None if self.eta is None else round(self.eta, 1),
             "current": self.current,
+            "unit": self.unit,
         }
 
 

@@ -46,3 +46,26 @@ def test_check_of_a_healthy_repository(memory_repo: Repository) -> None:
     assert result.report.packs_read == 1 and result.report.chunks_read == 5
     half = check(memory_repo, subset="1/1")
     assert half.report.packs_read == 1
+
+
+def test_read_data_reports_totals_in_packs_and_bytes(memory_repo: Repository) -> None:
+    """check --read-data's progress knows its totals from the start (packs and their bytes),
+    so the bar shows a percentage and an ETA; the CLI counts packs, not files."""
+    from strongroom.cli.output import progress_files, progress_percent
+    from strongroom.types import Progress
+
+    for _ in range(3):
+        memory_repo.put_chunk(BlobType.DATA, os.urandom(300_000))
+        memory_repo.flush()  # one pack each
+    seen: list[tuple[int, int | None, int, int | None, str, str]] = []
+
+    def record(p: Progress) -> None:
+        seen.append((p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.unit,
+                     progress_files(p)))  # fmt: skip
+        assert p.eta is not None or p.bytes_done == p.bytes_total
+        assert progress_percent(p).strip().endswith("%")
+
+    check(memory_repo, read_data=True, progress=record)
+    assert [s[0] for s in seen] == [1, 2, 3]
+    assert {s[1] for s in seen} == {3} and seen[-1][2] == seen[-1][3] > 900_000
+    assert seen[0][4:] == ("pack", "1/3 packs")

@@ -196,10 +196,11 @@ def progress_percent(p: JobProgress) -> str:
 
 
 def progress_files(p: JobProgress) -> str:
-    """`120/5,000 files`, or `120 files` while the total is not known yet."""
+    """`120/5,000 files`, or `120 files` while the total is not known yet (packs
+    for check --read-data: the `unit` of the progress)."""
     if p.files_total:
-        return f"{p.files_done:,}/{p.files_total:,} files"
-    return plural(p.files_done, "file")
+        return f"{p.files_done:,}/{p.files_total:,} {p.unit}s"
+    return plural(p.files_done, p.unit)
 
 
 def progress_current(p: JobProgress, width: int) -> str:

@@ -214,7 +214,7 @@ def check_data(
     """Verify the bytes of every selected pack (all, or `subset`) on `jobs`
     threads (1: in the calling thread), and merge the findings in pack order."""
     chosen = select_packs(list(report.packs), subset)
-    prog = Progress(job="check", files_total=len(chosen))
+    prog = Progress(job="check", files_total=len(chosen), unit="pack")
     prog.bytes_total = sum(report.pack_sizes.get(p, 0) for p in chosen)
 
     def one(pack: bytes) -> CheckReport:
