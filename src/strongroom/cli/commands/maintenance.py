@@ -143,10 +143,8 @@ def forget(
                     )
                     for d in decisions:
                         mark = "keep  " if d.keep else "forget"
-                        out.info(
-                            f"  {mark} {d.point.short_id} {d.point.time:%Y-%m-%d %H:%M:%S} "
-                            f"{', '.join(d.reasons)}"
-                        )
+                        line = f"  {mark} {d.point.short_id} {d.point.time:%Y-%m-%d %H:%M:%S}"
+                        out.info(f"{line} {', '.join(d.reasons)}" if d.reasons else line)
         plan_doc = None
         if then_prune and not dry_run:
             plan = maintenance.prune(repo, report=lambda m: out.info(m) if out.verbose else None)

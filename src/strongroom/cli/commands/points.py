@@ -106,11 +106,15 @@ def snapshots(
         )
         for p in points
     ]
-    app.out.table(
-        ["ID", "Time", "Host", "Tags", "Kind", "Size", "Changed", "Stored", "Tracker", "Paths"],
-        rows,
-    )
+    headers = ["ID", "Time", "Host", "Tags", "Kind", "Size", "Changed", "Stored", "Tracker"]
+    headers.append("Paths")
+    # Changed (image points) and Tracker (protected sources) only when some point has them.
+    shown = [i for i, h in enumerate(headers) if h not in _OPTIONAL or any(r[i] for r in rows)]
+    app.out.table([headers[i] for i in shown], [[r[i] for i in shown] for r in rows])
     app.out.info(plural(len(points), "point"))
+
+
+_OPTIONAL = ("Changed", "Tracker")
 
 
 def _timeline(app: App, source: str) -> None:
