@@ -126,3 +126,42 @@ def test_restore_latest_is_scoped_and_named(
     assert (target / str(tmp_path / "other" / "x.conf").lstrip("/")).read_bytes() == b"x"
     plain = cli("restore", "latest", "--target", str(tmp_path / "again"))
     assert f"restored point {ids[3][:8]} of host web, {tmp_path}/other, " in plain.out
+
+
+def test_find_inside_image_points_with_images(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    """An ext4 image point is searched with --images (its file system's entries, with
+    their sizes); without it, the image point is named as not searched; a disk with no
+    file system is reported and the search goes on."""
+    from tests.helpers.golden_images import ext4_image
+
+    tree = tmp_path / "tree"
+    write_file(tree / "etc/nginx/nginx.conf", b"worker_processes 2;\n")
+    write_file(tree / "srv/app.conf", b"x" * 5000)
+    image = ext4_image(tree, tmp_path / "disk.img", 16 << 20)
+    image_id = cli("backup", "--image", str(image), "--json").summary()["point_id"]
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(bytes(1 << 20))
+    blank_id = cli("backup", "--image", str(blank), "--json").summary()["point_id"]
+    files = tmp_path / "files"
+    write_file(files / "a.conf", b"a")
+    cli("backup", str(files))
+
+    plain = cli("find", "*.conf")
+    assert plain.rc == 0, plain.err
+    assert "/srv/app.conf" not in plain.out and "a.conf" in plain.out
+    assert "2 image points not searched" in plain.err and "--images" in plain.err
+
+    deep = cli("find", "*.conf", "--images", "--json")
+    assert deep.rc == 0, deep.err
+    docs = {d["point"]: d for d in deep.json()}
+    inside = docs[image_id]
+    assert inside["filesystem"] == "ext4"
+    sizes = {m["path"]: m["size"] for m in inside["matches"]}
+    assert sizes == {"/etc/nginx/nginx.conf": 20, "/srv/app.conf": 5000}
+    assert blank_id not in docs
+    assert f"point {blank_id[:8]} not searched" in deep.err
+
+    text = cli("find", "/etc/**", "--images", "--point", image_id)
+    assert "(in its ext4 file system)" in text.out and "/etc/nginx/nginx.conf" in text.out

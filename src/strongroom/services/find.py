@@ -6,21 +6,30 @@ matches an entry's name (`*.conf`), one with a slash the whole absolute path
 so a subtree is searched once per (tree id, path) and its matches reused by
 every later point that holds it: searching a hundred daily points of a
 mostly unchanged tree costs little more than searching one.
+
+With `images`, the ext2/3/4 or FAT file system inside each block image point
+is searched too (services/image_files.py: only its metadata blocks are read
+from the repository, but for every point anew, so it is asked for rather
+than done by default). A point whose disk holds no file system strongroom
+reads, or a damaged one, is reported through `on_skip` and the search goes on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from strongroom.formats.partitions import PartitionTableError
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
-from strongroom.model.tree import DIR, Node, TreePath
+from strongroom.model.tree import DIR, FILE, SYMLINK, Node, TreePath
 from strongroom.repository.repo import Repository
+from strongroom.services.image_files import open_image_filesystem
 from strongroom.services.points import PointFilter, find_point, list_points
 from strongroom.services.walk import load_tree
 from strongroom.sources.exclude import Excluder
+from strongroom.sources.image_files import ImageEntry, ImageFileSystemError
 
 Found = list[tuple[bytes, Node]]
 
@@ -33,12 +42,18 @@ class FindRequest:
     ignore_case: bool = False
     oldest: datetime | None = None  # entries modified at or after
     newest: datetime | None = None  # entries modified at or before
+    images: bool = False  # also search the file systems inside block image points
 
 
 @dataclass
 class PointMatches:
     point: RecoveryPoint
     matches: Found
+    filesystem: str = ""  # an image point's: "ext4", "fat32", ...; "" for a file point
+
+
+SkipReport = Callable[[RecoveryPoint, str], None]
+_IMAGE_TYPES = {"file": FILE, "dir": DIR, "symlink": SYMLINK}
 
 
 @dataclass
@@ -100,9 +115,12 @@ class _Search:
                 stack.append(_Frame(key, iter(load_tree(self.repo, node.subtree))))
 
 
-def find_files(repo: Repository, req: FindRequest) -> Iterator[PointMatches]:
-    """Points with at least one match, oldest first (file points only: an image
-    or VM point has no file tree here; `ls` reads the files inside an image)."""
+def find_files(
+    repo: Repository, req: FindRequest, on_skip: SkipReport | None = None
+) -> Iterator[PointMatches]:
+    """Points with at least one match, oldest first. File points always; block
+    image points with `req.images` (the module docstring), else each is handed
+    to `on_skip`; a VM point has several disks and is not searched."""
     if req.points:
         points = [find_point(repo, ref, req.filter) for ref in req.points]
         points = sorted({p.id: p for p in points}.values(), key=lambda p: (p.time, p.id))
@@ -110,8 +128,45 @@ def find_files(repo: Repository, req: FindRequest) -> Iterator[PointMatches]:
         points = list_points(repo, req.filter)
     search = _Search(repo, req)
     for point in points:
+        if point.kind == PointKind.BLOCK:
+            if not req.images:
+                if on_skip is not None:
+                    on_skip(point, "an image point (--images searches the file system inside)")
+                continue
+            found_in_image = _search_image(repo, point, search, on_skip)
+            if found_in_image is not None and found_in_image.matches:
+                yield found_in_image
+            continue
         if point.kind != PointKind.FILES or not point.tree:
             continue
         found = search.tree(bytes.fromhex(point.tree))
         if found:
             yield PointMatches(point, found)
+
+
+def _search_image(
+    repo: Repository, point: RecoveryPoint, search: _Search, on_skip: SkipReport | None
+) -> PointMatches | None:
+    try:
+        with open_image_filesystem(repo, point) as fs:
+            found = [
+                (path, node)
+                for path, node in map(_image_node, fs.walk("/"))
+                if path != b"/" and search.matches(path, node)
+            ]
+            return PointMatches(point, found, fs.kind)
+    except (ImageFileSystemError, PartitionTableError) as err:
+        if on_skip is not None:
+            on_skip(point, str(err))
+        return None
+
+
+def _image_node(entry: ImageEntry) -> tuple[bytes, Node]:
+    """An entry of an image's file system as a tree node, for matching and listing."""
+    path = entry.path.encode("utf-8", "surrogateescape")
+    name = path.rsplit(b"/", 1)[-1]
+    node = Node(name=name, type=_IMAGE_TYPES.get(entry.type, FILE), mode=entry.mode)
+    node.uid, node.gid, node.size = entry.uid, entry.gid, entry.size
+    node.mtime_ns = int(entry.mtime * 1e9)
+    node.link_target = entry.target.encode("utf-8", "surrogateescape")
+    return path, node

@@ -12,6 +12,7 @@ from strongroom.cli.commands.points import point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import plural
 from strongroom.model.names import printable
+from strongroom.model.point import RecoveryPoint
 from strongroom.services.find import FindRequest, find_files
 from strongroom.services.points import PointFilter
 from strongroom.services.session import LockMode
@@ -44,6 +45,12 @@ def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> da
 @click.option("--newest", callback=_moment, help="Only entries modified at or before this time.")
 @click.option("--ignore-case", "-i", is_flag=True, help="Match regardless of case.")
 @click.option("--long", "-l", "long_", is_flag=True, help="Show modes, sizes and times.")
+@click.option(
+    "--images",
+    is_flag=True,
+    help="Also search the ext2/3/4 or FAT file system inside each image point (reads its "
+    "metadata blocks from the repository, for every point).",
+)
 @pass_app
 def find(
     app: App,
@@ -56,12 +63,14 @@ def find(
     newest: datetime | None,
     ignore_case: bool,
     long_: bool,
+    images: bool,
 ) -> None:
     """Find files in points by name (`*.conf`) or path (`/etc/**/*.conf`).
 
     A pattern without a slash matches an entry's name, one with a slash its whole
     path (`*` stays within a folder, `**` crosses folders), as `--exclude` does.
-    Entries matching any pattern are listed, point by point, oldest point first."""
+    Entries matching any pattern are listed, point by point, oldest point first.
+    Image points are searched with --images; VM points are not searched."""
     request = FindRequest(
         list(patterns),
         PointFilter(list(hosts), list(tags), list(paths)),
@@ -69,12 +78,21 @@ def find(
         ignore_case,
         oldest,
         newest,
+        images,
     )
     out = app.out
     results: list[dict[str, object]] = []
     total = 0
+    not_searched: list[str] = []
+
+    def skipped(point: RecoveryPoint, why: str) -> None:
+        if images:  # asked for: each one says why (on stderr: stdout keeps one JSON document)
+            out.notice(f"warning: point {point.short_id} not searched: {why}")
+        else:
+            not_searched.append(point.short_id)
+
     with app.repository(LockMode.NONE) as repo:
-        for found in find_files(repo, request):
+        for found in find_files(repo, request, skipped):
             p = found.point
             total += len(found.matches)
             if out.json:
@@ -85,13 +103,15 @@ def find(
                         "host": p.host,
                         "paths": p.paths,
                         "hits": len(found.matches),
+                        **({"filesystem": found.filesystem} if found.filesystem else {}),
                         "matches": [_node_doc(path, node, None) for path, node in found.matches],
                     }
                 )
                 continue
+            inside = f" (in its {found.filesystem} file system)" if found.filesystem else ""
             out.info(
                 f"found in point {p.short_id} of host {printable(p.host)}, "
-                f"{printable(':'.join(p.paths))}, {p.time.astimezone():%Y-%m-%d %H:%M:%S}"
+                f"{printable(':'.join(p.paths))}, {p.time.astimezone():%Y-%m-%d %H:%M:%S}{inside}"
             )
             for path, node in found.matches:
                 if long_:
@@ -104,3 +124,9 @@ def find(
         out.document(results)
     else:
         out.notice(plural(total, "match", "matches"))
+        if not_searched:
+            out.notice(
+                f"{plural(len(not_searched), 'image point')} not searched "
+                f"({', '.join(not_searched[:5])}{', ...' if len(not_searched) > 5 else ''}); "
+                "--images searches the file systems inside them"
+            )
