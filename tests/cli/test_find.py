@@ -165,3 +165,43 @@ def test_find_inside_image_points_with_images(
 
     text = cli("find", "/etc/**", "--images", "--point", image_id)
     assert "(in its ext4 file system)" in text.out and "/etc/nginx/nginx.conf" in text.out
+
+
+def test_every_command_taking_a_point_takes_host_path_and_tag() -> None:
+    """`latest` is scoped the same way wherever a POINT is given (restic's convention)."""
+    import click
+
+    from strongroom.cli.main import cli as root
+
+    ctx = click.Context(root)
+    missing = []
+    for name in root.list_commands(ctx):  # type: ignore[attr-defined]
+        command = root.get_command(ctx, name)  # type: ignore[attr-defined]
+        commands = [command]
+        if isinstance(command, click.Group):
+            commands = [command.get_command(ctx, sub) for sub in command.list_commands(ctx)]
+        for cmd in commands:
+            args = [p for p in cmd.params if isinstance(p, click.Argument)]
+            if not any("POINT" in (p.metavar or p.name or "").upper() for p in args):
+                continue
+            if cmd.name == "points" and name == "repair":
+                continue  # full ids of damaged points; 'latest' means nothing there
+            options = {p.name for p in cmd.params if isinstance(p, click.Option)}
+            if not {"hosts", "tags", "paths"} <= options:
+                missing.append(cmd.name)
+    assert missing == []
+
+
+def test_export_and_serve_take_a_scoped_latest(
+    tmp_path: Path, cli: CliRunner, initialized_repo: Path
+) -> None:
+    one, two = tmp_path / "one.raw", tmp_path / "two.raw"
+    one.write_bytes(os.urandom(1 << 20))
+    two.write_bytes(os.urandom(1 << 20))
+    first = cli("backup", "--image", str(one), "--json").summary()["point_id"]
+    cli("backup", "--image", str(two))
+    vhd = tmp_path / "one.vhd"
+    done = cli("export", "latest", str(vhd), "--path", str(one), "--type", "fixed")
+    assert done.rc == 0, done.err
+    assert f"using point {first[:8]}" in done.err
+    assert vhd.read_bytes()[: 1 << 20] == one.read_bytes()  # a fixed VHD: the data, then a footer

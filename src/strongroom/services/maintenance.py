@@ -192,12 +192,12 @@ def stats(repo: Repository) -> dict[str, object]:
     }
 
 
-def point_stats(repo: Repository, ref: str) -> dict[str, object]:
+def point_stats(repo: Repository, ref: str | RecoveryPoint) -> dict[str, object]:
     """One point's sizes: what it holds, what was new to the repository when
     it was made, and for a point made against seeds (docs/seeds.md) files and
     bytes per class, bytes per seed, its own bytes and the seed files it lacks.
     Image points report whatever their `seeds` record holds."""
-    point = find_point(repo, ref)
+    point = ref if isinstance(ref, RecoveryPoint) else find_point(repo, ref)
     summary = point.summary
     image = point.kind in IMAGE_KINDS
     doc: dict[str, object] = {

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
+from strongroom.cli.commands.points import chosen_point, point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes, plural
 from strongroom.cli.units import parse_duration
 from strongroom.services.copy_to_media import copy_to_media as copy_points
 from strongroom.services.media_pools import library_name, open_catalog, open_changer
-from strongroom.services.points import find_point
 
 
 @click.command("copy-to-media")
@@ -22,10 +22,14 @@ from strongroom.services.points import find_point
     callback=parse_duration,
     help="With no writable medium: wait this long for an operator to label one (e.g. 30m).",
 )
+@point_filter_options
 @pass_app
 def copy_to_media(
     app: App,
     points: tuple[str, ...],
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
     pool_name: str,
     library: str | None,
     again: bool,
@@ -37,7 +41,7 @@ def copy_to_media(
         name = library_name(app.settings, catalog, library, pool_name)
         changer = open_changer(app.settings, name)
         with app.repository() as repo:
-            ids = [find_point(repo, p).id for p in points]
+            ids = [chosen_point(app, repo, p, hosts, tags, paths).id for p in points]
             with app.out.progress("copying to media") as progress:
                 result = copy_points(
                     catalog,

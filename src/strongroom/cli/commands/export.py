@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from strongroom.cli.commands.agent import server_options, through_server
+from strongroom.cli.commands.points import chosen_point, point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes, plural
 from strongroom.errors import UsageError
@@ -68,6 +69,7 @@ from strongroom.services.session import LockMode
     help="Export every block point of SOURCE (a backed-up image path) into DIR as a "
     "chain: one dynamic VHD, then one differencing VHD per later point.",
 )
+@point_filter_options
 @server_options
 @pass_app
 def export(
@@ -80,6 +82,9 @@ def export(
     parent: str | None,
     chain: bool,
     verify_parent: bool,
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
     servers: tuple[str, ...],
     agent_config: str | None,
 ) -> None:
@@ -99,9 +104,10 @@ def export(
         raise UsageError("an incremental export is a differencing VHD: drop --type")
     out = app.out
     if through_server(servers, agent_config):
-        if chain or base or verify_parent:
+        if chain or base or verify_parent or hosts or tags or paths:
             raise UsageError(
-                "through a server: one whole image or VM point; no --chain or incremental"
+                "through a server: one whole image or VM point of this machine; no --chain, "
+                "incremental or --host/--tag/--path"
             )
         from strongroom.services.agent_backup import open_agent
         from strongroom.services.agent_images import export_image_through_server
@@ -121,7 +127,7 @@ def export(
             with out.progress("export") as progress:
                 summaries = export_chain(repo, points, dest, progress=progress)
         else:
-            p = find_point(repo, what)
+            p = chosen_point(app, repo, what, hosts, tags, paths)
             if p.kind == PointKind.VM:  # every disk as DEST/DISK.vhd
                 if base is not None:
                     raise UsageError("a VM point exports whole disks: drop --incremental-from")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from strongroom.cli.commands.points import point_filter_options
+from strongroom.cli.commands.points import chosen_point, point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes, plural
 from strongroom.cli.units import jobs_option
@@ -239,14 +239,23 @@ def check(app: App, read_data: bool, read_data_subset: str | None, jobs: int | N
 
 @click.command()
 @click.argument("point", required=False)
+@point_filter_options
 @pass_app
-def stats(app: App, point: str | None) -> None:
+def stats(
+    app: App,
+    point: str | None,
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
+) -> None:
     """Show repository sizes, deduplication and compression; with POINT, that
     point's sizes (for a point made against seeds: files and bytes per class,
     bytes per seed, own bytes, lacking seed files, bytes new to the repository)."""
     if point is not None:
-        point_stats(app, point)
+        point_stats(app, point, hosts, tags, paths)
         return
+    if hosts or tags or paths:
+        raise click.UsageError("--host, --tag and --path choose which POINT 'latest' is: give one")
     with app.repository(LockMode.NONE) as repo:
         doc = maintenance.stats(repo)
     if app.out.json:
@@ -259,10 +268,12 @@ def stats(app: App, point: str | None) -> None:
     app.out.table(["", ""], rows)
 
 
-def point_stats(app: App, ref: str) -> None:
+def point_stats(
+    app: App, ref: str, hosts: tuple[str, ...], tags: tuple[str, ...], paths: tuple[str, ...]
+) -> None:
     out = app.out
     with app.repository(LockMode.NONE) as repo:
-        doc = maintenance.point_stats(repo, ref)
+        doc = maintenance.point_stats(repo, chosen_point(app, repo, ref, hosts, tags, paths))
     if out.json:
         out.document(doc)
         return

@@ -7,6 +7,7 @@ import threading
 
 import click
 
+from strongroom.cli.commands.points import chosen_point, point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import human_bytes
 from strongroom.model.kinds import PointKind
@@ -16,7 +17,6 @@ from strongroom.services.image_restore import (
     ServerLimits,
     serving,
 )
-from strongroom.services.points import find_point
 from strongroom.services.session import LockMode
 
 
@@ -47,10 +47,14 @@ from strongroom.services.session import LockMode
     default=None,
     help="Drop a client that sends no request for this many seconds (default: never).",
 )
+@point_filter_options
 @pass_app
 def serve(
     app: App,
     point: str,
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
     socket_path: str | None,
     port: int | None,
     name: str,
@@ -73,7 +77,7 @@ def serve(
     out = app.out
     stop = threading.Event()
     with app.repository(LockMode.SHARED) as repo:
-        p = find_point(repo, point)
+        p = chosen_point(app, repo, point, hosts, tags, paths)
         with serving(repo, p, socket_path=socket_path, port=port, name=name, limits=limits) as (
             server,
             served,
