@@ -95,12 +95,12 @@ class _Ops(mfusepy.Operations):  # type: ignore[misc]
             raise self._fail(exc) from None
         entries: list[str | tuple[str, dict[str, int], int]] = []
         parent = raw.rstrip(b"/").rpartition(b"/")[0]
-        for name, where in ((".", raw), ("..", parent)):
+        for dots, where in ((".", raw), ("..", parent)):
             try:
                 a = self.view.getattr(where)
             except Exception:
                 a = self.view.root.attr
-            entries.append((name, {"st_mode": a.mode, "st_ino": a.ino}, 0))
+            entries.append((dots, {"st_mode": a.mode, "st_ino": a.ino}, 0))
         for name in names:
             try:
                 a = self.view.getattr(raw.rstrip(b"/") + b"/" + name)

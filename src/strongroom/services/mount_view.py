@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from strongroom.formats.partitions import PartitionTableError
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
@@ -42,6 +43,7 @@ from strongroom.services.mount_points import (
     ImageFilesView,
     inode_number,
 )
+from strongroom.sources.image_files import ImageFileSystemError
 
 NAME_MAX = 255
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -231,8 +233,12 @@ class RepositoryView:
             disk = DiskView(self.repo, load_block_map(self.repo, bytes.fromhex(p.tree)), key, attr)
             self._disks.append(disk)
             folder.children[b"disk.raw"] = disk
-            files_attr = self._folder(key + b"/files", attr.mtime_ns).attr
-            folder.children[b"files"] = FilesAt(files_attr, ImageFilesView(disk))
+            files = ImageFilesView(disk)
+            try:  # only a disk with a file system we read shows files/
+                files.filesystem()
+                folder.children[b"files"] = FilesAt(files.attr([]), files)
+            except (ImageFileSystemError, PartitionTableError):
+                pass
             return folder
         manifest = load_vm_manifest(self.repo, bytes.fromhex(p.tree))
         disks = folder.children[b"disks"] = self._folder(key + b"/disks", attr.mtime_ns)

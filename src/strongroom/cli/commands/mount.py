@@ -13,7 +13,7 @@ from strongroom.services.session import LockMode
 
 
 @click.command()
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("mountpoint")
 @point_filter_options
 @click.option(
     "--allow-other", is_flag=True, help="Let other users in too (the stored modes still apply)."
@@ -34,7 +34,7 @@ def mount(
     ids/ID, snapshots/TIME, hosts/HOST/TIME and tags/TAG/TIME hold each point
     (with a `latest` link); an image point shows disk.raw and files/, a VM
     point disks/NAME.raw. Ctrl-C or `fusermount3 -u MOUNTPOINT` unmounts."""
-    from strongroom.services.mount import mount_repository
+    from strongroom.services.mount import check_mountpoint, mount_repository
     from strongroom.services.points import PointFilter
 
     shown = printable(mountpoint)
@@ -49,6 +49,7 @@ def mount(
         )
         sys.stdout.flush()
 
+    check_mountpoint(mountpoint)  # before a password is asked for
     with app.repository(LockMode.NONE) as repo:
         mount_repository(
             repo,

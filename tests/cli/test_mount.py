@@ -1,0 +1,256 @@
+"""strongroom mount: the repository as a read-only FUSE file system, checked with real tools.
+
+One mount per module serves the read-only checks (two file points, an image
+point); the unmount-under-load test starts its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import init_local_repository
+from tests.helpers.cli import FAST_KDF, PASSWORD, run_cli
+from tests.helpers.fuse_mount import Mount, mounted, needs_fuse
+from tests.helpers.marks import IS_ROOT, needs_root
+from tests.helpers.tree import random_bytes
+
+pytestmark = [needs_fuse]
+
+
+@dataclass
+class Mounted:
+    mnt: Path
+    src: Path
+    image: Path
+    env: dict[str, str]
+    ids: dict[str, str]  # "first", "second", "image" -> point id
+
+
+def _env(base: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("STRONGROOM_PASSWORD_FILE", "STRONGROOM_CONFIG", "STRONGROOM_NO_CACHE"):
+        env.pop(name, None)
+    home = base / "home"
+    home.mkdir()
+    env.update(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / "cache"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_DATA_HOME=str(home / "data"),
+        STRONGROOM_KDF=FAST_KDF,
+        STRONGROOM_PASSWORD=PASSWORD,
+        STRONGROOM_REPO=str(base / "repo"),
+        STRONGROOM_PRIORITY="normal",
+    )
+    return env
+
+
+def _make_tree(src: Path) -> None:
+    """Hard links, symlinks, xattrs, an ACL, a sparse file, unicode names, an empty folder."""
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "empty folder").mkdir()
+    (src / "a.txt").write_bytes(b"hello\n")
+    os.link(src / "a.txt", src / "sub" / "hard link")
+    (src / "sub" / "b.bin").write_bytes(random_bytes(300_000, 1))
+    (src / "sub" / "deeper" / "ünïcödé ✓.txt").write_text("unicode\n")
+    os.symlink("../a.txt", src / "sub" / "link")
+    os.symlink("/nowhere/at/all", src / "dangling")
+    os.setxattr(src / "a.txt", "user.note", b"kept")
+    with open(src / "sparse", "wb") as f:
+        f.truncate(6 << 20)
+        f.write(b"head")
+        f.seek(5 << 20)
+        f.write(b"middle")
+    os.mkfifo(src / "fifo")
+    os.chmod(src / "sub" / "b.bin", 0o600)
+    if IS_ROOT:
+        subprocess.run(["setfacl", "-m", "u:nobody:r", str(src / "a.txt")], check=True)
+        os.mknod(src / "null", 0o644 | 0o020000, os.makedev(1, 3))
+        os.chown(src / "sub" / "b.bin", 1234, 5678)
+    os.utime(src / "sub" / "link", ns=(1_000_000_123, 981_173_106_123_456_789), follow_symlinks=False)
+
+
+def _backup(env: dict[str, str], *args: str) -> str:
+    result = run_cli(["backup", *args, "--json"], env)
+    assert result.rc == 0, result.err
+    point_id: str = result.summary()["point_id"]
+    return point_id
+
+
+@pytest.fixture(scope="module")
+def mounted_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
+    base = tmp_path_factory.mktemp("mount")
+    env = _env(base)
+    init_local_repository(base / "repo")
+    src = base / "src"
+    _make_tree(src)
+    ids = {"first": _backup(env, str(src), "--tag", "daily", "--host", "web")}
+    (src / "a.txt").write_bytes(b"second version\n")
+    (src / "sub" / "hard link").unlink()
+    os.link(src / "a.txt", src / "sub" / "hard link")
+    ids["second"] = _backup(env, str(src), "--host", "db/primary")
+    files = base / "fs"
+    (files / "d").mkdir(parents=True)
+    (files / "d" / "f.txt").write_bytes(b"inside the image\n")
+    (files / "big").write_bytes(random_bytes(400_000, 2))
+    image = base / "disk.img"
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(files), str(image), "8M"], check=True, capture_output=True)
+    ids["image"] = _backup(env, "--image", str(image))
+    mnt = base / "mnt"
+    mnt.mkdir()
+    mount = Mount(mnt, env)
+    assert mount.ready["points"] == 3
+    try:
+        yield Mounted(mnt, src, image, env, ids)
+    finally:
+        assert mount.stop() == 0
+        assert not mounted(mnt)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _in_point(m: Mounted, where: str) -> Path:
+    return m.mnt / where / str(m.src).lstrip("/")
+
+
+def test_a_file_point_equals_its_source_under_rsync(mounted_repo: Mounted) -> None:
+    m = mounted_repo
+    # -H hard links, -A ACLs, -X xattrs, --checksum every byte: nothing to do.
+    result = subprocess.run(
+        ["rsync", "-aHAXn", "--checksum", "--itemize-changes", f"{m.src}/",
+         f"{_in_point(m, 'ids/' + m.ids['second'])}/"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    root = _in_point(m, "ids/" + m.ids["second"])
+    a, hard = (root / "a.txt").stat(), (root / "sub" / "hard link").stat()
+    assert (a.st_ino, a.st_nlink) == (hard.st_ino, 2)
+    assert os.getxattr(root / "a.txt", "user.note") == b"kept"
+    assert (root / "sub" / "link").lstat().st_mtime_ns == 981_173_106_123_456_789
+    assert os.readlink(root / "dangling") == "/nowhere/at/all"
+    assert (root / "sparse").stat().st_size == 6 << 20
+    with open(root / "sparse", "rb") as f:
+        f.seek((5 << 20) - 2)
+        assert f.read(10) == b"\0\0middle\0\0"
+    with pytest.raises(OSError):
+        open(root / "a.txt", "r+b")
+
+
+def test_points_by_id_time_host_and_tag(mounted_repo: Mounted) -> None:
+    m = mounted_repo
+    top = sorted(os.listdir(m.mnt))
+    assert top == ["hosts", "ids", "snapshots", "tags"]
+    assert sorted(os.listdir(m.mnt / "ids")) == sorted(m.ids.values())
+    snaps = os.listdir(m.mnt / "snapshots")
+    assert len(snaps) == 4 and "latest" in snaps
+    assert os.readlink(m.mnt / "snapshots" / "latest") in snaps
+    assert (m.mnt / "snapshots" / "latest" / "disk.raw").exists()  # the image, newest
+    assert sorted(os.listdir(m.mnt / "hosts")) == sorted(["web", "db%2Fprimary", os.uname().nodename])
+    assert _in_point(m, "hosts/web/latest").joinpath("a.txt").read_bytes() == b"hello\n"
+    second = _in_point(m, "hosts/db%2Fprimary/latest").joinpath("a.txt")
+    assert second.read_bytes() == b"second version\n"
+    assert os.listdir(m.mnt / "tags") == ["daily"]
+    tagged = _in_point(m, "tags/daily/latest")
+    assert tagged.joinpath("sub", "hard link").read_bytes() == b"hello\n"
+    assert not (m.mnt / "snapshots" / "nothing").exists()
+
+
+def test_an_image_point_as_a_disk_and_its_files(mounted_repo: Mounted) -> None:
+    m = mounted_repo
+    point = m.mnt / "ids" / m.ids["image"]
+    assert sorted(os.listdir(point)) == ["disk.raw", "files"]
+    disk = point / "disk.raw"
+    assert disk.stat().st_size == m.image.stat().st_size
+    compare = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "raw", str(disk), str(m.image)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert sorted(os.listdir(point / "files")) == ["big", "d", "lost+found"]
+    assert (point / "files" / "d" / "f.txt").read_bytes() == b"inside the image\n"
+    assert (point / "files" / "big").read_bytes() == random_bytes(400_000, 2)
+
+
+@needs_root
+def test_the_disk_file_is_loop_mountable(mounted_repo: Mounted, tmp_path: Path) -> None:
+    disk = mounted_repo.mnt / "ids" / mounted_repo.ids["image"] / "disk.raw"
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", "-r", str(disk)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    target = tmp_path / "ro"
+    target.mkdir()
+    try:
+        subprocess.run(["mount", "-o", "ro", loop, str(target)], check=True, timeout=60)
+        try:
+            assert (target / "d" / "f.txt").read_bytes() == b"inside the image\n"
+            assert (target / "big").read_bytes() == random_bytes(400_000, 2)
+        finally:
+            subprocess.run(["umount", str(target)], check=True, timeout=60)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_sigterm_while_a_file_is_read_unmounts_and_exits_0(
+    mounted_repo: Mounted, tmp_path: Path
+) -> None:
+    """Its own mount: a reader loops over the image's disk file when SIGTERM comes."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount = Mount(mnt, mounted_repo.env, "--tag", "daily")
+    assert mount.ready["points"] == 1
+    big = _in_point(mounted_repo, "tags/daily/latest") / "sub" / "b.bin"
+    started, stop = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                with open(big, "rb", buffering=0) as f:
+                    while f.read(4096):
+                        started.set()
+        except OSError as err:  # the mount went away under the reader: expected
+            errors.append(err)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(30)
+        assert mount.stop(signal.SIGTERM, timeout=30) == 0
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert not mounted(mnt)
+    assert os.listdir(mnt) == []
+
+
+def test_mount_point_errors_are_one_line(mounted_repo: Mounted, tmp_path: Path) -> None:
+    env = mounted_repo.env
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    for where, words in (
+        (afile, "is not a folder"),
+        (full, "is not empty"),
+        (tmp_path / "missing", "does not exist"),
+    ):
+        result = run_cli(["mount", str(where)], env, timeout=60)
+        assert result.rc == 2, result.err
+        assert result.err.count("\n") == 1 and words in result.err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    wrong = run_cli(["mount", str(empty)], {**env, "STRONGROOM_PASSWORD": "wrong password"})
+    assert wrong.rc == 12
+    assert wrong.err.count("\n") == 1 and "password" in wrong.err
+    assert not mounted(empty)
