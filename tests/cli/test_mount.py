@@ -76,7 +76,9 @@ def _make_tree(src: Path) -> None:
         subprocess.run(["setfacl", "-m", "u:nobody:r", str(src / "a.txt")], check=True)
         os.mknod(src / "null", 0o644 | 0o020000, os.makedev(1, 3))
         os.chown(src / "sub" / "b.bin", 1234, 5678)
-    os.utime(src / "sub" / "link", ns=(1_000_000_123, 981_173_106_123_456_789), follow_symlinks=False)
+    os.utime(
+        src / "sub" / "link", ns=(1_000_000_123, 981_173_106_123_456_789), follow_symlinks=False
+    )
 
 
 def _backup(env: dict[str, str], *args: str) -> str:
@@ -103,7 +105,9 @@ def mounted_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
     (files / "d" / "f.txt").write_bytes(b"inside the image\n")
     (files / "big").write_bytes(random_bytes(400_000, 2))
     image = base / "disk.img"
-    subprocess.run(["mkfs.ext4", "-q", "-d", str(files), str(image), "8M"], check=True, capture_output=True)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-d", str(files), str(image), "8M"], check=True, capture_output=True
+    )
     ids["image"] = _backup(env, "--image", str(image))
     mnt = base / "mnt"
     mnt.mkdir()
@@ -142,7 +146,7 @@ def test_a_file_point_equals_its_source_under_rsync(mounted_repo: Mounted) -> No
         f.seek((5 << 20) - 2)
         assert f.read(10) == b"\0\0middle\0\0"
     with pytest.raises(OSError):
-        open(root / "a.txt", "r+b")
+        os.open(root / "a.txt", os.O_RDWR)
 
 
 def test_points_by_id_time_host_and_tag(mounted_repo: Mounted) -> None:
@@ -154,7 +158,9 @@ def test_points_by_id_time_host_and_tag(mounted_repo: Mounted) -> None:
     assert len(snaps) == 4 and "latest" in snaps
     assert os.readlink(m.mnt / "snapshots" / "latest") in snaps
     assert (m.mnt / "snapshots" / "latest" / "disk.raw").exists()  # the image, newest
-    assert sorted(os.listdir(m.mnt / "hosts")) == sorted(["web", "db%2Fprimary", os.uname().nodename])
+    assert sorted(os.listdir(m.mnt / "hosts")) == sorted(
+        ["web", "db%2Fprimary", os.uname().nodename]
+    )
     assert _in_point(m, "hosts/web/latest").joinpath("a.txt").read_bytes() == b"hello\n"
     second = _in_point(m, "hosts/db%2Fprimary/latest").joinpath("a.txt")
     assert second.read_bytes() == b"second version\n"
