@@ -12,12 +12,17 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import init_local_repository
+from strongroom.model.kinds import PointKind
+from strongroom.model.point import RecoveryPoint
+from strongroom.model.vm import VmDisk, VmManifest
+from strongroom.pipeline.blockmaps import save_vm_manifest
+from tests.conftest import init_local_repository, open_local_repository
 from tests.helpers.cli import FAST_KDF, PASSWORD, run_cli
 from tests.helpers.fuse_mount import Mount, mounted, needs_fuse
 from tests.helpers.marks import IS_ROOT, needs_root
@@ -88,6 +93,25 @@ def _backup(env: dict[str, str], *args: str) -> str:
     return point_id
 
 
+def _vm_point(repo_path: Path, image_point: str) -> str:
+    """A VM point whose two disks are the image point's disk (made in process:
+    a real VM backup needs a cluster; tests/vms/ make those)."""
+    repo = open_local_repository(repo_path)
+    try:
+        image = RecoveryPoint.from_doc(repo.load_point(image_point))
+        size, bs = image.summary["size"], image.summary["block_size"]
+        disks = [VmDisk(name, size, bs, image.tree) for name in ("sda", "sdb")]
+        manifest = save_vm_manifest(repo, VmManifest("guest", disks))
+        repo.flush()
+        later = image.time + timedelta(seconds=1)
+        point = replace(
+            image, kind=PointKind.VM, tree=manifest.hex(), paths=["vm:guest"], time=later
+        )
+        return repo.save_point(point.to_doc())
+    finally:
+        repo.close()
+
+
 @pytest.fixture(scope="module")
 def mounted_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
     base = tmp_path_factory.mktemp("mount")
@@ -109,10 +133,11 @@ def mounted_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
         ["mkfs.ext4", "-q", "-d", str(files), str(image), "8M"], check=True, capture_output=True
     )
     ids["image"] = _backup(env, "--image", str(image))
+    ids["vm"] = _vm_point(base / "repo", ids["image"])
     mnt = base / "mnt"
     mnt.mkdir()
     mount = Mount(mnt, env)
-    assert mount.ready["points"] == 3
+    assert mount.ready["points"] == 4
     try:
         yield Mounted(mnt, src, image, env, ids)
     finally:
@@ -155,9 +180,9 @@ def test_points_by_id_time_host_and_tag(mounted_repo: Mounted) -> None:
     assert top == ["hosts", "ids", "snapshots", "tags"]
     assert sorted(os.listdir(m.mnt / "ids")) == sorted(m.ids.values())
     snaps = os.listdir(m.mnt / "snapshots")
-    assert len(snaps) == 4 and "latest" in snaps
+    assert len(snaps) == 5 and "latest" in snaps
     assert os.readlink(m.mnt / "snapshots" / "latest") in snaps
-    assert (m.mnt / "snapshots" / "latest" / "disk.raw").exists()  # the image, newest
+    assert (m.mnt / "snapshots" / "latest" / "disks").is_dir()  # the VM point, newest
     assert sorted(os.listdir(m.mnt / "hosts")) == sorted(
         ["web", "db%2Fprimary", os.uname().nodename]
     )
@@ -184,6 +209,16 @@ def test_an_image_point_as_a_disk_and_its_files(mounted_repo: Mounted) -> None:
     assert sorted(os.listdir(point / "files")) == ["big", "d", "lost+found"]
     assert (point / "files" / "d" / "f.txt").read_bytes() == b"inside the image\n"
     assert (point / "files" / "big").read_bytes() == random_bytes(400_000, 2)
+
+
+def test_a_vm_point_as_its_disks(mounted_repo: Mounted) -> None:
+    disks = mounted_repo.mnt / "ids" / mounted_repo.ids["vm"] / "disks"
+    assert sorted(os.listdir(disks)) == ["sda.raw", "sdb.raw"]
+    original = mounted_repo.image.read_bytes()
+    assert (disks / "sdb.raw").read_bytes() == original
+    with open(disks / "sda.raw", "rb") as f:
+        f.seek(len(original) - 100)
+        assert f.read(1000) == original[-100:]
 
 
 @needs_root
