@@ -112,6 +112,24 @@ def _vm_point(repo_path: Path, image_point: str) -> str:
         repo.close()
 
 
+def _partitioned_disk(base: Path) -> Path:
+    """MBR with two ext4 partitions (1: one.txt, 2: two.txt)."""
+    disk = base / "partitioned.raw"
+    with open(disk, "wb") as f:
+        f.truncate(10 << 20)
+    table = "label: dos\nstart=2048, size=8192, type=83\nstart=10240, size=8192, type=83\n"
+    subprocess.run(["sfdisk", "-q", str(disk)], input=table.encode(), check=True)
+    for number, offset in ((1, 1 << 20), (2, 5 << 20)):
+        files = base / f"part{number}"
+        files.mkdir()
+        (files / f"{number}.txt").write_text(f"partition {number}\n")
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-d", str(files), "-E", f"offset={offset}", str(disk), "4M"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return disk
+
+
 @pytest.fixture(scope="module")
 def mounted_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
     base = tmp_path_factory.mktemp("mount")
@@ -134,10 +152,11 @@ def mounted_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
     )
     ids["image"] = _backup(env, "--image", str(image))
     ids["vm"] = _vm_point(base / "repo", ids["image"])
+    ids["partitioned"] = _backup(env, "--image", str(_partitioned_disk(base)))
     mnt = base / "mnt"
     mnt.mkdir()
     mount = Mount(mnt, env)
-    assert mount.ready["points"] == 4
+    assert mount.ready["points"] == 5
     try:
         yield Mounted(mnt, src, image, env, ids)
     finally:
@@ -180,9 +199,8 @@ def test_points_by_id_time_host_and_tag(mounted_repo: Mounted) -> None:
     assert top == ["hosts", "ids", "snapshots", "tags"]
     assert sorted(os.listdir(m.mnt / "ids")) == sorted(m.ids.values())
     snaps = os.listdir(m.mnt / "snapshots")
-    assert len(snaps) == 5 and "latest" in snaps
+    assert len(snaps) == 6 and "latest" in snaps
     assert os.readlink(m.mnt / "snapshots" / "latest") in snaps
-    assert (m.mnt / "snapshots" / "latest" / "disks").is_dir()  # the VM point, newest
     assert sorted(os.listdir(m.mnt / "hosts")) == sorted(
         ["web", "db%2Fprimary", os.uname().nodename]
     )
@@ -219,6 +237,15 @@ def test_a_vm_point_as_its_disks(mounted_repo: Mounted) -> None:
     with open(disks / "sda.raw", "rb") as f:
         f.seek(len(original) - 100)
         assert f.read(1000) == original[-100:]
+
+
+def test_each_readable_partition_has_its_folder(mounted_repo: Mounted) -> None:
+    point = mounted_repo.mnt / "ids" / mounted_repo.ids["partitioned"]
+    assert sorted(os.listdir(point)) == ["disk.raw", "files", "partitions"]
+    assert sorted(os.listdir(point / "partitions")) == ["1", "2"]
+    assert (point / "files" / "1.txt").read_text() == "partition 1\n"  # the first, as `ls`
+    assert (point / "partitions" / "2" / "2.txt").read_text() == "partition 2\n"
+    assert not (point / "partitions" / "2" / "1.txt").exists()
 
 
 @needs_root

@@ -260,13 +260,15 @@ class DiskView:
 
 
 class ImageFilesView:
-    """The file system inside a disk (its first readable partition, as `ls` takes it).
+    """The file system inside a disk: on `partition` (a number as `ls --partition`
+    takes it), or None for the first readable one, as `ls` takes it.
 
     The file-system readers are not thread-safe: every call holds this view's
     lock, and each open file keeps its own file object."""
 
-    def __init__(self, disk: DiskView) -> None:
-        self.disk = disk
+    def __init__(self, disk: DiskView, partition: int | None = None) -> None:
+        self.disk, self.partition = disk, partition
+        self._key = b"f" if partition is None else b"f%d" % partition
         self._fs: ImageFileSystem | None = None
         self._lock = threading.RLock()
 
@@ -274,7 +276,7 @@ class ImageFilesView:
         """Opened on first use; ImageFileSystemError when the disk holds none we read."""
         with self._lock:
             if self._fs is None:
-                self._fs = open_filesystem(self.disk.reader().stream(), None)
+                self._fs = open_filesystem(self.disk.reader().stream(), self.partition)
             return self._fs
 
     def _path(self, parts: list[bytes]) -> str:
@@ -289,7 +291,7 @@ class ImageFilesView:
         mtime = int(e.mtime * 1e9)
         return Attr(
             mode=_IMAGE_TYPE_BITS.get(e.type, stat.S_IFREG) | (e.mode & 0o7777),
-            ino=inode_number(self.disk.key, b"f", *parts),
+            ino=inode_number(self.disk.key, self._key, *parts),
             size=len(e.target.encode("utf-8", "surrogateescape"))
             if e.type == "symlink"
             else e.size,

@@ -7,10 +7,12 @@
     tags/TAG/TIME/,   tags/TAG/latest
 
 Inside a point's folder: a file point's tree as backed up (`/home/...`); an
-image point's disk as `disk.raw` (its virtual size, readable at any offset)
-and the files of the file system on it under `files/` (ext2/3/4 or FAT, the
-first readable partition, as `ls` reads it); a VM point's disks as
-`disks/NAME.raw`. The points are those of the moment the mount started.
+image point's disk as `disk.raw` (its virtual size, readable at any offset),
+the files of the file system on it under `files/` (ext2/3/4 or FAT, the
+first readable partition, as `ls` reads it) and, for a disk with a partition
+table, every readable partition's under `partitions/N/` (N as `ls
+--partition N` counts); a VM point's disks as `disks/NAME.raw`. The points
+are those of the moment the mount started.
 
 Host and tag names come from point documents, so they are hostile: a name
 that is not one safe path component is percent-escaped (`/` as `%2F`, `%` as
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from strongroom.formats.partitions import PartitionTableError
+from strongroom.formats.partitions import PartitionTableError, read_partitions
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
@@ -233,12 +235,15 @@ class RepositoryView:
             disk = DiskView(self.repo, load_block_map(self.repo, bytes.fromhex(p.tree)), key, attr)
             self._disks.append(disk)
             folder.children[b"disk.raw"] = disk
-            files = ImageFilesView(disk)
-            try:  # only a disk with a file system we read shows files/
-                files.filesystem()
+            files = _readable(ImageFilesView(disk))
+            if files is not None:  # only a disk with a file system we read shows files/
                 folder.children[b"files"] = FilesAt(files.attr([]), files)
-            except (ImageFileSystemError, PartitionTableError):
-                pass
+            numbered = self._partitions(disk)
+            if numbered:
+                parts = self._folder(key + b"/partitions", attr.mtime_ns)
+                folder.children[b"partitions"] = parts
+                for number, view in numbered.items():
+                    parts.children[b"%d" % number] = FilesAt(view.attr([]), view)
             return folder
         manifest = load_vm_manifest(self.repo, bytes.fromhex(p.tree))
         disks = folder.children[b"disks"] = self._folder(key + b"/disks", attr.mtime_ns)
@@ -249,6 +254,22 @@ class RepositoryView:
             self._disks.append(disk)
             disks.children[d.name.encode() + b".raw"] = disk
         return folder
+
+    @staticmethod
+    def _partitions(disk: DiskView) -> dict[int, ImageFilesView]:
+        """The partitions of a disk that hold a file system we read, by number."""
+        reader = disk.reader()
+        try:
+            table = read_partitions(reader.read, reader.size)
+        except PartitionTableError:
+            return {}
+        found = {}
+        for part in table:
+            if part.type != "extended":
+                view = _readable(ImageFilesView(disk, part.number))
+                if view is not None:
+                    found[part.number] = view
+        return found
 
     # --- lookups ----------------------------------------------------------
 
@@ -315,6 +336,15 @@ class RepositoryView:
     def close(self) -> None:
         for disk in self._disks:
             disk.close()
+
+
+def _readable(view: ImageFilesView) -> ImageFilesView | None:
+    """`view` if its file system opens, None if the disk or partition holds none we read."""
+    try:
+        view.filesystem()
+    except (ImageFileSystemError, PartitionTableError):
+        return None
+    return view
 
 
 class _DiskHandle:
