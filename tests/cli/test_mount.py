@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -283,6 +284,8 @@ def test_sigterm_while_a_file_is_read_unmounts_and_exits_0(
         try:
             while not stop.is_set():
                 with open(big, "rb", buffering=0) as f:
+                    # out of the page cache, so every pass reads through the mount
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
                     while f.read(4096):
                         started.set()
         except OSError as err:  # the mount went away under the reader: expected
@@ -299,6 +302,20 @@ def test_sigterm_while_a_file_is_read_unmounts_and_exits_0(
     assert not thread.is_alive()
     assert not mounted(mnt)
     assert os.listdir(mnt) == []
+
+
+def test_a_killed_mount_leaves_no_dead_mount_point(mounted_repo: Mounted, tmp_path: Path) -> None:
+    """SIGKILL: the fusermount3 watching the mount (auto_unmount) unmounts it."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount = Mount(mnt, mounted_repo.env, "--host", "web")
+    mount.proc.kill()
+    assert mount.proc.wait(30) == -signal.SIGKILL
+    deadline = time.monotonic() + 20
+    while mounted(mnt) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not mounted(mnt)
+    assert os.listdir(mnt) == []  # not "Transport endpoint is not connected"
 
 
 def test_mount_point_errors_are_one_line(mounted_repo: Mounted, tmp_path: Path) -> None:
