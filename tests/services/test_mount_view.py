@@ -4,6 +4,8 @@ chunk-wise reads, a damaged tree, and the one-line refusals before mounting."""
 from __future__ import annotations
 
 import os
+import random
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from strongroom.model.tree import Node
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.services import mount as mount_service
+from strongroom.services import mount_points
 from strongroom.services.mount_points import ChunkCache, FilePointView, FileReader
 from strongroom.services.mount_view import NAME_MAX, RepositoryView, folder_name, time_names
 from tests.helpers.hostile import wire
@@ -128,3 +131,45 @@ def test_refusals_before_mounting(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(mount_service.os.path, "exists", lambda p: p != "/dev/fuse" and real(p))
     with pytest.raises(mount_service.FuseUnavailable, match="/dev/fuse is missing"):
         mount_service._load_fuse()
+
+
+def _stored_tree(repo: Repository, nodes: list[Node]) -> bytes:
+    return repo.put_chunk(BlobType.TREE, tree_model.encode_tree(nodes))
+
+
+def test_the_tree_cache_is_bounded_and_lookups_stay_right(
+    memory_repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mount_points, "TREE_CACHE_NODES", 2)
+    leaves = {
+        name: _stored_tree(memory_repo, [Node(b"f" + name, "f"), Node(b"g", "f")])
+        for name in (b"a", b"b", b"c")
+    }
+    root = _stored_tree(memory_repo, [Node(n, "d", subtree=t) for n, t in leaves.items()])
+    memory_repo.flush()
+    view = FilePointView(memory_repo, "p", root, ChunkCache(memory_repo))
+    for _ in range(2):
+        for name in leaves:
+            assert view.names([name]) == [b"f" + name, b"g"]
+            assert view.node([name, b"f" + name]) is not None
+    assert view._nodes <= 3 and len(view._trees) == 1
+
+
+def test_reads_from_many_threads_agree(memory_repo: Repository) -> None:
+    parts = [os.urandom(3000 + i) for i in range(40)]
+    ids = [memory_repo.put_chunk(BlobType.DATA, p) for p in parts]
+    memory_repo.flush()
+    node = Node(
+        b"f", "f", size=sum(map(len, parts)), chunks=ids, chunk_sizes=[len(p) for p in parts]
+    )
+    whole = b"".join(parts)
+    reader = FileReader(node, ChunkCache(memory_repo, capacity=20_000))  # evicts all the time
+
+    def check(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(200):
+            offset, size = rng.randrange(len(whole)), rng.randrange(1, 20_000)
+            assert reader.read(offset, size) == whole[offset : offset + size]
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(check, range(8)))

@@ -46,7 +46,9 @@ _TYPE_BITS = {
     SOCKET: stat.S_IFSOCK,
 }
 _IMAGE_TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
-TREE_CACHE = 1024  # decoded directories kept (each one directory's listing)
+# Decoded directories kept, counted in entries (a directory may hold 100,000):
+# a few hundred MiB of Python objects at the most.
+TREE_CACHE_NODES = 200_000
 CHUNK_CACHE_BYTES = 64 << 20  # decrypted file chunks kept (a few chunks of the usual 1 MiB)
 
 
@@ -147,6 +149,7 @@ class FilePointView:
     def __init__(self, repo: Repository, point_id: str, root: bytes, chunks: ChunkCache) -> None:
         self.repo, self.point_key, self.root, self.chunks = repo, point_id.encode(), root, chunks
         self._trees: OrderedDict[bytes, dict[bytes, Node]] = OrderedDict()
+        self._nodes = 0
         self._lock = threading.Lock()
 
     def _children(self, tree_id: bytes) -> dict[bytes, Node]:
@@ -157,9 +160,12 @@ class FilePointView:
                 return found
         loaded = {n.name: n for n in load_tree(self.repo, tree_id)}
         with self._lock:
-            self._trees[tree_id] = loaded
-            while len(self._trees) > TREE_CACHE:
-                self._trees.popitem(last=False)
+            if tree_id not in self._trees:
+                self._trees[tree_id] = loaded
+                self._nodes += len(loaded)
+            while self._nodes > TREE_CACHE_NODES and len(self._trees) > 1:
+                _, old = self._trees.popitem(last=False)
+                self._nodes -= len(old)
         return loaded
 
     def node(self, parts: list[bytes]) -> Node | None:
