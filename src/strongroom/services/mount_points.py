@@ -234,7 +234,7 @@ class FilePointView:
         return FileReader(node, self.chunks)
 
 
-class DiskView:
+class DiskFile:
     """One disk of an image or VM point as a read-only file; its reader starts on first use."""
 
     def __init__(self, repo: Repository, block_map: BlockMap, key: bytes, attr: Attr) -> None:
@@ -272,7 +272,7 @@ class ImageFilesView:
     The file-system readers are not thread-safe: every call holds this view's
     lock, and each open file keeps its own file object."""
 
-    def __init__(self, disk: DiskView, partition: int | None = None) -> None:
+    def __init__(self, disk: DiskFile, partition: int | None = None) -> None:
         self.disk, self.partition = disk, partition
         self._key = b"f" if partition is None else b"f%d" % partition
         self._fs: ImageFileSystem | None = None

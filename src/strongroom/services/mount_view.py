@@ -40,7 +40,7 @@ from strongroom.repository.repo import Repository
 from strongroom.services.mount_points import (
     Attr,
     ChunkCache,
-    DiskView,
+    DiskFile,
     FilePointView,
     ImageFilesView,
     inode_number,
@@ -91,7 +91,7 @@ class _LazyPoint:
             return self._folder
 
 
-Entry = Folder | Link | FilesAt | DiskView | _LazyPoint
+Entry = Folder | Link | FilesAt | DiskFile | _LazyPoint
 
 
 def folder_name(text: str) -> bytes:
@@ -147,7 +147,7 @@ class RepositoryView:
         self.repo = repo
         self.chunks = ChunkCache(repo)
         self._uid, self._gid = uid, gid
-        self._disks: list[DiskView] = []
+        self._disks: list[DiskFile] = []
         self._lock = threading.Lock()
         self.root = self._folder(b"", now_ns)
         self._build(points, now_ns)
@@ -232,7 +232,7 @@ class RepositoryView:
         folder = Folder(attr)
         key = p.id.encode()
         if p.kind == PointKind.BLOCK:
-            disk = DiskView(self.repo, load_block_map(self.repo, bytes.fromhex(p.tree)), key, attr)
+            disk = DiskFile(self.repo, load_block_map(self.repo, bytes.fromhex(p.tree)), key, attr)
             self._disks.append(disk)
             folder.children[b"disk.raw"] = disk
             files = _readable(ImageFilesView(disk))
@@ -250,13 +250,13 @@ class RepositoryView:
         assert isinstance(disks, Folder)
         for d in manifest.disks:  # names checked by VmManifest.decode
             block_map = load_block_map(self.repo, bytes.fromhex(d.map_root))
-            disk = DiskView(self.repo, block_map, key + b"/" + d.name.encode(), attr)
+            disk = DiskFile(self.repo, block_map, key + b"/" + d.name.encode(), attr)
             self._disks.append(disk)
             disks.children[d.name.encode() + b".raw"] = disk
         return folder
 
     @staticmethod
-    def _partitions(disk: DiskView) -> dict[int, ImageFilesView]:
+    def _partitions(disk: DiskFile) -> dict[int, ImageFilesView]:
         """The partitions of a disk that hold a file system we read, by number."""
         reader = disk.reader()
         try:
@@ -288,9 +288,7 @@ class RepositoryView:
             if found is None:
                 raise FileNotFoundError(errno.ENOENT, "no such entry")
             entry = found
-        if isinstance(entry, _LazyPoint):
-            entry = entry.resolve(self._lock)
-        return entry, []
+        return entry, []  # a _LazyPoint stays unread: `stat` of it needs no map
 
     def getattr(self, path: bytes) -> Attr:
         entry, rest = self._locate(path)
@@ -302,6 +300,8 @@ class RepositoryView:
 
     def readdir(self, path: bytes) -> list[bytes]:
         entry, rest = self._locate(path)
+        if isinstance(entry, _LazyPoint):
+            entry = entry.resolve(self._lock)
         if isinstance(entry, FilesAt):
             return entry.view.names(rest)
         if isinstance(entry, Folder):
@@ -326,10 +326,10 @@ class RepositoryView:
         entry, rest = self._locate(path)
         if isinstance(entry, FilesAt):
             return entry.view.open(rest)
-        if isinstance(entry, DiskView):
+        if isinstance(entry, DiskFile):
             reader = entry.reader()
             return _DiskHandle(reader.read)
-        if isinstance(entry, Folder):
+        if isinstance(entry, Folder | _LazyPoint):
             raise IsADirectoryError(errno.EISDIR, "is a directory")
         raise OSError(errno.EINVAL, "not a regular file")
 
