@@ -3,6 +3,7 @@ chunk-wise reads, a damaged tree, and the one-line refusals before mounting."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -173,3 +174,23 @@ def test_reads_from_many_threads_agree(memory_repo: Repository) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(check, range(8)))
+
+
+def test_lookup_errors_carry_their_errno(memory_repo: Repository) -> None:
+    sub = _stored_tree(memory_repo, [Node(b"file", "f")])
+    root = _stored_tree(memory_repo, [Node(b"dir", "d", subtree=sub)])
+    memory_repo.flush()
+    view = FilePointView(memory_repo, "p", root, ChunkCache(memory_repo))
+    for parts, kind, number in (
+        ([b"dir", b"file", b"x"], NotADirectoryError, errno.ENOTDIR),
+        ([b"dir", b"none"], FileNotFoundError, None),
+    ):
+        with pytest.raises(kind) as caught:
+            view.node(parts)
+        assert caught.value.errno == number
+    with pytest.raises(IsADirectoryError) as opened:
+        view.open([b"dir"])
+    assert opened.value.errno == errno.EISDIR
+    with pytest.raises(NotADirectoryError) as listed:
+        view.names([b"dir", b"file"])
+    assert listed.value.errno == errno.ENOTDIR

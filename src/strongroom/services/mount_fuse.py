@@ -27,7 +27,7 @@ from typing import Any
 
 import mfusepy
 
-from strongroom.errors import StrongroomError
+from strongroom.errors import PathNotFound, StrongroomError
 from strongroom.model.names import printable
 from strongroom.services.mount_view import Handle, RepositoryView
 
@@ -49,12 +49,15 @@ class _Ops(mfusepy.Operations):  # type: ignore[misc]
         self._reported: set[str] = set()
 
     def _fail(self, exc: BaseException) -> mfusepy.FuseOSError:
-        if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
-            return mfusepy.FuseOSError(exc.errno)
-        if isinstance(exc, FileNotFoundError):  # PathNotFound carries no errno
+        """The errno for `exc`: a missing entry ENOENT; damage or a repository
+        error (a pack gone, storage failing) EIO and one line on stderr."""
+        if isinstance(exc, PathNotFound):
             return mfusepy.FuseOSError(errno.ENOENT)
-        if isinstance(exc, ValueError):
-            return mfusepy.FuseOSError(errno.EINVAL)
+        if not isinstance(exc, StrongroomError):
+            if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+                return mfusepy.FuseOSError(exc.errno)
+            if isinstance(exc, ValueError):
+                return mfusepy.FuseOSError(errno.EINVAL)
         message = str(exc) if isinstance(exc, StrongroomError) else repr(exc)
         with self._lock:
             if message not in self._reported and len(self._reported) < _MAX_REPORTS:

@@ -19,6 +19,7 @@ again: a sparse file's holes cost nothing after the first.
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import itertools
 import stat
@@ -176,7 +177,7 @@ class FilePointView:
         node: Node | None = None
         for part in parts:
             if tree is None:
-                raise PathNotFound("not a directory")
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
             node = self._children(tree).get(part)
             if node is None:
                 raise PathNotFound("no such entry")
@@ -214,7 +215,7 @@ class FilePointView:
         if node is None:
             return list(self._children(self.root))
         if node.type != DIR:
-            raise NotADirectoryError("not a directory")
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
         return [] if node.subtree is None else list(self._children(node.subtree))
 
     def readlink(self, parts: list[bytes]) -> bytes:
@@ -230,7 +231,7 @@ class FilePointView:
     def open(self, parts: list[bytes]) -> FileReader:
         node = self.node(parts)
         if node is None or node.type != FILE:
-            raise IsADirectoryError("not a regular file")
+            raise IsADirectoryError(errno.EISDIR, "not a regular file")
         return FileReader(node, self.chunks)
 
 
