@@ -304,6 +304,17 @@ def test_sigterm_while_a_file_is_read_unmounts_and_exits_0(
     assert os.listdir(mnt) == []
 
 
+def test_fusermount_u_and_ctrl_c_end_it_with_0(mounted_repo: Mounted, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount = Mount(mnt, mounted_repo.env, "--host", "web")
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=True, timeout=30)
+    assert mount.proc.wait(30) == 0
+    mount = Mount(mnt, mounted_repo.env, "--host", "web")
+    assert mount.stop(signal.SIGINT) == 0
+    assert not mounted(mnt)
+
+
 def test_a_killed_mount_leaves_no_dead_mount_point(mounted_repo: Mounted, tmp_path: Path) -> None:
     """SIGKILL: the fusermount3 watching the mount (auto_unmount) unmounts it."""
     mnt = tmp_path / "mnt"
