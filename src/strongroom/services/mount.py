@@ -9,6 +9,7 @@ layout); reads go through the repository with the usual verification.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -26,8 +27,18 @@ class FuseUnavailable(StrongroomError):
 def check_mountpoint(path: str) -> None:
     """UsageError unless `path` is an existing, empty folder."""
     shown = printable(path)
-    if not os.path.exists(path):
-        raise UsageError(f"mount point {shown} does not exist: create an empty folder first")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(
+            f"mount point {shown} does not exist: create an empty folder first"
+        ) from None
+    except OSError as err:
+        if err.errno == errno.ENOTCONN:  # a FUSE mount whose process died
+            raise UsageError(
+                f"mount point {shown} is a dead mount: run 'fusermount3 -u {shown}' first"
+            ) from None
+        raise UsageError(f"mount point {shown} cannot be used ({err.strerror})") from None
     if not os.path.isdir(path):
         raise UsageError(f"mount point {shown} is not a folder")
     try:
