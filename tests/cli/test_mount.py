@@ -29,7 +29,8 @@ from tests.helpers.fuse_mount import Mount, mounted, needs_fuse
 from tests.helpers.marks import IS_ROOT, needs_root
 from tests.helpers.tree import random_bytes
 
-pytestmark = [needs_fuse]
+# One worker for the module: its mount fixture is set up once, not once per worker.
+pytestmark = [needs_fuse, pytest.mark.xdist_group("mount")]
 
 
 @dataclass
