@@ -1,7 +1,8 @@
 """strongroom mount: the repository as a read-only FUSE file system, checked with real tools.
 
-One mount per module serves the read-only checks (two file points, an image
-point); the unmount-under-load test starts its own.
+One mount per module serves the read-only checks (two file points, an ext4
+image point, a VM point made of it, a disk with two partitions); the tests of
+ending a mount (SIGTERM under load, fusermount3 -u, Ctrl-C, SIGKILL) start their own.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Mounted:
     src: Path
     image: Path
     env: dict[str, str]
-    ids: dict[str, str]  # "first", "second", "image" -> point id
+    ids: dict[str, str]  # "first", "second", "image", "vm", "partitioned" -> point id
 
 
 def _env(base: Path) -> dict[str, str]:
