@@ -32,8 +32,9 @@ def mount(
     """Mount the repository read-only at MOUNTPOINT (an empty folder), in the foreground.
 
     ids/ID, snapshots/TIME, hosts/HOST/TIME and tags/TAG/TIME hold each point
-    (with a `latest` link); an image point shows disk.raw and files/, a VM
-    point disks/NAME.raw. Ctrl-C or `fusermount3 -u MOUNTPOINT` unmounts."""
+    (with a `latest` link); an image point shows disk.raw, files/ and
+    partitions/N/, a VM point disks/NAME.raw. Ctrl-C or `fusermount3 -u
+    MOUNTPOINT` unmounts."""
     from strongroom.services.mount import check_mountpoint, mount_repository
     from strongroom.services.points import PointFilter
 
