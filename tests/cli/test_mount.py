@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from strongroom.model.point import RecoveryPoint
 from strongroom.model.vm import VmDisk, VmManifest
 from strongroom.pipeline.blockmaps import save_vm_manifest
 from tests.conftest import init_local_repository, open_local_repository
-from tests.helpers.cli import FAST_KDF, PASSWORD, run_cli
+from tests.helpers.cli import FAST_KDF, NOBODY, PASSWORD, nobody_command, run_cli
 from tests.helpers.fuse_mount import Mount, mounted, needs_fuse
 from tests.helpers.marks import IS_ROOT, needs_root
 from tests.helpers.tree import random_bytes
@@ -352,3 +353,37 @@ def test_mount_point_errors_are_one_line(mounted_repo: Mounted, tmp_path: Path) 
     assert wrong.rc == 12
     assert wrong.err.count("\n") == 1 and "password" in wrong.err
     assert not mounted(empty)
+
+
+@needs_root
+def test_an_unprivileged_user_mounts_through_fusermount3() -> None:
+    """As `nobody`: fusermount3 mounts it, only that user reads it, SIGTERM ends it with 0."""
+    world = Path(tempfile.mkdtemp(prefix="strongroom-mount-nobody-"))
+    os.chmod(world, 0o755)  # pytest's tmp_path is private to root
+    try:
+        env = _env(world)
+        env.update(USER="nobody", LOGNAME="nobody")
+        init_local_repository(world / "repo")
+        src = world / "src"
+        src.mkdir()
+        (src / "a.txt").write_text("mine\n")
+        _backup(env, str(src))
+        mnt = world / "mnt"
+        mnt.mkdir()
+        for folder, dirs, files in os.walk(world):
+            for name in ["", *dirs, *files]:
+                os.chown(os.path.join(folder, name), NOBODY, NOBODY, follow_symlinks=False)
+        mount = Mount(mnt, env, command=nobody_command())
+        try:
+            as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+            read = subprocess.run(
+                [*as_nobody, "cat", f"{mnt}/snapshots/latest{src}/a.txt"],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert (read.returncode, read.stdout) == (0, "mine\n"), read.stderr
+            assert not os.path.exists(mnt / "snapshots")  # not even root: no --allow-other
+        finally:
+            assert mount.stop() == 0
+        assert not mounted(mnt)
+    finally:
+        shutil.rmtree(world, ignore_errors=True)

@@ -39,13 +39,21 @@ def mounted(path: Path) -> bool:
 
 
 class Mount:
-    """`strongroom mount --json PATH` started with `env`; `stop` sends a signal and
-    returns the exit code, `stop` always leaves nothing mounted."""
+    """`strongroom mount --json PATH` started with `env` (as `command`, e.g.
+    `nobody_command()`, if given); `stop` sends a signal, returns the exit code
+    and always leaves nothing mounted."""
 
-    def __init__(self, path: Path, env: dict[str, str], *args: str, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        path: Path,
+        env: dict[str, str],
+        *args: str,
+        timeout: float = 30,
+        command: list[str] | None = None,
+    ) -> None:
         self.path = path
         self.proc = subprocess.Popen(
-            [*strongroom_command(), "mount", "--json", *args, str(path)],
+            [*(command or strongroom_command()), "mount", "--json", *args, str(path)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
