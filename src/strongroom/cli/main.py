@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "ls": "browse:ls",
     "diff": "browse:diff",
     "find": "find:find",
+    "mount": "mount:mount",
     "restore": "restore:restore",
     "serve": "serve:serve",
     "server": "server:server",
