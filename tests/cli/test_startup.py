@@ -39,6 +39,7 @@ NEVER_LOCAL = {
     "alembic",
     "strongroom.catalog",
     "boto3",
+    "mfusepy",  # only `mount` loads libfuse
 }
 VERSION_FREE = NEVER_LOCAL | {
     "numpy",

@@ -15,6 +15,7 @@ treat a tree met again on its own path as damage (`TreePath`).
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,16 @@ CHARDEV = "c"
 BLOCKDEV = "b"
 SOCKET = "s"
 NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET)
+# A node type's file-type bits in st_mode (S_IFREG, ...), for what shows nodes as stat results.
+TYPE_BITS = {
+    FILE: stat.S_IFREG,
+    DIR: stat.S_IFDIR,
+    SYMLINK: stat.S_IFLNK,
+    FIFO: stat.S_IFIFO,
+    CHARDEV: stat.S_IFCHR,
+    BLOCKDEV: stat.S_IFBLK,
+    SOCKET: stat.S_IFSOCK,
+}
 
 
 @dataclass(slots=True)

@@ -15,22 +15,12 @@ the recorded state, so the next cycle tries again.
 from __future__ import annotations
 
 import os
-import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from strongroom.model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK
+from strongroom.model.tree import CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, TYPE_BITS
 from strongroom.protect.tree_state import ROOT, Entry, Tree, TreeChanges, depth
 from strongroom.sources.files import read_xattrs_of
-
-_TYPE_BITS = {
-    FILE: stat.S_IFREG,
-    DIR: stat.S_IFDIR,
-    SYMLINK: stat.S_IFLNK,
-    FIFO: stat.S_IFIFO,
-    CHARDEV: stat.S_IFCHR,
-    BLOCKDEV: stat.S_IFBLK,
-}
 
 
 def quote(word: bytes) -> bytes:
@@ -206,7 +196,7 @@ def metadata_script(path: bytes, entry: Entry) -> Script:
 
 def _fields(entry: Entry) -> list[tuple[str, str]]:
     fields = [
-        ("mode", "0%o" % (_TYPE_BITS[entry.type] | entry.mode)),
+        ("mode", "0%o" % (TYPE_BITS[entry.type] | entry.mode)),
         ("uid", str(entry.uid)),
         ("gid", str(entry.gid)),
     ]

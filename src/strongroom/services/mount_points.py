@@ -30,22 +30,19 @@ from typing import BinaryIO
 
 from strongroom.errors import IntegrityError, PathNotFound
 from strongroom.model.blockmap import BlockMap
-from strongroom.model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
+from strongroom.model.tree import (
+    DIR,
+    FILE,
+    SYMLINK,
+    TYPE_BITS,
+    Node,
+)
 from strongroom.pipeline.image_reader import PointReader
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.services.walk import load_tree
 from strongroom.sources.image_files import ImageEntry, ImageFileSystem, open_filesystem
 
-_TYPE_BITS = {
-    FILE: stat.S_IFREG,
-    DIR: stat.S_IFDIR,
-    SYMLINK: stat.S_IFLNK,
-    FIFO: stat.S_IFIFO,
-    CHARDEV: stat.S_IFCHR,
-    BLOCKDEV: stat.S_IFBLK,
-    SOCKET: stat.S_IFSOCK,
-}
 _IMAGE_TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
 # Decoded directories kept, counted in entries (a directory may hold 100,000):
 # a few hundred MiB of Python objects at the most.
@@ -198,7 +195,7 @@ class FilePointView:
         else:
             ino = inode_number(self.point_key, b"p", *parts)
         return Attr(
-            mode=_TYPE_BITS[node.type] | node.mode,
+            mode=TYPE_BITS[node.type] | node.mode,
             ino=ino,
             size=node.size if node.type == FILE else len(node.link_target),
             nlink=max(1, node.nlink) if node.type != DIR else 2,
