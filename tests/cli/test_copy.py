@@ -1,0 +1,177 @@
+"""`strongroom copy` (issue #17): points between repositories with different
+passwords, keys and chunker parameters; restores equal to the source's, the
+target checks, a second copy copies nothing, filters, image points, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CliRunner, init_local_repository, open_local_repository
+from tests.helpers.cli import PASSWORD, assert_one_line_error
+from tests.helpers.compare import walk_differences
+from tests.helpers.tree import make_small_tree, random_bytes, write_file
+
+SOURCE_PASSWORD = "the source's own password"
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "source-repo"
+    init_local_repository(path, SOURCE_PASSWORD)
+    return path
+
+
+@pytest.fixture
+def target(initialized_repo: Path) -> Path:
+    """The target (the CLI's repository, PASSWORD) with smaller CDC sizes than the
+    source's defaults: the config rewritten as any key holder could."""
+    from strongroom.storage.local import LocalBackend
+
+    repo = open_local_repository(initialized_repo)
+    try:
+        config = dataclasses.replace(
+            repo.config, cdc_min=64 << 10, cdc_avg=128 << 10, cdc_max=512 << 10
+        )
+        backend = LocalBackend(initialized_repo)
+        backend.delete("config")
+        backend.create("config", repo.sealer.seal(config.encode(), b"config"))
+    finally:
+        repo.close()
+    return initialized_repo
+
+
+def on_source(cli: CliRunner, source: Path, *args: str) -> Any:
+    result = cli("-r", str(source), *args, env={"STRONGROOM_PASSWORD": SOURCE_PASSWORD})
+    assert result.rc == 0, result.err
+    return result
+
+
+def copy(cli: CliRunner, source: Path, *args: str) -> dict[str, Any]:
+    result = cli(
+        "copy", "--from-repo", str(source), "--json", *args,
+        env={"STRONGROOM_FROM_PASSWORD": SOURCE_PASSWORD},
+    )  # fmt: skip
+    assert result.rc == 0, result.err
+    return result.summary()
+
+
+def test_copy_files_points_restore_equal_and_idempotent(
+    tmp_path: Path, cli: CliRunner, source: Path, target: Path
+) -> None:
+    src = tmp_path / "src"
+    make_small_tree(src)
+    write_file(src / "big.bin", random_bytes(3 << 20, 7))
+    os.link(src / "a.txt", src / "a-link")
+    os.symlink("a.txt", src / "a-sym")
+    first = on_source(cli, source, "backup", str(src), "--json").summary()["point_id"]
+    write_file(src / "sub" / "new.txt", b"one more file\n")
+    second = on_source(cli, source, "backup", str(src), "--tag", "t", "--json").summary()[
+        "point_id"
+    ]
+
+    one = copy(cli, source, first[:8])
+    assert (one["points_copied"], one["points_skipped"]) == (1, 0)
+    assert one["bytes_read"] >= 3 << 20 and one["data_added"] >= 3 << 20
+    both = copy(cli, source)  # the second point: a mostly unchanged tree
+    assert (both["points_copied"], both["points_skipped"]) == (1, 1)
+    assert both["data_added"] < 200_000, both
+    again = copy(cli, source)
+    assert (again["points_copied"], again["points_skipped"], again["data_added"]) == (0, 2, 0)
+
+    points = {p["id"]: p for p in cli("snapshots", "--json").json()}
+    by_source = {p["source_id"]: p["target_id"] for p in again["points"]}
+    assert set(by_source) == {first, second} and set(by_source.values()) == set(points)
+    copied = points[by_source[second]]
+    assert copied["tags"] == ["t"] and copied["paths"] == [str(src)]
+    repo = open_local_repository(target)
+    doc = repo.load_point(by_source[second])
+    repo.close()
+    assert doc["original"] == second and doc["copied_from"]["point"] == second
+    assert doc["parent"] == by_source[first]
+
+    restored = tmp_path / "restored"
+    assert cli("restore", by_source[second], "--target", str(restored)).rc == 0
+    assert walk_differences(src, restored / str(src).lstrip("/"), check_atime=False) == []
+    check = cli("check", "--read-data")
+    assert check.rc == 0, check.err
+
+    # Copying back into the source recognises its own points.
+    back = on_source(
+        cli, source, "copy", "--from-repo", str(target), "--json",
+        "--from-password-file", str(_password_file(tmp_path, PASSWORD)),
+    ).summary()  # fmt: skip
+    assert (back["points_copied"], back["points_skipped"]) == (0, 2)
+
+
+def _password_file(tmp_path: Path, password: str) -> Path:
+    path = tmp_path / "password"
+    path.write_text(password + "\n")
+    return path
+
+
+def test_copy_filters_dry_run_and_wrong_password(
+    tmp_path: Path, cli: CliRunner, source: Path, target: Path
+) -> None:
+    src = tmp_path / "src"
+    write_file(src / "f", b"data")
+    on_source(cli, source, "backup", str(src), "--host", "web")
+    on_source(cli, source, "backup", str(src), "--host", "db", "--tag", "keep")
+
+    dry = copy(cli, source, "--dry-run")
+    assert (dry["points_would_copy"], dry["points_copied"]) == (2, 0)
+    assert cli("snapshots", "--json").json() == []
+    web = copy(cli, source, "--host", "web")
+    assert web["points_copied"] == 1 and web["points"][0]["host"] == "web"
+    kept = copy(cli, source, "--tag", "keep")
+    assert kept["points_copied"] == 1 and kept["points"][0]["host"] == "db"
+    assert sorted(p["host"] for p in cli("snapshots", "--json").json()) == ["db", "web"]
+
+    wrong = cli(
+        "copy", "--from-repo", str(source), env={"STRONGROOM_FROM_PASSWORD": "not the password"}
+    )
+    assert wrong.rc == 12
+    assert_one_line_error(wrong, "source repository", "wrong password", only=True)
+    missing = cli("copy")
+    assert missing.rc == 2 and "--from-repo" in missing.err
+
+
+def test_copy_image_point_byte_exact_and_refusal(
+    tmp_path: Path, cli: CliRunner, source: Path, target: Path
+) -> None:
+    disk = tmp_path / "disk.raw"
+    data = bytearray(random_bytes(5 << 20, 3))
+    data[1 << 20 : 3 << 20] = bytes(2 << 20)  # holes
+    data += b"tail"  # a short last block
+    disk.write_bytes(bytes(data))
+    image = on_source(cli, source, "backup", "--image", str(disk), "--json").summary()["point_id"]
+    # A point of continuous protection is refused, by name; the others are copied.
+    repo = open_local_repository(source, SOURCE_PASSWORD)
+    doc = repo.load_point(image)
+    doc.pop("id")
+    doc["summary"]["protect"] = {"name": "guarded"}
+    doc["time"] = "2026-01-01T00:00:00+00:00"
+    protected = repo.save_point(doc)
+    repo.close()
+
+    result = cli(
+        "copy", "--from-repo", str(source), "--json",
+        env={"STRONGROOM_FROM_PASSWORD": SOURCE_PASSWORD},
+    )  # fmt: skip
+    assert result.rc == 3, result.err
+    (warning,) = [v for v in result.lines() if v["message_type"] == "warning"]
+    assert f"point {protected[:8]}" in warning["message"]
+    assert "continuous protection" in warning["message"]
+    summary = result.summary()
+    assert (summary["points_copied"], summary["points_refused"]) == (1, 1)
+    (copied,) = [p["target_id"] for p in summary["points"] if p["status"] == "copied"]
+
+    out = tmp_path / "restored.raw"
+    restored = cli("restore", copied, "--target", str(out))
+    assert restored.rc == 0, restored.err
+    assert out.read_bytes() == bytes(data)
+    assert cli("check", "--read-data").rc == 0
