@@ -175,3 +175,28 @@ def test_copy_image_point_byte_exact_and_refusal(
     assert restored.rc == 0, restored.err
     assert out.read_bytes() == bytes(data)
     assert cli("check", "--read-data").rc == 0
+
+
+def test_copy_failing_midway_leaves_the_target_checkable(
+    tmp_path: Path, cli: CliRunner, source: Path, target: Path
+) -> None:
+    src = tmp_path / "src"
+    write_file(src / "small", b"small\n")
+    first = on_source(cli, source, "backup", str(src), "--json").summary()["point_id"]
+    packs_before = set((source / "data").glob("*/*"))
+    write_file(src / "big.bin", random_bytes(2 << 20, 9))
+    on_source(cli, source, "backup", str(src))
+    for pack in set((source / "data").glob("*/*")) - packs_before:
+        pack.unlink()  # the second point's data is lost in the source
+
+    result = cli(
+        "copy", "--from-repo", str(source), env={"STRONGROOM_FROM_PASSWORD": SOURCE_PASSWORD}
+    )
+    assert result.rc == 1
+    assert_one_line_error(result, "copying point", "not found")
+    (only,) = cli("snapshots", "--json").json()  # the first point, complete
+    repo = open_local_repository(target)
+    assert repo.load_point(only["id"])["copied_from"]["point"] == first
+    repo.close()
+    check = cli("check", "--read-data")
+    assert check.rc == 0, check.err

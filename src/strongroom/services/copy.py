@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from strongroom.errors import IntegrityError, ObjectNotFound
+from strongroom.errors import IntegrityError, ObjectNotFound, StrongroomError, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
@@ -160,8 +160,6 @@ def copy_points(
 ) -> CopySummary:
     """Copy the selected points of `src` into `dst` (see the module)."""
     if src.config.id == dst.config.id:
-        from strongroom.errors import UsageError
-
         raise UsageError("the source and the target are the same repository")
     clock = time.monotonic()
     wanted = select_points(src, refs, flt)
@@ -200,6 +198,9 @@ def copy_points(
                 except SeedBased as err:
                     translator.forget()  # what it mapped may have been dropped unstored
                     record.status, record.reason = "refused", f"seed-based ({err})"
+                except StrongroomError as err:  # one line that names the point
+                    err.args = (f"copying point {point.short_id}: {err}", *err.args[1:])
+                    raise
                 else:
                     record.status = "copied"
                     copied_ids[point.id] = record.target_id
