@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +201,31 @@ def test_copy_failing_midway_leaves_the_target_checkable(
     repo.close()
     check = cli("check", "--read-data")
     assert check.rc == 0, check.err
+
+
+def test_copy_into_a_clone_with_another_password_copies_chunks_by_id(
+    tmp_path: Path, cli: CliRunner, source: Path, repo_path: Path
+) -> None:
+    """A clone of the source (same master secret, another password): the fast
+    path copies chunks by id, nothing is re-cut, manifests stay byte-equal."""
+    src = tmp_path / "src"
+    write_file(src / "big.bin", random_bytes(2 << 20, 4))
+    on_source(cli, source, "backup", str(src))
+    shutil.copytree(source, repo_path)
+    clone = open_local_repository(repo_path, SOURCE_PASSWORD)
+    clone.change_password(PASSWORD.encode())
+    clone.close()
+    write_file(src / "more.bin", random_bytes(1 << 20, 5))
+    newest = on_source(cli, source, "backup", str(src), "--json").summary()["point_id"]
+
+    done = copy(cli, source)
+    assert (done["points_copied"], done["points_skipped"], done["same_keys"]) == (1, 1, True)
+    assert done["bytes_read"] == 1 << 20  # only the new file's chunks
+    (copied,) = [p for p in done["points"] if p["status"] == "copied"]
+    points = {p["id"]: p for p in cli("snapshots", "--json").json()}
+    source_points = {p["id"]: p for p in on_source(cli, source, "snapshots", "--json").json()}
+    assert points[copied["target_id"]]["tree"] == source_points[newest]["tree"]
+    restored = tmp_path / "restored"
+    assert cli("restore", copied["target_id"], "--target", str(restored)).rc == 0
+    assert walk_differences(src, restored / str(src).lstrip("/"), check_atime=False) == []
+    assert cli("check", "--read-data").rc == 0
