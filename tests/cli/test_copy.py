@@ -229,3 +229,26 @@ def test_copy_into_a_clone_with_another_password_copies_chunks_by_id(
     assert cli("restore", copied["target_id"], "--target", str(restored)).rc == 0
     assert walk_differences(src, restored / str(src).lstrip("/"), check_atime=False) == []
     assert cli("check", "--read-data").rc == 0
+
+
+def test_copy_from_an_sftp_source(tmp_path: Path, cli: CliRunner, target: Path) -> None:
+    from tests.helpers.sshd import HOST_ALIAS, available, ssh_server
+
+    if available() is not None:
+        pytest.skip(str(available()))
+    src = tmp_path / "src"
+    make_small_tree(src)
+    with ssh_server(tmp_path / "sshd") as server:
+        location = f"sftp://{HOST_ALIAS}/{server.folder / 'repo'}"
+        env = {**server.env, "STRONGROOM_PASSWORD": SOURCE_PASSWORD}
+        assert cli("-r", location, "init", env=env).rc == 0
+        assert cli("-r", location, "backup", str(src), env=env).rc == 0
+        result = cli(
+            "copy", "--from-repo", location, "--json",
+            env={**server.env, "STRONGROOM_FROM_PASSWORD": SOURCE_PASSWORD},
+        )  # fmt: skip
+    assert result.rc == 0, result.err
+    (point,) = result.summary()["points"]
+    restored = tmp_path / "restored"
+    assert cli("restore", point["target_id"], "--target", str(restored)).rc == 0
+    assert walk_differences(src, restored / str(src).lstrip("/"), check_atime=False) == []
