@@ -10,17 +10,19 @@ target repository with another password (the target's ``init`` is not timed):
 
 * ``strongroom copy``: the target has its own keys, so every file is streamed through the
   target's chunker and re-hashed (the general path: strongroom's ids are keyed);
-* ``restic copy``: a target made by plain ``restic init`` (other chunker parameters: restic
-  re-chunks every file too);
+* ``restic copy``: a target made by plain ``restic init``; restic copies its blobs as they
+  are (its blob ids are plain SHA-256, the same in every repository: nothing is re-cut,
+  each blob is decrypted, re-encrypted and packed again);
 * ``restic copy (same chunker)``: a target made by ``restic init --from-repo SRC
-  --copy-chunker-params`` (restic copies blobs without re-chunking: its fast case).
+  --copy-chunker-params``, the setup restic recommends so that later backups into the
+  target deduplicate against the copied data (the copy itself does the same work).
 
 The first round's strongroom target is restored and compared with the data set
 (``harness/verify.py``) and checked with ``check --read-data``; a mismatch or a failed check
 is a failure. A second ``strongroom copy`` into the same target is timed too (nothing to copy:
 the cost of recognising the points). Wall time, CPU time and peak RSS come from
 ``harness/spawn.py``'s launcher; the report gives medians over ``--runs`` rounds and the ratio
-against the re-chunking restic copy.
+against plain ``restic copy``.
 
 Usage::
 
