@@ -128,8 +128,13 @@ def test_copy_filters_dry_run_and_wrong_password(
     assert cli("snapshots", "--json").json() == []
     web = copy(cli, source, "--host", "web")
     assert web["points_copied"] == 1 and web["points"][0]["host"] == "web"
-    kept = copy(cli, source, "--tag", "keep")
-    assert kept["points_copied"] == 1 and kept["points"][0]["host"] == "db"
+    kept = cli(
+        "copy", "--tag", "keep", "--json", "--from-password-command",
+        f"cat {_password_file(tmp_path, SOURCE_PASSWORD)}",
+        env={"STRONGROOM_FROM_REPO": str(source)},
+    )  # fmt: skip
+    assert kept.rc == 0, kept.err
+    assert kept.summary()["points_copied"] == 1 and kept.summary()["points"][0]["host"] == "db"
     assert sorted(p["host"] for p in cli("snapshots", "--json").json()) == ["db", "web"]
 
     wrong = cli(
@@ -137,6 +142,9 @@ def test_copy_filters_dry_run_and_wrong_password(
     )
     assert wrong.rc == 12
     assert_one_line_error(wrong, "source repository", "wrong password", only=True)
+    no_password = cli("copy", "--from-repo", str(source))
+    assert no_password.rc == 2
+    assert_one_line_error(no_password, "no password given for the source repository", only=True)
     missing = cli("copy")
     assert missing.rc == 2 and "--from-repo" in missing.err
 
