@@ -7,6 +7,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +264,46 @@ def test_copy_from_an_sftp_source(tmp_path: Path, cli: CliRunner, target: Path) 
     restored = tmp_path / "restored"
     assert cli("restore", point["target_id"], "--target", str(restored)).rc == 0
     assert walk_differences(src, restored / str(src).lstrip("/"), check_atime=False) == []
+
+
+def test_copy_killed_midway_leaves_the_target_checkable_and_a_rerun_completes(
+    tmp_path: Path, cli: CliRunner, cli_env: dict[str, str], source: Path, target: Path
+) -> None:
+    """SIGKILL (no cleanup at all) while the copy reads its source's packs: the
+    target checks, and the next run copies what is missing."""
+    src = tmp_path / "src"
+    write_file(src / "small", b"small\n")
+    on_source(cli, source, "backup", str(src))
+    write_file(src / "big.bin", random_bytes(20 << 20, 11))
+    on_source(cli, source, "backup", str(src))
+    ready = tmp_path / "paused"
+    pause = Path(__file__).parents[1] / "helpers" / "pause_at_open.py"
+    args = ["copy", "--from-repo", str(source)]
+    proc = subprocess.Popen(
+        [sys.executable, str(pause), f"{source}/data/", "4", str(ready), *args],
+        env={**cli_env, "STRONGROOM_FROM_PASSWORD": SOURCE_PASSWORD},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the copy never reached its fourth pack"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(cli("snapshots", "--json").json()) < 2
+    assert cli("unlock").rc == 0  # the killed copy's lock (stale, or removed)
+    check = cli("check")
+    assert check.rc == 0, check.err
+
+    done = copy(cli, source)
+    assert done["points_copied"] + done["points_skipped"] == 2
+    restored = tmp_path / "restored"
+    assert cli("restore", "latest", "--target", str(restored)).rc == 0
+    assert walk_differences(src, restored / str(src).lstrip("/"), check_atime=False) == []
+    assert cli("check", "--read-data").rc == 0
