@@ -76,6 +76,14 @@ def test_file_tree_translated_once_per_run(pair: tuple[Repository, Repository]) 
         work.close()
     assert work.counts.bytes_read == len(data)  # three files of one content: read once
     assert work.counts.files_reused == 2
+    assert (work.progress.files_done, work.progress.bytes_done) == (3, 3 * len(data))
+    added = dst.stats.chunks_added
+    again = translator(src, dst)  # a new run: read again, nothing stored anew
+    try:
+        assert again.file_tree(roots[0]) == targets[0]
+    finally:
+        again.close()
+    assert again.counts.bytes_read == len(data) and dst.stats.chunks_added == added
     (h,) = decode_tree(dst.load_chunk(targets[1], BlobType.TREE))
     d, g = decode_tree(dst.load_chunk(targets[0], BlobType.TREE))
     assert _read_file(dst, h) == data and g.chunks == h.chunks
@@ -109,6 +117,7 @@ def test_vm_manifest_disks_translated(pair: tuple[Repository, Repository]) -> No
         dst.flush()
     finally:
         work.close()
+    assert work.progress.bytes_done == sum(len(c) for c in contents.values())
     copied = load_vm_manifest(dst, new)
     assert copied.vm == "guest" and [d.name for d in copied.disks] == ["system", "data"]
     for disk in copied.disks:

@@ -78,6 +78,7 @@ class Translator:
         self._trees: dict[bytes, bytes] = {}  # source manifest chunk -> target's
         self._contents: dict[bytes, tuple[list[bytes], list[int]]] = {}  # joined ids -> list
         self._blocks: dict[bytes, bytes] = {}  # source block chunk -> target's
+        self._sizes: dict[bytes, tuple[int, int]] = {}  # source manifest -> files, bytes
         self._pool = ThreadPoolExecutor(max(2, jobs), thread_name_prefix="copy")
         # The fast path: both repositories derive their ids and cuts from one
         # master secret (one is a copy of the other, with another password):
@@ -92,6 +93,7 @@ class Translator:
         """After the target dropped what was queued (`abandon`): nothing mapped so
         far may be taken as stored."""
         self._trees.clear()
+        self._sizes.clear()
         self._contents.clear()
         self._blocks.clear()
 
@@ -107,8 +109,13 @@ class Translator:
     def _tree(self, tree_id: bytes, path: TreePath) -> bytes:
         done = self._trees.get(tree_id)
         if done is not None:
+            files, size = self._sizes[tree_id]
+            self.progress.files_done += files
+            self.progress.bytes_done += size
             return done
         path.enter(tree_id)
+        files_before, bytes_before = self.progress.files_done, self.progress.bytes_done
+        size = 0
         wires = decode_wires(self.src.load_chunk(tree_id, BlobType.TREE))
         out: list[dict[str, Any]] = []
         for wire in wires:
@@ -119,15 +126,21 @@ class Translator:
             if node.type == FILE:
                 ids, sizes = self._content(node)
                 new["c"], new["cs"] = b"".join(ids), sizes
+                self.progress.files_done += 1
+                size += node.size
             elif node.chunks:
                 raise IntegrityError(f"tree {tree_id.hex()[:16]}: a non-file node holds chunks")
             if node.subtree is not None:
                 new["st"] = self._tree(node.subtree, path)
-            self.progress.files_done += 1
+                size += self._sizes[node.subtree][1]
             out.append(new)
         path.leave()
         new_id = self.dst.put_chunk(BlobType.TREE, encode_wires(out))
         self._trees[tree_id] = new_id
+        # What this tree holds, whatever was read for it (the progress counts
+        # each file's size once, read or found in the map).
+        self._sizes[tree_id] = (self.progress.files_done - files_before, size)
+        self.progress.bytes_done = bytes_before + size
         return new_id
 
     def _content(self, node: Node) -> tuple[list[bytes], list[int]]:
@@ -231,7 +244,9 @@ class Translator:
         and stored under the target's id (a block seen before is not read again)."""
         done = self._trees.get(root_id)
         if done is not None:
+            self.progress.bytes_done += self._sizes[root_id][1]
             return done
+        bytes_before = self.progress.bytes_done
         source = load_block_map(self.src, root_id)
         target = BlockMap.empty(source.size, source.block_size)
         wanted = []
@@ -242,7 +257,6 @@ class Translator:
             known = self._blocks.get(cid)
             if known is not None:
                 target.assign(block, known)
-                self.progress.bytes_done += source.extent(block)[1]
             else:
                 wanted.append((block, cid))
         # Read each new source chunk once, in map order, LOOKAHEAD ahead.
@@ -261,6 +275,8 @@ class Translator:
             target.assign(block, self._blocks[cid])
         new_root = save_block_map(self.dst, target)
         self._trees[root_id] = new_root
+        self._sizes[root_id] = (0, source.size)  # the progress counts the whole disk
+        self.progress.bytes_done = bytes_before + source.size
         return new_root
 
     def vm_manifest(self, manifest_id: bytes) -> bytes:

@@ -142,6 +142,20 @@ def refusal(point: RecoveryPoint, doc: dict[str, Any]) -> str | None:
     return None
 
 
+def logical_size(point: RecoveryPoint) -> int | None:
+    """The bytes a point holds (a file tree's files, a disk's or VM's virtual
+    size), from its summary, for the progress's total; None if it does not say."""
+    summary = point.summary
+    if point.kind in (PointKind.FILES, PointKind.BLOCK):
+        size = summary.get("total_bytes" if point.kind == PointKind.FILES else "size")
+        return size if type(size) is int else None
+    disks = summary.get("disks", [])
+    sizes: list[int] = [
+        d["size"] for d in disks if isinstance(d, dict) and type(d.get("size")) is int
+    ]
+    return sum(sizes) if disks and len(sizes) == len(disks) else None
+
+
 def select_points(src: Repository, refs: list[str], flt: PointFilter) -> list[RecoveryPoint]:
     """The source points to copy, oldest first (parents before children)."""
     if refs:
@@ -175,37 +189,44 @@ def copy_points(
         if isinstance(origin, dict) and isinstance(origin.get("point"), str):
             copied_ids[origin["point"]] = p.id
     summary = CopySummary(dry_run=dry_run)
-    state = Progress(job="copy")
-    translator = None if dry_run else Translator(src, dst, state, progress)
+    todo: list[tuple[RecoveryPoint, dict[str, Any], CopiedPoint]] = []
+    for point in wanted:
+        doc = docs.get(point.id)
+        record = CopiedPoint(
+            point.id, "", "", str(point.kind), point.host, point.time.isoformat(), point.paths
+        )
+        summary.points.append(record)
+        if doc is None:
+            record.status, record.reason = "refused", "damaged or removed while copying"
+        elif (found := present.get(_identity(point, doc))) is not None:
+            record.status, record.target_id = "skipped", found
+            copied_ids.setdefault(point.id, found)
+        elif (why := refusal(point, doc)) is not None:
+            record.status, record.reason = "refused", why
+        elif dry_run:
+            record.status = "would-copy"
+        else:
+            todo.append((point, doc, record))
+            continue
+        on_point(record)
+    sizes = [logical_size(point) for point, _, _ in todo]
+    known = [size for size in sizes if size is not None]
+    state = Progress(job="copy", bytes_total=sum(known) if len(known) == len(sizes) else None)
+    translator = Translator(src, dst, state, progress) if todo else None
     try:
-        for point in wanted:
-            doc = docs.get(point.id)
-            record = CopiedPoint(
-                point.id, "", "", str(point.kind), point.host, point.time.isoformat(), point.paths
-            )
-            if doc is None:
-                record.status, record.reason = "refused", "damaged or removed while copying"
-            elif (found := present.get(_identity(point, doc))) is not None:
-                record.status, record.target_id = "skipped", found
-                copied_ids.setdefault(point.id, found)
-            elif (why := refusal(point, doc)) is not None:
-                record.status, record.reason = "refused", why
-            elif translator is None:
-                record.status = "would-copy"
+        for point, doc, record in todo:
+            assert translator is not None
+            try:
+                record.target_id = _copy_one(translator, dst, src, point, doc, copied_ids)
+            except SeedBased as err:
+                translator.forget()  # what it mapped may have been dropped unstored
+                record.status, record.reason = "refused", f"seed-based ({err})"
+            except StrongroomError as err:  # one line that names the point
+                err.args = (f"copying point {point.short_id}: {err}", *err.args[1:])
+                raise
             else:
-                try:
-                    record.target_id = _copy_one(translator, dst, src, point, doc, copied_ids)
-                except SeedBased as err:
-                    translator.forget()  # what it mapped may have been dropped unstored
-                    record.status, record.reason = "refused", f"seed-based ({err})"
-                except StrongroomError as err:  # one line that names the point
-                    err.args = (f"copying point {point.short_id}: {err}", *err.args[1:])
-                    raise
-                else:
-                    record.status = "copied"
-                    copied_ids[point.id] = record.target_id
-                    present[_identity(point, doc)] = record.target_id
-            summary.points.append(record)
+                record.status = "copied"
+                copied_ids[point.id] = record.target_id
             on_point(record)
     finally:
         if translator is not None:
