@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import CliRunner, init_local_repository, open_local_repository
 from tests.helpers.cli import PASSWORD, assert_one_line_error
 from tests.helpers.compare import walk_differences
+from tests.helpers.marks import needs_root
 from tests.helpers.tree import make_small_tree, random_bytes, write_file
 
 SOURCE_PASSWORD = "the source's own password"
@@ -354,3 +355,34 @@ def test_copy_vm_point_restores_every_disk(
     for name, data in contents.items():
         assert (out / f"{name}.raw").read_bytes() == data
     assert cli("check", "--read-data").rc == 0
+
+
+@pytest.mark.root
+@needs_root
+def test_copy_from_a_source_it_cannot_write_reads_it_without_a_lock(
+    tmp_path: Path, cli: CliRunner, source: Path, target: Path
+) -> None:
+    """A source whose locks folder is immutable (`chattr +i`: not even root writes
+    there, as on read-only storage): copied without a lock, with a warning."""
+    src = tmp_path / "src"
+    make_small_tree(src)
+    on_source(cli, source, "backup", str(src))
+    locks = source / "locks"
+    locks.mkdir(exist_ok=True)
+    if subprocess.run(["chattr", "+i", str(locks)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        result = cli(
+            "copy", "--from-repo", str(source), "--json",
+            env={"STRONGROOM_FROM_PASSWORD": SOURCE_PASSWORD},
+        )  # fmt: skip
+    finally:
+        subprocess.run(["chattr", "-i", str(locks)], check=True)
+    assert result.rc == 0, result.err
+    assert result.summary()["points_copied"] == 1
+    (warning,) = [v for v in result.lines() if v["message_type"] == "warning"]
+    assert "no lock could be taken" in warning["message"]
+    assert list(locks.iterdir()) == []
+    restored = tmp_path / "restored"
+    assert cli("restore", "latest", "--target", str(restored)).rc == 0
+    assert walk_differences(src, restored / str(src).lstrip("/"), check_atime=False) == []

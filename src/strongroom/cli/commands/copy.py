@@ -11,7 +11,7 @@ import click
 from strongroom.cli.commands.points import point_filter_options
 from strongroom.cli.context import App, pass_app, source_password
 from strongroom.cli.output import human_bytes, plural
-from strongroom.errors import ExitCode, RepositoryError, UsageError
+from strongroom.errors import ExitCode, RepositoryError, StorageError, UsageError
 from strongroom.model.names import printable
 
 if TYPE_CHECKING:
@@ -22,12 +22,23 @@ if TYPE_CHECKING:
 @contextmanager
 def _source(app: App, location: str, password: bytes) -> Iterator[Repository]:
     """The source repository, under a shared lock (backups into it go on; a prune
-    waits): errors opening it say that it is the source."""
+    waits); errors opening it say that it is the source. A source where no lock
+    can be written (read-only storage or permissions) is read without one: a
+    prune of it meanwhile can then fail the copy, never damage the target."""
     from strongroom.services.session import LockMode, open_repository
 
     with ExitStack() as stack:
         try:
-            repo = stack.enter_context(open_repository(location, password, lock=LockMode.SHARED))
+            try:
+                repo = stack.enter_context(
+                    open_repository(location, password, lock=LockMode.SHARED)
+                )
+            except (StorageError, PermissionError) as err:
+                repo = stack.enter_context(open_repository(location, password, lock=LockMode.NONE))
+                app.out.warn(
+                    f"source repository {location}: no lock could be taken ({err}); "
+                    "reading it without one"
+                )
         except RepositoryError as err:
             raise type(err)(f"source repository {location}: {err}") from None
         repo.damage.listen(lambda message: app.out.notice(f"warning: source: {message} (skipped)"))
