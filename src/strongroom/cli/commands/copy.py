@@ -96,7 +96,7 @@ def copy(
     flt = PointFilter(list(hosts), list(tags), list(paths))
 
     def said(p: CopiedPoint) -> None:
-        what = f"{p.source_id[:8]} ({p.kind}, {printable(p.host)}, {p.time[:19]})"
+        what = f"{p.source_id[:8]} ({printable(p.kind)}, {printable(p.host)}, {p.time[:19]})"
         if p.status == "refused":
             out.warn(f"point {what} not copied: {p.reason}")
         elif not out.json:
