@@ -14,6 +14,7 @@ from tests.bench.conftest import BENCH
 BENCHMARKS = (
     "cdp",
     "cdp_service",
+    "copy_repo",
     "files",
     "images",
     "media",

@@ -160,3 +160,34 @@ def password_from_command(command: str) -> bytes:
     if not lines or not lines[0]:
         raise UsageError(f"password command {argv[0]} printed no password")
     return lines[0]
+
+
+def source_password(file: str | None, command: str | None) -> bytes:
+    """The password of a second repository (`copy --from-repo`): from its own
+    file or command, STRONGROOM_FROM_PASSWORD, or a prompt (terminal only); the
+    main repository's password sources are never taken for it."""
+    if file and command:
+        raise UsageError("--from-password-file and --from-password-command exclude each other")
+    if file:
+        return _password_from_file(file)
+    if command:
+        return password_from_command(command)
+    env = os.environ.get("STRONGROOM_FROM_PASSWORD")
+    if env:
+        return env.encode()
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no password given for the source repository: set STRONGROOM_FROM_PASSWORD, "
+            "STRONGROOM_FROM_PASSWORD_FILE or STRONGROOM_FROM_PASSWORD_COMMAND, or use "
+            "--from-password-file or --from-password-command"
+        )
+    value: str = click.prompt(
+        "Enter password of the source repository",
+        hide_input=True,
+        default="",
+        show_default=False,
+        err=True,
+    )
+    if not value:
+        raise UsageError("an empty password opens no repository")
+    return value.encode()

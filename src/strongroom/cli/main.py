@@ -57,6 +57,7 @@ COMMANDS: dict[str, str] = {
     "media": "media:media",
     "pool": "pool:pool",
     "copy-to-media": "copy_to_media:copy_to_media",
+    "copy": "copy:copy",
     "cache": "cache:cache",
     "version": "version:version",
     "completion": "completion:completion",

@@ -1,0 +1,133 @@
+"""strongroom copy: copy points from another repository into this one (restic's `copy`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
+
+import click
+
+from strongroom.cli.commands.points import point_filter_options
+from strongroom.cli.context import App, pass_app, source_password
+from strongroom.cli.output import human_bytes, plural
+from strongroom.errors import ExitCode, RepositoryError, StorageError, UsageError
+from strongroom.model.names import printable
+
+if TYPE_CHECKING:
+    from strongroom.services.copy import CopiedPoint
+    from strongroom.services.session import Repository
+
+
+@contextmanager
+def _source(app: App, location: str, password: bytes) -> Iterator[Repository]:
+    """The source repository, under a shared lock (backups into it go on; a prune
+    waits); errors opening it say that it is the source. A source where no lock
+    can be written (read-only storage or permissions) is read without one: a
+    prune of it meanwhile can then fail the copy, never damage the target."""
+    from strongroom.services.session import LockMode, open_repository
+
+    with ExitStack() as stack:
+        try:
+            try:
+                repo = stack.enter_context(
+                    open_repository(location, password, lock=LockMode.SHARED)
+                )
+            except (StorageError, PermissionError) as err:
+                repo = stack.enter_context(open_repository(location, password, lock=LockMode.NONE))
+                app.out.warn(
+                    f"source repository {location}: no lock could be taken ({err}); "
+                    "reading it without one"
+                )
+        except RepositoryError as err:
+            raise type(err)(f"source repository {location}: {err}") from None
+        repo.damage.listen(lambda message: app.out.notice(f"warning: source: {message} (skipped)"))
+        yield repo
+
+
+@click.command()
+@click.argument("points", nargs=-1)
+@click.option(
+    "--from-repo",
+    envvar=["STRONGROOM_FROM_REPO", "STRONGROOM_FROM_REPOSITORY"],
+    metavar="LOCATION",
+    help="The repository to copy from [env STRONGROOM_FROM_REPO or STRONGROOM_FROM_REPOSITORY].",
+)
+@click.option(
+    "--from-password-file",
+    envvar="STRONGROOM_FROM_PASSWORD_FILE",
+    type=click.Path(),
+    help="Read the source's password from this file [env STRONGROOM_FROM_PASSWORD_FILE].",
+)
+@click.option(
+    "--from-password-command",
+    envvar="STRONGROOM_FROM_PASSWORD_COMMAND",
+    metavar="CMD",
+    help="Run CMD for the source's password [env STRONGROOM_FROM_PASSWORD_COMMAND].",
+)
+@point_filter_options
+@click.option("--dry-run", "-n", is_flag=True, help="Only say which points would be copied.")
+@pass_app
+def copy(
+    app: App,
+    points: tuple[str, ...],
+    from_repo: str | None,
+    from_password_file: str | None,
+    from_password_command: str | None,
+    hosts: tuple[str, ...],
+    tags: tuple[str, ...],
+    paths: tuple[str, ...],
+    dry_run: bool,
+) -> None:
+    """Copy POINTS (ids, or `latest`), or every point matching --host/--tag/--path,
+    from the repository --from-repo into this one.
+
+    Data is re-chunked and stored under this repository's keys (deduplicated
+    against what it holds); metadata is kept. Points already here are skipped, so
+    running it again copies only what is new. Points of a kind it cannot copy
+    (seed-based, continuous protection) are named and left: exit code 3."""
+    from strongroom.services.copy import copy_points
+    from strongroom.services.points import PointFilter
+    from strongroom.services.session import LockMode
+
+    if not from_repo:
+        raise UsageError("give the repository to copy from: --from-repo LOCATION")
+    out = app.out
+    flt = PointFilter(list(hosts), list(tags), list(paths))
+
+    def said(p: CopiedPoint) -> None:
+        what = f"{p.source_id[:8]} ({printable(p.kind)}, {printable(p.host)}, {p.time[:19]})"
+        if p.status == "refused":
+            out.warn(f"point {what} not copied: {p.reason}")
+        elif not out.json:
+            arrow = f" -> {p.target_id[:8]}" if p.target_id else ""
+            verb = {"skipped": "already present", "would-copy": "would copy"}.get(
+                p.status, "copied"
+            )
+            out.info(f"{verb} {what}{arrow}")
+
+    password = source_password(from_password_file, from_password_command)
+    with (
+        app.repository(LockMode.SHARED) as dst,
+        _source(app, from_repo, password) as src,
+        out.progress("copy") as progress,
+    ):
+        summary = copy_points(
+            src, dst, list(points), flt, dry_run=dry_run, progress=progress, on_point=said
+        )
+    doc = summary.as_dict()
+    copied = summary.count("would-copy" if dry_run else "copied")
+    verb = "would copy" if dry_run else "copied"
+    lines = [
+        f"{verb} {plural(copied, 'point')}, {summary.count('skipped')} already present"
+        + (f", {summary.count('refused')} not copied" if summary.count("refused") else ""),
+    ]
+    if not dry_run:
+        lines.append(
+            f"read {human_bytes(summary.bytes_read)} from the source, added "
+            f"{human_bytes(summary.data_added)} ({human_bytes(summary.data_added_stored)} "
+            f"stored) in {summary.seconds:.1f} s"
+        )
+    out.summary(doc, lines)
+    if summary.count("refused"):
+        raise SystemExit(ExitCode.PARTIAL)

@@ -1,0 +1,272 @@
+"""`strongroom copy`: points from one repository into another, as restic's `copy`.
+
+Which points: those named (ids, `latest`) or, with none named, every point
+matching the filter. A point already in the target is skipped: a target point
+is the same point when kind, time, host, user, paths and tags are equal and it
+has the same origin (its `original`, or its id when it has none: a copy records
+the source point's `original`, or the source id, so the copy of a copy and a
+copy back are recognised too). That makes `copy` idempotent, and a retagged
+source point (new tags) is copied again, as restic does.
+
+The copy keeps every field of the source document (fields this version does not
+know included) but its `tree` (the target's manifest), its `parent` (the
+target's copy of the parent if there is one, else none: `parent` is a hint) and
+adds `copied_from` {repository: the source's config id, point: the source id}.
+
+Kinds: `files`, `block` and `vm` points are copied (pipeline/copy_tree.py).
+Points made against seeds (their seeds are not in the target), points of
+continuous protection (their cycle state belongs to the source repository's
+protection) and kinds this version does not know are refused, one line each, and
+the others still copied: the command then ends with exit code 3.
+
+Consistency: each point's data, trees and index are flushed to the target before
+the point object is written (the backup's write order, under the target's shared
+lock, so a prune cannot remove what it relies on); an interrupted copy leaves the
+points already copied and indexed data the next run reuses, nothing dangling.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from strongroom.errors import IntegrityError, ObjectNotFound, StrongroomError
+from strongroom.model.kinds import PointKind
+from strongroom.model.names import printable
+from strongroom.model.point import RecoveryPoint
+from strongroom.pipeline.copy_tree import SeedBased, Translator
+from strongroom.repository.repo import Repository
+from strongroom.services.points import PointFilter, find_point, list_points
+from strongroom.types import Progress, ProgressCallback, no_progress
+
+COPIED_FROM = "copied_from"
+
+
+@dataclass
+class CopiedPoint:
+    source_id: str
+    target_id: str  # "" when skipped, refused or in a dry run
+    status: str  # copied, would-copy, skipped (already present), refused
+    kind: str
+    host: str
+    time: str
+    paths: list[str]
+    reason: str = ""  # why refused
+
+
+@dataclass
+class CopySummary:
+    points: list[CopiedPoint] = field(default_factory=list)
+    bytes_read: int = 0  # plaintext read from the source
+    files_reused: int = 0  # file contents not read again (translated earlier this run)
+    data_added: int = 0  # raw bytes of chunks added at the target (trees included)
+    data_added_stored: int = 0
+    chunks_added: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    same_keys: bool = False  # the fast path: chunks copied by id, nothing re-cut
+
+    def count(self, status: str) -> int:
+        return sum(1 for p in self.points if p.status == status)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "points_copied": self.count("copied"),
+            "points_would_copy": self.count("would-copy"),
+            "points_skipped": self.count("skipped"),
+            "points_refused": self.count("refused"),
+            "bytes_read": self.bytes_read,
+            "files_reused": self.files_reused,
+            "data_added": self.data_added,
+            "data_added_stored": self.data_added_stored,
+            "chunks_added": self.chunks_added,
+            "seconds": round(self.seconds, 3),
+            "dry_run": self.dry_run,
+            "same_keys": self.same_keys,
+            "points": [
+                {
+                    "source_id": p.source_id,
+                    "target_id": p.target_id or None,
+                    "status": p.status,
+                    "kind": p.kind,
+                    "host": p.host,
+                    "time": p.time,
+                    "paths": p.paths,
+                    **({"reason": p.reason} if p.reason else {}),
+                }
+                for p in self.points
+            ],
+        }
+
+
+def _identity(point: RecoveryPoint, doc: dict[str, Any]) -> tuple[object, ...]:
+    """What makes two points in two repositories the same point (see the module)."""
+    original = doc.get("original")
+    origin = original if isinstance(original, str) and original else point.id
+    return (
+        str(point.kind),
+        point.time,
+        point.host,
+        point.user,
+        tuple(sorted(point.paths)),
+        tuple(point.tags),
+        origin,
+    )
+
+
+def _documents(repo: Repository, points: list[RecoveryPoint]) -> dict[str, dict[str, Any]]:
+    """Each point's stored document (read in parallel; cached on remote storage)."""
+
+    def read(point: RecoveryPoint) -> tuple[str, dict[str, Any] | None]:
+        try:
+            return point.id, repo.load_point(point.id)
+        except (ObjectNotFound, IntegrityError):
+            return point.id, None  # forgotten or damaged since listed
+
+    workers = max(1, min(repo.backend.capabilities.parallel_requests, len(points) or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        return {pid: doc for pid, doc in pool.map(read, points) if doc is not None}
+
+
+def refusal(point: RecoveryPoint, doc: dict[str, Any]) -> str | None:
+    """Why this point is not copied, or None."""
+    if point.kind not in (PointKind.FILES, PointKind.BLOCK, PointKind.VM):
+        return f"of kind {printable(str(point.kind))}, which this strongroom cannot read"
+    if point.seeds is not None or "seeds" in doc:
+        return "seed-based (its seeds are not in the target)"
+    if "protect" in point.summary:
+        return "a point of continuous protection (its cycle state stays with the source)"
+    return None
+
+
+def logical_size(point: RecoveryPoint) -> int | None:
+    """The bytes a point holds (a file tree's files, a disk's or VM's virtual
+    size), from its summary, for the progress's total; None if it does not say."""
+    summary = point.summary
+    if point.kind in (PointKind.FILES, PointKind.BLOCK):
+        size = summary.get("total_bytes" if point.kind == PointKind.FILES else "size")
+        return size if type(size) is int else None
+    disks = summary.get("disks", [])
+    sizes: list[int] = [
+        d["size"] for d in disks if isinstance(d, dict) and type(d.get("size")) is int
+    ]
+    return sum(sizes) if disks and len(sizes) == len(disks) else None
+
+
+def select_points(src: Repository, refs: list[str], flt: PointFilter) -> list[RecoveryPoint]:
+    """The source points to copy, oldest first (parents before children)."""
+    if refs:
+        found = {p.id: p for p in (find_point(src, r, flt) for r in refs)}
+        return sorted(found.values(), key=lambda p: (p.time, p.id))
+    return list_points(src, flt)
+
+
+def copy_points(
+    src: Repository,
+    dst: Repository,
+    refs: list[str],
+    flt: PointFilter,
+    *,
+    dry_run: bool = False,
+    progress: ProgressCallback = no_progress,
+    on_point: Callable[[CopiedPoint], None] = lambda _: None,
+) -> CopySummary:
+    """Copy the selected points of `src` into `dst` (see the module)."""
+    clock = time.monotonic()
+    wanted = select_points(src, refs, flt)
+    docs = _documents(src, wanted)
+    present_points = list_points(dst)
+    present_docs = _documents(dst, present_points)
+    present = {
+        _identity(p, present_docs[p.id]): p.id for p in present_points if p.id in present_docs
+    }
+    copied_ids: dict[str, str] = {}  # source id -> target id, for parents
+    for p in present_points:
+        origin = present_docs.get(p.id, {}).get(COPIED_FROM)
+        if isinstance(origin, dict) and isinstance(origin.get("point"), str):
+            copied_ids[origin["point"]] = p.id
+    summary = CopySummary(dry_run=dry_run)
+    todo: list[tuple[RecoveryPoint, dict[str, Any], CopiedPoint]] = []
+    for point in wanted:
+        doc = docs.get(point.id)
+        record = CopiedPoint(
+            point.id, "", "", str(point.kind), point.host, point.time.isoformat(), point.paths
+        )
+        summary.points.append(record)
+        if doc is None:
+            record.status, record.reason = "refused", "damaged or removed while copying"
+        elif (found := present.get(_identity(point, doc))) is not None:
+            record.status, record.target_id = "skipped", found
+            copied_ids.setdefault(point.id, found)
+        elif (why := refusal(point, doc)) is not None:
+            record.status, record.reason = "refused", why
+        elif dry_run:
+            record.status = "would-copy"
+        else:
+            todo.append((point, doc, record))
+            continue
+        on_point(record)
+    sizes = [logical_size(point) for point, _, _ in todo]
+    known = [size for size in sizes if size is not None]
+    state = Progress(job="copy", bytes_total=sum(known) if len(known) == len(sizes) else None)
+    translator = Translator(src, dst, state, progress) if todo else None
+    try:
+        for point, doc, record in todo:
+            assert translator is not None
+            try:
+                record.target_id = _copy_one(translator, dst, src, point, doc, copied_ids)
+            except SeedBased as err:
+                translator.forget()  # what it mapped may have been dropped unstored
+                record.status, record.reason = "refused", f"seed-based ({err})"
+            except StrongroomError as err:  # one line that names the point
+                err.args = (f"copying point {point.short_id}: {err}", *err.args[1:])
+                raise
+            else:
+                record.status = "copied"
+                copied_ids[point.id] = record.target_id
+            on_point(record)
+    finally:
+        if translator is not None:
+            translator.close()
+            summary.bytes_read = translator.counts.bytes_read
+            summary.files_reused = translator.counts.files_reused
+            summary.same_keys = translator.same_keys
+    stats = dst.stats
+    summary.data_added = stats.bytes_added_raw
+    summary.data_added_stored = stats.bytes_added_stored
+    summary.chunks_added = stats.chunks_added
+    summary.seconds = time.monotonic() - clock
+    return summary
+
+
+def _copy_one(
+    translator: Translator,
+    dst: Repository,
+    src: Repository,
+    point: RecoveryPoint,
+    doc: dict[str, Any],
+    copied_ids: dict[str, str],
+) -> str:
+    """Translate one point's manifest, flush, then write its document; the target id."""
+    root = bytes.fromhex(point.tree)
+    try:
+        if point.kind == PointKind.FILES:
+            tree = translator.file_tree(root)
+        elif point.kind == PointKind.BLOCK:
+            tree = translator.block_map(root)
+        else:
+            tree = translator.vm_manifest(root)
+        dst.flush()
+    except BaseException:
+        dst.abandon()  # what was stored is indexed: the next run reuses it
+        raise
+    new = {k: v for k, v in doc.items() if k != "id"}
+    new["tree"] = tree.hex()
+    new["parent"] = copied_ids.get(point.parent) if point.parent else None
+    original = doc.get("original")
+    new["original"] = original if isinstance(original, str) and original else point.id
+    new[COPIED_FROM] = {"repository": src.config.id, "point": point.id}
+    return dst.save_point(new)
