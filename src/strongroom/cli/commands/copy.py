@@ -24,17 +24,23 @@ def _source(app: App, location: str, password: bytes) -> Iterator[Repository]:
     """The source repository, under a shared lock (backups into it go on; a prune
     waits); errors opening it say that it is the source. A source where no lock
     can be written (read-only storage or permissions) is read without one: a
-    prune of it meanwhile can then fail the copy, never damage the target."""
+    prune of it meanwhile can then fail the copy, never damage the target.
+    `--limit-download` holds what is read from it (and from the target, which
+    `App.repository` opens), `--limit-upload` what is written to the target."""
     from strongroom.services.session import LockMode, open_repository
+
+    limit = app.settings.limit_download  # --limit-download holds the source's reads
 
     with ExitStack() as stack:
         try:
             try:
                 repo = stack.enter_context(
-                    open_repository(location, password, lock=LockMode.SHARED)
+                    open_repository(location, password, lock=LockMode.SHARED, limit_download=limit)
                 )
             except (StorageError, PermissionError) as err:
-                repo = stack.enter_context(open_repository(location, password, lock=LockMode.NONE))
+                repo = stack.enter_context(
+                    open_repository(location, password, lock=LockMode.NONE, limit_download=limit)
+                )
                 app.out.warn(
                     f"source repository {location}: no lock could be taken ({err}); "
                     "reading it without one"
