@@ -386,3 +386,22 @@ def test_copy_from_a_source_it_cannot_write_reads_it_without_a_lock(
     restored = tmp_path / "restored"
     assert cli("restore", "latest", "--target", str(restored)).rc == 0
     assert walk_differences(src, restored / str(src).lstrip("/"), check_atime=False) == []
+
+
+def test_limit_download_holds_the_source_reads(
+    tmp_path: Path, cli: CliRunner, source: Path, target: Path
+) -> None:
+    """3 MiB of incompressible packs read from the source at 4 MiB/s: 0.75 s at least
+    (less the bucket's 0.25 s burst)."""
+    src = tmp_path / "src"
+    write_file(src / "random.bin", random_bytes(3 << 20, 11))
+    on_source(cli, source, "backup", str(src))
+    t0 = time.monotonic()
+    result = cli(
+        "--limit-download", "4M", "copy", "--from-repo", str(source), "--json",
+        env={"STRONGROOM_FROM_PASSWORD": SOURCE_PASSWORD},
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert result.rc == 0, result.err
+    assert result.summary()["points_copied"] == 1
+    assert elapsed >= 0.5
