@@ -29,3 +29,33 @@ def nonzero_runs(
             start = pos
     if start is not None:
         yield start, len(whole)
+
+
+HOLE_PIECE = 4096  # a file system block: the smallest hole worth leaving
+_ZERO_PIECE = bytes(HOLE_PIECE)
+
+
+def data_runs(data: bytes, piece: int = HOLE_PIECE) -> Iterator[tuple[int, int]]:
+    """(start, end) of what to write of `data` into a fresh (all-hole) range:
+    everything but its all-zero `piece`-aligned pieces, which stay holes.
+
+    One `bytes.find` decides the usual case (data with no zero piece in it,
+    written whole in one run) at memory speed; only data that holds a zero
+    piece somewhere is scanned piece by piece, from the first one found."""
+    first = data.find(_ZERO_PIECE if piece == HOLE_PIECE else bytes(piece))
+    if first < 0:
+        if data:
+            yield 0, len(data)
+        return
+    start = first - first % piece  # the aligned piece holding the start of that zero run
+    pending = 0 if start else None  # data before `start` holds no whole zero piece
+    for begin, end in nonzero_runs(memoryview(data)[start:], piece):
+        if pending is not None and begin == 0:
+            yield 0, start + end
+        else:
+            if pending is not None:
+                yield 0, start
+            yield start + begin, start + end
+        pending = None
+    if pending is not None:
+        yield 0, start
