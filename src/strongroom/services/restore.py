@@ -27,7 +27,8 @@ from strongroom.pipeline.restore import (
     Selection,
 )
 from strongroom.repository.repo import Repository
-from strongroom.services.image_files import extract, open_image_filesystem
+from strongroom.services.image_files import open_image_filesystem
+from strongroom.services.image_include import extract_with_full_path
 from strongroom.services.image_restore import restore_image, restore_overlay
 from strongroom.services.points import PointFilter, find_point, require_files
 from strongroom.services.scope import (
@@ -274,9 +275,10 @@ def restore_point(
             return _restore_image_scoped(repo, p, req, progress, cancel)
         if not req.include:
             return ImageRestored(p, restore_image(repo, p, req.target, req.fmt, progress, cancel))
+        paths = [point_path(path) for path in req.include]
         with open_image_filesystem(repo, p, req.partition) as fs:
-            total = sum(extract(fs, path, req.target) for path in req.include)
-        return ImageFilesRestored(p, fs.kind, req.include, total)
+            total = sum(extract_with_full_path(fs, path, req.target) for path in paths)
+        return ImageFilesRestored(p, fs.kind, paths, total)
     require_files(p)
     if req.backing or req.verify_backing:
         raise UsageError("--backing goes with image points (--scope user of a disk image)")
