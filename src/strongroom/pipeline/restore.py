@@ -251,6 +251,10 @@ class FileRestore:
             self.progress.files_total, self.progress.bytes_total = totals
         # Directories this restore made or entered: never removed to make room.
         self._made: set[tuple[int, int]] = set()
+        # Descriptors of directories this restore created empty: nothing in the
+        # way of their entries, so no lstat per entry (a fresh restore of small
+        # files pays nothing for --overwrite).
+        self._fresh: set[int] = set()
         self._work = work_queue(workers, depth=4 * workers + 4)
         # Whole files waiting to be submitted as one job: (dir_fd, [(node, path)]).
         self._batch_fd = -1
@@ -379,9 +383,11 @@ class FileRestore:
             sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             self._fds.add(sub_fd)
             return sub_fd
+        fresh = True
         try:
             os.mkdir(name, 0o700, dir_fd=dir_fd)
         except FileExistsError:  # reuse a directory, replace anything else
+            fresh = False
             if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                 if self.overwrite == "never":
                     raise FileExistsError(
@@ -393,6 +399,8 @@ class FileRestore:
         self._fds.add(sub_fd)
         st = os.fstat(sub_fd)
         self._made.add((st.st_dev, st.st_ino))
+        if fresh:
+            self._fresh.add(sub_fd)
         self.summary.dirs += 1
         return sub_fd
 
@@ -489,6 +497,12 @@ class FileRestore:
             self._clear(dir_fd, name)
             return make()
 
+    def _existing(self, dir_fd: int, name: bytes) -> os.stat_result | None:
+        """What is at `name` now (None in a directory this restore made: nothing
+        but what it wrote; a tree naming an entry twice is still met by the
+        exclusive creates)."""
+        return None if dir_fd in self._fresh else _lstat(dir_fd, name)
+
     def _plan(self, node: Node, st: os.stat_result | None) -> int:
         """What to do with an entry's name, by --overwrite and what is there."""
         if st is None:
@@ -548,7 +562,7 @@ class FileRestore:
         if node.type in (CHARDEV, BLOCKDEV) and not IS_ROOT:
             self._warn(f"{printable(path)}: device nodes need root; skipped")
             return
-        st = _lstat(dir_fd, name)
+        st = self._existing(dir_fd, name)
         plan = self._plan(node, st)
         status = RESTORED if plan == _NEW else UPDATED
         if st is not None and plan != _SKIP and self._same_entry(node, dir_fd, st):
@@ -590,6 +604,7 @@ class FileRestore:
 
     def _close(self, fd: int) -> None:
         self._fds.discard(fd)
+        self._fresh.discard(fd)
         os.close(fd)
 
     # --- files ---------------------------------------------------------------
@@ -603,7 +618,7 @@ class FileRestore:
         if linked:
             first = self._links.get((node.device, node.inode))
             if first is not None:
-                plan = self._plan(node, _lstat(dir_fd, name))
+                plan = self._plan(node, self._existing(dir_fd, name))
                 self._done(_STATUS[plan], path)
                 if plan != _SKIP and not self.dry_run:
                     self._link(first, name, dir_fd)
@@ -611,7 +626,7 @@ class FileRestore:
         if len(node.chunks) <= 1 and not linked:  # later links need the file to exist now
             self._add_to_batch(node, dir_fd, path)
             return
-        st = _lstat(dir_fd, name)
+        st = self._existing(dir_fd, name)
         plan = self._plan(node, st)
         fd = self._open_existing(dir_fd, name, st) if plan == _IN_PLACE and st else None
         if fd is None and plan == _IN_PLACE:
@@ -743,7 +758,7 @@ class FileRestore:
         """(bytes written, damage or None, warnings, status) of one whole file
         (thread-safe: what is in the way is looked at here, on the worker)."""
         name = node.name
-        st = _lstat(dir_fd, name)
+        st = self._existing(dir_fd, name)
         plan = self._plan(node, st)
         if plan == _SKIP:
             return 0, None, [], UNCHANGED
