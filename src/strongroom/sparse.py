@@ -39,23 +39,27 @@ def data_runs(data: bytes, piece: int = HOLE_PIECE) -> Iterator[tuple[int, int]]
     """(start, end) of what to write of `data` into a fresh (all-hole) range:
     everything but its all-zero `piece`-aligned pieces, which stay holes.
 
-    One `bytes.find` decides the usual case (data with no zero piece in it,
-    written whole in one run) at memory speed; only data that holds a zero
-    piece somewhere is scanned piece by piece, from the first one found."""
-    first = data.find(_ZERO_PIECE if piece == HOLE_PIECE else bytes(piece))
-    if first < 0:
+    A piece can be all zeros only if its first byte is: one strided slice
+    (`data[::piece]`, 256 bytes of a MiB) and a memchr decide the usual case
+    (no such piece: one run) at a few microseconds a MiB; only the pieces
+    that start with a zero are compared whole (a memcmp that stops at the
+    first non-zero byte)."""
+    heads = data[::piece]
+    if 0 not in heads:
         if data:
             yield 0, len(data)
         return
-    start = first - first % piece  # the aligned piece holding the start of that zero run
-    pending = 0 if start else None  # data before `start` holds no whole zero piece
-    for begin, end in nonzero_runs(memoryview(data)[start:], piece):
-        if pending is not None and begin == 0:
-            yield 0, start + end
-        else:
-            if pending is not None:
-                yield 0, start
-            yield start + begin, start + end
-        pending = None
-    if pending is not None:
-        yield 0, start
+    zero = _ZERO_PIECE if piece == HOLE_PIECE else bytes(piece)
+    size = len(data)
+    pending = 0  # start of the data not yet yielded (after the last hole)
+    index = heads.find(0)
+    while index >= 0:
+        start = index * piece
+        end = min(start + piece, size)
+        if data[start:end] == zero[: end - start]:
+            if start > pending:
+                yield pending, start
+            pending = end
+        index = heads.find(0, index + 1)
+    if pending < size:
+        yield pending, size
