@@ -255,6 +255,7 @@ class FileRestore:
         # way of their entries, so no lstat per entry (a fresh restore of small
         # files pays nothing for --overwrite).
         self._fresh: set[int] = set()
+        self._current = b""
         self._work = work_queue(workers, depth=4 * workers + 4)
         # Whole files waiting to be submitted as one job: (dir_fd, [(node, path)]).
         self._batch_fd = -1
@@ -612,7 +613,7 @@ class FileRestore:
     def _restore_file(self, node: Node, dir_fd: int, path: bytes, rel: bytes) -> None:
         self.summary.files += 1
         self.progress.files_done += 1
-        self.progress.current = printable(path)
+        self._current = path  # escaped only when a report goes out
         name = node.name
         linked = node.nlink > 1 and node.inode != 0
         if linked:
@@ -935,6 +936,7 @@ class FileRestore:
         now = time.monotonic()
         if force or now - self._last_report >= _PROGRESS_INTERVAL:
             self._last_report = now
+            self.progress.current = printable(self._current)
             self.report(self.progress)
 
 
