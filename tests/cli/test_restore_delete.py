@@ -30,6 +30,7 @@ def setup(tmp_path: Path, cli: CliRunner, initialized_repo: Path) -> tuple[Path,
     (restored / "extra.txt").write_bytes(b"x")
     (restored / "extra-dir" / "inner").mkdir(parents=True)
     (restored / "extra-dir" / "inner" / "f").write_bytes(b"f")
+    (restored / "extra-dir" / "inner" / "out").symlink_to(outside)  # rmtree must not follow
     (restored / "sub" / "extra-in-sub").write_bytes(b"y")
     (restored / "sub" / "escape").symlink_to(outside)  # a symlink to a directory outside
     (restored / "sub" / "deep" / "escape-file").symlink_to(outside / "precious")
@@ -93,6 +94,8 @@ def test_delete_with_include_stays_below_the_included_path(
     result = cli("restore", "latest", "-t", str(target), "--include", include, "--delete", "--json")
     assert result.rc == 0, result.err
     assert result.summary()["deleted"] == 3
+    status = [line for line in result.lines() if line["message_type"] == "status"]
+    assert (status[-1]["files_total"], status[-1]["bytes_total"]) == (2, 4)  # sub's files
     restored = target / str(src).lstrip("/")
     assert not (restored / "sub" / "extra-in-sub").exists()
     assert not os.path.lexists(restored / "sub" / "escape")
