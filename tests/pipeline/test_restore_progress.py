@@ -20,7 +20,9 @@ def test_progress_runs_up_to_the_totals(tmp_path: Path, memory_repo: Repository)
     for how in (HowToRestore(), HowToRestore("if-changed")):  # fresh, then over the tree
         seen: list[tuple[int | None, int | None, int, int, str]] = []
 
-        def progress(p: Progress) -> None:
+        def progress(
+            p: Progress, seen: list[tuple[int | None, int | None, int, int, str]] = seen
+        ) -> None:
             seen.append((p.files_total, p.bytes_total, p.files_done, p.bytes_done, p.current))
 
         restore_files(memory_repo, point, str(tmp_path / "t"), progress=progress, how=how)
