@@ -56,6 +56,8 @@ def test_include_layout_is_the_same_for_files_and_image_points(
     assert files_below(from_files / str(src).lstrip("/")) == want
     assert files_below(from_image) == want
     assert list(outside.iterdir()) == []
+    refused = cli("restore", image_point, "-t", str(tmp_path / "x"), "--overwrite", "never")
+    assert refused.rc == 2 and "files points" in refused.err  # an image has no per-file modes
     # The directories on the way have the image's metadata, as a files point's do.
     for restored in (from_files / str(src).lstrip("/") / "docs", from_image / "docs"):
         st = os.stat(restored)
