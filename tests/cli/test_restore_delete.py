@@ -126,7 +126,9 @@ def test_dry_run_touches_nothing_and_says_what_it_would_do(
     fresh = tmp_path / "fresh"
     result = cli("restore", "latest", "-t", str(fresh), "--dry-run", "-v", "--json")
     assert result.rc == 0, result.err
-    assert result.summary()["files"] == 3 and result.summary()["dry_run"] is True
+    summary = result.summary()
+    assert summary["files"] == 3 and summary["dry_run"] is True
+    assert summary["bytes_written"] == 6  # what it would write: a, b and c
     assert not fresh.exists()
 
 

@@ -635,6 +635,8 @@ class FileRestore:
         if plan == _SKIP or (self.dry_run and fd is None):
             self._done(_STATUS[plan], path)
             self.progress.bytes_done += node.size
+            if plan != _SKIP:  # --dry-run: what would be written
+                self.summary.bytes_written += node.size
             self._emit()
             return
         in_place = fd is not None
@@ -763,8 +765,8 @@ class FileRestore:
         plan = self._plan(node, st)
         if plan == _SKIP:
             return 0, None, [], UNCHANGED
-        if self.dry_run and plan != _IN_PLACE:
-            return 0, None, [], RESTORED if plan == _NEW else UPDATED
+        if self.dry_run and plan != _IN_PLACE:  # would be written whole
+            return node.size, None, [], RESTORED if plan == _NEW else UPDATED
         data = b""
         error = None
         if node.chunks:
@@ -782,7 +784,7 @@ class FileRestore:
             if fd is not None:
                 return self._rewrite_whole(fd, node, path, data, st.st_size)
         if self.dry_run:
-            return 0, error, [], UPDATED
+            return node.size, error, [], UPDATED
         try:  # a directory this restore made in the way is a warning, as for other entries
             fd = self._create(
                 lambda: os.open(name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd), dir_fd, name
@@ -811,7 +813,7 @@ class FileRestore:
             same = old_size == node.size and os.pread(fd, len(data), 0) == data
             if same or self.dry_run:
                 warnings = [] if self.dry_run else self._fd_meta(fd, node, path)
-                return 0, None, warnings, UNCHANGED if same else UPDATED
+                return (0 if same else len(data)), None, warnings, UNCHANGED if same else UPDATED
             pwrite_all(fd, data, 0)
             os.ftruncate(fd, node.size)
             return len(data), None, self._fd_meta(fd, node, path), UPDATED
@@ -871,10 +873,9 @@ class FileRestore:
             size, error, written = result
             if error is not None:
                 damaged.append(error)
-            elif written:
+            elif written:  # or, with --dry-run, would be
                 changed[0] = True
-                if not self.dry_run:
-                    self.summary.bytes_written += size
+                self.summary.bytes_written += size
             self.progress.bytes_done += size
             self._emit()
 
