@@ -29,3 +29,37 @@ def nonzero_runs(
             start = pos
     if start is not None:
         yield start, len(whole)
+
+
+HOLE_PIECE = 4096  # a file system block: the smallest hole worth leaving
+_ZERO_PIECE = bytes(HOLE_PIECE)
+
+
+def data_runs(data: bytes, piece: int = HOLE_PIECE) -> Iterator[tuple[int, int]]:
+    """(start, end) of what to write of `data` into a fresh (all-hole) range:
+    everything but its all-zero `piece`-aligned pieces, which stay holes.
+
+    A piece can be all zeros only if its first byte is: one strided slice
+    (`data[::piece]`, 256 bytes of a MiB) and a memchr decide the usual case
+    (no such piece: one run) at a few microseconds a MiB; only the pieces
+    that start with a zero are compared whole (a memcmp that stops at the
+    first non-zero byte)."""
+    heads = data[::piece]
+    if 0 not in heads:
+        if data:
+            yield 0, len(data)
+        return
+    zero = _ZERO_PIECE if piece == HOLE_PIECE else bytes(piece)
+    size = len(data)
+    pending = 0  # start of the data not yet yielded (after the last hole)
+    index = heads.find(0)
+    while index >= 0:
+        start = index * piece
+        end = min(start + piece, size)
+        if data[start:end] == zero[: end - start]:
+            if start > pending:
+                yield pending, start
+            pending = end
+        index = heads.find(0, index + 1)
+    if pending < size:
+        yield pending, size

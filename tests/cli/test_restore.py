@@ -83,19 +83,23 @@ def test_restore_over_existing_files_replaces_them(
     assert (restored / "extra.txt").exists()  # restore adds and replaces, never deletes
 
 
-def test_directory_in_the_way_of_a_file_is_a_warning(
+def test_directory_in_the_way_of_a_file_is_replaced_unless_never(
     tmp_path: Path, cli: CliRunner, backed_up: BackedUp
 ) -> None:
+    """A directory where the point has a file: kept with --overwrite never (the
+    file is not restored, no warning), replaced by default (restic 0.17)."""
     target = tmp_path / "t"
     restored = target / str(backed_up.src).lstrip("/")
     (restored / "a.txt").mkdir(parents=True)
     (restored / "a.txt" / "keep").write_bytes(b"mine")
-    result = cli("restore", "latest", "--target", str(target), "--json")
-    assert result.rc == 3, result.err
-    warnings = result.summary()["warnings"]
-    assert len(warnings) == 1 and str(backed_up.src / "a.txt") in warnings[0]
+    result = cli("restore", "latest", "--target", str(target), "--overwrite", "never", "--json")
+    assert result.rc == 0, result.err
+    assert result.summary()["unchanged"] == 1
     assert (restored / "a.txt" / "keep").read_bytes() == b"mine"  # not destroyed
     assert (restored / "sub" / "b.bin").read_bytes() == backed_up.files["sub/b.bin"]
+    result = cli("restore", "latest", "--target", str(target), "--json")
+    assert result.rc == 0, result.err
+    assert (restored / "a.txt").read_bytes() == backed_up.files["a.txt"]
 
 
 def test_restore_an_older_point(tmp_path: Path, cli: CliRunner, backed_up: BackedUp) -> None:

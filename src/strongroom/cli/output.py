@@ -157,8 +157,9 @@ class Output:
             TaskID,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
+
+        from strongroom.cli.rate_column import BinaryRateColumn
 
         bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -166,7 +167,7 @@ class Output:
             TextColumn("{task.fields[percent]}"),
             TextColumn("{task.fields[files]}"),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            BinaryRateColumn(),  # MiB/s beside DownloadColumn's MiB
             TimeRemainingColumn(),
             TextColumn("{task.fields[current]}"),
             console=self.err,

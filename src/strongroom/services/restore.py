@@ -17,10 +17,18 @@ from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.scope import FULL, ScopeKind, ScopeSpec
+from strongroom.model.tree import DIR, FILE
 from strongroom.pipeline.image_restore import ImageRestoreSummary
-from strongroom.pipeline.restore import FileRestore, RestoreSummary, Selection
+from strongroom.pipeline.restore import (
+    UNCHANGED,
+    FileReport,
+    FileRestore,
+    RestoreSummary,
+    Selection,
+)
 from strongroom.repository.repo import Repository
-from strongroom.services.image_files import extract, open_image_filesystem
+from strongroom.services.image_files import open_image_filesystem
+from strongroom.services.image_include import extract_with_full_path
 from strongroom.services.image_restore import restore_image, restore_overlay
 from strongroom.services.points import PointFilter, find_point, require_files
 from strongroom.services.scope import (
@@ -32,8 +40,25 @@ from strongroom.services.scope import (
 )
 from strongroom.services.vm_restore import restore_vm
 from strongroom.services.vms import vm_path
-from strongroom.services.walk import find_node
+from strongroom.services.walk import find_node, iter_tree
 from strongroom.types import ProgressCallback, no_progress
+
+__all__ = [  # with what the CLI takes from the pipeline through here
+    "UNCHANGED",
+    "FileReport",
+    "FilesRestored",
+    "HowToRestore",
+    "ImageFilesRestored",
+    "ImageRestored",
+    "RestoreRequest",
+    "Restored",
+    "ScopedRestore",
+    "VmRestored",
+    "point_path",
+    "restore_files",
+    "restore_point",
+    "restore_totals",
+]
 
 
 @dataclass
@@ -57,6 +82,7 @@ def restore_files(
     lacks_file: str | None = None,
     scoped: ScopedRestore | None = None,
     jobs: int | None = None,
+    how: HowToRestore | None = None,
 ) -> RestoreSummary:
     """Restore a files point; with a scope other than `full`, only that part of
     it (docs/seeds.md, "Scoped recovery"), and for `user` the list of seed
@@ -65,8 +91,13 @@ def restore_files(
     Every question is settled before anything is written: the scope against
     the point's seeds, the includes, the lacks list (decoded and checked) and
     where it goes. `scoped`, if given, receives what the caller reports.
-    `jobs`: the workers (None: `cpu.default_jobs()`; 1: the calling thread)."""
+    `jobs`: the workers (None: `cpu.default_jobs()`; 1: the calling thread).
+    `how`: what to do with what is in the target (--overwrite, --delete,
+    --dry-run) and who hears of each path."""
+    how = how or HowToRestore()
     scoped = scoped if scoped is not None else ScopedRestore()
+    if (how.delete or how.dry_run) and not scope.is_full:
+        raise UsageError("--delete and --dry-run restore whole points: no --scope")
     if lacks_file is not None and scope.kind is not ScopeKind.USER:
         raise UsageError("--lacks-file goes with --scope user")
     bound = bind_point(point, scope)
@@ -88,11 +119,65 @@ def restore_files(
         cancel=cancel,
         scope=bound.scope,
         workers=resolve_jobs(jobs),
+        overwrite=how.overwrite,
+        delete=how.delete,
+        dry_run=how.dry_run,
+        file_report=how.file_report,
+        totals=restore_totals(repo, point, includes) if scope.is_full else None,
     )
     summary = job.run()
     if scoped.lacks is not None and scoped.lacks_file is not None:
         write_lacks_file(scoped.lacks_file, scoped.lacks)
     return summary
+
+
+@dataclass
+class HowToRestore:
+    """What a files restore does with what is already in the target (restic 0.17's
+    --overwrite modes, --delete, --dry-run) and who hears of each path."""
+
+    overwrite: str = "always"  # pipeline.restore.OVERWRITE_MODES
+    delete: bool = False
+    dry_run: bool = False
+    file_report: FileReport | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self.overwrite == "always" and not self.delete and not self.dry_run
+
+
+# Counting the files below an --include walks its trees once more: up to this many
+# entries, then the progress shows no totals (a bar with no end beats a long wait).
+_COUNT_AT_MOST = 1_000_000
+
+
+def restore_totals(
+    repo: Repository, point: RecoveryPoint, includes: list[str]
+) -> tuple[int, int] | None:
+    """(files, bytes) a restore goes through, for its progress: the point's
+    recorded summary for the whole point, the included subtrees' trees otherwise.
+    None when unknown (an old or odd summary, a very large subtree)."""
+    if not includes:
+        files, size = point.summary.get("total_files"), point.summary.get("total_bytes")
+        if isinstance(files, int) and isinstance(size, int) and files >= 0 and size >= 0:
+            return files, size
+        return None
+    count = total = seen = 0
+    tree = bytes.fromhex(point.tree)
+    for include in includes:
+        _, node = find_node(repo, tree, include)
+        if node is not None and node.type == FILE:
+            count, total = count + 1, total + node.size
+            continue
+        if node is not None and (node.type != DIR or node.subtree is None):
+            continue
+        for _, sub in iter_tree(repo, node.subtree if node and node.subtree else tree):
+            seen += 1
+            if seen > _COUNT_AT_MOST:
+                return None
+            if sub.type == FILE:
+                count, total = count + 1, total + sub.size
+    return count, total
 
 
 def point_path(text: str) -> str:
@@ -121,6 +206,7 @@ class RestoreRequest:
     backing: str | None = None  # image points, --scope user: the golden image under the overlay
     verify_backing: bool = False  # check every block of `backing`, not a sample
     jobs: int | None = None  # files points: workers (None: cpu.default_jobs(); 1: this thread)
+    how: HowToRestore = field(default_factory=HowToRestore)  # files points: --overwrite, ...
 
 
 @dataclass
@@ -169,6 +255,10 @@ def restore_point(
     p = find_point(repo, req.point, PointFilter(paths=[vm]) if vm else None)
     if vm and p.paths != [vm]:
         raise UsageError(f"point {p.short_id} is not a point of VM {req.vm}")
+    if p.kind in (PointKind.VM, PointKind.BLOCK) and not req.how.is_default:
+        raise UsageError(
+            f"--overwrite, --delete and --dry-run go with files points; {p.short_id} is an image"
+        )
     if p.kind == PointKind.VM and not req.scope.is_full:
         raise UsageError(f"--scope {req.scope}: point {p.short_id} is a VM point (scopes: full)")
     if p.kind in (PointKind.VM, PointKind.BLOCK) and req.lacks_file is not None:
@@ -185,9 +275,10 @@ def restore_point(
             return _restore_image_scoped(repo, p, req, progress, cancel)
         if not req.include:
             return ImageRestored(p, restore_image(repo, p, req.target, req.fmt, progress, cancel))
+        paths = [point_path(path) for path in req.include]
         with open_image_filesystem(repo, p, req.partition) as fs:
-            total = sum(extract(fs, path, req.target) for path in req.include)
-        return ImageFilesRestored(p, fs.kind, req.include, total)
+            total = sum(extract_with_full_path(fs, path, req.target) for path in paths)
+        return ImageFilesRestored(p, fs.kind, paths, total)
     require_files(p)
     if req.backing or req.verify_backing:
         raise UsageError("--backing goes with image points (--scope user of a disk image)")
@@ -203,6 +294,7 @@ def restore_point(
         req.lacks_file,
         scoped,
         req.jobs,
+        req.how,
     )
     return FilesRestored(p, summary, scoped)
 

@@ -19,7 +19,10 @@ from strongroom.services.media_restore import (
     restore_from_cartridges,
 )
 from strongroom.services.restore import (
+    UNCHANGED,
+    FileReport,
     FilesRestored,
+    HowToRestore,
     ImageFilesRestored,
     ImageRestored,
     RestoreRequest,
@@ -41,6 +44,27 @@ from strongroom.services.timeline import parse_instant, point_at
 )
 @click.option(
     "--include", "-i", multiple=True, help="Restore only this path of the point (repeatable)."
+)
+@click.option(
+    "--overwrite",
+    type=click.Choice(["always", "if-changed", "if-newer", "never"]),
+    default="always",
+    show_default=True,
+    help="Files already in TARGET: always (rewrite what differs, comparing contents: an "
+    "equal file is left as it is), if-changed (skip a file of the same size and mtime), "
+    "if-newer (only when the point's is newer), never (leave them).",
+)
+@click.option(
+    "--delete",
+    is_flag=True,
+    help="Remove what TARGET holds that the point lacks (with --include: only below those "
+    "paths); never outside TARGET, never through a symlink.",
+)
+@click.option(
+    "--dry-run",
+    "-n",
+    is_flag=True,
+    help="Say what restore would write and delete (with -v, each path); touch nothing.",
 )
 @click.option(
     "--format",
@@ -124,6 +148,9 @@ def restore(
     point: str,
     target: str,
     include: tuple[str, ...],
+    overwrite: str,
+    delete: bool,
+    dry_run: bool,
     fmt: str,
     partition: int | None,
     vm: str | None,
@@ -147,14 +174,26 @@ def restore(
     """Restore POINT (an id prefix or 'latest'; with --at, a protected source) into TARGET.
 
     A VM point restores every disk into the folder TARGET as DISK.raw (or .qcow2).
+    -v lists each path restored, updated or deleted; -vv the unchanged ones too.
     """
     out = app.out
+    how = HowToRestore(overwrite, delete, dry_run, _path_lines(out))
     if through_server(servers, agent_config):
         from strongroom.services.agent_backup import open_agent
         from strongroom.services.agent_images import restore_own_point
 
         filters = hosts or tags or paths
-        if include or vm or disks or at or from_media or backing or filters or scope_text != "full":
+        if (
+            include
+            or vm
+            or disks
+            or at
+            or from_media
+            or backing
+            or filters
+            or scope_text != "full"
+            or not how.is_default
+        ):
             raise click.UsageError(
                 "through a server: a whole files or image point; no other options but --format"
             )
@@ -175,6 +214,7 @@ def restore(
     request.lacks_file = lacks_file
     request.backing, request.verify_backing = backing, verify_backing
     request.jobs = jobs
+    request.how = how
     instant = parse_instant(at) if at is not None else None
     if instant is not None and vm:
         raise click.UsageError("--at names a protected source: no --vm")
@@ -213,6 +253,20 @@ def restore(
             _vm_restored(out, restored)
 
 
+def _path_lines(out: Output) -> FileReport | None:
+    """`-v`: a line per path restored, updated or deleted, as restore meets it
+    (restic 0.17's words); `-vv`: the unchanged ones too."""
+    if not out.verbose or out.json:
+        return None
+    every = out.verbose > 1
+
+    def report(status: str, path: bytes) -> None:
+        if status != UNCHANGED or every:
+            out.info(f"{status:<9} {printable(path)}")
+
+    return report
+
+
 def _files_restored(out: Output, r: FilesRestored, target: str) -> None:
     summary, scoped = r.summary, r.scoped
     if scoped.notice:
@@ -221,11 +275,20 @@ def _files_restored(out: Output, r: FilesRestored, target: str) -> None:
         out.warn(w)
     doc: dict[str, object] = {"point_id": r.point.id, **summary.as_dict()}
     scope = "" if summary.scope == "full" else f" (scope {summary.scope})"
+    verb = "would restore" if summary.dry_run else "restored"
     lines = [
-        f"restored {describe_point(r.point)}{scope} to {target}: {plural(summary.files, 'file')}, "
+        f"{verb} {describe_point(r.point)}{scope} to {target}: {plural(summary.files, 'file')}, "
         f"{summary.dirs} dirs, {summary.other_entries} other entries, "
         f"{human_bytes(summary.bytes_written)}"
     ]
+    if summary.updated or summary.unchanged or summary.deleted:
+        lines.append(
+            f"of those {summary.updated} updated, {summary.unchanged} unchanged; "
+            f"{summary.deleted} deleted"
+            + (" (dry run: nothing written)" if summary.dry_run else "")
+        )
+    elif summary.dry_run:
+        lines.append("dry run: nothing written")
     if r.point.seeds is not None or summary.scope != "full":
         lines.append(
             "by class: " + ", ".join(f"{summary.classes.get(w, 0)} {w}" for w in _CLASS_WORDS)
