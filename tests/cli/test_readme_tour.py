@@ -74,8 +74,15 @@ def test_the_tour_prints_what_the_readme_shows(
         if words[0] == "export":
             continue  # the repository is the test's (STRONGROOM_REPO)
         if words[0] == "echo":
-            target = words[-1].replace("~", str(home), 1)
-            with open(target, "a") as f:
+            target = words[-1]
+            for shown, real in to_real.items():
+                if target.startswith(shown):
+                    target = real + target[len(shown) :]
+                    if shown == "/tmp/restored":  # below it, the point's absolute paths
+                        target = target.replace("/home/ann", str(home), 1)
+                    break
+            mode = "a" if words[-2] == ">>" else "w"
+            with open(target, mode) as f:
                 f.write(" ".join(words[1:-2]) + "\n")
             continue
         assert words[0] == "strongroom", command
