@@ -7,9 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from tests.conftest import CliRunner, init_local_repository, open_local_reposito
 from tests.helpers.cli import PASSWORD, assert_one_line_error
 from tests.helpers.compare import walk_differences
 from tests.helpers.marks import needs_root
+from tests.helpers.pause_at_open import kill_at_open
 from tests.helpers.tree import make_small_tree, random_bytes, write_file
 
 SOURCE_PASSWORD = "the source's own password"
@@ -277,26 +276,9 @@ def test_copy_killed_midway_leaves_the_target_checkable_and_a_rerun_completes(
     on_source(cli, source, "backup", str(src))
     write_file(src / "big.bin", random_bytes(20 << 20, 11))
     on_source(cli, source, "backup", str(src))
-    ready = tmp_path / "paused"
-    pause = Path(__file__).parents[1] / "helpers" / "pause_at_open.py"
+    env = {**cli_env, "STRONGROOM_FROM_PASSWORD": SOURCE_PASSWORD}
     args = ["copy", "--from-repo", str(source)]
-    proc = subprocess.Popen(
-        [sys.executable, str(pause), f"{source}/data/", "4", str(ready), *args],
-        env={**cli_env, "STRONGROOM_FROM_PASSWORD": SOURCE_PASSWORD},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the copy never reached its fourth pack"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_open(f"{source}/data/", 4, args, env, tmp_path / "paused")
     assert len(cli("snapshots", "--json").json()) < 2
     assert cli("unlock").rc == 0  # the killed copy's lock (stale, or removed)
     check = cli("check")

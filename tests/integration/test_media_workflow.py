@@ -23,7 +23,6 @@ import os
 import random
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -54,6 +53,7 @@ from tests.helpers.cli import (
     strongroom_command,
 )
 from tests.helpers.compare import walk_differences
+from tests.helpers.pause_at_open import kill_at_open
 from tests.helpers.pg_cluster import PORT, Cluster
 from tests.helpers.tree import _set_times_bottom_up, make_small_tree
 from tests.media.conftest import FAKE_MTX, FILE_CHANGER
@@ -63,7 +63,6 @@ if sys.platform != "linux":  # pragma: no cover
 
 MiB = 1 << 20
 RECORD = 256 << 10  # what `library create` and a configured library use
-PAUSE = Path(__file__).parents[1] / "helpers" / "pause_at_open.py"
 
 
 # --- the sources: three points, backed up once per module ---------------------
@@ -260,25 +259,8 @@ def _killed_mid_session(world: World, *args: str) -> None:
     """`strongroom *args` SIGKILLed between two packs: frozen when it opens
     the second pack file of the repository (the session header and the first
     pack are on the cartridge, its catalog is not)."""
-    ready = world.base / "paused"
     prefix = str(world.repo / "data") + "/"
-    proc = subprocess.Popen(
-        [sys.executable, str(PAUSE), prefix, "2", str(ready), *args],
-        env=world.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the copy never reached its second pack"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_open(prefix, 2, list(args), world.env, world.base / "paused")
 
 
 def _with_file_size_limit(world: World, limit: int, *args: str) -> CliResult:
