@@ -81,6 +81,35 @@ def test_layout_groups_by_host_and_tag(memory_repo: Repository) -> None:
         view.getattr(b"/snapshots/latest/x")
 
 
+def test_new_points_appear_after_the_refresh_interval(memory_repo: Repository) -> None:
+    """Listing a top folder lists the points again once `refresh_seconds` have passed:
+    a new point appears under ids/, snapshots/ (latest moves) and its host; a point
+    already shown keeps its entry; a forgotten one goes."""
+    t = datetime(2026, 12, 7, 10, 0, 0, tzinfo=UTC)
+    first, second = _point("a" * 64, t, "web"), _point("b" * 64, t.replace(minute=5), "db")
+    shown = [first]
+    now = [100.0]
+    view = RepositoryView(
+        memory_repo, [first], uid=0, gid=0, now_ns=0,
+        reload=lambda: list(shown), refresh_seconds=5, clock=lambda: now[0],
+    )  # fmt: skip
+    kept = view.root.children[b"ids"].children[first.id.encode()]  # type: ignore[union-attr]
+    shown.append(second)
+    assert view.readdir(b"/ids") == [first.id.encode()]  # within the interval: as it was
+    now[0] += 5
+    assert sorted(view.readdir(b"/ids")) == [first.id.encode(), second.id.encode()]
+    assert view.getattr(b"/snapshots/latest") is not None
+    latest = view.readlink(b"/snapshots/latest")
+    assert view.getattr(b"/snapshots/" + latest) == view.getattr(b"/ids/" + second.id.encode())
+    assert sorted(view.readdir(b"/hosts")) == [b"db", b"web"]
+    assert view.root.children[b"ids"].children[first.id.encode()] is kept  # type: ignore[union-attr]
+    shown.remove(first)
+    now[0] += 5
+    assert view.readdir(b"/ids") == [second.id.encode()]
+    with pytest.raises(FileNotFoundError):
+        view.getattr(b"/hosts/web")
+
+
 def test_reads_touch_only_the_chunks_they_overlap(memory_repo: Repository) -> None:
     parts = [os.urandom(1000), bytes(4000), os.urandom(10), bytes(4000)]
     ids = [memory_repo.put_chunk(BlobType.DATA, p) for p in parts]

@@ -3,8 +3,8 @@
 Checked before anything mounts, each as one line: the mount point is an
 existing empty folder, FUSE is usable here (/dev/fuse and libfuse 3, through
 mfusepy, imported only now so no other command pays for it), and the points
-load. The points are those of the moment of mounting (`mount_view` gives the
-layout); reads go through the repository with the usual verification.
+load. New points appear within seconds (`mount_view` gives the layout and
+how it refreshes); reads go through the repository with the usual verification.
 """
 
 from __future__ import annotations
@@ -84,7 +84,14 @@ def mount_repository(
 
     points = list_points(repo, flt)
     uid, gid = (0, 0) if owner_root else (os.getuid(), os.getgid())
-    view = RepositoryView(repo, points, uid=uid, gid=gid, now_ns=time.time_ns())
+    view = RepositoryView(
+        repo,
+        points,
+        uid=uid,
+        gid=gid,
+        now_ns=time.time_ns(),
+        reload=lambda: list_points(repo, flt, known={p.id: p for p in view.points}),
+    )
     try:
         run_fuse(
             view,

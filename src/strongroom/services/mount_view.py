@@ -11,8 +11,14 @@ image point's disk as `disk.raw` (its virtual size, readable at any offset),
 the files of the file system on it under `files/` (ext2/3/4 or FAT, the
 first readable partition, as `ls` reads it) and, for a disk with a partition
 table, every readable partition's under `partitions/N/` (N as `ls
---partition N` counts); a VM point's disks as `disks/NAME.raw`. The points
-are those of the moment the mount started.
+--partition N` counts); a VM point's disks as `disks/NAME.raw`.
+
+New points show up as restic's do: listing or looking up the top folders
+(the root, ids/, snapshots/, hosts/, tags/ and one host's or tag's folder)
+lists the points again when `refresh_seconds` have passed since the last
+time, reads the index files written since into the loaded index, and swaps
+the layout in one assignment; a point already shown keeps its entry (open
+files and the trees read stay valid), a point forgotten meanwhile goes.
 
 Host and tag names come from point documents, so they are hostile: a name
 that is not one safe path component is percent-escaped (`/` as `%2F`, `%` as
@@ -27,6 +33,7 @@ import errno
 import hashlib
 import stat
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +56,7 @@ from strongroom.sources.image_files import ImageFileSystemError
 
 NAME_MAX = 255
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+REFRESH_SECONDS = 5.0  # at most this often the points are listed again
 
 
 class Handle(Protocol):
@@ -143,14 +151,45 @@ class RepositoryView:
         uid: int,
         gid: int,
         now_ns: int,
+        reload: Callable[[], list[RecoveryPoint]] | None = None,
+        refresh_seconds: float = REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.repo = repo
         self.chunks = ChunkCache(repo)
         self._uid, self._gid = uid, gid
         self._disks: list[DiskFile] = []
         self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}  # point id -> its folder, kept across refreshes
+        self._reload, self._refresh_seconds, self._clock = reload, refresh_seconds, clock
+        self._refresh_lock = threading.Lock()
+        self._refreshed = clock()
+        self._ids = {p.id for p in points}
+        self.points = points  # those shown
         self.root = self._folder(b"", now_ns)
         self._build(points, now_ns)
+
+    def refresh(self, force: bool = False) -> bool:
+        """List the points again (the module docstring); whether the layout changed.
+        At most once per `refresh_seconds` unless `force`; one thread at a time."""
+        if self._reload is None:
+            return False
+        if not force and self._clock() - self._refreshed < self._refresh_seconds:
+            return False
+        if not self._refresh_lock.acquire(blocking=False):
+            return False  # another thread is refreshing: use the layout as it is
+        try:
+            self._refreshed = self._clock()
+            points = self._reload()
+            ids = {p.id for p in points}
+            if ids == self._ids:
+                return False
+            self.repo.refresh_index()  # the new points' chunks are in index files written since
+            self._build(points, time.time_ns())
+            self._ids, self.points = ids, points
+            return True
+        finally:
+            self._refresh_lock.release()
 
     # --- layout -----------------------------------------------------------
 
@@ -183,11 +222,13 @@ class RepositoryView:
         return Link(attr, target)
 
     def _build(self, points: list[RecoveryPoint], now_ns: int) -> None:
-        entries = {p.id: self._point_entry(p) for p in points}
+        """The layout of `points`, swapped in as one assignment when complete."""
+        known = self._entries
+        entries = {p.id: known.get(p.id) or self._point_entry(p) for p in points}
+        self._entries = entries
         top = {
             name: self._folder(name, now_ns) for name in (b"ids", b"snapshots", b"hosts", b"tags")
         }
-        self.root.children.update(top)
         for p in points:
             top[b"ids"].children[p.id.encode()] = entries[p.id]
         self._timeline(top[b"snapshots"], b"snapshots", points, entries, now_ns)
@@ -202,6 +243,7 @@ class RepositoryView:
                 key = parent.attr.ino.to_bytes(8, "little") + name
                 sub = parent.children[name] = self._folder(key, now_ns)
                 self._timeline(sub, key, group, entries, now_ns)
+        self.root.children = dict(top)  # readers see the old layout or the new one, whole
 
     def _timeline(
         self,
@@ -276,6 +318,8 @@ class RepositoryView:
     def _locate(self, path: bytes) -> tuple[Entry, list[bytes]]:
         """The layout entry a path lies in, and the components left for its view."""
         parts = [p for p in path.split(b"/") if p]
+        if len(parts) <= 2 or (len(parts) == 3 and parts[0] in (b"hosts", b"tags")):
+            self.refresh()  # the folders that list points: new ones may have come
         entry: Entry = self.root
         for i, part in enumerate(parts):
             if isinstance(entry, _LazyPoint):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -65,8 +65,11 @@ def list_points(
     on_damaged: Callable[[str, StrongroomError], None] | None = None,
     *,
     strict: bool = False,
+    known: Mapping[str, RecoveryPoint] | None = None,
 ) -> list[RecoveryPoint]:
-    """All points matching `flt`, oldest first.
+    """All points matching `flt`, oldest first. `known`: points read before, by
+    id (a point object never changes under its id), so that listing again reads
+    only the new ones.
 
     An unreadable point object is reported (once, by name) to `repo.damage`, or
     to `on_damaged` if given, and skipped: one damaged point must not block
@@ -75,6 +78,8 @@ def list_points(
     """
 
     def read(point_hex: str) -> RecoveryPoint | IntegrityError | None:
+        if known is not None and point_hex in known:
+            return known[point_hex]
         try:
             return load_point(repo, point_hex)
         except ObjectNotFound:

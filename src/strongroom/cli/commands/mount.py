@@ -8,6 +8,7 @@ import click
 
 from strongroom.cli.commands.points import point_filter_options
 from strongroom.cli.context import App, pass_app
+from strongroom.cli.output import plural
 from strongroom.model.names import printable
 from strongroom.services.session import LockMode
 
@@ -45,7 +46,7 @@ def mount(
             app.out.emit({"message_type": "mounted", "mountpoint": mountpoint, "points": count})
             return
         app.out.info(
-            f"Repository mounted at {shown} ({count} points); press Ctrl-C or run "
+            f"Repository mounted at {shown} ({plural(count, 'point')}); press Ctrl-C or run "
             f"`fusermount3 -u {shown}` to unmount"
         )
         sys.stdout.flush()
