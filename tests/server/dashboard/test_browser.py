@@ -19,6 +19,7 @@ import tarfile
 import threading
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,18 +75,8 @@ def _library(env: dict[str, str]) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("dashboard")
+    env = browser_env(tmp)
     home = tmp / "home"
-    home.mkdir()
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "XDG_DATA_HOME": str(home / "data"),
-        "XDG_CONFIG_HOME": str(home / "config"),
-        "STRONGROOM_KDF": FAST_KDF,
-        "STRONGROOM_PASSWORD": PASSWORD,
-        "STRONGROOM_REPO": str(tmp / "repo"),
-        "STRONGROOM_CATALOG": str(tmp / "catalog.sqlite"),
-    }
     source = tmp / "src"
     files = make_tree(source)
     # a virtual library whose cartridges the catalog knows, then one moved
@@ -101,6 +92,33 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     library.join()
     assert (home / "data" / "strongroom" / "libraries" / "lib1" / "moved").exists()
 
+    with running_server(env, tmp) as base:
+        artifacts = Path(os.environ.get("STRONGROOM_TEST_ARTIFACTS") or tmp) / "dashboard"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        yield Server(base, point, source, files, artifacts)
+
+
+def browser_env(tmp: Path) -> dict[str, str]:
+    """The environment of the CLI runs and the server of one browser module."""
+    home = tmp / "home"
+    home.mkdir()
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "STRONGROOM_KDF": FAST_KDF,
+        "STRONGROOM_PASSWORD": PASSWORD,
+        "STRONGROOM_REPO": str(tmp / "repo"),
+        "STRONGROOM_CATALOG": str(tmp / "catalog.sqlite"),
+    }
+
+
+@contextmanager
+def running_server(env: dict[str, str], tmp: Path) -> Iterator[str]:
+    """A real `strongroom server` process over `env`'s repository and catalog, with the
+    users olga (operator), rita (read-only) and ada (administrator); its base URL.
+    Stopped with SIGTERM at the end, which it must answer with exit code 0."""
     base = f"http://127.0.0.1:{_free_port()}"
     log = tmp / "server.log"
     with log.open("wb") as out:
@@ -129,9 +147,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                     headers=csrf,
                 )
                 assert made.status_code == 201, made.text
-        artifacts = Path(os.environ.get("STRONGROOM_TEST_ARTIFACTS") or tmp) / "dashboard"
-        artifacts.mkdir(parents=True, exist_ok=True)
-        yield Server(base, point, source, files, artifacts)
+        yield base
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0, log.read_text()
