@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from strongroom.errors import (
@@ -209,11 +209,27 @@ class RepoConfig:
             UnicodeDecodeError,
         ) as err:
             raise IntegrityError(f"the repository's config object is malformed: {err}") from None
-        if not config.cdc_min <= config.cdc_avg <= config.cdc_max:
-            raise IntegrityError("the repository's config object has chunker min > avg > max")
-        if config.block_size & (config.block_size - 1):
-            raise IntegrityError("the repository's config object: block_size is not a power of 2")
+        problem = config.geometry_problem()
+        if problem:
+            raise IntegrityError(f"the repository's config object: {problem}")
         return config
+
+    def geometry_problem(self) -> str | None:
+        """Why the chunker sizes or the block size cannot be used, or None: the
+        bounds below, min <= avg <= max, a block size that is a power of 2."""
+        for value, (low, high), what in (
+            (self.cdc_min, _CDC_MIN, "the chunker's minimum"),
+            (self.cdc_avg, _CDC_AVG, "the chunker's average"),
+            (self.cdc_max, _CDC_MAX, "the chunker's maximum"),
+            (self.block_size, _BLOCK_SIZE, "the block size"),
+        ):
+            if not low <= value <= high:
+                return f"{what} {value} is not in {low}..{high} bytes"
+        if not self.cdc_min <= self.cdc_avg <= self.cdc_max:
+            return "the chunker's sizes are not min <= avg <= max"
+        if self.block_size & (self.block_size - 1):
+            return f"the block size {self.block_size} is not a power of 2"
+        return None
 
 
 # What the libraries accept (pyfastcdc, zstd) and what keeps memory bounded;
@@ -300,15 +316,27 @@ class Repository:
         compression_level: int = fmt.DEFAULT_COMPRESSION_LEVEL,
         compression_mode: str = AUTO,
         kdf: KdfParams | None = None,
+        chunker: tuple[int, int, int] | None = None,
+        block_size: int | None = None,
     ) -> Repository:
-        if backend.exists(fmt.CONFIG_NAME):
-            raise RepositoryExists(f"a repository already exists at {backend.location}")
-        master = MasterKey.generate()
+        """A new repository. `chunker` (min, avg, max bytes of content-defined
+        chunks) and `block_size` (image blocks) default to the format's; ValueError
+        naming what is wrong when they cannot be used (`RepoConfig.geometry_problem`)."""
         config = RepoConfig(
             id=uuid.uuid4().hex,
             compression_level=compression_level,
             compression_mode=_mode_of(compression_mode),
         )
+        if chunker is not None:
+            config = replace(config, cdc_min=chunker[0], cdc_avg=chunker[1], cdc_max=chunker[2])
+        if block_size is not None:
+            config = replace(config, block_size=block_size)
+        problem = config.geometry_problem()
+        if problem:
+            raise ValueError(problem)
+        if backend.exists(fmt.CONFIG_NAME):
+            raise RepositoryExists(f"a repository already exists at {backend.location}")
+        master = MasterKey.generate()
         key_blob = wrap_master_key(master, password, kdf)
         key_obj = fmt.key_name(content_hash(key_blob).hex())
         backend.create(key_obj, key_blob)

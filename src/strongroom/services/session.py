@@ -71,6 +71,8 @@ def init_repository(
     compression_level: int | None = None,
     kdf: KdfParams | None = None,
     compression_mode: str = AUTO,
+    chunker: tuple[int, int, int] | None = None,
+    block_size: int | None = None,
 ) -> Repository:
     """A new repository; `compression_level` None: the format's default level."""
     backend = open_backend(location)
@@ -83,6 +85,8 @@ def init_repository(
             compression_level=compression_level,
             compression_mode=compression_mode,
             kdf=kdf,
+            chunker=chunker,
+            block_size=block_size,
         )
     except BaseException:
         backend.close()
@@ -106,6 +110,8 @@ def create_repository(
     *,
     compression_mode: str = AUTO,
     insecure_password: bool = False,
+    chunker: tuple[int, int, int] | None = None,
+    block_size: int | None = None,
 ) -> str:
     """Create a repository and close it; returns its key object's name. A password shorter than
     MIN_PASSWORD_LENGTH is refused unless `insecure_password` (the key file is
@@ -113,7 +119,17 @@ def create_repository(
     weak = password_warning(password)
     if weak and not insecure_password:
         raise UsageError(f"{weak}; choose a longer one, or pass --insecure-password")
-    repo = init_repository(location, password, compression_level, compression_mode=compression_mode)
+    try:
+        repo = init_repository(
+            location,
+            password,
+            compression_level,
+            compression_mode=compression_mode,
+            chunker=chunker,
+            block_size=block_size,
+        )
+    except ValueError as err:  # chunker or block sizes (RepoConfig.geometry_problem)
+        raise UsageError(f"cannot create the repository: {err}") from None
     try:
         return repo.key_name
     finally:
