@@ -85,6 +85,9 @@ def test_copy_files_points_restore_equal_and_idempotent(
     both = copy(cli, source)  # the second point: a mostly unchanged tree
     assert (both["points_copied"], both["points_skipped"]) == (1, 1)
     assert both["data_added"] < 200_000, both
+    # an earlier run's copy of the parent is learnt: only the new file is read
+    assert both["bytes_read"] == len(b"one more file\n"), both
+    assert both["files_reused"] >= 3, both  # unchanged folders are mapped whole
     again = copy(cli, source)
     assert (again["points_copied"], again["points_skipped"], again["data_added"]) == (0, 2, 0)
 
@@ -186,6 +189,21 @@ def test_copy_image_point_byte_exact_and_refusal(
     out = tmp_path / "restored.raw"
     restored = cli("restore", copied, "--target", str(out))
     assert restored.rc == 0, restored.err
+    assert out.read_bytes() == bytes(data)
+
+    # An incremental image point, copied in a later run: only its changed block is read.
+    data[4 << 20 : (4 << 20) + 5] = b"fresh"
+    disk.write_bytes(bytes(data))
+    on_source(cli, source, "backup", "--image", str(disk), "--changed-since", "compare")
+    again = cli(
+        "copy", "--from-repo", str(source), "--json",
+        env={"STRONGROOM_FROM_PASSWORD": SOURCE_PASSWORD},
+    )  # fmt: skip
+    assert again.rc == 3, again.err  # the protected point is refused again
+    later = again.summary()
+    assert later["points_copied"] == 1 and later["bytes_read"] == 1 << 20, later
+    newest = [p["target_id"] for p in later["points"] if p["status"] == "copied"][0]
+    assert cli("restore", newest, "--target", str(out)).rc == 0
     assert out.read_bytes() == bytes(data)
     assert cli("check", "--read-data").rc == 0
 

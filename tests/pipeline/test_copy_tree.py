@@ -143,3 +143,44 @@ def test_a_seeded_tree_is_refused(pair: tuple[Repository, Repository]) -> None:
             work.file_tree(root)
     finally:
         work.close()
+
+
+def test_a_later_run_learns_an_earlier_copy_and_only_what_lines_up(
+    pair: tuple[Repository, Repository],
+) -> None:
+    """A new run given (source parent, its copy) reads only what changed; a copy whose
+    tree does not line up with the source (another name at one position) is not
+    learnt, and the file is read instead: never a wrong mapping."""
+    src, dst = pair
+    old, new = random_bytes(600_000, 2), random_bytes(300_000, 3)
+    unchanged = src.put_chunk(BlobType.TREE, encode_tree([_file(src, b"keep", old)]))
+    parent = src.put_chunk(
+        BlobType.TREE, encode_tree([Node(name=b"d", type=DIR, subtree=unchanged)])
+    )
+    src.flush()
+    first = translator(src, dst)
+    copy = first.file_tree(parent)
+    dst.flush()
+    first.close()
+
+    child = src.put_chunk(
+        BlobType.TREE,
+        encode_tree([Node(name=b"d", type=DIR, subtree=unchanged), _file(src, b"more", new)]),
+    )
+    src.flush()
+    later = translator(src, dst)
+    later.learn("files", parent, copy)
+    later.file_tree(child)
+    dst.flush()
+    later.close()
+    assert later.counts.bytes_read == len(new)  # the unchanged folder was mapped whole
+    assert (later.progress.files_done, later.progress.bytes_done) == (2, len(old) + len(new))
+
+    # A "copy" whose entry has another name does not line up: nothing learnt.
+    wrong = dst.put_chunk(BlobType.TREE, encode_tree([Node(name=b"other", type=DIR, subtree=None)]))
+    dst.flush()
+    fresh = translator(src, dst)
+    fresh.learn("files", parent, wrong)
+    fresh.file_tree(parent)
+    fresh.close()
+    assert fresh.counts.bytes_read == len(old)

@@ -15,7 +15,13 @@ Within one `Translator` (one run), work is done once: a source tree, block map
 or manifest already translated maps to its target id at once, and a file whose
 source chunk list was already translated (another point, a hard link, a copy
 of the file elsewhere) takes the target's list without being read again; so
-copying ten points of one tree costs about one. The maps live in memory only.
+copying ten points of one tree costs about one. The maps live in memory only,
+but a later run rebuilds them from the repositories themselves: `learn` walks
+a point copied before (its source manifest and the target's copy, found
+through the copy's `copied_from`) side by side, metadata only, and maps each
+source tree, file content and block to what the copy holds, so an incremental
+copy reads only what changed since (checked on the way: names, types and sizes
+must agree at every position, else that subtree is not learnt, only read).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.chunking import CdcChunker
-from strongroom.errors import IntegrityError, UsageError
+from strongroom.errors import IntegrityError, StrongroomError, UsageError
 from strongroom.model.blockmap import BlockMap
 from strongroom.model.origin import ORIGIN_KEY
 from strongroom.model.tree import FILE, Node, TreePath, decode_wires, encode_wires
@@ -236,6 +242,78 @@ class Translator:
         finally:
             for fut, _ in queue:
                 fut.cancel()
+
+    # --- learning from an earlier copy ----------------------------------------
+
+    def learn(self, kind: str, source_root: bytes, target_root: bytes) -> None:
+        """Map what the target's copy `target_root` of the source's manifest
+        `source_root` holds (the module docstring); `kind`: a PointKind value.
+        What does not line up, or cannot be read, is simply not learnt."""
+        if source_root in self._trees or self.same_keys:
+            return  # known already; the fast path reads nothing it need not anyway
+        try:
+            if kind == "files":
+                self._learn_tree(source_root, target_root, TreePath())
+            elif kind == "block":
+                self._learn_map(source_root, target_root)
+            elif kind == "vm":
+                source = load_vm_manifest(self.src, source_root)
+                target = {d.name: d for d in load_vm_manifest(self.dst, target_root).disks}
+                for disk in source.disks:
+                    twin = target.get(disk.name)
+                    if twin is not None:
+                        self._learn_map(bytes.fromhex(disk.map_root), bytes.fromhex(twin.map_root))
+        except StrongroomError:
+            pass  # damage in either manifest: the copy reads what it needs instead
+
+    def _learn_tree(self, source: bytes, target: bytes, path: TreePath) -> tuple[int, int] | None:
+        """(files, bytes) under `source` once learnt, None if the two do not line up."""
+        if source in self._trees:
+            return self._sizes[source]
+        path.enter(source)
+        theirs = decode_wires(self.src.load_chunk(source, BlobType.TREE))
+        ours = decode_wires(self.dst.load_chunk(target, BlobType.TREE))
+        if len(theirs) != len(ours):
+            return None
+        files = size = 0
+        contents: list[tuple[bytes, tuple[list[bytes], list[int]]]] = []
+        for their_wire, our_wire in zip(theirs, ours, strict=True):
+            a, b = Node.from_wire(their_wire), Node.from_wire(our_wire)
+            if (a.name, a.type, a.size) != (b.name, b.type, b.size) or a.origin is not None:
+                return None
+            if a.type == FILE:
+                if sum(b.chunk_sizes) != b.size or bool(a.chunks) != bool(b.chunks):
+                    return None
+                if a.chunks:
+                    contents.append((b"".join(a.chunks), (b.chunks, b.chunk_sizes)))
+                files += 1
+                size += a.size
+            if a.subtree is not None:
+                if b.subtree is None:
+                    return None
+                below = self._learn_tree(a.subtree, b.subtree, path)
+                if below is None:
+                    return None
+                files, size = files + below[0], size + below[1]
+        path.leave()
+        self._contents.update(contents)
+        self._trees[source], self._sizes[source] = target, (files, size)
+        return files, size
+
+    def _learn_map(self, source_root: bytes, target_root: bytes) -> None:
+        source = load_block_map(self.src, source_root)
+        target = load_block_map(self.dst, target_root)
+        if (source.size, source.block_size) != (target.size, target.block_size):
+            return
+        learnt = {}
+        for block in range(source.blocks):
+            theirs, ours = source.get(block), target.get(block)
+            if (theirs is None) != (ours is None):
+                return
+            if theirs is not None and ours is not None:
+                learnt[theirs] = ours
+        self._blocks.update(learnt)
+        self._trees[source_root], self._sizes[source_root] = target_root, (0, source.size)
 
     # --- block maps and VM manifests ------------------------------------------
 

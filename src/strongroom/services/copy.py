@@ -39,7 +39,7 @@ from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.copy_tree import SeedBased, Translator
 from strongroom.repository.repo import Repository
-from strongroom.services.points import PointFilter, find_point, list_points
+from strongroom.services.points import PointFilter, find_point, list_points, load_point
 from strongroom.types import Progress, ProgressCallback, no_progress
 
 COPIED_FROM = "copied_from"
@@ -250,8 +250,13 @@ def _copy_one(
     doc: dict[str, Any],
     copied_ids: dict[str, str],
 ) -> str:
-    """Translate one point's manifest, flush, then write its document; the target id."""
+    """Translate one point's manifest, flush, then write its document; the target id.
+    A parent copied in an earlier run is learnt first (`Translator.learn`), so
+    only what changed since is read from the source."""
     root = bytes.fromhex(point.tree)
+    copy_of_parent = copied_ids.get(point.parent) if point.parent else None
+    if point.parent and copy_of_parent:
+        _learn_parent(translator, src, dst, point, point.parent, copy_of_parent)
     try:
         if point.kind == PointKind.FILES:
             tree = translator.file_tree(root)
@@ -270,3 +275,21 @@ def _copy_one(
     new["original"] = original if isinstance(original, str) and original else point.id
     new[COPIED_FROM] = {"repository": src.config.id, "point": point.id}
     return dst.save_point(new)
+
+
+def _learn_parent(
+    translator: Translator,
+    src: Repository,
+    dst: Repository,
+    point: RecoveryPoint,
+    parent_id: str,
+    copy_id: str,
+) -> None:
+    """Hand the translator the parent's manifest and its copy's, when both load
+    and are of the point's kind (a damaged or forgotten one is simply skipped)."""
+    try:
+        parent, copy = load_point(src, parent_id), load_point(dst, copy_id)
+    except (StrongroomError, ObjectNotFound):
+        return
+    if parent.kind == copy.kind == point.kind:
+        translator.learn(str(point.kind), bytes.fromhex(parent.tree), bytes.fromhex(copy.tree))
