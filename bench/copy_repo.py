@@ -17,6 +17,12 @@ target repository with another password (the target's ``init`` is not timed):
   --copy-chunker-params``, the setup restic recommends so that later backups into the
   target deduplicate against the copied data (the copy itself does the same work).
 
+``(incremental)`` variants copy the first point into a fresh target (not timed), then time
+the copy of the rest: the second point, the same tree again, so the cost of a daily copy of
+a daily backup in which nothing changed (strongroom learns the first point's copy and reads
+no file again; restic finds every blob present). Their ratio is against ``restic copy
+(incremental)``.
+
 The first round's strongroom target is restored and compared with the data set
 (``harness/verify.py``) and checked with ``check --read-data``; a mismatch or a failed check
 is a failure. A second ``strongroom copy`` into the same target is timed too (nothing to copy:
@@ -93,6 +99,74 @@ def make_sources(tools: list[str], data: Path, runs: Path, logs: Path) -> dict[s
             _run(cmd, env, space.root, logs / f"source-{name}-backup{i}", f"{name} backup")
         spaces[name] = space
     return spaces
+
+
+def _oldest_point(cmd: list[str], env: dict[str, str], cwd: Path, stem: Path) -> str:
+    """The id of the oldest point a `snapshots --json` command lists (both tools)."""
+    _run(cmd, env, cwd, stem, "listing the points")
+    points = json.loads(stem.with_suffix(".out").read_text())
+    return str(min(points, key=lambda p: p["time"])["id"])
+
+
+def strongroom_incremental(
+    index: int, source: Space, runs: Path, logs: Path, results: dict[str, Result]
+) -> None:
+    target = runs / "target-strongroom-inc"
+    shutil.rmtree(target, ignore_errors=True)
+    (target / "cache").mkdir(parents=True)
+    env = strongroom_env(target / "repo", target / "cache")
+    env["STRONGROOM_PASSWORD"] = TARGET_PASSWORD
+    env["STRONGROOM_FROM_PASSWORD"] = PASSWORD
+    cmd = Strongroom().cmd()
+    _run([*cmd, "init"], env, target, logs / f"r{index}-inc-init", "strongroom init")
+    first = _oldest_point(
+        [*cmd, "-r", str(source.repo), "snapshots", "--json"],
+        {**env, "STRONGROOM_PASSWORD": PASSWORD},
+        target,
+        logs / f"r{index}-inc-points",
+    )
+    base = [*cmd, "copy", "--from-repo", str(source.repo), "--json"]
+    _run([*base, first], env, target, logs / f"r{index}-inc-first", "strongroom copy")
+    warm((source.repo,))
+    stem = logs / f"r{index}-strongroom-copy-incremental"
+    m = run_measured(base, env, target, stem)
+    r = results.setdefault("strongroom copy (incremental)", Result())
+    r.add(m.seconds, m.cpu_seconds, m.peak_rss_kib, tree_bytes(target / "repo"))
+    done = summary_json(stem)
+    variant = "strongroom copy (incremental)"
+    log(f"  {variant:<28} {m.seconds:7.2f} s, read {done.get('bytes_read')} bytes")
+    if m.exit_code != 0 or done.get("points_copied") != 1:
+        r.failures.append(f"exit {m.exit_code}, {done.get('points_copied')} copied")
+
+
+def restic_incremental(
+    index: int, source: Space, runs: Path, logs: Path, results: dict[str, Result]
+) -> None:
+    restic = Restic()
+    target = Space(runs / "target-restic-inc", source.data, logs)
+    shutil.rmtree(target.root, ignore_errors=True)
+    target.cache.mkdir(parents=True)
+    env = tool_env(restic, target)
+    env["RESTIC_PASSWORD"] = TARGET_PASSWORD
+    env["RESTIC_FROM_PASSWORD"] = PASSWORD
+    cmd = [*restic.cmd(), "-r", str(target.repo)]
+    _run([*cmd, "init"], env, target.root, logs / f"r{index}-rinc-init", "restic init")
+    first = _oldest_point(
+        [*restic.cmd(), "-r", str(source.repo), "snapshots", "--json"],
+        {**env, "RESTIC_PASSWORD": PASSWORD},
+        target.root,
+        logs / f"r{index}-rinc-points",
+    )
+    base = [*cmd, "copy", "--from-repo", str(source.repo)]
+    _run([*base, first], env, target.root, logs / f"r{index}-rinc-first", "restic copy")
+    warm((source.repo,))
+    stem = logs / f"r{index}-restic-copy-incremental"
+    m = run_measured(base, env, target.root, stem)
+    r = results.setdefault("restic copy (incremental)", Result())
+    r.add(m.seconds, m.cpu_seconds, m.peak_rss_kib, tree_bytes(target.repo))
+    log(f"  {'restic copy (incremental)':<28} {m.seconds:7.2f} s")
+    if m.exit_code != 0:
+        r.failures.append(f"exit {m.exit_code}: {tail(stem.with_suffix('.err'), 3)}")
 
 
 def strongroom_round(
@@ -187,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         strongroom_round(index, sources["strongroom"], runs, logs, data, results)
         if "restic" in sources:
             restic_round(index, sources["restic"], runs, logs, results)
+        strongroom_incremental(index, sources["strongroom"], runs, logs, results)
+        if "restic" in sources:
+            restic_incremental(index, sources["restic"], runs, logs, results)
 
     run_rounds(args.runs, one_round, args.warmup)
     print(f"data set: {info.files} files, {info.bytes / GIB:.2f} GiB; two points of it copied")
@@ -204,10 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def print_report(results: dict[str, Result], skipped: list[str], markdown: bool) -> None:
     head = ["variant", "wall s", "CPU s", "RSS MiB", "target MiB", "restic copy / this"]
-    base = results.get("restic copy")
     rows = []
     for name, r in results.items():
         wall = Spread.of(r.seconds)
+        incremental = name.endswith("(incremental)")
+        base = results.get("restic copy (incremental)" if incremental else "restic copy")
         ratio = f"{Spread.of(base.seconds).median / wall.median:.2f}x" if base else ""
         rows.append(
             [
