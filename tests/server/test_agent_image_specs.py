@@ -141,6 +141,7 @@ def test_a_live_disk_and_a_named_bitmap_are_taken(spec: dict[str, Any]) -> None:
         ({**_LIVE, "source": "nbd+unix:///d?socket=../s"}, "the NBD URI's socket"),
         ({**_LIVE, "source": "nbd+unix:///d?socket=/s&tls=1"}, "source must be nbd://"),
         ({**_LIVE, "source": "nbd://h/x#y"}, "source must be nbd://"),
+        ({**_LIVE, "source": "nbd://h/../x"}, "source must be nbd://"),
         ({**_LIVE, "changed_since": "bitmap:a/b"}, "'bitmap[:NAME]'"),
         ({**_LIVE, "changed_since": "overlay"}, "'bitmap[:NAME]'"),
         ({"kind": "vm", "vm": "vm1", "changed_since": "bitmap:x"}, "'auto', 'compare' or 'none'"),

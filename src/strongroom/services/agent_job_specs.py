@@ -84,7 +84,7 @@ def _nbd_uri(source: str) -> bool:
         query = parse_qs(parts.query, strict_parsing=bool(parts.query))
     except ValueError:
         raise bad from None
-    if parts.fragment or any(c.isspace() for c in source):
+    if parts.fragment or any(c.isspace() for c in source) or ".." in parts.path.split("/"):
         raise bad
     if parts.scheme == "nbd":
         if not _NBD_HOST.fullmatch(parts.netloc) or query:
