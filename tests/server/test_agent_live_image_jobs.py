@@ -4,7 +4,7 @@ dirty bitmap, backed up by jobs naming its QMP socket, block node and the
 bitmap by name (`backup --image NBD-URI --qmp SOCKET --node NODE
 --changed-since bitmap:NAME --server`): the second point holds only the
 changed blocks; an image restore job with `format: qcow2` writes a qcow2
-that `qemu-img compare` finds equal to the disk. Bad values of these
+that `qemu-img compare` finds equal to the disk when it was backed up. Bad values of these
 fields are refused with 400 before anything is queued."""
 
 from __future__ import annotations
@@ -67,27 +67,31 @@ def test_a_live_disk_by_its_named_bitmap_and_a_qcow2_restore_through_jobs(
             assert "mine" not in daemon.bitmap_names()  # adopted, then rotated to mine.TOKEN
             assert [n for n in daemon.bitmap_names() if n.startswith("mine.")]
 
+            v1 = daemon.snapshot(tmp_path / "v1.raw")
+            target = tmp_path / "restored.qcow2"
+            bad = {"point": first["id"], "target": str(target), "format": "vhd"}
+            refused = http.post("/api/v1/jobs", json={"kind": "restore", "machine": "web1",
+                                                      "spec": bad})  # fmt: skip
+            assert refused.status_code == 400 and "format is" in refused.text
+
+            # one run: the first point restored as a qcow2, the changed disk backed up
             daemon.write(*(f"write -P 0x21 {o} {n}" for o, n in WRITES))
+            restore = _job(http, "restore", {**bad, "format": "qcow2"})
             second_job = _job(http, "backup", live)
             rc, ran, err = _run_once(site)
-            assert rc == 0 and [(r["id"], r["ok"]) for r in ran] == [(second_job, True)], err
-            second = _point(http, ran[0]["point"])
+            assert rc == 0 and {r["id"]: r["ok"] for r in ran} == {
+                restore: True,
+                second_job: True,
+            }, err
+            (restored,) = [r for r in ran if r["id"] == restore]
+            assert restored["outcome"].endswith("(qcow2)")
+            assert_same_image(v1, target, "raw", "qcow2")
+            (made,) = [r for r in ran if r["id"] == second_job]
+            second = _point(http, made["point"])
             summary = second["summary"]
             dirty = touched(WRITES, summary["block_size"])
             assert second["parent"] == first["id"] and summary["tracker"] == "bitmap", summary
             assert summary["blocks_examined"] == summary["blocks_changed"] == len(dirty)
             assert summary["bytes_read"] <= len(dirty) * summary["block_size"]
-            now = daemon.snapshot(tmp_path / "now.raw")
-
-            target = tmp_path / "restored.qcow2"
-            bad = {"point": second["id"], "target": str(target), "format": "vhd"}
-            refused = http.post("/api/v1/jobs", json={"kind": "restore", "machine": "web1",
-                                                      "spec": bad})  # fmt: skip
-            assert refused.status_code == 400 and "format is" in refused.text
-            restore = _job(http, "restore", {**bad, "format": "qcow2"})
-            rc, ran, err = _run_once(site)
-            assert rc == 0 and [(r["id"], r["ok"]) for r in ran] == [(restore, True)], err
-            assert "(qcow2)" in ran[0]["outcome"]
-            assert_same_image(now, target, "raw", "qcow2")
     finally:
         daemon.stop()
