@@ -62,7 +62,7 @@ def test_image_jobs_and_schedule_through_agent_run_once(
             {"kind": "image", "source": "/a/../etc/shadow"},
             {"kind": "image", "source": "/dev/vd\0a"},
             {"kind": "image", "source": "/" + "a" * 5000},
-            {"kind": "image", "source": str(disk), "changed_since": "bitmap:x"},
+            {"kind": "image", "source": str(disk), "changed_since": "bitmap:x/../y"},
             {"kind": "image", "source": str(disk), "paths": ["/srv"]},
             {"kind": "image"},
             {"kind": "vmdk", "source": str(disk)},

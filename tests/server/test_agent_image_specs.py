@@ -31,13 +31,19 @@ _JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=12,
 )
-_PATHS = st.from_regex(r"/[a-z./\x00]{0,20}", fullmatch=True) | st.just("/dev/vdb")
-_FIELDS = st.sampled_from(["source", "vm", "changed_since", "tags", "paths", "excludes"])
+_PATHS = (
+    st.from_regex(r"/[a-z./\x00]{0,20}", fullmatch=True)
+    | st.just("/dev/vdb")
+    | st.from_regex(r"(nbd\+unix:///d0\?socket=|unix:|tcp:h:)[a-z./\x00]{0,12}", fullmatch=True)
+)
+_FIELDS = st.sampled_from(
+    ["source", "vm", "changed_since", "tags", "paths", "excludes", "qmp", "node"]
+)
 _NAMES = st.from_regex(r"[a-z0-9./@_\x00-]{0,70}", fullmatch=True) | st.just("vm1")
 _VALUES = (
     _JSON
     | _PATHS
-    | st.sampled_from(["auto", "compare", "none", "bitmap", "overlay"])
+    | st.sampled_from(["auto", "compare", "none", "bitmap", "overlay", "bitmap:b-1", "bitmap:"])
     | _NAMES
     | st.lists(st.text(max_size=140), max_size=40)
 )
@@ -54,11 +60,15 @@ def test_an_image_backup_spec_is_refused_in_one_line_or_bounded(spec: dict[str, 
     except UsageError as err:
         assert "\n" not in str(err) and "\0" not in str(err) and len(str(err)) < 300
         return
-    assert set(checked) == {"kind", "source", "changed_since", "tags"}
+    assert {"kind", "source", "changed_since", "tags"} <= set(checked)
+    assert set(checked) <= {"kind", "source", "changed_since", "tags", "qmp", "node"}
     source = checked["source"]
-    assert source.startswith("/") and "\0" not in source and len(source) <= MAX_PATH
-    assert ".." not in source.split("/")
-    assert checked["changed_since"] in JOB_CHANGED_SINCE
+    assert "\0" not in source and len(source) <= MAX_PATH
+    assert source.startswith(("/", "nbd://", "nbd+unix://")) and ".." not in source.split("/")
+    tracker = checked["changed_since"]
+    assert tracker in JOB_CHANGED_SINCE or re.fullmatch(r"bitmap(:[\w.-]{1,128})?", tracker)
+    if "node" in checked:
+        assert "qmp" in checked and re.fullmatch(r"[A-Za-z][\w.-]{0,31}", checked["node"])
     assert len(checked["tags"]) <= MAX_TAGS
     assert all(0 < len(t) <= MAX_TAG and "\0" not in t for t in checked["tags"])
 
@@ -100,3 +110,53 @@ def test_a_restore_spec_names_files_image_or_vm_only() -> None:
     for kind in ("vhd", 1, ["image"]):
         with pytest.raises(UsageError, match="kind is 'files', 'image' or 'vm'"):
             check_restore({**base, "kind": kind})
+
+
+_LIVE = {"kind": "image", "source": "nbd+unix:///disk0?socket=/run/vm/nbd.sock"}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {**_LIVE, "qmp": "/run/vm/qmp.sock", "node": "disk0", "changed_since": "bitmap:nightly"},
+        {**_LIVE, "qmp": "unix:/run/vm/qmp.sock"},
+        {**_LIVE, "source": "nbd://10.0.0.5:10809/disk0", "qmp": "tcp:10.0.0.5:4444"},
+        {"kind": "image", "source": "/var/lib/vm/db.qcow2", "changed_since": "bitmap"},
+    ],
+)
+def test_a_live_disk_and_a_named_bitmap_are_taken(spec: dict[str, Any]) -> None:
+    assert check_backup(spec) == {"changed_since": "auto", "tags": [], **spec}
+
+
+@pytest.mark.parametrize(
+    ("spec", "line"),
+    [
+        ({**_LIVE, "qmp": "run/qmp.sock"}, "qmp must be an absolute path"),
+        ({**_LIVE, "qmp": "unix:/run/../etc/x"}, "qmp must be an absolute path"),
+        ({**_LIVE, "qmp": "tcp:host:port:x y"}, "qmp must be an absolute path"),
+        ({**_LIVE, "node": "disk0"}, "node is given with qmp only"),
+        ({**_LIVE, "qmp": "/q.sock", "node": "0disk"}, "node must be a block node name"),
+        ({**_LIVE, "qmp": "/q.sock", "node": "d" * 40}, "node must be a block node name"),
+        ({"kind": "image", "source": "/d.img", "qmp": "/q.sock"}, "with qmp, source is"),
+        ({**_LIVE, "source": "nbd+unix:///d?socket=../s"}, "the NBD URI's socket"),
+        ({**_LIVE, "source": "nbd+unix:///d?socket=/s&tls=1"}, "source must be nbd://"),
+        ({**_LIVE, "source": "nbd://h/x#y"}, "source must be nbd://"),
+        ({**_LIVE, "source": "nbd://h/../x"}, "source must be nbd://"),
+        ({**_LIVE, "changed_since": "bitmap:a/b"}, "'bitmap[:NAME]'"),
+        ({**_LIVE, "changed_since": "overlay"}, "'bitmap[:NAME]'"),
+        ({"kind": "vm", "vm": "vm1", "changed_since": "bitmap:x"}, "'auto', 'compare' or 'none'"),
+    ],
+)
+def test_a_hostile_live_disk_or_bitmap_is_refused(spec: dict[str, Any], line: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(line)) as refused:
+        check_backup(spec)
+    assert "etc" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_restore_takes_raw_or_qcow2() -> None:
+    base = {"point": "ab" * 32, "target": "/restore/disk.img", "kind": "image"}
+    assert check_restore({**base, "format": "qcow2"})["format"] == "qcow2"
+    assert "format" not in check_restore(base)
+    for fmt in ("vhd", 1, ""):
+        with pytest.raises(UsageError, match="format is 'raw' or 'qcow2'"):
+            check_restore({**base, "format": fmt})

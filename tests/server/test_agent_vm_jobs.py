@@ -4,7 +4,7 @@ ops routes over a real repository and catalog; the agent's AgentRunner over
 HTTP to them, its VM found in its own config file): a VM job for a machine in
 no cluster, or a hostile one, is a 400; queued over the API, the agent makes
 a VM point of the cluster that the job's finish accepts and its restore job
-writes back byte-exact; a schedule of it fires once and makes an incremental
+writes back byte-exact, as raw or qcow2 disks; a schedule of it fires once and makes an incremental
 (only the changed blocks); a machine outside the cluster cannot finish a job
 with that point."""
 
@@ -38,7 +38,7 @@ from strongroom.services.operations import server_operations
 from strongroom.services.scheduler import Scheduler
 from tests.conftest import init_local_repository
 from tests.helpers.cli import PASSWORD
-from tests.helpers.images import KiB, MiB
+from tests.helpers.images import KiB, MiB, to_raw
 from tests.helpers.listing import points_listing
 from tests.server.agent_fixtures import bearer
 from tests.server.conftest import ADMIN_PASSWORD, sign_in
@@ -180,6 +180,15 @@ def test_vm_jobs_and_schedule_run_by_the_agent(vsite: VmJobSite, tmp_path: Path)
     assert restored.ok and restored.outcome.startswith("restored 2 disks"), restored
     for disk in vsite.daemon.disks:
         assert vsite.daemon.difference(disk, target / f"{disk}.raw") is None
+    # and as qcow2 disks (`format: qcow2`), as `restore --format qcow2` writes them
+    qcow2 = tmp_path / "restored-qcow2"
+    spec = {"point": first, "target": str(qcow2), "format": "qcow2"}
+    assert vsite.job("restore", "node-a", spec).status_code == 201
+    (restored,) = vsite.run_once(vsite.runner("node-a", creds))
+    assert restored.ok and restored.outcome.endswith("(DISK.qcow2)"), restored
+    for disk in vsite.daemon.disks:
+        raw = to_raw(qcow2 / f"{disk}.qcow2", tmp_path / f"{disk}-from-qcow2.raw")
+        assert vsite.daemon.difference(disk, raw) is None
 
     # a schedule of it, once due, fires once and makes an incremental
     vsite.daemon.write("disk1", "write -P 0x44 0 4k", f"write -P 0x45 {2 * MiB} {64 * KiB}")

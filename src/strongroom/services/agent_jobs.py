@@ -7,7 +7,9 @@ Contract:
   line that never echoes a value): bounded lists of absolute paths without
   NUL, known fields only. A backup is of files (`paths`) or, with `kind:
   image`, of one block source of the machine (`source`: a file, a qcow2 or
-  a block device, an absolute path; `changed_since` auto, compare or none)
+  a block device, an absolute path; or with `qmp` and `node` a live disk
+  behind its block layer's NBD URI; `changed_since` auto, compare, none or
+  bitmap[:NAME]: services/agent_job_specs.py)
   or, with `kind: vm`, of one VM of the machine's cluster (`vm`: its name,
   the machine name rules; the agent's own `[vm.NAME]` table says where its
   disks are), queued only for a machine that is in a cluster.
@@ -17,7 +19,7 @@ Contract:
   the repository before the job is queued, into a folder; of a block image
   point, the whole disk onto a target file or device; of a VM point, every
   disk into a folder as DISK.raw (the spec says which with its `kind`, set
-  from the point's);
+  from the point's; `format: qcow2` writes qcow2 instead of raw);
 - the machine must be enrolled and enabled;
 - an agent claims only its own machine's jobs (`claim` with
   `machine=NAME`, through the catalog's one claim); its worker name is
@@ -46,10 +48,21 @@ from strongroom.errors import PathNotFound, PointNotFound, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.services.agent_intake import visible
+from strongroom.services.agent_job_specs import (
+    JOB_CHANGED_SINCE,
+    MAX_PATH,
+    MAX_TAG,
+    MAX_TAGS,
+    absolute,
+    changed_since,
+    check_image_backup,
+    restore_format,
+    texts,
+    unknown,
+)
 from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.agents import check_machine_name
 from strongroom.services.dashboard import RepositoryView
-from strongroom.services.image_backup import JOB_CHANGED_SINCE
 from strongroom.services.jobs import Jobs, job_doc
 from strongroom.services.restore import point_path
 from strongroom.services.walk import find_node
@@ -58,10 +71,7 @@ AGENT_KINDS = ("backup", "restore")
 SCHEDULED_AGENT_KINDS = ("backup",)  # a restore is asked for once, never on a timer
 MAX_PATHS = 64  # a backup's paths
 MAX_EXCLUDES = 256
-MAX_TAGS = 32
-MAX_TAG = 128
 MAX_PICKS = 1000  # a restore's paths inside the point
-MAX_PATH = 4096
 MAX_WAIT = 20.0  # seconds a claim may wait for a job
 POLL = 0.5  # seconds between claims of a long poll
 MAX_PROGRESS = 4096  # bytes of a progress document (JSON)
@@ -76,32 +86,6 @@ def worker_of(machine: str) -> str:
     return f"agent:{machine}"
 
 
-def _texts(spec: Mapping[str, Any], name: str, limit: int, most: int, what: str) -> list[str]:
-    items = spec.get(name, [])
-    if not isinstance(items, list) or len(items) > limit:
-        raise UsageError(f"{what}: {name} must be a list of at most {limit} texts")
-    for item in items:
-        if not isinstance(item, str) or not 0 < len(item) <= most or "\0" in item:
-            raise UsageError(f"{what}: each of {name} must be 1-{most} characters without NUL")
-    return list(items)
-
-
-def _absolute(items: list[str], what: str, name: str) -> list[str]:
-    for item in items:
-        if not item.startswith("/") or ".." in item.split("/"):
-            raise UsageError(f"{what}: each of {name} must be an absolute path without '..'")
-    return items
-
-
-def _unknown(spec: Mapping[str, Any], known: set[str], what: str) -> None:
-    unknown = set(spec) - known
-    if unknown:
-        # names only, cut and printable (a NUL or a newline is not echoed)
-        names = ", ".join(sorted("".join(c for c in str(u)[:32] if c.isprintable())
-                                 for u in unknown))  # fmt: skip
-        raise UsageError(f"{what}: unknown field(s) {names[:200]}")
-
-
 def check_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A backup job's spec with its defaults: paths (1-64 absolute),
     excludes, tags, one_file_system, kind (`files`; `image`: see
@@ -110,11 +94,11 @@ def check_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
         return check_image_backup(spec)
     if spec.get("kind") == "vm":
         return check_vm_backup(spec)
-    _unknown(spec, {"paths", "excludes", "tags", "one_file_system", "kind"}, "backup")
+    unknown(spec, {"paths", "excludes", "tags", "one_file_system", "kind"}, "backup")
     kind = spec.get("kind", "files")
     if kind != "files":
         raise UsageError("backup: kind must be 'files', 'image' or 'vm'")
-    paths = _absolute(_texts(spec, "paths", MAX_PATHS, MAX_PATH, "backup"), "backup", "paths")
+    paths = absolute(texts(spec, "paths", MAX_PATHS, MAX_PATH, "backup"), "backup", "paths")
     if not paths:
         raise UsageError("backup: give at least one path")
     one_fs = spec.get("one_file_system", False)
@@ -123,36 +107,10 @@ def check_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "kind": "files",
         "paths": paths,
-        "excludes": _texts(spec, "excludes", MAX_EXCLUDES, MAX_PATH, "backup"),
-        "tags": _texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
+        "excludes": texts(spec, "excludes", MAX_EXCLUDES, MAX_PATH, "backup"),
+        "tags": texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
         "one_file_system": one_fs,
     }
-
-
-def check_image_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """An image backup job's spec with its defaults: source (an absolute
-    path on the machine: a file, a qcow2 or another image, a block device),
-    changed_since (`auto`, `compare` or `none`: the agent has no QEMU of the
-    server's to name a bitmap of), tags. No seeds: they are the server's."""
-    _unknown(spec, {"kind", "source", "changed_since", "tags"}, "backup")
-    source = spec.get("source")
-    if not isinstance(source, str) or not 1 < len(source) <= MAX_PATH or "\0" in source:
-        raise UsageError("backup: source must be an absolute path of 2-4096 characters")
-    _absolute([source], "backup", "source")
-    changed = _changed_since(spec)
-    return {
-        "kind": "image",
-        "source": source,
-        "changed_since": changed,
-        "tags": _texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
-    }
-
-
-def _changed_since(spec: Mapping[str, Any]) -> str:
-    changed = spec.get("changed_since", "auto")
-    if changed not in JOB_CHANGED_SINCE:
-        raise UsageError("backup: changed_since is 'auto', 'compare' or 'none'")
-    return str(changed)
 
 
 def check_vm_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,17 +119,17 @@ def check_vm_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
     `[vm.NAME]` tables, as `backup --vm` does), changed_since (`auto`: the
     VM's dirty bitmaps, `compare` or `none`, as `backup --vm` takes them),
     tags. Whether the machine is in a cluster is `AgentJobs.check_spec`'s."""
-    _unknown(spec, {"kind", "vm", "changed_since", "tags"}, "backup")
+    unknown(spec, {"kind", "vm", "changed_since", "tags"}, "backup")
     vm = spec.get("vm")
     if not isinstance(vm, str):
         raise UsageError("backup: vm must be the VM's name")
     check_vm_name(vm)
-    changed = _changed_since(spec)
+    changed = changed_since(spec, bitmaps=False)
     return {
         "kind": "vm",
         "vm": vm,
         "changed_since": changed,
-        "tags": _texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
+        "tags": texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
     }
 
 
@@ -184,15 +142,17 @@ def check_restore(spec: Mapping[str, Any]) -> dict[str, Any]:
     or `vm`: what the point is; `check_spec` sets `image` or `vm` from the
     point). Of an image point, the target is the file or block device the
     disk is written to; of a VM point, the folder its disks are written to
-    (DISK.raw); no paths are picked of either."""
-    _unknown(spec, {"point", "paths", "target", "overwrite", "kind"}, "restore")
+    (DISK.raw); no paths are picked of either. `format` (`raw` or `qcow2`,
+    as `restore --format` takes it) is of image and VM points only: the
+    disk file, or each DISK.FORMAT, is written in it."""
+    unknown(spec, {"point", "paths", "target", "overwrite", "kind", "format"}, "restore")
     kind = spec.get("kind")
     if kind not in (None, "files", "image", "vm"):
         raise UsageError("restore: kind is 'files', 'image' or 'vm' (the point's)")
     point = spec.get("point")
     if not isinstance(point, str) or not _POINT.fullmatch(point):
         raise UsageError("restore: point must be a full point id (64 hex digits)")
-    picks = _texts(spec, "paths", MAX_PICKS, MAX_PATH, "restore")
+    picks = texts(spec, "paths", MAX_PICKS, MAX_PATH, "restore")
     try:
         paths = list(dict.fromkeys(point_path(p) for p in picks))
     except UsageError:
@@ -200,12 +160,13 @@ def check_restore(spec: Mapping[str, Any]) -> dict[str, Any]:
     target = spec.get("target")
     if not isinstance(target, str) or not 1 < len(target) <= MAX_PATH or "\0" in target:
         raise UsageError("restore: target must be an absolute path of 2-4096 characters")
-    _absolute([target], "restore", "target")
+    absolute([target], "restore", "target")
     overwrite = spec.get("overwrite", "replace")
     if overwrite not in OVERWRITE:
         raise UsageError("restore: overwrite is 'replace' or 'refuse'")
+    fmt = restore_format(spec)
     checked = {"point": point, "paths": paths, "target": target, "overwrite": overwrite}
-    return checked | ({"kind": kind} if kind else {})
+    return checked | ({"kind": kind} if kind else {}) | ({"format": fmt} if fmt else {})
 
 
 def check_progress(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -286,6 +247,8 @@ class AgentJobs:
         kind = kinds.get(point.kind, "files")
         if checked.get("kind", kind) != kind:
             raise UsageError(f"restore: the point is a {kind} point")
+        if kind == "files" and "format" in checked:
+            raise UsageError("restore: format is of image and VM points only")
         if kind != "files":  # the agent is told (a files restore's spec is as it was)
             if checked["paths"]:
                 raise UsageError(f"restore: an {kind} point is restored whole (no paths)")
@@ -360,5 +323,6 @@ def agent_job_doc(job: Job) -> dict[str, Any]:
     return {"id": job.id, "kind": job.kind, "spec": job.spec, "tries": job.tries}
 
 
-__all__ = ["AGENT_KINDS", "AgentJobs", "agent_job_doc", "check_backup", "check_image_backup",
-           "check_restore", "check_vm_backup", "job_doc"]  # fmt: skip
+__all__ = ["AGENT_KINDS", "JOB_CHANGED_SINCE", "MAX_PATH", "MAX_TAG", "MAX_TAGS", "AgentJobs",
+           "agent_job_doc", "check_backup", "check_image_backup", "check_restore",
+           "check_vm_backup", "job_doc"]  # fmt: skip

@@ -21,6 +21,10 @@ Contract:
 - a VM backup job names the VM; its block layer and disks are the agent's
   own `[vm.NAME]` table of its config file (read when the job runs, as
   `backup --vm` reads it), never the server's to say;
+- an image backup job's spec is checked again here with the server's own
+  checks (services/agent_job_specs.py): a source path or NBD URI, a QMP
+  socket and node, a bitmap name, nothing `backup --image` would refuse;
+- an image or VM restore writes raw, or qcow2 with `format: qcow2`;
 - a restore with `overwrite: refuse` fails before writing anything when its
   target folder exists and is not empty (a files or VM point); of an image
   point, when its target exists and is anything but an empty regular file.
@@ -57,9 +61,14 @@ from strongroom.services.agent_images import (
     backup_image_through_server,
     restore_image_through_server,
 )
+from strongroom.services.agent_job_specs import (
+    JOB_CHANGED_SINCE,
+    check_image_backup,
+    restore_format,
+)
 from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.backup import BackupRequest
-from strongroom.services.image_backup import JOB_CHANGED_SINCE, ImageBackupRequest
+from strongroom.services.image_backup import ImageBackupRequest
 from strongroom.services.impact import JobKind, run_at
 from strongroom.types import Progress
 
@@ -247,17 +256,15 @@ class AgentRunner:
         report: Callable[[Progress], None],
         cancel: threading.Event,
     ) -> tuple[str | None, str]:
-        source = spec.get("source")
-        if not isinstance(source, str) or not os.path.isabs(source):
-            raise UsageError("the image backup job is malformed (source)")
+        checked = check_image_backup(spec)  # the server's checks, again: never trusted
         request = ImageBackupRequest(
-            source=source,
-            changed_since=str(spec.get("changed_since", "auto")),
-            tags=_strings(spec.get("tags")),
+            source=checked["source"],
+            changed_since=checked["changed_since"],
+            qmp=checked.get("qmp"),
+            node=checked.get("node"),
+            tags=checked["tags"],
             limit_read=self._limit_read,
         )
-        if request.changed_since not in JOB_CHANGED_SINCE:
-            raise UsageError("the image backup job is malformed (changed_since)")
         result = backup_image_through_server(store, self.config.machine, request, report, cancel)
         s = result.summary
         text = (
@@ -317,14 +324,15 @@ class AgentRunner:
         point = find_own(agent_points(store), ref)
         if point.kind != PointKind.VM:
             raise UsageError(f"point {point.short_id} is not a VM point")
-        disks = restore_vm_through_server(store, point, target, "raw", report, cancel)
+        fmt = _format(spec)
+        disks = restore_vm_through_server(store, point, target, fmt, report, cancel)
         damaged = sum(len(s.damaged) for _, _, s in disks)
         if damaged:
             raise UsageError(f"{damaged} blocks could not be restored (damaged data)")
         size = sum(s.size for _, _, s in disks)
         return (
             f"restored {len(disks)} disks, {size} bytes, of VM point {point.short_id} to "
-            f"{target} (DISK.raw)"
+            f"{target} (DISK.{fmt})"
         )
 
     def _restore_image(
@@ -337,12 +345,13 @@ class AgentRunner:
         point, target = _restore_target(
             spec, _occupied, "the target exists and is not an empty file (overwrite: refuse)"
         )
-        found, s = restore_image_through_server(store, point, target, "raw", report, cancel)
+        fmt = _format(spec)
+        found, s = restore_image_through_server(store, point, target, fmt, report, cancel)
         if s.damaged:
             raise UsageError(f"{len(s.damaged)} blocks could not be restored (damaged data)")
         return (
             f"restored {s.size} bytes ({s.bytes_written} written) of point {found.short_id} "
-            f"to {target}"
+            f"to {target} ({fmt})"
         )
 
     def _restore(
@@ -395,6 +404,14 @@ def _restore_target(
     if spec.get("overwrite") == "refuse" and occupied(target):
         raise UsageError(refusal)
     return point, target
+
+
+def _format(spec: dict[str, Any]) -> str:
+    """An image or VM restore job's format (raw unless it says qcow2)."""
+    try:
+        return restore_format(spec) or "raw"
+    except UsageError:
+        raise UsageError("the restore job is malformed (format)") from None
 
 
 def _full_folder(path: str) -> bool:

@@ -68,6 +68,12 @@ def enrolled(catalog: Catalog, host: str) -> bool:
     return found is not None and not found.disabled
 
 
+def cluster_machines(catalog: Catalog, cluster: str) -> list[str]:
+    """The enrolled, enabled machines of the VM cluster `cluster` (a VM
+    point's host): those a VM point may be restored to."""
+    return [m.name for m in catalog.list_machines() if m.cluster == cluster and not m.disabled]
+
+
 @dataclass(frozen=True)
 class JobRow:
     job: Job

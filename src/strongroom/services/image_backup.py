@@ -68,9 +68,6 @@ from strongroom.trackers.choose import TrackerMode, choose_changes, fallback, pa
 from strongroom.trackers.overlay import OverlayTracker
 from strongroom.types import ProgressCallback, no_progress
 
-# The modes a job names (a server's agent has no QEMU of the server's to name a bitmap of).
-JOB_CHANGED_SINCE = ("auto", "compare", "none")
-
 
 @dataclass
 class ImageBackupRequest:

@@ -157,3 +157,77 @@ def test_machines_page_shows_a_machine_s_vm_cluster(msite: Site) -> None:
     sign_in(msite.client, "rita", READER_PASSWORD)
     page = msite.client.get("/machines")
     assert '<span class="note cluster">(cluster prod)</span>' in page.text
+
+
+def _vm_point(repo_path: Path, cluster: str) -> str:
+    """A VM point of `cluster` with one small disk, made in process (a VM
+    backup needs a running QEMU; the dashboard only queues its restore)."""
+    from datetime import UTC, datetime
+
+    from strongroom.model.blockmap import BlockMap
+    from strongroom.model.kinds import PointKind
+    from strongroom.model.vm import VmDisk, VmManifest
+    from strongroom.pipeline.blockmaps import save_block_map, save_vm_manifest
+    from strongroom.services.recording import record_point
+
+    repo = open_local_repository(repo_path)
+    try:
+        root = save_block_map(repo, BlockMap.empty(1 << 16, 1 << 16))
+        manifest = save_vm_manifest(repo, VmManifest("vm1", [VmDisk("vda", 1 << 16, 1 << 16,
+                                                                    root.hex(), {})]))  # fmt: skip
+        repo.flush()
+        point = record_point(repo, kind=PointKind.VM, time=datetime.now(UTC), host=cluster,
+                             paths=["vm:vm1"], tree=manifest.hex(), parent=None,
+                             summary={})  # fmt: skip
+    finally:
+        repo.close()
+    return point.id
+
+
+def test_vm_jobs_from_the_machines_page_and_a_vm_points_page(msite: Site, tmp_path: Path) -> None:
+    c, catalog = msite.client, msite.accounts.catalog
+    agents = Agents(catalog)
+    url = "/machines/web1/backup"
+    csrf = sign_in(c, "olga", OPERATOR_PASSWORD)
+    assert "backup-vm-now" not in c.get("/machines").text  # in no cluster
+    refused = c.post(url, data={"csrf_token": csrf, "vm": "vm1"})
+    assert refused.status_code == 400 and "in no VM cluster" in refused.text
+    agents.set_cluster("web1", "prod")
+    page = c.get("/machines").text
+    assert 'class="backup-vm-now"' in page and "schedule-vm" not in page  # an operator's
+    assert c.post(url, data={"csrf_token": csrf, "vm": "../x"}).status_code == 400
+    assert c.post(url, data={"vm": "vm1"}).status_code == 403  # no CSRF
+    assert c.post(url, data={"csrf_token": csrf, "vm": "vm1"}).status_code == 303
+    (job,) = catalog.list_jobs()
+    assert (job.kind, job.machine) == ("backup", "web1")
+    assert job.spec == {"kind": "vm", "vm": "vm1", "changed_since": "auto", "tags": []}
+    plan = {"csrf_token": csrf, "vm": "vm1", "schedule": "vm1-hourly", "every": "3600"}
+    assert c.post("/machines/web1/schedules", data=plan).status_code == 403
+
+    csrf = sign_in(c, "admin", ADMIN_PASSWORD)
+    assert 'class="schedule-vm"' in c.get("/machines").text
+    plan["csrf_token"] = csrf
+    assert c.post("/machines/web1/schedules", data=plan).status_code == 303
+    made = catalog.get_schedule("vm1-hourly")
+    assert (made.kind, made.machine, made.every_seconds) == ("backup", "web1", 3600)
+    assert made.spec == job.spec
+    assert c.post("/machines/web1/schedules", data=plan).status_code == 409
+    for bad in ({"every": "soon"}, {"vm": "a b"}, {"schedule": ""}):
+        answer = c.post("/machines/web1/schedules", data={**plan, **bad})
+        assert answer.status_code == 400, (bad, answer.text)
+    assert ("schedule.create", "ok", "admin") in _audit(msite)
+    assert ("schedule.create", "failed", "admin") in _audit(msite)
+
+    point = _vm_point(tmp_path / "repo", "prod")
+    shown = c.get(f"/points/{point}").text
+    assert 'id="restore-vm-to-agent"' in shown and '<option value="web1">' in shown
+    form = {"csrf_token": csrf, "machine": "web1", "target": "/restore/vm1", "format": "qcow2"}
+    assert c.post(f"/points/{point}/restore", data=form).status_code == 303
+    restore = next(j for j in catalog.list_jobs() if j.kind == "restore")
+    assert restore.machine == "web1" and restore.spec == {
+        "point": point, "paths": [], "target": "/restore/vm1", "overwrite": "refuse",
+        "kind": "vm", "format": "qcow2"}  # fmt: skip
+    for bad in ({"machine": "web2"}, {"format": "vhd"}, {"target": "vm1"}):
+        answer = c.post(f"/points/{point}/restore", data={**form, **bad})
+        assert answer.status_code in (400, 409), (bad, answer.text)
+    assert len([j for j in catalog.list_jobs() if j.kind == "restore"]) == 1

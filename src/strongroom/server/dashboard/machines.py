@@ -1,5 +1,8 @@
 """The dashboard's Machines and Jobs pages and the "Restore to the agent"
-action of a files point (docs/server.md, "Dashboard").
+action of a point (docs/server.md, "Dashboard"): of a files or image point,
+to the machine that made it; of a VM point, to a machine of its cluster.
+A machine in a VM cluster also takes "Back up the VM now" and, from an
+administrator, a schedule of that VM's backups.
 
 Wiring only, as pages.py: services/dashboard_machines.py says what is
 shown, services/agent_jobs.py checks and queues jobs (the same checks as
@@ -19,13 +22,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from strongroom.model.kinds import PointKind
 from strongroom.server.dashboard.auth import Form, PageError, actor, field, read_form, viewer
 from strongroom.server.guards import Guards
 from strongroom.services.accounts import Role, SignedIn
 from strongroom.services.agent_jobs import AgentJobs
 from strongroom.services.agents import Agents
 from strongroom.services.dashboard import RepositoryView
-from strongroom.services.dashboard_machines import enrolled, job_rows, machine_rows
+from strongroom.services.dashboard_machines import (
+    cluster_machines,
+    enrolled,
+    job_rows,
+    machine_rows,
+)
+from strongroom.services.operations import Operations
 
 Render = Callable[..., HTMLResponse]
 Answers = Callable[[], AbstractContextManager[None]]
@@ -69,6 +79,10 @@ def add_machine_pages(
         row = next((r for r in machine_rows(catalog, view) if r.machine.name == name), None)
         if row is None:
             raise PageError(404, "no such machine")
+        vm = field(form, "vm").strip()
+        if vm:  # a VM of its cluster: the agent's [vm.NAME] table says where it is
+            queue(request, who, "backup", name, {"kind": "vm", "vm": vm[:64]})
+            return
         if not row.backup_paths:
             raise PageError(409, "no schedule or point of this machine names what to back up")
         queue(request, who, "backup", name, {"paths": row.backup_paths})
@@ -78,6 +92,35 @@ def add_machine_pages(
         form = await read_form(request)
         await run_in_threadpool(back_up, request, form, name[:64])
         return RedirectResponse("/jobs", status_code=303)
+
+    operations = Operations(catalog, agent_jobs.jobs, clock, agent_specs=agent_jobs.check_spec)
+
+    def schedule_vm(request: Request, form: Form, name: str) -> None:
+        """An administrator's schedule of a VM's backups on this machine,
+        as `POST /api/v1/schedules` makes it (the same checks)."""
+        who = actor(guards, request, form, Role.ADMINISTRATOR)
+        title = field(form, "schedule").strip()[:64]
+        spec = {"kind": "vm", "vm": field(form, "vm").strip()[:64]}
+        every = field(form, "every").strip()
+        try:
+            with answers():
+                if not every.isdigit() or not 0 < len(every) <= 10:
+                    raise PageError(400, "every is a number of seconds")
+                made = operations.add_schedule(title, "backup", spec, every=int(every),
+                                               machine=name)  # fmt: skip
+        except PageError:
+            audit(request, "schedule.create", title or "(no name)", "failed", who.user.name)
+            raise
+        if made is None:
+            audit(request, "schedule.create", title, "failed", who.user.name)
+            raise PageError(409, "a schedule of that name exists")
+        audit(request, "schedule.create", title, "ok", who.user.name)
+
+    @app.post("/machines/{name}/schedules", include_in_schema=False)
+    async def add_vm_schedule(request: Request, name: str) -> Response:
+        form = await read_form(request)
+        await run_in_threadpool(schedule_vm, request, form, name[:64])
+        return RedirectResponse("/machines", status_code=303)
 
     def new_token(request: Request, form: Form) -> Response:
         who = actor(guards, request, form, Role.ADMINISTRATOR)
@@ -121,16 +164,25 @@ def add_machine_pages(
         who = actor(guards, request, form, Role.OPERATOR)
         with answers():
             point = view.point(point_id)
-        if not enrolled(catalog, point.host):
+        machine = point.host
+        if point.kind == PointKind.VM:  # its host is the cluster: one of its machines runs it
+            machine = field(form, "machine")[:64]
+            if machine not in cluster_machines(catalog, point.host):
+                audit(request, "job.create", f"restore on {machine}", "failed", who.user.name)
+                raise PageError(409, "pick an enrolled machine of the point's VM cluster")
+        elif not enrolled(catalog, point.host):
             raise PageError(409, "the point's host is not an enrolled machine")
         picks = form.get("path", [])
-        spec = {
+        spec: dict[str, Any] = {
             "point": point.id,
             "paths": picks,
             "target": field(form, "target").strip(),
             "overwrite": field(form, "overwrite", "refuse"),
         }
-        queue(request, who, "restore", point.host, spec)
+        # raw or qcow2; a files point's form has a download's format (tar, zip) instead
+        if point.kind != PointKind.FILES and field(form, "format"):
+            spec["format"] = field(form, "format")
+        queue(request, who, "restore", machine, spec)
 
     @app.post("/points/{point_id}/restore", include_in_schema=False)
     async def restore_to_agent(request: Request, point_id: str) -> Response:

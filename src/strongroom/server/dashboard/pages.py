@@ -36,6 +36,7 @@ from strongroom.errors import (
     StrongroomError,
     UsageError,
 )
+from strongroom.model.kinds import PointKind
 from strongroom.server.dashboard.auth import (
     SIGNIN_COOKIE,
     Form,
@@ -60,7 +61,7 @@ from strongroom.services.accounts import Role, SignedIn
 from strongroom.services.agent_jobs import AgentJobs
 from strongroom.services.dashboard import RepositoryView, point_bytes
 from strongroom.services.dashboard_admin import Conflict
-from strongroom.services.dashboard_machines import enrolled
+from strongroom.services.dashboard_machines import cluster_machines, enrolled
 from strongroom.services.server_media_jobs import points_on_media_only
 
 STATIC = Path(__file__).parent / "static"
@@ -284,6 +285,11 @@ def add_dashboard_routes(
                 raise
             values["browse_error"] = err.message  # an image or VM point: no folders here
         values["restorable"] = agent_jobs is not None and enrolled(accounts.catalog, point.host)
+        values["vm_machines"] = (
+            cluster_machines(accounts.catalog, point.host)
+            if agent_jobs is not None and point.kind == PointKind.VM
+            else []
+        )
         with _answers():
             values["pools"] = [p.name for p in accounts.catalog.list_pools()]
         return render("point.html", request, who, **values)
