@@ -202,7 +202,7 @@ def test_copy_image_point_byte_exact_and_refusal(
     assert again.rc == 3, again.err  # the protected point is refused again
     later = again.summary()
     assert later["points_copied"] == 1 and later["bytes_read"] == 1 << 20, later
-    newest = [p["target_id"] for p in later["points"] if p["status"] == "copied"][0]
+    newest = next(p["target_id"] for p in later["points"] if p["status"] == "copied")
     assert cli("restore", newest, "--target", str(out)).rc == 0
     assert out.read_bytes() == bytes(data)
     assert cli("check", "--read-data").rc == 0
