@@ -24,7 +24,12 @@ from strongroom.remote.client import Client, split_servers
 from strongroom.remote.config import AgentConfig, RepositoryInfo, default_config_path
 from strongroom.remote.store import RemoteStore
 from strongroom.remote.tree_cache import open_tree_cache
-from strongroom.services.backup import BackupRequest, BackupResult, continues_journal
+from strongroom.services.backup import (
+    BackupRequest,
+    BackupResult,
+    continues_journal,
+    usable_paths,
+)
 from strongroom.services.recording import record_point
 from strongroom.types import ProgressCallback, no_progress
 
@@ -129,7 +134,7 @@ def backup_through_server(
     as a local backup does. The journal itself stays on the agent."""
     if req.dry_run or req.seeds:
         raise UsageError("through a server: no --dry-run or seeds")
-    paths = sorted({os.path.abspath(p) for p in req.paths})
+    paths, path_warnings, missing = usable_paths(req.paths)
     if req.changed_paths is not None and len(paths) != 1:
         raise UsageError("changed paths from a change journal go with exactly one tree")
     parent: RecoveryPoint | None = None
@@ -147,7 +152,7 @@ def backup_through_server(
         ]
         parent = same[-1] if same else None
     changed = req.changed_paths
-    warnings: list[str] = []
+    warnings = path_warnings
     if changed is not None and not continues_journal(parent, req.journal_base):
         warnings.append(
             "the parent point is not the one the change journal continues: "
@@ -160,6 +165,9 @@ def backup_through_server(
         excludes=req.excludes,
         one_file_system=req.one_file_system,
         scan_totals=req.scan_totals,
+        file_report=req.file_report,
+        exclude_if_present=req.exclude_if_present,
+        exclude_larger_than=req.exclude_larger_than,
         changed_paths=None if changed is None else {os.fsencode(p) for p in changed},
         read_from=req.read_from,
         omit={os.fsencode(os.path.abspath(p)) for p in req.omit},
@@ -176,6 +184,7 @@ def backup_through_server(
     )
     summary = pipeline.run()
     summary.warnings[:0] = warnings
+    summary.unreadable += missing
     seconds = (now() - started).total_seconds()
     journal = {} if req.journal_sequence is None else {"journal_sequence": req.journal_sequence}
     point = record_point(

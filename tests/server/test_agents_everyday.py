@@ -1,0 +1,134 @@
+"""An agent's everyday commands through a real `strongroom server` process,
+with the real CLI as two enrolled machines (no repository password in their
+environment): backup's excludes, --files-from, --stdin and -v; restore's
+--include/--overwrite/--delete/--dry-run and scoped `latest`; ls, dump, find
+and diff on the machine's own points, printing what the same commands print
+on the server's repository; another machine's point refused in one line.
+
+One server for the module (its start and the enrollments cost seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.cli import FAST_KDF, PASSWORD, CliResult, run_cli
+from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
+
+_DROPPED = ("STRONGROOM_REPO", "STRONGROOM_PASSWORD", "STRONGROOM_PASSWORD_FILE",
+            "STRONGROOM_CONFIG", "STRONGROOM_NO_CACHE", "STRONGROOM_CATALOG")  # fmt: skip
+
+
+@dataclass
+class Fleet:
+    base: str
+    admin_env: dict[str, str]  # the server's side: the repository and its password
+    agent_env: dict[str, str]  # an agent's: neither
+    configs: dict[str, str]  # machine -> its agent config
+    root: Path
+
+    def agent(self, machine: str, *args: str, stdin: bytes | None = None) -> CliResult:
+        """`strongroom ARGS --agent-config CONFIG` as `machine`."""
+        return run_cli([*args, "--agent-config", self.configs[machine]], self.agent_env,
+                       input=stdin, timeout=120)  # fmt: skip
+
+    def ok(self, machine: str, *args: str, stdin: bytes | None = None) -> dict[str, object]:
+        done = self.agent(machine, "--json", *args, stdin=stdin)
+        assert done.rc == 0, done.err
+        doc: dict[str, object] = json.loads(done.out.splitlines()[-1])
+        return doc
+
+    def local(self, *args: str) -> CliResult:
+        """The same command on the server's repository itself."""
+        return run_cli(list(args), self.admin_env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("fleet")
+    home = root / "home"
+    base_env = {k: v for k, v in os.environ.items() if k not in _DROPPED}
+    base_env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
+                    XDG_CACHE_HOME=str(home / ".cache"), XDG_DATA_HOME=str(home / ".local"),
+                    STRONGROOM_KDF=FAST_KDF, STRONGROOM_PRIORITY="normal")  # fmt: skip
+    admin_env = {**base_env, "STRONGROOM_REPO": str(root / "repo"),
+                 "STRONGROOM_PASSWORD": PASSWORD,
+                 "STRONGROOM_CATALOG": str(root / "catalog.sqlite")}  # fmt: skip
+    assert run_cli(["init"], admin_env).rc == 0
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = root / "server.log"
+    server = _start(admin_env, port, log)
+    try:
+        _wait_up(server, base, log)
+        line = next(ln for ln in log.read_text().splitlines() if "shown only now" in ln)
+        http = httpx.Client(base_url=base)
+        signed = http.post("/api/v1/session", json={"name": "admin", "password": line.split()[-1]})
+        http.headers["X-CSRF-Token"] = signed.json()["csrf_token"]
+        configs = {}
+        for machine in ("alpha", "beta"):
+            token = http.post("/api/v1/enrollments", json={"machine": machine}).json()["token"]
+            configs[machine] = str(root / f"{machine}.json")
+            done = run_cli(["agent", "enroll", "--server", base, "--token", token,
+                            "--config", configs[machine]], base_env)  # fmt: skip
+            assert done.rc == 0, done.err
+        http.close()
+        yield Fleet(base, admin_env, base_env, configs, root)
+    finally:
+        _stop(server)
+
+
+def _point_paths(fleet: Fleet, point_id: str) -> list[str]:
+    """Every path in the point, from the server's repository (`ls --json`)."""
+    done = fleet.local("--json", "ls", point_id)
+    assert done.rc == 0, done.err
+    return sorted(json.loads(line)["path"] for line in done.out.splitlines() if line.strip())
+
+
+def test_backup_excludes_lists_and_verbose_lines_through_the_server(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "cache").mkdir(parents=True)
+    (src / "cache" / "CACHEDIR.TAG").write_bytes(b"Signature: 8a477f597d28d172789f06886806bc55\n")
+    (src / "cache" / "junk.bin").write_bytes(b"j" * 1000)
+    (src / "skipme").mkdir()
+    (src / "skipme" / ".nobackup").write_text("")
+    (src / "skipme" / "secret.txt").write_text("left out\n")
+    (src / "big.bin").write_bytes(os.urandom(300_000))
+    (src / "keep.txt").write_text("kept\n")
+    (src / "other.txt").write_text("listed\n")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# the list\n{src}\n")
+    done = fleet.agent("alpha", "-v", "backup", "--files-from", str(listing),
+                       "--exclude-caches", "--exclude-if-present", ".nobackup",
+                       "--exclude-larger-than", "100K")  # fmt: skip
+    assert done.rc == 0, done.err
+    assert f"new       {src / 'keep.txt'}" in done.out + done.err
+    point = run_cli(["--json", "snapshots", "--agent-config", fleet.configs["alpha"]],
+                    fleet.agent_env).out  # fmt: skip
+    point_id = json.loads(point)[-1]["id"]
+    paths = [p for p in _point_paths(fleet, point_id) if p.startswith(f"{src}/")]
+    assert paths == sorted(str(src / n) for n in (
+        "cache", "cache/CACHEDIR.TAG", "keep.txt", "other.txt", "skipme", "skipme/.nobackup"
+    ))  # fmt: skip
+
+
+def test_stdin_through_the_server_restores_equal(fleet: Fleet, tmp_path: Path) -> None:
+    data = os.urandom(200_000) + b"dump\n" * 1000
+    doc = fleet.ok("alpha", "backup", "--stdin", "--stdin-filename", "dumps/db.sql",
+                   "--tag", "stdin", stdin=data)  # fmt: skip
+    assert doc["total_bytes"] == len(data)
+    dumped = run_cli(["dump", str(doc["point_id"]), "/dumps/db.sql"], fleet.admin_env,
+                     binary=True)  # fmt: skip
+    assert dumped.rc == 0 and dumped.out == data  # type: ignore[comparison-overlap]
+    host = fleet.local("--json", "snapshots")
+    assert {p["host"] for p in json.loads(host.out) if p["id"] == doc["point_id"]} == {"alpha"}
+    refused = fleet.agent("alpha", "backup", "--stdin", "--host", "x", stdin=b"")
+    assert refused.rc == 2 and "no --host" in refused.err
