@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.cli import FAST_KDF, PASSWORD, CliResult, run_cli
+from tests.helpers.cli import FAST_KDF, PASSWORD, CliResult, assert_one_line_error, run_cli
 from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
 
 _DROPPED = ("STRONGROOM_REPO", "STRONGROOM_PASSWORD", "STRONGROOM_PASSWORD_FILE",
@@ -132,3 +133,73 @@ def test_stdin_through_the_server_restores_equal(fleet: Fleet, tmp_path: Path) -
     assert {p["host"] for p in json.loads(host.out) if p["id"] == doc["point_id"]} == {"alpha"}
     refused = fleet.agent("alpha", "backup", "--stdin", "--host", "x", stdin=b"")
     assert refused.rc == 2 and "no --host" in refused.err
+
+
+def _backup(fleet: Fleet, machine: str, src: Path, tag: str) -> str:
+    return str(fleet.ok(machine, "backup", str(src), "--tag", tag)["point_id"])
+
+
+def _restore(fleet: Fleet, *args: str, target: Path) -> tuple[list[str], list[str]]:
+    """An agent's restore and the same one locally on the server's repository
+    (into a copy of `target`): their output lines (sorted: -v lines come as
+    the workers finish), the targets' names made equal."""
+    local_target = target.with_name(target.name + "-local")
+    shutil.rmtree(local_target, ignore_errors=True)
+    if target.exists():
+        shutil.copytree(target, local_target, symlinks=True)
+    mine = fleet.agent("alpha", "restore", *args, "--target", str(target))
+    theirs = fleet.local("restore", *args, "--target", str(local_target))
+    assert mine.rc == 0 and theirs.rc == 0, mine.err + theirs.err
+    theirs_text = (theirs.out + theirs.err).replace(str(local_target), str(target))
+    return sorted((mine.out + mine.err).splitlines()), sorted(theirs_text.splitlines())
+
+
+def test_restore_options_through_the_server_as_locally(fleet: Fleet, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("first a\n")
+    (src / "b.txt").write_text("only in the first\n")
+    (src / "sub" / "c.txt").write_text("c\n")
+    first = _backup(fleet, "alpha", src, "r1")
+    (src / "a.txt").write_text("second a, longer\n")
+    (src / "b.txt").unlink()
+    second = _backup(fleet, "alpha", src, "r2")
+    rel = str(src).lstrip("/")
+
+    # `latest` scoped by --tag among the machine's own points, said as locally
+    out = tmp_path / "t"
+    mine, theirs = _restore(fleet, "latest", "--tag", "r1", "--path", str(src), target=out)
+    assert f"using point {first[:8]}" in "\n".join(mine) and mine == theirs
+    assert (out / rel / "b.txt").read_text() == "only in the first\n"
+
+    # --include: only that path
+    inc = tmp_path / "inc"
+    mine, theirs = _restore(fleet, second, "--include", f"{src}/sub", target=inc)
+    assert mine == theirs
+    assert sorted(p.name for p in (inc / rel).iterdir()) == ["sub"]
+
+    # the second point over the first's files, plus one of the target's own
+    (out / rel / "extra").write_text("mine\n")
+    mine, theirs = _restore(fleet, second, "--delete", "--dry-run", "-v", target=out)
+    assert mine == theirs
+    assert f"deleted   {src}/extra" in mine
+    assert any(line.startswith("would restore") for line in mine)
+    assert (out / rel / "b.txt").exists() and (out / rel / "a.txt").read_text() == "first a\n"
+    mine, theirs = _restore(fleet, second, "--overwrite", "never", target=out)
+    assert mine == theirs and (out / rel / "a.txt").read_text() == "first a\n"
+    mine, theirs = _restore(fleet, second, "--delete", "-v", target=out)
+    assert mine == theirs and f"deleted   {src}/b.txt" in mine
+    assert (out / rel / "a.txt").read_text() == "second a, longer\n"
+    assert not (out / rel / "b.txt").exists() and not (out / rel / "extra").exists()
+
+
+def test_another_machines_point_is_refused_in_one_line(fleet: Fleet, tmp_path: Path) -> None:
+    src = tmp_path / "beta-src"
+    src.mkdir()
+    (src / "secret.txt").write_text("beta's\n")
+    foreign = _backup(fleet, "beta", src, "beta")
+    refused = fleet.agent("alpha", "restore", foreign[:12], "--target", str(tmp_path / "x"))
+    assert refused.rc != 0 and not (tmp_path / "x").exists()
+    assert_one_line_error(refused, "0 points of this machine match")
+    host = fleet.agent("alpha", "restore", "latest", "--host", "beta", "--target", "/tmp/x")
+    assert host.rc == 2 and "no --host" in host.err

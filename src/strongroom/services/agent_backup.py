@@ -35,6 +35,8 @@ from strongroom.types import ProgressCallback, no_progress
 
 if TYPE_CHECKING:  # the restore pipeline is imported by restores only (a backup's start)
     from strongroom.pipeline.restore import RestoreSummary
+    from strongroom.services.points import PointFilter
+    from strongroom.services.restore import HowToRestore
 
 __all__ = [
     "AgentConfig",
@@ -103,12 +105,19 @@ def agent_points(store: RemoteStore) -> list[RecoveryPoint]:
     return found
 
 
-def find_own(points: list[RecoveryPoint], ref: str) -> RecoveryPoint:
-    """The point `ref` (an id prefix or 'latest') among the machine's own."""
+def find_own(
+    points: list[RecoveryPoint], ref: str, flt: PointFilter | None = None
+) -> RecoveryPoint:
+    """The point `ref` (an id prefix, or 'latest': the newest of those `flt`
+    matches) among the machine's own: another machine's id matches none."""
     if ref == "latest":
-        if not points:
-            raise PointNotFound("this machine has no recovery point yet")
-        return points[-1]
+        chosen = [p for p in points if flt is None or flt.matches(p)]
+        if not chosen:
+            raise PointNotFound(
+                "no point of this machine matches" if points and flt is not None
+                else "this machine has no recovery point yet"
+            )  # fmt: skip
+        return chosen[-1]
     matches = [p for p in points if p.id.startswith(ref)] if ref else []
     if len(matches) != 1:
         raise PointNotFound(
@@ -214,14 +223,16 @@ def restore_through_server(
     progress: ProgressCallback = no_progress,
     includes: list[str] | None = None,
     cancel: threading.Event | None = None,
+    *,
+    how: HowToRestore | None = None,
 ) -> tuple[RecoveryPoint, RestoreSummary]:
     """Restore one of the machine's files points (all of it, or the paths
-    `includes` of it) into `target`."""
-    from strongroom.pipeline.restore import FileRestore
+    `includes` of it) into `target`, as a local restore does (`how`:
+    --overwrite, --delete, --dry-run and who hears of each path)."""
+    from strongroom.services.restore import restore_files
 
     point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a files point")
-    job = FileRestore(store, bytes.fromhex(point.tree), target, includes=includes,
-                      progress=progress, cancel=cancel)  # fmt: skip
-    return point, job.run()
+    summary = restore_files(store, point, target, includes, progress, cancel, how=how)
+    return point, summary

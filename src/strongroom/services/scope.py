@@ -25,6 +25,7 @@ from strongroom.model.tree import DIR, Node, TreePath
 from strongroom.pipeline.restore import Selection
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkReader
 from strongroom.services.walk import find_node, load_tree
 
 # The default --lacks-file, directly in the restore target (see docs/seeds.md).
@@ -63,7 +64,7 @@ def bind_point(point: RecoveryPoint, spec: ScopeSpec, *, strict: bool = True) ->
 # --- the seed files a point lacks --------------------------------------------
 
 
-def lacking_paths(repo: Repository, point: RecoveryPoint) -> list[bytes]:
+def lacking_paths(repo: ChunkReader, point: RecoveryPoint) -> list[bytes]:
     """The absolute paths (as the point names them: its seed root joined with
     each seed path) of the seed files the machine lacks, sorted and unique.
 
@@ -118,7 +119,7 @@ def default_lacks_file(target: str) -> str:
     return os.path.join(target, LACKS_NAME)
 
 
-def check_lacks_file(repo: Repository, point: RecoveryPoint, target: str, lacks_file: str) -> None:
+def check_lacks_file(repo: ChunkReader, point: RecoveryPoint, target: str, lacks_file: str) -> None:
     """Refuse, before anything is written, a lacks file the restore would also
     write: a name inside the target is a path of the point there (restored
     paths are absolute below the target), so it is taken when the point holds

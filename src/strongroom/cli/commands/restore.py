@@ -179,29 +179,29 @@ def restore(
     out = app.out
     how = HowToRestore(overwrite, delete, dry_run, _path_lines(out))
     if through_server(servers, agent_config):
-        from strongroom.services.agent_backup import open_agent
+        from strongroom.services.agent_backup import agent_points, find_own, open_agent
         from strongroom.services.agent_images import restore_own_point
+        from strongroom.services.points import PointFilter
 
-        filters = hosts or tags or paths
-        if (
-            include
-            or vm
-            or disks
-            or at
-            or from_media
-            or backing
-            or filters
-            or scope_text != "full"
-            or not how.is_default
-        ):
+        if hosts:
             raise click.UsageError(
-                "through a server: a whole files or image point; no other options but --format"
+                "through a server: no --host (an agent restores its own machine's points)"
+            )
+        if vm or disks or at or from_media or backing or scope_text != "full" or partition:
+            raise click.UsageError(
+                "through a server: no --vm, --disk, --at, --from-media, --backing, --scope "
+                "or --partition"
             )
         with (
             open_agent(agent_config, list(servers)) as (_config, store),
             out.progress("restore") as progress,
         ):
-            done = restore_own_point(store, point, target, fmt, progress)
+            if point == "latest":
+                own = find_own(agent_points(store), point, PointFilter([], list(tags), list(paths)))
+                out.notice(f"using {describe_point(own)}")
+                point = own.id
+            done = restore_own_point(store, point, target, fmt, progress,
+                                     includes=list(include), how=how)  # fmt: skip
         if isinstance(done, VmRestored):
             _vm_restored(out, done)
         elif isinstance(done, ImageRestored):
