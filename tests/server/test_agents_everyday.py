@@ -203,3 +203,56 @@ def test_another_machines_point_is_refused_in_one_line(fleet: Fleet, tmp_path: P
     assert_one_line_error(refused, "0 points of this machine match")
     host = fleet.agent("alpha", "restore", "latest", "--host", "beta", "--target", "/tmp/x")
     assert host.rc == 2 and "no --host" in host.err
+
+
+def test_ls_dump_find_diff_through_the_server_print_what_they_print_locally(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    src = tmp_path / "browse"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "app.conf").write_text("port = 1\n")
+    (src / "notes.txt").write_text("first\n")
+    (src / "data.bin").write_bytes(os.urandom(100_000))
+    os.symlink("etc/app.conf", src / "link")
+    first = _backup(fleet, "alpha", src, "b1")
+    (src / "etc" / "app.conf").write_text("port = 2\n")
+    (src / "notes.txt").unlink()
+    (src / "new.txt").write_text("new\n")
+    second = _backup(fleet, "alpha", src, "b1")
+
+    def same(*args: str) -> CliResult:
+        mine, theirs = fleet.agent("alpha", *args), fleet.local(*args)
+        assert mine.rc == theirs.rc == 0, mine.err + theirs.err
+        assert (mine.out, mine.err) == (theirs.out, theirs.err)
+        return mine
+
+    listed = same("ls", "latest", "--tag", "b1", "-l")
+    assert f"using point {second[:8]}" in listed.err and f"{src}/new.txt" in listed.out
+    same("--json", "ls", first[:12], str(src / "etc"))
+    assert same("dump", first, str(src / "notes.txt")).out == "first\n"
+    binary = run_cli(["cat", second, str(src / "data.bin"), "--agent-config",
+                      fleet.configs["alpha"]], fleet.agent_env, binary=True)  # fmt: skip
+    assert binary.rc == 0 and binary.out == (src / "data.bin").read_bytes()
+    found = same("find", "*.conf", "--tag", "b1", "-l")
+    assert found.out.count("found in point") == 2
+    same("--json", "find", "/**/new.txt", "--point", second[:10])
+    diffed = same("diff", first, second)
+    assert f"-    {src}/notes.txt" in diffed.out and f"M    {src}/etc/app.conf" in diffed.out
+
+
+def test_browsing_another_machines_point_is_refused_in_one_line(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    src = tmp_path / "beta-browse"
+    src.mkdir()
+    (src / "secret.txt").write_text("beta's\n")
+    foreign = _backup(fleet, "beta", src, "beta-b")[:12]
+    mine = _backup(fleet, "alpha", src, "alpha-b")[:12]
+    for args in (("ls", foreign), ("dump", foreign, str(src / "secret.txt")),
+                 ("find", "*", "--point", foreign), ("diff", mine, foreign)):  # fmt: skip
+        refused = fleet.agent("alpha", *args)
+        assert refused.rc != 0 and "beta's" not in refused.out, args
+        assert_one_line_error(refused, "0 points of this machine match")
+    host = fleet.agent("alpha", "ls", "latest", "--host", "beta")
+    assert host.rc == 2 and "no --host" in host.err
+    assert fleet.agent("alpha", "find", "secret.txt", "--tag", "beta-b").out == ""

@@ -24,7 +24,6 @@ from strongroom.model.scope import Scope, ScopeKind, ScopeSpec, bind, class_of, 
 from strongroom.model.tree import DIR, Node, TreePath
 from strongroom.pipeline.restore import Selection
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
 from strongroom.repository.store import ChunkReader
 from strongroom.services.walk import find_node, load_tree
 
@@ -176,7 +175,7 @@ class _Level:
 
 
 def iter_scoped(
-    repo: Repository, tree_id: bytes, scope: Scope, under: str = "/"
+    repo: ChunkReader, tree_id: bytes, scope: Scope, under: str = "/"
 ) -> Iterator[tuple[bytes, Node]]:
     """(path, node) of exactly what `restore --scope` (with `--include under`)
     writes, depth first by name, parents first: a selected entry, and each
@@ -223,7 +222,7 @@ def iter_scoped(
 
 
 def scoped_listing(
-    repo: Repository, tree_id: bytes, scope: Scope, path: str = "/", recursive: bool = True
+    repo: ChunkReader, tree_id: bytes, scope: Scope, path: str = "/", recursive: bool = True
 ) -> Iterator[tuple[bytes, Node]]:
     """What `ls --scope` shows under `path`: the scoped walk, only `path`
     itself and (without `recursive`) its direct entries."""
@@ -236,7 +235,7 @@ def scoped_listing(
             yield entry_path, node
 
 
-def scoped_node(repo: Repository, tree_id: bytes, scope: Scope, path: str) -> Node:
+def scoped_node(repo: ChunkReader, tree_id: bytes, scope: Scope, path: str) -> Node:
     """The node at `path` if a scoped restore writes it, as `dump --scope` needs;
     PathNotFound (one line) for a path not in the point or outside the scope."""
     parts = [p for p in path.encode("utf-8", "surrogateescape").split(b"/") if p]
