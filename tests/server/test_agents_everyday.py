@@ -107,7 +107,7 @@ def test_backup_excludes_lists_and_verbose_lines_through_the_server(
     (src / "other.txt").write_text("listed\n")
     listing = tmp_path / "list.txt"
     listing.write_text(f"# the list\n{src}\n")
-    done = fleet.agent("alpha", "-v", "backup", "--files-from", str(listing),
+    done = fleet.agent("alpha", "-v", "backup", "--jobs", "1", "--files-from", str(listing),
                        "--exclude-caches", "--exclude-if-present", ".nobackup",
                        "--exclude-larger-than", "100K")  # fmt: skip
     assert done.rc == 0, done.err
@@ -185,7 +185,7 @@ def test_restore_options_through_the_server_as_locally(fleet: Fleet, tmp_path: P
     assert f"deleted   {src}/extra" in mine
     assert any(line.startswith("would restore") for line in mine)
     assert (out / rel / "b.txt").exists() and (out / rel / "a.txt").read_text() == "first a\n"
-    mine, theirs = _restore(fleet, second, "--overwrite", "never", target=out)
+    mine, theirs = _restore(fleet, second, "--overwrite", "never", "--jobs", "1", target=out)
     assert mine == theirs and (out / rel / "a.txt").read_text() == "first a\n"
     mine, theirs = _restore(fleet, second, "--delete", "-v", target=out)
     assert mine == theirs and f"deleted   {src}/b.txt" in mine

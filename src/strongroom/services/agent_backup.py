@@ -182,6 +182,7 @@ def backup_through_server(
         omit={os.fsencode(os.path.abspath(p)) for p in req.omit},
         copies={} if changed is None else req.copies,
         copy_folder=req.copy_folder,
+        jobs=req.jobs,
     )
     started = now()
     pipeline = FileBackup(
@@ -225,14 +226,16 @@ def restore_through_server(
     cancel: threading.Event | None = None,
     *,
     how: HowToRestore | None = None,
+    jobs: int | None = None,
 ) -> tuple[RecoveryPoint, RestoreSummary]:
     """Restore one of the machine's files points (all of it, or the paths
     `includes` of it) into `target`, as a local restore does (`how`:
-    --overwrite, --delete, --dry-run and who hears of each path)."""
+    --overwrite, --delete, --dry-run and who hears of each path; `jobs`: its
+    workers, None: the default)."""
     from strongroom.services.restore import restore_files
 
     point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a files point")
-    summary = restore_files(store, point, target, includes, progress, cancel, how=how)
+    summary = restore_files(store, point, target, includes, progress, cancel, jobs=jobs, how=how)
     return point, summary

@@ -120,6 +120,7 @@ def restore_own_point(
     *,
     includes: list[str] | None = None,
     how: HowToRestore | None = None,
+    jobs: int | None = None,
 ) -> FilesRestored | ImageRestored | VmRestored:
     """`restore --server`: a files point (all of it, or its paths `includes`;
     `how` as a local restore) into the folder `target`, a block point onto the
@@ -139,7 +140,9 @@ def restore_own_point(
         return ImageRestored(found, summary)
     if fmt != "raw":
         raise UsageError("--format applies to image points")
-    found, files = restore_through_server(store, point.id, target, progress, includes, how=how)
+    found, files = restore_through_server(
+        store, point.id, target, progress, includes, how=how, jobs=jobs
+    )
     return FilesRestored(found, files)
 
 

@@ -226,6 +226,7 @@ def backup(
             return
         request = BackupRequest(
             paths=list(paths),
+            jobs=jobs,
             excludes=exclude_patterns(app.settings, list(exclude), list(exclude_file)),
             one_file_system=one_file_system,
             tags=list(tag),

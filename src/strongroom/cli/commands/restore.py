@@ -201,7 +201,7 @@ def restore(
                 out.notice(f"using {describe_point(own)}")
                 point = own.id
             done = restore_own_point(store, point, target, fmt, progress,
-                                     includes=list(include), how=how)  # fmt: skip
+                                     includes=list(include), how=how, jobs=jobs)  # fmt: skip
         if isinstance(done, VmRestored):
             _vm_restored(out, done)
         elif isinstance(done, ImageRestored):
