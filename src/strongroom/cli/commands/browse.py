@@ -33,8 +33,7 @@ from strongroom.services.session import LockMode
 
 if TYPE_CHECKING:
     from strongroom.model.point import RecoveryPoint
-    from strongroom.remote.store import RemoteStore
-    from strongroom.repository.store import ChunkStore
+    from strongroom.services.agent_backup import RemoteStore
     from strongroom.services.session import Repository
 
 _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "p": "p", "c": "c", "b": "b", "s": "s"}
@@ -90,7 +89,7 @@ class PointsReader:
         self._own: list[RecoveryPoint] | None = None
         store = repo if repo is not None else agent
         assert store is not None
-        self.store: ChunkStore = store
+        self.store: Repository | RemoteStore = store
 
     def own(self, flt: PointFilter) -> list[RecoveryPoint]:
         """The agent's own points (listed once); --host is refused: they are one machine's."""
