@@ -106,11 +106,12 @@ def test_backup_excludes_lists_and_verbose_lines_through_the_server(
     (src / "keep.txt").write_text("kept\n")
     (src / "other.txt").write_text("listed\n")
     listing = tmp_path / "list.txt"
-    listing.write_text(f"# the list\n{src}\n")
+    listing.write_text(f"# the list\n{src}\n{tmp_path / 'gone'}\n")
     done = fleet.agent("alpha", "-v", "backup", "--jobs", "1", "--files-from", str(listing),
                        "--exclude-caches", "--exclude-if-present", ".nobackup",
                        "--exclude-larger-than", "100K")  # fmt: skip
-    assert done.rc == 0, done.err
+    assert done.rc == 3, done.err  # as locally: the missing path warned about, the rest saved
+    assert f"{tmp_path / 'gone'}: no such file or directory (not backed up)" in done.err
     assert f"new       {src / 'keep.txt'}" in done.out + done.err
     point = run_cli(["--json", "snapshots", "--agent-config", fleet.configs["alpha"]],
                     fleet.agent_env).out  # fmt: skip
