@@ -200,7 +200,7 @@ def test_another_machines_point_is_refused_in_one_line(fleet: Fleet, tmp_path: P
     (src / "secret.txt").write_text("beta's\n")
     foreign = _backup(fleet, "beta", src, "beta")
     refused = fleet.agent("alpha", "restore", foreign[:12], "--target", str(tmp_path / "x"))
-    assert refused.rc != 0 and not (tmp_path / "x").exists()
+    assert refused.rc == 1 and not (tmp_path / "x").exists()
     assert_one_line_error(refused, "0 points of this machine match")
     host = fleet.agent("alpha", "restore", "latest", "--host", "beta", "--target", "/tmp/x")
     assert host.rc == 2 and "no --host" in host.err
@@ -252,7 +252,7 @@ def test_browsing_another_machines_point_is_refused_in_one_line(
     for args in (("ls", foreign), ("dump", foreign, str(src / "secret.txt")),
                  ("find", "*", "--point", foreign), ("diff", mine, foreign)):  # fmt: skip
         refused = fleet.agent("alpha", *args)
-        assert refused.rc != 0 and "beta's" not in refused.out, args
+        assert refused.rc == 1 and "beta's" not in refused.out, args
         assert_one_line_error(refused, "0 points of this machine match")
     host = fleet.agent("alpha", "ls", "latest", "--host", "beta")
     assert host.rc == 2 and "no --host" in host.err
