@@ -173,6 +173,9 @@ def cli(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # An agent's HTTP client logs a line per request at INFO: chatter, not news
+    # (`-v` means strongroom's own lines, as a local command prints them).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     ctx.obj = App(
         settings=settings,
         out=Output(json_mode, quiet, verbose),

@@ -30,6 +30,15 @@ class ChunkingKeys(Protocol):
     def chunker_seed(self) -> int: ...
 
 
+class ChunkReader(Protocol):
+    """What reading a point's trees and files needs (walking, listing, `dump`,
+    `find`, `diff`): a local `Repository` or an agent's `RemoteStore`."""
+
+    def load_chunk(
+        self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None
+    ) -> bytes: ...
+
+
 class ChunkStore(Protocol):
     """A repository as the file pipelines use it (see the module's contract)."""
 

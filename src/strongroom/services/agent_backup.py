@@ -24,12 +24,19 @@ from strongroom.remote.client import Client, split_servers
 from strongroom.remote.config import AgentConfig, RepositoryInfo, default_config_path
 from strongroom.remote.store import RemoteStore
 from strongroom.remote.tree_cache import open_tree_cache
-from strongroom.services.backup import BackupRequest, BackupResult, continues_journal
+from strongroom.services.backup import (
+    BackupRequest,
+    BackupResult,
+    continues_journal,
+    usable_paths,
+)
 from strongroom.services.recording import record_point
 from strongroom.types import ProgressCallback, no_progress
 
 if TYPE_CHECKING:  # the restore pipeline is imported by restores only (a backup's start)
     from strongroom.pipeline.restore import RestoreSummary
+    from strongroom.services.points import PointFilter
+    from strongroom.services.restore import HowToRestore
 
 __all__ = [
     "AgentConfig",
@@ -98,12 +105,19 @@ def agent_points(store: RemoteStore) -> list[RecoveryPoint]:
     return found
 
 
-def find_own(points: list[RecoveryPoint], ref: str) -> RecoveryPoint:
-    """The point `ref` (an id prefix or 'latest') among the machine's own."""
+def find_own(
+    points: list[RecoveryPoint], ref: str, flt: PointFilter | None = None
+) -> RecoveryPoint:
+    """The point `ref` (an id prefix, or 'latest': the newest of those `flt`
+    matches) among the machine's own: another machine's id matches none."""
     if ref == "latest":
-        if not points:
-            raise PointNotFound("this machine has no recovery point yet")
-        return points[-1]
+        chosen = [p for p in points if flt is None or flt.matches(p)]
+        if not chosen:
+            raise PointNotFound(
+                "no point of this machine matches" if points and flt is not None
+                else "this machine has no recovery point yet"
+            )  # fmt: skip
+        return chosen[-1]
     matches = [p for p in points if p.id.startswith(ref)] if ref else []
     if len(matches) != 1:
         raise PointNotFound(
@@ -129,7 +143,7 @@ def backup_through_server(
     as a local backup does. The journal itself stays on the agent."""
     if req.dry_run or req.seeds:
         raise UsageError("through a server: no --dry-run or seeds")
-    paths = sorted({os.path.abspath(p) for p in req.paths})
+    paths, path_warnings, missing = usable_paths(req.paths)
     if req.changed_paths is not None and len(paths) != 1:
         raise UsageError("changed paths from a change journal go with exactly one tree")
     parent: RecoveryPoint | None = None
@@ -147,7 +161,7 @@ def backup_through_server(
         ]
         parent = same[-1] if same else None
     changed = req.changed_paths
-    warnings: list[str] = []
+    warnings = path_warnings
     if changed is not None and not continues_journal(parent, req.journal_base):
         warnings.append(
             "the parent point is not the one the change journal continues: "
@@ -160,11 +174,15 @@ def backup_through_server(
         excludes=req.excludes,
         one_file_system=req.one_file_system,
         scan_totals=req.scan_totals,
+        file_report=req.file_report,
+        exclude_if_present=req.exclude_if_present,
+        exclude_larger_than=req.exclude_larger_than,
         changed_paths=None if changed is None else {os.fsencode(p) for p in changed},
         read_from=req.read_from,
         omit={os.fsencode(os.path.abspath(p)) for p in req.omit},
         copies={} if changed is None else req.copies,
         copy_folder=req.copy_folder,
+        jobs=req.jobs,
     )
     started = now()
     pipeline = FileBackup(
@@ -176,6 +194,7 @@ def backup_through_server(
     )
     summary = pipeline.run()
     summary.warnings[:0] = warnings
+    summary.unreadable += missing
     seconds = (now() - started).total_seconds()
     journal = {} if req.journal_sequence is None else {"journal_sequence": req.journal_sequence}
     point = record_point(
@@ -205,14 +224,18 @@ def restore_through_server(
     progress: ProgressCallback = no_progress,
     includes: list[str] | None = None,
     cancel: threading.Event | None = None,
+    *,
+    how: HowToRestore | None = None,
+    jobs: int | None = None,
 ) -> tuple[RecoveryPoint, RestoreSummary]:
     """Restore one of the machine's files points (all of it, or the paths
-    `includes` of it) into `target`."""
-    from strongroom.pipeline.restore import FileRestore
+    `includes` of it) into `target`, as a local restore does (`how`:
+    --overwrite, --delete, --dry-run and who hears of each path; `jobs`: its
+    workers, None: the default)."""
+    from strongroom.services.restore import restore_files
 
     point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a files point")
-    job = FileRestore(store, bytes.fromhex(point.tree), target, includes=includes,
-                      progress=progress, cancel=cancel)  # fmt: skip
-    return point, job.run()
+    summary = restore_files(store, point, target, includes, progress, cancel, jobs=jobs, how=how)
+    return point, summary

@@ -40,7 +40,7 @@ from strongroom.services.image_backup import (
     source_identity,
 )
 from strongroom.services.image_restore import restore_map
-from strongroom.services.restore import FilesRestored, ImageRestored, VmRestored
+from strongroom.services.restore import FilesRestored, HowToRestore, ImageRestored, VmRestored
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -117,11 +117,20 @@ def restore_own_point(
     target: str,
     fmt: str = "raw",
     progress: ProgressCallback = no_progress,
+    *,
+    includes: list[str] | None = None,
+    how: HowToRestore | None = None,
+    jobs: int | None = None,
 ) -> FilesRestored | ImageRestored | VmRestored:
-    """`restore --server`: a whole files point into the folder `target`, a
-    block point onto the file, device or NBD URI `target`, or a VM point of
-    the machine's cluster into the folder `target` (DISK.raw)."""
+    """`restore --server`: a files point (all of it, or its paths `includes`;
+    `how` as a local restore) into the folder `target`, a block point onto the
+    file, device or NBD URI `target`, or a VM point of the machine's cluster
+    into the folder `target` (DISK.raw)."""
     point = find_own(agent_points(store), ref)
+    if point.kind != PointKind.FILES and (includes or (how is not None and not how.is_default)):
+        raise UsageError(
+            "through a server: --include, --overwrite, --delete and --dry-run restore files points"
+        )
     if point.kind == PointKind.VM:  # one of the cluster's: every disk into the folder
         from strongroom.services.agent_vms import restore_vm_through_server
 
@@ -131,7 +140,9 @@ def restore_own_point(
         return ImageRestored(found, summary)
     if fmt != "raw":
         raise UsageError("--format applies to image points")
-    found, files = restore_through_server(store, point.id, target, progress)
+    found, files = restore_through_server(
+        store, point.id, target, progress, includes, how=how, jobs=jobs
+    )
     return FilesRestored(found, files)
 
 

@@ -198,7 +198,7 @@ def exclusion_markers(names: list[str], caches: bool) -> list[tuple[bytes, bytes
     return markers
 
 
-def _usable_paths(given: list[str]) -> tuple[list[str], list[str], int]:
+def usable_paths(given: list[str]) -> tuple[list[str], list[str], int]:
     """The paths to back up (absolute, sorted, each once), the warnings about the
     others, and how many were missing. As restic: a missing or unreadable path
     among several is reported and the rest is backed up (the backup then ends
@@ -236,7 +236,7 @@ def backup_files(
     from strongroom.services.seed_select import check_choice, select_seeds
 
     req.host = req.host or socket.gethostname()
-    paths, path_warnings, missing = _usable_paths(req.paths)
+    paths, path_warnings, missing = usable_paths(req.paths)
     check_choice(req.seed_choice())
     if req.changed_paths is not None and len(paths) != 1:
         raise UsageError("changed paths from a change journal go with exactly one tree")

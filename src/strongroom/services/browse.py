@@ -19,7 +19,7 @@ from strongroom.model.point import RecoveryPoint
 from strongroom.model.scope import Scope, ScopeSpec
 from strongroom.model.tree import DIR, FILE, MAX_TREE_DEPTH, Node
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.image_files import open_image_filesystem
 from strongroom.services.points import require_files
 from strongroom.services.scope import (
@@ -47,7 +47,7 @@ FileListing = Iterator[tuple[bytes, Node]]
 
 @contextmanager
 def list_point(
-    repo: Repository,
+    repo: ChunkStore,
     point: RecoveryPoint,
     path: str = "/",
     recursive: bool = True,
@@ -90,7 +90,7 @@ def _image_entries(fs: ImageFileSystem, path: str, recursive: bool) -> Iterator[
 
 
 def dump_point(
-    repo: Repository,
+    repo: ChunkStore,
     point: RecoveryPoint,
     path: str,
     out: BinaryIO,
@@ -122,7 +122,7 @@ def _refuse_vm(point: RecoveryPoint) -> None:
 
 
 def list_entries(
-    repo: Repository, tree_id: bytes, path: str = "/", recursive: bool = True
+    repo: ChunkStore, tree_id: bytes, path: str = "/", recursive: bool = True
 ) -> Iterator[tuple[bytes, Node]]:
     """(path, node) under `path` (the node itself first, unless it is the root)."""
     _, node = find_node(repo, tree_id, path)
@@ -174,7 +174,7 @@ def _meta_changed(o: Node, n: Node, folder_times: bool) -> bool:
 
 
 def diff_trees(
-    repo: Repository,
+    repo: ChunkStore,
     a: bytes | None,
     b: bytes | None,
     base: bytes = b"",
@@ -224,7 +224,7 @@ class _Pair:
     base: bytes
 
 
-def _diff_level(repo: Repository, pair: _Pair, folder_times: bool) -> Iterator[Change | _Pair]:
+def _diff_level(repo: ChunkStore, pair: _Pair, folder_times: bool) -> Iterator[Change | _Pair]:
     """One directory's changes, each directory's own pair right after its change."""
     old = {n.name: n for n in load_tree(repo, pair.a)} if pair.a else {}
     new = {n.name: n for n in load_tree(repo, pair.b)} if pair.b else {}
@@ -258,7 +258,7 @@ def _diff_level(repo: Repository, pair: _Pair, folder_times: bool) -> Iterator[C
 
 
 def diff_scoped(
-    repo: Repository,
+    repo: ChunkStore,
     a: RecoveryPoint,
     sa: Scope,
     b: RecoveryPoint,
@@ -295,7 +295,7 @@ def diff_scoped(
             old, new = next(left, None), next(right, None)
 
 
-def dump_file(repo: Repository, tree_id: bytes, path: str, out: BinaryIO) -> int:
+def dump_file(repo: ChunkStore, tree_id: bytes, path: str, out: BinaryIO) -> int:
     """Write one file's content to `out`, streaming chunk by chunk; returns bytes written."""
     _, node = find_node(repo, tree_id, path)
     if node is None or node.type != FILE:

@@ -25,6 +25,7 @@ from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import DIR, FILE, SYMLINK, Node, TreePath
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.image_files import open_image_filesystem
 from strongroom.services.points import PointFilter, find_point, list_points
 from strongroom.services.walk import load_tree
@@ -64,7 +65,7 @@ class _Frame:
 
 
 class _Search:
-    def __init__(self, repo: Repository, req: FindRequest) -> None:
+    def __init__(self, repo: ChunkStore, req: FindRequest) -> None:
         self.repo = repo
         self.req = req
         patterns = [p.lower() for p in req.patterns] if req.ignore_case else req.patterns
@@ -123,9 +124,20 @@ def find_files(
     to `on_skip`; a VM point has several disks and is not searched."""
     if req.points:
         points = [find_point(repo, ref, req.filter) for ref in req.points]
-        points = sorted({p.id: p for p in points}.values(), key=lambda p: (p.time, p.id))
     else:
         points = list_points(repo, req.filter)
+    return search_points(repo, points, req, on_skip)
+
+
+def search_points(
+    repo: ChunkStore,
+    points: list[RecoveryPoint],
+    req: FindRequest,
+    on_skip: SkipReport | None = None,
+) -> Iterator[PointMatches]:
+    """`find_files` over the chosen `points` (each once, oldest first): the
+    search an agent runs over its own points through the server."""
+    points = sorted({p.id: p for p in points}.values(), key=lambda p: (p.time, p.id))
     search = _Search(repo, req)
     for point in points:
         if point.kind == PointKind.BLOCK:
@@ -145,7 +157,7 @@ def find_files(
 
 
 def _search_image(
-    repo: Repository, point: RecoveryPoint, search: _Search, on_skip: SkipReport | None
+    repo: ChunkStore, point: RecoveryPoint, search: _Search, on_skip: SkipReport | None
 ) -> PointMatches | None:
     try:
         with open_image_filesystem(repo, point) as fs:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.image_reader import PointReader
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.image_restore import point_map
 from strongroom.sources.image_files import ImageFileSystem, extract, open_filesystem
 
@@ -20,7 +20,7 @@ __all__ = ["extract", "open_image_filesystem"]
 
 @contextmanager
 def open_image_filesystem(
-    repo: Repository, point: RecoveryPoint, partition: int | None = None
+    repo: ChunkStore, point: RecoveryPoint, partition: int | None = None
 ) -> Iterator[ImageFileSystem]:
     reader = PointReader(repo, point_map(repo, point), cache_bytes=64 << 20, readahead=2)
     try:

@@ -27,6 +27,7 @@ from strongroom.pipeline.restore import (
     Selection,
 )
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkReader, ChunkStore
 from strongroom.services.image_files import open_image_filesystem
 from strongroom.services.image_include import extract_with_full_path
 from strongroom.services.image_restore import restore_image, restore_overlay
@@ -72,7 +73,7 @@ class ScopedRestore:
 
 
 def restore_files(
-    repo: Repository,
+    repo: ChunkStore,
     point: RecoveryPoint,
     target: str,
     includes: list[str] | None = None,
@@ -152,7 +153,7 @@ _COUNT_AT_MOST = 1_000_000
 
 
 def restore_totals(
-    repo: Repository, point: RecoveryPoint, includes: list[str]
+    repo: ChunkReader, point: RecoveryPoint, includes: list[str]
 ) -> tuple[int, int] | None:
     """(files, bytes) a restore goes through, for its progress: the point's
     recorded summary for the whole point, the included subtrees' trees otherwise.

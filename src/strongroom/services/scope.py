@@ -24,7 +24,7 @@ from strongroom.model.scope import Scope, ScopeKind, ScopeSpec, bind, class_of, 
 from strongroom.model.tree import DIR, Node, TreePath
 from strongroom.pipeline.restore import Selection
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkReader
 from strongroom.services.walk import find_node, load_tree
 
 # The default --lacks-file, directly in the restore target (see docs/seeds.md).
@@ -63,7 +63,7 @@ def bind_point(point: RecoveryPoint, spec: ScopeSpec, *, strict: bool = True) ->
 # --- the seed files a point lacks --------------------------------------------
 
 
-def lacking_paths(repo: Repository, point: RecoveryPoint) -> list[bytes]:
+def lacking_paths(repo: ChunkReader, point: RecoveryPoint) -> list[bytes]:
     """The absolute paths (as the point names them: its seed root joined with
     each seed path) of the seed files the machine lacks, sorted and unique.
 
@@ -118,7 +118,7 @@ def default_lacks_file(target: str) -> str:
     return os.path.join(target, LACKS_NAME)
 
 
-def check_lacks_file(repo: Repository, point: RecoveryPoint, target: str, lacks_file: str) -> None:
+def check_lacks_file(repo: ChunkReader, point: RecoveryPoint, target: str, lacks_file: str) -> None:
     """Refuse, before anything is written, a lacks file the restore would also
     write: a name inside the target is a path of the point there (restored
     paths are absolute below the target), so it is taken when the point holds
@@ -175,7 +175,7 @@ class _Level:
 
 
 def iter_scoped(
-    repo: Repository, tree_id: bytes, scope: Scope, under: str = "/"
+    repo: ChunkReader, tree_id: bytes, scope: Scope, under: str = "/"
 ) -> Iterator[tuple[bytes, Node]]:
     """(path, node) of exactly what `restore --scope` (with `--include under`)
     writes, depth first by name, parents first: a selected entry, and each
@@ -222,7 +222,7 @@ def iter_scoped(
 
 
 def scoped_listing(
-    repo: Repository, tree_id: bytes, scope: Scope, path: str = "/", recursive: bool = True
+    repo: ChunkReader, tree_id: bytes, scope: Scope, path: str = "/", recursive: bool = True
 ) -> Iterator[tuple[bytes, Node]]:
     """What `ls --scope` shows under `path`: the scoped walk, only `path`
     itself and (without `recursive`) its direct entries."""
@@ -235,7 +235,7 @@ def scoped_listing(
             yield entry_path, node
 
 
-def scoped_node(repo: Repository, tree_id: bytes, scope: Scope, path: str) -> Node:
+def scoped_node(repo: ChunkReader, tree_id: bytes, scope: Scope, path: str) -> Node:
     """The node at `path` if a scoped restore writes it, as `dump --scope` needs;
     PathNotFound (one line) for a path not in the point or outside the scope."""
     parts = [p for p in path.encode("utf-8", "surrogateescape").split(b"/") if p]

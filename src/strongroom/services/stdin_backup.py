@@ -7,7 +7,8 @@ point holds one regular file at `/NAME` (folders on the way for a NAME with
 slashes), owned by the user running the backup, mode 0600 (a dump is often
 secret), modified now. A stream that ends in an error or an interrupt commits
 nothing (what was stored is indexed for the next run, as any interrupted
-backup does).
+backup does). It runs on any `ChunkStore`: a local repository, or an agent's
+`RemoteStore` (`--server`: the point is the enrolled machine's).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint, now
 from strongroom.model.tree import DIR, FILE, Node, encode_tree
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.recording import record_point
 from strongroom.types import Progress, ProgressCallback, no_progress
 
@@ -74,7 +75,7 @@ class _Reader:
 
 
 def backup_stdin(
-    repo: Repository, req: StdinBackupRequest, progress: ProgressCallback = no_progress
+    repo: ChunkStore, req: StdinBackupRequest, progress: ProgressCallback = no_progress
 ) -> tuple[RecoveryPoint, dict[str, object]]:
     parts = stdin_path(req.name)
     started = now()

@@ -11,13 +11,14 @@ from strongroom.model.point import RecoveryPoint
 from strongroom.model.tree import DIR, Node, TreePath, decode_tree
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkReader
 
 
-def load_tree(repo: Repository, tree_id: bytes) -> list[Node]:
+def load_tree(repo: ChunkReader, tree_id: bytes) -> list[Node]:
     return decode_tree(repo.load_chunk(tree_id, BlobType.TREE))
 
 
-def iter_tree(repo: Repository, tree_id: bytes, base: bytes = b"") -> Iterator[tuple[bytes, Node]]:
+def iter_tree(repo: ChunkReader, tree_id: bytes, base: bytes = b"") -> Iterator[tuple[bytes, Node]]:
     """Yield (absolute path, node) depth-first, parents before children, by name.
 
     IntegrityError for a tree nested deeper than MAX_TREE_DEPTH or containing
@@ -39,7 +40,7 @@ def iter_tree(repo: Repository, tree_id: bytes, base: bytes = b"") -> Iterator[t
             stack.append((path, iter(load_tree(repo, node.subtree))))
 
 
-def find_node(repo: Repository, tree_id: bytes, path: str) -> tuple[bytes, Node | None]:
+def find_node(repo: ChunkReader, tree_id: bytes, path: str) -> tuple[bytes, Node | None]:
     """Locate `path` (absolute, as backed up) in a tree; returns (tree containing it, node).
 
     The root (`/`) has no node: returns (tree_id, None).

@@ -206,11 +206,6 @@ def backup(
         file_seed_options=trust_seed_metadata or seed_root is not None,
     )
     if through_server(servers, agent_config):
-        if exclude_caches or exclude_if_present or exclude_larger_than is not None:
-            raise click.UsageError(
-                "through a server: --exclude-caches, --exclude-if-present and "
-                "--exclude-larger-than are not offered yet; use --exclude patterns"
-            )
         if dry_run or host or seed_names or trust_seed_metadata or seed_root:
             raise click.UsageError(
                 "through a server: files or --image; VMs with --vm; no --dry-run, --host or seeds"
@@ -229,9 +224,20 @@ def backup(
                                      allow_backing=allow_backing, no_seeds=True)  # fmt: skip
             backup_image_cmd(app, req, (servers, agent_config))
             return
-        _backup_through_server(app, servers, agent_config, list(paths), list(tag), parent, force,
-                               exclude_patterns(app.settings, list(exclude), list(exclude_file)),
-                               one_file_system)  # fmt: skip
+        request = BackupRequest(
+            paths=list(paths),
+            jobs=jobs,
+            excludes=exclude_patterns(app.settings, list(exclude), list(exclude_file)),
+            one_file_system=one_file_system,
+            tags=list(tag),
+            parent=parent,
+            force_full=force,
+            scan_totals=out.interactive,
+            file_report=_file_lines(app) if out.verbose and not out.json else None,
+            exclude_if_present=exclusion_markers(list(exclude_if_present), exclude_caches),
+            exclude_larger_than=exclude_larger_than,
+        )
+        _backup_through_server(app, servers, agent_config, request)
         return
     if needs_default_repository(app.settings):
         out.notice(
@@ -317,27 +323,10 @@ def _file_lines(app: App) -> Callable[[str, bytes, list[str]], None]:
 
 
 def _backup_through_server(
-    app: App,
-    servers: tuple[str, ...],
-    agent_config: str | None,
-    paths: list[str],
-    tags: list[str],
-    parent: str | None,
-    force: bool,
-    patterns: list[str],
-    one_file_system: bool,
+    app: App, servers: tuple[str, ...], agent_config: str | None, request: BackupRequest
 ) -> None:
     from strongroom.services.agent_backup import backup_through_server, open_agent
 
-    request = BackupRequest(
-        paths=paths,
-        excludes=patterns,
-        one_file_system=one_file_system,
-        tags=tags,
-        parent=parent,
-        force_full=force,
-        scan_totals=app.out.interactive,
-    )
     with open_agent(agent_config, list(servers)) as (config, store):
         with app.out.progress("backup") as progress:
             result = backup_through_server(store, config.machine, request, progress)

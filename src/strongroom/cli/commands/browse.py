@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import stat as statmod
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
-from strongroom.cli.commands.points import chosen_point, point_filter_options
+from strongroom.cli.commands.agent import server_options, through_server
+from strongroom.cli.commands.points import chosen_point, describe_point, point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.errors import UsageError
 from strongroom.model.kinds import PointKind
@@ -24,7 +28,13 @@ from strongroom.services.browse import (
     list_point,
     scope_for,
 )
+from strongroom.services.points import PointFilter
 from strongroom.services.session import LockMode
+
+if TYPE_CHECKING:
+    from strongroom.model.point import RecoveryPoint
+    from strongroom.services.agent_backup import RemoteStore
+    from strongroom.services.session import Repository
 
 _TYPE_CHAR = {"f": "-", "d": "d", "l": "l", "p": "p", "c": "c", "b": "b", "s": "s"}
 
@@ -66,6 +76,72 @@ def _decoded(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
+class PointsReader:
+    """Where `ls`, `dump`, `diff` and `find` read points: the repository, or
+    (`--server`/`--agent-config`) the backup server as the enrolled agent,
+    which reads only its own machine's points (`find_own`: another machine's
+    id matches none) and keeps their trees in its tree cache."""
+
+    def __init__(self, app: App, repo: Repository | None, agent: RemoteStore | None) -> None:
+        self.app = app
+        self.repo = repo
+        self.agent = agent
+        self._own: list[RecoveryPoint] | None = None
+        store = repo if repo is not None else agent
+        assert store is not None
+        self.store: Repository | RemoteStore = store
+
+    def own(self, flt: PointFilter) -> list[RecoveryPoint]:
+        """The agent's own points (listed once); --host is refused: they are one machine's."""
+        from strongroom.services.agent_backup import agent_points
+
+        assert self.agent is not None
+        if flt.hosts:
+            raise click.UsageError(
+                "through a server: no --host (an agent reads its own machine's points)"
+            )
+        if self._own is None:
+            self._own = agent_points(self.agent)
+        return self._own
+
+    def point(self, ref: str, flt: PointFilter) -> RecoveryPoint:
+        """`ref` (an id prefix, or `latest` among `flt`'s points), said when `latest`."""
+        if self.repo is not None:
+            hosts, tags, paths = tuple(flt.hosts), tuple(flt.tags), tuple(flt.paths)
+            return chosen_point(self.app, self.repo, ref, hosts, tags, paths)
+        from strongroom.services.agent_backup import find_own
+
+        found = find_own(self.own(flt), ref, flt)
+        if ref == "latest":
+            self.app.out.notice(f"using {describe_point(found)}")
+        return found
+
+    def own_points(self, refs: list[str], flt: PointFilter) -> list[RecoveryPoint]:
+        """The agent's points `find` searches: those `refs` name (as `find_point`:
+        `latest` among `flt`'s), or every one `flt` matches."""
+        from strongroom.services.agent_backup import find_own
+
+        own = self.own(flt)
+        if refs:
+            return [find_own(own, ref, flt) for ref in refs]
+        return [p for p in own if flt.matches(p)]
+
+
+@contextmanager
+def open_points(
+    app: App, servers: tuple[str, ...], agent_config: str | None
+) -> Iterator[PointsReader]:
+    """The repository (no lock: reading only), or the server as the agent."""
+    if through_server(servers, agent_config):
+        from strongroom.services.agent_backup import open_agent
+
+        with open_agent(agent_config, list(servers)) as (_config, store):
+            yield PointsReader(app, None, store)
+    else:
+        with app.repository(LockMode.NONE) as repo:
+            yield PointsReader(app, repo, None)
+
+
 @click.command()
 @click.argument("point")
 @click.argument("path", default="/")
@@ -76,6 +152,7 @@ def _decoded(path: bytes) -> str:
 )
 @_SCOPE_OPTION
 @point_filter_options
+@server_options
 @pass_app
 def ls(
     app: App,
@@ -88,15 +165,17 @@ def ls(
     hosts: tuple[str, ...],
     tags: tuple[str, ...],
     paths: tuple[str, ...],
+    servers: tuple[str, ...],
+    agent_config: str | None,
 ) -> None:
     """List the entries of a point (under PATH); for an image point, its files inside."""
     spec = ScopeSpec.parse(scope_text)
-    with app.repository(LockMode.NONE) as repo:
-        p = chosen_point(app, repo, point, hosts, tags, paths)
+    with open_points(app, servers, agent_config) as reader:
+        p = reader.point(point, PointFilter(list(hosts), list(tags), list(paths)))
         bound = scope_for(p, spec, "ls")
         if bound.notice:
             app.out.notice(bound.notice)
-        with list_point(repo, p, path, recursive, partition, bound) as listing:
+        with list_point(reader.store, p, path, recursive, partition, bound) as listing:
             if isinstance(listing, ImageListing):
                 _ls_image(app, listing, long_)
                 return
@@ -134,6 +213,7 @@ def _class_column(node: Node, seeds: PointSeeds) -> str:
     help="Also list folders whose only change is their own modification time.",
 )
 @point_filter_options
+@server_options
 @pass_app
 def diff(
     app: App,
@@ -144,13 +224,16 @@ def diff(
     hosts: tuple[str, ...],
     tags: tuple[str, ...],
     paths: tuple[str, ...],
+    servers: tuple[str, ...],
+    agent_config: str | None,
 ) -> None:
     """Show what changed between two points (+ added, - removed, M modified, U metadata, T type)."""
     counts = {"+": 0, "-": 0, "M": 0, "U": 0, "T": 0}
     spec = ScopeSpec.parse(scope_text)
-    with app.repository(LockMode.NONE) as repo:
-        a = chosen_point(app, repo, point_a, hosts, tags, paths)
-        b = chosen_point(app, repo, point_b, hosts, tags, paths)
+    flt = PointFilter(list(hosts), list(tags), list(paths))
+    with open_points(app, servers, agent_config) as reader:
+        repo = reader.store
+        a, b = reader.point(point_a, flt), reader.point(point_b, flt)
         sa = scope_for(a, spec, "diff", strict=False)
         sb = scope_for(b, spec, "diff", strict=False)
         if {a.kind, b.kind} != {PointKind.FILES}:
@@ -203,6 +286,7 @@ def diff(
 )
 @_SCOPE_OPTION
 @point_filter_options
+@server_options
 @pass_app
 def dump(
     app: App,
@@ -213,12 +297,14 @@ def dump(
     hosts: tuple[str, ...],
     tags: tuple[str, ...],
     paths: tuple[str, ...],
+    servers: tuple[str, ...],
+    agent_config: str | None,
 ) -> None:
     """Write one file of a point (or of the file system inside an image point) to stdout."""
     spec = ScopeSpec.parse(scope_text)
-    with app.repository(LockMode.NONE) as repo:
-        p = chosen_point(app, repo, point, hosts, tags, paths)
-        dump_point(repo, p, path, sys.stdout.buffer, partition, scope_for(p, spec, "dump"))
+    with open_points(app, servers, agent_config) as reader:
+        p = reader.point(point, PointFilter(list(hosts), list(tags), list(paths)))
+        dump_point(reader.store, p, path, sys.stdout.buffer, partition, scope_for(p, spec, "dump"))
         sys.stdout.buffer.flush()
 
 

@@ -7,15 +7,15 @@ from datetime import datetime
 
 import click
 
-from strongroom.cli.commands.browse import _TYPE_CHAR, _node_doc
+from strongroom.cli.commands.agent import server_options
+from strongroom.cli.commands.browse import _TYPE_CHAR, _node_doc, open_points
 from strongroom.cli.commands.points import point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import plural
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
-from strongroom.services.find import FindRequest, find_files
+from strongroom.services.find import FindRequest, find_files, search_points
 from strongroom.services.points import PointFilter
-from strongroom.services.session import LockMode
 
 
 def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -51,6 +51,7 @@ def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> da
     help="Also search the ext2/3/4 or FAT file system inside each image point (reads its "
     "metadata blocks from the repository, for every point).",
 )
+@server_options
 @pass_app
 def find(
     app: App,
@@ -64,6 +65,8 @@ def find(
     ignore_case: bool,
     long_: bool,
     images: bool,
+    servers: tuple[str, ...],
+    agent_config: str | None,
 ) -> None:
     """Find files in points by name (`*.conf`) or path (`/etc/**/*.conf`).
 
@@ -91,8 +94,13 @@ def find(
         else:
             not_searched.append(point.short_id)
 
-    with app.repository(LockMode.NONE) as repo:
-        for found in find_files(repo, request, skipped):
+    with open_points(app, servers, agent_config) as reader:
+        if reader.repo is not None:
+            hits = find_files(reader.repo, request, skipped)
+        else:
+            chosen = reader.own_points(request.points, request.filter)
+            hits = search_points(reader.store, chosen, request, skipped)
+        for found in hits:
             p = found.point
             total += len(found.matches)
             if out.json:

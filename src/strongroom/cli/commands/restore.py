@@ -18,6 +18,7 @@ from strongroom.services.media_restore import (
     restore_anywhere,
     restore_from_cartridges,
 )
+from strongroom.services.points import PointFilter
 from strongroom.services.restore import (
     UNCHANGED,
     FileReport,
@@ -179,35 +180,19 @@ def restore(
     out = app.out
     how = HowToRestore(overwrite, delete, dry_run, _path_lines(out))
     if through_server(servers, agent_config):
-        from strongroom.services.agent_backup import open_agent
-        from strongroom.services.agent_images import restore_own_point
-
-        filters = hosts or tags or paths
-        if (
-            include
-            or vm
-            or disks
-            or at
-            or from_media
-            or backing
-            or filters
-            or scope_text != "full"
-            or not how.is_default
-        ):
+        if hosts:
             raise click.UsageError(
-                "through a server: a whole files or image point; no other options but --format"
+                "through a server: no --host (an agent restores its own machine's points)"
             )
-        with (
-            open_agent(agent_config, list(servers)) as (_config, store),
-            out.progress("restore") as progress,
-        ):
-            done = restore_own_point(store, point, target, fmt, progress)
-        if isinstance(done, VmRestored):
-            _vm_restored(out, done)
-        elif isinstance(done, ImageRestored):
-            _image_restored(out, done, target)
-        else:
-            _files_restored(out, done, target)
+        refused = vm or disks or at or from_media or backing or lacks_file or partition
+        if refused or scope_text != "full":
+            raise click.UsageError(
+                "through a server: no --vm, --disk, --at, --from-media, --backing, --scope, "
+                "--lacks-file or --partition"
+            )
+        scoped = PointFilter([], list(tags), list(paths))
+        _restore_through_server(app, (servers, agent_config), point, target, fmt,
+                                list(include), how, jobs, scoped)  # fmt: skip
         return
     request = RestoreRequest(point, target, list(include), fmt, partition, vm, list(disks))
     request.scope = ScopeSpec.parse(scope_text)
@@ -251,6 +236,41 @@ def restore(
             _image_files_restored(out, restored, target)
         case VmRestored():
             _vm_restored(out, restored)
+
+
+def _restore_through_server(
+    app: App,
+    server: tuple[tuple[str, ...], str | None],
+    ref: str,
+    target: str,
+    fmt: str,
+    includes: list[str],
+    how: HowToRestore,
+    jobs: int | None,
+    scoped: PointFilter,
+) -> None:
+    """`restore --server`: one of the machine's own points (`latest` among
+    those `scoped` matches, said as locally), printed as a local restore."""
+    from strongroom.services.agent_backup import agent_points, find_own, open_agent
+    from strongroom.services.agent_images import restore_own_point
+
+    out = app.out
+    with (
+        open_agent(server[1], list(server[0])) as (_config, store),
+        out.progress("restore") as progress,
+    ):
+        if ref == "latest" and (scoped.tags or scoped.paths):
+            own = find_own(agent_points(store), ref, scoped)
+            out.notice(f"using {describe_point(own)}")
+            ref = own.id
+        done = restore_own_point(store, ref, target, fmt, progress,
+                                 includes=includes, how=how, jobs=jobs)  # fmt: skip
+    if isinstance(done, VmRestored):
+        _vm_restored(out, done)
+    elif isinstance(done, ImageRestored):
+        _image_restored(out, done, target)
+    else:
+        _files_restored(out, done, target)
 
 
 def _path_lines(out: Output) -> FileReport | None:
