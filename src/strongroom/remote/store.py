@@ -54,10 +54,7 @@ from strongroom.repository.crypto import ChunkHasher
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import MAX_CHUNK_SIZE, RepoConfig, WriteStats
 
-# Chunk bytes (plain) queued before a batch is negotiated: each batch is a
-# pack and an index file written under the server's lock, so fewer, larger
-# ones; at most 1 queued + UPLOADERS in flight + 1 filling (64 MiB).
-BATCH_BYTES = 16 << 20
+BATCH_BYTES = 8 << 20  # chunk bytes queued before a batch is negotiated
 UPLOADERS = 2  # batches negotiated and sent at once
 COMPRESSORS = 2  # threads compressing the chunks a batch lacks
 PREFETCH = 64  # chunks of one read
@@ -134,7 +131,7 @@ class RemoteStore:
         self._known_lock = threading.Lock()
         self._pending: list[_Queued] = []
         self._pending_size = 0
-        self._batches: queue.Queue[list[_Queued] | None] = queue.Queue(maxsize=1)
+        self._batches: queue.Queue[list[_Queued] | None] = queue.Queue(maxsize=UPLOADERS)
         self._error: BaseException | None = None
         self._dropping = False
         self._senders: list[threading.Thread] = []
