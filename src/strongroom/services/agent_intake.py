@@ -195,17 +195,18 @@ class Intake:
         for record in records:  # all proven before any is stored
             bundle.verify(record, self.repo.compressor, self.repo.chunk_id)
         # Encrypted outside the lock too (the sealer is thread-safe): only the
-        # pack append, its upload and the index stay serialised.
-        sealed = [
-            (r, self.repo.sealer.seal(r.payload, blob_ad(r.chunk_id, r.blob_type)))
-            for r in records
-            if not self.repo.has_chunk(r.chunk_id)
-        ]
+        # pack append, its upload and the index stay serialised. What looked
+        # stored here is asked again under the lock (after an idle gap
+        # `_writing` forgets the session's word) and sealed then if missing.
+        sealed = {r.chunk_id: self._seal(r) for r in records if not self.repo.has_chunk(r.chunk_id)}
         added = added_bytes = 0
         with self._lock:
             self._writing()
             try:
-                for r, box in sealed:
+                for r in records:
+                    if self.repo.has_chunk(r.chunk_id):
+                        continue
+                    box = sealed.get(r.chunk_id) or self._seal(r)
                     if self.repo.add_sealed(r.chunk_id, r.blob_type, box, r.raw_length):
                         added += 1
                         added_bytes += r.raw_length
@@ -215,6 +216,10 @@ class Intake:
                 self.repo.abandon()
                 raise
         return Stored(len(records), added, added_bytes)
+
+    def _seal(self, record: bundle.Record) -> bytes | bytearray:
+        """A verified record's payload encrypted for its pack."""
+        return self.repo.sealer.seal(record.payload, blob_ad(record.chunk_id, record.blob_type))
 
     def read(self, wanted: list[tuple[bytes, BlobType]]) -> bytes:
         """A bundle of the named chunks, in order, as many as fit in one
