@@ -188,21 +188,26 @@ def start_servers(ctx: Context, env: dict[str, str], name: str, count: int) -> l
 # --------------------------------------------------------------------------- strongroom
 
 
-def strongroom_round(ctx: Context, n: int, run: int) -> Round:
-    result = Round("strongroom", n, run, source_bytes=sum(ctx.tree_bytes[:n]))
-    name = f"sr-{run}-{n}"
+def strongroom_round(ctx: Context, n: int, run: int, other_src: str | None = None) -> Round:
+    """One scenario with `n` agents; `other_src`: the server and agents of
+    another checkout's `src` folder (its PYTHONPATH), `--before`."""
+    tool = "before" if other_src else "strongroom"
+    result = Round(tool, n, run, source_bytes=sum(ctx.tree_bytes[:n]))
+    name = f"{'sb' if other_src else 'sr'}-{run}-{n}"
     bucket = f"{name}-{uuid.uuid4().hex[:8]}"
     catalog = ctx.pg.database(f"b{uuid.uuid4().hex[:12]}")
+    code = {"PYTHONPATH": other_src} if other_src else {}
     env = ctx.env(
         {
             "STRONGROOM_REPO": f"s3:{ctx.gateway.endpoint}/{bucket}/repo",
             "STRONGROOM_PASSWORD": PASSWORD,
             "STRONGROOM_CATALOG": catalog,
+            **code,
         }
     )
     agent_env = {
         k: v
-        for k, v in ctx.env({}).items()
+        for k, v in ctx.env(code).items()
         if not k.startswith("AWS_") and not k.startswith("STRONGROOM_REPO")
     }
     agent_env.pop("STRONGROOM_PASSWORD", None)
@@ -269,7 +274,7 @@ def strongroom_round(ctx: Context, n: int, run: int) -> Round:
             s.stop()
         ctx.gateway.purge(bucket)
     log(
-        f"  strongroom {n} agent(s): {result.seconds:.1f} s "
+        f"  {tool:10} {n} agent(s): {result.seconds:.1f} s "
         f"({result.source_bytes / 1e6 / result.seconds:.1f} MB/s), no change "
         f"{result.second_seconds:.1f} s ({result.second_traffic.get('requests', 0)} requests, "
         f"{result.second_traffic.get('chunks_read', 0)} chunks read); "
@@ -686,6 +691,7 @@ def report(
         "strongroom speed / restic",
     ]
     lines += [table(header, rows, "r" * len(header)), ""] if rows else []
+    lines += before_table(args, m, counts)
     rows = []
     for n in counts:
         sr = m.get(("strongroom", n))
@@ -749,6 +755,43 @@ def report(
     return "\n".join(lines).replace("FAIL", "MISS")
 
 
+def before_table(
+    args: argparse.Namespace, m: dict[tuple[str, int], dict[str, Any]], counts: list[int]
+) -> list[str]:
+    """`--before`: the other checkout against this one and restic, same rounds."""
+    rows = []
+    for n in counts:
+        sb, sr, rs = m.get(("before", n)), m.get(("strongroom", n)), m.get(("restic", n))
+        if not sb:
+            continue
+        second = not args.first_only
+        rows.append(
+            [
+                str(n),
+                sb["seconds"].text(1),
+                sr["seconds"].text(1) if sr else "-",
+                f"{sr['mb_s'] / sb['mb_s']:.2f}x" if sr else "n/a",
+                f"{sb['mb_s'] / rs['mb_s']:.2f}x" if rs else "n/a",
+                f"{sb['agents_cpu']:.1f}",
+                f"{sr['agents_cpu']:.1f}" if sr else "-",
+                f"{sb['second_seconds']:.1f}" if second else "-",
+                f"{sr['second_seconds']:.1f}" if sr and second else "-",
+            ]
+        )
+    header = [
+        "agents",
+        "before s",
+        "after s",
+        "after / before speed",
+        "before / restic",
+        "before agents CPU s",
+        "after agents CPU s",
+        "no-change before s",
+        "after s",
+    ]
+    return [table_for(args.markdown)(header, rows, "r" * len(header)), ""] if rows else []
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -765,6 +808,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="first backups only: no no-change round and no restore check",
     )
     p.add_argument("--points", type=int, default=10_000, help="dashboard points (0: skip)")
+    p.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also run the server and agents of another checkout's src folder, each round",
+    )
     cli.add_common(p, keep_help="keep the run folder", runs=True)
     args = p.parse_args(argv)
     if args.quick:
@@ -823,6 +871,8 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.agents:
                 if "strongroom" in args.tools:
                     found.append(strongroom_round(ctx, n, run))
+                if args.before:
+                    found.append(strongroom_round(ctx, n, run, args.before))
                 if "restic" in args.tools:
                     found.append(restic_round(ctx, n, run))
             return found

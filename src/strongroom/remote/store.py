@@ -4,11 +4,16 @@ the backup server's repository, for the unchanged file pipelines.
 Contract:
 - chunks are cut and named exactly as a local backup does (the enrolled
   id key and chunker seed), so they deduplicate with the whole repository;
-- `seal_new` compresses (the server only encrypts); `add_sealed` queues;
-  a background thread sends each batch: first which of its ids the server
-  lacks (`/agent/chunks/missing`, at most `bundle.MAX_IDS` per question), then
-  bundles of only those. `flush` returns once the server acknowledged every
-  queued chunk as durable (it raises the first failure);
+- `seal_new` only names a chunk (what it returns is the chunk's plain
+  bytes); `add_sealed` queues it. `UPLOADERS` background threads send the
+  batches, two in flight at once (one asks while the other uploads): first
+  which of a batch's ids the server lacks (`/agent/chunks/missing`, at most
+  `bundle.MAX_IDS` per question), then they compress only those (on
+  `COMPRESSORS` threads: zstd releases the GIL) and send them in bundles.
+  A chunk the server holds is never compressed nor sent (the server only
+  encrypts). Trees are compressed at once (the tree cache keeps them so).
+  `flush` returns once the server acknowledged every queued chunk as
+  durable (it raises the first failure);
 - resume is the same negotiation: after an interruption, what the server
   acknowledged is reported present and not sent again;
 - `load_chunk` reads through `/agent/chunks/read` and verifies what comes
@@ -34,6 +39,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +54,9 @@ from strongroom.repository.crypto import ChunkHasher
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import MAX_CHUNK_SIZE, RepoConfig, WriteStats
 
-BATCH_BYTES = 8 << 20  # compressed bytes queued before a batch is negotiated
+BATCH_BYTES = 8 << 20  # chunk bytes queued before a batch is negotiated
+UPLOADERS = 2  # batches negotiated and sent at once
+COMPRESSORS = 2  # threads compressing the chunks a batch lacks
 PREFETCH = 64  # chunks of one read
 PREFETCH_BYTES = 16 << 20
 TREE_PREFETCH = 32  # trees of one read (a tree is at most a few MiB; the server splits)
@@ -59,6 +67,22 @@ MAX_PLAN = 1 << 20  # chunk ids planned ahead (beyond: no read-ahead)
 @dataclass(frozen=True)
 class _Keys:
     chunker_seed: int
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A chunk waiting for its batch: `data` is its plain bytes, or its
+    payload in the compressor's format when `packed` (trees)."""
+
+    chunk_id: bytes
+    blob_type: BlobType
+    raw_length: int
+    data: bytes
+    packed: bool
+
+    @property
+    def size(self) -> int:
+        return bundle.record_overhead() + len(self.data)
 
 
 @dataclass
@@ -73,6 +97,7 @@ class Traffic:
     answer_bytes: int = 0  # and the answers' bodies
     bundles: int = 0
     bytes_sent: int = 0  # bundle bytes uploaded
+    compressed: int = 0  # data chunks compressed for upload (only those missing)
     chunks_read: int = 0  # from the server
     trees_cached: int = 0  # trees read from the local tree cache instead
 
@@ -104,12 +129,14 @@ class RemoteStore:
         self._batch_bytes = batch_bytes
         self._known: set[bytes] = set()  # queued in this session, or acknowledged
         self._known_lock = threading.Lock()
-        self._pending: list[bundle.Record] = []
+        self._pending: list[_Queued] = []
         self._pending_size = 0
-        self._batches: queue.Queue[list[bundle.Record] | None] = queue.Queue(maxsize=2)
+        self._batches: queue.Queue[list[_Queued] | None] = queue.Queue(maxsize=UPLOADERS)
         self._error: BaseException | None = None
         self._dropping = False
-        self._sender: threading.Thread | None = None
+        self._senders: list[threading.Thread] = []
+        self._packers: ThreadPoolExecutor | None = None
+        self._traffic_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._plan: list[tuple[bytes, int]] = []  # data chunks in tree order, sizes
         self._planned: dict[bytes, int] = {}  # id -> first place in the plan
@@ -138,21 +165,26 @@ class RemoteStore:
     def seal_new(
         self, data: bytes | memoryview, *, dry_run: bool = False
     ) -> tuple[bytes, bytes | bytearray | None]:
+        """The chunk's id, and its plain bytes unless it is queued or known:
+        compressing waits until the server says it lacks the chunk."""
         cid = self.chunk_id(data)
         if dry_run or self.has_chunk(cid):
             return cid, None
-        return cid, self.compressor.pack(data)
+        return cid, bytes(data)
 
     def add_sealed(
         self, chunk_id: bytes, blob_type: BlobType, sealed: bytes | bytearray, raw_length: int
     ) -> bool:
+        """Queue what `seal_new` returned (the plain bytes)."""
+        return self._queue(_Queued(chunk_id, blob_type, raw_length, bytes(sealed), packed=False))
+
+    def _queue(self, item: _Queued) -> bool:
         with self._known_lock:
-            if chunk_id in self._known:
+            if item.chunk_id in self._known:
                 return False
-            self._known.add(chunk_id)
-        record = bundle.Record(chunk_id, blob_type, raw_length, bytes(sealed))
-        self._pending.append(record)
-        self._pending_size += record.size
+            self._known.add(item.chunk_id)
+        self._pending.append(item)
+        self._pending_size += item.size
         if self._pending_size >= self._batch_bytes:
             self._send_pending()
         return True
@@ -167,7 +199,7 @@ class RemoteStore:
         if cache is not None:
             cache.put_soon(cid, payload)
         if not known:
-            self.add_sealed(cid, blob_type, payload, len(data))
+            self._queue(_Queued(cid, blob_type, len(data), payload, packed=True))
         return cid
 
     def flush(self) -> None:
@@ -184,10 +216,14 @@ class RemoteStore:
             self._dropping = False
 
     def close(self) -> None:
-        if self._sender is not None:
+        for _ in self._senders:
             self._batches.put(None)
-            self._sender.join()
-            self._sender = None
+        for sender in self._senders:
+            sender.join()
+        self._senders = []
+        if self._packers is not None:
+            self._packers.shutdown()
+            self._packers = None
         if self.tree_cache is not None:
             self.tree_cache.close()  # the trees handed to it are on disk
 
@@ -198,11 +234,14 @@ class RemoteStore:
         if not self._pending:
             return
         batch, self._pending, self._pending_size = self._pending, [], 0
-        if self._sender is None:
-            self._sender = threading.Thread(
-                target=self._send_loop, name="agent-upload", daemon=True
-            )
-            self._sender.start()
+        if not self._senders:
+            self._packers = ThreadPoolExecutor(COMPRESSORS, thread_name_prefix="agent-compress")
+            for n in range(UPLOADERS):
+                sender = threading.Thread(
+                    target=self._send_loop, name=f"agent-upload-{n}", daemon=True
+                )
+                sender.start()
+                self._senders.append(sender)
         self._batches.put(batch)
 
     def _raise_failure(self) -> None:
@@ -223,7 +262,7 @@ class RemoteStore:
             finally:
                 self._batches.task_done()
 
-    def _send_batch(self, batch: list[bundle.Record]) -> None:
+    def _send_batch(self, batch: list[_Queued]) -> None:
         lacking: set[bytes] = set()
         for start in range(0, len(batch), bundle.MAX_IDS):
             ids = [r.chunk_id.hex() for r in batch[start : start + bundle.MAX_IDS]]
@@ -235,16 +274,18 @@ class RemoteStore:
                 content_type="application/json",
             )
             lacking.update(bytes.fromhex(h) for h in reply.json()["missing"])
-            self.traffic.asked += len(ids)
-            self.traffic.questions += 1
-            self.traffic.question_bytes += len(question)
-            self.traffic.answer_bytes += len(reply.content)
-        self.traffic.missing += len(lacking)
+            with self._traffic_lock:
+                self.traffic.asked += len(ids)
+                self.traffic.questions += 1
+                self.traffic.question_bytes += len(question)
+                self.traffic.answer_bytes += len(reply.content)
+        wanted = [item for item in batch if item.chunk_id in lacking]
+        with self._traffic_lock:
+            self.traffic.missing += len(lacking)
+            self.traffic.compressed += sum(not item.packed for item in wanted)
         group: list[bundle.Record] = []
         size = bundle.empty_size()
-        for record in batch:
-            if record.chunk_id not in lacking:
-                continue
+        for record in self._records(wanted):
             full = len(group) >= bundle.MAX_RECORDS
             if group and (full or size + record.size > bundle.MAX_BUNDLE):
                 self._upload(group)
@@ -254,6 +295,17 @@ class RemoteStore:
         if group:
             self._upload(group)
 
+    def _records(self, items: list[_Queued]) -> Iterable[bundle.Record]:
+        """The bundle records of `items`, in order: plain chunks compressed on
+        the compressing threads."""
+        assert self._packers is not None
+
+        def record(item: _Queued) -> bundle.Record:
+            payload = item.data if item.packed else self.compressor.pack(item.data)
+            return bundle.Record(item.chunk_id, item.blob_type, item.raw_length, payload)
+
+        return self._packers.map(record, items)
+
     def _upload(self, records: list[bundle.Record]) -> None:
         if self._dropping:
             return
@@ -261,11 +313,12 @@ class RemoteStore:
         answer = self.client.request(
             "PUT", "/api/v1/agent/chunks", content=blob, content_type=bundle.MEDIA_TYPE
         ).json()
-        self.traffic.bundles += 1
-        self.traffic.bytes_sent += len(blob)
-        self.stats.chunks_added += int(answer["added"])
-        self.stats.bytes_added_raw += int(answer["bytes"])
-        self.stats.bytes_added_stored += sum(len(r.payload) for r in records)
+        with self._traffic_lock:
+            self.traffic.bundles += 1
+            self.traffic.bytes_sent += len(blob)
+            self.stats.chunks_added += int(answer["added"])
+            self.stats.bytes_added_raw += int(answer["bytes"])
+            self.stats.bytes_added_stored += sum(len(r.payload) for r in records)
 
     # --- reading -----------------------------------------------------------------
 

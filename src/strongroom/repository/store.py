@@ -6,9 +6,10 @@ The contract is `Repository`'s (repo.py): `chunk_id` is the keyed id,
 `has_chunk` answers from what is stored or queued, `seal_new` and
 `add_sealed` are the worker and writer halves of storing a data chunk (what
 `seal_new` returns is opaque to the caller: sealed for a local repository,
-compressed for a remote one), `flush` makes every queued chunk durable,
-`abandon` drops what is queued after an error, `save_point` stores a point
-document after `flush` and returns its id.
+the plain bytes for a remote one, which compresses only what its server
+lacks), `flush` makes every queued chunk durable, `abandon` drops what is
+queued after an error, `save_point` stores a point document after `flush`
+and returns its id.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ Contract:
   such a gap the session forgets what it wrote and listed (a prune may have
   removed it) and asks the storage again;
 Thread safety: one lock serialises the repository session's writes and
-index refreshes; verification (decompression, hashing) and reads for agents
+index refreshes (the pack append, its upload, the index file);
+verification (decompression, hashing), encryption and reads for agents
 (`read`: the index is safe for readers) run outside it.
 """
 
@@ -75,6 +76,7 @@ from strongroom.model.point import RecoveryPoint
 from strongroom.model.vm import VmManifest
 from strongroom.repository import bundle
 from strongroom.repository.format import BlobType
+from strongroom.repository.pack import blob_ad
 from strongroom.repository.repo import is_object_hex
 from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.points import load_point
@@ -192,12 +194,20 @@ class Intake:
         records = bundle.parse(blob)
         for record in records:  # all proven before any is stored
             bundle.verify(record, self.repo.compressor, self.repo.chunk_id)
+        # Encrypted outside the lock too (the sealer is thread-safe): only the
+        # pack append, its upload and the index stay serialised. What looked
+        # stored here is asked again under the lock (after an idle gap
+        # `_writing` forgets the session's word) and sealed then if missing.
+        sealed = {r.chunk_id: self._seal(r) for r in records if not self.repo.has_chunk(r.chunk_id)}
         added = added_bytes = 0
         with self._lock:
             self._writing()
             try:
                 for r in records:
-                    if self.repo.add_compressed(r.chunk_id, r.blob_type, r.payload, r.raw_length):
+                    if self.repo.has_chunk(r.chunk_id):
+                        continue
+                    box = sealed.get(r.chunk_id) or self._seal(r)
+                    if self.repo.add_sealed(r.chunk_id, r.blob_type, box, r.raw_length):
                         added += 1
                         added_bytes += r.raw_length
                 self.repo.flush()
@@ -206,6 +216,10 @@ class Intake:
                 self.repo.abandon()
                 raise
         return Stored(len(records), added, added_bytes)
+
+    def _seal(self, record: bundle.Record) -> bytes | bytearray:
+        """A verified record's payload encrypted for its pack."""
+        return self.repo.sealer.seal(record.payload, blob_ad(record.chunk_id, record.blob_type))
 
     def read(self, wanted: list[tuple[bytes, BlobType]]) -> bytes:
         """A bundle of the named chunks, in order, as many as fit in one
