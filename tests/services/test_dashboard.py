@@ -27,8 +27,11 @@ from strongroom.services.dashboard import (
     FAILING_AFTER,
     STALE_AFTER,
     RepositoryView,
+    Source,
+    cadence,
     checked_path,
     health_of,
+    thresholds,
 )
 from tests.catalog.conftest import catalog, catalog_url, pg_cluster  # noqa: F401 (fixtures)
 from tests.conftest import init_local_repository, open_local_repository
@@ -123,6 +126,35 @@ def test_health_by_the_age_of_the_last_point() -> None:
     assert health_of(STALE_AFTER + timedelta(seconds=1)) == "stale"
     assert health_of(FAILING_AFTER) == "stale"
     assert health_of(FAILING_AFTER + timedelta(seconds=1)) == "failing"
+
+
+def test_health_follows_the_sources_own_cadence() -> None:
+    """A source protected every 5 minutes is stale after two missed runs (here the
+    15-minute floor: 20 minutes), failing after an hour more; a weekly one is fine
+    after two days; with fewer than three points the daily defaults apply."""
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def source(step: timedelta, count: int) -> Source:
+        points = tuple(
+            RecoveryPoint("files", start + i * step, "h", "u", ["/x"], "00" * 32, id=f"{i:064x}")
+            for i in range(count)
+        )
+        return Source("h", ("/x",), "files", points)
+
+    often, weekly, young = (
+        source(timedelta(minutes=5), 10),
+        source(timedelta(days=7), 4),
+        source(timedelta(minutes=5), 2),
+    )
+    assert cadence(often.points) == timedelta(minutes=5) and cadence(young.points) is None
+    last = often.last.time
+    assert often.health(last + timedelta(minutes=20)) == "ok"
+    assert often.health(last + timedelta(minutes=21)) == "stale"
+    assert often.health(last + timedelta(minutes=66)) == "failing"
+    assert weekly.health(weekly.last.time + timedelta(days=2)) == "ok"
+    assert weekly.health(weekly.last.time + timedelta(days=15)) == "stale"
+    assert young.health(young.last.time + timedelta(hours=25)) == "ok"  # the daily defaults
+    assert thresholds(None) == (STALE_AFTER, FAILING_AFTER)
 
 
 @given(st.text(max_size=300))

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any, Protocol
 
 from strongroom.errors import (
@@ -62,8 +63,9 @@ log = logging.getLogger(__name__)
 MAX_PATH = 4096
 MAX_PICKS = 1000
 MAX_FOLDER = 5000  # entries one folder page shows
-STALE_AFTER = timedelta(hours=26)  # a daily source one run late
+STALE_AFTER = timedelta(hours=26)  # a daily source one run late: without a known cadence
 FAILING_AFTER = timedelta(hours=72)
+CADENCE_GAPS = 8  # the gaps between a source's newest points its cadence is taken from
 
 
 class Health:
@@ -72,12 +74,38 @@ class Health:
     FAILING = "failing"
 
 
-def health_of(lag: timedelta) -> str:
-    """ok up to STALE_AFTER since the last point, stale up to FAILING_AFTER,
-    failing beyond."""
-    if lag <= STALE_AFTER:
+def thresholds(expected: timedelta | None) -> tuple[timedelta, timedelta]:
+    """(stale after, failing after) for a source that gets a point every
+    `expected`: two missed runs make it stale (at least 15 minutes late), six
+    failing (at least an hour late); without a known cadence, a daily source's
+    STALE_AFTER and FAILING_AFTER. So a protected source cycling every 5 minutes
+    is stale after 20 minutes, not a day, and a weekly one not stale after a day."""
+    if expected is None or expected <= timedelta(0):
+        return STALE_AFTER, FAILING_AFTER
+    return (
+        max(2 * expected, expected + timedelta(minutes=15)),
+        max(6 * expected, expected + timedelta(hours=1)),
+    )
+
+
+def health_of(lag: timedelta, expected: timedelta | None = None) -> str:
+    """ok up to the stale threshold since the last point, stale up to the
+    failing one, failing beyond (`thresholds`)."""
+    stale, failing = thresholds(expected)
+    if lag <= stale:
         return Health.OK
-    return Health.STALE if lag <= FAILING_AFTER else Health.FAILING
+    return Health.STALE if lag <= failing else Health.FAILING
+
+
+def cadence(points: Sequence[RecoveryPoint]) -> timedelta | None:
+    """How often a source gets a point: the median gap between its newest
+    points (CADENCE_GAPS of them; at least 2 gaps, else None: unknown).
+    `points` oldest first."""
+    times = [p.time for p in points[-(CADENCE_GAPS + 1) :]]
+    gaps = sorted(b - a for a, b in pairwise(times))
+    if len(gaps) < 2:
+        return None
+    return gaps[len(gaps) // 2]
 
 
 def _recalled(point_id: str, doc: dict[str, Any] | None) -> RecoveryPoint | None:
@@ -118,7 +146,8 @@ class Source:
         return max(timedelta(0), now - self.last.time)
 
     def health(self, now: datetime) -> str:
-        return health_of(self.lag(now))
+        """By the lag and the source's own cadence (`cadence`, `thresholds`)."""
+        return health_of(self.lag(now), cadence(self.points))
 
 
 def sources_of(points: Sequence[RecoveryPoint]) -> list[Source]:

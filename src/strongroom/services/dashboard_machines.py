@@ -33,8 +33,13 @@ class MachineRow:
         return None if self.last_point is None else max(timedelta(0), now - self.last_point.time)
 
     def health(self, now: datetime) -> str:
+        """By the lag and the machine's most frequent enabled interval schedule
+        (calendar schedules and none: the daily default thresholds)."""
         lag = self.lag(now)
-        return "never" if lag is None else health_of(lag)
+        if lag is None:
+            return "never"
+        every = [s.every_seconds for s in self.schedules if s.enabled and s.every_seconds]
+        return health_of(lag, timedelta(seconds=min(every)) if every else None)
 
 
 def machine_rows(catalog: Catalog, view: RepositoryView) -> list[MachineRow]:
