@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from strongroom.catalog import Catalog, Job, Machine, Schedule
+from strongroom.catalog import Catalog, Job, JobState, Machine, Schedule
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.services.dashboard import RepositoryView, health_of
@@ -99,5 +99,41 @@ class JobRow:
         return value if isinstance(value, int) and value > 0 else None
 
 
-def job_rows(catalog: Catalog) -> list[JobRow]:
-    return [JobRow(j) for j in catalog.list_jobs(limit=JOBS_PAGE)]
+@dataclass(frozen=True)
+class JobPage:
+    """One page of the Jobs page, newest first: `older` is the `before` of the
+    next page (None: this is the last), `filters` what chose the rows."""
+
+    rows: list[JobRow]
+    older: int | None
+    filters: dict[str, str]
+    before: str = ""
+
+    def query(self, before: str | int | None = "") -> str:
+        """`?state=...&machine=...&before=...` of what is set ("" when nothing):
+        the page's own with `before` "", another page's with its `before`."""
+        from urllib.parse import urlencode
+
+        chosen = {k: v for k, v in self.filters.items() if v}
+        if before:
+            chosen["before"] = str(before)
+        return "?" + urlencode(chosen) if chosen else ""
+
+
+def job_rows(catalog: Catalog, *, before: str = "", state: str = "", machine: str = "") -> JobPage:
+    """JOBS_PAGE jobs below id `before` (keyset paging: new jobs do not shift
+    the pages), of one state and one machine if given; values that are not an
+    id, a state or a machine name choose nothing (an empty page), never an error."""
+    states = {str(s) for s in JobState}
+    filters = {"state": state, "machine": machine}
+    if (before and not (before.isdigit() and len(before) <= 18)) or (state and state not in states):
+        return JobPage([], None, filters, before)
+    found = catalog.list_jobs(
+        state=JobState(state) if state else None,
+        machine=machine[:64] or None,
+        before=int(before) if before else None,
+        limit=JOBS_PAGE + 1,
+    )
+    rows = [JobRow(j) for j in found[:JOBS_PAGE]]
+    older = rows[-1].job.id if len(found) > JOBS_PAGE and rows else None
+    return JobPage(rows, older, filters, before)

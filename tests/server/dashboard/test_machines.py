@@ -112,7 +112,7 @@ def test_jobs_page_shows_live_progress(msite: Site) -> None:
     job = jobs.jobs.enqueue("backup", {"paths": ["/srv"]}, machine="web1")
     sign_in(msite.client, "rita", READER_PASSWORD)
     page = msite.client.get("/jobs")
-    assert 'hx-get="/jobs/rows" hx-trigger="every 2s"' in page.text
+    assert 'hx-get="/jobs/rows" hx-trigger="every 2s"' in page.text  # the newest page
     assert f'data-job="{job.id}"' in page.text and ">queued<" in page.text
     assert jobs.claim("web1") is not None
     assert jobs.progress("web1", job.id or 0, {"bytes": 512, "bytes_total": 2048, "files": 3})
@@ -122,6 +122,39 @@ def test_jobs_page_shows_live_progress(msite: Site) -> None:
     jobs.finish("web1", job.id or 0, False, "disk on fire", None)
     rows = msite.client.get("/jobs/rows").text
     assert ">failed<" in rows and "disk on fire" in rows
+
+
+def test_jobs_page_pages_by_id_and_filters(msite: Site) -> None:
+    """100 jobs a page, newest first; `Older` continues below the last id shown (new jobs
+    do not shift the pages); state and machine filters; nonsense values show nothing."""
+    import re
+
+    catalog = msite.accounts.catalog
+    jobs = AgentJobs(catalog, lambda _p: None, lambda _p, _q: None)  # type: ignore[arg-type,return-value]
+    made = [jobs.jobs.enqueue("backup", {"paths": ["/srv"]}, machine="web1") for _ in range(130)]
+    for job in made[:3]:  # the three oldest fail
+        assert jobs.claim("web1") is not None
+        jobs.finish("web1", job.id or 0, False, "disk on fire", None)
+    sign_in(msite.client, "rita", READER_PASSWORD)
+
+    def ids(html: str) -> list[int]:
+        return [int(i) for i in re.findall(r'data-job="(\d+)"', html)]
+
+    first = msite.client.get("/jobs").text
+    assert ids(first) == sorted((j.id or 0 for j in made), reverse=True)[:100]
+    older = re.search(r'id="jobs-older" href="([^"]+)"', first)
+    assert older is not None and 'id="jobs-newest"' not in first
+    jobs.jobs.enqueue("backup", {"paths": ["/srv"]}, machine="web1")  # a new one: no shift
+    second = msite.client.get(older[1].replace("&amp;", "&")).text
+    assert ids(second) == sorted((j.id or 0 for j in made), reverse=True)[100:]
+    assert 'id="jobs-older"' not in second and 'id="jobs-newest"' in second
+    failed = msite.client.get("/jobs?state=failed").text
+    assert sorted(ids(failed)) == sorted(j.id or 0 for j in made[:3])
+    assert 'hx-get="/jobs/rows?state=failed"' in failed
+    assert ids(msite.client.get("/jobs?machine=web2").text) == []
+    for bad in ("/jobs?before=abc", "/jobs?state=melted", "/jobs?before=" + "9" * 40):
+        page = msite.client.get(bad)
+        assert page.status_code == 200 and ids(page.text) == []
 
 
 def test_restore_to_the_agent_from_a_points_page(msite: Site) -> None:

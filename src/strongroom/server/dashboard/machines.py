@@ -145,18 +145,22 @@ def add_machine_pages(
     # --- jobs ------------------------------------------------------------------
 
     @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
-    def jobs_page(request: Request) -> Response:
+    def jobs_page(
+        request: Request, before: str = "", state: str = "", machine: str = ""
+    ) -> Response:
         who = viewer(guards, request)
         with answers():
-            rows = job_rows(catalog)
-        return render("jobs.html", request, who, rows=rows)
+            page = job_rows(catalog, before=before, state=state, machine=machine)
+        return render("jobs.html", request, who, page=page, rows=page.rows)
 
     @app.get("/jobs/rows", response_class=HTMLResponse, include_in_schema=False)
-    def jobs_rows(request: Request) -> Response:
+    def jobs_rows(
+        request: Request, before: str = "", state: str = "", machine: str = ""
+    ) -> Response:
         who = viewer(guards, request)
         with answers():
-            rows = job_rows(catalog)
-        return render("_jobs.html", request, who, rows=rows)
+            page = job_rows(catalog, before=before, state=state, machine=machine)
+        return render("_jobs.html", request, who, page=page, rows=page.rows)
 
     # --- restore to the agent ---------------------------------------------------
 
