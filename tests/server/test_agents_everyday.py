@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.helpers.cli import FAST_KDF, PASSWORD, CliResult, assert_one_line_error, run_cli
+from tests.helpers.fuse_mount import Mount, mounted, needs_fuse
 from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
 
 _DROPPED = ("STRONGROOM_REPO", "STRONGROOM_PASSWORD", "STRONGROOM_PASSWORD_FILE",
@@ -257,3 +258,31 @@ def test_browsing_another_machines_point_is_refused_in_one_line(
     host = fleet.agent("alpha", "ls", "latest", "--host", "beta")
     assert host.rc == 2 and "no --host" in host.err
     assert fleet.agent("alpha", "find", "secret.txt", "--tag", "beta-b").out == ""
+
+
+@needs_fuse
+def test_mount_through_the_server_shows_the_machines_own_points(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """`mount --agent-config`: the machine's own points (not another machine's), files
+    read through the server byte-equal; SIGTERM unmounts (exit 0)."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    data = os.urandom(700_000)
+    (src / "sub" / "data.bin").write_bytes(data)
+    (src / "note.txt").write_text("mine\n")
+    mine = fleet.ok("alpha", "backup", str(src))["point_id"]
+    theirs = fleet.ok("beta", "backup", str(src))["point_id"]
+    where = tmp_path / "mnt"
+    where.mkdir()
+    mount = Mount(where, fleet.agent_env, "--agent-config", fleet.configs["alpha"])
+    try:
+        ids = set(os.listdir(where / "ids"))
+        assert str(mine) in ids and str(theirs) not in ids
+        inside = where / "ids" / str(mine) / str(src).lstrip("/")
+        assert (inside / "sub" / "data.bin").read_bytes() == data
+        assert (inside / "note.txt").read_text() == "mine\n"
+        assert os.listdir(where / "hosts") == ["alpha"]
+    finally:
+        assert mount.stop() == 0
+    assert not mounted(where)

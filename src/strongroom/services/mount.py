@@ -16,7 +16,9 @@ from collections.abc import Callable
 
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.model.names import printable
+from strongroom.model.point import RecoveryPoint
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.points import PointFilter, list_points
 
 
@@ -78,26 +80,64 @@ def mount_repository(
     """Serve the points matching `flt` at `mountpoint` until it is unmounted
     (fusermount3 -u, or SIGINT/SIGTERM/SIGHUP to this process); returns then.
     `on_ready(number of points)` runs once the file system is mounted."""
+    shown: list[RecoveryPoint] = []
+    mount_store(
+        repo,
+        mountpoint,
+        lambda: list_points(repo, flt, known={p.id: p for p in shown}),
+        refresh_index=repo.refresh_index,
+        allow_other=allow_other,
+        owner_root=owner_root,
+        on_ready=on_ready,
+        shown=shown,
+    )
+
+
+def mount_store(
+    store: ChunkStore,
+    mountpoint: str,
+    points: Callable[[], list[RecoveryPoint]],
+    *,
+    refresh_index: Callable[[], object] | None = None,
+    allow_other: bool = False,
+    owner_root: bool = False,
+    on_ready: Callable[[int], None] = lambda count: None,
+    shown: list[RecoveryPoint] | None = None,
+) -> None:
+    """`mount_repository` over any store the file pipelines read (a local
+    repository, or an agent's view of the backup server: `points` lists the
+    machine's own); `points()` is asked again as the layout refreshes, and
+    `shown`, if given, is kept equal to the points on display."""
     check_mountpoint(mountpoint)
     run_fuse = _load_fuse()
     from strongroom.services.mount_view import RepositoryView
 
-    points = list_points(repo, flt)
+    first = points()
+    if shown is not None:
+        shown[:] = first
     uid, gid = (0, 0) if owner_root else (os.getuid(), os.getgid())
+
+    def reload() -> list[RecoveryPoint]:
+        found = points()
+        if shown is not None:
+            shown[:] = found
+        return found
+
     view = RepositoryView(
-        repo,
-        points,
+        store,
+        first,
         uid=uid,
         gid=gid,
         now_ns=time.time_ns(),
-        reload=lambda: list_points(repo, flt, known={p.id: p for p in view.points}),
+        reload=reload,
+        refresh_index=refresh_index,
     )
     try:
         run_fuse(
             view,
             os.path.abspath(mountpoint),
             allow_other=allow_other,
-            on_mounted=lambda: on_ready(len(points)),
+            on_mounted=lambda: on_ready(len(first)),
         )
     except RuntimeError as err:
         raise FuseUnavailable(f"mounting {printable(mountpoint)} failed ({err})") from None

@@ -39,7 +39,7 @@ from strongroom.model.tree import (
 )
 from strongroom.pipeline.image_reader import PointReader
 from strongroom.repository.format import BlobType
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.walk import load_tree
 from strongroom.sources.image_files import ImageEntry, ImageFileSystem, open_filesystem
 
@@ -80,7 +80,7 @@ def inode_number(*parts: bytes) -> int:
 class ChunkCache:
     """Decrypted data chunks by id, LRU, at most `capacity` bytes (thread-safe)."""
 
-    def __init__(self, repo: Repository, capacity: int = CHUNK_CACHE_BYTES) -> None:
+    def __init__(self, repo: ChunkStore, capacity: int = CHUNK_CACHE_BYTES) -> None:
         self.repo, self.capacity = repo, capacity
         self._chunks: OrderedDict[bytes, bytes] = OrderedDict()
         self._zero: dict[bytes, int] = {}  # ids of all-zero chunks: their size
@@ -144,7 +144,7 @@ class FileReader:
 class FilePointView:
     """A file point's tree, looked up by path with decoded directories cached."""
 
-    def __init__(self, repo: Repository, point_id: str, root: bytes, chunks: ChunkCache) -> None:
+    def __init__(self, repo: ChunkStore, point_id: str, root: bytes, chunks: ChunkCache) -> None:
         self.repo, self.point_key, self.root, self.chunks = repo, point_id.encode(), root, chunks
         self._trees: OrderedDict[bytes, dict[bytes, Node]] = OrderedDict()
         self._nodes = 0
@@ -235,7 +235,7 @@ class FilePointView:
 class DiskFile:
     """One disk of an image or VM point as a read-only file; its reader starts on first use."""
 
-    def __init__(self, repo: Repository, block_map: BlockMap, key: bytes, attr: Attr) -> None:
+    def __init__(self, repo: ChunkStore, block_map: BlockMap, key: bytes, attr: Attr) -> None:
         self.repo, self.map, self.key = repo, block_map, key
         self.attr = Attr(
             stat.S_IFREG | 0o444,

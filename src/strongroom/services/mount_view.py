@@ -43,7 +43,7 @@ from strongroom.formats.partitions import PartitionTableError, read_partitions
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest
-from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.mount_points import (
     Attr,
     ChunkCache,
@@ -145,13 +145,14 @@ class RepositoryView:
 
     def __init__(
         self,
-        repo: Repository,
+        repo: ChunkStore,
         points: list[RecoveryPoint],
         *,
         uid: int,
         gid: int,
         now_ns: int,
         reload: Callable[[], list[RecoveryPoint]] | None = None,
+        refresh_index: Callable[[], object] | None = None,
         refresh_seconds: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -162,6 +163,7 @@ class RepositoryView:
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}  # point id -> its folder, kept across refreshes
         self._reload, self._refresh_seconds, self._clock = reload, refresh_seconds, clock
+        self._refresh_index = refresh_index
         self._refresh_lock = threading.Lock()
         self._refreshed = clock()
         self._ids = {p.id for p in points}
@@ -184,7 +186,8 @@ class RepositoryView:
             ids = {p.id for p in points}
             if ids == self._ids:
                 return False
-            self.repo.refresh_index()  # the new points' chunks are in index files written since
+            if self._refresh_index is not None:  # a local repository: the new points'
+                self._refresh_index()  # chunks are in index files written since
             self._build(points, time.time_ns())
             self._ids, self.points = ids, points
             return True

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from strongroom.cli.commands.agent import server_options, through_server
 from strongroom.cli.commands.points import point_filter_options
 from strongroom.cli.context import App, pass_app
 from strongroom.cli.output import plural
@@ -20,6 +21,7 @@ from strongroom.services.session import LockMode
     "--allow-other", is_flag=True, help="Let other users in too (the stored modes still apply)."
 )
 @click.option("--owner-root", is_flag=True, help="Show every entry as owned by root.")
+@server_options
 @pass_app
 def mount(
     app: App,
@@ -29,14 +31,17 @@ def mount(
     paths: tuple[str, ...],
     allow_other: bool,
     owner_root: bool,
+    servers: tuple[str, ...],
+    agent_config: str | None,
 ) -> None:
     """Mount the repository read-only at MOUNTPOINT (an empty folder), in the foreground.
 
     ids/ID, snapshots/TIME, hosts/HOST/TIME and tags/TAG/TIME hold each point
     (with a `latest` link); an image point shows disk.raw, files/ and
     partitions/N/, a VM point disks/NAME.raw. Ctrl-C or `fusermount3 -u
-    MOUNTPOINT` unmounts."""
-    from strongroom.services.mount import check_mountpoint, mount_repository
+    MOUNTPOINT` unmounts. Through a backup server (--server): this machine's
+    own points (and its cluster's VM points), read through the server."""
+    from strongroom.services.mount import check_mountpoint, mount_repository, mount_store
     from strongroom.services.points import PointFilter
 
     shown = printable(mountpoint)
@@ -52,11 +57,26 @@ def mount(
         sys.stdout.flush()
 
     check_mountpoint(mountpoint)  # before a password is asked for
+    flt = PointFilter(list(hosts), list(tags), list(paths))
+    if through_server(servers, agent_config):
+        from strongroom.services.agent_backup import agent_points, open_agent
+
+        with open_agent(agent_config, list(servers)) as (_config, store):
+            mount_store(
+                store,
+                mountpoint,
+                lambda: [p for p in agent_points(store) if flt.matches(p)],
+                allow_other=allow_other,
+                owner_root=owner_root,
+                on_ready=ready,
+            )
+        app.out.info(f"{shown} unmounted")
+        return
     with app.repository(LockMode.NONE) as repo:
         mount_repository(
             repo,
             mountpoint,
-            PointFilter(list(hosts), list(tags), list(paths)),
+            flt,
             allow_other=allow_other,
             owner_root=owner_root,
             on_ready=ready,
