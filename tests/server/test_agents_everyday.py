@@ -286,3 +286,29 @@ def test_mount_through_the_server_shows_the_machines_own_points(
     finally:
         assert mount.stop() == 0
     assert not mounted(where)
+
+
+def test_backup_dry_run_through_the_server_asks_and_sends_nothing(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """--dry-run through a server: the files are read and cut and the server asked which
+    chunks it lacks, so "added" is what a real run would upload; nothing is sent and no
+    point made. Shared content another machine already stored counts as present."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shared = os.urandom(400_000)
+    (src / "shared.bin").write_bytes(shared)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "shared.bin").write_bytes(shared)
+    fleet.ok("beta", "backup", str(other))  # the server holds the shared file's chunks
+    (src / "own.bin").write_bytes(os.urandom(300_000))
+    before = json.loads(fleet.agent("alpha", "--json", "snapshots").out)
+    dry = fleet.ok("alpha", "backup", str(src), "--dry-run")
+    assert dry["dry_run"] is True and dry["point_id"] is None
+    assert 300_000 <= dry["data_added"] < 400_000, dry  # only alpha's own file is new
+    traffic = dry["traffic"]
+    assert isinstance(traffic, dict) and traffic["bundles"] == 0 and traffic["asked"] >= 2
+    assert json.loads(fleet.agent("alpha", "--json", "snapshots").out) == before
+    real = fleet.ok("alpha", "backup", str(src))
+    assert 0 <= real["data_added"] - dry["data_added"] < 8192  # the folders' trees, as locally

@@ -277,7 +277,9 @@ class FileBackup:
                 continue
             self._skip.add((st.st_dev, st.st_ino))
         self._last_report = 0.0
-        self._dry_seen: set[bytes] = set()
+        # --dry-run: chunks the store did not know, with their lengths (a backup
+        # through a server asks the server about them at the end: `dry_new`)
+        self._dry_seen: dict[bytes, int] = {}
         self._dropped: set[int] = set()  # id() of nodes whose file turned out unreadable
         self._batch = SmallFileBatch()
         self._alias: tuple[bytes, bytes] | None = None  # (recorded path, read path)
@@ -293,6 +295,11 @@ class FileBackup:
         self._copied: set[bytes] = set()  # recorded paths read from their copy
 
     # --- entry point ---------------------------------------------------------
+
+    @property
+    def dry_new(self) -> dict[bytes, int]:
+        """After a --dry-run: the data chunks the store did not know, by length."""
+        return self._dry_seen
 
     def run(self) -> BackupSummary:
         paths = [os.fsencode(os.path.abspath(p)) for p in self.options.paths]
@@ -900,7 +907,7 @@ class FileBackup:
             # process (docs/design.md §4.4, §8.5).
             repo.has_chunk(cid)
         elif self.options.dry_run and not repo.has_chunk(cid) and cid not in self._dry_seen:
-            self._dry_seen.add(cid)
+            self._dry_seen[cid] = length
             repo.stats.chunks_added += 1
             repo.stats.bytes_added_raw += length
             self.progress.bytes_added += length

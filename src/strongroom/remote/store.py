@@ -262,10 +262,13 @@ class RemoteStore:
             finally:
                 self._batches.task_done()
 
-    def _send_batch(self, batch: list[_Queued]) -> None:
+    def lacking(self, chunk_ids: list[bytes]) -> set[bytes]:
+        """Which of `chunk_ids` the server lacks: `/agent/chunks/missing`, at most
+        bundle.MAX_IDS a question (the uploads' negotiation, and `backup
+        --dry-run` through a server, which asks and sends nothing)."""
         lacking: set[bytes] = set()
-        for start in range(0, len(batch), bundle.MAX_IDS):
-            ids = [r.chunk_id.hex() for r in batch[start : start + bundle.MAX_IDS]]
+        for start in range(0, len(chunk_ids), bundle.MAX_IDS):
+            ids = [c.hex() for c in chunk_ids[start : start + bundle.MAX_IDS]]
             question = json.dumps({"ids": ids}, separators=(",", ":")).encode()
             reply = self.client.request(
                 "POST",
@@ -279,6 +282,10 @@ class RemoteStore:
                 self.traffic.questions += 1
                 self.traffic.question_bytes += len(question)
                 self.traffic.answer_bytes += len(reply.content)
+        return lacking
+
+    def _send_batch(self, batch: list[_Queued]) -> None:
+        lacking = self.lacking([r.chunk_id for r in batch])
         wanted = [item for item in batch if item.chunk_id in lacking]
         with self._traffic_lock:
             self.traffic.missing += len(lacking)

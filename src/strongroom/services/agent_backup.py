@@ -140,9 +140,12 @@ def backup_through_server(
     cycles): only those paths are read, on the parent `req.parent` (one of the
     machine's own points), and only when that parent is the point the
     journal continues (`req.journal_base`); otherwise every file is compared,
-    as a local backup does. The journal itself stays on the agent."""
-    if req.dry_run or req.seeds:
-        raise UsageError("through a server: no --dry-run or seeds")
+    as a local backup does. The journal itself stays on the agent. With
+    `req.dry_run` nothing is sent and no point made: the files are read and
+    cut, and the server is asked which of their chunks it lacks, so "added" is
+    what a real run would upload."""
+    if req.seeds:
+        raise UsageError("through a server: no seeds")
     paths, path_warnings, missing = usable_paths(req.paths)
     if req.changed_paths is not None and len(paths) != 1:
         raise UsageError("changed paths from a change journal go with exactly one tree")
@@ -183,6 +186,7 @@ def backup_through_server(
         copies={} if changed is None else req.copies,
         copy_folder=req.copy_folder,
         jobs=req.jobs,
+        dry_run=req.dry_run,
     )
     started = now()
     pipeline = FileBackup(
@@ -195,6 +199,14 @@ def backup_through_server(
     summary = pipeline.run()
     summary.warnings[:0] = warnings
     summary.unreadable += missing
+    if req.dry_run:  # what the server lacks of what was read: asked, nothing sent
+        candidates = pipeline.dry_new
+        lacking = store.lacking(list(candidates))
+        summary.chunks_new = len(lacking)
+        summary.data_added = sum(candidates[c] for c in lacking)
+        summary.data_added_stored = 0
+        seconds = (now() - started).total_seconds()
+        return BackupResult(None, summary, parent.id if parent else None, seconds)
     seconds = (now() - started).total_seconds()
     journal = {} if req.journal_sequence is None else {"journal_sequence": req.journal_sequence}
     point = record_point(

@@ -206,10 +206,12 @@ def backup(
         file_seed_options=trust_seed_metadata or seed_root is not None,
     )
     if through_server(servers, agent_config):
-        if dry_run or host or seed_names or trust_seed_metadata or seed_root:
+        if host or seed_names or trust_seed_metadata or seed_root:
             raise click.UsageError(
-                "through a server: files or --image; VMs with --vm; no --dry-run, --host or seeds"
+                "through a server: files or --image; VMs with --vm; no --host or seeds"
             )
+        if dry_run and (vms or image):
+            raise click.UsageError("through a server: --dry-run is for files backups")
         if vms:
             from strongroom.cli.commands.vm import backup_vm_cmd
 
@@ -236,6 +238,7 @@ def backup(
             file_report=_file_lines(app) if out.verbose and not out.json else None,
             exclude_if_present=exclusion_markers(list(exclude_if_present), exclude_caches),
             exclude_larger_than=exclude_larger_than,
+            dry_run=dry_run,
         )
         _backup_through_server(app, servers, agent_config, request)
         return
@@ -336,7 +339,7 @@ def _backup_through_server(
         f"through the server: {traffic.asked} chunk ids asked, {traffic.missing} missing, "
         f"{traffic.bundles} bundles ({human_bytes(traffic.bytes_sent)}) sent"
     )
-    _report(app, result, False, {"traffic": {**asdict(traffic), "requests": requests}})
+    _report(app, result, request.dry_run, {"traffic": {**asdict(traffic), "requests": requests}})
 
 
 def _report(
