@@ -101,6 +101,19 @@ def make_sources(tools: list[str], data: Path, runs: Path, logs: Path) -> dict[s
     return spaces
 
 
+def _strongroom_target(target: Path, stem: Path) -> tuple[Path, dict[str, str], list[str]]:
+    """A fresh, empty strongroom target with its own password (its init not timed):
+    the folder, the environment copying into it from the source, the command."""
+    shutil.rmtree(target, ignore_errors=True)
+    (target / "cache").mkdir(parents=True)
+    env = strongroom_env(target / "repo", target / "cache")
+    env["STRONGROOM_PASSWORD"] = TARGET_PASSWORD
+    env["STRONGROOM_FROM_PASSWORD"] = PASSWORD
+    cmd = Strongroom().cmd()
+    _run([*cmd, "init"], env, target, stem.with_name(stem.name + "-init"), "strongroom init")
+    return target, env, cmd
+
+
 def _oldest_point(cmd: list[str], env: dict[str, str], cwd: Path, stem: Path) -> str:
     """The id of the oldest point a `snapshots --json` command lists (both tools)."""
     _run(cmd, env, cwd, stem, "listing the points")
@@ -111,14 +124,7 @@ def _oldest_point(cmd: list[str], env: dict[str, str], cwd: Path, stem: Path) ->
 def strongroom_incremental(
     index: int, source: Space, runs: Path, logs: Path, results: dict[str, Result]
 ) -> None:
-    target = runs / "target-strongroom-inc"
-    shutil.rmtree(target, ignore_errors=True)
-    (target / "cache").mkdir(parents=True)
-    env = strongroom_env(target / "repo", target / "cache")
-    env["STRONGROOM_PASSWORD"] = TARGET_PASSWORD
-    env["STRONGROOM_FROM_PASSWORD"] = PASSWORD
-    cmd = Strongroom().cmd()
-    _run([*cmd, "init"], env, target, logs / f"r{index}-inc-init", "strongroom init")
+    target, env, cmd = _strongroom_target(runs / "target-strongroom-inc", logs / f"r{index}-inc")
     first = _oldest_point(
         [*cmd, "-r", str(source.repo), "snapshots", "--json"],
         {**env, "STRONGROOM_PASSWORD": PASSWORD},
@@ -172,14 +178,7 @@ def restic_incremental(
 def strongroom_round(
     index: int, source: Space, runs: Path, logs: Path, data: Path, results: dict[str, Result]
 ) -> None:
-    target = runs / "target-strongroom"
-    shutil.rmtree(target, ignore_errors=True)
-    (target / "cache").mkdir(parents=True)
-    env = strongroom_env(target / "repo", target / "cache")
-    env["STRONGROOM_PASSWORD"] = TARGET_PASSWORD
-    env["STRONGROOM_FROM_PASSWORD"] = PASSWORD
-    cmd = Strongroom().cmd()
-    _run([*cmd, "init"], env, target, logs / f"r{index}-strongroom-init", "strongroom init")
+    target, env, cmd = _strongroom_target(runs / "target-strongroom", logs / f"r{index}-strongroom")
     warm((source.repo,))
     for variant, suffix in (("strongroom copy", ""), ("strongroom copy (again)", "-again")):
         stem = logs / f"r{index}-strongroom-copy{suffix}"

@@ -139,6 +139,13 @@ class Settings:
     config_file: str | None = None  # the file read, if any
     source: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
 
+    def override(self, key: str, value: object | None, option: str) -> None:
+        """A command-line `option`'s value for setting `key` (the last word of
+        the precedence); None: the option was not given, nothing changes."""
+        if value is not None:
+            setattr(self, key, value)
+            self.source[key] = option
+
     @property
     def repository(self) -> str:
         return self.repo or default_repository()

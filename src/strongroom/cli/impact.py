@@ -37,15 +37,10 @@ def impact_options(kind_of: KindOf, reads: bool = True) -> Callable[[F], F]:
             chosen = kwargs.pop("priority")
             limit_read = kwargs.pop("limit_read", None)
             limit_upload = kwargs.pop("limit_upload")
-            if chosen is not None:
-                settings.priority = parse_priority(chosen)
-                settings.source["priority"] = "--priority"
-            if limit_read is not None:
-                settings.limit_read = limit_read
-                settings.source["limit_read"] = "--limit-read"
-            if limit_upload is not None:
-                settings.limit_upload = limit_upload
-                settings.source["limit_upload"] = "--limit-upload"
+            priority = None if chosen is None else parse_priority(chosen)
+            settings.override("priority", priority, "--priority")
+            settings.override("limit_read", limit_read, "--limit-read")
+            settings.override("limit_upload", limit_upload, "--limit-upload")
             kind = kind_of(kwargs)
             if limit_read is not None and kind not in ("image", "vm"):
                 raise click.UsageError("--limit-read applies to --image and --vm backups")

@@ -163,12 +163,8 @@ def cli(
         os.environ["STRONGROOM_NO_CACHE"] = "1"  # read where the caches are opened
     if repo:
         settings.repo = repo
-    if limit_upload is not None:
-        settings.limit_upload = limit_upload
-        settings.source["limit_upload"] = "--limit-upload"
-    if limit_download is not None:
-        settings.limit_download = limit_download
-        settings.source["limit_download"] = "--limit-download"
+    settings.override("limit_upload", limit_upload, "--limit-upload")
+    settings.override("limit_download", limit_download, "--limit-download")
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

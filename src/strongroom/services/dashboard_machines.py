@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from strongroom.catalog import Catalog, Job, JobState, Machine, Schedule
 from strongroom.model.kinds import PointKind
@@ -112,8 +113,6 @@ class JobPage:
     def query(self, before: str | int | None = "") -> str:
         """`?state=...&machine=...&before=...` of what is set ("" when nothing):
         the page's own with `before` "", another page's with its `before`."""
-        from urllib.parse import urlencode
-
         chosen = {k: v for k, v in self.filters.items() if v}
         if before:
             chosen["before"] = str(before)

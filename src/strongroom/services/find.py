@@ -23,7 +23,7 @@ from datetime import datetime
 from strongroom.formats.partitions import PartitionTableError
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
-from strongroom.model.tree import DIR, FILE, SYMLINK, Node, TreePath
+from strongroom.model.tree import DIR, Node, TreePath
 from strongroom.repository.repo import Repository
 from strongroom.repository.store import ChunkStore
 from strongroom.services.image_files import open_image_filesystem
@@ -54,7 +54,6 @@ class PointMatches:
 
 
 SkipReport = Callable[[RecoveryPoint, str], None]
-_IMAGE_TYPES = {"file": FILE, "dir": DIR, "symlink": SYMLINK}
 
 
 @dataclass
@@ -177,7 +176,7 @@ def _image_node(entry: ImageEntry) -> tuple[bytes, Node]:
     """An entry of an image's file system as a tree node, for matching and listing."""
     path = entry.path.encode("utf-8", "surrogateescape")
     name = path.rsplit(b"/", 1)[-1]
-    node = Node(name=name, type=_IMAGE_TYPES.get(entry.type, FILE), mode=entry.mode)
+    node = Node(name=name, type=entry.node_type, mode=entry.mode)
     node.uid, node.gid, node.size = entry.uid, entry.gid, entry.size
     node.mtime_ns = int(entry.mtime * 1e9)
     node.link_target = entry.target.encode("utf-8", "surrogateescape")

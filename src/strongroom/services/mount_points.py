@@ -43,7 +43,6 @@ from strongroom.repository.store import ChunkStore
 from strongroom.services.walk import load_tree
 from strongroom.sources.image_files import ImageEntry, ImageFileSystem, open_filesystem
 
-_IMAGE_TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
 # Decoded directories kept, counted in entries (a directory may hold 100,000):
 # a few hundred MiB of Python objects at the most.
 TREE_CACHE_NODES = 200_000
@@ -294,7 +293,7 @@ class ImageFilesView:
         e = self._entry(parts)
         mtime = int(e.mtime * 1e9)
         return Attr(
-            mode=_IMAGE_TYPE_BITS.get(e.type, stat.S_IFREG) | (e.mode & 0o7777),
+            mode=TYPE_BITS[e.node_type] | (e.mode & 0o7777),
             ino=inode_number(self.disk.key, self._key, *parts),
             size=len(e.target.encode("utf-8", "surrogateescape"))
             if e.type == "symlink"

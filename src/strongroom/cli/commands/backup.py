@@ -205,6 +205,30 @@ def backup(
         seeds=bool(seed_names) or no_seeds,
         file_seed_options=trust_seed_metadata or seed_root is not None,
     )
+
+    def files_request() -> BackupRequest:
+        """The files backup asked for, locally or through a server (which refuses
+        --host and seeds above and takes the machine's name as the host)."""
+        return BackupRequest(
+            paths=list(paths),
+            jobs=jobs,
+            excludes=exclude_patterns(app.settings, list(exclude), list(exclude_file)),
+            one_file_system=one_file_system,
+            tags=list(tag),
+            host=host or socket.gethostname(),
+            dry_run=dry_run,
+            parent=parent,
+            force_full=force,
+            scan_totals=out.interactive,
+            file_report=_file_lines(app) if out.verbose and not out.json else None,
+            exclude_if_present=exclusion_markers(list(exclude_if_present), exclude_caches),
+            exclude_larger_than=exclude_larger_than,
+            seeds=list(seed_names),
+            no_seeds=no_seeds,
+            trust_seed_metadata=trust_seed_metadata,
+            seed_root=seed_root,
+        )
+
     if through_server(servers, agent_config):
         if host or seed_names or trust_seed_metadata or seed_root:
             raise click.UsageError(
@@ -226,21 +250,7 @@ def backup(
                                      allow_backing=allow_backing, no_seeds=True)  # fmt: skip
             backup_image_cmd(app, req, (servers, agent_config))
             return
-        request = BackupRequest(
-            paths=list(paths),
-            jobs=jobs,
-            excludes=exclude_patterns(app.settings, list(exclude), list(exclude_file)),
-            one_file_system=one_file_system,
-            tags=list(tag),
-            parent=parent,
-            force_full=force,
-            scan_totals=out.interactive,
-            file_report=_file_lines(app) if out.verbose and not out.json else None,
-            exclude_if_present=exclusion_markers(list(exclude_if_present), exclude_caches),
-            exclude_larger_than=exclude_larger_than,
-            dry_run=dry_run,
-        )
-        _backup_through_server(app, servers, agent_config, request)
+        _backup_through_server(app, servers, agent_config, files_request())
         return
     if needs_default_repository(app.settings):
         out.notice(
@@ -282,26 +292,7 @@ def backup(
             ),
         )
         return
-    patterns = exclude_patterns(app.settings, list(exclude), list(exclude_file))
-    request = BackupRequest(
-        paths=list(paths),
-        jobs=jobs,
-        excludes=patterns,
-        one_file_system=one_file_system,
-        tags=list(tag),
-        host=host or socket.gethostname(),
-        dry_run=dry_run,
-        parent=parent,
-        force_full=force,
-        scan_totals=out.interactive,
-        file_report=_file_lines(app) if out.verbose and not out.json else None,
-        exclude_if_present=exclusion_markers(list(exclude_if_present), exclude_caches),
-        exclude_larger_than=exclude_larger_than,
-        seeds=list(seed_names),
-        no_seeds=no_seeds,
-        trust_seed_metadata=trust_seed_metadata,
-        seed_root=seed_root,
-    )
+    request = files_request()
     from strongroom.services.session import LockMode
 
     with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:

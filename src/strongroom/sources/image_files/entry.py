@@ -7,6 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from strongroom.model.tree import DIR, FILE, SYMLINK
+
+_NODE_TYPES = {"file": FILE, "dir": DIR, "symlink": SYMLINK}
+
 
 @dataclass(frozen=True)
 class ImageEntry:
@@ -20,6 +24,11 @@ class ImageEntry:
     uid: int = 0
     gid: int = 0
     target: str = ""
+
+    @property
+    def node_type(self) -> str:
+        """The entry's type as a tree node's (model/tree.py): "other" reads as a file."""
+        return _NODE_TYPES.get(self.type, FILE)
 
 
 class ImageFileSystem(Protocol):
