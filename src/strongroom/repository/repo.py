@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -856,6 +856,38 @@ class Repository:
         while self._uploads:
             self._uploads.pop(0).result()
         self._flush_index()
+
+    # --- chunks: several writers at once (the backup server's intake) --------
+
+    def write_pack(
+        self, blob_type: BlobType, chunks: Sequence[tuple[bytes, bytes | bytearray, int]]
+    ) -> tuple[bytes, list[PackedChunk]]:
+        """Write `chunks` (id, sealed form, raw length) as one pack now and
+        return its id and entries, not indexed yet (`index_packs`).
+
+        Unlike `add_sealed`, which queues into this session's one pack per
+        type, any number of threads may call this at once, each with its own
+        pack, so several callers' uploads overlap instead of queueing. Which
+        chunks each caller writes (none twice) is the caller's business."""
+        builder = PackBuilder(blob_type)
+        for chunk_id, sealed, raw_length in chunks:
+            builder.add(chunk_id, sealed, raw_length)
+        pack_id, parts = builder.finish(self.sealer)
+        self.backend.put(fmt.pack_name(pack_id.hex()), parts)
+        return pack_id, [
+            PackedChunk(e.chunk_id, e.offset, e.length, e.raw_length, int(e.type))
+            for e in builder.entries
+        ]
+
+    def index_packs(self, packs: dict[bytes, list[PackedChunk]]) -> None:
+        """Write one index file for packs `write_pack` wrote, then take them
+        into the loaded index: afterwards their chunks are durable and
+        `has_chunk` finds them. Thread-safe, as `write_pack`."""
+        self.write_index_file(packs)
+        for pack_id, entries in packs.items():
+            self.packs_written.add(pack_id)  # before the index names it (has_chunk)
+            for chunk_id, offset, length, _raw, _type in entries:
+                self.index.add(chunk_id, pack_id, offset, length)
 
     def abandon(self) -> None:
         """After an error: drop buffered chunks, but index the packs already written.

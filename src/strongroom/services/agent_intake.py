@@ -12,7 +12,9 @@ Contract:
   its declared size and hashes, keyed, to its id) before it stores any: one
   bad record refuses the bundle (IntegrityError naming it). It returns only
   once the new chunks are durable (packs and index written): an
-  acknowledged chunk survives a crash of the server;
+  acknowledged chunk survives a crash of the server. A chunk another call
+  is writing at the moment is not written twice: the call waits for it and
+  fails if that write failed (the agent sends it again);
 - `commit` validates a point document (the model's codec), forces its host
   to the machine, refuses another host, a kind other than files, block or VM,
   seeds (the server's repository state: no agent claims them), a lineage on
@@ -42,10 +44,12 @@ Contract:
   `IDLE_SECONDS` without a write, so a prune can run between backups. After
   such a gap the session forgets what it wrote and listed (a prune may have
   removed it) and asks the storage again;
-Thread safety: one lock serialises the repository session's writes and
-index refreshes (the pack append, its upload, the index file);
-verification (decompression, hashing), encryption and reads for agents
-(`read`: the index is safe for readers) run outside it.
+Thread safety: one lock serialises deciding who writes which chunk (the
+claims), index refreshes and point commits. Verification (decompression,
+hashing), encryption, the pack and index uploads (each `store` call writes
+its own packs and index file: several agents' uploads overlap instead of
+queueing) and reads for agents (`read`: the index is safe for readers) run
+outside it.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -75,6 +79,7 @@ from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.vm import VmManifest
 from strongroom.repository import bundle
+from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
 from strongroom.repository.pack import blob_ad
 from strongroom.repository.repo import is_object_hex
@@ -117,6 +122,8 @@ class Intake:
         self._refreshed = time.monotonic()
         self._last_write = time.monotonic()
         self._gap = False  # the shared lock was released since the index was read
+        self._active = 0  # `store` calls between their claim and its release
+        self._in_flight: dict[bytes, Future[None]] = {}  # chunk id -> the call writing it
         self._stop = threading.Event()
         self._points: dict[str, RecoveryPoint] = {}  # decoded points by id (immutable)
         self._points_lock = threading.Lock()
@@ -154,9 +161,15 @@ class Intake:
 
     def _release_when_idle(self) -> None:
         while not self._stop.wait(min(IDLE_SECONDS / 4, 30.0)):
-            with self._lock:
-                if time.monotonic() - self._last_write >= IDLE_SECONDS:
-                    self._release()
+            self._release_if_idle()
+
+    def _release_if_idle(self) -> None:
+        """Release the shared lock after `IDLE_SECONDS` without a write, but
+        never while an upload is in flight (its chunks are not indexed yet)."""
+        with self._lock:
+            idle = time.monotonic() - self._last_write >= IDLE_SECONDS
+            if idle and not self._active:
+                self._release()
 
     def info(self) -> dict[str, Any]:
         """What an agent needs to cut and name chunks as a local backup does:
@@ -194,28 +207,81 @@ class Intake:
         records = bundle.parse(blob)
         for record in records:  # all proven before any is stored
             bundle.verify(record, self.repo.compressor, self.repo.chunk_id)
-        # Encrypted outside the lock too (the sealer is thread-safe): only the
-        # pack append, its upload and the index stay serialised. What looked
-        # stored here is asked again under the lock (after an idle gap
-        # `_writing` forgets the session's word) and sealed then if missing.
-        sealed = {r.chunk_id: self._seal(r) for r in records if not self.repo.has_chunk(r.chunk_id)}
-        added = added_bytes = 0
+        mine, others, done = self._claim(records)
+        try:
+            if mine:
+                self._write(mine)
+        except BaseException as err:
+            self._unclaim(mine, done, err)
+            raise
+        self._unclaim(mine, done, None)
+        for other in others:  # acknowledged only once durable, whoever writes it
+            if other.exception() is not None:
+                raise RepositoryError(
+                    "another upload of some of these chunks failed: send them again"
+                )
+        return Stored(len(records), len(mine), sum(r.raw_length for r in mine))
+
+    def _claim(
+        self, records: list[bundle.Record]
+    ) -> tuple[list[bundle.Record], list[Future[None]], Future[None]]:
+        """Under the lock, split `records` into the ones this call writes
+        (neither stored nor being written: now claimed, so no other call
+        writes them too) and the writes of other calls to wait for."""
+        done: Future[None] = Future()
+        mine: list[bundle.Record] = []
+        others: dict[int, Future[None]] = {}
         with self._lock:
             self._writing()
-            try:
-                for r in records:
-                    if self.repo.has_chunk(r.chunk_id):
-                        continue
-                    box = sealed.get(r.chunk_id) or self._seal(r)
-                    if self.repo.add_sealed(r.chunk_id, r.blob_type, box, r.raw_length):
-                        added += 1
-                        added_bytes += r.raw_length
-                self.repo.flush()
-                self.repo.settle()
-            except BaseException:
-                self.repo.abandon()
-                raise
-        return Stored(len(records), added, added_bytes)
+            self._active += 1
+            for r in records:
+                other = self._in_flight.get(r.chunk_id)
+                if other is done:
+                    continue  # twice in one bundle
+                if other is not None:
+                    others[id(other)] = other
+                elif not self.repo.has_chunk(r.chunk_id):
+                    self._in_flight[r.chunk_id] = done
+                    mine.append(r)
+        return mine, list(others.values()), done
+
+    def _unclaim(
+        self, mine: list[bundle.Record], done: Future[None], error: BaseException | None
+    ) -> None:
+        with self._lock:
+            for r in mine:
+                del self._in_flight[r.chunk_id]
+            self._active -= 1
+            self._last_write = time.monotonic()
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def _write(self, records: list[bundle.Record]) -> None:
+        """Outside the lock: encrypt `records`, write them as packs of their
+        own (at most the repository's pack size) and one index file naming
+        them. Several calls write at once; afterwards the chunks are durable
+        and in the loaded index."""
+        limit = self.repo.config.pack_size
+        packs: dict[bytes, list[PackedChunk]] = {}
+        for blob_type in (BlobType.DATA, BlobType.TREE):
+            batch: list[tuple[bytes, bytes | bytearray, int]] = []
+            size = 0
+            for r in records:
+                if r.blob_type != blob_type:
+                    continue
+                sealed = self._seal(r)
+                batch.append((r.chunk_id, sealed, r.raw_length))
+                size += len(sealed)
+                if size >= limit:
+                    pack_id, entries = self.repo.write_pack(blob_type, batch)
+                    packs[pack_id] = entries
+                    batch, size = [], 0
+            if batch:
+                pack_id, entries = self.repo.write_pack(blob_type, batch)
+                packs[pack_id] = entries
+        self.repo.index_packs(packs)
 
     def _seal(self, record: bundle.Record) -> bytes | bytearray:
         """A verified record's payload encrypted for its pack."""
