@@ -64,6 +64,7 @@ from strongroom.services.agent_jobs import AgentJobs
 from strongroom.services.dashboard import RepositoryView, point_bytes
 from strongroom.services.dashboard_admin import Conflict
 from strongroom.services.dashboard_machines import cluster_machines, enrolled
+from strongroom.services.dashboard_schedules import when_text
 from strongroom.services.jobs import Jobs
 from strongroom.services.operations import Operations
 from strongroom.services.server_media_jobs import points_on_media_only
@@ -108,6 +109,7 @@ def environment() -> Environment:
     env.filters["when"] = _when
     env.filters["q"] = lambda text: quote(str(text), safe="/")
     env.globals["point_bytes"] = point_bytes
+    env.globals["when_text"] = when_text
     return env
 
 
