@@ -112,11 +112,13 @@ def test_an_administrator_schedules_every_kind_and_pauses_resumes_deletes(
         ("a", {"what": "prune", "max_unused": "101", **HOURLY}, "0 to 100"),
         ("a", {"what": "restore", **HOURLY}, "choose what to schedule"),
         ("a b", {"what": "prune", **HOURLY}, "a schedule name is"),
+        ("a\0b", {"what": "prune", **HOURLY}, "a schedule name is"),
     ]:
         answer = c.post("/schedules", data={"csrf_token": csrf, "name": name, **fields})
         assert answer.status_code in (400, 409), (fields, answer.text)
         assert line in answer.text, (line, answer.text)
     assert len(catalog.list_schedules()) == 4
+    assert all("\0" not in a.target for a in catalog.list_audit(limit=100))
     assert ("schedule.create", "failed", "admin") in _audit(msite)
     assert ("schedule.create", "ok", "admin") in _audit(msite)
 

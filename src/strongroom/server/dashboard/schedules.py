@@ -44,7 +44,7 @@ from strongroom.services.dashboard_schedules import (
     read_schedule,
     schedule_rows,
 )
-from strongroom.services.operations import Operations
+from strongroom.services.operations import Operations, check_schedule_name
 
 Render = Callable[..., HTMLResponse]
 Answers = Callable[[], AbstractContextManager[None]]
@@ -93,7 +93,7 @@ def add_schedule_pages(
 
     def create(request: Request, form: Form) -> str:
         who = actor(guards, request, form, Role.ADMINISTRATOR)
-        title = (form.get("name") or [""])[0].strip()[:64] or "(no name)"
+        title = _target((form.get("name") or [""])[0].strip())
         try:
             with answers():
                 asked = read_schedule(form)
@@ -125,7 +125,7 @@ def add_schedule_pages(
                 changed = operations.change_schedule(name, {"enabled": action == "resume"})
                 found = changed is not None
         if not found:
-            audit(request, _ACTIONS[action], name, "failed", who.user.name)
+            audit(request, _ACTIONS[action], _target(name), "failed", who.user.name)
             raise PageError(404, "no such schedule")
         audit(request, _ACTIONS[action], f"{name} ({action})", "ok", who.user.name)
         return f"schedule {name} {'deleted' if action == 'delete' else action + 'd'}"
@@ -137,6 +137,15 @@ def add_schedule_pages(
         form = await read_form(request)
         done = await run_in_threadpool(change, request, form, name[:64], action)
         return RedirectResponse(f"/schedules?notice={quote(done)}", status_code=303)
+
+
+def _target(name: str) -> str:
+    """A schedule's name as an audit row's target: as typed when it is a
+    schedule name, else a placeholder (a NUL is no database's text)."""
+    try:
+        return check_schedule_name(name)
+    except UsageError:
+        return "(invalid name)"
 
 
 __all__ = ["add_schedule_pages"]
