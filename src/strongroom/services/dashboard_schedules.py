@@ -30,6 +30,7 @@ WHATS = (
     ("vm", "VM backup", "backup", True),
     ("forget", "Forget by policy", "forget", False),
     ("prune", "Prune", "prune", False),
+    ("copy", "Copy the newest points to media", "copy-to-media", False),
 )
 UNITS = {"minutes": 60, "hours": 3600, "days": 86400}
 DAYS = ("daily", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -178,6 +179,12 @@ def _forget_spec(form: Fields) -> dict[str, Any]:
     return spec
 
 
+def _copy_spec(form: Fields) -> dict[str, Any]:
+    """The newest point of each source (narrowed by hosts, paths) to a pool."""
+    return {"pool": _one(form, "pool"), "latest": True, "hosts": _commas(form, "hosts"),
+            "paths": _lines(form, "paths")}  # fmt: skip
+
+
 def _prune_spec(form: Fields) -> dict[str, Any]:
     percent = _count(form, "max_unused", "the unused share")
     if percent > 100:
@@ -186,7 +193,7 @@ def _prune_spec(form: Fields) -> dict[str, Any]:
 
 
 _SPECS = {"files": _files_spec, "image": _image_spec, "vm": _vm_spec, "forget": _forget_spec,
-          "prune": _prune_spec}  # fmt: skip
+          "prune": _prune_spec, "copy": _copy_spec}  # fmt: skip
 
 
 def when_text(schedule: Schedule) -> str:
@@ -214,6 +221,8 @@ def what_text(schedule: Schedule) -> str:
         keep = ", ".join(f"{k.removeprefix('keep_')} {spec[k]}" for k in KEEPS if spec.get(k))
         return (f"forget keeping {keep}" if keep else "forget") + (
             " then prune" if spec.get("prune") else "")  # fmt: skip
+    if schedule.kind == "copy-to-media":
+        return f"copy the newest points to pool {spec.get('pool', '')}"
     if schedule.kind == "prune":
         return f"prune (at most {round(float(spec.get('max_unused', 0)) * 100)} % unused)"
     return schedule.kind

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from strongroom.catalog import Schedule
+from strongroom.catalog import Pool, Schedule
 from strongroom.errors import UsageError
 from strongroom.services.agents import Agents
 from strongroom.services.dashboard_schedules import read_schedule, read_when, when_text
@@ -70,6 +70,11 @@ def test_an_administrator_schedules_every_kind_and_pauses_resumes_deletes(
     assert make("keep-web1", {**keep, "when": "calendar", "day": "daily", "time": "03:15"}) == 303
     assert make("prune", {"what": "prune", "max_unused": "25", "when": "every",
                           "every_count": "90", "every_unit": "minutes"}) == 303  # fmt: skip
+    tape = {"what": "copy", "pool": "nightly", "hosts": "web1", **WEEKLY}
+    assert make("tape", {**tape, "pool": ""}) == 400
+    catalog.add_pool(Pool("nightly"))
+    assert '<option value="nightly">' in c.get("/schedules/fields?what=copy").text
+    assert make("tape", tape) == 303
 
     made = {s.name: s for s in catalog.list_schedules()}
     weekly = made["web1-weekly"]
@@ -87,6 +92,9 @@ def test_an_administrator_schedules_every_kind_and_pauses_resumes_deletes(
     assert made["keep-web1"].spec["hosts"] == ["web1"] and made["keep-web1"].calendar == (
         "daily 03:15")  # fmt: skip
     assert (made["prune"].spec, made["prune"].every_seconds) == ({"max_unused": 0.25}, 5400)
+    assert (made["tape"].kind, made["tape"].machine) == ("copy-to-media", None)
+    assert made["tape"].spec == {"pool": "nightly", "library": None, "points": [],
+                                 "latest": True, "hosts": ["web1"], "paths": []}  # fmt: skip
 
     listed = c.get("/schedules").text
     row = listed.split('data-name="web1-disk"')[1].split("</tr>")[0]
@@ -95,6 +103,7 @@ def test_an_administrator_schedules_every_kind_and_pauses_resumes_deletes(
     assert f'<td class="next">{due}</td>' in row and ">on<" in row
     assert "sun 02:30 UTC" in listed and "every 90 min" in listed
     assert "forget keeping daily 7, weekly 4 then prune" in listed
+    assert "copy the newest points to pool nightly" in listed
 
     # refusals: one line each, nothing stored, an audit row
     for name, fields, line in [
@@ -117,7 +126,7 @@ def test_an_administrator_schedules_every_kind_and_pauses_resumes_deletes(
         answer = c.post("/schedules", data={"csrf_token": csrf, "name": name, **fields})
         assert answer.status_code in (400, 409), (fields, answer.text)
         assert line in answer.text, (line, answer.text)
-    assert len(catalog.list_schedules()) == 4
+    assert len(catalog.list_schedules()) == 5
     assert all("\0" not in a.target for a in catalog.list_audit(limit=100))
     assert ("schedule.create", "failed", "admin") in _audit(msite)
     assert ("schedule.create", "ok", "admin") in _audit(msite)

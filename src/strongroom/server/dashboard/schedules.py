@@ -1,7 +1,8 @@
 """The dashboard's Schedules page (docs/server.md, "Dashboard"): the
 catalog's schedules with their next run, and an administrator's form to
 make one (a files, image or VM backup on a machine's agent, a forget by
-policy or a prune on the server; every N minutes, hours or days, or daily
+policy, a prune or a copy of the newest points to a media pool on the
+server; every N minutes, hours or days, or daily
 or weekly at a time, UTC), pause, resume or delete one.
 
 Wiring only, as pages.py: services/dashboard_schedules.py reads the form,
@@ -70,15 +71,18 @@ def add_schedule_pages(
     def machines() -> list[str]:
         return [m.name for m in catalog.list_machines() if not m.disabled] if on_agents else []
 
+    def pools() -> list[str]:
+        return [p.name for p in catalog.list_pools()]
+
     @app.get("/schedules", response_class=HTMLResponse, include_in_schema=False)
     def schedules_page(request: Request, notice: str = "") -> Response:
         who = viewer(guards, request)
         with answers():
             rows = schedule_rows(catalog.list_schedules())
-            names = machines()
+            names, media = machines(), pools()
         what = whats[0][0]
         return render("schedules.html", request, who, rows=rows, whats=whats, what=what,
-                      machines=names, notice=notice[:200], **choices)  # fmt: skip
+                      machines=names, pools=media, notice=notice[:200], **choices)  # fmt: skip
 
     @app.get("/schedules/fields", response_class=HTMLResponse, include_in_schema=False)
     def schedule_fields(request: Request, what: str = "files") -> Response:
@@ -87,9 +91,9 @@ def add_schedule_pages(
         if what not in {w[0] for w in whats}:
             raise PageError(400, "choose what to schedule")
         with answers():
-            names = machines()
+            names, media = machines(), pools()
         return render("_schedule_fields.html", request, who, what=what, machines=names,
-                      **choices)  # fmt: skip
+                      pools=media, **choices)  # fmt: skip
 
     def create(request: Request, form: Form) -> str:
         who = actor(guards, request, form, Role.ADMINISTRATOR)
