@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strongroom.errors import UsageError
+from strongroom.services.agent_job_specs import IMAGE_FIELDS
 from strongroom.services.agent_jobs import (
     JOB_CHANGED_SINCE,
     MAX_PATH,
@@ -37,8 +38,9 @@ _PATHS = (
     | st.from_regex(r"(nbd\+unix:///d0\?socket=|unix:|tcp:h:)[a-z./\x00]{0,12}", fullmatch=True)
 )
 _FIELDS = st.sampled_from(
-    ["source", "vm", "changed_since", "tags", "paths", "excludes", "qmp", "node"]
-)
+    ["source", "vm", "changed_since", "tags", "paths", "excludes", "qmp", "node", "scratch",
+     "allow_backing"]
+)  # fmt: skip
 _NAMES = st.from_regex(r"[a-z0-9./@_\x00-]{0,70}", fullmatch=True) | st.just("vm1")
 _VALUES = (
     _JSON
@@ -61,7 +63,7 @@ def test_an_image_backup_spec_is_refused_in_one_line_or_bounded(spec: dict[str, 
         assert "\n" not in str(err) and "\0" not in str(err) and len(str(err)) < 300
         return
     assert {"kind", "source", "changed_since", "tags"} <= set(checked)
-    assert set(checked) <= {"kind", "source", "changed_since", "tags", "qmp", "node"}
+    assert set(checked) <= IMAGE_FIELDS
     source = checked["source"]
     assert "\0" not in source and len(source) <= MAX_PATH
     assert source.startswith(("/", "nbd://", "nbd+unix://")) and ".." not in source.split("/")
@@ -69,6 +71,12 @@ def test_an_image_backup_spec_is_refused_in_one_line_or_bounded(spec: dict[str, 
     assert tracker in JOB_CHANGED_SINCE or re.fullmatch(r"bitmap(:[\w.-]{1,128})?", tracker)
     if "node" in checked:
         assert "qmp" in checked and re.fullmatch(r"[A-Za-z][\w.-]{0,31}", checked["node"])
+    if "scratch" in checked:
+        scratch = checked["scratch"]
+        assert "qmp" in checked and scratch.startswith("/") and ".." not in scratch.split("/")
+        assert "\0" not in scratch and len(scratch) <= MAX_PATH
+    if checked.get("allow_backing"):
+        assert source.startswith("/")
     assert len(checked["tags"]) <= MAX_TAGS
     assert all(0 < len(t) <= MAX_TAG and "\0" not in t for t in checked["tags"])
 
@@ -122,6 +130,9 @@ _LIVE = {"kind": "image", "source": "nbd+unix:///disk0?socket=/run/vm/nbd.sock"}
         {**_LIVE, "qmp": "unix:/run/vm/qmp.sock"},
         {**_LIVE, "source": "nbd://10.0.0.5:10809/disk0", "qmp": "tcp:10.0.0.5:4444"},
         {"kind": "image", "source": "/var/lib/vm/db.qcow2", "changed_since": "bitmap"},
+        {**_LIVE, "qmp": "/run/vm/qmp.sock", "scratch": "/var/tmp/overlays"},
+        {"kind": "image", "source": "/vm/top.qcow2", "allow_backing": True},
+        {"kind": "image", "source": "/vm/top.qcow2", "allow_backing": False},
     ],
 )
 def test_a_live_disk_and_a_named_bitmap_are_taken(spec: dict[str, Any]) -> None:
@@ -143,7 +154,14 @@ def test_a_live_disk_and_a_named_bitmap_are_taken(spec: dict[str, Any]) -> None:
         ({**_LIVE, "source": "nbd://h/x#y"}, "source must be nbd://"),
         ({**_LIVE, "source": "nbd://h/../x"}, "source must be nbd://"),
         ({**_LIVE, "changed_since": "bitmap:a/b"}, "'bitmap[:NAME]'"),
-        ({**_LIVE, "changed_since": "overlay"}, "'bitmap[:NAME]'"),
+        ({**_LIVE, "changed_since": "overlay"}, "overlay is not offered through the server"),
+        ({**_LIVE, "allow_backing": True}, "allow_backing is of image files"),
+        ({"kind": "image", "source": "/t.qcow2", "allow_backing": "yes"}, "true or false"),
+        ({**_LIVE, "scratch": "/tmp"}, "scratch is given with qmp only"),
+        ({**_LIVE, "qmp": "/q.sock", "scratch": "tmp/x"}, "scratch must be an absolute path"),
+        ({**_LIVE, "qmp": "/q.sock", "scratch": "/etc/../x"}, "scratch must be an absolute path"),
+        ({**_LIVE, "qmp": "/q.sock", "scratch": "/x\0y"}, "scratch must be 2-4096"),
+        ({**_LIVE, "source": "nbds://h:10809/d0"}, "absolute path"),
         ({"kind": "vm", "vm": "vm1", "changed_since": "bitmap:x"}, "'auto', 'compare' or 'none'"),
     ],
 )

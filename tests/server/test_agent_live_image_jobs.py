@@ -3,7 +3,8 @@ server: a qcow2 run by a qemu-storage-daemon with the user's persistent
 dirty bitmap, backed up by jobs naming its QMP socket, block node and the
 bitmap by name (`backup --image NBD-URI --qmp SOCKET --node NODE
 --changed-since bitmap:NAME --server`): the second point holds only the
-changed blocks; an image restore job with `format: qcow2` writes a qcow2
+changed blocks, its snapshot overlay in the job's `scratch` folder (made by
+the agent, empty again after); an image restore job with `format: qcow2` writes a qcow2
 that `qemu-img compare` finds equal to the disk when it was backed up. Bad values of these
 fields are refused with 400 before anything is queued."""
 
@@ -51,6 +52,8 @@ def test_a_live_disk_by_its_named_bitmap_and_a_qcow2_restore_through_jobs(
                 {**live, "qmp": "qmp.sock"},
                 {**live, "qmp": "/run/../qmp.sock"},
                 {**live, "node": "-x"},
+                {**live, "scratch": "scratch"},
+                {**live, "scratch": "/tmp/../etc"},
                 {**live, "changed_since": "bitmap:a b"},
                 {**live, "source": "/var/lib/disk.qcow2"},  # with qmp: the NBD URI
                 {"kind": "image", "source": daemon.nbd_uri, "node": daemon.NODE},
@@ -77,7 +80,8 @@ def test_a_live_disk_by_its_named_bitmap_and_a_qcow2_restore_through_jobs(
             # one run: the first point restored as a qcow2, the changed disk backed up
             daemon.write(*(f"write -P 0x21 {o} {n}" for o, n in WRITES))
             restore = _job(http, "restore", {**bad, "format": "qcow2"})
-            second_job = _job(http, "backup", live)
+            scratch = tmp_path / "scratch"  # the snapshot overlay's folder (--scratch)
+            second_job = _job(http, "backup", {**live, "scratch": str(scratch)})
             rc, ran, err = _run_once(site)
             assert rc == 0 and {r["id"]: r["ok"] for r in ran} == {
                 restore: True,
@@ -86,6 +90,7 @@ def test_a_live_disk_by_its_named_bitmap_and_a_qcow2_restore_through_jobs(
             (restored,) = [r for r in ran if r["id"] == restore]
             assert restored["outcome"].endswith("(qcow2)")
             assert_same_image(v1, target, "raw", "qcow2")
+            assert scratch.is_dir() and list(scratch.iterdir()) == []  # made, used, cleaned
             (made,) = [r for r in ran if r["id"] == second_job]
             second = _point(http, made["point"])
             summary = second["summary"]

@@ -10,10 +10,17 @@ an image job names nothing the agent's own `backup --image ... --server` or
   (`nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=/ABS/PATH`);
 - `changed_since`: `auto`, `compare`, `none`, `bitmap` or `bitmap:NAME`
   (NAME: 1-128 of letters, digits, `. _ -`, the first a letter or digit);
+  not `overlay`: that tracker's parent is the point of ANOTHER source (the
+  overlay's backing image), which the server's intake refuses as a parent;
+- `allow_backing` (true/false, `backup --image --allow-backing`): of an
+  image file only (the CLI refuses it for an NBD export);
 - `qmp` (the block layer's QMP socket, for a live disk: the source is then
   the block layer's NBD URI): `/ABS/PATH`, `unix:/ABS/PATH` or
   `tcp:HOST:PORT`; `node` (its block node, QEMU's node-name rules: a
-  letter, then up to 31 of letters, digits, `. _ -`) only with `qmp`;
+  letter, then up to 31 of letters, digits, `. _ -`) and `scratch` (the
+  folder of the snapshot overlay, `--scratch`: an absolute path without
+  `..`) only with `qmp`;
+- no `nbds://` (NBD over TLS): `backup --image` itself takes none;
 - a restore's `format`: `raw` or `qcow2`, of an image or VM point only.
 Every refusal is one UsageError line that never echoes the value.
 """
@@ -34,6 +41,8 @@ MAX_TAG = 128
 JOB_CHANGED_SINCE = ("auto", "compare", "none")
 RESTORE_FORMATS = ("raw", "qcow2")
 _BITMAP = re.compile(r"bitmap(:[A-Za-z0-9][A-Za-z0-9._-]{0,127})?")
+IMAGE_FIELDS = {"kind", "source", "changed_since", "tags", "qmp", "node", "scratch",
+                "allow_backing"}  # fmt: skip
 _NODE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,31}")
 _HOST = r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])"
 _TCP = re.compile(rf"tcp:{_HOST}:[0-9]{{1,5}}")
@@ -104,6 +113,9 @@ def changed_since(spec: Mapping[str, Any], *, bitmaps: bool) -> str:
     changed = spec.get("changed_since", "auto")
     if changed in JOB_CHANGED_SINCE:
         return str(changed)
+    if bitmaps and changed == "overlay":
+        raise UsageError("backup: changed_since overlay is not offered through the server "
+                         "(its parent is another source's point)")  # fmt: skip
     if bitmaps and isinstance(changed, str) and _BITMAP.fullmatch(changed):
         return changed
     if bitmaps:
@@ -116,11 +128,12 @@ def changed_since(spec: Mapping[str, Any], *, bitmaps: bool) -> str:
 
 def check_image_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
     """An image backup job's spec with its defaults (the module's contract):
-    source, changed_since, tags, and `qmp`/`node` when given. No seeds:
-    they are the server's."""
-    unknown(spec, {"kind", "source", "changed_since", "tags", "qmp", "node"}, "backup")
+    source, changed_since, tags, and `allow_backing`, `qmp`, `node`,
+    `scratch` when given. No seeds: they are the server's."""
+    unknown(spec, IMAGE_FIELDS, "backup")
     source = _text(spec.get("source"), "source")
-    if not _nbd_uri(source):
+    nbd = _nbd_uri(source)
+    if not nbd:
         absolute([source], "backup", "source")
     checked: dict[str, Any] = {
         "kind": "image",
@@ -128,12 +141,19 @@ def check_image_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
         "changed_since": changed_since(spec, bitmaps=True),
         "tags": texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
     }
-    qmp, node = spec.get("qmp"), spec.get("node")
+    allow = spec.get("allow_backing")
+    if allow is not None:
+        if not isinstance(allow, bool):
+            raise UsageError("backup: allow_backing is true or false")
+        if nbd and allow:
+            raise UsageError("backup: allow_backing is of image files, not NBD exports")
+        checked["allow_backing"] = allow
+    qmp, node, scratch = spec.get("qmp"), spec.get("node"), spec.get("scratch")
     if qmp is not None:
         qmp = _text(qmp, "qmp")
         if not _TCP.fullmatch(qmp):
             absolute([qmp.removeprefix("unix:")], "backup", "qmp")
-        if not source.startswith(("nbd://", "nbd+unix://")):
+        if not nbd:
             raise UsageError("backup: with qmp, source is the block layer's NBD URI")
         checked["qmp"] = qmp
     if node is not None:
@@ -143,6 +163,10 @@ def check_image_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
             raise UsageError("backup: node must be a block node name (a letter, then 0-31 of "
                              "letters, digits, '. _ -')")  # fmt: skip
         checked["node"] = node
+    if scratch is not None:
+        if qmp is None:
+            raise UsageError("backup: scratch is given with qmp only")
+        checked["scratch"] = absolute([_text(scratch, "scratch")], "backup", "scratch")[0]
     return checked
 
 
@@ -154,5 +178,5 @@ def restore_format(spec: Mapping[str, Any]) -> str | None:
     return None if fmt is None else str(fmt)
 
 
-__all__ = ["JOB_CHANGED_SINCE", "RESTORE_FORMATS", "absolute", "changed_since",
+__all__ = ["IMAGE_FIELDS", "JOB_CHANGED_SINCE", "RESTORE_FORMATS", "absolute", "changed_since",
            "check_image_backup", "restore_format", "texts", "unknown"]  # fmt: skip

@@ -23,7 +23,8 @@ Contract:
   `backup --vm` reads it), never the server's to say;
 - an image backup job's spec is checked again here with the server's own
   checks (services/agent_job_specs.py): a source path or NBD URI, a QMP
-  socket and node, a bitmap name, nothing `backup --image` would refuse;
+  socket, node and scratch folder, a bitmap name, allow_backing, nothing
+  `backup --image` would refuse;
 - an image or VM restore writes raw, or qcow2 with `format: qcow2`;
 - a restore with `overwrite: refuse` fails before writing anything when its
   target folder exists and is not empty (a files or VM point); of an image
@@ -262,6 +263,8 @@ class AgentRunner:
             changed_since=checked["changed_since"],
             qmp=checked.get("qmp"),
             node=checked.get("node"),
+            scratch=checked.get("scratch"),
+            allow_backing=checked.get("allow_backing", False),
             tags=checked["tags"],
             limit_read=self._limit_read,
         )

@@ -234,7 +234,8 @@ def test_vm_jobs_from_the_machines_page_and_a_vm_points_page(msite: Site, tmp_pa
     (job,) = catalog.list_jobs()
     assert (job.kind, job.machine) == ("backup", "web1")
     assert job.spec == {"kind": "vm", "vm": "vm1", "changed_since": "auto", "tags": []}
-    plan = {"csrf_token": csrf, "vm": "vm1", "schedule": "vm1-hourly", "every": "3600"}
+    plan = {"csrf_token": csrf, "vm": "vm1", "schedule": "vm1-hourly", "every_count": "1",
+            "every_unit": "hours"}  # fmt: skip
     assert c.post("/machines/web1/schedules", data=plan).status_code == 403
 
     csrf = sign_in(c, "admin", ADMIN_PASSWORD)
@@ -245,7 +246,8 @@ def test_vm_jobs_from_the_machines_page_and_a_vm_points_page(msite: Site, tmp_pa
     assert (made.kind, made.machine, made.every_seconds) == ("backup", "web1", 3600)
     assert made.spec == job.spec
     assert c.post("/machines/web1/schedules", data=plan).status_code == 409
-    for bad in ({"every": "soon"}, {"vm": "a b"}, {"schedule": ""}):
+    assert "vm1-hourly: backup every 1 h; next" in c.get("/machines").text
+    for bad in ({"every_count": "soon"}, {"every_unit": "s"}, {"vm": "a b"}, {"schedule": ""}):
         answer = c.post("/machines/web1/schedules", data={**plan, **bad})
         assert answer.status_code == 400, (bad, answer.text)
     assert ("schedule.create", "ok", "admin") in _audit(msite)

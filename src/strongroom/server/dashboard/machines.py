@@ -2,7 +2,8 @@
 action of a point (docs/server.md, "Dashboard"): of a files or image point,
 to the machine that made it; of a VM point, to a machine of its cluster.
 A machine in a VM cluster also takes "Back up the VM now" and, from an
-administrator, a schedule of that VM's backups.
+administrator, a schedule of that VM's backups (every N minutes, hours or
+days; schedules.py's page makes the others).
 
 Wiring only, as pages.py: services/dashboard_machines.py says what is
 shown, services/agent_jobs.py checks and queues jobs (the same checks as
@@ -35,6 +36,7 @@ from strongroom.services.dashboard_machines import (
     job_rows,
     machine_rows,
 )
+from strongroom.services.dashboard_schedules import read_when
 from strongroom.services.operations import Operations
 
 Render = Callable[..., HTMLResponse]
@@ -97,17 +99,15 @@ def add_machine_pages(
 
     def schedule_vm(request: Request, form: Form, name: str) -> None:
         """An administrator's schedule of a VM's backups on this machine,
-        as `POST /api/v1/schedules` makes it (the same checks)."""
+        every N minutes, hours or days (the Schedules page's interval), as
+        `POST /api/v1/schedules` makes it (the same checks)."""
         who = actor(guards, request, form, Role.ADMINISTRATOR)
         title = field(form, "schedule").strip()[:64]
         spec = {"kind": "vm", "vm": field(form, "vm").strip()[:64]}
-        every = field(form, "every").strip()
         try:
             with answers():
-                if not every.isdigit() or not 0 < len(every) <= 10:
-                    raise PageError(400, "every is a number of seconds")
-                made = operations.add_schedule(title, "backup", spec, every=int(every),
-                                               machine=name)  # fmt: skip
+                every, _ = read_when({**form, "when": ["every"]})
+                made = operations.add_schedule(title, "backup", spec, every=every, machine=name)
         except PageError:
             audit(request, "schedule.create", title or "(no name)", "failed", who.user.name)
             raise

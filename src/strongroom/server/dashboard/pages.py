@@ -5,7 +5,8 @@ Wiring only: every page asks services/dashboard.py (the repository's points,
 sources, folders, archives) or services/dashboard_admin.py (users, audit,
 events, libraries, inventory) and renders; images.py adds an image point's
 disk download and the Seeds page, machines.py the Machines and Jobs pages,
-media_jobs.py "Copy to media" and "Bring back from media".
+schedules.py the Schedules page, media_jobs.py "Copy to media" and "Bring
+back from media".
 Who may do what is auth.py's; every action (sign-in, sign-out, download,
 inventory, user changes, refusals) is a row of the audit log.
 """
@@ -55,6 +56,7 @@ from strongroom.server.dashboard.headers import SecurityHeaders
 from strongroom.server.dashboard.images import add_image_pages
 from strongroom.server.dashboard.machines import add_machine_pages
 from strongroom.server.dashboard.media_jobs import add_media_job_pages
+from strongroom.server.dashboard.schedules import add_schedule_pages
 from strongroom.server.guards import COOKIE, Guards
 from strongroom.services import dashboard_admin as admin
 from strongroom.services.accounts import Role, SignedIn
@@ -62,6 +64,9 @@ from strongroom.services.agent_jobs import AgentJobs
 from strongroom.services.dashboard import RepositoryView, point_bytes
 from strongroom.services.dashboard_admin import Conflict
 from strongroom.services.dashboard_machines import cluster_machines, enrolled
+from strongroom.services.dashboard_schedules import when_text
+from strongroom.services.jobs import Jobs
+from strongroom.services.operations import Operations
 from strongroom.services.server_media_jobs import points_on_media_only
 
 STATIC = Path(__file__).parent / "static"
@@ -104,6 +109,7 @@ def environment() -> Environment:
     env.filters["when"] = _when
     env.filters["q"] = lambda text: quote(str(text), safe="/")
     env.globals["point_bytes"] = point_bytes
+    env.globals["when_text"] = when_text
     return env
 
 
@@ -431,3 +437,9 @@ def add_dashboard_routes(
     if agent_jobs is not None:
         add_machine_pages(app, guards, render=render, answers=_answers, view=view,
                           agent_jobs=agent_jobs, clock=clock)  # fmt: skip
+        operations = Operations(accounts.catalog, agent_jobs.jobs, clock,
+                                agent_specs=agent_jobs.check_spec)  # fmt: skip
+    else:
+        operations = Operations(accounts.catalog, Jobs(accounts.catalog), clock)
+    add_schedule_pages(app, guards, render=render, answers=_answers, operations=operations,
+                       on_agents=agent_jobs is not None)  # fmt: skip
