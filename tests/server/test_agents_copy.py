@@ -141,3 +141,36 @@ def test_copy_into_the_server_as_the_machines_points(fleet: Fleet, tmp_path: Pat
                     "STRONGROOM_PASSWORD": OLD_PASSWORD}, timeout=120)  # fmt: skip
     assert home.rc == 0, home.err
     assert (_summary(home)["points_copied"], _summary(home)["points_skipped"]) == (0, 1)
+
+
+def test_image_dry_run_through_the_server_says_what_a_real_run_uploads(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    disk = tmp_path / "dry.raw"
+    data = bytearray(random_bytes(3 << 20, 21) + bytes(1 << 20))
+    disk.write_bytes(bytes(data))
+    image = ("backup", "--image", str(disk))
+    before = set(_own_points(fleet, "alpha"))
+
+    dry = fleet.ok("alpha", *image, "--dry-run")
+    assert (dry["point_id"], dry["dry_run"], dry["parent"]) == (None, True, None)
+    assert dry["data_added"] == 3 << 20 and dry["traffic"]["bytes_sent"] == 0, dry
+    assert set(_own_points(fleet, "alpha")) == before  # no point made
+    real = fleet.ok("alpha", *image)
+    assert real["blocks_new"] == dry["blocks_new"] == 3
+    assert 0 <= real["data_added"] - dry["data_added"] < 4096  # its block map aside
+
+    # incremental, on the real point: only the changed block would go
+    data[(1 << 20) + 7 : (1 << 20) + 12] = b"fresh"
+    disk.write_bytes(bytes(data))
+    dry = fleet.ok("alpha", *image, "--dry-run")
+    assert dry["parent"] == real["point_id"] and dry["tracker"] == "compare"
+    assert (dry["blocks_new"], dry["data_added"]) == (1, real["block_size"]), dry
+    again = fleet.ok("alpha", *image)
+    assert again["blocks_new"] == 1 and 0 <= again["data_added"] - dry["data_added"] < 4096
+    # what another machine stored already would not be sent
+    assert fleet.ok("beta", *image, "--dry-run")["data_added"] == 0
+
+    refused = fleet.agent("alpha", *image, "--dry-run", "--changed-since", "bitmap")
+    assert refused.rc == 2 and "would change the source" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1

@@ -116,6 +116,8 @@ def copy(
         raise UsageError("--from-server and --from-repo: give one source")
     if not from_repo and not from_server:
         raise UsageError("give the repository to copy from: --from-repo LOCATION")
+    if from_server and hosts:
+        raise UsageError("copy --from-server: no --host (the points are this machine's)")
     out = app.out
     flt = PointFilter(list(hosts), list(tags), list(paths))
 
