@@ -235,8 +235,11 @@ def backup(
             raise click.UsageError(
                 "through a server: files or --image; VMs with --vm; no --host or seeds"
             )
-        if dry_run and vms:
-            raise click.UsageError("through a server: --dry-run is for files and --image backups")
+        if vms and dry_run:
+            from strongroom.cli.commands.vm import dry_run_vm_cmd
+
+            dry_run_vm_cmd(app, list(vms), tracker, (servers, agent_config))
+            return
         if vms:
             from strongroom.cli.commands.vm import backup_vm_cmd
 
