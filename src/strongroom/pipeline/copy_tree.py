@@ -42,6 +42,7 @@ from strongroom.pipeline.blockmaps import load_block_map, load_vm_manifest, save
 from strongroom.pipeline.blockmaps import save_vm_manifest as save_manifest
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.types import Progress
 
 LOOKAHEAD = 8  # source chunks fetched ahead of the one being cut (bounded memory)
@@ -63,12 +64,17 @@ class CopyCounts:
 
 
 class Translator:
-    """Source manifests to target manifests, storing data in `dst` (flush after!)."""
+    """Source manifests to target manifests, storing data in `dst` (flush after!).
+
+    Either side may be a local `Repository` or an agent's store over its backup
+    server (remote/store.py: `copy --server`, `copy --from-server`): only the
+    chunk store's contract is used, but for the same-keys fast path, which
+    needs two local repositories."""
 
     def __init__(
         self,
-        src: Repository,
-        dst: Repository,
+        src: ChunkStore,
+        dst: ChunkStore,
         progress: Progress,
         report: Callable[[Progress], None],
         jobs: int = 4,
@@ -89,11 +95,16 @@ class Translator:
         # The fast path: both repositories derive their ids and cuts from one
         # master secret (one is a copy of the other, with another password):
         # chunks are copied by id, manifests are byte-equal, nothing is re-cut.
+        # (Through a server the chunks are re-cut and the server asked which it
+        # lacks: with equal keys that sends nothing it holds, reading all.)
         scfg = src.config
-        self.same_keys = (src.master.id_key, src.master.chunker_seed, scfg.cdc_min,
-                          scfg.cdc_avg, scfg.cdc_max) == (
-                          dst.master.id_key, dst.master.chunker_seed, cfg.cdc_min,
-                          cfg.cdc_avg, cfg.cdc_max)  # fmt: skip
+        self._fast: Repository | None = None
+        if isinstance(src, Repository) and isinstance(dst, Repository) and (
+            src.master.id_key, src.master.chunker_seed, scfg.cdc_min, scfg.cdc_avg,
+            scfg.cdc_max) == (dst.master.id_key, dst.master.chunker_seed, cfg.cdc_min,
+            cfg.cdc_avg, cfg.cdc_max):  # fmt: skip
+            self._fast = dst
+        self.same_keys = self._fast is not None
 
     def forget(self) -> None:
         """After the target dropped what was queued (`abandon`): nothing mapped so
@@ -183,12 +194,14 @@ class Translator:
     def _copy_by_id(self, wanted: list[tuple[bytes, int]]) -> None:
         """The fast path: chunks the target lacks, read (verified) and stored
         under the same id; those it has are not read."""
-        missing = {cid: size for cid, size in wanted if not self.dst.has_chunk(cid)}
+        dst = self._fast
+        assert dst is not None
+        missing = {cid: size for cid, size in wanted if not dst.has_chunk(cid)}
         self.progress.bytes_done += sum(size for cid, size in wanted if cid not in missing)
         todo = list(missing.items())
         for (cid, _), data in zip(todo, self._fetch(todo), strict=True):
-            sealed = self.dst.seal_chunk(cid, BlobType.DATA, data)
-            if self.dst.add_sealed(cid, BlobType.DATA, sealed, len(data)):
+            sealed = dst.seal_chunk(cid, BlobType.DATA, data)
+            if dst.add_sealed(cid, BlobType.DATA, sealed, len(data)):
                 self.progress.bytes_added += len(data)
 
     def _fetch(self, wanted: list[tuple[bytes, int]]) -> Iterator[bytes]:

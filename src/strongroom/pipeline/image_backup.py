@@ -122,6 +122,14 @@ class ImageBackup:
         )
         self.summary.tracker_note = changes.note
         self._last_report = 0.0
+        # --dry-run: the blocks' chunks the store did not know, by length (a
+        # backup through a server asks the server about them: `dry_new`)
+        self._dry_seen: dict[bytes, int] = {}
+
+    @property
+    def dry_new(self) -> dict[bytes, int]:
+        """After a dry run: the data chunks read that the store did not know."""
+        return self._dry_seen
 
     def run(self) -> BlockMap:
         src, bs = self.source, self.block_size
@@ -207,6 +215,8 @@ class ImageBackup:
             cid, sealed = result
             if sealed is not None and cid is not None:
                 writer.put(cid, sealed, length)
+            elif self.dry_run and cid is not None and not self.repo.has_chunk(cid):
+                self._dry_seen.setdefault(cid, length)
             self._set(new, old, block, cid)
             self.progress.bytes_done += length
             self._emit()

@@ -39,6 +39,7 @@ from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.pipeline.copy_tree import SeedBased, Translator
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkStore
 from strongroom.services.points import PointFilter, find_point, list_points, load_point
 from strongroom.types import Progress, ProgressCallback, no_progress
 
@@ -102,19 +103,73 @@ class CopySummary:
         }
 
 
-def _identity(point: RecoveryPoint, doc: dict[str, Any]) -> tuple[object, ...]:
-    """What makes two points in two repositories the same point (see the module)."""
-    original = doc.get("original")
-    origin = original if isinstance(original, str) and original else point.id
+def origin_of(point: RecoveryPoint, doc: dict[str, Any]) -> str:
+    """The point a copy stems from: its `original` (a copy's, a retagged
+    point's; a copy through a server keeps it in its summary, the server
+    storing only the fields it knows), else its own id."""
+    for holder in (doc, point.summary):
+        original = holder.get("original")
+        if isinstance(original, str) and original:
+            return original
+    return point.id
+
+
+def copied_source(doc: dict[str, Any]) -> str | None:
+    """The source point id a copy names in `copied_from` (top level, or in
+    the summary of a copy through a server), None if it is no copy."""
+    for holder in (doc, doc.get("summary")):
+        origin = holder.get(COPIED_FROM) if isinstance(holder, dict) else None
+        if isinstance(origin, dict) and isinstance(origin.get("point"), str):
+            return str(origin["point"])
+    return None
+
+
+def _identity(point: RecoveryPoint, doc: dict[str, Any], host: str | None) -> tuple[object, ...]:
+    """What makes two points in two repositories the same point (see the
+    module); `host`: the host the copy gets (through a server, the machine)."""
     return (
         str(point.kind),
         point.time,
-        point.host,
+        host or point.host,
         point.user,
         tuple(sorted(point.paths)),
         tuple(point.tags),
-        origin,
+        origin_of(point, doc),
     )
+
+
+@dataclass
+class Listed:
+    """One side of a copy as it sees it: points (oldest first), their stored
+    documents by id, and `load`, which finds a point not listed (a parent
+    outside the selection) or answers None."""
+
+    points: list[RecoveryPoint]
+    docs: dict[str, dict[str, Any]]
+    load: Callable[[str], RecoveryPoint | None]
+
+
+def listed_in(repo: Repository, points: list[RecoveryPoint]) -> Listed:
+    """`points` of a local repository with their documents."""
+
+    def load(point_id: str) -> RecoveryPoint | None:
+        try:
+            return load_point(repo, point_id)
+        except (StrongroomError, ObjectNotFound):
+            return None  # damaged or forgotten: simply not used
+
+    return Listed(points, _documents(repo, points), load)
+
+
+@dataclass(frozen=True)
+class Marks:
+    """How the copies are written: `host` set on each (through a server: the
+    machine's name, which the server requires), and where the copy marks
+    go: top level (a local repository keeps every field) or in the summary
+    (a server stores the fields its codec knows, the summary whole)."""
+
+    host: str | None = None
+    in_summary: bool = False
 
 
 def _documents(repo: Repository, points: list[RecoveryPoint]) -> dict[str, dict[str, Any]]:
@@ -176,32 +231,54 @@ def copy_points(
 ) -> CopySummary:
     """Copy the selected points of `src` into `dst` (see the module)."""
     clock = time.monotonic()
-    wanted = select_points(src, refs, flt)
-    docs = _documents(src, wanted)
-    present_points = list_points(dst)
-    present_docs = _documents(dst, present_points)
-    present = {
-        _identity(p, present_docs[p.id]): p.id for p in present_points if p.id in present_docs
+    wanted = listed_in(src, select_points(src, refs, flt))
+    present = listed_in(dst, list_points(dst))
+    return copy_listed(
+        src, wanted, dst, present, Marks(), refusal,
+        dry_run=dry_run, progress=progress, on_point=on_point, clock=clock,
+    )  # fmt: skip
+
+
+def copy_listed(
+    src: ChunkStore,
+    wanted: Listed,
+    dst: ChunkStore,
+    present: Listed,
+    marks: Marks,
+    refuse: Callable[[RecoveryPoint, dict[str, Any]], str | None],
+    *,
+    dry_run: bool = False,
+    progress: ProgressCallback = no_progress,
+    on_point: Callable[[CopiedPoint], None] = lambda _: None,
+    clock: float | None = None,
+) -> CopySummary:
+    """Copy `wanted` of `src` into `dst`, which holds `present` (the module's
+    rules; `refuse` says why a point is not copied, None to copy it): the
+    core of `copy_points` and of the copies through a backup server
+    (services/agent_copy.py)."""
+    clock = time.monotonic() if clock is None else clock
+    identities = {
+        _identity(p, present.docs[p.id], None): p.id for p in present.points if p.id in present.docs
     }
     copied_ids: dict[str, str] = {}  # source id -> target id, for parents
-    for p in present_points:
-        origin = present_docs.get(p.id, {}).get(COPIED_FROM)
-        if isinstance(origin, dict) and isinstance(origin.get("point"), str):
-            copied_ids[origin["point"]] = p.id
+    for p in present.points:
+        origin = copied_source(present.docs.get(p.id, {}))
+        if origin is not None:
+            copied_ids[origin] = p.id
     summary = CopySummary(dry_run=dry_run)
     todo: list[tuple[RecoveryPoint, dict[str, Any], CopiedPoint]] = []
-    for point in wanted:
-        doc = docs.get(point.id)
+    for point in wanted.points:
+        doc = wanted.docs.get(point.id)
         record = CopiedPoint(
             point.id, "", "", str(point.kind), point.host, point.time.isoformat(), point.paths
         )
         summary.points.append(record)
         if doc is None:
             record.status, record.reason = "refused", "damaged or removed while copying"
-        elif (found := present.get(_identity(point, doc))) is not None:
+        elif (found := identities.get(_identity(point, doc, marks.host))) is not None:
             record.status, record.target_id = "skipped", found
             copied_ids.setdefault(point.id, found)
-        elif (why := refusal(point, doc)) is not None:
+        elif (why := refuse(point, doc)) is not None:
             record.status, record.reason = "refused", why
         elif dry_run:
             record.status = "would-copy"
@@ -213,11 +290,12 @@ def copy_points(
     known = [size for size in sizes if size is not None]
     state = Progress(job="copy", bytes_total=sum(known) if len(known) == len(sizes) else None)
     translator = Translator(src, dst, state, progress) if todo else None
+    sides = _Sides(src, wanted, dst, present, marks)
     try:
         for point, doc, record in todo:
             assert translator is not None
             try:
-                record.target_id = _copy_one(translator, dst, src, point, doc, copied_ids)
+                record.target_id = _copy_one(translator, sides, point, doc, copied_ids)
             except SeedBased as err:
                 translator.forget()  # what it mapped may have been dropped unstored
                 record.status, record.reason = "refused", f"seed-based ({err})"
@@ -242,10 +320,18 @@ def copy_points(
     return summary
 
 
+@dataclass(frozen=True)
+class _Sides:
+    src: ChunkStore
+    wanted: Listed
+    dst: ChunkStore
+    present: Listed
+    marks: Marks
+
+
 def _copy_one(
     translator: Translator,
-    dst: Repository,
-    src: Repository,
+    sides: _Sides,
     point: RecoveryPoint,
     doc: dict[str, Any],
     copied_ids: dict[str, str],
@@ -253,10 +339,11 @@ def _copy_one(
     """Translate one point's manifest, flush, then write its document; the target id.
     A parent copied in an earlier run is learnt first (`Translator.learn`), so
     only what changed since is read from the source."""
+    dst = sides.dst
     root = bytes.fromhex(point.tree)
     copy_of_parent = copied_ids.get(point.parent) if point.parent else None
     if point.parent and copy_of_parent:
-        _learn_parent(translator, src, dst, point, point.parent, copy_of_parent)
+        _learn_parent(translator, sides, point, point.parent, copy_of_parent)
     try:
         if point.kind == PointKind.FILES:
             tree = translator.file_tree(root)
@@ -271,25 +358,32 @@ def _copy_one(
     new = {k: v for k, v in doc.items() if k != "id"}
     new["tree"] = tree.hex()
     new["parent"] = copied_ids.get(point.parent) if point.parent else None
-    original = doc.get("original")
-    new["original"] = original if isinstance(original, str) and original else point.id
-    new[COPIED_FROM] = {"repository": src.config.id, "point": point.id}
+    marks = {
+        "original": origin_of(point, doc),
+        COPIED_FROM: {"repository": sides.src.config.id, "point": point.id},
+    }
+    summary = {k: v for k, v in dict(new.get("summary") or {}).items() if k not in marks}
+    if sides.marks.host is not None:
+        new["host"] = sides.marks.host
+    if sides.marks.in_summary:
+        summary.update(marks)
+    else:
+        new.update(marks)
+    new["summary"] = summary
     return dst.save_point(new)
 
 
 def _learn_parent(
     translator: Translator,
-    src: Repository,
-    dst: Repository,
+    sides: _Sides,
     point: RecoveryPoint,
     parent_id: str,
     copy_id: str,
 ) -> None:
     """Hand the translator the parent's manifest and its copy's, when both load
     and are of the point's kind (a damaged or forgotten one is simply skipped)."""
-    try:
-        parent, copy = load_point(src, parent_id), load_point(dst, copy_id)
-    except (StrongroomError, ObjectNotFound):
+    parent, copy = sides.wanted.load(parent_id), sides.present.load(copy_id)
+    if parent is None or copy is None:
         return
     if parent.kind == copy.kind == point.kind:
         translator.learn(str(point.kind), bytes.fromhex(parent.tree), bytes.fromhex(copy.tree))

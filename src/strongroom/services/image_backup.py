@@ -572,3 +572,48 @@ def run_image_backup(
             seeds=seeds,
         )
     return ImageBackupResult(point, summary, point.parent, seconds, job.notices)
+
+
+@dataclass
+class ImageDryRun:
+    """What `dry_run_image` found: the summary a real run would start from
+    (nothing added), and the chunks read that the store did not know."""
+
+    summary: ImageBackupSummary
+    parent: str | None
+    seconds: float
+    unknown: dict[bytes, int]  # chunk id -> length
+    notices: list[str] = field(default_factory=list)
+
+
+def dry_run_image(
+    store: ChunkStore,
+    req: ImageBackupRequest,
+    identity: str,
+    parent: RecoveryPoint | None,
+    parent_map: BlockMap | None,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> ImageDryRun:
+    """Read and cut what a backup on `parent` would (its tracker: the caller
+    takes one that changes nothing on the source, `compare` or `none`), store
+    nothing and record no point. No seeds (a dry run through a server)."""
+    if parent is None:
+        parent_map = None
+    block_size = parent_map.block_size if parent_map is not None else None
+    block_size = block_size or req.block_size or store.config.block_size
+    try:
+        check_geometry(0, block_size)
+    except ValueError as err:
+        raise UsageError(f"--block-size: {err}") from None
+    t0 = time.monotonic()
+    with ExitStack() as stack:
+        job = _ImageJob(store, req, stack)
+        source, changes = job.open(parent, parent_map, block_size)
+        reading = limit_reads(source, read_bucket(req.limit_read))
+        pipeline = ImageBackup(store, reading, block_size, parent_map, changes, progress=progress,
+                               cancel=cancel, workers=req.jobs, dry_run=True)  # fmt: skip
+        pipeline.run()
+    seconds = time.monotonic() - t0
+    parent_id = parent.id if parent is not None else None
+    return ImageDryRun(pipeline.summary, parent_id, seconds, pipeline.dry_new, job.notices)

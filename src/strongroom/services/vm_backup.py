@@ -184,7 +184,7 @@ def backup_vm_to(
     started = now()
     t0 = time.monotonic()
     with target.lease() as lease, ExitStack() as stack:
-        parent, parent_disks, parent_maps = _parent(target, warnings)
+        parent, parent_disks, parent_maps = vm_parent(target, warnings)
         qmp = stack.enter_context(QmpClient(spec.qmp))
         disks: list[_Disk] = []
         scratch = spec.scratch or str(data_home() / "strongroom" / "scratch")
@@ -192,28 +192,13 @@ def backup_vm_to(
             live = LiveDisk(qmp, node, spec.nbd, scratch)
             stack.callback(live.close_view)  # also undoes a view half opened
             before = parent_disks.get(node)
-            parent_map = None
-            if before is not None:
-                parent_map = parent_maps.get(before.map_root)
-                if parent_map is None:
-                    parent_map = load_block_map(repo, bytes.fromhex(before.map_root))
-            if parent_map is not None and parent_map.size != live.size:
-                warnings.append(f"disk {node} changed size: reading it whole")
-                parent_map = None
+            parent_map = disk_parent_map(repo, live, before, parent_maps, warnings)
             block_size = parent_map.block_size if parent_map else target.block_size
             parent_bitmap = before.block_lineage().parent_bitmap(prefix) if before else None
             plan = plan_bitmaps(live.bitmaps(), prefix, parent_bitmap)
             disks.append(_Disk(live, plan, parent_map, parent_bitmap, block_size))
         warnings += _scratch_room(scratch, sum(d.live.size for d in disks))
-        # The previous holder may have left views on the block layer (their
-        # copy-before-write jobs tax every write): it named them in the lease,
-        # whether it died or handed the lease back after a failed teardown.
-        previous = lease.inherited
-        orphans = previous.data.get("views", []) if previous is not None else []
-        if isinstance(orphans, list) and orphans and previous is not None:
-            reaped = [d.live.reap_stale_views([str(t) for t in orphans]) for d in disks]
-            if any(reaped):
-                warnings.append(f"removed the frozen views a backup on {previous.host} left")
+        warnings += reap_inherited_views(lease, [d.live for d in disks])
         # Name our views in the lease before they exist: a crash from here on
         # leaves the next holder the list.
         lease.annotate(views=[d.live.reserve_token() for d in disks])
@@ -307,6 +292,40 @@ def backup_vm_to(
     return VmBackupResult(point, summaries, consistency, note, seconds, warnings, held.reason)
 
 
+def disk_parent_map(
+    repo: ChunkStore,
+    live: LiveDisk,
+    before: VmDisk | None,
+    loaded: dict[str, BlockMap],
+    warnings: list[str],
+) -> BlockMap | None:
+    """The parent point's map of this disk (`loaded`: maps read already, by
+    root id), None for a new disk or one that changed size (warned)."""
+    if before is None:
+        return None
+    parent_map = loaded.get(before.map_root)
+    if parent_map is None:
+        parent_map = load_block_map(repo, bytes.fromhex(before.map_root))
+    if parent_map.size != live.size:
+        warnings.append(f"disk {live.node} changed size: reading it whole")
+        return None
+    return parent_map
+
+
+def reap_inherited_views(lease: VmLeaseHandle, disks: list[LiveDisk]) -> list[str]:
+    """The previous holder may have left views on the block layer (their
+    copy-before-write jobs tax every write): it named them in the lease,
+    whether it died or handed the lease back after a failed teardown. They
+    are removed; a warning says so."""
+    previous = lease.inherited
+    orphans = previous.data.get("views", []) if previous is not None else []
+    if isinstance(orphans, list) and orphans and previous is not None:
+        reaped = [live.reap_stale_views([str(t) for t in orphans]) for live in disks]
+        if any(reaped):
+            return [f"removed the frozen views a backup on {previous.host} left"]
+    return []
+
+
 @dataclass
 class _Instant:
     """The freezing transaction and what held the guest around it. `reason`:
@@ -368,9 +387,11 @@ def _engine_instant(
     return _Instant(instant, result.freeze_note, result.reason or "", record)
 
 
-def _parent(
+def vm_parent(
     target: VmTarget, warnings: list[str]
 ) -> tuple[RecoveryPoint | None, dict[str, VmDisk], dict[str, BlockMap]]:
+    """The VM's latest point, its disks by name and their maps (adopted by
+    the target); none, with a warning, when its manifest is unreadable."""
     points = target.points()
     if not points:
         return None, {}, {}

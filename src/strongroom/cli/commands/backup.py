@@ -197,7 +197,8 @@ def backup(
         paths=bool(paths),
         image=bool(image),
         vms=bool(vms),
-        dry_run=dry_run,
+        # through a server --dry-run reads images (and VMs) too: checked below
+        dry_run=dry_run and not through_server(servers, agent_config),
         changed_since=changed_since,
         force=force,
         image_format=image_format,
@@ -234,8 +235,11 @@ def backup(
             raise click.UsageError(
                 "through a server: files or --image; VMs with --vm; no --host or seeds"
             )
-        if dry_run and (vms or image):
-            raise click.UsageError("through a server: --dry-run is for files backups")
+        if vms and dry_run:
+            from strongroom.cli.commands.vm import dry_run_vm_cmd
+
+            dry_run_vm_cmd(app, list(vms), tracker, (servers, agent_config))
+            return
         if vms:
             from strongroom.cli.commands.vm import backup_vm_cmd
 
@@ -248,7 +252,10 @@ def backup(
                                      scratch=scratch, tags=list(tag), parent=parent,
                                      block_size=block_size, image_format=image_format,
                                      allow_backing=allow_backing, no_seeds=True)  # fmt: skip
-            backup_image_cmd(app, req, (servers, agent_config))
+            if dry_run:
+                dry_run_image_cmd(app, req, (servers, agent_config))
+            else:
+                backup_image_cmd(app, req, (servers, agent_config))
             return
         _backup_through_server(app, servers, agent_config, files_request())
         return
@@ -450,6 +457,52 @@ def backup_image_cmd(
             f"({human_bytes(s.data_added_stored)} stored)",
             f"done in {result.seconds:.2f}s ({human_bytes(rate)}/s read)",
             f"point {result.point.short_id} saved",
+        ],
+    )
+
+
+def dry_run_image_cmd(
+    app: App, request: ImageBackupRequest, server: tuple[tuple[str, ...], str | None]
+) -> None:
+    """`backup --image --dry-run` through the server: read and cut, the server
+    asked which chunks it lacks, nothing sent, no point."""
+    from strongroom.services.agent_backup import open_agent
+    from strongroom.services.agent_dry_runs import dry_run_image_through_server
+
+    out = app.out
+    request.limit_read = app.settings.limit_read
+    with (
+        open_agent(server[1], list(server[0])) as (config, store),
+        out.progress("backup") as progress,
+    ):
+        found = dry_run_image_through_server(store, config.machine, request, progress)
+        traffic = store.traffic
+    s = found.summary
+    for w in s.warnings:
+        out.warn(w)
+    for notice in found.notices:
+        out.notice(notice)
+    if s.tracker_note:
+        out.notice(s.tracker_note)
+    out.summary(
+        {
+            **s.as_dict(),
+            "point_id": None,
+            "parent": found.parent,
+            "seconds": round(found.seconds, 3),
+            "dry_run": True,
+            "traffic": asdict(traffic),
+        },
+        [
+            f"changed blocks found by: {s.tracker}",
+            f"Disk: {human_bytes(s.size)} in {plural(s.blocks, 'block')} "
+            f"of {human_bytes(s.block_size)}; {s.holes} holes",
+            f"Read {human_bytes(s.bytes_read)} ({plural(s.blocks_read, 'block')}); "
+            f"changed {human_bytes(s.bytes_changed)} ({plural(s.blocks_changed, 'block')})",
+            f"Would add to the repository: {human_bytes(s.data_added)} "
+            f"({plural(s.blocks_new, 'new block')}); the server was asked about "
+            f"{traffic.asked} chunk ids, nothing sent",
+            f"dry run in {found.seconds:.2f}s: no point saved",
         ],
     )
 

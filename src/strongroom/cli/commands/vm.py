@@ -98,6 +98,58 @@ def backup_vm_cmd(
         raise SystemExit(failed.exit_code)
 
 
+def dry_run_vm_cmd(
+    app: App,
+    names: list[str],
+    changed_since: str,
+    server: tuple[tuple[str, ...], str | None],
+) -> None:
+    """`backup --vm NAME --dry-run` through the server: each VM's disks read
+    and compared with its parent point, the server asked which chunks it
+    lacks; nothing sent, no point, the guest and its bitmaps untouched."""
+    from strongroom.services.agent_backup import open_agent
+    from strongroom.services.agent_dry_runs import dry_run_vm_through_server
+
+    out = app.out
+    if names == ["all"]:
+        names = sorted(app.settings.vms)
+        if not names:
+            raise UsageError("no VM is configured: describe them in [vm.NAME] tables")
+    specs = [vm_spec(app, name) for name in names]
+    with open_agent(server[1], list(server[0])) as (config, store):
+        for spec in specs:
+            before = asdict(store.traffic)
+            with out.progress("backup") as progress:
+                found = dry_run_vm_through_server(
+                    store, spec, block_size=config.repository.block_size,
+                    changed_since=changed_since, progress=progress,
+                    limit_read=app.settings.limit_read,
+                )  # fmt: skip
+            traffic = {k: v - before[k] for k, v in asdict(store.traffic).items()}
+            for warning in found.warnings:
+                out.warn(warning)
+            lines = [
+                f"disk {d['disk']}: {human_bytes(int(d['size']))}, tracker {d['tracker']}; "
+                f"read {human_bytes(int(d['bytes_read']))}, "
+                f"changed {human_bytes(int(d['bytes_changed']))}"
+                for d in found.disks
+            ]
+            lines.append(
+                f"VM {printable(spec.name)}: would add {human_bytes(found.data_added)} "
+                f"({found.blocks_new} new blocks); dry run in {found.seconds:.1f} s, "
+                "nothing sent, no point saved"
+            )
+            out.summary(
+                {
+                    "vm": spec.name, "point_id": None, "dry_run": True, "host": found.host,
+                    "parent": found.parent, "disks": found.disks,
+                    "blocks_new": found.blocks_new, "data_added": found.data_added,
+                    "seconds": round(found.seconds, 3), "traffic": traffic,
+                },
+                lines,
+            )  # fmt: skip
+
+
 def _report(app: App, name: str, result: VmBackupResult) -> None:
     out = app.out
     for warning in result.warnings:
