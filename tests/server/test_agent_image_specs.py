@@ -68,7 +68,9 @@ def test_an_image_backup_spec_is_refused_in_one_line_or_bounded(spec: dict[str, 
     assert "\0" not in source and len(source) <= MAX_PATH
     assert source.startswith(("/", "nbd://", "nbd+unix://")) and ".." not in source.split("/")
     tracker = checked["changed_since"]
-    assert tracker in JOB_CHANGED_SINCE or re.fullmatch(r"bitmap(:[\w.-]{1,128})?", tracker)
+    assert tracker in JOB_CHANGED_SINCE or re.fullmatch(r"bitmap(:[\w.-]{1,128})?|overlay", tracker)
+    if tracker == "overlay":
+        assert source.startswith("/")
     if "node" in checked:
         assert "qmp" in checked and re.fullmatch(r"[A-Za-z][\w.-]{0,31}", checked["node"])
     if "scratch" in checked:
@@ -154,7 +156,7 @@ def test_a_live_disk_and_a_named_bitmap_are_taken(spec: dict[str, Any]) -> None:
         ({**_LIVE, "source": "nbd://h/x#y"}, "source must be nbd://"),
         ({**_LIVE, "source": "nbd://h/../x"}, "source must be nbd://"),
         ({**_LIVE, "changed_since": "bitmap:a/b"}, "'bitmap[:NAME]'"),
-        ({**_LIVE, "changed_since": "overlay"}, "overlay is not offered through the server"),
+        ({**_LIVE, "changed_since": "overlay"}, "overlay needs an image file"),
         ({**_LIVE, "allow_backing": True}, "allow_backing is of image files"),
         ({"kind": "image", "source": "/t.qcow2", "allow_backing": "yes"}, "true or false"),
         ({**_LIVE, "scratch": "/tmp"}, "scratch is given with qmp only"),

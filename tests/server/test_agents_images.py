@@ -173,6 +173,15 @@ def test_forged_image_points_are_refused(agent: Agent, tmp_path: Path) -> None:
         ({**base, "tree": os.urandom(32).hex()}, "block map is not stored"),
         ({**base, "parent": theirs.point.id}, "not a point of this machine"),
         ({**base, "parent": mine.point.id, "paths": ["/elsewhere"]}, "of the same source"),
+        (  # an overlay names a backing image other than the one the parent read
+            {
+                **base,
+                "parent": mine.point.id,
+                "paths": ["/elsewhere"],
+                "lineage": {**base["lineage"], "backing_chain": ["/x.qcow2:1:2"]},
+            },
+            "of the same source",
+        ),
         ({**base, "host": "fleet-2"}, "host is not this machine"),
         ({**base, "seeds": {"used": [], "classes": {}, "root": "/", "lacks": None}}, "no seeds"),
         ({**base, "paths": ["/a", "/b"]}, "names one source"),

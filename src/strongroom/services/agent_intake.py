@@ -19,7 +19,9 @@ Contract:
   to the machine, refuses another host, a kind other than files, block or VM,
   seeds (the server's repository state: no agent claims them), a lineage on
   a files point, a root that is not stored and a parent that is not one of
-  the machine's own points of the same kind and paths. A block point's map
+  the machine's own points of the same kind and paths (a block point's
+  parent may also be of the image its lineage names as its backing file:
+  a new overlay's first point, `_block_parent`). A block point's map
   is checked whole: its root decodes (the model's codec: geometry, segment
   count; segments of `SEGMENT_BLOCKS` entries, a disk of at most
   `MAX_AGENT_DISK` bytes), every segment is stored and decodes, and every
@@ -399,9 +401,7 @@ class Intake:
             doc = {}
         if doc.get("host") != machine:
             raise UsageError("the parent is not a point of this machine")
-        if point.kind == PointKind.BLOCK and (
-            doc.get("kind") != PointKind.BLOCK.value or doc.get("paths") != point.paths
-        ):
+        if point.kind == PointKind.BLOCK and not _block_parent(point, doc):
             raise UsageError("the parent is not this machine's image point of the same source")
         if point.kind == PointKind.VM and (
             doc.get("kind") != PointKind.VM.value or doc.get("paths") != point.paths
@@ -475,6 +475,24 @@ def visible(point: RecoveryPoint, machine: str, cluster: str | None) -> bool:
     if point.kind == PointKind.VM:
         return cluster is not None and point.host == cluster
     return point.host == machine
+
+
+def _block_parent(point: RecoveryPoint, doc: dict[str, Any]) -> bool:
+    """Whether the block point `doc` (of the machine: checked by the caller)
+    may be `point`'s parent: of the same source, or (the `overlay` tracker's
+    first point of a new overlay) of the image that `point`'s lineage names
+    as its backing file. Either way the parent is only the agent's word about
+    its own images: the map of `point` is checked whole regardless."""
+    if doc.get("kind") != PointKind.BLOCK.value:
+        return False
+    if doc.get("paths") == point.paths:
+        return True
+    below = point.block_lineage().backing_chain
+    try:
+        read = RecoveryPoint.from_doc(doc).block_lineage().image_identity
+    except (ValueError, TypeError, KeyError, RepositoryError):
+        return False
+    return bool(below) and bool(read) and read == below[0]
 
 
 def _check_document(doc: Any, machine: str, cluster: str | None = None) -> RecoveryPoint:

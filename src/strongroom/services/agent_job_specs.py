@@ -8,10 +8,9 @@ an image job names nothing the agent's own `backup --image ... --server` or
 `restore --format` would not accept, and narrower:
 - `source`: an absolute path without `..` or NUL, or an NBD URI
   (`nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=/ABS/PATH`);
-- `changed_since`: `auto`, `compare`, `none`, `bitmap` or `bitmap:NAME`
-  (NAME: 1-128 of letters, digits, `. _ -`, the first a letter or digit);
-  not `overlay`: that tracker's parent is the point of ANOTHER source (the
-  overlay's backing image), which the server's intake refuses as a parent;
+- `changed_since`: `auto`, `compare`, `none`, `overlay` (of an image file
+  only), `bitmap` or `bitmap:NAME` (NAME: 1-128 of letters, digits,
+  `. _ -`, the first a letter or digit);
 - `allow_backing` (true/false, `backup --image --allow-backing`): of an
   image file only (the CLI refuses it for an NBD export);
 - `qmp` (the block layer's QMP socket, for a live disk: the source is then
@@ -114,13 +113,12 @@ def changed_since(spec: Mapping[str, Any], *, bitmaps: bool) -> str:
     if changed in JOB_CHANGED_SINCE:
         return str(changed)
     if bitmaps and changed == "overlay":
-        raise UsageError("backup: changed_since overlay is not offered through the server "
-                         "(its parent is another source's point)")  # fmt: skip
+        return "overlay"
     if bitmaps and isinstance(changed, str) and _BITMAP.fullmatch(changed):
         return changed
     if bitmaps:
         raise UsageError(
-            "backup: changed_since is 'auto', 'compare', 'none' or 'bitmap[:NAME]' "
+            "backup: changed_since is 'auto', 'compare', 'none', 'overlay' or 'bitmap[:NAME]' "
             "(NAME: 1-128 of letters, digits, '. _ -')"
         )
     raise UsageError("backup: changed_since is 'auto', 'compare' or 'none'")
@@ -141,6 +139,8 @@ def check_image_backup(spec: Mapping[str, Any]) -> dict[str, Any]:
         "changed_since": changed_since(spec, bitmaps=True),
         "tags": texts(spec, "tags", MAX_TAGS, MAX_TAG, "backup"),
     }
+    if nbd and checked["changed_since"] == "overlay":  # as `backup --image` says it
+        raise UsageError("backup: changed_since overlay needs an image file, not an NBD export")
     allow = spec.get("allow_backing")
     if allow is not None:
         if not isinstance(allow, bool):
