@@ -82,6 +82,8 @@ def test_the_local_cache_of_a_remote_repository(
     once unused for longer than --max-unused."""
     import os
 
+    from strongroom.repository.blob_cache import DATABASE, count_entries
+
     env = {**server.env, "STRONGROOM_REPO": f"sftp://{HOST_ALIAS}/{server.folder}/cached"}
     src = tmp_path / "src"
     write_file(src / "a" / "f.txt", b"f")
@@ -96,7 +98,7 @@ def test_the_local_cache_of_a_remote_repository(
     assert cli("snapshots", env=env).rc == 0
     assert cli("backup", str(src), env=env).rc == 0
     (folder,) = cache_root.iterdir()
-    kinds = {p.name: sum(1 for _, _, fs in os.walk(p) for _ in fs) for p in folder.iterdir()}
+    kinds = {p.name: count_entries(str(p / DATABASE)) for p in folder.iterdir()}
     assert kinds["objects"] >= 2 and kinds["index"] >= 1 and kinds["trees"] >= 1, kinds
     assert len(cli("snapshots", "--json", env=env).json()) == 3
 

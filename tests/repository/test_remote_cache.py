@@ -6,9 +6,11 @@ and read again."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
+from strongroom.repository.blob_cache import DATABASE
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
 from strongroom.storage.base import Capabilities
@@ -72,12 +74,19 @@ def test_damaged_or_planted_entries_are_dropped_and_read_again(tmp_path: Path) -
     backend = RemoteLike()
     tree, point = _filled(backend)
     _read_everything(backend, tmp_path, tree, point)
-    cached = [Path(root) / f for root, _, files in os.walk(tmp_path) for f in files]
-    assert len(cached) >= 3
-    for path in cached:  # flip a byte in every entry
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        path.write_bytes(bytes(data))
+    databases = [Path(root) / f for root, _, files in os.walk(tmp_path) for f in files
+                 if f == DATABASE]  # fmt: skip
+    flipped = 0
+    for path in databases:  # flip a byte in every entry
+        db = sqlite3.connect(path)
+        with db:
+            for blob_id, data in db.execute("SELECT id, data FROM blobs").fetchall():
+                data = bytearray(data)
+                data[len(data) // 2] ^= 0xFF
+                db.execute("UPDATE blobs SET data = ? WHERE id = ?", (bytes(data), blob_id))
+                flipped += 1
+        db.close()
+    assert flipped >= 3
     again = _read_everything(backend, tmp_path, tree, point)
     assert again["points"] == 1 and again["data"] == 1  # read from storage, right answers
     healed = _read_everything(backend, tmp_path, tree, point)

@@ -4,6 +4,7 @@ either, and a corrupt or foreign cache entry is dropped and fetched again."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +139,16 @@ def test_a_corrupt_or_foreign_cache_entry_is_dropped_and_fetched_again(
     first, _, _ = _backup(creds, site, src, cache)  # the folders' atimes settled
     assert first.point is not None
     root = bytes.fromhex(first.point.tree)
-    others = [Path(cache._path(t)) for t in sorted(_all_trees(site, root)) if t != root]
-    root_path = Path(cache._path(root))
-    root_path.write_bytes(b"\x01not zstd")  # corrupt
-    others[0].write_bytes(others[1].read_bytes())  # another tree under this name
-    (others[2]).unlink()  # evicted meanwhile
+    others = [t for t in sorted(_all_trees(site, root)) if t != root]
+    db = sqlite3.connect(cache.path)
+    with db:
+        db.execute("UPDATE blobs SET data = ? WHERE id = ?", (b"\x01not zstd", root))  # corrupt
+        db.execute(  # another tree under this name
+            "UPDATE blobs SET data = (SELECT data FROM blobs WHERE id = ?) WHERE id = ?",
+            (others[1], others[0]),
+        )
+    db.close()
+    cache.drop(others[2])  # evicted meanwhile
     again, store, _ = _backup(creds, site, src, cache)
     assert again.point is not None
     assert _subtree(site, again.point.tree, src) == _subtree(site, first.point.tree, src)
@@ -153,5 +159,5 @@ def test_a_corrupt_or_foreign_cache_entry_is_dropped_and_fetched_again(
         Client(["http://testserver"]), RepositoryInfo.from_doc(creds["repository"]),
         tree_cache=cache,
     )  # fmt: skip
-    for path in (root_path, others[0], others[2]):  # written again, and right
-        assert fresh._cached_tree(bytes.fromhex(path.name), 1 << 20) is not None
+    for tree in (root, others[0], others[2]):  # written again, and right
+        assert fresh._cached_tree(tree, 1 << 20) is not None

@@ -2,32 +2,35 @@
 `$XDG_CACHE_HOME/strongroom/<kind>/<repository id>/` (as restic's cache).
 
 The agent keeps its tree blobs here (remote/store.py), so a backup over an
-unchanged tree asks its server for none; a local cache of index and tree
-objects for remote repositories (issue #17) is meant to be another `kind`.
+unchanged tree asks its server for none; a session on a remote repository
+keeps the index files, points and trees it read (repo.py `attach_cache`).
 
 Contract:
-- nothing read back is trusted: `get` returns the file's bytes (at most
+- nothing read back is trusted: `get` returns the stored bytes (at most
   `max_blob`) and the caller verifies them as it verifies a read from the
   repository, calling `drop` on a mismatch and fetching again. An unreadable,
   oversized or missing entry is a miss, never an error; every failure to
   write is ignored (a cache that cannot write only costs reads);
-- names are the blobs' ids in lower-case hex (validated, so no path is made
-  from foreign text), in 256 sub-folders by their first two digits; the
-  repository id names the folder only if it is hex of a sane length;
-- files are written atomically (atomic.py, not durably: a torn file after a
-  crash fails verification), mode 0600 in folders made 0700;
+- the entries live in one SQLite database, `blobs.sqlite` in the folder
+  (WAL, no fsync per write: a crash loses recent entries at worst; a file
+  SQLite cannot read is removed and started again, once). One file, not a
+  file per blob: creating a file costs a few hundred microseconds of kernel
+  time on a busy virtual disk, and a first backup caches thousands of trees
+  (2.5 s of system CPU for a 256 MiB backup, measured). The database is
+  created 0600 in a folder made 0700, never through a symlink. Files of the
+  earlier layout (a file per blob in 256 hex sub-folders) are removed when
+  the database is made;
 - the total size is bounded (`limit`): when a write takes it over, the least
-  recently used entries (by modification time, refreshed on a hit) go until
-  it is under 90 % of the bound. The sizes are counted from a scan of the
-  folder at the first write, so two processes sharing a cache may overshoot
-  briefly; each evicts on its own writes.
+  recently used entries (by the time of their last write or hit) go until
+  it is under 90 % of the bound. Processes sharing a cache share the
+  database (SQLite's locking), each evicting on its own writes;
+- `put_soon` hands the write to one background thread, which writes what is
+  queued in one transaction; `wait` returns once every handed write is done,
+  `close` also stops the thread and closes the database (a later call opens
+  it again).
 
-- `put_soon` hands the write to one background thread (a file create costs
-  about as much as a small network answer on a busy disk, and a first backup
-  stores thousands of trees); `wait` returns once every handed write is done,
-  `close` also stops the thread.
-
-Thread safety: any thread may call any method.
+Thread safety: any thread may call any method (one lock around the
+connection). A forked child must not use a cache its parent opened.
 """
 
 from __future__ import annotations
@@ -36,18 +39,23 @@ import os
 import queue
 import re
 import shutil
+import sqlite3
 import threading
 import time
-
-from strongroom.atomic import atomic_write
+from typing import Any
 
 DEFAULT_LIMIT = 256 << 20
 NO_CACHE_VARIABLE = "STRONGROOM_NO_CACHE"  # 1: no cache at all (`--no-cache`)
 QUEUED = 4096  # writes handed to the background thread, at most (then `put_soon` waits)
+DATABASE = "blobs.sqlite"
+_BATCH = 512  # queued writes in one transaction, at most
 _KINDS = frozenset({"agent", "repository"})
 _REPOSITORY_ID = re.compile(r"[0-9a-f]{16,128}\Z")
-_NAME = re.compile(r"[0-9a-f]{64}\Z")
 _PREFIX = re.compile(r"[0-9a-f]{2}\Z")
+_NAME = re.compile(r"[0-9a-f]{64}\Z")
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS blobs (id BLOB PRIMARY KEY, data BLOB NOT NULL, used REAL NOT NULL)"
+)
 
 
 def caching_disabled() -> bool:
@@ -79,72 +87,53 @@ class BlobCache:
         self.limit = limit
         self.max_blob = max_blob
         self._lock = threading.Lock()
-        self._sizes: dict[str, tuple[int, float]] | None = None  # name -> size, mtime
-        self._total = 0
-        self._made: set[str] = set()  # sub-folders known to exist
+        self._db: sqlite3.Connection | None = None
+        self._restarted = False  # an unreadable database was removed once
+        self._broken = False  # ... and the new one failed too: no cache
+        self._total: int | None = None  # bytes stored, counted at the first write
+        self._touched: dict[bytes, float] = {}  # hits since the last write
+        self._hit = False  # the database file's time was refreshed (`list_caches`)
         self._queue: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize=QUEUED)
         self._writer: threading.Thread | None = None
 
-    def _path(self, blob_id: bytes) -> str:
-        if len(blob_id) != 32:
-            raise ValueError("a cached blob's id is 32 bytes")
-        name = blob_id.hex()
-        return f"{self.folder}/{name[:2]}/{name}"
+    @property
+    def path(self) -> str:
+        return os.path.join(self.folder, DATABASE)
 
     def has(self, blob_id: bytes) -> bool:
-        return os.path.isfile(self._path(blob_id))
+        _check_id(blob_id)
+        with self._lock:
+            return self._query("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)) is not None
 
     def get(self, blob_id: bytes) -> bytes | None:
         """The cached bytes of `blob_id` (unverified: see the module's
         contract), or None."""
-        path = self._path(blob_id)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            size = os.fstat(fd).st_size
-            data = os.read(fd, size + 1) if 0 < size <= self.max_blob else b""
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        if not 0 < len(data) <= min(size, self.max_blob):  # oversized, empty or growing
-            self.drop(blob_id)
-            return None
-        try:
-            os.utime(path)  # recently used: evicted last
-        except OSError:
-            pass
+        _check_id(blob_id)
         with self._lock:
-            if self._sizes is not None and path[-64:] in self._sizes:
-                self._sizes[path[-64:]] = (len(data), time.time())
-        return data
+            row = self._query("SELECT data FROM blobs WHERE id = ?", (blob_id,))
+            if row is None:
+                return None
+            data: bytes = bytes(row[0])
+            if not 0 < len(data) <= self.max_blob:
+                self._delete([blob_id])
+                return None
+            self._touched[blob_id] = time.time()  # recorded with the next write
+            if not self._hit:
+                self._hit = True
+                try:
+                    os.utime(self.path)  # in use: `cache --cleanup` keeps it
+                except OSError:
+                    pass
+            return data
 
     def put(self, blob_id: bytes, data: bytes) -> None:
         """Keep `data` as `blob_id` (best effort: see the module's contract)."""
-        if not data or len(data) > min(self.max_blob, self.limit):
-            return
-        path = self._path(blob_id)
-        sub = os.path.dirname(path)
-        try:
-            if sub not in self._made:
-                _make_private(self.folder)
-                _make_private(sub)
-                self._made.add(sub)
-            atomic_write(path, lambda f: f.write(data), durable=False)
-        except OSError:
-            return
-        with self._lock:
-            sizes = self._scanned()
-            old = sizes.get(os.path.basename(path))
-            self._total += len(data) - (old[0] if old else 0)
-            sizes[os.path.basename(path)] = (len(data), time.time())
-            if self._total > self.limit:
-                self._evict(sizes)
+        _check_id(blob_id)
+        self._put_many([(blob_id, data)])
 
     def put_soon(self, blob_id: bytes, data: bytes) -> None:
         """`put`, on the background thread (see the module's contract)."""
+        _check_id(blob_id)
         if self._writer is None:
             with self._lock:
                 if self._writer is None:
@@ -160,84 +149,222 @@ class BlobCache:
             self._queue.join()
 
     def close(self) -> None:
-        """`wait`, then stop the background thread (a later `put_soon`
-        starts another): a long-lived process opens a cache per job."""
+        """`wait`, then stop the background thread and close the database
+        (a later call opens it again): a long-lived process opens a cache per
+        job."""
         with self._lock:
             writer, self._writer = self._writer, None
         if writer is not None:
             self._queue.put(None)
             writer.join()
+        with self._lock:
+            if self._touched:
+                self._write([])
+            self._disconnect()
 
     def _write_loop(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
-                self._queue.task_done()
-                return
-            blob_id, data = item
+            batch: list[tuple[bytes, bytes]] = []
+            stop = item is None
+            if item is not None:
+                batch.append(item)
+            while not stop and len(batch) < _BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    batch.append(more)
             try:
-                self.put(blob_id, data)
-            except (OSError, ValueError):
+                self._put_many(batch)
+            except (OSError, ValueError, sqlite3.Error):
                 pass  # best effort, as `put`
             finally:
-                self._queue.task_done()
+                for _ in range(len(batch) + (1 if stop else 0)):
+                    self._queue.task_done()
+            if stop:
+                return
 
     def drop(self, blob_id: bytes) -> None:
         """Forget `blob_id` (a corrupt or unwanted entry)."""
-        name = blob_id.hex()
-        try:
-            os.unlink(self._path(blob_id))
-        except (OSError, ValueError):
-            pass
+        _check_id(blob_id)
         with self._lock:
-            if self._sizes is not None and name in self._sizes:
-                self._total -= self._sizes.pop(name)[0]
+            self._delete([blob_id])
 
     def clear(self) -> None:
         """Remove the whole folder."""
         with self._lock:
+            self._disconnect()
             shutil.rmtree(self.folder, ignore_errors=True)
-            self._sizes, self._total = None, 0
-            self._made = set()
+            self._total = None
+            self._restarted = self._broken = False
 
     @property
     def total_bytes(self) -> int:
         with self._lock:
-            self._scanned()
-            return self._total
+            row = self._query("SELECT coalesce(sum(length(data)), 0) FROM blobs", ())
+            return 0 if row is None else int(row[0])
 
-    def _scanned(self) -> dict[str, tuple[int, float]]:
-        """Under `_lock`: the entries on disk, listed once."""
-        if self._sizes is not None:
-            return self._sizes
-        sizes: dict[str, tuple[int, float]] = {}
+    # --- the database (all under `_lock`) -----------------------------------
+
+    def _put_many(self, items: list[tuple[bytes, bytes]]) -> None:
+        keep = [(i, d) for i, d in items if d and len(d) <= min(self.max_blob, self.limit)]
+        if keep or self._touched:
+            with self._lock:
+                self._write(keep)
+
+    def _write(self, items: list[tuple[bytes, bytes]]) -> None:
+        db = self._connect(create=True)
+        if db is None:
+            return
+        now = time.time()
         try:
-            subs = [e for e in os.scandir(self.folder) if _PREFIX.match(e.name) and e.is_dir()]
-        except OSError:
-            subs = []
-        for sub in subs:
-            try:
-                for entry in os.scandir(sub.path):
-                    if _NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        sizes[entry.name] = (st.st_size, st.st_mtime)
-            except OSError:
-                continue
-        self._sizes = sizes
-        self._total = sum(size for size, _ in sizes.values())
-        return sizes
+            if self._total is None:
+                self._total = int(
+                    db.execute("SELECT coalesce(sum(length(data)), 0) FROM blobs").fetchone()[0]
+                )
+            with db:
+                added = 0
+                for blob_id, data in items:
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO blobs (id, data, used) VALUES (?, ?, ?)",
+                        (blob_id, data, now),
+                    )
+                    added += len(data) if cur.rowcount == 1 else 0
+                db.executemany(
+                    "UPDATE blobs SET used = ? WHERE id = ?",
+                    [(at, blob_id) for blob_id, at in self._touched.items()],
+                )
+            self._touched.clear()
+            self._total += added
+            if self._total > self.limit:
+                self._evict(db)
+        except sqlite3.Error:
+            self._failed()
 
-    def _evict(self, sizes: dict[str, tuple[int, float]]) -> None:
-        """Under `_lock`: the oldest entries, until under 90 % of the bound."""
+    def _evict(self, db: sqlite3.Connection) -> None:
+        """The least recently used entries, until under 90 % of the bound."""
         goal = self.limit * 9 // 10
-        for name in sorted(sizes, key=lambda n: sizes[n][1]):
-            if self._total <= goal:
+        total = int(db.execute("SELECT coalesce(sum(length(data)), 0) FROM blobs").fetchone()[0])
+        gone = []
+        for blob_id, size in db.execute("SELECT id, length(data) FROM blobs ORDER BY used, id"):
+            if total <= goal:
                 break
+            gone.append((blob_id,))
+            total -= int(size)
+        with db:
+            db.executemany("DELETE FROM blobs WHERE id = ?", gone)
+        self._total = total
+
+    def _delete(self, blob_ids: list[bytes]) -> None:
+        db = self._connect(create=False)
+        if db is None:
+            return
+        try:
+            with db:
+                db.executemany("DELETE FROM blobs WHERE id = ?", [(b,) for b in blob_ids])
+            self._total = None  # counted again at the next write
+        except sqlite3.Error:
+            self._failed()
+
+    def _query(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """One row of a read, or None (no row; no database; an unreadable one)."""
+        db = self._connect(create=False)
+        if db is None:
+            return None
+        try:
+            row: tuple[Any, ...] | None = db.execute(sql, args).fetchone()
+            return row
+        except sqlite3.Error:
+            self._failed()
+            return None
+
+    def _connect(self, create: bool) -> sqlite3.Connection | None:
+        """The open database; made (with its folder) only when `create`."""
+        if self._db is not None or self._broken:
+            return self._db
+        path = self.path
+        try:
+            if create:
+                _make_private(self.folder)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                os.close(fd)
+                _remove_old_layout(self.folder)
+            elif not os.path.isfile(path) or os.path.islink(path):
+                return None
+            db = sqlite3.connect(path, timeout=10, check_same_thread=False)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error):
+            self._failed()
+            return None
+        self._db = db
+        return db
+
+    def _failed(self) -> None:
+        """An unreadable or unwritable database: remove it and start again
+        once; after that, the cache is off for this process."""
+        self._disconnect()
+        self._total = None
+        if self._restarted:
+            self._broken = True
+            return
+        self._restarted = True
+        for suffix in ("", "-wal", "-shm"):
             try:
-                os.unlink(os.path.join(self.folder, name[:2], name))
+                os.unlink(self.path + suffix)
             except OSError:
                 pass
-            self._total -= sizes.pop(name)[0]
+
+    def _disconnect(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+
+def count_entries(path: str) -> int:
+    """The entries of the cache database at `path` (0 if it cannot be read),
+    for `strongroom cache`; opened read-only."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            return int(db.execute("SELECT count(*) FROM blobs").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+def _check_id(blob_id: bytes) -> None:
+    if len(blob_id) != 32:
+        raise ValueError("a cached blob's id is 32 bytes")
+
+
+def _remove_old_layout(folder: str) -> None:
+    """The earlier layout's files (a file per blob, in hex sub-folders)."""
+    try:
+        subs = [
+            e
+            for e in os.scandir(folder)
+            if _PREFIX.match(e.name) and e.is_dir(follow_symlinks=False)
+        ]
+    except OSError:
+        return
+    for sub in subs:
+        try:
+            names = [e.name for e in os.scandir(sub.path) if _NAME.match(e.name)]
+            for name in names:
+                os.unlink(os.path.join(sub.path, name))
+            os.rmdir(sub.path)
+        except OSError:
+            continue
 
 
 def _make_private(folder: str) -> None:

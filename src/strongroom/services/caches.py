@@ -4,7 +4,8 @@ removing those no longer used (`strongroom cache`, as restic's `cache`).
 A cache folder is `<kind>/<repository id>/` (repository/blob_cache.py):
 `repository` for remote repositories read directly, `agent` for the trees an
 agent reads through its server. Its last use is the newest modification time
-inside it (a hit refreshes its entry's time)."""
+inside it (a session's first hit refreshes its database's time); its entries
+are the rows of its databases."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 
-from strongroom.repository.blob_cache import cache_home
+from strongroom.repository.blob_cache import DATABASE, cache_home, count_entries
 
 KINDS = ("repository", "agent")
 
@@ -55,7 +56,8 @@ def list_caches(home: str | None = None) -> list[CacheFolder]:
                     except OSError:
                         continue
                     size += st.st_size
-                    count += 1
+                    if file == DATABASE:
+                        count += count_entries(os.path.join(root, file))
                     newest = max(newest, st.st_mtime)
             found.append(CacheFolder(kind, name, path, size, count, newest))
     return sorted(found, key=lambda c: c.last_used, reverse=True)
