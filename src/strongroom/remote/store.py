@@ -516,3 +516,21 @@ class RemoteStore:
         if not isinstance(found, list):
             raise RemoteError("the server's list of points is not a list")
         return [p for p in found if isinstance(p, dict)]
+
+    # --- seeds (services/agent_seeds.py verifies and decodes them) ------------------
+
+    def seeds(self) -> list[dict[str, Any]]:
+        """The repository's seeds, as the server lists them (objects only)."""
+        found = self.client.get_json("/api/v1/agent/seeds")
+        if not isinstance(found, list):
+            raise RemoteError("the server's list of seeds is not a list")
+        return [s for s in found if isinstance(s, dict)]
+
+    def seed(self, ref: str) -> dict[str, Any]:
+        """One seed's document by name or id prefix (RemoteError: the server has none)."""
+        from urllib.parse import quote
+
+        found = self.client.get_json(f"/api/v1/agent/seeds/{quote(ref, safe='')}")
+        if not isinstance(found, dict):
+            raise RemoteError("the server's seed document is not an object")
+        return found

@@ -26,6 +26,7 @@ from strongroom.errors import UsageError
 from strongroom.model.blockmap import BlockMap, decode_root
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
+from strongroom.model.scope import FULL, ScopeSpec
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_restore import ImageRestoreSummary
 from strongroom.remote.store import RemoteStore
@@ -40,7 +41,13 @@ from strongroom.services.image_backup import (
     source_identity,
 )
 from strongroom.services.image_restore import restore_map
-from strongroom.services.restore import FilesRestored, HowToRestore, ImageRestored, VmRestored
+from strongroom.services.restore import (
+    FilesRestored,
+    HowToRestore,
+    ImageRestored,
+    ScopedRestore,
+    VmRestored,
+)
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -121,16 +128,20 @@ def restore_own_point(
     includes: list[str] | None = None,
     how: HowToRestore | None = None,
     jobs: int | None = None,
+    scope: ScopeSpec = FULL,
+    lacks_file: str | None = None,
 ) -> FilesRestored | ImageRestored | VmRestored:
     """`restore --server`: a files point (all of it, or its paths `includes`;
-    `how` as a local restore) into the folder `target`, a block point onto the
-    file, device or NBD URI `target`, or a VM point of the machine's cluster
-    into the folder `target` (DISK.raw)."""
+    `how`, `scope` and `lacks_file` as a local restore) into the folder
+    `target`, a block point onto the file, device or NBD URI `target`, or a
+    VM point of the machine's cluster into the folder `target` (DISK.raw)."""
     point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES and (includes or (how is not None and not how.is_default)):
         raise UsageError(
             "through a server: --include, --overwrite, --delete and --dry-run restore files points"
         )
+    if point.kind != PointKind.FILES and (not scope.is_full or lacks_file is not None):
+        raise UsageError("through a server: --scope and --lacks-file restore files points")
     if point.kind == PointKind.VM:  # one of the cluster's: every disk into the folder
         from strongroom.services.agent_vms import restore_vm_through_server
 
@@ -140,10 +151,11 @@ def restore_own_point(
         return ImageRestored(found, summary)
     if fmt != "raw":
         raise UsageError("--format applies to image points")
-    found, files = restore_through_server(
-        store, point.id, target, progress, includes, how=how, jobs=jobs
-    )
-    return FilesRestored(found, files)
+    scoped = ScopedRestore()
+    found, files = restore_through_server(store, point.id, target, progress, includes, how=how,
+                                          jobs=jobs, scope=scope, lacks_file=lacks_file,
+                                          scoped=scoped)  # fmt: skip
+    return FilesRestored(found, files, scoped)
 
 
 def export_image_through_server(

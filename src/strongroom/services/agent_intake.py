@@ -15,7 +15,7 @@ Contract:
   acknowledged chunk survives a crash of the server;
 - `commit` validates a point document (the model's codec), forces its host
   to the machine, refuses another host, a kind other than files, block or VM,
-  seeds (the server's repository state: no agent claims them), a lineage on
+  a seed the repository does not hold (services/agent_seeds.py), a lineage on
   a files point, a root that is not stored and a parent that is not one of
   the machine's own points of the same kind and paths. A block point's map
   is checked whole: its root decodes (the model's codec: geometry, segment
@@ -78,6 +78,7 @@ from strongroom.repository import bundle
 from strongroom.repository.format import BlobType
 from strongroom.repository.pack import blob_ad
 from strongroom.repository.repo import is_object_hex
+from strongroom.services.agent_seeds import check_point_seeds
 from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.points import load_point
 from strongroom.services.session import LockMode, open_repository
@@ -309,6 +310,7 @@ class Intake:
                 raise UsageError("the point's root tree is not stored: upload it first")
             if point.parent is not None:
                 self._check_parent(point, point.host)
+            check_point_seeds(self.repo, point, self._holds)
             point_id = self.repo.save_point(point.to_doc())
         made = catalog.add_agent_commit(machine.id, commit_id, point_id, datetime.now(UTC))
         if self._on_commit is not None:
@@ -430,8 +432,6 @@ def _check_document(doc: Any, machine: str, cluster: str | None = None) -> Recov
         raise UsageError("the point's host is not this machine")
     if point.kind not in (PointKind.FILES, PointKind.BLOCK, PointKind.VM):
         raise UsageError("agents commit files, block image and VM points only")
-    if point.seeds is not None:
-        raise UsageError("an agent's point names no seeds")
     if point.lineage is not None and point.kind != PointKind.BLOCK:
         raise UsageError("an agent's files point names no lineage")
     if point.kind == PointKind.BLOCK and len(point.paths) != 1:

@@ -67,7 +67,11 @@ def list_seeds(repo: Repository, *, strict: bool = False) -> list[Seed]:
 
 def find_seed(repo: Repository, ref: str) -> Seed:
     """The seed named `ref` (or whose id starts with `ref`, 8+ hex digits)."""
-    seeds = list_seeds(repo)
+    return pick_seed(list_seeds(repo), ref)
+
+
+def pick_seed(seeds: list[Seed], ref: str) -> Seed:
+    """`find_seed` among `seeds` (a repository's, or those a backup server lists)."""
     for seed in seeds:
         if seed.name == ref:
             return seed
@@ -81,9 +85,14 @@ def find_seed(repo: Repository, ref: str) -> Seed:
 
 def find_seeds(repo: Repository, refs: list[str]) -> list[Seed]:
     """Each named seed once, in the order given."""
+    return pick_seeds(list_seeds(repo), refs) if refs else []
+
+
+def pick_seeds(seeds: list[Seed], refs: list[str]) -> list[Seed]:
+    """`find_seeds` among `seeds`."""
     found: dict[str, Seed] = {}
     for ref in refs:
-        seed = find_seed(repo, ref)
+        seed = pick_seed(seeds, ref)
         found.setdefault(seed.id, seed)
     return list(found.values())
 

@@ -208,7 +208,7 @@ def backup(
 
     def files_request() -> BackupRequest:
         """The files backup asked for, locally or through a server (which refuses
-        --host and seeds above and takes the machine's name as the host)."""
+        --host above and takes the machine's name as the host)."""
         return BackupRequest(
             paths=list(paths),
             jobs=jobs,
@@ -230,10 +230,12 @@ def backup(
         )
 
     if through_server(servers, agent_config):
-        if host or seed_names or trust_seed_metadata or seed_root:
+        if host:
             raise click.UsageError(
-                "through a server: files or --image; VMs with --vm; no --host or seeds"
+                "through a server: no --host (the point's host is the enrolled machine)"
             )
+        if image and (seed_names or no_seeds):
+            raise click.UsageError("through a server: --seed and --no-seeds go with PATHS")
         if dry_run and (vms or image):
             raise click.UsageError("through a server: --dry-run is for files backups")
         if vms:
