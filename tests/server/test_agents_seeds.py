@@ -114,11 +114,23 @@ def test_seeded_backup_through_the_server_stores_the_delta_and_restores_as_local
             lacks = listings[1].read_bytes().splitlines()
             for listing in listings:
                 listing.unlink()
-        assert walk_differences(here, there, check_atime=False, check_root=False) == [], scope
+        # the machine's tree (its ancestors, /tmp..., change between the backups)
+        inside = seeded.relative_to("/")
+        assert walk_differences(here / inside, there / inside, check_atime=False) == [], scope
     assert walk_differences(seeded, tmp_path / "agent-full" / seeded.relative_to("/"),
                             check_atime=False, check_root=False) == []  # fmt: skip
     assert sorted(lacks) == [os.fsencode(seeded / p) for p in ("etc/gone.conf",
                                                                "usr/share/doc/readme")]  # fmt: skip
+    listed_there = fleet.agent("alpha", "--json", "ls", "latest", "--scope", "user")
+    listed_here = fleet.local("--json", "ls", mine["point_id"], "--scope", "user")
+    assert listed_there.rc == 0, listed_there.err
+    inside = str(seeded) + "/"  # the entries of the machine's tree, its ancestors' aside
+    entries = [
+        [doc for doc in map(json.loads, done.out.splitlines()) if doc["path"].startswith(inside)]
+        for done in (listed_there, listed_here)
+    ]
+    assert entries[0] == entries[1]
+    assert {doc["class"] for doc in entries[0]} >= {"own", "modified", "moved"}
     checked = fleet.local("check", "--read-data")
     assert checked.rc == 0, checked.err
 
