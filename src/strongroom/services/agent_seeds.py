@@ -31,11 +31,13 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from strongroom.errors import RemoteError, UnsupportedVersion, UsageError
+from strongroom.errors import ObjectNotFound, RemoteError, UnsupportedVersion, UsageError
 from strongroom.model.kinds import PointKind
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.seed import Seed
+from strongroom.repository.damage import DamageLog
+from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository, is_object_hex
 from strongroom.services.seeds import list_seeds, pick_seed
 
@@ -96,6 +98,49 @@ def check_point_seeds(
 
 
 # --- the agent's side ----------------------------------------------------------------
+
+
+class ServerSeeds:
+    """The server's seeds as a `SeedRepository` (services/seeds.py), so that
+    what reads a repository's seeds (an image backup's choice of its golden
+    image, an overlay restore's check of it) reads them through the server:
+    the list is asked for once; `load_seed` hands back a listed document,
+    which `seeds.load_seed` decodes (and `list_seeds` skips, as damaged, when
+    it does not); chunks come through the store, verified."""
+
+    def __init__(self, store: RemoteStore) -> None:
+        self.store = store
+        self.damage = DamageLog()
+        self._docs: dict[str, dict[str, Any]] | None = None
+
+    def _listed(self) -> dict[str, dict[str, Any]]:
+        if self._docs is None:
+            docs = self.store.seeds()
+            if len(docs) > MAX_LISTED:
+                raise RemoteError("the server's list of seeds is longer than any repository's")
+            self._docs = {}
+            for doc in docs:
+                seed_id = doc.get("id")
+                if isinstance(seed_id, str) and _HEX_ID.fullmatch(seed_id):
+                    self._docs.setdefault(seed_id, doc)
+        return self._docs
+
+    def list_seed_ids(self) -> list[str]:
+        return list(self._listed())
+
+    def load_seed(self, seed_hex: str) -> dict[str, Any]:
+        doc = self._listed().get(seed_hex)
+        if doc is None:
+            raise ObjectNotFound(f"seed {seed_hex[:16]} is not on the server")
+        return doc
+
+    def load_chunk(
+        self, chunk_id: bytes, blob_type: BlobType = BlobType.DATA, raw_length: int | None = None
+    ) -> bytes:
+        return self.store.load_chunk(chunk_id, blob_type, raw_length)
+
+    def chunk_id(self, data: bytes | bytearray | memoryview, /) -> bytes:
+        return self.store.chunk_id(data)
 
 
 def server_seeds(store: RemoteStore) -> list[Seed]:

@@ -234,8 +234,6 @@ def backup(
             raise click.UsageError(
                 "through a server: no --host (the point's host is the enrolled machine)"
             )
-        if image and (seed_names or no_seeds):
-            raise click.UsageError("through a server: --seed and --no-seeds go with PATHS")
         if dry_run and (vms or image):
             raise click.UsageError("through a server: --dry-run is for files backups")
         if vms:
@@ -249,7 +247,8 @@ def backup(
             req = ImageBackupRequest(source=image, changed_since=tracker, qmp=qmp, node=node,
                                      scratch=scratch, tags=list(tag), parent=parent,
                                      block_size=block_size, image_format=image_format,
-                                     allow_backing=allow_backing, no_seeds=True)  # fmt: skip
+                                     allow_backing=allow_backing, seeds=list(seed_names),
+                                     no_seeds=no_seeds)  # fmt: skip
             backup_image_cmd(app, req, (servers, agent_config))
             return
         _backup_through_server(app, servers, agent_config, files_request())
