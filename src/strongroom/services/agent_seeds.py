@@ -3,21 +3,23 @@ a backup server"; docs/server.md, "Agents").
 
 Seeds are shared repository content, not another machine's points: an
 enrolled agent may list them and read one seed's document, and read their
-trees through the chunk reads every agent has. It may still list or read no
-other machine's point. So an agent's backup matches its files against the
-seeds as a local backup does (services/seed_select.py, unchanged), and the
-point it commits records the seeds and each entry's provenance as a local
-seeded point does.
+trees and block maps through the chunk reads every agent has. It may still
+list or read no other machine's point. So an agent's files backup chooses
+and matches seeds as a local backup does (services/seed_select.py), its
+image backup builds on an image seed as a local one does
+(services/image_backup.py, reading the seeds through `ServerSeeds`), and
+the point it commits records the seeds and each entry's provenance as a
+local seeded point does.
 
 Contract:
 - server side: `seed_docs` and `seed_doc` answer from the repository's
   seeds only (a point's id names no seed: not found);
-- agent side: `server_seeds` and `server_seed` verify what the server
-  sends as any of its answers is verified: a list of at most `MAX_LISTED`
-  objects (or one object), each decoded by the model's codec
-  (`Seed.from_doc`: field types, the name's shape, a 64-hex root) with a
-  64-hex id, each id once; a malformed listed seed is left out, as a
-  damaged one is locally (a pinned one is an error). The trees then come through
+- agent side: what the server sends is verified as any of its answers:
+  a list of at most `MAX_LISTED` objects (or one object, `server_seed`),
+  each with a 64-hex id (each id once) and decoded by the model's codec
+  (`Seed.from_doc`: field types, the name's shape, a 64-hex root); a
+  malformed listed seed is left out, as a damaged one is locally (a pinned
+  one is an error). The trees and maps then come through
   `RemoteStore.load_chunk`, which checks each against its keyed id;
 - at the commit (`check_point_seeds`): every seed a point names exists in
   the repository under that id, name and content, the point is of a kind
@@ -146,15 +148,7 @@ class ServerSeeds:
 def server_seeds(store: RemoteStore) -> list[Seed]:
     """The repository's seeds as the server lists them, verified (see the
     module's contract), by name."""
-    docs = store.seeds()
-    if len(docs) > MAX_LISTED:
-        raise RemoteError("the server's list of seeds is longer than any repository's")
-    found: dict[str, Seed] = {}
-    for doc in docs:
-        seed = _decoded(doc)
-        if seed is not None:
-            found.setdefault(seed.id, seed)
-    return sorted(found.values(), key=lambda s: (s.name, s.time, s.id))
+    return list_seeds(ServerSeeds(store))
 
 
 def server_seed(store: RemoteStore, ref: str) -> Seed:
