@@ -139,9 +139,10 @@ def restore_own_point(
     """`restore --server`: a files point (all of it, or its paths `includes`;
     `how`, `scope` and `lacks_file` as a local restore) into the folder
     `target`, a block point onto the file, device or NBD URI `target` (with
-    `--scope user`: a qcow2 overlay on the golden image `backing`, (GOLDEN,
-    --verify-backing), checked against the seed read through the server), or
-    a VM point of the machine's cluster into the folder `target` (DISK.raw)."""
+    `--scope user`: a qcow2 overlay on the golden image of `backing`,
+    (GOLDEN, --verify-backing), which is checked against the seed read
+    through the server), or a VM point of the machine's cluster into the
+    folder `target` (DISK.raw)."""
     point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES and (includes or (how is not None and not how.is_default)):
         raise UsageError(
