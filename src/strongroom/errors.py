@@ -169,6 +169,15 @@ class RemoteError(StrongroomError):
     """An agent's backup server refused a request, or none of its addresses answers."""
 
 
+class RemoteRefused(RemoteError):
+    """The backup server answered with an error status (4xx, or a 5xx not
+    worth retrying): `status` is that status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class RemoteUnavailable(RemoteError):
     """No address of the backup server answers (yet): trying again may help."""
 

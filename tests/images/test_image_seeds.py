@@ -421,7 +421,12 @@ def test_an_interrupted_overlay_restore_leaves_no_overlay(
     try:
         with pytest.raises(Interrupted):
             image_restore.restore_overlay(
-                repo, find_point(repo, point_id), str(pair.golden), str(overlay), cancel=cancel
+                repo,
+                find_point(repo, point_id),
+                str(pair.golden),
+                str(overlay),
+                seeds=repo,
+                cancel=cancel,
             )
     finally:
         repo.close()

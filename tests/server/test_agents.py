@@ -164,7 +164,7 @@ def test_uploads_are_verified_durable_and_committed_once(site: Site) -> None:  #
 AGENT_PATHS = [
     "/api/v1/agent/enroll", "/api/v1/agent/me", "/api/v1/agent/chunks",
     "/api/v1/agent/chunks/missing", "/api/v1/agent/chunks/read", "/api/v1/agent/points",
-    "/api/v1/agent/points/" + "a" * 64,
+    "/api/v1/agent/points/" + "a" * 64, "/api/v1/agent/seeds", "/api/v1/agent/seeds/gold",
 ]  # fmt: skip
 
 

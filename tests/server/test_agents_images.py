@@ -183,7 +183,7 @@ def test_forged_image_points_are_refused(agent: Agent, tmp_path: Path) -> None:
             "of the same source",
         ),
         ({**base, "host": "fleet-2"}, "host is not this machine"),
-        ({**base, "seeds": {"used": [], "classes": {}, "root": "/", "lacks": None}}, "no seeds"),
+        ({**base, "seeds": {"used": [], "classes": {}, "root": "/", "lacks": None}}, "no seed"),
         ({**base, "paths": ["/a", "/b"]}, "names one source"),
         ({**base, "kind": "files", "paths": ["/x"]}, "files point names no lineage"),
         ({**base, "kind": "vm"}, "in no cluster: it commits no VM point"),

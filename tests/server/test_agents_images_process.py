@@ -90,6 +90,6 @@ def test_what_does_not_go_through_a_server_is_refused_in_one_line(
                   "--agent-config", str(tmp_path / "none.json"))  # fmt: skip
     assert protect.rc != 0  # the VHD mode goes through the server as an enrolled agent only
     assert_one_line_error(protect, "none.json: No such file or directory")
-    seeded = cli("backup", "--image", str(tmp_path), "--seed", "gold", "--server", url)
-    assert seeded.rc == 2 and "through a server: files or --image;" in seeded.err
-    assert "Traceback" not in seeded.err
+    hosted = cli("backup", "--image", str(tmp_path), "--host", "other", "--server", url)
+    assert hosted.rc == 2 and "through a server: no --host" in hosted.err
+    assert "Traceback" not in hosted.err

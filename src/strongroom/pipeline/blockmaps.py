@@ -9,7 +9,7 @@ from strongroom.errors import IntegrityError
 from strongroom.model.blockmap import BlockMap, MapRoot, decode_root, decode_segment
 from strongroom.model.vm import VmManifest
 from strongroom.repository.format import BlobType
-from strongroom.repository.store import ChunkStore
+from strongroom.repository.store import ChunkReader, ChunkStore
 
 
 def save_block_map(repo: ChunkStore, block_map: BlockMap) -> bytes:
@@ -22,11 +22,11 @@ def save_block_map(repo: ChunkStore, block_map: BlockMap) -> bytes:
     return repo.put_chunk(BlobType.TREE, block_map.encode_root(segment_ids))
 
 
-def load_block_map(repo: ChunkStore, root_id: bytes) -> BlockMap:
+def load_block_map(repo: ChunkReader, root_id: bytes) -> BlockMap:
     return _load(repo, decode_root(repo.load_chunk(root_id, BlobType.TREE)))
 
 
-def _load(repo: ChunkStore, root: MapRoot) -> BlockMap:
+def _load(repo: ChunkReader, root: MapRoot) -> BlockMap:
     out = BlockMap.empty(root.size, root.block_size)
     for i, seg_id in enumerate(root.segments):
         if seg_id is None:

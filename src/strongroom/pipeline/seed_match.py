@@ -50,6 +50,7 @@ from strongroom.model.tree import (
 )
 from strongroom.repository.format import BlobType
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkReader
 
 # More entries than any real root file system holds (a full Debian desktop
 # has about 400,000); a seed claiming more is refused rather than loaded.
@@ -119,7 +120,7 @@ class SeedFiles:
 
 
 def load_seed_files(
-    repo: Repository, name: str, tree_hex: str, limit: int = MAX_SEED_ENTRIES
+    repo: ChunkReader, name: str, tree_hex: str, limit: int = MAX_SEED_ENTRIES
 ) -> SeedFiles:
     """Walk a seed's file tree into a `SeedFiles`. IntegrityError for a damaged
     tree, nesting beyond MAX_TREE_DEPTH, a loop, or more than `limit` entries."""
@@ -146,7 +147,7 @@ def load_seed_files(
     return SeedFiles(name, entries)
 
 
-def _load(repo: Repository, tree_id: bytes) -> list[Node]:
+def _load(repo: ChunkReader, tree_id: bytes) -> list[Node]:
     return decode_tree(repo.load_chunk(tree_id, BlobType.TREE))
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from strongroom.errors import RemoteError, RemoteUnavailable
+from strongroom.errors import RemoteError, RemoteRefused, RemoteUnavailable
 
 BACKOFF = 0.2
 MAX_BACKOFF = 5.0
@@ -104,7 +104,9 @@ class Client:
                     if answer.status_code not in _RETRY_STATUS:
                         self.requests += 1
                         if answer.status_code >= 400:
-                            raise RemoteError(f"server {base}: {_error_line(answer)}")
+                            raise RemoteRefused(
+                                f"server {base}: {_error_line(answer)}", answer.status_code
+                            )
                         return answer
                     last = f"{base}: {_error_line(answer)}"
                     if not idempotent:

@@ -35,6 +35,7 @@ Contract:
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import secrets
 import threading
@@ -43,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from strongroom.errors import IntegrityError, RemoteError, StrongroomError
+from strongroom.errors import IntegrityError, RemoteError, RemoteRefused, StrongroomError
 from strongroom.model.tree import ID_SIZE, decode_wires
 from strongroom.remote.client import Client
 from strongroom.remote.config import RepositoryInfo
@@ -62,6 +63,8 @@ PREFETCH_BYTES = 16 << 20
 TREE_PREFETCH = 32  # trees of one read (a tree is at most a few MiB; the server splits)
 CACHE_BYTES = 64 << 20  # chunks fetched ahead and not asked for yet
 MAX_PLAN = 1 << 20  # chunk ids planned ahead (beyond: no read-ahead)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -516,3 +519,29 @@ class RemoteStore:
         if not isinstance(found, list):
             raise RemoteError("the server's list of points is not a list")
         return [p for p in found if isinstance(p, dict)]
+
+    # --- seeds (services/agent_seeds.py verifies and decodes them) ------------------
+
+    def seeds(self) -> list[dict[str, Any]]:
+        """The repository's seeds, as the server lists them (objects only).
+        A server older than seeds through agents answers 404: none, said in
+        one warning, so an upgraded agent still backs up to it."""
+        try:
+            found = self.client.get_json("/api/v1/agent/seeds")
+        except RemoteRefused as err:
+            if err.status != 404:
+                raise
+            log.warning("the server lists no seeds (an older version): backing up without seeds")
+            return []
+        if not isinstance(found, list):
+            raise RemoteError("the server's list of seeds is not a list")
+        return [s for s in found if isinstance(s, dict)]
+
+    def seed(self, ref: str) -> dict[str, Any]:
+        """One seed's document by name or id prefix (RemoteError: the server has none)."""
+        from urllib.parse import quote
+
+        found = self.client.get_json(f"/api/v1/agent/seeds/{quote(ref, safe='')}")
+        if not isinstance(found, dict):
+            raise RemoteError("the server's seed document is not an object")
+        return found

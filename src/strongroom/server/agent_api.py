@@ -9,8 +9,11 @@ Contract:
   one agent endpoint without credentials: its one-time token is them;
 - append-only: an agent can ask which chunks are missing, upload verified
   chunks, commit a point of its own machine (a VM point: of its cluster),
-  list its own points and its cluster's VM points, read chunks by id, and
-  take, renew, verify and hand back a VM's lease of its cluster. No agent
+  list its own points and its cluster's VM points, list the repository's
+  seeds and read one seed's document (seeds are shared repository content,
+  not another machine's points: no point is ever answered there), read
+  chunks by id, and take, renew, verify and hand back a VM's lease of its
+  cluster. No agent
   endpoint deletes, forgets, prunes or rewrites anything (other methods
   answer 405);
 - a bad, used or expired enrollment token, and bad agent credentials, get
@@ -30,8 +33,10 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from strongroom.errors import ChunkNotFound, IntegrityError, StrongroomError, UsageError
+from strongroom.model.names import printable
 from strongroom.server.guards import Admin, Guards
 from strongroom.services.agent_intake import BUNDLE_TYPE, MAX_IDS, MAX_READ, Intake, chunk_type
+from strongroom.services.agent_seeds import seed_doc, seed_docs
 from strongroom.services.agent_vm_leases import (
     MAX_TTL,
     MIN_TTL,
@@ -239,6 +244,17 @@ def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Inta
     @app.get("/api/v1/agent/points")
     def points(who: Agent) -> list[dict[str, Any]]:
         return intake.points(who.name, who.cluster)
+
+    @app.get("/api/v1/agent/seeds")
+    def seeds(who: Agent) -> list[dict[str, Any]]:
+        return seed_docs(intake.repo)
+
+    @app.get("/api/v1/agent/seeds/{ref}")
+    def seed(ref: str, who: Agent) -> dict[str, Any]:
+        found = seed_doc(intake.repo, ref)
+        if found is None:
+            raise HTTPException(404, f"no seed named {printable(ref[:64])}")
+        return found
 
     @app.post("/api/v1/agent/points", status_code=201)
     def commit(body: CommitRequest, who: Agent, request: Request) -> dict[str, str]:

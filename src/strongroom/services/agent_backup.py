@@ -24,6 +24,7 @@ from strongroom.remote.client import Client, split_servers
 from strongroom.remote.config import AgentConfig, RepositoryInfo, default_config_path
 from strongroom.remote.store import RemoteStore
 from strongroom.remote.tree_cache import open_tree_cache
+from strongroom.services.agent_seeds import select_through_server
 from strongroom.services.backup import (
     BackupRequest,
     BackupResult,
@@ -31,12 +32,14 @@ from strongroom.services.backup import (
     usable_paths,
 )
 from strongroom.services.recording import record_point
+from strongroom.services.seed_select import check_choice
 from strongroom.types import ProgressCallback, no_progress
 
 if TYPE_CHECKING:  # the restore pipeline is imported by restores only (a backup's start)
+    from strongroom.model.scope import ScopeSpec
     from strongroom.pipeline.restore import RestoreSummary
     from strongroom.services.points import PointFilter
-    from strongroom.services.restore import HowToRestore
+    from strongroom.services.restore import HowToRestore, ScopedRestore
 
 __all__ = [
     "AgentConfig",
@@ -140,13 +143,16 @@ def backup_through_server(
     cycles): only those paths are read, on the parent `req.parent` (one of the
     machine's own points), and only when that parent is the point the
     journal continues (`req.journal_base`); otherwise every file is compared,
-    as a local backup does. The journal itself stays on the agent. With
+    as a local backup does. The journal itself stays on the agent. Against
+    the repository's seeds as a local backup (`req.seeds`, --no-seeds, the
+    automatic choice; services/agent_seeds.py): the point records the seeds
+    used and each entry's provenance, and the server checks the seeds at the
+    commit. With
     `req.dry_run` nothing is sent and no point made: the files are read and
     cut, and the server is asked which of their chunks it lacks, so "added" is
     what a real run would upload."""
-    if req.seeds:
-        raise UsageError("through a server: no seeds")
     paths, path_warnings, missing = usable_paths(req.paths)
+    check_choice(req.seed_choice())
     if req.changed_paths is not None and len(paths) != 1:
         raise UsageError("changed paths from a change journal go with exactly one tree")
     parent: RecoveryPoint | None = None
@@ -172,6 +178,8 @@ def backup_through_server(
         )
         changed = None
     req.changed_paths = changed
+    selection = select_through_server(store, req.seed_choice(), paths)
+    warnings += selection.warnings
     options = BackupOptions(
         paths=paths,
         excludes=req.excludes,
@@ -195,6 +203,7 @@ def backup_through_server(
         parent_tree=bytes.fromhex(parent.tree) if parent else None,
         progress=progress,
         cancel=cancel,
+        matcher=selection.matcher,
     )
     summary = pipeline.run()
     summary.warnings[:0] = warnings
@@ -206,7 +215,10 @@ def backup_through_server(
         summary.data_added = sum(candidates[c] for c in lacking)
         summary.data_added_stored = 0
         seconds = (now() - started).total_seconds()
-        return BackupResult(None, summary, parent.id if parent else None, seconds)
+        return BackupResult(
+            None, summary, parent.id if parent else None, seconds,
+            pipeline.seed_record, selection.skipped,
+        )  # fmt: skip
     seconds = (now() - started).total_seconds()
     journal = {} if req.journal_sequence is None else {"journal_sequence": req.journal_sequence}
     point = record_point(
@@ -225,8 +237,11 @@ def backup_through_server(
             **req.summary_extra,
         },
         consistency=req.consistency,
+        seeds=pipeline.seed_record,
     )
-    return BackupResult(point, summary, point.parent, seconds)
+    return BackupResult(
+        point, summary, point.parent, seconds, pipeline.seed_record, selection.skipped
+    )
 
 
 def restore_through_server(
@@ -239,15 +254,22 @@ def restore_through_server(
     *,
     how: HowToRestore | None = None,
     jobs: int | None = None,
+    scope: ScopeSpec | None = None,
+    lacks_file: str | None = None,
+    scoped: ScopedRestore | None = None,
 ) -> tuple[RecoveryPoint, RestoreSummary]:
     """Restore one of the machine's files points (all of it, or the paths
     `includes` of it) into `target`, as a local restore does (`how`:
     --overwrite, --delete, --dry-run and who hears of each path; `jobs`: its
-    workers, None: the default)."""
+    workers, None: the default; `scope`, `lacks_file`: the part of a point
+    made against seeds, and where `--scope user` lists the seed files the
+    machine lacks; `scoped` receives what the caller reports of it)."""
+    from strongroom.model.scope import FULL
     from strongroom.services.restore import restore_files
 
     point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a files point")
-    summary = restore_files(store, point, target, includes, progress, cancel, jobs=jobs, how=how)
+    summary = restore_files(store, point, target, includes, progress, cancel,
+                            scope or FULL, lacks_file, scoped, jobs=jobs, how=how)  # fmt: skip
     return point, summary

@@ -82,8 +82,6 @@ def dry_run_image_through_server(
 ) -> ImageDryRun:
     """`backup --image SOURCE --dry-run --server`: what a block point of
     `machine` would upload (see the module)."""
-    if req.seeds:
-        raise UsageError("through a server: no --seed")
     if req.qmp:
         raise UsageError(
             "--dry-run reads image files and NBD exports, not a disk behind --qmp "
@@ -91,7 +89,7 @@ def dry_run_image_through_server(
         )
     req.changed_since = comparing_tracker(req.changed_since)
     req.host = machine
-    req.no_seeds = True
+    req.no_seeds = True  # a seed's blocks are stored: `lacking` leaves them out anyway
     identity = source_identity(req)
     points = agent_points(store)
     parent: RecoveryPoint | None

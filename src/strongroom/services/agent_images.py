@@ -9,8 +9,11 @@ The parent is the machine's own latest block point of the same source, read
 from the server (`/agent/points` lists only the machine's own points); its
 map is loaded through the server and its chunks are assumed stored (the
 server verified them when it committed the parent), so an incremental asks
-about and sends only the blocks whose content is new. Seeds are the server's
-repository state: no seed is matched, pinned or inherited through a server.
+about and sends only the blocks whose content is new. A first backup builds
+on the server's image seed as a local one does (`--seed NAME`, or the seed
+whose blocks match a sample of the source's; --no-seeds: none), the seed read
+through the server (services/agent_seeds.py `ServerSeeds`); an incremental
+inherits its parent's seed.
 A restore or export plans the map's blocks in address order, so the store
 fetches them ahead in batches.
 """
@@ -26,11 +29,13 @@ from strongroom.errors import UsageError
 from strongroom.model.blockmap import BlockMap, decode_root
 from strongroom.model.kinds import PointKind
 from strongroom.model.point import RecoveryPoint
+from strongroom.model.scope import FULL, ScopeSpec
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_restore import ImageRestoreSummary
 from strongroom.remote.store import RemoteStore
 from strongroom.repository.format import BlobType
 from strongroom.services.agent_backup import agent_points, find_own, restore_through_server
+from strongroom.services.agent_seeds import ServerSeeds
 from strongroom.services.export import ExportSummary, VhdType, export_vhd, export_vm_vhds
 from strongroom.services.image_backup import (
     ImageBackupRequest,
@@ -40,7 +45,15 @@ from strongroom.services.image_backup import (
     source_identity,
 )
 from strongroom.services.image_restore import restore_map
-from strongroom.services.restore import FilesRestored, HowToRestore, ImageRestored, VmRestored
+from strongroom.services.restore import (
+    FilesRestored,
+    HowToRestore,
+    ImageRestored,
+    RestoreRequest,
+    ScopedRestore,
+    VmRestored,
+    restore_image_scoped,
+)
 from strongroom.types import ProgressCallback, no_progress
 
 
@@ -52,10 +65,7 @@ def backup_image_through_server(
     cancel: threading.Event | None = None,
 ) -> ImageBackupResult:
     """Back up `req.source` as a block point of `machine` through the server."""
-    if req.seeds:
-        raise UsageError("through a server: no --seed (seeds are the server's)")
     req.host = machine
-    req.no_seeds = True
     identity = source_identity(req)
     points = agent_points(store)
     if req.parent:
@@ -68,7 +78,8 @@ def backup_image_through_server(
     if parent is not None:
         parent_map = load_block_map(store, bytes.fromhex(parent.tree))
         adopt_parent(store, parent, parent_map)
-    return run_image_backup(store, req, identity, parent, None, progress, cancel, parent_map)
+    seeds = ServerSeeds(store)  # the golden image it builds on, as locally
+    return run_image_backup(store, req, identity, parent, seeds, progress, cancel, parent_map)
 
 
 def adopt_parent(store: RemoteStore, parent: RecoveryPoint, parent_map: BlockMap) -> None:
@@ -121,29 +132,46 @@ def restore_own_point(
     includes: list[str] | None = None,
     how: HowToRestore | None = None,
     jobs: int | None = None,
+    scope: ScopeSpec = FULL,
+    lacks_file: str | None = None,
+    backing: tuple[str | None, bool] = (None, False),
 ) -> FilesRestored | ImageRestored | VmRestored:
     """`restore --server`: a files point (all of it, or its paths `includes`;
-    `how` as a local restore) into the folder `target`, a block point onto the
-    file, device or NBD URI `target`, or a VM point of the machine's cluster
-    into the folder `target` (DISK.raw)."""
+    `how`, `scope` and `lacks_file` as a local restore) into the folder
+    `target`, a block point onto the file, device or NBD URI `target` (with
+    `--scope user`: a qcow2 overlay on the golden image of `backing`,
+    (GOLDEN, --verify-backing), which is checked against the seed read
+    through the server), or a VM point of the machine's cluster into the
+    folder `target` (DISK.raw)."""
     point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES and (includes or (how is not None and not how.is_default)):
         raise UsageError(
             "through a server: --include, --overwrite, --delete and --dry-run restore files points"
         )
+    if point.kind != PointKind.FILES and lacks_file is not None:
+        raise UsageError(f"--lacks-file: point {point.short_id} is an image point")
+    if point.kind != PointKind.BLOCK and (backing[0] or backing[1]):
+        raise UsageError("--backing goes with image points (--scope user of a disk image)")
+    if point.kind == PointKind.VM and not scope.is_full:
+        raise UsageError(f"--scope {scope}: point {point.short_id} is a VM point (scopes: full)")
     if point.kind == PointKind.VM:  # one of the cluster's: every disk into the folder
         from strongroom.services.agent_vms import restore_vm_through_server
 
         return VmRestored(point, restore_vm_through_server(store, point, target, fmt, progress))
+    if point.kind == PointKind.BLOCK and (not scope.is_full or backing[0]):
+        req = RestoreRequest(point.id, target, [], fmt)
+        req.scope, (req.backing, req.verify_backing) = scope, backing
+        return restore_image_scoped(store, ServerSeeds(store), point, req, progress, None)
     if point.kind == PointKind.BLOCK:
         found, summary = restore_image_through_server(store, point.id, target, fmt, progress)
         return ImageRestored(found, summary)
     if fmt != "raw":
         raise UsageError("--format applies to image points")
-    found, files = restore_through_server(
-        store, point.id, target, progress, includes, how=how, jobs=jobs
-    )
-    return FilesRestored(found, files)
+    scoped = ScopedRestore()
+    found, files = restore_through_server(store, point.id, target, progress, includes, how=how,
+                                          jobs=jobs, scope=scope, lacks_file=lacks_file,
+                                          scoped=scoped)  # fmt: skip
+    return FilesRestored(found, files, scoped)
 
 
 def export_image_through_server(

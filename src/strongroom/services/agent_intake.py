@@ -17,7 +17,7 @@ Contract:
   fails if that write failed (the agent sends it again);
 - `commit` validates a point document (the model's codec), forces its host
   to the machine, refuses another host, a kind other than files, block or VM,
-  seeds (the server's repository state: no agent claims them), a lineage on
+  a seed the repository does not hold (services/agent_seeds.py), a lineage on
   a files point, a root that is not stored and a parent that is not one of
   the machine's own points of the same kind and paths (a block point's
   parent may also be of the image its lineage names as its backing file:
@@ -85,6 +85,7 @@ from strongroom.repository.entries import PackedChunk
 from strongroom.repository.format import BlobType
 from strongroom.repository.pack import blob_ad
 from strongroom.repository.repo import is_object_hex
+from strongroom.services.agent_seeds import check_point_seeds
 from strongroom.services.agent_vm_leases import check_vm_name
 from strongroom.services.points import load_point
 from strongroom.services.session import LockMode, open_repository
@@ -377,6 +378,7 @@ class Intake:
                 raise UsageError("the point's root tree is not stored: upload it first")
             if point.parent is not None:
                 self._check_parent(point, point.host)
+            check_point_seeds(self.repo, point, self._holds)
             point_id = self.repo.save_point(point.to_doc())
         made = catalog.add_agent_commit(machine.id, commit_id, point_id, datetime.now(UTC))
         if self._on_commit is not None:
@@ -514,8 +516,6 @@ def _check_document(doc: Any, machine: str, cluster: str | None = None) -> Recov
         raise UsageError("the point's host is not this machine")
     if point.kind not in (PointKind.FILES, PointKind.BLOCK, PointKind.VM):
         raise UsageError("agents commit files, block image and VM points only")
-    if point.seeds is not None:
-        raise UsageError("an agent's point names no seeds")
     if point.lineage is not None and point.kind != PointKind.BLOCK:
         raise UsageError("an agent's files point names no lineage")
     if point.kind == PointKind.BLOCK and len(point.paths) != 1:

@@ -48,7 +48,7 @@ from strongroom.services.image_seeds import (
 from strongroom.services.impact import limit_reads, read_bucket
 from strongroom.services.points import PointFilter, find_point, list_points
 from strongroom.services.recording import record_point
-from strongroom.services.seeds import find_seeds
+from strongroom.services.seeds import SeedRepository, find_seeds
 from strongroom.sources.block import BlockSource, NbdSource
 from strongroom.sources.images import OpenRules, open_image, probe_image
 from strongroom.sources.live import LiveDisk
@@ -391,7 +391,7 @@ def _export_name(uri: str) -> str:
 
 
 def _pinned_seed(
-    repo: Repository, req: ImageBackupRequest, parent: RecoveryPoint | None
+    repo: SeedRepository, req: ImageBackupRequest, parent: RecoveryPoint | None
 ) -> tuple[Seed, BlockMap] | None:
     """The seed named by --seed (one at most for an image), with its map; None
     when none was named or the parent already builds on it (the parent's map is
@@ -454,15 +454,16 @@ def run_image_backup(
     req: ImageBackupRequest,
     identity: str,
     parent: RecoveryPoint | None,
-    seeds_repo: Repository | None,
+    seeds_repo: SeedRepository | None,
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
     parent_map: BlockMap | None = None,
     begun: float | None = None,
 ) -> ImageBackupResult:
     """The backup once its parent is chosen, into `store` (a local repository,
-    or an agent's RemoteStore: then `seeds_repo` is None and no seed is
-    matched, pinned or inherited: seeds are the server's repository state).
+    or an agent's RemoteStore); its seeds are matched, pinned or inherited
+    from `seeds_repo` (the repository, or the server's seeds as an agent
+    reads them: services/agent_seeds.py; None: no seed at all).
     `parent_map`: the parent's map when the caller loaded it already.
     `begun`: when the caller started choosing the parent (`time.monotonic`).
 

@@ -34,6 +34,7 @@ from strongroom.services.image_seeds import (
     seed_of_point,
     verify_golden,
 )
+from strongroom.services.seeds import SeedRepository
 from strongroom.sources.block_targets import Qcow2Target, open_target
 from strongroom.sources.image_refs import ImageReferenceError
 from strongroom.sources.images import open_image, probe_image
@@ -82,11 +83,12 @@ def restore_map(
 
 
 def restore_overlay(
-    repo: Repository,
+    repo: ChunkStore,
     point: RecoveryPoint,
     backing: str,
     target: str,
     *,
+    seeds: SeedRepository,
     verify_full: bool = False,
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
@@ -94,10 +96,12 @@ def restore_overlay(
     """Write `target` as a qcow2 overlay on `backing` (the golden image of the
     seed the point builds on: checked first, by size and content, on a sample
     or fully) holding only the blocks where the point differs from the seed:
-    its own data, and explicit zeros where it has a hole and the seed data."""
+    its own data, and explicit zeros where it has a hole and the seed data.
+    `seeds`: where the seed is read (the repository, or the server's seeds as
+    an agent reads them)."""
     block_map = point_map(repo, point)
-    seed = seed_of_point(repo, point.seeds, f"point {point.short_id}")
-    base = seed_map(repo, seed)
+    seed = seed_of_point(seeds, point.seeds, f"point {point.short_id}")
+    base = seed_map(seeds, seed)
     only = differing_blocks(block_map, base)
     try:  # strongroom's sniff; the files it names are not read
         info = probe_image(backing)
@@ -114,7 +118,7 @@ def restore_overlay(
         raise UsageError(f"--target {target} is the golden image: write the overlay elsewhere")
     golden = open_image(info)
     try:
-        verify_golden(repo, golden, seed, base, full=verify_full, what=backing)
+        verify_golden(seeds, golden, seed, base, full=verify_full, what=backing)
     finally:
         golden.close()
     # Written under a temporary name and renamed when complete: a half-written

@@ -38,7 +38,7 @@ from strongroom.model.origin import PointSeeds, UsedSeed
 from strongroom.model.seed import Seed
 from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.repository.repo import Repository
-from strongroom.services.seeds import list_seeds, load_seed
+from strongroom.services.seeds import SeedRepository, list_seeds, load_seed
 from strongroom.sources.block import BlockSource
 from strongroom.sources.images import OpenRules, open_image, probe_image
 from strongroom.sources.qemu_img import check_consistency
@@ -108,7 +108,7 @@ def require_block_seed(seed: Seed) -> None:
         raise UsageError(f"seed {seed.name} holds files, not a disk image")
 
 
-def seed_map(repo: Repository, seed: Seed) -> BlockMap:
+def seed_map(repo: SeedRepository, seed: Seed) -> BlockMap:
     """The seed's block map (IntegrityError, naming the seed, if unreadable)."""
     require_block_seed(seed)
     try:
@@ -126,7 +126,7 @@ def sample_blocks(blocks: int, limit: int) -> list[int]:
 
 
 def hash_blocks(
-    repo: Repository, source: BlockSource, block_size: int, blocks: Iterable[int]
+    repo: SeedRepository, source: BlockSource, block_size: int, blocks: Iterable[int]
 ) -> dict[int, bytes | None]:
     """Block number -> the repository's chunk id of its content (None: all zeros,
     a hole in a map)."""
@@ -150,7 +150,7 @@ def _map_id(block_map: BlockMap, block: int) -> bytes | None:
 
 
 def choose_seed(
-    repo: Repository, source: BlockSource, block_size: int
+    repo: SeedRepository, source: BlockSource, block_size: int
 ) -> tuple[Seed, BlockMap] | None:
     """The BLOCK seed of the same virtual size and block size whose blocks, at
     the same addresses, equal most of a sample of `source`'s data blocks; None
@@ -230,7 +230,7 @@ def point_seeds(seed: Seed, point_map: BlockMap, base: BlockMap) -> PointSeeds:
 
 
 def inherited_seeds(
-    repo: Repository, record: PointSeeds, point_map: BlockMap
+    repo: SeedRepository, record: PointSeeds, point_map: BlockMap
 ) -> tuple[PointSeeds | None, str]:
     """An incremental's record: its parent's seed, the classes counted again for
     this point's map; (None, why) when the seed is gone or unreadable."""
@@ -247,7 +247,7 @@ def inherited_seeds(
     return point_seeds(seed, point_map, base), ""
 
 
-def seed_of_point(repo: Repository, record: PointSeeds | None, what: str) -> Seed:
+def seed_of_point(repo: SeedRepository, record: PointSeeds | None, what: str) -> Seed:
     """The one seed an image point builds on; UsageError if it has none or it was removed."""
     if record is None or not record.used:
         raise UsageError(f"{what} builds on no seed: restore it with --scope full")
@@ -265,7 +265,7 @@ def seed_of_point(repo: Repository, record: PointSeeds | None, what: str) -> See
 
 
 def verify_golden(
-    repo: Repository,
+    repo: SeedRepository,
     source: BlockSource,
     seed: Seed,
     base: BlockMap,

@@ -39,6 +39,7 @@ from strongroom.services.scope import (
     lacking_paths,
     write_lacks_file,
 )
+from strongroom.services.seeds import SeedRepository
 from strongroom.services.vm_restore import restore_vm
 from strongroom.services.vms import vm_path
 from strongroom.services.walk import find_node, iter_tree
@@ -57,6 +58,7 @@ __all__ = [  # with what the CLI takes from the pipeline through here
     "VmRestored",
     "point_path",
     "restore_files",
+    "restore_image_scoped",
     "restore_point",
     "restore_totals",
 ]
@@ -273,7 +275,7 @@ def restore_point(
         raise UsageError(f"point {p.short_id} is a {printable(p.kind)} point, not a VM point")
     if p.kind == PointKind.BLOCK:
         if not req.scope.is_full or req.backing:
-            return _restore_image_scoped(repo, p, req, progress, cancel)
+            return restore_image_scoped(repo, repo, p, req, progress, cancel)
         if not req.include:
             return ImageRestored(p, restore_image(repo, p, req.target, req.fmt, progress, cancel))
         paths = [point_path(path) for path in req.include]
@@ -300,15 +302,17 @@ def restore_point(
     return FilesRestored(p, summary, scoped)
 
 
-def _restore_image_scoped(
-    repo: Repository,
+def restore_image_scoped(
+    repo: ChunkStore,
+    seeds: SeedRepository,
     p: RecoveryPoint,
     req: RestoreRequest,
     progress: ProgressCallback,
     cancel: threading.Event | None,
 ) -> ImageRestored:
     """`--scope user` of an image point: only its own blocks, as a qcow2
-    overlay on the golden image (--backing) of the seed it builds on."""
+    overlay on the golden image (--backing) of the seed it builds on (read
+    from `seeds`: the repository, or the server's as an agent reads them)."""
     if req.scope.kind not in (ScopeKind.USER, ScopeKind.FULL):
         raise UsageError(f"point {p.short_id} is a disk image: its scopes are user and full")
     if req.scope.kind is not ScopeKind.USER:
@@ -327,6 +331,7 @@ def _restore_image_scoped(
         p,
         req.backing,
         req.target,
+        seeds=seeds,
         verify_full=req.verify_backing,
         progress=progress,
         cancel=cancel,

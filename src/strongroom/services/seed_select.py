@@ -34,6 +34,7 @@ from strongroom.pipeline.seed_match import (
     load_seed_files,
 )
 from strongroom.repository.repo import Repository
+from strongroom.repository.store import ChunkReader
 from strongroom.services.seeds import find_seeds, list_seeds
 
 
@@ -68,9 +69,22 @@ def select_seeds(repo: Repository, choice: SeedChoice, paths: list[str]) -> Sele
     check_choice(choice)
     if choice.no_seeds:
         return Selection(None)
+    seeds = find_seeds(repo, choice.refs) if choice.refs else list_seeds(repo)
+    return select_among(repo, seeds, choice, paths)
+
+
+def select_among(
+    reader: ChunkReader, seeds: list[Seed], choice: SeedChoice, paths: list[str]
+) -> Selection:
+    """`select_seeds` with the seeds at hand: the pinned ones (`choice.refs`)
+    or every seed (the candidates), their trees read through `reader` (a
+    repository, or an agent's store over its backup server)."""
+    check_choice(choice)
+    if choice.no_seeds:
+        return Selection(None)
     pinned = bool(choice.refs)
     if pinned:
-        candidates = find_seeds(repo, choice.refs)
+        candidates = seeds
         for seed in candidates:
             if seed.content != PointKind.FILES:
                 raise UsageError(
@@ -78,7 +92,7 @@ def select_seeds(repo: Repository, choice: SeedChoice, paths: list[str]) -> Sele
                     "file backups build on file seeds"
                 )
     else:
-        candidates = [s for s in list_seeds(repo) if s.content == PointKind.FILES]
+        candidates = [s for s in seeds if s.content == PointKind.FILES]
     if not candidates:
         return Selection(None)
     if len(candidates) > MAX_SEEDS_PER_POINT:
@@ -87,7 +101,7 @@ def select_seeds(repo: Repository, choice: SeedChoice, paths: list[str]) -> Sele
     warnings = []
     for seed in candidates:
         try:
-            loaded.append((seed, load_seed_files(repo, seed.name, seed.tree)))
+            loaded.append((seed, load_seed_files(reader, seed.name, seed.tree)))
         except StrongroomError as err:
             if pinned:
                 raise IntegrityError(f"seed {printable(seed.name)} cannot be read: {err}") from None

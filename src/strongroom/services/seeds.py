@@ -9,6 +9,7 @@ forced, and whoever prunes or checks sees seeds as roots beside the points.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from strongroom.errors import (
     IntegrityError,
@@ -19,10 +20,25 @@ from strongroom.errors import (
 from strongroom.model.names import printable
 from strongroom.model.point import RecoveryPoint
 from strongroom.model.seed import Seed, check_name
+from strongroom.repository.damage import DamageLog
 from strongroom.repository.format import seed_name as repo_seed_name
 from strongroom.repository.repo import Repository, is_object_hex
+from strongroom.repository.store import ChunkReader
 from strongroom.services.points import list_points
 from strongroom.services.walk import referenced_by_points
+
+
+class SeedRepository(ChunkReader, Protocol):
+    """What reading seeds needs: a local `Repository`, or an agent's view of its
+    backup server's seeds (services/agent_seeds.py `ServerSeeds`)."""
+
+    damage: DamageLog  # damaged seeds met, reported once
+
+    def chunk_id(self, data: bytes | bytearray | memoryview, /) -> bytes: ...
+
+    def list_seed_ids(self) -> list[str]: ...
+
+    def load_seed(self, seed_hex: str) -> dict[str, Any]: ...
 
 
 class SeedNotFound(UsageError):
@@ -33,7 +49,7 @@ class SeedExists(UsageError):
     pass
 
 
-def load_seed(repo: Repository, seed_hex: str) -> Seed:
+def load_seed(repo: SeedRepository, seed_hex: str) -> Seed:
     """One seed by full id; IntegrityError (naming it) if damaged or malformed."""
     doc = repo.load_seed(seed_hex)
     try:
@@ -45,7 +61,7 @@ def load_seed(repo: Repository, seed_hex: str) -> Seed:
     return seed
 
 
-def list_seeds(repo: Repository, *, strict: bool = False) -> list[Seed]:
+def list_seeds(repo: SeedRepository, *, strict: bool = False) -> list[Seed]:
     """Every readable seed, by name. A damaged seed object is reported once to
     `repo.damage` and skipped; with `strict` (prune) it raises instead: a seed
     that cannot be read may hold any chunk."""
@@ -65,9 +81,13 @@ def list_seeds(repo: Repository, *, strict: bool = False) -> list[Seed]:
     return sorted(seeds, key=lambda s: (s.name, s.time, s.id))
 
 
-def find_seed(repo: Repository, ref: str) -> Seed:
+def find_seed(repo: SeedRepository, ref: str) -> Seed:
     """The seed named `ref` (or whose id starts with `ref`, 8+ hex digits)."""
-    seeds = list_seeds(repo)
+    return pick_seed(list_seeds(repo), ref)
+
+
+def pick_seed(seeds: list[Seed], ref: str) -> Seed:
+    """`find_seed` among `seeds` (a repository's, or those a backup server lists)."""
     for seed in seeds:
         if seed.name == ref:
             return seed
@@ -79,11 +99,16 @@ def find_seed(repo: Repository, ref: str) -> Seed:
     raise SeedNotFound(f"no seed named {printable(ref)} (seeds: {known})")
 
 
-def find_seeds(repo: Repository, refs: list[str]) -> list[Seed]:
+def find_seeds(repo: SeedRepository, refs: list[str]) -> list[Seed]:
     """Each named seed once, in the order given."""
+    return pick_seeds(list_seeds(repo), refs) if refs else []
+
+
+def pick_seeds(seeds: list[Seed], refs: list[str]) -> list[Seed]:
+    """`find_seeds` among `seeds`."""
     found: dict[str, Seed] = {}
     for ref in refs:
-        seed = find_seed(repo, ref)
+        seed = pick_seed(seeds, ref)
         found.setdefault(seed.id, seed)
     return list(found.values())
 

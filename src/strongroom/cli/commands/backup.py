@@ -209,7 +209,7 @@ def backup(
 
     def files_request() -> BackupRequest:
         """The files backup asked for, locally or through a server (which refuses
-        --host and seeds above and takes the machine's name as the host)."""
+        --host above and takes the machine's name as the host)."""
         return BackupRequest(
             paths=list(paths),
             jobs=jobs,
@@ -231,9 +231,9 @@ def backup(
         )
 
     if through_server(servers, agent_config):
-        if host or seed_names or trust_seed_metadata or seed_root:
+        if host:
             raise click.UsageError(
-                "through a server: files or --image; VMs with --vm; no --host or seeds"
+                "through a server: no --host (the point's host is the enrolled machine)"
             )
         if vms and dry_run:
             from strongroom.cli.commands.vm import dry_run_vm_cmd
@@ -251,7 +251,8 @@ def backup(
             req = ImageBackupRequest(source=image, changed_since=tracker, qmp=qmp, node=node,
                                      scratch=scratch, tags=list(tag), parent=parent,
                                      block_size=block_size, image_format=image_format,
-                                     allow_backing=allow_backing, no_seeds=True)  # fmt: skip
+                                     allow_backing=allow_backing, seeds=list(seed_names),
+                                     no_seeds=no_seeds)  # fmt: skip
             if dry_run:
                 dry_run_image_cmd(app, req, (servers, agent_config))
             else:

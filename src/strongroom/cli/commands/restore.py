@@ -184,15 +184,14 @@ def restore(
             raise click.UsageError(
                 "through a server: no --host (an agent restores its own machine's points)"
             )
-        refused = vm or disks or at or from_media or backing or lacks_file or partition
-        if refused or scope_text != "full":
+        if vm or disks or at or from_media or partition:
             raise click.UsageError(
-                "through a server: no --vm, --disk, --at, --from-media, --backing, --scope, "
-                "--lacks-file or --partition"
+                "through a server: no --vm, --disk, --at, --from-media or --partition"
             )
         scoped = PointFilter([], list(tags), list(paths))
+        part = (ScopeSpec.parse(scope_text), lacks_file, backing, verify_backing)
         _restore_through_server(app, (servers, agent_config), point, target, fmt,
-                                list(include), how, jobs, scoped)  # fmt: skip
+                                list(include), how, jobs, scoped, part)  # fmt: skip
         return
     request = RestoreRequest(point, target, list(include), fmt, partition, vm, list(disks))
     request.scope = ScopeSpec.parse(scope_text)
@@ -248,9 +247,11 @@ def _restore_through_server(
     how: HowToRestore,
     jobs: int | None,
     scoped: PointFilter,
+    part: tuple[ScopeSpec, str | None, str | None, bool],
 ) -> None:
     """`restore --server`: one of the machine's own points (`latest` among
-    those `scoped` matches, said as locally), printed as a local restore."""
+    those `scoped` matches, said as locally; `part`: --scope, --lacks-file,
+    --backing and --verify-backing), printed as a local restore."""
     from strongroom.services.agent_backup import agent_points, find_own, open_agent
     from strongroom.services.agent_images import restore_own_point
 
@@ -263,8 +264,9 @@ def _restore_through_server(
             own = find_own(agent_points(store), ref, scoped)
             out.notice(f"using {describe_point(own)}")
             ref = own.id
-        done = restore_own_point(store, ref, target, fmt, progress,
-                                 includes=includes, how=how, jobs=jobs)  # fmt: skip
+        done = restore_own_point(store, ref, target, fmt, progress, includes=includes,
+                                 how=how, jobs=jobs, scope=part[0], lacks_file=part[1],
+                                 backing=(part[2], part[3]))  # fmt: skip
     if isinstance(done, VmRestored):
         _vm_restored(out, done)
     elif isinstance(done, ImageRestored):
