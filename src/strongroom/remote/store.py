@@ -143,6 +143,7 @@ class RemoteStore:
         self._read_lock = threading.Lock()
         self._plan: list[tuple[bytes, int]] = []  # data chunks in tree order, sizes
         self._planned: dict[bytes, int] = {}  # id -> first place in the plan
+        self._plan_by_trees = True  # each loaded tree's files planned (False: `plan_walk`)
         # Subtrees of the trees loaded, in tree order: a folder's loading also
         # fetches its siblings' trees (a walk over a parent point reads them
         # all, one request per folder otherwise).
@@ -392,6 +393,43 @@ class RemoteStore:
             self.traffic.trees_cached += 1
         return data
 
+    def plan_walk(self, root: bytes) -> None:
+        """Before a restore walks the point whose root tree is `root`: plan
+        every file's chunks in the walk's own order (depth first, entries in
+        node order, a folder's files after the folders before them), so a
+        data read fetches the `PREFETCH` chunks the restore needs next at
+        once. Planned as trees arrive (each tree's files, then its subtrees'),
+        the plan ran ahead of the walk only as far as the walk had gone, and
+        chunks fetched long before their turn filled the read-ahead cache:
+        a restore of many small folders made a request per two chunks.
+        Only with the tree cache (the walk then finds each tree there, not
+        asking the server twice); bounded by `MAX_PLAN`, each tree once."""
+        if self.tree_cache is None:
+            return
+        self._plan_by_trees = False  # from now on, this plan's order only
+        stack = [iter(self._wires(root))]
+        seen = {root}
+        while stack and len(self._plan) < MAX_PLAN:
+            wire = next(stack[-1], None)
+            if wire is None:
+                stack.pop()
+                continue
+            subtree = wire.get("st")
+            if type(subtree) is bytes and len(subtree) == ID_SIZE:
+                if subtree not in seen:
+                    seen.add(subtree)
+                    stack.append(iter(self._wires(subtree)))
+                continue
+            with self._read_lock:
+                self._plan_content(wire)
+        self.tree_cache.wait()
+
+    def _wires(self, tree: bytes) -> list[dict[Any, Any]]:
+        try:
+            return list(decode_wires(self.load_chunk(tree, BlobType.TREE)))
+        except (StrongroomError, ValueError, TypeError, KeyError):
+            return []  # the walk meets it too, and reports it
+
     def plan_reads(self, chunks: Iterable[tuple[bytes, int]]) -> None:
         """Data chunks (id, size) in the order they will be loaded: a load of
         one also fetches those after it (an image's blocks in address order)."""
@@ -420,11 +458,15 @@ class RemoteStore:
                         wanted.append(cid)
             return wanted
         at = self._planned.get(chunk_id) if blob_type is BlobType.DATA else None
-        if at is None:
-            return wanted
+        if at is None or self._cache_bytes + PREFETCH_BYTES > CACHE_BYTES:
+            return wanted  # what it fetched ahead would not be kept
+        # The next PREFETCH places of the plan only: skipping what is cached
+        # or in flight without a bound reached ever further ahead, filled the
+        # cache with chunks needed much later, and then every read fetched 64
+        # chunks to keep one (a files restore read its data dozens of times).
         size = 0
-        for cid, length in self._plan[at + 1 :]:
-            if len(wanted) >= PREFETCH or size + length > PREFETCH_BYTES:
+        for cid, length in self._plan[at + 1 : at + 1 + PREFETCH]:
+            if size + length > PREFETCH_BYTES:
                 break
             if cid not in self._cache and cid not in self._inflight and cid not in wanted:
                 wanted.append(cid)
@@ -487,18 +529,23 @@ class RemoteStore:
                 ):
                     self._tree_planned[subtree] = len(self._tree_plan)
                     self._tree_plan.append(subtree)
-                content, sizes = wire.get("c"), wire.get("cs")
-                if type(content) is not bytes or type(sizes) is not list:
-                    continue
-                if len(content) != ID_SIZE * len(sizes):
-                    continue
-                for n, size in enumerate(sizes):
-                    if len(self._plan) >= MAX_PLAN:
-                        return
-                    cid = content[n * ID_SIZE : (n + 1) * ID_SIZE]
-                    if type(size) is int and cid not in self._planned:
-                        self._planned[cid] = len(self._plan)
-                        self._plan.append((cid, size))
+                if self._plan_by_trees:
+                    self._plan_content(wire)
+
+    def _plan_content(self, wire: dict[Any, Any]) -> None:
+        """Under `_read_lock`: a file node's chunks, at the plan's end."""
+        content, sizes = wire.get("c"), wire.get("cs")
+        if type(content) is not bytes or type(sizes) is not list:
+            return
+        if len(content) != ID_SIZE * len(sizes):
+            return
+        for n, size in enumerate(sizes):
+            if len(self._plan) >= MAX_PLAN:
+                return
+            cid = content[n * ID_SIZE : (n + 1) * ID_SIZE]
+            if type(size) is int and cid not in self._planned:
+                self._planned[cid] = len(self._plan)
+                self._plan.append((cid, size))
 
     # --- points ------------------------------------------------------------------
 

@@ -270,6 +270,9 @@ def restore_through_server(
     point = find_own(agent_points(store), ref)
     if point.kind != PointKind.FILES:
         raise UsageError(f"point {point.short_id} is a {point.kind} point, not a files point")
+    whole = how is None or (how.overwrite == "always" and not how.dry_run)
+    if whole and not includes and (scope is None or scope.is_full):
+        store.plan_walk(bytes.fromhex(point.tree))  # every chunk is read: plan them all
     summary = restore_files(store, point, target, includes, progress, cancel,
                             scope or FULL, lacks_file, scoped, jobs=jobs, how=how)  # fmt: skip
     return point, summary
