@@ -24,6 +24,7 @@ Contract:
 # No `from __future__ import annotations`: FastAPI reads the endpoints'
 # annotations at definition time.
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Any
@@ -51,6 +52,8 @@ __all__ = ["BUNDLE_TYPE", "agent_dependency", "agent_routes"]
 
 ChunkHex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 _BAD_CREDENTIALS = "missing or wrong agent credentials"
+
+UPLOAD_SLOTS = 16  # bundles received and stored at once (memory: about 2 x 32 MiB each)
 
 
 class NewEnrollment(BaseModel):
@@ -214,10 +217,16 @@ def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Inta
         absent = intake.missing([bytes.fromhex(h) for h in body.ids])
         return {"missing": [c.hex() for c in absent]}
 
+    slots = asyncio.Semaphore(UPLOAD_SLOTS)
+
     async def upload(request: Request, who: Agent) -> dict[str, int]:
-        blob = await request.body()
+        # The body is read only with a slot: however many agents send at
+        # once, the server holds at most UPLOAD_SLOTS bundles (and their
+        # sealed forms); the others wait in their sockets.
         try:
-            stored = await run_in_threadpool(intake.store, blob)
+            async with slots:
+                blob = await request.body()
+                stored = await run_in_threadpool(intake.store, blob)
         except IntegrityError as err:
             await run_in_threadpool(audit, request, "agent.upload", who.name, "refused", None)
             raise HTTPException(422, f"bundle refused: {str(err)[:200]}") from None
