@@ -113,8 +113,8 @@ class BlobCache:
             row = self._query("SELECT data FROM blobs WHERE id = ?", (blob_id,))
             if row is None:
                 return None
-            data: bytes = bytes(row[0])
-            if not 0 < len(data) <= self.max_blob:
+            data = row[0]  # SQLite keeps any type in a BLOB column: bytes only
+            if not isinstance(data, bytes) or not 0 < len(data) <= self.max_blob:
                 self._delete([blob_id])
                 return None
             self._touched[blob_id] = time.time()  # recorded with the next write

