@@ -4,6 +4,7 @@ cache keep its size bound; a symlinked folder is never written through."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -33,6 +34,21 @@ def test_an_entry_that_is_no_blob_is_a_miss_and_dropped(tmp_path: Path, value: o
     assert cache.get(_id(1)) is None  # never TypeError, MemoryError or zero bytes
     assert not cache.has(_id(1))  # dropped
     assert cache.get(_id(999)) == b"seed"  # the rest of the cache still serves
+    cache.close()
+
+
+def test_a_symlinked_folder_is_never_written_through(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "blobs.sqlite").write_bytes(b"not yours")
+    folder = tmp_path / "c"
+    folder.symlink_to(elsewhere)
+    cache = BlobCache(str(folder), limit=1 << 20, max_blob=100)
+    cache.put(_id(1), b"tree")
+    assert cache.get(_id(1)) is None
+    cache.put(_id(2), b"tree")  # after its one restart, too
+    assert (elsewhere / "blobs.sqlite").read_bytes() == b"not yours"  # nothing removed
+    assert sorted(os.listdir(elsewhere)) == ["blobs.sqlite"]
     cache.close()
 
 

@@ -314,11 +314,18 @@ class BlobCache:
             self._broken = True
             return
         self._restarted = True
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                os.unlink(self.path + suffix)
-            except OSError:
-                pass
+        try:  # in the folder itself, never through a symlink in its place
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(DATABASE + suffix, dir_fd=fd)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
 
     def _disconnect(self) -> None:
         if self._db is not None:
