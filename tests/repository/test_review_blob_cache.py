@@ -37,6 +37,21 @@ def test_an_entry_that_is_no_blob_is_a_miss_and_dropped(tmp_path: Path, value: o
     cache.close()
 
 
+def test_two_processes_sharing_one_cache_keep_its_bound(tmp_path: Path) -> None:
+    folder = str(tmp_path / "c")
+    one = BlobCache(folder, limit=10_000, max_blob=5_000)
+    two = BlobCache(folder, limit=10_000, max_blob=5_000)  # another process's connection
+    one.put(_id(1), b"a" * 100)  # `one` counts the cache here: 100 bytes
+    for n in range(2, 4):
+        two.put(_id(n), b"b" * 4_000)  # 8 100 bytes now, under the bound
+    for n in range(4, 6):
+        one.put(_id(n), b"c" * 4_000)  # 16 100 bytes unless one sees two's writes
+    assert one.total_bytes <= 10_000
+    assert two.total_bytes <= 10_000
+    one.close()
+    two.close()
+
+
 def test_a_symlinked_folder_is_never_written_through(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

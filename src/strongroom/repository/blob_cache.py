@@ -23,7 +23,8 @@ Contract:
 - the total size is bounded (`limit`): when a write takes it over, the least
   recently used entries (by the time of their last write or hit) go until
   it is under 90 % of the bound. Processes sharing a cache share the
-  database (SQLite's locking), each evicting on its own writes;
+  database (SQLite's locking), each evicting on its own writes (counting
+  the others' writes: the total is counted again when another wrote);
 - `put_soon` hands the write to one background thread, which writes what is
   queued in one transaction; `wait` returns once every handed write is done,
   `close` also stops the thread and closes the database (a later call opens
@@ -91,6 +92,7 @@ class BlobCache:
         self._restarted = False  # an unreadable database was removed once
         self._broken = False  # ... and the new one failed too: no cache
         self._total: int | None = None  # bytes stored, counted at the first write
+        self._version: int | None = None  # SQLite's data_version when `_total` was counted
         self._touched: dict[bytes, float] = {}  # hits since the last write
         self._hit = False  # the database file's time was refreshed (`list_caches`)
         self._queue: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize=QUEUED)
@@ -222,10 +224,13 @@ class BlobCache:
             return
         now = time.time()
         try:
-            if self._total is None:
+            # another process's writes (data_version moves) count too: counted again
+            version = int(db.execute("PRAGMA data_version").fetchone()[0])
+            if self._total is None or version != self._version:
                 self._total = int(
                     db.execute("SELECT coalesce(sum(length(data)), 0) FROM blobs").fetchone()[0]
                 )
+                self._version = version
             with db:
                 added = 0
                 for blob_id, data in items:
@@ -328,6 +333,7 @@ class BlobCache:
             os.close(fd)
 
     def _disconnect(self) -> None:
+        self._version = None  # per connection
         if self._db is not None:
             try:
                 self._db.close()
