@@ -14,11 +14,16 @@ import pytest
 from strongroom.errors import RemoteError
 from strongroom.remote.config import RepositoryInfo
 from strongroom.remote.store import RemoteStore
+from strongroom.services.agent_seeds import server_seed
 
 INFO = RepositoryInfo(
     id="ab" * 32, id_key="cd" * 32, chunker_seed=1, cdc_min=1 << 10, cdc_avg=1 << 12,
     cdc_max=1 << 14,
 )  # fmt: skip
+SEED = {
+    "id": "ef" * 32, "name": "gold-os", "kind": "os", "content": "files", "tree": "01" * 32,
+    "time": "2026-01-01T00:00:00+00:00", "version": 1,
+}  # fmt: skip
 
 
 class _Answer:
@@ -61,3 +66,12 @@ def test_lacking_answers_only_among_the_ids_asked() -> None:
 def test_a_malformed_lacking_answer_is_one_remote_error(answer: Any) -> None:
     with pytest.raises(RemoteError):
         _store(answer).lacking([secrets.token_bytes(32)])
+
+
+def test_a_seed_other_than_the_one_asked_for_is_refused() -> None:
+    store = _store(SEED)
+    assert server_seed(store, "gold-os").name == "gold-os"
+    assert server_seed(store, "efefefef").name == "gold-os"  # an id prefix
+    for ref in ("gold-app", "abababab"):
+        with pytest.raises(RemoteError):
+            server_seed(store, ref)
