@@ -177,3 +177,54 @@ def test_a_waiter_on_a_failed_write_is_not_acknowledged_and_a_resend_stores_it(
     finally:
         intake.close()
     _check(tmp_path)
+
+
+class _Catalog:
+    """The catalog's two questions a commit asks (no commit seen before)."""
+
+    def find_agent_commit(self, _machine: int, _commit: str) -> str | None:
+        return None
+
+    def add_agent_commit(self, _machine: int, _commit: str, point_id: str, _at: Any) -> str:
+        return point_id
+
+
+def test_chunks_acknowledged_before_an_idle_gap_and_pruned_in_it_are_not_committed(
+    tmp_path: Path,
+) -> None:
+    """An agent paused (or reading already-sent data) for longer than the idle
+    time: its first chunks were acknowledged, then the shared lock went and a
+    prune ran; it uploads its trees and commits. The point must not name
+    chunks the repository no longer holds: the commit is refused (before
+    the fix it was saved, and check --read-data found its file lost)."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from strongroom.model.tree import FILE, Node, encode_tree
+
+    init_local_repository(tmp_path)
+    intake = Intake(str(tmp_path), PASSWORD.encode())
+    try:
+        data = os.urandom(6000)
+        early = _record(intake, data)
+        assert intake.store(bundle.encode([early]), "web1").added == 1  # acknowledged
+        intake._release()  # idle: the shared lock goes, a prune may run
+        pruned = run_cli(["prune"], dict(os.environ, STRONGROOM_REPO=str(tmp_path)))
+        assert pruned.rc == 0, pruned.err
+        node = Node(b"f", FILE, size=len(data), chunks=[early.chunk_id], chunk_sizes=[len(data)])
+        tree = _record(intake, encode_tree([node]), BlobType.TREE)
+        intake.store(bundle.encode([tree]), "web1")  # the agent's _known holds `early`
+        doc = {
+            "kind": "files", "time": datetime.now(UTC).isoformat(), "host": "web1",
+            "user": "root", "paths": ["/srv"], "tree": tree.chunk_id.hex(), "parent": None,
+            "tags": [], "summary": {},
+        }  # fmt: skip
+        machine = SimpleNamespace(id=1, name="web1", cluster=None)
+        with pytest.raises(agent_intake.UsageError, match="pruned while the server was idle"):
+            intake.commit(_Catalog(), machine, doc, "c" * 16)  # type: ignore[arg-type]
+        # sent again (the agent's next run asks anew), the same point commits
+        assert intake.store(bundle.encode([early]), "web1").added == 1
+        intake.commit(_Catalog(), machine, doc, "d" * 16)  # type: ignore[arg-type]
+    finally:
+        intake.close()
+    _check(tmp_path)
