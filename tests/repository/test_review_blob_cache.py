@@ -80,3 +80,28 @@ def test_a_database_of_another_shape_is_started_again(tmp_path: Path) -> None:
     cache.put(_id(3), b"newer")
     assert cache.get(_id(3)) == b"newer"
     cache.close()
+
+
+def test_two_processes_writing_at_once_never_start_the_database_again(tmp_path: Path) -> None:
+    """Contention is waited for (SQLite's busy timeout), never taken for
+    damage: a restart would remove the database the other one uses."""
+    import threading
+
+    folder = str(tmp_path / "c")
+    caches = [BlobCache(folder, limit=1 << 20, max_blob=1000) for _ in range(3)]
+
+    def write(n: int) -> None:
+        for i in range(150):
+            caches[n].put(_id(n * 1000 + i), bytes([n]) * 200)
+            caches[n].get(_id(((n + 1) % 3) * 1000 + i))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(c._restarted for c in caches)
+    for n in range(3):
+        assert caches[0].get(_id(n * 1000 + 149)) == bytes([n]) * 200
+    for c in caches:
+        c.close()
