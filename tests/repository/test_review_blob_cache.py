@@ -105,3 +105,14 @@ def test_two_processes_writing_at_once_never_start_the_database_again(tmp_path: 
         assert caches[0].get(_id(n * 1000 + 149)) == bytes([n]) * 200
     for c in caches:
         c.close()
+
+
+@pytest.mark.parametrize("folder", ["a#b", "a?b", "a%20b", "a b"])
+def test_entries_are_counted_under_any_folder_name(tmp_path: Path, folder: str) -> None:
+    from strongroom.repository.blob_cache import count_entries
+
+    cache = BlobCache(str(tmp_path / folder / "c"), limit=1 << 20, max_blob=100)
+    cache.put(_id(1), b"one")
+    cache.put(_id(2), b"two")
+    cache.close()
+    assert count_entries(cache.path) == 2

@@ -37,6 +37,7 @@ connection). A forked child must not use a cache its parent opened.
 from __future__ import annotations
 
 import os
+import pathlib
 import queue
 import re
 import shutil
@@ -346,7 +347,8 @@ def count_entries(path: str) -> int:
     """The entries of the cache database at `path` (0 if it cannot be read),
     for `strongroom cache`; opened read-only."""
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        uri = pathlib.Path(os.path.abspath(path)).as_uri()  # '#', '?', '%' quoted
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=1)
         try:
             return int(db.execute("SELECT count(*) FROM blobs").fetchone()[0])
         finally:
