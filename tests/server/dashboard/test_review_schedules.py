@@ -73,3 +73,17 @@ def test_hostile_numbers_and_text_are_one_refusal(msite: Site) -> None:  # noqa:
     nul = c.post("/schedules", data={"csrf_token": csrf, "name": "x\x00y", **PRUNE})
     assert nul.status_code == 400
     assert catalog.list_schedules() == []
+
+
+def test_what_a_schedule_names_is_shown_escaped(msite: Site) -> None:  # noqa: F811
+    c = msite.client
+    csrf = sign_in(c, "admin", ADMIN_PASSWORD)
+    files = {"what": "files", "machine": "web1", "paths": "/srv/<script>alert(1)</script>",
+             "tags": "<b>t</b>", **HOURLY}  # fmt: skip
+    made = c.post("/schedules", data={"csrf_token": csrf, "name": "x", **files})
+    assert made.status_code == 303
+    page = c.get("/schedules").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert(1)" not in page and "<b>t</b>" not in page
+    notice = c.get("/schedules", params={"notice": "<img src=x onerror=alert(1)>"}).text
+    assert "<img src=x" not in notice
