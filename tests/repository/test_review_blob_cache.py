@@ -116,3 +116,21 @@ def test_entries_are_counted_under_any_folder_name(tmp_path: Path, folder: str) 
     cache.put(_id(2), b"two")
     cache.close()
     assert count_entries(cache.path) == 2
+
+
+def test_an_oversized_entry_is_never_loaded(tmp_path: Path) -> None:
+    """A hostile database's 16 MiB row under a 100-byte bound: a miss,
+    dropped, without the process holding its bytes."""
+    import tracemalloc
+
+    cache = BlobCache(str(tmp_path / "c"), limit=1 << 20, max_blob=100)
+    _hostile(cache, [(_id(1), b"x" * (16 << 20))])
+    tracemalloc.start()
+    try:
+        assert cache.get(_id(1)) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert not cache.has(_id(1))
+    cache.close()

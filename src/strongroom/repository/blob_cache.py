@@ -113,10 +113,16 @@ class BlobCache:
         contract), or None."""
         _check_id(blob_id)
         with self._lock:
-            row = self._query("SELECT data FROM blobs WHERE id = ?", (blob_id,))
+            # the bytes only of a blob within the bound (SQLite keeps any type
+            # in a BLOB column, and a hostile row may be of any size): else NULL
+            row = self._query(
+                "SELECT CASE WHEN typeof(data) = 'blob' AND length(data) BETWEEN 1 AND ?"
+                " THEN data END FROM blobs WHERE id = ?",
+                (self.max_blob, blob_id),
+            )
             if row is None:
                 return None
-            data = row[0]  # SQLite keeps any type in a BLOB column: bytes only
+            data = row[0]
             if not isinstance(data, bytes) or not 0 < len(data) <= self.max_blob:
                 self._delete([blob_id])
                 return None
