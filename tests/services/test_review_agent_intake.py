@@ -228,3 +228,28 @@ def test_chunks_acknowledged_before_an_idle_gap_and_pruned_in_it_are_not_committ
     finally:
         intake.close()
     _check(tmp_path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review finding (not fixed): chunk ids carry no type and the intake dedupes "
+    "by id only, so bytes stored first as data make the same bytes as a tree unreadable",
+)
+def test_bytes_stored_as_data_by_one_agent_do_not_poison_the_same_bytes_as_a_tree(
+    tmp_path: Path,
+) -> None:
+    """One agent uploads some bytes as a data chunk; another machine's tree
+    blob is those very bytes (a predictable tree). The tree must read back
+    as a tree: the AEAD binds the type, so a data copy cannot stand for it."""
+    from strongroom.model.tree import FILE, Node, encode_tree
+
+    init_local_repository(tmp_path)
+    intake = Intake(str(tmp_path), PASSWORD.encode())
+    try:
+        blob = encode_tree([Node(b"motd", FILE, size=0)])
+        intake.store(bundle.encode([_record(intake, blob, BlobType.DATA)]), "mallory")
+        tree = _record(intake, blob, BlobType.TREE)
+        intake.store(bundle.encode([tree]), "web1")
+        assert intake.repo.load_chunk(tree.chunk_id, BlobType.TREE) == blob
+    finally:
+        intake.close()
