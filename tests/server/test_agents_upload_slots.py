@@ -37,13 +37,13 @@ def test_uploads_beyond_the_slots_wait_and_all_are_stored(
     lock = threading.Lock()
     real_store = intake.store
 
-    def store(blob: bytes) -> Any:
+    def store(blob: bytes, *more: Any) -> Any:
         with lock:
             busy[0] += 1
             most[0] = max(most[0], busy[0])
         try:
             time.sleep(0.2)  # long enough for every sender to be waiting
-            return real_store(blob)
+            return real_store(blob, *more)
         finally:
             with lock:
                 busy[0] -= 1

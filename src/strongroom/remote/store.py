@@ -269,7 +269,8 @@ class RemoteStore:
     def lacking(self, chunk_ids: list[bytes]) -> set[bytes]:
         """Which of `chunk_ids` the server lacks: `/agent/chunks/missing`, at most
         bundle.MAX_IDS a question (the uploads' negotiation, and `backup
-        --dry-run` through a server, which asks and sends nothing)."""
+        --dry-run` through a server, which asks and sends nothing). Only ids
+        asked for count; a malformed answer is a RemoteError."""
         lacking: set[bytes] = set()
         for start in range(0, len(chunk_ids), bundle.MAX_IDS):
             ids = [c.hex() for c in chunk_ids[start : start + bundle.MAX_IDS]]
@@ -280,7 +281,7 @@ class RemoteStore:
                 content=question,
                 content_type="application/json",
             )
-            lacking.update(bytes.fromhex(h) for h in reply.json()["missing"])
+            lacking.update(_among(reply.json(), chunk_ids[start : start + bundle.MAX_IDS]))
             with self._traffic_lock:
                 self.traffic.asked += len(ids)
                 self.traffic.questions += 1
@@ -592,3 +593,13 @@ class RemoteStore:
         if not isinstance(found, dict):
             raise RemoteError("the server's seed document is not an object")
         return found
+
+
+def _among(answer: Any, asked: list[bytes]) -> set[bytes]:
+    """The ids of a `missing` answer that were asked for (a server's word
+    about others is ignored); RemoteError when the answer is malformed."""
+    found = answer.get("missing") if isinstance(answer, dict) else None
+    if not isinstance(found, list) or not all(isinstance(h, str) for h in found):
+        raise RemoteError("the server's answer of missing chunks is malformed")
+    wanted = {c.hex(): c for c in asked}
+    return {wanted[h] for h in found if h in wanted}

@@ -23,7 +23,8 @@ Contract:
 - the total size is bounded (`limit`): when a write takes it over, the least
   recently used entries (by the time of their last write or hit) go until
   it is under 90 % of the bound. Processes sharing a cache share the
-  database (SQLite's locking), each evicting on its own writes;
+  database (SQLite's locking), each evicting on its own writes (counting
+  the others' writes: the total is counted again when another wrote);
 - `put_soon` hands the write to one background thread, which writes what is
   queued in one transaction; `wait` returns once every handed write is done,
   `close` also stops the thread and closes the database (a later call opens
@@ -36,6 +37,7 @@ connection). A forked child must not use a cache its parent opened.
 from __future__ import annotations
 
 import os
+import pathlib
 import queue
 import re
 import shutil
@@ -91,6 +93,7 @@ class BlobCache:
         self._restarted = False  # an unreadable database was removed once
         self._broken = False  # ... and the new one failed too: no cache
         self._total: int | None = None  # bytes stored, counted at the first write
+        self._version: int | None = None  # SQLite's data_version when `_total` was counted
         self._touched: dict[bytes, float] = {}  # hits since the last write
         self._hit = False  # the database file's time was refreshed (`list_caches`)
         self._queue: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize=QUEUED)
@@ -110,11 +113,17 @@ class BlobCache:
         contract), or None."""
         _check_id(blob_id)
         with self._lock:
-            row = self._query("SELECT data FROM blobs WHERE id = ?", (blob_id,))
+            # the bytes only of a blob within the bound (SQLite keeps any type
+            # in a BLOB column, and a hostile row may be of any size): else NULL
+            row = self._query(
+                "SELECT CASE WHEN typeof(data) = 'blob' AND length(data) BETWEEN 1 AND ?"
+                " THEN data END FROM blobs WHERE id = ?",
+                (self.max_blob, blob_id),
+            )
             if row is None:
                 return None
-            data: bytes = bytes(row[0])
-            if not 0 < len(data) <= self.max_blob:
+            data = row[0]
+            if not isinstance(data, bytes) or not 0 < len(data) <= self.max_blob:
                 self._delete([blob_id])
                 return None
             self._touched[blob_id] = time.time()  # recorded with the next write
@@ -222,10 +231,13 @@ class BlobCache:
             return
         now = time.time()
         try:
-            if self._total is None:
+            # another process's writes (data_version moves) count too: counted again
+            version = int(db.execute("PRAGMA data_version").fetchone()[0])
+            if self._total is None or version != self._version:
                 self._total = int(
                     db.execute("SELECT coalesce(sum(length(data)), 0) FROM blobs").fetchone()[0]
                 )
+                self._version = version
             with db:
                 added = 0
                 for blob_id, data in items:
@@ -314,13 +326,21 @@ class BlobCache:
             self._broken = True
             return
         self._restarted = True
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                os.unlink(self.path + suffix)
-            except OSError:
-                pass
+        try:  # in the folder itself, never through a symlink in its place
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(DATABASE + suffix, dir_fd=fd)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
 
     def _disconnect(self) -> None:
+        self._version = None  # per connection
         if self._db is not None:
             try:
                 self._db.close()
@@ -333,7 +353,8 @@ def count_entries(path: str) -> int:
     """The entries of the cache database at `path` (0 if it cannot be read),
     for `strongroom cache`; opened read-only."""
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        uri = pathlib.Path(os.path.abspath(path)).as_uri()  # '#', '?', '%' quoted
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=1)
         try:
             return int(db.execute("SELECT count(*) FROM blobs").fetchone()[0])
         finally:

@@ -214,7 +214,7 @@ def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Inta
 
     @app.post("/api/v1/agent/chunks/missing")
     def missing(body: MissingRequest, who: Agent) -> dict[str, list[str]]:
-        absent = intake.missing([bytes.fromhex(h) for h in body.ids])
+        absent = intake.missing([bytes.fromhex(h) for h in body.ids], who.name)
         return {"missing": [c.hex() for c in absent]}
 
     slots = asyncio.Semaphore(UPLOAD_SLOTS)
@@ -226,7 +226,7 @@ def _add_agent_routes(app: FastAPI, guards: Guards, agents: Agents, intake: Inta
         try:
             async with slots:
                 blob = await request.body()
-                stored = await run_in_threadpool(intake.store, blob)
+                stored = await run_in_threadpool(intake.store, blob, who.name)
         except IntegrityError as err:
             await run_in_threadpool(audit, request, "agent.upload", who.name, "refused", None)
             raise HTTPException(422, f"bundle refused: {str(err)[:200]}") from None

@@ -45,7 +45,11 @@ Contract:
   chunks acknowledged but not yet in a point; it is released after
   `IDLE_SECONDS` without a write, so a prune can run between backups. After
   such a gap the session forgets what it wrote and listed (a prune may have
-  removed it) and asks the storage again;
+  removed it) and asks the storage again. A prune in such a gap may also
+  remove chunks an agent was told are stored and still counts on (a backup
+  paused or silent that long): a files point whose machine first wrote for
+  it before a gap is committed only when every chunk its trees name is
+  stored (block and VM maps are checked whole at every commit);
 Thread safety: one lock serialises deciding who writes which chunk (the
 claims), index refreshes and point commits. Verification (decompression,
 hashing), encryption, the pack and index uploads (each `store` call writes
@@ -125,6 +129,8 @@ class Intake:
         self._refreshed = time.monotonic()
         self._last_write = time.monotonic()
         self._gap = False  # the shared lock was released since the index was read
+        self._lapses = 0  # how often the shared lock was released
+        self._since: dict[str, int] = {}  # machine -> `_lapses` at its first write since a commit
         self._active = 0  # `store` calls between their claim and its release
         self._in_flight: dict[bytes, Future[None]] = {}  # chunk id -> the call writing it
         self._stop = threading.Event()
@@ -161,6 +167,7 @@ class Intake:
             self.repo.held_lock.release()
             self.repo.held_lock = None
             self._gap = True
+            self._lapses += 1
 
     def _release_when_idle(self) -> None:
         while not self._stop.wait(min(IDLE_SECONDS / 4, 30.0)):
@@ -193,12 +200,13 @@ class Intake:
 
     # --- chunks --------------------------------------------------------------
 
-    def missing(self, ids: list[bytes]) -> list[bytes]:
+    def missing(self, ids: list[bytes], machine: str | None = None) -> list[bytes]:
         """The ids of `ids` the repository does not hold, in their order."""
         if len(ids) > MAX_IDS:
             raise UsageError(f"at most {MAX_IDS} ids per question")
         with self._lock:
             self._writing()
+            self._began(machine)
             absent = [c for c in ids if not self.repo.has_chunk(c)]
             if absent and time.monotonic() - self._refreshed >= REFRESH_SECONDS:
                 self.repo.refresh_index()
@@ -206,10 +214,13 @@ class Intake:
                 absent = [c for c in absent if not self.repo.has_chunk(c)]
         return absent
 
-    def store(self, blob: bytes) -> Stored:
+    def store(self, blob: bytes, machine: str | None = None) -> Stored:
         records = bundle.parse(blob)
         for record in records:  # all proven before any is stored
             bundle.verify(record, self.repo.compressor, self.repo.chunk_id)
+        if machine is not None:
+            with self._lock:
+                self._began(machine)
         mine, others, done = self._claim(records)
         try:
             if mine:
@@ -247,6 +258,29 @@ class Intake:
                     self._in_flight[r.chunk_id] = done
                     mine.append(r)
         return mine, list(others.values()), done
+
+    def _began(self, machine: str | None) -> None:
+        """Under `_lock`: note how often the lock had lapsed when `machine`
+        first wrote since its last commit (`_check_lapsed`)."""
+        if machine is not None:
+            self._since.setdefault(machine, self._lapses)
+
+    def _check_lapsed(self, point: RecoveryPoint, machine: str) -> None:
+        """Under `_lock`, at a files point's commit: when the shared lock
+        lapsed since the machine first wrote for it, a prune may have removed
+        chunks acknowledged before the gap (the agent holds them as sent), so
+        every chunk the point's trees name must be stored. (Block and VM
+        maps are checked whole at every commit.)"""
+        started = self._since.pop(machine, None)
+        if started is None or started == self._lapses or point.kind != PointKind.FILES:
+            return
+        from strongroom.services.walk import referenced_by_points
+
+        used, errors = referenced_by_points(self.repo, [point])
+        if errors or not all(self.repo.has_chunk(cid) for cid in used):
+            raise UsageError(
+                "chunks this backup sent were pruned while the server was idle: back up again"
+            )
 
     def _unclaim(
         self, mine: list[bundle.Record], done: Future[None], error: BaseException | None
@@ -376,6 +410,7 @@ class Intake:
                 self._check_vm_manifest(point)
             elif not self._holds(bytes.fromhex(point.tree)):
                 raise UsageError("the point's root tree is not stored: upload it first")
+            self._check_lapsed(point, machine.name)
             if point.parent is not None:
                 self._check_parent(point, point.host)
             check_point_seeds(self.repo, point, self._holds)

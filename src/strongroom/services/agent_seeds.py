@@ -153,10 +153,13 @@ def server_seeds(store: RemoteStore) -> list[Seed]:
 
 def server_seed(store: RemoteStore, ref: str) -> Seed:
     """The seed `ref` names (a name, or an id prefix of 8+ hex digits),
-    verified; RemoteError when the server has none or sends a malformed one."""
+    verified; RemoteError when the server has none or sends a malformed one
+    or another (neither of that name nor of that id prefix)."""
     seed = _decoded(store.seed(ref))
     if seed is None:
         raise RemoteError(f"the server's seed {printable(ref)} is malformed")
+    if seed.name != ref and not (len(ref) >= 8 and seed.id.startswith(ref)):
+        raise RemoteError(f"the server answered another seed than {printable(ref)}")
     return seed
 
 

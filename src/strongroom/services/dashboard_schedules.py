@@ -72,6 +72,15 @@ def _one(form: Fields, name: str) -> str:
     return values[0].strip() if values else ""
 
 
+def _name(form: Fields, name: str, what: str) -> str:
+    """A name field, refused when longer than any name (never cut to
+    another's: a schedule, machine or VM of the first 64 characters)."""
+    text = _one(form, name)
+    if len(text) > 64:
+        raise UsageError(f"{what} is at most 64 characters")
+    return text
+
+
 def _lines(form: Fields, name: str) -> list[str]:
     items = [s.strip() for s in _one(form, name).splitlines()]
     return [s for s in items if s][:MAX_LINES]
@@ -118,12 +127,12 @@ def read_schedule(form: Fields) -> NewSchedule:
     if found is None:
         raise UsageError("choose what to schedule")
     _, _, kind, on_agent = found
-    machine = _one(form, "machine")[:64] if on_agent else None
+    machine = _name(form, "machine", "a machine name") if on_agent else None
     if on_agent and not machine:
         raise UsageError("choose the machine whose agent runs it")
     every, calendar = read_when(form)
     spec = _SPECS[what](form)
-    return NewSchedule(_one(form, "name")[:64], kind, spec, machine, every, calendar)
+    return NewSchedule(_name(form, "name", "a schedule name"), kind, spec, machine, every, calendar)
 
 
 def _files_spec(form: Fields) -> dict[str, Any]:
@@ -160,7 +169,7 @@ def _vm_spec(form: Fields) -> dict[str, Any]:
     tracker = _one(form, "changed_since") or "auto"
     if tracker not in VM_TRACKERS:
         raise UsageError(f"changed since is one of {', '.join(VM_TRACKERS)}")
-    return {"kind": "vm", "vm": _one(form, "vm")[:64], "changed_since": tracker,
+    return {"kind": "vm", "vm": _name(form, "vm", "a VM name"), "changed_since": tracker,
             "tags": _commas(form, "tags")}  # fmt: skip
 
 

@@ -139,7 +139,8 @@ def add_schedule_pages(
         if action not in _ACTIONS:
             raise PageError(404, "no such action")
         form = await read_form(request)
-        done = await run_in_threadpool(change, request, form, name[:64], action)
+        # never cut: a longer name is no schedule's (not the one of its first 64)
+        done = await run_in_threadpool(change, request, form, name, action)
         return RedirectResponse(f"/schedules?notice={quote(done)}", status_code=303)
 
 
