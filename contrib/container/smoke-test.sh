@@ -16,11 +16,19 @@
 # 4. a NEW container on the same volume: no new repository, no new
 #    administrator (the old password signs in), the point is still there and
 #    restores byte-equal again.
+# 5. with SMOKE_S3=1: the scale-out shape. A throwaway Ceph RADOS Gateway
+#    (.ci/ceph-rgw-up.sh) and PostgreSQL cluster (Debian's postgresql, as
+#    nobody) on the host; two containers on the host's network over one S3
+#    prefix and one PostgreSQL catalog: the first creates the repository, the
+#    second opens it; a session made on one works on the other; the agent
+#    backs up through both and restores byte-equal.
 # Everything lives in SMOKE_DIR (podman's storage too: the host's podman
 # images are not touched) and is deleted at the end unless SMOKE_KEEP=1.
 # Exits non-zero at the first failure. Knobs: SMOKE_DIR, SMOKE_KEEP,
-# SMOKE_RUNTIME (runc, else crun), SMOKE_MIRROR, SMOKE_PORT.
+# SMOKE_RUNTIME (runc, else crun), SMOKE_MIRROR, SMOKE_PORT, SMOKE_S3.
 set -euo pipefail
+{ # one compound command: bash reads it whole before running it, so editing
+  # this file during a run does not change the run
 
 checkout=$(cd "$(dirname "$0")/../.." && pwd)
 work=${SMOKE_DIR:-/var/tmp/strongroom-smoke}
@@ -66,9 +74,15 @@ agent_env=(env -u STRONGROOM_PASSWORD -u STRONGROOM_PASSWORD_FILE -u STRONGROOM_
            "XDG_CACHE_HOME=$work/agent-cache" "XDG_DATA_HOME=$work/agent-data")
 agent() { "${agent_env[@]}" python3 -m strongroom "$@"; }
 
+as_nobody() { (cd / && runuser -u nobody -- "$@"); }   # PostgreSQL refuses root
+pg_bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -1)")
 cleanup() {
     rc=$?
-    podman rm -f -t 5 "$name" >/dev/null 2>&1 || true
+    podman rm -f -t 5 "$name" "$name-a" "$name-b" >/dev/null 2>&1 || true
+    [ -f "$work/pg/data/postmaster.pid" ] \
+        && { as_nobody "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate -w stop >/dev/null 2>&1 || true; }
+    [ -e "$work/ceph/.ceph-rgw-up" ] \
+        && { "$checkout/.ci/ceph-rgw-down.sh" "$work/ceph" >/dev/null 2>&1 || true; }
     if [ "${SMOKE_KEEP:-0}" != 1 ]; then
         podman volume rm -f "$volume" >/dev/null 2>&1 || true
         podman secret rm repo-password >/dev/null 2>&1 || true
@@ -80,7 +94,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Start from a clean slate when an earlier run was killed (idempotent).
-podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
+podman rm -f -t 0 "$name" "$name-a" "$name-b" >/dev/null 2>&1 || true
 podman volume rm -f "$volume" >/dev/null 2>&1 || true
 podman secret rm repo-password >/dev/null 2>&1 || true
 rm -rf "$work/agent-config" "$work/agent-cache" "$work/agent-data" "$work/tree" "$work/restored"*
@@ -166,3 +180,60 @@ session "$admin_pw" >/dev/null || fail "the administrator's password changed"
 [ "$(agent --json snapshots --server "$url" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 1 ] \
     || fail "the point did not survive the restart"
 restore_and_compare second
+
+[ "${SMOKE_S3:-0}" = 1 ] || exit 0
+
+say "5. two containers over one S3 prefix and one PostgreSQL catalog"
+podman rm -f -t 10 "$name" >/dev/null
+[ -x "$pg_bin/initdb" ] || fail "PostgreSQL is not installed (apt-get install postgresql)"
+install -d -o nobody -m 700 "$work/pg"
+pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+as_nobody "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync \
+    -E UTF8 --locale=C >/dev/null || fail "initdb"
+as_nobody "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w -t 60 \
+    -o "-k $work/pg -p $pg_port -c listen_addresses=127.0.0.1" start >/dev/null || fail "pg_ctl start"
+settings=$(MEMSTORE_BYTES=$((1 << 30)) "$checkout/.ci/ceph-rgw-up.sh" "$work/ceph") \
+    || fail "ceph-rgw-up.sh"
+eval "$settings"
+catalog=postgresql://postgres@127.0.0.1:$pg_port/postgres
+repo=s3:$AWS_ENDPOINT_URL/strongroom-smoke/server
+ports=("$port" "$((port + 1))")
+for i in 0 1; do
+    side=$([ "$i" = 0 ] && echo a || echo b)
+    podman run -d --name "$name-$side" --network host --secret repo-password \
+        -e STRONGROOM_PASSWORD_FILE=/run/secrets/repo-password -e STRONGROOM_REPO="$repo" \
+        -e STRONGROOM_CATALOG="$catalog" -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY \
+        -e AWS_DEFAULT_REGION -e AWS_REQUEST_CHECKSUM_CALCULATION \
+        -e AWS_RESPONSE_CHECKSUM_VALIDATION "$image" --listen "127.0.0.1:${ports[$i]}" >/dev/null
+    for _ in $(seq 300); do
+        curl -fsS "http://127.0.0.1:${ports[$i]}/api/v1/health" >/dev/null 2>&1 && break
+        [ "$(podman inspect -f '{{.State.Running}}' "$name-$side")" = true ] \
+            || { podman logs "$name-$side" >&2; fail "container $side exited"; }
+        sleep 0.2
+    done
+done
+logs_a=$(podman logs "$name-a" 2>&1) logs_b=$(podman logs "$name-b" 2>&1)
+grep -q "created a new repository at $repo" <<<"$logs_a" || fail "a did not create: $logs_a"
+! grep -q "created a new repository" <<<"$logs_b" || fail "b created the repository again"
+! grep -q "shown only now" <<<"$logs_b" || fail "b made a second administrator"
+admin_pw=$(grep "shown only now" <<<"$logs_a" | awk '{print $NF}')
+url=http://127.0.0.1:${ports[0]}
+csrf=$(session "$admin_pw" | json csrf_token) || fail "sign in on a"
+url=http://127.0.0.1:${ports[1]}   # the session cookie of a, on b: sessions are catalog rows
+token=$(curl -fsS -b "$work/cookies" -H "X-CSRF-Token: $csrf" -H 'Content-Type: application/json' \
+    -d '{"machine": "smoke-host"}' "$url/api/v1/enrollments" | json token) \
+    || fail "a's session refused on b"
+rm -rf "$work/agent-config" "$work/agent-cache" "$work/agent-data"
+both=http://127.0.0.1:${ports[0]},http://127.0.0.1:${ports[1]}
+agent agent enroll --server "$both" --token "$token" | grep -q smoke-host || fail "enroll (S3)"
+url=$both
+agent backup "$work/tree" --server "$both" >/dev/null || fail "backup through both (S3)"
+podman rm -f -t 10 "$name-a" >/dev/null   # b alone serves the restore
+url=http://127.0.0.1:${ports[1]}
+restore_and_compare s3
+objects=$(python3 -c 'import boto3, os, sys
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+print(s3.list_objects_v2(Bucket="strongroom-smoke", Prefix="server/")["KeyCount"])')
+[ "$objects" -gt 3 ] || fail "the S3 prefix holds $objects objects"
+exit 0
+}
