@@ -1,5 +1,5 @@
 """`strongroom server --init` (the container image's entrypoint): a fresh
-location gets a repository that `strongroom` then opens with the same
+location gets a repository (not with a weak password) that `strongroom` then opens with the same
 password; a location that holds one is never created again: with a wrong
 password the server refuses to start and the repository is unchanged."""
 
@@ -23,6 +23,9 @@ def test_server_init_creates_an_absent_repository_and_never_one_that_exists(
     assert not repo_path.exists()
     without = cli("server", "--listen", "127.0.0.1:1")
     assert without.rc == 10 and "strongroom init" in without.err  # no --init: not created
+    assert not (repo_path / "config").exists()
+    weak = cli("server", "--init", "--listen", "127.0.0.1:1", env={"STRONGROOM_PASSWORD": "short"})
+    assert weak.rc == 2 and "--init creates no repository" in weak.err
     assert not (repo_path / "config").exists()
 
     env = {**cli_env, "STRONGROOM_CATALOG": str(tmp_path / "catalog.sqlite")}

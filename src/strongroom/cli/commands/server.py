@@ -91,8 +91,11 @@ def _create(app: App, password: bytes) -> None:
     settings' compression. Creating refuses a location that holds a
     repository (RepositoryExists), so a second server starting at the same
     moment on the same S3 prefix fails instead of overwriting its key."""
-    from strongroom.services.session import create_repository
+    from strongroom.services.session import create_repository, password_warning
 
+    weak = password_warning(password)
+    if weak:  # the server has no --insecure-password: `strongroom init` does
+        raise UsageError(f"{weak}; --init creates no repository with it")
     create_repository(
         app.settings.repository,
         password,
