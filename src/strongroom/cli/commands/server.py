@@ -89,8 +89,8 @@ def server(
 def _create(app: App, password: bytes) -> None:
     """`--init` on an empty location: what `strongroom init` does with the
     settings' compression. Creating refuses a location that holds a
-    repository (RepositoryExists), so a second server starting at the same
-    moment on the same S3 prefix fails instead of overwriting its key."""
+    repository (RepositoryExists); two servers creating at the same moment
+    are not made safe here (docs/deploy.md: start the first one alone)."""
     from strongroom.services.session import create_repository, password_warning
 
     weak = password_warning(password)
