@@ -190,6 +190,10 @@ restore_and_compare second
 say "5. two containers over one S3 prefix and one PostgreSQL catalog"
 podman rm -f -t 10 "$name" >/dev/null
 [ -x "$pg_bin/initdb" ] || fail "PostgreSQL is not installed (apt-get install postgresql)"
+if [ -f "$work/pg/data/postmaster.pid" ]; then   # left by a killed run
+    as_nobody "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+fi
+rm -rf "$work/pg"
 install -d -o nobody -m 700 "$work/pg"
 pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 as_nobody "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync \
