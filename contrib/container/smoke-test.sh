@@ -200,6 +200,9 @@ as_nobody "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync \
     -E UTF8 --locale=C >/dev/null || fail "initdb"
 as_nobody "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w -t 60 \
     -o "-k $work/pg -p $pg_port -c listen_addresses=127.0.0.1" start >/dev/null || fail "pg_ctl start"
+# A cluster left by a killed run still holds that run's repository: a new one.
+[ -e "$work/ceph/.ceph-rgw-up" ] && { "$checkout/.ci/ceph-rgw-down.sh" "$work/ceph" >/dev/null 2>&1 || true; }
+rm -rf "$work/ceph"
 settings=$(MEMSTORE_BYTES=$((1 << 30)) "$checkout/.ci/ceph-rgw-up.sh" "$work/ceph") \
     || fail "ceph-rgw-up.sh"
 eval "$settings"
