@@ -74,11 +74,15 @@ agent_env=(env -u STRONGROOM_PASSWORD -u STRONGROOM_PASSWORD_FILE -u STRONGROOM_
            "XDG_CACHE_HOME=$work/agent-cache" "XDG_DATA_HOME=$work/agent-data")
 agent() { "${agent_env[@]}" python3 -m strongroom "$@"; }
 
+# One at a time: podman 4.3's `rm -f A B C` removes nothing after a missing A.
+remove_containers() {
+    for c in "$name" "$name-a" "$name-b"; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
+}
 as_nobody() { (cd / && runuser -u nobody -- "$@"); }   # PostgreSQL refuses root
 pg_bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -1)")
 cleanup() {
     rc=$?
-    podman rm -f -t 5 "$name" "$name-a" "$name-b" >/dev/null 2>&1 || true
+    remove_containers
     [ -f "$work/pg/data/postmaster.pid" ] \
         && { as_nobody "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate -w stop >/dev/null 2>&1 || true; }
     [ -e "$work/ceph/.ceph-rgw-up" ] \
@@ -94,9 +98,13 @@ cleanup() {
 trap cleanup EXIT
 
 # Start from a clean slate when an earlier run was killed (idempotent).
-podman rm -f -t 0 "$name" "$name-a" "$name-b" >/dev/null 2>&1 || true
+remove_containers
 podman volume rm -f "$volume" >/dev/null 2>&1 || true
 podman secret rm repo-password >/dev/null 2>&1 || true
+for p in "$port" "$((port + 1))"; do   # a removed container's port may take a moment
+    for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || break; sleep 0.2; done
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || fail "port $p is in use (SMOKE_PORT=...)"
+done
 rm -rf "$work/agent-config" "$work/agent-cache" "$work/agent-data" "$work/tree" "$work/restored"*
 
 if ! podman image exists "$base"; then
