@@ -7,7 +7,7 @@ import sys
 import click
 
 from strongroom.cli.context import App, pass_app
-from strongroom.errors import UsageError
+from strongroom.errors import RepositoryNotFound, UsageError
 from strongroom.server import parse_listen, run
 from strongroom.server.assembly import assemble
 from strongroom.server.run import DEFAULT_LISTEN
@@ -30,16 +30,33 @@ from strongroom.services.server_points import check_repository
     is_flag=True,
     help="Run no schedules and no server-side jobs in this process (API only).",
 )
+@click.option(
+    "--init",
+    "init_absent",
+    is_flag=True,
+    help="Create the repository with the password first when its location holds none "
+    "(a container's first start); one that exists is only opened.",
+)
 @pass_app
 def server(
-    app: App, listen: str, tls_cert: str | None, tls_key: str | None, no_scheduler: bool
+    app: App,
+    listen: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    no_scheduler: bool,
+    init_absent: bool,
 ) -> None:
     """Serve the HTTP API over the repository and the catalog of the settings."""
     where = parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     password = app.password()  # once: a terminal prompt is not repeated
-    check_repository(app.settings.repository, password)  # or the server does not start
+    try:
+        check_repository(app.settings.repository, password)  # or the server does not start
+    except RepositoryNotFound:
+        if not init_absent:
+            raise
+        _create(app, password)
     accounts = Accounts.open(app.settings.catalog)
     try:
         created = accounts.ensure_administrator(_ask_administrator_password)
@@ -67,6 +84,25 @@ def server(
             built.close()
     finally:
         accounts.close()
+
+
+def _create(app: App, password: bytes) -> None:
+    """`--init` on an empty location: what `strongroom init` does with the
+    settings' compression. Creating refuses a location that holds a
+    repository (RepositoryExists); two servers creating at the same moment
+    are not made safe here (docs/deploy.md: start the first one alone)."""
+    from strongroom.services.session import create_repository, password_warning
+
+    weak = password_warning(password)
+    if weak:  # the server has no --insecure-password: `strongroom init` does
+        raise UsageError(f"{weak}; --init creates no repository with it")
+    create_repository(
+        app.settings.repository,
+        password,
+        app.settings.compression,
+        compression_mode=app.settings.compression_mode,
+    )
+    app.out.notice(f"created a new repository at {app.settings.repository}")
 
 
 def _ask_administrator_password() -> str | None:
