@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +27,30 @@ def _bundle(intake: Intake, data: bytes) -> tuple[bytes, bytes]:
     return cid, bundle.encode([bundle.Record(cid, BlobType.DATA, len(data), payload)])
 
 
-def test_a_chunk_pruned_during_an_idle_gap_is_stored_again(tmp_path: Path) -> None:
+@pytest.fixture
+def intake(tmp_path: Path) -> Iterator[Intake]:
+    """An intake on a fresh local repository, closed after the test."""
     init_local_repository(tmp_path)
-    intake = Intake(str(tmp_path), PASSWORD.encode())
+    opened = Intake(str(tmp_path), PASSWORD.encode())
     try:
-        data = os.urandom(5000)
-        cid, blob = _bundle(intake, data)
-        assert intake.store(blob).added == 1
-        assert intake.store(blob).added == 0  # held: not stored twice
-        intake._release()  # the idle gap: a prune may run now ...
-        for pack in (tmp_path / "data").rglob("*"):
-            if pack.is_file():
-                pack.unlink()  # ... and it removed the pack
-        assert intake.repo.has_chunk(cid)  # the session's word, until the lock
-        stored = intake.store(blob)
-        assert (stored.received, stored.added) == (1, 1)
-        assert intake.repo.load_chunk(cid, BlobType.DATA) == data
+        yield opened
     finally:
-        intake.close()
+        opened.close()
+
+
+def test_a_chunk_pruned_during_an_idle_gap_is_stored_again(intake: Intake, tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    cid, blob = _bundle(intake, data)
+    assert intake.store(blob).added == 1
+    assert intake.store(blob).added == 0  # held: not stored twice
+    intake._release()  # the idle gap: a prune may run now ...
+    for pack in (tmp_path / "data").rglob("*"):
+        if pack.is_file():
+            pack.unlink()  # ... and it removed the pack
+    assert intake.repo.has_chunk(cid)  # the session's word, until the lock
+    stored = intake.store(blob)
+    assert (stored.received, stored.added) == (1, 1)
+    assert intake.repo.load_chunk(cid, BlobType.DATA) == data
 
 
 def _gated_writes(intake: Intake, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> Gate:
@@ -87,92 +93,77 @@ def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]
 
 
 def test_agents_upload_at_once_and_a_shared_chunk_is_written_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    intake: Intake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    init_local_repository(tmp_path)
-    intake = Intake(str(tmp_path), PASSWORD.encode())
-    try:
-        gate = _gated_writes(intake, monkeypatch)
-        shared, own = os.urandom(7000), os.urandom(6000)
-        shared_id, first = _bundle(intake, shared)
-        own_id = intake.repo.chunk_id(own)
-        second = bundle.encode(
-            [
-                bundle.Record(
-                    shared_id, BlobType.DATA, len(shared), intake.repo.compressor.pack(shared)
-                ),
-                bundle.Record(own_id, BlobType.DATA, len(own), intake.repo.compressor.pack(own)),
-            ]
-        )
-        a, a_out = _in_thread(lambda: intake.store(first))
-        gate.entered.get(timeout=10)  # the first holds `shared` in flight
-        b, b_out = _in_thread(lambda: intake.store(second))
-        gate.entered.get(timeout=10)  # the second writes its own chunk meanwhile:
-        # both uploads are in flight at once (no lock held across them)
-        assert a.is_alive() and b.is_alive()
-        gate.go.set()
-        a.join(10)
-        b.join(10)
-        assert (a_out["value"].added, b_out["value"].added) == (1, 1)  # `shared` once
-        assert intake.repo.load_chunk(shared_id, BlobType.DATA) == shared
-        assert intake.repo.load_chunk(own_id, BlobType.DATA) == own
-        assert len(intake.repo.index.lookup_all(shared_id)) == 1
-    finally:
-        intake.close()
+    gate = _gated_writes(intake, monkeypatch)
+    shared, own = os.urandom(7000), os.urandom(6000)
+    shared_id, first = _bundle(intake, shared)
+    own_id = intake.repo.chunk_id(own)
+    second = bundle.encode(
+        [
+            bundle.Record(
+                shared_id, BlobType.DATA, len(shared), intake.repo.compressor.pack(shared)
+            ),
+            bundle.Record(own_id, BlobType.DATA, len(own), intake.repo.compressor.pack(own)),
+        ]
+    )
+    a, a_out = _in_thread(lambda: intake.store(first))
+    gate.entered.get(timeout=10)  # the first holds `shared` in flight
+    b, b_out = _in_thread(lambda: intake.store(second))
+    gate.entered.get(timeout=10)  # the second writes its own chunk meanwhile:
+    # both uploads are in flight at once (no lock held across them)
+    assert a.is_alive() and b.is_alive()
+    gate.go.set()
+    a.join(10)
+    b.join(10)
+    assert (a_out["value"].added, b_out["value"].added) == (1, 1)  # `shared` once
+    assert intake.repo.load_chunk(shared_id, BlobType.DATA) == shared
+    assert intake.repo.load_chunk(own_id, BlobType.DATA) == own
+    assert len(intake.repo.index.lookup_all(shared_id)) == 1
 
 
 def test_a_failed_upload_fails_the_call_waiting_on_it_and_a_resend_stores_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    intake: Intake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    init_local_repository(tmp_path)
-    intake = Intake(str(tmp_path), PASSWORD.encode())
-    try:
-        gate = _gated_writes(intake, monkeypatch, fail=True)
-        data = os.urandom(5000)
-        cid, blob = _bundle(intake, data)
-        a, a_out = _in_thread(lambda: intake.store(blob))
-        gate.entered.get(timeout=10)
-        claimed = threading.Event()
-        real_claim = intake._claim
+    gate = _gated_writes(intake, monkeypatch, fail=True)
+    data = os.urandom(5000)
+    cid, blob = _bundle(intake, data)
+    a, a_out = _in_thread(lambda: intake.store(blob))
+    gate.entered.get(timeout=10)
+    claimed = threading.Event()
+    real_claim = intake._claim
 
-        def claim(records: Any) -> Any:
-            found = real_claim(records)
-            claimed.set()
-            return found
+    def claim(records: Any) -> Any:
+        found = real_claim(records)
+        claimed.set()
+        return found
 
-        monkeypatch.setattr(intake, "_claim", claim)
-        b, b_out = _in_thread(lambda: intake.store(blob))
-        assert claimed.wait(10)  # b found a's write in flight, and waits on it
-        gate.go.set()
-        a.join(10)
-        b.join(10)
-        assert isinstance(a_out["error"], StorageError)
-        assert isinstance(b_out["error"], RepositoryError)  # never acknowledged unwritten
-        assert not intake._in_flight and not intake._active
-        assert not intake.repo.has_chunk(cid)
-        assert intake.store(blob).added == 1  # the agent sends it again
-        assert intake.repo.load_chunk(cid, BlobType.DATA) == data
-    finally:
-        intake.close()
+    monkeypatch.setattr(intake, "_claim", claim)
+    b, b_out = _in_thread(lambda: intake.store(blob))
+    assert claimed.wait(10)  # b found a's write in flight, and waits on it
+    gate.go.set()
+    a.join(10)
+    b.join(10)
+    assert isinstance(a_out["error"], StorageError)
+    assert isinstance(b_out["error"], RepositoryError)  # never acknowledged unwritten
+    assert not intake._in_flight and not intake._active
+    assert not intake.repo.has_chunk(cid)
+    assert intake.store(blob).added == 1  # the agent sends it again
+    assert intake.repo.load_chunk(cid, BlobType.DATA) == data
 
 
 def test_an_upload_in_flight_keeps_the_shared_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    intake: Intake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    init_local_repository(tmp_path)
-    intake = Intake(str(tmp_path), PASSWORD.encode())
-    try:
-        gate = _gated_writes(intake, monkeypatch)
-        _cid, blob = _bundle(intake, os.urandom(5000))
-        a, a_out = _in_thread(lambda: intake.store(blob))
-        gate.entered.get(timeout=10)
-        monkeypatch.setattr("strongroom.services.agent_intake.IDLE_SECONDS", 0.0)
-        intake._release_if_idle()  # idle by the clock, but an upload is in flight
-        assert intake.repo.held_lock is not None
-        gate.go.set()
-        a.join(10)
-        assert a_out["value"].added == 1
-        intake._release_if_idle()  # now idle: a prune may run
-        assert intake.repo.held_lock is None
-    finally:
-        intake.close()
+    gate = _gated_writes(intake, monkeypatch)
+    _cid, blob = _bundle(intake, os.urandom(5000))
+    a, a_out = _in_thread(lambda: intake.store(blob))
+    gate.entered.get(timeout=10)
+    monkeypatch.setattr("strongroom.services.agent_intake.IDLE_SECONDS", 0.0)
+    intake._release_if_idle()  # idle by the clock, but an upload is in flight
+    assert intake.repo.held_lock is not None
+    gate.go.set()
+    a.join(10)
+    assert a_out["value"].added == 1
+    intake._release_if_idle()  # now idle: a prune may run
+    assert intake.repo.held_lock is None
