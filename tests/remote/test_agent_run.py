@@ -16,14 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from strongroom.catalog import Catalog
 from strongroom.services.scheduler import Scheduler
 from tests.conftest import CliRunner
 from tests.helpers.cli import strongroom_command
 from tests.helpers.compare import walk_differences
-from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
+from tests.server.test_server_process import _free_port, _start, _stop, _wait_up, admin_client
 
 
 def _agent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -58,10 +56,7 @@ def test_agent_run_once_runs_backup_restore_failing_and_scheduled_jobs(
     os.symlink("small.txt", src / "link")
     try:
         _wait_up(proc, base, log)
-        line = next(ln for ln in log.read_text().splitlines() if "shown only now" in ln)
-        http = httpx.Client(base_url=base, timeout=30)
-        signed = http.post("/api/v1/session", json={"name": "admin", "password": line.split()[-1]})
-        http.headers["X-CSRF-Token"] = signed.json()["csrf_token"]
+        http = admin_client(base, log, timeout=30)
         token = http.post("/api/v1/enrollments", json={"machine": "laptop"}).json()["token"]
         enrolled = _agent("agent", "enroll", "--server", base, "--token", token)
         assert enrolled.returncode == 0, enrolled.stderr

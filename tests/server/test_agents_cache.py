@@ -35,16 +35,26 @@ class Recorder(httpx.BaseTransport):
         return self.inner.handle_request(request)
 
 
-def _backup(
-    creds: dict[str, Any], at: Site, src: Path, cache: BlobCache | None
-) -> tuple[BackupResult, RemoteStore, Recorder]:
+def recorded_store(
+    creds: dict[str, Any], at: Site, cache: BlobCache | None
+) -> tuple[RemoteStore, Recorder]:
+    """The agent's store of `creds` against the in-process server, every
+    request recorded."""
     recorder = Recorder(at)
     client = Client(
         ["http://testserver"],
         f"{creds['agent_id']}.{creds['secret']}",
         http=httpx.Client(transport=recorder),
     )
-    store = RemoteStore(client, RepositoryInfo.from_doc(creds["repository"]), tree_cache=cache)
+    return RemoteStore(
+        client, RepositoryInfo.from_doc(creds["repository"]), tree_cache=cache
+    ), recorder
+
+
+def _backup(
+    creds: dict[str, Any], at: Site, src: Path, cache: BlobCache | None
+) -> tuple[BackupResult, RemoteStore, Recorder]:
+    store, recorder = recorded_store(creds, at, cache)
     try:
         result = backup_through_server(store, "pc-1", BackupRequest(paths=[str(src)]))
     finally:

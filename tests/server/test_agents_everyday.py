@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.helpers.cli import FAST_KDF, PASSWORD, CliResult, assert_one_line_error, run_cli
 from tests.helpers.fuse_mount import Mount, mounted, needs_fuse
-from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
+from tests.server.test_server_process import _free_port, _start, _stop, _wait_up, admin_client
 
 _DROPPED = ("STRONGROOM_REPO", "STRONGROOM_PASSWORD", "STRONGROOM_PASSWORD_FILE",
             "STRONGROOM_CONFIG", "STRONGROOM_NO_CACHE", "STRONGROOM_CATALOG")  # fmt: skip
@@ -69,10 +68,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     server = _start(admin_env, port, log)
     try:
         _wait_up(server, base, log)
-        line = next(ln for ln in log.read_text().splitlines() if "shown only now" in ln)
-        http = httpx.Client(base_url=base)
-        signed = http.post("/api/v1/session", json={"name": "admin", "password": line.split()[-1]})
-        http.headers["X-CSRF-Token"] = signed.json()["csrf_token"]
+        http = admin_client(base, log)
         configs = {}
         for machine in ("alpha", "beta"):
             token = http.post("/api/v1/enrollments", json={"machine": machine}).json()["token"]

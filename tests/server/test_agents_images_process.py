@@ -12,12 +12,10 @@ import os
 import re
 from pathlib import Path
 
-import httpx
-
 from tests.conftest import CliRunner
 from tests.helpers.cli import assert_one_line_error, run_cli
 from tests.helpers.images import BS, QEMU, MiB, qemu_io, run
-from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
+from tests.server.test_server_process import _free_port, _start, _stop, _wait_up, admin_client
 
 pytestmark = QEMU
 
@@ -47,10 +45,7 @@ def test_a_qcow2_image_through_a_real_server_with_its_dirty_bitmap(
     server = _start(env, port, log)
     try:
         _wait_up(server, base, log)
-        line = next(ln for ln in log.read_text().splitlines() if "shown only now" in ln)
-        http = httpx.Client(base_url=base)
-        signed = http.post("/api/v1/session", json={"name": "admin", "password": line.split()[-1]})
-        http.headers["X-CSRF-Token"] = signed.json()["csrf_token"]
+        http = admin_client(base, log)
         token = http.post("/api/v1/enrollments", json={"machine": "vmhost"}).json()["token"]
         agent_env = {k: v for k, v in os.environ.items()
                      if k not in ("STRONGROOM_PASSWORD", "STRONGROOM_REPO")}  # fmt: skip

@@ -29,7 +29,7 @@ from tests.conftest import CliRunner
 from tests.helpers.cli import run_cli
 from tests.helpers.volumes import MiB, Writer, check_writes, clean_everything, needs_volumes
 from tests.protect.test_service import CYCLE, pytestmark, tree, write_policy  # noqa: F401
-from tests.server.test_server_process import _free_port, _start, _stop, _wait_up
+from tests.server.test_server_process import _free_port, _start, _stop, _wait_up, admin_client
 
 
 def _agent(env: dict[str, str], *args: str, timeout: float = 120) -> list[dict[str, Any]]:
@@ -73,10 +73,7 @@ def served(cli: CliRunner, cli_env: dict[str, str], tmp_path: Path) -> Iterator[
     server = _start(env, port, log)
     try:
         _wait_up(server, base, log)
-        line = next(ln for ln in log.read_text().splitlines() if "shown only now" in ln)
-        http = httpx.Client(base_url=base)
-        signed = http.post("/api/v1/session", json={"name": "admin", "password": line.split()[-1]})
-        http.headers["X-CSRF-Token"] = signed.json()["csrf_token"]
+        http = admin_client(base, log)
         token = http.post("/api/v1/enrollments", json={"machine": "web1"}).json()["token"]
         agent_env = {k: v for k, v in cli_env.items()
                      if k not in ("STRONGROOM_PASSWORD", "STRONGROOM_REPO")}  # fmt: skip

@@ -13,19 +13,12 @@ from pathlib import Path
 import pytest
 
 from strongroom.remote import store as remote_store
+from strongroom.remote.store import RemoteStore
+from strongroom.remote.tree_cache import open_tree_cache
 from strongroom.services.agent_backup import restore_through_server
 from strongroom.services.restore import HowToRestore
 from tests.server.agent_fixtures import Site, site  # noqa: F401 (fixture)
-from tests.server.test_agents_cache import (
-    Client,
-    Recorder,
-    RemoteStore,
-    RepositoryInfo,
-    _all_trees,
-    _backup,
-    httpx,
-    open_tree_cache,
-)
+from tests.server.test_agents_cache import Recorder, _all_trees, _backup, recorded_store
 
 
 def _tree(src: Path) -> int:
@@ -62,13 +55,7 @@ def test_a_restore_reads_each_chunk_about_once(
     trees = len(_all_trees(site, bytes.fromhex(backed.point.tree)))
 
     def restore(target: Path, how: HowToRestore | None = None) -> tuple[RemoteStore, Recorder]:
-        recorder = Recorder(site)
-        client = Client(
-            ["http://testserver"],
-            f"{creds['agent_id']}.{creds['secret']}",
-            http=httpx.Client(transport=recorder),
-        )
-        store = RemoteStore(client, RepositoryInfo.from_doc(creds["repository"]), tree_cache=cache)
+        store, recorder = recorded_store(creds, site, cache)
         try:
             restore_through_server(store, backed.point.id, str(target), how=how)
         finally:

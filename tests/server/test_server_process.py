@@ -59,6 +59,16 @@ def _text(log: Path) -> str:
     return log.read_text() if log.exists() else "(on the terminal)"
 
 
+def admin_client(base: str, log: Path, timeout: float = 5.0) -> httpx.Client:
+    """The API signed in as the administrator the server made at its first
+    start (its password: the one line the server printed), CSRF header set."""
+    line = next(ln for ln in log.read_text().splitlines() if "shown only now" in ln)
+    http = httpx.Client(base_url=base, timeout=timeout)
+    signed = http.post("/api/v1/session", json={"name": "admin", "password": line.split()[-1]})
+    http.headers["X-CSRF-Token"] = signed.json()["csrf_token"]
+    return http
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=20)

@@ -33,20 +33,14 @@ from typing import Any
 
 from strongroom.config import VmSpec, data_home
 from strongroom.errors import UsageError
-from strongroom.model.kinds import PointKind
-from strongroom.model.point import RecoveryPoint
-from strongroom.pipeline.blockmaps import load_block_map
 from strongroom.pipeline.image_backup import ImageBackup
 from strongroom.remote.store import RemoteStore
-from strongroom.services.agent_backup import agent_points, find_own
-from strongroom.services.agent_images import adopt_parent
+from strongroom.services.agent_images import image_parent
 from strongroom.services.agent_vms import RemoteLease, adopt_vm, cluster_vm_points, machine_cluster
 from strongroom.services.image_backup import (
     ImageBackupRequest,
     ImageDryRun,
     dry_run_image,
-    parent_among,
-    source_identity,
 )
 from strongroom.services.impact import limit_reads, read_bucket
 from strongroom.services.vm_backup import (
@@ -88,21 +82,8 @@ def dry_run_image_through_server(
             "(its view would start a dirty bitmap)"
         )
     req.changed_since = comparing_tracker(req.changed_since)
-    req.host = machine
     req.no_seeds = True  # a seed's blocks are stored: `lacking` leaves them out anyway
-    identity = source_identity(req)
-    points = agent_points(store)
-    parent: RecoveryPoint | None
-    if req.parent:
-        parent = find_own(points, req.parent)
-        if parent.kind != PointKind.BLOCK:
-            raise UsageError(f"point {parent.short_id} is not a block image point")
-    else:
-        parent = parent_among(points, req, identity)
-    parent_map = None
-    if parent is not None:
-        parent_map = load_block_map(store, bytes.fromhex(parent.tree))
-        adopt_parent(store, parent, parent_map)
+    identity, parent, parent_map = image_parent(store, machine, req)
     found = dry_run_image(store, req, identity, parent, parent_map, progress, cancel)
     lacking = store.lacking(list(found.unknown))
     found.summary.blocks_new = len(lacking)

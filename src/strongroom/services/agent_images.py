@@ -65,6 +65,17 @@ def backup_image_through_server(
     cancel: threading.Event | None = None,
 ) -> ImageBackupResult:
     """Back up `req.source` as a block point of `machine` through the server."""
+    identity, parent, parent_map = image_parent(store, machine, req)
+    seeds = ServerSeeds(store)  # the golden image it builds on, as locally
+    return run_image_backup(store, req, identity, parent, seeds, progress, cancel, parent_map)
+
+
+def image_parent(
+    store: RemoteStore, machine: str, req: ImageBackupRequest
+) -> tuple[str, RecoveryPoint | None, BlockMap | None]:
+    """For a backup (or a dry run) of `req.source` as `machine`'s: the
+    source's identity, and the parent point (`req.parent`, or the one
+    `parent_among` picks of the machine's own) with its map, adopted."""
     req.host = machine
     identity = source_identity(req)
     points = agent_points(store)
@@ -78,8 +89,7 @@ def backup_image_through_server(
     if parent is not None:
         parent_map = load_block_map(store, bytes.fromhex(parent.tree))
         adopt_parent(store, parent, parent_map)
-    seeds = ServerSeeds(store)  # the golden image it builds on, as locally
-    return run_image_backup(store, req, identity, parent, seeds, progress, cancel, parent_map)
+    return identity, parent, parent_map
 
 
 def adopt_parent(store: RemoteStore, parent: RecoveryPoint, parent_map: BlockMap) -> None:

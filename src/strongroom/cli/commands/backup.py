@@ -31,8 +31,9 @@ from strongroom.services.backup import (
 )
 
 if TYPE_CHECKING:
+    from strongroom.cli.output import Output
     from strongroom.model.origin import PointSeeds
-    from strongroom.services.image_backup import ImageBackupRequest
+    from strongroom.services.image_backup import ImageBackupRequest, ImageBackupResult, ImageDryRun
 
 # Image and VM backups import their services when asked for: a short file
 # incremental should not pay for numpy, NBD, QMP and the image pipeline. The
@@ -430,12 +431,7 @@ def backup_image_cmd(
         with app.repository(LockMode.SHARED) as repo, out.progress("backup") as progress:
             result = backup_image(repo, request, progress)
     s = result.summary
-    for w in s.warnings:
-        out.warn(w)
-    for notice in result.notices:
-        out.notice(notice)
-    if s.tracker_note:
-        out.notice(s.tracker_note)
+    _image_notes(out, result)
     rate = s.bytes_read / result.seconds if result.seconds else 0
     seeds = result.point.seeds
     out.summary(
@@ -462,6 +458,16 @@ def backup_image_cmd(
     )
 
 
+def _image_notes(out: Output, found: ImageBackupResult | ImageDryRun) -> None:
+    """An image backup's (or dry run's) warnings, notices and tracker note."""
+    for w in found.summary.warnings:
+        out.warn(w)
+    for notice in found.notices:
+        out.notice(notice)
+    if found.summary.tracker_note:
+        out.notice(found.summary.tracker_note)
+
+
 def dry_run_image_cmd(
     app: App, request: ImageBackupRequest, server: tuple[tuple[str, ...], str | None]
 ) -> None:
@@ -479,12 +485,7 @@ def dry_run_image_cmd(
         found = dry_run_image_through_server(store, config.machine, request, progress)
         traffic = store.traffic
     s = found.summary
-    for w in s.warnings:
-        out.warn(w)
-    for notice in found.notices:
-        out.notice(notice)
-    if s.tracker_note:
-        out.notice(s.tracker_note)
+    _image_notes(out, found)
     out.summary(
         {
             **s.as_dict(),
